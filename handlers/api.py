@@ -1,0 +1,287 @@
+"""The API Lambda: REST routes over the submission workflow (API Gateway REST proxy events).
+
+Locally the same ``lambda_handler`` serves HTTP through :mod:`shared.localapi`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from http import HTTPStatus
+from typing import Annotated, Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from shared.apikeys import ApiKeyStore
+from shared.aws import AwsClients
+from shared.contracts import ErrorBody, GenerationRequest, JobList, JobStatus, JobView
+from shared.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    ServiceError,
+    TooManyRequests,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from shared.jobs import JobsRepository
+from shared.media import MediaStore
+from shared.queue import JobQueue
+from shared.settings import Settings, get_settings
+from workflows.jobview import job_view
+from workflows.submission import SubmissionService
+
+logger = Logger(service="sdq")
+tracer = Tracer(service="sdq")
+metrics = Metrics(namespace="sdq", service="api")
+
+app = APIGatewayRestResolver(enable_validation=True)
+app.enable_swagger(path="/docs", title="sdq", version="1", description="Queue-based Stable Diffusion jobs.")
+
+ERROR_RESPONSES: dict[int | str, Any] = {
+    code: {"description": HTTPStatus(code).phrase, "content": {"application/json": {"model": ErrorBody}}}
+    for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)
+}
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    submissions: SubmissionService
+    keys: ApiKeyStore
+    media: MediaStore
+
+
+@lru_cache(maxsize=1)
+def services() -> Services:
+    """Built on the first request (never at import), then reused by the warm Lambda container."""
+    settings = get_settings()
+    aws = AwsClients(settings)
+    repo = JobsRepository(aws.dynamodb(), settings.table_name)
+    return Services(
+        settings=settings,
+        submissions=SubmissionService(repo, JobQueue(aws.sqs(), settings.queue_url), settings),
+        keys=ApiKeyStore(aws.dynamodb(), settings.table_name),
+        media=MediaStore(aws.s3(), settings.bucket),
+    )
+
+
+def _tenant() -> str:
+    headers = app.current_event.headers or {}
+    lowered = {k.lower(): v for k, v in headers.items()}
+    key = lowered.get("x-api-key", "")
+    auth = lowered.get("authorization", "")
+    if not key and auth[:7].lower() == "bearer ":
+        key = auth[7:].strip()
+    tenant = services().keys.resolve(key) if key else None
+    if tenant is None:
+        raise Unauthorized()
+    return tenant
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response[Any]:
+    return Response(
+        status_code=status,
+        content_type="application/json",
+        body=body,
+        headers=headers or {},
+    )
+
+
+def _view(job: Any) -> JobView:
+    s = services()
+    return job_view(job, s.media, s.settings.presign_expiry_s)
+
+
+@app.post(
+    "/v1/jobs",
+    summary="Submit a generation job",
+    responses={202: {"description": "Accepted", "content": {"application/json": {"model": JobView}}}} | ERROR_RESPONSES,
+    tags=["jobs"],
+)
+def submit_job(request: Annotated[GenerationRequest, Body()]) -> Response[JobView]:
+    tenant = _tenant()
+    headers = {k.lower(): v for k, v in (app.current_event.headers or {}).items()}
+    idem = headers.get("idempotency-key")
+    if idem is not None and not (1 <= len(idem) <= 255):
+        raise ValidationFailed(
+            "Idempotency-Key must be 1-255 characters",
+            details=[{"loc": ["header", "Idempotency-Key"], "msg": "length 1-255"}],
+        )
+    result = services().submissions.submit(tenant, request, idempotency_key=idem)
+    if result.created:
+        metrics.add_metric(name="JobsSubmitted", unit="Count", value=1)
+        metrics.flush_metrics()
+    view = _view(result.job)
+    return _json(202, view, {"Location": f"/v1/jobs/{view.id}", "Idempotent-Replayed": str(not result.created).lower()})
+
+
+@app.get(
+    "/v1/jobs/<job_id>",
+    summary="Get a job",
+    responses={200: {"description": "The job", "content": {"application/json": {"model": JobView}}}} | ERROR_RESPONSES,
+    tags=["jobs"],
+)
+def get_job(job_id: Annotated[str, Path(max_length=64)]) -> Response[JobView]:
+    tenant = _tenant()
+    job = services().submissions.get(tenant, job_id)
+    return _json(200, _view(job))
+
+
+@app.get(
+    "/v1/jobs",
+    summary="List the caller's jobs, newest first",
+    responses={200: {"description": "A page of jobs", "content": {"application/json": {"model": JobList}}}}
+    | ERROR_RESPONSES,
+    tags=["jobs"],
+)
+def list_jobs(
+    status: Annotated[JobStatus | None, Query()] = None,
+    limit: Annotated[int | None, Query(ge=1, le=100)] = None,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> Response[JobList]:
+    tenant = _tenant()
+    settings = services().settings
+    size = min(limit or settings.page_size_default, settings.page_size_max)
+    page = services().submissions.list(tenant, status=status, limit=size, cursor=cursor)
+    body = JobList(jobs=[_view(j) for j in page.jobs], next_cursor=page.next_cursor)
+    return _json(200, body)
+
+
+@app.post(
+    "/v1/jobs/<job_id>/cancel",
+    summary="Cancel a job that has not finished",
+    responses={200: {"description": "Cancelled", "content": {"application/json": {"model": JobView}}}}
+    | ERROR_RESPONSES,
+    tags=["jobs"],
+)
+def cancel_job(job_id: Annotated[str, Path(max_length=64)]) -> Response[JobView]:
+    tenant = _tenant()
+    job = services().submissions.cancel(tenant, job_id)
+    return _json(200, _view(job))
+
+
+@app.get("/health", summary="Liveness", tags=["ops"])
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@app.get("/openapi.json", include_in_schema=False)
+def openapi_json() -> Response[Any]:
+    return _json(200, app.get_openapi_json_schema(title="sdq", version="1"))
+
+
+# -- errors: always {"error": {"code", "message", "details"}}, never a stack trace -------------------
+
+
+@app.exception_handler(ServiceError)
+def _service_error(exc: ServiceError) -> Response[Any]:
+    headers = {}
+    if isinstance(exc, TooManyRequests):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="sdq"'
+    return _json(exc.status, exc.body(), headers)
+
+
+@app.exception_handler(RequestValidationError)
+def _validation_error(exc: RequestValidationError) -> Response[Any]:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return _service_error(BadRequest("The request body is not valid JSON."))
+    details = [
+        {
+            "loc": [str(part) for part in e.get("loc", ())],
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in errors
+    ]
+    fields = ", ".join(".".join(d["loc"][1:] or d["loc"]) for d in details)
+    return _service_error(ValidationFailed(f"Invalid request: {fields}", details=details))
+
+
+@app.not_found
+def _not_found(_: Exception) -> Response[Any]:
+    return _json(404, {"error": {"code": "not_found", "message": "No such route.", "details": None}})
+
+
+@app.exception_handler(Exception)
+def _unexpected(exc: Exception) -> Response[Any]:
+    logger.exception("unhandled error")
+    return _json(500, {"error": {"code": "internal_error", "message": "Internal error.", "details": None}})
+
+
+MAX_JSON_DEPTH = 16
+
+
+def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``text`` nests arrays/objects deeper than ``limit`` (checked before parsing, so a nesting
+    bomb never reaches the recursive JSON parser)."""
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+def _precheck(event: dict[str, Any]) -> ServiceError | None:
+    """Checks API Gateway cannot express: body size, content type, body encoding."""
+    body = event.get("body")
+    method = str(event.get("httpMethod", "")).upper()
+    if body is None or method not in {"POST", "PUT", "PATCH"}:
+        return None
+    settings = services().settings
+    raw_len = len(body.encode("utf-8", "surrogatepass")) if isinstance(body, str) else 0
+    if event.get("isBase64Encoded"):
+        raw_len = raw_len * 3 // 4
+    if raw_len > settings.max_body_bytes:
+        return PayloadTooLarge(f"The request body is larger than {settings.max_body_bytes} bytes.")
+    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+    content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if body and content_type != "application/json":
+        return UnsupportedMediaType("Send the request body as JSON with Content-Type: application/json.")
+    if event.get("isBase64Encoded"):
+        try:
+            body = base64.b64decode(body).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return BadRequest("The request body is not valid UTF-8 JSON.")
+    if json_too_deep(body):
+        return BadRequest(f"The request body nests deeper than {MAX_JSON_DEPTH} levels.")
+    return None
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """API Gateway REST proxy entry point."""
+    problem = _precheck(event)
+    if problem is not None:
+        return {
+            "statusCode": problem.status,
+            "headers": {"Content-Type": "application/json"},
+            "body": json.dumps(problem.body()),
+            "isBase64Encoded": False,
+        }
+    return app.resolve(event, context)

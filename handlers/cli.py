@@ -1,0 +1,302 @@
+"""The ``sdq`` command: run the service locally, talk to its API, run the worker and the benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shared.client import LOCAL_STATE_FILE, ApiError, SdqClient, resolve_endpoint, state_dir
+
+console = Console(stderr=True)
+out = Console()
+
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
+
+
+# -- local service -------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from workflows.localservice import LocalServiceConfig, start_local_service, wait_forever
+
+    previous_key = None
+    state = state_dir() / LOCAL_STATE_FILE
+    if state.exists():
+        previous_key = json.loads(state.read_text()).get("api_key")
+    config = LocalServiceConfig(
+        host="127.0.0.1",
+        api_port=args.port,
+        cloud_port=args.cloud_port,
+        with_worker=not args.no_worker,
+        model=args.model,
+        api_key=previous_key,
+    )
+    console.print("[bold]sdq[/] starting the local cloud (moto), the API and a worker ...")
+    service = start_local_service(config)
+    try:
+        out.print(f"API        {service.api_url}   (docs: {service.api_url}/docs)")
+        out.print(f"API key    {service.api_key}   (saved in {state})")
+        out.print(f"AWS        {service.resources.endpoint_url}   (local cloud, region {service.resources.region})")
+        out.print(f"worker     {'model ' + args.model if service.worker else 'not started (--no-worker)'}")
+        if args.model == "tiny":
+            out.print("note       model 'tiny' has random weights: its images are noise")
+        out.print('try        sdq submit "a red fox" --wait')
+        out.print("Ctrl-C stops everything.")
+        wait_forever(service)
+    except KeyboardInterrupt:
+        console.print("stopping ...")
+    finally:
+        service.stop()
+    return 0
+
+
+# -- API client commands -------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> SdqClient:
+    return SdqClient(resolve_endpoint(args.api_url, args.api_key))
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    out.print_json(json.dumps(job))
+
+
+def _save_outputs(client: SdqClient, job: dict[str, Any], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = []
+    for output in job.get("outputs", []):
+        ext = output["content_type"].split("/")[-1].replace("jpeg", "jpg")
+        path = folder / f"{job['id']}-{output['index']}.{ext}"
+        path.write_bytes(client.download(output["url"]))
+        saved.append(path)
+    return saved
+
+
+def wait_for_job(client: SdqClient, job_id: str, *, timeout_s: float, show_progress: bool = True) -> dict[str, Any]:
+    """Poll until the job is terminal, with a progress bar of status and steps."""
+    deadline = time.monotonic() + timeout_s
+    columns = (
+        TextColumn("[bold]{task.fields[status]:<14}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, disable=not show_progress, transient=False) as bar:
+        task = bar.add_task("job", total=1, status="QUEUED")
+        while True:
+            job = client.get(job_id)
+            prog = job.get("progress", {})
+            total = max(int(prog.get("total") or 0), 1)
+            done = total if job["status"] in {"POSTPROCESSING", "SUCCEEDED"} else int(prog.get("step") or 0)
+            bar.update(task, total=total, completed=done, status=job["status"])
+            if job["status"] in TERMINAL:
+                return job
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out after {timeout_s:.0f}s; job {job_id} is {job['status']}")
+            time.sleep(0.5)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    request: dict[str, Any] = {"prompt": args.prompt}
+    optional = {
+        "negative_prompt": args.negative_prompt,
+        "width": args.width,
+        "height": args.height,
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance,
+        "seed": args.seed,
+        "num_images": args.images,
+        "scheduler": args.scheduler,
+        "output_format": args.format,
+        "quality": args.quality,
+        "model": args.model,
+        "callback_url": args.callback_url,
+    }
+    request.update({k: v for k, v in optional.items() if v is not None})
+    if args.metadata:
+        request["metadata"] = dict(item.split("=", 1) for item in args.metadata)
+    with _client(args) as client:
+        try:
+            job = client.submit(request, idempotency_key=args.idempotency_key)
+        except ApiError as exc:
+            console.print(f"[red]rejected[/] {exc}")
+            if isinstance(exc.body, dict):
+                console.print_json(json.dumps(exc.body))
+            return 2
+        if job.get("model_note"):
+            console.print(f"[yellow]note[/] {job['model_note']}")
+        if not args.wait:
+            out.print(job["id"])
+            return 0
+        console.print(f"job {job['id']} submitted")
+        job = wait_for_job(client, job["id"], timeout_s=args.timeout)
+        _print_job(job)
+        if job["status"] != "SUCCEEDED":
+            return 1
+        for path in _save_outputs(client, job, Path(args.out)):
+            out.print(f"saved {path}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            _print_job(client.get(args.job_id))
+        except ApiError as exc:
+            console.print(f"[red]{exc}[/]")
+            return 1
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            job = client.cancel(args.job_id)
+        except ApiError as exc:
+            console.print(f"[red]{exc}[/]")
+            return 1
+        out.print(f"{job['id']} {job['status']}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        page = client.list(status=args.status, limit=args.limit, cursor=args.cursor)
+    table = Table("id", "status", "created", "size", "steps", "images", "prompt")
+    for job in page["jobs"]:
+        req = job["request"]
+        table.add_row(
+            job["id"],
+            job["status"],
+            job["created_at"][:19],
+            f"{req['width']}x{req['height']}",
+            str(req["num_inference_steps"]),
+            str(req["num_images"]),
+            req["prompt"][:40],
+        )
+    out.print(table)
+    if page.get("next_cursor"):
+        out.print(f"more: sdq jobs --cursor {page['next_cursor']}")
+    return 0
+
+
+# -- worker and benchmarks -------------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from handlers.worker import main as worker_main
+
+    return worker_main(args.model)
+
+
+def cmd_bench_worker(args: argparse.Namespace) -> int:
+    from workflows.bench import format_bench_table, run_worker_bench
+
+    result = run_worker_bench(
+        arch=args.arch,
+        batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
+        steps=args.steps,
+        width=args.width,
+        height=args.height,
+        out_dir=Path(args.out),
+        device=args.device,
+        repeats=args.repeats,
+    )
+    out.print(format_bench_table(result))
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdq", description="Queue-based Stable Diffusion service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole service locally until Ctrl-C")
+    up.add_argument("--port", type=int, default=8000, help="API port on 127.0.0.1 (default 8000)")
+    up.add_argument("--cloud-port", type=int, default=0, help="local cloud port (default: a free one)")
+    up.add_argument("--model", default="tiny", help="model for the local worker (default: tiny, offline)")
+    up.add_argument("--no-worker", action="store_true", help="control plane only")
+    up.set_defaults(func=cmd_up)
+
+    def api_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--api-url", help="default: $SDQ_API_URL or .sdq/local.json from `sdq up`")
+        p.add_argument("--api-key", help="default: $SDQ_API_KEY or .sdq/local.json from `sdq up`")
+
+    submit = sub.add_parser("submit", help="submit a generation job")
+    submit.add_argument("prompt")
+    submit.add_argument("--negative-prompt")
+    submit.add_argument("--width", type=int)
+    submit.add_argument("--height", type=int)
+    submit.add_argument("--steps", type=int)
+    submit.add_argument("--guidance", type=float)
+    submit.add_argument("--seed", type=int)
+    submit.add_argument("--images", type=int)
+    submit.add_argument("--scheduler")
+    submit.add_argument("--format", choices=["png", "jpeg", "webp"])
+    submit.add_argument("--quality", type=int)
+    submit.add_argument("--model")
+    submit.add_argument("--callback-url")
+    submit.add_argument("--metadata", action="append", metavar="KEY=VALUE")
+    submit.add_argument("--idempotency-key")
+    submit.add_argument("--wait", action="store_true", help="show progress until done, then save the images")
+    submit.add_argument("--out", default="out", help="folder for images with --wait (default: out)")
+    submit.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait")
+    api_args(submit)
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="show a job")
+    status.add_argument("job_id")
+    api_args(status)
+    status.set_defaults(func=cmd_status)
+
+    cancel = sub.add_parser("cancel", help="cancel a job")
+    cancel.add_argument("job_id")
+    api_args(cancel)
+    cancel.set_defaults(func=cmd_cancel)
+
+    jobs = sub.add_parser("jobs", help="list your jobs, newest first")
+    jobs.add_argument("--status", choices=["QUEUED", "RUNNING", "POSTPROCESSING", "SUCCEEDED", "FAILED", "CANCELLED"])
+    jobs.add_argument("--limit", type=int)
+    jobs.add_argument("--cursor")
+    api_args(jobs)
+    jobs.set_defaults(func=cmd_jobs)
+
+    worker = sub.add_parser("worker", help="run a GPU worker (loads the model once, drains the queue)")
+    worker.add_argument("--model", help="default: $SDQ_MODEL or 'tiny'")
+    worker.set_defaults(func=cmd_worker)
+
+    bench = sub.add_parser("bench", help="benchmarks (numbers go to JSON under benchmarks/)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    bw = bench_sub.add_parser("worker", help="pipeline throughput per batch size vs plain diffusers")
+    bw.add_argument("--arch", default="tiny", choices=["tiny", "sd15", "sdxl"])
+    bw.add_argument("--batch-sizes", default="1,4,8,16")
+    bw.add_argument("--steps", type=int, default=30)
+    bw.add_argument("--width", type=int, default=512)
+    bw.add_argument("--height", type=int, default=512)
+    bw.add_argument("--repeats", type=int, default=2)
+    bw.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    bw.add_argument("--out", default="benchmarks")
+    bw.set_defaults(func=cmd_bench_worker)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""SQS (dead-letter queue) event source: fail the jobs whose messages were dead-lettered."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from shared.aws import AwsClients
+from shared.jobs import JobsRepository
+from shared.settings import get_settings
+from workflows.deadletter import fail_dead_lettered
+
+logger = Logger(service="sdq-dlq")
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+@lru_cache(maxsize=1)
+def repository() -> JobsRepository:
+    settings = get_settings()
+    return JobsRepository(AwsClients(settings).dynamodb(), settings.table_name)
+
+
+def record_handler(record: SQSRecord) -> str:
+    attributes = {name: attr.string_value or "" for name, attr in record.message_attributes.items()}
+    return fail_dead_lettered(repository(), record.body, attributes)
+
+
+@logger.inject_lambda_context(log_event=False)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -1,0 +1,41 @@
+"""Step Functions task: postprocess a generated job (formats, thumbnails, metadata, S3 outputs)."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from shared.aws import AwsClients
+from shared.jobs import JobsRepository
+from shared.media import MediaStore
+from shared.settings import get_settings
+from workflows.postprocess import PostprocessInput, Postprocessor
+
+logger = Logger(service="sdq-postprocess")
+tracer = Tracer(service="sdq-postprocess")
+
+
+@lru_cache(maxsize=1)
+def postprocessor() -> Postprocessor:
+    settings = get_settings()
+    aws = AwsClients(settings)
+    return Postprocessor(
+        JobsRepository(aws.dynamodb(), settings.table_name),
+        MediaStore(aws.s3(), settings.bucket),
+        outputs_prefix=settings.outputs_prefix,
+    )
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Input: the worker's hand-off; output: ``{status, skipped, outputs, outputs_json}`` for MarkSucceeded."""
+    result = postprocessor().run(PostprocessInput.model_validate(event))
+    body = result.model_dump(mode="json")
+    # MarkSucceeded stores this string as the job's ``outputs`` attribute as is.
+    body["outputs_json"] = json.dumps(body["outputs"], separators=(",", ":"))
+    return body

@@ -1,0 +1,79 @@
+"""The worker process entry point (``sdq worker`` and the container's command).
+
+Loads the model once, then runs the loop until SIGTERM/SIGINT: the first signal is a warm stop, the second
+stops at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+
+from aws_lambda_powertools import Logger
+
+from shared.aws import AwsClients
+from shared.jobs import JobsRepository
+from shared.media import MediaStore
+from shared.orchestration import Orchestrator
+from shared.queue import WorkerQueue
+from shared.settings import get_settings
+from workflows.generation.worker import Generator, Worker, WorkerConfig
+
+logger = Logger(service="sdq-worker")
+
+
+def build_worker(generator: Generator, config: WorkerConfig) -> Worker:
+    settings = get_settings()
+    aws = AwsClients(settings)
+    return Worker(
+        queue=WorkerQueue(aws.sqs(), settings.queue_url),
+        repo=JobsRepository(aws.dynamodb(), settings.table_name),
+        media=MediaStore(aws.s3(), settings.bucket),
+        orchestrator=Orchestrator(aws.stepfunctions(), settings.state_machine_arn),
+        generator=generator,
+        config=config,
+        staging_prefix=settings.staging_prefix,
+    )
+
+
+def worker_config() -> WorkerConfig:
+    s = get_settings()
+    return WorkerConfig(
+        max_batch_images=s.max_batch_images,
+        max_batch_wait_s=s.max_batch_wait_ms / 1000,
+        receive_wait_s=s.receive_wait_s,
+        visibility_s=s.visibility_timeout_s,
+        heartbeat_s=s.heartbeat_s,
+        grace_s=s.grace_s,
+        progress_interval_s=s.progress_interval_s,
+    )
+
+
+def load_generator(model: str) -> Generator:
+    """Load the pipeline once; exits with a clear message when the model cannot be found."""
+    from workflows.generation.models import ModelNotFoundError
+    from workflows.generation.pipeline import PipelineRunner
+
+    try:
+        return PipelineRunner.load(model)
+    except ModelNotFoundError as exc:
+        logger.error("model not found", model=model, reason=str(exc))
+        print(f"sdq worker: cannot load model {model!r}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def main(model: str | None = None) -> int:
+    settings = get_settings()
+    generator = load_generator(model or settings.model)
+    worker = build_worker(generator, worker_config())
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal received", signal=signal.Signals(signum).name)
+        worker.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.run()
+    logger.info("worker stopped", batches=len(worker.batches))
+    return 0

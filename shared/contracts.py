@@ -1,0 +1,422 @@
+"""The job contract: the generation request, the job record, its status machine and the queue message.
+
+Bounds come from :class:`shared.settings.RequestLimits` (validation context ``{"limits": ...}`` or the
+process settings), so operators change them without code changes; the published JSON schema shows them too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import unicodedata
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from shared.netguard import UnsafeUrl, check_callback_url
+from shared.settings import RequestLimits, Settings, get_settings
+
+SEED_MAX = 2**32 - 1
+
+Scheduler = Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "lms"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+
+def _settings(info: ValidationInfo | None) -> Settings:
+    ctx = info.context if info is not None and isinstance(info.context, dict) else {}
+    settings = ctx.get("settings")
+    return settings if isinstance(settings, Settings) else get_settings()
+
+
+def _trusted(info: ValidationInfo) -> bool:
+    """Context ``{"trusted": True}``: re-reading what sdq itself accepted earlier (queue messages), whose
+    bounds may have changed since; shape is still checked, bounds are not."""
+    return isinstance(info.context, dict) and bool(info.context.get("trusted"))
+
+
+def _limits(info: ValidationInfo | None) -> RequestLimits:
+    return _settings(info).limits
+
+
+def _check_text(value: str, max_chars: int, *, allow_empty: bool) -> str:
+    if len(value) > max_chars:
+        raise ValueError(f"must be at most {max_chars} characters")
+    if not allow_empty and not value.strip():
+        raise ValueError("must not be blank")
+    for ch in value:
+        # Control and unassigned/surrogate code points break tokenizers and logs; newlines and tabs are fine.
+        if ch not in "\n\r\t" and unicodedata.category(ch) in {"Cc", "Cs", "Co", "Cn"}:
+            raise ValueError("must not contain control or non-character code points")
+    return value
+
+
+def _request_schema_bounds(schema: dict[str, Any]) -> None:
+    """Publish the configured bounds in the OpenAPI/JSON schema (pydantic hook)."""
+    lim = get_settings().limits
+    settings = get_settings()
+    props = schema.get("properties", {})
+    bounds: dict[str, dict[str, Any]] = {
+        "prompt": {"minLength": 1, "maxLength": lim.prompt_max_chars},
+        "negative_prompt": {"maxLength": lim.negative_prompt_max_chars},
+        "width": {"minimum": lim.min_side, "maximum": lim.max_side, "multipleOf": lim.side_multiple},
+        "height": {"minimum": lim.min_side, "maximum": lim.max_side, "multipleOf": lim.side_multiple},
+        "num_inference_steps": {"minimum": 1, "maximum": lim.max_steps},
+        "guidance_scale": {"minimum": 0, "maximum": lim.max_guidance},
+        "num_images": {"minimum": 1, "maximum": lim.max_images},
+        "quality": {"minimum": 1, "maximum": 100},
+        "metadata": {"maxProperties": lim.max_metadata_entries},
+        "callback_url": {"maxLength": lim.max_callback_url_chars},
+    }
+    for name, extra in bounds.items():
+        prop = props.get(name)
+        if prop is None:
+            continue
+        target = prop
+        for option in prop.get("anyOf", []):
+            if option.get("type") != "null":
+                target = option
+        target.update(extra)
+    if "model" in props:
+        props["model"]["description"] = f"One of: {', '.join(settings.models)} (default {settings.default_model})"
+
+
+class GenerationRequest(BaseModel):
+    """What a client asks for. Unknown fields are rejected; absent seed and model are filled at submit."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_request_schema_bounds, frozen=True)
+
+    prompt: StrictStr = Field(description="What to draw.")
+    negative_prompt: StrictStr = Field(default="", description="What to steer away from.")
+    width: StrictInt = Field(default=512, description="Pixels; a multiple of 8.")
+    height: StrictInt = Field(default=512, description="Pixels; a multiple of 8.")
+    num_inference_steps: StrictInt = Field(default=30)
+    guidance_scale: StrictFloat | StrictInt = Field(default=7.5)
+    seed: StrictInt | None = Field(default=None, ge=0, le=SEED_MAX, description="Drawn and stored when absent.")
+    num_images: StrictInt = Field(default=1)
+    scheduler: Scheduler = "euler_a"
+    output_format: OutputFormat = "png"
+    quality: StrictInt = Field(default=90, description="JPEG/WebP quality; ignored for PNG.")
+    model: StrictStr | None = Field(default=None)
+    callback_url: StrictStr | None = Field(default=None, description="https URL that receives signed webhooks.")
+    metadata: dict[StrictStr, StrictStr] = Field(default_factory=dict, description="Echoed back; small.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str, info: ValidationInfo) -> str:
+        if _trusted(info):
+            return v
+        return _check_text(v, _limits(info).prompt_max_chars, allow_empty=False)
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _negative(cls, v: str, info: ValidationInfo) -> str:
+        if _trusted(info):
+            return v
+        return _check_text(v, _limits(info).negative_prompt_max_chars, allow_empty=True)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _side(cls, v: int, info: ValidationInfo) -> int:
+        if _trusted(info):
+            return v
+        lim = _limits(info)
+        if not lim.min_side <= v <= lim.max_side:
+            raise ValueError(f"must be between {lim.min_side} and {lim.max_side}")
+        if v % lim.side_multiple:
+            raise ValueError(f"must be a multiple of {lim.side_multiple}")
+        return v
+
+    @field_validator("num_inference_steps")
+    @classmethod
+    def _steps(cls, v: int, info: ValidationInfo) -> int:
+        if _trusted(info):
+            return v
+        lim = _limits(info)
+        if not 1 <= v <= lim.max_steps:
+            raise ValueError(f"must be between 1 and {lim.max_steps}")
+        return v
+
+    @field_validator("guidance_scale")
+    @classmethod
+    def _guidance(cls, v: float, info: ValidationInfo) -> float:
+        if _trusted(info):
+            return float(v)
+        lim = _limits(info)
+        v = float(v)
+        if not 0 <= v <= lim.max_guidance:
+            raise ValueError(f"must be between 0 and {lim.max_guidance:g}")
+        return v
+
+    @field_validator("num_images")
+    @classmethod
+    def _images(cls, v: int, info: ValidationInfo) -> int:
+        if _trusted(info):
+            return v
+        lim = _limits(info)
+        if not 1 <= v <= lim.max_images:
+            raise ValueError(f"must be between 1 and {lim.max_images}")
+        return v
+
+    @field_validator("quality")
+    @classmethod
+    def _quality(cls, v: int) -> int:
+        if not 1 <= v <= 100:
+            raise ValueError("must be between 1 and 100")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if _trusted(info):
+            return v
+        allowed = _settings(info).models
+        if v is not None and v not in allowed:
+            raise ValueError(f"must be one of: {', '.join(allowed)}")
+        return v
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if _trusted(info):
+            return v
+        if v is None:
+            return v
+        settings = _settings(info)
+        if len(v) > settings.limits.max_callback_url_chars:
+            raise ValueError(f"must be at most {settings.limits.max_callback_url_chars} characters")
+        try:
+            return check_callback_url(v, allow_loopback=settings.allow_loopback_callbacks)
+        except UnsafeUrl as exc:
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if _trusted(info):
+            return v
+        lim = _limits(info)
+        if len(v) > lim.max_metadata_entries:
+            raise ValueError(f"must have at most {lim.max_metadata_entries} entries")
+        for key, value in v.items():
+            if not key or len(key) > lim.max_metadata_key_chars:
+                raise ValueError(f"keys must be 1-{lim.max_metadata_key_chars} characters")
+            if len(value) > lim.max_metadata_value_chars:
+                raise ValueError(f"values must be at most {lim.max_metadata_value_chars} characters")
+            _check_text(key, lim.max_metadata_key_chars, allow_empty=False)
+            _check_text(value, lim.max_metadata_value_chars, allow_empty=True)
+        return v
+
+    @model_validator(mode="after")
+    def _area(self, info: ValidationInfo) -> GenerationRequest:
+        if _trusted(info):
+            return self
+        lim = _limits(info)
+        if self.width * self.height > lim.max_pixels:
+            raise ValueError(f"width*height must be at most {lim.max_pixels} pixels")
+        return self
+
+    def normalised(self, settings: Settings | None = None) -> GenerationRequest:
+        """The request as it will run: seed drawn when absent, model defaulted."""
+        settings = settings or get_settings()
+        return self.model_copy(
+            update={
+                "seed": self.seed if self.seed is not None else secrets.randbelow(SEED_MAX + 1),
+                "model": self.model or settings.default_model,
+                "guidance_scale": float(self.guidance_scale),
+            }
+        )
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON of the request (idempotency body check)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def cache_key(self) -> str:
+        """Identifies the pixels: same key, same images (model, prompt, shape, sampler and seed)."""
+        fields = self.model_dump(
+            mode="json",
+            include={
+                "model",
+                "prompt",
+                "negative_prompt",
+                "width",
+                "height",
+                "num_inference_steps",
+                "guidance_scale",
+                "seed",
+                "num_images",
+                "scheduler",
+            },
+        )
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def batch_key(self) -> tuple[str, int, int, int, float, str]:
+        """Jobs with equal batch keys can share one pipeline call."""
+        return (
+            self.model or "",
+            self.width,
+            self.height,
+            self.num_inference_steps,
+            float(self.guidance_scale),
+            self.scheduler,
+        )
+
+
+class JobStatus(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    POSTPROCESSING = "POSTPROCESSING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+# The only legal moves. QUEUED -> FAILED covers jobs that never reach a worker (enqueue failure, poison
+# message); RUNNING -> SUCCEEDED lets the state machine finish a job whose worker skipped POSTPROCESSING.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.POSTPROCESSING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.POSTPROCESSING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+def allowed_sources(target: JobStatus) -> frozenset[JobStatus]:
+    """Statuses from which ``target`` may be reached."""
+    return frozenset(src for src, targets in TRANSITIONS.items() if target in targets)
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total: int = 0
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class Output(BaseModel):
+    """One stored image (keys are private; the API turns them into presigned URLs)."""
+
+    index: int
+    key: str
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+    thumbnail_key: str | None = None
+
+
+class Job(BaseModel):
+    """The job record as stored in the jobs table."""
+
+    job_id: str
+    tenant: str
+    status: JobStatus
+    request: GenerationRequest
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempt: int = 0
+    progress: Progress = Field(default_factory=Progress)
+    outputs: list[Output] = Field(default_factory=list)
+    error: JobError | None = None
+    cache_key: str
+    idempotency_key: str | None = None
+    expires_at: int
+    model_is_noise: bool = False
+
+
+class QueueMessage(BaseModel):
+    """The SQS message body: enough to batch without a table read; the table stays the source of truth."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1] = 1
+    job_id: str
+    tenant: str
+    request: GenerationRequest
+    enqueued_at: datetime
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class OutputView(BaseModel):
+    """An output as clients see it: short-lived presigned URLs instead of bucket keys."""
+
+    index: int
+    url: str
+    thumbnail_url: str | None = None
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+
+
+class Timings(BaseModel):
+    queued_s: float | None = Field(default=None, description="From submit to a worker claiming the job.")
+    run_s: float | None = Field(default=None, description="From claim to the terminal status.")
+    total_s: float | None = Field(default=None, description="From submit to the terminal status.")
+
+
+class JobView(BaseModel):
+    """The job as ``GET /v1/jobs/{id}`` returns it (and as webhooks carry it)."""
+
+    id: str
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempt: int
+    progress: Progress
+    timings: Timings
+    request: GenerationRequest
+    outputs: list[OutputView]
+    outputs_expire_at: datetime | None = Field(description="When the URLs in outputs stop working.")
+    error: JobError | None
+    model_note: str | None = Field(description="Set when the model's images are noise (the built-in tiny model).")
+    metadata: dict[str, str]
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorInfo

@@ -1,0 +1,115 @@
+"""Typed errors. Callers branch on the class, never on message text.
+
+``ServiceError`` subclasses carry the HTTP status and the stable error ``code`` the API returns as
+``{"error": {"code", "message", "details"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """An error with a stable code and an HTTP status; ``details`` is safe to show to the caller."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class BadRequest(ServiceError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self) -> None:
+        # One message for missing, wrong and revoked keys: the caller learns nothing about which.
+        super().__init__("A valid API key is required (Authorization: Bearer <key> or x-api-key).")
+
+
+class NotFound(ServiceError):
+    status = 404
+    code = "not_found"
+
+
+class JobNotFound(NotFound):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"Job {job_id!r} was not found.")
+        self.job_id = job_id
+
+
+class Conflict(ServiceError):
+    status = 409
+    code = "conflict"
+
+
+class IdempotencyConflict(Conflict):
+    code = "idempotency_key_reused"
+
+    def __init__(self) -> None:
+        super().__init__("This Idempotency-Key was already used with a different request body.")
+
+
+class InvalidTransition(Conflict):
+    """A status change the job's state machine does not allow (e.g. cancelling a finished job)."""
+
+    code = "invalid_transition"
+
+    def __init__(self, job_id: str, current: str, target: str) -> None:
+        super().__init__(
+            f"Job {job_id} is {current}; it cannot become {target}.",
+            details={"status": current, "requested": target},
+        )
+        self.job_id = job_id
+        self.current = current
+        self.target = target
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ValidationFailed(ServiceError):
+    status = 422
+    code = "validation_error"
+
+
+class TooManyRequests(ServiceError):
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, details={"retry_after_seconds": retry_after_s})
+        self.retry_after_s = retry_after_s
+
+
+class EnqueueFailed(ServiceError):
+    """The job was recorded but could not be queued; it has been marked FAILED."""
+
+    status = 503
+    code = "enqueue_failed"
+
+
+class RetryableError(Exception):
+    """A transient failure: the same work may succeed if tried again."""
+
+
+class PermanentError(Exception):
+    """A failure that retrying will not fix."""

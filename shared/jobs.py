@@ -1,0 +1,435 @@
+"""The jobs repository: job items in the single DynamoDB table and every status change as one conditional write.
+
+Item layout (hash key ``pk`` only):
+- ``JOB#<id>``: the job; ``tenant_status`` and the sparse ``active_tenant`` feed the GSIs the API lists by,
+  ``request``/``outputs`` are JSON strings (no float/Decimal round trips), ``expires_at`` is the TTL.
+- ``IDEM#<tenant>#<sha256(key)>``: an Idempotency-Key, written in the same transaction as its job.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from shared.contracts import (
+    GenerationRequest,
+    Job,
+    JobError,
+    JobStatus,
+    Output,
+    Progress,
+    allowed_sources,
+    utcnow,
+)
+from shared.errors import BadRequest, IdempotencyConflict, InvalidTransition, JobNotFound
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+_ser = TypeSerializer()
+_de = TypeDeserializer()
+
+BY_TENANT_INDEX = "by_tenant"
+BY_TENANT_STATUS_INDEX = "by_tenant_status"
+ACTIVE_INDEX = "active_by_tenant"
+
+
+def job_pk(job_id: str) -> str:
+    return f"JOB#{job_id}"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _to_item(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _ser.serialize(v) for k, v in values.items() if v is not None}
+
+
+def _from_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _de.deserialize(v) for k, v in item.items()}
+
+
+def job_to_item(job: Job) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "pk": job_pk(job.job_id),
+        "job_id": job.job_id,
+        "tenant": job.tenant,
+        "status": job.status.value,
+        "tenant_status": f"{job.tenant}#{job.status.value}",
+        "active_tenant": None if job.status.terminal else job.tenant,
+        "request": job.request.model_dump_json(),
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "attempt": job.attempt,
+        "progress_step": job.progress.step,
+        "progress_total": job.progress.total,
+        "outputs": json.dumps([o.model_dump(mode="json") for o in job.outputs]),
+        "error_code": job.error.code if job.error else None,
+        "error_message": job.error.message if job.error else None,
+        "cache_key": job.cache_key,
+        "idempotency_key": job.idempotency_key,
+        "expires_at": job.expires_at,
+        "model_is_noise": job.model_is_noise,
+    }
+    return _to_item(values)
+
+
+def job_from_item(item: Mapping[str, Any]) -> Job:
+    raw = _from_item(item)
+    outputs_raw = raw.get("outputs") or "[]"
+    error = None
+    if raw.get("error_code"):
+        error = JobError(code=str(raw["error_code"]), message=str(raw.get("error_message", "")))
+    # Stored requests were valid when accepted: bounds tightened since must not make old jobs unreadable.
+    request = GenerationRequest.model_construct(**json.loads(raw["request"]))
+    return Job.model_validate(
+        {
+            "job_id": raw["job_id"],
+            "tenant": raw["tenant"],
+            "status": raw["status"],
+            "request": request,
+            "created_at": raw["created_at"],
+            "started_at": raw.get("started_at"),
+            "finished_at": raw.get("finished_at"),
+            "attempt": int(raw.get("attempt", 0)),
+            "progress": Progress(step=int(raw.get("progress_step", 0)), total=int(raw.get("progress_total", 0))),
+            "outputs": [Output.model_validate(o) for o in json.loads(outputs_raw)],
+            "error": error,
+            "cache_key": raw["cache_key"],
+            "idempotency_key": raw.get("idempotency_key"),
+            "expires_at": int(raw["expires_at"]),
+            "model_is_noise": bool(raw.get("model_is_noise", False)),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+def _encode_cursor(key: Mapping[str, Any]) -> str:
+    plain = _from_item(key)
+    return base64.urlsafe_b64encode(json.dumps(plain, sort_keys=True).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, tenant: str) -> dict[str, Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        plain = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("cursor is not valid", details={"field": "cursor"}) from exc
+    if not isinstance(plain, dict) or not all(isinstance(v, str) for v in plain.values()):
+        raise BadRequest("cursor is not valid", details={"field": "cursor"})
+    # A cursor can only continue a listing of the caller's own jobs.
+    if plain.get("tenant", tenant) != tenant or (
+        "tenant_status" in plain and not str(plain["tenant_status"]).startswith(f"{tenant}#")
+    ):
+        raise BadRequest("cursor is not valid", details={"field": "cursor"})
+    return {k: _ser.serialize(v) for k, v in plain.items()}
+
+
+class JobsRepository:
+    """Reads and writes jobs; every status change goes through :meth:`transition`."""
+
+    def __init__(self, dynamodb: DynamoDBClient, table_name: str) -> None:
+        self._ddb = dynamodb
+        self._table = table_name
+
+    # -- create / read -------------------------------------------------------------------------
+
+    def create(self, job: Job, *, idempotency_fingerprint: str | None = None) -> tuple[Job, bool]:
+        """Store a new job, atomically with its Idempotency-Key record when it has one.
+
+        Returns ``(job, True)`` when written, or ``(existing_job, False)`` when the key was already used
+        with the same fingerprint. Raises IdempotencyConflict when it was used with another body.
+        """
+        put_job: dict[str, Any] = {
+            "Put": {
+                "TableName": self._table,
+                "Item": job_to_item(job),
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        }
+        if job.idempotency_key is None:
+            self._ddb.transact_write_items(TransactItems=[put_job])  # type: ignore[list-item]
+            return job, True
+        idem_pk = self._idem_pk(job.tenant, job.idempotency_key)
+        put_idem: dict[str, Any] = {
+            "Put": {
+                "TableName": self._table,
+                "Item": _to_item(
+                    {
+                        "pk": idem_pk,
+                        "job_id": job.job_id,
+                        "fingerprint": idempotency_fingerprint or "",
+                        "expires_at": job.expires_at,
+                    }
+                ),
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        }
+        try:
+            self._ddb.transact_write_items(TransactItems=[put_job, put_idem])  # type: ignore[list-item]
+        except self._ddb.exceptions.TransactionCanceledException:
+            existing = self.find_by_idempotency_key(job.tenant, job.idempotency_key, idempotency_fingerprint)
+            if existing is None:
+                raise
+            return existing, False
+        return job, True
+
+    def find_by_idempotency_key(self, tenant: str, key: str, fingerprint: str | None) -> Job | None:
+        """The job an Idempotency-Key created, or None. Raises IdempotencyConflict on a different body."""
+        resp = self._ddb.get_item(
+            TableName=self._table, Key={"pk": {"S": self._idem_pk(tenant, key)}}, ConsistentRead=True
+        )
+        item = resp.get("Item")
+        if item is None:
+            return None
+        record = _from_item(item)
+        if record.get("fingerprint") != (fingerprint or ""):
+            raise IdempotencyConflict()
+        return self.get(str(record["job_id"]))
+
+    def get(self, job_id: str, *, tenant: str | None = None) -> Job:
+        """The job, or JobNotFound (also when it belongs to another tenant: indistinguishable)."""
+        resp = self._ddb.get_item(TableName=self._table, Key={"pk": {"S": job_pk(job_id)}}, ConsistentRead=True)
+        item = resp.get("Item")
+        if item is None:
+            raise JobNotFound(job_id)
+        job = job_from_item(item)
+        if tenant is not None and job.tenant != tenant:
+            raise JobNotFound(job_id)
+        return job
+
+    def list_for_tenant(
+        self, tenant: str, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
+    ) -> Page:
+        """The tenant's jobs, newest first (ids are time-sortable), optionally of one status."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if status is None:
+            kwargs["IndexName"] = BY_TENANT_INDEX
+            kwargs["KeyConditionExpression"] = "tenant = :t"
+            kwargs["ExpressionAttributeValues"] = {":t": {"S": tenant}}
+        else:
+            kwargs["IndexName"] = BY_TENANT_STATUS_INDEX
+            kwargs["KeyConditionExpression"] = "tenant_status = :ts"
+            kwargs["ExpressionAttributeValues"] = {":ts": {"S": f"{tenant}#{status.value}"}}
+        if cursor:
+            kwargs["ExclusiveStartKey"] = _decode_cursor(cursor, tenant)
+        resp = self._ddb.query(**kwargs)
+        jobs = [job_from_item(item) for item in resp.get("Items", [])]
+        last = resp.get("LastEvaluatedKey")
+        return Page(jobs=jobs, next_cursor=_encode_cursor(last) if last else None)
+
+    def count_active(self, tenant: str) -> int:
+        """Unfinished jobs of a tenant (the sparse ``active_by_tenant`` index; eventually consistent)."""
+        total = 0
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": ACTIVE_INDEX,
+            "KeyConditionExpression": "active_tenant = :t",
+            "ExpressionAttributeValues": {":t": {"S": tenant}},
+            "Select": "COUNT",
+        }
+        while True:
+            resp = self._ddb.query(**kwargs)
+            total += int(resp.get("Count", 0))
+            last = resp.get("LastEvaluatedKey")
+            if not last:
+                return total
+            kwargs["ExclusiveStartKey"] = last
+
+    # -- status changes ------------------------------------------------------------------------
+
+    def transition(
+        self,
+        job_id: str,
+        target: JobStatus,
+        *,
+        tenant: str,
+        sources: Iterable[JobStatus] | None = None,
+        set_fields: Mapping[str, Any] | None = None,
+        error: JobError | None = None,
+        extra_condition: tuple[str, Mapping[str, Any]] | None = None,
+    ) -> Job:
+        """Move a job to ``target`` in one conditional write and return the job as written.
+
+        The write succeeds only if the job belongs to ``tenant`` and its current status may legally become
+        ``target`` (and is one of ``sources`` when given). Raises JobNotFound (absent, or another tenant's)
+        or InvalidTransition.
+        """
+        allowed = allowed_sources(target)
+        if sources is not None:
+            allowed = allowed & frozenset(sources)
+        if not allowed:
+            raise InvalidTransition(job_id, "any", target.value)
+        names: dict[str, str] = {"#s": "status"}
+        values: dict[str, Any] = {
+            ":target": target.value,
+            ":tenant": tenant,
+            ":ts": f"{tenant}#{target.value}",
+        }
+        sets = ["#s = :target", "tenant_status = :ts"]
+        allowed_placeholders = []
+        for i, src in enumerate(sorted(allowed)):
+            values[f":src{i}"] = src.value
+            allowed_placeholders.append(f":src{i}")
+        condition = f"attribute_exists(pk) AND tenant = :tenant AND #s IN ({', '.join(allowed_placeholders)})"
+        if extra_condition is not None:
+            condition += f" AND ({extra_condition[0]})"
+            values.update(extra_condition[1])
+        fields = dict(set_fields or {})
+        if error is not None:
+            fields["error_code"] = error.code
+            fields["error_message"] = error.message
+        if target.terminal and "finished_at" not in fields:
+            fields["finished_at"] = _iso(utcnow())
+        for i, (name, value) in enumerate(fields.items()):
+            names[f"#f{i}"] = name
+            values[f":f{i}"] = value
+            sets.append(f"#f{i} = :f{i}")
+        expression = "SET " + ", ".join(sets)
+        if target.terminal:
+            expression += " REMOVE active_tenant"
+        try:
+            resp = self._ddb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": job_pk(job_id)}},
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={k: _ser.serialize(v) for k, v in values.items()},
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            old = exc.response.get("Item")  # type: ignore[typeddict-item]
+            current = job_from_item(old) if old else None
+            if current is None:
+                try:
+                    current = self.get(job_id)
+                except JobNotFound:
+                    raise JobNotFound(job_id) from None
+            if current.tenant != tenant:
+                raise JobNotFound(job_id) from None
+            raise InvalidTransition(job_id, current.status.value, target.value) from None
+        return job_from_item(resp["Attributes"])
+
+    # -- worker side ---------------------------------------------------------------------------
+
+    def claim(self, job_id: str, tenant: str, *, worker_id: str, lease_s: float, now: float) -> Job:
+        """QUEUED -> RUNNING for this worker, in one conditional write, before any GPU time is spent.
+
+        A RUNNING job whose lease ran out (its worker died) may be claimed again; the attempt count goes up.
+        Raises InvalidTransition (cancelled, finished, handed off, or held by a live worker) or JobNotFound.
+        """
+        queued, running = JobStatus.QUEUED.value, JobStatus.RUNNING.value
+        try:
+            resp = self._ddb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": job_pk(job_id)}},
+                UpdateExpression=(
+                    "SET #s = :running, tenant_status = :ts, worker_id = :w, lease_until = :lease, "
+                    "started_at = if_not_exists(started_at, :iso), progress_step = :zero "
+                    "ADD attempt :one"
+                ),
+                ConditionExpression=(
+                    "attribute_exists(pk) AND tenant = :t AND (#s = :queued OR (#s = :running AND lease_until < :now))"
+                ),
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    ":running": {"S": running},
+                    ":queued": {"S": queued},
+                    ":ts": {"S": f"{tenant}#{running}"},
+                    ":w": {"S": worker_id},
+                    ":lease": _ser.serialize(_num(now + lease_s)),
+                    ":now": _ser.serialize(_num(now)),
+                    ":iso": {"S": _iso(utcnow()) or ""},
+                    ":zero": {"N": "0"},
+                    ":one": {"N": "1"},
+                    ":t": {"S": tenant},
+                },
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            old = exc.response.get("Item")  # type: ignore[typeddict-item]
+            current = job_from_item(old) if old else self.get(job_id)
+            if current.tenant != tenant:
+                raise JobNotFound(job_id) from None
+            raise InvalidTransition(job_id, current.status.value, running) from None
+        return job_from_item(resp["Attributes"])
+
+    def lease_remaining(self, job_id: str, now: float) -> float:
+        """Seconds until another worker may take this job over (0 when free or gone)."""
+        resp = self._ddb.get_item(
+            TableName=self._table, Key={"pk": {"S": job_pk(job_id)}}, ProjectionExpression="lease_until"
+        )
+        lease = resp.get("Item", {}).get("lease_until", {}).get("N")
+        return max(0.0, float(lease) - now) if lease else 0.0
+
+    def record_progress(
+        self, job_id: str, *, worker_id: str, step: int, total: int, lease_until: float | None = None
+    ) -> bool:
+        """Write step/total (and extend the lease) while this worker still owns the RUNNING job.
+
+        Returns False when the job is no longer ours to run (cancelled, or taken over): drop its images.
+        """
+        expression = "SET progress_step = :step, progress_total = :total"
+        values: dict[str, Any] = {
+            ":step": {"N": str(step)},
+            ":total": {"N": str(total)},
+            ":running": {"S": JobStatus.RUNNING.value},
+            ":w": {"S": worker_id},
+        }
+        if lease_until is not None:
+            expression += ", lease_until = :lease"
+            values[":lease"] = _ser.serialize(_num(lease_until))
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": job_pk(job_id)}},
+                UpdateExpression=expression,
+                ConditionExpression="#s = :running AND worker_id = :w",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    @staticmethod
+    def _idem_pk(tenant: str, key: str) -> str:
+        return f"IDEM#{tenant}#{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _num(value: float) -> Decimal:
+    return Decimal(str(round(value, 3)))
+
+
+def expiry_epoch(created_at: datetime, retention_days: int) -> int:
+    return int((created_at + timedelta(days=retention_days)).timestamp())

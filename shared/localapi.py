@@ -1,0 +1,127 @@
+"""Serves a Lambda API handler over HTTP on 127.0.0.1, the way API Gateway (REST, proxy) would call it.
+
+Each HTTP request becomes an API Gateway proxy event; the handler's proxy response becomes the HTTP
+response. Nothing in the handler knows it runs locally.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.wrappers import Request, Response
+
+LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+# API Gateway's own hard limit on payloads; larger bodies never reach the Lambda.
+APIGW_MAX_BODY = 10 * 1024 * 1024
+
+
+class LocalLambdaContext:
+    """The parts of the Lambda context object that Powertools and handlers read."""
+
+    function_name = "sdq-api-local"
+    function_version = "$LATEST"
+    memory_limit_in_mb = 1024
+    invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:sdq-api-local"
+
+    def __init__(self) -> None:
+        self.aws_request_id = str(uuid.uuid4())
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 29_000
+
+
+def request_to_event(request: Request) -> dict[str, Any]:
+    """An API Gateway REST proxy event for ``request``."""
+    raw = request.get_data(cache=False)
+    try:
+        body: str | None = raw.decode("utf-8") if raw else None
+        is_b64 = False
+    except UnicodeDecodeError:
+        body, is_b64 = base64.b64encode(raw).decode(), True
+    headers = {k: v for k, v in request.headers.items()}
+    multi_headers = {k: request.headers.getlist(k) for k in request.headers.keys()}  # noqa: SIM118
+    query = {k: v for k, v in request.args.items()} or None
+    multi_query = {k: request.args.getlist(k) for k in request.args} or None
+    return {
+        "resource": request.path,
+        "path": request.path,
+        "httpMethod": request.method,
+        "headers": headers,
+        "multiValueHeaders": multi_headers,
+        "queryStringParameters": query,
+        "multiValueQueryStringParameters": multi_query,
+        "pathParameters": None,
+        "stageVariables": None,
+        "requestContext": {
+            "requestId": str(uuid.uuid4()),
+            "stage": "local",
+            "httpMethod": request.method,
+            "path": request.path,
+            "identity": {"sourceIp": request.remote_addr or "127.0.0.1"},
+            "resourcePath": request.path,
+        },
+        "body": body,
+        "isBase64Encoded": is_b64,
+    }
+
+
+def response_from_result(result: dict[str, Any]) -> Response:
+    body = result.get("body") or ""
+    data = base64.b64decode(body) if result.get("isBase64Encoded") else body.encode("utf-8")
+    response = Response(data, status=int(result.get("statusCode", 200)))
+    for key, value in (result.get("headers") or {}).items():
+        response.headers[key] = str(value)
+    for key, values in (result.get("multiValueHeaders") or {}).items():
+        response.headers.remove(key)
+        for value in values:
+            response.headers.add(key, str(value))
+    return response
+
+
+class LocalApiServer:
+    """A threaded HTTP server on loopback in front of one Lambda handler (plus optional static routes)."""
+
+    def __init__(
+        self,
+        handler: LambdaHandler,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        static: dict[str, tuple[bytes, str]] | None = None,
+    ) -> None:
+        self._handler = handler
+        self._static = static or {}
+        self._server: BaseWSGIServer = make_server(host, port, self._wsgi, threaded=True)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._server.host}:{self._server.port}"
+
+    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        request = Request(environ)
+        if request.method == "GET" and request.path in self._static:
+            content, content_type = self._static[request.path]
+            return Response(content, content_type=content_type)(environ, start_response)
+        if (request.content_length or 0) > APIGW_MAX_BODY:
+            too_big = Response(b'{"message":"Request Too Long"}', status=413, content_type="application/json")
+            return too_big(environ, start_response)
+        result = self._handler(request_to_event(request), LocalLambdaContext())
+        return response_from_result(result)(environ, start_response)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="sdq-local-api", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

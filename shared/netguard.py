@@ -1,0 +1,107 @@
+"""SSRF guard for callback URLs: checked at submit time and again, after DNS resolution, at send time."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
+
+
+class UnsafeUrl(ValueError):
+    """A callback URL that could reach something other than a public HTTPS receiver."""
+
+
+def parse_ip_literal(host: str) -> IPAddress | None:
+    """Parse ``host`` as an IP address in any spelling a resolver would accept (decimal, hex, octal, short).
+
+    ``inet_aton`` accepts ``2852039166``, ``0xA9FEA9FE``, ``0251.0376.0251.0376`` and ``169.254.43518``; all of
+    them mean 169.254.169.254 to a socket, so all of them must be treated as that address.
+    """
+    candidate = host.strip("[]")
+    try:
+        return ipaddress.ip_address(candidate)
+    except ValueError:
+        pass
+    try:
+        packed = socket.inet_aton(candidate)
+    except OSError:
+        return None
+    return ipaddress.IPv4Address(packed)
+
+
+def _effective(ip: IPAddress) -> IPAddress:
+    """Unwrap IPv4-mapped / 6to4 / Teredo IPv6 forms to the IPv4 address they reach."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip.sixtofour is not None:
+            return ip.sixtofour
+        if ip.teredo is not None:
+            return ip.teredo[1]
+    return ip
+
+
+def is_public(ip: IPAddress) -> bool:
+    """True for globally routable unicast addresses only."""
+    eff = _effective(ip)
+    return bool(eff.is_global) and not (eff.is_multicast or eff.is_reserved or eff.is_unspecified)
+
+
+def is_loopback(ip: IPAddress) -> bool:
+    return _effective(ip).is_loopback
+
+
+def check_callback_url(url: str, *, allow_loopback: bool) -> str:
+    """Validate a callback URL's shape without network access; returns it unchanged or raises UnsafeUrl.
+
+    Rules: ``https`` to a public host; plain ``http`` only to a loopback host and only when
+    ``allow_loopback`` (the local profile). No credentials in the URL, no IP literal that is not public.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in {"https", "http"}:
+        raise UnsafeUrl("callback_url must use https")
+    if parts.username is not None or parts.password is not None:
+        raise UnsafeUrl("callback_url must not contain credentials")
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not host:
+        raise UnsafeUrl("callback_url has no host")
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise UnsafeUrl("callback_url has an invalid port") from exc
+    ip = parse_ip_literal(host)
+    loopback = host in _LOOPBACK_NAMES or host.endswith(".localhost") or (ip is not None and is_loopback(ip))
+    if loopback:
+        if not allow_loopback:
+            raise UnsafeUrl("callback_url must not point at this host (loopback)")
+        return url
+    if scheme != "https":
+        raise UnsafeUrl("callback_url must use https")
+    if ip is not None and not is_public(ip):
+        raise UnsafeUrl("callback_url must not point at a private, link-local or reserved address")
+    return url
+
+
+def resolve_public(host: str, port: int, *, allow_loopback: bool) -> list[str]:
+    """Resolve ``host`` and return its addresses, refusing the lot if any of them is not public.
+
+    Called right before each webhook delivery, so a DNS answer that changed since submit (rebinding)
+    is caught. Raises UnsafeUrl.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UnsafeUrl(f"callback host {host!r} does not resolve") from exc
+    addresses = []
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if is_public(ip) or (allow_loopback and is_loopback(ip)):
+            addresses.append(str(ip))
+            continue
+        raise UnsafeUrl(f"callback host {host!r} resolves to a non-public address")
+    return addresses

@@ -1,0 +1,104 @@
+"""The jobs queue (SQS): sending job messages and, for the worker, receiving, extending and deleting them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from shared.contracts import QueueMessage
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+
+@dataclass(frozen=True)
+class Received:
+    """One received message: its parsed body (None when unparseable) and what SQS needs to act on it."""
+
+    message_id: str
+    receipt_handle: str
+    body: str
+    receive_count: int
+    message: QueueMessage | None
+
+
+class JobQueue:
+    """Thin adapter over one SQS queue."""
+
+    def __init__(self, sqs: SQSClient, queue_url: str) -> None:
+        self._sqs = sqs
+        self.url = queue_url
+
+    def send(self, message: QueueMessage) -> str:
+        """Send one job message; returns the SQS message id. Raises botocore errors after its retries."""
+        resp = self._sqs.send_message(
+            QueueUrl=self.url,
+            MessageBody=message.model_dump_json(),
+            MessageAttributes={
+                "job_id": {"DataType": "String", "StringValue": message.job_id},
+                "tenant": {"DataType": "String", "StringValue": message.tenant},
+            },
+        )
+        return resp["MessageId"]
+
+
+def parse_body(body: str) -> QueueMessage | None:
+    """The job message in ``body``, or None when it is not one (a poison message)."""
+    try:
+        return QueueMessage.model_validate_json(body, context={"trusted": True})
+    except ValueError:
+        return None
+
+
+class WorkerQueue(JobQueue):
+    """The worker's side of the jobs queue: receive, keep invisible while held, delete once handed off."""
+
+    def receive(self, *, max_messages: int, wait_s: int, visibility_s: int) -> list[Received]:
+        resp = self._sqs.receive_message(
+            QueueUrl=self.url,
+            MaxNumberOfMessages=max_messages,
+            WaitTimeSeconds=wait_s,
+            VisibilityTimeout=visibility_s,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            MessageAttributeNames=["All"],
+        )
+        received = []
+        for msg in resp.get("Messages", []):
+            body = msg.get("Body", "")
+            received.append(
+                Received(
+                    message_id=msg["MessageId"],
+                    receipt_handle=msg["ReceiptHandle"],
+                    body=body,
+                    receive_count=int(msg.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
+                    message=parse_body(body),
+                )
+            )
+        return received
+
+    def set_visibility(self, messages: list[Received], visibility_s: int) -> list[str]:
+        """Change visibility of up to any number of messages; returns the ids SQS refused."""
+        failed: list[str] = []
+        for start in range(0, len(messages), 10):
+            chunk = messages[start : start + 10]
+            resp = self._sqs.change_message_visibility_batch(
+                QueueUrl=self.url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": visibility_s}
+                    for i, m in enumerate(chunk)
+                ],
+            )
+            failed += [chunk[int(f["Id"])].message_id for f in resp.get("Failed", [])]
+        return failed
+
+    def delete(self, messages: list[Received]) -> list[str]:
+        """Delete messages; returns the ids SQS failed to delete (they come back, and are no-ops then)."""
+        failed: list[str] = []
+        for start in range(0, len(messages), 10):
+            chunk = messages[start : start + 10]
+            resp = self._sqs.delete_message_batch(
+                QueueUrl=self.url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(chunk)],
+            )
+            failed += [chunk[int(f["Id"])].message_id for f in resp.get("Failed", [])]
+        return failed

@@ -1,0 +1,86 @@
+"""Service settings: one pydantic model, read once from the environment (prefix ``SDQ_``).
+
+Every bound the API enforces lives here so operators can change it without touching code.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RequestLimits(BaseModel):
+    """Bounds of a generation request (``SDQ_LIMITS__*`` overrides each one)."""
+
+    prompt_max_chars: int = 2000
+    negative_prompt_max_chars: int = 2000
+    min_side: int = 256
+    max_side: int = 1024
+    max_pixels: int = 1024 * 1024
+    side_multiple: int = 8
+    max_steps: int = 100
+    default_steps: int = 30
+    max_guidance: float = 20.0
+    default_guidance: float = 7.5
+    max_images: int = 4
+    max_metadata_entries: int = 16
+    max_metadata_key_chars: int = 64
+    max_metadata_value_chars: int = 512
+    max_callback_url_chars: int = 2048
+
+
+class Settings(BaseSettings):
+    """Everything the API, the task Lambdas and the worker need to know about their environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SDQ_", env_nested_delimiter="__", extra="ignore")
+
+    profile: Literal["aws", "local"] = "aws"
+    region: str | None = Field(default=None, description="AWS region; falls back to AWS_REGION/AWS_DEFAULT_REGION")
+    endpoint_url: str | None = Field(default=None, description="Override for every AWS client (local cloud)")
+
+    table_name: str = "sdq-jobs"
+    queue_url: str = ""
+    dlq_url: str = ""
+    bucket: str = "sdq-media"
+    state_machine_arn: str = ""
+
+    models: list[str] = Field(default_factory=lambda: ["tiny"], description="Allowlist of model names")
+    default_model: str = "tiny"
+    limits: RequestLimits = Field(default_factory=RequestLimits)
+
+    max_unfinished_jobs_per_tenant: int = 100
+    unfinished_cap_retry_after_s: int = 5
+    max_body_bytes: int = 256 * 1024
+    presign_expiry_s: int = 3600
+    job_retention_days: int = 7
+    page_size_default: int = 20
+    page_size_max: int = 100
+    enqueue_attempts: int = 3
+
+    allow_loopback_callbacks: bool = Field(
+        default=False,
+        description="Let callback_url use plain http to 127.0.0.1/localhost (local profile only)",
+    )
+    dev_api_key: str | None = Field(default=None, description="Local profile: API key created at start-up")
+
+    # -- GPU worker --
+    model: str = Field(default="tiny", description="Worker model: 'tiny', a hub id or a local diffusers folder")
+    max_batch_images: int = Field(default=8, ge=1, description="Images per pipeline call (upper bound)")
+    max_batch_wait_ms: int = Field(default=200, ge=0, description="Wait for compatible jobs after the first one")
+    receive_wait_s: int = Field(default=20, ge=0, le=20, description="SQS long-poll wait")
+    visibility_timeout_s: int = Field(default=300, ge=5, description="Message invisibility and job lease length")
+    heartbeat_s: float = Field(default=60.0, gt=0, description="How often held messages and leases are extended")
+    grace_s: float = Field(default=120.0, ge=0, description="Warm-stop budget after SIGTERM")
+    progress_interval_s: float = Field(default=1.0, gt=0, description="Minimum time between progress writes")
+
+    staging_prefix: str = "staging/"
+    outputs_prefix: str = "outputs/"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, validated once on first use."""
+    return Settings()

@@ -1,0 +1,142 @@
+"""Fixtures that run the real service: `sdq up` as a process (local cloud + API), real HTTP, real boto3."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import boto3
+import httpx
+import pytest
+
+from shared.apikeys import ApiKeyStore
+from shared.client import Endpoint, SdqClient
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RunningService:
+    api_url: str
+    api_key: str
+    env: dict[str, str]
+    state_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[IO[bytes]] = field(default_factory=list)
+
+    def boto(self, service: str) -> Any:
+        return boto3.client(
+            service,  # type: ignore[call-overload]
+            endpoint_url=self.env["AWS_ENDPOINT_URL"],
+            region_name=self.env["AWS_DEFAULT_REGION"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    @property
+    def table(self) -> str:
+        return self.env["SDQ_TABLE_NAME"]
+
+    @property
+    def queue_url(self) -> str:
+        return self.env["SDQ_QUEUE_URL"]
+
+    def new_tenant(self, name: str) -> SdqClient:
+        """A fresh tenant with its own API key, registered straight in the table."""
+        tenant = f"{name}-{time.monotonic_ns()}"
+        key = ApiKeyStore(self.boto("dynamodb"), self.table).create(tenant)
+        return SdqClient(Endpoint(self.api_url, key))
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api_url, timeout=30)
+
+    def queue_depth(self) -> int:
+        attrs = self.boto("sqs").get_queue_attributes(
+            QueueUrl=self.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+    def table_items(self) -> int:
+        return len(self.boto("dynamodb").scan(TableName=self.table, Select="ALL_ATTRIBUTES")["Items"])
+
+    def start_worker(self, *args: str, env: dict[str, str] | None = None, log_name: str = "worker") -> subprocess.Popen[bytes]:
+        log = open(self.state_dir / f"{log_name}-{len(self.workers)}.log", "wb")  # noqa: SIM115
+        self.logs.append(log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "handlers.cli", "worker", *args],
+            env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1", **(env or {})},
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.workers.append(proc)
+        return proc
+
+
+def start_service(state_dir: Path, extra_env: dict[str, str] | None = None, timeout_s: float = 120) -> RunningService:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = state_dir / "service.log"
+    env = {**os.environ, "SDQ_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    log = open(log_path, "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "handlers.cli", "up", "--port", "0", "--no-worker"],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    state_file = state_dir / "local.json"
+    deadline = time.monotonic() + timeout_s
+    while not state_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            log.close()
+            raise RuntimeError(f"sdq up did not start:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.2)
+    state = json.loads(state_file.read_text())
+    service_env = {k: v for k, v in state["env"].items()}
+    service_env.update({k: v for k, v in (extra_env or {}).items()})
+    return RunningService(
+        api_url=state["api_url"],
+        api_key=state["api_key"],
+        env=service_env,
+        state_dir=state_dir,
+        log_path=log_path,
+        process=proc,
+        logs=[log],
+    )
+
+
+def stop_service(service: RunningService) -> None:
+    for worker in service.workers:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=10)
+    service.process.send_signal(signal.SIGINT)
+    try:
+        service.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        service.process.kill()
+        service.process.wait(timeout=10)
+    for log in service.logs:
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    """The control plane (local cloud + API), no worker: jobs stay QUEUED."""
+    running = start_service(tmp_path_factory.mktemp("sdq"), {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "5"})
+    yield running
+    stop_service(running)

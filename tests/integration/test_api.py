@@ -1,0 +1,278 @@
+"""The REST API over real HTTP against the local cloud: what a client sees, and what lands in DynamoDB/SQS."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from shared.client import ApiError
+from tests.integration.conftest import RunningService
+
+
+def queued_job_ids(service: RunningService) -> set[str]:
+    """Job ids of the messages on the jobs queue (received briefly, then visible again)."""
+    sqs = service.boto("sqs")
+    seen: set[str] = set()
+    handles = []
+    while True:
+        msgs = sqs.receive_message(QueueUrl=service.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=30).get(
+            "Messages", []
+        )
+        if not msgs:
+            break
+        for m in msgs:
+            seen.add(json.loads(m["Body"])["job_id"])
+            handles.append(m["ReceiptHandle"])
+    for h in handles:
+        sqs.change_message_visibility(QueueUrl=service.queue_url, ReceiptHandle=h, VisibilityTimeout=0)
+    return seen
+
+
+def stored_job(service: RunningService, job_id: str) -> dict[str, Any] | None:
+    item = service.boto("dynamodb").get_item(TableName=service.table, Key={"pk": {"S": f"JOB#{job_id}"}}).get("Item")
+    return item
+
+
+def test_submit_returns_202_with_location_and_queues_one_message(service: RunningService) -> None:
+    with service.http() as http:
+        resp = http.post(
+            "/v1/jobs",
+            json={"prompt": "a red fox", "seed": 7, "metadata": {"order": "42"}},
+            headers={"Authorization": f"Bearer {service.api_key}"},
+        )
+    assert resp.status_code == 202
+    job = resp.json()
+    assert resp.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "QUEUED"
+    assert job["request"]["seed"] == 7 and job["request"]["model"] == "tiny"
+    assert job["metadata"] == {"order": "42"}
+    assert "noise" in job["model_note"]
+    assert job["id"] in queued_job_ids(service)
+    item = stored_job(service, job["id"])
+    assert item is not None and item["status"]["S"] == "QUEUED"
+    assert int(item["expires_at"]["N"]) > 0
+
+    with service.http() as http:
+        got = http.get(f"/v1/jobs/{job['id']}", headers={"x-api-key": service.api_key})
+    assert got.status_code == 200
+    assert got.json()["status"] == "QUEUED"
+    assert got.json()["progress"] == {"step": 0, "total": 0}
+
+
+def test_seed_is_drawn_and_stored_when_absent(service: RunningService) -> None:
+    client = service.new_tenant("seed")
+    job = client.submit({"prompt": "a red fox"})
+    assert isinstance(job["request"]["seed"], int)
+    assert client.get(job["id"])["request"]["seed"] == job["request"]["seed"]
+
+
+def test_idempotent_replay_returns_same_job_and_one_message(service: RunningService) -> None:
+    client = service.new_tenant("idem")
+    before = service.queue_depth()
+    first = client.submit({"prompt": "idempotent fox"}, idempotency_key="order-1")
+    again = client.submit({"prompt": "idempotent fox"}, idempotency_key="order-1")
+    assert again["id"] == first["id"]
+    assert service.queue_depth() == before + 1
+    with pytest.raises(ApiError) as info:
+        client.submit({"prompt": "another fox"}, idempotency_key="order-1")
+    assert info.value.status == 409
+    assert info.value.code == "idempotency_key_reused"
+    assert service.queue_depth() == before + 1
+
+
+def test_concurrent_replays_make_one_job(service: RunningService) -> None:
+    client = service.new_tenant("idem-race")
+    before = service.queue_depth()
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(lambda _: client.submit({"prompt": "race"}, idempotency_key="k")["id"], range(16)))
+    assert len(ids) == 1
+    assert service.queue_depth() == before + 1
+
+
+def test_other_tenants_job_and_unknown_ids_are_indistinguishable_404s(service: RunningService) -> None:
+    alice, bob = service.new_tenant("alice"), service.new_tenant("bob")
+    job = alice.submit({"prompt": "alice's fox"})
+    unknown = "01" + "Z" * 24
+    bodies = []
+    for client, job_id in [(bob, job["id"]), (bob, unknown), (bob, "not-a-ulid"), (alice, unknown)]:
+        for call in (client.get, client.cancel):
+            with pytest.raises(ApiError) as info:
+                call(job_id)
+            assert info.value.status == 404
+            bodies.append(info.value.body["error"]["code"])
+    assert set(bodies) == {"not_found"}
+    assert alice.get(job["id"])["status"] == "QUEUED"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer sdq_wrong"}, {"x-api-key": "nope"}, {"Authorization": "Basic abc"}],
+)
+def test_missing_or_wrong_key_is_401_without_detail(service: RunningService, headers: dict[str, str]) -> None:
+    with service.http() as http:
+        resp = http.post("/v1/jobs", json={"prompt": "x"}, headers=headers)
+    assert resp.status_code == 401
+    assert resp.json()["error"]["code"] == "unauthorized"
+
+
+def test_unfinished_job_cap_gives_429_with_retry_after_and_enqueues_nothing(service: RunningService) -> None:
+    client = service.new_tenant("cap")
+    for i in range(5):  # the fixture's cap
+        client.submit({"prompt": f"fox {i}"})
+    before = service.queue_depth()
+    with pytest.raises(ApiError) as info:
+        client.submit({"prompt": "one too many"})
+    assert info.value.status == 429
+    assert int(info.value.headers["Retry-After"]) > 0
+    assert service.queue_depth() == before
+    # Finishing one (here: cancelling) frees a slot.
+    first = client.list(limit=1)["jobs"][0]
+    client.cancel(first["id"])
+    assert client.submit({"prompt": "fits again"})["status"] == "QUEUED"
+
+
+def test_cancel_then_cancel_again_is_409(service: RunningService) -> None:
+    client = service.new_tenant("cancel")
+    job = client.submit({"prompt": "to cancel"})
+    cancelled = client.cancel(job["id"])
+    assert cancelled["status"] == "CANCELLED"
+    assert cancelled["finished_at"] is not None
+    with pytest.raises(ApiError) as info:
+        client.cancel(job["id"])
+    assert info.value.status == 409
+    assert client.get(job["id"])["status"] == "CANCELLED"
+
+
+def test_list_is_newest_first_with_cursor_pagination_and_status_filter(service: RunningService) -> None:
+    client = service.new_tenant("list")
+    ids = [client.submit({"prompt": f"fox {i}"})["id"] for i in range(5)]
+    client.cancel(ids[1])
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = client.list(limit=2, cursor=cursor)
+        assert len(page["jobs"]) <= 2
+        seen += [j["id"] for j in page["jobs"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == list(reversed(ids))
+    cancelled = client.list(status="CANCELLED")["jobs"]
+    assert [j["id"] for j in cancelled] == [ids[1]]
+    queued = client.list(status="QUEUED")["jobs"]
+    assert [j["id"] for j in queued] == [i for i in reversed(ids) if i != ids[1]]
+
+
+def test_a_cursor_cannot_list_another_tenants_jobs(service: RunningService) -> None:
+    alice, bob = service.new_tenant("cur-a"), service.new_tenant("cur-b")
+    for i in range(3):
+        alice.submit({"prompt": f"a{i}"})
+    cursor = alice.list(limit=1)["next_cursor"]
+    with pytest.raises(ApiError) as info:
+        bob.list(limit=1, cursor=cursor)
+    assert info.value.status == 400
+    with pytest.raises(ApiError) as info:
+        bob.list(cursor="%%%garbage")
+    assert info.value.status == 400
+
+
+INVALID_BODIES: list[tuple[str, Any, int, str]] = [
+    ("100k prompt", {"prompt": "x" * 100_000}, 422, "prompt"),
+    ("body over the cap", {"prompt": "x", "negative_prompt": "y" * 300_000}, 413, ""),
+    ("long prompt", {"prompt": "x" * 2001}, 422, "prompt"),
+    ("blank prompt", {"prompt": "   "}, 422, "prompt"),
+    ("width 513", {"prompt": "x", "width": 513}, 422, "width"),
+    ("steps 0", {"prompt": "x", "num_inference_steps": 0}, 422, "num_inference_steps"),
+    ("unknown field", {"prompt": "x", "colour": "red"}, 422, "colour"),
+    ("wrong type", {"prompt": "x", "width": "512"}, 422, "width"),
+    ("wrong type seed", {"prompt": "x", "seed": 1.5}, 422, "seed"),
+    ("metadata service callback", {"prompt": "x", "callback_url": "https://169.254.169.254/"}, 422, "callback_url"),
+    ("not an object", [1, 2, 3], 422, ""),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "status", "field"), INVALID_BODIES, ids=[b[0] for b in INVALID_BODIES])
+def test_invalid_bodies_are_rejected_and_change_nothing(
+    service: RunningService, name: str, body: Any, status: int, field: str
+) -> None:
+    items, depth = service.table_items(), service.queue_depth()
+    with service.http() as http:
+        resp = http.post("/v1/jobs", json=body, headers={"Authorization": f"Bearer {service.api_key}"})
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert set(error) == {"code", "message", "details"}
+    if field:
+        assert any(field in d["loc"] for d in error["details"]), error
+    assert service.table_items() == items
+    assert service.queue_depth() == depth
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status"),
+    [
+        (b"{not json", "application/json", 400),
+        (b"", "application/json", 422),
+        (b"prompt=fox", "application/x-www-form-urlencoded", 415),
+        (b'{"prompt": "fox"}', "text/plain", 415),
+        (b"\xff\xfe\x00garbage", "application/json", 400),
+        (b"[" * 5000 + b"]" * 5000, "application/json", 400),
+    ],
+    ids=["non-json", "empty", "form", "text-plain", "invalid-utf8", "nesting-bomb"],
+)
+def test_malformed_requests(service: RunningService, content: bytes, content_type: str, status: int) -> None:
+    items, depth = service.table_items(), service.queue_depth()
+    with service.http() as http:
+        resp = http.post(
+            "/v1/jobs",
+            content=content,
+            headers={"Authorization": f"Bearer {service.api_key}", "Content-Type": content_type},
+        )
+    assert resp.status_code == status, resp.text
+    assert "error" in resp.json()
+    assert service.table_items() == items
+    assert service.queue_depth() == depth
+
+
+def test_health_openapi_and_docs(service: RunningService) -> None:
+    with service.http() as http:
+        assert http.get("/health").json() == {"status": "ok"}
+        spec = http.get("/openapi.json").json()
+        docs = http.get("/docs")
+        missing = http.get("/v2/nothing")
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel"} <= set(spec["paths"])
+    schema = spec["components"]["schemas"]["GenerationRequest"]
+    assert schema["properties"]["width"]["maximum"] == 1024
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_cli_submit_and_status(service: RunningService, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import REPO
+
+    env = {"SDQ_STATE_DIR": str(service.state_dir), "PATH": "/usr/bin:/bin"}
+    submitted = subprocess.run(
+        [sys.executable, "-m", "handlers.cli", "submit", "a red fox"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    status = subprocess.run(
+        [sys.executable, "-m", "handlers.cli", "status", job_id],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(status.stdout)["status"] == "QUEUED"

@@ -1,0 +1,157 @@
+"""Request validation: every bound, on both sides, with limits coming from settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from shared.contracts import SEED_MAX, GenerationRequest
+from shared.settings import RequestLimits, Settings
+
+SETTINGS = Settings(models=["tiny", "sd15"], default_model="tiny")
+
+
+def validate(settings: Settings = SETTINGS, **fields: Any) -> GenerationRequest:
+    body = {"prompt": "a red fox", **fields}
+    return GenerationRequest.model_validate(body, context={"settings": settings})
+
+
+def error_fields(exc: ValidationError) -> set[str]:
+    return {".".join(str(p) for p in e["loc"]) or "__root__" for e in exc.errors()}
+
+
+def test_defaults_are_documented_values() -> None:
+    req = validate()
+    assert (req.width, req.height, req.num_inference_steps, req.guidance_scale) == (512, 512, 30, 7.5)
+    assert req.num_images == 1
+    assert req.output_format == "png"
+    assert req.seed is None
+
+
+@pytest.mark.parametrize(
+    ("field", "ok", "bad"),
+    [
+        ("prompt", "x", ""),
+        ("prompt", "x" * 2000, "x" * 2001),
+        ("prompt", "a\nb\tc", "   "),
+        ("prompt", "fox", "fox\x00"),
+        ("prompt", "fox", "fox\x1b[31m"),
+        ("negative_prompt", "n" * 2000, "n" * 2001),
+        ("width", 256, 248),
+        ("width", 1024, 1032),
+        ("width", 512, 513),
+        ("height", 256, 248),
+        ("height", 1024, 1032),
+        ("height", 520, 516),
+        ("num_inference_steps", 1, 0),
+        ("num_inference_steps", 100, 101),
+        ("guidance_scale", 0.0, -0.1),
+        ("guidance_scale", 20, 20.01),
+        ("seed", 0, -1),
+        ("seed", SEED_MAX, SEED_MAX + 1),
+        ("num_images", 1, 0),
+        ("num_images", 4, 5),
+        ("quality", 1, 0),
+        ("quality", 100, 101),
+        ("scheduler", "dpmpp_2m", "k_lms_weird"),
+        ("output_format", "webp", "gif"),
+        ("model", "sd15", "not-allowed"),
+        ("metadata", {"k": "v"}, {f"k{i}": "v" for i in range(17)}),
+        ("metadata", {"k": "v" * 512}, {"k": "v" * 513}),
+        ("metadata", {"k": "v"}, {"": "v"}),
+        ("callback_url", "https://hooks.example.com/x", "http://hooks.example.com/x"),
+    ],
+)
+def test_each_bound_accepts_inside_and_rejects_outside(field: str, ok: Any, bad: Any) -> None:
+    assert getattr(validate(**{field: ok}), field) == ok
+    with pytest.raises(ValidationError) as info:
+        validate(**{field: bad})
+    assert field in error_fields(info.value)
+
+
+def test_area_cap_rejects_large_both_sides() -> None:
+    tight = Settings(limits=RequestLimits(max_pixels=512 * 768))
+    assert validate(tight, width=512, height=768).width == 512
+    with pytest.raises(ValidationError, match="width\\*height"):
+        validate(tight, width=768, height=768)
+
+
+def test_unknown_fields_and_wrong_types_are_rejected() -> None:
+    with pytest.raises(ValidationError) as info:
+        validate(colour="red")
+    assert "colour" in error_fields(info.value)
+    for field, value in [("width", "512"), ("width", 512.0), ("num_images", True), ("prompt", 5)]:
+        with pytest.raises(ValidationError):
+            validate(**{field: value})
+
+
+def test_bounds_follow_settings() -> None:
+    custom = Settings(limits=RequestLimits(max_side=768, max_steps=10, max_images=2, prompt_max_chars=10))
+    validate(custom, width=768, num_inference_steps=10, num_images=2, prompt="0123456789")
+    for field, value in [
+        ("width", 776),
+        ("num_inference_steps", 11),
+        ("num_images", 3),
+        ("prompt", "x" * 11),
+    ]:
+        with pytest.raises(ValidationError):
+            validate(custom, **{field: value})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://169.254.169.254/latest/meta-data",
+        "https://127.0.0.1/hook",
+        "https://localhost./hook",
+        "https://[::1]/hook",
+        "https://[::ffff:169.254.169.254]/hook",
+        "https://[fd00::1]/hook",
+        "https://10.0.0.5/hook",
+        "https://2852039166/hook",
+        "https://0xA9FEA9FE/hook",
+        "file:///etc/passwd",
+        "gopher://example.com/",
+        "https://user:pw@example.com/hook",
+    ],
+)
+def test_callback_url_refuses_internal_targets(url: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        validate(callback_url=url)
+    assert "callback_url" in error_fields(info.value)
+
+
+def test_loopback_http_callback_only_when_local_profile_allows() -> None:
+    local = Settings(allow_loopback_callbacks=True)
+    assert validate(local, callback_url="http://127.0.0.1:9000/hook").callback_url
+    with pytest.raises(ValidationError):
+        validate(callback_url="http://127.0.0.1:9000/hook")
+    # Even the local profile never allows the metadata service.
+    with pytest.raises(ValidationError):
+        validate(local, callback_url="http://169.254.169.254/")
+
+
+def test_normalised_draws_and_keeps_seed_and_defaults_model() -> None:
+    drawn = validate().normalised(SETTINGS)
+    assert drawn.seed is not None
+    assert 0 <= drawn.seed <= SEED_MAX
+    assert drawn.model == "tiny"
+    fixed = validate(seed=42, model="sd15").normalised(SETTINGS)
+    assert (fixed.seed, fixed.model) == (42, "sd15")
+
+
+def test_fingerprint_and_batch_key() -> None:
+    a, b = validate(seed=1), validate(seed=1)
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != validate(seed=2).fingerprint()
+    assert validate(prompt="x").batch_key() == validate(prompt="y").batch_key()
+    assert validate(width=256).batch_key() != validate().batch_key()
+
+
+def test_published_schema_shows_configured_bounds() -> None:
+    schema = GenerationRequest.model_json_schema()
+    assert schema["properties"]["width"]["maximum"] == 1024
+    assert schema["properties"]["width"]["multipleOf"] == 8
+    assert schema["additionalProperties"] is False

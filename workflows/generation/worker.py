@@ -1,0 +1,532 @@
+"""The GPU worker loop: long-poll SQS, batch compatible jobs, claim, one pipeline call, hand off to Step Functions.
+
+Threads (one GPU thread, the rest I/O):
+- receiver: long-polls the queue and feeds the batcher, holding back when enough work is waiting;
+- heartbeat: keeps every held message invisible and every claimed job's lease alive;
+- main (GPU): takes ready batches, claims their jobs, runs one pipeline call per batch;
+- finishers: encode PNGs, upload to staging, start executions, delete messages, overlapping the next batch.
+
+Guarantees: a message is deleted only after its job's hand-off (or once its job needs nothing more), so a
+crash at any point loses nothing; the conditional claim makes duplicate deliveries and a second worker
+no-ops; an expired lease lets a restarted worker take over a job whose worker died.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from botocore.exceptions import BotoCoreError, ClientError
+from PIL.Image import Image
+
+from shared.contracts import GenerationRequest, Job, JobStatus, QueueMessage
+from shared.errors import InvalidTransition, JobNotFound
+from shared.jobs import JobsRepository
+from shared.media import MediaStore
+from shared.orchestration import Orchestrator
+from shared.queue import Received, WorkerQueue
+from workflows.generation.batcher import Batcher, Pending
+
+logger = Logger(service="sdq-worker")
+
+AwsError = (ClientError, BotoCoreError)
+
+
+class Cancelled(Exception):
+    """Raised from the step callback to stop a pipeline call whose jobs no longer need it."""
+
+
+class OutOfMemory(Exception):
+    """The pipeline ran out of accelerator memory for this batch."""
+
+
+@dataclass(frozen=True)
+class ImageWork:
+    """One job as the pipeline sees it."""
+
+    key: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    num_images: int
+
+
+@dataclass(frozen=True)
+class Shape:
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    scheduler: str
+
+
+class Generator(Protocol):
+    """What the loop needs from a pipeline runner (see workflows.generation.pipeline)."""
+
+    model_name: str
+
+    def generate(
+        self, jobs: Sequence[ImageWork], shape: Shape, on_step: Callable[[int, int], None] | None = None
+    ) -> dict[str, list[Image]]: ...
+
+
+@dataclass
+class WorkerConfig:
+    max_batch_images: int = 8
+    max_batch_wait_s: float = 0.2
+    receive_wait_s: int = 20
+    visibility_s: int = 300
+    heartbeat_s: float = 60.0
+    grace_s: float = 120.0
+    progress_interval_s: float = 1.0
+    finisher_threads: int = 4
+    backlog_factor: int = 3
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+
+
+@dataclass
+class Held:
+    """A received job message the worker is responsible for until it is deleted or released."""
+
+    received: Received
+    message: QueueMessage
+    arrived: float
+    job: Job | None = None
+    dropped: bool = False
+
+    @property
+    def job_id(self) -> str:
+        return self.message.job_id
+
+    @property
+    def tenant(self) -> str:
+        return self.message.tenant
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.message.request
+
+
+@dataclass
+class BatchReport:
+    jobs: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class Worker:
+    """One worker process's loop. ``run()`` returns when stopped; see ``request_stop``."""
+
+    def __init__(
+        self,
+        *,
+        queue: WorkerQueue,
+        repo: JobsRepository,
+        media: MediaStore,
+        orchestrator: Orchestrator,
+        generator: Generator,
+        config: WorkerConfig,
+        staging_prefix: str = "staging/",
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._queue = queue
+        self._repo = repo
+        self._media = media
+        self._sfn = orchestrator
+        self._gen = generator
+        self.config = config
+        self._staging = staging_prefix
+        self._metrics = metrics or Metrics(namespace="sdq", service="worker")
+        self._clock = clock
+        self._batcher: Batcher[Held] = Batcher(config.max_batch_images, config.max_batch_wait_s)
+        self._held: dict[str, Held] = {}  # message id -> held
+        self._lock = threading.Condition()
+        self._stopping = threading.Event()
+        self._hard_stop = threading.Event()
+        self._finishers = ThreadPoolExecutor(config.finisher_threads, thread_name_prefix="sdq-finish")
+        self._in_flight: list[Future[None]] = []
+        self.batches: list[BatchReport] = []
+        self.gpu_seconds = 0.0
+        self.started_at = time.monotonic()
+
+    # -- control -----------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """First call: warm stop (finish the running batch within the grace period, release the rest).
+        Second call: stop now, releasing what can be released."""
+        if self._stopping.is_set():
+            logger.warning("second stop request: stopping now")
+            self._hard_stop.set()
+        else:
+            logger.info("stop requested: finishing the running batch", grace_s=self.config.grace_s)
+            self._stopping.set()
+            timer = threading.Timer(self.config.grace_s, self._hard_stop.set)
+            timer.daemon = True
+            timer.start()
+        with self._lock:
+            self._lock.notify_all()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    # -- threads ------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        receiver = threading.Thread(target=self._receive_loop, name="sdq-receive", daemon=True)
+        heartbeat = threading.Thread(target=self._heartbeat_loop, name="sdq-heartbeat", daemon=True)
+        receiver.start()
+        heartbeat.start()
+        logger.info("worker started", worker_id=self.config.worker_id, model=self._gen.model_name)
+        try:
+            while not self._stopping.is_set():
+                batch = self._next_batch()
+                if batch:
+                    self._run_batch(batch)
+        finally:
+            self._shutdown(receiver)
+
+    def _next_batch(self) -> list[Held]:
+        with self._lock:
+            wait = self._batcher.seconds_until_ready(time.monotonic())
+            if wait is None or wait > 0:
+                self._lock.wait(timeout=min(wait if wait is not None else 1.0, 1.0))
+                return []
+            return self._batcher.take(time.monotonic())
+
+    def _receive_loop(self) -> None:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            with self._lock:
+                waiting = self._batcher.images_waiting()
+            if waiting >= self.config.max_batch_images * self.config.backlog_factor:
+                # Enough work on hand: leave the rest in the queue for other workers.
+                time.sleep(0.05)
+                continue
+            try:
+                received = self._queue.receive(
+                    max_messages=10, wait_s=self.config.receive_wait_s, visibility_s=self.config.visibility_s
+                )
+                backoff = 0.5
+            except AwsError as exc:
+                logger.warning("receive failed; retrying", error=str(exc), retry_in_s=backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if self._stopping.is_set():
+                self._safe_visibility(received, 0)
+                return
+            self._accept(received)
+
+    def _accept(self, received: list[Received]) -> None:
+        poison = [r for r in received if r.message is None]
+        if poison:
+            # Release at once: the redrive policy moves it to the DLQ after maxReceiveCount receives,
+            # where the DLQ handler fails its job.
+            logger.error("unparseable message left for the DLQ", message_ids=[r.message_id for r in poison])
+            self._safe_visibility(poison, 0)
+        now = time.monotonic()
+        with self._lock:
+            for r in received:
+                if r.message is None or r.message_id in self._held:
+                    continue
+                held = Held(received=r, message=r.message, arrived=now)
+                self._held[r.message_id] = held
+                req = r.message.request
+                self._batcher.add(Pending(req.batch_key(), req.num_images, now, held))
+            self._lock.notify_all()
+
+    def _heartbeat_loop(self) -> None:
+        while not self._hard_stop.wait(self.config.heartbeat_s):
+            with self._lock:
+                held = list(self._held.values())
+            if not held:
+                continue
+            refused = self._safe_visibility([h.received for h in held], self.config.visibility_s)
+            lease_until = self._clock() + self.config.visibility_s
+            for h in held:
+                if h.job is not None and not h.dropped and h.received.message_id not in refused:
+                    try:
+                        self._repo.record_progress(
+                            h.job_id,
+                            worker_id=self.config.worker_id,
+                            step=h.job.progress.step,
+                            total=h.job.progress.total,
+                            lease_until=lease_until,
+                        )
+                    except AwsError as exc:
+                        logger.warning("lease renewal failed", job_id=h.job_id, error=str(exc))
+
+    # -- one batch ----------------------------------------------------------------------------------
+
+    def _run_batch(self, batch: list[Held]) -> None:
+        claimed = [h for h in batch if self._claim(h)]
+        if not claimed:
+            return
+        report = BatchReport(jobs=len(claimed), images=sum(h.request.num_images for h in claimed))
+        started = time.monotonic()
+        self._generate(claimed, report)
+        report.seconds = time.monotonic() - started
+        self.batches.append(report)
+        self._log_batch(claimed, report)
+
+    def _claim(self, held: Held) -> bool:
+        try:
+            held.job = self._repo.claim(
+                held.job_id,
+                held.tenant,
+                worker_id=self.config.worker_id,
+                lease_s=self.config.visibility_s,
+                now=self._clock(),
+            )
+            return True
+        except JobNotFound:
+            logger.info("job gone (expired or never stored); deleting its message", job_id=held.job_id)
+            self._finish_message(held, delete=True)
+        except InvalidTransition as exc:
+            if exc.current == JobStatus.RUNNING.value:
+                # Another live worker holds it. Do not delete: if that worker dies, this message is the
+                # only way back. Hide it until the other lease runs out, then whoever gets it re-checks.
+                remaining = self._repo.lease_remaining(held.job_id, self._clock())
+                logger.info("job held by another worker", job_id=held.job_id, lease_remaining_s=remaining)
+                self._safe_visibility([held.received], int(remaining) + 1)
+                self._forget(held)
+            else:
+                logger.info("job needs no work; deleting its message", job_id=held.job_id, status=exc.current)
+                self._finish_message(held, delete=True)
+        except AwsError as exc:
+            logger.warning("claim failed; releasing", job_id=held.job_id, error=str(exc))
+            self._safe_visibility([held.received], 5)
+            self._forget(held)
+        return False
+
+    def _generate(self, jobs: list[Held], report: BatchReport) -> None:
+        """One pipeline call for ``jobs``; on OOM or an error, split and retry to isolate the bad job."""
+        live = [h for h in jobs if not h.dropped]
+        if not live:
+            return
+        req = live[0].request
+        shape = Shape(req.width, req.height, req.num_inference_steps, float(req.guidance_scale), req.scheduler)
+        work = [
+            ImageWork(h.job_id, h.request.prompt, h.request.negative_prompt, h.request.seed or 0, h.request.num_images)
+            for h in live
+        ]
+        progress = _ProgressWriter(self, live)
+        t0 = time.monotonic()
+        try:
+            images = self._gen.generate(work, shape, progress)
+        except Cancelled:
+            self.gpu_seconds += time.monotonic() - t0
+            progress.close()
+            if self._hard_stop.is_set():
+                return
+            for h in live:
+                if h.dropped:
+                    report.cancelled += 1
+            return
+        except Exception as exc:
+            self.gpu_seconds += time.monotonic() - t0
+            progress.close()
+            oom = isinstance(exc, OutOfMemory) or type(exc).__name__ in {"OutOfMemoryError", "GenerationOOM"}
+            if len(live) > 1:
+                logger.warning("batch failed; splitting", jobs=len(live), oom=oom, error=type(exc).__name__)
+                half = len(live) // 2
+                self._generate(live[:half], report)
+                self._generate(live[half:], report)
+                return
+            code = "OUT_OF_MEMORY" if oom else "GENERATION_FAILED"
+            logger.error("job failed in generation", job_id=live[0].job_id, code=code, error=str(exc)[:500])
+            report.failed += 1
+            self._submit_finisher(self._hand_off_failure, live[0], code, f"{type(exc).__name__}: {exc}"[:1000])
+            return
+        self.gpu_seconds += time.monotonic() - t0
+        progress.close()
+        for h in live:
+            if h.dropped:
+                report.cancelled += 1
+                self._finish_message(h, delete=True)
+                continue
+            self._submit_finisher(self._hand_off, h, images[h.job_id])
+
+    # -- hand-off (finisher threads) ------------------------------------------------------------------
+
+    def _submit_finisher(self, fn: Callable[..., None], *args: Any) -> None:
+        future = self._finishers.submit(fn, *args)
+        self._in_flight = [f for f in self._in_flight if not f.done()] + [future]
+
+    def _hand_off(self, held: Held, images: list[Image]) -> None:
+        assert held.job is not None
+        attempt = held.job.attempt
+        keys = []
+        try:
+            for i, image in enumerate(images):
+                key = f"{self._staging}{held.job_id}/{attempt}/{i}.png"
+                buf = io.BytesIO()
+                image.save(buf, format="PNG", compress_level=1)
+                self._media.put(key, buf.getvalue(), "image/png")
+                keys.append(key)
+            self._sfn.start(
+                f"{held.job_id}-{attempt}",
+                {
+                    "job_id": held.job_id,
+                    "tenant": held.tenant,
+                    "attempt": attempt,
+                    "staging_keys": keys,
+                    "worker_id": self.config.worker_id,
+                    "model": self._gen.model_name,
+                },
+            )
+        except Exception as exc:
+            # Leave the message to reappear after its visibility timeout; the lease lapses with it and
+            # the next receiver re-runs the job (attempt + 1).
+            logger.exception("hand-off failed; job will be retried", job_id=held.job_id, error=str(exc))
+            self._forget(held)
+            return
+        self._finish_message(held, delete=True)
+
+    def _hand_off_failure(self, held: Held, code: str, message: str) -> None:
+        assert held.job is not None
+        try:
+            self._sfn.start(
+                f"{held.job_id}-{held.job.attempt}",
+                {
+                    "job_id": held.job_id,
+                    "tenant": held.tenant,
+                    "attempt": held.job.attempt,
+                    "staging_keys": [],
+                    "worker_id": self.config.worker_id,
+                    "worker_error": {"code": code, "message": message},
+                },
+            )
+        except Exception:
+            logger.exception("failure hand-off failed; job will be retried", job_id=held.job_id)
+            self._forget(held)
+            return
+        self._finish_message(held, delete=True)
+
+    # -- message bookkeeping --------------------------------------------------------------------------
+
+    def _forget(self, held: Held) -> None:
+        with self._lock:
+            self._held.pop(held.received.message_id, None)
+
+    def _finish_message(self, held: Held, *, delete: bool) -> None:
+        self._forget(held)
+        if not delete:
+            return
+        try:
+            failed = self._queue.delete([held.received])
+        except AwsError as exc:
+            failed = [held.received.message_id]
+            logger.warning("delete failed", job_id=held.job_id, error=str(exc))
+        if failed:
+            # Harmless: the message comes back and its job is no longer claimable, so it is a no-op then.
+            logger.warning("message not deleted; its redelivery will be a no-op", job_id=held.job_id)
+
+    def _safe_visibility(self, messages: list[Received], visibility_s: int) -> list[str]:
+        if not messages:
+            return []
+        try:
+            return self._queue.set_visibility(messages, visibility_s)
+        except AwsError as exc:
+            logger.warning("visibility change failed", error=str(exc), messages=len(messages))
+            return [m.message_id for m in messages]
+
+    def _shutdown(self, receiver: threading.Thread) -> None:
+        with self._lock:
+            unstarted = self._batcher.drain()
+        for held in unstarted:
+            self._forget(held)
+        released = self._safe_visibility([h.received for h in unstarted], 0)
+        logger.info("released unstarted messages", count=len(unstarted), refused=len(released))
+        if not self._hard_stop.is_set():
+            for future in list(self._in_flight):
+                future.result()
+        self._finishers.shutdown(wait=not self._hard_stop.is_set(), cancel_futures=self._hard_stop.is_set())
+        with self._lock:
+            leftover = list(self._held.values())
+            self._held.clear()
+        # Jobs interrupted by a hard stop: release their messages so another worker can take over once
+        # the lease lapses.
+        self._safe_visibility([h.received for h in leftover], 0)
+        self._hard_stop.set()
+        receiver.join(timeout=0.1)
+
+    # -- observability ---------------------------------------------------------------------------------
+
+    def _log_batch(self, jobs: list[Held], report: BatchReport) -> None:
+        now = time.monotonic()
+        waits = [now - report.seconds - h.arrived for h in jobs]
+        req = jobs[0].request
+        ips = report.images / report.seconds if report.seconds > 0 else 0.0
+        logger.info(
+            "batch",
+            jobs=report.jobs,
+            images=report.images,
+            shape=f"{req.width}x{req.height}x{req.num_inference_steps}/{req.scheduler}",
+            seconds=round(report.seconds, 3),
+            images_per_s=round(ips, 3),
+            queue_wait_s=round(max(waits), 3) if waits else 0.0,
+            failed=report.failed,
+            cancelled=report.cancelled,
+        )
+        self._metrics.add_metric(name="ImagesPerSecond", unit=MetricUnit.CountPerSecond, value=ips)
+        self._metrics.add_metric(name="BatchImages", unit=MetricUnit.Count, value=report.images)
+        self._metrics.add_metric(name="QueueWait", unit=MetricUnit.Seconds, value=max(waits) if waits else 0.0)
+        self._metrics.add_metric(name="JobFailures", unit=MetricUnit.Count, value=report.failed)
+        self._metrics.flush_metrics()
+
+
+class _ProgressWriter:
+    """The pipeline's step callback: writes step/total at most once per interval (off the GPU thread) and
+    stops the call when every job in it was cancelled or the worker must stop now."""
+
+    def __init__(self, worker: Worker, jobs: list[Held]) -> None:
+        self._worker = worker
+        self._jobs = jobs
+        self._last = 0.0
+        self._pending: Future[None] | None = None
+
+    def __call__(self, step: int, total: int) -> None:
+        w = self._worker
+        if w._hard_stop.is_set():
+            raise Cancelled()
+        now = time.monotonic()
+        if now - self._last >= w.config.progress_interval_s and (self._pending is None or self._pending.done()):
+            self._last = now
+            self._pending = w._finishers.submit(self._write, step, total)
+        if all(h.dropped for h in self._jobs):
+            raise Cancelled()
+
+    def _write(self, step: int, total: int) -> None:
+        w = self._worker
+        for h in self._jobs:
+            if h.dropped or h.job is None:
+                continue
+            try:
+                still_ours = w._repo.record_progress(h.job_id, worker_id=w.config.worker_id, step=step, total=total)
+            except AwsError as exc:
+                logger.warning("progress write failed", job_id=h.job_id, error=str(exc))
+                continue
+            if still_ours:
+                h.job.progress.step, h.job.progress.total = step, total
+            else:
+                logger.info("job cancelled or taken over during generation; dropping it", job_id=h.job_id)
+                h.dropped = True
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.result()

@@ -1,0 +1,53 @@
+"""Shapes a stored job into what clients see: presigned URLs issued fresh, timings, the noise-model note."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from shared.contracts import Job, JobView, OutputView, Timings, utcnow
+from shared.media import MediaStore
+
+TINY_NOTE = "Built-in 'tiny' model with random weights: its images are noise."
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is not None and end is not None:
+        return round((end - start).total_seconds(), 3)
+    return None
+
+
+def job_view(job: Job, media: MediaStore, presign_expiry_s: int) -> JobView:
+    """The public view of ``job``; each call presigns its outputs anew with ``presign_expiry_s``."""
+    outputs = [
+        OutputView(
+            index=o.index,
+            url=media.presign_get(o.key, presign_expiry_s),
+            thumbnail_url=media.presign_get(o.thumbnail_key, presign_expiry_s) if o.thumbnail_key else None,
+            content_type=o.content_type,
+            width=o.width,
+            height=o.height,
+            bytes=o.bytes,
+            sha256=o.sha256,
+        )
+        for o in job.outputs
+    ]
+    return JobView(
+        id=job.job_id,
+        status=job.status,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        attempt=job.attempt,
+        progress=job.progress,
+        timings=Timings(
+            queued_s=_seconds(job.created_at, job.started_at),
+            run_s=_seconds(job.started_at, job.finished_at),
+            total_s=_seconds(job.created_at, job.finished_at),
+        ),
+        request=job.request,
+        outputs=outputs,
+        outputs_expire_at=(utcnow() + timedelta(seconds=presign_expiry_s)) if outputs else None,
+        error=job.error,
+        model_note=TINY_NOTE if job.model_is_noise else None,
+        metadata=dict(job.request.metadata),
+    )

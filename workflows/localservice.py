@@ -1,0 +1,147 @@
+"""Runs the whole service on one machine: local cloud, REST API on 127.0.0.1 and a worker process.
+
+Used by ``sdq up`` (until Ctrl-C), ``sdq demo`` and the integration tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from shared.localcloud import LocalCloud, LocalResources
+
+from shared.client import LOCAL_STATE_FILE, state_dir
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO_ROOT / "template.yaml"
+ASL = REPO_ROOT / "statemachine.asl.json"
+
+# The local profile compresses the state machine's retry schedule so failures resolve in seconds.
+LOCAL_SUBSTITUTIONS: dict[str, str] = {}
+
+
+@dataclass
+class LocalServiceConfig:
+    host: str = "127.0.0.1"
+    api_port: int = 8000
+    cloud_port: int = 0
+    with_worker: bool = True
+    model: str = "tiny"
+    api_key: str | None = None
+    tenant: str = "local-dev"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    worker_log: IO[Any] | None = None
+    write_state: bool = True
+
+
+@dataclass
+class LocalService:
+    """A running local deployment; ``stop()`` tears it down."""
+
+    config: LocalServiceConfig
+    cloud: LocalCloud
+    resources: LocalResources
+    api_url: str
+    api_key: str
+    env: dict[str, str]
+    _api_server: Any = None
+    worker: subprocess.Popen[bytes] | None = None
+
+    def start_worker(self, *extra_args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start one ``sdq worker`` process against this local cloud."""
+        proc_env = {**os.environ, **self.env, **(env or {})}
+        out = self.config.worker_log
+        return subprocess.Popen(
+            [sys.executable, "-m", "handlers.cli", "worker", *extra_args],
+            env=proc_env,
+            cwd=str(REPO_ROOT),
+            stdout=out or None,
+            stderr=subprocess.STDOUT if out else None,
+        )
+
+    def stop(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.terminate()
+            try:
+                self.worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+        if self._api_server is not None:
+            self._api_server.stop()
+        self.cloud.stop()
+
+
+def service_env(resources: LocalResources, config: LocalServiceConfig) -> dict[str, str]:
+    env = dict(resources.as_env())
+    env.update(
+        {
+            "SDQ_PROFILE": "local",
+            "SDQ_ALLOW_LOOPBACK_CALLBACKS": "true",
+            "SDQ_MODELS": json.dumps(sorted({config.model, "tiny"})),
+            "SDQ_DEFAULT_MODEL": config.model,
+            "SDQ_MODEL": config.model,
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_METRICS_NAMESPACE": "sdq",
+        }
+    )
+    env.update(config.extra_env)
+    return env
+
+
+def start_local_service(config: LocalServiceConfig) -> LocalService:
+    """Bring everything up and return once the API answers. The caller must ``stop()`` it."""
+    # Imported here: the API module reads settings on first request, which must see the local env first.
+    from shared.localapi import LocalApiServer
+
+    cloud = LocalCloud(host=config.host, port=config.cloud_port)
+    cloud.start()
+    try:
+        resources = cloud.provision(
+            template_path=TEMPLATE, asl_path=ASL, substitutions_override=dict(LOCAL_SUBSTITUTIONS)
+        )
+        env = service_env(resources, config)
+        os.environ.update(env)
+        from handlers import api
+        from shared.settings import get_settings
+
+        get_settings.cache_clear()
+        api.services.cache_clear()
+        api_key = api.services().keys.create(config.tenant, api_key=config.api_key, label="local development key")
+        server = LocalApiServer(api.lambda_handler, host=config.host, port=config.api_port)
+        server.start()
+    except BaseException:
+        cloud.stop()
+        raise
+    service = LocalService(
+        config=config, cloud=cloud, resources=resources, api_url=server.url, api_key=api_key, env=env
+    )
+    service._api_server = server
+    if config.write_state:
+        folder = state_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        state = folder / LOCAL_STATE_FILE
+        record = {"api_url": server.url, "api_key": api_key, "tenant": config.tenant, "env": env, "pid": os.getpid()}
+        # Written atomically: tests and the CLI poll for this file to know the service is up.
+        tmp = state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2))
+        tmp.chmod(0o600)
+        tmp.replace(state)
+    if config.with_worker:
+        service.worker = service.start_worker()
+    return service
+
+
+def wait_forever(service: LocalService) -> None:
+    """Block until Ctrl-C, restarting nothing; report a worker that died."""
+    reported = False
+    while True:
+        time.sleep(1.0)
+        if service.worker is not None and service.worker.poll() is not None and not reported:
+            print(f"worker exited with code {service.worker.returncode}", file=sys.stderr)
+            reported = True

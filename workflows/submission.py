@@ -1,0 +1,131 @@
+"""Submitting, reading, listing and cancelling jobs: the API's logic, free of HTTP and event shapes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aws_lambda_powertools import Logger
+from botocore.exceptions import BotoCoreError, ClientError
+from ulid import ULID
+
+from shared.contracts import GenerationRequest, Job, JobError, JobStatus, QueueMessage, utcnow
+from shared.errors import EnqueueFailed, JobNotFound, TooManyRequests
+from shared.jobs import JobsRepository, Page, expiry_epoch
+from shared.queue import JobQueue
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+logger = Logger(service="sdq", child=True)
+
+NOISE_MODELS = frozenset({"tiny"})
+
+
+def is_valid_job_id(job_id: str) -> bool:
+    """ULIDs only: anything else cannot name a job, so it is a 404 without a table read."""
+    if len(job_id) != 26:
+        return False
+    try:
+        ULID.from_str(job_id)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: Job
+    created: bool
+
+
+class SubmissionService:
+    """Accepts jobs: validates tenant limits, records the job, enqueues it, and never leaves it stranded."""
+
+    def __init__(
+        self,
+        repo: JobsRepository,
+        queue: JobQueue,
+        settings: Settings,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._repo = repo
+        self._queue = queue
+        self._settings = settings
+        self._sleep = sleep
+
+    def submit(self, tenant: str, request: GenerationRequest, *, idempotency_key: str | None = None) -> Submitted:
+        """Record and enqueue a job.
+
+        Raises IdempotencyConflict (key reused with another body), TooManyRequests (unfinished-job cap)
+        or EnqueueFailed (queue unreachable after retries; the job is then FAILED, not stuck in QUEUED).
+        """
+        fingerprint = request.fingerprint()
+        if idempotency_key is not None:
+            existing = self._repo.find_by_idempotency_key(tenant, idempotency_key, fingerprint)
+            if existing is not None:
+                return Submitted(existing, created=False)
+
+        cap = self._settings.max_unfinished_jobs_per_tenant
+        if self._repo.count_active(tenant) >= cap:
+            raise TooManyRequests(
+                f"Tenant has {cap} unfinished jobs, the most allowed; retry when some finish.",
+                retry_after_s=self._settings.unfinished_cap_retry_after_s,
+            )
+
+        normalised = request.normalised(self._settings)
+        now = utcnow()
+        job = Job(
+            job_id=str(ULID()),
+            tenant=tenant,
+            status=JobStatus.QUEUED,
+            request=normalised,
+            created_at=now,
+            cache_key=normalised.cache_key(),
+            idempotency_key=idempotency_key,
+            expires_at=expiry_epoch(now, self._settings.job_retention_days),
+            model_is_noise=(normalised.model in NOISE_MODELS),
+        )
+        stored, created = self._repo.create(job, idempotency_fingerprint=fingerprint)
+        if not created:
+            return Submitted(stored, created=False)
+        self._enqueue(stored)
+        return Submitted(stored, created=True)
+
+    def _enqueue(self, job: Job) -> None:
+        message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
+        attempts = max(1, self._settings.enqueue_attempts)
+        last: Exception | None = None
+        for attempt in range(attempts):
+            try:
+                self._queue.send(message)
+                return
+            except (ClientError, BotoCoreError) as exc:
+                last = exc
+                logger.warning("enqueue failed", job_id=job.job_id, attempt=attempt + 1, error=type(exc).__name__)
+                if attempt + 1 < attempts:
+                    self._sleep(min(2.0, 0.2 * 2**attempt))
+        reason = JobError(code="ENQUEUE_FAILED", message=f"The job could not be queued: {type(last).__name__}")
+        try:
+            self._repo.transition(job.job_id, JobStatus.FAILED, tenant=job.tenant, error=reason)
+        except Exception:
+            # The caller still learns the job failed; the record is reconciled by its TTL at worst.
+            logger.exception("could not mark unqueued job FAILED", job_id=job.job_id)
+        raise EnqueueFailed(reason.message, details={"job_id": job.job_id})
+
+    def get(self, tenant: str, job_id: str) -> Job:
+        if not is_valid_job_id(job_id):
+            raise JobNotFound(job_id)
+        return self._repo.get(job_id, tenant=tenant)
+
+    def list(self, tenant: str, *, status: JobStatus | None, limit: int, cursor: str | None) -> Page:
+        return self._repo.list_for_tenant(tenant, status=status, limit=limit, cursor=cursor)
+
+    def cancel(self, tenant: str, job_id: str) -> Job:
+        """Cancel a job that has not finished. Raises JobNotFound or InvalidTransition (already terminal)."""
+        if not is_valid_job_id(job_id):
+            raise JobNotFound(job_id)
+        return self._repo.transition(job_id, JobStatus.CANCELLED, tenant=tenant)

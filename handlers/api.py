@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from http import HTTPStatus
@@ -208,8 +209,25 @@ def _validation_error(exc: RequestValidationError) -> Response[Any]:
     return _service_error(ValidationFailed(f"Invalid request: {fields}", details=details))
 
 
+ROUTE_METHODS: list[tuple[re.Pattern[str], set[str]]] = [
+    (re.compile(r"^/v1/jobs$"), {"GET", "POST"}),
+    (re.compile(r"^/v1/jobs/[^/]+$"), {"GET"}),
+    (re.compile(r"^/v1/jobs/[^/]+/cancel$"), {"POST"}),
+    (re.compile(r"^/(health|openapi\.json|docs)$"), {"GET"}),
+]
+
+
 @app.not_found
 def _not_found(_: Exception) -> Response[Any]:
+    path = app.current_event.path
+    method = app.current_event.http_method.upper()
+    for pattern, methods in ROUTE_METHODS:
+        if pattern.match(path) and method not in methods:
+            return _json(
+                405,
+                {"error": {"code": "method_not_allowed", "message": "Method not allowed.", "details": None}},
+                {"Allow": ", ".join(sorted(methods))},
+            )
     return _json(404, {"error": {"code": "not_found", "message": "No such route.", "details": None}})
 
 

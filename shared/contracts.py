@@ -12,10 +12,11 @@ import secrets
 import unicodedata
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictFloat,
@@ -30,6 +31,17 @@ from shared.netguard import UnsafeUrl, check_callback_url
 from shared.settings import RequestLimits, Settings, get_settings
 
 SEED_MAX = 2**32 - 1
+
+
+def _json_int(value: Any) -> Any:
+    """JSON integers: 4 and 4.0 are the same number; strings and booleans are not integers."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer as JSON Schema means it: no strings, no booleans, integral floats allowed.
+JsonInt = Annotated[StrictInt, BeforeValidator(_json_int)]
 
 Scheduler = Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "lms"]
 OutputFormat = Literal["png", "jpeg", "webp"]
@@ -100,15 +112,15 @@ class GenerationRequest(BaseModel):
 
     prompt: StrictStr = Field(description="What to draw.")
     negative_prompt: StrictStr = Field(default="", description="What to steer away from.")
-    width: StrictInt = Field(default=512, description="Pixels; a multiple of 8.")
-    height: StrictInt = Field(default=512, description="Pixels; a multiple of 8.")
-    num_inference_steps: StrictInt = Field(default=30)
-    guidance_scale: StrictFloat | StrictInt = Field(default=7.5)
-    seed: StrictInt | None = Field(default=None, ge=0, le=SEED_MAX, description="Drawn and stored when absent.")
-    num_images: StrictInt = Field(default=1)
+    width: JsonInt = Field(default=512, description="Pixels; a multiple of 8.")
+    height: JsonInt = Field(default=512, description="Pixels; a multiple of 8.")
+    num_inference_steps: JsonInt = Field(default=30)
+    guidance_scale: StrictFloat | JsonInt = Field(default=7.5)
+    seed: JsonInt | None = Field(default=None, ge=0, le=SEED_MAX, description="Drawn and stored when absent.")
+    num_images: JsonInt = Field(default=1)
     scheduler: Scheduler = "euler_a"
     output_format: OutputFormat = "png"
-    quality: StrictInt = Field(default=90, description="JPEG/WebP quality; ignored for PNG.")
+    quality: JsonInt = Field(default=90, description="JPEG/WebP quality; ignored for PNG.")
     model: StrictStr | None = Field(default=None)
     callback_url: StrictStr | None = Field(default=None, description="https URL that receives signed webhooks.")
     metadata: dict[StrictStr, StrictStr] = Field(default_factory=dict, description="Echoed back; small.")

@@ -161,9 +161,7 @@ class Postprocessor:
         self._media.put(thumb_key, thumb, "image/webp")
         return self._describe(job, index, key, thumb_key, encoded.body, encoded.width, encoded.height)
 
-    def _describe(
-        self, job: Job, index: int, key: str, thumb_key: str, body: bytes, width: int, height: int
-    ) -> Output:
+    def _describe(self, job: Job, index: int, key: str, thumb_key: str, body: bytes, width: int, height: int) -> Output:
         return Output(
             index=index,
             key=key,

@@ -70,7 +70,9 @@ class RunningService:
     def table_items(self) -> int:
         return len(self.boto("dynamodb").scan(TableName=self.table, Select="ALL_ATTRIBUTES")["Items"])
 
-    def start_worker(self, *args: str, env: dict[str, str] | None = None, log_name: str = "worker") -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, *args: str, env: dict[str, str] | None = None, log_name: str = "worker"
+    ) -> subprocess.Popen[bytes]:
         log = open(self.state_dir / f"{log_name}-{len(self.workers)}.log", "wb")  # noqa: SIM115
         self.logs.append(log)
         proc = subprocess.Popen(

@@ -82,9 +82,11 @@ def test_unknown_fields_and_wrong_types_are_rejected() -> None:
     with pytest.raises(ValidationError) as info:
         validate(colour="red")
     assert "colour" in error_fields(info.value)
-    for field, value in [("width", "512"), ("width", 512.0), ("num_images", True), ("prompt", 5)]:
+    for field, value in [("width", "512"), ("width", 512.5), ("num_images", True), ("prompt", 5), ("seed", "7")]:
         with pytest.raises(ValidationError):
             validate(**{field: value})
+    # JSON has one number type: an integral float is that integer.
+    assert validate(width=512.0).width == 512
 
 
 def test_bounds_follow_settings() -> None:

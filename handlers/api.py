@@ -22,9 +22,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared.apikeys import ApiKeyStore
 from shared.aws import AwsClients
-from shared.contracts import ErrorBody, GenerationRequest, JobList, JobStatus, JobView
+from shared.contracts import ErrorBody, GenerationRequest, JobList, JobStatus, JobView, WebhookSecret
 from shared.errors import (
     BadRequest,
+    Conflict,
     PayloadTooLarge,
     ServiceError,
     TooManyRequests,
@@ -34,10 +35,12 @@ from shared.errors import (
 )
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
+from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
 from shared.settings import Settings, get_settings
 from workflows.jobview import job_view
 from workflows.submission import SubmissionService
+from workflows.webhooks import WebhookSecrets, start_notice
 
 logger = Logger(service="sdq")
 tracer = Tracer(service="sdq")
@@ -46,10 +49,15 @@ metrics = Metrics(namespace="sdq", service="api")
 app = APIGatewayRestResolver(enable_validation=True)
 app.enable_swagger(path="/docs", title="sdq", version="1", description="Queue-based Stable Diffusion jobs.")
 
-ERROR_RESPONSES: dict[int | str, Any] = {
+ERROR_RESPONSES: dict[int, Any] = {
     code: {"description": HTTPStatus(code).phrase, "content": {"application/json": {"model": ErrorBody}}}
     for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)
 }
+
+
+def _responses(status: int, description: str, model: type[Any]) -> dict[int, Any]:
+    """OpenAPI responses: the success body plus every documented error."""
+    return {status: {"description": description, "content": {"application/json": {"model": model}}}} | ERROR_RESPONSES
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,8 @@ class Services:
     submissions: SubmissionService
     keys: ApiKeyStore
     media: MediaStore
+    secrets: WebhookSecrets
+    orchestrator: Orchestrator
 
 
 @lru_cache(maxsize=1)
@@ -71,6 +81,8 @@ def services() -> Services:
         submissions=SubmissionService(repo, JobQueue(aws.sqs(), settings.queue_url), settings),
         keys=ApiKeyStore(aws.dynamodb(), settings.table_name),
         media=MediaStore(aws.s3(), settings.bucket),
+        secrets=WebhookSecrets(aws.dynamodb(), settings.table_name),
+        orchestrator=Orchestrator(aws.stepfunctions(), settings.state_machine_arn),
     )
 
 
@@ -139,8 +151,7 @@ def get_job(job_id: Annotated[str, Path(max_length=64)]) -> Response[JobView]:
 @app.get(
     "/v1/jobs",
     summary="List the caller's jobs, newest first",
-    responses={200: {"description": "A page of jobs", "content": {"application/json": {"model": JobList}}}}
-    | ERROR_RESPONSES,
+    responses=_responses(200, "A page of jobs", JobList),
     tags=["jobs"],
 )
 def list_jobs(
@@ -159,14 +170,53 @@ def list_jobs(
 @app.post(
     "/v1/jobs/<job_id>/cancel",
     summary="Cancel a job that has not finished",
-    responses={200: {"description": "Cancelled", "content": {"application/json": {"model": JobView}}}}
-    | ERROR_RESPONSES,
+    responses=_responses(200, "Cancelled", JobView),
     tags=["jobs"],
 )
 def cancel_job(job_id: Annotated[str, Path(max_length=64)]) -> Response[JobView]:
     tenant = _tenant()
     job = services().submissions.cancel(tenant, job_id)
+    start_notice(services().orchestrator, job, "cancelled")
     return _json(200, _view(job))
+
+
+@app.post(
+    "/v1/jobs/<job_id>/webhook/redeliver",
+    summary="Send a finished job's webhook again (same webhook-id, fresh URLs and signature)",
+    responses=_responses(202, "Redelivery started", JobView),
+    tags=["webhooks"],
+)
+def redeliver_webhook(job_id: Annotated[str, Path(max_length=64)]) -> Response[JobView]:
+    tenant = _tenant()
+    job = services().submissions.get(tenant, job_id)
+    if not job.status.terminal:
+        raise Conflict("The job has not finished; its webhook is sent when it does.", details={"status": job.status})
+    if not job.request.callback_url:
+        raise Conflict("The job has no callback_url.")
+    start_notice(services().orchestrator, job, "redeliver")
+    return _json(202, _view(job))
+
+
+@app.get(
+    "/v1/webhook-secret",
+    summary="The signing secret of your webhooks (Standard Webhooks, whsec_...)",
+    responses=_responses(200, "The secret", WebhookSecret),
+    tags=["webhooks"],
+)
+def get_webhook_secret() -> Response[WebhookSecret]:
+    tenant = _tenant()
+    return _json(200, WebhookSecret(secret=services().secrets.get(tenant)))
+
+
+@app.post(
+    "/v1/webhook-secret/rotate",
+    summary="Replace the signing secret; webhooks sent from now on use the new one",
+    responses=_responses(200, "The new secret", WebhookSecret),
+    tags=["webhooks"],
+)
+def rotate_webhook_secret() -> Response[WebhookSecret]:
+    tenant = _tenant()
+    return _json(200, WebhookSecret(secret=services().secrets.rotate(tenant)))
 
 
 @app.get("/health", summary="Liveness", tags=["ops"])
@@ -213,6 +263,9 @@ ROUTE_METHODS: list[tuple[re.Pattern[str], set[str]]] = [
     (re.compile(r"^/v1/jobs$"), {"GET", "POST"}),
     (re.compile(r"^/v1/jobs/[^/]+$"), {"GET"}),
     (re.compile(r"^/v1/jobs/[^/]+/cancel$"), {"POST"}),
+    (re.compile(r"^/v1/jobs/[^/]+/webhook/redeliver$"), {"POST"}),
+    (re.compile(r"^/v1/webhook-secret$"), {"GET"}),
+    (re.compile(r"^/v1/webhook-secret/rotate$"), {"POST"}),
     (re.compile(r"^/(health|openapi\.json|docs)$"), {"GET"}),
 ]
 

@@ -31,5 +31,6 @@ def record_handler(record: SQSRecord) -> str:
 
 
 @logger.inject_lambda_context(log_event=False)
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
+    """Partial batch response: only the records that raised are retried."""
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -345,6 +345,19 @@ class Output(BaseModel):
     thumbnail_key: str | None = None
 
 
+class WebhookState(BaseModel):
+    """Delivery record of the job's terminal webhook (all attempts, retries and redeliveries)."""
+
+    event: str
+    webhook_id: str
+    state: Literal["pending", "retrying", "delivered", "failed", "blocked"]
+    attempts: int = 0
+    last_status: int | None = None
+    last_error: str | None = None
+    last_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+
+
 class Job(BaseModel):
     """The job record as stored in the jobs table."""
 
@@ -363,6 +376,7 @@ class Job(BaseModel):
     idempotency_key: str | None = None
     expires_at: int
     model_is_noise: bool = False
+    webhook: WebhookState | None = None
 
 
 class QueueMessage(BaseModel):
@@ -417,11 +431,16 @@ class JobView(BaseModel):
     error: JobError | None
     model_note: str | None = Field(description="Set when the model's images are noise (the built-in tiny model).")
     metadata: dict[str, str]
+    webhook: WebhookState | None = Field(default=None, description="Webhook delivery state, when a callback is set.")
 
 
 class JobList(BaseModel):
     jobs: list[JobView]
     next_cursor: str | None
+
+
+class WebhookSecret(BaseModel):
+    secret: str = Field(description="Standard Webhooks signing secret (whsec_ + base64).")
 
 
 class ErrorInfo(BaseModel):

@@ -28,6 +28,7 @@ from shared.contracts import (
     JobStatus,
     Output,
     Progress,
+    WebhookState,
     allowed_sources,
     utcnow,
 )
@@ -94,6 +95,18 @@ def job_from_item(item: Mapping[str, Any]) -> Job:
         error = JobError(code=str(raw["error_code"]), message=str(raw.get("error_message", "")))
     # Stored requests were valid when accepted: bounds tightened since must not make old jobs unreadable.
     request = GenerationRequest.model_construct(**json.loads(raw["request"]))
+    webhook = None
+    if raw.get("webhook_id"):
+        webhook = WebhookState(
+            event=str(raw.get("webhook_event", "")),
+            webhook_id=str(raw["webhook_id"]),
+            state=raw.get("webhook_state", "pending"),
+            attempts=int(raw.get("webhook_attempts", 0)),
+            last_status=int(raw["webhook_last_status"]) if raw.get("webhook_last_status") is not None else None,
+            last_error=raw.get("webhook_last_error"),
+            last_attempt_at=raw.get("webhook_last_attempt_at"),
+            delivered_at=raw.get("webhook_delivered_at"),
+        )
     return Job.model_validate(
         {
             "job_id": raw["job_id"],
@@ -111,6 +124,7 @@ def job_from_item(item: Mapping[str, Any]) -> Job:
             "idempotency_key": raw.get("idempotency_key"),
             "expires_at": int(raw["expires_at"]),
             "model_is_noise": bool(raw.get("model_is_noise", False)),
+            "webhook": webhook,
         }
     )
 
@@ -323,7 +337,7 @@ class JobsRepository:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
-            old = exc.response.get("Item")  # type: ignore[typeddict-item]
+            old = _old_item(exc)
             current = job_from_item(old) if old else None
             if current is None:
                 try:
@@ -375,7 +389,7 @@ class JobsRepository:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
-            old = exc.response.get("Item")  # type: ignore[typeddict-item]
+            old = _old_item(exc)
             current = job_from_item(old) if old else self.get(job_id)
             if current.tenant != tenant:
                 raise JobNotFound(job_id) from None
@@ -422,9 +436,55 @@ class JobsRepository:
             raise
         return True
 
+    def record_webhook_attempt(
+        self,
+        job_id: str,
+        *,
+        event: str,
+        webhook_id: str,
+        outcome: str,
+        status: int | None,
+        error: str | None,
+    ) -> None:
+        """Count one delivery attempt and its result on the job (shown by GET)."""
+        state = {"delivered": "delivered", "retry": "retrying", "gave_up": "failed", "blocked": "blocked"}[outcome]
+        now = _iso(utcnow())
+        sets = [
+            "webhook_event = :event",
+            "webhook_id = :wid",
+            "webhook_state = :state",
+            "webhook_last_attempt_at = :now",
+            "webhook_last_status = :status",
+            "webhook_last_error = :error",
+        ]
+        values: dict[str, Any] = {
+            ":event": {"S": event},
+            ":wid": {"S": webhook_id},
+            ":state": {"S": state},
+            ":now": {"S": now or ""},
+            ":status": {"N": str(status)} if status is not None else {"NULL": True},
+            ":error": {"S": error} if error else {"NULL": True},
+            ":one": {"N": "1"},
+        }
+        if outcome == "delivered":
+            sets.append("webhook_delivered_at = :now")
+        self._ddb.update_item(
+            TableName=self._table,
+            Key={"pk": {"S": job_pk(job_id)}},
+            UpdateExpression="SET " + ", ".join(sets) + " ADD webhook_attempts :one",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues=values,
+        )
+
     @staticmethod
     def _idem_pk(tenant: str, key: str) -> str:
         return f"IDEM#{tenant}#{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _old_item(exc: ClientError) -> dict[str, Any] | None:
+    """The item DynamoDB returns with a failed condition (ReturnValuesOnConditionCheckFailure=ALL_OLD)."""
+    item = dict(exc.response).get("Item")
+    return item if isinstance(item, dict) else None
 
 
 def _num(value: float) -> Decimal:

@@ -50,4 +50,5 @@ def job_view(job: Job, media: MediaStore, presign_expiry_s: int) -> JobView:
         error=job.error,
         model_note=TINY_NOTE if job.model_is_noise else None,
         metadata=dict(job.request.metadata),
+        webhook=job.webhook,
     )

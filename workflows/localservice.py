@@ -14,16 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from shared.localcloud import LocalCloud, LocalResources
-
 from shared.client import LOCAL_STATE_FILE, state_dir
+from shared.localcloud import LocalCloud, LocalResources
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_ROOT / "template.yaml"
 ASL = REPO_ROOT / "statemachine.asl.json"
 
 # The local profile compresses the state machine's retry schedule so failures resolve in seconds.
-LOCAL_SUBSTITUTIONS: dict[str, str] = {}
+LOCAL_RETRY = {"IntervalSeconds": 1, "BackoffRate": 1.5}
 
 
 @dataclass
@@ -51,6 +50,7 @@ class LocalService:
     api_key: str
     env: dict[str, str]
     _api_server: Any = None
+    _pollers: Any = None
     worker: subprocess.Popen[bytes] | None = None
 
     def start_worker(self, *extra_args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -74,6 +74,8 @@ class LocalService:
                 self.worker.kill()
         if self._api_server is not None:
             self._api_server.stop()
+        if self._pollers is not None:
+            self._pollers.stop()
         self.cloud.stop()
 
 
@@ -98,13 +100,12 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
     """Bring everything up and return once the API answers. The caller must ``stop()`` it."""
     # Imported here: the API module reads settings on first request, which must see the local env first.
     from shared.localapi import LocalApiServer
+    from shared.localcloud.eventsources import SqsEventSourcePoller
 
     cloud = LocalCloud(host=config.host, port=config.cloud_port)
     cloud.start()
     try:
-        resources = cloud.provision(
-            template_path=TEMPLATE, asl_path=ASL, substitutions_override=dict(LOCAL_SUBSTITUTIONS)
-        )
+        resources = cloud.provision(template_path=TEMPLATE, asl_path=ASL, retry_override=dict(LOCAL_RETRY))
         env = service_env(resources, config)
         os.environ.update(env)
         from handlers import api
@@ -115,6 +116,8 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
         api_key = api.services().keys.create(config.tenant, api_key=config.api_key, label="local development key")
         server = LocalApiServer(api.lambda_handler, host=config.host, port=config.api_port)
         server.start()
+        pollers = SqsEventSourcePoller(resources)
+        pollers.start()
     except BaseException:
         cloud.stop()
         raise
@@ -122,6 +125,7 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
         config=config, cloud=cloud, resources=resources, api_url=server.url, api_key=api_key, env=env
     )
     service._api_server = server
+    service._pollers = pollers
     if config.write_state:
         folder = state_dir()
         folder.mkdir(parents=True, exist_ok=True)

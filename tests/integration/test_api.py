@@ -47,12 +47,14 @@ def test_submit_returns_202_with_location_and_queues_one_message(service: Runnin
     job = resp.json()
     assert resp.headers["Location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "QUEUED"
-    assert job["request"]["seed"] == 7 and job["request"]["model"] == "tiny"
+    assert job["request"]["seed"] == 7
+    assert job["request"]["model"] == "tiny"
     assert job["metadata"] == {"order": "42"}
     assert "noise" in job["model_note"]
     assert job["id"] in queued_job_ids(service)
     item = stored_job(service, job["id"])
-    assert item is not None and item["status"]["S"] == "QUEUED"
+    assert item is not None
+    assert item["status"]["S"] == "QUEUED"
     assert int(item["expires_at"]["N"]) > 0
 
     with service.http() as http:
@@ -245,8 +247,10 @@ def test_health_openapi_and_docs(service: RunningService) -> None:
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel"} <= set(spec["paths"])
     schema = spec["components"]["schemas"]["GenerationRequest"]
     assert schema["properties"]["width"]["maximum"] == 1024
-    assert docs.status_code == 200 and "swagger" in docs.text.lower()
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
 
 
 def test_cli_submit_and_status(service: RunningService, tmp_path: Any) -> None:

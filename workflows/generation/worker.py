@@ -36,47 +36,21 @@ from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import Received, WorkerQueue
 from workflows.generation.batcher import Batcher, Pending
+from workflows.generation.pipeline import BatchShape, GenerationCancelled, GenerationOOM, ImageJob
 
 logger = Logger(service="sdq-worker")
 
 AwsError = (ClientError, BotoCoreError)
 
 
-class Cancelled(Exception):
-    """Raised from the step callback to stop a pipeline call whose jobs no longer need it."""
-
-
-class OutOfMemory(Exception):
-    """The pipeline ran out of accelerator memory for this batch."""
-
-
-@dataclass(frozen=True)
-class ImageWork:
-    """One job as the pipeline sees it."""
-
-    key: str
-    prompt: str
-    negative_prompt: str
-    seed: int
-    num_images: int
-
-
-@dataclass(frozen=True)
-class Shape:
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    scheduler: str
-
-
 class Generator(Protocol):
-    """What the loop needs from a pipeline runner (see workflows.generation.pipeline)."""
+    """What the loop needs from a pipeline runner (:class:`workflows.generation.pipeline.PipelineRunner`)."""
 
-    model_name: str
+    @property
+    def model_name(self) -> str: ...
 
     def generate(
-        self, jobs: Sequence[ImageWork], shape: Shape, on_step: Callable[[int, int], None] | None = None
+        self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: Callable[[int, int], None] | None = None
     ) -> dict[str, list[Image]]: ...
 
 
@@ -319,16 +293,16 @@ class Worker:
         if not live:
             return
         req = live[0].request
-        shape = Shape(req.width, req.height, req.num_inference_steps, float(req.guidance_scale), req.scheduler)
+        shape = BatchShape(req.width, req.height, req.num_inference_steps, float(req.guidance_scale), req.scheduler)
         work = [
-            ImageWork(h.job_id, h.request.prompt, h.request.negative_prompt, h.request.seed or 0, h.request.num_images)
+            ImageJob(h.job_id, h.request.prompt, h.request.negative_prompt, h.request.seed or 0, h.request.num_images)
             for h in live
         ]
         progress = _ProgressWriter(self, live)
         t0 = time.monotonic()
         try:
             images = self._gen.generate(work, shape, progress)
-        except Cancelled:
+        except GenerationCancelled:
             self.gpu_seconds += time.monotonic() - t0
             progress.close()
             if self._hard_stop.is_set():
@@ -340,7 +314,7 @@ class Worker:
         except Exception as exc:
             self.gpu_seconds += time.monotonic() - t0
             progress.close()
-            oom = isinstance(exc, OutOfMemory) or type(exc).__name__ in {"OutOfMemoryError", "GenerationOOM"}
+            oom = isinstance(exc, GenerationOOM)
             if len(live) > 1:
                 logger.warning("batch failed; splitting", jobs=len(live), oom=oom, error=type(exc).__name__)
                 half = len(live) // 2
@@ -387,6 +361,7 @@ class Worker:
                     "staging_keys": keys,
                     "worker_id": self.config.worker_id,
                     "model": self._gen.model_name,
+                    "has_callback": bool(held.request.callback_url),
                 },
             )
         except Exception as exc:
@@ -409,6 +384,7 @@ class Worker:
                     "staging_keys": [],
                     "worker_id": self.config.worker_id,
                     "worker_error": {"code": code, "message": message},
+                    "has_callback": bool(held.request.callback_url),
                 },
             )
         except Exception:
@@ -503,13 +479,13 @@ class _ProgressWriter:
     def __call__(self, step: int, total: int) -> None:
         w = self._worker
         if w._hard_stop.is_set():
-            raise Cancelled()
+            raise GenerationCancelled()
         now = time.monotonic()
         if now - self._last >= w.config.progress_interval_s and (self._pending is None or self._pending.done()):
             self._last = now
             self._pending = w._finishers.submit(self._write, step, total)
         if all(h.dropped for h in self._jobs):
-            raise Cancelled()
+            raise GenerationCancelled()
 
     def _write(self, step: int, total: int) -> None:
         w = self._worker

@@ -1,0 +1,40 @@
+"""Step Functions task: deliver the job's terminal webhook once (the state machine retries)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from shared.aws import AwsClients
+from shared.jobs import JobsRepository
+from shared.media import MediaStore
+from shared.settings import get_settings
+from workflows.webhooks import Notifier, WebhookSecrets
+
+logger = Logger(service="sdq-notify")
+tracer = Tracer(service="sdq-notify")
+
+
+@lru_cache(maxsize=1)
+def notifier() -> Notifier:
+    settings = get_settings()
+    aws = AwsClients(settings)
+    return Notifier(
+        JobsRepository(aws.dynamodb(), settings.table_name),
+        MediaStore(aws.s3(), settings.bucket),
+        WebhookSecrets(aws.dynamodb(), settings.table_name),
+        settings,
+    )
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Input ``{job_id, tenant}``. Raises WebhookRetryable for the state machine's Retry."""
+    attempt = notifier().notify(str(event["job_id"]), str(event["tenant"]))
+    if attempt is None:
+        return {"outcome": "nothing_to_send"}
+    return {"outcome": attempt.outcome, "status": attempt.status, "error": attempt.error}

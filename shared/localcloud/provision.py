@@ -1,0 +1,415 @@
+"""Provision the local cloud from ``template.yaml`` (the same SAM template that deploys to AWS).
+
+Route: cfn-lint's decoder reads the template (it understands ``!Ref``/``!GetAtt``/``!Sub``), local
+``CodeUri`` values become an S3 placeholder object in a bootstrap bucket, each state machine's local
+``DefinitionUri`` is inlined as ``Definition``, aws-sam-translator transforms SAM into CloudFormation,
+and moto's CloudFormation creates the stack. Properties moto accepts but ignores are applied afterwards
+through the service APIs (see ``_reconcile_*``).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import re
+import time
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudformation import CloudFormationClient
+
+BOOTSTRAP_BUCKET = "sdq-localcloud-bootstrap"
+PLACEHOLDER_KEY = "code/placeholder.zip"
+DEFAULT_STACK_NAME = "sdq"
+DUMMY_CREDENTIAL = "testing"
+# Outputs added to the local stack so that moto resolves the state machines' DefinitionSubstitutions
+# and RoleArn intrinsics for us (the same resolution it applies to everything else in the template).
+_SUBST_OUTPUT_PREFIX = "LocalCloudSubst"
+_ROLE_OUTPUT_PREFIX = "LocalCloudRole"
+_PLACEHOLDER = re.compile(r"\$\{(?P<name>[A-Za-z0-9_]+)\}")
+_FALLBACK_ROLE_ARN = "arn:aws:iam::123456789012:role/sdq-local-state-machine"
+RETRIER_FIELDS = frozenset({"IntervalSeconds", "MaxAttempts", "BackoffRate", "MaxDelaySeconds", "JitterStrategy"})
+
+
+class ProvisionError(RuntimeError):
+    """The template could not be turned into a running local stack."""
+
+
+@dataclass(frozen=True)
+class EventSource:
+    """An SQS event source mapping declared in the template (disabled in moto; see ``provision``)."""
+
+    uuid: str
+    queue_arn: str
+    function_name: str
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class LocalResources:
+    """Physical names of the provisioned local stack."""
+
+    endpoint_url: str
+    region: str
+    stack_name: str
+    table_name: str
+    queue_url: str
+    dlq_url: str
+    bucket: str
+    state_machine_arn: str
+    functions: dict[str, str] = field(default_factory=dict)
+    """Logical id (e.g. ``PostprocessFunction``) -> deployed function name."""
+    event_sources: tuple[EventSource, ...] = ()
+
+    def as_env(self) -> dict[str, str]:
+        """Environment for processes (API, worker, handlers) that talk to this local cloud."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": DUMMY_CREDENTIAL,
+            "AWS_SECRET_ACCESS_KEY": DUMMY_CREDENTIAL,
+            "SDQ_TABLE_NAME": self.table_name,
+            "SDQ_QUEUE_URL": self.queue_url,
+            "SDQ_DLQ_URL": self.dlq_url,
+            "SDQ_BUCKET": self.bucket,
+            "SDQ_STATE_MACHINE_ARN": self.state_machine_arn,
+        }
+
+
+@dataclass(frozen=True)
+class ProvisionedStack:
+    """Everything ``provision`` learned: the resources plus where each function's code lives."""
+
+    resources: LocalResources
+    code_roots: dict[str, Path]
+    """Deployed function name -> directory its ``CodeUri`` pointed at."""
+
+
+def load_sam_template(template_path: Path) -> dict[str, Any]:
+    """Decode the SAM template with cfn-lint's decoder into plain dicts and lists."""
+    from cfnlint.decode import decode
+
+    template, matches = decode(str(template_path))
+    if template is None or matches:
+        raise ProvisionError(f"cannot decode {template_path}: {[str(m) for m in matches or []]}")
+    plain: dict[str, Any] = json.loads(json.dumps(template))
+    return plain
+
+
+def localize_template(
+    template: dict[str, Any], template_dir: Path, asl_path: Path | None
+) -> tuple[dict[str, Any], dict[str, Path], dict[str, str]]:
+    """Point local artifacts at the S3 placeholder and inline each state machine's definition.
+
+    Returns the new template, logical function id -> code directory, and logical state machine id ->
+    the raw ASL text (the text CloudFormation would substitute into on AWS).
+    """
+    tpl = copy.deepcopy(template)
+    placeholder = {"Bucket": BOOTSTRAP_BUCKET, "Key": PLACEHOLDER_KEY}
+    global_fn = tpl.get("Globals", {}).get("Function", {})
+    default_code = global_fn.get("CodeUri")
+    if isinstance(default_code, str) and not default_code.startswith("s3://"):
+        global_fn["CodeUri"] = placeholder
+    code_roots: dict[str, Path] = {}
+    asl_texts: dict[str, str] = {}
+    machines = [k for k, r in tpl["Resources"].items() if r.get("Type") == "AWS::Serverless::StateMachine"]
+    for logical_id, resource in tpl["Resources"].items():
+        props = resource.setdefault("Properties", {})
+        if resource.get("Type") == "AWS::Serverless::Function":
+            code = props.get("CodeUri", default_code)
+            if isinstance(code, str) and not code.startswith("s3://"):
+                code_roots[logical_id] = (template_dir / code).resolve()
+                if "CodeUri" in props:
+                    props["CodeUri"] = placeholder
+        elif resource.get("Type") == "AWS::Serverless::StateMachine" and isinstance(props.get("DefinitionUri"), str):
+            uri = props.pop("DefinitionUri")
+            path = asl_path if asl_path is not None and len(machines) == 1 else template_dir / uri
+            text = path.read_text()
+            asl_texts[logical_id] = text
+            props["Definition"] = json.loads(text)
+    return tpl, code_roots, asl_texts
+
+
+def add_resolution_outputs(template: dict[str, Any]) -> dict[str, Any]:
+    """Add stack Outputs for each state machine's substitutions and role, so moto resolves them."""
+    tpl = copy.deepcopy(template)
+    outputs = tpl.setdefault("Outputs", {})
+    for logical_id, resource in tpl["Resources"].items():
+        if resource.get("Type") != "AWS::StepFunctions::StateMachine":
+            continue
+        props = resource.get("Properties", {})
+        for key, value in props.get("DefinitionSubstitutions", {}).items():
+            outputs[f"{_SUBST_OUTPUT_PREFIX}{logical_id}{key}"] = {"Value": value}
+        if "RoleArn" in props:
+            outputs[f"{_ROLE_OUTPUT_PREFIX}{logical_id}"] = {"Value": props["RoleArn"]}
+    return tpl
+
+
+def translate_sam(template: dict[str, Any], region: str, parameters: Mapping[str, str]) -> dict[str, Any]:
+    """Transform SAM into plain CloudFormation with aws-sam-translator (no managed-policy lookups)."""
+    from samtranslator.metrics.metrics import DummyMetricsPublisher, Metrics
+    from samtranslator.parser.parser import Parser
+    from samtranslator.translator.translator import Translator
+
+    metrics = Metrics("ServerlessTransform", DummyMetricsPublisher())
+    session = boto3.session.Session(region_name=region)
+    translator = Translator(None, Parser(), boto_session=session, metrics=metrics)
+    try:
+        result: dict[str, Any] = translator.translate(
+            copy.deepcopy(template), dict(parameters), get_managed_policy_map=dict
+        )
+    finally:
+        metrics.publish()
+    return result
+
+
+def render_definition(
+    asl_text: str, substitutions: Mapping[str, str], retry_override: Mapping[str, Any] | None = None
+) -> str:
+    """Replace ``${Name}`` placeholders as CloudFormation does, then apply a local retry override.
+
+    CloudFormation's DefinitionSubstitutions are plain text replacement; an unknown placeholder is an
+    error there too. ``retry_override`` sets retrier fields (e.g. ``IntervalSeconds``) on every Retry
+    entry, for compressed local schedules.
+    """
+    missing = sorted({m["name"] for m in _PLACEHOLDER.finditer(asl_text)} - set(substitutions))
+    if missing:
+        raise ProvisionError(f"definition placeholders without a substitution: {missing}")
+    text = _PLACEHOLDER.sub(lambda m: str(substitutions[m["name"]]), asl_text)
+    definition = json.loads(text)
+    if retry_override:
+        _override_retriers(definition, retry_override)
+    return json.dumps(definition, indent=2)
+
+
+def _override_retriers(node: Any, override: Mapping[str, Any]) -> None:
+    if isinstance(node, dict):
+        for retrier in node.get("Retry", []) if isinstance(node.get("Retry"), list) else []:
+            retrier.update(override)
+        for value in node.values():
+            _override_retriers(value, override)
+    elif isinstance(node, list):
+        for value in node:
+            _override_retriers(value, override)
+
+
+def _check_overrides(resources: Mapping[str, Any], substitutions: Mapping[str, str], retry: Mapping[str, Any]) -> None:
+    """Fail before creating anything when an override names nothing the template declares."""
+    declared = {
+        key
+        for resource in resources.values()
+        if resource.get("Type") == "AWS::StepFunctions::StateMachine"
+        for key in resource.get("Properties", {}).get("DefinitionSubstitutions", {})
+    }
+    unknown = sorted(set(substitutions) - declared)
+    if unknown:
+        raise ProvisionError(
+            f"substitutions_override keys {unknown} are not DefinitionSubstitutions of any state machine "
+            f"(declared: {sorted(declared)}); retry schedules are set with retry_override"
+        )
+    bad_fields = sorted(set(retry) - RETRIER_FIELDS)
+    if bad_fields:
+        raise ProvisionError(f"retry_override fields {bad_fields} are not retrier fields {sorted(RETRIER_FIELDS)}")
+
+
+def _clients(endpoint_url: str, region: str) -> dict[str, Any]:
+    session = boto3.session.Session(
+        aws_access_key_id=DUMMY_CREDENTIAL, aws_secret_access_key=DUMMY_CREDENTIAL, region_name=region
+    )
+    config = Config(retries={"max_attempts": 2, "mode": "standard"})
+    names = ("s3", "cloudformation", "dynamodb", "stepfunctions", "lambda")
+    return {n: session.client(n, endpoint_url=endpoint_url, config=config) for n in names}  # type: ignore[call-overload]
+
+
+def _upload_placeholder(s3: Any) -> None:
+    try:
+        s3.create_bucket(Bucket=BOOTSTRAP_BUCKET)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        archive.writestr("README.txt", "Local cloud placeholder: handlers run in-process from the source tree.\n")
+    s3.put_object(Bucket=BOOTSTRAP_BUCKET, Key=PLACEHOLDER_KEY, Body=buf.getvalue())
+
+
+def _wait_for_stack(cfn: CloudFormationClient, stack_name: str, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stack = cfn.describe_stacks(StackName=stack_name)["Stacks"][0]
+        status = stack["StackStatus"]
+        if not status.endswith("_IN_PROGRESS"):
+            if status != "CREATE_COMPLETE":
+                events = cfn.describe_stack_events(StackName=stack_name)["StackEvents"]
+                failed = [
+                    f"{e['LogicalResourceId']}: {e.get('ResourceStatusReason')}"
+                    for e in events
+                    if "FAILED" in e["ResourceStatus"]
+                ]
+                raise ProvisionError(f"stack {stack_name} ended {status}: {failed}")
+            return dict(stack)
+        if time.monotonic() > deadline:
+            raise ProvisionError(f"stack {stack_name} still {status} after {timeout_s}s")
+        time.sleep(0.05)
+
+
+def _reconcile_table(ddb: Any, table_name: str, props: Mapping[str, Any]) -> None:
+    """Apply table properties moto's CloudFormation ignores: TTL and point-in-time recovery."""
+    ttl = props.get("TimeToLiveSpecification")
+    if ttl and str(ttl.get("Enabled")).lower() == "true":
+        current = ddb.describe_time_to_live(TableName=table_name)["TimeToLiveDescription"]
+        if current.get("TimeToLiveStatus") != "ENABLED":
+            ddb.update_time_to_live(
+                TableName=table_name,
+                TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
+            )
+    pitr = props.get("PointInTimeRecoverySpecification")
+    if pitr and str(pitr.get("PointInTimeRecoveryEnabled")).lower() == "true":
+        ddb.update_continuous_backups(
+            TableName=table_name,
+            PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
+        )
+
+
+def _reconcile_bucket(s3: Any, bucket: str, props: Mapping[str, Any]) -> None:
+    """Apply bucket properties moto's CloudFormation ignores: the public access block."""
+    block = props.get("PublicAccessBlockConfiguration")
+    if block:
+        s3.put_public_access_block(
+            Bucket=bucket,
+            PublicAccessBlockConfiguration={k: str(v).lower() == "true" for k, v in block.items()},
+        )
+
+
+def _install_state_machine(sfn: Any, arn: str, definition: str, role_arn: str, sm_type: str) -> None:
+    """Put the resolved definition where StartExecution looks for it.
+
+    With ``execute_state_machine`` on, moto serves the Step Functions API from a separate backend
+    (the ASL interpreter's) that CloudFormation does not write to; the machine is then created there
+    under the same name, hence the same ARN. Otherwise the CloudFormation copy is updated in place.
+    """
+    try:
+        sfn.describe_state_machine(stateMachineArn=arn)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("StateMachineDoesNotExist", "ResourceNotFound"):
+            raise
+        name = arn.rsplit(":", 1)[1]
+        sfn.create_state_machine(name=name, definition=definition, roleArn=role_arn, type=sm_type)
+    else:
+        sfn.update_state_machine(stateMachineArn=arn, definition=definition)
+
+
+def _disable_event_sources(
+    lam: Any, physical: Mapping[str, str], cfn_resources: Mapping[str, Any]
+) -> tuple[EventSource, ...]:
+    """Disable SQS event source mappings: moto would invoke them through its Docker runtime."""
+    sources = []
+    for logical_id, resource in cfn_resources.items():
+        if resource.get("Type") != "AWS::Lambda::EventSourceMapping" or logical_id not in physical:
+            continue
+        mapping = lam.get_event_source_mapping(UUID=physical[logical_id])
+        if mapping.get("State") != "Disabled":
+            lam.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
+        sources.append(
+            EventSource(
+                uuid=mapping["UUID"],
+                queue_arn=mapping["EventSourceArn"],
+                function_name=mapping["FunctionArn"].rsplit(":", 1)[1],
+                batch_size=int(mapping.get("BatchSize", 10)),
+            )
+        )
+    return tuple(sources)
+
+
+def provision(
+    endpoint_url: str,
+    region: str,
+    template_path: Path,
+    asl_path: Path | None = None,
+    *,
+    stack_name: str = DEFAULT_STACK_NAME,
+    parameters: Mapping[str, str] | None = None,
+    substitutions_override: Mapping[str, str] | None = None,
+    retry_override: Mapping[str, Any] | None = None,
+    timeout_s: float = 60.0,
+) -> ProvisionedStack:
+    """Create the template's stack on the local cloud at ``endpoint_url`` and return its resources."""
+    clients = _clients(endpoint_url, region)
+    params = {k: str(v) for k, v in (parameters or {}).items()}
+    sam = load_sam_template(template_path)
+    local, code_dirs, asl_texts = localize_template(sam, template_path.parent, asl_path)
+    cfn_template = add_resolution_outputs(translate_sam(local, region, params))
+    resources = cfn_template["Resources"]
+    _check_overrides(resources, substitutions_override or {}, retry_override or {})
+    _upload_placeholder(clients["s3"])
+
+    cfn = clients["cloudformation"]
+    cfn.create_stack(
+        StackName=stack_name,
+        TemplateBody=json.dumps(cfn_template),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
+        Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
+    )
+    stack = _wait_for_stack(cfn, stack_name, timeout_s)
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    summaries = cfn.get_paginator("list_stack_resources").paginate(StackName=stack_name)
+    physical = {
+        r["LogicalResourceId"]: r["PhysicalResourceId"] for page in summaries for r in page["StackResourceSummaries"]
+    }
+
+    for logical_id, resource in resources.items():
+        rtype, props = resource.get("Type"), resource.get("Properties", {})
+        if rtype == "AWS::DynamoDB::Table":
+            _reconcile_table(clients["dynamodb"], physical[logical_id], props)
+        elif rtype == "AWS::S3::Bucket":
+            _reconcile_bucket(clients["s3"], physical[logical_id], props)
+        elif rtype == "AWS::StepFunctions::StateMachine":
+            declared = props.get("DefinitionSubstitutions", {})
+            values = {k: outputs[f"{_SUBST_OUTPUT_PREFIX}{logical_id}{k}"] for k in declared}
+            values.update({k: v for k, v in (substitutions_override or {}).items() if k in declared})
+            text = asl_texts.get(logical_id, props.get("DefinitionString"))
+            if not isinstance(text, str):
+                raise ProvisionError(f"{logical_id}: only DefinitionUri or a literal DefinitionString is supported")
+            definition = render_definition(text, values, retry_override)
+            role_arn = outputs.get(f"{_ROLE_OUTPUT_PREFIX}{logical_id}", _FALLBACK_ROLE_ARN)
+            _install_state_machine(
+                clients["stepfunctions"],
+                physical[logical_id],
+                definition,
+                role_arn,
+                props.get("StateMachineType", "STANDARD"),
+            )
+
+    functions = {
+        logical_id: physical[logical_id]
+        for logical_id, resource in resources.items()
+        if resource.get("Type") == "AWS::Lambda::Function"
+    }
+    event_sources = _disable_event_sources(clients["lambda"], physical, resources)
+    try:
+        res = LocalResources(
+            endpoint_url=endpoint_url,
+            region=region,
+            stack_name=stack_name,
+            table_name=outputs["TableName"],
+            queue_url=outputs["QueueUrl"],
+            dlq_url=outputs["DeadLetterQueueUrl"],
+            bucket=outputs["BucketName"],
+            state_machine_arn=outputs["StateMachineArn"],
+            functions=functions,
+            event_sources=event_sources,
+        )
+    except KeyError as exc:
+        raise ProvisionError(f"template is missing the stack output {exc}") from exc
+    code_roots = {functions[k]: v for k, v in code_dirs.items() if k in functions}
+    return ProvisionedStack(resources=res, code_roots=code_roots)

@@ -1,0 +1,207 @@
+"""The embedded local AWS: moto in server mode on a background thread of this process.
+
+Step Functions executes definitions for real (moto's ``stepfunctions.execute_state_machine``), and
+Lambda ``Invoke`` is served in-process by :class:`~shared.localcloud.lambdas.LambdaInvokeMiddleware`.
+``MOTO_PORT`` is set to the bound port so the ASL interpreter's own AWS calls reach this server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar
+
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from shared.localcloud.lambdas import (
+    EnvJournal,
+    FunctionRef,
+    FunctionSpec,
+    LambdaInvokeMiddleware,
+    moto_function_resolver,
+)
+from shared.localcloud.provision import (
+    DEFAULT_STACK_NAME,
+    DUMMY_CREDENTIAL,
+    LocalResources,
+    provision,
+)
+
+LOG = logging.getLogger("sdq.localcloud")
+DEFAULT_REGION = "us-east-1"
+
+
+def _request_handler() -> type:
+    """moto's request handler, with per-request access logs sent to our logger at DEBUG."""
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+    class QuietRequestHandler(MotoRequestHandler):
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            LOG.debug('"%s" %s %s', self.requestline, code, size)
+
+        def log(self, type: str, message: str, *args: Any) -> None:
+            getattr(LOG, "error" if type == "error" else "debug")(message, *args)
+
+    return QuietRequestHandler
+
+
+class LocalCloud:
+    """One moto server plus the in-process Lambda runtime; ``provision`` builds the stack from the template.
+
+    moto keeps its state in module globals, so one process holds at most one running LocalCloud, and
+    ``stop()`` resets that state. Do not use ``moto.mock_aws`` in the same process while it runs.
+    """
+
+    _active: ClassVar[LocalCloud | None] = None
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, region: str = DEFAULT_REGION) -> None:
+        self.host = host
+        self.requested_port = port
+        self.region = region
+        self.resources: LocalResources | None = None
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._code_roots: dict[str, Path] = {}
+        self._saved_moto_port: str | None = None
+        self._saved_sfn_config: Any = None
+        self._env_journal = EnvJournal()
+
+    @property
+    def port(self) -> int:
+        """The bound port (after ``start``)."""
+        if self._server is None:
+            raise RuntimeError("LocalCloud is not started")
+        return int(self._server.server_port)
+
+    @property
+    def endpoint_url(self) -> str:
+        """``http://host:port`` of the running server."""
+        return f"http://{self.host}:{self.port}"
+
+    @classmethod
+    def active(cls) -> LocalCloud | None:
+        """The LocalCloud running in this process, if any."""
+        return cls._active
+
+    @property
+    def running(self) -> bool:
+        """Whether the server thread is up."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> LocalCloud:
+        """Bind the server, set ``MOTO_PORT``, turn ASL execution on and serve on a daemon thread."""
+        if self._server is not None:
+            raise RuntimeError("LocalCloud already started")
+        if LocalCloud._active is not None:
+            raise RuntimeError(
+                f"another LocalCloud is running in this process ({LocalCloud._active.endpoint_url}); "
+                "moto's state is process-wide, so provision a second stack on that one instead"
+            )
+        from moto.core.config import default_user_config
+        from moto.moto_api._internal.models import moto_api_backend
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+        app = LambdaInvokeMiddleware(
+            DomainDispatcherApplication(create_backend_app),
+            default_region=self.region,
+            resolver=self._resolve_function,
+            base_env=self._base_env,
+            journal=self._env_journal,
+        )
+        self._server = make_server(
+            self.host, self.requested_port, app, threaded=True, request_handler=_request_handler()
+        )
+        self._saved_moto_port = os.environ.get("MOTO_PORT")
+        os.environ["MOTO_PORT"] = str(self.port)
+        self._saved_sfn_config = dict(default_user_config.get("stepfunctions", {}))
+        moto_api_backend.set_config({"stepfunctions": {"execute_state_machine": True}})
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="sdq-localcloud", daemon=True
+        )
+        self._thread.start()
+        LocalCloud._active = self
+        LOG.info("local cloud listening on %s", self.endpoint_url)
+        return self
+
+    def provision(
+        self,
+        template_path: Path = Path("template.yaml"),
+        asl_path: Path | None = None,
+        *,
+        substitutions_override: Mapping[str, str] | None = None,
+        retry_override: Mapping[str, Any] | None = None,
+        parameters: Mapping[str, str] | None = None,
+        stack_name: str = DEFAULT_STACK_NAME,
+    ) -> LocalResources:
+        """Create the template's stack here; see :func:`shared.localcloud.provision.provision`."""
+        if self._server is None:
+            raise RuntimeError("start() the LocalCloud before provisioning")
+        stack = provision(
+            self.endpoint_url,
+            self.region,
+            template_path,
+            asl_path,
+            stack_name=stack_name,
+            parameters=parameters,
+            substitutions_override=substitutions_override,
+            retry_override=retry_override,
+        )
+        self._code_roots.update(stack.code_roots)
+        self.resources = stack.resources
+        return stack.resources
+
+    def stop(self) -> None:
+        """Shut the server down, join its thread, and restore ``MOTO_PORT``, moto's SFN config and the
+        environment variables that in-process Lambda invocations set."""
+        if self._server is None:
+            return
+        from moto.moto_api._internal.models import moto_api_backend
+
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = None
+        self._thread = None
+        if self._saved_moto_port is None:
+            os.environ.pop("MOTO_PORT", None)
+        else:
+            os.environ["MOTO_PORT"] = self._saved_moto_port
+        moto_api_backend.set_config({"stepfunctions": self._saved_sfn_config})
+        moto_api_backend.reset()
+        self._env_journal.restore()
+        self._code_roots.clear()
+        self.resources = None
+        LocalCloud._active = None
+        LOG.info("local cloud stopped")
+
+    def __enter__(self) -> LocalCloud:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _resolve_function(self, ref: FunctionRef) -> FunctionSpec | None:
+        spec = moto_function_resolver(ref)
+        if spec is None or spec.name not in self._code_roots:
+            return spec
+        return dataclasses.replace(spec, code_root=self._code_roots[spec.name])
+
+    def _base_env(self) -> dict[str, str]:
+        """AWS settings a handler needs to call back into this cloud (applied before its Environment)."""
+        if self._server is None:
+            return {}
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": DUMMY_CREDENTIAL,
+            "AWS_SECRET_ACCESS_KEY": DUMMY_CREDENTIAL,
+        }

@@ -1,0 +1,238 @@
+"""Signed webhooks (Standard Webhooks): per-tenant secrets, one delivery attempt, its classification.
+
+Retries are the state machine's job (ASL ``Retry`` on :class:`WebhookRetryable`); this module makes one
+attempt, records it on the job, and says whether another attempt makes sense.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpcore
+import httpx
+from aws_lambda_powertools import Logger
+from standardwebhooks import Webhook
+
+from shared.contracts import Job, JobStatus
+from shared.netguard import UnsafeUrl, resolve_public
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+    from shared.jobs import JobsRepository
+    from shared.media import MediaStore
+    from shared.orchestration import Orchestrator
+
+logger = Logger(service="sdq-notify", child=True)
+
+EVENTS = {
+    JobStatus.SUCCEEDED: "job.succeeded",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELLED: "job.cancelled",
+}
+TIMEOUT_S = 10.0
+MAX_RESPONSE_BYTES = 64 * 1024
+
+
+class WebhookRetryable(Exception):
+    """The receiver may accept a later attempt (429, 5xx, timeout, connection error)."""
+
+
+def webhook_id(job_id: str, event: str) -> str:
+    """Stable per job and event, identical across retries and redeliveries, so receivers can dedupe."""
+    return f"msg_{job_id}_{event.replace('.', '_')}"
+
+
+# -- secrets -------------------------------------------------------------------------------------
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+class WebhookSecrets:
+    """Per-tenant signing secrets (item ``TENANT#<tenant>``), created on first use, rotatable."""
+
+    def __init__(self, dynamodb: DynamoDBClient, table_name: str) -> None:
+        self._ddb = dynamodb
+        self._table = table_name
+
+    def get(self, tenant: str) -> str:
+        resp = self._ddb.get_item(TableName=self._table, Key={"pk": {"S": f"TENANT#{tenant}"}}, ConsistentRead=True)
+        current = resp.get("Item", {}).get("webhook_secret", {}).get("S")
+        if current:
+            return current
+        candidate = new_secret()
+        try:
+            self._ddb.put_item(
+                TableName=self._table,
+                Item={"pk": {"S": f"TENANT#{tenant}"}, "webhook_secret": {"S": candidate}},
+                ConditionExpression="attribute_not_exists(webhook_secret)",
+            )
+        except self._ddb.exceptions.ConditionalCheckFailedException:
+            return self.get(tenant)  # created concurrently: use the winner's
+        return candidate
+
+    def rotate(self, tenant: str) -> str:
+        secret = new_secret()
+        self._ddb.put_item(
+            TableName=self._table, Item={"pk": {"S": f"TENANT#{tenant}"}, "webhook_secret": {"S": secret}}
+        )
+        return secret
+
+
+# -- the network path ------------------------------------------------------------------------------
+
+
+class _GuardedBackend(httpcore.SyncBackend):
+    """Resolves the host at connect time and connects only to an address that passed the SSRF check, so a
+    DNS answer that changes between the check and the connection (rebinding) cannot slip through."""
+
+    def __init__(self, allow_loopback: bool) -> None:
+        self._allow_loopback = allow_loopback
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        addresses = resolve_public(host, port, allow_loopback=self._allow_loopback)
+        return super().connect_tcp(addresses[0], port, timeout, local_address, socket_options)
+
+
+def guarded_client(allow_loopback: bool) -> httpx.Client:
+    transport = httpx.HTTPTransport(retries=0)
+    # httpx exposes no hook for the network backend; replace the pool with one that uses the guarded one.
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(), network_backend=_GuardedBackend(allow_loopback)
+    )
+    return httpx.Client(transport=transport, follow_redirects=False, timeout=TIMEOUT_S)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    outcome: str  # delivered | retry | gave_up | blocked
+    status: int | None
+    error: str | None
+    retry_after_s: int | None = None
+
+
+def classify(status: int) -> str:
+    if 200 <= status < 300:
+        return "delivered"
+    if status == 429 or status >= 500:
+        return "retry"
+    return "gave_up"  # 410 Gone, redirects (never followed), other 4xx
+
+
+def send_once(url: str, body: str, headers: dict[str, str], *, allow_loopback: bool) -> Attempt:
+    """One POST of a signed payload; never raises for receiver problems."""
+    host = urlsplit(url).hostname or ""
+    try:
+        with guarded_client(allow_loopback) as client, client.stream("POST", url, content=body, headers=headers) as r:
+            read = 0
+            for chunk in r.iter_bytes():
+                read += len(chunk)
+                if read >= MAX_RESPONSE_BYTES:
+                    break
+            outcome = classify(r.status_code)
+            retry_after = r.headers.get("retry-after")
+            error = None if outcome == "delivered" else f"HTTP {r.status_code}"
+            if 300 <= r.status_code < 400:
+                error = f"HTTP {r.status_code} redirect not followed"
+            return Attempt(
+                outcome, r.status_code, error, int(retry_after) if retry_after and retry_after.isdigit() else None
+            )
+    except UnsafeUrl as exc:
+        return Attempt("blocked", None, f"blocked: {exc}")
+    except httpx.TimeoutException:
+        return Attempt("retry", None, f"timeout after {TIMEOUT_S:.0f}s")
+    except (httpx.TransportError, socket.gaierror) as exc:
+        return Attempt("retry", None, f"{type(exc).__name__}: {str(exc)[:200] or host}")
+
+
+# -- the notifier -----------------------------------------------------------------------------------
+
+
+class Notifier:
+    def __init__(
+        self, repo: JobsRepository, media: MediaStore, secrets_store: WebhookSecrets, settings: Settings
+    ) -> None:
+        self._repo = repo
+        self._media = media
+        self._secrets = secrets_store
+        self._settings = settings
+
+    def payload(self, job: Job, event: str) -> str:
+        from workflows.jobview import job_view
+
+        view = job_view(job, self._media, self._settings.presign_expiry_s)
+        return json.dumps(
+            {
+                "type": event,
+                "timestamp": datetime.now(UTC).isoformat(),
+                "data": json.loads(view.model_dump_json(exclude={"webhook"})),
+            },
+            separators=(",", ":"),
+        )
+
+    def notify(self, job_id: str, tenant: str) -> Attempt | None:
+        """Send the job's terminal event once, record the attempt; None when there is nothing to send.
+
+        Raises WebhookRetryable when another attempt may succeed (the state machine retries with backoff).
+        """
+        job = self._repo.get(job_id, tenant=tenant)
+        event = EVENTS.get(job.status)
+        url = job.request.callback_url
+        if event is None or not url:
+            return None
+        msg_id = webhook_id(job.job_id, event)
+        body = self.payload(job, event)
+        signer = Webhook(self._secrets.get(job.tenant))
+        now = datetime.now(UTC)
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "sdq-webhooks/1",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": signer.sign(msg_id, now, body),
+        }
+        attempt = send_once(url, body, headers, allow_loopback=self._settings.allow_loopback_callbacks)
+        self._repo.record_webhook_attempt(
+            job.job_id,
+            event=event,
+            webhook_id=msg_id,
+            outcome=attempt.outcome,
+            status=attempt.status,
+            error=attempt.error,
+        )
+        logger.info("webhook attempt", job_id=job.job_id, event=event, outcome=attempt.outcome, status=attempt.status)
+        if attempt.outcome == "retry":
+            raise WebhookRetryable(attempt.error or "retryable delivery failure")
+        return attempt
+
+
+def start_notice(orchestrator: Orchestrator, job: Job, reason: str) -> str | None:
+    """Run the state machine's webhook path alone for ``job`` (a cancel, or a redelivery), with its retries.
+
+    Returns the execution ARN, or None when the job has no callback URL.
+    """
+    if not job.request.callback_url:
+        return None
+    from ulid import ULID
+
+    return orchestrator.start(
+        f"{job.job_id}-{reason}-{ULID()}",
+        {"job_id": job.job_id, "tenant": job.tenant, "notify_only": True, "has_callback": True, "reason": reason},
+    )

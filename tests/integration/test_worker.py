@@ -1,0 +1,241 @@
+"""The GPU worker as a process (tiny model on CPU) against the local cloud: batching, exactly-once, faults.
+
+Each test submits through the real API, runs `sdq worker` processes, and checks the table, the queue and the
+state machine's executions with boto3.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from ulid import ULID
+
+from shared.client import SdqClient
+from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
+from shared.jobs import JobsRepository, expiry_epoch
+from tests.integration.conftest import RunningService, start_service, stop_service
+
+FAST_WORKER = {
+    "SDQ_VISIBILITY_TIMEOUT_S": "6",
+    "SDQ_HEARTBEAT_S": "2",
+    "SDQ_RECEIVE_WAIT_S": "1",
+    "SDQ_MAX_BATCH_WAIT_MS": "1500",
+    "SDQ_MAX_BATCH_IMAGES": "8",
+    "SDQ_GRACE_S": "60",
+    "SDQ_PROGRESS_INTERVAL_S": "0.2",
+}
+SMALL = {"width": 256, "height": 256, "num_inference_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    running = start_service(tmp_path_factory.mktemp("sdq-worker"), {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
+    yield running
+    stop_service(running)
+
+
+@pytest.fixture(autouse=True)
+def drained(service: RunningService) -> Iterator[None]:
+    """Each test starts with an empty queue and leaves no worker running."""
+    sqs = service.boto("sqs")
+    while messages := sqs.receive_message(QueueUrl=service.queue_url, MaxNumberOfMessages=10).get("Messages", []):
+        for m in messages:
+            sqs.delete_message(QueueUrl=service.queue_url, ReceiptHandle=m["ReceiptHandle"])
+    yield
+    for worker in service.workers:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=10)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.3) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def statuses(client: SdqClient, ids: list[str]) -> dict[str, str]:
+    return {job_id: client.get(job_id)["status"] for job_id in ids}
+
+
+def all_terminal(client: SdqClient, ids: list[str]) -> Callable[[], bool]:
+    return lambda: all(s in {"SUCCEEDED", "FAILED", "CANCELLED"} for s in statuses(client, ids).values())
+
+
+def executions(service: RunningService) -> list[dict[str, Any]]:
+    sfn = service.boto("stepfunctions")
+    found: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"stateMachineArn": service.env["SDQ_STATE_MACHINE_ARN"]}
+    while True:
+        page = sfn.list_executions(**kwargs)
+        found += page["executions"]
+        if not page.get("nextToken"):
+            return found
+        kwargs["nextToken"] = page["nextToken"]
+
+
+def executions_per_job(service: RunningService, ids: list[str]) -> dict[str, int]:
+    names = [e["name"] for e in executions(service)]
+    return {job_id: sum(1 for n in names if n.startswith(job_id + "-")) for job_id in ids}
+
+
+def batch_lines(service: RunningService) -> list[dict[str, Any]]:
+    lines = []
+    for log in sorted(service.state_dir.glob("worker-*.log")):
+        for raw in log.read_text(errors="replace").splitlines():
+            if raw.startswith("{") and '"message":"batch"' in raw.replace(" ", ""):
+                lines.append(json.loads(raw))
+    return lines
+
+
+def clear_worker_logs(service: RunningService) -> None:
+    for log in service.state_dir.glob("worker-*.log"):
+        log.unlink()
+
+
+def test_six_jobs_of_two_shapes_run_as_two_batches_and_all_succeed(service: RunningService) -> None:
+    clear_worker_logs(service)
+    client = service.new_tenant("batch")
+    ids = [client.submit({"prompt": f"fox {i}", **SMALL})["id"] for i in range(3)]
+    ids += [client.submit({"prompt": f"owl {i}", **SMALL, "width": 320})["id"] for i in range(3)]
+    worker = service.start_worker(env=FAST_WORKER)
+    wait_until(all_terminal(client, ids), 180, "six jobs to finish")
+    assert set(statuses(client, ids).values()) == {"SUCCEEDED"}
+    batches = batch_lines(service)
+    assert sorted(b["jobs"] for b in batches) == [3, 3]
+    assert sorted(b["shape"].split("x")[0] for b in batches) == ["256", "320"]
+    assert executions_per_job(service, ids) == dict.fromkeys(ids, 1)
+    job = client.get(ids[0])
+    assert job["attempt"] == 1
+    assert job["progress"]["total"] == 2
+    assert len(job["outputs"]) == 1
+    assert job["outputs"][0]["width"] == 256
+    assert client.download(job["outputs"][0]["url"])[:8] == b"\x89PNG\r\n\x1a\n"
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0
+
+
+def test_duplicate_delivery_and_two_workers_run_each_job_once(service: RunningService) -> None:
+    clear_worker_logs(service)
+    client = service.new_tenant("dup")
+    sqs = service.boto("sqs")
+    ids = []
+    for i in range(4):
+        job = client.submit({"prompt": f"dup {i}", **SMALL})
+        ids.append(job["id"])
+    # Duplicate every message (SQS is at-least-once): the same bodies a second time.
+    received = []
+    while len(received) < 4:
+        received += sqs.receive_message(QueueUrl=service.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0).get(
+            "Messages", []
+        )
+    for message in {m["MessageId"]: m for m in received}.values():
+        sqs.send_message(QueueUrl=service.queue_url, MessageBody=message["Body"])
+    workers = [service.start_worker(env=FAST_WORKER) for _ in range(2)]
+    wait_until(all_terminal(client, ids), 240, "jobs to finish")
+    assert set(statuses(client, ids).values()) == {"SUCCEEDED"}
+    assert executions_per_job(service, ids) == dict.fromkeys(ids, 1)
+    assert sum(b["images"] for b in batch_lines(service)) == 4  # no job generated twice
+    wait_until(lambda: service.queue_depth() == 0, 30, "the duplicates to be deleted")
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+
+
+def test_sigkill_mid_batch_then_restart_completes_every_job_once(service: RunningService) -> None:
+    client = service.new_tenant("kill")
+    ids = [
+        client.submit({"prompt": f"kill {i}", "width": 512, "height": 512, "num_inference_steps": 40})["id"]
+        for i in range(3)
+    ]
+    worker = service.start_worker(env={**FAST_WORKER, "SDQ_MAX_BATCH_IMAGES": "3"})
+    wait_until(lambda: any(client.get(i)["progress"]["step"] > 0 for i in ids), 120, "generation to start", poll_s=0.1)
+    worker.kill()
+    worker.wait(timeout=10)
+    assert any(s == "RUNNING" for s in statuses(client, ids).values())
+    service.start_worker(env=FAST_WORKER)
+    wait_until(all_terminal(client, ids), 300, "jobs to finish after the restart")
+    assert set(statuses(client, ids).values()) == {"SUCCEEDED"}
+    assert executions_per_job(service, ids) == dict.fromkeys(ids, 1)
+    assert max(client.get(i)["attempt"] for i in ids) == 2  # taken over once the dead worker's lease ran out
+
+
+def test_sigterm_finishes_the_running_batch_and_releases_the_rest(service: RunningService) -> None:
+    client = service.new_tenant("term")
+    slow = {"width": 512, "height": 512, "num_inference_steps": 25}
+    ids = [client.submit({"prompt": f"term {i}", **slow})["id"] for i in range(4)]
+    env = {**FAST_WORKER, "SDQ_MAX_BATCH_IMAGES": "1", "SDQ_MAX_BATCH_WAIT_MS": "0", "SDQ_VISIBILITY_TIMEOUT_S": "120"}
+    worker = service.start_worker(env=env)
+    wait_until(lambda: any(client.get(i)["progress"]["step"] > 0 for i in ids), 120, "the first batch", poll_s=0.1)
+    started = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=90) == 0
+    assert time.monotonic() - started < 60
+    done = [i for i, s in statuses(client, ids).items() if s != "QUEUED"]
+    assert len(done) == 1  # the batch that was running finished and was handed off
+    # The unstarted jobs' messages are visible again at once, not after the 120 s visibility timeout.
+    attrs = service.boto("sqs").get_queue_attributes(
+        QueueUrl=service.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    assert int(attrs["ApproximateNumberOfMessages"]) == 3
+    service.start_worker(env={**FAST_WORKER, "SDQ_MAX_BATCH_IMAGES": "4"})
+    wait_until(all_terminal(client, ids), 300, "the released jobs to finish")
+    assert set(statuses(client, ids).values()) == {"SUCCEEDED"}
+    assert executions_per_job(service, ids) == dict.fromkeys(ids, 1)
+
+
+def test_poison_message_goes_to_the_dlq_and_its_job_fails(service: RunningService) -> None:
+    client = service.new_tenant("poison")
+    repo = JobsRepository(service.boto("dynamodb"), service.table)
+    request = GenerationRequest.model_validate({"prompt": "poison", **SMALL}).normalised()
+    now = utcnow()
+    job = Job(
+        job_id=str(ULID()),
+        tenant="poison-tenant",
+        status=JobStatus.QUEUED,
+        request=request,
+        created_at=now,
+        cache_key=request.cache_key(),
+        expires_at=expiry_epoch(now, 1),
+    )
+    repo.create(job)
+    service.boto("sqs").send_message(
+        QueueUrl=service.queue_url,
+        MessageBody="{this is not a job message",
+        MessageAttributes={
+            "job_id": {"DataType": "String", "StringValue": job.job_id},
+            "tenant": {"DataType": "String", "StringValue": job.tenant},
+        },
+    )
+    worker = service.start_worker(env=FAST_WORKER)
+    wait_until(lambda: repo.get(job.job_id).status == JobStatus.FAILED, 120, "the poison job to fail")
+    failed = repo.get(job.job_id)
+    assert failed.error is not None
+    assert failed.error.code == "DEAD_LETTERED"
+    # The worker is still alive and still generating.
+    healthy = client.submit({"prompt": "after the poison", **SMALL})
+    wait_until(all_terminal(client, [healthy["id"]]), 120, "a normal job after the poison message")
+    assert client.get(healthy["id"])["status"] == "SUCCEEDED"
+    assert worker.poll() is None
+
+
+def test_cancel_during_generation_leaves_the_job_cancelled_without_outputs(service: RunningService) -> None:
+    client = service.new_tenant("cancel-run")
+    job = client.submit({"prompt": "cancel me", "width": 512, "height": 512, "num_inference_steps": 60})
+    service.start_worker(env=FAST_WORKER)
+    wait_until(lambda: client.get(job["id"])["progress"]["step"] > 0, 120, "generation to start", poll_s=0.1)
+    client.cancel(job["id"])
+    time.sleep(3)
+    final = client.get(job["id"])
+    assert final["status"] == "CANCELLED"
+    assert final["outputs"] == []
+    listing = service.boto("s3").list_objects_v2(Bucket=service.env["SDQ_BUCKET"], Prefix="outputs/")
+    assert not [o for o in listing.get("Contents", []) if job["id"] in o["Key"]]

@@ -96,6 +96,15 @@ class SdqClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._send("POST", f"/v1/jobs/{job_id}/cancel")
 
+    def redeliver(self, job_id: str) -> dict[str, Any]:
+        return self._send("POST", f"/v1/jobs/{job_id}/webhook/redeliver")
+
+    def webhook_secret(self) -> str:
+        return str(self._send("GET", "/v1/webhook-secret")["secret"])
+
+    def rotate_webhook_secret(self) -> str:
+        return str(self._send("POST", "/v1/webhook-secret/rotate")["secret"])
+
     def download(self, url: str) -> bytes:
         # Presigned URLs carry their own auth; do not send the API key to the object store.
         resp = httpx.get(url, timeout=60.0)

@@ -53,9 +53,12 @@ class RunningService:
 
     def new_tenant(self, name: str) -> SdqClient:
         """A fresh tenant with its own API key, registered straight in the table."""
+        return self.new_named_tenant(name)[1]
+
+    def new_named_tenant(self, name: str) -> tuple[str, SdqClient]:
         tenant = f"{name}-{time.monotonic_ns()}"
         key = ApiKeyStore(self.boto("dynamodb"), self.table).create(tenant)
-        return SdqClient(Endpoint(self.api_url, key))
+        return tenant, SdqClient(Endpoint(self.api_url, key))
 
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.api_url, timeout=30)

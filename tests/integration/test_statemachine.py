@@ -1,0 +1,316 @@
+"""The real ASL executed by the local cloud: postprocessing, terminal writes and signed webhooks.
+
+Executions are started the way the worker starts them (S3 staging keys + job facts), on jobs put in RUNNING
+through the repository's own claim; the webhook receiver is a real HTTP server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from PIL import Image
+from ulid import ULID
+
+from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
+from shared.jobs import JobsRepository, expiry_epoch
+from tests.integration.conftest import RunningService, start_service, stop_service
+from workflows.receiver import ScriptedReceiver
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    running = start_service(tmp_path_factory.mktemp("sdq-sfn"), {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
+    yield running
+    stop_service(running)
+
+
+@pytest.fixture
+def receiver() -> Iterator[ScriptedReceiver]:
+    r = ScriptedReceiver().start()
+    yield r
+    r.stop()
+
+
+class Harness:
+    def __init__(self, service: RunningService, tenant: str) -> None:
+        self.service = service
+        self.tenant = tenant
+        self.repo = JobsRepository(service.boto("dynamodb"), service.table)
+        self.s3 = service.boto("s3")
+        self.sfn = service.boto("stepfunctions")
+        self.bucket = service.env["SDQ_BUCKET"]
+
+    def running_job(self, callback_url: str | None, **fields: Any) -> Job:
+        """A job as a worker leaves it just before the hand-off: RUNNING, with one staged PNG."""
+        body: dict[str, Any] = {"prompt": "a red fox", "width": 256, "height": 256, **fields}
+        if callback_url:
+            body["callback_url"] = callback_url
+        request = GenerationRequest.model_validate(body, context={"trusted": True}).normalised()
+        now = utcnow()
+        job = Job(
+            job_id=str(ULID()),
+            tenant=self.tenant,
+            status=JobStatus.QUEUED,
+            request=request,
+            created_at=now,
+            cache_key=request.cache_key(),
+            expires_at=expiry_epoch(now, 1),
+        )
+        self.repo.create(job)
+        return self.repo.claim(job.job_id, self.tenant, worker_id="test", lease_s=60, now=time.time())
+
+    def stage(self, job: Job, count: int = 1) -> list[str]:
+        keys = []
+        for i in range(count):
+            buf = io.BytesIO()
+            Image.new("RGB", (job.request.width, job.request.height), (200, 80 + i, 40)).save(buf, format="PNG")
+            key = f"staging/{job.job_id}/{job.attempt}/{i}.png"
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=buf.getvalue())
+            keys.append(key)
+        return keys
+
+    def start(self, job: Job, keys: list[str], **extra: Any) -> str:
+        payload = {
+            "job_id": job.job_id,
+            "tenant": job.tenant,
+            "attempt": job.attempt,
+            "staging_keys": keys,
+            "has_callback": bool(job.request.callback_url),
+            **extra,
+        }
+        arn = self.sfn.start_execution(
+            stateMachineArn=self.service.env["SDQ_STATE_MACHINE_ARN"],
+            name=f"{job.job_id}-{job.attempt}",
+            input=json.dumps(payload),
+        )["executionArn"]
+        return str(arn)
+
+    def wait(self, arn: str, timeout_s: float = 120) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = str(self.sfn.describe_execution(executionArn=arn)["status"])
+            if status != "RUNNING":
+                return status
+            time.sleep(0.3)
+        raise AssertionError(f"execution {arn} still running after {timeout_s}s")
+
+    def entered_states(self, arn: str) -> list[str]:
+        events = self.sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+        return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+
+
+@pytest.fixture
+def harness(service: RunningService) -> tuple[Harness, Any]:
+    tenant, client = service.new_named_tenant("sfn")
+    return Harness(service, tenant), client
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_happy_path_with_callback_delivers_one_signed_job_succeeded(
+    harness: tuple[Harness, Any], receiver: ScriptedReceiver
+) -> None:
+    h, client = harness
+    receiver.secret = client.webhook_secret()
+    job = h.running_job(receiver.url, num_images=2, output_format="webp", quality=80)
+    arn = h.start(job, h.stage(job, 2))
+    assert h.wait(arn) == "SUCCEEDED"
+    assert h.entered_states(arn) == ["Route", "Postprocess", "MarkSucceeded", "HasCallback", "Notify", "Done"]
+    view = client.get(job.job_id)
+    assert view["status"] == "SUCCEEDED"
+    assert [o["content_type"] for o in view["outputs"]] == ["image/webp", "image/webp"]
+    image = Image.open(io.BytesIO(client.download(view["outputs"][1]["url"])))
+    assert image.size == (256, 256)
+    assert json.loads(image.getexif().get_ifd(0x8769)[0x9286][8:])["seed"] == job.request.seed + 1
+    thumb = Image.open(io.BytesIO(client.download(view["outputs"][0]["thumbnail_url"])))
+    assert max(thumb.size) <= 256
+    # Staging objects are gone once outputs exist.
+    assert "Contents" not in h.s3.list_objects_v2(Bucket=h.bucket, Prefix=f"staging/{job.job_id}/")
+    [delivery] = receiver.deliveries
+    assert delivery.verified
+    assert delivery.webhook_id == f"msg_{job.job_id}_job_succeeded"
+    body = delivery.json()
+    assert body["type"] == "job.succeeded"
+    assert body["data"]["id"] == job.job_id
+    assert len(body["data"]["outputs"]) == 2
+    assert view["webhook"]["state"] == "delivered"
+    assert view["webhook"]["attempts"] == 1
+
+
+def test_happy_path_without_callback_sends_nothing(harness: tuple[Harness, Any], receiver: ScriptedReceiver) -> None:
+    h, client = harness
+    job = h.running_job(None)
+    arn = h.start(job, h.stage(job))
+    assert h.wait(arn) == "SUCCEEDED"
+    assert h.entered_states(arn) == ["Route", "Postprocess", "MarkSucceeded", "HasCallback", "Done"]
+    assert client.get(job.job_id)["status"] == "SUCCEEDED"
+    assert client.get(job.job_id)["webhook"] is None
+    assert receiver.deliveries == []
+
+
+def test_postprocess_failure_marks_failed_and_sends_job_failed(
+    harness: tuple[Harness, Any], receiver: ScriptedReceiver
+) -> None:
+    h, client = harness
+    receiver.secret = client.webhook_secret()
+    job = h.running_job(receiver.url)
+    arn = h.start(job, [f"staging/{job.job_id}/missing.png"])
+    assert h.wait(arn) == "SUCCEEDED"
+    assert "MarkFailed" in h.entered_states(arn)
+    view = client.get(job.job_id)
+    assert view["status"] == "FAILED"
+    assert view["error"]["code"] == "PermanentError"
+    [delivery] = receiver.deliveries
+    assert delivery.verified
+    assert delivery.json()["type"] == "job.failed"
+
+
+def test_worker_reported_failure_takes_the_failure_path(
+    harness: tuple[Harness, Any], receiver: ScriptedReceiver
+) -> None:
+    h, client = harness
+    receiver.secret = client.webhook_secret()
+    job = h.running_job(receiver.url)
+    arn = h.start(job, [], worker_error={"code": "OUT_OF_MEMORY", "message": "CUDA out of memory"})
+    assert h.wait(arn) == "SUCCEEDED"
+    assert h.entered_states(arn)[:3] == ["Route", "WorkerFailure", "MarkFailed"]
+    assert client.get(job.job_id)["error"] == {"code": "OUT_OF_MEMORY", "message": "CUDA out of memory"}
+    assert [d.json()["type"] for d in receiver.deliveries] == ["job.failed"]
+
+
+def test_receiver_500_500_200_is_delivered_on_the_third_attempt_with_one_webhook_id(
+    harness: tuple[Harness, Any], receiver: ScriptedReceiver
+) -> None:
+    h, client = harness
+    receiver.secret = client.webhook_secret()
+    receiver.script = [500, 500, 200]
+    job = h.running_job(receiver.url)
+    assert h.wait(h.start(job, h.stage(job))) == "SUCCEEDED"
+    assert [d.answered for d in receiver.deliveries] == [500, 500, 200]
+    assert len({d.webhook_id for d in receiver.deliveries}) == 1
+    assert all(d.verified for d in receiver.deliveries)
+    webhook = client.get(job.job_id)["webhook"]
+    assert webhook["state"] == "delivered"
+    assert webhook["attempts"] == 3
+    assert webhook["delivered_at"] is not None
+
+
+def test_hanging_receiver_times_out_then_the_retry_delivers(
+    harness: tuple[Harness, Any], receiver: ScriptedReceiver
+) -> None:
+    h, client = harness
+    receiver.secret = client.webhook_secret()
+    receiver.script = ["hang", 200]
+    job = h.running_job(receiver.url)
+    assert h.wait(h.start(job, h.stage(job)), timeout_s=90) == "SUCCEEDED"
+    assert len(receiver.deliveries) == 2
+    webhook = client.get(job.job_id)["webhook"]
+    assert webhook["state"] == "delivered"
+    assert webhook["attempts"] == 2
+
+
+@pytest.mark.parametrize(("answer", "expected_error"), [(410, "HTTP 410"), ("redirect", "redirect not followed")])
+def test_410_and_redirects_give_up_without_retrying(
+    harness: tuple[Harness, Any], receiver: ScriptedReceiver, answer: int | str, expected_error: str
+) -> None:
+    h, client = harness
+    receiver.script = [answer]
+    job = h.running_job(receiver.url)
+    assert h.wait(h.start(job, h.stage(job))) == "SUCCEEDED"
+    assert len(receiver.deliveries) == 1
+    view = client.get(job.job_id)
+    assert view["status"] == "SUCCEEDED"  # webhook trouble never changes the job
+    assert view["webhook"]["state"] == "failed"
+    assert expected_error in view["webhook"]["last_error"]
+
+
+def test_receiver_down_for_the_whole_schedule_then_redeliver_works(
+    harness: tuple[Harness, Any], receiver: ScriptedReceiver
+) -> None:
+    h, client = harness
+    receiver.secret = client.webhook_secret()
+    receiver.default = 503
+    job = h.running_job(receiver.url)
+    assert h.wait(h.start(job, h.stage(job)), timeout_s=120) == "SUCCEEDED"
+    attempts = len(receiver.deliveries)
+    assert attempts == 6  # the first try and five retries
+    view = client.get(job.job_id)
+    assert view["status"] == "SUCCEEDED"
+    assert view["webhook"]["state"] == "failed"
+    receiver.default = 200
+    client.redeliver(job.job_id)
+    wait_until(lambda: client.get(job.job_id)["webhook"]["state"] == "delivered", 60, "the redelivery")
+    ids = {d.webhook_id for d in receiver.deliveries}
+    assert ids == {f"msg_{job.job_id}_job_succeeded"}
+    assert receiver.deliveries[-1].verified
+
+
+def test_metadata_service_callback_is_blocked_at_send_time(harness: tuple[Harness, Any]) -> None:
+    h, client = harness
+    # Written straight to the table: the API refuses such a URL at submit.
+    job = h.running_job("https://169.254.169.254/latest/meta-data/")
+    assert h.wait(h.start(job, h.stage(job))) == "SUCCEEDED"
+    view = client.get(job.job_id)
+    assert view["status"] == "SUCCEEDED"
+    assert view["webhook"]["state"] == "blocked"
+
+
+def test_cancel_racing_postprocessing_stays_cancelled(harness: tuple[Harness, Any], receiver: ScriptedReceiver) -> None:
+    h, client = harness
+    receiver.secret = client.webhook_secret()
+    job = h.running_job(receiver.url)
+    keys = h.stage(job)
+    client.cancel(job.job_id)
+    arn = h.start(job, keys)
+    assert h.wait(arn) == "SUCCEEDED"
+    assert "AlreadyFinal" in h.entered_states(arn)
+    view = client.get(job.job_id)
+    assert view["status"] == "CANCELLED"
+    assert view["outputs"] == []
+    wait_until(lambda: len(receiver.deliveries) == 1, 30, "the cancel webhook")
+    assert receiver.deliveries[0].json()["type"] == "job.cancelled"
+
+
+def test_an_execution_started_twice_runs_its_side_effects_once(
+    harness: tuple[Harness, Any], receiver: ScriptedReceiver
+) -> None:
+    h, _client = harness
+    job = h.running_job(receiver.url)
+    keys = h.stage(job)
+    arn = h.start(job, keys)
+    with pytest.raises(h.sfn.exceptions.ExecutionAlreadyExists):
+        h.start(job, keys, retried=True)
+    assert h.wait(arn) == "SUCCEEDED"
+    time.sleep(1)
+    assert len(receiver.deliveries) == 1
+    names = [
+        e["name"] for e in h.sfn.list_executions(stateMachineArn=h.service.env["SDQ_STATE_MACHINE_ARN"])["executions"]
+    ]
+    assert names.count(f"{job.job_id}-{job.attempt}") == 1
+
+
+def test_rotating_the_secret_signs_new_deliveries_with_the_new_one(
+    harness: tuple[Harness, Any], receiver: ScriptedReceiver
+) -> None:
+    h, client = harness
+    old = client.webhook_secret()
+    assert old.startswith("whsec_")
+    assert client.webhook_secret() == old
+    new = client.rotate_webhook_secret()
+    assert new != old
+    receiver.secret = new
+    job = h.running_job(receiver.url)
+    assert h.wait(h.start(job, h.stage(job))) == "SUCCEEDED"
+    assert receiver.deliveries[0].verified

@@ -59,6 +59,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from workflows.demo import run_demo
+
+    return run_demo(Path(args.out), timeout_s=args.timeout)
+
+
 # -- API client commands -------------------------------------------------------------------------
 
 
@@ -229,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--model", default="tiny", help="model for the local worker (default: tiny, offline)")
     up.add_argument("--no-worker", action="store_true", help="control plane only")
     up.set_defaults(func=cmd_up)
+
+    demo = sub.add_parser("demo", help="run the whole pipeline locally with a mix of jobs and check the results")
+    demo.add_argument("--out", default="out/demo", help="folder for the images (default: out/demo)")
+    demo.add_argument("--timeout", type=float, default=600.0)
+    demo.set_defaults(func=cmd_demo)
 
     def api_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--api-url", help="default: $SDQ_API_URL or .sdq/local.json from `sdq up`")

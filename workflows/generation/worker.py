@@ -450,6 +450,8 @@ class Worker:
         ips = report.images / report.seconds if report.seconds > 0 else 0.0
         logger.info(
             "batch",
+            batch=len(self.batches),
+            job_ids=[h.job_id for h in jobs],
             jobs=report.jobs,
             images=report.images,
             shape=f"{req.width}x{req.height}x{req.num_inference_steps}/{req.scheduler}",

@@ -1,0 +1,273 @@
+"""The pipeline runner: one loaded model, one diffusers call per batch of compatible jobs.
+
+Reproducibility: image ``i`` of a job is drawn from its own ``torch.Generator`` seeded ``seed + i``, and the
+pipeline gets the list of generators, so the initial latents (and any scheduler noise) of an image do not
+depend on which other jobs shared its batch. Pixels then match within one level of rounding (measured on CPU
+and on an H100 with the tiny model; a kernel picked for another batch size may round differently). A seed
+gives different images on CPU and CUDA: each device has its own random number generator.
+
+The runner is not thread-safe (diffusers schedulers keep per-call state): use it from one thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+)
+from PIL import Image
+
+from shared.errors import RetryableError
+from workflows.generation.models import LoadedModel, Precision, Text2ImagePipeline, load_model, quiet_logger
+
+logger = logging.getLogger(__name__)
+
+# The closed set of scheduler names a request may ask for. dpmpp_2m is DPMSolverMultistep's default
+# (dpmsolver++, order 2); lms needs scipy.
+SCHEDULERS: dict[str, type] = {
+    "ddim": DDIMScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler_a": EulerAncestralDiscreteScheduler,
+    "dpmpp_2m": DPMSolverMultistepScheduler,
+    "pndm": PNDMScheduler,
+    "lms": LMSDiscreteScheduler,
+}
+
+SEED_MODULUS = 2**32
+
+# CUDA batch sizing (max_batch_images), from H100 measurements with `sdq bench worker` (fp16, SDPA):
+# - UNet memory per image of a CFG batch, per latent pixel and UNet first-block channel, in units of the
+#   dtype's size: SD 1.5 at 512 px grew 131 MiB per image (52 units); 64 leaves a margin.
+_UNET_BYTES_PER_LATENT_PIXEL_CHANNEL = 64
+# - One sliced VAE decode, per image pixel and VAE first-block channel, in units of the VAE's dtype size:
+#   SDXL's fp32 decode at 1024 px peaked about 5 GiB above the weights (~10 units).
+_VAE_BYTES_PER_PIXEL_CHANNEL = 10
+# - Throughput stops growing near this many latent pixels per call: SD 1.5 512 px gained 10% from 8 to 16
+#   images, SDXL 1024 px 3% from 4 to 8, while each call's latency doubled.
+_SATURATING_LATENT_PIXELS = 64 * 64 * 16
+# - Left free for allocator fragmentation and cuDNN/cuBLAS workspaces.
+_CUDA_HEADROOM_BYTES = 2 * 2**30
+
+
+class GenerationCancelled(Exception):
+    """Raised by an ``on_step`` callback to stop a running batch; the runner re-raises it."""
+
+
+class GenerationOOM(RetryableError):
+    """The device ran out of memory for this batch; a smaller batch may fit."""
+
+    def __init__(self, images: int, width: int, height: int, detail: str) -> None:
+        super().__init__(f"out of memory generating {images} image(s) at {width}x{height}: {detail}")
+        self.images = images
+        self.width = width
+        self.height = height
+
+
+class UnknownScheduler(ValueError):
+    """A scheduler name outside ``SCHEDULERS``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown scheduler {name!r}; expected one of {sorted(SCHEDULERS)}")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One job's share of a batch: ``num_images`` images of one prompt, image ``i`` seeded ``seed + i``."""
+
+    key: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    num_images: int
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """What every job of a batch has in common (the batcher's grouping key, less the model)."""
+
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    scheduler: str
+
+
+StepCallback = Callable[[int, int], None]
+
+
+class PipelineRunner:
+    """Holds one loaded pipeline and runs one pipeline call per batch."""
+
+    def __init__(self, model: LoadedModel, *, cpu_max_batch_images: int = 4, max_batch_cap: int = 16) -> None:
+        self._model = model
+        self._pipe: Text2ImagePipeline = model.pipeline
+        self._base_scheduler_config = self._pipe.scheduler.config
+        self._schedulers: dict[str, Any] = {}
+        self._cpu_max_batch_images = cpu_max_batch_images
+        self._max_batch_cap = max_batch_cap
+
+    @classmethod
+    def load(
+        cls,
+        model_name: str,
+        *,
+        device: str | torch.device | None = None,
+        precision: Precision | None = None,
+        cache_root: Path | None = None,
+        cpu_max_batch_images: int = 4,
+    ) -> PipelineRunner:
+        """Load ``model_name`` (see ``models.load_model``) and wrap it; raises ``ModelNotFoundError``."""
+        model = load_model(model_name, device=device, precision=precision, cache_root=cache_root)
+        return cls(model, cpu_max_batch_images=cpu_max_batch_images)
+
+    @property
+    def model_name(self) -> str:
+        return self._model.name
+
+    @property
+    def is_noise_model(self) -> bool:
+        return self._model.is_noise_model
+
+    @property
+    def note(self) -> str | None:
+        """What every output of a noise model must carry (``TINY_MODEL_NOTE`` for tiny), else None."""
+        return self._model.note
+
+    @property
+    def device(self) -> torch.device:
+        return self._model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._model.dtype
+
+    @property
+    def pipeline(self) -> Text2ImagePipeline:
+        return self._pipe
+
+    @property
+    def native_size(self) -> int:
+        """The side the model was trained at (512 for SD 1.5, 1024 for SDXL, 256 for tiny)."""
+        return int(self._pipe.unet.config.sample_size * self._pipe.vae_scale_factor)
+
+    def scheduler(self, name: str) -> Any:
+        """The cached scheduler instance for ``name``, built from the model's own scheduler config."""
+        if name not in SCHEDULERS:
+            raise UnknownScheduler(name)
+        if name not in self._schedulers:
+            scheduler_class: Any = SCHEDULERS[name]
+            self._schedulers[name] = scheduler_class.from_config(self._base_scheduler_config)
+        return self._schedulers[name]
+
+    def max_batch_images(self, width: int | None = None, height: int | None = None) -> int:
+        """How many images of ``width`` x ``height`` (default: the native size) one call should take.
+
+        CUDA: the fewest of what fits in free memory (an estimate of the UNet's memory per image, scaled by
+        latent area and UNet width, plus one sliced VAE decode), what saturates the GPU (more latent pixels
+        per call add latency, not throughput) and ``max_batch_cap``. CPU: the configured default.
+        """
+        if self.device.type != "cuda":
+            return self._cpu_max_batch_images
+        side = self.native_size
+        w, h = width or side, height or side
+        scale = int(self._pipe.vae_scale_factor)
+        latent_pixels = (w // scale) * (h // scale)
+        element = torch.empty((), dtype=self.dtype).element_size()
+        unet_channels = int(self._pipe.unet.config.block_out_channels[0])
+        per_image = _UNET_BYTES_PER_LATENT_PIXEL_CHANNEL * latent_pixels * unet_channels * element
+        vae = self._pipe.vae
+        # The VAE decodes one image at a time (slicing), in fp32 when its config asks to upcast.
+        vae_element = 4 if getattr(vae.config, "force_upcast", False) else element
+        vae_peak = _VAE_BYTES_PER_PIXEL_CHANNEL * w * h * int(vae.config.block_out_channels[0]) * vae_element
+        free, _total = torch.cuda.mem_get_info(self.device)
+        # Memory this process's allocator holds but has not handed out is free for the next batch too.
+        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        by_memory = int((free - _CUDA_HEADROOM_BYTES - vae_peak) // per_image)
+        by_compute = _SATURATING_LATENT_PIXELS // latent_pixels
+        return max(1, min(self._max_batch_cap, by_memory, by_compute))
+
+    def generate(
+        self,
+        jobs: Sequence[ImageJob],
+        shape: BatchShape,
+        on_step: StepCallback | None = None,
+    ) -> dict[str, list[Image.Image]]:
+        """Run one pipeline call for all ``jobs``; return each job's images by key, in seed order.
+
+        ``on_step(step, total)`` is called after every denoising step (1-based). If it raises
+        ``GenerationCancelled`` the call stops at once (no VAE decode) and the exception propagates.
+        Raises ``GenerationOOM`` when the device runs out of memory, ``UnknownScheduler`` for a name outside
+        ``SCHEDULERS``, ``ValueError`` for an empty or inconsistent batch; other errors propagate.
+        """
+        if not jobs:
+            raise ValueError("a batch needs at least one job")
+        keys = [job.key for job in jobs]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"job keys must be unique within a batch: {keys}")
+        if any(job.num_images < 1 for job in jobs):
+            raise ValueError("every job needs num_images >= 1")
+
+        prompts: list[str] = []
+        negatives: list[str] = []
+        generators: list[torch.Generator] = []
+        for job in jobs:
+            for i in range(job.num_images):
+                prompts.append(job.prompt)
+                negatives.append(job.negative_prompt)
+                generators.append(torch.Generator(self.device).manual_seed((job.seed + i) % SEED_MODULUS))
+
+        # Assigning the attribute is diffusers' documented way to swap schedulers; the weights stay put.
+        self._pipe.scheduler = self.scheduler(shape.scheduler)
+        kwargs: dict[str, Any] = {
+            "prompt": prompts,
+            "negative_prompt": negatives,
+            "width": shape.width,
+            "height": shape.height,
+            "num_inference_steps": shape.steps,
+            "guidance_scale": shape.guidance_scale,
+            "generator": generators,
+            "output_type": "pil",
+        }
+        if on_step is not None:
+            kwargs["callback_on_step_end"] = _step_callback(on_step)
+
+        try:
+            # SDXL-type pipelines cast an upcasting VAE to fp32 and back on every call, and diffusers logs a
+            # warning for each cast; in a worker that is two log lines per batch with nothing to act on.
+            with quiet_logger("diffusers.models.modeling_utils"):
+                images: list[Image.Image] = self._pipe(**kwargs).images
+        except torch.cuda.OutOfMemoryError as exc:
+            # Give the cached blocks back so a smaller retry starts from a clean allocator.
+            torch.cuda.empty_cache()
+            logger.warning("out of memory: %d images at %dx%d", len(prompts), shape.width, shape.height)
+            raise GenerationOOM(len(prompts), shape.width, shape.height, str(exc).splitlines()[0]) from exc
+
+        result: dict[str, list[Image.Image]] = {}
+        start = 0
+        for job in jobs:
+            result[job.key] = images[start : start + job.num_images]
+            start += job.num_images
+        return result
+
+
+def _step_callback(on_step: StepCallback) -> Callable[..., dict[str, Any]]:
+    """Adapt ``on_step(step, total)`` to diffusers' ``callback_on_step_end(pipe, i, t, kwargs)``."""
+
+    def callback(pipe: Text2ImagePipeline, i: int, _t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        # num_timesteps is the loop's real length (a scheduler may add a step to the requested count).
+        on_step(i + 1, int(pipe.num_timesteps))
+        return callback_kwargs
+
+    return callback

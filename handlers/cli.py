@@ -218,7 +218,8 @@ def cmd_bench_worker(args: argparse.Namespace) -> int:
         device=args.device,
         repeats=args.repeats,
     )
-    out.print(format_bench_table(result))
+    print(format_bench_table(result))
+    print(f"written: {result.get('path')}")
     return 0
 
 

@@ -18,6 +18,7 @@ from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import WorkerQueue
 from shared.settings import get_settings
+from workflows.generation.pipeline import PipelineRunner
 from workflows.generation.worker import Generator, Worker, WorkerConfig
 
 logger = Logger(service="sdq-worker")
@@ -50,13 +51,12 @@ def worker_config() -> WorkerConfig:
     )
 
 
-def load_generator(model: str) -> Generator:
+def load_generator(model: str) -> PipelineRunner:
     """Load the pipeline once; exits with a clear message when the model cannot be found."""
     from workflows.generation.models import ModelNotFoundError
-    from workflows.generation.pipeline import PipelineRunner
 
     try:
-        return PipelineRunner.load(model)
+        return PipelineRunner.load(model, cpu_max_batch_images=get_settings().max_batch_images)
     except ModelNotFoundError as exc:
         logger.error("model not found", model=model, reason=str(exc))
         print(f"sdq worker: cannot load model {model!r}: {exc}", file=sys.stderr)
@@ -66,7 +66,11 @@ def load_generator(model: str) -> Generator:
 def main(model: str | None = None) -> int:
     settings = get_settings()
     generator = load_generator(model or settings.model)
-    worker = build_worker(generator, worker_config())
+    config = worker_config()
+    # On a GPU the limit also comes from free memory (the runner's estimate); on CPU the setting rules.
+    config.max_batch_images = max(1, min(config.max_batch_images, generator.max_batch_images()))
+    logger.info("batch limit", max_batch_images=config.max_batch_images, model=generator.model_name)
+    worker = build_worker(generator, config)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logger.info("signal received", signal=signal.Signals(signum).name)

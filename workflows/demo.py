@@ -53,7 +53,13 @@ def demo_jobs(callback_url: str) -> list[DemoJob]:
         DemoJob("cat (no callback)", {"prompt": "a cat", **wide, "output_format": "jpeg"}, "SUCCEEDED"),
         DemoJob(
             "cancelled",
-            {"prompt": "never mind", "width": 512, "height": 512, "num_inference_steps": 50, "callback_url": callback_url},
+            {
+                "prompt": "never mind",
+                "width": 512,
+                "height": 512,
+                "num_inference_steps": 50,
+                "callback_url": callback_url,
+            },
             "CANCELLED",
             cancel=True,
         ),
@@ -73,7 +79,7 @@ def _batches(log_path: Path) -> dict[str, int]:
             continue
         if record.get("message") == "batch":
             for job_id in record.get("job_ids", []):
-                found[job_id] = int(record["batch"]) + 1
+                found[job_id] = int(record["batch"])
     return found
 
 
@@ -92,16 +98,14 @@ def _postprocess_seconds(service: LocalService, job_id: str, attempt: int) -> fl
         events = sfn.get_execution_history(executionArn=arn, maxResults=200)["events"]
     except sfn.exceptions.ExecutionDoesNotExist:
         return None
-    entered = {
-        e["stateEnteredEventDetails"]["name"]: e["timestamp"] for e in events if "stateEnteredEventDetails" in e
-    }
+    entered = {e["stateEnteredEventDetails"]["name"]: e["timestamp"] for e in events if "stateEnteredEventDetails" in e}
     if "Postprocess" in entered and "MarkSucceeded" in entered:
         return round((entered["MarkSucceeded"] - entered["Postprocess"]).total_seconds(), 2)
     return None
 
 
 def run_demo(out_dir: Path, *, timeout_s: float = 600, console: Console | None = None) -> int:
-    console = console or Console()
+    console = console or Console(width=150)
     out_dir.mkdir(parents=True, exist_ok=True)
     worker_log_path = Path(tempfile.mkstemp(prefix="sdq-demo-worker-", suffix=".log")[1])
     worker_log = worker_log_path.open("wb")
@@ -109,7 +113,12 @@ def run_demo(out_dir: Path, *, timeout_s: float = 600, console: Console | None =
         api_port=0,
         write_state=False,
         worker_log=worker_log,
-        extra_env={"SDQ_MAX_BATCH_WAIT_MS": "2000", "SDQ_RECEIVE_WAIT_S": "1", "SDQ_PROGRESS_INTERVAL_S": "0.3"},
+        extra_env={
+            "SDQ_MAX_BATCH_WAIT_MS": "2000",
+            "SDQ_RECEIVE_WAIT_S": "1",
+            "SDQ_PROGRESS_INTERVAL_S": "0.3",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
+        },
     )
     console.print("[bold]sdq demo[/]: starting the local cloud, the API and a worker (model 'tiny': images are noise)")
     service = start_local_service(config)
@@ -173,7 +182,7 @@ def run_demo(out_dir: Path, *, timeout_s: float = 600, console: Console | None =
                     job.name,
                     status,
                     str(batches.get(job.job_id, "-")),
-                    str(timings.get("queued_s", "-")),
+                    str(timings.get("queued_s") or "-"),
                     str(run_s if run_s is not None else "-"),
                     str(_postprocess_seconds(service, job.job_id, job.result.get("attempt", 1)) or "-"),
                     str(len(saved)),

@@ -6,6 +6,7 @@ Used by ``sdq up`` (until Ctrl-C), ``sdq demo`` and the integration tests.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -96,8 +97,16 @@ def service_env(resources: LocalResources, config: LocalServiceConfig) -> dict[s
     return env
 
 
+def quiet_local_logs() -> None:
+    """Per-request access lines and the ASL interpreter's expected-path errors (an absent optional field in a
+    Choice, a caught Lambda error) drown out what matters locally; executions keep their full history."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)
+
+
 def start_local_service(config: LocalServiceConfig) -> LocalService:
     """Bring everything up and return once the API answers. The caller must ``stop()`` it."""
+    quiet_local_logs()
     # Imported here: the API module reads settings on first request, which must see the local env first.
     from shared.localapi import LocalApiServer
     from shared.localcloud.eventsources import SqsEventSourcePoller

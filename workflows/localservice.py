@@ -81,18 +81,19 @@ class LocalService:
 
 
 def service_env(resources: LocalResources, config: LocalServiceConfig) -> dict[str, str]:
+    """The environment of the local API, task Lambdas and worker: the provisioned resources, then the local
+    profile's defaults unless the caller's environment sets them, then ``config.extra_env``."""
+    defaults = {
+        "SDQ_PROFILE": "local",
+        "SDQ_ALLOW_LOOPBACK_CALLBACKS": "true",
+        "SDQ_MODELS": json.dumps(sorted({config.model, "tiny"})),
+        "SDQ_DEFAULT_MODEL": config.model,
+        "SDQ_MODEL": config.model,
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_NAMESPACE": "sdq",
+    }
     env = dict(resources.as_env())
-    env.update(
-        {
-            "SDQ_PROFILE": "local",
-            "SDQ_ALLOW_LOOPBACK_CALLBACKS": "true",
-            "SDQ_MODELS": json.dumps(sorted({config.model, "tiny"})),
-            "SDQ_DEFAULT_MODEL": config.model,
-            "SDQ_MODEL": config.model,
-            "POWERTOOLS_TRACE_DISABLED": "true",
-            "POWERTOOLS_METRICS_NAMESPACE": "sdq",
-        }
-    )
+    env.update({k: os.environ.get(k, v) for k, v in defaults.items()})
     env.update(config.extra_env)
     return env
 

@@ -10,6 +10,8 @@ import base64
 import json
 import secrets
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,9 @@ EVENTS = {
 }
 TIMEOUT_S = 10.0
 MAX_RESPONSE_BYTES = 64 * 1024
+# A receiver's Retry-After up to this long is waited out before the state machine's next retry; longer
+# ones are left to the retry schedule (recorded with the attempt).
+MAX_INLINE_RETRY_AFTER_S = 5
 
 
 class WebhookRetryable(Exception):
@@ -149,6 +154,8 @@ def send_once(url: str, body: str, headers: dict[str, str], *, allow_loopback: b
             outcome = classify(r.status_code)
             retry_after = r.headers.get("retry-after")
             error = None if outcome == "delivered" else f"HTTP {r.status_code}"
+            if retry_after and error:
+                error = f"{error} (Retry-After: {retry_after[:40]})"
             if 300 <= r.status_code < 400:
                 error = f"HTTP {r.status_code} redirect not followed"
             return Attempt(
@@ -167,8 +174,15 @@ def send_once(url: str, body: str, headers: dict[str, str], *, allow_loopback: b
 
 class Notifier:
     def __init__(
-        self, repo: JobsRepository, media: MediaStore, secrets_store: WebhookSecrets, settings: Settings
+        self,
+        repo: JobsRepository,
+        media: MediaStore,
+        secrets_store: WebhookSecrets,
+        settings: Settings,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        self._sleep = sleep
         self._repo = repo
         self._media = media
         self._secrets = secrets_store
@@ -219,6 +233,8 @@ class Notifier:
         )
         logger.info("webhook attempt", job_id=job.job_id, event=event, outcome=attempt.outcome, status=attempt.status)
         if attempt.outcome == "retry":
+            if attempt.retry_after_s is not None and attempt.retry_after_s <= MAX_INLINE_RETRY_AFTER_S:
+                self._sleep(attempt.retry_after_s)
             raise WebhookRetryable(attempt.error or "retryable delivery failure")
         return attempt
 

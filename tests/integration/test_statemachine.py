@@ -6,6 +6,7 @@ through the repository's own claim; the webhook receiver is a real HTTP server o
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -314,3 +315,20 @@ def test_rotating_the_secret_signs_new_deliveries_with_the_new_one(
     job = h.running_job(receiver.url)
     assert h.wait(h.start(job, h.stage(job))) == "SUCCEEDED"
     assert receiver.deliveries[0].verified
+
+
+def test_postprocess_rerun_for_the_same_job_gives_the_same_outputs(harness: tuple[Harness, Any]) -> None:
+    h, _client = harness
+    job = h.running_job(None, num_images=2, output_format="jpeg", quality=70)
+    keys = h.stage(job, 2)
+    lam = h.service.boto("lambda")
+    name = next(
+        f["FunctionName"] for f in lam.list_functions()["Functions"] if "PostprocessFunction" in f["FunctionName"]
+    )
+    payload = json.dumps({"job_id": job.job_id, "tenant": job.tenant, "attempt": job.attempt, "staging_keys": keys})
+    first = json.loads(lam.invoke(FunctionName=name, Payload=payload.encode())["Payload"].read())
+    again = json.loads(lam.invoke(FunctionName=name, Payload=payload.encode())["Payload"].read())
+    assert len(first["outputs"]) == 2
+    assert again["outputs"] == first["outputs"]  # same keys, sizes and sha256 although staging is gone now
+    body = h.s3.get_object(Bucket=h.bucket, Key=first["outputs"][0]["key"])["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == first["outputs"][0]["sha256"]

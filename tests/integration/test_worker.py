@@ -239,3 +239,21 @@ def test_cancel_during_generation_leaves_the_job_cancelled_without_outputs(servi
     assert final["outputs"] == []
     listing = service.boto("s3").list_objects_v2(Bucket=service.env["SDQ_BUCKET"], Prefix="outputs/")
     assert not [o for o in listing.get("Contents", []) if job["id"] in o["Key"]]
+
+
+def test_second_sigterm_stops_at_once_and_releases_the_running_jobs(service: RunningService) -> None:
+    client = service.new_tenant("term2")
+    job = client.submit({"prompt": "long", "width": 512, "height": 512, "num_inference_steps": 100})
+    worker = service.start_worker(env={**FAST_WORKER, "SDQ_VISIBILITY_TIMEOUT_S": "120", "SDQ_GRACE_S": "120"})
+    wait_until(lambda: client.get(job["id"])["progress"]["step"] > 0, 120, "generation to start", poll_s=0.1)
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    started = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert time.monotonic() - started < 15
+    assert client.get(job["id"])["status"] == "RUNNING"  # interrupted, not finished
+    attrs = service.boto("sqs").get_queue_attributes(
+        QueueUrl=service.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    assert int(attrs["ApproximateNumberOfMessages"]) == 1  # released now, not after 120 s

@@ -1,0 +1,161 @@
+"""Worker fault handling with the loop run in-process around the real tiny pipeline, so a fault can be injected
+where a GPU would raise it: out-of-memory above a batch size, and an error confined to one job."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+from PIL.Image import Image
+
+from shared.aws import AwsClients
+from shared.jobs import JobsRepository
+from shared.media import MediaStore
+from shared.orchestration import Orchestrator
+from shared.queue import WorkerQueue
+from shared.settings import Settings
+from tests.integration.conftest import RunningService, start_service, stop_service
+from workflows.generation.pipeline import BatchShape, GenerationOOM, ImageJob, PipelineRunner
+from workflows.generation.worker import Worker, WorkerConfig
+
+SMALL = {"width": 256, "height": 256, "num_inference_steps": 2}
+
+
+class FaultyGpu:
+    """The real runner, except that batches above ``oom_above`` images run out of memory and a prompt
+    containing ``poison`` makes the whole call fail (as a bad input would)."""
+
+    def __init__(self, runner: PipelineRunner, oom_above: int) -> None:
+        self._runner = runner
+        self.oom_above = oom_above
+        self.calls: list[int] = []
+
+    @property
+    def model_name(self) -> str:
+        return self._runner.model_name
+
+    def generate(
+        self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: Callable[[int, int], None] | None = None
+    ) -> dict[str, list[Image]]:
+        images = sum(j.num_images for j in jobs)
+        self.calls.append(images)
+        if images > self.oom_above:
+            raise GenerationOOM(images, shape.width, shape.height, "injected: CUDA out of memory")
+        if any("poison" in j.prompt for j in jobs):
+            raise RuntimeError("injected: this prompt breaks the pipeline")
+        return self._runner.generate(jobs, shape, on_step)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    running = start_service(tmp_path_factory.mktemp("sdq-faults"), {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
+    yield running
+    stop_service(running)
+
+
+@pytest.fixture(scope="module")
+def runner() -> PipelineRunner:
+    return PipelineRunner.load("tiny")
+
+
+@pytest.fixture
+def run_worker(
+    service: RunningService, runner: PipelineRunner, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[int], tuple[Worker, FaultyGpu]]]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    env = service.env
+    settings = Settings(
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region=env["AWS_DEFAULT_REGION"],
+        table_name=env["SDQ_TABLE_NAME"],
+        queue_url=env["SDQ_QUEUE_URL"],
+        bucket=env["SDQ_BUCKET"],
+        state_machine_arn=env["SDQ_STATE_MACHINE_ARN"],
+    )
+    started: list[tuple[Worker, threading.Thread]] = []
+
+    def start(oom_above: int) -> tuple[Worker, FaultyGpu]:
+        aws = AwsClients(settings)
+        gpu = FaultyGpu(runner, oom_above)
+        worker = Worker(
+            queue=WorkerQueue(aws.sqs(), settings.queue_url),
+            repo=JobsRepository(aws.dynamodb(), settings.table_name),
+            media=MediaStore(aws.s3(), settings.bucket),
+            orchestrator=Orchestrator(aws.stepfunctions(), settings.state_machine_arn),
+            generator=gpu,
+            config=WorkerConfig(
+                max_batch_images=8, max_batch_wait_s=1.5, receive_wait_s=1, visibility_s=30, heartbeat_s=5
+            ),
+        )
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        started.append((worker, thread))
+        return worker, gpu
+
+    yield start
+    for worker, thread in started:
+        worker.request_stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+
+
+def wait_terminal(client: Any, ids: list[str], timeout_s: float = 120) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        jobs = {i: client.get(i) for i in ids}
+        if all(j["status"] in {"SUCCEEDED", "FAILED", "CANCELLED"} for j in jobs.values()):
+            return jobs
+        time.sleep(0.3)
+    raise AssertionError("jobs did not finish")
+
+
+def test_oom_splits_the_batch_and_every_job_completes(
+    service: RunningService, run_worker: Callable[[int], tuple[Worker, FaultyGpu]]
+) -> None:
+    client = service.new_tenant("oom")
+    ids = [client.submit({"prompt": f"fox {i}", **SMALL})["id"] for i in range(4)]
+    _worker, gpu = run_worker(2)
+    jobs = wait_terminal(client, ids)
+    assert {j["status"] for j in jobs.values()} == {"SUCCEEDED"}
+    assert gpu.calls[0] == 4  # one call for the whole batch, which ran out of memory ...
+    assert sorted(gpu.calls[1:]) == [2, 2]  # ... then the halves
+    sfn = service.boto("stepfunctions")
+    for job_id in ids:
+        arn = service.env["SDQ_STATE_MACHINE_ARN"].replace(":stateMachine:", ":execution:") + f":{job_id}-1"
+        handoff = sfn.describe_execution(executionArn=arn)["input"]
+        assert len(handoff.encode()) < 2048  # S3 keys and job facts only, far below the 256 KiB limit
+        assert json.loads(handoff)["staging_keys"] == [f"staging/{job_id}/1/0.png"]
+
+
+def test_a_job_too_big_for_memory_fails_alone_and_the_rest_of_its_batch_completes(
+    service: RunningService, run_worker: Callable[[int], tuple[Worker, FaultyGpu]]
+) -> None:
+    client = service.new_tenant("oom-one")
+    ids = [
+        client.submit({"prompt": "small a", **SMALL})["id"],
+        client.submit({"prompt": "too big", **SMALL, "num_images": 3})["id"],
+        client.submit({"prompt": "small b", **SMALL})["id"],
+    ]
+    run_worker(2)
+    jobs = wait_terminal(client, ids)
+    assert jobs[ids[0]]["status"] == "SUCCEEDED"
+    assert jobs[ids[2]]["status"] == "SUCCEEDED"
+    assert jobs[ids[1]]["status"] == "FAILED"
+    assert jobs[ids[1]]["error"]["code"] == "OUT_OF_MEMORY"
+
+
+def test_an_error_confined_to_one_job_fails_only_that_job(
+    service: RunningService, run_worker: Callable[[int], tuple[Worker, FaultyGpu]]
+) -> None:
+    client = service.new_tenant("one-bad")
+    ids = [client.submit({"prompt": p, **SMALL})["id"] for p in ["good one", "poison", "good two"]]
+    run_worker(8)
+    jobs = wait_terminal(client, ids)
+    assert [jobs[i]["status"] for i in ids] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
+    assert jobs[ids[1]]["error"]["code"] == "GENERATION_FAILED"
+    assert "breaks the pipeline" in jobs[ids[1]]["error"]["message"]

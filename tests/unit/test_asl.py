@@ -1,0 +1,65 @@
+"""statemachine.asl.json: valid ASL (statelint), and the shape the rest of the system relies on."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ASL = json.loads((REPO / "statemachine.asl.json").read_text())
+LAMBDA_ERRORS = {
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+}
+
+
+def test_statelint_passes() -> None:
+    statelint = Path(sys.executable).with_name("statelint")
+    result = subprocess.run([str(statelint), str(REPO / "statemachine.asl.json")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_substitution_is_declared_in_the_template() -> None:
+    used = set(re.findall(r"\$\{(\w+)\}", (REPO / "statemachine.asl.json").read_text()))
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> object:
+        return None
+
+    Loader.add_multi_constructor("!", any_tag)
+    template = yaml.load((REPO / "template.yaml").read_text(), Loader=Loader)  # noqa: S506 - SafeLoader subclass
+    machines = [r for r in template["Resources"].values() if r["Type"] == "AWS::Serverless::StateMachine"]
+    declared = set(machines[0]["Properties"]["DefinitionSubstitutions"])
+    assert used
+    assert used <= declared
+
+
+def test_every_task_has_a_timeout_retries_and_a_catch() -> None:
+    assert ASL["TimeoutSeconds"] > 0
+    tasks = {name: s for name, s in ASL["States"].items() if s["Type"] == "Task"}
+    for name, state in tasks.items():
+        assert state.get("TimeoutSeconds"), name
+        assert state.get("Catch"), name
+        if state["Resource"].endswith("lambda:invoke"):
+            assert any(set(r["ErrorEquals"]) >= LAMBDA_ERRORS for r in state["Retry"]), name
+
+
+def test_postprocess_failures_lead_to_mark_failed_and_webhook_failures_never_do() -> None:
+    states = ASL["States"]
+    assert states["Postprocess"]["Catch"][0]["Next"] == "TaskFailure"
+    assert states["TaskFailure"]["Next"] == "MarkFailed"
+    for notify in ("Notify", "NotifyFailed"):
+        assert {c["Next"] for c in states[notify]["Catch"]} == {"WebhookFailed"}
+        assert any("WebhookRetryable" in r["ErrorEquals"] for r in states[notify]["Retry"])
+    # Terminal writes are conditional, so a cancel that won the race is never overwritten.
+    assert "ConditionExpression" in states["MarkSucceeded"]["Parameters"]
+    assert "ConditionExpression" in states["MarkFailed"]["Parameters"]

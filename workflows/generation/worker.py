@@ -35,6 +35,7 @@ from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import Received, WorkerQueue
+from shared.tracing import segment, subsegment
 from workflows.generation.batcher import Batcher, Pending
 from workflows.generation.pipeline import BatchShape, GenerationCancelled, GenerationOOM, ImageJob
 
@@ -247,12 +248,15 @@ class Worker:
     # -- one batch ----------------------------------------------------------------------------------
 
     def _run_batch(self, batch: list[Held]) -> None:
-        claimed = [h for h in batch if self._claim(h)]
-        if not claimed:
-            return
-        report = BatchReport(jobs=len(claimed), images=sum(h.request.num_images for h in claimed))
-        started = time.monotonic()
-        self._generate(claimed, report)
+        with segment("sdq-worker-batch"):
+            with subsegment("claim"):
+                claimed = [h for h in batch if self._claim(h)]
+            if not claimed:
+                return
+            report = BatchReport(jobs=len(claimed), images=sum(h.request.num_images for h in claimed))
+            started = time.monotonic()
+            with subsegment("generate"):
+                self._generate(claimed, report)
         report.seconds = time.monotonic() - started
         self.batches.append(report)
         self._log_batch(claimed, report)
@@ -346,12 +350,13 @@ class Worker:
         attempt = held.job.attempt
         keys = []
         try:
-            for i, image in enumerate(images):
-                key = f"{self._staging}{held.job_id}/{attempt}/{i}.png"
-                buf = io.BytesIO()
-                image.save(buf, format="PNG", compress_level=1)
-                self._media.put(key, buf.getvalue(), "image/png")
-                keys.append(key)
+            with segment("sdq-worker-handoff"), subsegment("upload"):
+                for i, image in enumerate(images):
+                    key = f"{self._staging}{held.job_id}/{attempt}/{i}.png"
+                    buf = io.BytesIO()
+                    image.save(buf, format="PNG", compress_level=1)
+                    self._media.put(key, buf.getvalue(), "image/png")
+                    keys.append(key)
             self._sfn.start(
                 f"{held.job_id}-{attempt}",
                 {

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -307,7 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except httpx.ConnectError as exc:
+        url = getattr(exc.request, "url", "the API")
+        console.print(f"[red]cannot reach {url}[/]: is `sdq up` running (or SDQ_API_URL right)?")
+        return 3
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
+from shared.ratelimit import RateLimiter
 from shared.settings import Settings, get_settings
 from workflows.jobview import job_view
 from workflows.submission import SubmissionService
@@ -78,7 +79,12 @@ def services() -> Services:
     repo = JobsRepository(aws.dynamodb(), settings.table_name)
     return Services(
         settings=settings,
-        submissions=SubmissionService(repo, JobQueue(aws.sqs(), settings.queue_url), settings),
+        submissions=SubmissionService(
+            repo,
+            JobQueue(aws.sqs(), settings.queue_url),
+            settings,
+            rate_limiter=RateLimiter(aws.dynamodb(), settings.table_name),
+        ),
         keys=ApiKeyStore(aws.dynamodb(), settings.table_name),
         media=MediaStore(aws.s3(), settings.bucket),
         secrets=WebhookSecrets(aws.dynamodb(), settings.table_name),

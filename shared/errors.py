@@ -49,6 +49,10 @@ class JobNotFound(NotFound):
         self.job_id = job_id
 
 
+class JobExpired(JobNotFound):
+    """The job passed its retention (``expires_at``) before it finished; to clients it no longer exists."""
+
+
 class Conflict(ServiceError):
     status = 409
     code = "conflict"

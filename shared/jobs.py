@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,7 +33,7 @@ from shared.contracts import (
     allowed_sources,
     utcnow,
 )
-from shared.errors import BadRequest, IdempotencyConflict, InvalidTransition, JobNotFound
+from shared.errors import BadRequest, IdempotencyConflict, InvalidTransition, JobExpired, JobNotFound
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -225,7 +226,8 @@ class JobsRepository:
         if item is None:
             raise JobNotFound(job_id)
         job = job_from_item(item)
-        if tenant is not None and job.tenant != tenant:
+        if tenant is not None and (job.tenant != tenant or job.expires_at <= time.time()):
+            # Past its retention a job is gone for clients, even before DynamoDB's TTL sweep deletes it.
             raise JobNotFound(job_id)
         return job
 
@@ -249,7 +251,8 @@ class JobsRepository:
         if cursor:
             kwargs["ExclusiveStartKey"] = _decode_cursor(cursor, tenant)
         resp = self._ddb.query(**kwargs)
-        jobs = [job_from_item(item) for item in resp.get("Items", [])]
+        now = time.time()
+        jobs = [j for j in (job_from_item(item) for item in resp.get("Items", [])) if j.expires_at > now]
         last = resp.get("LastEvaluatedKey")
         return Page(jobs=jobs, next_cursor=_encode_cursor(last) if last else None)
 
@@ -355,7 +358,8 @@ class JobsRepository:
         """QUEUED -> RUNNING for this worker, in one conditional write, before any GPU time is spent.
 
         A RUNNING job whose lease ran out (its worker died) may be claimed again; the attempt count goes up.
-        Raises InvalidTransition (cancelled, finished, handed off, or held by a live worker) or JobNotFound.
+        Raises JobExpired (past its retention while queued), InvalidTransition (cancelled, finished, handed
+        off, or held by a live worker) or JobNotFound.
         """
         queued, running = JobStatus.QUEUED.value, JobStatus.RUNNING.value
         try:
@@ -368,7 +372,8 @@ class JobsRepository:
                     "ADD attempt :one"
                 ),
                 ConditionExpression=(
-                    "attribute_exists(pk) AND tenant = :t AND (#s = :queued OR (#s = :running AND lease_until < :now))"
+                    "attribute_exists(pk) AND tenant = :t AND expires_at > :epoch AND "
+                    "(#s = :queued OR (#s = :running AND lease_until < :now))"
                 ),
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues={
@@ -378,6 +383,7 @@ class JobsRepository:
                     ":w": {"S": worker_id},
                     ":lease": _ser.serialize(_num(now + lease_s)),
                     ":now": _ser.serialize(_num(now)),
+                    ":epoch": {"N": str(int(now))},
                     ":iso": {"S": _iso(utcnow()) or ""},
                     ":zero": {"N": "0"},
                     ":one": {"N": "1"},
@@ -393,6 +399,8 @@ class JobsRepository:
             current = job_from_item(old) if old else self.get(job_id)
             if current.tenant != tenant:
                 raise JobNotFound(job_id) from None
+            if current.expires_at <= int(now) and not current.status.terminal:
+                raise JobExpired(job_id) from None
             raise InvalidTransition(job_id, current.status.value, running) from None
         return job_from_item(resp["Attributes"])
 

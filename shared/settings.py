@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     limits: RequestLimits = Field(default_factory=RequestLimits)
 
     max_unfinished_jobs_per_tenant: int = 100
+    rate_limit_per_window: int = Field(default=120, ge=1, description="Job submissions per tenant per window")
+    rate_limit_window_s: int = Field(default=60, ge=1, description="Length of the rate-limit window")
     unfinished_cap_retry_after_s: int = 5
     max_body_bytes: int = 256 * 1024
     presign_expiry_s: int = 3600

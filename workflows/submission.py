@@ -14,6 +14,7 @@ from shared.contracts import GenerationRequest, Job, JobError, JobStatus, QueueM
 from shared.errors import EnqueueFailed, JobNotFound, TooManyRequests
 from shared.jobs import JobsRepository, Page, expiry_epoch
 from shared.queue import JobQueue
+from shared.ratelimit import RateLimiter
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -50,8 +51,10 @@ class SubmissionService:
         queue: JobQueue,
         settings: Settings,
         *,
+        rate_limiter: RateLimiter | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        self._rate = rate_limiter
         self._repo = repo
         self._queue = queue
         self._settings = settings
@@ -60,7 +63,7 @@ class SubmissionService:
     def submit(self, tenant: str, request: GenerationRequest, *, idempotency_key: str | None = None) -> Submitted:
         """Record and enqueue a job.
 
-        Raises IdempotencyConflict (key reused with another body), TooManyRequests (unfinished-job cap)
+        Raises IdempotencyConflict (key reused with another body), TooManyRequests (rate or unfinished-job cap)
         or EnqueueFailed (queue unreachable after retries; the job is then FAILED, not stuck in QUEUED).
         """
         fingerprint = request.fingerprint()
@@ -68,6 +71,20 @@ class SubmissionService:
             existing = self._repo.find_by_idempotency_key(tenant, idempotency_key, fingerprint)
             if existing is not None:
                 return Submitted(existing, created=False)
+
+        if self._rate is not None:
+            wait = self._rate.hit(
+                tenant,
+                limit=self._settings.rate_limit_per_window,
+                window_s=self._settings.rate_limit_window_s,
+                now=time.time(),
+            )
+            if wait is not None:
+                raise TooManyRequests(
+                    f"More than {self._settings.rate_limit_per_window} submissions in "
+                    f"{self._settings.rate_limit_window_s} s; slow down.",
+                    retry_after_s=int(wait),
+                )
 
         cap = self._settings.max_unfinished_jobs_per_tenant
         if self._repo.count_active(tenant) >= cap:

@@ -16,7 +16,7 @@ import pytest
 from ulid import ULID
 
 from shared.client import SdqClient
-from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
+from shared.contracts import GenerationRequest, Job, JobStatus, QueueMessage, utcnow
 from shared.jobs import JobsRepository, expiry_epoch
 from tests.integration.conftest import RunningService, start_service, stop_service
 
@@ -257,3 +257,46 @@ def test_second_sigterm_stops_at_once_and_releases_the_running_jobs(service: Run
         QueueUrl=service.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
     )["Attributes"]
     assert int(attrs["ApproximateNumberOfMessages"]) == 1  # released now, not after 120 s
+
+
+def test_a_job_longer_than_the_visibility_timeout_is_kept_by_the_heartbeat(service: RunningService) -> None:
+    clear_worker_logs(service)
+    client = service.new_tenant("long")
+    job = client.submit({"prompt": "long one", "width": 512, "height": 512, "num_inference_steps": 50})
+    # Two workers: had the message become visible again, the idle one would have received it.
+    for _ in range(2):
+        service.start_worker(env=FAST_WORKER)
+    wait_until(all_terminal(client, [job["id"]]), 300, "the long job")
+    final = client.get(job["id"])
+    assert final["status"] == "SUCCEEDED"
+    assert final["timings"]["run_s"] > int(FAST_WORKER["SDQ_VISIBILITY_TIMEOUT_S"])  # really outlived it
+    assert final["attempt"] == 1
+    assert executions_per_job(service, [job["id"]]) == {job["id"]: 1}
+    logs = " ".join(p.read_text(errors="replace") for p in service.state_dir.glob("worker-*.log"))
+    assert "held by another worker" not in logs
+
+
+def test_a_job_that_expired_while_queued_is_skipped_and_marked_expired(service: RunningService) -> None:
+    clear_worker_logs(service)
+    repo = JobsRepository(service.boto("dynamodb"), service.table)
+    request = GenerationRequest.model_validate({"prompt": "stale", **SMALL}, context={"trusted": True}).normalised()
+    job = Job(
+        job_id=str(ULID()),
+        tenant="expired-tenant",
+        status=JobStatus.QUEUED,
+        request=request,
+        created_at=utcnow(),
+        cache_key=request.cache_key(),
+        expires_at=int(time.time()) + 2,
+    )
+    repo.create(job)
+    message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=request, enqueued_at=utcnow())
+    service.boto("sqs").send_message(QueueUrl=service.queue_url, MessageBody=message.model_dump_json())
+    time.sleep(3)  # its retention passes while it waits in the queue
+    service.start_worker(env=FAST_WORKER)
+    wait_until(lambda: repo.get(job.job_id).status == JobStatus.FAILED, 120, "the expired job to be skipped")
+    error = repo.get(job.job_id).error
+    assert error is not None
+    assert error.code == "EXPIRED"
+    assert batch_lines(service) == []  # no GPU time spent on it
+    wait_until(lambda: service.queue_depth() == 0, 30, "its message to be deleted")

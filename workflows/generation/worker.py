@@ -13,6 +13,7 @@ no-ops; an expired lease lets a restarted worker take over a job whose worker di
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -29,8 +30,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL.Image import Image
 
-from shared.contracts import GenerationRequest, Job, JobStatus, QueueMessage
-from shared.errors import InvalidTransition, JobNotFound
+from shared.contracts import GenerationRequest, Job, JobError, JobStatus, QueueMessage
+from shared.errors import InvalidTransition, JobExpired, JobNotFound
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.orchestration import Orchestrator
@@ -271,6 +272,17 @@ class Worker:
                 now=self._clock(),
             )
             return True
+        except JobExpired:
+            logger.info("job expired while queued; failing it and deleting its message", job_id=held.job_id)
+            with contextlib.suppress(InvalidTransition, JobNotFound):
+                self._repo.transition(
+                    held.job_id,
+                    JobStatus.FAILED,
+                    tenant=held.tenant,
+                    sources=[JobStatus.QUEUED, JobStatus.RUNNING],
+                    error=JobError(code="EXPIRED", message="The job passed its retention before a worker ran it."),
+                )
+            self._finish_message(held, delete=True)
         except JobNotFound:
             logger.info("job gone (expired or never stored); deleting its message", job_id=held.job_id)
             self._finish_message(held, delete=True)

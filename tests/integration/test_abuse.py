@@ -1,0 +1,147 @@
+"""Bad input and abuse over real HTTP: a clear error, nothing written, nothing enqueued."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from ulid import ULID
+
+from shared.apikeys import ApiKeyStore
+from shared.client import ApiError, Endpoint, SdqClient
+from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
+from shared.jobs import JobsRepository
+from tests.integration.conftest import RunningService, start_service, stop_service
+
+RATE_LIMIT = 60
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    running = start_service(
+        tmp_path_factory.mktemp("sdq-abuse"),
+        {
+            "SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000",
+            "SDQ_RATE_LIMIT_PER_WINDOW": str(RATE_LIMIT),
+            "SDQ_RATE_LIMIT_WINDOW_S": "60",
+            # Loopback receivers off, as in AWS, so 127.0.0.1 and friends are refused like any private host.
+            "SDQ_ALLOW_LOOPBACK_CALLBACKS": "false",
+        },
+    )
+    yield running
+    stop_service(running)
+
+
+def post(service: RunningService, body: object) -> tuple[int, dict[str, object]]:
+    with service.http() as http:
+        resp = http.post("/v1/jobs", json=body, headers={"Authorization": f"Bearer {service.api_key}"})
+    return resp.status_code, resp.json()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://169.254.169.254/latest/meta-data/",
+        "https://127.0.0.1/hook",
+        "https://localhost./hook",
+        "https://[::1]/hook",
+        "https://[::ffff:169.254.169.254]/hook",
+        "https://[fd00::1]/hook",
+        "https://10.0.0.5/hook",
+        "https://2852039166/hook",
+        "https://0xA9FEA9FE/hook",
+        "http://127.0.0.1:8080/hook",
+        "file:///etc/passwd",
+        "gopher://example.com:70/_",
+    ],
+)
+def test_internal_callback_urls_are_422_and_nothing_is_written(service: RunningService, url: str) -> None:
+    items, depth = service.table_items(), service.queue_depth()
+    status, body = post(service, {"prompt": "x", "callback_url": url})
+    assert status == 422
+    assert body["error"]["details"][0]["loc"] == ["body", "callback_url"]  # type: ignore[index]
+    assert (service.table_items(), service.queue_depth()) == (items, depth)
+
+
+@pytest.mark.parametrize("prompt", ["fox\x00", "fox\x1b[2J", "\u200bfox\ufffe"])
+def test_control_and_non_characters_in_prompts_are_422(service: RunningService, prompt: str) -> None:
+    items = service.table_items()
+    status, body = post(service, {"prompt": prompt})
+    assert status == 422
+    assert body["error"]["details"][0]["loc"] == ["body", "prompt"]  # type: ignore[index]
+    assert service.table_items() == items
+
+
+def test_a_revoked_key_is_401_like_any_wrong_key(service: RunningService) -> None:
+    store = ApiKeyStore(service.boto("dynamodb"), service.table)
+    key = store.create("revoked-tenant")
+    client = SdqClient(Endpoint(service.api_url, key))
+    assert client.list()["jobs"] == []
+    store.revoke(key)
+    with pytest.raises(ApiError) as revoked:
+        client.list()
+    with pytest.raises(ApiError) as wrong:
+        SdqClient(Endpoint(service.api_url, "sdq_" + "x" * 43)).list()
+    assert revoked.value.status == wrong.value.status == 401
+    assert revoked.value.body == wrong.value.body
+
+
+def test_foreign_guessed_and_malformed_ids_are_404_on_every_job_route(service: RunningService) -> None:
+    alice, bob = service.new_tenant("a"), service.new_tenant("b")
+    job = alice.submit({"prompt": "alice", "callback_url": "https://hooks.example.com/a"})
+    for job_id in [job["id"], str(ULID()), "../../etc/passwd", "x" * 26]:
+        for call in (bob.get, bob.cancel, bob.redeliver):
+            with pytest.raises(ApiError) as info:
+                call(job_id)
+            assert info.value.status == 404
+            assert "url" not in str(info.value.body)
+
+
+def test_fifty_concurrent_replays_of_one_idempotency_key_make_one_job_and_one_message(
+    service: RunningService,
+) -> None:
+    client = service.new_tenant("replay")
+    depth = service.queue_depth()
+    with ThreadPoolExecutor(25) as pool:
+        ids = list(pool.map(lambda _: client.submit({"prompt": "once"}, idempotency_key="once")["id"], range(50)))
+    assert len(set(ids)) == 1
+    assert service.queue_depth() == depth + 1
+
+
+def test_over_the_rate_limit_is_429_with_retry_after_and_nothing_enqueued(service: RunningService) -> None:
+    client = service.new_tenant("rate")
+    accepted = 0
+    for _ in range(RATE_LIMIT):
+        client.submit({"prompt": "steady"})
+        accepted += 1
+    depth, items = service.queue_depth(), service.table_items()
+    with pytest.raises(ApiError) as info:
+        client.submit({"prompt": "one too many"})
+    assert info.value.status == 429
+    assert 1 <= int(info.value.headers["Retry-After"]) <= 60
+    assert (service.queue_depth(), service.table_items()) == (depth, items)
+    assert accepted == RATE_LIMIT
+    # Another tenant is not affected.
+    assert service.new_tenant("rate-other").submit({"prompt": "fine"})["status"] == "QUEUED"
+
+
+def test_a_job_past_its_retention_is_404(service: RunningService) -> None:
+    tenant, client = service.new_named_tenant("expired")
+    repo = JobsRepository(service.boto("dynamodb"), service.table)
+    request = GenerationRequest.model_validate({"prompt": "old"}, context={"trusted": True}).normalised()
+    job = Job(
+        job_id=str(ULID()),
+        tenant=tenant,
+        status=JobStatus.QUEUED,
+        request=request,
+        created_at=utcnow(),
+        cache_key=request.cache_key(),
+        expires_at=int(time.time()) - 1,
+    )
+    repo.create(job)
+    with pytest.raises(ApiError) as info:
+        client.get(job.job_id)
+    assert info.value.status == 404
+    assert client.list()["jobs"] == []

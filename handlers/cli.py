@@ -45,6 +45,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     service = start_local_service(config)
     try:
         out.print(f"API        {service.api_url}   (docs: {service.api_url}/docs)")
+        out.print(f"playground {service.api_url}/playground/")
         out.print(f"API key    {service.api_key}   (saved in {state})")
         out.print(f"AWS        {service.resources.endpoint_url}   (local cloud, region {service.resources.region})")
         out.print(f"worker     {'model ' + args.model if service.worker else 'not started (--no-worker)'}")

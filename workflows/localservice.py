@@ -124,7 +124,13 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
         get_settings.cache_clear()
         api.services.cache_clear()
         api_key = api.services().keys.create(config.tenant, api_key=config.api_key, label="local development key")
-        server = LocalApiServer(api.lambda_handler, host=config.host, port=config.api_port)
+        server = LocalApiServer(
+            api.lambda_handler,
+            host=config.host,
+            port=config.api_port,
+            static_dirs={"/playground": REPO_ROOT / "playground"},
+            redirects={"/": "/playground/"},
+        )
         server.start()
         pollers = SqsEventSourcePoller(resources)
         pollers.start()

@@ -67,6 +67,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), timeout_s=args.timeout)
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from workflows.soak import run_soak
+
+    report = run_soak(jobs=args.jobs, kill_every_s=args.kill_worker_every, rate_per_s=args.rate, timeout_s=args.timeout)
+    return 0 if report.ok else 1
+
+
 # -- API client commands -------------------------------------------------------------------------
 
 
@@ -243,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="folder for the images (default: out/demo)")
     demo.add_argument("--timeout", type=float, default=600.0)
     demo.set_defaults(func=cmd_demo)
+
+    soak = sub.add_parser("soak", help="steady load with worker kills on loopback, then check every invariant")
+    soak.add_argument("--jobs", type=int, default=100)
+    soak.add_argument("--kill-worker-every", type=float, default=30.0, metavar="SECONDS")
+    soak.add_argument("--rate", type=float, default=2.0, help="jobs submitted per second")
+    soak.add_argument("--timeout", type=float, default=900.0)
+    soak.set_defaults(func=cmd_soak)
 
     def api_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--api-url", help="default: $SDQ_API_URL or .sdq/local.json from `sdq up`")

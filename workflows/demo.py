@@ -118,6 +118,7 @@ def run_demo(out_dir: Path, *, timeout_s: float = 600, console: Console | None =
             "SDQ_RECEIVE_WAIT_S": "1",
             "SDQ_PROGRESS_INTERVAL_S": "0.3",
             "POWERTOOLS_LOG_LEVEL": "WARNING",
+            "POWERTOOLS_METRICS_DISABLED": "true",
         },
     )
     console.print("[bold]sdq demo[/]: starting the local cloud, the API and a worker (model 'tiny': images are noise)")

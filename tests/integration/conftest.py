@@ -16,9 +16,12 @@ from typing import IO, Any
 import boto3
 import httpx
 import pytest
+from ulid import ULID
 
 from shared.apikeys import ApiKeyStore
 from shared.client import Endpoint, SdqClient
+from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
+from shared.jobs import JobsRepository, expiry_epoch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -145,3 +148,22 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
     running = start_service(tmp_path_factory.mktemp("sdq"), {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "5"})
     yield running
     stop_service(running)
+
+
+def store_queued_job(repo: JobsRepository, tenant: str, *, expires_at: int | None = None, **fields: Any) -> Job:
+    """A QUEUED job written straight to the table, bypassing the API (and its checks): for jobs the API would
+    refuse (an internal callback URL, a past retention) or that a test drives through other states."""
+    body = {"prompt": "a red fox", "width": 256, "height": 256, **fields}
+    request = GenerationRequest.model_validate(body, context={"trusted": True}).normalised()
+    now = utcnow()
+    job = Job(
+        job_id=str(ULID()),
+        tenant=tenant,
+        status=JobStatus.QUEUED,
+        request=request,
+        created_at=now,
+        cache_key=request.cache_key(),
+        expires_at=expires_at if expires_at is not None else expiry_epoch(now, 1),
+    )
+    repo.create(job)
+    return job

@@ -11,9 +11,9 @@ from ulid import ULID
 
 from shared.apikeys import ApiKeyStore
 from shared.client import ApiError, Endpoint, SdqClient
-from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
 from shared.jobs import JobsRepository
-from tests.integration.conftest import RunningService, start_service, stop_service
+from tests.cases import INTERNAL_CALLBACK_URLS
+from tests.integration.conftest import RunningService, start_service, stop_service, store_queued_job
 
 RATE_LIMIT = 60
 
@@ -40,23 +40,7 @@ def post(service: RunningService, body: object) -> tuple[int, dict[str, object]]
     return resp.status_code, resp.json()
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "https://169.254.169.254/latest/meta-data/",
-        "https://127.0.0.1/hook",
-        "https://localhost./hook",
-        "https://[::1]/hook",
-        "https://[::ffff:169.254.169.254]/hook",
-        "https://[fd00::1]/hook",
-        "https://10.0.0.5/hook",
-        "https://2852039166/hook",
-        "https://0xA9FEA9FE/hook",
-        "http://127.0.0.1:8080/hook",
-        "file:///etc/passwd",
-        "gopher://example.com:70/_",
-    ],
-)
+@pytest.mark.parametrize("url", INTERNAL_CALLBACK_URLS)
 def test_internal_callback_urls_are_422_and_nothing_is_written(service: RunningService, url: str) -> None:
     items, depth = service.table_items(), service.queue_depth()
     status, body = post(service, {"prompt": "x", "callback_url": url})
@@ -130,17 +114,7 @@ def test_over_the_rate_limit_is_429_with_retry_after_and_nothing_enqueued(servic
 def test_a_job_past_its_retention_is_404(service: RunningService) -> None:
     tenant, client = service.new_named_tenant("expired")
     repo = JobsRepository(service.boto("dynamodb"), service.table)
-    request = GenerationRequest.model_validate({"prompt": "old"}, context={"trusted": True}).normalised()
-    job = Job(
-        job_id=str(ULID()),
-        tenant=tenant,
-        status=JobStatus.QUEUED,
-        request=request,
-        created_at=utcnow(),
-        cache_key=request.cache_key(),
-        expires_at=int(time.time()) - 1,
-    )
-    repo.create(job)
+    job = store_queued_job(repo, tenant, prompt="old", expires_at=int(time.time()) - 1)
     with pytest.raises(ApiError) as info:
         client.get(job.job_id)
     assert info.value.status == 404

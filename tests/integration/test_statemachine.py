@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from ulid import ULID
 
-from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
-from shared.jobs import JobsRepository, expiry_epoch
-from tests.integration.conftest import RunningService, start_service, stop_service
+from shared.contracts import Job
+from shared.jobs import JobsRepository
+from tests.integration.conftest import RunningService, start_service, stop_service, store_queued_job
 from workflows.receiver import ScriptedReceiver
 
 
@@ -48,21 +47,9 @@ class Harness:
 
     def running_job(self, callback_url: str | None, **fields: Any) -> Job:
         """A job as a worker leaves it just before the hand-off: RUNNING, with one staged PNG."""
-        body: dict[str, Any] = {"prompt": "a red fox", "width": 256, "height": 256, **fields}
         if callback_url:
-            body["callback_url"] = callback_url
-        request = GenerationRequest.model_validate(body, context={"trusted": True}).normalised()
-        now = utcnow()
-        job = Job(
-            job_id=str(ULID()),
-            tenant=self.tenant,
-            status=JobStatus.QUEUED,
-            request=request,
-            created_at=now,
-            cache_key=request.cache_key(),
-            expires_at=expiry_epoch(now, 1),
-        )
-        self.repo.create(job)
+            fields["callback_url"] = callback_url
+        job = store_queued_job(self.repo, self.tenant, **fields)
         return self.repo.claim(job.job_id, self.tenant, worker_id="test", lease_s=60, now=time.time())
 
     def stage(self, job: Job, count: int = 1) -> list[str]:

@@ -9,11 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 from PIL import Image
-from ulid import ULID
 
-from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
-from shared.jobs import JobsRepository, expiry_epoch
-from tests.integration.conftest import RunningService, start_service, stop_service
+from shared.jobs import JobsRepository
+from tests.integration.conftest import RunningService, start_service, stop_service, store_queued_job
 from workflows.receiver import ScriptedReceiver
 
 
@@ -39,20 +37,7 @@ def test_loopback_callbacks_are_refused_at_submit_and_at_send_time(service: Runn
 
         # A job that carries such a URL anyway (written straight to the table) is still never delivered.
         repo = JobsRepository(service.boto("dynamodb"), service.table)
-        request = GenerationRequest.model_validate(
-            {"prompt": "x", "width": 256, "height": 256, "callback_url": receiver.url}, context={"trusted": True}
-        ).normalised()
-        now = utcnow()
-        job = Job(
-            job_id=str(ULID()),
-            tenant=tenant,
-            status=JobStatus.QUEUED,
-            request=request,
-            created_at=now,
-            cache_key=request.cache_key(),
-            expires_at=expiry_epoch(now, 1),
-        )
-        repo.create(job)
+        job = store_queued_job(repo, tenant, callback_url=receiver.url)
         job = repo.claim(job.job_id, tenant, worker_id="test", lease_s=60, now=time.time())
         buf = io.BytesIO()
         Image.new("RGB", (256, 256)).save(buf, format="PNG")

@@ -13,12 +13,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from ulid import ULID
 
 from shared.client import SdqClient
-from shared.contracts import GenerationRequest, Job, JobStatus, QueueMessage, utcnow
-from shared.jobs import JobsRepository, expiry_epoch
-from tests.integration.conftest import RunningService, start_service, stop_service
+from shared.contracts import JobStatus, QueueMessage, utcnow
+from shared.jobs import JobsRepository
+from tests.integration.conftest import RunningService, start_service, stop_service, store_queued_job
 
 FAST_WORKER = {
     "SDQ_VISIBILITY_TIMEOUT_S": "6",
@@ -195,18 +194,7 @@ def test_sigterm_finishes_the_running_batch_and_releases_the_rest(service: Runni
 def test_poison_message_goes_to_the_dlq_and_its_job_fails(service: RunningService) -> None:
     client = service.new_tenant("poison")
     repo = JobsRepository(service.boto("dynamodb"), service.table)
-    request = GenerationRequest.model_validate({"prompt": "poison", **SMALL}).normalised()
-    now = utcnow()
-    job = Job(
-        job_id=str(ULID()),
-        tenant="poison-tenant",
-        status=JobStatus.QUEUED,
-        request=request,
-        created_at=now,
-        cache_key=request.cache_key(),
-        expires_at=expiry_epoch(now, 1),
-    )
-    repo.create(job)
+    job = store_queued_job(repo, "poison-tenant", prompt="poison", **SMALL)
     service.boto("sqs").send_message(
         QueueUrl=service.queue_url,
         MessageBody="{this is not a job message",
@@ -279,18 +267,8 @@ def test_a_job_longer_than_the_visibility_timeout_is_kept_by_the_heartbeat(servi
 def test_a_job_that_expired_while_queued_is_skipped_and_marked_expired(service: RunningService) -> None:
     clear_worker_logs(service)
     repo = JobsRepository(service.boto("dynamodb"), service.table)
-    request = GenerationRequest.model_validate({"prompt": "stale", **SMALL}, context={"trusted": True}).normalised()
-    job = Job(
-        job_id=str(ULID()),
-        tenant="expired-tenant",
-        status=JobStatus.QUEUED,
-        request=request,
-        created_at=utcnow(),
-        cache_key=request.cache_key(),
-        expires_at=int(time.time()) + 2,
-    )
-    repo.create(job)
-    message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=request, enqueued_at=utcnow())
+    job = store_queued_job(repo, "expired-tenant", prompt="stale", expires_at=int(time.time()) + 2, **SMALL)
+    message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
     service.boto("sqs").send_message(QueueUrl=service.queue_url, MessageBody=message.model_dump_json())
     time.sleep(3)  # its retention passes while it waits in the queue
     service.start_worker(env=FAST_WORKER)

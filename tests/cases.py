@@ -1,0 +1,18 @@
+"""Inputs shared by unit and integration tests."""
+
+# Callback URLs that must never be accepted: internal addresses in every spelling, and other schemes.
+INTERNAL_CALLBACK_URLS = [
+    "https://169.254.169.254/latest/meta-data/",
+    "https://127.0.0.1/hook",
+    "https://localhost./hook",
+    "https://[::1]/hook",
+    "https://[::ffff:169.254.169.254]/hook",
+    "https://[fd00::1]/hook",
+    "https://10.0.0.5/hook",
+    "https://2852039166/hook",
+    "https://0xA9FEA9FE/hook",
+    "http://127.0.0.1:8080/hook",
+    "https://user:pw@example.com/hook",
+    "file:///etc/passwd",
+    "gopher://example.com:70/_",
+]

@@ -16,7 +16,7 @@ from shared.aws import AwsClients
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.orchestration import Orchestrator
-from shared.queue import WorkerQueue
+from shared.queue import Received, WorkerQueue
 from shared.settings import Settings
 from tests.integration.conftest import RunningService, start_service, stop_service
 from workflows.generation.pipeline import BatchShape, GenerationOOM, ImageJob, PipelineRunner
@@ -50,6 +50,23 @@ class FaultyGpu:
         return self._runner.generate(jobs, shape, on_step)
 
 
+class FlakyDeleteQueue(WorkerQueue):
+    """SQS as it is on a bad day: the first ``failures`` DeleteMessageBatch calls report every entry as
+    failed (and delete nothing), the way a partial batch failure does."""
+
+    def __init__(self, sqs: Any, url: str, failures: int) -> None:
+        super().__init__(sqs, url)
+        self.failures = failures
+        self.refused: list[str] = []
+
+    def delete(self, messages: list[Received]) -> list[str]:
+        if self.failures > 0:
+            self.failures -= 1
+            self.refused += [m.message_id for m in messages]
+            return [m.message_id for m in messages]
+        return super().delete(messages)
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
     running = start_service(tmp_path_factory.mktemp("sdq-faults"), {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
@@ -65,7 +82,7 @@ def runner() -> PipelineRunner:
 @pytest.fixture
 def run_worker(
     service: RunningService, runner: PipelineRunner, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[[int], tuple[Worker, FaultyGpu]]]:
+) -> Iterator[Callable[..., tuple[Worker, FaultyGpu]]]:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     env = service.env
@@ -79,17 +96,17 @@ def run_worker(
     )
     started: list[tuple[Worker, threading.Thread]] = []
 
-    def start(oom_above: int) -> tuple[Worker, FaultyGpu]:
+    def start(oom_above: int, *, failed_deletes: int = 0, visibility_s: int = 30) -> tuple[Worker, FaultyGpu]:
         aws = AwsClients(settings)
         gpu = FaultyGpu(runner, oom_above)
         worker = Worker(
-            queue=WorkerQueue(aws.sqs(), settings.queue_url),
+            queue=FlakyDeleteQueue(aws.sqs(), settings.queue_url, failed_deletes),
             repo=JobsRepository(aws.dynamodb(), settings.table_name),
             media=MediaStore(aws.s3(), settings.bucket),
             orchestrator=Orchestrator(aws.stepfunctions(), settings.state_machine_arn),
             generator=gpu,
             config=WorkerConfig(
-                max_batch_images=8, max_batch_wait_s=1.5, receive_wait_s=1, visibility_s=30, heartbeat_s=5
+                max_batch_images=8, max_batch_wait_s=1.5, receive_wait_s=1, visibility_s=visibility_s, heartbeat_s=2
             ),
         )
         thread = threading.Thread(target=worker.run, daemon=True)
@@ -115,7 +132,7 @@ def wait_terminal(client: Any, ids: list[str], timeout_s: float = 120) -> dict[s
 
 
 def test_oom_splits_the_batch_and_every_job_completes(
-    service: RunningService, run_worker: Callable[[int], tuple[Worker, FaultyGpu]]
+    service: RunningService, run_worker: Callable[..., tuple[Worker, FaultyGpu]]
 ) -> None:
     client = service.new_tenant("oom")
     ids = [client.submit({"prompt": f"fox {i}", **SMALL})["id"] for i in range(4)]
@@ -133,7 +150,7 @@ def test_oom_splits_the_batch_and_every_job_completes(
 
 
 def test_a_job_too_big_for_memory_fails_alone_and_the_rest_of_its_batch_completes(
-    service: RunningService, run_worker: Callable[[int], tuple[Worker, FaultyGpu]]
+    service: RunningService, run_worker: Callable[..., tuple[Worker, FaultyGpu]]
 ) -> None:
     client = service.new_tenant("oom-one")
     ids = [
@@ -150,7 +167,7 @@ def test_a_job_too_big_for_memory_fails_alone_and_the_rest_of_its_batch_complete
 
 
 def test_an_error_confined_to_one_job_fails_only_that_job(
-    service: RunningService, run_worker: Callable[[int], tuple[Worker, FaultyGpu]]
+    service: RunningService, run_worker: Callable[..., tuple[Worker, FaultyGpu]]
 ) -> None:
     client = service.new_tenant("one-bad")
     ids = [client.submit({"prompt": p, **SMALL})["id"] for p in ["good one", "poison", "good two"]]
@@ -159,3 +176,30 @@ def test_an_error_confined_to_one_job_fails_only_that_job(
     assert [jobs[i]["status"] for i in ids] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
     assert jobs[ids[1]]["error"]["code"] == "GENERATION_FAILED"
     assert "breaks the pipeline" in jobs[ids[1]]["error"]["message"]
+
+
+def test_a_failed_delete_means_a_redelivery_that_is_a_no_op(
+    service: RunningService, run_worker: Callable[..., tuple[Worker, FaultyGpu]]
+) -> None:
+    client = service.new_tenant("undeleted")
+    job_id = client.submit({"prompt": "delete me", **SMALL})["id"]
+    worker, gpu = run_worker(8, failed_deletes=1, visibility_s=5)
+    assert wait_terminal(client, [job_id])[job_id]["status"] == "SUCCEEDED"
+    # The message comes back after its visibility timeout; the worker sees the job is done and deletes it.
+    deadline = time.monotonic() + 60
+    while service.queue_depth() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert service.queue_depth() == 0
+    queue = worker._queue
+    assert isinstance(queue, FlakyDeleteQueue)
+    assert len(queue.refused) == 1  # the hand-off's delete really failed ...
+    assert gpu.calls == [1]  # ... and yet the job was generated once
+    assert client.get(job_id)["attempt"] == 1
+    names = [
+        e["name"]
+        for e in service.boto("stepfunctions").list_executions(stateMachineArn=service.env["SDQ_STATE_MACHINE_ARN"])[
+            "executions"
+        ]
+    ]
+    assert [n for n in names if n.startswith(job_id)] == [f"{job_id}-1"]
+    assert worker.batches[0].jobs == 1

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install up demo test lint typecheck unit clean
+.PHONY: install up demo test lint typecheck unit clean sam-build
 
 install: $(STAMP)
 
@@ -33,3 +33,10 @@ test: lint typecheck
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .sdq
+
+# `sam build` of the Lambdas from a clean copy of the sources (so .venv, tests and caches never reach a zip).
+sam-build:
+	rm -rf build/lambda && mkdir -p build/lambda
+	cp -r shared handlers workflows requirements.txt statemachine.asl.json build/lambda/
+	find build/lambda -name __pycache__ -prune -exec rm -rf {} +
+	sam build --template-file template.yaml --base-dir build/lambda

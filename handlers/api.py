@@ -105,6 +105,13 @@ def _tenant() -> str:
     return tenant
 
 
+def _stage_prefix() -> str:
+    """``/prod`` when the client called through API Gateway's default URL (``.../prod/v1/jobs``), else ''."""
+    context = app.current_event.get("requestContext") or {}
+    stage, path = str(context.get("stage", "")), str(context.get("path", ""))
+    return f"/{stage}" if stage and path.startswith(f"/{stage}/") else ""
+
+
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response[Any]:
     return Response(
         status_code=status,
@@ -139,7 +146,11 @@ def submit_job(request: Annotated[GenerationRequest, Body()]) -> Response[JobVie
         metrics.add_metric(name="JobsSubmitted", unit="Count", value=1)
         metrics.flush_metrics()
     view = _view(result.job)
-    return _json(202, view, {"Location": f"/v1/jobs/{view.id}", "Idempotent-Replayed": str(not result.created).lower()})
+    return _json(
+        202,
+        view,
+        {"Location": f"{_stage_prefix()}/v1/jobs/{view.id}", "Idempotent-Replayed": str(not result.created).lower()},
+    )
 
 
 @app.get(

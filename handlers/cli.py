@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from handlers.cost_cli import add_cost_parser
 from shared.client import LOCAL_STATE_FILE, ApiError, SdqClient, resolve_endpoint, state_dir
 
 console = Console(stderr=True)
@@ -317,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     bw.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     bw.add_argument("--out", default="benchmarks")
     bw.set_defaults(func=cmd_bench_worker)
+
+    add_cost_parser(sub)
 
     return parser
 

@@ -57,7 +57,8 @@ class SdqClient:
     def __init__(self, endpoint: Endpoint, *, timeout: float = 30.0) -> None:
         self._http = httpx.Client(
             base_url=endpoint.url,
-            headers={"Authorization": f"Bearer {endpoint.api_key}"},
+            # Both headers: the API accepts either, and API Gateway's usage plans meter x-api-key.
+            headers={"Authorization": f"Bearer {endpoint.api_key}", "x-api-key": endpoint.api_key},
             timeout=timeout,
         )
 

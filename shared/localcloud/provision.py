@@ -5,6 +5,11 @@ Route: cfn-lint's decoder reads the template (it understands ``!Ref``/``!GetAtt`
 ``DefinitionUri`` is inlined as ``Definition``, aws-sam-translator transforms SAM into CloudFormation,
 and moto's CloudFormation creates the stack. Properties moto accepts but ignores are applied afterwards
 through the service APIs (see ``_reconcile_*``).
+
+The template also describes what only exists on AWS: the API Gateway in front of the API Lambda, the GPU
+worker fleet (ECS on EC2 with its network and scaling) and the alarms. The local cloud serves the API
+itself, runs the worker as a local process and has no metrics, so those resource types are left out of the
+local stack by :func:`filter_local_resources`, from an explicit list (:data:`LOCAL_SKIPPED_TYPES`).
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from __future__ import annotations
 import copy
 import io
 import json
+import logging
 import re
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +45,50 @@ _ROLE_OUTPUT_PREFIX = "LocalCloudRole"
 _PLACEHOLDER = re.compile(r"\$\{(?P<name>[A-Za-z0-9_]+)\}")
 _FALLBACK_ROLE_ARN = "arn:aws:iam::123456789012:role/sdq-local-state-machine"
 RETRIER_FIELDS = frozenset({"IntervalSeconds", "MaxAttempts", "BackoffRate", "MaxDelaySeconds", "JitterStrategy"})
+
+_LOCAL_API = "the REST API is served locally by shared/localapi.py"
+_LOCAL_WORKER = "the GPU worker runs as a local process (sdq up / sdq worker)"
+_NO_METRICS = "the local cloud has no CloudWatch metrics or alarm notifications"
+LOCAL_SKIPPED_TYPES: Mapping[str, str] = {
+    # API Gateway and the permissions that let it invoke the API Lambda.
+    "AWS::ApiGateway::Account": _LOCAL_API,
+    "AWS::ApiGateway::Deployment": _LOCAL_API,
+    "AWS::ApiGateway::RestApi": _LOCAL_API,
+    "AWS::ApiGateway::Stage": _LOCAL_API,
+    "AWS::ApiGateway::UsagePlan": _LOCAL_API,
+    "AWS::Lambda::Permission": _LOCAL_API,
+    # The GPU worker fleet: cluster, capacity, network and scaling.
+    "AWS::ApplicationAutoScaling::ScalableTarget": _LOCAL_WORKER,
+    "AWS::ApplicationAutoScaling::ScalingPolicy": _LOCAL_WORKER,
+    "AWS::AutoScaling::AutoScalingGroup": _LOCAL_WORKER,
+    "AWS::EC2::InternetGateway": _LOCAL_WORKER,
+    "AWS::EC2::LaunchTemplate": _LOCAL_WORKER,
+    "AWS::EC2::Route": _LOCAL_WORKER,
+    "AWS::EC2::RouteTable": _LOCAL_WORKER,
+    "AWS::EC2::SecurityGroup": _LOCAL_WORKER,
+    "AWS::EC2::Subnet": _LOCAL_WORKER,
+    "AWS::EC2::SubnetRouteTableAssociation": _LOCAL_WORKER,
+    "AWS::EC2::VPC": _LOCAL_WORKER,
+    "AWS::EC2::VPCEndpoint": _LOCAL_WORKER,
+    "AWS::EC2::VPCGatewayAttachment": _LOCAL_WORKER,
+    "AWS::ECS::CapacityProvider": _LOCAL_WORKER,
+    "AWS::ECS::Cluster": _LOCAL_WORKER,
+    "AWS::ECS::ClusterCapacityProviderAssociations": _LOCAL_WORKER,
+    "AWS::ECS::Service": _LOCAL_WORKER,
+    "AWS::ECS::TaskDefinition": _LOCAL_WORKER,
+    # Monitoring.
+    "AWS::CloudWatch::Alarm": _NO_METRICS,
+    "AWS::CloudWatch::Dashboard": _NO_METRICS,
+    "AWS::Logs::MetricFilter": _NO_METRICS,
+    "AWS::SNS::Subscription": _NO_METRICS,
+    "AWS::SNS::Topic": _NO_METRICS,
+    # The deny-non-TLS bucket policy: the local cloud speaks plain HTTP on loopback.
+    "AWS::S3::BucketPolicy": "the local cloud is plain HTTP on 127.0.0.1, which a deny-non-TLS policy refuses",
+}
+"""Resource types the local stack leaves out, each with the reason. Everything else in the template is
+created locally (tables, queues, bucket, functions, event source mappings, roles, log groups, the state
+machine, the worker's image repository); moto's CloudFormation fails the whole stack on a type it cannot
+create, so anything new in the template is either created by moto or listed here."""
 
 
 class ProvisionError(RuntimeError):
@@ -155,6 +206,17 @@ def add_resolution_outputs(template: dict[str, Any]) -> dict[str, Any]:
     return tpl
 
 
+@contextmanager
+def _quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
+    log = logging.getLogger(name)
+    saved = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(saved)
+
+
 def translate_sam(template: dict[str, Any], region: str, parameters: Mapping[str, str]) -> dict[str, Any]:
     """Transform SAM into plain CloudFormation with aws-sam-translator (no managed-policy lookups)."""
     from samtranslator.metrics.metrics import DummyMetricsPublisher, Metrics
@@ -164,13 +226,94 @@ def translate_sam(template: dict[str, Any], region: str, parameters: Mapping[str
     metrics = Metrics("ServerlessTransform", DummyMetricsPublisher())
     session = boto3.session.Session(region_name=region)
     translator = Translator(None, Parser(), boto_session=session, metrics=metrics)
-    try:
-        result: dict[str, Any] = translator.translate(
-            copy.deepcopy(template), dict(parameters), get_managed_policy_map=dict
-        )
-    finally:
-        metrics.publish()
+    # Without a feature-toggle config the translator warns once per API about each toggle it looks up.
+    with _quiet_logger("samtranslator.feature_toggle.feature_toggle"):
+        try:
+            result: dict[str, Any] = translator.translate(
+                copy.deepcopy(template), dict(parameters), get_managed_policy_map=dict
+            )
+        finally:
+            metrics.publish()
     return result
+
+
+def _references(node: Any) -> set[str]:
+    """Logical names a template fragment refers to: ``Ref``, ``Fn::GetAtt``, ``Fn::Sub`` and ``Condition``."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref" and isinstance(value, str):
+                found.add(value.split(".", 1)[0])
+            elif key == "Fn::GetAtt":
+                target = value[0] if isinstance(value, list) and value else value
+                if isinstance(target, str):
+                    found.add(target.split(".", 1)[0])
+            elif key == "Fn::Sub":
+                text = value[0] if isinstance(value, list) and value else value
+                if isinstance(text, str):
+                    found |= {m.split(".", 1)[0] for m in re.findall(r"\$\{([^!}][^}]*)\}", text)}
+                if isinstance(value, list) and len(value) > 1:
+                    found |= _references(value[1])
+            elif key in ("Condition", "Fn::If") and not isinstance(value, dict):
+                name = value[0] if isinstance(value, list) and value else value
+                if isinstance(name, str):
+                    found.add(name)
+                if isinstance(value, list):
+                    found |= _references(value[1:])
+            else:
+                found |= _references(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _references(value)
+    return found
+
+
+def filter_local_resources(template: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Drop the resource types in :data:`LOCAL_SKIPPED_TYPES` from a CloudFormation template.
+
+    Also dropped: outputs that name a dropped resource, then conditions and parameters nothing left uses
+    (a parameter such as the GPU AMI's SSM path would otherwise be resolved by moto). Returns the new
+    template and ``{logical id: type}`` of the dropped resources. Raises ProvisionError when a resource that
+    stays refers to one that goes: the filter never removes anything silently by dependency.
+    """
+    tpl = copy.deepcopy(dict(template))
+    resources: dict[str, Any] = tpl["Resources"]
+    dropped = {k: r["Type"] for k, r in resources.items() if r.get("Type") in LOCAL_SKIPPED_TYPES}
+    for logical_id in dropped:
+        del resources[logical_id]
+    dangling = {
+        logical_id: sorted(refs)
+        for logical_id, resource in resources.items()
+        if (refs := (_references(resource) | set(_depends_on(resource))) & set(dropped))
+    }
+    if dangling:
+        raise ProvisionError(f"resources kept locally refer to resources the local cloud leaves out: {dangling}")
+    outputs = tpl.get("Outputs", {})
+    for name in [n for n, o in outputs.items() if _references(o) & set(dropped)]:
+        del outputs[name]
+    _prune_unused(tpl, "Conditions")
+    _prune_unused(tpl, "Parameters")
+    return tpl, dropped
+
+
+def _depends_on(resource: Mapping[str, Any]) -> list[str]:
+    value = resource.get("DependsOn", [])
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _prune_unused(tpl: dict[str, Any], section: str) -> None:
+    """Remove entries of ``section`` that nothing else in the template refers to (to a fixed point)."""
+    while True:
+        entries = tpl.get(section, {})
+        used = _references({k: v for k, v in tpl.items() if k != section})
+        used |= {ref for name, body in entries.items() for ref in _references(body) if ref != name}
+        unused = [name for name in entries if name not in used]
+        if not unused:
+            break
+        for name in unused:
+            del entries[name]
+    if section in tpl and not tpl[section]:
+        del tpl[section]
 
 
 def render_definition(
@@ -347,8 +490,14 @@ def provision(
     clients = _clients(endpoint_url, region)
     params = {k: str(v) for k, v in (parameters or {}).items()}
     sam = load_sam_template(template_path)
+    unknown_params = sorted(set(params) - set(sam.get("Parameters", {})))
+    if unknown_params:
+        raise ProvisionError(f"parameters {unknown_params} are not declared in {template_path.name}")
     local, code_dirs, asl_texts = localize_template(sam, template_path.parent, asl_path)
-    cfn_template = add_resolution_outputs(translate_sam(local, region, params))
+    cfn_template, _ = filter_local_resources(translate_sam(local, region, params))
+    cfn_template = add_resolution_outputs(cfn_template)
+    # Values for parameters only the left-out resources used have no place in the local stack.
+    params = {k: v for k, v in params.items() if k in cfn_template.get("Parameters", {})}
     resources = cfn_template["Resources"]
     _check_overrides(resources, substitutions_override or {}, retry_override or {})
     _upload_placeholder(clients["s3"])

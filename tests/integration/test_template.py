@@ -1,0 +1,666 @@
+"""Contract checks of template.yaml: cfn-lint, substitutions, least-privilege IAM, data protection, the worker
+service, alarms, and the local cloud's resource filter. No cloud needed: the template is read with cfn-lint's
+decoder and translated with aws-sam-translator exactly as the local cloud does (shared/localcloud/provision.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.localcloud.provision import (
+    LOCAL_SKIPPED_TYPES,
+    ProvisionError,
+    filter_local_resources,
+    load_sam_template,
+    localize_template,
+    translate_sam,
+)
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+ASL = ROOT / "statemachine.asl.json"
+
+# cfn-lint rules switched off for this template, each with the reason. Empty: every finding is fixed instead.
+IGNORED_RULES: dict[str, str] = {}
+
+# Actions allowed on Resource "*", each because the service offers nothing narrower for it.
+STAR_RESOURCE_ACTIONS = {
+    "xray:PutTraceSegments": "X-Ray has no resource-level permissions for writing traces",
+    "xray:PutTelemetryRecords": "X-Ray has no resource-level permissions for writing telemetry",
+    "xray:GetSamplingRules": "X-Ray sampling rules are account-wide",
+    "xray:GetSamplingTargets": "X-Ray sampling targets are account-wide",
+    "cloudwatch:PutMetricData": "CloudWatch metrics have no resource ARNs (narrow with cloudwatch:namespace)",
+    "ecr:GetAuthorizationToken": "the registry login token is account-wide",
+    "logs:CreateLogDelivery": "Step Functions log delivery: no resource-level permissions",
+    "logs:GetLogDelivery": "Step Functions log delivery: no resource-level permissions",
+    "logs:UpdateLogDelivery": "Step Functions log delivery: no resource-level permissions",
+    "logs:DeleteLogDelivery": "Step Functions log delivery: no resource-level permissions",
+    "logs:ListLogDeliveries": "Step Functions log delivery: no resource-level permissions",
+    "logs:PutResourcePolicy": "Step Functions log delivery: no resource-level permissions",
+    "logs:DescribeResourcePolicies": "Step Functions log delivery: no resource-level permissions",
+    "logs:DescribeLogGroups": "Step Functions log delivery: no resource-level permissions",
+}
+
+# AWS-managed policies allowed, per role, each with the reason.
+MANAGED_POLICIES = {
+    "WorkerInstanceRole": {
+        "AmazonEC2ContainerServiceforEC2Role": "the ECS container agent's own permissions, maintained by AWS as the "
+        "agent evolves; containers cannot reach them (instance metadata hop limit 1)",
+    },
+    "ApiGatewayCloudWatchRole": {
+        "AmazonAPIGatewayPushToCloudWatchLogs": "API Gateway's account-wide logging role, shared by every REST API "
+        "in the account and region, so it cannot name this stack's log groups",
+    },
+}
+
+XRAY_WRITE = {("xray:PutTraceSegments", "*"), ("xray:PutTelemetryRecords", "*")}
+XRAY_DAEMON = XRAY_WRITE | {("xray:GetSamplingRules", "*"), ("xray:GetSamplingTargets", "*")}
+
+
+def _logs(group: str) -> set[tuple[str, str]]:
+    return {("logs:CreateLogStream", f"{group}.Arn"), ("logs:PutLogEvents", f"{group}.Arn")}
+
+
+# Exactly what each role may do: (action, resource). Derived from the code each one runs:
+# API: handlers/api.py -> SubmissionService (transact put, get, query indexes, conditional update, the
+#   RateLimiter's counter update), ApiKeyStore.resolve (get), WebhookSecrets (get, put), JobQueue.send,
+#   Orchestrator.start (cancel/redeliver notices), MediaStore.presign_get (outputs/ only).
+# Postprocess: Postprocessor.run (get, transition), MediaStore get/put/delete (staging/ -> outputs/).
+# Notify: Notifier.notify (get job, get/put webhook secret, record attempt), presign outputs.
+# DLQ: fail_dead_lettered (transition, get on a failed condition) + the SQS event source on the DLQ.
+# Worker: WorkerQueue receive/visibility/delete, JobsRepository claim/lease/progress, staging uploads, StartExecution,
+#   and the X-Ray daemon beside it.
+EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
+    "ApiFunctionRole": _logs("ApiFunctionLogGroup")
+    | XRAY_WRITE
+    | {
+        ("dynamodb:GetItem", "JobsTable.Arn"),
+        ("dynamodb:Query", "JobsTable.Arn/index/*"),
+        ("dynamodb:PutItem", "JobsTable.Arn"),
+        ("dynamodb:UpdateItem", "JobsTable.Arn"),
+        ("sqs:SendMessage", "JobsQueue.Arn"),
+        ("states:StartExecution", "JobStateMachine"),
+        ("s3:GetObject", "MediaBucket.Arn/outputs/*"),
+    },
+    "PostprocessFunctionRole": _logs("PostprocessFunctionLogGroup")
+    | XRAY_WRITE
+    | {
+        ("dynamodb:GetItem", "JobsTable.Arn"),
+        ("dynamodb:UpdateItem", "JobsTable.Arn"),
+        ("s3:GetObject", "MediaBucket.Arn/staging/*"),
+        ("s3:GetObject", "MediaBucket.Arn/outputs/*"),
+        ("s3:PutObject", "MediaBucket.Arn/outputs/*"),
+        ("s3:DeleteObject", "MediaBucket.Arn/staging/*"),
+        ("s3:ListBucket", "MediaBucket.Arn"),
+    },
+    "NotifyFunctionRole": _logs("NotifyFunctionLogGroup")
+    | XRAY_WRITE
+    | {
+        ("dynamodb:GetItem", "JobsTable.Arn"),
+        ("dynamodb:PutItem", "JobsTable.Arn"),
+        ("dynamodb:UpdateItem", "JobsTable.Arn"),
+        ("s3:GetObject", "MediaBucket.Arn/outputs/*"),
+    },
+    "DlqFunctionRole": _logs("DlqFunctionLogGroup")
+    | XRAY_WRITE
+    | {
+        ("dynamodb:GetItem", "JobsTable.Arn"),
+        ("dynamodb:UpdateItem", "JobsTable.Arn"),
+        ("sqs:ReceiveMessage", "JobsDeadLetterQueue.Arn"),
+        ("sqs:DeleteMessage", "JobsDeadLetterQueue.Arn"),
+        ("sqs:GetQueueAttributes", "JobsDeadLetterQueue.Arn"),
+    },
+    "JobStateMachineRole": XRAY_DAEMON
+    | {
+        ("lambda:InvokeFunction", "PostprocessFunction.Arn"),
+        ("lambda:InvokeFunction", "NotifyFunction.Arn"),
+        ("dynamodb:UpdateItem", "JobsTable.Arn"),
+    }
+    | {(action, "*") for action in STAR_RESOURCE_ACTIONS if action.startswith("logs:")},
+    "WorkerTaskRole": XRAY_DAEMON
+    | {
+        ("sqs:ReceiveMessage", "JobsQueue.Arn"),
+        ("sqs:DeleteMessage", "JobsQueue.Arn"),
+        ("sqs:ChangeMessageVisibility", "JobsQueue.Arn"),
+        ("dynamodb:GetItem", "JobsTable.Arn"),
+        ("dynamodb:UpdateItem", "JobsTable.Arn"),
+        ("s3:PutObject", "MediaBucket.Arn/staging/*"),
+        ("states:StartExecution", "JobStateMachine"),
+    },
+    "WorkerExecutionRole": _logs("WorkerLogGroup")
+    | {
+        ("ecr:GetAuthorizationToken", "*"),
+        ("ecr:BatchCheckLayerAvailability", "WorkerRepository.Arn"),
+        ("ecr:GetDownloadUrlForLayer", "WorkerRepository.Arn"),
+        ("ecr:BatchGetImage", "WorkerRepository.Arn"),
+    },
+    "WorkerInstanceRole": set(),
+    "ApiGatewayCloudWatchRole": set(),
+}
+
+# Writes limited to item kinds by dynamodb:LeadingKeys (the API cannot mint API keys, Notify writes only secrets).
+EXPECTED_LEADING_KEYS = {
+    ("ApiFunctionRole", "dynamodb:PutItem"): {"JOB#*", "IDEM#*", "TENANT#*"},
+    ("ApiFunctionRole", "dynamodb:UpdateItem"): {"JOB#*", "RATE#*"},  # transitions, rate-limit counters
+    ("PostprocessFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
+    ("NotifyFunctionRole", "dynamodb:PutItem"): {"TENANT#*"},
+    ("NotifyFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
+    ("DlqFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
+    ("WorkerTaskRole", "dynamodb:UpdateItem"): {"JOB#*"},
+}
+
+TRUSTED_SERVICE = {
+    "ApiFunctionRole": "lambda.amazonaws.com",
+    "PostprocessFunctionRole": "lambda.amazonaws.com",
+    "NotifyFunctionRole": "lambda.amazonaws.com",
+    "DlqFunctionRole": "lambda.amazonaws.com",
+    "JobStateMachineRole": "states.amazonaws.com",
+    "WorkerTaskRole": "ecs-tasks.amazonaws.com",
+    "WorkerExecutionRole": "ecs-tasks.amazonaws.com",
+    "WorkerInstanceRole": "ec2.amazonaws.com",
+    "ApiGatewayCloudWatchRole": "apigateway.amazonaws.com",
+}
+
+
+# --- fixtures and helpers -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sam() -> dict[str, Any]:
+    return load_sam_template(TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def cfn(sam: dict[str, Any]) -> dict[str, Any]:
+    local, _, _ = localize_template(sam, ROOT, ASL)
+    return translate_sam(local, "us-east-1", {})
+
+
+@pytest.fixture(scope="module")
+def resources(cfn: dict[str, Any]) -> dict[str, Any]:
+    return dict(cfn["Resources"])
+
+
+def show(value: Any) -> str:
+    """An intrinsic as readable text: ``JobsTable.Arn``, ``MediaBucket.Arn/outputs/*``, ``JobStateMachine``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "Ref" in value:
+        return str(value["Ref"])
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        target = value["Fn::GetAtt"]
+        return ".".join(target) if isinstance(target, list) else str(target)
+    if isinstance(value, dict) and "Fn::Sub" in value:
+        text = value["Fn::Sub"] if isinstance(value["Fn::Sub"], str) else value["Fn::Sub"][0]
+        return re.sub(r"\$\{([^}]+)\}", r"\1", text)
+    raise AssertionError(f"unexpected intrinsic {value!r}")
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def statements(role: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for policy in role["Properties"].get("Policies", []):
+        yield from policy["PolicyDocument"]["Statement"]
+
+
+def grants(role: dict[str, Any]) -> set[tuple[str, str]]:
+    return {
+        (action, show(resource))
+        for st in statements(role)
+        if st["Effect"] == "Allow"
+        for action in _as_list(st["Action"])
+        for resource in _as_list(st["Resource"])
+    }
+
+
+def roles(resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {k: r for k, r in resources.items() if r["Type"] == "AWS::IAM::Role"}
+
+
+def env_of(resource: dict[str, Any]) -> dict[str, Any]:
+    return dict(resource["Properties"].get("Environment", {}).get("Variables", {}))
+
+
+def container(resources: dict[str, Any], name: str) -> dict[str, Any]:
+    containers = resources["WorkerTaskDefinition"]["Properties"]["ContainerDefinitions"]
+    return next(c for c in containers if c["Name"] == name)
+
+
+# --- lint and substitutions -----------------------------------------------------------------------------------
+
+
+def _lint(text: str) -> list[str]:
+    from cfnlint.api import lint
+    from cfnlint.config import ManualArgs
+
+    config = ManualArgs(regions=["us-east-1", "us-west-2", "eu-west-1"], ignore_checks=sorted(IGNORED_RULES))
+    return [f"{m.rule.id} {m.message} ({m.linenumber}:{m.columnnumber})" for m in lint(text, config=config)]
+
+
+def test_cfn_lint_reports_no_errors_or_warnings() -> None:
+    assert _lint(TEMPLATE.read_text()) == []
+
+
+def test_cfn_lint_is_really_checking() -> None:
+    broken = TEMPLATE.read_text().replace("StopTimeout: 120", "StopTimeoutSeconds: 120", 1)
+    assert any(finding.startswith("E3002") for finding in _lint(broken))
+
+
+def test_every_asl_placeholder_has_a_substitution_and_every_substitution_is_used(sam: dict[str, Any]) -> None:
+    used = set(re.findall(r"\$\{([A-Za-z0-9_]+)\}", ASL.read_text()))
+    machine = sam["Resources"]["JobStateMachine"]["Properties"]
+    assert machine["DefinitionUri"] == ASL.name
+    assert used
+    assert used == set(machine["DefinitionSubstitutions"])
+
+
+# --- IAM: least privilege -------------------------------------------------------------------------------------
+
+
+def test_each_role_grants_exactly_what_its_code_uses(resources: dict[str, Any]) -> None:
+    found = roles(resources)
+    assert set(found) == set(EXPECTED_GRANTS), "a role was added or removed: give it an entry here"
+    for name, role in found.items():
+        assert grants(role) == EXPECTED_GRANTS[name], name
+
+
+def test_no_wildcards_where_a_narrower_grant_exists(resources: dict[str, Any]) -> None:
+    for name, role in roles(resources).items():
+        for st in statements(role):
+            assert st["Effect"] == "Allow", name
+            assert "NotAction" not in st, name
+            assert "NotResource" not in st, name
+            for action in _as_list(st["Action"]):
+                assert "*" not in action, f"{name}: wildcard action {action}"
+            if "*" in _as_list(st["Resource"]):
+                bad = [a for a in _as_list(st["Action"]) if a not in STAR_RESOURCE_ACTIONS]
+                assert not bad, f'{name}: {bad} on Resource "*"'
+
+
+def test_managed_policies_are_only_the_explained_ones(resources: dict[str, Any]) -> None:
+    for name, role in roles(resources).items():
+        arns = [show(a) for a in role["Properties"].get("ManagedPolicyArns", [])]
+        names = {arn.rsplit("/", 1)[-1] for arn in arns}
+        assert names == set(MANAGED_POLICIES.get(name, {})), name
+
+
+def test_dynamodb_writes_are_limited_to_their_item_kinds(resources: dict[str, Any]) -> None:
+    for (role, action), prefixes in EXPECTED_LEADING_KEYS.items():
+        conditions = [st.get("Condition") for st in statements(resources[role]) if action in _as_list(st["Action"])]
+        assert len(conditions) == 1, (role, action, conditions)
+        assert set(conditions[0]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]) == prefixes, (role, action)
+    # Nobody can mint API keys, delete items or scan the table.
+    for name, role in roles(resources).items():
+        actions = {a for a, _ in grants(role)}
+        assert not actions & {"dynamodb:DeleteItem", "dynamodb:Scan", "dynamodb:BatchWriteItem"}, name
+    api_put = [st for st in statements(resources["ApiFunctionRole"]) if "dynamodb:PutItem" in _as_list(st["Action"])]
+    assert "APIKEY#*" not in json.dumps(api_put)
+
+
+def test_who_may_do_what(resources: dict[str, Any]) -> None:
+    by_role = {name: grants(role) for name, role in roles(resources).items()}
+
+    def holders(action: str, resource_prefix: str = "") -> set[str]:
+        return {n for n, g in by_role.items() if any(a == action and r.startswith(resource_prefix) for a, r in g)}
+
+    assert holders("sqs:SendMessage") == {"ApiFunctionRole"}
+    assert holders("sqs:ReceiveMessage", "JobsQueue") == {"WorkerTaskRole"}
+    assert holders("sqs:ReceiveMessage", "JobsDeadLetterQueue") == {"DlqFunctionRole"}
+    assert holders("s3:DeleteObject") == {"PostprocessFunctionRole"}
+    assert holders("s3:PutObject") == {"PostprocessFunctionRole", "WorkerTaskRole"}
+    assert holders("s3:PutObject", "MediaBucket.Arn/outputs/") == {"PostprocessFunctionRole"}
+    assert holders("states:StartExecution") == {"ApiFunctionRole", "WorkerTaskRole"}
+    assert holders("lambda:InvokeFunction") == {"JobStateMachineRole"}
+    assert "sqs:SendMessage" not in {a for a, _ in by_role["PostprocessFunctionRole"]}
+    assert not {a for a, _ in by_role["ApiFunctionRole"]} & {"s3:DeleteObject", "s3:PutObject"}
+
+
+def test_roles_are_trusted_by_their_service_and_used_by_their_component(resources: dict[str, Any]) -> None:
+    for name, role in roles(resources).items():
+        trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        assert [st["Principal"]["Service"] for st in trust] == [TRUSTED_SERVICE[name]], name
+    for fn in ("ApiFunction", "PostprocessFunction", "NotifyFunction", "DlqFunction"):
+        assert show(resources[fn]["Properties"]["Role"]) == f"{fn}Role.Arn"
+        log_group = show(resources[fn]["Properties"]["LoggingConfig"]["LogGroup"])
+        assert _logs(log_group) <= grants(resources[f"{fn}Role"]), fn
+    assert show(resources["JobStateMachine"]["Properties"]["RoleArn"]) == "JobStateMachineRole.Arn"
+    task = resources["WorkerTaskDefinition"]["Properties"]
+    assert show(task["TaskRoleArn"]) == "WorkerTaskRole.Arn"
+    assert show(task["ExecutionRoleArn"]) == "WorkerExecutionRole.Arn"
+    assert [show(r) for r in resources["WorkerInstanceProfile"]["Properties"]["Roles"]] == ["WorkerInstanceRole"]
+
+
+def test_state_machine_role_covers_every_task_of_the_asl(resources: dict[str, Any], sam: dict[str, Any]) -> None:
+    substitutions = {
+        k: show(v) for k, v in sam["Resources"]["JobStateMachine"]["Properties"]["DefinitionSubstitutions"].items()
+    }
+    granted = grants(resources["JobStateMachineRole"])
+    needed = set()
+    for state in json.loads(ASL.read_text())["States"].values():
+        if state["Type"] != "Task":
+            continue
+        params = state["Parameters"]
+        if state["Resource"] == "arn:aws:states:::lambda:invoke":
+            target = substitutions[params["FunctionName"].strip("${}")]
+            needed.add(("lambda:InvokeFunction", target))
+        elif state["Resource"] == "arn:aws:states:::dynamodb:updateItem":
+            table = substitutions[params["TableName"].strip("${}")]
+            needed.add(("dynamodb:UpdateItem", f"{table}.Arn"))
+        else:
+            raise AssertionError(f"unknown task resource {state['Resource']}: grant it and extend this test")
+    assert needed
+    assert needed <= granted
+    assert {g for g in granted if not g[0].startswith(("logs:", "xray:"))} == needed
+
+
+# --- configuration the code reads ---------------------------------------------------------------------------
+
+
+def test_every_sdq_variable_is_a_real_setting(resources: dict[str, Any]) -> None:
+    settings = {f"SDQ_{name.upper()}" for name in Settings.model_fields} | {"SDQ_XRAY", "SDQ_MODEL_CACHE"}
+    declared: set[str] = set()
+    for resource in resources.values():
+        if resource["Type"] == "AWS::Lambda::Function":
+            declared |= set(env_of(resource))
+    for c in resources["WorkerTaskDefinition"]["Properties"]["ContainerDefinitions"]:
+        declared |= {e["Name"] for e in c.get("Environment", [])}
+    sdq = {name for name in declared if name.startswith("SDQ_")}
+    assert sdq
+    assert sdq <= settings, sorted(sdq - settings)
+
+
+def test_worker_container_gets_everything_the_worker_reads(resources: dict[str, Any]) -> None:
+    worker = container(resources, "worker")
+    env = {e["Name"]: show(e["Value"]) for e in worker["Environment"]}
+    assert env["SDQ_TABLE_NAME"] == "JobsTable"
+    assert env["SDQ_QUEUE_URL"] == "JobsQueue"
+    assert env["SDQ_DLQ_URL"] == "JobsDeadLetterQueue"
+    assert env["SDQ_BUCKET"] == "MediaBucket"
+    assert env["SDQ_STATE_MACHINE_ARN"] == "JobStateMachine"
+    assert env["SDQ_MODEL"] == "ModelId"
+    assert env["SDQ_MAX_BATCH_IMAGES"] == "MaxBatchImages"
+    assert env["SDQ_VISIBILITY_TIMEOUT_S"] == "VisibilityTimeoutSeconds"
+    assert env["SDQ_GRACE_S"] == "WorkerGraceSeconds"
+    assert env["SDQ_XRAY"] == "true"
+    assert env["AWS_XRAY_DAEMON_ADDRESS"] == "xray-daemon:2000"
+    assert worker["Links"] == ["xray-daemon"]
+    assert [r["Type"] for r in worker["ResourceRequirements"]] == ["GPU"]
+    assert show(worker["Image"]) == "WorkerRepository.RepositoryUri:WorkerImageTag"
+
+
+def test_api_function_knows_the_models_and_the_state_machine(resources: dict[str, Any]) -> None:
+    env = env_of(resources["ApiFunction"])
+    assert show(env["SDQ_STATE_MACHINE_ARN"]) == "JobStateMachine"
+    assert show(env["SDQ_MODELS"]) == '["ModelId"]'
+    assert show(env["SDQ_DEFAULT_MODEL"]) == "ModelId"
+    assert show(env["SDQ_JOB_RETENTION_DAYS"]) == "RetentionDays"
+    for fn in ("ApiFunction", "PostprocessFunction", "NotifyFunction", "DlqFunction"):
+        variables = env_of(resources[fn])
+        assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "sdq", fn
+        assert "POWERTOOLS_SERVICE_NAME" in variables, fn
+        # Never switched on from the template: locally these variables reach in-process handlers.
+        assert "POWERTOOLS_TRACE_DISABLED" not in variables, fn
+        assert "SDQ_PROFILE" not in variables, fn
+
+
+def test_warm_stop_fits_inside_the_stop_timeout(sam: dict[str, Any], resources: dict[str, Any]) -> None:
+    worker = container(resources, "worker")
+    grace = sam["Parameters"]["WorkerGraceSeconds"]
+    assert grace["Default"] < worker["StopTimeout"]
+    assert grace["MaxValue"] < worker["StopTimeout"]
+    user_data = show(resources["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"])
+    assert f"ECS_CONTAINER_STOP_TIMEOUT={worker['StopTimeout']}s" in user_data
+
+
+def test_queue_visibility_is_the_worker_lease_and_outlasts_a_heartbeat(
+    sam: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    queue = resources["JobsQueue"]["Properties"]
+    assert show(queue["VisibilityTimeout"]) == "VisibilityTimeoutSeconds"
+    param = sam["Parameters"]["VisibilityTimeoutSeconds"]
+    assert param["MinValue"] >= 2 * Settings().heartbeat_s
+    assert queue["ReceiveMessageWaitTimeSeconds"] == 20
+    assert queue["SqsManagedSseEnabled"] is True
+    assert resources["JobsDeadLetterQueue"]["Properties"]["SqsManagedSseEnabled"] is True
+    assert show(queue["RedrivePolicy"]["maxReceiveCount"]) == "MaxReceiveCount"
+    assert sam["Parameters"]["MaxReceiveCount"]["Default"] == 3
+
+
+# --- data protection ----------------------------------------------------------------------------------------
+
+
+def test_bucket_is_private_encrypted_tls_only_and_expires_staging_and_outputs(
+    sam: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    bucket = resources["MediaBucket"]["Properties"]
+    assert bucket["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    rules = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rules[0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    policy = resources["MediaBucketPolicy"]["Properties"]
+    assert show(policy["Bucket"]) == "MediaBucket"
+    deny_plain = [
+        st
+        for st in policy["PolicyDocument"]["Statement"]
+        if st["Effect"] == "Deny" and st.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}
+    ]
+    assert len(deny_plain) == 1
+    assert deny_plain[0]["Principal"] == "*"
+    assert deny_plain[0]["Action"] == "s3:*"
+    assert {show(r) for r in deny_plain[0]["Resource"]} == {"MediaBucket.Arn", "MediaBucket.Arn/*"}
+
+    lifecycle = {r["Prefix"]: r for r in bucket["LifecycleConfiguration"]["Rules"] if "Prefix" in r}
+    settings = Settings()
+    assert lifecycle[settings.staging_prefix]["ExpirationInDays"] == 1
+    assert show(lifecycle[settings.outputs_prefix]["ExpirationInDays"]) == "RetentionDays"
+    assert all(r["Status"] == "Enabled" for r in bucket["LifecycleConfiguration"]["Rules"])
+
+
+def test_table_is_on_demand_encrypted_with_ttl_and_pitr(resources: dict[str, Any]) -> None:
+    table = resources["JobsTable"]["Properties"]
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["SSESpecification"]["SSEEnabled"] is True
+    assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert {g["IndexName"] for g in table["GlobalSecondaryIndexes"]} == {
+        "by_tenant",
+        "by_tenant_status",
+        "active_by_tenant",
+    }
+
+
+# --- tracing, logging, API ----------------------------------------------------------------------------------
+
+
+def test_tracing_is_active_everywhere(resources: dict[str, Any]) -> None:
+    functions = [r for r in resources.values() if r["Type"] == "AWS::Lambda::Function"]
+    assert len(functions) == 4
+    assert all(f["Properties"]["TracingConfig"] == {"Mode": "Active"} for f in functions)
+    assert resources["JobStateMachine"]["Properties"]["TracingConfiguration"] == {"Enabled": True}
+    stage = next(r for r in resources.values() if r["Type"] == "AWS::ApiGateway::Stage")
+    assert stage["Properties"]["TracingEnabled"] is True
+
+
+def test_state_machine_logs_to_cloudwatch(resources: dict[str, Any]) -> None:
+    logging_config = resources["JobStateMachine"]["Properties"]["LoggingConfiguration"]
+    (destination,) = logging_config["Destinations"]
+    assert show(destination["CloudWatchLogsLogGroup"]["LogGroupArn"]) == "StateMachineLogGroup.Arn"
+
+
+def test_api_needs_keys_is_throttled_per_key_and_logs_access(resources: dict[str, Any]) -> None:
+    rest_api = resources["Api"]["Properties"]
+    assert rest_api["EndpointConfiguration"] == {"Types": ["REGIONAL"]}
+    paths = rest_api["Body"]["paths"]
+    keyed = paths["/v1/{proxy+}"]["x-amazon-apigateway-any-method"]
+    assert {"api_key": []} in keyed["security"]
+    for open_path in ("/health", "/openapi.json", "/docs"):
+        assert {"api_key": []} not in paths[open_path]["x-amazon-apigateway-any-method"].get("security", []), open_path
+    stage = next(r for r in resources.values() if r["Type"] == "AWS::ApiGateway::Stage")["Properties"]
+    assert show(stage["AccessLogSetting"]["DestinationArn"]) == "ApiAccessLogGroup.Arn"
+    assert "$context.requestId" in stage["AccessLogSetting"]["Format"]
+    plan = resources["ApiUsagePlan"]["Properties"]
+    assert show(plan["Throttle"]["RateLimit"]) == "ApiKeyRateLimit"
+    assert show(plan["Throttle"]["BurstLimit"]) == "ApiKeyBurstLimit"
+    (method,) = stage["MethodSettings"]
+    assert show(method["ThrottlingRateLimit"]) == "ApiStageRateLimit"
+    # The gateway's own refusals keep the API's error shape.
+    responses = rest_api["Body"]["x-amazon-apigateway-gateway-responses"]
+    throttled = responses["THROTTLED"]
+    assert throttled["statusCode"] == "429"
+    assert "Retry-After" in json.dumps(throttled["responseParameters"])
+    assert json.loads(throttled["responseTemplates"]["application/json"])["error"]["code"] == "too_many_requests"
+
+
+# --- alarms and dashboard -----------------------------------------------------------------------------------
+
+
+def _alarm_metrics(alarm: dict[str, Any]) -> set[tuple[str, str]]:
+    props = alarm["Properties"]
+    if "MetricName" in props:
+        return {(props["Namespace"], props["MetricName"])}
+    return {
+        (q["MetricStat"]["Metric"]["Namespace"], q["MetricStat"]["Metric"]["MetricName"])
+        for q in props["Metrics"]
+        if "MetricStat" in q
+    }
+
+
+def test_alarms_cover_dead_letters_queue_age_errors_failed_executions_and_webhooks(
+    resources: dict[str, Any],
+) -> None:
+    alarms = {k: r for k, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    watched = {m for alarm in alarms.values() for m in _alarm_metrics(alarm)}
+    for metric in [
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+        ("AWS/SQS", "ApproximateAgeOfOldestMessage"),
+        ("AWS/Lambda", "Errors"),
+        ("AWS/States", "ExecutionsFailed"),
+        ("sdq", "WebhookFailures"),
+    ]:
+        assert metric in watched, metric
+    dlq_alarm = json.dumps(alarms["DeadLettersAlarm"])
+    assert "JobsDeadLetterQueue" in dlq_alarm
+    for name, alarm in alarms.items():
+        if name != "WorkerScaleFromZeroAlarm":
+            assert [show(a) for a in alarm["Properties"]["AlarmActions"]] == ["AlarmTopic"], name
+
+
+def test_webhook_metric_filter_matches_what_notify_logs(resources: dict[str, Any]) -> None:
+    from aws_lambda_powertools import Logger
+
+    from workflows.webhooks import classify, send_once
+
+    outcomes = {classify(200), classify(503), classify(410)}
+    outcomes.add(send_once("https://10.0.0.1/hook", "{}", {}, allow_loopback=False).outcome)
+    assert outcomes == {"delivered", "retry", "gave_up", "blocked"}
+
+    buffer = io.StringIO()
+    Logger(service="test", logger_handler=logging.StreamHandler(buffer)).info(
+        "webhook attempt", job_id="j", event="job.succeeded", outcome="gave_up", status=410
+    )
+    line = json.loads(buffer.getvalue())
+    assert "webhook attempt" in Path(ROOT / "workflows" / "webhooks.py").read_text()
+
+    failures = resources["WebhookFailuresMetricFilter"]["Properties"]
+    assert show(failures["LogGroupName"]) == "NotifyFunctionLogGroup"
+    assert show(resources["NotifyFunction"]["Properties"]["LoggingConfig"]["LogGroup"]) == "NotifyFunctionLogGroup"
+    terms = re.findall(r'\$\.(\w+) = "([^"]+)"', failures["FilterPattern"])
+    assert ("message", line["message"]) in terms
+    assert {value for field, value in terms if field == "outcome"} == {"gave_up", "blocked"}
+    assert all(field in line for field, _ in terms)
+
+
+def test_dashboard_is_valid_json_with_the_operational_widgets(resources: dict[str, Any]) -> None:
+    body = resources["Dashboard"]["Properties"]["DashboardBody"]
+    text = re.sub(r"\$\{[^}]+\}", "x", show(body) if isinstance(body, str) else body["Fn::Sub"])
+    dashboard = json.loads(text)
+    titles = " | ".join(w["properties"]["title"] for w in dashboard["widgets"]).lower()
+    for needle in ("queue depth", "images per second", "batch size", "latency", "workers"):
+        assert needle in titles, needle
+
+
+def test_outputs_name_the_api_and_the_data(cfn: dict[str, Any]) -> None:
+    outputs = cfn["Outputs"]
+    for name in ("ApiUrl", "BucketName", "TableName", "QueueUrl", "DeadLetterQueueUrl", "StateMachineArn"):
+        assert name in outputs, name
+    assert show(outputs["ApiUrl"]["Value"]).startswith("https://")
+
+
+# --- the worker fleet scales on backlog, from and to zero ----------------------------------------------------
+
+
+def test_worker_service_scales_on_backlog_per_worker_from_zero(sam: dict[str, Any], resources: dict[str, Any]) -> None:
+    target = resources["WorkerScalableTarget"]["Properties"]
+    assert show(target["MinCapacity"]) == "MinWorkers"
+    assert sam["Parameters"]["MinWorkers"]["Default"] == 0
+    assert show(target["MaxCapacity"]) == "MaxWorkers"
+    assert resources["WorkerService"]["Properties"]["DesiredCount"] == 0
+    tracking = resources["WorkerBacklogScaling"]["Properties"]["TargetTrackingScalingPolicyConfiguration"]
+    assert show(tracking["TargetValue"]) == "BacklogPerWorker"
+    (expression,) = [q for q in tracking["CustomizedMetricSpecification"]["Metrics"] if "Expression" in q]
+    assert expression["Expression"] == "(queued + inflight) / running"
+    alarm = resources["WorkerScaleFromZeroAlarm"]["Properties"]
+    assert [show(a) for a in alarm["AlarmActions"]] == ["WorkerScaleFromZero"]
+    provider = resources["GpuCapacityProvider"]["Properties"]["AutoScalingGroupProvider"]
+    assert provider["ManagedScaling"]["Status"] == "ENABLED"
+    assert provider["ManagedTerminationProtection"] == "ENABLED"
+    assert resources["WorkerAutoScalingGroup"]["Properties"]["MinSize"] == "0"
+    assert resources["WorkerAutoScalingGroup"]["Properties"]["NewInstancesProtectedFromScaleIn"] is True
+
+
+# --- the local cloud's filter ----------------------------------------------------------------------------------
+
+
+def test_local_filter_removes_only_the_listed_types(cfn: dict[str, Any]) -> None:
+    from moto.cloudformation.parsing import resource_class_from_type
+
+    local, dropped = filter_local_resources(cfn)
+    assert dropped == {k: r["Type"] for k, r in cfn["Resources"].items() if r["Type"] in LOCAL_SKIPPED_TYPES}
+    kept_types = {r["Type"] for r in local["Resources"].values()}
+    assert not kept_types & set(LOCAL_SKIPPED_TYPES)
+    assert set(local["Resources"]) | set(dropped) == set(cfn["Resources"])
+    # What the local cloud needs is all there, and moto's CloudFormation can create every kept type.
+    for needed in ("JobsQueue", "JobsDeadLetterQueue", "JobsTable", "MediaBucket", "JobStateMachine"):
+        assert needed in local["Resources"], needed
+    functions = {k for k, r in local["Resources"].items() if r["Type"] == "AWS::Lambda::Function"}
+    assert functions == {"ApiFunction", "PostprocessFunction", "NotifyFunction", "DlqFunction"}
+    assert "AWS::Lambda::EventSourceMapping" in kept_types
+    assert all(resource_class_from_type(t) is not None for t in kept_types)
+    assert all(reason.strip() for reason in LOCAL_SKIPPED_TYPES.values())
+
+
+def test_local_filter_drops_outputs_and_parameters_only_aws_needs(cfn: dict[str, Any]) -> None:
+    local, _ = filter_local_resources(cfn)
+    assert "ApiUrl" not in local["Outputs"]
+    for kept in ("TableName", "QueueUrl", "DeadLetterQueueUrl", "BucketName", "StateMachineArn"):
+        assert kept in local["Outputs"], kept
+    params = set(local.get("Parameters", {}))
+    assert "GpuAmiId" not in params  # an SSM-typed parameter moto would try to resolve
+    assert {"ModelId", "MaxReceiveCount", "VisibilityTimeoutSeconds", "RetentionDays"} <= params
+    assert "Conditions" not in local
+
+
+def test_local_filter_refuses_to_drop_something_a_kept_resource_needs() -> None:
+    template = {
+        "Resources": {
+            "Gateway": {"Type": "AWS::ApiGateway::RestApi", "Properties": {}},
+            "Fn": {"Type": "AWS::Lambda::Function", "Properties": {"Description": {"Fn::Sub": "${Gateway}"}}},
+        }
+    }
+    with pytest.raises(ProvisionError, match="Fn"):
+        filter_local_resources(template)

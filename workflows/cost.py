@@ -1,0 +1,428 @@
+"""Monthly cost model of the AWS stack in template.yaml, beside an always-on GPU server of the same type.
+
+Everything is a plain multiplication of a usage quantity by a unit price, so every line can be checked by hand:
+
+- GPU worker hours come from measured throughput: the newest ``benchmarks/worker-sd15-h100-*.json`` gives the
+  H100's images/s at the worker's batch size; other GPUs are scaled by :data:`GPUS`' relative throughput (an
+  assumption, stated per GPU). Scale-from-zero episodes add boot/download and idle-before-scale-in time.
+- Lambda (requests and GB-seconds for the API, postprocess and notify functions), API Gateway requests,
+  Step Functions state transitions (the states a successful job visits, :data:`HAPPY_PATH_STATES`), SQS requests,
+  DynamoDB on-demand read/write units and storage, S3 storage and requests, data transfer out, CloudWatch and
+  X-Ray, and the fixed monthly costs (dashboard, alarms, custom metrics, the worker image).
+
+Prices (:data:`DEFAULT_PRICES`) are us-east-1 on-demand list prices as known when this was written, without free
+tiers, savings plans or spot; every one can be overridden (``sdq cost --price KEY=VALUE``), as can every usage
+assumption (``--assume NAME=VALUE``, the fields of :class:`Usage`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+HOURS_PER_MONTH = 730.0
+DAYS_PER_MONTH = 30.0
+KB_PER_GB = 1024.0 * 1024.0
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_BENCHMARKS = REPO / "benchmarks"
+BENCHMARK_GLOB = "worker-sd15-h100-*.json"
+
+# The states a successful job with a callback visits in statemachine.asl.json (one transition each);
+# without a callback it skips Notify.
+HAPPY_PATH_STATES = ("Route", "Postprocess", "MarkSucceeded", "HasCallback", "Notify", "Done")
+CALLBACK_ONLY_STATES = ("Notify",)
+
+
+@dataclass(frozen=True)
+class GpuType:
+    """One EC2 GPU instance type: its GPUs and their SD 1.5 throughput relative to one H100 (assumption)."""
+
+    instance: str
+    gpu: str
+    gpus: int
+    relative_to_h100: float
+    note: str
+
+
+# Relative throughput of one GPU vs one H100 SXM for batched SD 1.5 fp16 at 512x512 (the measured benchmark).
+# These are estimates from public benchmarks and the GPUs' fp16 tensor throughput and memory bandwidth, not
+# measurements of ours: run `sdq bench worker --arch sd15` on the instance and pass --throughput to replace them.
+GPUS: dict[str, GpuType] = {
+    g.instance: g
+    for g in (
+        GpuType("g4dn.xlarge", "T4", 1, 0.08, "Turing, 65 TFLOPS fp16, 320 GB/s"),
+        GpuType("g5.xlarge", "A10G", 1, 0.22, "Ampere, 125 TFLOPS fp16, 600 GB/s"),
+        GpuType("g6.xlarge", "L4", 1, 0.17, "Ada, 121 TFLOPS fp16, 300 GB/s"),
+        GpuType("g6e.xlarge", "L40S", 1, 0.50, "Ada, 362 TFLOPS fp16, 864 GB/s"),
+        GpuType("p5.48xlarge", "H100", 8, 1.00, "the benchmarked GPU; 8 per instance"),
+    )
+}
+
+# Unit prices, USD. Keys name the unit: "...hour", "...million" (per million), "...thousand" (per 1,000),
+# "...gb_month", "...gb", "...gb_second", "...month".
+DEFAULT_PRICES: dict[str, float] = {
+    "ec2.g4dn.xlarge.hour": 0.526,
+    "ec2.g5.xlarge.hour": 1.006,
+    "ec2.g6.xlarge.hour": 0.8048,
+    "ec2.g6e.xlarge.hour": 1.861,
+    "ec2.p5.48xlarge.hour": 55.04,  # after AWS's June 2025 P5 price cut (was 98.32)
+    "ebs.gp3.gb_month": 0.08,
+    "ecr.storage.gb_month": 0.10,
+    "lambda.requests.million": 0.20,
+    "lambda.x86.gb_second": 0.0000166667,
+    "apigateway.rest.requests.million": 3.50,
+    "stepfunctions.standard.transitions.thousand": 0.025,
+    "sqs.standard.requests.million": 0.40,
+    "dynamodb.ondemand.write_units.million": 0.625,
+    "dynamodb.ondemand.read_units.million": 0.125,
+    "dynamodb.storage.gb_month": 0.25,
+    "dynamodb.pitr.gb_month": 0.20,
+    "s3.standard.gb_month": 0.023,
+    "s3.put.thousand": 0.005,
+    "s3.get.thousand": 0.0004,
+    "transfer.out.internet.gb": 0.09,
+    "cloudwatch.logs.ingest.gb": 0.50,
+    "cloudwatch.metric.month": 0.30,
+    "cloudwatch.alarm_metric.month": 0.10,
+    "cloudwatch.dashboard.month": 3.00,
+    "xray.traces.million": 5.00,
+}
+
+
+LAMBDA_REQUESTS = "lambda.requests.million"
+SQS_REQUESTS = "sqs.standard.requests.million"
+DDB_WRITES = "dynamodb.ondemand.write_units.million"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one job costs in requests, bytes and seconds, and how the fleet behaves. All overridable."""
+
+    images_per_job: float = 1.0
+    batch_size: int = 8  # images per pipeline call when busy (the template's MaxBatchImages)
+    worker_efficiency: float = 0.9  # share of benchmark throughput the worker keeps (claims, uploads, progress)
+    scale_ups_per_month: float = 30.0  # times the fleet starts from zero (e.g. once a day)
+    overhead_minutes_per_scale_up: float = 25.0  # boot + image pull + model load, and idle time before scale-in
+    polls_per_job: float = 3.0  # GET /v1/jobs/{id} per job (clients with webhooks poll less)
+    callback_share: float = 1.0  # share of jobs with a callback_url (webhook + Notify state)
+    api_memory_mb: int = 1024  # these three match template.yaml (checked by tests)
+    postprocess_memory_mb: int = 1024
+    notify_memory_mb: int = 512
+    api_ms: float = 60.0  # per API request
+    postprocess_ms_base: float = 150.0  # per job
+    postprocess_ms_per_image: float = 300.0  # encode + thumbnail + uploads
+    notify_ms: float = 250.0  # one webhook POST
+    sqs_requests_per_job: float = 4.0  # send, receive, change visibility (heartbeat), delete
+    sqs_idle_polls_per_worker_hour: float = 180.0  # 20 s long polls while a worker waits
+    dynamodb_item_kb: float = 2.0  # a job item (request and outputs as JSON)
+    dynamodb_writes_per_job: float = 7.0  # create, claim, ~2 progress, POSTPROCESSING, SUCCEEDED, webhook
+    dynamodb_transaction_writes_per_job: float = 1.0  # the create is transactional: charged twice
+    dynamodb_gsi_write_factor: float = 2.0  # extra units written to the indexes per base-table unit
+    dynamodb_read_units_per_request: float = 1.5  # API key lookup (eventual) + job read (strong)
+    dynamodb_read_units_per_job: float = 4.0  # postprocess, notify (job + secret), lease checks
+    image_kb: float = 400.0  # one 512x512 PNG output
+    thumbnail_kb: float = 12.0
+    downloads_per_image: float = 1.0
+    retention_days: float = 7.0  # the template's RetentionDays (outputs/ lifecycle, job TTL)
+    log_kb_per_job: float = 10.0  # all functions' and the worker's log lines for one job
+    worker_disk_gib: float = 100.0  # the template's WorkerDiskGiB
+    worker_image_gb: float = 8.0  # the worker image in ECR
+    custom_metrics: float = 8.0  # sdq namespace: worker EMF metrics, JobsSubmitted, 3 webhook metric filters
+    container_insights_metrics: float = 24.0  # cluster and service metrics (RunningTaskCount, ...)
+    alarm_metrics: float = 19.0  # metrics across the template's alarms (metric-math alarms count each metric)
+    dashboards: float = 1.0
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Images per second of one GPU at the worker's batch size, and where the number comes from."""
+
+    images_per_s: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Line:
+    """One cost line: ``quantity`` of ``unit`` at ``unit_price`` each."""
+
+    group: str
+    item: str
+    quantity: float
+    unit: str
+    unit_price: float
+    price_key: str
+
+    @property
+    def cost(self) -> float:
+        return self.quantity * self.unit_price
+
+
+@dataclass(frozen=True)
+class Estimate:
+    images_per_month: float
+    gpu: GpuType
+    throughput: Throughput
+    usage: Usage
+    lines: list[Line]
+    always_on: list[Line]
+    instance_hours: float
+    servers_needed: int
+    server_capacity_images: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        return sum(line.cost for line in self.lines)
+
+    @property
+    def always_on_total(self) -> float:
+        return sum(line.cost for line in self.always_on)
+
+    def by_group(self) -> dict[str, float]:
+        groups: dict[str, float] = {}
+        for line in self.lines:
+            groups[line.group] = groups.get(line.group, 0.0) + line.cost
+        return groups
+
+
+class CostError(ValueError):
+    """Bad input to the cost model (unknown GPU, price key or assumption, missing benchmark)."""
+
+
+# -- inputs ---------------------------------------------------------------------------------------------------
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` -> dict; raises CostError on an item without ``=``."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CostError(f"expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def merge_prices(overrides: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """The default prices with ``overrides`` applied; unknown keys are an error (a typo must not pass silently)."""
+    prices = dict(DEFAULT_PRICES)
+    for key, value in (overrides or {}).items():
+        if key not in prices:
+            raise CostError(f"unknown price {key!r}; known: {', '.join(sorted(prices))}")
+        prices[key] = _number(key, value)
+    return prices
+
+
+def merge_usage(overrides: Mapping[str, Any] | None = None, base: Usage | None = None) -> Usage:
+    """``base`` (default :class:`Usage`) with fields replaced by name; values are converted to the field's type."""
+    usage = base or Usage()
+    known = {f.name: f for f in fields(Usage)}
+    changes: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise CostError(f"unknown assumption {key!r}; known: {', '.join(sorted(known))}")
+        number = _number(key, value)
+        changes[key] = int(number) if isinstance(getattr(usage, key), int) else number
+    return replace(usage, **changes)
+
+
+def _number(key: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise CostError(f"{key}: {value!r} is not a number") from exc
+    if not math.isfinite(number) or number < 0:
+        raise CostError(f"{key}: {value!r} must be a finite number >= 0")
+    return number
+
+
+def gpu_type(instance: str) -> GpuType:
+    try:
+        return GPUS[instance]
+    except KeyError:
+        raise CostError(f"unknown GPU instance {instance!r}; known: {', '.join(GPUS)}") from None
+
+
+def newest_benchmark(directory: Path = DEFAULT_BENCHMARKS) -> Path:
+    """The newest H100 SD 1.5 worker benchmark (file names end in a sortable timestamp)."""
+    found = sorted(directory.glob(BENCHMARK_GLOB))
+    if not found:
+        raise CostError(f"no {BENCHMARK_GLOB} under {directory}: run `sdq bench worker --arch sd15` on an H100")
+    return found[-1]
+
+
+def benchmark_images_per_s(report: Mapping[str, Any], batch_size: int) -> tuple[float, int]:
+    """Images/s at the largest measured batch size not above ``batch_size`` (else the smallest measured)."""
+    results = sorted(report["results"], key=lambda r: int(r["batch_size"]))
+    if not results:
+        raise CostError("benchmark has no results")
+    fitting = [r for r in results if int(r["batch_size"]) <= batch_size]
+    chosen = fitting[-1] if fitting else results[0]
+    return float(chosen["images_per_s"]), int(chosen["batch_size"])
+
+
+def gpu_throughput(gpu: GpuType, batch_size: int, benchmarks: Path = DEFAULT_BENCHMARKS) -> Throughput:
+    """One GPU's images/s: measured on the H100, scaled by the GPU's relative throughput."""
+    path = newest_benchmark(benchmarks)
+    report = json.loads(path.read_text())
+    h100, measured_batch = benchmark_images_per_s(report, batch_size)
+    cfg = report.get("config", {})
+    shape = f"{cfg.get('width')}x{cfg.get('height')}, {cfg.get('steps')} steps"
+    source = f"{path.name}: H100 {h100:.2f} images/s at batch {measured_batch} ({shape})"
+    if gpu.relative_to_h100 != 1.0:
+        source += f" x {gpu.relative_to_h100} assumed for {gpu.gpu}"
+    return Throughput(h100 * gpu.relative_to_h100, source)
+
+
+# -- the model ------------------------------------------------------------------------------------------------
+
+
+def estimate(
+    images_per_month: float,
+    gpu: GpuType,
+    throughput: Throughput,
+    usage: Usage | None = None,
+    prices: Mapping[str, float] | None = None,
+) -> Estimate:
+    """The monthly bill of the sdq stack for ``images_per_month``, and of always-on servers of the same type."""
+    u = usage or Usage()
+    p = dict(prices or DEFAULT_PRICES)
+    if images_per_month < 0:
+        raise CostError("images per month must be >= 0")
+    if throughput.images_per_s <= 0 or u.worker_efficiency <= 0 or u.images_per_job <= 0:
+        raise CostError("throughput, worker_efficiency and images_per_job must be > 0")
+    images = float(images_per_month)
+    jobs = images / u.images_per_job
+    hourly_key = f"ec2.{gpu.instance}.hour"
+
+    # GPU fleet: busy hours at the measured rate, plus one instance's overhead per start from zero.
+    instance_rate = throughput.images_per_s * u.worker_efficiency * gpu.gpus  # images/s per instance
+    busy_hours = images / instance_rate / 3600.0
+    overhead_hours = u.scale_ups_per_month * u.overhead_minutes_per_scale_up / 60.0
+    instance_hours = busy_hours + overhead_hours
+    worker_hours = instance_hours * gpu.gpus
+
+    api_requests = jobs * (1.0 + u.polls_per_job)
+    notify_calls = jobs * u.callback_share
+    gb_seconds = (
+        api_requests * u.api_ms / 1000.0 * u.api_memory_mb / 1024.0
+        + jobs
+        * (u.postprocess_ms_base + u.postprocess_ms_per_image * u.images_per_job)
+        / 1000.0
+        * u.postprocess_memory_mb
+        / 1024.0
+        + notify_calls * u.notify_ms / 1000.0 * u.notify_memory_mb / 1024.0
+    )
+    invocations = api_requests + jobs + notify_calls
+    transitions = jobs * (len(HAPPY_PATH_STATES) - len(CALLBACK_ONLY_STATES) + u.callback_share)
+    sqs_requests = jobs * u.sqs_requests_per_job + worker_hours * u.sqs_idle_polls_per_worker_hour
+    write_units = (
+        jobs
+        * (u.dynamodb_writes_per_job + u.dynamodb_transaction_writes_per_job)
+        * math.ceil(u.dynamodb_item_kb)
+        * (1.0 + u.dynamodb_gsi_write_factor)
+    )
+    read_units = api_requests * u.dynamodb_read_units_per_request + jobs * u.dynamodb_read_units_per_job
+    retained = u.retention_days / DAYS_PER_MONTH  # share of a month's output kept at any time
+    table_gb = jobs * retained * u.dynamodb_item_kb * (1.0 + u.dynamodb_gsi_write_factor) / KB_PER_GB
+    s3_gb = images * retained * (u.image_kb + u.thumbnail_kb) / KB_PER_GB
+    s3_puts = images * 3.0  # staging PNG, output, thumbnail
+    s3_gets = images * (1.0 + u.downloads_per_image)  # postprocess reads staging; clients download
+    egress_gb = images * u.downloads_per_image * u.image_kb / KB_PER_GB
+    traces = api_requests + jobs  # one trace per API request and per workflow execution
+    disk_gb_months = u.worker_disk_gib * instance_hours / HOURS_PER_MONTH
+
+    def line(group: str, item: str, quantity: float, unit: str, key: str) -> Line:
+        return Line(group, item, quantity, unit, p[key], key)
+
+    lines = [
+        line("GPU workers", f"{gpu.instance} instance-hours", instance_hours, "hour", hourly_key),
+        line("GPU workers", "EBS gp3 root volumes", disk_gb_months, "GB-month", "ebs.gp3.gb_month"),
+        line("GPU workers", "ECR worker image", u.worker_image_gb, "GB-month", "ecr.storage.gb_month"),
+        line("API", "API Gateway REST requests", api_requests / 1e6, "million", "apigateway.rest.requests.million"),
+        line("Lambda", "invocations (api, postprocess, notify)", invocations / 1e6, "million", LAMBDA_REQUESTS),
+        line("Lambda", "compute", gb_seconds, "GB-second", "lambda.x86.gb_second"),
+        line(
+            "Step Functions",
+            "standard state transitions",
+            transitions / 1e3,
+            "thousand",
+            "stepfunctions.standard.transitions.thousand",
+        ),
+        line("SQS", "requests (jobs + idle long polls)", sqs_requests / 1e6, "million", SQS_REQUESTS),
+        line("DynamoDB", "write units (incl. indexes)", write_units / 1e6, "million", DDB_WRITES),
+        line("DynamoDB", "read units", read_units / 1e6, "million", "dynamodb.ondemand.read_units.million"),
+        line("DynamoDB", "storage", table_gb, "GB-month", "dynamodb.storage.gb_month"),
+        line("DynamoDB", "point-in-time recovery", table_gb, "GB-month", "dynamodb.pitr.gb_month"),
+        line("S3", "storage (outputs, retention window)", s3_gb, "GB-month", "s3.standard.gb_month"),
+        line("S3", "PUT requests", s3_puts / 1e3, "thousand", "s3.put.thousand"),
+        line("S3", "GET requests", s3_gets / 1e3, "thousand", "s3.get.thousand"),
+        line("Data transfer", "out to the internet (downloads)", egress_gb, "GB", "transfer.out.internet.gb"),
+        line(
+            "Observability",
+            "log ingestion",
+            jobs * u.log_kb_per_job / KB_PER_GB,
+            "GB",
+            "cloudwatch.logs.ingest.gb",
+        ),
+        line(
+            "Observability",
+            "custom + Container Insights metrics",
+            u.custom_metrics + u.container_insights_metrics,
+            "metric-month",
+            "cloudwatch.metric.month",
+        ),
+        line("Observability", "alarms", u.alarm_metrics, "alarm metric-month", "cloudwatch.alarm_metric.month"),
+        line("Observability", "dashboard", u.dashboards, "dashboard-month", "cloudwatch.dashboard.month"),
+        line("Observability", "X-Ray traces", traces / 1e6, "million", "xray.traces.million"),
+    ]
+
+    server_capacity = instance_rate * 3600.0 * HOURS_PER_MONTH
+    servers = max(1, math.ceil(images / server_capacity)) if server_capacity > 0 else 1
+    always_on = [
+        line("Always-on", f"{servers} x {gpu.instance}, 730 h each", servers * HOURS_PER_MONTH, "hour", hourly_key),
+        line("Always-on", "EBS gp3 root volumes", servers * u.worker_disk_gib, "GB-month", "ebs.gp3.gb_month"),
+        line("Always-on", "out to the internet (downloads)", egress_gb, "GB", "transfer.out.internet.gb"),
+    ]
+    notes = [
+        f"GPU: {gpu.gpus} x {gpu.gpu} per {gpu.instance}; {throughput.source}",
+        f"worker efficiency {u.worker_efficiency:g}: {instance_rate:.3f} images/s per instance, "
+        f"{busy_hours:.1f} busy + {overhead_hours:.1f} start/idle instance-hours",
+    ]
+    return Estimate(
+        images_per_month=images,
+        gpu=gpu,
+        throughput=throughput,
+        usage=u,
+        lines=lines,
+        always_on=always_on,
+        instance_hours=instance_hours,
+        servers_needed=servers,
+        server_capacity_images=server_capacity,
+        notes=notes,
+    )
+
+
+def break_even_images(
+    gpu: GpuType, throughput: Throughput, usage: Usage | None = None, prices: Mapping[str, float] | None = None
+) -> float | None:
+    """Images/month above which one always-on server costs less than the stack; None when it never does within
+    that server's capacity.
+
+    Both bills are linear in images (``fixed + marginal * images``; the server's only marginal cost is data
+    transfer), so the crossing is solved directly from two evaluations of each.
+    """
+    probe = 1_000_000.0
+    zero = estimate(0, gpu, throughput, usage, prices)
+    at_probe = estimate(probe, gpu, throughput, usage, prices)
+    stack_marginal = (at_probe.total - zero.total) / probe
+    server_fixed = zero.always_on_total  # one server, nothing downloaded
+    server_marginal = sum(line.cost for line in at_probe.always_on if line.price_key.startswith("transfer.")) / probe
+    if stack_marginal <= server_marginal:
+        return None
+    crossing = max(0.0, (server_fixed - zero.total) / (stack_marginal - server_marginal))
+    return crossing if crossing <= zero.server_capacity_images else None

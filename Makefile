@@ -37,6 +37,6 @@ clean:
 # `sam build` of the Lambdas from a clean copy of the sources (so .venv, tests and caches never reach a zip).
 sam-build:
 	rm -rf build/lambda && mkdir -p build/lambda
-	cp -r shared handlers workflows requirements.txt statemachine.asl.json build/lambda/
+	cp -r shared handlers workflows playground requirements.txt statemachine.asl.json build/lambda/
 	find build/lambda -name __pycache__ -prune -exec rm -rf {} +
 	sam build --template-file template.yaml --base-dir build/lambda

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import pathlib
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -241,6 +242,40 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
+PLAYGROUND = pathlib.Path(__file__).resolve().parent.parent / "playground"
+PLAYGROUND_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+
+
+@app.route("/playground", method=["GET", "HEAD"], include_in_schema=False)
+def playground_root() -> Response[Any]:
+    """``/playground/`` serves the page; ``/playground`` redirects there (the router treats both alike)."""
+    if app.current_event.path.endswith("/"):
+        return playground_file("index.html")
+    query = "&".join(f"{k}={v}" for k, v in (app.current_event.query_string_parameters or {}).items())
+    target = f"{_stage_prefix()}/playground/" + (f"?{query}" if query else "")
+    return Response(status_code=308, body="", headers={"Location": target})
+
+
+@app.route("/playground/<name>", method=["GET", "HEAD"], include_in_schema=False)
+def playground_file(name: str) -> Response[Any]:
+    """The playground page, from the API's own origin (so no CORS is needed on AWS either)."""
+    path = PLAYGROUND / name
+    content_type = PLAYGROUND_TYPES.get(path.suffix)
+    if name.startswith(".") or "/" in name or content_type is None or not path.is_file():
+        return _json(404, {"error": {"code": "not_found", "message": "No such file.", "details": None}})
+    return Response(
+        status_code=200,
+        content_type=content_type,
+        body=path.read_text(encoding="utf-8"),
+        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )
+
+
 @app.get("/openapi.json", include_in_schema=False)
 def openapi_json() -> Response[Any]:
     return _json(200, app.get_openapi_json_schema(title="sdq", version="1"))
@@ -284,6 +319,7 @@ ROUTE_METHODS: list[tuple[re.Pattern[str], set[str]]] = [
     (re.compile(r"^/v1/webhook-secret$"), {"GET"}),
     (re.compile(r"^/v1/webhook-secret/rotate$"), {"POST"}),
     (re.compile(r"^/(health|openapi\.json|docs)$"), {"GET"}),
+    (re.compile(r"^/playground(/[^/]*)?$"), {"GET", "HEAD"}),
 ]
 
 

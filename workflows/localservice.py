@@ -128,7 +128,6 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
             api.lambda_handler,
             host=config.host,
             port=config.api_port,
-            static_dirs={"/playground": REPO_ROOT / "playground"},
             redirects={"/": "/playground/"},
         )
         server.start()

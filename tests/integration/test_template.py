@@ -510,6 +510,8 @@ def test_api_needs_keys_is_throttled_per_key_and_logs_access(resources: dict[str
     assert {"api_key": []} in keyed["security"]
     for open_path in ("/health", "/openapi.json", "/docs"):
         assert {"api_key": []} not in paths[open_path]["x-amazon-apigateway-any-method"].get("security", []), open_path
+    for page in ("/playground", "/playground/{file}"):
+        assert {"api_key": []} not in paths[page]["get"].get("security", []), page
     stage = next(r for r in resources.values() if r["Type"] == "AWS::ApiGateway::Stage")["Properties"]
     assert show(stage["AccessLogSetting"]["DestinationArn"]) == "ApiAccessLogGroup.Arn"
     assert "$context.requestId" in stage["AccessLogSetting"]["Format"]

@@ -120,6 +120,8 @@ def run_demo(out_dir: Path, *, timeout_s: float = 600, console: Console | None =
             "POWERTOOLS_LOG_LEVEL": "WARNING",
             "POWERTOOLS_METRICS_DISABLED": "true",
         },
+        # The worker's one-line-per-batch log is what says which batch each job ran in.
+        worker_env={"POWERTOOLS_LOG_LEVEL": "INFO"},
     )
     console.print("[bold]sdq demo[/]: starting the local cloud, the API and a worker (model 'tiny': images are noise)")
     service = start_local_service(config)

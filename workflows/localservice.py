@@ -36,6 +36,7 @@ class LocalServiceConfig:
     api_key: str | None = None
     tenant: str = "local-dev"
     extra_env: dict[str, str] = field(default_factory=dict)
+    worker_env: dict[str, str] = field(default_factory=dict)  # on top of extra_env, for the worker only
     worker_log: IO[Any] | None = None
     write_state: bool = True
 
@@ -56,7 +57,7 @@ class LocalService:
 
     def start_worker(self, *extra_args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start one ``sdq worker`` process against this local cloud."""
-        proc_env = {**os.environ, **self.env, **(env or {})}
+        proc_env = {**os.environ, **self.env, **self.config.worker_env, **(env or {})}
         out = self.config.worker_log
         return subprocess.Popen(
             [sys.executable, "-m", "handlers.cli", "worker", *extra_args],

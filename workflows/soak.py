@@ -96,6 +96,8 @@ def run_soak(
             "POWERTOOLS_LOG_LEVEL": "WARNING",
             "POWERTOOLS_METRICS_DISABLED": "true",
         },
+        # The worker's one-line-per-batch log is what says which batch each job ran in.
+        worker_env={"POWERTOOLS_LOG_LEVEL": "INFO"},
     )
     started = time.monotonic()
     service = start_local_service(config)

@@ -93,17 +93,22 @@ def services() -> Services:
     )
 
 
-def _tenant() -> str:
-    headers = app.current_event.headers or {}
-    lowered = {k.lower(): v for k, v in headers.items()}
+def authenticate(headers: dict[str, Any]) -> str | None:
+    """The tenant of the request's API key (``x-api-key`` or ``Authorization: Bearer``), or None."""
+    lowered = {str(k).lower(): str(v) for k, v in headers.items()}
     key = lowered.get("x-api-key", "")
     auth = lowered.get("authorization", "")
     if not key and auth[:7].lower() == "bearer ":
         key = auth[7:].strip()
-    tenant = services().keys.resolve(key) if key else None
-    if tenant is None:
+    return services().keys.resolve(key) if key else None
+
+
+def _tenant() -> str:
+    """The caller's tenant, authenticated in ``lambda_handler`` before any parsing or validation."""
+    tenant = app.context.get("tenant")
+    if not tenant:
         raise Unauthorized()
-    return tenant
+    return str(tenant)
 
 
 def _stage_prefix() -> str:
@@ -399,13 +404,24 @@ def _precheck(event: dict[str, Any]) -> ServiceError | None:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """API Gateway REST proxy entry point."""
+    """API Gateway REST proxy entry point. Job routes authenticate first: a request without a valid key learns
+    nothing else (not even whether its body would have been valid)."""
+    if str(event.get("path", "")).startswith("/v1/"):
+        tenant = authenticate(event.get("headers") or {})
+        if tenant is None:
+            return _early_answer(Unauthorized(), {"WWW-Authenticate": 'Bearer realm="sdq"'})
+        app.append_context(tenant=tenant)
     problem = _precheck(event)
     if problem is not None:
-        return {
-            "statusCode": problem.status,
-            "headers": {"Content-Type": "application/json"},
-            "body": json.dumps(problem.body()),
-            "isBase64Encoded": False,
-        }
+        app.clear_context()
+        return _early_answer(problem)
     return app.resolve(event, context)
+
+
+def _early_answer(error: ServiceError, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "statusCode": error.status,
+        "headers": {"Content-Type": "application/json", **(headers or {})},
+        "body": json.dumps(error.body()),
+        "isBase64Encoded": False,
+    }

@@ -280,3 +280,11 @@ def test_cli_submit_and_status(service: RunningService, tmp_path: Any) -> None:
         check=True,
     )
     assert json.loads(status.stdout)["status"] == "QUEUED"
+
+
+def test_without_a_key_even_an_invalid_body_is_401(service: RunningService) -> None:
+    with service.http() as http:
+        invalid = http.post("/v1/jobs", json={"prompt": "", "width": 3})
+        not_json = http.post("/v1/jobs", content=b"{oops", headers={"Content-Type": "application/json"})
+    assert invalid.status_code == not_json.status_code == 401
+    assert invalid.json() == not_json.json()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -12,22 +13,36 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared.aws import AwsClients
 from shared.jobs import JobsRepository
+from shared.queue import JobQueue
 from shared.settings import get_settings
-from workflows.deadletter import fail_dead_lettered
+from workflows.deadletter import handle_dead_letter
 
 logger = Logger(service="sdq-dlq")
 processor = BatchProcessor(event_type=EventType.SQS)
 
 
+@dataclass(frozen=True)
+class Deps:
+    repo: JobsRepository
+    queue: JobQueue
+    max_attempts: int
+
+
 @lru_cache(maxsize=1)
-def repository() -> JobsRepository:
+def deps() -> Deps:
     settings = get_settings()
-    return JobsRepository(AwsClients(settings).dynamodb(), settings.table_name)
+    aws = AwsClients(settings)
+    return Deps(
+        JobsRepository(aws.dynamodb(), settings.table_name),
+        JobQueue(aws.sqs(), settings.queue_url),
+        settings.max_generation_attempts,
+    )
 
 
 def record_handler(record: SQSRecord) -> str:
     attributes = {name: attr.string_value or "" for name, attr in record.message_attributes.items()}
-    return fail_dead_lettered(repository(), record.body, attributes)
+    d = deps()
+    return handle_dead_letter(d.repo, d.queue, record.body, attributes, max_attempts=d.max_attempts)
 
 
 @logger.inject_lambda_context(log_event=False)

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     page_size_default: int = 20
     page_size_max: int = 100
     enqueue_attempts: int = 3
+    max_generation_attempts: int = Field(
+        default=3, ge=1, description="Claims (GPU runs) a job may use before a dead-lettered message fails it"
+    )
 
     allow_loopback_callbacks: bool = Field(
         default=False,

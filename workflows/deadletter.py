@@ -1,13 +1,19 @@
-"""Dead-lettered job messages: the job they carry ends FAILED with a reason, once."""
+"""Dead-lettered job messages: poison fails its job once; a healthy job caught in worker crashes runs again.
+
+SQS counts every receive, so a valid message that merely waited in a worker that was killed a few times can
+reach ``maxReceiveCount`` without ever being the problem. What separates the two is the job's own attempt
+count, which only a claim (real GPU work) raises: a job with attempts left is sent back to the jobs queue as
+a fresh message; an unreadable message, or a job that used up its attempts, ends FAILED (``DEAD_LETTERED``).
+"""
 
 from __future__ import annotations
 
 from aws_lambda_powertools import Logger
 
-from shared.contracts import JobError, JobStatus, QueueMessage
+from shared.contracts import JobError, JobStatus, QueueMessage, utcnow
 from shared.errors import InvalidTransition, JobNotFound
 from shared.jobs import JobsRepository
-from shared.queue import parse_body
+from shared.queue import JobQueue, parse_body
 
 logger = Logger(service="sdq-dlq", child=True)
 
@@ -24,6 +30,31 @@ def job_ref(body: str, attributes: dict[str, str]) -> tuple[str, str] | None:
         return message.job_id, message.tenant
     job_id, tenant = attributes.get("job_id"), attributes.get("tenant")
     return (job_id, tenant) if job_id and tenant else None
+
+
+def handle_dead_letter(
+    repo: JobsRepository,
+    queue: JobQueue,
+    body: str,
+    attributes: dict[str, str],
+    *,
+    max_attempts: int,
+) -> str:
+    """Requeue or fail the message's job; returns ``requeued``, ``failed``, ``already_final`` or ``unknown``."""
+    message = parse_body(body)
+    if message is not None:
+        try:
+            job = repo.get(message.job_id)
+        except JobNotFound:
+            logger.warning("dead-lettered job not found", job_id=message.job_id)
+            return "unknown"
+        if job.status.terminal:
+            return "already_final"
+        if job.attempt < max_attempts:
+            queue.send(message.model_copy(update={"enqueued_at": utcnow()}))
+            logger.warning("dead-lettered job requeued", job_id=job.job_id, attempt=job.attempt)
+            return "requeued"
+    return fail_dead_lettered(repo, body, attributes)
 
 
 def fail_dead_lettered(repo: JobsRepository, body: str, attributes: dict[str, str]) -> str:

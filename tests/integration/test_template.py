@@ -76,7 +76,7 @@ def _logs(group: str) -> set[tuple[str, str]]:
 #   Orchestrator.start (cancel/redeliver notices), MediaStore.presign_get (outputs/ only).
 # Postprocess: Postprocessor.run (get, transition), MediaStore get/put/delete (staging/ -> outputs/).
 # Notify: Notifier.notify (get job, get/put webhook secret, record attempt), presign outputs.
-# DLQ: fail_dead_lettered (transition, get on a failed condition) + the SQS event source on the DLQ.
+# DLQ: handle_dead_letter (get, requeue a healthy job, transition) + the SQS event source on the DLQ.
 # Worker: WorkerQueue receive/visibility/delete, JobsRepository claim/lease/progress, staging uploads, StartExecution,
 #   and the X-Ray daemon beside it.
 EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
@@ -118,6 +118,7 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("sqs:ReceiveMessage", "JobsDeadLetterQueue.Arn"),
         ("sqs:DeleteMessage", "JobsDeadLetterQueue.Arn"),
         ("sqs:GetQueueAttributes", "JobsDeadLetterQueue.Arn"),
+        ("sqs:SendMessage", "JobsQueue.Arn"),
     },
     "JobStateMachineRole": XRAY_DAEMON
     | {
@@ -314,7 +315,7 @@ def test_who_may_do_what(resources: dict[str, Any]) -> None:
     def holders(action: str, resource_prefix: str = "") -> set[str]:
         return {n for n, g in by_role.items() if any(a == action and r.startswith(resource_prefix) for a, r in g)}
 
-    assert holders("sqs:SendMessage") == {"ApiFunctionRole"}
+    assert holders("sqs:SendMessage") == {"ApiFunctionRole", "DlqFunctionRole"}  # submit; requeue after crashes
     assert holders("sqs:ReceiveMessage", "JobsQueue") == {"WorkerTaskRole"}
     assert holders("sqs:ReceiveMessage", "JobsDeadLetterQueue") == {"DlqFunctionRole"}
     assert holders("s3:DeleteObject") == {"PostprocessFunctionRole"}

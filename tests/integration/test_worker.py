@@ -278,3 +278,24 @@ def test_a_job_that_expired_while_queued_is_skipped_and_marked_expired(service: 
     assert error.code == "EXPIRED"
     assert batch_lines(service) == []  # no GPU time spent on it
     wait_until(lambda: service.queue_depth() == 0, 30, "its message to be deleted")
+
+
+def test_a_healthy_job_dead_lettered_by_crashes_runs_again_and_a_worn_out_one_fails(service: RunningService) -> None:
+    """SQS counts receives, not failures: a valid message whose job still has attempts left comes back from the
+    DLQ; one whose job already used every attempt (it keeps killing workers) ends FAILED."""
+    repo = JobsRepository(service.boto("dynamodb"), service.table)
+    sqs = service.boto("sqs")
+    fresh = store_queued_job(repo, "dlq-tenant", prompt="collateral", **SMALL)
+    worn = store_queued_job(repo, "dlq-tenant", prompt="worn out", **SMALL)
+    for _ in range(3):  # three claims whose workers died: the lease is over each time
+        repo.claim(worn.job_id, worn.tenant, worker_id="dead", lease_s=0, now=time.time())
+    for job in (fresh, worn):
+        message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
+        sqs.send_message(QueueUrl=service.env["SDQ_DLQ_URL"], MessageBody=message.model_dump_json())
+    service.start_worker(env=FAST_WORKER)
+    wait_until(lambda: repo.get(fresh.job_id).status == JobStatus.SUCCEEDED, 120, "the requeued job to succeed")
+    wait_until(lambda: repo.get(worn.job_id).status == JobStatus.FAILED, 60, "the worn-out job to fail")
+    error = repo.get(worn.job_id).error
+    assert error is not None
+    assert error.code == "DEAD_LETTERED"
+    assert repo.get(fresh.job_id).attempt == 1

@@ -66,7 +66,7 @@ class WorkerConfig:
     grace_s: float = 120.0
     progress_interval_s: float = 1.0
     finisher_threads: int = 4
-    backlog_factor: int = 3
+    backlog_factor: int = 2
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
 

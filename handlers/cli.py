@@ -17,6 +17,7 @@ from rich.table import Table
 
 from handlers.cost_cli import add_cost_parser
 from shared.client import LOCAL_STATE_FILE, ApiError, SdqClient, resolve_endpoint, state_dir
+from workflows.generation.acceleration import add_acceleration_arguments
 
 console = Console(stderr=True)
 out = Console()
@@ -217,6 +218,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_bench_worker(args: argparse.Namespace) -> int:
     from workflows.bench import format_bench_table, run_worker_bench
+    from workflows.generation.acceleration import acceleration_from_args
 
     result = run_worker_bench(
         arch=args.arch,
@@ -227,6 +229,11 @@ def cmd_bench_worker(args: argparse.Namespace) -> int:
         out_dir=Path(args.out),
         device=args.device,
         repeats=args.repeats,
+        scheduler=args.scheduler,
+        precision=args.precision,
+        acceleration=acceleration_from_args(args),
+        eager_rows=not args.no_eager_rows,
+        profile=args.profile,
     )
     print(format_bench_table(result))
     print(f"written: {result.get('path')}")
@@ -317,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     bw.add_argument("--repeats", type=int, default=2)
     bw.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     bw.add_argument("--out", default="benchmarks")
+    bw.add_argument("--scheduler", default="euler")
+    bw.add_argument("--no-eager-rows", action="store_true", help="with levers: skip the eager rows")
+    bw.add_argument("--profile", action="store_true", help="GPU kernel-time breakdown (CUDA)")
+    add_acceleration_arguments(bw)
     bw.set_defaults(func=cmd_bench_worker)
 
     add_cost_parser(sub)

@@ -53,10 +53,17 @@ def worker_config() -> WorkerConfig:
 
 def load_generator(model: str) -> PipelineRunner:
     """Load the pipeline once; exits with a clear message when the model cannot be found."""
+    from workflows.generation.acceleration import options_from_settings
     from workflows.generation.models import ModelNotFoundError
 
+    settings = get_settings()
     try:
-        return PipelineRunner.load(model, cpu_max_batch_images=get_settings().max_batch_images)
+        return PipelineRunner.load(
+            model,
+            cpu_max_batch_images=settings.max_batch_images,
+            precision=settings.precision,
+            acceleration=options_from_settings(settings),
+        )
     except ModelNotFoundError as exc:
         logger.error("model not found", model=model, reason=str(exc))
         print(f"sdq worker: cannot load model {model!r}: {exc}", file=sys.stderr)

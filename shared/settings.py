@@ -81,6 +81,21 @@ class Settings(BaseSettings):
     grace_s: float = Field(default=120.0, ge=0, description="Warm-stop budget after SIGTERM")
     progress_interval_s: float = Field(default=1.0, gt=0, description="Minimum time between progress writes")
 
+    # -- speed levers (README "Performance levers"; workflows/generation/acceleration.py) --
+    precision: Literal["fp16", "bf16", "fp32"] | None = Field(default=None, description="Default: fp16 on CUDA")
+    compile: bool = Field(default=False, description="torch.compile the UNet and VAE decoder (CUDA only)")
+    compile_autotune: bool = Field(default=False, description="max-autotune search (minutes more per shape)")
+    cuda_graphs: bool | None = Field(default=None, description="CUDA graphs (default: with compile)")
+    channels_last: bool | None = Field(default=None, description="channels_last (default: with compile)")
+    fuse_qkv: bool | None = Field(default=None, description="Fused QKV projections (default: with compile)")
+    compile_vae: bool = Field(default=True, description="Also compile the VAE decoder")
+    batch_buckets: str | None = Field(default=None, description="Padded batch sizes (default: 1,2,4,8,16)")
+    compile_resolutions: str | None = Field(default=None, description="Compiled WxH list (default: native)")
+    compile_cache_dir: str | None = Field(default=None, description="Persistent inductor cache folder")
+    compile_mega_cache: str | None = Field(default=None, description="Compile-artifacts file to load/write")
+    compile_warmup: bool = Field(default=True, description="Compile every bucket before the first job")
+    prompt_cache_size: int = Field(default=256, ge=0, description="Prompt-embedding LRU entries (0: off)")
+
     staging_prefix: str = "staging/"
     outputs_prefix: str = "outputs/"
 

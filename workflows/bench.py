@@ -5,11 +5,24 @@ worker's own path, CFG on). Alongside: FLOPs per image (counted once, over one b
 rate as the physical bound (bf16 8192^3 on CUDA, fp32 on CPU), the share of that bound reached, and a plain
 diffusers baseline (one ``pipe(prompt)`` call per image) on the same weights, so the report says what batching
 buys on this machine.
+
+With speed levers (``AccelerationOptions``: ``--compile``, ``--cuda-graphs``, ...), the same run first measures
+the runner eager at every batch size (``eager_results``), then applies the levers to the same weights and
+measures again (``results``, with each size's first calls, which pay the compile, under ``first_calls_s``), and
+checks seed equivalence: one job's image alone and inside a full batch, eager and accelerated
+(``equivalence``, in 8-bit pixel levels). ``run_startup_bench`` times a worker-like start: process start to the
+first finished image, cold or warm compile cache.
+
+Run it as ``sdq bench worker`` or ``python -m workflows.bench worker|startup`` (the latter needs no service
+dependencies).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
+import os
 import platform
 import re
 import statistics
@@ -22,12 +35,21 @@ from pathlib import Path
 from typing import Any
 
 import diffusers
+import numpy as np
 import torch
 import transformers
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from workflows.generation.acceleration import (
+    AccelerationOptions,
+    acceleration_from_args,
+    add_acceleration_arguments,
+    save_compile_cache,
+)
 from workflows.generation.models import Precision, precision_name, quiet_logger
 from workflows.generation.pipeline import BatchShape, ImageJob, PipelineRunner
+
+logger = logging.getLogger("workflows.bench")  # also when run as __main__
 
 BENCH_SCHEMA_VERSION = 1
 GUIDANCE_SCALE = 7.5
@@ -52,8 +74,15 @@ def run_worker_bench(
     scheduler: str = "euler",
     precision: Precision | None = None,
     cache_root: Path | None = None,
+    acceleration: AccelerationOptions | None = None,
+    eager_rows: bool = True,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """Benchmark ``arch`` (``tiny``, ``sd15``, ``sdxl``, or any loadable model) and write the JSON report.
+
+    With ``acceleration``, the levers are applied after the eager measurements (``eager_rows=False`` skips
+    the eager rows; the plain diffusers baseline is always measured). ``profile`` adds a GPU kernel-time
+    breakdown of one short call at the smallest and largest batch size (CUDA only).
 
     Returns the report (also written to ``out_dir/worker-<arch>-<device>-<date>.json``; its path is under
     ``"path"``). Raises ``ValueError`` for empty or non-positive batch sizes, ``ModelNotFoundError`` for an
@@ -68,17 +97,40 @@ def run_worker_bench(
     dev = runner.device
     shape = BatchShape(width, height, steps, GUIDANCE_SCALE, scheduler)
 
+    extra: dict[str, Any] = {}
     with _quiet_noise_model_casts(runner.is_noise_model):
         # The FLOP count runs the whole pipeline once, so it also pays the first call's one-off costs.
         flops_per_image = count_flops_per_image(runner, shape)
         baseline = _bench_plain_diffusers(runner, shape, repeats)
-        results = [_bench_batch(runner, shape, size, repeats) for size in batch_sizes]
+        if acceleration is None:
+            results = [_bench_batch(runner, shape, size, repeats) for size in batch_sizes]
+        else:
+            largest = max(batch_sizes)
+            eager_probe = _probe_images(runner, shape, largest)
+            if eager_rows:
+                extra["eager_results"] = [_bench_batch(runner, shape, size, repeats) for size in batch_sizes]
+            logger.info("plain diffusers: %.3f s per image; applying %s", baseline["seconds_per_batch"], acceleration)
+            runner.accelerate(acceleration)
+            results = [_bench_batch(runner, shape, size, repeats, first_calls=2) for size in batch_sizes]
+            probe = _probe_images(runner, shape, largest)
+            extra["equivalence"] = {
+                "probe_batch_size": largest,
+                "eager_alone_vs_eager_batched": image_difference(eager_probe[0], eager_probe[1]),
+                "alone_vs_batched": image_difference(probe[0], probe[1]),
+                "alone_vs_eager_alone": image_difference(probe[0], eager_probe[0]),
+                "batched_vs_eager_batched": image_difference(probe[1], eager_probe[1]),
+            }
+            extra["acceleration"] = runner.acceleration
+            if acceleration.mega_cache and "compile" in runner.acceleration["applied"]:
+                extra["acceleration"]["mega_cache_saved_bytes"] = save_compile_cache(Path(acceleration.mega_cache))
+        if profile and dev.type == "cuda":
+            extra["profile"] = [profile_call(runner, shape, size) for size in sorted({min(batch_sizes), largest})]
     matmul = measure_matmul_rate(dev)
 
-    for row in results:
-        row["share_of_bound"] = row["images_per_s"] * flops_per_image / matmul["flops_per_s"]
+    bound = matmul["flops_per_s"]
+    for row in [*results, *extra.get("eager_results", []), baseline]:
+        row["share_of_bound"] = row["images_per_s"] * flops_per_image / bound
     best = max(results, key=lambda r: r["images_per_s"])
-    baseline["share_of_bound"] = baseline["images_per_s"] * flops_per_image / matmul["flops_per_s"]
 
     report: dict[str, Any] = {
         "schema_version": BENCH_SCHEMA_VERSION,
@@ -88,12 +140,7 @@ def run_worker_bench(
         "date": started.isoformat(timespec="seconds"),
         "device": _describe_device(dev),
         "precision": precision_name(runner.dtype),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__,
-        },
+        "versions": _versions(),
         "config": {
             "width": width,
             "height": height,
@@ -109,6 +156,7 @@ def run_worker_bench(
         "baseline": baseline,
         "best": {"batch_size": best["batch_size"], "images_per_s": best["images_per_s"]},
         "speedup_vs_baseline": best["images_per_s"] / baseline["images_per_s"],
+        **extra,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"worker-{_slug(arch)}-{_slug(report['device']['short'])}-{started:%Y%m%d-%H%M%S}.json"
@@ -118,22 +166,100 @@ def run_worker_bench(
     return report
 
 
-def _bench_batch(runner: PipelineRunner, shape: BatchShape, size: int, repeats: int) -> dict[str, Any]:
-    """Warm-up, then ``repeats`` timed ``generate`` calls of ``size`` single-image jobs."""
+def _bench_batch(
+    runner: PipelineRunner, shape: BatchShape, size: int, repeats: int, first_calls: int = 1
+) -> dict[str, Any]:
+    """``first_calls`` warm-up calls (timed: they pay compiles and graph recording), then ``repeats`` timed
+    ``generate`` calls of ``size`` single-image jobs."""
     jobs = [ImageJob(f"job{i}", _PROMPTS[i % len(_PROMPTS)], "", seed=i, num_images=1) for i in range(size)]
     dev = runner.device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    runner.generate(jobs, shape)
+    warm = [_timed(dev, lambda: runner.generate(jobs, shape)) for _ in range(first_calls)]
     times = [_timed(dev, lambda: runner.generate(jobs, shape)) for _ in range(repeats)]
     seconds = statistics.median(times)
-    return {
+    row: dict[str, Any] = {
         "batch_size": size,
         "seconds_per_batch": seconds,
         "seconds_per_batch_all": times,
         "images_per_s": size / seconds,
         "peak_memory_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,
     }
+    if first_calls > 1:
+        row["first_calls_s"] = warm
+    logger.info("batch %d: %.3f s per batch, %.2f images/s (first calls %s)", size, seconds, size / seconds, warm)
+    return row
+
+
+def _probe_images(runner: PipelineRunner, shape: BatchShape, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """One job's image generated alone, and in the middle of a ``batch``-image batch of other jobs."""
+    probe = ImageJob("probe", _PROMPTS[1], "", seed=1234, num_images=1)
+    alone = runner.generate([probe], shape)["probe"][0]
+    others = [ImageJob(f"other{i}", _PROMPTS[i % len(_PROMPTS)], "", seed=100 + i, num_images=1) for i in range(batch)]
+    middle = (batch - 1) // 2
+    batched = runner.generate([*others[:middle], probe, *others[middle : batch - 1]], shape)["probe"][0]
+    return np.asarray(alone), np.asarray(batched)
+
+
+def image_difference(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """Pixel differences of two 8-bit images: max, mean and 99th percentile, and whether either is flat.
+
+    A flat image (standard deviation under half a level) means NaN/black output, where a match says nothing.
+    """
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    return {
+        "max": int(diff.max()),
+        "mean": float(diff.mean()),
+        "p99": float(np.percentile(diff, 99)),
+        "flat": bool(a.std() < 0.5 or b.std() < 0.5),
+    }
+
+
+def profile_call(runner: PipelineRunner, shape: BatchShape, size: int) -> dict[str, Any]:
+    """GPU kernel time of one ``size``-image call, by kernel family and top kernels, against wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    jobs = [ImageJob(f"p{i}", _PROMPTS[i % len(_PROMPTS)], "", seed=i, num_images=1) for i in range(size)]
+    runner.generate(jobs, shape)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        wall = _timed(runner.device, lambda: runner.generate(jobs, shape))
+    families: dict[str, float] = {}
+    kernels: dict[str, float] = {}
+    for event in prof.events():
+        if getattr(event, "device_type", None) != torch.autograd.DeviceType.CUDA:
+            continue
+        seconds = event.time_range.elapsed_us() / 1e6
+        family = _kernel_family(event.name)
+        families[family] = families.get(family, 0.0) + seconds
+        kernels[event.name[:100]] = kernels.get(event.name[:100], 0.0) + seconds
+    busy = sum(families.values())
+    return {
+        "batch_size": size,
+        "steps": shape.steps,
+        "wall_s": wall,
+        "gpu_kernel_s": busy,
+        "gpu_busy_share": busy / wall if wall else None,
+        "by_family_s": dict(sorted(families.items(), key=lambda kv: -kv[1])),
+        "top_kernels_s": dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:15]),
+    }
+
+
+_FAMILIES = (
+    ("gemm (triton template)", re.compile(r"^triton_tem", re.IGNORECASE)),
+    ("reduction/norm (triton)", re.compile(r"^triton_(red|per)", re.IGNORECASE)),
+    ("pointwise (triton)", re.compile(r"^triton_", re.IGNORECASE)),
+    ("attention", re.compile(r"flash|fmha|attention|sdpa", re.IGNORECASE)),
+    ("convolution", re.compile(r"conv|implicit_gemm|winograd|dgrad|fprop", re.IGNORECASE)),
+    ("gemm", re.compile(r"gemm|nvjet|xmma|cutlass|cublas|matmul", re.IGNORECASE)),
+    # After convolution: cuDNN's NHWC convolution kernels carry "nhwc" in their names too.
+    ("layout/copy", re.compile(r"copy|memcpy|memset|nchwToNhwc|nhwcToNchw|transpose", re.IGNORECASE)),
+    ("norm (aten)", re.compile(r"norm|welford", re.IGNORECASE)),
+    ("elementwise (aten)", re.compile(r"elementwise|vectorized|reduce_kernel", re.IGNORECASE)),
+)
+
+
+def _kernel_family(name: str) -> str:
+    return next((family for family, pattern in _FAMILIES if pattern.search(name)), "other")
 
 
 def _bench_plain_diffusers(runner: PipelineRunner, shape: BatchShape, repeats: int) -> dict[str, Any]:
@@ -163,6 +289,115 @@ def _bench_plain_diffusers(runner: PipelineRunner, shape: BatchShape, repeats: i
         "seconds_per_batch": seconds,
         "seconds_per_batch_all": times,
         "images_per_s": 1 / seconds,
+    }
+
+
+def run_startup_bench(
+    arch: str,
+    steps: int,
+    width: int,
+    height: int,
+    out_dir: Path,
+    device: str | None = None,
+    *,
+    scheduler: str = "euler",
+    precision: Precision | None = None,
+    cache_root: Path | None = None,
+    acceleration: AccelerationOptions | None = None,
+    then_sizes: list[int] | None = None,
+) -> dict[str, Any]:
+    """A worker's start: process start to the first finished image (batch 1, ``steps`` steps), by phase.
+
+    Call it first thing in a fresh process (``python -m workflows.bench startup``): the clock starts at the
+    process's start (from ``/proc``), so interpreter start and imports count. With a compile cache folder or
+    mega-cache file in ``acceleration``, the report says whether it held anything before the start (``cold`` or
+    ``warm``). ``then_sizes``: batch sizes whose first call (compile from the cache, or cold) is timed after.
+    """
+    entered = process_age_s()
+    started = datetime.now(UTC)
+    options = acceleration or AccelerationOptions()
+    cache_state = _cache_state(options)
+    shape = BatchShape(width, height, steps, GUIDANCE_SCALE, scheduler)
+    t0 = time.perf_counter()
+    runner = PipelineRunner.load(arch, device=device, precision=precision, cache_root=cache_root, acceleration=options)
+    dev = runner.device
+    loaded = time.perf_counter()
+    with _quiet_noise_model_casts(runner.is_noise_model):
+        first = _timed_batch(runner, shape, 1)
+        at_first_image = process_age_s()
+        second = _timed_batch(runner, shape, 1)
+        third = _timed_batch(runner, shape, 1)
+        later = {str(size): _timed_batch(runner, shape, size) for size in then_sizes or []}
+    compiled = "compile" in runner.acceleration["applied"]
+    if not compiled:
+        cache_state = "none"
+    saved = None
+    if options.mega_cache and compiled:
+        saved = save_compile_cache(Path(options.mega_cache))
+    report: dict[str, Any] = {
+        "schema_version": BENCH_SCHEMA_VERSION,
+        "kind": "startup",
+        "arch": arch,
+        "model_note": runner.note,
+        "date": started.isoformat(timespec="seconds"),
+        "device": _describe_device(dev),
+        "precision": precision_name(runner.dtype),
+        "versions": _versions(),
+        "config": {"width": width, "height": height, "steps": steps, "scheduler": scheduler},
+        "cache_state": cache_state,
+        "acceleration": runner.acceleration,
+        "phases_s": {
+            "process_start_to_bench": entered,
+            "load_and_levers": loaded - t0,
+            "first_image": first,
+            "second_image": second,
+            "third_image": third,
+        },
+        "process_start_to_first_image_s": at_first_image,
+        "first_call_by_batch_size_s": later,
+        "mega_cache_saved_bytes": saved,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"startup-{_slug(arch)}-{_slug(report['device']['short'])}-{cache_state}-{started:%Y%m%d-%H%M%S}.json"
+    path = out_dir / name
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    report["path"] = str(path)
+    return report
+
+
+def _timed_batch(runner: PipelineRunner, shape: BatchShape, size: int) -> float:
+    jobs = [ImageJob(f"job{i}", _PROMPTS[i % len(_PROMPTS)], "", seed=i, num_images=1) for i in range(size)]
+    return _timed(runner.device, lambda: runner.generate(jobs, shape))
+
+
+def _cache_state(options: AccelerationOptions) -> str:
+    """``cold``/``warm`` by whether the cache folder or mega-cache file holds anything; ``none`` without one."""
+    if not options.compile or not (options.cache_dir or options.mega_cache):
+        return "none"
+    if options.mega_cache and Path(options.mega_cache).is_file():
+        return "warm"
+    if options.cache_dir and Path(options.cache_dir).is_dir() and any(Path(options.cache_dir).iterdir()):
+        return "warm"
+    return "cold"
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux ``/proc``), or None where that is unknown."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22 of stat(5); fields[0] is field 3
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
     }
 
 
@@ -261,6 +496,8 @@ def _quiet_noise_model_casts(enabled: bool) -> Iterator[None]:
 
 def format_bench_table(result: dict[str, Any]) -> str:
     """A markdown summary of a ``run_worker_bench`` report (for the README)."""
+    if "eager_results" in result or "acceleration" in result:
+        return format_lever_table(result)
     cfg = result["config"]
     dev = result["device"]
     peak_known = any(r.get("peak_memory_bytes") is not None for r in result["results"])
@@ -296,3 +533,141 @@ def format_bench_table(result: dict[str, Any]) -> str:
     if result.get("model_note"):
         lines.append(f"Note: {result['model_note']}.")
     return "\n".join(lines) + "\n"
+
+
+def format_lever_table(result: dict[str, Any]) -> str:
+    """A markdown summary of a run with speed levers: eager and accelerated side by side, same run."""
+    cfg, dev, accel = result["config"], result["device"], result.get("acceleration", {})
+    eager = {row["batch_size"]: row for row in result.get("eager_results", [])}
+    lines = [
+        f"**{result['arch']}** on {dev['name']} ({dev['type']}, {result['precision']}): "
+        f"{cfg['width']}x{cfg['height']}, {cfg['steps']} steps, CFG {cfg['guidance_scale']}, "
+        f"{cfg['scheduler']}; torch {result['versions']['torch']}, diffusers {result['versions']['diffusers']}, "
+        f"{result['date']}",
+        f"Levers applied: {', '.join(accel.get('applied', [])) or 'none'}"
+        + (f" (mode {accel['options']['compile_mode']})" if "compile" in accel.get("applied", []) else "")
+        + (f"; skipped: {accel['skipped']}" if accel.get("skipped") else ""),
+        "",
+        "| batch | eager s / batch | eager images / s | levers s / batch | levers images / s | speedup "
+        "| first calls (s) | peak GPU memory | share of bound |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in result["results"]:
+        base = eager.get(row["batch_size"])
+        peak = row.get("peak_memory_bytes")
+        cells = [
+            str(row["batch_size"]),
+            f"{base['seconds_per_batch']:.3f}" if base else "-",
+            f"{base['images_per_s']:.2f}" if base else "-",
+            f"{row['seconds_per_batch']:.3f}",
+            f"{row['images_per_s']:.2f}",
+            f"{row['images_per_s'] / base['images_per_s']:.2f}x" if base else "-",
+            " + ".join(f"{t:.1f}" for t in row.get("first_calls_s", [])) or "-",
+            f"{peak / 2**30:.1f} GiB" if peak is not None else "-",
+            f"{row['share_of_bound']:.1%}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    b = result["baseline"]
+    lines.append(
+        f"| 1 (plain diffusers, eager) | {b['seconds_per_batch']:.3f} | {b['images_per_s']:.2f} "
+        f"| - | - | - | - | - | {b['share_of_bound']:.1%} |"
+    )
+    matmul = result["matmul"]
+    lines += [
+        "",
+        f"Best: batch {result['best']['batch_size']}, {result['best']['images_per_s']:.2f} images/s, "
+        f"{result['speedup_vs_baseline']:.2f}x the plain diffusers baseline. "
+        f"FLOPs per image: {result['flops_per_image'] / 1e12:.3g} TFLOP; bound: measured {matmul['dtype']} "
+        f"matmul rate {matmul['flops_per_s'] / 1e12:.3g} TFLOP/s.",
+    ]
+    if "equivalence" in result:
+        eq = result["equivalence"]
+        parts = [
+            f"{name.replace('_', ' ')}: max {d['max']}, mean {d['mean']:.2f}" + (" (flat image)" if d["flat"] else "")
+            for name, d in eq.items()
+            if isinstance(d, dict)
+        ]
+        lines.append(f"Seed equivalence (8-bit levels, batch {eq['probe_batch_size']}): " + "; ".join(parts) + ".")
+    if result.get("model_note"):
+        lines.append(f"Note: {result['model_note']}.")
+    return "\n".join(lines) + "\n"
+
+
+# --- command line ------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workflows.bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="bench", required=True)
+    for name, help_text in (
+        ("worker", "pipeline throughput per batch size vs plain diffusers, eager and with levers"),
+        ("startup", "process start to first image (cold or warm compile cache)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--arch", default="tiny", help="tiny, sd15, sdxl or any loadable model")
+        p.add_argument("--steps", type=int, default=30)
+        p.add_argument("--width", type=int, default=512)
+        p.add_argument("--height", type=int, default=512)
+        p.add_argument("--scheduler", default="euler")
+        p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+        p.add_argument("--out", default="benchmarks")
+        add_acceleration_arguments(p)
+        if name == "worker":
+            p.add_argument("--batch-sizes", default="1,4,8,16")
+            p.add_argument("--repeats", type=int, default=2)
+            p.add_argument("--no-eager-rows", action="store_true", help="with levers: skip the eager rows")
+            p.add_argument("--profile", action="store_true", help="GPU kernel-time breakdown (CUDA)")
+        else:
+            p.add_argument("--then-batch-sizes", default="", help="time these sizes' first calls after")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Progress lines on stderr (a run cut off by a time limit still shows the rows it finished).
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    for name in ("workflows.bench", "workflows.generation"):
+        log = logging.getLogger(name)
+        if not any(getattr(h, "_sdq_bench", False) for h in log.handlers):
+            handler._sdq_bench = True  # type: ignore[attr-defined]
+            log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    acceleration = acceleration_from_args(args)
+    if args.bench == "worker":
+        result = run_worker_bench(
+            args.arch,
+            [int(b) for b in args.batch_sizes.split(",")],
+            args.steps,
+            args.width,
+            args.height,
+            Path(args.out),
+            device=args.device,
+            repeats=args.repeats,
+            scheduler=args.scheduler,
+            precision=args.precision,
+            acceleration=acceleration,
+            eager_rows=not args.no_eager_rows,
+            profile=args.profile,
+        )
+        print(format_bench_table(result))
+    else:
+        result = run_startup_bench(
+            args.arch,
+            args.steps,
+            args.width,
+            args.height,
+            Path(args.out),
+            device=args.device,
+            scheduler=args.scheduler,
+            precision=args.precision,
+            acceleration=acceleration,
+            then_sizes=[int(b) for b in args.then_batch_sizes.split(",") if b.strip()],
+        )
+        print(json.dumps({k: result[k] for k in ("cache_state", "phases_s", "process_start_to_first_image_s")}))
+    print(f"written: {result.get('path')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from workflows.bench import count_flops_per_image, flop_counter, format_bench_table, run_worker_bench
+from workflows.bench import (
+    _kernel_family,
+    count_flops_per_image,
+    flop_counter,
+    format_bench_table,
+    main,
+    process_age_s,
+    run_worker_bench,
+)
+from workflows.generation.acceleration import AccelerationOptions
 from workflows.generation.pipeline import BatchShape, PipelineRunner
 
 pytestmark = pytest.mark.slow
@@ -94,3 +103,65 @@ def test_invalid_arguments_fail_before_loading(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="positive"):
         run_worker_bench("tiny", [0], 2, 256, 256, tmp_path, device="cpu")
     assert not list(tmp_path.iterdir())
+
+
+def test_lever_bench_measures_eager_then_levers_on_cpu(tmp_path: Path) -> None:
+    report = run_worker_bench(
+        "tiny",
+        [1, 3],
+        steps=1,
+        width=256,
+        height=256,
+        out_dir=tmp_path,
+        device="cpu",
+        repeats=1,
+        cache_root=tmp_path / "models",
+        acceleration=AccelerationOptions(compile=True, buckets=(1, 2, 4)),
+    )
+    assert [row["batch_size"] for row in report["eager_results"]] == [1, 3]
+    assert [row["batch_size"] for row in report["results"]] == [1, 3]
+    for row in report["results"]:
+        assert len(row["first_calls_s"]) == 2
+        assert 0 < row["share_of_bound"] < 1
+    accel = report["acceleration"]
+    assert accel["buckets"] == [1, 2, 4]
+    assert "compile" in accel["skipped"]  # CPU: the GPU levers are skipped, padding still runs
+    eq = report["equivalence"]
+    assert eq["probe_batch_size"] == 3
+    for name in ("eager_alone_vs_eager_batched", "alone_vs_batched", "alone_vs_eager_alone"):
+        assert eq[name]["max"] <= 1
+        assert not eq[name]["flat"]
+    table = format_bench_table(report)
+    assert "| batch | eager s / batch | eager images / s | levers s / batch |" in table
+    assert "| 1 (plain diffusers, eager) |" in table
+    assert "Seed equivalence" in table
+    assert json.loads(Path(report["path"]).read_text())["equivalence"] == eq
+
+
+def test_startup_bench_times_process_start_to_first_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SDQ_MODEL_CACHE", str(tmp_path / "models"))
+    argv = ["startup", "--arch", "tiny", "--device", "cpu", "--steps", "1", "--width", "256", "--height", "256"]
+    assert main([*argv, "--out", str(tmp_path / "out"), "--then-batch-sizes", "2"]) == 0
+    assert "written:" in capsys.readouterr().out
+    (path,) = (tmp_path / "out").glob("startup-tiny-cpu-none-*.json")
+    report = json.loads(path.read_text())
+    assert report["kind"] == "startup"
+    assert report["cache_state"] == "none"  # nothing compiled on CPU
+    phases = report["phases_s"]
+    assert phases["first_image"] > 0
+    assert phases["load_and_levers"] > 0
+    assert report["process_start_to_first_image_s"] >= phases["first_image"]
+    assert set(report["first_call_by_batch_size_s"]) == {"2"}
+    assert 0 < (process_age_s() or 0) < 24 * 3600
+
+
+def test_kernel_families() -> None:
+    conv = "sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x128x64"
+    assert _kernel_family(conv) == "convolution"
+    assert _kernel_family("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16") == "attention"
+    assert _kernel_family("nvjet_sm90_hsh_128x256_64x4_2x1_v_bz_coopA_bias_TNN") == "gemm"
+    assert _kernel_family("triton_red_fused_native_group_norm_silu_3") == "reduction/norm (triton)"
+    assert _kernel_family("triton_poi_fused_gelu_mul_split_view_14") == "pointwise (triton)"
+    assert _kernel_family("void cudnn::ops::nchwToNhwcKernel<__half>") == "layout/copy"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from workflows.generation.models import TINY_MODEL_NOTE
+from workflows.generation.acceleration import AccelerationOptions
+from workflows.generation.models import TINY_MODEL_NOTE, LoadedModel
 from workflows.generation.pipeline import (
     SCHEDULERS,
     BatchShape,
@@ -171,3 +173,144 @@ def test_runner_describes_its_model(runner: PipelineRunner, tmp_path: Path) -> N
     assert runner.max_batch_images() == 4  # the CPU default
     other = PipelineRunner.load("tiny", device="cpu", cache_root=tmp_path, cpu_max_batch_images=2)
     assert other.max_batch_images(512, 512) == 2
+
+
+# --- speed levers that run on CPU: batch buckets and the prompt-embedding cache -----------------------------
+
+
+@pytest.fixture(scope="module")
+def bucketed(tmp_path_factory: pytest.TempPathFactory) -> PipelineRunner:
+    return PipelineRunner.load(
+        "tiny",
+        device="cpu",
+        cache_root=tmp_path_factory.mktemp("models"),
+        acceleration=AccelerationOptions(buckets=(1, 2, 4)),
+    )
+
+
+def test_padding_to_a_bucket_leaves_each_image_unchanged(bucketed: PipelineRunner, runner: PipelineRunner) -> None:
+    fox = ImageJob("fox", "a red fox in snow", "blurry", seed=7, num_images=1)
+    plain = runner.generate([fox], SHAPE)["fox"][0]
+    jobs = [ImageJob("a", "one", "", seed=1, num_images=2), fox]  # 3 images, padded to 4
+    out = bucketed.generate(jobs, SHAPE)
+    assert [len(images) for images in out.values()] == [2, 1]  # the padded image is dropped
+    assert max_diff(out["fox"][0], plain) <= 1
+    assert max_diff(bucketed.generate([fox], SHAPE)["fox"][0], plain) <= 1
+    report = bucketed.acceleration
+    assert report["buckets"] == [1, 2, 4]
+    assert report["skipped"] == {}  # nothing GPU-only was asked for
+    assert bucketed.max_batch_images() == 4  # the CPU setting; a GPU limit is capped to a bucket
+
+
+def test_the_prompt_cache_gives_the_same_images(runner: PipelineRunner, tmp_path: Path) -> None:
+    uncached = PipelineRunner.load(
+        "tiny", device="cpu", cache_root=tmp_path, acceleration=AccelerationOptions(prompt_cache_size=0)
+    )
+    assert uncached.acceleration["prompt_cache"] is None
+    jobs = [
+        ImageJob("a", "a lighthouse", "fog", seed=3, num_images=2),
+        ImageJob("b", "a lighthouse", "", seed=4, num_images=1),
+    ]
+    before = dict(runner.acceleration["prompt_cache"])
+    cached = runner.generate(jobs, SHAPE)
+    plain = uncached.generate(jobs, SHAPE)
+    for key in ("a", "b"):
+        assert max(max_diff(x, y) for x, y in zip(cached[key], plain[key], strict=True)) <= 1
+    runner.generate(jobs, SHAPE)
+    stats = runner.acceleration["prompt_cache"]
+    assert stats["hits"] - before["hits"] >= 3  # the second call found all three texts
+    assert stats["entries"] <= 256
+
+
+def test_the_prompt_cache_evicts_the_least_recently_used(tmp_path: Path) -> None:
+    small = PipelineRunner.load(
+        "tiny", device="cpu", cache_root=tmp_path, acceleration=AccelerationOptions(prompt_cache_size=2)
+    )
+    shape = BatchShape(256, 256, 1, 7.5, "euler")
+    small.generate([ImageJob("j", "one", "", seed=1, num_images=1)], shape)  # "one", ""
+    small.generate([ImageJob("j", "two", "", seed=1, num_images=1)], shape)  # "two", "" ("one" goes)
+    stats = small.acceleration["prompt_cache"]
+    assert stats == {"entries": 2, "hits": 1, "misses": 3}
+    small.generate([ImageJob("j", "one", "", seed=1, num_images=1)], shape)
+    assert small.acceleration["prompt_cache"]["misses"] == 4
+
+
+def test_accelerate_applies_levers_to_a_loaded_runner(tmp_path: Path) -> None:
+    fresh = PipelineRunner.load("tiny", device="cpu", cache_root=tmp_path)
+    report = fresh.accelerate(AccelerationOptions(compile=True, buckets=(1, 2)))
+    assert report["buckets"] == [1, 2]
+    assert "compile" in report["skipped"]  # CPU
+    assert fresh.warmup() == {}  # nothing compiled, nothing to warm up
+    fresh._accel.report.applied.append("channels_last")  # as if a GPU lever had changed the model
+    with pytest.raises(RuntimeError, match="already accelerated"):
+        fresh.accelerate(AccelerationOptions())
+
+
+def test_the_prompt_cache_works_for_sdxl_pipelines() -> None:
+    pipe = tiny_sdxl_pipeline()
+    runner = PipelineRunner(
+        LoadedModel("tiny-xl", pipe, torch.device("cpu"), torch.float32, True, None, "memory"),
+        acceleration=AccelerationOptions(prompt_cache_size=8),
+    )
+    uncached = PipelineRunner(
+        LoadedModel("tiny-xl", pipe, torch.device("cpu"), torch.float32, True, None, "memory"),
+        acceleration=AccelerationOptions(prompt_cache_size=0),
+    )
+    shape = BatchShape(64, 64, 2, 5.0, "euler")
+    jobs = [ImageJob("a", "a fox", "blur", seed=1, num_images=1), ImageJob("b", "a cat", "", seed=2, num_images=1)]
+    cached = runner.generate(jobs, shape)
+    plain = uncached.generate(jobs, shape)
+    assert runner.acceleration["applied"] == ["prompt_cache"]
+    for key in ("a", "b"):
+        assert max_diff(cached[key][0], plain[key][0]) <= 1
+
+
+def tiny_sdxl_pipeline() -> Any:
+    """SDXL classes with tiny random weights (two text encoders, pooled embeddings, time ids)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from workflows.generation.models import build_byte_level_clip_tokenizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        tokenizer = build_byte_level_clip_tokenizer()
+        ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+        text = {"vocab_size": len(tokenizer), "intermediate_size": 37, "num_hidden_layers": 2, **ids}
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 2),
+            projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + the 32-wide pooled embedding
+            cross_attention_dim=64,  # the two encoders' 32-wide hidden states, concatenated
+            norm_num_groups=32,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(8, 16, 32, 32),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=64,
+        )
+        encoder = CLIPTextModel(CLIPTextConfig(hidden_size=32, num_attention_heads=4, projection_dim=32, **text))
+        encoder_2 = CLIPTextModelWithProjection(
+            CLIPTextConfig(hidden_size=32, num_attention_heads=4, projection_dim=32, **text)
+        )
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=encoder,
+        text_encoder_2=encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=build_byte_level_clip_tokenizer(),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+        add_watermarker=False,
+    )

@@ -6,6 +6,10 @@ depend on which other jobs shared its batch. Pixels then match within one level 
 and on an H100 with the tiny model; a kernel picked for another batch size may round differently). A seed
 gives different images on CPU and CUDA: each device has its own random number generator.
 
+Speed levers (``acceleration.py``: torch.compile, CUDA graphs, channels_last, fused QKV, batch buckets, compile
+caches, prompt-embedding cache) come in through ``AccelerationOptions``; a batch padded up to a bucket size gets
+extra images from their own generators, and they are dropped before the result is returned.
+
 The runner is not thread-safe (diffusers schedulers keep per-call state): use it from one thread.
 """
 
@@ -29,6 +33,7 @@ from diffusers import (
 from PIL import Image
 
 from shared.errors import RetryableError
+from workflows.generation.acceleration import AccelerationOptions, Accelerator
 from workflows.generation.models import LoadedModel, Precision, Text2ImagePipeline, load_model, quiet_logger
 
 logger = logging.getLogger(__name__)
@@ -110,13 +115,23 @@ StepCallback = Callable[[int, int], None]
 class PipelineRunner:
     """Holds one loaded pipeline and runs one pipeline call per batch."""
 
-    def __init__(self, model: LoadedModel, *, cpu_max_batch_images: int = 4, max_batch_cap: int = 16) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        cpu_max_batch_images: int = 4,
+        max_batch_cap: int = 16,
+        acceleration: AccelerationOptions | None = None,
+    ) -> None:
         self._model = model
         self._pipe: Text2ImagePipeline = model.pipeline
         self._base_scheduler_config = self._pipe.scheduler.config
         self._schedulers: dict[str, Any] = {}
         self._cpu_max_batch_images = cpu_max_batch_images
         self._max_batch_cap = max_batch_cap
+        self._accel = Accelerator(self._pipe, model.device, acceleration, self.native_size)
+        if self._accel.options.warmup:
+            self.warmup()
 
     @classmethod
     def load(
@@ -127,10 +142,52 @@ class PipelineRunner:
         precision: Precision | None = None,
         cache_root: Path | None = None,
         cpu_max_batch_images: int = 4,
+        acceleration: AccelerationOptions | None = None,
     ) -> PipelineRunner:
-        """Load ``model_name`` (see ``models.load_model``) and wrap it; raises ``ModelNotFoundError``."""
+        """Load ``model_name`` (see ``models.load_model``) and wrap it; raises ``ModelNotFoundError``.
+
+        ``acceleration`` picks the speed levers (default: none but the prompt-embedding cache); with
+        ``warmup`` set, every compiled shape is compiled here, before the first job.
+        """
         model = load_model(model_name, device=device, precision=precision, cache_root=cache_root)
-        return cls(model, cpu_max_batch_images=cpu_max_batch_images)
+        return cls(model, cpu_max_batch_images=cpu_max_batch_images, acceleration=acceleration)
+
+    def accelerate(self, options: AccelerationOptions) -> dict[str, Any]:
+        """Apply ``options`` to this already loaded runner (benchmarks: eager first, then the levers).
+
+        Returns the acceleration report. A model that was compiled or changed by a lever cannot go back.
+        """
+        if self._accel.active:
+            raise RuntimeError("this runner's model is already accelerated; load a fresh one")
+        self._accel = Accelerator(self._pipe, self.device, options, self.native_size)
+        if options.warmup:
+            self.warmup()
+        return self.acceleration
+
+    @property
+    def acceleration(self) -> dict[str, Any]:
+        """What the levers did: options, applied, skipped (with reasons), apply and warm-up times, cache stats."""
+        report = self._accel.report.to_dict()
+        cache = self._accel.prompt_cache
+        report["prompt_cache"] = (
+            {"entries": len(cache), "hits": cache.hits, "misses": cache.misses} if cache is not None else None
+        )
+        report["buckets"] = list(self._accel.buckets)
+        report["compiled_resolutions"] = [list(r) for r in self._accel.resolutions]
+        return report
+
+    def warmup(self, sizes: Sequence[int] | None = None, steps: int = 3) -> dict[str, float]:
+        """Compile every bucket (or ``sizes``) at each compiled resolution, CFG on; seconds per shape.
+
+        Nothing happens without a compiled model. Three steps: the compile, then the CUDA graph recording.
+        """
+
+        def generate(size: int, width: int, height: int) -> None:
+            jobs = [ImageJob(f"warmup{i}", "warm-up", "", seed=i, num_images=1) for i in range(size)]
+            self.generate(jobs, BatchShape(width, height, steps, 7.5, "euler"))
+
+        self._accel.warmup(generate, sizes)
+        return dict(self._accel.report.warmup_s)
 
     @property
     def model_name(self) -> str:
@@ -196,7 +253,9 @@ class PipelineRunner:
         free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
         by_memory = int((free - _CUDA_HEADROOM_BYTES - vae_peak) // per_image)
         by_compute = _SATURATING_LATENT_PIXELS // latent_pixels
-        return max(1, min(self._max_batch_cap, by_memory, by_compute))
+        limit = max(1, min(self._max_batch_cap, by_memory, by_compute))
+        # With batch buckets, a limit between two buckets would pad past it: stop at the bucket below.
+        return self._accel.cap_batch_limit(limit)
 
     def generate(
         self,
@@ -228,11 +287,18 @@ class PipelineRunner:
                 negatives.append(job.negative_prompt)
                 generators.append(torch.Generator(self.device).manual_seed((job.seed + i) % SEED_MODULUS))
 
+        real = len(prompts)
+        # Pad to the bucket size (static shapes for a compiled model) with copies of the last prompt, each
+        # padded image on its own generator: the real images' latents do not change; the extras are dropped.
+        padded = self._accel.padded_size(real, shape.width, shape.height)
+        for i in range(padded - real):
+            prompts.append(prompts[-1])
+            negatives.append(negatives[-1])
+            generators.append(torch.Generator(self.device).manual_seed(i))
+
         # Assigning the attribute is diffusers' documented way to swap schedulers; the weights stay put.
         self._pipe.scheduler = self.scheduler(shape.scheduler)
         kwargs: dict[str, Any] = {
-            "prompt": prompts,
-            "negative_prompt": negatives,
             "width": shape.width,
             "height": shape.height,
             "num_inference_steps": shape.steps,
@@ -243,16 +309,26 @@ class PipelineRunner:
         if on_step is not None:
             kwargs["callback_on_step_end"] = _step_callback(on_step)
 
+        cache = self._accel.prompt_cache
         try:
+            # Text embeddings from the prompt cache when there is one (inside the try: encoding can run out of
+            # memory too), else the pipeline encodes the prompts itself.
+            if cache is not None:
+                kwargs.update(cache.pipeline_kwargs(prompts, negatives))
+            else:
+                kwargs.update(prompt=prompts, negative_prompt=negatives)
             # SDXL-type pipelines cast an upcasting VAE to fp32 and back on every call, and diffusers logs a
             # warning for each cast; in a worker that is two log lines per batch with nothing to act on.
-            with quiet_logger("diffusers.models.modeling_utils"):
-                images: list[Image.Image] = self._pipe(**kwargs).images
+            with (
+                quiet_logger("diffusers.models.modeling_utils"),
+                self._accel.call_context(shape.width, shape.height, padded),
+            ):
+                images: list[Image.Image] = self._pipe(**kwargs).images[:real]
         except torch.cuda.OutOfMemoryError as exc:
             # Give the cached blocks back so a smaller retry starts from a clean allocator.
             torch.cuda.empty_cache()
-            logger.warning("out of memory: %d images at %dx%d", len(prompts), shape.width, shape.height)
-            raise GenerationOOM(len(prompts), shape.width, shape.height, str(exc).splitlines()[0]) from exc
+            logger.warning("out of memory: %d images at %dx%d", padded, shape.width, shape.height)
+            raise GenerationOOM(real, shape.width, shape.height, str(exc).splitlines()[0]) from exc
 
         result: dict[str, list[Image.Image]] = {}
         start = 0

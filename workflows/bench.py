@@ -133,14 +133,7 @@ def run_worker_bench(
     best = max(results, key=lambda r: r["images_per_s"])
 
     report: dict[str, Any] = {
-        "schema_version": BENCH_SCHEMA_VERSION,
-        "kind": "worker",
-        "arch": arch,
-        "model_note": runner.note,
-        "date": started.isoformat(timespec="seconds"),
-        "device": _describe_device(dev),
-        "precision": precision_name(runner.dtype),
-        "versions": _versions(),
+        **_report_header("worker", arch, runner, started, dev),
         "config": {
             "width": width,
             "height": height,
@@ -335,14 +328,7 @@ def run_startup_bench(
     if options.mega_cache and compiled:
         saved = save_compile_cache(Path(options.mega_cache))
     report: dict[str, Any] = {
-        "schema_version": BENCH_SCHEMA_VERSION,
-        "kind": "startup",
-        "arch": arch,
-        "model_note": runner.note,
-        "date": started.isoformat(timespec="seconds"),
-        "device": _describe_device(dev),
-        "precision": precision_name(runner.dtype),
-        "versions": _versions(),
+        **_report_header("startup", arch, runner, started, dev),
         "config": {"width": width, "height": height, "steps": steps, "scheduler": scheduler},
         "cache_state": cache_state,
         "acceleration": runner.acceleration,
@@ -390,6 +376,20 @@ def process_age_s() -> float | None:
         return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _report_header(kind: str, arch: str, runner: PipelineRunner, started: Any, dev: torch.device) -> dict[str, Any]:
+    """What every benchmark JSON starts with: what ran, where, when and with which versions."""
+    return {
+        "schema_version": BENCH_SCHEMA_VERSION,
+        "kind": kind,
+        "arch": arch,
+        "model_note": runner.note,
+        "date": started.isoformat(timespec="seconds"),
+        "device": _describe_device(dev),
+        "precision": precision_name(runner.dtype),
+        "versions": _versions(),
+    }
 
 
 def _versions() -> dict[str, str]:

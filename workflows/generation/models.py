@@ -207,16 +207,7 @@ def build_tiny_pipeline() -> Text2ImagePipeline:
                 pad_token_id=tokenizer.pad_token_id,
             )
         )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=PNDMScheduler.from_config(_SD15_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return _sd_pipeline(vae, text_encoder, tokenizer, unet)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -230,6 +221,20 @@ def _bytes_to_unicode() -> dict[int, str]:
             codes.append(256 + extra)
             extra += 1
     return {b: chr(c) for b, c in zip(printable, codes, strict=True)}
+
+
+def _sd_pipeline(vae: Any, text_encoder: Any, tokenizer: Any, unet: Any) -> Any:
+    """A Stable Diffusion (1.x/2.x layout) pipeline from its parts, without a safety checker."""
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=PNDMScheduler.from_config(_SD15_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def build_byte_level_clip_tokenizer() -> CLIPTokenizer:
@@ -371,16 +376,7 @@ def build_random_pipeline(
         )
     pipe: Text2ImagePipeline
     if text_encoder_2 is None:
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=PNDMScheduler.from_config(_SD15_SCHEDULER),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipe = _sd_pipeline(vae, text_encoder, tokenizer, unet)
     else:
         pipe = StableDiffusionXLPipeline(
             vae=vae,

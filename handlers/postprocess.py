@@ -8,8 +8,10 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.aws import AwsClients
+from shared.errors import RetryableError
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.settings import get_settings
@@ -34,7 +36,12 @@ def postprocessor() -> Postprocessor:
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Input: the worker's hand-off; output: ``{status, skipped, outputs, outputs_json}`` for MarkSucceeded."""
-    result = postprocessor().run(PostprocessInput.model_validate(event))
+    try:
+        result = postprocessor().run(PostprocessInput.model_validate(event))
+    except (BotoCoreError, ClientError) as exc:
+        # S3/DynamoDB trouble that outlived botocore's own retries: the state machine retries RetryableError
+        # with backoff (idempotent: outputs have fixed keys), then fails the job.
+        raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
     body = result.model_dump(mode="json")
     # MarkSucceeded stores this string as the job's ``outputs`` attribute as is.
     body["outputs_json"] = json.dumps(body["outputs"], separators=(",", ":"))

@@ -20,6 +20,7 @@ from typing import Any
 import boto3
 import pytest
 
+from shared.errors import RetryableError
 from shared.localcloud import LocalCloud, LocalResources, ProvisionError
 from shared.localcloud.provision import load_sam_template
 
@@ -55,9 +56,17 @@ def echo_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     }
 
 
+FLAKY_CALLS: dict[str, int] = {}
+
+
 def postprocess_stub(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if event.get("staging_keys") == ["explode"]:
         raise PostprocessBoom("stub asked to fail")
+    if event.get("staging_keys") == ["flaky"]:
+        # A transient failure (throttled S3, say) twice, then success.
+        FLAKY_CALLS[event["job_id"]] = FLAKY_CALLS.get(event["job_id"], 0) + 1
+        if FLAKY_CALLS[event["job_id"]] <= 2:
+            raise RetryableError("transient: try again")
     outputs = [{"key": f"outputs/{event['job_id']}/0.png"}]
     return {"status": "done", "skipped": False, "outputs": outputs, "outputs_json": json.dumps(outputs)}
 
@@ -362,6 +371,16 @@ def test_lambda_function_error_is_caught_and_marks_job_failed(res: LocalResource
     assert job["status"] == "FAILED"
     assert job["error_code"] == "PostprocessBoom"
     assert json.loads(job["error_message"])["errorMessage"] == "stub asked to fail"
+
+
+def test_postprocess_failing_transiently_twice_is_retried_and_succeeds(res: LocalResources) -> None:
+    job_id = _put_job(res, "POSTPROCESSING")
+    payload = {"job_id": job_id, "tenant": "t-1", "attempt": 1, "staging_keys": ["flaky"]}
+    assert _run_execution(res, payload)["status"] == "SUCCEEDED"
+    assert FLAKY_CALLS[job_id] == 3
+    job = _get_job(res, job_id)
+    assert job["status"] == "SUCCEEDED"
+    assert "error_code" not in job
 
 
 def test_terminal_job_is_left_alone(res: LocalResources) -> None:

@@ -494,6 +494,17 @@ def _quiet_noise_model_casts(enabled: bool) -> Iterator[None]:
         yield
 
 
+def _summary_line(result: dict[str, Any]) -> str:
+    """The best batch, the speed-up over plain diffusers and what the bound was computed from."""
+    matmul = result["matmul"]
+    return (
+        f"Best: batch {result['best']['batch_size']}, {result['best']['images_per_s']:.2f} images/s, "
+        f"{result['speedup_vs_baseline']:.2f}x the plain diffusers baseline. "
+        f"FLOPs per image: {result['flops_per_image'] / 1e12:.3g} TFLOP; bound: measured {matmul['dtype']} "
+        f"matmul rate {matmul['flops_per_s'] / 1e12:.3g} TFLOP/s."
+    )
+
+
 def format_bench_table(result: dict[str, Any]) -> str:
     """A markdown summary of a ``run_worker_bench`` report (for the README)."""
     if "eager_results" in result or "acceleration" in result:
@@ -522,14 +533,7 @@ def format_bench_table(result: dict[str, Any]) -> str:
             cells.append(f"{peak / 2**30:.1f} GiB" if peak is not None else "-")
         cells.append(f"{row['share_of_bound']:.1%}")
         lines.append("| " + " | ".join(cells) + " |")
-    matmul = result["matmul"]
-    lines += [
-        "",
-        f"Best: batch {result['best']['batch_size']}, {result['best']['images_per_s']:.2f} images/s, "
-        f"{result['speedup_vs_baseline']:.2f}x the plain diffusers baseline. "
-        f"FLOPs per image: {result['flops_per_image'] / 1e12:.3g} TFLOP; bound: measured {matmul['dtype']} "
-        f"matmul rate {matmul['flops_per_s'] / 1e12:.3g} TFLOP/s.",
-    ]
+    lines += ["", _summary_line(result)]
     if result.get("model_note"):
         lines.append(f"Note: {result['model_note']}.")
     return "\n".join(lines) + "\n"
@@ -572,14 +576,7 @@ def format_lever_table(result: dict[str, Any]) -> str:
         f"| 1 (plain diffusers, eager) | {b['seconds_per_batch']:.3f} | {b['images_per_s']:.2f} "
         f"| - | - | - | - | - | {b['share_of_bound']:.1%} |"
     )
-    matmul = result["matmul"]
-    lines += [
-        "",
-        f"Best: batch {result['best']['batch_size']}, {result['best']['images_per_s']:.2f} images/s, "
-        f"{result['speedup_vs_baseline']:.2f}x the plain diffusers baseline. "
-        f"FLOPs per image: {result['flops_per_image'] / 1e12:.3g} TFLOP; bound: measured {matmul['dtype']} "
-        f"matmul rate {matmul['flops_per_s'] / 1e12:.3g} TFLOP/s.",
-    ]
+    lines += ["", _summary_line(result)]
     if "equivalence" in result:
         eq = result["equivalence"]
         parts = [

@@ -38,7 +38,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     config = LocalServiceConfig(
         host="127.0.0.1",
         api_port=args.port,
-        cloud_port=args.cloud_port,
+        # A fixed cloud port (API port + 1 by default) lets a separately started `sdq worker` reconnect
+        # when `sdq up` is restarted: the restarted stack keeps its names (see name_local_resources).
+        cloud_port=args.cloud_port if args.cloud_port is not None else (args.port + 1 if args.port else 0),
         with_worker=not args.no_worker,
         model=args.model,
         api_key=previous_key,
@@ -249,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run the whole service locally until Ctrl-C")
     up.add_argument("--port", type=int, default=8000, help="API port on 127.0.0.1 (default 8000)")
-    up.add_argument("--cloud-port", type=int, default=0, help="local cloud port (default: a free one)")
+    up.add_argument(
+        "--cloud-port", type=int, help="local cloud port (default: API port + 1; a free one when --port is 0)"
+    )
     up.add_argument("--model", default="tiny", help="model for the local worker (default: tiny, offline)")
     up.add_argument("--no-worker", action="store_true", help="control plane only")
     up.set_defaults(func=cmd_up)

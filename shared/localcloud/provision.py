@@ -296,6 +296,37 @@ def filter_local_resources(template: Mapping[str, Any]) -> tuple[dict[str, Any],
     return tpl, dropped
 
 
+# The name property of each resource type that the local stack names itself (see name_local_resources).
+# Type -> (name property, the longest name AWS accepts).
+_NAME_PROPERTIES: Mapping[str, tuple[str, int]] = {
+    "AWS::DynamoDB::Table": ("TableName", 255),
+    "AWS::SQS::Queue": ("QueueName", 80),
+    "AWS::S3::Bucket": ("BucketName", 63),
+    "AWS::StepFunctions::StateMachine": ("StateMachineName", 80),
+    "AWS::Lambda::Function": ("FunctionName", 64),
+}
+
+
+def name_local_resources(template: Mapping[str, Any], stack_name: str) -> dict[str, Any]:
+    """Give every table, queue, bucket, state machine and function without a name ``{stack}-{logical id}``.
+
+    On AWS CloudFormation picks random suffixes; locally, stable names let a worker that outlives a restart
+    of the local cloud (``sdq up`` stopped and started again on the same ``--cloud-port``) find the new stack
+    at the same queue URL, table and state machine ARN. Names the template sets are kept, and a name that
+    would be too long is left to CloudFormation.
+    """
+    tpl = copy.deepcopy(dict(template))
+    for logical_id, resource in tpl.get("Resources", {}).items():
+        if (named := _NAME_PROPERTIES.get(resource.get("Type", ""))) is None:
+            continue
+        prop, longest = named
+        props = resource.setdefault("Properties", {})
+        name = f"{stack_name}-{logical_id}"
+        if prop not in props and len(name) <= longest:
+            props[prop] = name.lower() if prop == "BucketName" else name
+    return tpl
+
+
 def _depends_on(resource: Mapping[str, Any]) -> list[str]:
     value = resource.get("DependsOn", [])
     return [value] if isinstance(value, str) else list(value)
@@ -495,6 +526,7 @@ def provision(
         raise ProvisionError(f"parameters {unknown_params} are not declared in {template_path.name}")
     local, code_dirs, asl_texts = localize_template(sam, template_path.parent, asl_path)
     cfn_template, _ = filter_local_resources(translate_sam(local, region, params))
+    cfn_template = name_local_resources(cfn_template, stack_name)
     cfn_template = add_resolution_outputs(cfn_template)
     # Values for parameters only the left-out resources used have no place in the local stack.
     params = {k: v for k, v in params.items() if k in cfn_template.get("Parameters", {})}

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -92,13 +92,15 @@ class RunningService:
         return proc
 
 
-def start_service(state_dir: Path, extra_env: dict[str, str] | None = None, timeout_s: float = 120) -> RunningService:
+def start_service(
+    state_dir: Path, extra_env: dict[str, str] | None = None, timeout_s: float = 120, args: Sequence[str] = ()
+) -> RunningService:
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "service.log"
     env = {**os.environ, "SDQ_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     log = open(log_path, "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "handlers.cli", "up", "--port", "0", "--no-worker"],
+        [sys.executable, "-m", "handlers.cli", "up", "--port", "0", "--no-worker", *args],
         env=env,
         cwd=REPO,
         stdout=log,

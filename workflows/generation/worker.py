@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import random
 import socket
 import threading
 import time
@@ -185,6 +186,8 @@ class Worker:
 
     def _receive_loop(self) -> None:
         backoff = 0.5
+        outage_since: float | None = None
+        failures = 0
         while not self._stopping.is_set():
             with self._lock:
                 waiting = self._batcher.images_waiting()
@@ -198,10 +201,22 @@ class Worker:
                 )
                 backoff = 0.5
             except AwsError as exc:
-                logger.warning("receive failed; retrying", error=str(exc), retry_in_s=backoff)
-                self._stopping.wait(backoff)
+                # The queue (or the local cloud behind it) is unreachable: back off exponentially with
+                # jitter, up to 30 s, and keep everything held; the heartbeat keeps trying on its own.
+                outage_since = outage_since if outage_since is not None else time.monotonic()
+                failures += 1
+                delay = backoff * random.uniform(0.5, 1.0)
+                logger.warning("receive failed; retrying", error=str(exc), retry_in_s=round(delay, 2))
+                self._stopping.wait(delay)
                 backoff = min(backoff * 2, 30.0)
                 continue
+            if outage_since is not None:
+                logger.info(
+                    "queue reachable again; resuming",
+                    outage_s=round(time.monotonic() - outage_since, 1),
+                    failed_receives=failures,
+                )
+                outage_since, failures = None, 0
             if self._stopping.is_set():
                 self._safe_visibility(received, 0)
                 return

@@ -242,6 +242,30 @@ def cmd_bench_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_loop(args: argparse.Namespace) -> int:
+    from workflows.loopbench import LoopBenchConfig, format_loop_report, run_loop_bench
+
+    worker_env = dict(item.split("=", 1) for item in args.worker_env)
+    if args.compile:
+        worker_env["SDQ_COMPILE"] = "1"
+    result = run_loop_bench(
+        LoopBenchConfig(
+            model=args.model,
+            jobs=args.jobs,
+            max_batch_images=args.batch,
+            width=args.width,
+            height=args.height,
+            steps=args.steps,
+            worker_env=worker_env,
+            timeout_s=args.timeout,
+            out_dir=Path(args.out),
+        )
+    )
+    print(format_loop_report(result))
+    print(f"written: {result['path']}")
+    return 0 if result["statuses"] == {"SUCCEEDED": args.jobs} else 1
+
+
 # -- parser ----------------------------------------------------------------------------------------
 
 
@@ -333,6 +357,19 @@ def build_parser() -> argparse.ArgumentParser:
     bw.add_argument("--profile", action="store_true", help="GPU kernel-time breakdown (CUDA)")
     add_acceleration_arguments(bw)
     bw.set_defaults(func=cmd_bench_worker)
+
+    bl = bench_sub.add_parser("loop", help="GPU duty cycle of the real worker loop draining a full local queue")
+    bl.add_argument("--model", default="tiny", help="tiny (default), sd15, sdxl, a hub id or a folder")
+    bl.add_argument("--jobs", type=int, default=32, help="jobs queued before the worker starts (1 image each)")
+    bl.add_argument("--batch", type=int, default=8, help="the worker's batch limit (SDQ_MAX_BATCH_IMAGES)")
+    bl.add_argument("--steps", type=int, default=30)
+    bl.add_argument("--width", type=int, default=512)
+    bl.add_argument("--height", type=int, default=512)
+    bl.add_argument("--compile", action="store_true", help="the worker with SDQ_COMPILE=1 (CUDA)")
+    bl.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE", help="extra worker settings")
+    bl.add_argument("--timeout", type=float, default=900.0)
+    bl.add_argument("--out", default="benchmarks")
+    bl.set_defaults(func=cmd_bench_loop)
 
     add_cost_parser(sub)
 

@@ -206,6 +206,10 @@ class PipelineRunner:
     def device(self) -> torch.device:
         return self._model.device
 
+    def device_name(self) -> str | None:
+        """The GPU's name (``NVIDIA H100 80GB HBM3``), or None on CPU."""
+        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
+
     @property
     def dtype(self) -> torch.dtype:
         return self._model.dtype

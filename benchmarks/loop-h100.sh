@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Issue 8, GPU duty cycle of the real worker loop on one H100 (run from the repo root, wheels installed):
+# the local cloud and API in one process, a saturated queue, one `sdq worker` process draining it.
+#  1. eager fp16, batch limit 16, PNG encoding in 2 helper processes (the GPU default);
+#  2. the same with PNG encoding in the worker's own threads (SDQ_ENCODE_PROCESSES=0), the earlier design;
+#  3. the levers (SDQ_COMPILE=1, one bucket of 16), if time is left.
+set -u
+OUT=${OUT:-out/loop}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 SDQ_MODEL_CACHE=/tmp/sdq-models PYTHONPATH=${PYTHONPATH:-}:$PWD
+[ -d /tmp/site ] && python3 -m compileall -q -j 16 /tmp/site >/dev/null 2>&1
+left() { echo $(( ${BUDGET:-570} - SECONDS )); }
+log() { tee -a "$OUT/log.txt" | grep -v -E '^\s*$|UserWarning|warnings.warn|_warn_once|torchvision'; }
+COMMON="--model sd15 --batch 16 --width 512 --height 512 --steps 30 --out $OUT"
+
+echo "== 1. eager, encode in processes, 96 jobs at ${SECONDS}s" | log
+timeout $(left) python3 -m handlers.cli bench loop $COMMON --jobs 96 --timeout 200 2>&1 | log
+echo "== 2. eager, encode in threads, 96 jobs at ${SECONDS}s" | log
+timeout $(left) python3 -m handlers.cli bench loop $COMMON --jobs 96 --timeout 200 \
+  --worker-env SDQ_ENCODE_PROCESSES=0 2>&1 | log
+echo "== 3. levers (SDQ_COMPILE=1, bucket 16), 160 jobs at ${SECONDS}s" | log
+timeout $(left) python3 -m handlers.cli bench loop $COMMON --jobs 160 --compile --timeout $(( $(left) - 20 )) \
+  --worker-env SDQ_BATCH_BUCKETS=16 --worker-env SDQ_COMPILE_CACHE_DIR=/tmp/sdq-inductor-cache 2>&1 | log
+echo "== done at ${SECONDS}s" | log
+for d in /tmp/sdq-loopbench-*; do cp "$d/worker.log" "$OUT/worker-$(basename "$d").log" 2>/dev/null; done

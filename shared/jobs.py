@@ -404,6 +404,43 @@ class JobsRepository:
             raise InvalidTransition(job_id, current.status.value, running) from None
         return job_from_item(resp["Attributes"])
 
+    def release_claim(self, job_id: str, tenant: str, *, worker_id: str, attempt: int) -> bool:
+        """Undo a claim whose generation never started (RUNNING -> QUEUED, attempt given back).
+
+        The worker claims its next batch while the current one generates; when it stops before running
+        that batch, this hands the jobs back at once instead of leaving them to a lapsing lease. Only the
+        claiming worker's own, untouched claim is undone (same worker, same attempt, no step recorded), so a
+        cancel or a takeover in between wins. Returns whether the claim was released.
+        """
+        queued, running = JobStatus.QUEUED.value, JobStatus.RUNNING.value
+        # The first claim set started_at; a job handed back before any attempt ran has not started.
+        removed = "worker_id, lease_until" + (", started_at" if attempt == 1 else "")
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": job_pk(job_id)}},
+                UpdateExpression=f"SET #s = :queued, tenant_status = :ts REMOVE {removed} ADD attempt :minus",
+                ConditionExpression=(
+                    "#s = :running AND worker_id = :w AND attempt = :attempt AND tenant = :t AND progress_step = :zero"
+                ),
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    ":queued": {"S": queued},
+                    ":running": {"S": running},
+                    ":ts": {"S": f"{tenant}#{queued}"},
+                    ":w": {"S": worker_id},
+                    ":attempt": {"N": str(attempt)},
+                    ":minus": {"N": "-1"},
+                    ":zero": {"N": "0"},
+                    ":t": {"S": tenant},
+                },
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
     def lease_remaining(self, job_id: str, now: float) -> float:
         """Seconds until another worker may take this job over (0 when free or gone)."""
         resp = self._ddb.get_item(

@@ -189,6 +189,8 @@ def test_sigterm_finishes_the_running_batch_and_releases_the_rest(service: Runni
     wait_until(all_terminal(client, ids), 300, "the released jobs to finish")
     assert set(statuses(client, ids).values()) == {"SUCCEEDED"}
     assert executions_per_job(service, ids) == dict.fromkeys(ids, 1)
+    # The next batch, claimed while the first one ran, was handed back unstarted: no attempt used up.
+    assert [client.get(i)["attempt"] for i in ids] == [1, 1, 1, 1]
 
 
 def test_poison_message_goes_to_the_dlq_and_its_job_fails(service: RunningService) -> None:

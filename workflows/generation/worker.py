@@ -96,6 +96,12 @@ class Held:
 
 
 @dataclass
+class ClaimedBatch:
+    jobs: list[Held]
+    seconds: float  # how long the claims took (overlapped with the previous batch when prefetched)
+
+
+@dataclass
 class BatchReport:
     jobs: int = 0
     images: int = 0
@@ -138,9 +144,11 @@ class Worker:
         self._stopping = threading.Event()
         self._hard_stop = threading.Event()
         self._finishers = ThreadPoolExecutor(config.finisher_threads, thread_name_prefix="sdq-finish")
-        # A batch's claims are independent conditional writes: issued together, they cost the GPU thread one
-        # round trip per batch instead of one per job.
-        self._claimers = ThreadPoolExecutor(max(1, min(16, config.max_batch_images)), thread_name_prefix="sdq-claim")
+        # Per-job table writes (claims, progress) are independent conditional writes: issued together, a
+        # batch's writes cost one round trip instead of one per job.
+        self._table_pool = ThreadPoolExecutor(max(1, min(16, config.max_batch_images)), thread_name_prefix="sdq-table")
+        # Claims the next batch while the current one generates (one at a time).
+        self._prefetch = ThreadPoolExecutor(1, thread_name_prefix="sdq-prefetch")
         self._encoder = PngEncoder(config.encode_processes)
         self._in_flight: list[Future[None]] = []
         self.batches: list[BatchReport] = []
@@ -177,11 +185,29 @@ class Worker:
         receiver.start()
         heartbeat.start()
         logger.info("worker started", worker_id=self.config.worker_id, model=self._gen.model_name)
+        next_claim: Future[ClaimedBatch] | None = None
         try:
             while not self._stopping.is_set():
-                batch = self._next_batch()
-                if batch:
-                    self._run_batch(batch)
+                if next_claim is None:
+                    batch = self._next_batch()
+                    if not batch:
+                        continue
+                    next_claim = self._prefetch.submit(self._claim_batch, batch)
+                claimed = next_claim.result()
+                next_claim = None
+                if self._stopping.is_set():
+                    self._release_claims(claimed.jobs)
+                    break
+                # Overlap: claim the next ready batch while this one generates, so the GPU does not wait
+                # for a round of conditional writes between calls.
+                with self._lock:
+                    following = self._batcher.take(time.monotonic())
+                if following:
+                    next_claim = self._prefetch.submit(self._claim_batch, following)
+                self._run_batch(claimed)
+            if next_claim is not None:
+                # Stopping with a batch claimed but not started: hand its jobs back now.
+                self._release_claims(next_claim.result().jobs)
         finally:
             self._shutdown(receiver)
 
@@ -272,24 +298,42 @@ class Worker:
 
     # -- one batch ----------------------------------------------------------------------------------
 
-    def _run_batch(self, batch: list[Held]) -> None:
-        with segment("sdq-worker-batch"):
-            claim_started = time.monotonic()
-            with subsegment("claim"):
-                won = list(self._claimers.map(self._claim, batch))
-            claimed = [h for h, ok in zip(batch, won, strict=True) if ok]
-            if not claimed:
-                return
-            report = BatchReport(jobs=len(claimed), images=sum(h.request.num_images for h in claimed))
-            started = time.monotonic()
-            report.claim_s = started - claim_started
-            report.started_at = time.time()
-            with subsegment("generate"):
-                self._generate(claimed, report)
+    def _claim_batch(self, batch: list[Held]) -> ClaimedBatch:
+        """Claim every job of a batch at once (conditional writes in parallel); keep the ones won."""
+        started = time.monotonic()
+        with segment("sdq-worker-claim"):
+            won = list(self._table_pool.map(self._claim, batch))
+        return ClaimedBatch([h for h, ok in zip(batch, won, strict=True) if ok], time.monotonic() - started)
+
+    def _release_claims(self, jobs: list[Held]) -> None:
+        """Give claimed, never-started jobs back (QUEUED again, message visible now)."""
+        for held in jobs:
+            assert held.job is not None
+            try:
+                released = self._repo.release_claim(
+                    held.job_id, held.tenant, worker_id=self.config.worker_id, attempt=held.job.attempt
+                )
+            except AwsError as exc:
+                released = False
+                logger.warning("claim release failed; the lease will lapse", job_id=held.job_id, error=str(exc))
+            logger.info("claimed job handed back unstarted", job_id=held.job_id, released=released)
+            self._safe_visibility([held.received], 0)
+            self._forget(held)
+
+    def _run_batch(self, claimed: ClaimedBatch) -> None:
+        jobs = claimed.jobs
+        if not jobs:
+            return
+        report = BatchReport(jobs=len(jobs), images=sum(h.request.num_images for h in jobs))
+        report.claim_s = claimed.seconds
+        started = time.monotonic()
+        report.started_at = time.time()
+        with segment("sdq-worker-batch"), subsegment("generate"):
+            self._generate(jobs, report)
         report.seconds = time.monotonic() - started
         report.ended_at = report.started_at + report.seconds
         self.batches.append(report)
-        self._log_batch(claimed, report)
+        self._log_batch(jobs, report)
 
     def _claim(self, held: Held) -> bool:
         try:
@@ -349,16 +393,17 @@ class Worker:
             images = self._gen.generate(work, shape, progress)
         except GenerationCancelled:
             self.gpu_seconds += time.monotonic() - t0
-            progress.close()
+            _wait(progress.close())
             if self._hard_stop.is_set():
                 return
             for h in live:
                 if h.dropped:
                     report.cancelled += 1
+                    self._finish_message(h, delete=True)
             return
         except Exception as exc:
             self.gpu_seconds += time.monotonic() - t0
-            progress.close()
+            _wait(progress.close())
             oom = isinstance(exc, GenerationOOM)
             if len(live) > 1:
                 logger.warning("batch failed; splitting", jobs=len(live), oom=oom, error=type(exc).__name__)
@@ -372,19 +417,26 @@ class Worker:
             self._submit_finisher(self._hand_off_failure, live[0], code, f"{type(exc).__name__}: {exc}"[:1000])
             return
         self.gpu_seconds += time.monotonic() - t0
-        progress.close()
+        # The last progress write may still be in flight: the finishers wait for it (it can reveal a cancel),
+        # the GPU thread does not.
+        last_write = progress.close()
+        report.cancelled += sum(1 for h in live if h.dropped)
         for h in live:
-            if h.dropped:
-                report.cancelled += 1
-                self._finish_message(h, delete=True)
-                continue
-            self._submit_finisher(self._hand_off, h, images[h.job_id])
+            self._submit_finisher(self._complete, last_write, h, images[h.job_id])
 
     # -- hand-off (finisher threads) ------------------------------------------------------------------
 
     def _submit_finisher(self, fn: Callable[..., None], *args: Any) -> None:
         future = self._finishers.submit(fn, *args)
         self._in_flight = [f for f in self._in_flight if not f.done()] + [future]
+
+    def _complete(self, last_write: Future[None] | None, held: Held, images: list[Image]) -> None:
+        if last_write is not None:
+            last_write.result()
+        if held.dropped:
+            self._finish_message(held, delete=True)
+        else:
+            self._hand_off(held, images)
 
     def _hand_off(self, held: Held, images: list[Image]) -> None:
         assert held.job is not None
@@ -476,7 +528,8 @@ class Worker:
             for future in list(self._in_flight):
                 future.result()
         self._finishers.shutdown(wait=not self._hard_stop.is_set(), cancel_futures=self._hard_stop.is_set())
-        self._claimers.shutdown(wait=False, cancel_futures=True)
+        self._prefetch.shutdown(wait=False, cancel_futures=True)
+        self._table_pool.shutdown(wait=False, cancel_futures=True)
         self._encoder.close()
         with self._lock:
             leftover = list(self._held.values())
@@ -517,6 +570,11 @@ class Worker:
         self._metrics.flush_metrics()
 
 
+def _wait(future: Future[None] | None) -> None:
+    if future is not None:
+        future.result()
+
+
 class _ProgressWriter:
     """The pipeline's step callback: writes step/total at most once per interval (off the GPU thread) and
     stops the call when every job in it was cancelled or the worker must stop now."""
@@ -539,21 +597,23 @@ class _ProgressWriter:
             raise GenerationCancelled()
 
     def _write(self, step: int, total: int) -> None:
-        w = self._worker
-        for h in self._jobs:
-            if h.dropped or h.job is None:
-                continue
-            try:
-                still_ours = w._repo.record_progress(h.job_id, worker_id=w.config.worker_id, step=step, total=total)
-            except AwsError as exc:
-                logger.warning("progress write failed", job_id=h.job_id, error=str(exc))
-                continue
-            if still_ours:
-                h.job.progress.step, h.job.progress.total = step, total
-            else:
-                logger.info("job cancelled or taken over during generation; dropping it", job_id=h.job_id)
-                h.dropped = True
+        jobs = [h for h in self._jobs if not h.dropped and h.job is not None]
+        list(self._worker._table_pool.map(lambda h: self._write_one(h, step, total), jobs))
 
-    def close(self) -> None:
-        if self._pending is not None:
-            self._pending.result()
+    def _write_one(self, h: Held, step: int, total: int) -> None:
+        w = self._worker
+        assert h.job is not None
+        try:
+            still_ours = w._repo.record_progress(h.job_id, worker_id=w.config.worker_id, step=step, total=total)
+        except AwsError as exc:
+            logger.warning("progress write failed", job_id=h.job_id, error=str(exc))
+            return
+        if still_ours:
+            h.job.progress.step, h.job.progress.total = step, total
+        else:
+            logger.info("job cancelled or taken over during generation; dropping it", job_id=h.job_id)
+            h.dropped = True
+
+    def close(self) -> Future[None] | None:
+        """The write still in flight, if any (not waited for here)."""
+        return self._pending

@@ -161,6 +161,17 @@ def summarise(
             "batch_s": _spread([float(b["seconds"]) for b in batches]),
         }
     )
+    # Steady state: full batches after the first (which pays warm-up), per pipeline call.
+    full = max(int(b["images"]) for b in batches)
+    steady = [b for b in batches[1:] if int(b["images"]) == full]
+    if steady:
+        steady_s = statistics.fmean(float(b["seconds"]) for b in steady)
+        out["steady_state"] = {
+            "batches": len(steady),
+            "images": full,
+            "seconds_per_batch": round(steady_s, 4),
+            "images_per_s": round(full / steady_s, 3),
+        }
     inside_window = [u for t, u in gpu_samples if first <= t <= last]
     if inside_window:
         out["nvml_gpu_utilisation"] = {
@@ -185,6 +196,12 @@ def format_loop_report(result: dict[str, Any]) -> str:
             f"{result['images_per_s_loop']} img/s through the loop, {result['images_per_s_pipeline']} inside calls"
         )
         lines.append(f"between calls: {result['gap_s']}; claims: {result['claim_s']}")
+        if "steady_state" in result:
+            st = result["steady_state"]
+            lines.append(
+                f"steady state ({st['batches']} full batches after the first): {st['seconds_per_batch']} s per "
+                f"batch of {st['images']}, {st['images_per_s']} img/s"
+            )
     if "nvml_gpu_utilisation" in result:
         lines.append(f"NVML GPU utilisation over the window: {result['nvml_gpu_utilisation']['mean_percent']}%")
     return "\n".join(lines)

@@ -76,9 +76,7 @@ def main(model: str | None = None) -> int:
     config = worker_config()
     # On a GPU the limit also comes from free memory (the runner's estimate); on CPU the setting rules.
     config.max_batch_images = max(1, min(config.max_batch_images, generator.max_batch_images()))
-    # Off the GPU process's GIL on a GPU (see workflows.generation.encoding); in-thread on CPU.
-    encode = settings.encode_processes
-    config.encode_processes = encode if encode is not None else (2 if generator.device.type == "cuda" else 0)
+    config.encode_processes = settings.encode_processes
     logger.info(
         "batch limit",
         max_batch_images=config.max_batch_images,

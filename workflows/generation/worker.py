@@ -205,10 +205,10 @@ class Worker:
                 if following:
                     next_claim = self._prefetch.submit(self._claim_batch, following)
                 self._run_batch(claimed)
-            if next_claim is not None:
-                # Stopping with a batch claimed but not started: hand its jobs back now.
-                self._release_claims(next_claim.result().jobs)
         finally:
+            if next_claim is not None:
+                # Stopping (or failing) with a batch claimed but not started: hand its jobs back now.
+                self._release_claims(next_claim.result().jobs)
             self._shutdown(receiver)
 
     def _next_batch(self) -> list[Held]:
@@ -317,8 +317,8 @@ class Worker:
                 released = False
                 logger.warning("claim release failed; the lease will lapse", job_id=held.job_id, error=str(exc))
             logger.info("claimed job handed back unstarted", job_id=held.job_id, released=released)
+            self._forget(held)  # first, so the heartbeat stops extending it
             self._safe_visibility([held.received], 0)
-            self._forget(held)
 
     def _run_batch(self, claimed: ClaimedBatch) -> None:
         jobs = claimed.jobs
@@ -336,6 +336,16 @@ class Worker:
         self._log_batch(jobs, report)
 
     def _claim(self, held: Held) -> bool:
+        """Claim one job; never raises (runs on the table pool, where an error would cost the whole batch)."""
+        try:
+            return self._claim_or_settle(held)
+        except Exception as exc:  # an AWS error while settling a lost claim, or anything unexpected
+            logger.warning("claim failed; releasing", job_id=held.job_id, error=f"{type(exc).__name__}: {exc}")
+            self._safe_visibility([held.received], 5)
+            self._forget(held)
+            return False
+
+    def _claim_or_settle(self, held: Held) -> bool:
         try:
             held.job = self._repo.claim(
                 held.job_id,
@@ -370,10 +380,6 @@ class Worker:
             else:
                 logger.info("job needs no work; deleting its message", job_id=held.job_id, status=exc.current)
                 self._finish_message(held, delete=True)
-        except AwsError as exc:
-            logger.warning("claim failed; releasing", job_id=held.job_id, error=str(exc))
-            self._safe_visibility([held.received], 5)
-            self._forget(held)
         return False
 
     def _generate(self, jobs: list[Held], report: BatchReport) -> None:
@@ -399,7 +405,7 @@ class Worker:
             for h in live:
                 if h.dropped:
                     report.cancelled += 1
-                    self._finish_message(h, delete=True)
+                    self._drop(h)
             return
         except Exception as exc:
             self.gpu_seconds += time.monotonic() - t0
@@ -432,11 +438,32 @@ class Worker:
 
     def _complete(self, last_write: Future[None] | None, held: Held, images: list[Image]) -> None:
         if last_write is not None:
-            last_write.result()
+            try:
+                last_write.result()
+            except Exception:
+                logger.exception("progress write failed; handing off anyway", job_id=held.job_id)
         if held.dropped:
-            self._finish_message(held, delete=True)
+            self._drop(held)
         else:
             self._hand_off(held, images)
+
+    def _drop(self, held: Held) -> None:
+        """Let go of a job this worker no longer owns. A cancelled or finished job's message is deleted; a
+        job another worker took over keeps its message (that worker may die, and the message is the only
+        way back), so it is only forgotten here."""
+        try:
+            current = self._repo.get(held.job_id).status
+        except JobNotFound:
+            current = None
+        except AwsError as exc:
+            logger.warning("could not read a dropped job; leaving its message", job_id=held.job_id, error=str(exc))
+            self._forget(held)
+            return
+        if current == JobStatus.RUNNING:
+            logger.info("job taken over by another worker; keeping its message", job_id=held.job_id)
+            self._forget(held)
+        else:
+            self._finish_message(held, delete=True)
 
     def _hand_off(self, held: Held, images: list[Image]) -> None:
         assert held.job is not None

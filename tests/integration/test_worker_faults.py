@@ -96,9 +96,11 @@ def run_worker(
     )
     started: list[tuple[Worker, threading.Thread]] = []
 
-    def start(oom_above: int, *, failed_deletes: int = 0, visibility_s: int = 30) -> tuple[Worker, FaultyGpu]:
+    def start(
+        oom_above: int, *, failed_deletes: int = 0, visibility_s: int = 30, gpu: FaultyGpu | None = None
+    ) -> tuple[Worker, FaultyGpu]:
         aws = AwsClients(settings)
-        gpu = FaultyGpu(runner, oom_above)
+        gpu = gpu or FaultyGpu(runner, oom_above)
         worker = Worker(
             queue=FlakyDeleteQueue(aws.sqs(), settings.queue_url, failed_deletes),
             repo=JobsRepository(aws.dynamodb(), settings.table_name),
@@ -203,3 +205,45 @@ def test_a_failed_delete_means_a_redelivery_that_is_a_no_op(
     ]
     assert [n for n in names if n.startswith(job_id)] == [f"{job_id}-1"]
     assert worker.batches[0].jobs == 1
+
+
+class TakenOverGpu(FaultyGpu):
+    """The real runner, but while the batch generates another worker takes its job over (as after a lapsed
+    lease), and the step callback runs so the progress write finds the job gone."""
+
+    def __init__(self, runner: PipelineRunner, repo: JobsRepository, tenant: str) -> None:
+        super().__init__(runner, oom_above=8)
+        self._repo = repo
+        self._tenant = tenant
+
+    def generate(
+        self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: Callable[[int, int], None] | None = None
+    ) -> dict[str, list[Image]]:
+        for job in jobs:
+            self._repo.claim(job.key, self._tenant, worker_id="worker-b", lease_s=300, now=time.time() + 1000)
+        if on_step is not None:
+            on_step(1, shape.steps)
+        return super().generate(jobs, shape, None)
+
+
+def test_a_job_taken_over_mid_batch_is_dropped_but_its_message_is_kept_for_the_new_owner(
+    service: RunningService, runner: PipelineRunner, run_worker: Callable[..., tuple[Worker, FaultyGpu]]
+) -> None:
+    tenant, client = service.new_named_tenant("takeover")
+    job_id = client.submit({"prompt": "taken over", **SMALL})["id"]
+    repo = JobsRepository(service.boto("dynamodb"), service.table)
+    worker, _gpu = run_worker(8, visibility_s=5, gpu=TakenOverGpu(runner, repo, tenant))
+    deadline = time.monotonic() + 60
+    while not (worker.batches and not worker._held) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert worker.batches
+    assert not worker._held
+    job = repo.get(job_id)
+    assert job.status.value == "RUNNING"
+    assert job.attempt == 2  # the new owner's claim stands
+    item = service.boto("dynamodb").get_item(TableName=service.table, Key={"pk": {"S": f"JOB#{job_id}"}})["Item"]
+    assert item["worker_id"]["S"] == "worker-b"
+    executions = service.boto("stepfunctions").list_executions(stateMachineArn=service.env["SDQ_STATE_MACHINE_ARN"])
+    assert not [e for e in executions["executions"] if e["name"].startswith(job_id)]  # no hand-off
+    # Not deleted: if worker-b dies too, this message is the job's only way back.
+    assert service.queue_depth() == 1

@@ -83,6 +83,7 @@ def main(model: str | None = None) -> int:
         model=generator.model_name,
         device=str(generator.device),
         gpu=generator.device_name(),
+        note=generator.note,
         encode_processes=config.encode_processes,
     )
     worker = build_worker(generator, config)

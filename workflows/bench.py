@@ -152,7 +152,7 @@ def run_worker_bench(
         **extra,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"worker-{_slug(arch)}-{_slug(report['device']['short'])}-{started:%Y%m%d-%H%M%S}.json"
+    name = f"worker-{file_slug(arch)}-{file_slug(report['device']['short'])}-{started:%Y%m%d-%H%M%S}.json"
     path = out_dir / name
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     report["path"] = str(path)
@@ -344,7 +344,8 @@ def run_startup_bench(
         "mega_cache_saved_bytes": saved,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"startup-{_slug(arch)}-{_slug(report['device']['short'])}-{cache_state}-{started:%Y%m%d-%H%M%S}.json"
+    device = file_slug(report["device"]["short"])
+    name = f"startup-{file_slug(arch)}-{device}-{cache_state}-{started:%Y%m%d-%H%M%S}.json"
     path = out_dir / name
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     report["path"] = str(path)
@@ -478,7 +479,8 @@ def _cpu_model_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _slug(text: str) -> str:
+def file_slug(text: str) -> str:
+    """A lowercase, dash-separated piece of a report's file name."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "model"
 
 

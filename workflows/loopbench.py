@@ -110,7 +110,6 @@ def run_loop_bench(config: LoopBenchConfig) -> dict[str, Any]:
             "kind": "worker-loop",
             "date": started.isoformat(timespec="seconds"),
             "model": config.model,
-            "model_note": _model_note(config.model),
             "shape": {"width": config.width, "height": config.height, "steps": config.steps},
             "jobs": config.jobs,
             "max_batch_images": config.max_batch_images,
@@ -119,9 +118,11 @@ def run_loop_bench(config: LoopBenchConfig) -> dict[str, Any]:
             "replaced": "nothing: real worker process, real local cloud (moto) and API on this machine",
         }
     )
+    from workflows.bench import file_slug  # imports torch: only once the run is over
+
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    device = _slug(str(result.get("gpu_name") or "cpu"))
-    path = config.out_dir / f"loop-{_slug(config.model)}-{device}-{started.strftime('%Y%m%d-%H%M%S')}.json"
+    device = file_slug(str(result.get("gpu_name") or "cpu"))
+    path = config.out_dir / f"loop-{file_slug(config.model)}-{device}-{started.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     result["path"] = str(path)
     return result
@@ -139,6 +140,7 @@ def summarise(
     started = next((e for e in events if e.get("message") == "batch limit"), {})
     out["gpu_name"] = started.get("gpu")
     out["encode_processes"] = started.get("encode_processes")
+    out["model_note"] = started.get("note")  # the loaded model's own note (noise models say so)
     if not batches:
         return out
     first, last = float(batches[0]["started_at"]), float(batches[-1]["ended_at"])
@@ -258,20 +260,6 @@ def _spread(values: list[float]) -> dict[str, float]:
         "max": round(max(values), 4),
         "min": round(min(values), 4),
     }
-
-
-def _model_note(model: str) -> str | None:
-    from workflows.generation.models import RANDOM_ARCHITECTURES, RANDOM_WEIGHTS_NOTE, TINY_MODEL_NOTE
-
-    if model == "tiny":
-        return TINY_MODEL_NOTE
-    if model in RANDOM_ARCHITECTURES:
-        return RANDOM_WEIGHTS_NOTE.format(arch=model)
-    return None
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:40] or "x"
 
 
 class _GpuSampler:

@@ -208,7 +208,10 @@ class Worker:
         finally:
             if next_claim is not None:
                 # Stopping (or failing) with a batch claimed but not started: hand its jobs back now.
-                self._release_claims(next_claim.result().jobs)
+                try:
+                    self._release_claims(next_claim.result().jobs)
+                except Exception:
+                    logger.exception("could not hand back the claimed batch; its leases will lapse")
             self._shutdown(receiver)
 
     def _next_batch(self) -> list[Held]:

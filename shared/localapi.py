@@ -146,6 +146,9 @@ class LocalApiServer:
         self._redirects = redirects or {}
         self._server: BaseWSGIServer = make_server(host, port, self._wsgi, threaded=True)
         self._thread: threading.Thread | None = None
+        # One invocation at a time, as in one Lambda execution environment: the handler's router keeps the
+        # current event on a module-level object, so concurrent calls would answer each other's requests.
+        self._invoke_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -159,7 +162,9 @@ class LocalApiServer:
         if (request.content_length or 0) > APIGW_MAX_BODY:
             too_big = Response(b'{"message":"Request Too Long"}', status=413, content_type="application/json")
             return too_big(environ, start_response)
-        result = self._handler(request_to_event(request), LocalLambdaContext())
+        event = request_to_event(request)
+        with self._invoke_lock:
+            result = self._handler(event, LocalLambdaContext())
         return response_from_result(result)(environ, start_response)
 
     def _serve_static(self, request: Request) -> Response | None:

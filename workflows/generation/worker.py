@@ -496,7 +496,31 @@ class Worker:
             logger.exception("hand-off failed; job will be retried", job_id=held.job_id, error=str(exc))
             self._forget(held)
             return
+        self._mark_handed_off(held)
         self._finish_message(held, delete=True)
+
+    def _mark_handed_off(self, held: Held) -> None:
+        """RUNNING -> POSTPROCESSING once the execution is started, while this worker's lease still holds.
+
+        The state machine makes the same move when its postprocessing starts, but that can come after the
+        lease lapses (a slow or throttled first task). Until then a duplicate delivery of the job's message
+        could claim the RUNNING job again and generate it twice; out of RUNNING, no claim can."""
+        assert held.job is not None
+        try:
+            self._repo.transition(
+                held.job_id,
+                JobStatus.POSTPROCESSING,
+                tenant=held.tenant,
+                sources=[JobStatus.RUNNING],
+                extra_condition=(
+                    "worker_id = :me AND attempt = :attempt",
+                    {":me": self.config.worker_id, ":attempt": held.job.attempt},
+                ),
+            )
+        except (InvalidTransition, JobNotFound):
+            pass  # the state machine got there first, or the job was cancelled
+        except AwsError as exc:
+            logger.warning("could not mark the hand-off; the lease covers it", job_id=held.job_id, error=str(exc))
 
     def _hand_off_failure(self, held: Held, code: str, message: str) -> None:
         assert held.job is not None

@@ -18,10 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.client import ApiError, Endpoint, SdqClient
+from shared.contracts import TERMINAL
 from workflows.localservice import LocalService, LocalServiceConfig, start_local_service
 from workflows.receiver import ScriptedReceiver
-
-TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
 @dataclass

@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from shared.client import Endpoint, SdqClient
+from shared.contracts import TERMINAL
 from workflows.localservice import LocalServiceConfig, start_local_service
 
 logger = logging.getLogger("workflows.loopbench")
 
-TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 _PROMPTS = (
     "a lighthouse on a cliff at dusk, oil painting",
     "a red fox in fresh snow, telephoto photograph",

@@ -25,11 +25,11 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.client import Endpoint, SdqClient
+from shared.contracts import TERMINAL
 from workflows.localservice import LocalService, LocalServiceConfig, start_local_service
 from workflows.receiver import ScriptedReceiver
 
 SHAPES = [(256, 256), (320, 256), (256, 320)]
-TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
 @dataclass

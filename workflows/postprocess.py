@@ -126,7 +126,10 @@ class Postprocessor:
                     job.job_id, JobStatus.POSTPROCESSING, tenant=job.tenant, sources=[JobStatus.RUNNING]
                 )
             except InvalidTransition as exc:
-                return PostprocessResult(status=exc.current, outputs=[], skipped=True)
+                # The worker marks its own hand-off POSTPROCESSING right after starting this execution; losing
+                # that race means the job is ours to finish, not that it is no longer wanted.
+                if exc.current != JobStatus.POSTPROCESSING.value:
+                    return PostprocessResult(status=exc.current, outputs=[], skipped=True)
         elif job.status != JobStatus.POSTPROCESSING:
             return PostprocessResult(status=job.status.value, outputs=[], skipped=True)
 

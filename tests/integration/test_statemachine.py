@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from shared.contracts import Job
+from shared.contracts import Job, JobStatus
 from shared.jobs import JobsRepository
+from shared.media import MediaStore
 from tests.integration.conftest import RunningService, start_service, stop_service, store_queued_job
+from workflows.postprocess import PostprocessInput, Postprocessor
 from workflows.receiver import ScriptedReceiver
 
 
@@ -319,3 +321,44 @@ def test_postprocess_rerun_for_the_same_job_gives_the_same_outputs(harness: tupl
     assert again["outputs"] == first["outputs"]  # same keys, sizes and sha256 although staging is gone now
     body = h.s3.get_object(Bucket=h.bucket, Key=first["outputs"][0]["key"])["Body"].read()
     assert hashlib.sha256(body).hexdigest() == first["outputs"][0]["sha256"]
+
+
+class _WorkerMarksDuringRead(JobsRepository):
+    """The race from the soak: the worker marks its hand-off POSTPROCESSING just after Postprocess read the
+    job as RUNNING, so Postprocess's own RUNNING -> POSTPROCESSING write loses."""
+
+    def get(self, job_id: str, *, tenant: str | None = None) -> Job:
+        job = super().get(job_id, tenant=tenant)
+        if job.status == JobStatus.RUNNING:
+            self.transition(job_id, JobStatus.POSTPROCESSING, tenant=job.tenant, sources=[JobStatus.RUNNING])
+        return job
+
+
+def test_postprocess_finishes_a_job_the_worker_marked_postprocessing_meanwhile(harness: tuple[Harness, Any]) -> None:
+    h, _client = harness
+    job = h.running_job(None, num_images=2)
+    keys = h.stage(job, 2)
+    racing = _WorkerMarksDuringRead(h.service.boto("dynamodb"), h.service.table)
+    result = Postprocessor(racing, MediaStore(h.s3, h.bucket)).run(
+        PostprocessInput(job_id=job.job_id, tenant=job.tenant, attempt=job.attempt, staging_keys=keys)
+    )
+    assert not result.skipped
+    assert [o.index for o in result.outputs] == [0, 1]
+    for output in result.outputs:
+        body = h.s3.get_object(Bucket=h.bucket, Key=output.key)["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == output.sha256
+    assert h.repo.get(job.job_id).status == JobStatus.POSTPROCESSING
+
+
+def test_a_skipped_postprocess_never_records_success(harness: tuple[Harness, Any]) -> None:
+    h, _client = harness
+    job = h.running_job(None)
+    keys = h.stage(job)
+    # Handed back unstarted (RUNNING -> QUEUED): the execution finds nothing of its own to finish.
+    assert h.repo.release_claim(job.job_id, job.tenant, worker_id="test", attempt=job.attempt)
+    arn = h.start(job, keys)
+    assert h.wait(arn) == "SUCCEEDED"
+    assert "AlreadyFinal" in h.entered_states(arn)
+    stored = h.repo.get(job.job_id)
+    assert stored.status == JobStatus.QUEUED
+    assert stored.outputs == []

@@ -62,4 +62,8 @@ def test_postprocess_failures_lead_to_mark_failed_and_webhook_failures_never_do(
         assert any("WebhookRetryable" in r["ErrorEquals"] for r in states[notify]["Retry"])
     # Terminal writes are conditional, so a cancel that won the race is never overwritten.
     assert "ConditionExpression" in states["MarkSucceeded"]["Parameters"]
+    # Success is recorded only from the POSTPROCESSING that Postprocess itself entered, never from RUNNING.
+    succeeded_from = {v.get("S") for v in states["MarkSucceeded"]["Parameters"]["ExpressionAttributeValues"].values()}
+    assert "RUNNING" not in succeeded_from
+    assert states["MarkSucceeded"]["Parameters"]["ConditionExpression"] == "#s = :post"
     assert "ConditionExpression" in states["MarkFailed"]["Parameters"]

@@ -195,15 +195,18 @@ def _probe_images(runner: PipelineRunner, shape: BatchShape, batch: int) -> tupl
 
 
 def image_difference(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
-    """Pixel differences of two 8-bit images: max, mean and 99th percentile, and whether either is flat.
+    """Pixel differences of two 8-bit images: max, mean and 99th percentile, PSNR in dB (None when equal), and
+    whether either is flat.
 
     A flat image (standard deviation under half a level) means NaN/black output, where a match says nothing.
     """
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    mse = float(np.mean(diff.astype(np.float64) ** 2))
     return {
         "max": int(diff.max()),
         "mean": float(diff.mean()),
         "p99": float(np.percentile(diff, 99)),
+        "psnr_db": 10 * float(np.log10(255.0**2 / mse)) if mse > 0 else None,
         "flat": bool(a.std() < 0.5 or b.std() < 0.5),
     }
 
@@ -582,7 +585,9 @@ def format_lever_table(result: dict[str, Any]) -> str:
     if "equivalence" in result:
         eq = result["equivalence"]
         parts = [
-            f"{name.replace('_', ' ')}: max {d['max']}, mean {d['mean']:.2f}" + (" (flat image)" if d["flat"] else "")
+            f"{name.replace('_', ' ')}: max {d['max']}, mean {d['mean']:.2f}"
+            + (f", PSNR {d['psnr_db']:.1f} dB" if d.get("psnr_db") is not None else "")
+            + (" (flat image)" if d["flat"] else "")
             for name, d in eq.items()
             if isinstance(d, dict)
         ]

@@ -190,6 +190,7 @@ def test_bench_flags_map_to_options() -> None:
         compile=True, cuda_graphs=False, buckets=(1, 8), cache_dir="/tmp/c", warmup=True
     )
     assert acceleration_from_args(parse("--prompt-cache", "0")) == AccelerationOptions(prompt_cache_size=0)
+    assert acceleration_from_args(parse("--feature-reuse", "3")) == AccelerationOptions(feature_reuse=3)
     assert parse("--precision", "bf16").precision == "bf16"
 
 
@@ -205,6 +206,7 @@ def test_worker_settings_map_to_options() -> None:
         compile_mega_cache="/opt/sdq/compile-cache.bin",
         compile_warmup=False,
         prompt_cache_size=0,
+        feature_reuse=3,
     )
     assert options_from_settings(settings) == AccelerationOptions(
         compile=True,
@@ -214,6 +216,7 @@ def test_worker_settings_map_to_options() -> None:
         mega_cache="/opt/sdq/compile-cache.bin",
         warmup=False,
         prompt_cache_size=0,
+        feature_reuse=3,
     )
     assert options_from_settings(SimpleNamespace(batch_buckets=[1, 16])).buckets == (1, 16)
 

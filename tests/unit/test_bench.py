@@ -138,6 +138,30 @@ def test_lever_bench_measures_eager_then_levers_on_cpu(tmp_path: Path) -> None:
     assert json.loads(Path(report["path"]).read_text())["equivalence"] == eq
 
 
+def test_feature_reuse_is_reported_against_the_exact_path(tmp_path: Path) -> None:
+    report = run_worker_bench(
+        "tiny",
+        [2],
+        steps=4,
+        width=256,
+        height=256,
+        out_dir=tmp_path,
+        device="cpu",
+        repeats=1,
+        cache_root=tmp_path / "models",
+        acceleration=AccelerationOptions(feature_reuse=2),
+        eager_rows=False,
+    )
+    assert "feature_reuse" in report["acceleration"]["applied"]
+    eq = report["equivalence"]
+    # The trade, measured: the probe image differs from the exact (eager, no reuse) one, with a finite PSNR ...
+    assert eq["alone_vs_eager_alone"]["max"] > 0
+    assert eq["alone_vs_eager_alone"]["psnr_db"] > 0
+    # ... while batching still changes nothing.
+    assert eq["alone_vs_batched"]["max"] <= 1
+    assert "PSNR" in format_bench_table(report)
+
+
 def test_startup_bench_times_process_start_to_first_image(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,6 +13,8 @@
 - ``cache_dir`` / ``mega_cache``: a persistent inductor/FX-graph/autotune cache folder, and a single portable
   file of compile artifacts (``torch.compiler.save_cache_artifacts``) to ship with the worker image.
 - ``prompt_cache_size``: an LRU of text embeddings per prompt string (positive and negative alike).
+- ``feature_reuse``: DeepCache-style reuse of the UNet's deep features between full steps (``featurereuse.py``);
+  it changes the images, so it is off by default and reported beside its pixel difference from the exact path.
 
 The GPU levers are skipped on CPU (recorded in ``Accelerator.report``), so tests stay fast. Batch buckets set
 explicitly apply on CPU too, which lets tests check that padding leaves each image unchanged.
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
     # torch is imported where it is used: the options and the command-line flags load without it (the ``sdq``
     # command builds its parser at every start).
     import torch
+
+from workflows.generation import featurereuse
+from workflows.generation.featurereuse import FeatureReuse
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +77,16 @@ class AccelerationOptions:
     # Compile (and record) every bucket at the native size at load time, not on the first matching batch.
     warmup: bool = False
     prompt_cache_size: int = 256
+    # Quality-trading: run the whole UNet every N-th step only, the outer level in between (0: off, exact).
+    feature_reuse: int = 0
 
     def __post_init__(self) -> None:
         if self.buckets is not None and any(b < 1 for b in self.buckets):
             raise ValueError(f"bucket sizes must be positive, got {self.buckets}")
         if self.prompt_cache_size < 0:
             raise ValueError("prompt_cache_size must be >= 0")
+        if self.feature_reuse == 1 or self.feature_reuse < 0:
+            raise ValueError(f"feature_reuse is 0 (off) or an interval of at least 2, got {self.feature_reuse}")
 
     @property
     def wants_cuda_graphs(self) -> bool:
@@ -135,6 +144,7 @@ def options_from_settings(settings: Any) -> AccelerationOptions:
         mega_cache=get("compile_mega_cache", None),
         warmup=bool(get("compile_warmup", True)),
         prompt_cache_size=int(get("prompt_cache_size", 256)),
+        feature_reuse=int(get("feature_reuse", 0)),
     )
 
 
@@ -273,6 +283,7 @@ class Accelerator:
         self.compiled = False
         self.cuda_graphs = False
         self.prompt_cache: PromptEmbeddingCache | None = None
+        self.feature_reuse: FeatureReuse | None = None
         self.buckets: tuple[int, ...] = ()
         self.resolutions: tuple[tuple[int, int], ...] = ()
         started = time.perf_counter()
@@ -282,7 +293,7 @@ class Accelerator:
     @property
     def active(self) -> bool:
         """Whether any GPU lever changed the model (compile, layout or fused projections)."""
-        return any(lever in self.report.applied for lever in ("compile", "channels_last", "fuse_qkv"))
+        return any(lever in self.report.applied for lever in ("compile", "channels_last", "fuse_qkv", "feature_reuse"))
 
     # -- applying ------------------------------------------------------------------------------------------
 
@@ -294,6 +305,14 @@ class Accelerator:
                 self.report.applied.append("prompt_cache")
             else:
                 self.report.skipped["prompt_cache"] = f"not an SD/SDXL pipeline ({type(pipe).__name__})"
+        if opts.feature_reuse:
+            # Not a GPU lever: it skips work on any device (and CPU tests exercise it).
+            reason = featurereuse.supports(pipe.unet)
+            if reason is None:
+                self.feature_reuse = FeatureReuse(pipe.unet, opts.feature_reuse)
+                self.report.applied.append("feature_reuse")
+            else:
+                self.report.skipped["feature_reuse"] = reason
 
         gpu_levers = {
             "compile": opts.compile,
@@ -346,7 +365,14 @@ class Accelerator:
         self.cuda_graphs = opts.wants_cuda_graphs
         _configure_inductor(opts.autotune, shapes=max(1, len(self.buckets)) * len(self.resolutions))
         kwargs: dict[str, Any] = {"mode": opts.compile_mode, "dynamic": False}
-        _compile_forward(pipe.unet, kwargs, cuda_graphs=self.cuda_graphs, timestep_arg=True)
+        if self.feature_reuse is not None:
+            # The full and the shallow forward are compiled (and graphed) separately; the hooks stay on the UNet.
+            import torch
+
+            self.feature_reuse.compile_with(lambda fn: torch.compile(fn, **kwargs), graphs=self.cuda_graphs)
+            _hook_forward(pipe.unet, cuda_graphs=self.cuda_graphs, timestep_arg=True)
+        else:
+            _compile_forward(pipe.unet, kwargs, cuda_graphs=self.cuda_graphs, timestep_arg=True)
         self.report.applied.append("compile")
         if self.cuda_graphs:
             self.report.applied.append("cuda_graphs")
@@ -387,6 +413,8 @@ class Accelerator:
     @contextmanager
     def call_context(self, width: int, height: int, images: int) -> Iterator[None]:
         """Around one pipeline call of ``images`` (padded) images: eager unless that shape is compiled."""
+        if self.feature_reuse is not None:
+            self.feature_reuse.reset()  # every call starts with a full step
         if not self.compiled or self.uses_compiled_path(width, height, images):
             yield
             return
@@ -453,6 +481,12 @@ def _compile_forward(module: Any, kwargs: dict[str, Any], *, cuda_graphs: bool, 
     import torch
 
     module.forward = torch.compile(module.forward, **kwargs)
+    _hook_forward(module, cuda_graphs=cuda_graphs, timestep_arg=timestep_arg)
+
+
+def _hook_forward(module: Any, *, cuda_graphs: bool, timestep_arg: bool) -> None:
+    """The eager hooks around a compiled forward (see ``_compile_forward``)."""
+    import torch
 
     def before(_module: Any, args: tuple[Any, ...], call_kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         if timestep_arg:
@@ -540,6 +574,13 @@ def add_acceleration_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mega-cache", help="compile-artifacts file: loaded before compiling, saved after")
     group.add_argument("--warmup", action="store_true", help="compile every bucket at load (the worker's start)")
     group.add_argument("--prompt-cache", type=int, default=256, help="prompt-embedding LRU entries (0: off)")
+    group.add_argument(
+        "--feature-reuse",
+        type=int,
+        default=0,
+        metavar="N",
+        help="DeepCache-style: the full UNet every N-th step only (changes the images; default 0: off)",
+    )
     group.add_argument("--levers", action="store_true", help="measure eager, then levers, even with defaults")
 
 
@@ -558,6 +599,7 @@ def acceleration_from_args(args: argparse.Namespace) -> AccelerationOptions | No
         mega_cache=args.mega_cache,
         warmup=args.warmup,
         prompt_cache_size=args.prompt_cache,
+        feature_reuse=args.feature_reuse,
     )
     if options == AccelerationOptions() and not args.levers:
         return None

@@ -292,7 +292,7 @@ class Accelerator:
 
     @property
     def active(self) -> bool:
-        """Whether any GPU lever changed the model (compile, layout or fused projections)."""
+        """Whether any lever changed the model (compile, layout, fused projections or feature reuse)."""
         return any(lever in self.report.applied for lever in ("compile", "channels_last", "fuse_qkv", "feature_reuse"))
 
     # -- applying ------------------------------------------------------------------------------------------

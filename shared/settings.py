@@ -101,6 +101,7 @@ class Settings(BaseSettings):
     feature_reuse: int = Field(
         default=0, ge=0, description="DeepCache-style: full UNet every N-th step (0: off; changes the images)"
     )
+    fp8: bool = Field(default=False, description="FP8 products in the UNet's attention blocks (changes the images)")
 
     staging_prefix: str = "staging/"
     outputs_prefix: str = "outputs/"

@@ -191,6 +191,7 @@ def test_bench_flags_map_to_options() -> None:
     )
     assert acceleration_from_args(parse("--prompt-cache", "0")) == AccelerationOptions(prompt_cache_size=0)
     assert acceleration_from_args(parse("--feature-reuse", "3")) == AccelerationOptions(feature_reuse=3)
+    assert acceleration_from_args(parse("--fp8")) == AccelerationOptions(fp8=True)
     assert parse("--precision", "bf16").precision == "bf16"
 
 
@@ -207,6 +208,7 @@ def test_worker_settings_map_to_options() -> None:
         compile_warmup=False,
         prompt_cache_size=0,
         feature_reuse=3,
+        fp8=True,
     )
     assert options_from_settings(settings) == AccelerationOptions(
         compile=True,
@@ -217,6 +219,7 @@ def test_worker_settings_map_to_options() -> None:
         warmup=False,
         prompt_cache_size=0,
         feature_reuse=3,
+        fp8=True,
     )
     assert options_from_settings(SimpleNamespace(batch_buckets=[1, 16])).buckets == (1, 16)
 

@@ -15,6 +15,8 @@
 - ``prompt_cache_size``: an LRU of text embeddings per prompt string (positive and negative alike).
 - ``feature_reuse``: DeepCache-style reuse of the UNet's deep features between full steps (``featurereuse.py``);
   it changes the images, so it is off by default and reported beside its pixel difference from the exact path.
+- ``fp8``: the UNet's attention-block linears as FP8 products with per-row scales (``fp8.py``); quality-trading
+  too, off by default. It runs on CPU as well (slowly), so the tests check its arithmetic.
 
 The GPU levers are skipped on CPU (recorded in ``Accelerator.report``), so tests stay fast. Batch buckets set
 explicitly apply on CPU too, which lets tests check that padding leaves each image unchanged.
@@ -79,6 +81,8 @@ class AccelerationOptions:
     prompt_cache_size: int = 256
     # Quality-trading: run the whole UNet every N-th step only, the outer level in between (0: off, exact).
     feature_reuse: int = 0
+    # Quality-trading: FP8 (e4m3) matrix products in the UNet's attention blocks (Hopper/Ada tensor cores).
+    fp8: bool = False
 
     def __post_init__(self) -> None:
         if self.buckets is not None and any(b < 1 for b in self.buckets):
@@ -145,6 +149,7 @@ def options_from_settings(settings: Any) -> AccelerationOptions:
         warmup=bool(get("compile_warmup", True)),
         prompt_cache_size=int(get("prompt_cache_size", 256)),
         feature_reuse=int(get("feature_reuse", 0)),
+        fp8=bool(get("fp8", False)),
     )
 
 
@@ -266,6 +271,7 @@ class AccelerationReport:
     mega_cache_loaded_bytes: int | None = None
     mega_cache_saved_bytes: int | None = None
     warmup_s: dict[str, float] = field(default_factory=dict)
+    fp8_linears: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -292,8 +298,10 @@ class Accelerator:
 
     @property
     def active(self) -> bool:
-        """Whether any lever changed the model (compile, layout, fused projections or feature reuse)."""
-        return any(lever in self.report.applied for lever in ("compile", "channels_last", "fuse_qkv", "feature_reuse"))
+        """Whether any lever changed the model (compile, layout, fused projections, feature reuse or FP8)."""
+        return any(
+            lever in self.report.applied for lever in ("compile", "channels_last", "fuse_qkv", "feature_reuse", "fp8")
+        )
 
     # -- applying ------------------------------------------------------------------------------------------
 
@@ -327,6 +335,7 @@ class Accelerator:
             for name, wanted in gpu_levers.items():
                 if wanted:
                     self.report.skipped[name] = f"not on CUDA ({self._device.type})"
+            self._apply_fp8()
             return
         if opts.cuda_graphs and not opts.compile:
             self.report.skipped["cuda_graphs"] = "needs compile"
@@ -348,6 +357,7 @@ class Accelerator:
                 self.report.applied.append("fuse_qkv")
             except (ValueError, AttributeError) as exc:
                 self.report.skipped["fuse_qkv"] = str(exc)
+        self._apply_fp8()  # after fusing: the fused QKV projection becomes one FP8 product
         if opts.wants_channels_last:
             import torch
 
@@ -357,6 +367,18 @@ class Accelerator:
 
         if opts.compile:
             self._compile()
+
+    def _apply_fp8(self) -> None:
+        if not self.options.fp8:
+            return
+        from workflows.generation import fp8
+
+        reason = fp8.supports(self._device)
+        if reason is None:
+            self.report.fp8_linears = fp8.convert_attention_linears(self._pipe.unet)
+            self.report.applied.append("fp8")
+        else:
+            self.report.skipped["fp8"] = reason
 
     def _compile(self) -> None:
         opts, pipe = self.options, self._pipe
@@ -581,6 +603,9 @@ def add_acceleration_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="DeepCache-style: the full UNet every N-th step only (changes the images; default 0: off)",
     )
+    group.add_argument(
+        "--fp8", action="store_true", help="FP8 products in the UNet's attention blocks (changes images)"
+    )
     group.add_argument("--levers", action="store_true", help="measure eager, then levers, even with defaults")
 
 
@@ -600,6 +625,7 @@ def acceleration_from_args(args: argparse.Namespace) -> AccelerationOptions | No
         warmup=args.warmup,
         prompt_cache_size=args.prompt_cache,
         feature_reuse=args.feature_reuse,
+        fp8=args.fp8,
     )
     if options == AccelerationOptions() and not args.levers:
         return None

@@ -115,22 +115,28 @@ class Postprocessor:
         return f"{self._prefix}{job.tenant}/{job.job_id}/{index}.thumb.webp"
 
     def run(self, event: PostprocessInput) -> PostprocessResult:
-        """Write the job's outputs. Returns ``skipped`` when the job no longer wants them (cancelled).
+        """Write the job's outputs. Returns ``skipped`` when the job no longer wants them from this execution
+        (cancelled, finished, or its current attempt is another one).
 
         Raises PermanentError when there is nothing to postprocess (no staging images and no outputs).
         """
         job = self._repo.get(event.job_id, tenant=event.tenant)
-        if job.status == JobStatus.RUNNING:
+        if job.status == JobStatus.RUNNING and job.attempt == event.attempt:
             try:
                 job = self._repo.transition(
-                    job.job_id, JobStatus.POSTPROCESSING, tenant=job.tenant, sources=[JobStatus.RUNNING]
+                    job.job_id,
+                    JobStatus.POSTPROCESSING,
+                    tenant=job.tenant,
+                    sources=[JobStatus.RUNNING],
+                    extra_condition=("attempt = :attempt", {":attempt": event.attempt}),
                 )
-            except InvalidTransition as exc:
-                # The worker marks its own hand-off POSTPROCESSING right after starting this execution; losing
-                # that race means the job is ours to finish, not that it is no longer wanted.
-                if exc.current != JobStatus.POSTPROCESSING.value:
-                    return PostprocessResult(status=exc.current, outputs=[], skipped=True)
-        elif job.status != JobStatus.POSTPROCESSING:
+            except InvalidTransition:
+                # Most often the worker's own hand-off mark (POSTPROCESSING, same attempt) got there first: the
+                # job is still ours to finish. Read again to tell that from a cancel or a new claim.
+                job = self._repo.get(event.job_id, tenant=event.tenant)
+        if job.status != JobStatus.POSTPROCESSING or job.attempt != event.attempt:
+            # Cancelled, finished, handed back, or claimed again by another worker (another attempt's
+            # execution finishes it): nothing here is this execution's to write.
             return PostprocessResult(status=job.status.value, outputs=[], skipped=True)
 
         outputs: list[Output] = []

@@ -152,6 +152,7 @@ def _put_job(res: LocalResources, status: str) -> str:
         "tenant": {"S": "t-1"},
         "status": {"S": status},
         "tenant_status": {"S": f"t-1#{status}"},
+        "attempt": {"N": "1"},
     }
     if status not in ("SUCCEEDED", "FAILED", "CANCELLED"):
         item["active_tenant"] = {"S": "t-1"}

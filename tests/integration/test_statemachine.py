@@ -362,3 +362,49 @@ def test_a_skipped_postprocess_never_records_success(harness: tuple[Harness, Any
     stored = h.repo.get(job.job_id)
     assert stored.status == JobStatus.QUEUED
     assert stored.outputs == []
+
+
+def test_an_execution_of_an_earlier_attempt_never_finishes_the_job(harness: tuple[Harness, Any]) -> None:
+    h, _client = harness
+    first = h.running_job(None)
+    stale_keys = h.stage(first)
+    # The first worker's lease lapsed before its hand-off went through; another worker claimed the job again.
+    second = h.repo.claim(first.job_id, first.tenant, worker_id="other", lease_s=60, now=time.time() + 120)
+    assert second.attempt == first.attempt + 1
+
+    stale = h.start(first, stale_keys)
+    assert h.wait(stale) == "SUCCEEDED"
+    assert "AlreadyFinal" in h.entered_states(stale)
+    job = h.repo.get(first.job_id)
+    assert (job.status, job.attempt, job.outputs) == (JobStatus.RUNNING, second.attempt, [])
+
+    # The same once the second worker marked its own hand-off: POSTPROCESSING, but not the stale attempt's.
+    h.repo.transition(first.job_id, JobStatus.POSTPROCESSING, tenant=first.tenant, sources=[JobStatus.RUNNING])
+    again = h.sfn.start_execution(
+        stateMachineArn=h.service.env["SDQ_STATE_MACHINE_ARN"],
+        name=f"{first.job_id}-{first.attempt}-again",
+        input=json.dumps(
+            {"job_id": first.job_id, "tenant": first.tenant, "attempt": first.attempt, "staging_keys": stale_keys}
+        ),
+    )["executionArn"]
+    assert h.wait(again) == "SUCCEEDED"
+    assert "AlreadyFinal" in h.entered_states(again)
+    job = h.repo.get(first.job_id)
+    assert (job.status, job.outputs) == (JobStatus.POSTPROCESSING, [])
+
+    fresh = h.start(second, h.stage(second))
+    assert h.wait(fresh) == "SUCCEEDED"
+    done = h.repo.get(first.job_id)
+    assert done.status == JobStatus.SUCCEEDED
+    assert [o.index for o in done.outputs] == [0]
+
+
+def test_a_failure_reported_for_an_earlier_attempt_does_not_fail_the_job(harness: tuple[Harness, Any]) -> None:
+    h, _client = harness
+    first = h.running_job(None)
+    second = h.repo.claim(first.job_id, first.tenant, worker_id="other", lease_s=60, now=time.time() + 120)
+    arn = h.start(first, [], worker_error={"code": "OUT_OF_MEMORY", "message": "stale report"})
+    assert h.wait(arn) == "SUCCEEDED"
+    assert "AlreadyFinal" in h.entered_states(arn)
+    job = h.repo.get(first.job_id)
+    assert (job.status, job.attempt, job.error) == (JobStatus.RUNNING, second.attempt, None)

@@ -62,8 +62,13 @@ def test_postprocess_failures_lead_to_mark_failed_and_webhook_failures_never_do(
         assert any("WebhookRetryable" in r["ErrorEquals"] for r in states[notify]["Retry"])
     # Terminal writes are conditional, so a cancel that won the race is never overwritten.
     assert "ConditionExpression" in states["MarkSucceeded"]["Parameters"]
-    # Success is recorded only from the POSTPROCESSING that Postprocess itself entered, never from RUNNING.
-    succeeded_from = {v.get("S") for v in states["MarkSucceeded"]["Parameters"]["ExpressionAttributeValues"].values()}
-    assert "RUNNING" not in succeeded_from
-    assert states["MarkSucceeded"]["Parameters"]["ConditionExpression"] == "#s = :post"
+    # Success is recorded only from the POSTPROCESSING that Postprocess itself entered, never from RUNNING, and
+    # only at the execution's own attempt; a failure only at its own attempt too.
+    succeeded = states["MarkSucceeded"]["Parameters"]
+    assert "RUNNING" not in {v.get("S") for v in succeeded["ExpressionAttributeValues"].values()}
+    assert succeeded["ConditionExpression"] == "#s = :post AND attempt = :attempt"
+    for terminal in ("MarkSucceeded", "MarkFailed"):
+        params = states[terminal]["Parameters"]
+        assert params["ConditionExpression"].endswith("AND attempt = :attempt")
+        assert params["ExpressionAttributeValues"][":attempt"] == {"N.$": "States.Format('{}', $.attempt)"}
     assert "ConditionExpression" in states["MarkFailed"]["Parameters"]

@@ -21,14 +21,9 @@ SHAPE = BatchShape(width=256, height=256, steps=6, guidance_scale=7.5, scheduler
 FOX = ImageJob("fox", "a red fox in snow", "blurry", seed=7, num_images=1)
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
-
-
-def fresh_runner(models: Path, reuse: int = 0) -> PipelineRunner:
+def fresh_runner(model_cache: Path, reuse: int = 0) -> PipelineRunner:
     return PipelineRunner.load(
-        "tiny", device="cpu", cache_root=models, acceleration=AccelerationOptions(feature_reuse=reuse)
+        "tiny", device="cpu", cache_root=model_cache, acceleration=AccelerationOptions(feature_reuse=reuse)
     )
 
 
@@ -36,8 +31,8 @@ def levels(image: Image.Image) -> np.ndarray:
     return np.asarray(image).astype(np.int16)
 
 
-def test_the_full_step_is_the_unets_own_forward(models: Path) -> None:
-    unet = load_model("tiny", device="cpu", cache_root=models).pipeline.unet
+def test_the_full_step_is_the_unets_own_forward(model_cache: Path) -> None:
+    unet = load_model("tiny", device="cpu", cache_root=model_cache).pipeline.unet
     exact = unet.forward
     reuse = FeatureReuse(unet, interval=3)
     torch.manual_seed(0)
@@ -51,9 +46,9 @@ def test_the_full_step_is_the_unets_own_forward(models: Path) -> None:
     assert (reuse.full_steps, reuse.shallow_steps) == (1, 0)
 
 
-def test_full_steps_come_every_interval_and_the_images_change_but_stay_images(models: Path) -> None:
-    exact = fresh_runner(models).generate([FOX], SHAPE)["fox"][0]
-    runner = fresh_runner(models, reuse=3)
+def test_full_steps_come_every_interval_and_the_images_change_but_stay_images(model_cache: Path) -> None:
+    exact = fresh_runner(model_cache).generate([FOX], SHAPE)["fox"][0]
+    runner = fresh_runner(model_cache, reuse=3)
     assert "feature_reuse" in runner.acceleration["applied"]
     reuse = runner._accel.feature_reuse
     assert reuse is not None
@@ -67,8 +62,8 @@ def test_full_steps_come_every_interval_and_the_images_change_but_stay_images(mo
     assert levels(approx).std() > 0.5  # and still a picture, not a flat or NaN image
 
 
-def test_reused_features_keep_an_image_independent_of_its_batch(models: Path) -> None:
-    runner = fresh_runner(models, reuse=2)
+def test_reused_features_keep_an_image_independent_of_its_batch(model_cache: Path) -> None:
+    runner = fresh_runner(model_cache, reuse=2)
     alone = runner.generate([FOX], SHAPE)["fox"][0]
     batched = runner.generate(
         [ImageJob("a", "another prompt", "", seed=1, num_images=2), FOX, ImageJob("b", "z", "", seed=9, num_images=1)],
@@ -77,9 +72,9 @@ def test_reused_features_keep_an_image_independent_of_its_batch(models: Path) ->
     assert np.abs(levels(alone) - levels(batched)).max() <= 1
 
 
-def test_the_option_validates_and_unsupported_models_are_reported(models: Path) -> None:
+def test_the_option_validates_and_unsupported_models_are_reported(model_cache: Path) -> None:
     with pytest.raises(ValueError, match="feature_reuse"):
         AccelerationOptions(feature_reuse=1)
     assert supports(torch.nn.Linear(2, 2)) is not None
     with pytest.raises(ValueError, match="at least 2"):
-        FeatureReuse(load_model("tiny", device="cpu", cache_root=models).pipeline.unet, interval=1)
+        FeatureReuse(load_model("tiny", device="cpu", cache_root=model_cache).pipeline.unet, interval=1)

@@ -21,11 +21,6 @@ SHAPE = BatchShape(width=256, height=256, steps=3, guidance_scale=7.5, scheduler
 FOX = ImageJob("fox", "a red fox in snow", "blurry", seed=7, num_images=1)
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
-
-
 def test_an_fp8_layer_stays_close_to_the_exact_one_and_treats_rows_alone() -> None:
     torch.manual_seed(0)
     exact = torch.nn.Linear(64, 128)
@@ -40,8 +35,8 @@ def test_an_fp8_layer_stays_close_to_the_exact_one_and_treats_rows_alone() -> No
     assert torch.equal(alone[0, 0], got[1, 4])  # one scale per row: no sample shares a scale with another
 
 
-def test_only_aligned_linears_inside_attention_blocks_are_converted(models: Path) -> None:
-    unet = load_model("tiny", device="cpu", cache_root=models).pipeline.unet
+def test_only_aligned_linears_inside_attention_blocks_are_converted(model_cache: Path) -> None:
+    unet = load_model("tiny", device="cpu", cache_root=model_cache).pipeline.unet
     swapped = convert_attention_linears(unet)
     converted = [name for name, m in unet.named_modules() if isinstance(m, Fp8Linear)]
     assert swapped == len(converted) > 0
@@ -49,9 +44,11 @@ def test_only_aligned_linears_inside_attention_blocks_are_converted(models: Path
     assert isinstance(unet.time_embedding.linear_1, torch.nn.Linear)  # outside the attention blocks: exact
 
 
-def test_a_runner_with_fp8_changes_images_but_keeps_them_batch_independent(models: Path) -> None:
-    exact = PipelineRunner.load("tiny", device="cpu", cache_root=models).generate([FOX], SHAPE)["fox"][0]
-    runner = PipelineRunner.load("tiny", device="cpu", cache_root=models, acceleration=AccelerationOptions(fp8=True))
+def test_a_runner_with_fp8_changes_images_but_keeps_them_batch_independent(model_cache: Path) -> None:
+    exact = PipelineRunner.load("tiny", device="cpu", cache_root=model_cache).generate([FOX], SHAPE)["fox"][0]
+    runner = PipelineRunner.load(
+        "tiny", device="cpu", cache_root=model_cache, acceleration=AccelerationOptions(fp8=True)
+    )
     report = runner.acceleration
     assert "fp8" in report["applied"]
     assert report["fp8_linears"] > 0

@@ -57,6 +57,7 @@ def test_full_steps_come_every_interval_and_the_images_change_but_stay_images(mo
     assert (reuse.full_steps, reuse.shallow_steps) == (2, 4)
     runner.generate([FOX], SHAPE)
     assert (reuse.full_steps, reuse.shallow_steps) == (4, 8)  # each call starts again with a full step
+    assert runner.acceleration["feature_reuse_steps"] == {"interval": 3, "full": 4, "shallow": 8}
     diff = np.abs(levels(exact) - levels(approx))
     assert diff.max() > 0  # the lever trades quality: the shallow steps are not the exact UNet
     assert levels(approx).std() > 0.5  # and still a picture, not a flat or NaN image

@@ -166,11 +166,16 @@ class PipelineRunner:
 
     @property
     def acceleration(self) -> dict[str, Any]:
-        """What the levers did: options, applied, skipped (with reasons), apply and warm-up times, cache stats."""
+        """What the levers did: options, applied, skipped (with reasons), apply and warm-up times, cache stats,
+        and with feature reuse how many UNet calls ran in full and shallow."""
         report = self._accel.report.to_dict()
         cache = self._accel.prompt_cache
         report["prompt_cache"] = (
             {"entries": len(cache), "hits": cache.hits, "misses": cache.misses} if cache is not None else None
+        )
+        reuse = self._accel.feature_reuse
+        report["feature_reuse_steps"] = (
+            {"interval": reuse.interval, "full": reuse.full_steps, "shallow": reuse.shallow_steps} if reuse else None
         )
         report["buckets"] = list(self._accel.buckets)
         report["compiled_resolutions"] = [list(r) for r in self._accel.resolutions]

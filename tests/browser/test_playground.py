@@ -122,7 +122,9 @@ def test_playground_submit_watch_open_cancel_and_validate(
         negative_prompt="blurry",
         width="256",
         height="256",
-        num_inference_steps="24",
+        # Long enough (about 5 s on one CPU thread) that the page's 1 s poll sees the bar at two steps at least;
+        # at 24 steps a fast machine finished between two polls.
+        num_inference_steps="60",
         guidance_scale="7",
         seed="1234",
         num_images="2",
@@ -156,7 +158,7 @@ def test_playground_submit_watch_open_cancel_and_validate(
     expect(tiles).to_have_count(2)
     expect(tiles.nth(0).locator(".params")).to_contain_text("1234")
     expect(tiles.nth(1).locator(".params")).to_contain_text("1235")
-    expect(tiles.nth(0).locator(".params")).to_contain_text("24 · cfg 7")
+    expect(tiles.nth(0).locator(".params")).to_contain_text("60 · cfg 7")
     expect(tiles.nth(0).locator(".params")).to_contain_text("euler_a")
     expect(tiles.nth(0).locator(".tile-noise")).to_be_visible()
     expect(page.locator("#noise-note")).to_contain_text("noise")
@@ -183,7 +185,7 @@ def test_playground_submit_watch_open_cancel_and_validate(
     tiles.nth(1).locator(".tile-reuse").click()
     expect(page.locator("#f-seed")).to_have_value("1235")
     expect(page.locator("#f-num_images")).to_have_value("1")
-    expect(page.locator("#f-num_inference_steps")).to_have_value("24")
+    expect(page.locator("#f-num_inference_steps")).to_have_value("60")
 
     # 4. A bigger, slower job, cancelled from its card while it runs.
     fill_job(

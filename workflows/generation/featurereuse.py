@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-# Keyword arguments the pipelines pass that this forward handles (None or empty is the only value accepted for
-# the ones that would change the computation).
-_IGNORED_WHEN_EMPTY = (
+# Keyword arguments the pipelines pass as None; any other value would change the computation, so it is refused.
+_REFUSED_UNLESS_NONE = (
     "timestep_cond",
     "attention_mask",
     "encoder_attention_mask",
@@ -93,7 +92,7 @@ class FeatureReuse:
         return_dict: bool = True,
         **rest: Any,
     ) -> Any:
-        for name in _IGNORED_WHEN_EMPTY:
+        for name in _REFUSED_UNLESS_NONE:
             if rest.pop(name, None) is not None:
                 raise ValueError(f"feature reuse does not support {name}")
         if rest:
@@ -150,7 +149,8 @@ class FeatureReuse:
         out: torch.Tensor = unet.conv_out(sample)
         return out
 
-    def _upsample_size(self, sample: torch.Tensor) -> bool:
+    def _forwards_upsample_size(self, sample: torch.Tensor) -> bool:
+        """Whether the up blocks need explicit output sizes (a side not divisible by the total upsampling)."""
         factor = 2**self.unet.num_upsamplers
         return any(dim % factor != 0 for dim in sample.shape[-2:])
 
@@ -159,7 +159,7 @@ class FeatureReuse:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The exact UNet output, and the input of the last up block (the features kept for reuse)."""
         unet = self.unet
-        forward_size = self._upsample_size(sample)
+        forward_size = self._forwards_upsample_size(sample)
         h, emb, hidden = self._embed(sample, timestep, encoder_hidden_states, added)
         residuals: tuple[torch.Tensor, ...] = (h,)
         for block in unet.down_blocks:

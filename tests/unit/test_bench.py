@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -24,19 +25,25 @@ from workflows.generation.pipeline import BatchShape, PipelineRunner
 pytestmark = pytest.mark.slow
 
 
-def test_bench_smoke_on_cpu_writes_the_report(tmp_path: Path) -> None:
-    started = time.monotonic()
-    report = run_worker_bench(
+def tiny_cpu_bench(tmp_path: Path, batch_sizes: list[int], steps: int, **options: Any) -> dict[str, Any]:
+    """``run_worker_bench`` with the tiny model on CPU at 256x256, one timed call per size."""
+    options.setdefault("out_dir", tmp_path)
+    return run_worker_bench(
         "tiny",
-        [1, 2],
-        steps=2,
+        batch_sizes,
+        steps=steps,
         width=256,
         height=256,
-        out_dir=tmp_path / "benchmarks",
         device="cpu",
         repeats=1,
         cache_root=tmp_path / "models",
+        **options,
     )
+
+
+def test_bench_smoke_on_cpu_writes_the_report(tmp_path: Path) -> None:
+    started = time.monotonic()
+    report = tiny_cpu_bench(tmp_path, [1, 2], steps=2, out_dir=tmp_path / "benchmarks")
     assert time.monotonic() - started < 60
 
     path = Path(report["path"])
@@ -106,17 +113,8 @@ def test_invalid_arguments_fail_before_loading(tmp_path: Path) -> None:
 
 
 def test_lever_bench_measures_eager_then_levers_on_cpu(tmp_path: Path) -> None:
-    report = run_worker_bench(
-        "tiny",
-        [1, 3],
-        steps=1,
-        width=256,
-        height=256,
-        out_dir=tmp_path,
-        device="cpu",
-        repeats=1,
-        cache_root=tmp_path / "models",
-        acceleration=AccelerationOptions(compile=True, buckets=(1, 2, 4)),
+    report = tiny_cpu_bench(
+        tmp_path, [1, 3], steps=1, acceleration=AccelerationOptions(compile=True, buckets=(1, 2, 4))
     )
     assert [row["batch_size"] for row in report["eager_results"]] == [1, 3]
     assert [row["batch_size"] for row in report["results"]] == [1, 3]
@@ -139,19 +137,7 @@ def test_lever_bench_measures_eager_then_levers_on_cpu(tmp_path: Path) -> None:
 
 
 def test_feature_reuse_is_reported_against_the_exact_path(tmp_path: Path) -> None:
-    report = run_worker_bench(
-        "tiny",
-        [2],
-        steps=4,
-        width=256,
-        height=256,
-        out_dir=tmp_path,
-        device="cpu",
-        repeats=1,
-        cache_root=tmp_path / "models",
-        acceleration=AccelerationOptions(feature_reuse=2),
-        eager_rows=False,
-    )
+    report = tiny_cpu_bench(tmp_path, [2], steps=4, acceleration=AccelerationOptions(feature_reuse=2), eager_rows=False)
     assert "feature_reuse" in report["acceleration"]["applied"]
     eq = report["equivalence"]
     # The trade, measured: the probe image differs from the exact (eager, no reuse) one, with a finite PSNR ...

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 8, FP8 attention-block products on one H200 (or H100), run from the repo root with the wheels installed:
-# the exact levers, then the levers + FP8, both at bucket 16 with the VAE decoder eager (as in reuse-h200.sh), one
-# process each on the same machine; each report carries the pixel difference against the exact eager path.
+# the levers + FP8, the levers + FP8 + feature reuse every 3rd step, then the exact levers, all at bucket 16 with
+# the VAE decoder eager (as in reuse-h200.sh), one process each on the same machine; each report carries the pixel
+# difference against the exact eager path.
 set -u
 OUT=${OUT:-out/fp8}
 mkdir -p "$OUT"
@@ -13,6 +14,8 @@ COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --batch-sizes
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 | log
 echo "== levers + fp8 at ${SECONDS}s" | log
 timeout $(left) python3 -m workflows.bench worker $COMMON --fp8 --profile 2>&1 | log
+echo "== levers + fp8 + reuse 3 at ${SECONDS}s" | log
+timeout $(left) python3 -m workflows.bench worker $COMMON --fp8 --feature-reuse 3 --no-eager-rows 2>&1 | log
 echo "== exact levers (same machine) at ${SECONDS}s" | log
 timeout $(left) python3 -m workflows.bench worker $COMMON --no-eager-rows 2>&1 | log
 echo "== done at ${SECONDS}s" | log

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Issue 8, feature reuse with every lever on one H200, run from the repo root with the wheels installed: a lone
+# job's latency (bucket 1) with reuse every 3rd step, the best throughput (bucket 16) with reuse every 5th step and
+# the VAE decoder compiled too, then the exact levers at bucket 1 as the same-machine latency baseline; one process
+# each, every report with the pixel difference against the exact eager path.
+set -u
+OUT=${OUT:-out/reuse-latency}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 SDQ_MODEL_CACHE=/tmp/sdq-models
+[ -d /tmp/site ] && python3 -m compileall -q -j 16 /tmp/site >/dev/null 2>&1
+log() { tee -a "$OUT/log.txt" | grep -v -E '^\s*$|UserWarning|warnings.warn|_warn_once|torchvision'; }
+left() { echo $(( ${BUDGET:-540} - SECONDS )); }
+COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --repeats 5 --compile"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 | log
+echo "== reuse 3, bucket 1, VAE compiled at ${SECONDS}s" | log
+timeout $(left) python3 -m workflows.bench worker $COMMON --batch-sizes 1 --buckets 1 --feature-reuse 3 2>&1 | log
+echo "== reuse 5, bucket 16, VAE compiled at ${SECONDS}s" | log
+timeout $(left) python3 -m workflows.bench worker $COMMON --batch-sizes 16 --buckets 16 --feature-reuse 5 \
+  --no-eager-rows 2>&1 | log
+echo "== exact levers, bucket 1, VAE compiled at ${SECONDS}s" | log
+timeout $(left) python3 -m workflows.bench worker $COMMON --batch-sizes 1 --buckets 1 --no-eager-rows 2>&1 | log
+echo "== done at ${SECONDS}s" | log

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
         default=0, ge=0, description="DeepCache-style: full UNet every N-th step (0: off; changes the images)"
     )
     fp8: bool = Field(default=False, description="FP8 products in the UNet's attention blocks (changes the images)")
+    aot_dir: str | None = Field(
+        default=None, description="With compile: AOTInductor packages folder (built once, loaded without a trace)"
+    )
 
     staging_prefix: str = "staging/"
     outputs_prefix: str = "outputs/"

@@ -324,11 +324,12 @@ def run_startup_bench(
         second = _timed_batch(runner, shape, 1)
         third = _timed_batch(runner, shape, 1)
         later = {str(size): _timed_batch(runner, shape, size) for size in then_sizes or []}
-    compiled = "compile" in runner.acceleration["applied"]
+    applied = runner.acceleration["applied"]
+    compiled = "compile" in applied or "aot_packages" in applied
     if not compiled:
         cache_state = "none"
     saved = None
-    if options.mega_cache and compiled:
+    if options.mega_cache and "compile" in applied:
         saved = save_compile_cache(Path(options.mega_cache))
     report: dict[str, Any] = {
         **_report_header("startup", arch, runner, started, dev),
@@ -361,9 +362,13 @@ def _timed_batch(runner: PipelineRunner, shape: BatchShape, size: int) -> float:
 
 
 def _cache_state(options: AccelerationOptions) -> str:
-    """``cold``/``warm`` by whether the cache folder or mega-cache file holds anything; ``none`` without one."""
-    if not options.compile or not (options.cache_dir or options.mega_cache):
+    """``cold``/``warm`` by whether the cache folder, mega-cache file or AOT package folder holds anything;
+    ``none`` without one."""
+    if not options.compile or not (options.cache_dir or options.mega_cache or options.aot_dir):
         return "none"
+    if options.aot_dir:
+        folder = Path(options.aot_dir)
+        return "warm" if folder.is_dir() and any(folder.glob("*.pt2")) else "cold"
     if options.mega_cache and Path(options.mega_cache).is_file():
         return "warm"
     if options.cache_dir and Path(options.cache_dir).is_dir() and any(Path(options.cache_dir).iterdir()):

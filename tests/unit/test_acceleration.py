@@ -192,6 +192,9 @@ def test_bench_flags_map_to_options() -> None:
     assert acceleration_from_args(parse("--prompt-cache", "0")) == AccelerationOptions(prompt_cache_size=0)
     assert acceleration_from_args(parse("--feature-reuse", "3")) == AccelerationOptions(feature_reuse=3)
     assert acceleration_from_args(parse("--fp8")) == AccelerationOptions(fp8=True)
+    assert acceleration_from_args(parse("--compile", "--aot-dir", "/opt/sdq/aot")) == AccelerationOptions(
+        compile=True, aot_dir="/opt/sdq/aot"
+    )
     assert parse("--precision", "bf16").precision == "bf16"
 
 
@@ -209,6 +212,7 @@ def test_worker_settings_map_to_options() -> None:
         prompt_cache_size=0,
         feature_reuse=3,
         fp8=True,
+        aot_dir="/opt/sdq/aot",
     )
     assert options_from_settings(settings) == AccelerationOptions(
         compile=True,
@@ -220,6 +224,7 @@ def test_worker_settings_map_to_options() -> None:
         prompt_cache_size=0,
         feature_reuse=3,
         fp8=True,
+        aot_dir="/opt/sdq/aot",
     )
     assert options_from_settings(SimpleNamespace(batch_buckets=[1, 16])).buckets == (1, 16)
 

@@ -17,6 +17,9 @@
   it changes the images, so it is off by default and reported beside its pixel difference from the exact path.
 - ``fp8``: the UNet's attention-block linears as FP8 products with per-row scales (``fp8.py``); quality-trading
   too, off by default. It runs on CPU as well (slowly), so the tests check its arithmetic.
+- ``aot_dir``: with ``compile``, the UNet and VAE decoder run ``torch.export`` + AOTInductor packages from this
+  folder instead of ``torch.compile`` (``aotpackage.py``): built once, loaded at later starts without a Dynamo
+  trace. No CUDA graphs on that path. AOTInductor compiles for CPUs as well, so the tests run it.
 
 The GPU levers are skipped on CPU (recorded in ``Accelerator.report``), so tests stay fast. Batch buckets set
 explicitly apply on CPU too, which lets tests check that padding leaves each image unchanged.
@@ -83,6 +86,9 @@ class AccelerationOptions:
     feature_reuse: int = 0
     # Quality-trading: FP8 (e4m3) matrix products in the UNet's attention blocks (Hopper/Ada tensor cores).
     fp8: bool = False
+    # With compile: a folder of AOTInductor packages (torch.export), used instead of torch.compile for the UNet
+    # and VAE decoder; built on the first start, loaded (no Dynamo trace) on later ones. CPU too.
+    aot_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.buckets is not None and any(b < 1 for b in self.buckets):
@@ -150,6 +156,7 @@ def options_from_settings(settings: Any) -> AccelerationOptions:
         prompt_cache_size=int(get("prompt_cache_size", 256)),
         feature_reuse=int(get("feature_reuse", 0)),
         fp8=bool(get("fp8", False)),
+        aot_dir=get("aot_dir", None),
     )
 
 
@@ -272,6 +279,8 @@ class AccelerationReport:
     mega_cache_saved_bytes: int | None = None
     warmup_s: dict[str, float] = field(default_factory=dict)
     fp8_linears: int = 0
+    # AOTInductor packages: loaded, built, and their seconds (None: the lever is off).
+    aot_packages: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -292,6 +301,7 @@ class Accelerator:
         self.feature_reuse: FeatureReuse | None = None
         self.buckets: tuple[int, ...] = ()
         self.resolutions: tuple[tuple[int, int], ...] = ()
+        self._compiled_call = False  # inside call_context: whether this call's shape is a compiled one
         started = time.perf_counter()
         self._apply()
         self.report.apply_s = time.perf_counter() - started
@@ -336,6 +346,8 @@ class Accelerator:
                 if wanted:
                     self.report.skipped[name] = f"not on CUDA ({self._device.type})"
             self._apply_fp8()
+            if opts.compile and opts.aot_dir:
+                self._compile_aot()  # AOTInductor compiles for CPUs too
             return
         if opts.cuda_graphs and not opts.compile:
             self.report.skipped["cuda_graphs"] = "needs compile"
@@ -380,10 +392,19 @@ class Accelerator:
         else:
             self.report.skipped["fp8"] = reason
 
-    def _compile(self) -> None:
-        opts, pipe = self.options, self._pipe
+    def _compiled_shapes(self) -> None:
+        opts = self.options
         self.buckets = tuple(sorted(set(DEFAULT_BUCKETS if opts.buckets is None else opts.buckets)))
         self.resolutions = opts.compile_resolutions or (self._native,)
+
+    def _compile(self) -> None:
+        opts, pipe = self.options, self._pipe
+        if opts.aot_dir:
+            if self.feature_reuse is None:
+                self._compile_aot()
+                return
+            self.report.skipped["aot_packages"] = "feature reuse compiles its own two graphs with torch.compile"
+        self._compiled_shapes()
         self.cuda_graphs = opts.wants_cuda_graphs
         _configure_inductor(opts.autotune, shapes=max(1, len(self.buckets)) * len(self.resolutions))
         kwargs: dict[str, Any] = {"mode": opts.compile_mode, "dynamic": False}
@@ -406,6 +427,35 @@ class Accelerator:
         else:
             _compile_forward(pipe.vae.decoder, kwargs, cuda_graphs=self.cuda_graphs, timestep_arg=False)
             self.report.applied.append("compile_vae")
+        self.compiled = True
+
+    def _compile_aot(self) -> None:
+        """The UNet and VAE decoder run AOTInductor packages from ``aot_dir`` (``aotpackage``), not Dynamo."""
+        from workflows.generation.aotpackage import AotForward, new_stats
+
+        opts, pipe = self.options, self._pipe
+        assert opts.aot_dir is not None
+        self._compiled_shapes()
+        folder = Path(opts.aot_dir)
+        stats = new_stats()
+        levers = {"fuse_qkv": "fuse_qkv" in self.report.applied, "fp8": "fp8" in self.report.applied}
+
+        def active() -> bool:
+            return self._compiled_call
+
+        pipe.unet.forward = AotForward(pipe.unet, "unet", folder, levers, active, stats)
+        _hook_forward(pipe.unet, cuda_graphs=False, timestep_arg=True)
+        self.report.applied.append("aot_packages")
+        if opts.compile_vae and not _upcasts_vae_per_call(pipe):
+            pipe.vae.decoder.forward = AotForward(pipe.vae.decoder, "decoder", folder, levers, active, stats)
+            self.report.applied.append("compile_vae")
+        elif opts.compile_vae:
+            self.report.skipped["compile_vae"] = "the pipeline upcasts the fp16 VAE to fp32 per call (force_upcast)"
+        else:
+            self.report.skipped["compile_vae"] = "off"
+        if self._device.type == "cuda" and opts.wants_cuda_graphs:
+            self.report.skipped["cuda_graphs"] = "not with AOT packages (they launch their kernels from C++)"
+        self.report.aot_packages = stats
         self.compiled = True
 
     # -- per batch -----------------------------------------------------------------------------------------
@@ -437,13 +487,18 @@ class Accelerator:
         """Around one pipeline call of ``images`` (padded) images: eager unless that shape is compiled."""
         if self.feature_reuse is not None:
             self.feature_reuse.reset()  # every call starts with a full step
-        if not self.compiled or self.uses_compiled_path(width, height, images):
-            yield
-            return
-        import torch
+        compiled_call = self.compiled and self.uses_compiled_path(width, height, images)
+        self._compiled_call = compiled_call
+        try:
+            if not self.compiled or compiled_call or self.report.aot_packages is not None:
+                yield
+                return
+            import torch
 
-        with torch.compiler.set_stance("force_eager"):
-            yield
+            with torch.compiler.set_stance("force_eager"):
+                yield
+        finally:
+            self._compiled_call = False
 
     # -- warm-up and caches --------------------------------------------------------------------------------
 
@@ -595,6 +650,9 @@ def add_acceleration_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--compile-cache-dir", help="persistent inductor cache folder (TORCHINDUCTOR_CACHE_DIR)")
     group.add_argument("--mega-cache", help="compile-artifacts file: loaded before compiling, saved after")
     group.add_argument("--warmup", action="store_true", help="compile every bucket at load (the worker's start)")
+    group.add_argument(
+        "--aot-dir", help="with --compile: AOTInductor packages folder (built once, loaded at later starts)"
+    )
     group.add_argument("--prompt-cache", type=int, default=256, help="prompt-embedding LRU entries (0: off)")
     group.add_argument(
         "--feature-reuse",
@@ -626,6 +684,7 @@ def acceleration_from_args(args: argparse.Namespace) -> AccelerationOptions | No
         prompt_cache_size=args.prompt_cache,
         feature_reuse=args.feature_reuse,
         fp8=args.fp8,
+        aot_dir=args.aot_dir,
     )
     if options == AccelerationOptions() and not args.levers:
         return None

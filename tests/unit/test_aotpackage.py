@@ -1,0 +1,124 @@
+"""AOTInductor packages for the UNet and VAE decoder, with the real tiny model on CPU: the first start builds them,
+the next start loads them without building, the images stay those of the exact path, uncompiled sizes run eager,
+and a package's name changes with anything its code depends on, the weights included."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from workflows.bench import main
+from workflows.generation.acceleration import AccelerationOptions
+from workflows.generation.aotpackage import fingerprint
+from workflows.generation.models import LoadedModel, load_model
+from workflows.generation.pipeline import BatchShape, ImageJob, PipelineRunner
+
+pytestmark = pytest.mark.slow
+
+SHAPE = BatchShape(width=256, height=256, steps=3, guidance_scale=7.5, scheduler="euler")
+FOX = ImageJob("fox", "a red fox in snow", "blurry", seed=7, num_images=1)
+
+
+def levels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image).astype(np.int16)
+
+
+def aot_runner(model_cache: Path, folder: Path) -> PipelineRunner:
+    options = AccelerationOptions(compile=True, aot_dir=str(folder), buckets=(1,))
+    return PipelineRunner.load("tiny", device="cpu", cache_root=model_cache, acceleration=options)
+
+
+@pytest.fixture(scope="module")
+def first_start(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A first start with an empty package folder: one FOX image, which builds the UNet and decoder packages."""
+    folder = tmp_path_factory.mktemp("aot")
+    runner = aot_runner(model_cache, folder)
+    image = runner.generate([FOX], SHAPE)["fox"][0]
+    return {"folder": folder, "image": levels(image), "report": runner.acceleration}
+
+
+def test_the_first_start_builds_both_packages_and_keeps_the_exact_images(
+    model_cache: Path, first_start: dict[str, Any]
+) -> None:
+    report = first_start["report"]
+    assert "aot_packages" in report["applied"]
+    assert "compile_vae" in report["applied"]
+    assert report["aot_packages"]["built"] == 2
+    names = sorted(p.name for p in first_start["folder"].glob("*.pt2"))
+    # CFG doubles the bucket's one image: the UNet package takes 2 latents, the sliced decoder 1.
+    assert [n.split("-")[0] for n in names] == ["decoder", "unet"]
+    assert names[1].endswith("-2x4x32x32-scalar-2x77x32.pt2")
+    eager = PipelineRunner.load("tiny", device="cpu", cache_root=model_cache).generate([FOX], SHAPE)["fox"][0]
+    assert np.abs(first_start["image"] - levels(eager)).max() <= 1
+
+
+def test_the_next_start_loads_the_packages_without_building(model_cache: Path, first_start: dict[str, Any]) -> None:
+    runner = aot_runner(model_cache, first_start["folder"])
+    image = levels(runner.generate([FOX], SHAPE)["fox"][0])
+    stats = runner.acceleration["aot_packages"]
+    assert (stats["built"], stats["loaded"]) == (0, 2)
+    assert np.array_equal(image, first_start["image"])  # the same kernels as the first start
+
+
+def test_sizes_that_are_not_compiled_run_eager_and_build_nothing(
+    model_cache: Path, first_start: dict[str, Any]
+) -> None:
+    folder = first_start["folder"]
+    before = sorted(folder.iterdir())
+    runner = aot_runner(model_cache, folder)
+    small = BatchShape(width=128, height=128, steps=3, guidance_scale=7.5, scheduler="euler")
+    image = runner.generate([FOX], small)["fox"][0]
+    assert runner.acceleration["aot_packages"] == {"loaded": 0, "built": 0, "load_s": 0.0, "build_s": 0.0}
+    assert sorted(folder.iterdir()) == before
+    eager = PipelineRunner.load("tiny", device="cpu", cache_root=model_cache).generate([FOX], small)["fox"][0]
+    assert np.array_equal(levels(image), levels(eager))
+
+
+def test_the_fingerprint_changes_with_what_the_code_depends_on(model_cache: Path) -> None:
+    unet = load_model("tiny", device="cpu", cache_root=model_cache).pipeline.unet
+    base = fingerprint(unet, "unet", {"fuse_qkv": False, "fp8": False})
+    assert fingerprint(unet, "unet", {"fuse_qkv": False, "fp8": False}) == base
+    assert fingerprint(unet, "unet", {"fuse_qkv": True, "fp8": False}) != base
+    assert fingerprint(unet, "decoder", {"fuse_qkv": False, "fp8": False}) != base
+    with torch.no_grad():
+        unet.conv_out.bias[0] += 0.01  # another checkpoint: inductor may have baked this bias into the code
+    assert fingerprint(unet, "unet", {"fuse_qkv": False, "fp8": False}) != base
+    assert fingerprint(unet.to(torch.bfloat16), "unet", {"fuse_qkv": False, "fp8": False}) != base
+
+
+def test_the_startup_bench_reports_a_warm_start_from_packages(
+    model_cache: Path, first_start: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SDQ_MODEL_CACHE", str(model_cache))
+    argv = ["startup", "--arch", "tiny", "--device", "cpu", "--steps", "1", "--width", "256", "--height", "256"]
+    aot = ["--compile", "--buckets", "1", "--aot-dir", str(first_start["folder"])]
+    assert main([*argv, *aot, "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("startup-tiny-cpu-warm-*.json")
+    report = json.loads(path.read_text())
+    assert report["cache_state"] == "warm"
+    assert report["acceleration"]["aot_packages"]["built"] == 0
+    assert report["acceleration"]["aot_packages"]["loaded"] == 2
+
+
+def test_sdxl_pipelines_take_the_package_with_their_added_conditioning(tmp_path: Path) -> None:
+    from tests.unit.test_pipeline import tiny_sdxl_pipeline
+
+    def runner(acceleration: AccelerationOptions | None) -> PipelineRunner:
+        model = LoadedModel("tiny-xl", tiny_sdxl_pipeline(), torch.device("cpu"), torch.float32, True, None, "memory")
+        return PipelineRunner(model, acceleration=acceleration)
+
+    shape = BatchShape(64, 64, 2, 5.0, "euler")
+    aot = runner(AccelerationOptions(compile=True, aot_dir=str(tmp_path), buckets=(1,)))
+    image = aot.generate([FOX], shape)["fox"][0]
+    assert aot.acceleration["aot_packages"]["built"] == 2
+    (unet_package,) = tmp_path.glob("unet-*.pt2")
+    # pooled text embeddings (2 x 32) and time ids (2 x 6) are package inputs beside the sample and text states
+    assert unet_package.name.endswith("-2x4x8x8-scalar-2x77x64-2x32-2x6.pt2")
+    eager = runner(None).generate([FOX], shape)["fox"][0]
+    assert np.abs(levels(image) - levels(eager)).max() <= 1

@@ -1,0 +1,226 @@
+"""Ahead-of-time compiled UNet and VAE decoder (``torch.export`` + AOTInductor): a worker start without Dynamo.
+
+With ``compile`` and an ``aot_dir``, the UNet's and the VAE decoder's forward become an :class:`AotForward`.
+For each compiled shape (a bucket at a compiled resolution) it runs a ``.pt2`` package from ``aot_dir``: loaded
+when it is there, else exported and compiled once (at warm-up, or on the first batch of that shape) and saved
+for the next start. A start from packages loads shared libraries; it traces nothing, where ``torch.compile``
+re-traces the whole UNet with Dynamo at every start even with a warm cache (issue 8: 9.5 to 18 s).
+
+The packages keep the large weights out (``package_constants_in_so`` off): after loading, the package is pointed
+at the live module's own tensors (``load_constants(..., user_managed=True)``), so no weight is held twice. Inductor
+still bakes some small constants (a bias it folds) into the code, so a package belongs to the weights it was built
+from: a package's file name carries a fingerprint of everything its code depends on (torch and diffusers
+versions, device, dtype, the module's config, a checksum of its weights, the levers that change the graph, the
+input shapes); anything else gets a new package. Shapes that are not compiled run the eager forward.
+
+CUDA graphs are not used on this path (the package launches its kernels from C++; at batch 1 graphs saved about
+40 ms a call). Feature reuse keeps its own two ``torch.compile`` graphs (the accelerator reports the choice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["unet", "decoder"]
+_SDXL_ADDED = ("text_embeds", "time_ids")  # the UNet's added conditioning in SDXL pipelines, in package order
+
+
+class _UNetCore(torch.nn.Module):
+    """The UNet as the SD pipelines call it: (sample, float timestep, text states[, SDXL's pooled text embeddings
+    and time ids]) -> noise prediction."""
+
+    def __init__(self, unet: Any, forward: Callable[..., Any]) -> None:
+        super().__init__()
+        self.unet = unet
+        self._forward = forward
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, hidden: torch.Tensor, *added: torch.Tensor
+    ) -> torch.Tensor:
+        added_cond = dict(zip(_SDXL_ADDED, added, strict=True)) if added else None
+        out: torch.Tensor = self._forward(
+            sample, timestep, encoder_hidden_states=hidden, added_cond_kwargs=added_cond, return_dict=False
+        )[0]
+        return out
+
+
+class _DecoderCore(torch.nn.Module):
+    def __init__(self, decoder: Any, forward: Callable[..., Any]) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self._forward = forward
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self._forward(sample)
+        return out
+
+
+def fingerprint(module: Any, kind: Kind, levers: dict[str, Any]) -> str:
+    """What a package's code depends on besides its input shapes, hashed (16 hex digits)."""
+    import diffusers
+
+    param = next(module.parameters())
+    device = param.device
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    config = getattr(module, "config", None)
+    data = {
+        "kind": kind,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "device": device_name,
+        "dtype": str(param.dtype),
+        "class": type(module).__qualname__,
+        "config": {k: v for k, v in dict(config or {}).items() if not k.startswith("_")},
+        "modules": sorted({type(m).__qualname__ for m in module.modules()}),
+        "channels_last": param.dim() == 4 and param.is_contiguous(memory_format=torch.channels_last),
+        "levers": levers,
+    }
+    if config is None:
+        data["parameters"] = [[name, list(p.shape)] for name, p in module.named_parameters()]
+    data["weights"] = weights_checksum(module)
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def weights_checksum(module: Any) -> str:
+    """A cheap checksum of every parameter and buffer (sum and absolute sum, reduced on their own device)."""
+    tensors = [t for _, t in sorted({**dict(module.named_parameters()), **dict(module.named_buffers())}.items())]
+    with torch.no_grad():
+        sums = torch.stack([torch.stack([t.double().sum(), t.double().abs().sum()]) for t in tensors])
+    return hashlib.sha256(sums.cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+class AotForward:
+    """A module's ``forward`` that runs AOTInductor packages for the compiled shapes and the eager forward else.
+
+    ``active()`` says whether the current call takes the compiled path (the accelerator's bucket and
+    resolution decision); ``stats`` counts packages loaded and built, with their seconds.
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        kind: Kind,
+        folder: Path,
+        levers: dict[str, Any],
+        active: Callable[[], bool],
+        stats: dict[str, Any],
+    ) -> None:
+        self.kind = kind
+        self._eager = module.forward
+        self._core: torch.nn.Module = (
+            _UNetCore(module, self._eager) if kind == "unet" else _DecoderCore(module, self._eager)
+        )
+        self._folder = folder
+        self._fingerprint = fingerprint(module, kind, levers)
+        self._active = active
+        self._runners: dict[tuple[tuple[int, ...], ...], Any] = {}
+        self.stats = stats
+
+    def __call__(self, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        inputs = self._package_inputs(sample, args, kwargs)
+        if inputs is None or not self._active() or torch.is_grad_enabled():
+            return self._eager(sample, *args, **kwargs)
+        out = self._runner(inputs)(*inputs)
+        if self.kind == "decoder":
+            return out
+        if kwargs.get("return_dict", True):
+            from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+            return UNet2DConditionOutput(sample=out)
+        return (out,)
+
+    def _package_inputs(
+        self, sample: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[torch.Tensor, ...] | None:
+        """The package's inputs for this call, or None when the call needs more than the package takes."""
+        if self.kind == "decoder":
+            extra = {k: v for k, v in kwargs.items() if v is not None}
+            return (sample,) if not args and not extra else None
+        timestep = args[0] if args else kwargs.get("timestep")
+        hidden = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
+        added_cond = kwargs.get("added_cond_kwargs") or {}
+        taken = ("timestep", "encoder_hidden_states", "added_cond_kwargs", "return_dict")
+        others = {k: v for k, v in kwargs.items() if k not in taken}
+        if len(args) > 2 or any(v is not None for v in others.values()) or not isinstance(hidden, torch.Tensor):
+            return None
+        if not isinstance(timestep, torch.Tensor) or timestep.dim() != 0:
+            return None
+        added: tuple[torch.Tensor, ...] = ()
+        if added_cond:
+            if set(added_cond) != set(_SDXL_ADDED) or not all(isinstance(v, torch.Tensor) for v in added_cond.values()):
+                return None
+            added = tuple(added_cond[name] for name in _SDXL_ADDED)
+        return (sample, timestep.to(device=sample.device, dtype=torch.float32), hidden, *added)
+
+    def package_path(self, inputs: tuple[torch.Tensor, ...]) -> Path:
+        shapes = "-".join("x".join(str(d) for d in t.shape) or "scalar" for t in inputs)
+        return self._folder / f"{self.kind}-{self._fingerprint}-{shapes}.pt2"
+
+    def _runner(self, inputs: tuple[torch.Tensor, ...]) -> Any:
+        key = tuple(tuple(t.shape) for t in inputs)
+        runner = self._runners.get(key)
+        if runner is None:
+            path = self.package_path(inputs)
+            if not path.is_file():
+                self._build(inputs, path)
+            runner = self._load(path, inputs[0].device)
+            self._runners[key] = runner
+        return runner
+
+    def _build(self, inputs: tuple[torch.Tensor, ...], path: Path) -> None:
+        started = time.perf_counter()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{os.getpid()}.{path.name}")  # ends in .pt2, as the packager requires
+        with _torch_notices_quiet():
+            program = torch.export.export(self._core, inputs, strict=False)
+            torch._inductor.aoti_compile_and_package(
+                program,
+                package_path=str(staging),
+                inductor_configs={"aot_inductor.package_constants_in_so": False},
+            )
+        staging.replace(path)  # atomic: a concurrent start sees the whole package or none
+        seconds = time.perf_counter() - started
+        self.stats["built"] += 1
+        self.stats["build_s"] += seconds
+        logger.info("built AOTInductor package %s in %.1f s", path.name, seconds)
+
+    def _load(self, path: Path, device: torch.device) -> Any:
+        started = time.perf_counter()
+        index = device.index if device.type == "cuda" and device.index is not None else -1
+        with _torch_notices_quiet():
+            runner = torch._inductor.aoti_load_package(str(path), device_index=index)
+        state = {**dict(self._core.named_parameters()), **dict(self._core.named_buffers())}
+        runner.load_constants(
+            {name: state[name] for name in runner.get_constant_fqns()}, check_full_update=True, user_managed=True
+        )
+        self.stats["loaded"] += 1
+        self.stats["load_s"] += time.perf_counter() - started
+        return runner
+
+
+@contextmanager
+def _torch_notices_quiet() -> Iterator[None]:
+    """torch's own deprecation notices from inside export and inductor (its pytree ``LeafSpec``, the
+    ``torch.jit.script_method`` of ``torch.utils.mkldnn`` that importing inductor defines): not ours to act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def new_stats() -> dict[str, Any]:
+    return {"loaded": 0, "built": 0, "load_s": 0.0, "build_s": 0.0}

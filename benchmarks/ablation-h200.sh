@@ -3,12 +3,7 @@
 # bucket 16 (compile + CUDA graphs + channels_last + fused QKV, VAE decoder compiled), then the same without fused
 # QKV, without channels_last, and in bf16; one process each on the same machine (the inductor cache is shared, so first calls are not comparable).
 set -u
-OUT=${OUT:-out/ablation}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 SDQ_MODEL_CACHE=/tmp/sdq-models
-[ -d /tmp/site ] && python3 -m compileall -q -j 16 /tmp/site >/dev/null 2>&1
-log() { tee -a "$OUT/log.txt" | grep -v -E '^\s*$|UserWarning|warnings.warn|_warn_once|torchvision'; }
-left() { echo $(( ${BUDGET:-540} - SECONDS )); }
+source "$(dirname "$0")/device-prelude.sh" ablation
 COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --repeats 5 --compile --no-eager-rows \
   --batch-sizes 16 --buckets 16"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 | log

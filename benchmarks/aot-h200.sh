@@ -4,13 +4,8 @@
 # (cold: export + AOTInductor build), then twice from the packages that run left (warm: no Dynamo trace); then the
 # throughput at bucket 16 from packages, beside the same machine's plain diffusers.
 set -u
-OUT=${OUT:-out/aot}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 SDQ_MODEL_CACHE=/tmp/sdq-models
-[ -d /tmp/site ] && python3 -m compileall -q -j 16 /tmp/site >/dev/null 2>&1
+source "$(dirname "$0")/device-prelude.sh" aot
 python3 -m compileall -q -j 16 workflows shared >/dev/null 2>&1
-log() { tee -a "$OUT/log.txt" | grep -v -E '^\s*$|UserWarning|warnings.warn|_warn_once|torchvision'; }
-left() { echo $(( ${BUDGET:-540} - SECONDS )); }
 rm -rf /tmp/sdq-aot
 COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --compile --aot-dir /tmp/sdq-aot"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 | log

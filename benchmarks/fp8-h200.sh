@@ -4,12 +4,7 @@
 # the VAE decoder eager (as in reuse-h200.sh), one process each on the same machine; each report carries the pixel
 # difference against the exact eager path.
 set -u
-OUT=${OUT:-out/fp8}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 SDQ_MODEL_CACHE=/tmp/sdq-models
-[ -d /tmp/site ] && python3 -m compileall -q -j 16 /tmp/site >/dev/null 2>&1
-log() { tee -a "$OUT/log.txt" | grep -v -E '^\s*$|UserWarning|warnings.warn|_warn_once|torchvision'; }
-left() { echo $(( ${BUDGET:-540} - SECONDS )); }
+source "$(dirname "$0")/device-prelude.sh" fp8
 COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --batch-sizes 16 --repeats 3 --compile --buckets 16 --no-compile-vae"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 | log
 echo "== levers + fp8 at ${SECONDS}s" | log

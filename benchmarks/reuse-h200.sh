@@ -4,11 +4,7 @@
 # channels_last + fused QKV + feature reuse at bucket 16 (VAE decoder eager, to keep the compile inside the
 # call's time), with the pixel difference against the exact eager path and a kernel-time profile.
 set -u
-OUT=${OUT:-out/reuse}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 SDQ_MODEL_CACHE=/tmp/sdq-models
-[ -d /tmp/site ] && python3 -m compileall -q -j 16 /tmp/site >/dev/null 2>&1
-log() { tee -a "$OUT/log.txt" | grep -v -E '^\s*$|UserWarning|warnings.warn|_warn_once|torchvision'; }
+source "$(dirname "$0")/device-prelude.sh" reuse
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 | log
 echo "== reuse 3, compiled, bucket 16 at ${SECONDS}s" | log
 timeout "${BUDGET:-290}" python3 -m workflows.bench worker --arch sd15 --steps 30 --width 512 --height 512 \

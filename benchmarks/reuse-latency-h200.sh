@@ -4,12 +4,7 @@
 # the VAE decoder compiled too, then the exact levers at bucket 1 as the same-machine latency baseline; one process
 # each, every report with the pixel difference against the exact eager path.
 set -u
-OUT=${OUT:-out/reuse-latency}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 SDQ_MODEL_CACHE=/tmp/sdq-models
-[ -d /tmp/site ] && python3 -m compileall -q -j 16 /tmp/site >/dev/null 2>&1
-log() { tee -a "$OUT/log.txt" | grep -v -E '^\s*$|UserWarning|warnings.warn|_warn_once|torchvision'; }
-left() { echo $(( ${BUDGET:-540} - SECONDS )); }
+source "$(dirname "$0")/device-prelude.sh" reuse-latency
 COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --repeats 5 --compile"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 | log
 echo "== reuse 3, bucket 1, VAE compiled at ${SECONDS}s" | log

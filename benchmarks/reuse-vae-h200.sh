@@ -3,12 +3,7 @@
 # wheels installed: the exact levers and reuse every 3rd step at bucket 16, then reuse every 5th step at bucket 1,
 # all with the VAE decoder compiled; one process each, every report with the pixel difference against exact eager.
 set -u
-OUT=${OUT:-out/reuse-vae}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 SDQ_MODEL_CACHE=/tmp/sdq-models
-[ -d /tmp/site ] && python3 -m compileall -q -j 16 /tmp/site >/dev/null 2>&1
-log() { tee -a "$OUT/log.txt" | grep -v -E '^\s*$|UserWarning|warnings.warn|_warn_once|torchvision'; }
-left() { echo $(( ${BUDGET:-540} - SECONDS )); }
+source "$(dirname "$0")/device-prelude.sh" reuse-vae
 COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --repeats 5 --compile --no-eager-rows"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 | log
 echo "== exact levers, bucket 16, VAE compiled at ${SECONDS}s" | log

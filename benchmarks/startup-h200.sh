@@ -3,13 +3,8 @@
 # the worker image ships them): process start to first image at bucket 1 with every lever, once with an empty
 # compile cache (cold), then twice from the cache and mega-cache file that run left (warm).
 set -u
-OUT=${OUT:-out/startup}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 SDQ_MODEL_CACHE=/tmp/sdq-models
-[ -d /tmp/site ] && python3 -m compileall -q -j 16 /tmp/site >/dev/null 2>&1
+source "$(dirname "$0")/device-prelude.sh" startup
 python3 -m compileall -q -j 16 workflows shared >/dev/null 2>&1
-log() { tee -a "$OUT/log.txt" | grep -v -E '^\s*$|UserWarning|warnings.warn|_warn_once|torchvision'; }
-left() { echo $(( ${BUDGET:-540} - SECONDS )); }
 rm -rf /tmp/cc-startup /tmp/sdq-mega-startup.bin
 START="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --compile --buckets 1 \
   --compile-cache-dir /tmp/cc-startup --mega-cache /tmp/sdq-mega-startup.bin"

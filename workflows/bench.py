@@ -368,7 +368,7 @@ def _cache_state(options: AccelerationOptions) -> str:
         return "none"
     if options.aot_dir:
         folder = Path(options.aot_dir)
-        return "warm" if folder.is_dir() and any(folder.glob("*.pt2")) else "cold"
+        return "warm" if folder.is_dir() and any(folder.glob("[!.]*.pt2")) else "cold"  # not staging files
     if options.mega_cache and Path(options.mega_cache).is_file():
         return "warm"
     if options.cache_dir and Path(options.cache_dir).is_dir() and any(Path(options.cache_dir).iterdir()):

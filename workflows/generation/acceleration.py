@@ -52,6 +52,8 @@ from workflows.generation.featurereuse import FeatureReuse
 logger = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16)
+_AOT_WITH_REUSE = "feature reuse compiles its own two graphs with torch.compile"
+
 # torch.compile modes by (autotune, cuda_graphs).
 _MODES = {
     (False, False): "default",
@@ -310,7 +312,8 @@ class Accelerator:
     def active(self) -> bool:
         """Whether any lever changed the model (compile, layout, fused projections, feature reuse or FP8)."""
         return any(
-            lever in self.report.applied for lever in ("compile", "channels_last", "fuse_qkv", "feature_reuse", "fp8")
+            lever in self.report.applied
+            for lever in ("compile", "aot_packages", "channels_last", "fuse_qkv", "feature_reuse", "fp8")
         )
 
     # -- applying ------------------------------------------------------------------------------------------
@@ -347,7 +350,10 @@ class Accelerator:
                     self.report.skipped[name] = f"not on CUDA ({self._device.type})"
             self._apply_fp8()
             if opts.compile and opts.aot_dir:
-                self._compile_aot()  # AOTInductor compiles for CPUs too
+                if self.feature_reuse is None:
+                    self._compile_aot()  # AOTInductor compiles for CPUs too
+                else:
+                    self.report.skipped["aot_packages"] = _AOT_WITH_REUSE
             return
         if opts.cuda_graphs and not opts.compile:
             self.report.skipped["cuda_graphs"] = "needs compile"
@@ -403,7 +409,7 @@ class Accelerator:
             if self.feature_reuse is None:
                 self._compile_aot()
                 return
-            self.report.skipped["aot_packages"] = "feature reuse compiles its own two graphs with torch.compile"
+            self.report.skipped["aot_packages"] = _AOT_WITH_REUSE
         self._compiled_shapes()
         self.cuda_graphs = opts.wants_cuda_graphs
         _configure_inductor(opts.autotune, shapes=max(1, len(self.buckets)) * len(self.resolutions))
@@ -455,6 +461,8 @@ class Accelerator:
             self.report.skipped["compile_vae"] = "off"
         if self._device.type == "cuda" and opts.wants_cuda_graphs:
             self.report.skipped["cuda_graphs"] = "not with AOT packages (they launch their kernels from C++)"
+        if opts.autotune:
+            self.report.skipped["autotune"] = "not with AOT packages (built with inductor's defaults)"
         self.report.aot_packages = stats
         self.compiled = True
 

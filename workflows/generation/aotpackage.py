@@ -20,6 +20,7 @@ CUDA graphs are not used on this path (the package launches its kernels from C++
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -35,6 +36,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 Kind = Literal["unet", "decoder"]
+# Bump when this module's export wrappers or call convention change: old packages then stop matching.
+PACKAGE_FORMAT = 1
 _SDXL_ADDED = ("text_embeds", "time_ids")  # the UNet's added conditioning in SDXL pipelines, in package order
 
 
@@ -70,14 +73,22 @@ class _DecoderCore(torch.nn.Module):
 
 def fingerprint(module: Any, kind: Kind, levers: dict[str, Any]) -> str:
     """What a package's code depends on besides its input shapes, hashed (16 hex digits)."""
+    import platform
+
     import diffusers
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    from workflows.generation import fp8
 
     param = next(module.parameters())
     device = param.device
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     config = getattr(module, "config", None)
     data = {
+        "format": PACKAGE_FORMAT,
         "kind": kind,
+        # Inductor builds the package's C++ for this host's CPU (-march=native): another CPU needs its own.
+        "host": [platform.machine(), str(pick_vec_isa())],
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "device": device_name,
@@ -85,6 +96,11 @@ def fingerprint(module: Any, kind: Kind, levers: dict[str, Any]) -> str:
         "class": type(module).__qualname__,
         "config": {k: v for k, v in dict(config or {}).items() if not k.startswith("_")},
         "modules": sorted({type(m).__qualname__ for m in module.modules()}),
+        # Every submodule's settings (norm groups, eps, ...) and the attention processors, which are not modules.
+        "structure": hashlib.sha256(repr(module).encode()).hexdigest(),
+        "processors": sorted({type(p).__qualname__ for p in getattr(module, "attn_processors", {}).values()}),
+        # Our own code traced into the package: the FP8 products.
+        "fp8_code": hashlib.sha256(inspect.getsource(fp8).encode()).hexdigest()[:16],
         "channels_last": param.dim() == 4 and param.is_contiguous(memory_format=torch.channels_last),
         "levers": levers,
     }
@@ -134,7 +150,10 @@ class AotForward:
         inputs = self._package_inputs(sample, args, kwargs)
         if inputs is None or not self._active() or torch.is_grad_enabled():
             return self._eager(sample, *args, **kwargs)
-        out = self._runner(inputs)(*inputs)
+        runner = self._runner(inputs)
+        if runner is None:  # that shape's package could not be built or loaded: eager, as uncompiled sizes
+            return self._eager(sample, *args, **kwargs)
+        out = runner(*inputs)
         if self.kind == "decoder":
             return out
         if kwargs.get("return_dict", True):
@@ -149,7 +168,7 @@ class AotForward:
         """The package's inputs for this call, or None when the call needs more than the package takes."""
         if self.kind == "decoder":
             extra = {k: v for k, v in kwargs.items() if v is not None}
-            return (sample,) if not args and not extra else None
+            return (sample.contiguous(),) if not args and not extra else None
         timestep = args[0] if args else kwargs.get("timestep")
         hidden = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
         added_cond = kwargs.get("added_cond_kwargs") or {}
@@ -164,22 +183,28 @@ class AotForward:
             if set(added_cond) != set(_SDXL_ADDED) or not all(isinstance(v, torch.Tensor) for v in added_cond.values()):
                 return None
             added = tuple(added_cond[name] for name in _SDXL_ADDED)
-        return (sample, timestep.to(device=sample.device, dtype=torch.float32), hidden, *added)
+        inputs = (sample, timestep.to(device=sample.device, dtype=torch.float32), hidden, *added)
+        # The package's kernels assume the strides they were built with (it does not check them): contiguous.
+        return tuple(t.contiguous() for t in inputs)
 
     def package_path(self, inputs: tuple[torch.Tensor, ...]) -> Path:
         shapes = "-".join("x".join(str(d) for d in t.shape) or "scalar" for t in inputs)
         return self._folder / f"{self.kind}-{self._fingerprint}-{shapes}.pt2"
 
     def _runner(self, inputs: tuple[torch.Tensor, ...]) -> Any:
+        """The loaded package for these inputs' shapes (built first if absent); None if that failed, once."""
         key = tuple(tuple(t.shape) for t in inputs)
-        runner = self._runners.get(key)
-        if runner is None:
+        if key not in self._runners:
             path = self.package_path(inputs)
-            if not path.is_file():
-                self._build(inputs, path)
-            runner = self._load(path, inputs[0].device)
-            self._runners[key] = runner
-        return runner
+            try:
+                if not path.is_file():
+                    self._build(inputs, path)
+                self._runners[key] = self._load(path, inputs[0].device)
+            except Exception as exc:  # any export/compile/load failure: this shape runs eager from now on
+                logger.exception("AOTInductor package %s failed; that shape runs eager", path.name)
+                self.stats["failed"][path.name] = f"{type(exc).__name__}: {exc}"[:500]
+                self._runners[key] = None
+        return self._runners[key]
 
     def _build(self, inputs: tuple[torch.Tensor, ...], path: Path) -> None:
         started = time.perf_counter()
@@ -204,6 +229,10 @@ class AotForward:
         with _torch_notices_quiet():
             runner = torch._inductor.aoti_load_package(str(path), device_index=index)
         state = {**dict(self._core.named_parameters()), **dict(self._core.named_buffers())}
+        missing = [name for name in runner.get_constant_fqns() if name not in state]
+        if missing:
+            raise LookupError(f"the package wants constants the module does not have: {missing[:5]}")
+        # Shares the live tensors' storage: nothing may replace them (``.to``, fusing) after this.
         runner.load_constants(
             {name: state[name] for name in runner.get_constant_fqns()}, check_full_update=True, user_managed=True
         )
@@ -223,4 +252,4 @@ def _torch_notices_quiet() -> Iterator[None]:
 
 
 def new_stats() -> dict[str, Any]:
-    return {"loaded": 0, "built": 0, "load_s": 0.0, "build_s": 0.0}
+    return {"loaded": 0, "built": 0, "load_s": 0.0, "build_s": 0.0, "failed": {}}

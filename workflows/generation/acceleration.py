@@ -52,8 +52,6 @@ from workflows.generation.featurereuse import FeatureReuse
 logger = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16)
-_AOT_WITH_REUSE = "feature reuse compiles its own two graphs with torch.compile"
-
 # torch.compile modes by (autotune, cuda_graphs).
 _MODES = {
     (False, False): "default",
@@ -350,10 +348,7 @@ class Accelerator:
                     self.report.skipped[name] = f"not on CUDA ({self._device.type})"
             self._apply_fp8()
             if opts.compile and opts.aot_dir:
-                if self.feature_reuse is None:
-                    self._compile_aot()  # AOTInductor compiles for CPUs too
-                else:
-                    self.report.skipped["aot_packages"] = _AOT_WITH_REUSE
+                self._try_aot()  # AOTInductor compiles for CPUs too
             return
         if opts.cuda_graphs and not opts.compile:
             self.report.skipped["cuda_graphs"] = "needs compile"
@@ -405,11 +400,8 @@ class Accelerator:
 
     def _compile(self) -> None:
         opts, pipe = self.options, self._pipe
-        if opts.aot_dir:
-            if self.feature_reuse is None:
-                self._compile_aot()
-                return
-            self.report.skipped["aot_packages"] = _AOT_WITH_REUSE
+        if opts.aot_dir and self._try_aot():
+            return
         self._compiled_shapes()
         self.cuda_graphs = opts.wants_cuda_graphs
         _configure_inductor(opts.autotune, shapes=max(1, len(self.buckets)) * len(self.resolutions))
@@ -434,6 +426,14 @@ class Accelerator:
             _compile_forward(pipe.vae.decoder, kwargs, cuda_graphs=self.cuda_graphs, timestep_arg=False)
             self.report.applied.append("compile_vae")
         self.compiled = True
+
+    def _try_aot(self) -> bool:
+        """AOT packages instead of ``torch.compile``, unless feature reuse needs the latter; whether applied."""
+        if self.feature_reuse is not None:
+            self.report.skipped["aot_packages"] = "feature reuse compiles its own two graphs with torch.compile"
+            return False
+        self._compile_aot()
+        return True
 
     def _compile_aot(self) -> None:
         """The UNet and VAE decoder run AOTInductor packages from ``aot_dir`` (``aotpackage``), not Dynamo."""

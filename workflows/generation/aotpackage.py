@@ -93,10 +93,9 @@ def fingerprint(module: Any, kind: Kind, levers: dict[str, Any]) -> str:
         "diffusers": diffusers.__version__,
         "device": device_name,
         "dtype": str(param.dtype),
-        "class": type(module).__qualname__,
         "config": {k: v for k, v in dict(config or {}).items() if not k.startswith("_")},
-        "modules": sorted({type(m).__qualname__ for m in module.modules()}),
-        # Every submodule's settings (norm groups, eps, ...) and the attention processors, which are not modules.
+        # Every submodule's class and settings (layer sizes, norm groups, eps, ...), and the attention
+        # processors, which are not modules.
         "structure": hashlib.sha256(repr(module).encode()).hexdigest(),
         "processors": sorted({type(p).__qualname__ for p in getattr(module, "attn_processors", {}).values()}),
         # Our own code traced into the package: the FP8 products.
@@ -104,8 +103,6 @@ def fingerprint(module: Any, kind: Kind, levers: dict[str, Any]) -> str:
         "channels_last": param.dim() == 4 and param.is_contiguous(memory_format=torch.channels_last),
         "levers": levers,
     }
-    if config is None:
-        data["parameters"] = [[name, list(p.shape)] for name, p in module.named_parameters()]
     data["weights"] = weights_checksum(module)
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

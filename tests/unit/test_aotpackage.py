@@ -54,6 +54,9 @@ def test_the_first_start_builds_both_packages_and_keeps_the_exact_images(
     # CFG doubles the bucket's one image: the UNet package takes 2 latents, the sliced decoder 1.
     assert [n.split("-")[0] for n in names] == ["decoder", "unet"]
     assert names[1].endswith("-2x4x32x32-scalar-2x77x32.pt2")
+    # Each package was loaded in a child process first (the loader can crash a process), and marked as loading.
+    assert report["aot_packages"]["checked"] == 2
+    assert sorted(p.name for p in first_start["folder"].glob("*.loads")) == [f"{n}.loads" for n in names]
     eager = PipelineRunner.load("tiny", device="cpu", cache_root=model_cache).generate([FOX], SHAPE)["fox"][0]
     assert np.abs(first_start["image"] - levels(eager)).max() <= 1
 
@@ -62,8 +65,28 @@ def test_the_next_start_loads_the_packages_without_building(model_cache: Path, f
     runner = aot_runner(model_cache, first_start["folder"])
     image = levels(runner.generate([FOX], SHAPE)["fox"][0])
     stats = runner.acceleration["aot_packages"]
-    assert (stats["built"], stats["loaded"]) == (0, 2)
+    assert (stats["built"], stats["loaded"], stats["checked"]) == (0, 2, 0)  # the markers spare the child process
     assert np.array_equal(image, first_start["image"])  # the same kernels as the first start
+
+
+def test_a_package_the_loader_rejects_in_the_child_leaves_that_shape_eager(
+    model_cache: Path, first_start: dict[str, Any], tmp_path: Path
+) -> None:
+    for package in first_start["folder"].glob("*.pt2"):
+        (tmp_path / package.name).write_bytes(package.read_bytes())  # no markers: both are checked again
+    (unet_package,) = tmp_path.glob("unet-*.pt2")
+    unet_package.write_bytes(b"not a package")
+    runner = aot_runner(model_cache, tmp_path)
+    image = levels(runner.generate([FOX], SHAPE)["fox"][0])
+    stats = runner.acceleration["aot_packages"]
+    assert (stats["checked"], stats["loaded"], stats["built"]) == (2, 1, 0)
+    assert list(stats["failed"]) == [unet_package.name]
+    assert "in a child process exited with status 1" in stats["failed"][unet_package.name]
+    assert sorted(p.name for p in tmp_path.glob("*.loads")) == [
+        p.name + ".loads" for p in tmp_path.glob("decoder-*.pt2")
+    ]
+    eager = PipelineRunner.load("tiny", device="cpu", cache_root=model_cache).generate([FOX], SHAPE)["fox"][0]
+    assert np.abs(image - levels(eager)).max() <= 1  # eager UNet, packaged decoder
 
 
 def test_sizes_that_are_not_compiled_run_eager_and_build_nothing(

@@ -13,6 +13,12 @@ from: a package's file name carries a fingerprint of everything its code depends
 versions, device, dtype, the module's config, a checksum of its weights, the levers that change the graph, the
 input shapes); anything else gets a new package. Shapes that are not compiled run the eager forward.
 
+A package is first loaded in a child process, once per package file (a ``.loads`` marker beside it records
+success): torch's package loader can crash the whole process. On the H200 test machine (torch 2.11.0+cu130)
+every CUDA package load segfaulted inside the loader, a two-layer model's too
+(``benchmarks/aot-minimal-h200-run1.log``). A crash there leaves that shape eager, reported under
+``aot_packages.failed``, instead of taking the worker down with it.
+
 CUDA graphs are not used on this path (the package launches its kernels from C++; at batch 1 graphs saved about
 40 ms a call). Feature reuse keeps its own two ``torch.compile`` graphs (the accelerator reports the choice).
 """
@@ -24,6 +30,9 @@ import inspect
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -39,6 +48,26 @@ Kind = Literal["unet", "decoder"]
 # Bump when this module's export wrappers or call convention change: old packages then stop matching.
 PACKAGE_FORMAT = 1
 _SDXL_ADDED = ("text_embeds", "time_ids")  # the UNet's added conditioning in SDXL pipelines, in package order
+# What the child process runs to see whether a package loads at all (argv: the package, the device index).
+_LOADER_CHECK = (
+    "import sys, torch._inductor; torch._inductor.aoti_load_package(sys.argv[1], device_index=int(sys.argv[2]))"
+)
+LOADER_CHECK_TIMEOUT_S = 600.0
+
+
+class PackageLoaderError(RuntimeError):
+    """torch's loader failed on a package in a child process (or crashed it): the package is not loaded here."""
+
+    def __init__(self, path: Path, returncode: int | None, stderr: str) -> None:
+        if returncode is None:
+            how = f"did not finish in {LOADER_CHECK_TIMEOUT_S:.0f} s"
+        elif returncode < 0:
+            how = f"crashed ({signal.Signals(-returncode).name})"
+        else:
+            how = f"exited with status {returncode}"
+        last = stderr.strip().splitlines()[-1:] or [""]
+        super().__init__(f"loading {path.name} in a child process {how}: {last[0][:300]}".rstrip(": "))
+        self.returncode = returncode
 
 
 class _UNetCore(torch.nn.Module):
@@ -221,8 +250,9 @@ class AotForward:
         logger.info("built AOTInductor package %s in %.1f s", path.name, seconds)
 
     def _load(self, path: Path, device: torch.device) -> Any:
-        started = time.perf_counter()
         index = device.index if device.type == "cuda" and device.index is not None else -1
+        self._check_loads_in_child(path, index)
+        started = time.perf_counter()
         with _torch_notices_quiet():
             runner = torch._inductor.aoti_load_package(str(path), device_index=index)
         state = {**dict(self._core.named_parameters()), **dict(self._core.named_buffers())}
@@ -237,6 +267,25 @@ class AotForward:
         self.stats["load_s"] += time.perf_counter() - started
         return runner
 
+    def _check_loads_in_child(self, path: Path, index: int) -> None:
+        """Load the package once in a child process first, unless a marker says it loaded before: a loader crash
+        then costs that shape its package, not the worker its life."""
+        marker = path.with_name(f"{path.name}.loads")
+        if marker.is_file():
+            return
+        started = time.perf_counter()
+        command = [sys.executable, "-c", _LOADER_CHECK, str(path), str(index)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=LOADER_CHECK_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise PackageLoaderError(path, None, str(exc.stderr or "")) from exc
+        finally:
+            self.stats["checked"] += 1
+            self.stats["check_s"] += time.perf_counter() - started
+        if done.returncode != 0:
+            raise PackageLoaderError(path, done.returncode, done.stderr)
+        marker.touch()
+
 
 @contextmanager
 def _torch_notices_quiet() -> Iterator[None]:
@@ -249,4 +298,5 @@ def _torch_notices_quiet() -> Iterator[None]:
 
 
 def new_stats() -> dict[str, Any]:
-    return {"loaded": 0, "built": 0, "load_s": 0.0, "build_s": 0.0, "failed": {}}
+    """Packages loaded and built, loads checked in a child process, their seconds, and the shapes that failed."""
+    return {"loaded": 0, "built": 0, "checked": 0, "load_s": 0.0, "build_s": 0.0, "check_s": 0.0, "failed": {}}

@@ -169,22 +169,35 @@ def test_sigkill_mid_batch_then_restart_completes_every_job_once(service: Runnin
 
 def test_sigterm_finishes_the_running_batch_and_releases_the_rest(service: RunningService) -> None:
     client = service.new_tenant("term")
-    slow = {"width": 512, "height": 512, "num_inference_steps": 25}
+    slow = {"width": 512, "height": 512, "num_inference_steps": 80}
     ids = [client.submit({"prompt": f"term {i}", **slow})["id"] for i in range(4)]
     env = {**FAST_WORKER, "SDQ_MAX_BATCH_IMAGES": "1", "SDQ_MAX_BATCH_WAIT_MS": "0", "SDQ_VISIBILITY_TIMEOUT_S": "120"}
+    log_path = service.state_dir / f"worker-{len(service.workers)}.log"
     worker = service.start_worker(env=env)
     wait_until(lambda: any(client.get(i)["progress"]["step"] > 0 for i in ids), 120, "the first batch", poll_s=0.1)
+    running = next(i for i in ids if client.get(i)["progress"]["step"] > 0)
     started = time.monotonic()
     worker.send_signal(signal.SIGTERM)
+
+    def visible() -> int:
+        attrs = service.boto("sqs").get_queue_attributes(
+            QueueUrl=service.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"])
+
+    # The unstarted jobs (the batch claimed ahead among them) go back while the running batch still runs, not
+    # when it ends and not after the 120 s visibility timeout: other workers can start them meanwhile.
+    wait_until(lambda: visible() == 3, 30, "the unstarted jobs' messages to be visible", poll_s=0.1)
+    assert client.get(running)["status"] == "RUNNING"
+    assert {client.get(i)["status"] for i in ids if i != running} == {"QUEUED"}
     assert worker.wait(timeout=90) == 0
     assert time.monotonic() - started < 60
     done = [i for i, s in statuses(client, ids).items() if s != "QUEUED"]
-    assert len(done) == 1  # the batch that was running finished and was handed off
-    # The unstarted jobs' messages are visible again at once, not after the 120 s visibility timeout.
-    attrs = service.boto("sqs").get_queue_attributes(
-        QueueUrl=service.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
-    )["Attributes"]
-    assert int(attrs["ApproximateNumberOfMessages"]) == 3
+    assert done == [running]  # the batch that was running finished and was handed off
+    assert visible() == 3
+    # The batch claimed ahead went back before the running batch's pipeline call ended (the worker logs in order).
+    events = [json.loads(line).get("message") for line in log_path.read_text().splitlines() if line.startswith("{")]
+    assert events.index("claimed job handed back unstarted") < events.index("batch")
     service.start_worker(env={**FAST_WORKER, "SDQ_MAX_BATCH_IMAGES": "4"})
     wait_until(all_terminal(client, ids), 300, "the released jobs to finish")
     assert set(statuses(client, ids).values()) == {"SUCCEEDED"}

@@ -4,7 +4,8 @@ Threads (one GPU thread, the rest I/O):
 - receiver: long-polls the queue and feeds the batcher, holding back when enough work is waiting;
 - heartbeat: keeps every held message invisible and every claimed job's lease alive;
 - main (GPU): takes ready batches, claims their jobs, runs one pipeline call per batch;
-- finishers: encode PNGs, upload to staging, start executions, delete messages, overlapping the next batch.
+- finishers: encode PNGs, upload to staging, start executions, delete messages, overlapping the next batch;
+- stop (on a warm stop only): hands back the batch claimed ahead and the waiting messages at once.
 
 Guarantees: a message is deleted only after its job's hand-off (or once its job needs nothing more), so a
 crash at any point loses nothing; the conditional claim makes duplicate deliveries and a second worker
@@ -141,6 +142,13 @@ class Worker:
         self._batcher: Batcher[Held] = Batcher(config.max_batch_images, config.max_batch_wait_s)
         self._held: dict[str, Held] = {}  # message id -> held
         self._lock = threading.Condition()
+        # Held by the heartbeat while it extends leases, and by whoever lets a message go (forget it, then set
+        # its visibility): a heartbeat can then never re-extend a message that was just handed back.
+        self._visibility_lock = threading.Lock()
+        # The next batch's claim, running while the current batch generates; a warm stop hands it back at once.
+        self._claim_lock = threading.Lock()
+        self._next_claim: Future[ClaimedBatch] | None = None
+        self._stop_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._hard_stop = threading.Event()
         self._finishers = ThreadPoolExecutor(config.finisher_threads, thread_name_prefix="sdq-finish")
@@ -169,6 +177,9 @@ class Worker:
             timer = threading.Timer(self.config.grace_s, self._hard_stop.set)
             timer.daemon = True
             timer.start()
+            # What will not run here goes back now, not when the running batch ends: other workers can start it.
+            self._stop_thread = threading.Thread(target=self._hand_back_unstarted, name="sdq-stop", daemon=True)
+            self._stop_thread.start()
         with self._lock:
             self._lock.notify_all()
 
@@ -185,16 +196,15 @@ class Worker:
         receiver.start()
         heartbeat.start()
         logger.info("worker started", worker_id=self.config.worker_id, model=self._gen.model_name)
-        next_claim: Future[ClaimedBatch] | None = None
         try:
             while not self._stopping.is_set():
-                if next_claim is None:
+                pending = self._take_next_claim()
+                if pending is None:
                     batch = self._next_batch()
                     if not batch:
                         continue
-                    next_claim = self._prefetch.submit(self._claim_batch, batch)
-                claimed = next_claim.result()
-                next_claim = None
+                    pending = self._prefetch.submit(self._claim_batch, batch)
+                claimed = pending.result()
                 if self._stopping.is_set():
                     self._release_claims(claimed.jobs)
                     break
@@ -203,16 +213,54 @@ class Worker:
                 with self._lock:
                     following = self._batcher.take(time.monotonic())
                 if following:
-                    next_claim = self._prefetch.submit(self._claim_batch, following)
+                    self._claim_ahead(following)
                 self._run_batch(claimed)
         finally:
-            if next_claim is not None:
-                # Stopping (or failing) with a batch claimed but not started: hand its jobs back now.
-                try:
-                    self._release_claims(next_claim.result().jobs)
-                except Exception:
-                    logger.exception("could not hand back the claimed batch; its leases will lapse")
+            self._hand_back_claimed_ahead()  # stopping (or failing) with a batch claimed but not started
             self._shutdown(receiver)
+
+    def _claim_ahead(self, batch: list[Held]) -> None:
+        """Start claiming the next batch; once a stop was requested, hand its messages back instead."""
+        with self._claim_lock:
+            if not self._stopping.is_set():
+                self._next_claim = self._prefetch.submit(self._claim_batch, batch)
+                return
+        self._let_go(batch, 0)
+
+    def _take_next_claim(self) -> Future[ClaimedBatch] | None:
+        with self._claim_lock:
+            pending, self._next_claim = self._next_claim, None
+        return pending
+
+    def _hand_back_claimed_ahead(self) -> None:
+        pending = self._take_next_claim()
+        if pending is None:
+            return
+        try:
+            self._release_claims(pending.result().jobs)
+        except Exception:
+            logger.exception("could not hand back the claimed batch; its leases will lapse")
+
+    def _hand_back_unstarted(self) -> None:
+        """A warm stop's first moves, beside the running batch: the batch claimed ahead goes back (QUEUED, message
+        visible), and so do the messages still waiting to form a batch."""
+        self._hand_back_claimed_ahead()
+        self._release_waiting()
+
+    def _release_waiting(self) -> None:
+        with self._lock:
+            unstarted = self._batcher.drain()
+        if unstarted:
+            refused = self._let_go(unstarted, 0)
+            logger.info("released unstarted messages", count=len(unstarted), refused=len(refused))
+
+    def _let_go(self, jobs: list[Held], visibility_s: int) -> list[str]:
+        """Stop holding these messages and set their visibility (0: visible now), never interleaved with a
+        heartbeat's extension; returns the ids SQS refused."""
+        with self._visibility_lock:
+            for held in jobs:
+                self._forget(held)
+            return self._safe_visibility([h.received for h in jobs], visibility_s)
 
     def _next_batch(self) -> list[Held]:
         with self._lock:
@@ -280,11 +328,12 @@ class Worker:
 
     def _heartbeat_loop(self) -> None:
         while not self._hard_stop.wait(self.config.heartbeat_s):
-            with self._lock:
-                held = list(self._held.values())
-            if not held:
-                continue
-            refused = self._safe_visibility([h.received for h in held], self.config.visibility_s)
+            with self._visibility_lock:
+                with self._lock:
+                    held = list(self._held.values())
+                if not held:
+                    continue
+                refused = self._safe_visibility([h.received for h in held], self.config.visibility_s)
             lease_until = self._clock() + self.config.visibility_s
             for h in held:
                 if h.job is not None and not h.dropped and h.received.message_id not in refused:
@@ -320,8 +369,7 @@ class Worker:
                 released = False
                 logger.warning("claim release failed; the lease will lapse", job_id=held.job_id, error=str(exc))
             logger.info("claimed job handed back unstarted", job_id=held.job_id, released=released)
-            self._forget(held)  # first, so the heartbeat stops extending it
-            self._safe_visibility([held.received], 0)
+            self._let_go([held], 0)
 
     def _run_batch(self, claimed: ClaimedBatch) -> None:
         jobs = claimed.jobs
@@ -344,8 +392,7 @@ class Worker:
             return self._claim_or_settle(held)
         except Exception as exc:  # an AWS error while settling a lost claim, or anything unexpected
             logger.warning("claim failed; releasing", job_id=held.job_id, error=f"{type(exc).__name__}: {exc}")
-            self._safe_visibility([held.received], 5)
-            self._forget(held)
+            self._let_go([held], 5)
             return False
 
     def _claim_or_settle(self, held: Held) -> bool:
@@ -378,8 +425,7 @@ class Worker:
                 # only way back. Hide it until the other lease runs out, then whoever gets it re-checks.
                 remaining = self._repo.lease_remaining(held.job_id, self._clock())
                 logger.info("job held by another worker", job_id=held.job_id, lease_remaining_s=remaining)
-                self._safe_visibility([held.received], int(remaining) + 1)
-                self._forget(held)
+                self._let_go([held], int(remaining) + 1)
             else:
                 logger.info("job needs no work; deleting its message", job_id=held.job_id, status=exc.current)
                 self._finish_message(held, delete=True)
@@ -572,12 +618,11 @@ class Worker:
             return [m.message_id for m in messages]
 
     def _shutdown(self, receiver: threading.Thread) -> None:
-        with self._lock:
-            unstarted = self._batcher.drain()
-        for held in unstarted:
-            self._forget(held)
-        released = self._safe_visibility([h.received for h in unstarted], 0)
-        logger.info("released unstarted messages", count=len(unstarted), refused=len(released))
+        if self._stop_thread is not None:
+            # Its claim releases first: a message made visible while its job is still claimed would be hidden
+            # again by the next worker that receives it, for the rest of this worker's lease.
+            self._stop_thread.join(timeout=self.config.grace_s)
+        self._release_waiting()  # what arrived after the stop's first hand-back
         if not self._hard_stop.is_set():
             for future in list(self._in_flight):
                 future.result()
@@ -590,7 +635,7 @@ class Worker:
             self._held.clear()
         # Jobs interrupted by a hard stop: release their messages so another worker can take over once
         # the lease lapses.
-        self._safe_visibility([h.received for h in leftover], 0)
+        self._let_go(leftover, 0)
         self._hard_stop.set()
         receiver.join(timeout=0.1)
 

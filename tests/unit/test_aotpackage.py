@@ -54,9 +54,11 @@ def test_the_first_start_builds_both_packages_and_keeps_the_exact_images(
     # CFG doubles the bucket's one image: the UNet package takes 2 latents, the sliced decoder 1.
     assert [n.split("-")[0] for n in names] == ["decoder", "unet"]
     assert names[1].endswith("-2x4x32x32-scalar-2x77x32.pt2")
-    # Each package was loaded in a child process first (the loader can crash a process), and marked as loading.
+    # Each package was loaded in a child process first (the loader can crash a process), and the outcome recorded.
     assert report["aot_packages"]["checked"] == 2
-    assert sorted(p.name for p in first_start["folder"].glob("*.loads")) == [f"{n}.loads" for n in names]
+    checks = sorted(first_start["folder"].glob("*.check"))
+    assert [c.name for c in checks] == [f"{n}.check" for n in names]
+    assert all(json.loads(c.read_text())["loads"] for c in checks)
     eager = PipelineRunner.load("tiny", device="cpu", cache_root=model_cache).generate([FOX], SHAPE)["fox"][0]
     assert np.abs(first_start["image"] - levels(eager)).max() <= 1
 
@@ -82,11 +84,19 @@ def test_a_package_the_loader_rejects_in_the_child_leaves_that_shape_eager(
     assert (stats["checked"], stats["loaded"], stats["built"]) == (2, 1, 0)
     assert list(stats["failed"]) == [unet_package.name]
     assert "in a child process exited with status 1" in stats["failed"][unet_package.name]
-    assert sorted(p.name for p in tmp_path.glob("*.loads")) == [
-        p.name + ".loads" for p in tmp_path.glob("decoder-*.pt2")
-    ]
     eager = PipelineRunner.load("tiny", device="cpu", cache_root=model_cache).generate([FOX], SHAPE)["fox"][0]
     assert np.abs(image - levels(eager)).max() <= 1  # eager UNet, packaged decoder
+    # The next start reads both outcomes from the markers: no child process, the same shape eager again.
+    again = aot_runner(model_cache, tmp_path)
+    assert np.array_equal(levels(again.generate([FOX], SHAPE)["fox"][0]), image)
+    stats = again.acceleration["aot_packages"]
+    assert (stats["checked"], stats["loaded"]) == (0, 1)
+    assert "recorded at an earlier start" in stats["failed"][unet_package.name]
+    # A new file under that name (rebuilt or copied in) is checked again.
+    unet_package.write_bytes(b"still not a package, and longer")
+    third = aot_runner(model_cache, tmp_path)
+    third.generate([FOX], SHAPE)
+    assert third.acceleration["aot_packages"]["checked"] == 1
 
 
 def test_sizes_that_are_not_compiled_run_eager_and_build_nothing(

@@ -13,11 +13,12 @@ from: a package's file name carries a fingerprint of everything its code depends
 versions, device, dtype, the module's config, a checksum of its weights, the levers that change the graph, the
 input shapes); anything else gets a new package. Shapes that are not compiled run the eager forward.
 
-A package is first loaded in a child process, once per package file (a ``.loads`` marker beside it records
-success): torch's package loader can crash the whole process. On the H200 test machine (torch 2.11.0+cu130)
-every CUDA package load segfaulted inside the loader, a two-layer model's too
-(``benchmarks/aot-minimal-h200-run1.log``). A crash there leaves that shape eager, reported under
-``aot_packages.failed``, instead of taking the worker down with it.
+A package is first loaded in a child process, once per package file (a ``.check`` marker beside it records the
+outcome for that file's size and modification time), because torch's package loader can crash the whole
+process: on the H200 test machine (torch 2.11.0+cu130) every CUDA package load segfaulted inside the loader, a
+two-layer model's too (``benchmarks/aot-minimal-h200-run1.log``). A loader crash like that one leaves the shape
+eager, reported under ``aot_packages.failed``, instead of taking the worker down. (The child loads the package
+only: a crash that needs the parent's state, or happens in ``load_constants`` or the first call, is not caught.)
 
 CUDA graphs are not used on this path (the package launches its kernels from C++; at batch 1 graphs saved about
 40 ms a call). Feature reuse keeps its own two ``torch.compile`` graphs (the accelerator reports the choice).
@@ -29,11 +30,11 @@ import hashlib
 import inspect
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,16 +59,27 @@ LOADER_CHECK_TIMEOUT_S = 600.0
 class PackageLoaderError(RuntimeError):
     """torch's loader failed on a package in a child process (or crashed it): the package is not loaded here."""
 
-    def __init__(self, path: Path, returncode: int | None, stderr: str) -> None:
+    def __init__(self, path: Path, returncode: int | None, stderr: str | bytes | None) -> None:
         if returncode is None:
             how = f"did not finish in {LOADER_CHECK_TIMEOUT_S:.0f} s"
         elif returncode < 0:
-            how = f"crashed ({signal.Signals(-returncode).name})"
+            try:
+                how = f"crashed ({signal.Signals(-returncode).name})"
+            except ValueError:
+                how = f"crashed (signal {-returncode})"
         else:
             how = f"exited with status {returncode}"
-        last = stderr.strip().splitlines()[-1:] or [""]
-        super().__init__(f"loading {path.name} in a child process {how}: {last[0][:300]}".rstrip(": "))
+        text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr or ""
+        tail = " | ".join(line.strip() for line in text.strip().splitlines()[-3:])
+        super().__init__(f"loading {path.name} in a child process {how}: {tail[-600:]}".rstrip(": "))
         self.returncode = returncode
+
+    @classmethod
+    def recorded(cls, path: Path, message: str) -> PackageLoaderError:
+        """The failure a marker recorded for this very file at an earlier start (no child process this time)."""
+        error = cls(path, 1, None)
+        error.args = (f"{message} (recorded at an earlier start; delete {path.name}.check to try again)",)
+        return error
 
 
 class _UNetCore(torch.nn.Module):
@@ -235,7 +247,7 @@ class AotForward:
     def _build(self, inputs: tuple[torch.Tensor, ...], path: Path) -> None:
         started = time.perf_counter()
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{os.getpid()}.{path.name}")  # ends in .pt2, as the packager requires
+        staging = path.with_name(f".{uuid.uuid4().hex}.{path.name}")  # ends in .pt2, as the packager requires
         with _torch_notices_quiet():
             program = torch.export.export(self._core, inputs, strict=False)
             torch._inductor.aoti_compile_and_package(
@@ -268,23 +280,41 @@ class AotForward:
         return runner
 
     def _check_loads_in_child(self, path: Path, index: int) -> None:
-        """Load the package once in a child process first, unless a marker says it loaded before: a loader crash
-        then costs that shape its package, not the worker its life."""
-        marker = path.with_name(f"{path.name}.loads")
-        if marker.is_file():
-            return
+        """Load the package once in a child process first, unless a marker records the outcome for this very
+        file (size and modification time): a loader crash then costs that shape its package, not the worker
+        its life, and a failure is not retried at every start."""
+        marker = path.with_name(f"{path.name}.check")
+        stat = path.stat()
+        identity = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        try:
+            recorded = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if isinstance(recorded, dict) and recorded.get("file") == identity:
+            if recorded.get("loads"):
+                return
+            raise PackageLoaderError.recorded(path, str(recorded.get("error")))
         started = time.perf_counter()
         command = [sys.executable, "-c", _LOADER_CHECK, str(path), str(index)]
+        error: PackageLoaderError | None = None
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=LOADER_CHECK_TIMEOUT_S, check=False)
+            if done.returncode != 0:
+                error = PackageLoaderError(path, done.returncode, done.stderr)
         except subprocess.TimeoutExpired as exc:
-            raise PackageLoaderError(path, None, str(exc.stderr or "")) from exc
+            error = PackageLoaderError(path, None, exc.stderr)
         finally:
             self.stats["checked"] += 1
             self.stats["check_s"] += time.perf_counter() - started
-        if done.returncode != 0:
-            raise PackageLoaderError(path, done.returncode, done.stderr)
-        marker.touch()
+        outcome = {"file": identity, "loads": error is None, "error": None if error is None else str(error)}
+        try:
+            staging = marker.with_name(f".{uuid.uuid4().hex}.{marker.name}")
+            staging.write_text(json.dumps(outcome))
+            staging.replace(marker)
+        except OSError as exc:  # a read-only package folder: the check runs again at the next start
+            logger.warning("could not record the load check of %s: %s", path.name, exc)
+        if error is not None:
+            raise error
 
 
 @contextmanager

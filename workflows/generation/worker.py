@@ -82,6 +82,7 @@ class Held:
     arrived: float
     job: Job | None = None
     dropped: bool = False
+    let_go_visibility: int | None = None  # set once the worker lets the message go: the visibility it set
 
     @property
     def job_id(self) -> str:
@@ -142,9 +143,6 @@ class Worker:
         self._batcher: Batcher[Held] = Batcher(config.max_batch_images, config.max_batch_wait_s)
         self._held: dict[str, Held] = {}  # message id -> held
         self._lock = threading.Condition()
-        # Held by the heartbeat while it extends leases, and by whoever lets a message go (forget it, then set
-        # its visibility): a heartbeat can then never re-extend a message that was just handed back.
-        self._visibility_lock = threading.Lock()
         # The next batch's claim, running while the current batch generates; a warm stop hands it back at once.
         self._claim_lock = threading.Lock()
         self._next_claim: Future[ClaimedBatch] | None = None
@@ -244,8 +242,8 @@ class Worker:
     def _hand_back_unstarted(self) -> None:
         """A warm stop's first moves, beside the running batch: the batch claimed ahead goes back (QUEUED, message
         visible), and so do the messages still waiting to form a batch."""
+        self._release_waiting()  # first: it needs no table write
         self._hand_back_claimed_ahead()
-        self._release_waiting()
 
     def _release_waiting(self) -> None:
         with self._lock:
@@ -255,12 +253,13 @@ class Worker:
             logger.info("released unstarted messages", count=len(unstarted), refused=len(refused))
 
     def _let_go(self, jobs: list[Held], visibility_s: int) -> list[str]:
-        """Stop holding these messages and set their visibility (0: visible now), never interleaved with a
-        heartbeat's extension; returns the ids SQS refused."""
-        with self._visibility_lock:
+        """Stop holding these messages and set their visibility (0: visible now; the heartbeat re-applies it if
+        its own extension crossed this); returns the ids SQS refused."""
+        with self._lock:
             for held in jobs:
-                self._forget(held)
-            return self._safe_visibility([h.received for h in jobs], visibility_s)
+                held.let_go_visibility = visibility_s
+                self._held.pop(held.received.message_id, None)
+        return self._safe_visibility([h.received for h in jobs], visibility_s)
 
     def _next_batch(self) -> list[Held]:
         with self._lock:
@@ -328,12 +327,18 @@ class Worker:
 
     def _heartbeat_loop(self) -> None:
         while not self._hard_stop.wait(self.config.heartbeat_s):
-            with self._visibility_lock:
-                with self._lock:
-                    held = list(self._held.values())
-                if not held:
-                    continue
-                refused = self._safe_visibility([h.received for h in held], self.config.visibility_s)
+            with self._lock:
+                held = list(self._held.values())
+            if not held:
+                continue
+            refused = self._safe_visibility([h.received for h in held], self.config.visibility_s)
+            # A message let go while that call ran may have been hidden again by it: set it back (no I/O is
+            # done under a lock, so a slow SQS call here never holds up claims or a stop).
+            with self._lock:
+                let_go = [h for h in held if h.let_go_visibility is not None]
+            for visibility in {h.let_go_visibility for h in let_go}:
+                assert visibility is not None
+                self._safe_visibility([h.received for h in let_go if h.let_go_visibility == visibility], visibility)
             lease_until = self._clock() + self.config.visibility_s
             for h in held:
                 if h.job is not None and not h.dropped and h.received.message_id not in refused:
@@ -618,10 +623,10 @@ class Worker:
             return [m.message_id for m in messages]
 
     def _shutdown(self, receiver: threading.Thread) -> None:
-        if self._stop_thread is not None:
-            # Its claim releases first: a message made visible while its job is still claimed would be hidden
-            # again by the next worker that receives it, for the rest of this worker's lease.
-            self._stop_thread.join(timeout=self.config.grace_s)
+        # The stop thread's claim releases first (within the grace period): a message made visible while its job
+        # is still claimed here is hidden again by the next worker that receives it, until this worker's lease ends.
+        while self._stop_thread is not None and self._stop_thread.is_alive() and not self._hard_stop.is_set():
+            self._stop_thread.join(timeout=0.1)
         self._release_waiting()  # what arrived after the stop's first hand-back
         if not self._hard_stop.is_set():
             for future in list(self._in_flight):

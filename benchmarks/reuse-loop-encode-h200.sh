@@ -4,7 +4,7 @@
 #  1. the loop as before but PNG encoding in 2 helper processes (SDQ_ENCODE_PROCESSES=2): Pillow holds the GIL
 #     about 34 ms per image, which the GPU thread needs between its launches;
 #  2. the bare bench with the loop's scheduler (euler_a: one noise draw per image per step) instead of euler.
-# Needs the service's runtime wheels carried (as reuse-loop-h200.sh).
+# Needs the service's runtime wheels carried (benchmarks/device-wheels.txt).
 set -u
 source "$(dirname "$0")/device-prelude.sh" reuse-loop-encode
 CACHE=/tmp/sdq-inductor-cache

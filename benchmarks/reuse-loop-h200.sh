@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 8: the worker loop's GPU duty cycle with feature reuse on (the whole UNet every 5th step, bucket 16,
 # compiled UNet graphs and VAE decoder): 160 jobs through the real loop against the local cloud. Needs the
-# service's runtime wheels carried too (boto3, moto, pydantic, Powertools, ...), not only diffusers.
+# service's runtime wheels carried too (benchmarks/device-wheels.txt), not only diffusers.
 set -u
 source "$(dirname "$0")/device-prelude.sh" reuse-loop
 echo "== worker loop, levers + feature reuse 5, bucket 16, 160 jobs at ${SECONDS}s" | log

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -45,6 +46,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         model=args.model,
         api_key=previous_key,
     )
+    # Ctrl-C, and SIGTERM (kill, a process manager) too, stop the stack and its worker. SIGINT is reset to Python's
+    # handler because a shell starts background jobs with it ignored, which Python would keep.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     console.print("[bold]sdq[/] starting the local cloud (moto), the API and a worker ...")
     service = start_local_service(config)
     try:
@@ -56,13 +61,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         if args.model == "tiny":
             out.print("note       model 'tiny' has random weights: its images are noise")
         out.print('try        sdq submit "a red fox" --wait')
-        out.print("Ctrl-C stops everything.")
+        out.print("Ctrl-C (or SIGTERM) stops everything.")
         wait_forever(service)
     except KeyboardInterrupt:
         console.print("stopping ...")
     finally:
         service.stop()
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -1,0 +1,88 @@
+"""`sdq up` stops the whole stack, its worker included, on Ctrl-C and on SIGTERM, also when started in the
+background by a shell (which starts it with SIGINT ignored)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def start_up(log_path: Path, preexec: Callable[[], None] | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """`sdq up` with its worker; returns the process and the worker's pid once both run."""
+    tmp_path = log_path.parent
+    env = {**os.environ, "SDQ_STATE_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "handlers.cli", "up", "--port", "0"],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=preexec,
+    )
+    log.close()  # the child has its own copy
+    deadline = time.monotonic() + 120
+    while not ((tmp_path / "local.json").exists() and children(proc.pid)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(log_path.read_text()[-3000:])
+        time.sleep(0.2)
+    (worker,) = children(proc.pid)
+    return proc, worker
+
+
+def stops_with_its_worker(proc: subprocess.Popen[bytes], worker: int, log_path: Path) -> None:
+    try:
+        assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+        deadline = time.monotonic() + 10
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(worker), "the worker outlived `sdq up`"
+        assert "stopping" in log_path.read_text()
+    finally:  # a failure leaves no process behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def test_sigterm_stops_the_stack_and_its_worker(tmp_path: Path) -> None:
+    up_log = tmp_path / "up.log"
+    proc, worker = start_up(up_log)
+    proc.send_signal(signal.SIGTERM)
+    stops_with_its_worker(proc, worker, up_log)
+
+
+def test_ctrl_c_stops_it_when_a_shell_started_it_in_the_background(tmp_path: Path) -> None:
+    up_log = tmp_path / "up.log"
+    proc, worker = start_up(up_log, preexec=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    proc.send_signal(signal.SIGINT)
+    stops_with_its_worker(proc, worker, up_log)

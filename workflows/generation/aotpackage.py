@@ -59,7 +59,8 @@ LOADER_CHECK_TIMEOUT_S = 600.0
 class PackageLoaderError(RuntimeError):
     """torch's loader failed on a package in a child process (or crashed it): the package is not loaded here."""
 
-    def __init__(self, path: Path, returncode: int | None, stderr: str | bytes | None) -> None:
+    @classmethod
+    def from_child(cls, path: Path, returncode: int | None, stderr: str | bytes | None) -> PackageLoaderError:
         if returncode is None:
             how = f"did not finish in {LOADER_CHECK_TIMEOUT_S:.0f} s"
         elif returncode < 0:
@@ -71,15 +72,12 @@ class PackageLoaderError(RuntimeError):
             how = f"exited with status {returncode}"
         text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr or ""
         tail = " | ".join(line.strip() for line in text.strip().splitlines()[-3:])
-        super().__init__(f"loading {path.name} in a child process {how}: {tail[-600:]}".rstrip(": "))
-        self.returncode = returncode
+        return cls(f"loading {path.name} in a child process {how}: {tail[-600:]}".rstrip(": "))
 
     @classmethod
     def recorded(cls, path: Path, message: str) -> PackageLoaderError:
         """The failure a marker recorded for this very file at an earlier start (no child process this time)."""
-        error = cls(path, 1, None)
-        error.args = (f"{message} (recorded at an earlier start; delete {path.name}.check to try again)",)
-        return error
+        return cls(f"{message} (recorded at an earlier start; delete {path.name}.check to try again)")
 
 
 class _UNetCore(torch.nn.Module):
@@ -300,9 +298,9 @@ class AotForward:
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=LOADER_CHECK_TIMEOUT_S, check=False)
             if done.returncode != 0:
-                error = PackageLoaderError(path, done.returncode, done.stderr)
+                error = PackageLoaderError.from_child(path, done.returncode, done.stderr)
         except subprocess.TimeoutExpired as exc:
-            error = PackageLoaderError(path, None, exc.stderr)
+            error = PackageLoaderError.from_child(path, None, exc.stderr)
         finally:
             self.stats["checked"] += 1
             self.stats["check_s"] += time.perf_counter() - started

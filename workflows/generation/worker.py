@@ -258,7 +258,7 @@ class Worker:
         with self._lock:
             for held in jobs:
                 held.let_go_visibility = visibility_s
-                self._held.pop(held.received.message_id, None)
+                self._forget(held)  # the lock is reentrant
         return self._safe_visibility([h.received for h in jobs], visibility_s)
 
     def _next_batch(self) -> list[Held]:

@@ -4,6 +4,9 @@
 #  1. the loop as before but PNG encoding in 2 helper processes (SDQ_ENCODE_PROCESSES=2): Pillow holds the GIL
 #     about 34 ms per image, which the GPU thread needs between its launches;
 #  2. the bare bench with the loop's scheduler (euler_a: one noise draw per image per step) instead of euler.
+#  3. with what is left: which layer of the AOTInductor package load crashes on this torch (aot_minimal.py:
+#     dlopen of the package's library alone, the CUDA container runner without the package loader, the older
+#     .so route).
 # Needs the service's runtime wheels carried (benchmarks/device-wheels.txt).
 set -u
 source "$(dirname "$0")/device-prelude.sh" reuse-loop-encode
@@ -18,4 +21,11 @@ echo "== 2. bare bench, reuse 5, bucket 16, euler_a at ${SECONDS}s" | log
 timeout $(left) python3 -m workflows.bench worker --arch sd15 --steps 30 --width 512 --height 512 --out $OUT \
   --scheduler euler_a --compile --buckets 16 --feature-reuse 5 --batch-sizes 16 --repeats 3 --no-eager-rows \
   --compile-cache-dir $CACHE 2>&1 | log
+for step in build dlopen runner legacy-build legacy-load; do
+  [ "$(left)" -lt 20 ] && break
+  echo "== 3. minimal AOTI package: $step at ${SECONDS}s" | log
+  timeout $(( $(left) < 100 ? $(left) : 100 )) python3 -X faulthandler benchmarks/aot_minimal.py $step 2>&1 \
+    | grep -v "^Extension modules" | log
+  echo "== $step exit status ${PIPESTATUS[0]}" | log
+done
 echo "== done at ${SECONDS}s" | log

@@ -18,6 +18,7 @@ from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import WorkerQueue
 from shared.settings import get_settings
+from workflows.generation.encoding import encode_processes_for
 from workflows.generation.pipeline import PipelineRunner
 from workflows.generation.worker import Generator, Worker, WorkerConfig
 
@@ -76,7 +77,7 @@ def main(model: str | None = None) -> int:
     config = worker_config()
     # On a GPU the limit also comes from free memory (the runner's estimate); on CPU the setting rules.
     config.max_batch_images = max(1, min(config.max_batch_images, generator.max_batch_images()))
-    config.encode_processes = settings.encode_processes
+    config.encode_processes = encode_processes_for(generator.device.type, settings.encode_processes)
     logger.info(
         "batch limit",
         max_batch_images=config.max_batch_images,

@@ -79,8 +79,10 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(default=300, ge=5, description="Message invisibility and job lease length")
     heartbeat_s: float = Field(default=60.0, gt=0, description="How often held messages and leases are extended")
     grace_s: float = Field(default=120.0, ge=0, description="Warm-stop budget after SIGTERM")
-    encode_processes: int = Field(
-        default=0, ge=0, description="PNG-encoding helper processes (0: the worker's finisher threads)"
+    encode_processes: int | None = Field(
+        default=None,
+        ge=0,
+        description="PNG-encoding helper processes (0: the worker's finisher threads; default: 2 on CUDA, 0 on CPU)",
     )
     progress_interval_s: float = Field(default=1.0, gt=0, description="Minimum time between progress writes")
 

@@ -20,6 +20,7 @@ from workflows.generation.pipeline import (
     ImageJob,
     PipelineRunner,
     UnknownScheduler,
+    fits_in_one_decode,
 )
 
 pytestmark = pytest.mark.slow
@@ -173,6 +174,20 @@ def test_runner_describes_its_model(runner: PipelineRunner, tmp_path: Path) -> N
     assert runner.max_batch_images() == 4  # the CPU default
     other = PipelineRunner.load("tiny", device="cpu", cache_root=tmp_path, cpu_max_batch_images=2)
     assert other.max_batch_images(512, 512) == 2
+
+
+def test_a_batch_decodes_in_one_vae_call_only_when_all_its_decodes_fit_beside_the_headroom(
+    runner: PipelineRunner,
+) -> None:
+    gib = 2**30
+    # 16 decodes of 0.5 GiB need 8 GiB, plus 2 GiB kept free for the allocator and cuDNN/cuBLAS workspaces.
+    assert fits_in_one_decode(16, gib // 2, 10 * gib)
+    assert not fits_in_one_decode(16, gib // 2, 10 * gib - 1)
+    assert fits_in_one_decode(1, gib // 2, 10 * gib - 1)
+    # The CPU never slices: the runner decodes the whole call at once.
+    runner.generate([ImageJob("j", "p", "", 1, 2)], SHAPE)
+    assert runner.decodes_in_one_call(16, 256, 256)
+    assert runner.pipeline.vae.use_slicing is False
 
 
 # --- speed levers that run on CPU: batch buckets and the prompt-embedding cache -----------------------------

@@ -307,6 +307,11 @@ class Accelerator:
         self.report.apply_s = time.perf_counter() - started
 
     @property
+    def static_decoder(self) -> bool:
+        """Whether the VAE decoder runs a compiled graph or package made for one image (it decodes one at a time)."""
+        return "compile_vae" in self.report.applied
+
+    @property
     def active(self) -> bool:
         """Whether any lever changed the model (compile, layout, fused projections, feature reuse or FP8)."""
         return any(

@@ -426,8 +426,9 @@ def load_model(
     pipe = pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
     if dev.type == "cuda":
-        # Decode one image at a time: the VAE's full-resolution activations, not the UNet, set the peak
-        # memory of a large batch, and slicing costs little throughput.
+        # Decode one image at a time unless told otherwise: the VAE's full-resolution activations, not the
+        # UNet, set the peak memory of a large batch. The runner decodes a batch in one call per call when the
+        # free memory allows it (PipelineRunner.decodes_in_one_call).
         pipe.vae.enable_slicing()
     logger.info("loaded model %s from %s on %s (%s)", name, source, dev, precision_name(dtype))
     return LoadedModel(

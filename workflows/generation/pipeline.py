@@ -56,7 +56,10 @@ SEED_MODULUS = 2**32
 #   dtype's size: SD 1.5 at 512 px grew 131 MiB per image (52 units); 64 leaves a margin.
 _UNET_BYTES_PER_LATENT_PIXEL_CHANNEL = 64
 # - One sliced VAE decode, per image pixel and VAE first-block channel, in units of the VAE's dtype size:
-#   SDXL's fp32 decode at 1024 px peaked about 5 GiB above the weights (~10 units).
+#   SDXL's fp32 decode at 1024 px peaked about 5 GiB above the weights (~10 units). A batch decoded in one
+#   call costs about that per image: SD 1.5's fp16 decode of 16 images at 512 px peaked at 7.8 GB (7.2 units
+#   each), and took 0.235 s against 0.419 s one image at a time (eager, one H200; compiled: 0.097 against
+#   0.119 s; benchmarks/vae_decode.py, benchmarks/vae-decode-h200-run1.log).
 _VAE_BYTES_PER_PIXEL_CHANNEL = 10
 # - Throughput stops growing near this many latent pixels per call: SD 1.5 512 px gained 10% from 8 to 16
 #   images, SDXL 1024 px 3% from 4 to 8, while each call's latency doubled.
@@ -253,18 +256,38 @@ class PipelineRunner:
         element = torch.empty((), dtype=self.dtype).element_size()
         unet_channels = int(self._pipe.unet.config.block_out_channels[0])
         per_image = _UNET_BYTES_PER_LATENT_PIXEL_CHANNEL * latent_pixels * unet_channels * element
-        vae = self._pipe.vae
-        # The VAE decodes one image at a time (slicing), in fp32 when its config asks to upcast.
-        vae_element = 4 if getattr(vae.config, "force_upcast", False) else element
-        vae_peak = _VAE_BYTES_PER_PIXEL_CHANNEL * w * h * int(vae.config.block_out_channels[0]) * vae_element
-        free, _total = torch.cuda.mem_get_info(self.device)
-        # Memory this process's allocator holds but has not handed out is free for the next batch too.
-        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-        by_memory = int((free - _CUDA_HEADROOM_BYTES - vae_peak) // per_image)
+        # The limit leaves room for one image's VAE decode; a whole batch decodes in one call only when the
+        # memory free at call time allows it (decodes_in_one_call).
+        by_memory = int((self._free_cuda_bytes() - _CUDA_HEADROOM_BYTES - self._vae_decode_bytes(w, h)) // per_image)
         by_compute = _SATURATING_LATENT_PIXELS // latent_pixels
         limit = max(1, min(self._max_batch_cap, by_memory, by_compute))
         # With batch buckets, a limit between two buckets would pad past it: stop at the bucket below.
         return self._accel.cap_batch_limit(limit)
+
+    def decodes_in_one_call(self, images: int, width: int, height: int) -> bool:
+        """Whether a call of ``images`` images decodes them in one VAE call rather than one at a time.
+
+        One call is faster (eager SD 1.5 at 512 px, 16 images on one H200: 0.235 s against 0.419 s) but holds
+        every image's full-resolution activations at once. On CUDA it is taken when that fits in the memory
+        free before the call (the UNet's activations are released before the decode) and the decoder is not a
+        compiled graph made for one image; the CPU never slices.
+        """
+        if self.device.type != "cuda":
+            return True
+        if self._accel.static_decoder:
+            return False
+        return fits_in_one_decode(images, self._vae_decode_bytes(width, height), self._free_cuda_bytes())
+
+    def _vae_decode_bytes(self, width: int, height: int) -> int:
+        """Estimated peak memory of one image's VAE decode (in fp32 when the VAE's config asks to upcast)."""
+        vae = self._pipe.vae
+        element = 4 if getattr(vae.config, "force_upcast", False) else torch.empty((), dtype=self.dtype).element_size()
+        return _VAE_BYTES_PER_PIXEL_CHANNEL * width * height * int(vae.config.block_out_channels[0]) * element
+
+    def _free_cuda_bytes(self) -> int:
+        free, _total = torch.cuda.mem_get_info(self.device)
+        # Memory this process's allocator holds but has not handed out is free for the next batch too.
+        return int(free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device))
 
     def generate(
         self,
@@ -307,6 +330,7 @@ class PipelineRunner:
 
         # Assigning the attribute is diffusers' documented way to swap schedulers; the weights stay put.
         self._pipe.scheduler = self.scheduler(shape.scheduler)
+        self._pipe.vae.use_slicing = not self.decodes_in_one_call(padded, shape.width, shape.height)
         kwargs: dict[str, Any] = {
             "width": shape.width,
             "height": shape.height,
@@ -345,6 +369,11 @@ class PipelineRunner:
             result[job.key] = images[start : start + job.num_images]
             start += job.num_images
         return result
+
+
+def fits_in_one_decode(images: int, bytes_per_image: int, free_bytes: int) -> bool:
+    """Whether ``images`` VAE decodes of ``bytes_per_image`` each fit at once in ``free_bytes`` (less headroom)."""
+    return images * bytes_per_image <= free_bytes - _CUDA_HEADROOM_BYTES
 
 
 def _step_callback(on_step: StepCallback) -> Callable[..., dict[str, Any]]:

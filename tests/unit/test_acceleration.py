@@ -195,6 +195,7 @@ def test_bench_flags_map_to_options() -> None:
     assert acceleration_from_args(parse("--compile", "--aot-dir", "/opt/sdq/aot")) == AccelerationOptions(
         compile=True, aot_dir="/opt/sdq/aot"
     )
+    assert acceleration_from_args(parse("--no-vae-one-call")) == AccelerationOptions(vae_one_call=False)
     assert parse("--precision", "bf16").precision == "bf16"
 
 
@@ -213,6 +214,7 @@ def test_worker_settings_map_to_options() -> None:
         feature_reuse=3,
         fp8=True,
         aot_dir="/opt/sdq/aot",
+        vae_one_call=False,
     )
     assert options_from_settings(settings) == AccelerationOptions(
         compile=True,
@@ -225,6 +227,7 @@ def test_worker_settings_map_to_options() -> None:
         feature_reuse=3,
         fp8=True,
         aot_dir="/opt/sdq/aot",
+        vae_one_call=False,
     )
     assert options_from_settings(SimpleNamespace(batch_buckets=[1, 16])).buckets == (1, 16)
 

@@ -89,6 +89,9 @@ class AccelerationOptions:
     # With compile: a folder of AOTInductor packages (torch.export), used instead of torch.compile for the UNet
     # and VAE decoder; built on the first start, loaded (no Dynamo trace) on later ones. CPU too.
     aot_dir: str | None = None
+    # CUDA, eager decoder: decode a call's images in one VAE call when the free memory holds it (else one at a
+    # time). False: always one at a time (the lower peak memory).
+    vae_one_call: bool = True
 
     def __post_init__(self) -> None:
         if self.buckets is not None and any(b < 1 for b in self.buckets):
@@ -157,6 +160,7 @@ def options_from_settings(settings: Any) -> AccelerationOptions:
         feature_reuse=int(get("feature_reuse", 0)),
         fp8=bool(get("fp8", False)),
         aot_dir=get("aot_dir", None),
+        vae_one_call=bool(get("vae_one_call", True)),
     )
 
 
@@ -677,6 +681,12 @@ def add_acceleration_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--fp8", action="store_true", help="FP8 products in the UNet's attention blocks (changes images)"
     )
+    group.add_argument(
+        "--vae-one-call",
+        action=bool_flag,
+        default=True,
+        help="decode a call's images in one VAE call when memory allows (default: on; CUDA, eager decoder)",
+    )
     group.add_argument("--levers", action="store_true", help="measure eager, then levers, even with defaults")
 
 
@@ -698,6 +708,7 @@ def acceleration_from_args(args: argparse.Namespace) -> AccelerationOptions | No
         feature_reuse=args.feature_reuse,
         fp8=args.fp8,
         aot_dir=args.aot_dir,
+        vae_one_call=args.vae_one_call,
     )
     if options == AccelerationOptions() and not args.levers:
         return None

@@ -269,12 +269,12 @@ class PipelineRunner:
 
         One call is faster (eager SD 1.5 at 512 px, 16 images on one H200: 0.235 s against 0.419 s) but holds
         every image's full-resolution activations at once. On CUDA it is taken when that fits in the memory
-        free before the call (the UNet's activations are released before the decode) and the decoder is not a
-        compiled graph made for one image; the CPU never slices.
+        free before the call (the UNet's activations are released before the decode), the decoder is not a
+        compiled graph made for one image, and the ``vae_one_call`` option is on; the CPU never slices.
         """
         if self.device.type != "cuda":
             return True
-        if self._accel.static_decoder:
+        if not self._accel.options.vae_one_call or self._accel.static_decoder:
             return False
         return fits_in_one_decode(images, self._vae_decode_bytes(width, height), self._free_cuda_bytes())
 

@@ -1,9 +1,15 @@
 """PNG encoding for the worker's hand-off: in-process and in spawned helper processes give the same file; the
-helper processes are the default on a GPU only, and an explicit setting wins."""
+helper processes are the default on a GPU only, and an explicit setting wins; they outlive the stop signals sent to
+the worker's process group, and a helper that dies costs no image."""
 
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -38,3 +44,45 @@ def test_helper_processes_default_to_the_gpu_only_and_the_setting_wins(
     device_type: str, setting: int | None, expected: int
 ) -> None:
     assert encode_processes_for(device_type, setting) == expected
+
+
+def _helpers_started_by(start: Callable[[], None]) -> list[multiprocessing.process.BaseProcess]:
+    before = {child.pid for child in multiprocessing.active_children()}
+    start()
+    return [child for child in multiprocessing.active_children() if child.pid not in before]
+
+
+def test_helpers_survive_the_stop_signals_sent_to_the_worker_process_group() -> None:
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    encoder = PngEncoder(1)
+    try:
+        helpers = _helpers_started_by(encoder.warm_up)
+        assert len(helpers) == 1
+        pid = helpers[0].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert helpers[0].is_alive()
+        assert encoder.encode(image) == PngEncoder(0).encode(image)
+    finally:
+        encoder.close()
+
+
+def test_a_killed_helper_costs_no_image_and_the_pool_is_replaced(caplog: pytest.LogCaptureFixture) -> None:
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    expected = PngEncoder(0).encode(image)
+    encoder = PngEncoder(1)
+    try:
+        (helper,) = _helpers_started_by(encoder.warm_up)
+        helper.kill()
+        helper.join(5)
+        with caplog.at_level("WARNING"):
+            assert encoder.encode(image) == expected  # encoded here while the broken pool is replaced
+        assert "PNG helper pool failed" in caplog.text
+        replacement = _helpers_started_by(lambda: encoder.encode(image))
+        assert len(replacement) == 1  # the next image goes through a new helper
+        assert encoder.encode(image) == expected
+    finally:
+        encoder.close()
+    assert encoder.encode(image) == expected  # after close (a hard stop's late hand-off): encoded here

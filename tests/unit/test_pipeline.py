@@ -184,10 +184,55 @@ def test_a_batch_decodes_in_one_vae_call_only_when_all_its_decodes_fit_beside_th
     assert fits_in_one_decode(16, gib // 2, 10 * gib)
     assert not fits_in_one_decode(16, gib // 2, 10 * gib - 1)
     assert fits_in_one_decode(1, gib // 2, 10 * gib - 1)
-    # The CPU never slices: the runner decodes the whole call at once.
+    # The CPU never slices: a call decodes all its images at once, whatever the VAE was set to before.
+    runner.pipeline.vae.use_slicing = True
     runner.generate([ImageJob("j", "p", "", 1, 2)], SHAPE)
-    assert runner.decodes_in_one_call(16, 256, 256)
     assert runner.pipeline.vae.use_slicing is False
+
+
+def test_on_cuda_the_one_call_decode_follows_free_memory_and_the_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The decision as a CUDA runner makes it, with the device's free memory given (no GPU here).
+    one_call = PipelineRunner.load("tiny", device="cpu", cache_root=tmp_path)
+    sliced = PipelineRunner.load(
+        "tiny", device="cpu", cache_root=tmp_path, acceleration=AccelerationOptions(vae_one_call=False)
+    )
+    monkeypatch.setattr(PipelineRunner, "device", property(lambda _self: torch.device("cuda")))
+    per_image = one_call._vae_decode_bytes(256, 256)
+    assert per_image > 0
+    free = 2 * 2**30 + 4 * per_image
+    for runner in (one_call, sliced):
+        monkeypatch.setattr(runner, "_free_cuda_bytes", lambda include_reserved=True: free)
+    assert one_call.decodes_in_one_call(4, 256, 256)
+    assert not one_call.decodes_in_one_call(5, 256, 256)
+    assert not sliced.decodes_in_one_call(1, 256, 256)  # SDQ_VAE_ONE_CALL=false: always one at a time
+
+
+def test_a_one_call_decode_that_runs_out_of_memory_is_redone_one_image_at_a_time(
+    runner: PipelineRunner, caplog: pytest.LogCaptureFixture
+) -> None:
+    jobs = [ImageJob("a", "a red fox", "", seed=3, num_images=2), ImageJob("b", "a boat", "", seed=4, num_images=1)]
+    expected = runner.generate(jobs, SHAPE)
+    decoded_batches: list[int] = []
+
+    def out_of_memory_above_one_image(_module: Any, args: tuple[Any, ...]) -> None:
+        decoded_batches.append(int(args[0].shape[0]))
+        if args[0].shape[0] > 1:
+            raise torch.OutOfMemoryError("injected: no room to decode the whole batch at once")
+
+    hook = runner.pipeline.vae.decoder.register_forward_pre_hook(out_of_memory_above_one_image)
+    try:
+        with caplog.at_level("WARNING"):
+            out = runner.generate(jobs, SHAPE)
+    finally:
+        hook.remove()
+    assert decoded_batches == [3, 1, 1, 1]  # the whole batch failed, then one image at a time
+    assert "one image at a time" in caplog.text
+    assert [len(images) for images in out.values()] == [2, 1]
+    for key in expected:
+        for got, want in zip(out[key], expected[key], strict=True):
+            assert max_diff(got, want) <= 1
 
 
 # --- speed levers that run on CPU: batch buckets and the prompt-embedding cache -----------------------------

@@ -428,7 +428,7 @@ class Accelerator:
             self.report.applied.append("cuda_graphs")
         if not opts.compile_vae:
             self.report.skipped["compile_vae"] = "off"
-        elif _upcasts_vae_per_call(pipe):
+        elif upcasts_vae_per_call(pipe):
             # SDXL-type pipelines cast an fp16 VAE to fp32 and back on every call: a recompile each time.
             self.report.skipped["compile_vae"] = "the pipeline upcasts the fp16 VAE to fp32 per call (force_upcast)"
         else:
@@ -461,7 +461,7 @@ class Accelerator:
         pipe.unet.forward = AotForward(pipe.unet, "unet", folder, levers, active, stats)
         _hook_forward(pipe.unet, cuda_graphs=False, timestep_arg=True)
         self.report.applied.append("aot_packages")
-        if opts.compile_vae and not _upcasts_vae_per_call(pipe):
+        if opts.compile_vae and not upcasts_vae_per_call(pipe):
             pipe.vae.decoder.forward = AotForward(pipe.vae.decoder, "decoder", folder, levers, active, stats)
             self.report.applied.append("compile_vae")
         elif opts.compile_vae:
@@ -534,7 +534,7 @@ class Accelerator:
             self.report.mega_cache_saved_bytes = save_compile_cache(Path(self.options.mega_cache))
 
 
-def _upcasts_vae_per_call(pipe: Any) -> bool:
+def upcasts_vae_per_call(pipe: Any) -> bool:
     """SDXL-type pipelines (they have ``upcast_vae``) decode an fp16 ``force_upcast`` VAE in fp32 per call."""
     import torch
 

@@ -10,16 +10,21 @@ helper processes start in well under a second.
 from __future__ import annotations
 
 import io
+import logging
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+import signal
+import threading
+from concurrent.futures import CancelledError, ProcessPoolExecutor
 
 from PIL import Image
+
+logger = logging.getLogger(__name__)
 
 PNG_COMPRESS_LEVEL = 1  # staging copies: speed over size (postprocessing re-encodes the final output)
 
 # Helper processes when the setting is left unset: on a GPU the encode moves off the GPU thread's GIL (one H200,
-# feature reuse 5, bucket 16: 1.495 s per batch of 16 against 1.532 s with the encode in threads, README
-# "The worker loop under a saturated queue"); on CPU the pipeline needs the cores more than the GIL.
+# feature reuse 5, bucket 16: 1.495 s per batch of 16 against 1.532 s with the encode in threads, on two
+# machines; README "The worker loop under a saturated queue"); on CPU the pipeline needs the cores more.
 GPU_DEFAULT_ENCODE_PROCESSES = 2
 
 
@@ -37,30 +42,61 @@ def encode_png(mode: str, size: tuple[int, int], raw: bytes) -> bytes:
     return buf.getvalue()
 
 
+def _ignore_stop_signals() -> None:
+    """In each helper: Ctrl-C and SIGTERM sent to the worker's process group stop the worker, which stops the
+    pool; a helper that died of them would break the pool under the batch the worker is finishing."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class PngEncoder:
-    """Encodes in this process (``processes=0``) or in a pool of spawned processes. Thread-safe."""
+    """Encodes in this process (``processes=0``) or in a pool of spawned processes. Thread-safe.
+
+    A pool that breaks (a helper killed) is replaced, and the image at hand is encoded here; after ``close``
+    images are encoded here too, so a hand-off still running at a hard stop finishes.
+    """
 
     def __init__(self, processes: int = 0) -> None:
         self.processes = processes
-        self._pool: ProcessPoolExecutor | None = None
-        if processes > 0:
-            # spawn, not fork: the worker holds a CUDA context, which a forked child must not inherit.
-            self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = self._new_pool() if processes > 0 else None
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn, not fork: the worker holds a CUDA context, which a forked child must not inherit.
+        return ProcessPoolExecutor(
+            self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_stop_signals
+        )
 
     def warm_up(self) -> None:
         """Start the helper processes now rather than on the first batch's hand-off."""
-        if self._pool is not None:
+        pool = self._pool
+        if pool is not None:
             tiny = Image.new("RGB", (8, 8))
-            pending = [self._pool.submit(encode_png, "RGB", (8, 8), tiny.tobytes()) for _ in range(self.processes)]
+            pending = [pool.submit(encode_png, "RGB", (8, 8), tiny.tobytes()) for _ in range(self.processes)]
             for future in pending:
                 future.result()
 
     def encode(self, image: Image.Image) -> bytes:
-        if self._pool is None:
+        pool = self._pool
+        if pool is None:
             return encode_png(image.mode, image.size, image.tobytes())
-        return self._pool.submit(encode_png, image.mode, image.size, image.tobytes()).result()
+        try:
+            return pool.submit(encode_png, image.mode, image.size, image.tobytes()).result()
+        except (RuntimeError, CancelledError) as exc:  # BrokenProcessPool is a RuntimeError, as is a shut pool
+            self._replace(pool, exc)
+            return encode_png(image.mode, image.size, image.tobytes())
+
+    def _replace(self, broken: ProcessPoolExecutor, exc: BaseException) -> None:
+        """Swap a pool that failed for a new one, once, unless the encoder was closed meanwhile."""
+        with self._lock:
+            if self._pool is not broken:
+                return  # closed, or another thread replaced it already
+            logger.warning("PNG helper pool failed (%s): encoding here and starting a new pool", type(exc).__name__)
+            self._pool = self._new_pool()
+        broken.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

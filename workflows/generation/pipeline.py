@@ -33,7 +33,7 @@ from diffusers import (
 from PIL import Image
 
 from shared.errors import RetryableError
-from workflows.generation.acceleration import AccelerationOptions, Accelerator
+from workflows.generation.acceleration import AccelerationOptions, Accelerator, upcasts_vae_per_call
 from workflows.generation.models import LoadedModel, Precision, Text2ImagePipeline, load_model, quiet_logger
 
 logger = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ class PipelineRunner:
         self._cpu_max_batch_images = cpu_max_batch_images
         self._max_batch_cap = max_batch_cap
         self._accel = Accelerator(self._pipe, model.device, acceleration, self.native_size)
+        _fall_back_to_one_image_decodes(self._pipe.vae)
         if self._accel.options.warmup:
             self.warmup()
 
@@ -274,20 +275,26 @@ class PipelineRunner:
         """
         if self.device.type != "cuda":
             return True
-        if not self._accel.options.vae_one_call or self._accel.static_decoder:
+        if not self._accel.options.vae_one_call:
             return False
-        return fits_in_one_decode(images, self._vae_decode_bytes(width, height), self._free_cuda_bytes())
+        if self._accel.static_decoder and self._accel.uses_compiled_path(width, height, images):
+            return False
+        # Free blocks of a CUDA-graph pool are not free to an eager decode: count only the device's free memory.
+        free = self._free_cuda_bytes(include_reserved=not self._accel.cuda_graphs)
+        return fits_in_one_decode(images, self._vae_decode_bytes(width, height), free)
 
     def _vae_decode_bytes(self, width: int, height: int) -> int:
-        """Estimated peak memory of one image's VAE decode (in fp32 when the VAE's config asks to upcast)."""
+        """Estimated peak memory of one image's VAE decode (in fp32 when the pipeline upcasts its VAE per call)."""
         vae = self._pipe.vae
-        element = 4 if getattr(vae.config, "force_upcast", False) else torch.empty((), dtype=self.dtype).element_size()
+        element = 4 if upcasts_vae_per_call(self._pipe) else torch.empty((), dtype=self.dtype).element_size()
         return _VAE_BYTES_PER_PIXEL_CHANNEL * width * height * int(vae.config.block_out_channels[0]) * element
 
-    def _free_cuda_bytes(self) -> int:
+    def _free_cuda_bytes(self, include_reserved: bool = True) -> int:
         free, _total = torch.cuda.mem_get_info(self.device)
-        # Memory this process's allocator holds but has not handed out is free for the next batch too.
-        return int(free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device))
+        if include_reserved:
+            # Memory this process's allocator holds but has not handed out is free for the next batch too.
+            free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return int(free)
 
     def generate(
         self,
@@ -369,6 +376,28 @@ class PipelineRunner:
             result[job.key] = images[start : start + job.num_images]
             start += job.num_images
         return result
+
+
+def _fall_back_to_one_image_decodes(vae: Any) -> None:
+    """Make ``vae.decode`` retry one image at a time when decoding the whole batch runs out of memory.
+
+    The choice to decode a call in one VAE call rests on an estimate made before the call; when it is wrong,
+    the denoising already done is kept and the decode goes one image at a time (the peak it had before).
+    """
+    decode = vae.decode
+
+    def decode_or_slice(*args: Any, **kwargs: Any) -> Any:
+        if not getattr(vae, "use_slicing", True):
+            try:
+                return decode(*args, **kwargs)
+            except torch.OutOfMemoryError:
+                pass  # leave the except block first: its traceback holds the failed decode's tensors
+            torch.cuda.empty_cache()
+            logger.warning("the one-call VAE decode ran out of memory: decoding one image at a time")
+            vae.use_slicing = True
+        return decode(*args, **kwargs)
+
+    vae.decode = decode_or_slice
 
 
 def fits_in_one_decode(images: int, bytes_per_image: int, free_bytes: int) -> bool:

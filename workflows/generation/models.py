@@ -427,9 +427,10 @@ def load_model(
     pipe.set_progress_bar_config(disable=True)
     if dev.type == "cuda":
         # Decode one image at a time unless told otherwise: the VAE's full-resolution activations, not the
-        # UNet, set the peak memory of a large batch. The runner decodes a batch in one call per call when the
-        # free memory allows it (PipelineRunner.decodes_in_one_call).
-        pipe.vae.enable_slicing()
+        # UNet, set the peak memory of a large batch. The runner decides per call whether the free memory
+        # allows one VAE call for the whole batch (PipelineRunner.decodes_in_one_call). The attribute, not
+        # enable_slicing(): VAEs without slicing (VQ, asymmetric) raise on that call but ignore the attribute.
+        pipe.vae.use_slicing = True
     logger.info("loaded model %s from %s on %s (%s)", name, source, dev, precision_name(dtype))
     return LoadedModel(
         name=name,

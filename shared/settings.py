@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     compile_mega_cache: str | None = Field(default=None, description="Compile-artifacts file to load/write")
     compile_warmup: bool = Field(default=True, description="Compile every bucket before the first job")
     prompt_cache_size: int = Field(default=256, ge=0, description="Prompt-embedding LRU entries (0: off)")
+    vae_bf16: bool = Field(
+        default=False, description="Quality-trading, SDXL-type: decode the fp32-upcast VAE in bf16 (faster)"
+    )
     vae_one_call: bool = Field(
         default=True, description="Decode a call's images in one VAE call when free memory allows (CUDA, eager)"
     )

@@ -196,6 +196,7 @@ def test_bench_flags_map_to_options() -> None:
         compile=True, aot_dir="/opt/sdq/aot"
     )
     assert acceleration_from_args(parse("--no-vae-one-call")) == AccelerationOptions(vae_one_call=False)
+    assert acceleration_from_args(parse("--vae-bf16")) == AccelerationOptions(vae_bf16=True)
     assert parse("--precision", "bf16").precision == "bf16"
 
 
@@ -215,6 +216,7 @@ def test_worker_settings_map_to_options() -> None:
         fp8=True,
         aot_dir="/opt/sdq/aot",
         vae_one_call=False,
+        vae_bf16=True,
     )
     assert options_from_settings(settings) == AccelerationOptions(
         compile=True,
@@ -228,6 +230,7 @@ def test_worker_settings_map_to_options() -> None:
         fp8=True,
         aot_dir="/opt/sdq/aot",
         vae_one_call=False,
+        vae_bf16=True,
     )
     assert options_from_settings(SimpleNamespace(batch_buckets=[1, 16])).buckets == (1, 16)
 

@@ -1,6 +1,6 @@
 """PNG encoding for the worker's hand-off: in-process and in spawned helper processes give the same file; the
 helper processes are the default on a GPU only, and an explicit setting wins; they outlive the stop signals sent to
-the worker's process group, and a helper that dies costs no image."""
+the worker's process group but not the worker itself, and a helper that dies costs no image."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import io
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -52,7 +54,7 @@ def _helpers_started_by(start: Callable[[], None]) -> list[multiprocessing.proce
     return [child for child in multiprocessing.active_children() if child.pid not in before]
 
 
-def test_helpers_survive_the_stop_signals_sent_to_the_worker_process_group() -> None:
+def test_helpers_survive_the_stop_signals_sent_to_the_worker_process_group(caplog: pytest.LogCaptureFixture) -> None:
     image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8))
     encoder = PngEncoder(1)
     try:
@@ -64,9 +66,43 @@ def test_helpers_survive_the_stop_signals_sent_to_the_worker_process_group() -> 
         os.kill(pid, signal.SIGINT)
         time.sleep(0.5)
         assert helpers[0].is_alive()
-        assert encoder.encode(image) == PngEncoder(0).encode(image)
+        with caplog.at_level("WARNING"):
+            assert encoder.encode(image) == PngEncoder(0).encode(image)
+        assert "PNG helper pool failed" not in caplog.text  # encoded by the helper, not by the fallback
     finally:
         encoder.close()
+
+
+def _exited(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # a zombie has exited
+    except FileNotFoundError:
+        return True
+
+
+def test_helpers_exit_when_the_worker_is_killed_outright() -> None:
+    script = (
+        "import multiprocessing, time\n"
+        "from workflows.generation.encoding import PngEncoder\n"
+        "encoder = PngEncoder(2)\n"
+        "encoder.warm_up()\n"
+        "print(' '.join(str(c.pid) for c in multiprocessing.active_children()), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as worker:
+        try:
+            assert worker.stdout is not None
+            helpers = [int(pid) for pid in worker.stdout.readline().split()]
+            assert len(helpers) == 2
+            worker.kill()  # SIGKILL: no cleanup runs in the worker
+            worker.wait(10)
+            deadline = time.monotonic() + 10
+            while not all(_exited(pid) for pid in helpers) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert all(_exited(pid) for pid in helpers)
+        finally:
+            worker.kill()
 
 
 def test_a_killed_helper_costs_no_image_and_the_pool_is_replaced(caplog: pytest.LogCaptureFixture) -> None:

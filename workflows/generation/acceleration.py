@@ -320,7 +320,7 @@ class Accelerator:
 
     @property
     def active(self) -> bool:
-        """Whether any lever changed the model (compile, layout, fused projections, feature reuse or FP8)."""
+        """Whether any lever changed the model (compile, layout, fused projections, feature reuse, FP8, bf16 VAE)."""
         return any(
             lever in self.report.applied
             for lever in ("compile", "aot_packages", "channels_last", "fuse_qkv", "feature_reuse", "fp8", "vae_bf16")
@@ -347,11 +347,13 @@ class Accelerator:
         if opts.vae_bf16:
             # Any device (CPUs have bf16 convolutions; the tests use them). Before compile: the decoder then no
             # longer upcasts per call, so it compiles like SD 1.5's.
-            if upcasts_vae_per_call(pipe):
+            if not upcasts_vae_per_call(pipe):
+                self.report.skipped["vae_bf16"] = "the pipeline does not decode its VAE in fp32 per call"
+            elif not _device_has_bf16(self._device):
+                self.report.skipped["vae_bf16"] = "this GPU has no bf16 arithmetic"
+            else:
                 decode_vae_in_bf16(pipe.vae)
                 self.report.applied.append("vae_bf16")
-            else:
-                self.report.skipped["vae_bf16"] = "the pipeline does not decode its VAE in fp32 per call"
 
         gpu_levers = {
             "compile": opts.compile,
@@ -554,13 +556,22 @@ def decode_vae_in_bf16(vae: Any) -> None:
     """
     import torch
 
-    vae.to(dtype=torch.bfloat16)
+    from workflows.generation.models import quiet_logger
+
+    with quiet_logger("diffusers.models.modeling_utils"):  # "modules that should be kept in float32: []"
+        vae.to(dtype=torch.bfloat16)
 
     def to_bf16(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(a.to(torch.bfloat16) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
 
     first = vae.post_quant_conv if getattr(vae, "post_quant_conv", None) is not None else vae.decoder
     first.register_forward_pre_hook(to_bf16)
+
+
+def _device_has_bf16(device: Any) -> bool:
+    import torch
+
+    return device.type != "cuda" or bool(torch.cuda.is_bf16_supported())
 
 
 def upcasts_vae_per_call(pipe: Any) -> bool:

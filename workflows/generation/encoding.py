@@ -12,9 +12,11 @@ from __future__ import annotations
 import io
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 from concurrent.futures import CancelledError, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from PIL import Image
 
@@ -42,11 +44,21 @@ def encode_png(mode: str, size: tuple[int, int], raw: bytes) -> bytes:
     return buf.getvalue()
 
 
-def _ignore_stop_signals() -> None:
-    """In each helper: Ctrl-C and SIGTERM sent to the worker's process group stop the worker, which stops the
-    pool; a helper that died of them would break the pool under the batch the worker is finishing."""
+def _start_helper() -> None:
+    """In each helper: ignore the stop signals sent to the worker's process group (Ctrl-C, systemd's SIGTERM),
+    since the worker stops the pool itself and a helper that died of them would break the pool under the batch
+    the worker is finishing; and exit when the worker is gone, however it died (no orphan that only SIGKILL
+    stops)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+
+        def exit_with_parent() -> None:
+            parent.join()
+            os._exit(0)
+
+        threading.Thread(target=exit_with_parent, name="sdq-parent-watch", daemon=True).start()
 
 
 class PngEncoder:
@@ -64,7 +76,7 @@ class PngEncoder:
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn, not fork: the worker holds a CUDA context, which a forked child must not inherit.
         return ProcessPoolExecutor(
-            self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_stop_signals
+            self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_helper
         )
 
     def warm_up(self) -> None:
@@ -82,9 +94,13 @@ class PngEncoder:
             return encode_png(image.mode, image.size, image.tobytes())
         try:
             return pool.submit(encode_png, image.mode, image.size, image.tobytes()).result()
-        except (RuntimeError, CancelledError) as exc:  # BrokenProcessPool is a RuntimeError, as is a shut pool
+        except BrokenProcessPool as exc:  # a helper died
             self._replace(pool, exc)
-            return encode_png(image.mode, image.size, image.tobytes())
+        except (RuntimeError, CancelledError):
+            if self._pool is pool:
+                raise  # the encode itself failed, in a healthy pool
+            # The pool was closed or replaced under this encode (a hard stop, another thread's replacement).
+        return encode_png(image.mode, image.size, image.tobytes())
 
     def _replace(self, broken: ProcessPoolExecutor, exc: BaseException) -> None:
         """Swap a pool that failed for a new one, once, unless the encoder was closed meanwhile."""

@@ -425,11 +425,11 @@ def load_model(
         pipe = _from_pretrained(name, source, dtype, local_only=_hub_offline())
     pipe = pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
-    if dev.type == "cuda":
-        # Decode one image at a time unless told otherwise: the VAE's full-resolution activations, not the
-        # UNet, set the peak memory of a large batch. The runner decides per call whether the free memory
-        # allows one VAE call for the whole batch (PipelineRunner.decodes_in_one_call). The attribute, not
-        # enable_slicing(): VAEs without slicing (VQ, asymmetric) raise on that call but ignore the attribute.
+    # On CUDA, decode one image at a time unless told otherwise: the VAE's full-resolution activations, not
+    # the UNet, set the peak memory of a large batch. The runner decides per call whether the free memory
+    # allows one VAE call for the whole batch (PipelineRunner.decodes_in_one_call). VAEs without slicing (VQ,
+    # asymmetric) have no such attribute, and their enable_slicing() raises: they are left as they are.
+    if dev.type == "cuda" and hasattr(pipe.vae, "use_slicing"):
         pipe.vae.use_slicing = True
     logger.info("loaded model %s from %s on %s (%s)", name, source, dev, precision_name(dtype))
     return LoadedModel(

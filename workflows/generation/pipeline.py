@@ -133,7 +133,8 @@ class PipelineRunner:
         self._cpu_max_batch_images = cpu_max_batch_images
         self._max_batch_cap = max_batch_cap
         self._accel = Accelerator(self._pipe, model.device, acceleration, self.native_size)
-        _fall_back_to_one_image_decodes(self._pipe.vae)
+        if hasattr(self._pipe.vae, "use_slicing"):
+            _fall_back_to_one_image_decodes(self._pipe.vae)
         if self._accel.options.warmup:
             self.warmup()
 
@@ -337,7 +338,10 @@ class PipelineRunner:
 
         # Assigning the attribute is diffusers' documented way to swap schedulers; the weights stay put.
         self._pipe.scheduler = self.scheduler(shape.scheduler)
-        self._pipe.vae.use_slicing = not self.decodes_in_one_call(padded, shape.width, shape.height)
+        vae = self._pipe.vae
+        if hasattr(vae, "use_slicing"):  # VAEs without slicing (VQ, asymmetric) decode whole batches anyway
+            vae.use_slicing = not self.decodes_in_one_call(padded, shape.width, shape.height)
+        vae_dtype = vae.dtype
         kwargs: dict[str, Any] = {
             "width": shape.width,
             "height": shape.height,
@@ -369,6 +373,11 @@ class PipelineRunner:
             torch.cuda.empty_cache()
             logger.warning("out of memory: %d images at %dx%d", padded, shape.width, shape.height)
             raise GenerationOOM(real, shape.width, shape.height, str(exc).splitlines()[0]) from exc
+        finally:
+            # SDXL-type pipelines cast an upcasting VAE to fp32 before the decode and back after it; a decode
+            # that raised leaves it in fp32, and every later call would fail on mixed dtypes.
+            if vae.dtype != vae_dtype:
+                vae.to(dtype=vae_dtype)
 
         result: dict[str, list[Image.Image]] = {}
         start = 0
@@ -384,20 +393,25 @@ def _fall_back_to_one_image_decodes(vae: Any) -> None:
     The choice to decode a call in one VAE call rests on an estimate made before the call; when it is wrong,
     the denoising already done is kept and the decode goes one image at a time (the peak it had before).
     """
+    if getattr(vae, "_sdq_decode_falls_back", False):
+        return  # a second runner on the same pipeline
     decode = vae.decode
 
     def decode_or_slice(*args: Any, **kwargs: Any) -> Any:
-        if not getattr(vae, "use_slicing", True):
-            try:
-                return decode(*args, **kwargs)
-            except torch.OutOfMemoryError:
-                pass  # leave the except block first: its traceback holds the failed decode's tensors
-            torch.cuda.empty_cache()
-            logger.warning("the one-call VAE decode ran out of memory: decoding one image at a time")
-            vae.use_slicing = True
+        latents = args[0] if args else kwargs.get("z")
+        if vae.use_slicing or latents is None or latents.shape[0] == 1:
+            return decode(*args, **kwargs)  # already one image at a time: an OOM here propagates
+        try:
+            return decode(*args, **kwargs)
+        except torch.OutOfMemoryError:
+            pass  # leave the except block first: its traceback holds the failed decode's tensors
+        torch.cuda.empty_cache()
+        logger.warning("the one-call VAE decode ran out of memory: decoding one image at a time")
+        vae.use_slicing = True
         return decode(*args, **kwargs)
 
     vae.decode = decode_or_slice
+    vae._sdq_decode_falls_back = True
 
 
 def fits_in_one_decode(images: int, bytes_per_image: int, free_bytes: int) -> bool:

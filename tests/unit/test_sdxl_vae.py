@@ -14,10 +14,15 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from workflows.generation.acceleration import AccelerationOptions
-from workflows.generation.models import LoadedModel, build_byte_level_clip_tokenizer, quiet_logger
+from workflows.generation.models import (
+    LoadedModel,
+    build_byte_level_clip_tokenizer,
+    quiet_logger,
+    tiny_text_encoder_config,
+)
 from workflows.generation.pipeline import BatchShape, GenerationOOM, ImageJob, PipelineRunner
 
 pytestmark = pytest.mark.slow
@@ -35,18 +40,7 @@ BATCH_MEAN_LEVELS = 0.1
 def tiny_sdxl_runner(options: AccelerationOptions | None = None) -> PipelineRunner:
     """SDXL's layout (two text encoders, text-time conditioning, a force_upcast VAE) at toy size, in fp16."""
     tokenizer = build_byte_level_clip_tokenizer()
-    text = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=32,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text = tiny_text_encoder_config(tokenizer)  # the tiny model's, for both encoders
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         unet = UNet2DConditionModel(

@@ -193,21 +193,24 @@ def build_tiny_pipeline() -> Text2ImagePipeline:
             sample_size=256,
         )
         tokenizer = build_byte_level_clip_tokenizer()
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                projection_dim=32,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
+        text_encoder = CLIPTextModel(tiny_text_encoder_config(tokenizer))
     return _sd_pipeline(vae, text_encoder, tokenizer, unet)
+
+
+def tiny_text_encoder_config(tokenizer: Any) -> CLIPTextConfig:
+    """The tiny model's CLIP text encoder: 2 layers of width 32, 77 positions, ``tokenizer``'s special ids."""
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -271,8 +271,9 @@ class PipelineRunner:
 
         One call is faster (eager SD 1.5 at 512 px, 16 images on one H200: 0.235 s against 0.419 s) but holds
         every image's full-resolution activations at once. On CUDA it is taken when that fits in the memory
-        free before the call (the UNet's activations are released before the decode), the decoder is not a
-        compiled graph made for one image, and the ``vae_one_call`` option is on; the CPU never slices.
+        free before the call (the UNet's activations are released before the decode; with CUDA graphs only the
+        device's free memory counts), the call is not at a compiled decoder's compiled shape (a graph made for
+        one image), and the ``vae_one_call`` option is on; the CPU never slices.
         """
         if self.device.type != "cuda":
             return True

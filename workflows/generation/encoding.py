@@ -89,18 +89,19 @@ class PngEncoder:
                 future.result()
 
     def encode(self, image: Image.Image) -> bytes:
+        raw = (image.mode, image.size, image.tobytes())
         pool = self._pool
         if pool is None:
-            return encode_png(image.mode, image.size, image.tobytes())
+            return encode_png(*raw)
         try:
-            return pool.submit(encode_png, image.mode, image.size, image.tobytes()).result()
+            return pool.submit(encode_png, *raw).result()
         except BrokenProcessPool as exc:  # a helper died
             self._replace(pool, exc)
         except (RuntimeError, CancelledError):
             if self._pool is pool:
                 raise  # the encode itself failed, in a healthy pool
             # The pool was closed or replaced under this encode (a hard stop, another thread's replacement).
-        return encode_png(image.mode, image.size, image.tobytes())
+        return encode_png(*raw)
 
     def _replace(self, broken: ProcessPoolExecutor, exc: BaseException) -> None:
         """Swap a pool that failed for a new one, once, unless the encoder was closed meanwhile."""

@@ -255,7 +255,7 @@ class PipelineRunner:
         w, h = width or side, height or side
         scale = int(self._pipe.vae_scale_factor)
         latent_pixels = (w // scale) * (h // scale)
-        element = torch.empty((), dtype=self.dtype).element_size()
+        element = self.dtype.itemsize
         unet_channels = int(self._pipe.unet.config.block_out_channels[0])
         per_image = _UNET_BYTES_PER_LATENT_PIXEL_CHANNEL * latent_pixels * unet_channels * element
         # The limit leaves room for one image's VAE decode; a whole batch decodes in one call only when the
@@ -288,7 +288,7 @@ class PipelineRunner:
     def _vae_decode_bytes(self, width: int, height: int) -> int:
         """Estimated peak memory of one image's VAE decode (in fp32 when the pipeline upcasts its VAE per call)."""
         vae = self._pipe.vae
-        element = 4 if upcasts_vae_per_call(self._pipe) else torch.empty((), dtype=self.dtype).element_size()
+        element = 4 if upcasts_vae_per_call(self._pipe) else self.dtype.itemsize
         return _VAE_BYTES_PER_PIXEL_CHANNEL * width * height * int(vae.config.block_out_channels[0]) * element
 
     def _free_cuda_bytes(self, include_reserved: bool = True) -> int:

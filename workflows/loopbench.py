@@ -10,7 +10,9 @@ The figures come from the worker's own batch log lines (``started_at``/``ended_a
 epoch seconds): the duty cycle is the time inside pipeline calls divided by the wall time from the first
 call's start to the last call's end, so model loading and compile warm-up before the first batch do not count,
 and everything between calls (batch forming, claims, logging) does. Where NVML is importable (the GPU
-machines), the GPU's own utilisation counter is sampled over the same window as a cross-check.
+machines), the GPU's own utilisation counter is sampled over the same window as a cross-check. The batch lines
+also carry the worker's CPU time per thread group, from which the report gives CPU seconds per batch: the GPU
+thread's, and that of the worker's other Python threads, which compete with it for the GIL.
 """
 
 from __future__ import annotations
@@ -174,6 +176,9 @@ def summarise(
             "seconds_per_batch": round(steady_s, 4),
             "images_per_s": round(full / steady_s, 3),
         }
+    cpu = thread_cpu_per_batch(batches)
+    if cpu:
+        out["thread_cpu_per_batch_s"] = cpu
     inside_window = [u for t, u in gpu_samples if first <= t <= last]
     if inside_window:
         out["nvml_gpu_utilisation"] = {
@@ -182,6 +187,26 @@ def summarise(
             "note": "NVML 'utilization.gpu': share of time at least one kernel ran, sampled every 0.1 s",
         }
     return out
+
+
+# Thread groups that are not the worker's own Python threads besides the GPU thread (MainThread runs the loop).
+_NOT_COMPETING = {"MainThread", "native", "process"}
+
+
+def thread_cpu_per_batch(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """CPU seconds per batch by worker thread group, between the first and the last batch's log lines.
+
+    Each batch line carries the worker's running totals (``thread_cpu_s``); the difference covers every batch
+    after the first and what ran between them. ``other_python_threads`` sums the groups that compete with the
+    GPU thread (``MainThread``) for the GIL: the AWS and encoding threads, not torch's native threads.
+    """
+    if len(batches) < 2 or not batches[0].get("thread_cpu_s") or not batches[-1].get("thread_cpu_s"):
+        return {}
+    before, after = batches[0]["thread_cpu_s"], batches[-1]["thread_cpu_s"]
+    n = len(batches) - 1
+    per_batch = {g: round((float(after[g]) - float(before.get(g, 0.0))) / n, 4) for g in sorted(after)}
+    per_batch["other_python_threads"] = round(sum(v for g, v in per_batch.items() if g not in _NOT_COMPETING), 4)
+    return per_batch
 
 
 def format_loop_report(result: dict[str, Any]) -> str:
@@ -204,6 +229,13 @@ def format_loop_report(result: dict[str, Any]) -> str:
                 f"steady state ({st['batches']} full batches after the first): {st['seconds_per_batch']} s per "
                 f"batch of {st['images']}, {st['images_per_s']} img/s"
             )
+    if "thread_cpu_per_batch_s" in result:
+        cpu = result["thread_cpu_per_batch_s"]
+        lines.append(
+            f"CPU per batch: GPU thread {cpu.get('MainThread', 0.0)} s, the worker's other Python threads "
+            f"{cpu['other_python_threads']} s (they compete for the GIL), native threads {cpu.get('native', 0.0)} s; "
+            f"by group: {cpu}"
+        )
     if "nvml_gpu_utilisation" in result:
         lines.append(f"NVML GPU utilisation over the window: {result['nvml_gpu_utilisation']['mean_percent']}%")
     return "\n".join(lines)

@@ -42,3 +42,10 @@ def test_bench_loop_drains_a_full_queue_with_the_real_worker_and_reports_its_dut
     assert "duty cycle" in run.stdout
     assert report["worker_env"] == {"SDQ_ENCODE_PROCESSES": "2"}
     assert report["encode_processes"] == 2
+    # CPU per batch by worker thread: the GPU thread runs the pipeline; the AWS threads claim, upload and start
+    # executions meanwhile (their share is what competes with the GPU thread for the GIL).
+    cpu = report["thread_cpu_per_batch_s"]
+    assert cpu["MainThread"] > 0
+    assert cpu["other_python_threads"] > 0
+    assert cpu["sdq-table"] + cpu["sdq-finish"] <= cpu["other_python_threads"]
+    assert "CPU per batch" in run.stdout

@@ -41,6 +41,7 @@ from shared.tracing import segment, subsegment
 from workflows.generation.batcher import Batcher, Pending
 from workflows.generation.encoding import PngEncoder
 from workflows.generation.pipeline import BatchShape, GenerationCancelled, GenerationOOM, ImageJob
+from workflows.generation.threadcpu import cpu_seconds_by_thread_group
 
 logger = Logger(service="sdq-worker")
 
@@ -666,6 +667,7 @@ class Worker:
             queue_wait_s=round(max(waits), 3) if waits else 0.0,
             failed=report.failed,
             cancelled=report.cancelled,
+            thread_cpu_s=cpu_seconds_by_thread_group(),
         )
         self._metrics.add_metric(name="ImagesPerSecond", unit=MetricUnit.CountPerSecond, value=ips)
         self._metrics.add_metric(name="BatchImages", unit=MetricUnit.Count, value=report.images)

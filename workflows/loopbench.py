@@ -198,13 +198,15 @@ def thread_cpu_per_batch(batches: list[dict[str, Any]]) -> dict[str, Any]:
 
     Each batch line carries the worker's running totals (``thread_cpu_s``); the difference covers every batch
     after the first and what ran between them. ``other_python_threads`` sums the groups that compete with the
-    GPU thread (``MainThread``) for the GIL: the AWS and encoding threads, not torch's native threads.
+    GPU thread (``MainThread``) for the GIL: the AWS threads, and the finishers' PNG encoding when it runs in
+    threads (helper processes are not counted), not torch's native threads. A group's total counts live threads
+    only, so one whose thread ended in between can shrink; it is clamped at zero.
     """
     if len(batches) < 2 or not batches[0].get("thread_cpu_s") or not batches[-1].get("thread_cpu_s"):
         return {}
     before, after = batches[0]["thread_cpu_s"], batches[-1]["thread_cpu_s"]
     n = len(batches) - 1
-    per_batch = {g: round((float(after[g]) - float(before.get(g, 0.0))) / n, 4) for g in sorted(after)}
+    per_batch = {g: round(max(0.0, float(after[g]) - float(before.get(g, 0.0))) / n, 4) for g in sorted(after)}
     per_batch["other_python_threads"] = round(sum(v for g, v in per_batch.items() if g not in _NOT_COMPETING), 4)
     return per_batch
 

@@ -95,6 +95,24 @@ def batch_lines(service: RunningService) -> list[dict[str, Any]]:
     return lines
 
 
+def worker_story(service: RunningService) -> str:
+    """Each worker log's batches and claim/lease events, for an assertion message (what ran where, and why)."""
+    keep = ("batch", "job held", "lease", "taken over", "cancelled", "hand-off", "needs no work", "claim")
+    out = []
+    for log in sorted(service.state_dir.glob("worker-*.log")):
+        for raw in log.read_text(errors="replace").splitlines():
+            if not raw.startswith("{"):
+                continue
+            event = json.loads(raw)
+            message = str(event.get("message", ""))
+            if any(k in message for k in keep):
+                fields = {
+                    k: event[k] for k in ("timestamp", "job_id", "job_ids", "lease_remaining_s", "error") if k in event
+                }
+                out.append(f"{log.name}: {message} {fields}")
+    return "\n".join(out)
+
+
 def clear_worker_logs(service: RunningService) -> None:
     for log in service.state_dir.glob("worker-*.log"):
         log.unlink()
@@ -142,7 +160,7 @@ def test_duplicate_delivery_and_two_workers_run_each_job_once(service: RunningSe
     wait_until(all_terminal(client, ids), 240, "jobs to finish")
     assert set(statuses(client, ids).values()) == {"SUCCEEDED"}
     assert executions_per_job(service, ids) == dict.fromkeys(ids, 1)
-    assert sum(b["images"] for b in batch_lines(service)) == 4  # no job generated twice
+    assert sum(b["images"] for b in batch_lines(service)) == 4, worker_story(service)  # no job generated twice
     wait_until(lambda: service.queue_depth() == 0, 30, "the duplicates to be deleted")
     for worker in workers:
         worker.send_signal(signal.SIGTERM)

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -340,19 +341,31 @@ class Worker:
             for visibility in {h.let_go_visibility for h in let_go}:
                 assert visibility is not None
                 self._safe_visibility([h.received for h in let_go if h.let_go_visibility == visibility], visibility)
-            lease_until = self._clock() + self.config.visibility_s
-            for h in held:
-                if h.job is not None and not h.dropped and h.received.message_id not in refused:
-                    try:
-                        self._repo.record_progress(
-                            h.job_id,
-                            worker_id=self.config.worker_id,
-                            step=h.job.progress.step,
-                            total=h.job.progress.total,
-                            lease_until=lease_until,
-                        )
-                    except AwsError as exc:
-                        logger.warning("lease renewal failed", job_id=h.job_id, error=str(exc))
+            renew = [h for h in held if h.job is not None and not h.dropped and h.received.message_id not in refused]
+            # In parallel, like claims: one slow table call must not push the other jobs' renewals towards the
+            # end of their leases (a lapsed lease lets another worker claim and generate the job again).
+            renewals = []
+            for h in renew:
+                try:
+                    renewals.append(self._table_pool.submit(self._renew_lease, h))
+                except RuntimeError:  # the pool was shut down by a stop meanwhile: renew in this thread
+                    self._renew_lease(h)
+            futures_wait(renewals)
+
+    def _renew_lease(self, held: Held) -> None:
+        assert held.job is not None
+        try:
+            self._repo.record_progress(
+                held.job_id,
+                worker_id=self.config.worker_id,
+                step=held.job.progress.step,
+                total=held.job.progress.total,
+                lease_until=self._clock() + self.config.visibility_s,
+            )
+        except AwsError as exc:
+            logger.warning("lease renewal failed", job_id=held.job_id, error=str(exc))
+        except Exception:  # on a pool thread nothing else would report it
+            logger.exception("lease renewal failed", job_id=held.job_id)
 
     # -- one batch ----------------------------------------------------------------------------------
 

@@ -67,6 +67,50 @@ class FlakyDeleteQueue(WorkerQueue):
         return super().delete(messages)
 
 
+class LostExtensionsQueue(WorkerQueue):
+    """SQS seen by a stalled worker: its heartbeat's visibility extensions are lost (refused, as SQS refuses a
+    receipt handle once the message was received again), so its message reappears when the receive's visibility
+    timeout ends; and its receiver gets nothing after the first message, so another worker picks it up."""
+
+    def __init__(self, sqs: Any, url: str) -> None:
+        super().__init__(sqs, url)
+        self.first_receipt: dict[str, str] = {}
+        self.refused = 0
+
+    def receive(self, *, max_messages: int, wait_s: int, visibility_s: int) -> list[Received]:
+        if self.first_receipt:
+            time.sleep(wait_s)
+            return []
+        received = super().receive(max_messages=max_messages, wait_s=wait_s, visibility_s=visibility_s)
+        for r in received:
+            self.first_receipt.setdefault(r.message_id, r.receipt_handle)
+        return received
+
+    def set_visibility(self, messages: list[Received], visibility_s: int) -> list[str]:
+        lost = [m for m in messages if self.first_receipt.get(m.message_id) == m.receipt_handle]
+        rest = [m for m in messages if m not in lost]
+        self.refused += len(lost)
+        return [m.message_id for m in lost] + (super().set_visibility(rest, visibility_s) if rest else [])
+
+
+class SlowGpu(FaultyGpu):
+    """The real runner, slowed to ``step_s`` per denoising step: a job that outlasts the visibility timeout."""
+
+    def __init__(self, runner: PipelineRunner, step_s: float) -> None:
+        super().__init__(runner, oom_above=64)
+        self.step_s = step_s
+
+    def generate(
+        self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: Callable[[int, int], None] | None = None
+    ) -> dict[str, list[Image]]:
+        def slow_step(step: int, total: int) -> None:
+            time.sleep(self.step_s)
+            if on_step is not None:
+                on_step(step, total)
+
+        return super().generate(jobs, shape, slow_step)
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
     running = start_service(tmp_path_factory.mktemp("sdq-faults"), {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
@@ -97,12 +141,17 @@ def run_worker(
     started: list[tuple[Worker, threading.Thread]] = []
 
     def start(
-        oom_above: int, *, failed_deletes: int = 0, visibility_s: int = 30, gpu: FaultyGpu | None = None
+        oom_above: int,
+        *,
+        failed_deletes: int = 0,
+        visibility_s: int = 30,
+        gpu: FaultyGpu | None = None,
+        queue: WorkerQueue | None = None,
     ) -> tuple[Worker, FaultyGpu]:
         aws = AwsClients(settings)
         gpu = gpu or FaultyGpu(runner, oom_above)
         worker = Worker(
-            queue=FlakyDeleteQueue(aws.sqs(), settings.queue_url, failed_deletes),
+            queue=queue or FlakyDeleteQueue(aws.sqs(), settings.queue_url, failed_deletes),
             repo=JobsRepository(aws.dynamodb(), settings.table_name),
             media=MediaStore(aws.s3(), settings.bucket),
             orchestrator=Orchestrator(aws.stepfunctions(), settings.state_machine_arn),
@@ -247,3 +296,27 @@ def test_a_job_taken_over_mid_batch_is_dropped_but_its_message_is_kept_for_the_n
     assert not [e for e in executions["executions"] if e["name"].startswith(job_id)]  # no hand-off
     # Not deleted: if worker-b dies too, this message is the job's only way back.
     assert service.queue_depth() == 1
+
+
+def test_a_lost_visibility_extension_does_not_let_another_worker_run_the_job_again(
+    service: RunningService, runner: PipelineRunner, run_worker: Callable[..., tuple[Worker, FaultyGpu]]
+) -> None:
+    """The lease in the table, not the message, says who runs a job. When SQS refuses a worker's visibility
+    extensions (a stalled heartbeat: the message reappeared and another worker received it), the first worker
+    keeps renewing its lease, so the second finds the job held and waits instead of generating it again."""
+    client = service.new_tenant("lost-ext")
+    job_id = client.submit({"prompt": "a slow fox", **SMALL, "num_inference_steps": 8})["id"]
+    lost = LostExtensionsQueue(service.boto("sqs"), service.queue_url)
+    # 8 steps of 1 s against a 3 s visibility timeout and lease, renewed every 2 s.
+    _first, slow = run_worker(8, visibility_s=3, gpu=SlowGpu(runner, step_s=1.0), queue=lost)
+    deadline = time.monotonic() + 60
+    while client.get(job_id)["status"] != "RUNNING":
+        assert time.monotonic() < deadline, "the first worker did not claim the job"
+        time.sleep(0.1)
+    _second, other = run_worker(8, visibility_s=3)
+    job = wait_terminal(client, [job_id])[job_id]
+    assert job["status"] == "SUCCEEDED"
+    assert lost.refused > 0  # the extensions were lost: the message came back while the job generated
+    assert slow.calls == [1]
+    assert other.calls == []  # the second worker received the message but never generated the job
+    assert job["attempt"] == 1

@@ -319,7 +319,12 @@ class Worker:
         now = time.monotonic()
         with self._lock:
             for r in received:
-                if r.message is None or r.message_id in self._held:
+                if r.message is None:
+                    continue
+                if r.message_id in self._held:
+                    # Received again while held (its visibility lapsed): SQS honours only the newest receipt
+                    # handle, so the heartbeat and the final delete use that one from now on.
+                    self._held[r.message_id].received = r
                     continue
                 held = Held(received=r, message=r.message, arrived=now)
                 self._held[r.message_id] = held
@@ -341,9 +346,13 @@ class Worker:
             for visibility in {h.let_go_visibility for h in let_go}:
                 assert visibility is not None
                 self._safe_visibility([h.received for h in let_go if h.let_go_visibility == visibility], visibility)
-            renew = [h for h in held if h.job is not None and not h.dropped and h.received.message_id not in refused]
-            # In parallel, like claims: one slow table call must not push the other jobs' renewals towards the
-            # end of their leases (a lapsed lease lets another worker claim and generate the job again).
+            if refused:
+                logger.info("visibility extension refused; the leases still hold the jobs", messages=len(refused))
+            # The lease in the table, not the message, says who runs a job: renew it even when SQS refused the
+            # message's extension (the message reappeared and another worker may hold it now; that worker finds
+            # the job held and waits). In parallel, like claims: one slow table call must not push the other
+            # renewals towards the end of their leases. A lapsed lease lets another worker generate the job again.
+            renew = [h for h in held if h.job is not None and not h.dropped]
             renewals = []
             for h in renew:
                 try:

@@ -449,10 +449,8 @@ class JobsRepository:
         lease = resp.get("Item", {}).get("lease_until", {}).get("N")
         return max(0.0, float(lease) - now) if lease else 0.0
 
-    def record_progress(
-        self, job_id: str, *, worker_id: str, step: int, total: int, lease_until: float | None = None
-    ) -> bool:
-        """Write step/total (and extend the lease) while this worker still owns the RUNNING job.
+    def record_progress(self, job_id: str, *, worker_id: str, step: int, total: int) -> bool:
+        """Write step/total while this worker still owns the RUNNING job.
 
         Returns False when the job is no longer ours to run (cancelled, or taken over): drop its images.
         """
@@ -463,9 +461,6 @@ class JobsRepository:
             ":running": {"S": JobStatus.RUNNING.value},
             ":w": {"S": worker_id},
         }
-        if lease_until is not None:
-            expression += ", lease_until = :lease"
-            values[":lease"] = _ser.serialize(_num(lease_until))
         try:
             self._ddb.update_item(
                 TableName=self._table,
@@ -474,6 +469,30 @@ class JobsRepository:
                 ConditionExpression="#s = :running AND worker_id = :w",
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def renew_lease(self, job_id: str, *, worker_id: str, lease_until: float) -> bool:
+        """Extend this worker's lease on its RUNNING job (nothing else is written).
+
+        Returns False when the job is no longer ours (cancelled, handed off, released or taken over).
+        """
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": job_pk(job_id)}},
+                UpdateExpression="SET lease_until = :lease",
+                ConditionExpression="#s = :running AND worker_id = :w",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    ":lease": _ser.serialize(_num(lease_until)),
+                    ":running": {"S": JobStatus.RUNNING.value},
+                    ":w": {"S": worker_id},
+                },
             )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":

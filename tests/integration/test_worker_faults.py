@@ -93,6 +93,19 @@ class LostExtensionsQueue(WorkerQueue):
         return [m.message_id for m in lost] + (super().set_visibility(rest, visibility_s) if rest else [])
 
 
+class RecordingQueue(WorkerQueue):
+    """The real queue, recording the job id of every message received."""
+
+    def __init__(self, sqs: Any, url: str) -> None:
+        super().__init__(sqs, url)
+        self.job_ids: list[str] = []
+
+    def receive(self, *, max_messages: int, wait_s: int, visibility_s: int) -> list[Received]:
+        received = super().receive(max_messages=max_messages, wait_s=wait_s, visibility_s=visibility_s)
+        self.job_ids += [r.message.job_id for r in received if r.message is not None]
+        return received
+
+
 class SlowGpu(FaultyGpu):
     """The real runner, slowed to ``step_s`` per denoising step: a job that outlasts the visibility timeout."""
 
@@ -147,6 +160,7 @@ def run_worker(
         visibility_s: int = 30,
         gpu: FaultyGpu | None = None,
         queue: WorkerQueue | None = None,
+        heartbeat_s: float = 2,
     ) -> tuple[Worker, FaultyGpu]:
         aws = AwsClients(settings)
         gpu = gpu or FaultyGpu(runner, oom_above)
@@ -157,7 +171,11 @@ def run_worker(
             orchestrator=Orchestrator(aws.stepfunctions(), settings.state_machine_arn),
             generator=gpu,
             config=WorkerConfig(
-                max_batch_images=8, max_batch_wait_s=1.5, receive_wait_s=1, visibility_s=visibility_s, heartbeat_s=2
+                max_batch_images=8,
+                max_batch_wait_s=1.5,
+                receive_wait_s=1,
+                visibility_s=visibility_s,
+                heartbeat_s=heartbeat_s,
             ),
         )
         thread = threading.Thread(target=worker.run, daemon=True)
@@ -307,16 +325,18 @@ def test_a_lost_visibility_extension_does_not_let_another_worker_run_the_job_aga
     client = service.new_tenant("lost-ext")
     job_id = client.submit({"prompt": "a slow fox", **SMALL, "num_inference_steps": 8})["id"]
     lost = LostExtensionsQueue(service.boto("sqs"), service.queue_url)
-    # 8 steps of 1 s against a 3 s visibility timeout and lease, renewed every 2 s.
-    _first, slow = run_worker(8, visibility_s=3, gpu=SlowGpu(runner, step_s=1.0), queue=lost)
+    # 8 steps of 1 s against a 3 s visibility timeout and lease, renewed every second.
+    _first, slow = run_worker(8, visibility_s=3, heartbeat_s=1, gpu=SlowGpu(runner, step_s=1.0), queue=lost)
     deadline = time.monotonic() + 60
     while client.get(job_id)["status"] != "RUNNING":
         assert time.monotonic() < deadline, "the first worker did not claim the job"
         time.sleep(0.1)
-    _second, other = run_worker(8, visibility_s=3)
+    seen = RecordingQueue(service.boto("sqs"), service.queue_url)
+    _second, other = run_worker(8, visibility_s=3, queue=seen)
     job = wait_terminal(client, [job_id])[job_id]
     assert job["status"] == "SUCCEEDED"
-    assert lost.refused > 0  # the extensions were lost: the message came back while the job generated
+    assert lost.refused > 0  # the extensions were lost ...
+    assert job_id in seen.job_ids  # ... so the message came back, and the second worker received it
     assert slow.calls == [1]
     assert other.calls == []  # the second worker received the message but never generated the job
     assert job["attempt"] == 1

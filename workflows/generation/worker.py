@@ -22,8 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -85,6 +84,7 @@ class Held:
     job: Job | None = None
     dropped: bool = False
     let_go_visibility: int | None = None  # set once the worker lets the message go: the visibility it set
+    claimed_at: float | None = None  # monotonic time of this worker's claim
 
     @property
     def job_id(self) -> str:
@@ -336,9 +336,22 @@ class Worker:
         while not self._hard_stop.wait(self.config.heartbeat_s):
             with self._lock:
                 held = list(self._held.values())
+                renew = [h for h in held if _renewable(h)]
             if not held:
                 continue
+            # The lease in the table, not the message, says who runs a job, so the leases go first and are
+            # renewed whatever SQS says about the messages below (a refused extension: the message reappeared
+            # and another worker may have it; that worker finds the job held and waits). In parallel, like
+            # claims: one slow call must not push the other renewals towards the end of their leases.
+            renewals = []
+            for h in renew:
+                try:
+                    renewals.append(self._table_pool.submit(self._renew_lease, h))
+                except RuntimeError:  # the pool is shut down: the worker is stopping and lets its jobs go
+                    break
             refused = self._safe_visibility([h.received for h in held], self.config.visibility_s)
+            if refused:
+                logger.info("visibility extension refused; the leases still hold the jobs", messages=len(refused))
             # A message let go while that call ran may have been hidden again by it: set it back (no I/O is
             # done under a lock, so a slow SQS call here never holds up claims or a stop).
             with self._lock:
@@ -346,35 +359,26 @@ class Worker:
             for visibility in {h.let_go_visibility for h in let_go}:
                 assert visibility is not None
                 self._safe_visibility([h.received for h in let_go if h.let_go_visibility == visibility], visibility)
-            if refused:
-                logger.info("visibility extension refused; the leases still hold the jobs", messages=len(refused))
-            # The lease in the table, not the message, says who runs a job: renew it even when SQS refused the
-            # message's extension (the message reappeared and another worker may hold it now; that worker finds
-            # the job held and waits). In parallel, like claims: one slow table call must not push the other
-            # renewals towards the end of their leases. A lapsed lease lets another worker generate the job again.
-            renew = [h for h in held if h.job is not None and not h.dropped]
-            renewals = []
-            for h in renew:
-                try:
-                    renewals.append(self._table_pool.submit(self._renew_lease, h))
-                except RuntimeError:  # the pool was shut down by a stop meanwhile: renew in this thread
-                    self._renew_lease(h)
-            futures_wait(renewals)
+            for renewal in renewals:
+                with contextlib.suppress(CancelledError):  # cancelled by a stop's pool shutdown
+                    renewal.result()
 
     def _renew_lease(self, held: Held) -> None:
-        assert held.job is not None
+        with self._lock:
+            if self._held.get(held.received.message_id) is not held or not _renewable(held):
+                return  # let go, finished or dropped since the heartbeat looked
         try:
-            self._repo.record_progress(
-                held.job_id,
-                worker_id=self.config.worker_id,
-                step=held.job.progress.step,
-                total=held.job.progress.total,
-                lease_until=self._clock() + self.config.visibility_s,
+            ours = self._repo.renew_lease(
+                held.job_id, worker_id=self.config.worker_id, lease_until=self._clock() + self.config.visibility_s
             )
         except AwsError as exc:
             logger.warning("lease renewal failed", job_id=held.job_id, error=str(exc))
+            return
         except Exception:  # on a pool thread nothing else would report it
             logger.exception("lease renewal failed", job_id=held.job_id)
+            return
+        if not ours:
+            logger.info("lease not renewed: the job is no longer this worker's to run", job_id=held.job_id)
 
     # -- one batch ----------------------------------------------------------------------------------
 
@@ -432,6 +436,7 @@ class Worker:
                 lease_s=self.config.visibility_s,
                 now=self._clock(),
             )
+            held.claimed_at = time.monotonic()
             return True
         except JobExpired:
             logger.info("job expired while queued; failing it and deleting its message", job_id=held.job_id)
@@ -696,6 +701,22 @@ class Worker:
         self._metrics.add_metric(name="QueueWait", unit=MetricUnit.Seconds, value=max(waits) if waits else 0.0)
         self._metrics.add_metric(name="JobFailures", unit=MetricUnit.Count, value=report.failed)
         self._metrics.flush_metrics()
+
+
+# The longest a worker keeps renewing a job's lease: SQS's own limit on keeping a message invisible. A call that
+# hangs (a wedged GPU) must not lock its jobs for as long as the process lives.
+_MAX_LEASE_HOLD_S = 12 * 3600.0
+
+
+def _renewable(held: Held) -> bool:
+    """Whether the heartbeat renews this job's lease: claimed here, not dropped or let go, not held too long."""
+    return (
+        held.job is not None
+        and held.claimed_at is not None
+        and not held.dropped
+        and held.let_go_visibility is None
+        and time.monotonic() - held.claimed_at < _MAX_LEASE_HOLD_S
+    )
 
 
 def _wait(future: Future[None] | None) -> None:

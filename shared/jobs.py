@@ -454,13 +454,24 @@ class JobsRepository:
 
         Returns False when the job is no longer ours to run (cancelled, or taken over): drop its images.
         """
-        expression = "SET progress_step = :step, progress_total = :total"
-        values: dict[str, Any] = {
-            ":step": {"N": str(step)},
-            ":total": {"N": str(total)},
-            ":running": {"S": JobStatus.RUNNING.value},
-            ":w": {"S": worker_id},
-        }
+        return self._set_if_ours(
+            job_id,
+            worker_id,
+            "SET progress_step = :step, progress_total = :total",
+            {":step": {"N": str(step)}, ":total": {"N": str(total)}},
+        )
+
+    def renew_lease(self, job_id: str, *, worker_id: str, lease_until: float) -> bool:
+        """Extend this worker's lease on its RUNNING job (nothing else is written).
+
+        Returns False when the job is no longer ours (cancelled, handed off, released or taken over).
+        """
+        return self._set_if_ours(
+            job_id, worker_id, "SET lease_until = :lease", {":lease": _ser.serialize(_num(lease_until))}
+        )
+
+    def _set_if_ours(self, job_id: str, worker_id: str, expression: str, values: dict[str, Any]) -> bool:
+        """One update of a RUNNING job held by ``worker_id``; False (nothing written) when it is not."""
         try:
             self._ddb.update_item(
                 TableName=self._table,
@@ -468,28 +479,8 @@ class JobsRepository:
                 UpdateExpression=expression,
                 ConditionExpression="#s = :running AND worker_id = :w",
                 ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
-
-    def renew_lease(self, job_id: str, *, worker_id: str, lease_until: float) -> bool:
-        """Extend this worker's lease on its RUNNING job (nothing else is written).
-
-        Returns False when the job is no longer ours (cancelled, handed off, released or taken over).
-        """
-        try:
-            self._ddb.update_item(
-                TableName=self._table,
-                Key={"pk": {"S": job_pk(job_id)}},
-                UpdateExpression="SET lease_until = :lease",
-                ConditionExpression="#s = :running AND worker_id = :w",
-                ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues={
-                    ":lease": _ser.serialize(_num(lease_until)),
+                    **values,
                     ":running": {"S": JobStatus.RUNNING.value},
                     ":w": {"S": worker_id},
                 },

@@ -48,11 +48,25 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     # Ctrl-C, and SIGTERM (kill, a process manager) too, stop the stack and its worker. SIGINT is reset to Python's
     # handler because a shell starts background jobs with it ignored, which Python would keep.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
+    # A first signal during start-up is held until the stack is up (raising inside the start would leave half
+    # of it running, a worker process among them), then stops it; a second one stops at once.
+    held: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if held:
+            raise KeyboardInterrupt
+        held.append(signum)
+        console.print("stopping once started ...")
+
+    signal.signal(signal.SIGINT, hold)
+    signal.signal(signal.SIGTERM, hold)
     console.print("[bold]sdq[/] starting the local cloud (moto), the API and a worker ...")
     service = start_local_service(config)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if held:
+            raise KeyboardInterrupt
         out.print(f"API        {service.api_url}   (docs: {service.api_url}/docs)")
         out.print(f"playground {service.api_url}/playground/")
         out.print(f"API key    {service.api_key}   (saved in {state})")

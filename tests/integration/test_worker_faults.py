@@ -340,3 +340,44 @@ def test_a_lost_visibility_extension_does_not_let_another_worker_run_the_job_aga
     assert slow.calls == [1]
     assert other.calls == []  # the second worker received the message but never generated the job
     assert job["attempt"] == 1
+
+
+class CancelThenOomGpu(FaultyGpu):
+    """The real runner, except that the first call cancels its first job through the API, lets the step callback
+    find the job cancelled, and then runs out of memory, so the batch is split with that job dropped."""
+
+    def __init__(self, runner: PipelineRunner, cancel: Callable[[str], Any]) -> None:
+        super().__init__(runner, oom_above=64)
+        self._cancel = cancel
+
+    def generate(
+        self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: Callable[[int, int], None] | None = None
+    ) -> dict[str, list[Image]]:
+        if not self.calls:
+            self.calls.append(sum(j.num_images for j in jobs))
+            self._cancel(jobs[0].key)
+            if on_step is not None:
+                on_step(1, shape.steps)  # the progress write finds the job cancelled
+            raise GenerationOOM(len(jobs), shape.width, shape.height, "injected: CUDA out of memory")
+        return super().generate(jobs, shape, on_step)
+
+
+def test_a_job_cancelled_in_a_batch_that_fails_is_let_go_when_the_batch_is_split(
+    service: RunningService, runner: PipelineRunner, run_worker: Callable[..., tuple[Worker, FaultyGpu]]
+) -> None:
+    """A job cancelled while its batch runs out of memory is not generated again in the halves, and its message
+    is deleted then, not kept hidden (and extended) for as long as the worker lives."""
+    client = service.new_tenant("cancel-split")
+    ids = [client.submit({"prompt": f"split fox {i}", **SMALL})["id"] for i in range(3)]
+    worker, gpu = run_worker(8, gpu=CancelThenOomGpu(runner, client.cancel))
+    jobs = wait_terminal(client, ids)
+    cancelled = [i for i in ids if jobs[i]["status"] == "CANCELLED"]
+    assert len(cancelled) == 1
+    assert [jobs[i]["status"] for i in ids if i not in cancelled] == ["SUCCEEDED", "SUCCEEDED"]
+    assert gpu.calls[0] == 3
+    assert sum(gpu.calls[1:]) == 2  # the halves generate the two live jobs, never the cancelled one
+    deadline = time.monotonic() + 30
+    while (worker._held or service.queue_depth()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not worker._held  # the cancelled job's message is not held ...
+    assert service.queue_depth() == 0  # ... and it was deleted, not left hidden

@@ -493,6 +493,15 @@ class Worker:
             self.gpu_seconds += time.monotonic() - t0
             _wait(progress.close())
             oom = isinstance(exc, GenerationOOM)
+            # Jobs cancelled (or taken over) during the failed call are let go now: the retries below skip them,
+            # and nothing else would delete or forget their messages.
+            for h in live:
+                if h.dropped:
+                    report.cancelled += 1
+                    self._submit_finisher(self._drop, h)
+            live = [h for h in live if not h.dropped]
+            if not live:
+                return
             if len(live) > 1:
                 logger.warning("batch failed; splitting", jobs=len(live), oom=oom, error=type(exc).__name__)
                 half = len(live) // 2

@@ -44,7 +44,8 @@ def worker_config() -> WorkerConfig:
     return WorkerConfig(
         max_batch_images=s.max_batch_images,
         max_batch_wait_s=s.max_batch_wait_ms / 1000,
-        receive_wait_s=s.receive_wait_s,
+        # A long poll must end before the client's read timeout, or every empty receive would fail as an outage.
+        receive_wait_s=max(0, min(s.receive_wait_s, int(s.aws_read_timeout_s) - 5)),
         visibility_s=s.visibility_timeout_s,
         heartbeat_s=s.heartbeat_s,
         grace_s=s.grace_s,

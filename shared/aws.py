@@ -25,12 +25,12 @@ class AwsClients:
     Clients are thread-safe once built; building is guarded by a lock because boto3 sessions are not.
     """
 
-    def __init__(self, settings: Settings | None = None, *, max_attempts: int = 5) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
         self._settings = settings or get_settings()
         self._config = Config(
-            retries={"max_attempts": max_attempts, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=30,
+            retries={"max_attempts": self._settings.aws_max_attempts, "mode": "standard"},
+            connect_timeout=self._settings.aws_connect_timeout_s,
+            read_timeout=self._settings.aws_read_timeout_s,
             max_pool_connections=32,
         )
         self._lock = threading.Lock()

@@ -61,6 +61,16 @@ class Settings(BaseSettings):
     page_size_default: int = 20
     page_size_max: int = 100
     enqueue_attempts: int = 3
+    enqueue_budget_s: float = Field(
+        default=6.0,
+        gt=0,
+        description="Longest a submission keeps retrying the queue before it fails the job (ENQUEUE_FAILED)",
+    )
+    aws_connect_timeout_s: float = Field(default=5.0, gt=0, description="Every AWS client's connect timeout")
+    aws_read_timeout_s: float = Field(
+        default=30.0, gt=0, description="Every AWS client's read timeout (above the worker's 20 s long poll)"
+    )
+    aws_max_attempts: int = Field(default=5, ge=1, description="Attempts per AWS call (botocore standard retries)")
     max_generation_attempts: int = Field(
         default=3, ge=1, description="Claims (GPU runs) a job may use before a dead-lettered message fails it"
     )

@@ -53,12 +53,14 @@ class SubmissionService:
         *,
         rate_limiter: RateLimiter | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._rate = rate_limiter
         self._repo = repo
         self._queue = queue
         self._settings = settings
         self._sleep = sleep
+        self._clock = clock
 
     def submit(self, tenant: str, request: GenerationRequest, *, idempotency_key: str | None = None) -> Submitted:
         """Record and enqueue a job.
@@ -115,6 +117,9 @@ class SubmissionService:
     def _enqueue(self, job: Job) -> None:
         message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
         attempts = max(1, self._settings.enqueue_attempts)
+        # Bounded in time as well as in tries: the API answers within its Lambda's timeout, with the job FAILED
+        # and a 503, never killed mid-retry with the job left QUEUED and no message for it.
+        deadline = self._clock() + self._settings.enqueue_budget_s
         last: Exception | None = None
         for attempt in range(attempts):
             try:
@@ -123,8 +128,10 @@ class SubmissionService:
             except (ClientError, BotoCoreError) as exc:
                 last = exc
                 logger.warning("enqueue failed", job_id=job.job_id, attempt=attempt + 1, error=type(exc).__name__)
-                if attempt + 1 < attempts:
-                    self._sleep(min(2.0, 0.2 * 2**attempt))
+                pause = min(2.0, 0.2 * 2**attempt)
+                if attempt + 1 >= attempts or self._clock() + pause >= deadline:
+                    break
+                self._sleep(pause)
         reason = JobError(code="ENQUEUE_FAILED", message=f"The job could not be queued: {type(last).__name__}")
         try:
             self._repo.transition(job.job_id, JobStatus.FAILED, tenant=job.tenant, error=reason)

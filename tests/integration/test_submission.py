@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
 import pytest
 
+from shared.aws import AwsClients
 from shared.contracts import GenerationRequest, JobStatus
 from shared.errors import EnqueueFailed
 from shared.jobs import JobsRepository
@@ -31,3 +38,53 @@ def test_a_job_whose_message_cannot_be_sent_ends_failed_not_stuck_queued(service
     assert job.error.code == "ENQUEUE_FAILED"
     assert repo.count_active("tenant-unsendable") == 0
     assert service.queue_depth() == depth
+
+
+@pytest.fixture
+def unanswering_endpoint() -> Iterator[tuple[str, list[socket.socket]]]:
+    """An endpoint on 127.0.0.1 that accepts connections and never answers (a hung or blackholed queue)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+    listener.close()
+    for conn in accepted:
+        conn.close()
+
+
+def test_a_hung_queue_fails_the_job_within_the_enqueue_budget(
+    service: RunningService, unanswering_endpoint: tuple[str, list[socket.socket]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many attempts are allowed, the submission stops retrying a queue that does not answer once its
+    time budget is spent, so the API answers (503, job FAILED) well inside its Lambda's 30 s timeout."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    url, accepted = unanswering_endpoint
+    settings = Settings(
+        endpoint_url=url,
+        region="us-east-1",
+        enqueue_attempts=10,
+        enqueue_budget_s=2.0,
+        aws_connect_timeout_s=0.5,
+        aws_read_timeout_s=0.5,
+        aws_max_attempts=1,
+    )
+    repo = JobsRepository(service.boto("dynamodb"), service.table)
+    submissions = SubmissionService(repo, JobQueue(AwsClients(settings).sqs(), f"{url}/000000000000/jobs"), settings)
+    request = GenerationRequest.model_validate({"prompt": "hung queue"}, context={"settings": Settings()})
+    started = time.monotonic()
+    with pytest.raises(EnqueueFailed) as info:
+        submissions.submit("tenant-hung-queue", request)
+    elapsed = time.monotonic() - started
+    assert 2 <= len(accepted) < 10  # it did retry, but the budget, not the attempt count, ended it
+    assert elapsed < 2.0 + 0.5 + 1.5  # the budget, one last call's read timeout, and slack
+    job = repo.get(info.value.details["job_id"])
+    assert job.status == JobStatus.FAILED
+    assert job.error is not None
+    assert job.error.code == "ENQUEUE_FAILED"

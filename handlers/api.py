@@ -42,7 +42,7 @@ from shared.ratelimit import RateLimiter
 from shared.settings import Settings, get_settings
 from workflows.jobview import job_view
 from workflows.submission import SubmissionService
-from workflows.webhooks import WebhookSecrets, start_notice
+from workflows.webhooks import WebhookSecrets, start_notice, start_notice_retrying
 
 logger = Logger(service="sdq")
 tracer = Tracer(service="sdq")
@@ -199,7 +199,8 @@ def list_jobs(
 def cancel_job(job_id: Annotated[str, Path(max_length=64)]) -> Response[JobView]:
     tenant = _tenant()
     job = services().submissions.cancel(tenant, job_id)
-    start_notice(services().orchestrator, job, "cancelled")
+    # The job is CANCELLED now: the answer says so whatever happens to its webhook's start.
+    start_notice_retrying(services().orchestrator, job, "cancelled", log=logger)
     return _json(200, _view(job))
 
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpcore
 import httpx
 from aws_lambda_powertools import Logger
+from botocore.exceptions import BotoCoreError, ClientError
 from standardwebhooks import Webhook
 
 from shared.contracts import Job, JobStatus
@@ -45,6 +46,10 @@ MAX_RESPONSE_BYTES = 64 * 1024
 # A receiver's Retry-After up to this long is waited out before the state machine's next retry; longer
 # ones are left to the retry schedule (recorded with the attempt).
 MAX_INLINE_RETRY_AFTER_S = 5
+# Starting a notice execution from a request that has already changed the job (a cancel): a few quick tries,
+# so a Step Functions blip costs the client well under a second and never the answer.
+NOTICE_START_ATTEMPTS = 3
+NOTICE_START_BACKOFF_S = 0.1
 
 
 class WebhookRetryable(Exception):
@@ -252,3 +257,36 @@ def start_notice(orchestrator: Orchestrator, job: Job, reason: str) -> str | Non
         f"{job.job_id}-{reason}-{ULID()}",
         {"job_id": job.job_id, "tenant": job.tenant, "notify_only": True, "has_callback": True, "reason": reason},
     )
+
+
+def start_notice_retrying(
+    orchestrator: Orchestrator,
+    job: Job,
+    reason: str,
+    *,
+    log: Logger = logger,
+    attempts: int = NOTICE_START_ATTEMPTS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str | None:
+    """:func:`start_notice` for a caller whose outcome must not depend on it (the cancel is already written).
+
+    Retries AWS errors ``attempts`` times with a short doubling backoff and never raises them. Returns the
+    execution ARN, or None when the job has no callback URL or every attempt failed; the latter is logged as
+    an error on ``log`` (the webhook can still be sent with ``POST /v1/jobs/{id}/webhook/redeliver``).
+    """
+    for attempt in range(1, max(1, attempts) + 1):
+        try:
+            return start_notice(orchestrator, job, reason)
+        except (ClientError, BotoCoreError) as exc:
+            if attempt >= attempts:
+                log.error(
+                    "webhook notice not started",
+                    job_id=job.job_id,
+                    reason=reason,
+                    attempts=attempt,
+                    error=type(exc).__name__,
+                )
+                return None
+            log.warning("webhook notice start failed", job_id=job.job_id, attempt=attempt, error=type(exc).__name__)
+            sleep(NOTICE_START_BACKOFF_S * 2 ** (attempt - 1))
+    return None

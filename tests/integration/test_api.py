@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -146,6 +148,40 @@ def test_cancel_then_cancel_again_is_409(service: RunningService) -> None:
         client.cancel(job["id"])
     assert info.value.status == 409
     assert client.get(job["id"])["status"] == "CANCELLED"
+
+
+@contextmanager
+def state_machine_missing(service: RunningService) -> Iterator[None]:
+    """StartExecution fails (StateMachineDoesNotExist) inside the block; the machine is put back after it,
+    under the same name and so the same ARN."""
+    sfn = service.boto("stepfunctions")
+    arn = service.env["SDQ_STATE_MACHINE_ARN"]
+    machine = sfn.describe_state_machine(stateMachineArn=arn)
+    sfn.delete_state_machine(stateMachineArn=arn)
+    try:
+        yield
+    finally:
+        sfn.create_state_machine(
+            name=machine["name"], definition=machine["definition"], roleArn=machine["roleArn"], type=machine["type"]
+        )
+        assert sfn.describe_state_machine(stateMachineArn=arn)["stateMachineArn"] == arn
+
+
+def test_cancel_is_200_with_the_cancelled_job_when_its_webhook_cannot_be_started(service: RunningService) -> None:
+    client = service.new_tenant("cancel-notice")
+    job = client.submit({"prompt": "to cancel", "callback_url": "https://hooks.example.com/cancel"})
+    with state_machine_missing(service):
+        cancelled = client.cancel(job["id"])
+    assert cancelled["id"] == job["id"]
+    assert cancelled["status"] == "CANCELLED"
+    assert client.get(job["id"])["status"] == "CANCELLED"
+    # The lost notice is an error in the API's log, naming the job (the webhook can be redelivered).
+    errors = [
+        json.loads(line)
+        for line in service.log_path.read_text().splitlines()
+        if line.startswith("{") and "webhook notice not started" in line
+    ]
+    assert any(e["job_id"] == job["id"] and e["level"] == "ERROR" and e["attempts"] == 3 for e in errors)
 
 
 def test_list_is_newest_first_with_cursor_pagination_and_status_filter(service: RunningService) -> None:

@@ -15,6 +15,17 @@ class UnsafeUrl(ValueError):
     """A callback URL that could reach something other than a public HTTPS receiver."""
 
 
+class HostUnresolved(Exception):
+    """The callback host has no address at this moment: DNS failed or answered that the name does not exist.
+
+    Not a safety verdict (nothing was resolved to check), so the delivery is retried on the normal schedule.
+    A temporary failure (``EAI_AGAIN``) and NXDOMAIN (``EAI_NONAME``) are treated alike: a resolver cannot
+    tell a name that is about to exist (a record being created or propagating, a negative answer cached) from
+    one that never will, and a retry costs little; a host that still does not resolve when the schedule runs
+    out is given up as ``failed``.
+    """
+
+
 def parse_ip_literal(host: str) -> IPAddress | None:
     """Parse ``host`` as an IP address in any spelling a resolver would accept (decimal, hex, octal, short).
 
@@ -91,12 +102,12 @@ def resolve_public(host: str, port: int, *, allow_loopback: bool) -> list[str]:
     """Resolve ``host`` and return its addresses, refusing the lot if any of them is not public.
 
     Called right before each webhook delivery, so a DNS answer that changed since submit (rebinding)
-    is caught. Raises UnsafeUrl.
+    is caught. Raises UnsafeUrl for a non-public address, HostUnresolved when DNS gives no answer now.
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise UnsafeUrl(f"callback host {host!r} does not resolve") from exc
+        raise HostUnresolved(f"callback host {host!r} does not resolve: {exc.strerror or exc}") from exc
     addresses = []
     for info in infos:
         ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])

@@ -24,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from standardwebhooks import Webhook
 
 from shared.contracts import Job, JobStatus
-from shared.netguard import UnsafeUrl, resolve_public
+from shared.netguard import HostUnresolved, UnsafeUrl, resolve_public
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -168,6 +168,8 @@ def send_once(url: str, body: str, headers: dict[str, str], *, allow_loopback: b
             )
     except UnsafeUrl as exc:
         return Attempt("blocked", None, f"blocked: {exc}")
+    except HostUnresolved as exc:
+        return Attempt("retry", None, str(exc)[:200])
     except httpx.TimeoutException:
         return Attempt("retry", None, f"timeout after {TIMEOUT_S:.0f}s")
     except (httpx.TransportError, socket.gaierror) as exc:

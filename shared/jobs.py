@@ -141,19 +141,29 @@ def _encode_cursor(key: Mapping[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(plain, sort_keys=True).encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str, tenant: str) -> dict[str, Any]:
+def _decode_cursor(cursor: str, tenant: str, status: JobStatus | None) -> dict[str, Any]:
+    """The ExclusiveStartKey a cursor stands for, or BadRequest.
+
+    A cursor continues only the listing that made it: the caller's own jobs, through the same index (so
+    exactly that index's key attributes), and the same status filter. Anything else would reach DynamoDB as
+    a start key it refuses.
+    """
+    invalid = BadRequest("cursor is not valid", details={"field": "cursor"})
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         plain = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest("cursor is not valid", details={"field": "cursor"}) from exc
+        raise invalid from exc
     if not isinstance(plain, dict) or not all(isinstance(v, str) for v in plain.values()):
-        raise BadRequest("cursor is not valid", details={"field": "cursor"})
-    # A cursor can only continue a listing of the caller's own jobs.
-    if plain.get("tenant", tenant) != tenant or (
-        "tenant_status" in plain and not str(plain["tenant_status"]).startswith(f"{tenant}#")
-    ):
-        raise BadRequest("cursor is not valid", details={"field": "cursor"})
+        raise invalid
+    if status is None:
+        expected = {"pk", "job_id", "tenant"}
+        partition = ("tenant", tenant)
+    else:
+        expected = {"pk", "job_id", "tenant_status"}
+        partition = ("tenant_status", f"{tenant}#{status.value}")
+    if set(plain) != expected or plain[partition[0]] != partition[1] or plain["pk"] != job_pk(plain["job_id"]):
+        raise invalid
     return {k: _ser.serialize(v) for k, v in plain.items()}
 
 
@@ -249,7 +259,7 @@ class JobsRepository:
             kwargs["KeyConditionExpression"] = "tenant_status = :ts"
             kwargs["ExpressionAttributeValues"] = {":ts": {"S": f"{tenant}#{status.value}"}}
         if cursor:
-            kwargs["ExclusiveStartKey"] = _decode_cursor(cursor, tenant)
+            kwargs["ExclusiveStartKey"] = _decode_cursor(cursor, tenant, status)
         resp = self._ddb.query(**kwargs)
         now = time.time()
         jobs = [j for j in (job_from_item(item) for item in resp.get("Items", [])) if j.expires_at > now]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -215,6 +216,37 @@ def test_a_cursor_cannot_list_another_tenants_jobs(service: RunningService) -> N
     with pytest.raises(ApiError) as info:
         bob.list(cursor="%%%garbage")
     assert info.value.status == 400
+
+
+def _cursor(value: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+def test_a_cursor_from_another_listing_or_with_the_wrong_keys_is_400(service: RunningService) -> None:
+    tenant, client = service.new_named_tenant("cur-keys")
+    ids = [client.submit({"prompt": f"k{i}"})["id"] for i in range(3)]
+    unfiltered = client.list(limit=1)["next_cursor"]
+    queued = client.list(status="QUEUED", limit=1)["next_cursor"]
+    assert unfiltered
+    assert queued
+    bad = [
+        ("QUEUED", unfiltered),  # made by the unfiltered listing (by_tenant keys)
+        (None, queued),  # made by a filtered listing (by_tenant_status keys)
+        ("CANCELLED", queued),  # made for another status
+        (None, _cursor({})),
+        (None, _cursor({"pk": "x"})),
+        (None, _cursor({"pk": f"JOB#{ids[1]}", "tenant": tenant, "job_id": ids[1], "extra": "x"})),
+        (None, _cursor({"pk": "JOB#other", "tenant": tenant, "job_id": ids[1]})),
+        ("QUEUED", _cursor({"pk": f"JOB#{ids[1]}", "tenant_status": tenant, "job_id": ids[1]})),
+    ]
+    for status, cursor in bad:
+        with pytest.raises(ApiError) as info:
+            client.list(status=status, limit=1, cursor=cursor)
+        assert info.value.status == 400, (status, cursor, info.value.body)
+        assert info.value.code == "bad_request"
+    # Each cursor still continues its own listing.
+    assert [j["id"] for j in client.list(limit=1, cursor=unfiltered)["jobs"]] == [ids[1]]
+    assert [j["id"] for j in client.list(status="QUEUED", limit=1, cursor=queued)["jobs"]] == [ids[1]]
 
 
 INVALID_BODIES: list[tuple[str, Any, int, str]] = [

@@ -208,6 +208,20 @@ class Notifier:
             separators=(",", ":"),
         )
 
+    def deliver(self, job_id: str, tenant: str) -> Attempt | None:
+        """:meth:`notify`, with the table's own failures (throttling, 5xx, network, after botocore's retries)
+        raised as WebhookRetryable too, so the state machine retries them like a receiver's 503.
+
+        Reading the job or the secret, or recording an attempt, can fail after the POST went through; the
+        retry sends again with the same webhook-id (receivers dedupe) and records it, so a delivered webhook
+        is not left recorded as failed.
+        """
+        try:
+            return self.notify(job_id, tenant)
+        except (BotoCoreError, ClientError) as exc:
+            logger.warning("webhook bookkeeping failed; retrying", job_id=job_id, error=type(exc).__name__)
+            raise WebhookRetryable(f"job store unavailable: {type(exc).__name__}") from exc
+
     def notify(self, job_id: str, tenant: str) -> Attempt | None:
         """Send the job's terminal event once, record the attempt; None when there is nothing to send.
 
@@ -292,3 +306,18 @@ def start_notice_retrying(
             log.warning("webhook notice start failed", job_id=job.job_id, attempt=attempt, error=type(exc).__name__)
             sleep(NOTICE_START_BACKOFF_S * 2 ** (attempt - 1))
     return None
+
+
+def start_failure_notice(orchestrator: Orchestrator, job: Job) -> str | None:
+    """The ``job.failed`` webhook of a job failed outside the state machine (dead-lettered, expired in the queue).
+
+    Named after the job alone, so a retried start (a redelivered dead letter) cannot send it twice: Step Functions
+    refuses a second execution of that name, which counts as started. Raises AWS errors for the caller to retry.
+    Returns the execution ARN, or None when the job has no callback URL.
+    """
+    if not job.request.callback_url:
+        return None
+    return orchestrator.start(
+        f"{job.job_id}-failed",
+        {"job_id": job.job_id, "tenant": job.tenant, "notify_only": True, "has_callback": True, "reason": "failed"},
+    )

@@ -204,7 +204,9 @@ class JobsRepository:
                         "expires_at": job.expires_at,
                     }
                 ),
-                "ConditionExpression": "attribute_not_exists(pk)",
+                # A key lives as long as its job: past the job's retention it may name a new job.
+                "ConditionExpression": "attribute_not_exists(pk) OR expires_at <= :now",
+                "ExpressionAttributeValues": {":now": {"N": str(int(time.time()))}},
             }
         }
         try:
@@ -217,7 +219,10 @@ class JobsRepository:
         return job, True
 
     def find_by_idempotency_key(self, tenant: str, key: str, fingerprint: str | None) -> Job | None:
-        """The job an Idempotency-Key created, or None. Raises IdempotencyConflict on a different body."""
+        """The job an Idempotency-Key created, or None. Raises IdempotencyConflict on a different body.
+
+        A key whose job is past its retention (or already swept by the TTL) is no record: the key is free.
+        """
         resp = self._ddb.get_item(
             TableName=self._table, Key={"pk": {"S": self._idem_pk(tenant, key)}}, ConsistentRead=True
         )
@@ -225,9 +230,15 @@ class JobsRepository:
         if item is None:
             return None
         record = _from_item(item)
+        expires_at = record.get("expires_at")
+        if expires_at is not None and int(expires_at) <= time.time():
+            return None
         if record.get("fingerprint") != (fingerprint or ""):
             raise IdempotencyConflict()
-        return self.get(str(record["job_id"]))
+        try:
+            return self.get(str(record["job_id"]), tenant=tenant)
+        except JobNotFound:
+            return None
 
     def get(self, job_id: str, *, tenant: str | None = None) -> Job:
         """The job, or JobNotFound (also when it belongs to another tenant: indistinguishable)."""

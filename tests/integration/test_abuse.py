@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -121,3 +122,44 @@ def test_a_job_past_its_retention_is_404(service: RunningService) -> None:
         client.get(job.job_id)
     assert info.value.status == 404
     assert client.list()["jobs"] == []
+
+
+def expire(service: RunningService, tenant: str, job_id: str, idempotency_key: str) -> None:
+    """Time passes: the job and its Idempotency-Key record reach their retention (both carry one expires_at)."""
+    ddb = service.boto("dynamodb")
+    key_pk = f"IDEM#{tenant}#{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+    for pk in (f"JOB#{job_id}", key_pk):
+        ddb.update_item(
+            TableName=service.table,
+            Key={"pk": {"S": pk}},
+            UpdateExpression="SET expires_at = :past",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}},
+        )
+
+
+def test_an_idempotency_key_whose_job_expired_makes_a_new_job(service: RunningService) -> None:
+    tenant, client = service.new_named_tenant("idem-expired")
+    old = client.submit({"prompt": "kept a week"}, idempotency_key="weekly")
+    expire(service, tenant, old["id"], "weekly")
+    depth = service.queue_depth()
+    new = client.submit({"prompt": "kept a week"}, idempotency_key="weekly")
+    assert new["id"] != old["id"]
+    assert client.get(new["id"])["status"] == "QUEUED"
+    assert service.queue_depth() == depth + 1
+    # The key now names the new job: a replay returns it, another body is the usual 409.
+    assert client.submit({"prompt": "kept a week"}, idempotency_key="weekly")["id"] == new["id"]
+    with pytest.raises(ApiError) as info:
+        client.submit({"prompt": "another body"}, idempotency_key="weekly")
+    assert info.value.status == 409
+
+
+def test_an_idempotency_key_whose_job_was_swept_by_the_ttl_makes_a_new_job(service: RunningService) -> None:
+    tenant, client = service.new_named_tenant("idem-swept")
+    old = client.submit({"prompt": "swept"}, idempotency_key="sweep")
+    expire(service, tenant, old["id"], "sweep")
+    # DynamoDB's TTL sweep deletes items one by one: here the job went first, its key record not yet.
+    service.boto("dynamodb").delete_item(TableName=service.table, Key={"pk": {"S": f"JOB#{old['id']}"}})
+    new = client.submit({"prompt": "swept"}, idempotency_key="sweep")
+    assert new["id"] != old["id"]
+    assert client.get(new["id"])["status"] == "QUEUED"

@@ -311,8 +311,9 @@ class JobsRepository:
         """Move a job to ``target`` in one conditional write and return the job as written.
 
         The write succeeds only if the job belongs to ``tenant`` and its current status may legally become
-        ``target`` (and is one of ``sources`` when given). Raises JobNotFound (absent, or another tenant's)
-        or InvalidTransition.
+        ``target`` (and is one of ``sources`` when given). A cancel, the one change a client asks for, also
+        needs the job within its retention: past it the job is gone for clients, as ``get`` says. Raises
+        JobNotFound (absent, another tenant's, or a cancel past the retention) or InvalidTransition.
         """
         allowed = allowed_sources(target)
         if sources is not None:
@@ -331,6 +332,11 @@ class JobsRepository:
             values[f":src{i}"] = src.value
             allowed_placeholders.append(f":src{i}")
         condition = f"attribute_exists(pk) AND tenant = :tenant AND #s IN ({', '.join(allowed_placeholders)})"
+        now = int(time.time())
+        client_facing = target is JobStatus.CANCELLED
+        if client_facing:
+            condition += " AND expires_at > :now_epoch"
+            values[":now_epoch"] = now
         if extra_condition is not None:
             condition += f" AND ({extra_condition[0]})"
             values.update(extra_condition[1])
@@ -368,7 +374,7 @@ class JobsRepository:
                     current = self.get(job_id)
                 except JobNotFound:
                     raise JobNotFound(job_id) from None
-            if current.tenant != tenant:
+            if current.tenant != tenant or (client_facing and current.expires_at <= now):
                 raise JobNotFound(job_id) from None
             raise InvalidTransition(job_id, current.status.value, target.value) from None
         return job_from_item(resp["Attributes"])

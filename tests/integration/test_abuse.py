@@ -124,6 +124,17 @@ def test_a_job_past_its_retention_is_404(service: RunningService) -> None:
     assert client.list()["jobs"] == []
 
 
+def test_a_job_past_its_retention_cannot_be_cancelled(service: RunningService) -> None:
+    tenant, client = service.new_named_tenant("expired-cancel")
+    repo = JobsRepository(service.boto("dynamodb"), service.table)
+    job = store_queued_job(repo, tenant, prompt="old", expires_at=int(time.time()) - 1)
+    with pytest.raises(ApiError) as info:
+        client.cancel(job.job_id)
+    assert info.value.status == 404
+    assert info.value.code == "not_found"
+    assert repo.get(job.job_id).status.value == "QUEUED"  # nothing written
+
+
 def expire(service: RunningService, tenant: str, job_id: str, idempotency_key: str) -> None:
     """Time passes: the job and its Idempotency-Key record reach their retention (both carry one expires_at)."""
     ddb = service.boto("dynamodb")

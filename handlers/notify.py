@@ -34,7 +34,7 @@ def notifier() -> Notifier:
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Input ``{job_id, tenant}``. Raises WebhookRetryable for the state machine's Retry."""
-    attempt = notifier().notify(str(event["job_id"]), str(event["tenant"]))
+    attempt = notifier().deliver(str(event["job_id"]), str(event["tenant"]))
     if attempt is None:
         return {"outcome": "nothing_to_send"}
     return {"outcome": attempt.outcome, "status": attempt.status, "error": attempt.error}

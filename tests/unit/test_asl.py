@@ -72,3 +72,10 @@ def test_postprocess_failures_lead_to_mark_failed_and_webhook_failures_never_do(
         assert params["ConditionExpression"].endswith("AND attempt = :attempt")
         assert params["ExpressionAttributeValues"][":attempt"] == {"N.$": "States.Format('{}', $.attempt)"}
     assert "ConditionExpression" in states["MarkFailed"]["Parameters"]
+
+
+def test_notify_retries_its_own_lambda_failures_too() -> None:
+    # A Notify that timed out or died (Sandbox.Timedout, Lambda.Unknown) is tried again, not given up at once.
+    for notify in ("Notify", "NotifyFailed"):
+        retried = {e for r in ASL["States"][notify]["Retry"] for e in r["ErrorEquals"]}
+        assert retried >= LAMBDA_ERRORS | {"Lambda.Unknown", "Sandbox.Timedout", "WebhookRetryable"}, notify

@@ -1,0 +1,238 @@
+"""The real ASL under DynamoDB and DNS faults: the local service runs in this process (local cloud, in-process
+Lambdas, API on 127.0.0.1), so a fault can be injected where the cloud answers a request.
+
+DynamoDB faults are raised by moto's table backend for one job's writes, as a real error response (400
+ThrottlingException, 500 InternalServerError), before or after the write is applied; the ASL interpreter and
+the Notify Lambda see them as they would see DynamoDB's. botocore's own retries are cut to one here
+(``SDQ_AWS_MAX_ATTEMPTS=1`` gives two tries), so two faults in a row reach the code as it would after botocore
+gave up.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+from moto.core.exceptions import JsonRESTError
+from moto.dynamodb.models import DynamoDBBackend
+from PIL import Image
+
+from shared.apikeys import ApiKeyStore
+from shared.client import Endpoint, SdqClient
+from shared.contracts import Job
+from shared.jobs import JobsRepository
+from tests.integration.conftest import store_queued_job
+from workflows.localservice import LocalService, LocalServiceConfig, start_local_service
+from workflows.receiver import ScriptedReceiver
+
+
+def _clear_caches() -> None:
+    from handlers import notify, postprocess
+    from shared.settings import get_settings
+
+    get_settings.cache_clear()
+    notify.notifier.cache_clear()
+    postprocess.postprocessor.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def local() -> Iterator[LocalService]:
+    saved = dict(os.environ)
+    _clear_caches()
+    service = start_local_service(
+        LocalServiceConfig(api_port=0, with_worker=False, write_state=False, extra_env={"SDQ_AWS_MAX_ATTEMPTS": "1"})
+    )
+    try:
+        yield service
+    finally:
+        service.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+        _clear_caches()
+
+
+@pytest.fixture
+def receiver() -> Iterator[ScriptedReceiver]:
+    r = ScriptedReceiver().start()
+    yield r
+    r.stop()
+
+
+class InjectedError(JsonRESTError):
+    def __init__(self, code: str, status: int) -> None:
+        super().__init__(f"com.amazonaws.dynamodb.v20120810#{code}", "injected fault")
+        self.code = status
+
+
+@dataclass
+class Fault:
+    """Fail the next ``times`` UpdateItems of job ``job_id`` whose expression starts with ``expression``."""
+
+    job_id: str
+    expression: str
+    times: int
+    code: str = "ThrottlingException"
+    status: int = 400
+    after_write: bool = False  # apply the write, then answer the error (a response lost on the way back)
+    hits: int = 0
+
+
+class DynamoFaults:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.faults: list[Fault] = []
+        original = DynamoDBBackend.update_item
+
+        def update_item(backend: Any, table_name: str, key: Any, update_expression: str, *a: Any, **kw: Any) -> Any:
+            fault = self._take(key, update_expression)
+            if fault is not None and not fault.after_write:
+                raise InjectedError(fault.code, fault.status)
+            result = original(backend, table_name, key, update_expression, *a, **kw)
+            if fault is not None:
+                raise InjectedError(fault.code, fault.status)
+            return result
+
+        monkeypatch.setattr(DynamoDBBackend, "update_item", update_item)
+
+    def add(self, fault: Fault) -> Fault:
+        self.faults.append(fault)
+        return fault
+
+    def _take(self, key: Any, update_expression: str) -> Fault | None:
+        for fault in self.faults:
+            if (
+                key.get("pk", {}).get("S") == f"JOB#{fault.job_id}"
+                and update_expression.startswith(fault.expression)
+                and fault.hits < fault.times
+            ):
+                fault.hits += 1
+                return fault
+        return None
+
+
+@pytest.fixture
+def faults(monkeypatch: pytest.MonkeyPatch) -> DynamoFaults:
+    return DynamoFaults(monkeypatch)
+
+
+MARK_SUCCEEDED = "SET #s = :succ"
+MARK_FAILED = "SET #s = :failed"
+RECORD_WEBHOOK = "SET webhook_event"
+
+
+class Harness:
+    def __init__(self, service: LocalService) -> None:
+        self.service = service
+        env = service.env
+
+        def client(name: str) -> Any:
+            return boto3.client(
+                name,  # type: ignore[call-overload]
+                endpoint_url=env["AWS_ENDPOINT_URL"],
+                region_name=env["AWS_DEFAULT_REGION"],
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            )
+
+        self.ddb = client("dynamodb")
+        self.s3 = client("s3")
+        self.sfn = client("stepfunctions")
+        self.table = env["SDQ_TABLE_NAME"]
+        self.bucket = env["SDQ_BUCKET"]
+        self.machine = env["SDQ_STATE_MACHINE_ARN"]
+        self.repo = JobsRepository(self.ddb, self.table)
+        self.tenant = f"faults-{time.monotonic_ns()}"
+        key = ApiKeyStore(self.ddb, self.table).create(self.tenant)
+        self.client = SdqClient(Endpoint(service.api_url, key))
+
+    def running_job(self, callback_url: str | None) -> Job:
+        fields = {"callback_url": callback_url} if callback_url else {}
+        job = store_queued_job(self.repo, self.tenant, **fields)
+        return self.repo.claim(job.job_id, self.tenant, worker_id="test", lease_s=60, now=time.time())
+
+    def stage(self, job: Job) -> list[str]:
+        buf = io.BytesIO()
+        Image.new("RGB", (job.request.width, job.request.height), (200, 80, 40)).save(buf, format="PNG")
+        key = f"staging/{job.job_id}/{job.attempt}/0.png"
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=buf.getvalue())
+        return [key]
+
+    def start(self, job: Job, keys: list[str], **extra: Any) -> str:
+        payload = {
+            "job_id": job.job_id,
+            "tenant": job.tenant,
+            "attempt": job.attempt,
+            "staging_keys": keys,
+            "has_callback": bool(job.request.callback_url),
+            **extra,
+        }
+        name = f"{job.job_id}-{job.attempt}"
+        return str(
+            self.sfn.start_execution(stateMachineArn=self.machine, name=name, input=json.dumps(payload))["executionArn"]
+        )
+
+    def wait(self, arn: str, timeout_s: float = 120) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = str(self.sfn.describe_execution(executionArn=arn)["status"])
+            if status != "RUNNING":
+                return status
+            time.sleep(0.3)
+        raise AssertionError(f"execution {arn} still running after {timeout_s}s")
+
+
+@pytest.fixture
+def h(local: LocalService) -> Harness:
+    return Harness(local)
+
+
+def test_a_failed_record_of_a_delivered_webhook_is_retried_not_shown_as_failed(
+    h: Harness, faults: DynamoFaults, receiver: ScriptedReceiver
+) -> None:
+    receiver.secret = h.client.webhook_secret()
+    job = h.running_job(receiver.url)
+    # The receiver answers 200, then recording that attempt on the job fails (DynamoDB 500, botocore's retry too).
+    fault = faults.add(Fault(job.job_id, RECORD_WEBHOOK, times=2, code="InternalServerError", status=500))
+    assert h.wait(h.start(job, h.stage(job))) == "SUCCEEDED"
+    assert fault.hits == 2
+    view = h.client.get(job.job_id)
+    assert view["status"] == "SUCCEEDED"
+    assert (view["webhook"] or {}).get("state") == "delivered"
+    # Sent again by the retry, with the same webhook-id, so the receiver can drop the duplicate.
+    assert [d.answered for d in receiver.deliveries] == [200, 200]
+    assert {d.webhook_id for d in receiver.deliveries} == {f"msg_{job.job_id}_job_succeeded"}
+    assert all(d.verified for d in receiver.deliveries)
+
+
+def test_a_callback_host_whose_dns_fails_for_a_moment_is_retried_and_delivered(
+    h: Harness, receiver: ScriptedReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver.secret = h.client.webhook_secret()
+    host = f"dns-{time.monotonic_ns()}.localhost"
+    real = socket.getaddrinfo
+    failures = {"left": 2}
+
+    def getaddrinfo(name: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if name != host:
+            return real(name, port, *args, **kwargs)
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    job = h.running_job(receiver.url.replace("127.0.0.1", host))
+    assert h.wait(h.start(job, h.stage(job))) == "SUCCEEDED"
+    assert failures["left"] == 0
+    view = h.client.get(job.job_id)
+    assert view["webhook"]["state"] == "delivered"
+    assert view["webhook"]["attempts"] == 3
+    [delivery] = receiver.deliveries
+    assert delivery.verified

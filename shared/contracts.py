@@ -13,6 +13,7 @@ import unicodedata
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -73,6 +74,25 @@ def _check_text(value: str, max_chars: int, *, allow_empty: bool) -> str:
         if ch not in "\n\r\t" and unicodedata.category(ch) in {"Cc", "Cs", "Co", "Cn"}:
             raise ValueError("must not contain control or non-character code points")
     return value
+
+
+# Whitespace, controls, format characters, surrogates, private-use and unassigned code points: none belongs in
+# a URL, and each makes one undeliverable (or, a lone surrogate, unstorable).
+_URL_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+
+
+def _check_url_shape(url: str) -> str:
+    """Characters and port of a URL a client gives us; raises ValueError. Which hosts are allowed is
+    :func:`shared.netguard.check_callback_url`'s business."""
+    if any(ch.isspace() or unicodedata.category(ch) in _URL_FORBIDDEN_CATEGORIES for ch in url):
+        raise ValueError("must not contain whitespace, control or non-character code points")
+    try:
+        port = urlsplit(url).port
+    except ValueError as exc:
+        raise ValueError("has an invalid port") from exc
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError("port must be between 1 and 65535")
+    return url
 
 
 def _request_schema_bounds(schema: dict[str, Any]) -> None:
@@ -209,6 +229,7 @@ class GenerationRequest(BaseModel):
         settings = _settings(info)
         if len(v) > settings.limits.max_callback_url_chars:
             raise ValueError(f"must be at most {settings.limits.max_callback_url_chars} characters")
+        _check_url_shape(v)
         try:
             return check_callback_url(v, allow_loopback=settings.allow_loopback_callbacks)
         except UnsafeUrl as exc:

@@ -52,6 +52,37 @@ def test_internal_callback_urls_are_422_and_nothing_is_written(service: RunningS
     assert (service.table_items(), service.queue_depth()) == (items, depth)
 
 
+# JSON text as sent (escapes kept: a lone surrogate cannot be encoded by a client's JSON library otherwise).
+UNDELIVERABLE_CALLBACK_URLS = [
+    r"https://hooks.example.com/\ud800",
+    r" https://hooks.example.com/",
+    r"https://hooks.example.com/ ",
+    r"https://hooks.example.com/a\nb",
+    r"https://hooks.example.com/a\u0000b",
+    r"https://hooks.example.com/a\u00a0b",
+    r"https://hooks.example.com:0/",
+    r"https://hooks.example.com:65536/",
+]
+
+
+@pytest.mark.parametrize("url", UNDELIVERABLE_CALLBACK_URLS)
+def test_undeliverable_callback_urls_are_422_before_the_rate_limit_is_charged(
+    service: RunningService, url: str
+) -> None:
+    # A fresh tenant: a charged rate limit would show as its new counter item.
+    key = ApiKeyStore(service.boto("dynamodb"), service.table).create(f"bad-callback-{ULID()}")
+    items, depth = service.table_items(), service.queue_depth()
+    with service.http() as http:
+        resp = http.post(
+            "/v1/jobs",
+            content=f'{{"prompt": "x", "callback_url": "{url}"}}'.encode(),
+            headers={"x-api-key": key, "Content-Type": "application/json"},
+        )
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"]["details"][0]["loc"] == ["body", "callback_url"]
+    assert (service.table_items(), service.queue_depth()) == (items, depth)  # no job, no rate-limit count
+
+
 @pytest.mark.parametrize("prompt", ["fox\x00", "fox\x1b[2J", "\u200bfox\ufffe"])
 def test_control_and_non_characters_in_prompts_are_422(service: RunningService, prompt: str) -> None:
     items = service.table_items()

@@ -110,6 +110,31 @@ def test_callback_url_refuses_internal_targets(url: str) -> None:
     assert "callback_url" in error_fields(info.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.example.com/\ud800",
+        " https://hooks.example.com/",
+        "https://hooks.example.com/a\tb",
+        "https://hooks.example.com/a\u200bb",
+        "https://hooks.example.com:0/",
+        "https://hooks.example.com:99999/",
+    ],
+)
+def test_callback_url_refuses_whitespace_controls_surrogates_and_bad_ports(url: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        validate(callback_url=url)
+    assert error_fields(info.value) == {"callback_url"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://hooks.example.com:1/x", "https://hooks.example.com:65535/x?a=b#c", "https://bücher.example/h%20ook"],
+)
+def test_callback_url_keeps_ports_in_range_and_non_ascii_letters(url: str) -> None:
+    assert validate(callback_url=url).callback_url == url
+
+
 def test_loopback_http_callback_only_when_local_profile_allows() -> None:
     local = Settings(allow_loopback_callbacks=True)
     assert validate(local, callback_url="http://127.0.0.1:9000/hook").callback_url

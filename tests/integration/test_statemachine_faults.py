@@ -236,3 +236,32 @@ def test_a_callback_host_whose_dns_fails_for_a_moment_is_retried_and_delivered(
     assert view["webhook"]["attempts"] == 3
     [delivery] = receiver.deliveries
     assert delivery.verified
+
+
+def test_mark_succeeded_throttled_past_the_old_retries_still_succeeds(
+    h: Harness, faults: DynamoFaults, receiver: ScriptedReceiver
+) -> None:
+    receiver.secret = h.client.webhook_secret()
+    job = h.running_job(receiver.url)
+    fault = faults.add(Fault(job.job_id, MARK_SUCCEEDED, times=4))
+    assert h.wait(h.start(job, h.stage(job))) == "SUCCEEDED"
+    assert fault.hits == 4
+    view = h.client.get(job.job_id)
+    assert (view["status"], view["error"]) == ("SUCCEEDED", None)
+    assert len(view["outputs"]) == 1
+    assert [d.json()["type"] for d in receiver.deliveries] == ["job.succeeded"]
+
+
+def test_mark_failed_on_a_failing_table_is_retried_never_left_running(
+    h: Harness, faults: DynamoFaults, receiver: ScriptedReceiver
+) -> None:
+    receiver.secret = h.client.webhook_secret()
+    job = h.running_job(receiver.url)
+    fault = faults.add(Fault(job.job_id, MARK_FAILED, times=4, code="InternalServerError", status=500))
+    arn = h.start(job, [], worker_error={"code": "OUT_OF_MEMORY", "message": "CUDA out of memory"})
+    assert h.wait(arn) == "SUCCEEDED"
+    assert fault.hits == 4
+    view = h.client.get(job.job_id)
+    assert view["status"] == "FAILED"
+    assert view["error"] == {"code": "OUT_OF_MEMORY", "message": "CUDA out of memory"}
+    assert [d.json()["type"] for d in receiver.deliveries] == ["job.failed"]

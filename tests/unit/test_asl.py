@@ -79,3 +79,18 @@ def test_notify_retries_its_own_lambda_failures_too() -> None:
     for notify in ("Notify", "NotifyFailed"):
         retried = {e for r in ASL["States"][notify]["Retry"] for e in r["ErrorEquals"]}
         assert retried >= LAMBDA_ERRORS | {"Lambda.Unknown", "Sandbox.Timedout", "WebhookRetryable"}, notify
+
+
+def test_terminal_writes_retry_every_transient_error_but_never_a_lost_condition() -> None:
+    # A throttled or failing DynamoDB must not leave a job in POSTPROCESSING (the SQS message is gone by then).
+    for name in ("MarkSucceeded", "MarkFailed"):
+        state = ASL["States"][name]
+        first, rest = state["Retry"][0], state["Retry"][1:]
+        assert first == {"ErrorEquals": ["DynamoDB.ConditionalCheckFailedException"], "MaxAttempts": 0}, name
+        [catch_all] = rest
+        assert catch_all["ErrorEquals"] == ["States.ALL"], name
+        assert catch_all["MaxAttempts"] >= 8, name
+        assert catch_all["BackoffRate"] >= 2, name
+        assert catch_all["MaxDelaySeconds"] <= 60, name
+        conditional = [c for c in state["Catch"] if c["ErrorEquals"] == ["DynamoDB.ConditionalCheckFailedException"]]
+        assert [c["Next"] for c in conditional] == ["AlreadyFinal"], name

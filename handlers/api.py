@@ -48,7 +48,19 @@ logger = Logger(service="sdq")
 tracer = Tracer(service="sdq")
 metrics = Metrics(namespace="sdq", service="api")
 
-app = APIGatewayRestResolver(enable_validation=True)
+
+def _json_loads(text: str) -> Any:
+    """``json.loads`` whose every refusal is a JSONDecodeError, which the router answers with 400: Python's
+    own limits (an integer of more than 4300 digits) raise a plain ValueError, otherwise a 500."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:
+        raise json.JSONDecodeError(str(exc), text, 0) from exc
+
+
+app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=_json_loads)
 app.enable_swagger(path="/docs", title="sdq", version="1", description="Queue-based Stable Diffusion jobs.")
 
 ERROR_RESPONSES: dict[int, Any] = {

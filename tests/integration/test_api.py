@@ -289,8 +289,9 @@ def test_invalid_bodies_are_rejected_and_change_nothing(
         (b'{"prompt": "fox"}', "text/plain", 415),
         (b"\xff\xfe\x00garbage", "application/json", 400),
         (b"[" * 5000 + b"]" * 5000, "application/json", 400),
+        (b'{"prompt": "fox", "seed": ' + b"7" * 5000 + b"}", "application/json", 400),
     ],
-    ids=["non-json", "empty", "form", "text-plain", "invalid-utf8", "nesting-bomb"],
+    ids=["non-json", "empty", "form", "text-plain", "invalid-utf8", "nesting-bomb", "5000-digit-integer"],
 )
 def test_malformed_requests(service: RunningService, content: bytes, content_type: str, status: int) -> None:
     items, depth = service.table_items(), service.queue_depth()

@@ -265,3 +265,24 @@ def test_mark_failed_on_a_failing_table_is_retried_never_left_running(
     assert view["status"] == "FAILED"
     assert view["error"] == {"code": "OUT_OF_MEMORY", "message": "CUDA out of memory"}
     assert [d.json()["type"] for d in receiver.deliveries] == ["job.failed"]
+
+
+@pytest.mark.parametrize("path", ["succeeded", "failed"])
+def test_a_terminal_write_whose_answer_was_lost_still_sends_the_webhook(
+    h: Harness, faults: DynamoFaults, receiver: ScriptedReceiver, path: str
+) -> None:
+    receiver.secret = h.client.webhook_secret()
+    job = h.running_job(receiver.url)
+    # The write is applied, then DynamoDB answers 500: the retry finds the job already in the state it wrote.
+    expression = MARK_SUCCEEDED if path == "succeeded" else MARK_FAILED
+    fault = faults.add(Fault(job.job_id, expression, times=1, code="InternalServerError", status=500, after_write=True))
+    if path == "succeeded":
+        arn = h.start(job, h.stage(job))
+    else:
+        arn = h.start(job, [], worker_error={"code": "OUT_OF_MEMORY", "message": "CUDA out of memory"})
+    assert h.wait(arn) == "SUCCEEDED"
+    assert fault.hits == 1
+    view = h.client.get(job.job_id)
+    assert view["status"] == path.upper()
+    assert [d.json()["type"] for d in receiver.deliveries] == [f"job.{path}"]
+    assert view["webhook"]["state"] == "delivered"

@@ -66,7 +66,14 @@ def test_postprocess_failures_lead_to_mark_failed_and_webhook_failures_never_do(
     # only at the execution's own attempt; a failure only at its own attempt too.
     succeeded = states["MarkSucceeded"]["Parameters"]
     assert "RUNNING" not in {v.get("S") for v in succeeded["ExpressionAttributeValues"].values()}
-    assert succeeded["ConditionExpression"] == "#s = :post AND attempt = :attempt"
+    # Or its own earlier write (same EnteredTime), when the answer to it was lost and the write is retried.
+    assert succeeded["ConditionExpression"] == (
+        "(#s = :post OR (#s = :succ AND finished_at = :now)) AND attempt = :attempt"
+    )
+    assert succeeded["ExpressionAttributeValues"][":now"] == {"S.$": "$$.State.EnteredTime"}
+    failed = states["MarkFailed"]["Parameters"]
+    assert "OR (#s = :failed AND finished_at = :now)) AND attempt = :attempt" in failed["ConditionExpression"]
+    assert failed["ExpressionAttributeValues"][":now"] == {"S.$": "$$.State.EnteredTime"}
     for terminal in ("MarkSucceeded", "MarkFailed"):
         params = states[terminal]["Parameters"]
         assert params["ConditionExpression"].endswith("AND attempt = :attempt")

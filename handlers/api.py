@@ -63,6 +63,10 @@ def _json_loads(text: str) -> Any:
 app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=_json_loads)
 app.enable_swagger(path="/docs", title="sdq", version="1", description="Queue-based Stable Diffusion jobs.")
 
+# No length or pattern in the schema: the router would answer a mismatch with 422, while an id that cannot
+# name a job is, like an unknown one, a 404 (``is_valid_job_id``).
+JobId = Annotated[str, Path(description="The job's id: a 26-character ULID. Anything else is a 404.")]
+
 ERROR_RESPONSES: dict[int, Any] = {
     code: {"description": HTTPStatus(code).phrase, "content": {"application/json": {"model": ErrorBody}}}
     for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)
@@ -177,7 +181,7 @@ def submit_job(request: Annotated[GenerationRequest, Body()]) -> Response[JobVie
     responses={200: {"description": "The job", "content": {"application/json": {"model": JobView}}}} | ERROR_RESPONSES,
     tags=["jobs"],
 )
-def get_job(job_id: Annotated[str, Path(max_length=64)]) -> Response[JobView]:
+def get_job(job_id: JobId) -> Response[JobView]:
     tenant = _tenant()
     job = services().submissions.get(tenant, job_id)
     return _json(200, _view(job))
@@ -208,7 +212,7 @@ def list_jobs(
     responses=_responses(200, "Cancelled", JobView),
     tags=["jobs"],
 )
-def cancel_job(job_id: Annotated[str, Path(max_length=64)]) -> Response[JobView]:
+def cancel_job(job_id: JobId) -> Response[JobView]:
     tenant = _tenant()
     job = services().submissions.cancel(tenant, job_id)
     # The job is CANCELLED now: the answer says so whatever happens to its webhook's start.
@@ -222,7 +226,7 @@ def cancel_job(job_id: Annotated[str, Path(max_length=64)]) -> Response[JobView]
     responses=_responses(202, "Redelivery started", JobView),
     tags=["webhooks"],
 )
-def redeliver_webhook(job_id: Annotated[str, Path(max_length=64)]) -> Response[JobView]:
+def redeliver_webhook(job_id: JobId) -> Response[JobView]:
     tenant = _tenant()
     job = services().submissions.get(tenant, job_id)
     if not job.status.terminal:

@@ -109,7 +109,7 @@ def test_a_revoked_key_is_401_like_any_wrong_key(service: RunningService) -> Non
 def test_foreign_guessed_and_malformed_ids_are_404_on_every_job_route(service: RunningService) -> None:
     alice, bob = service.new_tenant("a"), service.new_tenant("b")
     job = alice.submit({"prompt": "alice", "callback_url": "https://hooks.example.com/a"})
-    for job_id in [job["id"], str(ULID()), "../../etc/passwd", "x" * 26]:
+    for job_id in [job["id"], str(ULID()), "../../etc/passwd", "x" * 26, "x" * 65, job["id"] * 10]:
         for call in (bob.get, bob.cancel, bob.redeliver):
             with pytest.raises(ApiError) as info:
                 call(job_id)

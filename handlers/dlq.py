@@ -12,10 +12,13 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared.aws import AwsClients
+from shared.contracts import Job
 from shared.jobs import JobsRepository
+from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
 from shared.settings import get_settings
 from workflows.deadletter import handle_dead_letter
+from workflows.webhooks import start_failure_notice
 
 logger = Logger(service="sdq-dlq")
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -25,7 +28,11 @@ processor = BatchProcessor(event_type=EventType.SQS)
 class Deps:
     repo: JobsRepository
     queue: JobQueue
+    orchestrator: Orchestrator
     max_attempts: int
+
+    def notify(self, job: Job) -> None:
+        start_failure_notice(self.orchestrator, job)
 
 
 @lru_cache(maxsize=1)
@@ -35,6 +42,7 @@ def deps() -> Deps:
     return Deps(
         JobsRepository(aws.dynamodb(), settings.table_name),
         JobQueue(aws.sqs(), settings.queue_url),
+        Orchestrator(aws.stepfunctions(), settings.state_machine_arn),
         settings.max_generation_attempts,
     )
 
@@ -42,7 +50,7 @@ def deps() -> Deps:
 def record_handler(record: SQSRecord) -> str:
     attributes = {name: attr.string_value or "" for name, attr in record.message_attributes.items()}
     d = deps()
-    return handle_dead_letter(d.repo, d.queue, record.body, attributes, max_attempts=d.max_attempts)
+    return handle_dead_letter(d.repo, d.queue, record.body, attributes, max_attempts=d.max_attempts, notify=d.notify)
 
 
 @logger.inject_lambda_context(log_event=False)

@@ -309,7 +309,8 @@ def start_notice_retrying(
 
 
 def start_failure_notice(orchestrator: Orchestrator, job: Job) -> str | None:
-    """The ``job.failed`` webhook of a job failed outside the state machine (dead-lettered, expired in the queue).
+    """The ``job.failed`` webhook of a job failed outside the state machine (dead-lettered). A job that expired in
+    the queue gets none: past its retention it is gone for its client (404), webhook included.
 
     Named after the job alone, so a retried start (a redelivered dead letter) cannot send it twice: Step Functions
     refuses a second execution of that name, which counts as started. Raises AWS errors for the caller to retry.

@@ -76,7 +76,8 @@ def _logs(group: str) -> set[tuple[str, str]]:
 #   Orchestrator.start (cancel/redeliver notices), MediaStore.presign_get (outputs/ only).
 # Postprocess: Postprocessor.run (get, transition), MediaStore get/put/delete (staging/ -> outputs/).
 # Notify: Notifier.notify (get job, get/put webhook secret, record attempt), presign outputs.
-# DLQ: handle_dead_letter (get, requeue a healthy job, transition) + the SQS event source on the DLQ.
+# DLQ: handle_dead_letter (get, requeue a healthy job, transition, start the failed job's webhook notice) + the SQS
+#   event source on the DLQ.
 # Worker: WorkerQueue receive/visibility/delete, JobsRepository claim/lease/progress, staging uploads, StartExecution,
 #   and the X-Ray daemon beside it.
 EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
@@ -115,6 +116,7 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
     | {
         ("dynamodb:GetItem", "JobsTable.Arn"),
         ("dynamodb:UpdateItem", "JobsTable.Arn"),
+        ("states:StartExecution", "JobStateMachine"),
         ("sqs:ReceiveMessage", "JobsDeadLetterQueue.Arn"),
         ("sqs:DeleteMessage", "JobsDeadLetterQueue.Arn"),
         ("sqs:GetQueueAttributes", "JobsDeadLetterQueue.Arn"),
@@ -321,7 +323,7 @@ def test_who_may_do_what(resources: dict[str, Any]) -> None:
     assert holders("s3:DeleteObject") == {"PostprocessFunctionRole"}
     assert holders("s3:PutObject") == {"PostprocessFunctionRole", "WorkerTaskRole"}
     assert holders("s3:PutObject", "MediaBucket.Arn/outputs/") == {"PostprocessFunctionRole"}
-    assert holders("states:StartExecution") == {"ApiFunctionRole", "WorkerTaskRole"}
+    assert holders("states:StartExecution") == {"ApiFunctionRole", "WorkerTaskRole", "DlqFunctionRole"}  # + notices
     assert holders("lambda:InvokeFunction") == {"JobStateMachineRole"}
     assert "sqs:SendMessage" not in {a for a, _ in by_role["PostprocessFunctionRole"]}
     assert not {a for a, _ in by_role["ApiFunctionRole"]} & {"s3:DeleteObject", "s3:PutObject"}

@@ -18,6 +18,7 @@ from shared.client import SdqClient
 from shared.contracts import JobStatus, QueueMessage, utcnow
 from shared.jobs import JobsRepository
 from tests.integration.conftest import RunningService, start_service, stop_service, store_queued_job
+from workflows.receiver import ScriptedReceiver
 
 FAST_WORKER = {
     "SDQ_VISIBILITY_TIMEOUT_S": "6",
@@ -111,6 +112,26 @@ def worker_story(service: RunningService) -> str:
                 }
                 out.append(f"{log.name}: {message} {fields}")
     return "\n".join(out)
+
+
+@pytest.fixture
+def receiver() -> Iterator[ScriptedReceiver]:
+    r = ScriptedReceiver().start()
+    yield r
+    r.stop()
+
+
+def assert_one_failed_webhook(receiver: ScriptedReceiver, job_id: str, code: str) -> None:
+    """The job's client hears of its failure once, signed, with the code, like any failure in the state machine."""
+    deadline = time.monotonic() + 60
+    while not receiver.by_job(job_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # a second delivery would have arrived by now
+    [delivery] = receiver.by_job(job_id)
+    assert delivery.verified
+    body = delivery.json()
+    assert body["type"] == "job.failed"
+    assert body["data"]["error"]["code"] == code
 
 
 def clear_worker_logs(service: RunningService) -> None:
@@ -316,13 +337,17 @@ def test_a_job_that_expired_while_queued_is_skipped_and_marked_expired(service: 
     wait_until(lambda: service.queue_depth() == 0, 30, "its message to be deleted")
 
 
-def test_a_healthy_job_dead_lettered_by_crashes_runs_again_and_a_worn_out_one_fails(service: RunningService) -> None:
+def test_a_healthy_job_dead_lettered_by_crashes_runs_again_and_a_worn_out_one_fails(
+    service: RunningService, receiver: ScriptedReceiver
+) -> None:
     """SQS counts receives, not failures: a valid message whose job still has attempts left comes back from the
     DLQ; one whose job already used every attempt (it keeps killing workers) ends FAILED."""
     repo = JobsRepository(service.boto("dynamodb"), service.table)
     sqs = service.boto("sqs")
-    fresh = store_queued_job(repo, "dlq-tenant", prompt="collateral", **SMALL)
-    worn = store_queued_job(repo, "dlq-tenant", prompt="worn out", **SMALL)
+    tenant, client = service.new_named_tenant("dlq-tenant")
+    receiver.secret = client.webhook_secret()
+    fresh = store_queued_job(repo, tenant, prompt="collateral", **SMALL)
+    worn = store_queued_job(repo, tenant, prompt="worn out", callback_url=receiver.url, **SMALL)
     for _ in range(3):  # three claims whose workers died: the lease is over each time
         repo.claim(worn.job_id, worn.tenant, worker_id="dead", lease_s=0, now=time.time())
     for job in (fresh, worn):
@@ -335,3 +360,4 @@ def test_a_healthy_job_dead_lettered_by_crashes_runs_again_and_a_worn_out_one_fa
     assert error is not None
     assert error.code == "DEAD_LETTERED"
     assert repo.get(fresh.job_id).attempt == 1
+    assert_one_failed_webhook(receiver, worn.job_id, "DEAD_LETTERED")

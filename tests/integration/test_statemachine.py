@@ -408,3 +408,19 @@ def test_a_failure_reported_for_an_earlier_attempt_does_not_fail_the_job(harness
     assert "AlreadyFinal" in h.entered_states(arn)
     job = h.repo.get(first.job_id)
     assert (job.status, job.attempt, job.error) == (JobStatus.RUNNING, second.attempt, None)
+
+
+def test_a_stale_failure_report_does_not_fail_a_job_handed_back_to_the_queue(harness: tuple[Harness, Any]) -> None:
+    h, client = harness
+    first = h.running_job(None)
+    # The first worker's lease lapsed; a second worker claimed the job, then handed it back unstarted, which
+    # gives the attempt back: the job is QUEUED at the first worker's attempt number again.
+    second = h.repo.claim(first.job_id, first.tenant, worker_id="other", lease_s=60, now=time.time() + 120)
+    assert h.repo.release_claim(first.job_id, first.tenant, worker_id="other", attempt=second.attempt)
+    assert (h.repo.get(first.job_id).status, h.repo.get(first.job_id).attempt) == (JobStatus.QUEUED, first.attempt)
+    # The first worker's late failure report names that attempt.
+    arn = h.start(first, [], worker_error={"code": "OUT_OF_MEMORY", "message": "stale report"})
+    assert h.wait(arn) == "SUCCEEDED"
+    assert "AlreadyFinal" in h.entered_states(arn)
+    view = client.get(first.job_id)
+    assert (view["status"], view["error"]) == ("QUEUED", None)

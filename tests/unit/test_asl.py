@@ -72,7 +72,11 @@ def test_postprocess_failures_lead_to_mark_failed_and_webhook_failures_never_do(
     )
     assert succeeded["ExpressionAttributeValues"][":now"] == {"S.$": "$$.State.EnteredTime"}
     failed = states["MarkFailed"]["Parameters"]
-    assert "OR (#s = :failed AND finished_at = :now)) AND attempt = :attempt" in failed["ConditionExpression"]
+    # Never from QUEUED: a job handed back to the queue is not failed by a stale worker's report.
+    assert failed["ConditionExpression"] == (
+        "(#s IN (:run, :post) OR (#s = :failed AND finished_at = :now)) AND attempt = :attempt"
+    )
+    assert "QUEUED" not in {v.get("S") for v in failed["ExpressionAttributeValues"].values()}
     assert failed["ExpressionAttributeValues"][":now"] == {"S.$": "$$.State.EnteredTime"}
     for terminal in ("MarkSucceeded", "MarkFailed"):
         params = states[terminal]["Parameters"]

@@ -240,6 +240,22 @@ class JobsRepository:
         except JobNotFound:
             return None
 
+    def release_idempotency_key(self, tenant: str, key: str, job_id: str) -> None:
+        """Free the key of a job that was never queued (ENQUEUE_FAILED), so that a retry with it, as the 503
+        invites, makes a new job. The record is marked expired, which ``find_by_idempotency_key`` and ``create``
+        treat as no record; a key already taken by another job is left alone."""
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": self._idem_pk(tenant, key)}},
+                UpdateExpression="SET expires_at = :now",
+                ConditionExpression="job_id = :j",
+                ExpressionAttributeValues={":now": {"N": str(int(time.time()))}, ":j": {"S": job_id}},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+
     def get(self, job_id: str, *, tenant: str | None = None) -> Job:
         """The job, or JobNotFound (also when it belongs to another tenant: indistinguishable)."""
         resp = self._ddb.get_item(TableName=self._table, Key={"pk": {"S": job_pk(job_id)}}, ConsistentRead=True)

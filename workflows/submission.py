@@ -138,6 +138,11 @@ class SubmissionService:
         except Exception:
             # The caller still learns the job failed; the record is reconciled by its TTL at worst.
             logger.exception("could not mark unqueued job FAILED", job_id=job.job_id)
+        if job.idempotency_key is not None:
+            try:
+                self._repo.release_idempotency_key(job.tenant, job.idempotency_key, job.job_id)
+            except (ClientError, BotoCoreError):
+                logger.exception("could not free the key of an unqueued job", job_id=job.job_id)
         raise EnqueueFailed(reason.message, details={"job_id": job.job_id})
 
     def get(self, tenant: str, job_id: str) -> Job:

@@ -88,3 +88,29 @@ def test_a_hung_queue_fails_the_job_within_the_enqueue_budget(
     assert job.status == JobStatus.FAILED
     assert job.error is not None
     assert job.error.code == "ENQUEUE_FAILED"
+
+
+def test_the_idempotency_key_of_a_job_that_could_not_be_queued_makes_a_new_job_on_retry(
+    service: RunningService,
+) -> None:
+    """A 503 invites a retry with the same Idempotency-Key: it makes a new job (queued this time), not a replay of
+    the FAILED one."""
+    repo = JobsRepository(service.boto("dynamodb"), service.table)
+    missing_queue = service.queue_url.rsplit("/", 1)[0] + "/no-such-queue"
+    request = GenerationRequest.model_validate({"prompt": "retry me"}, context={"settings": Settings()})
+    broken = SubmissionService(
+        repo, JobQueue(service.boto("sqs"), missing_queue), Settings(enqueue_attempts=1), sleep=lambda _: None
+    )
+    with pytest.raises(EnqueueFailed) as info:
+        broken.submit("tenant-retry-key", request, idempotency_key="order-17")
+    failed_id = info.value.details["job_id"]
+    depth = service.queue_depth()
+    working = SubmissionService(repo, JobQueue(service.boto("sqs"), service.queue_url), Settings())
+    retried = working.submit("tenant-retry-key", request, idempotency_key="order-17")
+    assert retried.created
+    assert retried.job.job_id != failed_id
+    assert retried.job.status == JobStatus.QUEUED
+    assert service.queue_depth() == depth + 1
+    replay = working.submit("tenant-retry-key", request, idempotency_key="order-17")
+    assert (replay.created, replay.job.job_id) == (False, retried.job.job_id)  # from now on the key is the new job's
+    assert repo.get(failed_id).status == JobStatus.FAILED

@@ -153,7 +153,7 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
 # Writes limited to item kinds by dynamodb:LeadingKeys (the API cannot mint API keys, Notify writes only secrets).
 EXPECTED_LEADING_KEYS = {
     ("ApiFunctionRole", "dynamodb:PutItem"): {"JOB#*", "IDEM#*", "TENANT#*"},
-    ("ApiFunctionRole", "dynamodb:UpdateItem"): {"JOB#*", "RATE#*"},  # transitions, rate-limit counters
+    ("ApiFunctionRole", "dynamodb:UpdateItem"): {"JOB#*", "RATE#*", "IDEM#*"},  # transitions, rate counters, freed keys
     ("PostprocessFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("NotifyFunctionRole", "dynamodb:PutItem"): {"TENANT#*"},
     ("NotifyFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},

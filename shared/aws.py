@@ -28,7 +28,7 @@ class AwsClients:
     def __init__(self, settings: Settings | None = None) -> None:
         self._settings = settings or get_settings()
         self._config = Config(
-            retries={"max_attempts": self._settings.aws_max_attempts, "mode": "standard"},
+            retries={"total_max_attempts": self._settings.aws_max_attempts, "mode": "standard"},
             connect_timeout=self._settings.aws_connect_timeout_s,
             read_timeout=self._settings.aws_read_timeout_s,
             max_pool_connections=32,

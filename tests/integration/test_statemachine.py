@@ -19,7 +19,8 @@ from PIL import Image
 from shared.contracts import Job, JobStatus
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
-from tests.integration.conftest import RunningService, start_service, stop_service, store_queued_job
+from tests.integration.conftest import RunningService, start_service, stop_service
+from tests.integration.executions import ExecutionHarness
 from workflows.postprocess import PostprocessInput, Postprocessor
 from workflows.receiver import ScriptedReceiver
 
@@ -38,60 +39,17 @@ def receiver() -> Iterator[ScriptedReceiver]:
     r.stop()
 
 
-class Harness:
+class Harness(ExecutionHarness):
     def __init__(self, service: RunningService, tenant: str) -> None:
+        super().__init__(
+            repo=JobsRepository(service.boto("dynamodb"), service.table),
+            s3=service.boto("s3"),
+            sfn=service.boto("stepfunctions"),
+            bucket=service.env["SDQ_BUCKET"],
+            machine=service.env["SDQ_STATE_MACHINE_ARN"],
+            tenant=tenant,
+        )
         self.service = service
-        self.tenant = tenant
-        self.repo = JobsRepository(service.boto("dynamodb"), service.table)
-        self.s3 = service.boto("s3")
-        self.sfn = service.boto("stepfunctions")
-        self.bucket = service.env["SDQ_BUCKET"]
-
-    def running_job(self, callback_url: str | None, **fields: Any) -> Job:
-        """A job as a worker leaves it just before the hand-off: RUNNING, with one staged PNG."""
-        if callback_url:
-            fields["callback_url"] = callback_url
-        job = store_queued_job(self.repo, self.tenant, **fields)
-        return self.repo.claim(job.job_id, self.tenant, worker_id="test", lease_s=60, now=time.time())
-
-    def stage(self, job: Job, count: int = 1) -> list[str]:
-        keys = []
-        for i in range(count):
-            buf = io.BytesIO()
-            Image.new("RGB", (job.request.width, job.request.height), (200, 80 + i, 40)).save(buf, format="PNG")
-            key = f"staging/{job.job_id}/{job.attempt}/{i}.png"
-            self.s3.put_object(Bucket=self.bucket, Key=key, Body=buf.getvalue())
-            keys.append(key)
-        return keys
-
-    def start(self, job: Job, keys: list[str], **extra: Any) -> str:
-        payload = {
-            "job_id": job.job_id,
-            "tenant": job.tenant,
-            "attempt": job.attempt,
-            "staging_keys": keys,
-            "has_callback": bool(job.request.callback_url),
-            **extra,
-        }
-        arn = self.sfn.start_execution(
-            stateMachineArn=self.service.env["SDQ_STATE_MACHINE_ARN"],
-            name=f"{job.job_id}-{job.attempt}",
-            input=json.dumps(payload),
-        )["executionArn"]
-        return str(arn)
-
-    def wait(self, arn: str, timeout_s: float = 120) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            status = str(self.sfn.describe_execution(executionArn=arn)["status"])
-            if status != "RUNNING":
-                return status
-            time.sleep(0.3)
-        raise AssertionError(f"execution {arn} still running after {timeout_s}s")
-
-    def entered_states(self, arn: str) -> list[str]:
-        events = self.sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
-        return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ gave up.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import socket
 import time
@@ -23,13 +21,11 @@ import boto3
 import pytest
 from moto.core.exceptions import JsonRESTError
 from moto.dynamodb.models import DynamoDBBackend
-from PIL import Image
 
 from shared.apikeys import ApiKeyStore
 from shared.client import Endpoint, SdqClient
-from shared.contracts import Job
 from shared.jobs import JobsRepository
-from tests.integration.conftest import store_queued_job
+from tests.integration.executions import ExecutionHarness
 from workflows.localservice import LocalService, LocalServiceConfig, start_local_service
 from workflows.receiver import ScriptedReceiver
 
@@ -127,7 +123,7 @@ MARK_FAILED = "SET #s = :failed"
 RECORD_WEBHOOK = "SET webhook_event"
 
 
-class Harness:
+class Harness(ExecutionHarness):
     def __init__(self, service: LocalService) -> None:
         self.service = service
         env = service.env
@@ -142,50 +138,18 @@ class Harness:
             )
 
         self.ddb = client("dynamodb")
-        self.s3 = client("s3")
-        self.sfn = client("stepfunctions")
         self.table = env["SDQ_TABLE_NAME"]
-        self.bucket = env["SDQ_BUCKET"]
-        self.machine = env["SDQ_STATE_MACHINE_ARN"]
-        self.repo = JobsRepository(self.ddb, self.table)
-        self.tenant = f"faults-{time.monotonic_ns()}"
-        key = ApiKeyStore(self.ddb, self.table).create(self.tenant)
-        self.client = SdqClient(Endpoint(service.api_url, key))
-
-    def running_job(self, callback_url: str | None) -> Job:
-        fields = {"callback_url": callback_url} if callback_url else {}
-        job = store_queued_job(self.repo, self.tenant, **fields)
-        return self.repo.claim(job.job_id, self.tenant, worker_id="test", lease_s=60, now=time.time())
-
-    def stage(self, job: Job) -> list[str]:
-        buf = io.BytesIO()
-        Image.new("RGB", (job.request.width, job.request.height), (200, 80, 40)).save(buf, format="PNG")
-        key = f"staging/{job.job_id}/{job.attempt}/0.png"
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=buf.getvalue())
-        return [key]
-
-    def start(self, job: Job, keys: list[str], **extra: Any) -> str:
-        payload = {
-            "job_id": job.job_id,
-            "tenant": job.tenant,
-            "attempt": job.attempt,
-            "staging_keys": keys,
-            "has_callback": bool(job.request.callback_url),
-            **extra,
-        }
-        name = f"{job.job_id}-{job.attempt}"
-        return str(
-            self.sfn.start_execution(stateMachineArn=self.machine, name=name, input=json.dumps(payload))["executionArn"]
+        tenant = f"faults-{time.monotonic_ns()}"
+        super().__init__(
+            repo=JobsRepository(self.ddb, self.table),
+            s3=client("s3"),
+            sfn=client("stepfunctions"),
+            bucket=env["SDQ_BUCKET"],
+            machine=env["SDQ_STATE_MACHINE_ARN"],
+            tenant=tenant,
         )
-
-    def wait(self, arn: str, timeout_s: float = 120) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            status = str(self.sfn.describe_execution(executionArn=arn)["status"])
-            if status != "RUNNING":
-                return status
-            time.sleep(0.3)
-        raise AssertionError(f"execution {arn} still running after {timeout_s}s")
+        key = ApiKeyStore(self.ddb, self.table).create(tenant)
+        self.client = SdqClient(Endpoint(service.api_url, key))
 
 
 @pytest.fixture

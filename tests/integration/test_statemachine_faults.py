@@ -19,6 +19,7 @@ from typing import Any
 
 import boto3
 import pytest
+from aws_xray_sdk import global_sdk_config as xray_sdk_config
 from moto.core.exceptions import JsonRESTError
 from moto.dynamodb.models import DynamoDBBackend
 
@@ -42,6 +43,9 @@ def _clear_caches() -> None:
 @pytest.fixture(scope="module")
 def local() -> Iterator[LocalService]:
     saved = dict(os.environ)
+    # The in-process Lambdas' Powertools Tracer turns the X-Ray SDK off process-wide (outside Lambda tracing is
+    # disabled); later tests in this process (tests/unit/test_tracing.py) need it as it was.
+    xray_was_enabled = xray_sdk_config.sdk_enabled()
     _clear_caches()
     service = start_local_service(
         LocalServiceConfig(api_port=0, with_worker=False, write_state=False, extra_env={"SDQ_AWS_MAX_ATTEMPTS": "1"})
@@ -53,6 +57,7 @@ def local() -> Iterator[LocalService]:
         os.environ.clear()
         os.environ.update(saved)
         _clear_caches()
+        xray_sdk_config.set_sdk_enabled(xray_was_enabled)
 
 
 @pytest.fixture

@@ -106,6 +106,19 @@ class RecordingQueue(WorkerQueue):
         return received
 
 
+class DeleteRecordingQueue(WorkerQueue):
+    """The real queue, recording the job id of every message it deleted."""
+
+    def __init__(self, sqs: Any, url: str) -> None:
+        super().__init__(sqs, url)
+        self.deleted: list[str] = []
+
+    def delete(self, messages: list[Received]) -> list[str]:
+        failed = super().delete(messages)
+        self.deleted += [m.message.job_id for m in messages if m.message is not None and m.message_id not in failed]
+        return failed
+
+
 class SlowGpu(FaultyGpu):
     """The real runner, slowed to ``step_s`` per denoising step: a job that outlasts the visibility timeout."""
 
@@ -368,9 +381,9 @@ def test_a_job_cancelled_in_a_batch_that_fails_is_let_go_when_the_batch_is_split
     """A job cancelled while its batch runs out of memory is not generated again in the halves, and its message
     is deleted then, not kept hidden (and extended) for as long as the worker lives."""
     client = service.new_tenant("cancel-split")
-    depth = service.queue_depth()  # messages other tests left for their jobs' owners
     ids = [client.submit({"prompt": f"split fox {i}", **SMALL})["id"] for i in range(3)]
-    worker, gpu = run_worker(8, gpu=CancelThenOomGpu(runner, client.cancel))
+    queue = DeleteRecordingQueue(service.boto("sqs"), service.queue_url)
+    worker, gpu = run_worker(8, gpu=CancelThenOomGpu(runner, client.cancel), queue=queue)
     jobs = wait_terminal(client, ids)
     cancelled = [i for i in ids if jobs[i]["status"] == "CANCELLED"]
     assert len(cancelled) == 1
@@ -378,7 +391,7 @@ def test_a_job_cancelled_in_a_batch_that_fails_is_let_go_when_the_batch_is_split
     assert gpu.calls[0] == 3
     assert sum(gpu.calls[1:]) == 2  # the halves generate the two live jobs, never the cancelled one
     deadline = time.monotonic() + 30
-    while (worker._held or service.queue_depth() > depth) and time.monotonic() < deadline:
+    while (worker._held or set(ids) - set(queue.deleted)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not worker._held  # the cancelled job's message is not held ...
-    assert service.queue_depth() == depth  # ... and it was deleted, not left hidden
+    assert set(ids) <= set(queue.deleted)  # ... but deleted, like the two finished jobs' messages

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import time
@@ -244,7 +245,7 @@ class JobsRepository:
         """Free the key of a job that was never queued (ENQUEUE_FAILED), so that a retry with it, as the 503
         invites, makes a new job. The record is marked expired, which ``find_by_idempotency_key`` and ``create``
         treat as no record; a key already taken by another job is left alone."""
-        try:
+        with contextlib.suppress(self._ddb.exceptions.ConditionalCheckFailedException):  # another job's key now
             self._ddb.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": self._idem_pk(tenant, key)}},
@@ -252,9 +253,6 @@ class JobsRepository:
                 ConditionExpression="job_id = :j",
                 ExpressionAttributeValues={":now": {"N": str(int(time.time()))}, ":j": {"S": job_id}},
             )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise
 
     def get(self, job_id: str, *, tenant: str | None = None) -> Job:
         """The job, or JobNotFound (also when it belongs to another tenant: indistinguishable)."""
@@ -323,13 +321,15 @@ class JobsRepository:
         set_fields: Mapping[str, Any] | None = None,
         error: JobError | None = None,
         extra_condition: tuple[str, Mapping[str, Any]] | None = None,
+        within_retention: bool = False,
     ) -> Job:
         """Move a job to ``target`` in one conditional write and return the job as written.
 
         The write succeeds only if the job belongs to ``tenant`` and its current status may legally become
-        ``target`` (and is one of ``sources`` when given). A cancel, the one change a client asks for, also
-        needs the job within its retention: past it the job is gone for clients, as ``get`` says. Raises
-        JobNotFound (absent, another tenant's, or a cancel past the retention) or InvalidTransition.
+        ``target`` (and is one of ``sources`` when given). A change a client asks for (a cancel) passes
+        ``within_retention``: past its retention the job is gone for clients, as ``get`` says. Raises
+        JobNotFound (absent, another tenant's, or past its retention with ``within_retention``) or
+        InvalidTransition.
         """
         allowed = allowed_sources(target)
         if sources is not None:
@@ -349,8 +349,7 @@ class JobsRepository:
             allowed_placeholders.append(f":src{i}")
         condition = f"attribute_exists(pk) AND tenant = :tenant AND #s IN ({', '.join(allowed_placeholders)})"
         now = int(time.time())
-        client_facing = target is JobStatus.CANCELLED
-        if client_facing:
+        if within_retention:
             condition += " AND expires_at > :now_epoch"
             values[":now_epoch"] = now
         if extra_condition is not None:
@@ -380,9 +379,7 @@ class JobsRepository:
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise
+        except self._ddb.exceptions.ConditionalCheckFailedException as exc:
             old = _old_item(exc)
             current = job_from_item(old) if old else None
             if current is None:
@@ -390,7 +387,7 @@ class JobsRepository:
                     current = self.get(job_id)
                 except JobNotFound:
                     raise JobNotFound(job_id) from None
-            if current.tenant != tenant or (client_facing and current.expires_at <= now):
+            if current.tenant != tenant or (within_retention and current.expires_at <= now):
                 raise JobNotFound(job_id) from None
             raise InvalidTransition(job_id, current.status.value, target.value) from None
         return job_from_item(resp["Attributes"])
@@ -435,9 +432,7 @@ class JobsRepository:
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise
+        except self._ddb.exceptions.ConditionalCheckFailedException as exc:
             old = _old_item(exc)
             current = job_from_item(old) if old else self.get(job_id)
             if current.tenant != tenant:
@@ -478,10 +473,8 @@ class JobsRepository:
                     ":t": {"S": tenant},
                 },
             )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise
+        except self._ddb.exceptions.ConditionalCheckFailedException:
+            return False
         return True
 
     def lease_remaining(self, job_id: str, now: float) -> float:
@@ -528,10 +521,8 @@ class JobsRepository:
                     ":w": {"S": worker_id},
                 },
             )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise
+        except self._ddb.exceptions.ConditionalCheckFailedException:
+            return False
         return True
 
     def record_webhook_attempt(

@@ -157,4 +157,4 @@ class SubmissionService:
         """Cancel a job that has not finished. Raises JobNotFound or InvalidTransition (already terminal)."""
         if not is_valid_job_id(job_id):
             raise JobNotFound(job_id)
-        return self._repo.transition(job_id, JobStatus.CANCELLED, tenant=tenant)
+        return self._repo.transition(job_id, JobStatus.CANCELLED, tenant=tenant, within_retention=True)

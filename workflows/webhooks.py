@@ -260,17 +260,21 @@ class Notifier:
         return attempt
 
 
-def start_notice(orchestrator: Orchestrator, job: Job, reason: str) -> str | None:
-    """Run the state machine's webhook path alone for ``job`` (a cancel, or a redelivery), with its retries.
+def start_notice(orchestrator: Orchestrator, job: Job, reason: str, *, once: bool = False) -> str | None:
+    """Run the state machine's webhook path alone for ``job`` (a cancel, a redelivery, a dead letter), with its
+    retries.
 
-    Returns the execution ARN, or None when the job has no callback URL.
+    ``once`` names the execution after the job and reason alone, so a retried start cannot send the webhook
+    twice: Step Functions refuses a second execution of that name, which counts as started. Without it every
+    call is a new execution (a redelivery the client asks for). Raises AWS errors. Returns the execution ARN,
+    or None when the job has no callback URL.
     """
     if not job.request.callback_url:
         return None
     from ulid import ULID
 
     return orchestrator.start(
-        f"{job.job_id}-{reason}-{ULID()}",
+        f"{job.job_id}-{reason}" if once else f"{job.job_id}-{reason}-{ULID()}",
         {"job_id": job.job_id, "tenant": job.tenant, "notify_only": True, "has_callback": True, "reason": reason},
     )
 
@@ -306,19 +310,3 @@ def start_notice_retrying(
             log.warning("webhook notice start failed", job_id=job.job_id, attempt=attempt, error=type(exc).__name__)
             sleep(NOTICE_START_BACKOFF_S * 2 ** (attempt - 1))
     return None
-
-
-def start_failure_notice(orchestrator: Orchestrator, job: Job) -> str | None:
-    """The ``job.failed`` webhook of a job failed outside the state machine (dead-lettered). A job that expired in
-    the queue gets none: past its retention it is gone for its client (404), webhook included.
-
-    Named after the job alone, so a retried start (a redelivered dead letter) cannot send it twice: Step Functions
-    refuses a second execution of that name, which counts as started. Raises AWS errors for the caller to retry.
-    Returns the execution ARN, or None when the job has no callback URL.
-    """
-    if not job.request.callback_url:
-        return None
-    return orchestrator.start(
-        f"{job.job_id}-failed",
-        {"job_id": job.job_id, "tenant": job.tenant, "notify_only": True, "has_callback": True, "reason": "failed"},
-    )

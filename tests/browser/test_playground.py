@@ -214,7 +214,9 @@ def test_playground_submit_watch_open_cancel_and_validate(
     expect(page.locator(f"#gallery .tile[data-job-id='{slow_id}']")).to_have_count(0)
 
     # 5. A job left running for the picture, then an invalid width: the API's 422 shows next to the field.
-    fill_job(page, prompt="a red fox in the snow, watercolor", width="256", height="256", num_inference_steps="60")
+    # 512 px: about four times the 256 px job above, so the page's 1 s poll finds the bar between a quarter and
+    # three quarters (at 256 px a fresh CI run finished it in 1.7 s and the page never saw it midway).
+    fill_job(page, prompt="a red fox in the snow, watercolor", width="512", height="512", num_inference_steps="60")
     answer = submit(page)
     assert answer.status == 202, answer.text()
     running_id = answer.json()["id"]

@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 from pydantic import BaseModel, Field
 
-from shared.contracts import GenerationRequest, Job, JobStatus, Output
+from shared.contracts import GenerationRequest, Job, JobError, JobStatus, Output
 from shared.errors import InvalidTransition, PermanentError
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
@@ -37,10 +37,15 @@ class PostprocessInput(BaseModel):
     staging_keys: list[str] = Field(default_factory=list)
 
 
+POSTPROCESS_FAILED = "POSTPROCESS_FAILED"
+
+
 class PostprocessResult(BaseModel):
     status: str
     outputs: list[Output]
     skipped: bool = False
+    # A failure the client is told about as is (the state machine fails the job with it); null on success.
+    failure: JobError | None = None
 
 
 @dataclass(frozen=True)
@@ -116,10 +121,20 @@ class Postprocessor:
 
     def run(self, event: PostprocessInput) -> PostprocessResult:
         """Write the job's outputs. Returns ``skipped`` when the job no longer wants them from this execution
-        (cancelled, finished, or its current attempt is another one).
-
-        Raises PermanentError when there is nothing to postprocess (no staging images and no outputs).
+        (cancelled, finished, or its current attempt is another one), and a ``failure`` (code
+        ``POSTPROCESS_FAILED``, with a message for the client) when there is nothing to postprocess: no staged
+        images and no outputs. Storage errors propagate; the state machine retries them.
         """
+        try:
+            return self._run(event)
+        except PermanentError as exc:
+            return PostprocessResult(
+                status=JobStatus.POSTPROCESSING.value,
+                outputs=[],
+                failure=JobError(code=POSTPROCESS_FAILED, message=str(exc)),
+            )
+
+    def _run(self, event: PostprocessInput) -> PostprocessResult:
         job = self._repo.get(event.job_id, tenant=event.tenant)
         if job.status == JobStatus.RUNNING and job.attempt == event.attempt:
             try:
@@ -144,7 +159,7 @@ class Postprocessor:
         for index, staging_key in enumerate(staged):
             outputs.append(self._one(job, index, staging_key))
         if not staged:
-            raise PermanentError(f"job {job.job_id} has no staged images")
+            raise PermanentError("The worker handed off no images to store.")
         self._media.delete(staged)
         return PostprocessResult(status=JobStatus.POSTPROCESSING.value, outputs=outputs)
 
@@ -158,7 +173,7 @@ class Postprocessor:
             try:
                 body = self._media.get(key)
             except self._media.missing_errors():
-                raise PermanentError(f"staging image {staging_key} is gone and no output exists") from exc
+                raise PermanentError(f"Generated image {index} was lost before it was stored.") from exc
             with Image.open(io.BytesIO(body)) as done:
                 width, height = done.size
             return self._describe(job, index, key, thumb_key, body, width, height)

@@ -68,7 +68,13 @@ def postprocess_stub(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if FLAKY_CALLS[event["job_id"]] <= 2:
             raise RetryableError("transient: try again")
     outputs = [{"key": f"outputs/{event['job_id']}/0.png"}]
-    return {"status": "done", "skipped": False, "outputs": outputs, "outputs_json": json.dumps(outputs)}
+    return {
+        "status": "done",
+        "skipped": False,
+        "outputs": outputs,
+        "outputs_json": json.dumps(outputs),
+        "failure": None,
+    }
 
 
 # --- fixtures --------------------------------------------------------------------------------------
@@ -370,8 +376,9 @@ def test_lambda_function_error_is_caught_and_marks_job_failed(res: LocalResource
     assert _run_execution(res, payload)["status"] == "SUCCEEDED"
     job = _get_job(res, job_id)
     assert job["status"] == "FAILED"
-    assert job["error_code"] == "PostprocessBoom"
-    assert json.loads(job["error_message"])["errorMessage"] == "stub asked to fail"
+    # The client gets a stable code and the error's name, never the raw cause with its stack and request id.
+    assert job["error_code"] == "POSTPROCESS_FAILED"
+    assert job["error_message"] == "The images could not be postprocessed and stored (PostprocessBoom)."
 
 
 def test_postprocess_failing_transiently_twice_is_retried_and_succeeds(res: LocalResources) -> None:

@@ -75,7 +75,15 @@ def test_happy_path_with_callback_delivers_one_signed_job_succeeded(
     job = h.running_job(receiver.url, num_images=2, output_format="webp", quality=80)
     arn = h.start(job, h.stage(job, 2))
     assert h.wait(arn) == "SUCCEEDED"
-    assert h.entered_states(arn) == ["Route", "Postprocess", "MarkSucceeded", "HasCallback", "Notify", "Done"]
+    assert h.entered_states(arn) == [
+        "Route",
+        "Postprocess",
+        "Postprocessed",
+        "MarkSucceeded",
+        "HasCallback",
+        "Notify",
+        "Done",
+    ]
     view = client.get(job.job_id)
     assert view["status"] == "SUCCEEDED"
     assert [o["content_type"] for o in view["outputs"]] == ["image/webp", "image/webp"]
@@ -102,7 +110,7 @@ def test_happy_path_without_callback_sends_nothing(harness: tuple[Harness, Any],
     job = h.running_job(None)
     arn = h.start(job, h.stage(job))
     assert h.wait(arn) == "SUCCEEDED"
-    assert h.entered_states(arn) == ["Route", "Postprocess", "MarkSucceeded", "HasCallback", "Done"]
+    assert h.entered_states(arn) == ["Route", "Postprocess", "Postprocessed", "MarkSucceeded", "HasCallback", "Done"]
     assert client.get(job.job_id)["status"] == "SUCCEEDED"
     assert client.get(job.job_id)["webhook"] is None
     assert receiver.deliveries == []
@@ -119,7 +127,10 @@ def test_postprocess_failure_marks_failed_and_sends_job_failed(
     assert "MarkFailed" in h.entered_states(arn)
     view = client.get(job.job_id)
     assert view["status"] == "FAILED"
-    assert view["error"]["code"] == "PermanentError"
+    assert view["error"] == {
+        "code": "POSTPROCESS_FAILED",
+        "message": "Generated image 0 was lost before it was stored.",
+    }
     [delivery] = receiver.deliveries
     assert delivery.verified
     assert delivery.json()["type"] == "job.failed"

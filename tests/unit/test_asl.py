@@ -57,6 +57,15 @@ def test_postprocess_failures_lead_to_mark_failed_and_webhook_failures_never_do(
     states = ASL["States"]
     assert states["Postprocess"]["Catch"][0]["Next"] == "TaskFailure"
     assert states["TaskFailure"]["Next"] == "MarkFailed"
+    # Clients see a stable code; a task's raw Cause (stack trace, request ids, file paths) is never stored.
+    assert states["TaskFailure"]["Parameters"]["code"] == "POSTPROCESS_FAILED"
+    assert "Cause" not in json.dumps(states["TaskFailure"]["Parameters"])
+    # A failure Postprocess returns as its result fails the job with its own message.
+    assert states["Postprocess"]["Next"] == "Postprocessed"
+    assert states["Postprocessed"]["Choices"] == [
+        {"Variable": "$.postprocess.failure", "IsNull": False, "Next": "PostprocessFailure"}
+    ]
+    assert states["PostprocessFailure"]["Next"] == "MarkFailed"
     for notify in ("Notify", "NotifyFailed"):
         assert {c["Next"] for c in states[notify]["Catch"]} == {"WebhookFailed"}
         assert any("WebhookRetryable" in r["ErrorEquals"] for r in states[notify]["Retry"])

@@ -65,6 +65,15 @@ class IdempotencyConflict(Conflict):
         super().__init__("This Idempotency-Key was already used with a different request body.")
 
 
+class IdempotencyKeyInUse(Conflict):
+    """Another request with the same Idempotency-Key was still being written after the retries: retry it."""
+
+    code = "idempotency_key_in_use"
+
+    def __init__(self) -> None:
+        super().__init__("A request with this Idempotency-Key is in progress; retry it in a moment.")
+
+
 class InvalidTransition(Conflict):
     """A status change the job's state machine does not allow (e.g. cancelling a finished job)."""
 

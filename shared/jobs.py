@@ -13,6 +13,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import random
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -34,13 +35,25 @@ from shared.contracts import (
     allowed_sources,
     utcnow,
 )
-from shared.errors import BadRequest, IdempotencyConflict, InvalidTransition, JobExpired, JobNotFound
+from shared.errors import (
+    BadRequest,
+    IdempotencyConflict,
+    IdempotencyKeyInUse,
+    InvalidTransition,
+    JobExpired,
+    JobNotFound,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()
+
+# Writes of one Idempotency-Key racing each other: DynamoDB cancels a transaction that meets another one in
+# flight on the same item (TransactionConflict); it is tried again after these pauses, by when the other has
+# committed and this one finds its job.
+CONFLICT_PAUSES_S = (0.05, 0.1, 0.2, 0.4)
 
 BY_TENANT_INDEX = "by_tenant"
 BY_TENANT_STATUS_INDEX = "by_tenant_status"
@@ -131,6 +144,12 @@ def job_from_item(item: Mapping[str, Any]) -> Job:
     )
 
 
+def _conflicted(exc: ClientError) -> bool:
+    """Whether a cancelled transaction met another one in flight (and may succeed or find its twin if retried)."""
+    reasons = exc.response.get("CancellationReasons") or []
+    return any(reason.get("Code") == "TransactionConflict" for reason in reasons)
+
+
 @dataclass(frozen=True)
 class Page:
     jobs: list[Job]
@@ -210,14 +229,21 @@ class JobsRepository:
                 "ExpressionAttributeValues": {":now": {"N": str(int(time.time()))}},
             }
         }
-        try:
-            self._ddb.transact_write_items(TransactItems=[put_job, put_idem])  # type: ignore[list-item]
-        except self._ddb.exceptions.TransactionCanceledException:
-            existing = self.find_by_idempotency_key(job.tenant, job.idempotency_key, idempotency_fingerprint)
-            if existing is None:
-                raise
-            return existing, False
-        return job, True
+        for pause in (*CONFLICT_PAUSES_S, None):
+            try:
+                self._ddb.transact_write_items(TransactItems=[put_job, put_idem])  # type: ignore[list-item]
+            except self._ddb.exceptions.TransactionCanceledException as exc:
+                existing = self.find_by_idempotency_key(job.tenant, job.idempotency_key, idempotency_fingerprint)
+                if existing is not None:
+                    return existing, False
+                if not _conflicted(exc):
+                    raise
+                if pause is None:
+                    raise IdempotencyKeyInUse() from exc
+                time.sleep(pause * (1 + random.random()))  # jitter
+                continue
+            return job, True
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def find_by_idempotency_key(self, tenant: str, key: str, fingerprint: str | None) -> Job | None:
         """The job an Idempotency-Key created, or None. Raises IdempotencyConflict on a different body.

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from botocore.awsrequest import AWSResponse
 
 from shared.aws import AwsClients
 from shared.contracts import GenerationRequest, JobStatus
-from shared.errors import EnqueueFailed
-from shared.jobs import JobsRepository
+from shared.errors import EnqueueFailed, IdempotencyKeyInUse
+from shared.jobs import CONFLICT_PAUSES_S, JobsRepository
 from shared.queue import JobQueue
 from shared.settings import Settings
 from tests.integration.conftest import RunningService
@@ -114,3 +117,93 @@ def test_the_idempotency_key_of_a_job_that_could_not_be_queued_makes_a_new_job_o
     replay = working.submit("tenant-retry-key", request, idempotency_key="order-17")
     assert (replay.created, replay.job.job_id) == (False, retried.job.job_id)  # from now on the key is the new job's
     assert repo.get(failed_id).status == JobStatus.FAILED
+
+
+class _Body:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: object) -> Iterator[bytes]:
+        yield self._body
+
+
+def _transaction_conflict(url: str) -> AWSResponse:
+    """DynamoDB's answer to a transaction that met another one in flight on the Idempotency-Key's item."""
+    body = {
+        "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+        "Message": "Transaction cancelled, please refer cancellation reasons for specific reasons "
+        "[None, TransactionConflict]",
+        "CancellationReasons": [
+            {"Code": "None"},
+            {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"},
+        ],
+    }
+    headers = {"Content-Type": "application/x-amz-json-1.0", "x-amzn-RequestId": "conflict"}
+    return AWSResponse(url, 400, headers, _Body(json.dumps(body).encode()))
+
+
+def test_two_submits_with_one_key_at_once_make_one_job_even_when_dynamodb_reports_a_conflict(
+    service: RunningService,
+) -> None:
+    """On DynamoDB, the second of two concurrent transactions on one Idempotency-Key can be cancelled with
+    TransactionConflict while the first is still being written, so the key reads as free. The second submit
+    tries again, finds the first one's job, and answers with it: one job, one message, never a 500."""
+    tenant, key = "tenant-key-race", "order-race"
+    request = GenerationRequest.model_validate({"prompt": "raced"}, context={"settings": Settings()})
+    first_client = SubmissionService(
+        JobsRepository(service.boto("dynamodb"), service.table),
+        JobQueue(service.boto("sqs"), service.queue_url),
+        Settings(),
+    )
+    ddb = service.boto("dynamodb")
+    second_client = SubmissionService(
+        JobsRepository(ddb, service.table), JobQueue(service.boto("sqs"), service.queue_url), Settings()
+    )
+    first: list[Any] = []
+    sends = 0
+
+    def first_in_flight(request: Any, **_: Any) -> AWSResponse | None:
+        nonlocal sends
+        sends += 1
+        if sends == 1:
+            return _transaction_conflict(request.url)  # the first submit's transaction holds the key
+        if not first:
+            first.append(first_client.submit(tenant, request_obj, idempotency_key=key))  # and commits meanwhile
+        return None
+
+    request_obj = request
+    ddb.meta.events.register("before-send.dynamodb.TransactWriteItems", first_in_flight)
+    depth = service.queue_depth()
+    second = second_client.submit(tenant, request, idempotency_key=key)
+    assert first[0].created
+    assert (second.created, second.job.job_id) == (False, first[0].job.job_id)
+    assert service.queue_depth() == depth + 1
+    assert JobsRepository(ddb, service.table).count_active(tenant) == 1
+
+
+def test_a_key_held_by_a_submit_that_never_finishes_writing_is_a_409_that_changes_nothing(
+    service: RunningService,
+) -> None:
+    """If the conflict outlasts the retries, the submit answers 409 idempotency_key_in_use (retry it), with no
+    job written and nothing queued."""
+    tenant = "tenant-key-stuck"
+    ddb = service.boto("dynamodb")
+    submissions = SubmissionService(
+        JobsRepository(ddb, service.table), JobQueue(service.boto("sqs"), service.queue_url), Settings()
+    )
+    sends = 0
+
+    def always_in_flight(request: Any, **_: Any) -> AWSResponse:
+        nonlocal sends
+        sends += 1
+        return _transaction_conflict(request.url)
+
+    ddb.meta.events.register("before-send.dynamodb.TransactWriteItems", always_in_flight)
+    request = GenerationRequest.model_validate({"prompt": "stuck"}, context={"settings": Settings()})
+    depth = service.queue_depth()
+    with pytest.raises(IdempotencyKeyInUse) as info:
+        submissions.submit(tenant, request, idempotency_key="order-stuck")
+    assert info.value.status == 409
+    assert sends == len(CONFLICT_PAUSES_S) + 1
+    assert service.queue_depth() == depth
+    assert JobsRepository(ddb, service.table).list_for_tenant(tenant).jobs == []

@@ -75,6 +75,17 @@ class Settings(BaseSettings):
         default=3, ge=1, description="Claims (GPU runs) a job may use before a dead-lettered message fails it"
     )
 
+    webhook_secret_overlap_s: int = Field(
+        default=24 * 3600,
+        ge=0,
+        description="After a rotation, webhooks are signed with the old secret too for this long",
+    )
+    requeue_after_s: int = Field(
+        default=120,
+        ge=1,
+        description="A job still marked unqueued this long after its submission is sent to the queue again",
+    )
+
     allow_loopback_callbacks: bool = Field(
         default=False,
         description="Let callback_url use plain http to 127.0.0.1/localhost (local profile only)",

@@ -23,7 +23,15 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared.apikeys import ApiKeyStore
 from shared.aws import AwsClients
-from shared.contracts import ErrorBody, GenerationRequest, JobList, JobStatus, JobView, WebhookSecret
+from shared.contracts import (
+    ErrorBody,
+    GenerationRequest,
+    JobList,
+    JobStatus,
+    JobView,
+    RotatedWebhookSecret,
+    WebhookSecret,
+)
 from shared.errors import (
     BadRequest,
     Conflict,
@@ -104,7 +112,7 @@ def services() -> Services:
         ),
         keys=ApiKeyStore(aws.dynamodb(), settings.table_name),
         media=MediaStore(aws.s3(), settings.bucket),
-        secrets=WebhookSecrets(aws.dynamodb(), settings.table_name),
+        secrets=WebhookSecrets(aws.dynamodb(), settings.table_name, overlap_s=settings.webhook_secret_overlap_s),
         orchestrator=Orchestrator(aws.stepfunctions(), settings.state_machine_arn),
     )
 
@@ -250,13 +258,22 @@ def get_webhook_secret() -> Response[WebhookSecret]:
 
 @app.post(
     "/v1/webhook-secret/rotate",
-    summary="Replace the signing secret; webhooks sent from now on use the new one",
-    responses=_responses(200, "The new secret", WebhookSecret),
+    summary="Replace the signing secret; the replaced one keeps signing webhooks for an overlap period",
+    description=(
+        "Webhooks sent from now on (retries of earlier ones included) carry two signatures in `webhook-signature`,"
+        " one with the new secret and one with the replaced secret, until `previous_secret_valid_until`; after"
+        " that only the new one. Rotating again within that period replaces the older secret: only the"
+        " immediately previous one keeps signing."
+    ),
+    responses=_responses(200, "The new secret, and until when the replaced one still signs", RotatedWebhookSecret),
     tags=["webhooks"],
 )
-def rotate_webhook_secret() -> Response[WebhookSecret]:
+def rotate_webhook_secret() -> Response[RotatedWebhookSecret]:
     tenant = _tenant()
-    return _json(200, WebhookSecret(secret=services().secrets.rotate(tenant)))
+    rotation = services().secrets.rotate(tenant)
+    return _json(
+        200, RotatedWebhookSecret(secret=rotation.secret, previous_secret_valid_until=rotation.previous_valid_until)
+    )
 
 
 @app.get("/health", summary="Liveness", tags=["ops"])

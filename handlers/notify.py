@@ -25,7 +25,7 @@ def notifier() -> Notifier:
     return Notifier(
         JobsRepository(aws.dynamodb(), settings.table_name),
         MediaStore(aws.s3(), settings.bucket),
-        WebhookSecrets(aws.dynamodb(), settings.table_name),
+        WebhookSecrets(aws.dynamodb(), settings.table_name, overlap_s=settings.webhook_secret_overlap_s),
         settings,
     )
 

@@ -464,6 +464,13 @@ class WebhookSecret(BaseModel):
     secret: str = Field(description="Standard Webhooks signing secret (whsec_ + base64).")
 
 
+class RotatedWebhookSecret(WebhookSecret):
+    previous_secret_valid_until: datetime | None = Field(
+        description="Until when (UTC) webhooks are also signed with the replaced secret; null when it no longer"
+        " signs at all (no overlap configured, or there was no secret before)."
+    )
+
+
 class ErrorInfo(BaseModel):
     code: str
     message: str

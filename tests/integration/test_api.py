@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
+from shared.apikeys import ApiKeyStore
 from shared.client import ApiError
 from tests.integration.conftest import RunningService
 
@@ -357,3 +361,34 @@ def test_without_a_key_even_an_invalid_body_is_401(service: RunningService) -> N
         not_json = http.post("/v1/jobs", content=b"{oops", headers={"Content-Type": "application/json"})
     assert invalid.status_code == not_json.status_code == 401
     assert invalid.json() == not_json.json()
+
+
+def test_rotating_the_webhook_secret_says_until_when_the_replaced_one_still_signs(service: RunningService) -> None:
+    tenant = f"rotate-{time.monotonic_ns()}"
+    auth = {"Authorization": f"Bearer {ApiKeyStore(service.boto('dynamodb'), service.table).create(tenant)}"}
+    with service.http() as http:
+        old = http.get("/v1/webhook-secret", headers=auth).json()
+        before = time.time()
+        rotated = http.post("/v1/webhook-secret/rotate", headers=auth)
+        after = time.time()
+        current = http.get("/v1/webhook-secret", headers=auth).json()
+        spec = http.get("/openapi.json").json()
+    assert rotated.status_code == 200
+    body = rotated.json()
+    assert set(body) == {"secret", "previous_secret_valid_until"}
+    assert body["secret"] != old["secret"]
+    assert current == {"secret": body["secret"]}  # GET keeps answering with the current secret alone
+    until = datetime.fromisoformat(body["previous_secret_valid_until"])
+    assert until.utcoffset() == timedelta(0)
+    overlap = 24 * 3600  # the default SDQ_WEBHOOK_SECRET_OVERLAP_S
+    assert math.ceil(before) + overlap <= until.timestamp() <= math.ceil(after) + overlap
+
+    # The schema says so: the rotation's answer has the time (a date-time, or null), the secret's does not.
+    schemas = spec["components"]["schemas"]
+    ok = spec["paths"]["/v1/webhook-secret/rotate"]["post"]["responses"]["200"]["content"]["application/json"]
+    rotation_schema = schemas[ok["schema"]["$ref"].rsplit("/", 1)[-1]]
+    field = rotation_schema["properties"]["previous_secret_valid_until"]
+    assert {"type": "string", "format": "date-time"} in field["anyOf"]
+    assert {"type": "null"} in field["anyOf"]
+    assert "previous_secret_valid_until" in rotation_schema["required"]
+    assert set(schemas["WebhookSecret"]["properties"]) == {"secret"}

@@ -9,20 +9,27 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from PIL import Image
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
+from shared.apikeys import ApiKeyStore
 from shared.contracts import Job, JobStatus
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
+from shared.settings import Settings
 from tests.integration.conftest import RunningService, start_service, stop_service
 from tests.integration.executions import ExecutionHarness
 from workflows.postprocess import PostprocessInput, Postprocessor
 from workflows.receiver import ScriptedReceiver
+from workflows.webhooks import Notifier, WebhookSecrets
 
 
 @pytest.fixture(scope="module")
@@ -260,19 +267,92 @@ def test_an_execution_started_twice_runs_its_side_effects_once(
     assert names.count(f"{job.job_id}-{job.attempt}") == 1
 
 
-def test_rotating_the_secret_signs_new_deliveries_with_the_new_one(
+def rotate_via_api(service: RunningService, tenant: str) -> dict[str, Any]:
+    """``POST /v1/webhook-secret/rotate`` as the tenant (a fresh API key of its own): the whole response body."""
+    key = ApiKeyStore(service.boto("dynamodb"), service.table).create(tenant)
+    with service.http() as http:
+        resp = http.post("/v1/webhook-secret/rotate", headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 200
+    return dict(resp.json())
+
+
+def secrets_at(service: RunningService, at: float, overlap_s: int = 24 * 3600) -> WebhookSecrets:
+    """The secret store the Notify task uses, on the same table, with its clock stopped at ``at``."""
+    return WebhookSecrets(service.boto("dynamodb"), service.table, overlap_s=overlap_s, now=lambda: at)
+
+
+def signatures(delivery: Any) -> list[str]:
+    return str(delivery.headers["webhook-signature"]).split(" ")
+
+
+def test_after_a_rotation_webhooks_verify_with_the_old_and_the_new_secret(
     harness: tuple[Harness, Any], receiver: ScriptedReceiver
 ) -> None:
     h, client = harness
     old = client.webhook_secret()
     assert old.startswith("whsec_")
     assert client.webhook_secret() == old
-    new = client.rotate_webhook_secret()
+    new = rotate_via_api(h.service, h.tenant)["secret"]
     assert new != old
-    receiver.secret = new
+    assert client.webhook_secret() == new
+    receiver.secret = old  # a receiver that has not deployed the new secret yet
     job = h.running_job(receiver.url)
     assert h.wait(h.start(job, h.stage(job))) == "SUCCEEDED"
-    assert receiver.deliveries[0].verified
+    [delivery] = receiver.deliveries
+    assert delivery.verified
+    assert len(signatures(delivery)) == 2
+    for secret in (new, old):
+        assert Webhook(secret).verify(delivery.body, delivery.headers)["data"]["id"] == job.job_id
+    assert delivery.headers["webhook-id"] == f"msg_{job.job_id}_job_succeeded"
+
+
+def test_once_the_overlap_is_over_webhooks_verify_only_with_the_new_secret(
+    harness: tuple[Harness, Any], receiver: ScriptedReceiver
+) -> None:
+    h, client = harness
+    old = client.webhook_secret()
+    until = datetime.fromisoformat(rotate_via_api(h.service, h.tenant)["previous_secret_valid_until"]).timestamp()
+    new = client.webhook_secret()
+    job = h.running_job(receiver.url)
+    assert h.wait(h.start(job, h.stage(job))) == "SUCCEEDED"  # its webhook, sent within the overlap
+    settings = Settings(allow_loopback_callbacks=True)
+    media = MediaStore(h.s3, h.bucket)
+    # The same job's webhook sent again by the Notify task's code, against the same cloud, with the secret
+    # store's clock stopped one second before the overlap ends, then at its end.
+    for at in (until - 1, until):
+        Notifier(h.repo, media, secrets_at(h.service, at), settings).notify(job.job_id, h.tenant)
+    in_overlap, last_second, after = receiver.deliveries
+    assert len(signatures(in_overlap)) == len(signatures(last_second)) == 2
+    Webhook(old).verify(last_second.body, last_second.headers)
+    assert signatures(after) == [Webhook(new).sign(after.webhook_id, _sent_at(after), after.body)]
+    Webhook(new).verify(after.body, after.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old).verify(after.body, after.headers)
+    # Same message identity as before the overlap ended: receivers dedupe across the rotation.
+    assert {d.webhook_id for d in receiver.deliveries} == {f"msg_{job.job_id}_job_succeeded"}
+
+
+def _sent_at(delivery: Any) -> datetime:
+    return datetime.fromtimestamp(int(delivery.headers["webhook-timestamp"]), UTC)
+
+
+def test_rotating_without_an_overlap_or_twice_keeps_at_most_the_immediately_previous_secret(
+    harness: tuple[Harness, Any],
+) -> None:
+    h, client = harness
+    now = time.time()
+    first = client.webhook_secret()
+    store = secrets_at(h.service, now, overlap_s=600)
+    second = store.rotate(h.tenant)
+    assert second.previous_valid_until == datetime.fromtimestamp(math.ceil(now) + 600, UTC)
+    third = store.rotate(h.tenant)
+    assert store.signing_secrets(h.tenant) == [third.secret, second.secret]  # `first` no longer signs
+    assert first not in store.signing_secrets(h.tenant)
+    # Without an overlap the replaced secret stops signing at once, and nothing says it still does.
+    unlapped = secrets_at(h.service, now, overlap_s=0).rotate(h.tenant)
+    assert unlapped.previous_valid_until is None
+    assert store.signing_secrets(h.tenant) == [unlapped.secret]
+    assert client.webhook_secret() == unlapped.secret
 
 
 def test_postprocess_rerun_for_the_same_job_gives_the_same_outputs(harness: tuple[Harness, Any]) -> None:

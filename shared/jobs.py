@@ -4,6 +4,10 @@ Item layout (hash key ``pk`` only):
 - ``JOB#<id>``: the job; ``tenant_status`` and the sparse ``active_tenant`` feed the GSIs the API lists by,
   ``request``/``outputs`` are JSON strings (no float/Decimal round trips), ``expires_at`` is the TTL.
 - ``IDEM#<tenant>#<sha256(key)>``: an Idempotency-Key, written in the same transaction as its job.
+
+A new job is written with ``unqueued_shard`` (the sparse ``unqueued`` GSI) and the attribute is removed once its
+queue message is sent (or by its claim, or when it finishes): a job still in that index minutes after its
+submission lost its message to a crashed API call, and the requeue sweeper sends it again.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
+from ulid import ULID
 
 from shared.contracts import (
     GenerationRequest,
@@ -55,6 +60,9 @@ _de = TypeDeserializer()
 # committed and this one finds its job.
 CONFLICT_PAUSES_S = (0.05, 0.1, 0.2, 0.4)
 
+UNQUEUED_INDEX = "unqueued"
+UNQUEUED_SHARDS = 8  # the index's partitions: new jobs' writes spread over them, the sweeper reads each
+
 BY_TENANT_INDEX = "by_tenant"
 BY_TENANT_STATUS_INDEX = "by_tenant_status"
 ACTIVE_INDEX = "active_by_tenant"
@@ -62,6 +70,16 @@ ACTIVE_INDEX = "active_by_tenant"
 
 def job_pk(job_id: str) -> str:
     return f"JOB#{job_id}"
+
+
+def unqueued_shard(job_id: str) -> str:
+    return str(int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:2], "big") % UNQUEUED_SHARDS)
+
+
+def first_job_id_at(epoch_s: float) -> str:
+    """The smallest job id (ULID) of the given instant: every job submitted before it sorts below."""
+    millis = max(0, int(epoch_s * 1000))
+    return str(ULID.from_bytes(millis.to_bytes(6, "big") + bytes(10)))
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -202,10 +220,13 @@ class JobsRepository:
         Returns ``(job, True)`` when written, or ``(existing_job, False)`` when the key was already used
         with the same fingerprint. Raises IdempotencyConflict when it was used with another body.
         """
+        item = job_to_item(job)
+        if job.status == JobStatus.QUEUED:
+            item["unqueued_shard"] = {"S": unqueued_shard(job.job_id)}  # until mark_enqueued
         put_job: dict[str, Any] = {
             "Put": {
                 "TableName": self._table,
-                "Item": job_to_item(job),
+                "Item": item,
                 "ConditionExpression": "attribute_not_exists(pk)",
             }
         }
@@ -279,6 +300,38 @@ class JobsRepository:
                 ConditionExpression="job_id = :j",
                 ExpressionAttributeValues={":now": {"N": str(int(time.time()))}, ":j": {"S": job_id}},
             )
+
+    def mark_enqueued(self, job_id: str) -> None:
+        """The job's queue message is sent: take it out of the ``unqueued`` index."""
+        with contextlib.suppress(self._ddb.exceptions.ConditionalCheckFailedException):  # swept by the TTL
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": job_pk(job_id)}},
+                UpdateExpression="REMOVE unqueued_shard",
+                ConditionExpression="attribute_exists(pk)",
+            )
+
+    def unqueued_before(self, epoch_s: float, *, limit: int) -> list[str]:
+        """Ids of jobs submitted before ``epoch_s`` whose queue message was never marked sent, oldest first per
+        shard, at most ``limit`` in all."""
+        found: list[str] = []
+        cutoff = first_job_id_at(epoch_s)
+        for shard in range(UNQUEUED_SHARDS):
+            kwargs: dict[str, Any] = {
+                "TableName": self._table,
+                "IndexName": UNQUEUED_INDEX,
+                "KeyConditionExpression": "unqueued_shard = :s AND job_id < :cut",
+                "ExpressionAttributeValues": {":s": {"S": str(shard)}, ":cut": {"S": cutoff}},
+            }
+            while len(found) < limit:
+                kwargs["Limit"] = limit - len(found)
+                resp = self._ddb.query(**kwargs)
+                found.extend(str(item["job_id"]["S"]) for item in resp.get("Items", []))
+                last = resp.get("LastEvaluatedKey")
+                if not last:
+                    break
+                kwargs["ExclusiveStartKey"] = last
+        return found[:limit]
 
     def get(self, job_id: str, *, tenant: str | None = None) -> Job:
         """The job, or JobNotFound (also when it belongs to another tenant: indistinguishable)."""
@@ -393,7 +446,7 @@ class JobsRepository:
             sets.append(f"#f{i} = :f{i}")
         expression = "SET " + ", ".join(sets)
         if target.terminal:
-            expression += " REMOVE active_tenant"
+            expression += " REMOVE active_tenant, unqueued_shard"
         try:
             resp = self._ddb.update_item(
                 TableName=self._table,
@@ -435,7 +488,7 @@ class JobsRepository:
                 UpdateExpression=(
                     "SET #s = :running, tenant_status = :ts, worker_id = :w, lease_until = :lease, "
                     "started_at = if_not_exists(started_at, :iso), progress_step = :zero "
-                    "ADD attempt :one"
+                    "REMOVE unqueued_shard ADD attempt :one"
                 ),
                 ConditionExpression=(
                     "attribute_exists(pk) AND tenant = :t AND expires_at > :epoch AND "

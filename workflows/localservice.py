@@ -24,6 +24,8 @@ ASL = REPO_ROOT / "statemachine.asl.json"
 
 # The local profile compresses the state machine's retry schedule so failures resolve in seconds.
 LOCAL_RETRY = {"IntervalSeconds": 1, "BackoffRate": 1.5}
+# ... and runs scheduled functions (the requeue sweeper's minute) every few seconds.
+LOCAL_SCHEDULE_S = 5.0
 
 
 @dataclass
@@ -53,6 +55,7 @@ class LocalService:
     env: dict[str, str]
     _api_server: Any = None
     _pollers: Any = None
+    _schedules: Any = None
     worker: subprocess.Popen[bytes] | None = None
 
     def start_worker(self, *extra_args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -78,6 +81,8 @@ class LocalService:
             self._api_server.stop()
         if self._pollers is not None:
             self._pollers.stop()
+        if self._schedules is not None:
+            self._schedules.stop()
         self.cloud.stop()
 
 
@@ -90,6 +95,7 @@ def service_env(resources: LocalResources, config: LocalServiceConfig) -> dict[s
         "SDQ_MODELS": json.dumps(sorted({config.model, "tiny"})),
         "SDQ_DEFAULT_MODEL": config.model,
         "SDQ_MODEL": config.model,
+        "SDQ_REQUEUE_AFTER_S": "15",
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_METRICS_NAMESPACE": "sdq",
     }
@@ -111,7 +117,7 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
     quiet_local_logs()
     # Imported here: the API module reads settings on first request, which must see the local env first.
     from shared.localapi import LocalApiServer
-    from shared.localcloud.eventsources import SqsEventSourcePoller
+    from shared.localcloud.eventsources import SchedulePoller, SqsEventSourcePoller
 
     cloud = LocalCloud(host=config.host, port=config.cloud_port)
     cloud.start()
@@ -134,6 +140,8 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
         server.start()
         pollers = SqsEventSourcePoller(resources)
         pollers.start()
+        schedules = SchedulePoller(resources, every_s=LOCAL_SCHEDULE_S)
+        schedules.start()
     except BaseException:
         cloud.stop()
         raise
@@ -142,6 +150,7 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
     )
     service._api_server = server
     service._pollers = pollers
+    service._schedules = schedules
     if config.write_state:
         folder = state_dir()
         folder.mkdir(parents=True, exist_ok=True)

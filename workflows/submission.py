@@ -124,7 +124,6 @@ class SubmissionService:
         for attempt in range(attempts):
             try:
                 self._queue.send(message)
-                return
             except (ClientError, BotoCoreError) as exc:
                 last = exc
                 logger.warning("enqueue failed", job_id=job.job_id, attempt=attempt + 1, error=type(exc).__name__)
@@ -132,6 +131,14 @@ class SubmissionService:
                 if attempt + 1 >= attempts or self._clock() + pause >= deadline:
                     break
                 self._sleep(pause)
+                continue
+            try:
+                self._repo.mark_enqueued(job.job_id)
+            except (ClientError, BotoCoreError):
+                # Harmless: the claim clears the mark too; at worst the requeue sweeper sends a second message,
+                # which the claim's condition turns into a no-op.
+                logger.warning("could not mark the job enqueued", job_id=job.job_id)
+            return
         reason = JobError(code="ENQUEUE_FAILED", message=f"The job could not be queued: {type(last).__name__}")
         try:
             self._repo.transition(job.job_id, JobStatus.FAILED, tenant=job.tenant, error=reason)

@@ -1,17 +1,20 @@
-"""SQS event source mappings for the local cloud: poll each mapped queue and invoke its function, as Lambda's
-poller does on AWS (records in the SQS event shape, partial batch failures honoured)."""
+"""Event sources for the local cloud: SQS event source mappings (poll each mapped queue and invoke its function,
+as Lambda's poller does on AWS: records in the SQS event shape, partial batch failures honoured) and scheduled
+EventBridge rules (invoke the function on its schedule, optionally compressed)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import threading
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.localcloud.provision import EventSource, LocalResources
+from shared.localcloud.provision import EventSource, LocalResources, Schedule
 
 
 def _record(message: dict[str, Any], queue_arn: str, region: str) -> dict[str, Any]:
@@ -98,3 +101,52 @@ class SqsEventSourcePoller:
                     )
             except (ClientError, BotoCoreError):
                 self._stop.wait(1.0)
+
+
+class SchedulePoller:
+    """One thread per scheduled rule: invoke its function with a ``Scheduled Event``, every ``interval_s`` of the
+    rule or every ``every_s`` when given (the local profile runs minute schedules every few seconds)."""
+
+    def __init__(self, resources: LocalResources, *, every_s: float | None = None) -> None:
+        self._res = resources
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for schedule in self._res.schedules:
+            thread = threading.Thread(
+                target=self._run, args=(schedule,), name=f"schedule-{schedule.function_name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _run(self, schedule: Schedule) -> None:
+        lam = boto3.session.Session().client(
+            "lambda",
+            endpoint_url=self._res.endpoint_url,
+            region_name=self._res.region,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",  # noqa: S106 - the local cloud accepts any key
+        )
+        interval = self._every_s if self._every_s is not None else schedule.interval_s
+        while not self._stop.wait(interval):
+            event = {
+                "version": "0",
+                "id": str(uuid.uuid4()),
+                "detail-type": "Scheduled Event",
+                "source": "aws.events",
+                "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "region": self._res.region,
+                "resources": [schedule.rule_arn],
+                "detail": {},
+            }
+            try:
+                lam.invoke(FunctionName=schedule.function_name, Payload=json.dumps(event).encode())
+            except (ClientError, BotoCoreError):
+                continue  # as on AWS, a failed scheduled run is simply followed by the next one

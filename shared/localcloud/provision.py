@@ -106,6 +106,28 @@ class EventSource:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """A scheduled EventBridge rule that invokes a function (moto stores it but never fires it; see
+    ``eventsources.SchedulePoller``)."""
+
+    rule_arn: str
+    function_name: str
+    interval_s: float
+
+
+_RATE = re.compile(r"^rate\((?P<n>\d+) (?P<unit>minute|minutes|hour|hours|day|days)\)$")
+_RATE_UNIT_S = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+def rate_interval_s(expression: str) -> float:
+    """Seconds between runs of a ``rate(...)`` schedule; ProvisionError for anything else (cron)."""
+    match = _RATE.match(expression.strip())
+    if match is None:
+        raise ProvisionError(f"the local cloud runs rate(...) schedules only, not {expression!r}")
+    return int(match["n"]) * _RATE_UNIT_S[match["unit"].rstrip("s")]
+
+
+@dataclass(frozen=True)
 class LocalResources:
     """Physical names of the provisioned local stack."""
 
@@ -120,6 +142,7 @@ class LocalResources:
     functions: dict[str, str] = field(default_factory=dict)
     """Logical id (e.g. ``PostprocessFunction``) -> deployed function name."""
     event_sources: tuple[EventSource, ...] = ()
+    schedules: tuple[Schedule, ...] = ()
 
     def as_env(self) -> dict[str, str]:
         """Environment for processes (API, worker, handlers) that talk to this local cloud."""
@@ -401,7 +424,7 @@ def _clients(endpoint_url: str, region: str) -> dict[str, Any]:
         aws_access_key_id=DUMMY_CREDENTIAL, aws_secret_access_key=DUMMY_CREDENTIAL, region_name=region
     )
     config = Config(retries={"max_attempts": 2, "mode": "standard"})
-    names = ("s3", "cloudformation", "dynamodb", "stepfunctions", "lambda")
+    names = ("s3", "cloudformation", "dynamodb", "stepfunctions", "lambda", "events")
     return {n: session.client(n, endpoint_url=endpoint_url, config=config) for n in names}  # type: ignore[call-overload]
 
 
@@ -505,6 +528,21 @@ def _disable_event_sources(
     return tuple(sources)
 
 
+def _schedules(events: Any) -> tuple[Schedule, ...]:
+    found = []
+    for page in events.get_paginator("list_rules").paginate():
+        for rule in page["Rules"]:
+            expression = rule.get("ScheduleExpression")
+            if not expression:
+                continue
+            interval = rate_interval_s(expression)
+            for target in events.list_targets_by_rule(Rule=rule["Name"])["Targets"]:
+                if ":function:" in target["Arn"]:
+                    function_name = target["Arn"].split(":function:", 1)[1].split(":", 1)[0]
+                    found.append(Schedule(rule["Arn"], function_name, interval))
+    return tuple(found)
+
+
 def provision(
     endpoint_url: str,
     region: str,
@@ -589,6 +627,7 @@ def provision(
             state_machine_arn=outputs["StateMachineArn"],
             functions=functions,
             event_sources=event_sources,
+            schedules=_schedules(clients["events"]),
         )
     except KeyError as exc:
         raise ProvisionError(f"template is missing the stack output {exc}") from exc

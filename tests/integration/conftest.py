@@ -168,4 +168,5 @@ def store_queued_job(repo: JobsRepository, tenant: str, *, expires_at: int | Non
         expires_at=expires_at if expires_at is not None else expiry_epoch(now, 1),
     )
     repo.create(job)
+    repo.mark_enqueued(job.job_id)  # the test sends (or withholds) its message itself, not the requeue sweeper
     return job

@@ -122,6 +122,14 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("sqs:GetQueueAttributes", "JobsDeadLetterQueue.Arn"),
         ("sqs:SendMessage", "JobsQueue.Arn"),
     },
+    "RequeueFunctionRole": _logs("RequeueFunctionLogGroup")
+    | XRAY_WRITE
+    | {
+        ("dynamodb:Query", "JobsTable.Arn/index/unqueued"),
+        ("dynamodb:GetItem", "JobsTable.Arn"),
+        ("dynamodb:UpdateItem", "JobsTable.Arn"),
+        ("sqs:SendMessage", "JobsQueue.Arn"),
+    },
     "JobStateMachineRole": XRAY_DAEMON
     | {
         ("lambda:InvokeFunction", "PostprocessFunction.Arn"),
@@ -158,6 +166,7 @@ EXPECTED_LEADING_KEYS = {
     ("NotifyFunctionRole", "dynamodb:PutItem"): {"TENANT#*"},
     ("NotifyFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("DlqFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
+    ("RequeueFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("WorkerTaskRole", "dynamodb:UpdateItem"): {"JOB#*"},
 }
 
@@ -166,6 +175,7 @@ TRUSTED_SERVICE = {
     "PostprocessFunctionRole": "lambda.amazonaws.com",
     "NotifyFunctionRole": "lambda.amazonaws.com",
     "DlqFunctionRole": "lambda.amazonaws.com",
+    "RequeueFunctionRole": "lambda.amazonaws.com",
     "JobStateMachineRole": "states.amazonaws.com",
     "WorkerTaskRole": "ecs-tasks.amazonaws.com",
     "WorkerExecutionRole": "ecs-tasks.amazonaws.com",
@@ -317,7 +327,8 @@ def test_who_may_do_what(resources: dict[str, Any]) -> None:
     def holders(action: str, resource_prefix: str = "") -> set[str]:
         return {n for n, g in by_role.items() if any(a == action and r.startswith(resource_prefix) for a, r in g)}
 
-    assert holders("sqs:SendMessage") == {"ApiFunctionRole", "DlqFunctionRole"}  # submit; requeue after crashes
+    # Submit; requeue dead letters after worker crashes; requeue jobs whose submission died before sending.
+    assert holders("sqs:SendMessage") == {"ApiFunctionRole", "DlqFunctionRole", "RequeueFunctionRole"}
     assert holders("sqs:ReceiveMessage", "JobsQueue") == {"WorkerTaskRole"}
     assert holders("sqs:ReceiveMessage", "JobsDeadLetterQueue") == {"DlqFunctionRole"}
     assert holders("s3:DeleteObject") == {"PostprocessFunctionRole"}
@@ -333,7 +344,7 @@ def test_roles_are_trusted_by_their_service_and_used_by_their_component(resource
     for name, role in roles(resources).items():
         trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
         assert [st["Principal"]["Service"] for st in trust] == [TRUSTED_SERVICE[name]], name
-    for fn in ("ApiFunction", "PostprocessFunction", "NotifyFunction", "DlqFunction"):
+    for fn in ("ApiFunction", "PostprocessFunction", "NotifyFunction", "DlqFunction", "RequeueFunction"):
         assert show(resources[fn]["Properties"]["Role"]) == f"{fn}Role.Arn"
         log_group = show(resources[fn]["Properties"]["LoggingConfig"]["LogGroup"])
         assert _logs(log_group) <= grants(resources[f"{fn}Role"]), fn
@@ -408,7 +419,7 @@ def test_api_function_knows_the_models_and_the_state_machine(resources: dict[str
     assert show(env["SDQ_MODELS"]) == '["ModelId"]'
     assert show(env["SDQ_DEFAULT_MODEL"]) == "ModelId"
     assert show(env["SDQ_JOB_RETENTION_DAYS"]) == "RetentionDays"
-    for fn in ("ApiFunction", "PostprocessFunction", "NotifyFunction", "DlqFunction"):
+    for fn in ("ApiFunction", "PostprocessFunction", "NotifyFunction", "DlqFunction", "RequeueFunction"):
         variables = env_of(resources[fn])
         assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "sdq", fn
         assert "POWERTOOLS_SERVICE_NAME" in variables, fn
@@ -484,6 +495,7 @@ def test_table_is_on_demand_encrypted_with_ttl_and_pitr(resources: dict[str, Any
         "by_tenant",
         "by_tenant_status",
         "active_by_tenant",
+        "unqueued",
     }
 
 
@@ -492,7 +504,7 @@ def test_table_is_on_demand_encrypted_with_ttl_and_pitr(resources: dict[str, Any
 
 def test_tracing_is_active_everywhere(resources: dict[str, Any]) -> None:
     functions = [r for r in resources.values() if r["Type"] == "AWS::Lambda::Function"]
-    assert len(functions) == 4
+    assert len(functions) == 5
     assert all(f["Properties"]["TracingConfig"] == {"Mode": "Active"} for f in functions)
     assert resources["JobStateMachine"]["Properties"]["TracingConfiguration"] == {"Enabled": True}
     stage = next(r for r in resources.values() if r["Type"] == "AWS::ApiGateway::Stage")
@@ -643,7 +655,7 @@ def test_local_filter_removes_only_the_listed_types(cfn: dict[str, Any]) -> None
     for needed in ("JobsQueue", "JobsDeadLetterQueue", "JobsTable", "MediaBucket", "JobStateMachine"):
         assert needed in local["Resources"], needed
     functions = {k for k, r in local["Resources"].items() if r["Type"] == "AWS::Lambda::Function"}
-    assert functions == {"ApiFunction", "PostprocessFunction", "NotifyFunction", "DlqFunction"}
+    assert functions == {"ApiFunction", "PostprocessFunction", "NotifyFunction", "DlqFunction", "RequeueFunction"}
     assert "AWS::Lambda::EventSourceMapping" in kept_types
     assert all(resource_class_from_type(t) is not None for t in kept_types)
     assert all(reason.strip() for reason in LOCAL_SKIPPED_TYPES.values())

@@ -53,7 +53,7 @@ USAGE = Usage(
     sqs_requests_per_job=4.0,
     sqs_idle_polls_per_worker_hour=100.0,
     dynamodb_item_kb=1.5,
-    dynamodb_writes_per_job=6.0,
+    dynamodb_writes_per_job=7.0,
     dynamodb_transaction_writes_per_job=1.0,
     dynamodb_gsi_write_factor=2.0,
     dynamodb_read_units_per_request=1.0,
@@ -98,9 +98,9 @@ def test_every_line_is_its_usage_times_its_price() -> None:
         ("lambda.x86.gb_second", ""): (
             api_requests * 0.1 * 1.0 + jobs * (0.2 + 0.4 * u.images_per_job) * 2.0 + jobs * u.callback_share * 0.5 * 0.5
         ),
-        ("stepfunctions.standard.transitions.thousand", ""): jobs * (5 + u.callback_share) / 1e3,
+        ("stepfunctions.standard.transitions.thousand", ""): jobs * (6 + u.callback_share) / 1e3,
         ("sqs.standard.requests.million", ""): (jobs * 4 + instance_h * gpu.gpus * 100) / 1e6,
-        ("dynamodb.ondemand.write_units.million", ""): jobs * (6 + 1) * math.ceil(1.5) * (1 + 2) / 1e6,
+        ("dynamodb.ondemand.write_units.million", ""): jobs * (7 + 1) * math.ceil(1.5) * (1 + 2) / 1e6,
         ("dynamodb.ondemand.read_units.million", ""): (api_requests * 1 + jobs * 3) / 1e6,
         ("dynamodb.storage.gb_month", ""): jobs * (15 / 30) * 1.5 * 3 / KB_PER_GB,
         ("dynamodb.pitr.gb_month", ""): jobs * (15 / 30) * 1.5 * 3 / KB_PER_GB,
@@ -121,7 +121,7 @@ def test_every_line_is_its_usage_times_its_price() -> None:
         assert got_cost == pytest.approx(quantity * p[key], rel=1e-12), key
     assert est.total == pytest.approx(sum(q * p[k] for (k, _), q in expected.items()), rel=1e-12)
     assert est.instance_hours == pytest.approx(instance_h)
-    assert est.by_group()["Step Functions"] == pytest.approx(jobs * 5.5 / 1e3 * p[key_of("stepfunctions")])
+    assert est.by_group()["Step Functions"] == pytest.approx(jobs * 6.5 / 1e3 * p[key_of("stepfunctions")])
 
 
 def key_of(prefix: str) -> str:
@@ -194,6 +194,16 @@ def test_throughput_comes_from_the_newest_h100_benchmark_at_the_batch_size(tmp_p
     report = json.loads(newest.read_text())
     assert benchmark_images_per_s(report, 100) == (4.5, 16)
     assert benchmark_images_per_s(report, 0) == (1.5, 1)  # below every measured size: the smallest
+
+
+def test_a_benchmark_of_the_speed_levers_is_costed_at_the_default_eager_worker(tmp_path: Path) -> None:
+    """The template deploys the eager worker (SDQ_COMPILE off): a compiled run's own figures would understate the
+    GPU hours; its same-run eager figures are what the deployed worker does."""
+    path = _bench(tmp_path, "worker-sd15-h100-20260101-000000.json", {1: 4.0, 8: 6.5})
+    report = json.loads(path.read_text())
+    report["eager_results"] = [{"batch_size": 1, "images_per_s": 0.7}, {"batch_size": 8, "images_per_s": 4.4}]
+    path.write_text(json.dumps(report))
+    assert gpu_throughput(gpu_type("p5.48xlarge"), 8, tmp_path).images_per_s == 4.4
 
 
 def test_missing_benchmark_is_a_clear_error(tmp_path: Path) -> None:
@@ -279,7 +289,7 @@ def test_happy_path_states_are_the_asl_path_of_a_successful_job_with_a_callback(
     asl = json.loads((REPO / "statemachine.asl.json").read_text())
     states = asl["States"]
     visited, name = [], asl["StartAt"]
-    job = {"has_callback": True}
+    job = {"has_callback": True, "postprocess.failure": None}
     while True:
         visited.append(name)
         state = states[name]
@@ -300,6 +310,8 @@ def _matches(rule: dict[str, Any], job: dict[str, Any]) -> bool:
         return (key in job) == rule["IsPresent"]
     if "BooleanEquals" in rule:
         return job.get(key) == rule["BooleanEquals"]
+    if "IsNull" in rule:
+        return (job.get(key) is None) == rule["IsNull"]
     raise AssertionError(f"unhandled Choice rule {rule}")
 
 

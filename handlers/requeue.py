@@ -1,0 +1,38 @@
+"""Scheduled task: send the queue message of jobs whose submission stored them but never sent it."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from shared.aws import AwsClients
+from shared.errors import RetryableError
+from shared.jobs import JobsRepository
+from shared.queue import JobQueue
+from shared.settings import get_settings
+from workflows.requeue import RequeueSweeper
+
+logger = Logger(service="sdq-requeue")
+
+
+@lru_cache(maxsize=1)
+def sweeper() -> RequeueSweeper:
+    settings = get_settings()
+    aws = AwsClients(settings)
+    return RequeueSweeper(
+        JobsRepository(aws.dynamodb(), settings.table_name),
+        JobQueue(aws.sqs(), settings.queue_url),
+        requeue_after_s=settings.requeue_after_s,
+    )
+
+
+@logger.inject_lambda_context(log_event=False)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
+    report = sweeper().sweep()
+    if report.failed:
+        # Counted by the function's Errors alarm; the jobs stay marked and the next run tries them again.
+        raise RetryableError(f"{report.failed} jobs could not be requeued this run")
+    return report.as_dict()

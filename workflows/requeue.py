@@ -1,0 +1,81 @@
+"""The requeue sweeper: sends the queue message of a job whose submission stored it but never sent it.
+
+A submission writes the job, then sends its message, then marks it sent (``JobsRepository.mark_enqueued``).
+An API call that dies between the write and the send (its Lambda killed, the runtime lost) leaves a QUEUED job
+that no worker will ever see; a replay of its Idempotency-Key would answer with it too. The sweeper runs on a
+schedule, finds jobs still marked unqueued ``requeue_after_s`` after their submission (longer than any API call
+can live) and sends their message. A second message for a job whose first did go out is harmless: the claim is
+a conditional write, so only one of them runs the job, and the other is dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aws_lambda_powertools import Logger
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared.contracts import JobStatus, QueueMessage, utcnow
+from shared.errors import JobNotFound
+from shared.jobs import JobsRepository
+from shared.queue import JobQueue
+
+logger = Logger(service="sdq-requeue", child=True)
+
+
+@dataclass
+class SweepReport:
+    requeued: int = 0
+    cleared: int = 0  # marked jobs that had moved on (claimed, cancelled, finished) or were gone
+    failed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"requeued": self.requeued, "cleared": self.cleared, "failed": self.failed}
+
+
+class RequeueSweeper:
+    def __init__(
+        self,
+        repo: JobsRepository,
+        queue: JobQueue,
+        *,
+        requeue_after_s: float,
+        limit: int = 500,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._repo = repo
+        self._queue = queue
+        self._after = requeue_after_s
+        self._limit = limit
+        self._clock = clock
+
+    def sweep(self) -> SweepReport:
+        """One pass; a job that cannot be sent now stays marked and is tried again on the next pass."""
+        report = SweepReport()
+        for job_id in self._repo.unqueued_before(self._clock() - self._after, limit=self._limit):
+            try:
+                self._one(job_id, report)
+            except (ClientError, BotoCoreError) as exc:
+                report.failed += 1
+                logger.warning("could not requeue a job; next pass", job_id=job_id, error=type(exc).__name__)
+        if report.requeued or report.failed:
+            logger.warning("requeue sweep", requeued=report.requeued, cleared=report.cleared, failed=report.failed)
+        return report
+
+    def _one(self, job_id: str, report: SweepReport) -> None:
+        try:
+            job = self._repo.get(job_id)
+        except JobNotFound:
+            report.cleared += 1  # deleted by the TTL meanwhile; its index entry went with it
+            return
+        if job.status == JobStatus.QUEUED:
+            self._queue.send(
+                QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
+            )
+            logger.warning("job requeued: its submission stored it but did not send it", job_id=job.job_id)
+            report.requeued += 1
+        else:
+            report.cleared += 1
+        self._repo.mark_enqueued(job.job_id)

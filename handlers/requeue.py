@@ -26,6 +26,7 @@ def sweeper() -> RequeueSweeper:
         JobsRepository(aws.dynamodb(), settings.table_name),
         JobQueue(aws.sqs(), settings.queue_url),
         requeue_after_s=settings.requeue_after_s,
+        budget_s=settings.requeue_budget_s,
     )
 
 
@@ -33,6 +34,7 @@ def sweeper() -> RequeueSweeper:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
     report = sweeper().sweep()
     if report.failed:
-        # Counted by the function's Errors alarm; the jobs stay marked and the next run tries them again.
+        # Counted by the function's Errors alarm (the template turns off Lambda's own retries of a failed run);
+        # the jobs stay marked and the next scheduled run tries them again.
         raise RetryableError(f"{report.failed} jobs could not be requeued this run")
     return report.as_dict()

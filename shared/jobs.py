@@ -251,6 +251,8 @@ class JobsRepository:
             }
         }
         for pause in (*CONFLICT_PAUSES_S, None):
+            # A key freed meanwhile (its job could not be queued) is free as of now, not as of the first try.
+            put_idem["Put"]["ExpressionAttributeValues"] = {":now": {"N": str(int(time.time()))}}
             try:
                 self._ddb.transact_write_items(TransactItems=[put_job, put_idem])  # type: ignore[list-item]
             except self._ddb.exceptions.TransactionCanceledException as exc:
@@ -311,12 +313,12 @@ class JobsRepository:
                 ConditionExpression="attribute_exists(pk)",
             )
 
-    def unqueued_before(self, epoch_s: float, *, limit: int) -> list[str]:
+    def unqueued_before(self, epoch_s: float, *, limit: int, shards: Iterable[int] | None = None) -> list[str]:
         """Ids of jobs submitted before ``epoch_s`` whose queue message was never marked sent, oldest first per
-        shard, at most ``limit`` in all."""
+        shard (all shards, or those given), at most ``limit`` in all."""
         found: list[str] = []
         cutoff = first_job_id_at(epoch_s)
-        for shard in range(UNQUEUED_SHARDS):
+        for shard in range(UNQUEUED_SHARDS) if shards is None else shards:
             kwargs: dict[str, Any] = {
                 "TableName": self._table,
                 "IndexName": UNQUEUED_INDEX,

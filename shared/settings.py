@@ -85,6 +85,9 @@ class Settings(BaseSettings):
         ge=1,
         description="A job still marked unqueued this long after its submission is sent to the queue again",
     )
+    requeue_budget_s: float = Field(
+        default=30.0, gt=0, description="How long one requeue sweep keeps taking jobs (its function times out at 60 s)"
+    )
 
     allow_loopback_callbacks: bool = Field(
         default=False,

@@ -5,7 +5,8 @@ An API call that dies between the write and the send (its Lambda killed, the run
 that no worker will ever see; a replay of its Idempotency-Key would answer with it too. The sweeper runs on a
 schedule, finds jobs still marked unqueued ``requeue_after_s`` after their submission (longer than any API call
 can live) and sends their message. A second message for a job whose first did go out is harmless: the claim is
-a conditional write, so only one of them runs the job, and the other is dropped.
+a conditional write, so only one of them runs the job, and the other is dropped. Delivery is at least once: a
+sweep that dies after a send and before clearing the mark sends that job again on its next pass.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.contracts import JobStatus, QueueMessage, utcnow
 from shared.errors import JobNotFound
-from shared.jobs import JobsRepository
+from shared.jobs import UNQUEUED_SHARDS, JobsRepository
 from shared.queue import JobQueue
 
 logger = Logger(service="sdq-requeue", child=True)
@@ -30,9 +31,17 @@ class SweepReport:
     requeued: int = 0
     cleared: int = 0  # marked jobs that had moved on (claimed, cancelled, finished) or were gone
     failed: int = 0
+    deferred: int = 0  # found but left for the next pass: this one's time budget was spent
+    deferred_shards: int = 0  # index shards not read this pass (budget spent or limit reached)
 
     def as_dict(self) -> dict[str, int]:
-        return {"requeued": self.requeued, "cleared": self.cleared, "failed": self.failed}
+        return {
+            "requeued": self.requeued,
+            "cleared": self.cleared,
+            "failed": self.failed,
+            "deferred": self.deferred,
+            "deferred_shards": self.deferred_shards,
+        }
 
 
 class RequeueSweeper:
@@ -42,26 +51,50 @@ class RequeueSweeper:
         queue: JobQueue,
         *,
         requeue_after_s: float,
+        budget_s: float = 30.0,
         limit: int = 500,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._repo = repo
         self._queue = queue
         self._after = requeue_after_s
+        self._budget_s = budget_s
         self._limit = limit
         self._clock = clock
+        self._monotonic = monotonic
 
     def sweep(self) -> SweepReport:
-        """One pass; a job that cannot be sent now stays marked and is tried again on the next pass."""
+        """One pass, shard by shard within its time budget; a job that cannot be sent now, or that the budget
+        leaves, stays marked and is taken on the next pass."""
         report = SweepReport()
-        for job_id in self._repo.unqueued_before(self._clock() - self._after, limit=self._limit):
-            try:
-                self._one(job_id, report)
-            except (ClientError, BotoCoreError) as exc:
-                report.failed += 1
-                logger.warning("could not requeue a job; next pass", job_id=job_id, error=type(exc).__name__)
-        if report.requeued or report.failed:
-            logger.warning("requeue sweep", requeued=report.requeued, cleared=report.cleared, failed=report.failed)
+        deadline = self._monotonic() + self._budget_s
+        cutoff = self._clock() - self._after
+        taken = 0
+        for shard in range(UNQUEUED_SHARDS):
+            if self._monotonic() >= deadline or taken >= self._limit:
+                report.deferred_shards += 1
+                continue
+            job_ids = self._repo.unqueued_before(cutoff, limit=self._limit - taken, shards=[shard])
+            taken += len(job_ids)
+            for job_id in job_ids:
+                if self._monotonic() >= deadline:
+                    report.deferred += 1
+                    continue
+                try:
+                    self._one(job_id, report)
+                except (ClientError, BotoCoreError) as exc:
+                    report.failed += 1
+                    logger.warning("could not requeue a job; next pass", job_id=job_id, error=type(exc).__name__)
+        if report.requeued or report.failed or report.deferred or report.deferred_shards:
+            logger.warning(
+                "requeue sweep",
+                requeued=report.requeued,
+                cleared=report.cleared,
+                failed=report.failed,
+                deferred=report.deferred,
+                deferred_shards=report.deferred_shards,
+            )
         return report
 
     def _one(self, job_id: str, report: SweepReport) -> None:

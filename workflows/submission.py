@@ -11,7 +11,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ulid import ULID
 
 from shared.contracts import GenerationRequest, Job, JobError, JobStatus, QueueMessage, utcnow
-from shared.errors import EnqueueFailed, JobNotFound, TooManyRequests
+from shared.errors import EnqueueFailed, InvalidTransition, JobNotFound, TooManyRequests
 from shared.jobs import JobsRepository, Page, expiry_epoch
 from shared.queue import JobQueue
 from shared.ratelimit import RateLimiter
@@ -66,7 +66,9 @@ class SubmissionService:
         """Record and enqueue a job.
 
         Raises IdempotencyConflict (key reused with another body), TooManyRequests (rate or unfinished-job cap)
-        or EnqueueFailed (queue unreachable after retries; the job is then FAILED, not stuck in QUEUED).
+        or EnqueueFailed (queue unreachable after retries; the job is then FAILED, not stuck in QUEUED). When
+        the job cannot be marked FAILED either, it is accepted as it is: it stays marked unqueued and the requeue
+        sweeper sends it.
         """
         fingerprint = request.fingerprint()
         if idempotency_key is not None:
@@ -141,10 +143,19 @@ class SubmissionService:
             return
         reason = JobError(code="ENQUEUE_FAILED", message=f"The job could not be queued: {type(last).__name__}")
         try:
-            self._repo.transition(job.job_id, JobStatus.FAILED, tenant=job.tenant, error=reason)
-        except Exception:
-            # The caller still learns the job failed; the record is reconciled by its TTL at worst.
-            logger.exception("could not mark unqueued job FAILED", job_id=job.job_id)
+            # Only from QUEUED: a job the requeue sweeper sent meanwhile and a worker claimed is running.
+            self._repo.transition(
+                job.job_id, JobStatus.FAILED, tenant=job.tenant, sources=[JobStatus.QUEUED], error=reason
+            )
+        except (ClientError, BotoCoreError, InvalidTransition) as exc:
+            # The job stays QUEUED and marked unqueued, so the requeue sweeper sends it: it is accepted, and the
+            # caller gets 202, not a 503 that would invite a second job beside this one.
+            logger.warning(
+                "queue send failed and the job could not be failed; the sweeper will queue it",
+                job_id=job.job_id,
+                error=type(exc).__name__,
+            )
+            return
         if job.idempotency_key is not None:
             try:
                 self._repo.release_idempotency_key(job.tenant, job.idempotency_key, job.job_id)

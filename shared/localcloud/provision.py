@@ -57,6 +57,8 @@ LOCAL_SKIPPED_TYPES: Mapping[str, str] = {
     "AWS::ApiGateway::Stage": _LOCAL_API,
     "AWS::ApiGateway::UsagePlan": _LOCAL_API,
     "AWS::Lambda::Permission": _LOCAL_API,
+    # Lambda's retries of a failed asynchronous invocation: the local schedules invoke synchronously, once.
+    "AWS::Lambda::EventInvokeConfig": "local scheduled runs are synchronous invocations, never retried",
     # The GPU worker fleet: cluster, capacity, network and scaling.
     "AWS::ApplicationAutoScaling::ScalableTarget": _LOCAL_WORKER,
     "AWS::ApplicationAutoScaling::ScalingPolicy": _LOCAL_WORKER,

@@ -1,5 +1,8 @@
 """Jobs whose submission stored them and died before sending their queue message: the requeue sweeper (a
-scheduled function, run every few seconds by the local service) sends it, once, and the job runs."""
+scheduled function, run every few seconds by the local service) sends it and the job runs.
+
+Queue contents are checked by depth, never by receiving: a receive counts toward the queue's maxReceiveCount
+and would dead-letter the messages it looks at."""
 
 from __future__ import annotations
 
@@ -9,8 +12,8 @@ from collections.abc import Callable
 from ulid import ULID
 
 from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
-from shared.jobs import JobsRepository, expiry_epoch
-from shared.queue import JobQueue, parse_body
+from shared.jobs import UNQUEUED_SHARDS, JobsRepository, expiry_epoch, job_pk
+from shared.queue import JobQueue
 from shared.settings import Settings
 from tests.integration.conftest import RunningService
 from workflows.requeue import RequeueSweeper
@@ -38,36 +41,30 @@ def stored_but_never_sent(repo: JobsRepository, tenant: str, prompt: str) -> Job
     return stored
 
 
-def queued_job_ids(service: RunningService) -> list[str]:
-    """The job id of each message in the queue (one entry per message), read without consuming them."""
-    sqs, by_message = service.boto("sqs"), {}
-    for _ in range(5):
-        for m in sqs.receive_message(
-            QueueUrl=service.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0
-        ).get("Messages", []):
-            message = parse_body(m["Body"])
-            assert message is not None
-            by_message[m["MessageId"]] = message.job_id
-    return list(by_message.values())
+def marked(repo: JobsRepository, job_id: str) -> bool:
+    return job_id in repo.unqueued_before(time.time() + 3600, limit=10_000)
 
 
 def later(seconds: float) -> Callable[[], float]:
     return lambda: time.time() + seconds
 
 
-def test_a_job_stored_but_never_sent_is_queued_by_the_schedule_once_and_runs(service: RunningService) -> None:
+def test_a_job_stored_but_never_sent_is_queued_by_the_schedule_and_runs(service: RunningService) -> None:
     repo = JobsRepository(service.boto("dynamodb"), service.table)
     tenant, client = service.new_named_tenant("requeue")
+    depth = service.queue_depth()
     job = stored_but_never_sent(repo, tenant, "a stranded fox")
     assert client.get(job.job_id)["status"] == "QUEUED"
-    # The local profile requeues after 15 s, on a 5 s schedule; on AWS after 120 s, every minute.
+    assert marked(repo, job.job_id)
+    # The local profile requeues after 15 s, on a 5 s schedule; on AWS after 120 s, every minute. The mark goes
+    # only once the message is sent.
     deadline = time.monotonic() + 60
-    while job.job_id not in queued_job_ids(service):
+    while marked(repo, job.job_id):
         assert time.monotonic() < deadline, "the sweeper never sent the stranded job's message"
         time.sleep(1)
-    assert repo.unqueued_before(time.time() + 3600, limit=100) == []
+    assert service.queue_depth() == depth + 1
     time.sleep(12)  # two more sweeps: the job is no longer marked, so no second message
-    assert queued_job_ids(service).count(job.job_id) == 1
+    assert service.queue_depth() == depth + 1
     worker = service.start_worker(env={"SDQ_RECEIVE_WAIT_S": "1", "SDQ_MAX_BATCH_WAIT_MS": "0"})
     try:
         deadline = time.monotonic() + 120
@@ -75,23 +72,44 @@ def test_a_job_stored_but_never_sent_is_queued_by_the_schedule_once_and_runs(ser
             assert time.monotonic() < deadline, client.get(job.job_id)
             assert worker.poll() is None
             time.sleep(0.5)
+        assert client.get(job.job_id)["attempt"] == 1
     finally:
         worker.terminate()
         worker.wait(timeout=60)
 
 
-def test_a_submitted_job_is_not_requeued_and_a_claimed_one_is_let_be(service: RunningService) -> None:
+def test_a_submitted_or_claimed_job_carries_no_mark(service: RunningService) -> None:
     repo = JobsRepository(service.boto("dynamodb"), service.table)
-    queue = JobQueue(service.boto("sqs"), service.queue_url)
-    submissions = SubmissionService(repo, queue, Settings())
+    submissions = SubmissionService(repo, JobQueue(service.boto("sqs"), service.queue_url), Settings())
     request = GenerationRequest.model_validate({"prompt": "sent normally", **SMALL}, context={"settings": Settings()})
     sent = submissions.submit("tenant-requeue-sent", request).job
-    claimed = stored_but_never_sent(repo, "tenant-requeue-claimed", "claimed by a worker from an earlier message")
+    assert not marked(repo, sent.job_id)
+    claimed = stored_but_never_sent(repo, "tenant-requeue-claimed", "claimed from an earlier message")
     repo.claim(claimed.job_id, claimed.tenant, worker_id="w-1", lease_s=300, now=time.time())
-    report = RequeueSweeper(repo, queue, requeue_after_s=0, clock=later(60)).sweep()
-    assert report.requeued == 0
-    assert queued_job_ids(service).count(sent.job_id) == 1
-    assert claimed.job_id not in queued_job_ids(service)
+    assert not marked(repo, claimed.job_id)
+
+
+def test_a_marked_job_that_is_no_longer_queued_is_cleared_without_a_message(service: RunningService) -> None:
+    """A job whose mark outlived its QUEUED status (written by an older version, say) gets no message."""
+    ddb = service.boto("dynamodb")
+    repo = JobsRepository(ddb, service.table)
+    job = stored_but_never_sent(repo, "tenant-requeue-moved", "moved on")
+    ddb.update_item(
+        TableName=service.table,
+        Key={"pk": {"S": job_pk(job.job_id)}},
+        UpdateExpression="SET #s = :running",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":running": {"S": "RUNNING"}},
+    )
+    others = len(repo.unqueued_before(time.time() + 60, limit=10_000)) - 1
+    depth = service.queue_depth()
+    report = RequeueSweeper(
+        repo, JobQueue(service.boto("sqs"), service.queue_url), requeue_after_s=0, clock=later(60)
+    ).sweep()
+    assert report.cleared >= 1
+    assert service.queue_depth() == depth + report.requeued
+    assert report.requeued <= others
+    assert not marked(repo, job.job_id)
 
 
 def test_a_requeue_that_cannot_send_keeps_the_job_marked_for_the_next_pass(service: RunningService) -> None:
@@ -100,9 +118,22 @@ def test_a_requeue_that_cannot_send_keeps_the_job_marked_for_the_next_pass(servi
     missing = JobQueue(service.boto("sqs"), service.queue_url.rsplit("/", 1)[0] + "/no-such-queue")
     first = RequeueSweeper(repo, missing, requeue_after_s=0, clock=later(60)).sweep()
     assert first.failed >= 1
-    assert job.job_id in repo.unqueued_before(time.time() + 60, limit=1000)
+    assert marked(repo, job.job_id)
+    depth = service.queue_depth()
     queue = JobQueue(service.boto("sqs"), service.queue_url)
     second = RequeueSweeper(repo, queue, requeue_after_s=0, clock=later(60)).sweep()
     assert second.requeued >= 1
-    assert job.job_id in queued_job_ids(service)
-    assert job.job_id not in repo.unqueued_before(time.time() + 60, limit=1000)
+    assert service.queue_depth() == depth + second.requeued
+    assert not marked(repo, job.job_id)
+
+
+def test_a_sweep_whose_budget_is_spent_sends_nothing_more_and_leaves_the_jobs_marked(service: RunningService) -> None:
+    repo = JobsRepository(service.boto("dynamodb"), service.table)
+    job = stored_but_never_sent(repo, "tenant-requeue-budget", "left for the next pass")
+    depth = service.queue_depth()
+    report = RequeueSweeper(
+        repo, JobQueue(service.boto("sqs"), service.queue_url), requeue_after_s=0, budget_s=0, clock=later(60)
+    ).sweep()
+    assert (report.requeued, report.deferred_shards) == (0, UNQUEUED_SHARDS)
+    assert service.queue_depth() == depth
+    assert marked(repo, job.job_id)

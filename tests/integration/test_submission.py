@@ -20,6 +20,7 @@ from shared.jobs import CONFLICT_PAUSES_S, JobsRepository
 from shared.queue import JobQueue
 from shared.settings import Settings
 from tests.integration.conftest import RunningService
+from workflows.requeue import RequeueSweeper
 from workflows.submission import SubmissionService
 
 
@@ -207,3 +208,48 @@ def test_a_key_held_by_a_submit_that_never_finishes_writing_is_a_409_that_change
     assert sends == len(CONFLICT_PAUSES_S) + 1
     assert service.queue_depth() == depth
     assert JobsRepository(ddb, service.table).list_for_tenant(tenant).jobs == []
+
+
+def _internal_error(url: str) -> AWSResponse:
+    body = {"__type": "com.amazonaws.dynamodb.v20120810#InternalServerError", "message": "injected"}
+    headers = {"Content-Type": "application/x-amz-json-1.0", "x-amzn-RequestId": "fault"}
+    return AWSResponse(url, 500, headers, _Body(json.dumps(body).encode()))
+
+
+def test_a_job_that_can_be_neither_queued_nor_failed_is_accepted_and_queued_by_the_sweeper(
+    service: RunningService,
+) -> None:
+    """The queue send fails and then so does the write that would fail the job: a 503 would invite a retry
+    that makes a second job beside this one, which the requeue sweeper later sends. So the submission is
+    accepted as it is (its key kept), and the sweeper queues it."""
+    ddb = service.boto("dynamodb")
+    repo = JobsRepository(ddb, service.table)
+    missing_queue = service.queue_url.rsplit("/", 1)[0] + "/no-such-queue"
+    submissions = SubmissionService(
+        repo, JobQueue(service.boto("sqs"), missing_queue), Settings(enqueue_attempts=1), sleep=lambda _: None
+    )
+    failed_writes = 0
+
+    def table_down(request: Any, **_: Any) -> AWSResponse:
+        nonlocal failed_writes
+        failed_writes += 1
+        return _internal_error(request.url)
+
+    request = GenerationRequest.model_validate({"prompt": "neither"}, context={"settings": Settings()})
+    ddb.meta.events.register("before-send.dynamodb.UpdateItem", table_down)
+    accepted = submissions.submit("tenant-neither", request, idempotency_key="order-neither")
+    ddb.meta.events.unregister("before-send.dynamodb.UpdateItem", table_down)
+    assert failed_writes >= 1
+    assert accepted.created
+    job = repo.get(accepted.job.job_id)
+    assert job.status == JobStatus.QUEUED
+    assert job.job_id in repo.unqueued_before(time.time() + 60, limit=1000)
+    replay = submissions.submit("tenant-neither", request, idempotency_key="order-neither")
+    assert (replay.created, replay.job.job_id) == (False, job.job_id)  # the key still names it
+    depth = service.queue_depth()
+    report = RequeueSweeper(
+        repo, JobQueue(service.boto("sqs"), service.queue_url), requeue_after_s=0, clock=lambda: time.time() + 60
+    ).sweep()
+    assert report.requeued >= 1
+    assert service.queue_depth() >= depth + 1
+    assert job.job_id not in repo.unqueued_before(time.time() + 60, limit=1000)

@@ -428,6 +428,35 @@ def test_api_function_knows_the_models_and_the_state_machine(resources: dict[str
         assert "SDQ_PROFILE" not in variables, fn
 
 
+def test_the_requeue_sweeper_runs_alone_each_minute_and_leaves_live_submissions_be(
+    sam: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    props = sam["Resources"]["RequeueFunction"]["Properties"]
+    assert props["Events"]["Sweep"] == {
+        "Type": "Schedule",
+        "Properties": {
+            "Schedule": "rate(1 minute)",
+            "Description": props["Events"]["Sweep"]["Properties"]["Description"],
+        },
+    }
+    # One sweep at a time, a failed run not retried beside the next one.
+    assert props["ReservedConcurrentExecutions"] == 1
+    assert props["EventInvokeConfig"] == {"MaximumRetryAttempts": 0}
+    settings = Settings(
+        **{
+            k.removeprefix("SDQ_").lower(): v
+            for k, v in env_of(resources["RequeueFunction"]).items()
+            if k.startswith("SDQ_") and k not in {"SDQ_TABLE_NAME", "SDQ_QUEUE_URL", "SDQ_DLQ_URL", "SDQ_BUCKET"}
+        }
+    )
+    # A job is requeued only once no API call that wrote it can still be sending its message.
+    assert settings.requeue_after_s > sam["Globals"]["Function"]["Timeout"]
+    assert "Timeout" not in sam["Resources"]["ApiFunction"]["Properties"]
+    # A sweep stops taking jobs well inside its function's timeout, even with every call at its longest.
+    longest_call = settings.aws_max_attempts * (settings.aws_connect_timeout_s + settings.aws_read_timeout_s)
+    assert settings.requeue_budget_s + 3 * longest_call < props["Timeout"]
+
+
 def test_warm_stop_fits_inside_the_stop_timeout(sam: dict[str, Any], resources: dict[str, Any]) -> None:
     worker = container(resources, "worker")
     grace = sam["Parameters"]["WorkerGraceSeconds"]

@@ -66,6 +66,12 @@ def test_postprocess_failures_lead_to_mark_failed_and_webhook_failures_never_do(
         {"Variable": "$.postprocess.failure", "IsNull": False, "Next": "PostprocessFailure"}
     ]
     assert states["PostprocessFailure"]["Next"] == "MarkFailed"
+    # A success that cannot be recorded is not reported as an image problem.
+    [record_catch] = [c for c in states["MarkSucceeded"]["Catch"] if c["ErrorEquals"] == ["States.ALL"]]
+    assert record_catch["Next"] == "RecordFailure"
+    assert states["RecordFailure"]["Next"] == "MarkFailed"
+    assert "success of the job could not be recorded" in states["RecordFailure"]["Parameters"]["message.$"]
+    assert "Cause" not in json.dumps(states["RecordFailure"]["Parameters"])
     for notify in ("Notify", "NotifyFailed"):
         assert {c["Next"] for c in states[notify]["Catch"]} == {"WebhookFailed"}
         assert any("WebhookRetryable" in r["ErrorEquals"] for r in states[notify]["Retry"])

@@ -56,6 +56,7 @@ class LocalService:
     _api_server: Any = None
     _pollers: Any = None
     _schedules: Any = None
+    _execution_events: Any = None
     worker: subprocess.Popen[bytes] | None = None
 
     def start_worker(self, *extra_args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -83,6 +84,8 @@ class LocalService:
             self._pollers.stop()
         if self._schedules is not None:
             self._schedules.stop()
+        if self._execution_events is not None:
+            self._execution_events.stop()
         self.cloud.stop()
 
 
@@ -117,7 +120,7 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
     quiet_local_logs()
     # Imported here: the API module reads settings on first request, which must see the local env first.
     from shared.localapi import LocalApiServer
-    from shared.localcloud.eventsources import SchedulePoller, SqsEventSourcePoller
+    from shared.localcloud.eventsources import ExecutionStatusPoller, SchedulePoller, SqsEventSourcePoller
 
     cloud = LocalCloud(host=config.host, port=config.cloud_port)
     cloud.start()
@@ -142,6 +145,8 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
         pollers.start()
         schedules = SchedulePoller(resources, every_s=LOCAL_SCHEDULE_S)
         schedules.start()
+        execution_events = ExecutionStatusPoller(resources)
+        execution_events.start()
     except BaseException:
         cloud.stop()
         raise
@@ -151,6 +156,7 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
     service._api_server = server
     service._pollers = pollers
     service._schedules = schedules
+    service._execution_events = execution_events
     if config.write_state:
         folder = state_dir()
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Event sources for the local cloud: SQS event source mappings (poll each mapped queue and invoke its function,
-as Lambda's poller does on AWS: records in the SQS event shape, partial batch failures honoured) and scheduled
-EventBridge rules (invoke the function on its schedule, optionally compressed)."""
+as Lambda's poller does on AWS: records in the SQS event shape, partial batch failures honoured), scheduled
+EventBridge rules (invoke the function on its schedule, optionally compressed) and EventBridge rules on Step
+Functions execution status changes (moto's executions emit no events: their statuses are polled)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.localcloud.provision import EventSource, LocalResources, Schedule
+from shared.localcloud.provision import (
+    EXECUTION_STATUS_CHANGE,
+    EventSource,
+    ExecutionStatusRule,
+    LocalResources,
+    Schedule,
+)
 
 
 def _record(message: dict[str, Any], queue_arn: str, region: str) -> dict[str, Any]:
@@ -150,3 +157,101 @@ class SchedulePoller:
                 lam.invoke(FunctionName=schedule.function_name, Payload=json.dumps(event).encode())
             except (ClientError, BotoCoreError):
                 continue  # as on AWS, a failed scheduled run is simply followed by the next one
+
+
+def _epoch_ms(value: Any) -> int | None:
+    return int(value.timestamp() * 1000) if isinstance(value, datetime) else None
+
+
+class ExecutionStatusPoller:
+    """Delivers ``Step Functions Execution Status Change`` events as EventBridge would: each execution that
+    reaches one of a rule's statuses (after the poller started) is sent to the rule's function once, as an
+    asynchronous invocation is (tried up to 3 times)."""
+
+    ATTEMPTS = 3
+
+    def __init__(self, resources: LocalResources, *, every_s: float = 1.0) -> None:
+        self._res = resources
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sfn: Any = None
+        self._lambda: Any = None
+        self._done: set[tuple[str, str]] = set()  # (rule, execution) delivered or given up
+        self._tries: dict[tuple[str, str], int] = {}
+
+    def _client(self, service: str) -> Any:
+        return boto3.session.Session().client(
+            service,  # type: ignore[call-overload]
+            endpoint_url=self._res.endpoint_url,
+            region_name=self._res.region,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",  # noqa: S106 - the local cloud accepts any key
+        )
+
+    def start(self) -> None:
+        if not self._res.execution_rules:
+            return
+        self._sfn, self._lambda = self._client("stepfunctions"), self._client("lambda")
+        for rule in self._res.execution_rules:  # executions that ended before the poller are not news
+            for execution in self._ended(rule):
+                self._done.add((rule.rule_arn, execution["executionArn"]))
+        self._thread = threading.Thread(target=self._run, name="execution-status-events", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _ended(self, rule: ExecutionStatusRule) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for machine in rule.state_machine_arns:
+            for status in rule.statuses:
+                pages = self._sfn.get_paginator("list_executions").paginate(
+                    stateMachineArn=machine, statusFilter=status
+                )
+                found.extend(e for page in pages for e in page["executions"])
+        return found
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every_s):
+            for rule in self._res.execution_rules:
+                try:
+                    self._deliver_new(rule)
+                except (ClientError, BotoCoreError):
+                    continue
+
+    def _deliver_new(self, rule: ExecutionStatusRule) -> None:
+        for execution in self._ended(rule):
+            key = (rule.rule_arn, execution["executionArn"])
+            if key in self._done:
+                continue
+            described = self._sfn.describe_execution(executionArn=execution["executionArn"])
+            event = {
+                "version": "0",
+                "id": str(uuid.uuid4()),
+                "detail-type": EXECUTION_STATUS_CHANGE,
+                "source": "aws.states",
+                "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "region": self._res.region,
+                "resources": [execution["executionArn"]],
+                "detail": {
+                    "executionArn": execution["executionArn"],
+                    "stateMachineArn": described["stateMachineArn"],
+                    "name": described["name"],
+                    "status": described["status"],
+                    "startDate": _epoch_ms(described.get("startDate")),
+                    "stopDate": _epoch_ms(described.get("stopDate")),
+                    "input": described.get("input"),
+                    "inputDetails": {"included": True},
+                    "output": described.get("output"),
+                    "error": described.get("error"),
+                    "cause": described.get("cause"),
+                },
+            }
+            tries = self._tries.get(key, 0) + 1
+            self._tries[key] = tries
+            resp = self._lambda.invoke(FunctionName=rule.function_name, Payload=json.dumps(event).encode())
+            if not resp.get("FunctionError") or tries >= self.ATTEMPTS:
+                self._done.add(key)

@@ -130,6 +130,20 @@ def rate_interval_s(expression: str) -> float:
 
 
 @dataclass(frozen=True)
+class ExecutionStatusRule:
+    """An EventBridge rule on Step Functions execution status changes that invokes a function (moto's
+    executions emit no events; see ``eventsources.ExecutionStatusPoller``)."""
+
+    rule_arn: str
+    function_name: str
+    state_machine_arns: tuple[str, ...]
+    statuses: tuple[str, ...]
+
+
+EXECUTION_STATUS_CHANGE = "Step Functions Execution Status Change"
+
+
+@dataclass(frozen=True)
 class LocalResources:
     """Physical names of the provisioned local stack."""
 
@@ -145,6 +159,7 @@ class LocalResources:
     """Logical id (e.g. ``PostprocessFunction``) -> deployed function name."""
     event_sources: tuple[EventSource, ...] = ()
     schedules: tuple[Schedule, ...] = ()
+    execution_rules: tuple[ExecutionStatusRule, ...] = ()
 
     def as_env(self) -> dict[str, str]:
         """Environment for processes (API, worker, handlers) that talk to this local cloud."""
@@ -530,6 +545,35 @@ def _disable_event_sources(
     return tuple(sources)
 
 
+def _function_targets(events: Any, rule_name: str) -> list[str]:
+    targets = events.list_targets_by_rule(Rule=rule_name)["Targets"]
+    return [t["Arn"].split(":function:", 1)[1].split(":", 1)[0] for t in targets if ":function:" in t["Arn"]]
+
+
+def _execution_rules(events: Any) -> tuple[ExecutionStatusRule, ...]:
+    """Rules matching ``aws.states`` execution status changes; any other event pattern is refused, since the
+    local cloud would never deliver it."""
+    found = []
+    for page in events.get_paginator("list_rules").paginate():
+        for rule in page["Rules"]:
+            if not rule.get("EventPattern"):
+                continue
+            pattern = json.loads(rule["EventPattern"])
+            if pattern.get("source") != ["aws.states"] or pattern.get("detail-type") != [EXECUTION_STATUS_CHANGE]:
+                raise ProvisionError(f"the local cloud delivers no events for the pattern of rule {rule['Name']}")
+            detail = pattern.get("detail", {})
+            for function_name in _function_targets(events, rule["Name"]):
+                found.append(
+                    ExecutionStatusRule(
+                        rule_arn=rule["Arn"],
+                        function_name=function_name,
+                        state_machine_arns=tuple(detail.get("stateMachineArn", [])),
+                        statuses=tuple(detail.get("status", ["FAILED", "TIMED_OUT", "ABORTED", "SUCCEEDED"])),
+                    )
+                )
+    return tuple(found)
+
+
 def _schedules(events: Any) -> tuple[Schedule, ...]:
     found = []
     for page in events.get_paginator("list_rules").paginate():
@@ -538,10 +582,8 @@ def _schedules(events: Any) -> tuple[Schedule, ...]:
             if not expression:
                 continue
             interval = rate_interval_s(expression)
-            for target in events.list_targets_by_rule(Rule=rule["Name"])["Targets"]:
-                if ":function:" in target["Arn"]:
-                    function_name = target["Arn"].split(":function:", 1)[1].split(":", 1)[0]
-                    found.append(Schedule(rule["Arn"], function_name, interval))
+            for function_name in _function_targets(events, rule["Name"]):
+                found.append(Schedule(rule["Arn"], function_name, interval))
     return tuple(found)
 
 
@@ -630,6 +672,7 @@ def provision(
             functions=functions,
             event_sources=event_sources,
             schedules=_schedules(clients["events"]),
+            execution_rules=_execution_rules(clients["events"]),
         )
     except KeyError as exc:
         raise ProvisionError(f"template is missing the stack output {exc}") from exc

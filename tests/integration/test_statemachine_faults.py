@@ -10,6 +10,7 @@ gave up.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -25,8 +26,10 @@ from moto.dynamodb.models import DynamoDBBackend
 
 from shared.apikeys import ApiKeyStore
 from shared.client import Endpoint, SdqClient
+from shared.contracts import Job, JobStatus
 from shared.jobs import JobsRepository
 from tests.integration.executions import ExecutionHarness
+from workflows.failedexecution import handle_failed_execution
 from workflows.localservice import LocalService, LocalServiceConfig, start_local_service
 from workflows.receiver import ScriptedReceiver
 
@@ -255,3 +258,63 @@ def test_a_terminal_write_whose_answer_was_lost_still_sends_the_webhook(
     assert view["status"] == path.upper()
     assert [d.json()["type"] for d in receiver.deliveries] == [f"job.{path}"]
     assert view["webhook"]["state"] == "delivered"
+
+
+def _until(predicate: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_an_execution_stopped_before_it_recorded_a_result_fails_its_job_and_sends_the_webhook(
+    h: Harness, faults: DynamoFaults, receiver: ScriptedReceiver
+) -> None:
+    """An execution that ends outright (failed, timed out, stopped) would leave its job RUNNING forever: the worker
+    deleted the message when it started it. The failed-execution handler (an EventBridge rule on the execution's
+    status) fails the job and sends its job.failed webhook."""
+    receiver.secret = h.client.webhook_secret()
+    job = h.running_job(receiver.url)
+    # The table keeps refusing MarkFailed, so the execution waits in its retries; then an operator stops it.
+    fault = faults.add(Fault(job.job_id, MARK_FAILED, times=1000, code="InternalServerError", status=500))
+    arn = h.start(job, [], worker_error={"code": "OUT_OF_MEMORY", "message": "CUDA out of memory"})
+    _until(lambda: fault.hits >= 1, 60, "MarkFailed to be tried")
+    assert h.client.get(job.job_id)["status"] == "RUNNING"
+    h.sfn.stop_execution(executionArn=arn, error="Operator", cause="stopped while the table was down")
+    assert h.wait(arn) == "ABORTED"
+    _until(lambda: h.client.get(job.job_id)["status"] == "FAILED", 60, "the job to be failed")
+    view = h.client.get(job.job_id)
+    assert view["error"]["code"] == "WORKFLOW_FAILED"
+    assert view["error"]["message"].startswith("The job's workflow was stopped")
+    _until(lambda: len(receiver.deliveries) >= 1, 60, "the job.failed webhook")
+    [delivery] = receiver.deliveries
+    assert delivery.verified
+    assert delivery.json()["type"] == "job.failed"
+    assert delivery.json()["data"]["error"]["code"] == "WORKFLOW_FAILED"
+
+
+def test_a_failed_execution_of_a_notice_of_another_attempt_or_a_finished_run_changes_nothing(h: Harness) -> None:
+    job = h.running_job(None)
+
+    def detail(status: str = "FAILED", **payload: Any) -> dict[str, Any]:
+        body = {"job_id": job.job_id, "tenant": job.tenant, "attempt": job.attempt, **payload}
+        return {"status": status, "executionArn": "arn:x", "error": "States.Runtime", "input": json.dumps(body)}
+
+    notices: list[Job] = []
+    assert handle_failed_execution(h.repo, detail(notify_only=True), notify=notices.append) == "not_a_job_run"
+    assert handle_failed_execution(h.repo, detail("SUCCEEDED"), notify=notices.append) == "not_a_job_run"
+    assert handle_failed_execution(h.repo, {"status": "FAILED", "input": "not json"}) == "not_a_job_run"
+    # A late event for an earlier attempt: the job was claimed again since; its new run is not this one's.
+    earlier = detail(attempt=job.attempt - 1)
+    assert handle_failed_execution(h.repo, earlier, notify=notices.append) == "already_moved_on"
+    assert h.repo.get(job.job_id).status == JobStatus.RUNNING
+    assert notices == []
+    # The current attempt's: failed once, and a retried event only starts the (idempotent) notice again.
+    assert handle_failed_execution(h.repo, detail(), notify=notices.append) == "failed"
+    assert handle_failed_execution(h.repo, detail(), notify=notices.append) == "already_moved_on"
+    failed = h.repo.get(job.job_id)
+    assert failed.status == JobStatus.FAILED
+    assert failed.error is not None
+    assert failed.error.code == "WORKFLOW_FAILED"
+    assert failed.error.message == "The job's workflow failed (States.Runtime) before it recorded a result."
+    assert [n.job_id for n in notices] == [job.job_id, job.job_id]

@@ -62,6 +62,14 @@ MANAGED_POLICIES = {
     },
 }
 
+FUNCTIONS = (
+    "ApiFunction",
+    "PostprocessFunction",
+    "NotifyFunction",
+    "DlqFunction",
+    "RequeueFunction",
+    "FailedExecutionFunction",
+)
 XRAY_WRITE = {("xray:PutTraceSegments", "*"), ("xray:PutTelemetryRecords", "*")}
 XRAY_DAEMON = XRAY_WRITE | {("xray:GetSamplingRules", "*"), ("xray:GetSamplingTargets", "*")}
 
@@ -122,6 +130,13 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("sqs:GetQueueAttributes", "JobsDeadLetterQueue.Arn"),
         ("sqs:SendMessage", "JobsQueue.Arn"),
     },
+    "FailedExecutionFunctionRole": _logs("FailedExecutionFunctionLogGroup")
+    | XRAY_WRITE
+    | {
+        ("dynamodb:GetItem", "JobsTable.Arn"),
+        ("dynamodb:UpdateItem", "JobsTable.Arn"),
+        ("states:StartExecution", "JobStateMachine"),
+    },
     "RequeueFunctionRole": _logs("RequeueFunctionLogGroup")
     | XRAY_WRITE
     | {
@@ -167,6 +182,7 @@ EXPECTED_LEADING_KEYS = {
     ("NotifyFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("DlqFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("RequeueFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
+    ("FailedExecutionFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("WorkerTaskRole", "dynamodb:UpdateItem"): {"JOB#*"},
 }
 
@@ -176,6 +192,7 @@ TRUSTED_SERVICE = {
     "NotifyFunctionRole": "lambda.amazonaws.com",
     "DlqFunctionRole": "lambda.amazonaws.com",
     "RequeueFunctionRole": "lambda.amazonaws.com",
+    "FailedExecutionFunctionRole": "lambda.amazonaws.com",
     "JobStateMachineRole": "states.amazonaws.com",
     "WorkerTaskRole": "ecs-tasks.amazonaws.com",
     "WorkerExecutionRole": "ecs-tasks.amazonaws.com",
@@ -334,7 +351,13 @@ def test_who_may_do_what(resources: dict[str, Any]) -> None:
     assert holders("s3:DeleteObject") == {"PostprocessFunctionRole"}
     assert holders("s3:PutObject") == {"PostprocessFunctionRole", "WorkerTaskRole"}
     assert holders("s3:PutObject", "MediaBucket.Arn/outputs/") == {"PostprocessFunctionRole"}
-    assert holders("states:StartExecution") == {"ApiFunctionRole", "WorkerTaskRole", "DlqFunctionRole"}  # + notices
+    # The worker's hand-off, and the notices of the API (cancel, redeliver), dead letters and failed executions.
+    assert holders("states:StartExecution") == {
+        "ApiFunctionRole",
+        "WorkerTaskRole",
+        "DlqFunctionRole",
+        "FailedExecutionFunctionRole",
+    }
     assert holders("lambda:InvokeFunction") == {"JobStateMachineRole"}
     assert "sqs:SendMessage" not in {a for a, _ in by_role["PostprocessFunctionRole"]}
     assert not {a for a, _ in by_role["ApiFunctionRole"]} & {"s3:DeleteObject", "s3:PutObject"}
@@ -344,7 +367,7 @@ def test_roles_are_trusted_by_their_service_and_used_by_their_component(resource
     for name, role in roles(resources).items():
         trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
         assert [st["Principal"]["Service"] for st in trust] == [TRUSTED_SERVICE[name]], name
-    for fn in ("ApiFunction", "PostprocessFunction", "NotifyFunction", "DlqFunction", "RequeueFunction"):
+    for fn in FUNCTIONS:
         assert show(resources[fn]["Properties"]["Role"]) == f"{fn}Role.Arn"
         log_group = show(resources[fn]["Properties"]["LoggingConfig"]["LogGroup"])
         assert _logs(log_group) <= grants(resources[f"{fn}Role"]), fn
@@ -419,7 +442,7 @@ def test_api_function_knows_the_models_and_the_state_machine(resources: dict[str
     assert show(env["SDQ_MODELS"]) == '["ModelId"]'
     assert show(env["SDQ_DEFAULT_MODEL"]) == "ModelId"
     assert show(env["SDQ_JOB_RETENTION_DAYS"]) == "RetentionDays"
-    for fn in ("ApiFunction", "PostprocessFunction", "NotifyFunction", "DlqFunction", "RequeueFunction"):
+    for fn in FUNCTIONS:
         variables = env_of(resources[fn])
         assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "sdq", fn
         assert "POWERTOOLS_SERVICE_NAME" in variables, fn
@@ -455,6 +478,18 @@ def test_the_requeue_sweeper_runs_alone_each_minute_and_leaves_live_submissions_
     # A sweep stops taking jobs well inside its function's timeout, even with every call at its longest.
     longest_call = settings.aws_max_attempts * (settings.aws_connect_timeout_s + settings.aws_read_timeout_s)
     assert settings.requeue_budget_s + 3 * longest_call < props["Timeout"]
+
+
+def test_every_failed_timed_out_or_aborted_execution_of_the_job_workflow_reaches_its_handler(
+    sam: dict[str, Any],
+) -> None:
+    [event] = sam["Resources"]["FailedExecutionFunction"]["Properties"]["Events"].values()
+    assert event["Type"] == "EventBridgeRule"
+    pattern = event["Properties"]["Pattern"]
+    assert pattern["source"] == ["aws.states"]
+    assert pattern["detail-type"] == ["Step Functions Execution Status Change"]
+    assert set(pattern["detail"]["status"]) == {"FAILED", "TIMED_OUT", "ABORTED"}
+    assert [show(arn) for arn in pattern["detail"]["stateMachineArn"]] == ["JobStateMachine"]
 
 
 def test_warm_stop_fits_inside_the_stop_timeout(sam: dict[str, Any], resources: dict[str, Any]) -> None:
@@ -533,7 +568,7 @@ def test_table_is_on_demand_encrypted_with_ttl_and_pitr(resources: dict[str, Any
 
 def test_tracing_is_active_everywhere(resources: dict[str, Any]) -> None:
     functions = [r for r in resources.values() if r["Type"] == "AWS::Lambda::Function"]
-    assert len(functions) == 5
+    assert len(functions) == len(FUNCTIONS)
     assert all(f["Properties"]["TracingConfig"] == {"Mode": "Active"} for f in functions)
     assert resources["JobStateMachine"]["Properties"]["TracingConfiguration"] == {"Enabled": True}
     stage = next(r for r in resources.values() if r["Type"] == "AWS::ApiGateway::Stage")
@@ -684,7 +719,7 @@ def test_local_filter_removes_only_the_listed_types(cfn: dict[str, Any]) -> None
     for needed in ("JobsQueue", "JobsDeadLetterQueue", "JobsTable", "MediaBucket", "JobStateMachine"):
         assert needed in local["Resources"], needed
     functions = {k for k, r in local["Resources"].items() if r["Type"] == "AWS::Lambda::Function"}
-    assert functions == {"ApiFunction", "PostprocessFunction", "NotifyFunction", "DlqFunction", "RequeueFunction"}
+    assert functions == set(FUNCTIONS)
     assert "AWS::Lambda::EventSourceMapping" in kept_types
     assert all(resource_class_from_type(t) is not None for t in kept_types)
     assert all(reason.strip() for reason in LOCAL_SKIPPED_TYPES.values())

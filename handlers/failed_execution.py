@@ -26,7 +26,9 @@ class Deps:
     orchestrator: Orchestrator
 
     def notify(self, job: Job) -> None:
-        start_notice(self.orchestrator, job, "failed", once=True)
+        """The finished job's webhook, once per job and status (``<job id>-failed``, as the DLQ handler names
+        its notice, or ``<job id>-succeeded``)."""
+        start_notice(self.orchestrator, job, job.status.value.lower(), once=True)
 
 
 @lru_cache(maxsize=1)

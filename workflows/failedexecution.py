@@ -8,13 +8,16 @@ stay RUNNING or POSTPROCESSING, counted against its tenant's cap, with no webhoo
 
 EventBridge reports each such execution (``Step Functions Execution Status Change``); this marks its job FAILED
 (``WORKFLOW_FAILED``), only from RUNNING or POSTPROCESSING at the execution's own attempt, and starts the job's
-``job.failed`` webhook through the notice-only path, once.
+``job.failed`` webhook through the notice-only path, once. A job the execution did finish before it failed (its
+terminal write landed, its Notify never ran) gets its webhook the same way.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -35,52 +38,89 @@ def workflow_error(status: str, error: str | None) -> JobError:
     return JobError(code=WORKFLOW_FAILED, message=f"The job's workflow {ended}{cause} before it recorded a result.")
 
 
+# A job run's execution is named ``<job id>-<attempt>`` by the worker (notices are ``<job id>-<reason>[-<ulid>]``).
+JOB_RUN_NAME = re.compile(r"^(?P<job_id>[0-9A-HJKMNP-TV-Z]{26})-(?P<attempt>[0-9]+)$")
+
+
+@dataclass(frozen=True)
+class JobRun:
+    job_id: str
+    tenant: str
+    attempt: int
+
+
+def job_run(repo: JobsRepository, detail: Mapping[str, Any]) -> JobRun | None:
+    """The job run an execution was, from its input, or from its name when the event leaves the input out (an
+    input near the size limit); None for a notice or anything else."""
+    try:
+        payload = json.loads(detail.get("input") or "null")
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        if payload.get("notify_only"):
+            return None
+        job_id, tenant, attempt = payload.get("job_id"), payload.get("tenant"), payload.get("attempt")
+        if isinstance(job_id, str) and isinstance(tenant, str) and isinstance(attempt, int):
+            return JobRun(job_id, tenant, attempt)
+    match = JOB_RUN_NAME.match(str(detail.get("name", "")))
+    if match is None:
+        return None
+    try:
+        job = repo.get(match["job_id"])
+    except JobNotFound:
+        return None
+    return JobRun(job.job_id, job.tenant, int(match["attempt"]))
+
+
 def handle_failed_execution(
     repo: JobsRepository, detail: Mapping[str, Any], *, notify: Callable[[Job], object] | None = None
 ) -> str:
     """Fail the job of one failed execution; returns ``failed``, ``not_a_job_run`` (a notice-only execution or
-    an input without a job), ``already_moved_on`` (finished, cancelled, handed back or claimed again) or
-    ``unknown`` (no such job).
+    an execution that names no job), ``already_moved_on`` (finished, cancelled, handed back or claimed again)
+    or ``unknown`` (no such job).
 
-    ``notify`` starts the failed job's webhook; it may raise (the event is then retried, and the retry, finding
-    the job already failed by this handler, starts it again: it must be idempotent).
+    ``notify`` starts a finished job's webhook, named after the job and its status so that it is sent once
+    (``start_notice(..., once=True)``); it may raise, and the event is then retried. It is called for the job
+    failed here, again for a retried event (the first try may have failed before its notice started), and for
+    a job this execution finished (SUCCEEDED or FAILED at its attempt) that has no webhook recorded: the write
+    landed, then the execution failed before its Notify state.
     """
     status = str(detail.get("status", ""))
     if status not in FAILED_STATUSES:
         return "not_a_job_run"
-    try:
-        payload = json.loads(detail.get("input") or "{}")
-    except ValueError:
-        payload = None
-    if not isinstance(payload, dict) or payload.get("notify_only"):
-        # A webhook notice that failed leaves its job as it is (the job finished before the notice started).
-        logger.warning("a notice execution failed", execution=detail.get("executionArn"), status=status)
-        return "not_a_job_run"
-    job_id, tenant, attempt = payload.get("job_id"), payload.get("tenant"), payload.get("attempt")
-    if not isinstance(job_id, str) or not isinstance(tenant, str) or not isinstance(attempt, int):
-        logger.error("a failed execution names no job", execution=detail.get("executionArn"))
+    run = job_run(repo, detail)
+    if run is None:
+        logger.warning("a failed execution was not a job run", execution=detail.get("executionArn"), status=status)
         return "not_a_job_run"
     error = workflow_error(status, detail.get("error"))
     try:
         job = repo.transition(
-            job_id,
+            run.job_id,
             JobStatus.FAILED,
-            tenant=tenant,
+            tenant=run.tenant,
             sources=[JobStatus.RUNNING, JobStatus.POSTPROCESSING],
-            extra_condition=("attempt = :attempt", {":attempt": attempt}),
+            extra_condition=("attempt = :attempt", {":attempt": run.attempt}),
             error=error,
         )
     except InvalidTransition as exc:
-        if notify is not None and exc.current == JobStatus.FAILED.value:
-            current = repo.get(job_id)
-            if current.error is not None and current.error.code == WORKFLOW_FAILED and current.attempt == attempt:
-                notify(current)  # a retried event whose first try failed the job but not its notice
-        logger.info("failed execution's job already moved on", job_id=job_id, status=exc.current)
+        current = repo.get(run.job_id)
+        if notify is not None and _finished_here_without_webhook(current, run):
+            notify(current)
+        logger.info("failed execution's job already moved on", job_id=run.job_id, status=exc.current)
         return "already_moved_on"
     except JobNotFound:
-        logger.warning("failed execution's job not found", job_id=job_id)
+        logger.warning("failed execution's job not found", job_id=run.job_id)
         return "unknown"
-    logger.error("job failed: its workflow execution ended", job_id=job_id, status=status, error=detail.get("error"))
+    logger.error(
+        "job failed: its workflow execution ended", job_id=run.job_id, status=status, error=detail.get("error")
+    )
     if notify is not None:
         notify(job)
     return "failed"
+
+
+def _finished_here_without_webhook(job: Job, run: JobRun) -> bool:
+    if job.attempt != run.attempt or job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        return False
+    failed_here = job.error is not None and job.error.code == WORKFLOW_FAILED
+    return failed_here or job.webhook is None

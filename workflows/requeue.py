@@ -11,6 +11,7 @@ sweep that dies after a send and before clearing the mark sends that job again o
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,7 +72,8 @@ class RequeueSweeper:
         deadline = self._monotonic() + self._budget_s
         cutoff = self._clock() - self._after
         taken = 0
-        for shard in range(UNQUEUED_SHARDS):
+        first = random.randrange(UNQUEUED_SHARDS)  # a budget cutting a pass short spares no shard
+        for shard in ((first + i) % UNQUEUED_SHARDS for i in range(UNQUEUED_SHARDS)):
             if self._monotonic() >= deadline or taken >= self._limit:
                 report.deferred_shards += 1
                 continue

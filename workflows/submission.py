@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError, ClientError
@@ -113,10 +113,10 @@ class SubmissionService:
         stored, created = self._repo.create(job, idempotency_fingerprint=fingerprint)
         if not created:
             return Submitted(stored, created=False)
-        self._enqueue(stored)
-        return Submitted(stored, created=True)
+        return Submitted(self._enqueue(stored), created=True)
 
-    def _enqueue(self, job: Job) -> None:
+    def _enqueue(self, job: Job) -> Job:
+        """Send the job's message; returns the job as the caller should see it, or raises EnqueueFailed."""
         message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
         attempts = max(1, self._settings.enqueue_attempts)
         # Bounded in time as well as in tries: the API answers within its Lambda's timeout, with the job FAILED
@@ -140,7 +140,7 @@ class SubmissionService:
                 # Harmless: the claim clears the mark too; at worst the requeue sweeper sends a second message,
                 # which the claim's condition turns into a no-op.
                 logger.warning("could not mark the job enqueued", job_id=job.job_id)
-            return
+            return job
         reason = JobError(code="ENQUEUE_FAILED", message=f"The job could not be queued: {type(last).__name__}")
         try:
             # Only from QUEUED: a job the requeue sweeper sent meanwhile and a worker claimed is running.
@@ -148,14 +148,28 @@ class SubmissionService:
                 job.job_id, JobStatus.FAILED, tenant=job.tenant, sources=[JobStatus.QUEUED], error=reason
             )
         except (ClientError, BotoCoreError, InvalidTransition) as exc:
-            # The job stays QUEUED and marked unqueued, so the requeue sweeper sends it: it is accepted, and the
-            # caller gets 202, not a 503 that would invite a second job beside this one.
+            current = self._current(job)
+            if current is not None and current.error is not None and current.error.code == reason.code:
+                self._refuse(job, reason)  # the write landed and only its answer was lost (or it was retried)
+            # The job is accepted as it stands: still QUEUED and marked unqueued (the requeue sweeper sends it),
+            # or already claimed or cancelled. A 503 would invite a second job beside it.
             logger.warning(
-                "queue send failed and the job could not be failed; the sweeper will queue it",
+                "queue send failed and the job could not be failed; accepted as it stands",
                 job_id=job.job_id,
+                status=current.status.value if current is not None else None,
                 error=type(exc).__name__,
             )
-            return
+            return current if current is not None else job
+        self._refuse(job, reason)
+
+    def _current(self, job: Job) -> Job | None:
+        try:
+            return self._repo.get(job.job_id)
+        except (ClientError, BotoCoreError, JobNotFound):
+            return None
+
+    def _refuse(self, job: Job, reason: JobError) -> NoReturn:
+        """The job is FAILED (ENQUEUE_FAILED): free its key, so the retry the 503 invites makes a new job."""
         if job.idempotency_key is not None:
             try:
                 self._repo.release_idempotency_key(job.tenant, job.idempotency_key, job.job_id)

@@ -318,3 +318,39 @@ def test_a_failed_execution_of_a_notice_of_another_attempt_or_a_finished_run_cha
     assert failed.error.code == "WORKFLOW_FAILED"
     assert failed.error.message == "The job's workflow failed (States.Runtime) before it recorded a result."
     assert [n.job_id for n in notices] == [job.job_id, job.job_id]
+
+
+def test_a_failed_execution_without_its_input_is_known_by_its_name(h: Harness) -> None:
+    """EventBridge leaves out an input near the size limit; the job run is then read from the execution's name."""
+    job = h.running_job(None)
+    detail = {"status": "TIMED_OUT", "name": f"{job.job_id}-{job.attempt}", "inputDetails": {"included": False}}
+    assert handle_failed_execution(h.repo, detail) == "failed"
+    failed = h.repo.get(job.job_id)
+    assert failed.status == JobStatus.FAILED
+    assert failed.error is not None
+    assert failed.error.message == "The job's workflow timed out before it recorded a result."
+    notice = {"status": "FAILED", "name": f"{job.job_id}-cancelled-01M91VNE54H9XGDASE0M8TVYCD"}
+    assert handle_failed_execution(h.repo, notice) == "not_a_job_run"
+
+
+def test_a_job_its_failed_execution_finished_without_a_webhook_gets_it(h: Harness, receiver: ScriptedReceiver) -> None:
+    """The execution's terminal write landed, then the execution failed before its Notify state (the table
+    refused the retries that would have found the write): the job is SUCCEEDED with no webhook recorded, and the
+    failed-execution handler sends it, once."""
+    job = h.running_job(receiver.url)
+    repo = h.repo
+    repo.transition(job.job_id, JobStatus.POSTPROCESSING, tenant=job.tenant)
+    finished = repo.transition(job.job_id, JobStatus.SUCCEEDED, tenant=job.tenant)
+    assert finished.webhook is None
+    detail = {
+        "status": "FAILED",
+        "name": f"{job.job_id}-{job.attempt}",
+        "input": json.dumps({"job_id": job.job_id, "tenant": job.tenant, "attempt": job.attempt}),
+    }
+    notices: list[Job] = []
+    assert handle_failed_execution(repo, detail, notify=notices.append) == "already_moved_on"
+    assert [(n.job_id, n.status) for n in notices] == [(job.job_id, JobStatus.SUCCEEDED)]
+    # Another attempt's event gets nothing more.
+    earlier = {**detail, "input": json.dumps({"job_id": job.job_id, "tenant": job.tenant, "attempt": 0})}
+    assert handle_failed_execution(repo, earlier, notify=notices.append) == "already_moved_on"
+    assert len(notices) == 1

@@ -253,3 +253,49 @@ def test_a_job_that_can_be_neither_queued_nor_failed_is_accepted_and_queued_by_t
     assert report.requeued >= 1
     assert service.queue_depth() >= depth + 1
     assert job.job_id not in repo.unqueued_before(time.time() + 60, limit=1000)
+
+
+@pytest.mark.parametrize("retry_reaches_the_table", [True, False])
+def test_a_failed_mark_whose_answer_was_lost_still_answers_503_and_frees_the_key(
+    service: RunningService, retry_reaches_the_table: bool
+) -> None:
+    """The queue send fails; the write that fails the job lands but its answer is lost (a 500 after the write).
+    Whether botocore's retry then meets the job already FAILED or the table keeps answering 500, the job is
+    FAILED (ENQUEUE_FAILED), so the client gets the 503 and the key is freed: never a 202 for a job that will
+    never run."""
+    ddb = service.boto("dynamodb")
+    writer = service.boto("dynamodb")
+    repo = JobsRepository(ddb, service.table)
+    missing_queue = service.queue_url.rsplit("/", 1)[0] + "/no-such-queue"
+    submissions = SubmissionService(
+        repo, JobQueue(service.boto("sqs"), missing_queue), Settings(enqueue_attempts=1), sleep=lambda _: None
+    )
+    landed = 0
+
+    def apply_then_lose_the_answer(request: Any, **_: Any) -> AWSResponse | None:
+        nonlocal landed
+        params = json.loads(request.body)
+        if ":target" not in params.get("ExpressionAttributeValues", {}):
+            return None  # not the FAILED transition
+        if landed and retry_reaches_the_table:
+            return None
+        if not landed:
+            writer.update_item(**params)
+        landed += 1
+        return _internal_error(request.url)
+
+    request = GenerationRequest.model_validate({"prompt": "lost answer"}, context={"settings": Settings()})
+    key = f"order-lost-{retry_reaches_the_table}"
+    ddb.meta.events.register("before-send.dynamodb.UpdateItem", apply_then_lose_the_answer)
+    with pytest.raises(EnqueueFailed) as info:
+        submissions.submit("tenant-lost-answer", request, idempotency_key=key)
+    ddb.meta.events.unregister("before-send.dynamodb.UpdateItem", apply_then_lose_the_answer)
+    assert landed >= 1
+    job = repo.get(info.value.details["job_id"])
+    assert job.status == JobStatus.FAILED
+    assert job.error is not None
+    assert job.error.code == "ENQUEUE_FAILED"
+    working = SubmissionService(repo, JobQueue(service.boto("sqs"), service.queue_url), Settings())
+    retried = working.submit("tenant-lost-answer", request, idempotency_key=key)
+    assert retried.created
+    assert retried.job.job_id != job.job_id

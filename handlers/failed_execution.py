@@ -1,12 +1,16 @@
-"""EventBridge target: fail the jobs of workflow executions that failed, timed out or were aborted."""
+"""SQS event source (the failed-execution events queue, fed by an EventBridge rule): fail the jobs of workflow
+executions that failed, timed out or were aborted."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared.aws import AwsClients
@@ -18,6 +22,7 @@ from workflows.failedexecution import handle_failed_execution
 from workflows.webhooks import start_notice
 
 logger = Logger(service="sdq-failed-execution")
+processor = BatchProcessor(event_type=EventType.SQS)
 
 
 @dataclass(frozen=True)
@@ -41,9 +46,21 @@ def deps() -> Deps:
     )
 
 
-@logger.inject_lambda_context(log_event=False)
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, str]:
-    """Input: a ``Step Functions Execution Status Change`` event. An error is retried by Lambda (asynchronous
-    invocation); the write and the notice are both idempotent."""
+def record_handler(record: SQSRecord) -> str:
+    """One EventBridge event (``Step Functions Execution Status Change``) per message. An AWS error fails the
+    record, which the queue delivers again after its visibility timeout; the write and the notice are both
+    idempotent."""
+    try:
+        event = json.loads(record.body)
+    except ValueError:
+        logger.error("not an EventBridge event; dropped", body_prefix=record.body[:200])
+        return "not_a_job_run"
+    detail = event.get("detail") if isinstance(event, dict) else None
     d = deps()
-    return {"outcome": handle_failed_execution(d.repo, event.get("detail") or {}, notify=d.notify)}
+    return handle_failed_execution(d.repo, detail if isinstance(detail, dict) else {}, notify=d.notify)
+
+
+@logger.inject_lambda_context(log_event=False)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
+    """Partial batch response: only the records that raised are retried."""
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

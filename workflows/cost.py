@@ -134,7 +134,7 @@ class Usage:
     worker_image_gb: float = 8.0  # the worker image in ECR
     custom_metrics: float = 8.0  # sdq namespace: worker EMF metrics, JobsSubmitted, 3 webhook metric filters
     container_insights_metrics: float = 24.0  # cluster and service metrics (RunningTaskCount, ...)
-    alarm_metrics: float = 21.0  # metrics across the template's alarms (metric-math alarms count each metric)
+    alarm_metrics: float = 22.0  # metrics across the template's alarms (metric-math alarms count each metric)
     dashboards: float = 1.0
 
 

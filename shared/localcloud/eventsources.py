@@ -165,8 +165,9 @@ def _epoch_ms(value: Any) -> int | None:
 
 class ExecutionStatusPoller:
     """Delivers ``Step Functions Execution Status Change`` events as EventBridge would: each execution that
-    reaches one of a rule's statuses (after the poller started) is sent to the rule's function once, as an
-    asynchronous invocation is (tried up to 3 times)."""
+    reaches one of a rule's statuses (after the poller started) is sent to the rule's target once: a queue gets
+    the event as its message body, a function is invoked with it as an asynchronous invocation is (tried up to 3
+    times)."""
 
     ATTEMPTS = 3
 
@@ -177,6 +178,7 @@ class ExecutionStatusPoller:
         self._thread: threading.Thread | None = None
         self._sfn: Any = None
         self._lambda: Any = None
+        self._sqs: Any = None
         self._done: set[tuple[str, str]] = set()  # (rule, execution) delivered or given up
         self._tries: dict[tuple[str, str], int] = {}
 
@@ -192,7 +194,7 @@ class ExecutionStatusPoller:
     def start(self) -> None:
         if not self._res.execution_rules:
             return
-        self._sfn, self._lambda = self._client("stepfunctions"), self._client("lambda")
+        self._sfn, self._lambda, self._sqs = self._client("stepfunctions"), self._client("lambda"), self._client("sqs")
         for rule in self._res.execution_rules:  # executions that ended before the poller are not news
             for execution in self._ended(rule):
                 self._done.add((rule.rule_arn, execution["executionArn"]))
@@ -252,6 +254,15 @@ class ExecutionStatusPoller:
             }
             tries = self._tries.get(key, 0) + 1
             self._tries[key] = tries
-            resp = self._lambda.invoke(FunctionName=rule.function_name, Payload=json.dumps(event).encode())
-            if not resp.get("FunctionError") or tries >= self.ATTEMPTS:
+            if tries >= self.ATTEMPTS:
+                self._done.add(key)  # counted before the call, so a call that raises is not retried forever
+            body = json.dumps(event)
+            if ":sqs:" in rule.target_arn:
+                queue_url = self._sqs.get_queue_url(QueueName=rule.target_arn.rsplit(":", 1)[1])["QueueUrl"]
+                self._sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+                self._done.add(key)
+                continue
+            function_name = rule.target_arn.split(":function:", 1)[1].split(":", 1)[0]
+            resp = self._lambda.invoke(FunctionName=function_name, Payload=body.encode())
+            if not resp.get("FunctionError"):
                 self._done.add(key)

@@ -84,6 +84,9 @@ LOCAL_SKIPPED_TYPES: Mapping[str, str] = {
     "AWS::Logs::MetricFilter": _NO_METRICS,
     "AWS::SNS::Subscription": _NO_METRICS,
     "AWS::SNS::Topic": _NO_METRICS,
+    # A queue's resource policy (EventBridge may send to the failed-execution events queue): the local cloud
+    # enforces no resource policies, and its execution status poller sends to the queue itself.
+    "AWS::SQS::QueuePolicy": "the local cloud enforces no resource policies (moto cannot create this type)",
     # The deny-non-TLS bucket policy: the local cloud speaks plain HTTP on loopback.
     "AWS::S3::BucketPolicy": "the local cloud is plain HTTP on 127.0.0.1, which a deny-non-TLS policy refuses",
 }
@@ -131,11 +134,11 @@ def rate_interval_s(expression: str) -> float:
 
 @dataclass(frozen=True)
 class ExecutionStatusRule:
-    """An EventBridge rule on Step Functions execution status changes that invokes a function (moto's
-    executions emit no events; see ``eventsources.ExecutionStatusPoller``)."""
+    """An EventBridge rule on Step Functions execution status changes, with its target: a function or an SQS
+    queue (moto's executions emit no events; see ``eventsources.ExecutionStatusPoller``)."""
 
     rule_arn: str
-    function_name: str
+    target_arn: str
     state_machine_arns: tuple[str, ...]
     statuses: tuple[str, ...]
 
@@ -545,9 +548,13 @@ def _disable_event_sources(
     return tuple(sources)
 
 
+def _target_arns(events: Any, rule_name: str) -> list[str]:
+    return [t["Arn"] for t in events.list_targets_by_rule(Rule=rule_name)["Targets"]]
+
+
 def _function_targets(events: Any, rule_name: str) -> list[str]:
-    targets = events.list_targets_by_rule(Rule=rule_name)["Targets"]
-    return [t["Arn"].split(":function:", 1)[1].split(":", 1)[0] for t in targets if ":function:" in t["Arn"]]
+    arns = _target_arns(events, rule_name)
+    return [arn.split(":function:", 1)[1].split(":", 1)[0] for arn in arns if ":function:" in arn]
 
 
 def _execution_rules(events: Any) -> tuple[ExecutionStatusRule, ...]:
@@ -562,11 +569,13 @@ def _execution_rules(events: Any) -> tuple[ExecutionStatusRule, ...]:
             if pattern.get("source") != ["aws.states"] or pattern.get("detail-type") != [EXECUTION_STATUS_CHANGE]:
                 raise ProvisionError(f"the local cloud delivers no events for the pattern of rule {rule['Name']}")
             detail = pattern.get("detail", {})
-            for function_name in _function_targets(events, rule["Name"]):
+            for target_arn in _target_arns(events, rule["Name"]):
+                if ":function:" not in target_arn and ":sqs:" not in target_arn:
+                    raise ProvisionError(f"the local cloud delivers rule {rule['Name']} to functions and queues only")
                 found.append(
                     ExecutionStatusRule(
                         rule_arn=rule["Arn"],
-                        function_name=function_name,
+                        target_arn=target_arn,
                         state_machine_arns=tuple(detail.get("stateMachineArn", [])),
                         statuses=tuple(detail.get("status", ["FAILED", "TIMED_OUT", "ABORTED", "SUCCEEDED"])),
                     )

@@ -136,6 +136,9 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:GetItem", "JobsTable.Arn"),
         ("dynamodb:UpdateItem", "JobsTable.Arn"),
         ("states:StartExecution", "JobStateMachine"),
+        ("sqs:ReceiveMessage", "FailedExecutionEventsQueue.Arn"),
+        ("sqs:DeleteMessage", "FailedExecutionEventsQueue.Arn"),
+        ("sqs:GetQueueAttributes", "FailedExecutionEventsQueue.Arn"),
     },
     "RequeueFunctionRole": _logs("RequeueFunctionLogGroup")
     | XRAY_WRITE
@@ -485,13 +488,33 @@ def test_the_requeue_sweeper_runs_alone_each_minute_and_leaves_live_submissions_
 def test_every_failed_timed_out_or_aborted_execution_of_the_job_workflow_reaches_its_handler(
     sam: dict[str, Any],
 ) -> None:
-    [event] = sam["Resources"]["FailedExecutionFunction"]["Properties"]["Events"].values()
-    assert event["Type"] == "EventBridgeRule"
-    pattern = event["Properties"]["Pattern"]
+    resources = sam["Resources"]
+    rule = resources["FailedExecutionRule"]["Properties"]
+    pattern = rule["EventPattern"]
     assert pattern["source"] == ["aws.states"]
     assert pattern["detail-type"] == ["Step Functions Execution Status Change"]
     assert set(pattern["detail"]["status"]) == {"FAILED", "TIMED_OUT", "ABORTED"}
     assert [show(arn) for arn in pattern["detail"]["stateMachineArn"]] == ["JobStateMachine"]
+    # Through a queue, so that a handler that cannot fail the job yet (the table is down) is retried for hours,
+    # not the three times within minutes of an asynchronous invocation; what it gives up on is alarmed.
+    [target] = rule["Targets"]
+    assert show(target["Arn"]) == "FailedExecutionEventsQueue.Arn"
+    queue = resources["FailedExecutionEventsQueue"]["Properties"]
+    function = resources["FailedExecutionFunction"]["Properties"]
+    [event] = function["Events"].values()
+    assert (event["Type"], show(event["Properties"]["Queue"])) == ("SQS", "FailedExecutionEventsQueue.Arn")
+    assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    timeout = function.get("Timeout", sam["Globals"]["Function"]["Timeout"])
+    assert queue["VisibilityTimeout"] >= 6 * timeout
+    redrive = queue["RedrivePolicy"]
+    assert show(redrive["deadLetterTargetArn"]) == "FailedExecutionEventsDeadLetterQueue.Arn"
+    assert redrive["maxReceiveCount"] * queue["VisibilityTimeout"] >= 3600
+    [statement] = resources["FailedExecutionEventsQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Action"] == "sqs:SendMessage"
+    assert show(statement["Condition"]["ArnEquals"]["aws:SourceArn"]) == "FailedExecutionRule.Arn"
+    alarm = json.dumps(resources["FailedExecutionsAlarm"]["Properties"]["Metrics"])
+    assert "FailedExecutionEventsDeadLetterQueue" in alarm
 
 
 def test_warm_stop_fits_inside_the_stop_timeout(sam: dict[str, Any], resources: dict[str, Any]) -> None:

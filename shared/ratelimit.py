@@ -6,6 +6,7 @@ usage plan throttles per key in front of this; this limit is what holds locally 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING
 
@@ -37,3 +38,16 @@ class RateLimiter:
         except self._ddb.exceptions.ConditionalCheckFailedException:
             return max(1.0, math.ceil(window_end - now))
         return None
+
+    def release(self, tenant: str, *, window_s: int, now: float) -> None:
+        """Give back one request counted by :meth:`hit` at ``now`` (a submission that turned out to be a replay
+        of another one's Idempotency-Key: it made nothing). A window already gone keeps its count."""
+        window = int(now // window_s)
+        with contextlib.suppress(self._ddb.exceptions.ConditionalCheckFailedException):
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": f"RATE#{tenant}#{window_s}#{window}"}},
+                UpdateExpression="ADD hits :minus",
+                ConditionExpression="hits > :zero",
+                ExpressionAttributeValues={":minus": {"N": "-1"}, ":zero": {"N": "0"}},
+            )

@@ -76,12 +76,13 @@ class SubmissionService:
             if existing is not None:
                 return Submitted(existing, created=False)
 
+        charged_at = time.time()
         if self._rate is not None:
             wait = self._rate.hit(
                 tenant,
                 limit=self._settings.rate_limit_per_window,
                 window_s=self._settings.rate_limit_window_s,
-                now=time.time(),
+                now=charged_at,
             )
             if wait is not None:
                 raise TooManyRequests(
@@ -112,6 +113,13 @@ class SubmissionService:
         )
         stored, created = self._repo.create(job, idempotency_fingerprint=fingerprint)
         if not created:
+            # A concurrent request with this key made the job: this one made nothing, so it costs no rate slot
+            # (as a replay that finds the key at once does not).
+            if self._rate is not None:
+                try:
+                    self._rate.release(tenant, window_s=self._settings.rate_limit_window_s, now=charged_at)
+                except (ClientError, BotoCoreError):
+                    logger.warning("could not give back the rate slot of a replay", tenant=tenant)
             return Submitted(stored, created=False)
         return Submitted(self._enqueue(stored), created=True)
 

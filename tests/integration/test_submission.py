@@ -18,6 +18,7 @@ from shared.contracts import GenerationRequest, JobStatus
 from shared.errors import EnqueueFailed, IdempotencyKeyInUse
 from shared.jobs import CONFLICT_PAUSES_S, JobsRepository
 from shared.queue import JobQueue
+from shared.ratelimit import RateLimiter
 from shared.settings import Settings
 from tests.integration.conftest import RunningService
 from workflows.requeue import RequeueSweeper
@@ -299,3 +300,38 @@ def test_a_failed_mark_whose_answer_was_lost_still_answers_503_and_frees_the_key
     retried = working.submit("tenant-lost-answer", request, idempotency_key=key)
     assert retried.created
     assert retried.job.job_id != job.job_id
+
+
+def test_a_submit_that_finds_a_concurrent_one_made_its_job_gives_back_its_rate_slot(service: RunningService) -> None:
+    """Two submits with one key at once: both pass the key check and count against the tenant's rate limit,
+    then the second finds the first one's job. It made nothing, so its slot is given back, as a replay that
+    finds the key at once never takes one."""
+    tenant, key = f"tenant-rate-replay-{time.monotonic_ns()}", "order-rate"
+    request = GenerationRequest.model_validate({"prompt": "counted once"}, context={"settings": Settings()})
+    ddb = service.boto("dynamodb")
+
+    def submissions(client: Any) -> SubmissionService:
+        return SubmissionService(
+            JobsRepository(client, service.table),
+            JobQueue(service.boto("sqs"), service.queue_url),
+            Settings(),
+            rate_limiter=RateLimiter(client, service.table),
+        )
+
+    first_client, second_client = submissions(service.boto("dynamodb")), submissions(ddb)
+    first: list[Any] = []
+
+    def first_commits_meanwhile(request: Any, **_: Any) -> None:
+        if not first:
+            first.append(first_client.submit(tenant, request_obj, idempotency_key=key))
+
+    request_obj = request
+    ddb.meta.events.register("before-send.dynamodb.TransactWriteItems", first_commits_meanwhile)
+    second = second_client.submit(tenant, request, idempotency_key=key)
+    assert (second.created, second.job.job_id) == (False, first[0].job.job_id)
+    counters = ddb.scan(
+        TableName=service.table,
+        FilterExpression="begins_with(pk, :p)",
+        ExpressionAttributeValues={":p": {"S": f"RATE#{tenant}#"}},
+    )["Items"]
+    assert sum(int(c["hits"]["N"]) for c in counters) == 1

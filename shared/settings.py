@@ -93,7 +93,6 @@ class Settings(BaseSettings):
         default=False,
         description="Let callback_url use plain http to 127.0.0.1/localhost (local profile only)",
     )
-    dev_api_key: str | None = Field(default=None, description="Local profile: API key created at start-up")
 
     # -- GPU worker --
     model: str = Field(default="tiny", description="Worker model: 'tiny', a hub id or a local diffusers folder")

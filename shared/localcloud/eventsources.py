@@ -24,6 +24,17 @@ from shared.localcloud.provision import (
 )
 
 
+def local_client(resources: LocalResources, service: str) -> Any:
+    """A boto3 client of the local cloud, for one poller thread (sessions are not shared across threads)."""
+    return boto3.session.Session().client(
+        service,  # type: ignore[call-overload]
+        endpoint_url=resources.endpoint_url,
+        region_name=resources.region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",  # noqa: S106 - the local cloud accepts any key
+    )
+
+
 def _record(message: dict[str, Any], queue_arn: str, region: str) -> dict[str, Any]:
     attributes = {
         name: {
@@ -58,15 +69,6 @@ class SqsEventSourcePoller:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def _client(self, service: str) -> Any:
-        return boto3.session.Session().client(
-            service,  # type: ignore[call-overload]
-            endpoint_url=self._res.endpoint_url,
-            region_name=self._res.region,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",  # noqa: S106 - the local cloud accepts any key
-        )
-
     def start(self) -> None:
         for source in self._res.event_sources:
             thread = threading.Thread(
@@ -81,7 +83,7 @@ class SqsEventSourcePoller:
             thread.join(timeout=self._wait_s + 5)
 
     def _poll(self, source: EventSource) -> None:
-        sqs, lam = self._client("sqs"), self._client("lambda")
+        sqs, lam = local_client(self._res, "sqs"), local_client(self._res, "lambda")
         queue_url = sqs.get_queue_url(QueueName=source.queue_arn.rsplit(":", 1)[-1])["QueueUrl"]
         while not self._stop.is_set():
             try:
@@ -134,13 +136,7 @@ class SchedulePoller:
             thread.join(timeout=30)
 
     def _run(self, schedule: Schedule) -> None:
-        lam = boto3.session.Session().client(
-            "lambda",
-            endpoint_url=self._res.endpoint_url,
-            region_name=self._res.region,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",  # noqa: S106 - the local cloud accepts any key
-        )
+        lam = local_client(self._res, "lambda")
         interval = self._every_s if self._every_s is not None else schedule.interval_s
         while not self._stop.wait(interval):
             event = {
@@ -182,19 +178,11 @@ class ExecutionStatusPoller:
         self._done: set[tuple[str, str]] = set()  # (rule, execution) delivered or given up
         self._tries: dict[tuple[str, str], int] = {}
 
-    def _client(self, service: str) -> Any:
-        return boto3.session.Session().client(
-            service,  # type: ignore[call-overload]
-            endpoint_url=self._res.endpoint_url,
-            region_name=self._res.region,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",  # noqa: S106 - the local cloud accepts any key
-        )
-
     def start(self) -> None:
         if not self._res.execution_rules:
             return
-        self._sfn, self._lambda, self._sqs = self._client("stepfunctions"), self._client("lambda"), self._client("sqs")
+        self._sfn = local_client(self._res, "stepfunctions")
+        self._lambda, self._sqs = local_client(self._res, "lambda"), local_client(self._res, "sqs")
         for rule in self._res.execution_rules:  # executions that ended before the poller are not news
             for execution in self._ended(rule):
                 self._done.add((rule.rule_arn, execution["executionArn"]))

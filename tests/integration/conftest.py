@@ -152,9 +152,13 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
     stop_service(running)
 
 
-def store_queued_job(repo: JobsRepository, tenant: str, *, expires_at: int | None = None, **fields: Any) -> Job:
+def store_queued_job(
+    repo: JobsRepository, tenant: str, *, expires_at: int | None = None, enqueued: bool = True, **fields: Any
+) -> Job:
     """A QUEUED job written straight to the table, bypassing the API (and its checks): for jobs the API would
-    refuse (an internal callback URL, a past retention) or that a test drives through other states."""
+    refuse (an internal callback URL, a past retention) or that a test drives through other states. The test
+    sends (or withholds) its message itself; ``enqueued=False`` leaves it as a submission that died before the
+    send leaves it, marked unqueued for the requeue sweeper."""
     body = {"prompt": "a red fox", "width": 256, "height": 256, **fields}
     request = GenerationRequest.model_validate(body, context={"trusted": True}).normalised()
     now = utcnow()
@@ -168,5 +172,6 @@ def store_queued_job(repo: JobsRepository, tenant: str, *, expires_at: int | Non
         expires_at=expires_at if expires_at is not None else expiry_epoch(now, 1),
     )
     repo.create(job)
-    repo.mark_enqueued(job.job_id)  # the test sends (or withholds) its message itself, not the requeue sweeper
+    if enqueued:
+        repo.mark_enqueued(job.job_id)
     return job

@@ -9,13 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ulid import ULID
-
-from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
-from shared.jobs import UNQUEUED_SHARDS, JobsRepository, expiry_epoch, job_pk
+from shared.contracts import GenerationRequest, Job
+from shared.jobs import UNQUEUED_SHARDS, JobsRepository, job_pk
 from shared.queue import JobQueue
 from shared.settings import Settings
-from tests.integration.conftest import RunningService
+from tests.integration.conftest import RunningService, store_queued_job
 from workflows.requeue import RequeueSweeper
 from workflows.submission import SubmissionService
 
@@ -24,21 +22,7 @@ SMALL = {"width": 256, "height": 256, "num_inference_steps": 2}
 
 def stored_but_never_sent(repo: JobsRepository, tenant: str, prompt: str) -> Job:
     """The table as a submission leaves it when its API call dies between the job write and the queue send."""
-    request = GenerationRequest.model_validate({"prompt": prompt, **SMALL}, context={"settings": Settings()})
-    normalised = request.normalised(Settings())
-    now = utcnow()
-    job = Job(
-        job_id=str(ULID()),
-        tenant=tenant,
-        status=JobStatus.QUEUED,
-        request=normalised,
-        created_at=now,
-        cache_key=normalised.cache_key(),
-        expires_at=expiry_epoch(now, 1),
-    )
-    stored, created = repo.create(job)
-    assert created
-    return stored
+    return store_queued_job(repo, tenant, enqueued=False, prompt=prompt, **SMALL)
 
 
 def marked(repo: JobsRepository, job_id: str) -> bool:

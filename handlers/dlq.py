@@ -18,7 +18,7 @@ from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
 from shared.settings import get_settings
 from workflows.deadletter import handle_dead_letter
-from workflows.webhooks import start_notice
+from workflows.webhooks import start_finished_notice
 
 logger = Logger(service="sdq-dlq")
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -33,7 +33,7 @@ class Deps:
 
     def notify(self, job: Job) -> None:
         """The failed job's webhook; one per job, however often its dead letter is retried."""
-        start_notice(self.orchestrator, job, "failed", once=True)
+        start_finished_notice(self.orchestrator, job)
 
 
 @lru_cache(maxsize=1)

@@ -19,7 +19,7 @@ from shared.jobs import JobsRepository
 from shared.orchestration import Orchestrator
 from shared.settings import get_settings
 from workflows.failedexecution import handle_failed_execution
-from workflows.webhooks import start_notice
+from workflows.webhooks import start_finished_notice
 
 logger = Logger(service="sdq-failed-execution")
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -31,9 +31,8 @@ class Deps:
     orchestrator: Orchestrator
 
     def notify(self, job: Job) -> None:
-        """The finished job's webhook, once per job and status (``<job id>-failed``, as the DLQ handler names
-        its notice, or ``<job id>-succeeded``)."""
-        start_notice(self.orchestrator, job, job.status.value.lower(), once=True)
+        """The finished job's webhook, once per job and status (the DLQ handler's ``job.failed`` included)."""
+        start_finished_notice(self.orchestrator, job)
 
 
 @lru_cache(maxsize=1)

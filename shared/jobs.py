@@ -245,9 +245,9 @@ class JobsRepository:
                         "expires_at": job.expires_at,
                     }
                 ),
-                # A key lives as long as its job: past the job's retention it may name a new job.
+                # A key lives as long as its job: past the job's retention it may name a new job. ``:now`` is
+                # set on each attempt below.
                 "ConditionExpression": "attribute_not_exists(pk) OR expires_at <= :now",
-                "ExpressionAttributeValues": {":now": {"N": str(int(time.time()))}},
             }
         }
         for pause in (*CONFLICT_PAUSES_S, None):

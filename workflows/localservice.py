@@ -54,9 +54,7 @@ class LocalService:
     api_key: str
     env: dict[str, str]
     _api_server: Any = None
-    _pollers: Any = None
-    _schedules: Any = None
-    _execution_events: Any = None
+    _event_pollers: tuple[Any, ...] = ()
     worker: subprocess.Popen[bytes] | None = None
 
     def start_worker(self, *extra_args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -80,12 +78,8 @@ class LocalService:
                 self.worker.kill()
         if self._api_server is not None:
             self._api_server.stop()
-        if self._pollers is not None:
-            self._pollers.stop()
-        if self._schedules is not None:
-            self._schedules.stop()
-        if self._execution_events is not None:
-            self._execution_events.stop()
+        for poller in self._event_pollers:
+            poller.stop()
         self.cloud.stop()
 
 
@@ -141,12 +135,13 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
             redirects={"/": "/playground/"},
         )
         server.start()
-        pollers = SqsEventSourcePoller(resources)
-        pollers.start()
-        schedules = SchedulePoller(resources, every_s=LOCAL_SCHEDULE_S)
-        schedules.start()
-        execution_events = ExecutionStatusPoller(resources)
-        execution_events.start()
+        event_pollers = (
+            SqsEventSourcePoller(resources),
+            SchedulePoller(resources, every_s=LOCAL_SCHEDULE_S),
+            ExecutionStatusPoller(resources),
+        )
+        for poller in event_pollers:
+            poller.start()
     except BaseException:
         cloud.stop()
         raise
@@ -154,9 +149,7 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
         config=config, cloud=cloud, resources=resources, api_url=server.url, api_key=api_key, env=env
     )
     service._api_server = server
-    service._pollers = pollers
-    service._schedules = schedules
-    service._execution_events = execution_events
+    service._event_pollers = event_pollers
     if config.write_state:
         folder = state_dir()
         folder.mkdir(parents=True, exist_ok=True)

@@ -166,18 +166,16 @@ class WebhookSecrets:
                 valid_until = math.ceil(self._now()) + self._overlap_s
                 item["previous_webhook_secret"] = {"S": current}
                 item["previous_valid_until"] = {"N": str(valid_until)}
+            condition: dict[str, Any] = (
+                {
+                    "ConditionExpression": "webhook_secret = :read",
+                    "ExpressionAttributeValues": {":read": {"S": current}},
+                }
+                if current
+                else {"ConditionExpression": "attribute_not_exists(webhook_secret)"}
+            )
             try:
-                if current:
-                    self._ddb.put_item(
-                        TableName=self._table,
-                        Item=item,
-                        ConditionExpression="webhook_secret = :read",
-                        ExpressionAttributeValues={":read": {"S": current}},
-                    )
-                else:
-                    self._ddb.put_item(
-                        TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(webhook_secret)"
-                    )
+                self._ddb.put_item(TableName=self._table, Item=item, **condition)
             except self._ddb.exceptions.ConditionalCheckFailedException:
                 continue  # another rotation (or the first use) wrote in between: rotate what it left
             until = datetime.fromtimestamp(valid_until, UTC) if valid_until is not None else None
@@ -369,6 +367,13 @@ def start_notice(orchestrator: Orchestrator, job: Job, reason: str, *, once: boo
         f"{job.job_id}-{reason}" if once else f"{job.job_id}-{reason}-{ULID()}",
         {"job_id": job.job_id, "tenant": job.tenant, "notify_only": True, "has_callback": True, "reason": reason},
     )
+
+
+def start_finished_notice(orchestrator: Orchestrator, job: Job) -> str | None:
+    """The webhook of a job finished outside its own execution (a dead letter, a failed execution), once per job
+    and status: the execution is named ``<job id>-<status>``, so every handler that may start it (the DLQ
+    handler, the failed-execution handler, their retries) starts the same one."""
+    return start_notice(orchestrator, job, job.status.value.lower(), once=True)
 
 
 def start_notice_retrying(

@@ -161,11 +161,8 @@ def _epoch_ms(value: Any) -> int | None:
 
 class ExecutionStatusPoller:
     """Delivers ``Step Functions Execution Status Change`` events as EventBridge would: each execution that
-    reaches one of a rule's statuses (after the poller started) is sent to the rule's target once: a queue gets
-    the event as its message body, a function is invoked with it as an asynchronous invocation is (tried up to 3
-    times)."""
-
-    ATTEMPTS = 3
+    reaches one of a rule's statuses (after the poller started) is sent once to the rule's queue, the event as
+    the message body."""
 
     def __init__(self, resources: LocalResources, *, every_s: float = 1.0) -> None:
         self._res = resources
@@ -173,19 +170,19 @@ class ExecutionStatusPoller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sfn: Any = None
-        self._lambda: Any = None
         self._sqs: Any = None
-        self._done: set[tuple[str, str]] = set()  # (rule, execution) delivered or given up
-        self._tries: dict[tuple[str, str], int] = {}
+        self._queue_urls: dict[str, str] = {}
+        self._done: set[tuple[str, str]] = set()  # (queue, execution) delivered
 
     def start(self) -> None:
         if not self._res.execution_rules:
             return
-        self._sfn = local_client(self._res, "stepfunctions")
-        self._lambda, self._sqs = local_client(self._res, "lambda"), local_client(self._res, "sqs")
-        for rule in self._res.execution_rules:  # executions that ended before the poller are not news
-            for execution in self._ended(rule):
-                self._done.add((rule.rule_arn, execution["executionArn"]))
+        self._sfn, self._sqs = local_client(self._res, "stepfunctions"), local_client(self._res, "sqs")
+        for rule in self._res.execution_rules:
+            name = rule.queue_arn.rsplit(":", 1)[1]
+            self._queue_urls[rule.queue_arn] = self._sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            for execution in self._ended(rule):  # executions that ended before the poller are not news
+                self._done.add((rule.queue_arn, execution["executionArn"]))
         self._thread = threading.Thread(target=self._run, name="execution-status-events", daemon=True)
         self._thread.start()
 
@@ -214,7 +211,7 @@ class ExecutionStatusPoller:
 
     def _deliver_new(self, rule: ExecutionStatusRule) -> None:
         for execution in self._ended(rule):
-            key = (rule.rule_arn, execution["executionArn"])
+            key = (rule.queue_arn, execution["executionArn"])
             if key in self._done:
                 continue
             described = self._sfn.describe_execution(executionArn=execution["executionArn"])
@@ -240,17 +237,5 @@ class ExecutionStatusPoller:
                     "cause": described.get("cause"),
                 },
             }
-            tries = self._tries.get(key, 0) + 1
-            self._tries[key] = tries
-            if tries >= self.ATTEMPTS:
-                self._done.add(key)  # counted before the call, so a call that raises is not retried forever
-            body = json.dumps(event)
-            if ":sqs:" in rule.target_arn:
-                queue_url = self._sqs.get_queue_url(QueueName=rule.target_arn.rsplit(":", 1)[1])["QueueUrl"]
-                self._sqs.send_message(QueueUrl=queue_url, MessageBody=body)
-                self._done.add(key)
-                continue
-            function_name = rule.target_arn.split(":function:", 1)[1].split(":", 1)[0]
-            resp = self._lambda.invoke(FunctionName=function_name, Payload=body.encode())
-            if not resp.get("FunctionError"):
-                self._done.add(key)
+            self._sqs.send_message(QueueUrl=self._queue_urls[rule.queue_arn], MessageBody=json.dumps(event))
+            self._done.add(key)

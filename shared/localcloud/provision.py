@@ -134,11 +134,11 @@ def rate_interval_s(expression: str) -> float:
 
 @dataclass(frozen=True)
 class ExecutionStatusRule:
-    """An EventBridge rule on Step Functions execution status changes, with its target: a function or an SQS
-    queue (moto's executions emit no events; see ``eventsources.ExecutionStatusPoller``)."""
+    """An EventBridge rule on Step Functions execution status changes, with its target, an SQS queue (moto's
+    executions emit no events; see ``eventsources.ExecutionStatusPoller``)."""
 
     rule_arn: str
-    target_arn: str
+    queue_arn: str
     state_machine_arns: tuple[str, ...]
     statuses: tuple[str, ...]
 
@@ -548,52 +548,39 @@ def _disable_event_sources(
     return tuple(sources)
 
 
-def _target_arns(events: Any, rule_name: str) -> list[str]:
-    return [t["Arn"] for t in events.list_targets_by_rule(Rule=rule_name)["Targets"]]
-
-
-def _function_targets(events: Any, rule_name: str) -> list[str]:
-    arns = _target_arns(events, rule_name)
-    return [arn.split(":function:", 1)[1].split(":", 1)[0] for arn in arns if ":function:" in arn]
-
-
-def _execution_rules(events: Any) -> tuple[ExecutionStatusRule, ...]:
-    """Rules matching ``aws.states`` execution status changes; any other event pattern is refused, since the
+def _event_rules(events: Any) -> tuple[tuple[Schedule, ...], tuple[ExecutionStatusRule, ...]]:
+    """The stack's EventBridge rules the local cloud runs itself: ``rate(...)`` schedules that invoke functions,
+    and ``aws.states`` execution status changes delivered to SQS queues. Any other rule is refused, since the
     local cloud would never deliver it."""
-    found = []
+    schedules: list[Schedule] = []
+    execution_rules: list[ExecutionStatusRule] = []
     for page in events.get_paginator("list_rules").paginate():
         for rule in page["Rules"]:
-            if not rule.get("EventPattern"):
+            targets = [t["Arn"] for t in events.list_targets_by_rule(Rule=rule["Name"])["Targets"]]
+            if rule.get("ScheduleExpression"):
+                interval = rate_interval_s(rule["ScheduleExpression"])
+                schedules.extend(
+                    Schedule(rule["Arn"], arn.split(":function:", 1)[1].split(":", 1)[0], interval)
+                    for arn in targets
+                    if ":function:" in arn
+                )
                 continue
-            pattern = json.loads(rule["EventPattern"])
+            pattern = json.loads(rule.get("EventPattern") or "{}")
             if pattern.get("source") != ["aws.states"] or pattern.get("detail-type") != [EXECUTION_STATUS_CHANGE]:
                 raise ProvisionError(f"the local cloud delivers no events for the pattern of rule {rule['Name']}")
+            if any(":sqs:" not in arn for arn in targets):
+                raise ProvisionError(f"the local cloud delivers rule {rule['Name']} to SQS queues only")
             detail = pattern.get("detail", {})
-            for target_arn in _target_arns(events, rule["Name"]):
-                if ":function:" not in target_arn and ":sqs:" not in target_arn:
-                    raise ProvisionError(f"the local cloud delivers rule {rule['Name']} to functions and queues only")
-                found.append(
-                    ExecutionStatusRule(
-                        rule_arn=rule["Arn"],
-                        target_arn=target_arn,
-                        state_machine_arns=tuple(detail.get("stateMachineArn", [])),
-                        statuses=tuple(detail.get("status", ["FAILED", "TIMED_OUT", "ABORTED", "SUCCEEDED"])),
-                    )
+            execution_rules.extend(
+                ExecutionStatusRule(
+                    rule_arn=rule["Arn"],
+                    queue_arn=arn,
+                    state_machine_arns=tuple(detail.get("stateMachineArn", [])),
+                    statuses=tuple(detail.get("status", ["FAILED", "TIMED_OUT", "ABORTED", "SUCCEEDED"])),
                 )
-    return tuple(found)
-
-
-def _schedules(events: Any) -> tuple[Schedule, ...]:
-    found = []
-    for page in events.get_paginator("list_rules").paginate():
-        for rule in page["Rules"]:
-            expression = rule.get("ScheduleExpression")
-            if not expression:
-                continue
-            interval = rate_interval_s(expression)
-            for function_name in _function_targets(events, rule["Name"]):
-                found.append(Schedule(rule["Arn"], function_name, interval))
-    return tuple(found)
+                for arn in targets
+            )
+    return tuple(schedules), tuple(execution_rules)
 
 
 def provision(
@@ -668,6 +655,7 @@ def provision(
         if resource.get("Type") == "AWS::Lambda::Function"
     }
     event_sources = _disable_event_sources(clients["lambda"], physical, resources)
+    schedules, execution_rules = _event_rules(clients["events"])
     try:
         res = LocalResources(
             endpoint_url=endpoint_url,
@@ -680,8 +668,8 @@ def provision(
             state_machine_arn=outputs["StateMachineArn"],
             functions=functions,
             event_sources=event_sources,
-            schedules=_schedules(clients["events"]),
-            execution_rules=_execution_rules(clients["events"]),
+            schedules=schedules,
+            execution_rules=execution_rules,
         )
     except KeyError as exc:
         raise ProvisionError(f"template is missing the stack output {exc}") from exc

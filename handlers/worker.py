@@ -50,6 +50,7 @@ def worker_config() -> WorkerConfig:
         heartbeat_s=s.heartbeat_s,
         grace_s=s.grace_s,
         progress_interval_s=s.progress_interval_s,
+        xray=s.xray,
     )
 
 

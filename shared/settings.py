@@ -137,6 +137,11 @@ class Settings(BaseSettings):
         default=None, description="With compile: AOTInductor packages folder (built once, loaded without a trace)"
     )
 
+    model_cache: str | None = Field(
+        default=None, description="Where the built-in tiny model is saved (default: ~/.cache/sdq/models)"
+    )
+    xray: bool = Field(default=False, description="Worker X-Ray segments (the ECS task runs the daemon beside it)")
+
     staging_prefix: str = "staging/"
     outputs_prefix: str = "outputs/"
 

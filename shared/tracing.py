@@ -1,24 +1,19 @@
 """X-Ray tracing for long-running processes (the worker); Lambdas use Powertools' Tracer instead.
 
-Off unless ``SDQ_XRAY=true`` (the ECS task runs the X-Ray daemon beside the worker), so local runs and tests
-send nothing anywhere.
+Off unless the caller turns it on (the worker passes its ``xray`` setting, ``SDQ_XRAY=true``, set where the ECS
+task runs the X-Ray daemon beside it), so local runs and tests send nothing anywhere.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 
-def tracing_enabled() -> bool:
-    return os.environ.get("SDQ_XRAY", "").lower() in {"1", "true", "yes"}
-
-
 @contextmanager
-def segment(name: str) -> Iterator[None]:
+def segment(name: str, *, enabled: bool) -> Iterator[None]:
     """A top-level segment (one per batch or hand-off), when tracing is on."""
-    if not tracing_enabled():
+    if not enabled:
         yield
         return
     from aws_xray_sdk.core import xray_recorder
@@ -28,9 +23,9 @@ def segment(name: str) -> Iterator[None]:
 
 
 @contextmanager
-def subsegment(name: str) -> Iterator[None]:
+def subsegment(name: str, *, enabled: bool) -> Iterator[None]:
     """A subsegment of the current segment (generate, upload, ...), when tracing is on."""
-    if not tracing_enabled():
+    if not enabled:
         yield
         return
     from aws_xray_sdk.core import xray_recorder

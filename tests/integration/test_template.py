@@ -408,7 +408,7 @@ def test_state_machine_role_covers_every_task_of_the_asl(resources: dict[str, An
 
 
 def test_every_sdq_variable_is_a_real_setting(resources: dict[str, Any]) -> None:
-    settings = {f"SDQ_{name.upper()}" for name in Settings.model_fields} | {"SDQ_XRAY", "SDQ_MODEL_CACHE"}
+    settings = {f"SDQ_{name.upper()}" for name in Settings.model_fields}
     declared: set[str] = set()
     for resource in resources.values():
         if resource["Type"] == "AWS::Lambda::Function":

@@ -10,6 +10,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from shared.settings import get_settings
 from workflows.generation import models
 from workflows.generation.models import (
     TINY_MODEL_NOTE,
@@ -18,9 +19,20 @@ from workflows.generation.models import (
     build_tiny_pipeline,
     ensure_tiny_model,
     load_model,
+    model_cache_root,
     resolve_dtype,
     tiny_model_dir,
 )
+
+
+def test_the_model_cache_setting_decides_where_tiny_is_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("SDQ_MODEL_CACHE", raising=False)
+    assert model_cache_root() == tmp_path / "xdg" / "sdq" / "models"
+    monkeypatch.setenv("SDQ_MODEL_CACHE", str(tmp_path / "models"))
+    get_settings.cache_clear()  # settings are read once per process
+    assert model_cache_root() == tmp_path / "models"
+    assert tiny_model_dir().parent == tmp_path / "models"
 
 
 def test_tiny_is_saved_once_as_a_normal_diffusers_folder(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from packaging.version import Version
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from shared.errors import PermanentError
+from shared.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +116,8 @@ def precision_name(dtype: torch.dtype) -> str:
 
 
 def model_cache_root() -> Path:
-    """``$SDQ_MODEL_CACHE``, else ``~/.cache/sdq/models`` (``$XDG_CACHE_HOME`` respected)."""
-    explicit = os.environ.get("SDQ_MODEL_CACHE")
+    """The ``model_cache`` setting (``SDQ_MODEL_CACHE``), else ``~/.cache/sdq/models`` (``$XDG_CACHE_HOME``)."""
+    explicit = get_settings().model_cache
     if explicit:
         return Path(explicit).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "sdq" / "models"

@@ -70,6 +70,7 @@ class WorkerConfig:
     progress_interval_s: float = 1.0
     finisher_threads: int = 4
     encode_processes: int = 0  # PNG encoding in helper processes (0: in the finisher threads)
+    xray: bool = False  # X-Ray segments around claim, generate and upload (the daemon runs beside the worker)
     backlog_factor: int = 2
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
@@ -385,7 +386,7 @@ class Worker:
     def _claim_batch(self, batch: list[Held]) -> ClaimedBatch:
         """Claim every job of a batch at once (conditional writes in parallel); keep the ones won."""
         started = time.monotonic()
-        with segment("sdq-worker-claim"):
+        with segment("sdq-worker-claim", enabled=self.config.xray):
             won = list(self._table_pool.map(self._claim, batch))
         return ClaimedBatch([h for h, ok in zip(batch, won, strict=True) if ok], time.monotonic() - started)
 
@@ -411,7 +412,7 @@ class Worker:
         report.claim_s = claimed.seconds
         started = time.monotonic()
         report.started_at = time.time()
-        with segment("sdq-worker-batch"), subsegment("generate"):
+        with segment("sdq-worker-batch", enabled=self.config.xray), subsegment("generate", enabled=self.config.xray):
             self._generate(jobs, report)
         report.seconds = time.monotonic() - started
         report.ended_at = report.started_at + report.seconds
@@ -561,7 +562,8 @@ class Worker:
         attempt = held.job.attempt
         keys = []
         try:
-            with segment("sdq-worker-handoff"), subsegment("upload"):
+            traced = self.config.xray
+            with segment("sdq-worker-handoff", enabled=traced), subsegment("upload", enabled=traced):
                 for i, image in enumerate(images):
                     key = f"{self._staging}{held.job_id}/{attempt}/{i}.png"
                     self._media.put(key, self._encoder.encode(image), "image/png")

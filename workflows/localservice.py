@@ -23,7 +23,7 @@ TEMPLATE = REPO_ROOT / "template.yaml"
 ASL = REPO_ROOT / "statemachine.asl.json"
 
 # The local profile compresses the state machine's retry schedule so failures resolve in seconds.
-LOCAL_RETRY = {"IntervalSeconds": 1, "BackoffRate": 1.5}
+LOCAL_RETRY = {"IntervalSeconds": 1, "BackoffRate": 1.5, "MaxDelaySeconds": 4}
 # ... and runs scheduled functions (the requeue sweeper's minute) every few seconds.
 LOCAL_SCHEDULE_S = 5.0
 

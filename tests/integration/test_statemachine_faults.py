@@ -260,6 +260,31 @@ def test_a_terminal_write_whose_answer_was_lost_still_sends_the_webhook(
     assert view["webhook"]["state"] == "delivered"
 
 
+def test_a_success_written_with_every_answer_lost_still_sends_its_webhook(
+    h: Harness, faults: DynamoFaults, receiver: ScriptedReceiver
+) -> None:
+    """MarkSucceeded's write lands but DynamoDB answers 500 to it and to every retry (which writes it again):
+    RecordFailure's MarkFailed then finds the job SUCCEEDED. Ending there would leave a finished job without
+    its webhook; the execution fails instead, and the failed-execution handler sends the job.succeeded webhook."""
+    receiver.secret = h.client.webhook_secret()
+    job = h.running_job(receiver.url)
+    fault = faults.add(
+        Fault(job.job_id, MARK_SUCCEEDED, times=1000, code="InternalServerError", status=500, after_write=True)
+    )
+    arn = h.start(job, h.stage(job))
+    assert h.wait(arn) == "FAILED"
+    assert fault.hits == 11  # the first try and its 10 retries
+    failure = h.sfn.describe_execution(executionArn=arn)
+    assert failure["error"] == "SDQ.SuccessUnconfirmed"
+    view = h.client.get(job.job_id)
+    assert (view["status"], view["error"], len(view["outputs"])) == ("SUCCEEDED", None, 1)
+    _until(lambda: len(receiver.deliveries) >= 1, 60, "the job.succeeded webhook")
+    [delivery] = receiver.deliveries
+    assert delivery.verified
+    assert delivery.json()["type"] == "job.succeeded"
+    _until(lambda: h.client.get(job.job_id)["webhook"]["state"] == "delivered", 30, "the delivery to be recorded")
+
+
 def _until(predicate: Any, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():

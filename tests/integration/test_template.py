@@ -420,7 +420,7 @@ def test_every_sdq_variable_is_a_real_setting(resources: dict[str, Any]) -> None
     assert sdq <= settings, sorted(sdq - settings)
 
 
-def test_worker_container_gets_everything_the_worker_reads(resources: dict[str, Any]) -> None:
+def test_worker_container_gets_everything_the_worker_reads(sam: dict[str, Any], resources: dict[str, Any]) -> None:
     worker = container(resources, "worker")
     env = {e["Name"]: show(e["Value"]) for e in worker["Environment"]}
     assert env["SDQ_TABLE_NAME"] == "JobsTable"
@@ -433,6 +433,12 @@ def test_worker_container_gets_everything_the_worker_reads(resources: dict[str, 
     assert env["SDQ_VISIBILITY_TIMEOUT_S"] == "VisibilityTimeoutSeconds"
     assert env["SDQ_GRACE_S"] == "WorkerGraceSeconds"
     assert env["SDQ_XRAY"] == "true"
+    # Compile is a deploy parameter (off by default); its caches persist on the instance's model volume.
+    assert env["SDQ_COMPILE"] == "WorkerCompile"
+    assert sam["Parameters"]["WorkerCompile"]["Default"] == "false"
+    volume = next(m["ContainerPath"] for m in worker["MountPoints"] if m["SourceVolume"] == "model-cache")
+    assert env["SDQ_COMPILE_CACHE_DIR"].startswith(volume + "/")
+    assert env["SDQ_COMPILE_MEGA_CACHE"].startswith(env["SDQ_COMPILE_CACHE_DIR"] + "/")
     assert env["AWS_XRAY_DAEMON_ADDRESS"] == "xray-daemon:2000"
     assert worker["Links"] == ["xray-daemon"]
     assert [r["Type"] for r in worker["ResourceRequirements"]] == ["GPU"]

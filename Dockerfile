@@ -1,4 +1,4 @@
-# The sdq GPU worker: `sdq worker` on a CUDA host (ECS GPU instances; see docs/deploy.md).
+# The sdq GPU worker: `python -m handlers.worker` on a CUDA host (ECS GPU instances; see docs/deploy.md).
 #
 # Build (from the repository root):   docker build -t sdq-worker .
 # Run anywhere with an NVIDIA GPU:    docker run --gpus all -e SDQ_QUEUE_URL=... -v /opt/sdq/models:/models sdq-worker
@@ -48,4 +48,4 @@ WORKDIR /models
 
 # SIGTERM (ECS stop, scale-in) is the worker's warm stop: it finishes the running batch within SDQ_GRACE_S.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["sdq", "worker"]
+ENTRYPOINT ["python", "-m", "handlers.worker"]

@@ -26,7 +26,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
-	$(VENV)/bin/mypy shared handlers workflows
+	$(VENV)/bin/mypy shared handlers workflows localcloud cli benchmarks
 
 test: lint typecheck
 	$(VENV)/bin/pytest

@@ -9,6 +9,6 @@ COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --repeats 5 -
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 | log
 for variant in "" "--no-fuse-qkv" "--no-channels-last" "--precision bf16"; do
   echo "== levers ${variant:-(all)} at ${SECONDS}s" | log
-  timeout $(left) python3 -m workflows.bench worker $COMMON $variant 2>&1 | log
+  timeout $(left) python3 -m benchmarks.worker_bench worker $COMMON $variant 2>&1 | log
 done
 echo "== done at ${SECONDS}s" | log

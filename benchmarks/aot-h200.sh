@@ -11,9 +11,9 @@ COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --compile --a
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 | log
 for run in cold warm warm; do
   echo "== startup from AOT packages ($run) at ${SECONDS}s" | log
-  timeout $(left) python3 -m workflows.bench startup $COMMON --buckets 1 2>&1 | log
+  timeout $(left) python3 -m benchmarks.worker_bench startup $COMMON --buckets 1 2>&1 | log
 done
 echo "== worker bench from AOT packages, bucket 1 and 16 at ${SECONDS}s" | log
-timeout $(left) python3 -m workflows.bench worker $COMMON --buckets 1,16 --batch-sizes 1,16 --repeats 5 \
+timeout $(left) python3 -m benchmarks.worker_bench worker $COMMON --buckets 1,16 --batch-sizes 1,16 --repeats 5 \
   --no-eager-rows 2>&1 | log
 echo "== done at ${SECONDS}s" | log

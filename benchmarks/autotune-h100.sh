@@ -12,8 +12,8 @@ left() { echo $(( ${BUDGET:-570} - SECONDS )); }
 log() { tee -a "$OUT/log.txt" | grep -v -E '^\s*$|UserWarning|warnings.warn|_warn_once|torchvision'; }
 COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --batch-sizes 16 --repeats 3 --buckets 16"
 echo "== 1. max-autotune at ${SECONDS}s" | log
-timeout 420 python3 -m workflows.bench worker $COMMON --compile --autotune --compile-cache-dir /tmp/cc-at 2>&1 | log
+timeout 420 python3 -m benchmarks.worker_bench worker $COMMON --compile --autotune --compile-cache-dir /tmp/cc-at 2>&1 | log
 echo "== 2. levers without channels_last at ${SECONDS}s" | log
-timeout $(left) python3 -m workflows.bench worker $COMMON --compile --no-channels-last --no-eager-rows \
+timeout $(left) python3 -m benchmarks.worker_bench worker $COMMON --compile --no-channels-last --no-eager-rows \
   --compile-cache-dir /tmp/cc-ncl 2>&1 | log
 echo "== done at ${SECONDS}s" | log

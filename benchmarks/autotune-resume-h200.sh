@@ -17,7 +17,7 @@ export TORCHINDUCTOR_MAX_AUTOTUNE_CONV_BACKENDS=ATEN
 COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --batch-sizes 16 --repeats 3 --buckets 16"
 COMMON="$COMMON --compile --no-compile-vae --no-eager-rows"
 echo "== max-autotune (GEMM search), bucket 16 at ${SECONDS}s" | log
-timeout $(( $(left) - 15 )) python3 -m workflows.bench worker $COMMON --autotune --compile-cache-dir $CACHE 2>&1 | log
+timeout $(( $(left) - 15 )) python3 -m benchmarks.worker_bench worker $COMMON --autotune --compile-cache-dir $CACHE 2>&1 | log
 mkdir -p "$OUT/autotune-cache" && cp -r "$CACHE/cache/." "$OUT/autotune-cache/" 2>/dev/null
 python3 - "$CACHE/cache" <<'PY' 2>&1 | log
 import json, pathlib, sys
@@ -27,6 +27,6 @@ for f in pathlib.Path(sys.argv[1]).glob("*"):
 PY
 if [ "$(left)" -gt 150 ]; then
   echo "== baseline: the same levers without autotune at ${SECONDS}s" | log
-  timeout $(left) python3 -m workflows.bench worker $COMMON --compile-cache-dir /tmp/cc-base 2>&1 | log
+  timeout $(left) python3 -m benchmarks.worker_bench worker $COMMON --compile-cache-dir /tmp/cc-base 2>&1 | log
 fi
 echo "== done at ${SECONDS}s" | log

@@ -4,6 +4,6 @@
 set -u
 source "$(dirname "$0")/device-prelude.sh" bf16
 echo "== compiled bf16, bucket 16 at ${SECONDS}s" | log
-timeout $(left) python3 -m workflows.bench worker --arch sd15 --steps 30 --width 512 --height 512 --out $OUT \
+timeout $(left) python3 -m benchmarks.worker_bench worker --arch sd15 --steps 30 --width 512 --height 512 --out $OUT \
   --precision bf16 --compile --buckets 16 --batch-sizes 16 --repeats 3 --no-eager-rows 2>&1 | log
 echo "== done at ${SECONDS}s" | log

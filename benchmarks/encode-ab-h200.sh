@@ -9,7 +9,7 @@ source "$(dirname "$0")/device-prelude.sh" encode-ab
 CACHE=/tmp/sdq-inductor-cache
 for processes in 0 2; do
   echo "== worker loop, reuse 5, bucket 16, SDQ_ENCODE_PROCESSES=$processes at ${SECONDS}s" | log
-  timeout $(( $(left) - 10 )) python3 -m handlers.cli bench loop --model sd15 --batch 16 --width 512 --height 512 \
+  timeout $(( $(left) - 10 )) python3 -m cli.main bench loop --model sd15 --batch 16 --width 512 --height 512 \
     --steps 30 --out $OUT --jobs 160 --compile --timeout $(( $(left) - 20 )) --worker-env SDQ_BATCH_BUCKETS=16 \
     --worker-env SDQ_FEATURE_REUSE=5 --worker-env SDQ_ENCODE_PROCESSES=$processes \
     --worker-env SDQ_COMPILE_CACHE_DIR=$CACHE 2>&1 | log

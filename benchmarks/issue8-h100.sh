@@ -22,13 +22,13 @@ python3 -c 'import torch, diffusers, transformers; print(torch.__version__, diff
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw,memory.used --format=csv 2>&1 | log
 
 echo "== 1. cold start (empty cache folder) at ${SECONDS}s" | log
-timeout 200 python3 -m workflows.bench startup $COMMON $LEVERS --compile-cache-dir "$CACHE" --mega-cache "$MEGA" 2>&1 | log
+timeout 200 python3 -m benchmarks.worker_bench startup $COMMON $LEVERS --compile-cache-dir "$CACHE" --mega-cache "$MEGA" 2>&1 | log
 echo "== 2. start from the mega-cache file in a fresh cache folder at ${SECONDS}s" | log
-timeout 90 python3 -m workflows.bench startup $COMMON $LEVERS --compile-cache-dir /tmp/cc-fresh --mega-cache "$MEGA" 2>&1 | log
+timeout 90 python3 -m benchmarks.worker_bench startup $COMMON $LEVERS --compile-cache-dir /tmp/cc-fresh --mega-cache "$MEGA" 2>&1 | log
 echo "== 3. worker bench fp16 at ${SECONDS}s" | log
-timeout $(left) python3 -m workflows.bench worker $COMMON --batch-sizes 1,8,16 --repeats 3 --profile \
+timeout $(left) python3 -m benchmarks.worker_bench worker $COMMON --batch-sizes 1,8,16 --repeats 3 --profile \
   $LEVERS --compile-cache-dir "$CACHE" 2>&1 | log
 echo "== 4. worker bench bf16 at ${SECONDS}s" | log
-timeout $(left) python3 -m workflows.bench worker $COMMON --batch-sizes 1,16 --repeats 3 --precision bf16 \
+timeout $(left) python3 -m benchmarks.worker_bench worker $COMMON --batch-sizes 1,16 --repeats 3 --precision bf16 \
   $LEVERS --compile-cache-dir "$CACHE" 2>&1 | log
 echo "== done at ${SECONDS}s" | log

@@ -13,7 +13,7 @@ COMMON="--model sd15 --batch 16 --width 512 --height 512 --steps 30 --out $OUT -
 LEVERS="--worker-env SDQ_BATCH_BUCKETS=16 --worker-env SDQ_COMPILE_CACHE_DIR=/tmp/sdq-inductor-cache"
 for encode in 0 2; do
   echo "== levers, SDQ_ENCODE_PROCESSES=$encode, 160 jobs at ${SECONDS}s" | log
-  timeout $(left) python3 -m handlers.cli bench loop $COMMON $LEVERS --jobs 160 --timeout 280 \
+  timeout $(left) python3 -m cli.main bench loop $COMMON $LEVERS --jobs 160 --timeout 280 \
     --worker-env SDQ_ENCODE_PROCESSES=$encode 2>&1 | log
 done
 echo "== done at ${SECONDS}s" | log

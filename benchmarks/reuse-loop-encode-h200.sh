@@ -12,19 +12,19 @@ set -u
 source "$(dirname "$0")/device-prelude.sh" reuse-loop-encode
 CACHE=/tmp/sdq-inductor-cache
 echo "== 1. worker loop, reuse 5, bucket 16, encode in 2 processes, 160 jobs at ${SECONDS}s" | log
-timeout $(left) python3 -m handlers.cli bench loop --model sd15 --batch 16 --width 512 --height 512 --steps 30 \
+timeout $(left) python3 -m cli.main bench loop --model sd15 --batch 16 --width 512 --height 512 --steps 30 \
   --out $OUT --jobs 160 --compile --timeout $(( $(left) - 20 )) --worker-env SDQ_BATCH_BUCKETS=16 \
   --worker-env SDQ_FEATURE_REUSE=5 --worker-env SDQ_ENCODE_PROCESSES=2 \
   --worker-env SDQ_COMPILE_CACHE_DIR=$CACHE 2>&1 | log
 for d in /tmp/sdq-loopbench-*; do cp "$d/worker.log" "$OUT/worker-$(basename "$d").log" 2>/dev/null; done
 echo "== 2. bare bench, reuse 5, bucket 16, euler_a at ${SECONDS}s" | log
-timeout $(left) python3 -m workflows.bench worker --arch sd15 --steps 30 --width 512 --height 512 --out $OUT \
+timeout $(left) python3 -m benchmarks.worker_bench worker --arch sd15 --steps 30 --width 512 --height 512 --out $OUT \
   --scheduler euler_a --compile --buckets 16 --feature-reuse 5 --batch-sizes 16 --repeats 3 --no-eager-rows \
   --compile-cache-dir $CACHE 2>&1 | log
 for step in build dlopen runner legacy-build legacy-load; do
   [ "$(left)" -lt 20 ] && break
   echo "== 3. minimal AOTI package: $step at ${SECONDS}s" | log
-  timeout $(( $(left) < 100 ? $(left) : 100 )) python3 -X faulthandler benchmarks/aot_minimal.py $step 2>&1 \
+  timeout $(( $(left) < 100 ? $(left) : 100 )) python3 -X faulthandler benchmarks/scripts/aot_minimal.py $step 2>&1 \
     | grep -v "^Extension modules" | log
   echo "== $step exit status ${PIPESTATUS[0]}" | log
 done

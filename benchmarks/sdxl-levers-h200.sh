@@ -9,6 +9,6 @@ set -u
 source "$(dirname "$0")/device-prelude.sh" sdxl-levers
 python3 -c 'import torch, diffusers; print(torch.__version__, diffusers.__version__, torch.cuda.get_device_name())' 2>&1 | log
 echo "== SDXL, eager rows then levers, batch 1 and 4 at ${SECONDS}s" | log
-timeout $(left) python3 -m workflows.bench worker --arch sdxl --steps 30 --width 1024 --height 1024 --out $OUT \
+timeout $(left) python3 -m benchmarks.worker_bench worker --arch sdxl --steps 30 --width 1024 --height 1024 --out $OUT \
   --batch-sizes 1,4 --buckets 1,4 --repeats 3 --compile --compile-cache-dir /tmp/cc-sdxl 2>&1 | log
 echo "== done at ${SECONDS}s" | log

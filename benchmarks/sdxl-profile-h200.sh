@@ -3,5 +3,5 @@
 # sdxl-levers-h200.sh with its cache folder warm. SDXL architecture with random weights, 1024x1024, 30 steps, fp16.
 set -u
 source "$(dirname "$0")/device-prelude.sh" sdxl-profile
-timeout 400 python3 -m workflows.bench worker --arch sdxl --steps 30 --width 1024 --height 1024 --out $OUT \
+timeout 400 python3 -m benchmarks.worker_bench worker --arch sdxl --steps 30 --width 1024 --height 1024 --out $OUT \
   --batch-sizes 4 --buckets 4 --repeats 2 --compile --profile --no-eager-rows --compile-cache-dir /tmp/cc-sdxl 2>&1 | log

@@ -10,6 +10,6 @@ START="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --compile --bu
   --compile-cache-dir /tmp/cc-startup --mega-cache /tmp/sdq-mega-startup.bin"
 for run in cold warm warm; do
   echo "== startup ($run) at ${SECONDS}s" | log
-  timeout $(left) python3 -m workflows.bench startup $START 2>&1 | log
+  timeout $(left) python3 -m benchmarks.worker_bench startup $START 2>&1 | log
 done
 echo "== done at ${SECONDS}s" | log

@@ -7,9 +7,9 @@
 set -u
 source "$(dirname "$0")/device-prelude.sh" vae-one-call
 echo "== SD 1.5, one call (eager rows) against one at a time (levers rows) at ${SECONDS}s" | log
-timeout $(( $(left) / 2 )) python3 -m workflows.bench worker --arch sd15 --steps 30 --width 512 --height 512 \
+timeout $(( $(left) / 2 )) python3 -m benchmarks.worker_bench worker --arch sd15 --steps 30 --width 512 --height 512 \
   --out $OUT --batch-sizes 8,16 --repeats 5 --no-vae-one-call 2>&1 | log
 echo "== SDXL, the same at ${SECONDS}s" | log
-timeout $(left) python3 -m workflows.bench worker --arch sdxl --steps 30 --width 1024 --height 1024 \
+timeout $(left) python3 -m benchmarks.worker_bench worker --arch sdxl --steps 30 --width 1024 --height 1024 \
   --out $OUT --batch-sizes 1,4 --repeats 3 --no-vae-one-call 2>&1 | log
 echo "== done at ${SECONDS}s" | log

@@ -1,6 +1,6 @@
 """The API Lambda: REST routes over the submission workflow (API Gateway REST proxy events).
 
-Locally the same ``lambda_handler`` serves HTTP through :mod:`shared.localapi`.
+Locally the same ``lambda_handler`` serves HTTP through :mod:`localcloud.api`.
 """
 
 from __future__ import annotations

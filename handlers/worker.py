@@ -1,4 +1,4 @@
-"""The worker process entry point (``sdq worker`` and the container's command).
+"""The worker process entry point (``python -m handlers.worker``, the container's command; ``sdq worker``).
 
 Loads the model once, then runs the loop until SIGTERM/SIGINT: the first signal is a warm stop, the second
 stops at once.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from aws_lambda_powertools import Logger
 
@@ -25,7 +27,9 @@ from workflows.generation.worker import Generator, Worker, WorkerConfig
 logger = Logger(service="sdq-worker")
 
 
-def build_worker(generator: Generator, config: WorkerConfig) -> Worker:
+def build_worker(
+    generator: Generator, config: WorkerConfig, batch_log_fields: Callable[[], dict[str, Any]] | None = None
+) -> Worker:
     settings = get_settings()
     aws = AwsClients(settings)
     return Worker(
@@ -36,6 +40,7 @@ def build_worker(generator: Generator, config: WorkerConfig) -> Worker:
         generator=generator,
         config=config,
         staging_prefix=settings.staging_prefix,
+        batch_log_fields=batch_log_fields,
     )
 
 
@@ -73,7 +78,8 @@ def load_generator(model: str) -> PipelineRunner:
         raise SystemExit(2) from exc
 
 
-def main(model: str | None = None) -> int:
+def main(model: str | None = None, *, batch_log_fields: Callable[[], dict[str, Any]] | None = None) -> int:
+    """Run one worker until it is stopped; ``batch_log_fields`` adds fields to each batch's log line."""
     settings = get_settings()
     generator = load_generator(model or settings.model)
     config = worker_config()
@@ -89,7 +95,7 @@ def main(model: str | None = None) -> int:
         note=generator.note,
         encode_processes=config.encode_processes,
     )
-    worker = build_worker(generator, config)
+    worker = build_worker(generator, config, batch_log_fields)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logger.info("signal received", signal=signal.Signals(signum).name)
@@ -100,3 +106,7 @@ def main(model: str | None = None) -> int:
     worker.run()
     logger.info("worker stopped", batches=len(worker.batches))
     return 0
+
+
+if __name__ == "__main__":  # the container's command: python -m handlers.worker
+    sys.exit(main())

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from ulid import ULID
 
+from cli.client import Endpoint, SdqClient
 from shared.apikeys import ApiKeyStore
-from shared.client import Endpoint, SdqClient
 from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
 from shared.jobs import JobsRepository, expiry_epoch
 
@@ -82,7 +82,7 @@ class RunningService:
         log = open(self.state_dir / f"{log_name}-{len(self.workers)}.log", "wb")  # noqa: SIM115
         self.logs.append(log)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "handlers.cli", "worker", *args],
+            [sys.executable, "-m", "cli.main", "worker", *args],
             env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1", **(env or {})},
             cwd=REPO,
             stdout=log,
@@ -100,7 +100,7 @@ def start_service(
     env = {**os.environ, "SDQ_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     log = open(log_path, "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "handlers.cli", "up", "--port", "0", "--no-worker", *args],
+        [sys.executable, "-m", "cli.main", "up", "--port", "0", "--no-worker", *args],
         env=env,
         cwd=REPO,
         stdout=log,

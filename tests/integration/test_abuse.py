@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from ulid import ULID
 
+from cli.client import ApiError, Endpoint, SdqClient
 from shared.apikeys import ApiKeyStore
-from shared.client import ApiError, Endpoint, SdqClient
 from shared.jobs import JobsRepository
 from tests.cases import INTERNAL_CALLBACK_URLS
 from tests.integration.conftest import RunningService, start_service, stop_service, store_queued_job

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from cli.client import ApiError
 from shared.apikeys import ApiKeyStore
-from shared.client import ApiError
 from tests.integration.conftest import RunningService
 
 
@@ -334,7 +334,7 @@ def test_cli_submit_and_status(service: RunningService, tmp_path: Any) -> None:
 
     env = {"SDQ_STATE_DIR": str(service.state_dir), "PATH": "/usr/bin:/bin"}
     submitted = subprocess.run(
-        [sys.executable, "-m", "handlers.cli", "submit", "a red fox"],
+        [sys.executable, "-m", "cli.main", "submit", "a red fox"],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -344,7 +344,7 @@ def test_cli_submit_and_status(service: RunningService, tmp_path: Any) -> None:
     )
     job_id = submitted.stdout.strip().splitlines()[-1]
     status = subprocess.run(
-        [sys.executable, "-m", "handlers.cli", "status", job_id],
+        [sys.executable, "-m", "cli.main", "status", job_id],
         env=env,
         cwd=REPO,
         capture_output=True,

@@ -2,7 +2,7 @@
 
 ``sdq up`` is killed (no clean shutdown) and started again on the same ``--cloud-port``. The local cloud keeps
 its state in memory, so the restarted one is a fresh stack; it has the same names (see
-``shared.localcloud.provision.name_local_resources``), so the worker that kept running finds its queue, table,
+``localcloud.provision.name_local_resources``), so the worker that kept running finds its queue, table,
 bucket and state machine again. The worker must ride out the outage with growing back-off, never exit, and
 then run new jobs.
 """

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(600)
 def test_sdq_demo_passes(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "handlers.cli", "demo", "--out", str(tmp_path / "images")],
+        [sys.executable, "-m", "cli.main", "demo", "--out", str(tmp_path / "images")],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -39,7 +39,7 @@ def start_up(log_path: Path, preexec: Callable[[], None] | None = None) -> tuple
     env = {**os.environ, "SDQ_STATE_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "handlers.cli", "up", "--port", "0"],
+        [sys.executable, "-m", "cli.main", "up", "--port", "0"],
         env=env,
         cwd=REPO,
         stdout=log,

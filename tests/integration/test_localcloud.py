@@ -20,9 +20,9 @@ from typing import Any
 import boto3
 import pytest
 
+from localcloud import LocalCloud, LocalResources, ProvisionError
+from localcloud.provision import load_sam_template
 from shared.errors import RetryableError
-from shared.localcloud import LocalCloud, LocalResources, ProvisionError
-from shared.localcloud.provision import load_sam_template
 
 pytestmark = pytest.mark.integration
 

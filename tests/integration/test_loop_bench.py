@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SDQ_BENCH_LOOP = [sys.executable, "-m", "handlers.cli", "bench", "loop"]
+SDQ_BENCH_LOOP = [sys.executable, "-m", "cli.main", "bench", "loop"]
 SMALL_SHAPE = ["--width", "256", "--height", "256", "--steps", "2"]
 # The GPU default (PNG encoding in spawned helper processes), forced on CPU so CI runs that path too.
 ENCODE_IN_PROCESSES = ["--worker-env", "SDQ_ENCODE_PROCESSES=2"]

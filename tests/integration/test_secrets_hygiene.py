@@ -8,8 +8,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from localcloud.receiver import ScriptedReceiver
 from tests.integration.conftest import RunningService, start_service, stop_service
-from workflows.receiver import ScriptedReceiver
 
 PRESIGN_EXPIRY_S = 120
 

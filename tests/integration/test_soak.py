@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(900)
 def test_soak_with_worker_kills_keeps_every_invariant(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "handlers.cli", "soak", "--jobs", "100", "--kill-worker-every", "15", "--rate", "3"],
+        [sys.executable, "-m", "cli.main", "soak", "--jobs", "100", "--kill-worker-every", "15", "--rate", "3"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -20,6 +20,7 @@ from PIL import Image
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from localcloud.receiver import ScriptedReceiver
 from shared.apikeys import ApiKeyStore
 from shared.contracts import Job, JobStatus
 from shared.jobs import JobsRepository
@@ -28,7 +29,6 @@ from shared.settings import Settings
 from tests.integration.conftest import RunningService, start_service, stop_service
 from tests.integration.executions import ExecutionHarness
 from workflows.postprocess import PostprocessInput, Postprocessor
-from workflows.receiver import ScriptedReceiver
 from workflows.webhooks import Notifier, WebhookSecrets
 
 

@@ -24,14 +24,14 @@ from aws_xray_sdk import global_sdk_config as xray_sdk_config
 from moto.core.exceptions import JsonRESTError
 from moto.dynamodb.models import DynamoDBBackend
 
+from cli.client import Endpoint, SdqClient
+from localcloud.receiver import ScriptedReceiver
+from localcloud.service import LocalService, LocalServiceConfig, start_local_service
 from shared.apikeys import ApiKeyStore
-from shared.client import Endpoint, SdqClient
 from shared.contracts import Job, JobStatus
 from shared.jobs import JobsRepository
 from tests.integration.executions import ExecutionHarness
 from workflows.failedexecution import handle_failed_execution
-from workflows.localservice import LocalService, LocalServiceConfig, start_local_service
-from workflows.receiver import ScriptedReceiver
 
 
 def _clear_caches() -> None:

@@ -1,6 +1,6 @@
 """Contract checks of template.yaml: cfn-lint, substitutions, least-privilege IAM, data protection, the worker
 service, alarms, and the local cloud's resource filter. No cloud needed: the template is read with cfn-lint's
-decoder and translated with aws-sam-translator exactly as the local cloud does (shared/localcloud/provision.py).
+decoder and translated with aws-sam-translator exactly as the local cloud does (localcloud/provision.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from shared.localcloud.provision import (
+from localcloud.provision import (
     LOCAL_SKIPPED_TYPES,
     ProvisionError,
     filter_local_resources,

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 from PIL import Image
 
+from localcloud.receiver import ScriptedReceiver
 from shared.jobs import JobsRepository
 from tests.integration.conftest import RunningService, start_service, stop_service, store_queued_job
-from workflows.receiver import ScriptedReceiver
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from shared.client import SdqClient
+from cli.client import SdqClient
+from localcloud.receiver import ScriptedReceiver
 from shared.contracts import JobStatus, QueueMessage, utcnow
 from shared.jobs import JobsRepository
 from tests.integration.conftest import RunningService, start_service, stop_service, store_queued_job
-from workflows.receiver import ScriptedReceiver
 
 FAST_WORKER = {
     "SDQ_VISIBILITY_TIMEOUT_S": "6",

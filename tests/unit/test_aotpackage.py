@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from workflows.bench import main
+from benchmarks.worker_bench import main
 from workflows.generation.acceleration import AccelerationOptions
 from workflows.generation.aotpackage import fingerprint
 from workflows.generation.models import LoadedModel, load_model

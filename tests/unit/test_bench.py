@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from workflows.bench import (
+from benchmarks.worker_bench import (
     _kernel_family,
     count_flops_per_image,
     flop_counter,

@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from handlers.cost_cli import DEFAULT_GPU, add_cost_parser
-from shared.localcloud.provision import load_sam_template
-from workflows.cost import (
+from cli.cost import DEFAULT_GPU, add_cost_parser
+from cli.costmodel import (
     DEFAULT_PRICES,
     GPUS,
     HAPPY_PATH_STATES,
@@ -29,6 +28,7 @@ from workflows.cost import (
     newest_benchmark,
     parse_overrides,
 )
+from localcloud.provision import load_sam_template
 
 REPO = Path(__file__).resolve().parents[2]
 KB_PER_GB = 1024 * 1024

@@ -9,8 +9,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from workflows.generation.threadcpu import cpu_seconds_by_thread_group, thread_group
-from workflows.loopbench import thread_cpu_per_batch
+from benchmarks.loop_bench import thread_cpu_per_batch
+from benchmarks.threadcpu import cpu_seconds_by_thread_group, thread_group
 
 
 def _burn(seconds: float) -> None:

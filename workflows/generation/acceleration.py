@@ -688,11 +688,11 @@ def save_compile_cache(path: Path) -> int | None:
     return len(data)
 
 
-# --- command-line flags (``sdq bench worker``, ``python -m workflows.bench``) ---------------------------------
+# --- command-line flags (``sdq bench worker``, ``python -m benchmarks.worker_bench``) ---------------------------------
 
 
 def add_acceleration_arguments(parser: argparse.ArgumentParser) -> None:
-    """The speed-lever options of ``sdq bench worker`` (and ``python -m workflows.bench``)."""
+    """The speed-lever options of ``sdq bench worker`` (and ``python -m benchmarks.worker_bench``)."""
     group = parser.add_argument_group("speed levers (issue 8); none given: the plain eager benchmark")
     group.add_argument("--precision", choices=["fp16", "bf16", "fp32"], help="default: fp16 on CUDA, fp32 on CPU")
     group.add_argument("--compile", action="store_true", help="torch.compile the UNet and VAE decoder")

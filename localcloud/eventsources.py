@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.localcloud.provision import (
+from localcloud.provision import (
     EXECUTION_STATUS_CHANGE,
     EventSource,
     ExecutionStatusRule,

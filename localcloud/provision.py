@@ -46,7 +46,7 @@ _PLACEHOLDER = re.compile(r"\$\{(?P<name>[A-Za-z0-9_]+)\}")
 _FALLBACK_ROLE_ARN = "arn:aws:iam::123456789012:role/sdq-local-state-machine"
 RETRIER_FIELDS = frozenset({"IntervalSeconds", "MaxAttempts", "BackoffRate", "MaxDelaySeconds", "JitterStrategy"})
 
-_LOCAL_API = "the REST API is served locally by shared/localapi.py"
+_LOCAL_API = "the REST API is served locally by localcloud/api.py"
 _LOCAL_WORKER = "the GPU worker runs as a local process (sdq up / sdq worker)"
 _NO_METRICS = "the local cloud has no CloudWatch metrics or alarm notifications"
 LOCAL_SKIPPED_TYPES: Mapping[str, str] = {

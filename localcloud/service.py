@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from shared.client import LOCAL_STATE_FILE, state_dir
-from shared.localcloud import LocalCloud, LocalResources
+from cli.client import LOCAL_STATE_FILE, state_dir
+from localcloud import LocalCloud, LocalResources
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_ROOT / "template.yaml"
@@ -57,12 +57,14 @@ class LocalService:
     _event_pollers: tuple[Any, ...] = ()
     worker: subprocess.Popen[bytes] | None = None
 
-    def start_worker(self, *extra_args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start one ``sdq worker`` process against this local cloud."""
+    def start_worker(
+        self, *, env: dict[str, str] | None = None, module: str = "handlers.worker"
+    ) -> subprocess.Popen[bytes]:
+        """Start one worker process (the container's command, ``python -m handlers.worker``) on this local cloud."""
         proc_env = {**os.environ, **self.env, **self.config.worker_env, **(env or {})}
         out = self.config.worker_log
         return subprocess.Popen(
-            [sys.executable, "-m", "handlers.cli", "worker", *extra_args],
+            [sys.executable, "-m", module],
             env=proc_env,
             cwd=str(REPO_ROOT),
             stdout=out or None,
@@ -113,8 +115,8 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
     """Bring everything up and return once the API answers. The caller must ``stop()`` it."""
     quiet_local_logs()
     # Imported here: the API module reads settings on first request, which must see the local env first.
-    from shared.localapi import LocalApiServer
-    from shared.localcloud.eventsources import ExecutionStatusPoller, SchedulePoller, SqsEventSourcePoller
+    from localcloud.api import LocalApiServer
+    from localcloud.eventsources import ExecutionStatusPoller, SchedulePoller, SqsEventSourcePoller
 
     cloud = LocalCloud(host=config.host, port=config.cloud_port)
     cloud.start()

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from shared.localcloud import LocalCloud, LocalResources
+    from localcloud import LocalCloud, LocalResources
 
     cloud = LocalCloud(host="127.0.0.1", port=0).start()
     res: LocalResources = cloud.provision(Path("template.yaml"), Path("statemachine.asl.json"))
@@ -11,7 +11,7 @@ Usage::
     cloud.stop()
 """
 
-from shared.localcloud.provision import EventSource, LocalResources, ProvisionError
-from shared.localcloud.server import LocalCloud
+from localcloud.provision import EventSource, LocalResources, ProvisionError
+from localcloud.server import LocalCloud
 
 __all__ = ["EventSource", "LocalCloud", "LocalResources", "ProvisionError"]

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from handlers.cost_cli import add_cost_parser
-from shared.client import LOCAL_STATE_FILE, ApiError, SdqClient, resolve_endpoint, state_dir
+from cli.client import LOCAL_STATE_FILE, ApiError, SdqClient, resolve_endpoint, state_dir
+from cli.cost import add_cost_parser
 from workflows.generation.acceleration import add_acceleration_arguments
 
 console = Console(stderr=True)
@@ -30,7 +30,7 @@ TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from workflows.localservice import LocalServiceConfig, start_local_service, wait_forever
+    from localcloud.service import LocalServiceConfig, start_local_service, wait_forever
 
     previous_key = None
     state = state_dir() / LOCAL_STATE_FILE
@@ -89,13 +89,13 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from workflows.demo import run_demo
+    from localcloud.demo import run_demo
 
     return run_demo(Path(args.out), timeout_s=args.timeout)
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    from workflows.soak import run_soak
+    from localcloud.soak import run_soak
 
     report = run_soak(jobs=args.jobs, kill_every_s=args.kill_worker_every, rate_per_s=args.rate, timeout_s=args.timeout)
     return 0 if report.ok else 1
@@ -242,7 +242,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_worker(args: argparse.Namespace) -> int:
-    from workflows.bench import format_bench_table, run_worker_bench
+    from benchmarks.worker_bench import format_bench_table, run_worker_bench
     from workflows.generation.acceleration import acceleration_from_args
 
     result = run_worker_bench(
@@ -266,7 +266,7 @@ def cmd_bench_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_loop(args: argparse.Namespace) -> int:
-    from workflows.loopbench import LoopBenchConfig, format_loop_report, run_loop_bench
+    from benchmarks.loop_bench import LoopBenchConfig, format_loop_report, run_loop_bench
 
     worker_env = dict(item.split("=", 1) for item in args.worker_env)
     if args.compile:

@@ -33,11 +33,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.client import Endpoint, SdqClient
+from cli.client import Endpoint, SdqClient
+from localcloud.service import LocalServiceConfig, start_local_service
 from shared.contracts import TERMINAL
-from workflows.localservice import LocalServiceConfig, start_local_service
 
-logger = logging.getLogger("workflows.loopbench")
+logger = logging.getLogger("benchmarks.loop_bench")
 
 _PROMPTS = (
     "a lighthouse on a cliff at dusk, oil painting",
@@ -88,11 +88,12 @@ def run_loop_bench(config: LoopBenchConfig) -> dict[str, Any]:
             ids = _submit_all(client, config)
             logger.info("%d jobs queued; starting the worker", len(ids))
             worker = service.start_worker(
+                module="benchmarks.loop_worker",
                 env={
                     "SDQ_MAX_BATCH_IMAGES": str(config.max_batch_images),
                     "PYTHONUNBUFFERED": "1",
                     **config.worker_env,
-                }
+                },
             )
             sampler = _GpuSampler()
             sampler.start()
@@ -120,7 +121,7 @@ def run_loop_bench(config: LoopBenchConfig) -> dict[str, Any]:
             "replaced": "nothing: real worker process, real local cloud (moto) and API on this machine",
         }
     )
-    from workflows.bench import file_slug  # imports torch: only once the run is over
+    from benchmarks.worker_bench import file_slug  # imports torch: only once the run is over
 
     config.out_dir.mkdir(parents=True, exist_ok=True)
     device = file_slug(str(result.get("gpu_name") or "cpu"))

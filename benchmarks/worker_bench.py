@@ -13,7 +13,7 @@ checks seed equivalence: one job's image alone and inside a full batch, eager an
 (``equivalence``, in 8-bit pixel levels). ``run_startup_bench`` times a worker-like start: process start to the
 first finished image, cold or warm compile cache.
 
-Run it as ``sdq bench worker`` or ``python -m workflows.bench worker|startup`` (the latter needs no service
+Run it as ``sdq bench worker`` or ``python -m benchmarks.worker_bench worker|startup`` (the latter needs no service
 dependencies).
 """
 
@@ -49,7 +49,7 @@ from workflows.generation.acceleration import (
 from workflows.generation.models import Precision, precision_name, quiet_logger
 from workflows.generation.pipeline import BatchShape, ImageJob, PipelineRunner
 
-logger = logging.getLogger("workflows.bench")  # also when run as __main__
+logger = logging.getLogger("benchmarks.worker_bench")  # also when run as __main__
 
 BENCH_SCHEMA_VERSION = 1
 GUIDANCE_SCALE = 7.5
@@ -304,7 +304,7 @@ def run_startup_bench(
 ) -> dict[str, Any]:
     """A worker's start: process start to the first finished image (batch 1, ``steps`` steps), by phase.
 
-    Call it first thing in a fresh process (``python -m workflows.bench startup``): the clock starts at the
+    Call it first thing in a fresh process (``python -m benchmarks.worker_bench startup``): the clock starts at the
     process's start (from ``/proc``), so interpreter start and imports count. With a compile cache folder or
     mega-cache file in ``acceleration``, the report says whether it held anything before the start (``cold`` or
     ``warm``). ``then_sizes``: batch sizes whose first call (compile from the cache, or cold) is timed after.
@@ -606,7 +606,7 @@ def format_lever_table(result: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m workflows.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.worker_bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="bench", required=True)
     for name, help_text in (
         ("worker", "pipeline throughput per batch size vs plain diffusers, eager and with levers"),
@@ -636,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     # Progress lines on stderr (a run cut off by a time limit still shows the rows it finished).
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-    for name in ("workflows.bench", "workflows.generation"):
+    for name in ("benchmarks.worker_bench", "workflows.generation"):
         log = logging.getLogger(name)
         if not any(getattr(h, "_sdq_bench", False) for h in log.handlers):
             handler._sdq_bench = True  # type: ignore[attr-defined]

@@ -17,10 +17,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from shared.client import ApiError, Endpoint, SdqClient
+from cli.client import ApiError, Endpoint, SdqClient
+from localcloud.receiver import ScriptedReceiver
+from localcloud.service import LocalService, LocalServiceConfig, start_local_service
 from shared.contracts import TERMINAL
-from workflows.localservice import LocalService, LocalServiceConfig, start_local_service
-from workflows.receiver import ScriptedReceiver
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """``sdq cost``: the monthly bill of the AWS stack for an image volume, beside always-on GPU servers.
 
-Wired into ``handlers/cli.py`` with ``add_cost_parser(sub)``; the model itself is :mod:`workflows.cost`.
+Wired into ``cli/main.py`` with ``add_cost_parser(sub)``; the model itself is :mod:`cli.costmodel`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from workflows.cost import (
+from cli.costmodel import (
     DEFAULT_BENCHMARKS,
     DEFAULT_PRICES,
     GPUS,

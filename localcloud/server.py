@@ -1,7 +1,7 @@
 """The embedded local AWS: moto in server mode on a background thread of this process.
 
 Step Functions executes definitions for real (moto's ``stepfunctions.execute_state_machine``), and
-Lambda ``Invoke`` is served in-process by :class:`~shared.localcloud.lambdas.LambdaInvokeMiddleware`.
+Lambda ``Invoke`` is served in-process by :class:`~localcloud.lambdas.LambdaInvokeMiddleware`.
 ``MOTO_PORT`` is set to the bound port so the ASL interpreter's own AWS calls reach this server.
 """
 
@@ -18,14 +18,14 @@ from typing import Any, ClassVar
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from shared.localcloud.lambdas import (
+from localcloud.lambdas import (
     EnvJournal,
     FunctionRef,
     FunctionSpec,
     LambdaInvokeMiddleware,
     moto_function_resolver,
 )
-from shared.localcloud.provision import (
+from localcloud.provision import (
     DEFAULT_STACK_NAME,
     DUMMY_CREDENTIAL,
     LocalResources,
@@ -138,7 +138,7 @@ class LocalCloud:
         parameters: Mapping[str, str] | None = None,
         stack_name: str = DEFAULT_STACK_NAME,
     ) -> LocalResources:
-        """Create the template's stack here; see :func:`shared.localcloud.provision.provision`."""
+        """Create the template's stack here; see :func:`localcloud.provision.provision`."""
         if self._server is None:
             raise RuntimeError("start() the LocalCloud before provisioning")
         stack = provision(

@@ -24,10 +24,10 @@ import boto3
 from rich.console import Console
 from rich.table import Table
 
-from shared.client import Endpoint, SdqClient
+from cli.client import Endpoint, SdqClient
+from localcloud.receiver import ScriptedReceiver
+from localcloud.service import LocalService, LocalServiceConfig, start_local_service
 from shared.contracts import TERMINAL
-from workflows.localservice import LocalService, LocalServiceConfig, start_local_service
-from workflows.receiver import ScriptedReceiver
 
 SHAPES = [(256, 256), (320, 256), (256, 320)]
 

@@ -412,6 +412,71 @@ class QueueMessage(BaseModel):
     enqueued_at: datetime
 
 
+class WorkerError(BaseModel):
+    """Why a worker could not generate a job's images (the state machine records it as the job's error)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str
+    message: str
+
+
+class WorkflowInput(BaseModel):
+    """The job workflow's execution input (``statemachine.asl.json`` reads these fields).
+
+    Three shapes, one per writer: :meth:`generated` (the worker's images), :meth:`worker_failed` (the worker's
+    error, no images) and :meth:`notice` (only the webhook of a job finished outside its execution). Fields a
+    shape does not use are left out of the JSON, since the ASL's Choice states test whether they are present.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    tenant: str
+    has_callback: bool
+    attempt: int | None = None
+    staging_keys: list[str] | None = None
+    worker_id: str | None = None
+    model: str | None = None
+    worker_error: WorkerError | None = None
+    notify_only: Literal[True] | None = None
+    reason: str | None = None
+
+    @classmethod
+    def generated(
+        cls, job: Job, *, staging_keys: list[str], worker_id: str, model: str, has_callback: bool
+    ) -> WorkflowInput:
+        return cls(
+            job_id=job.job_id,
+            tenant=job.tenant,
+            attempt=job.attempt,
+            staging_keys=staging_keys,
+            worker_id=worker_id,
+            model=model,
+            has_callback=has_callback,
+        )
+
+    @classmethod
+    def worker_failed(cls, job: Job, *, error: WorkerError, worker_id: str, has_callback: bool) -> WorkflowInput:
+        return cls(
+            job_id=job.job_id,
+            tenant=job.tenant,
+            attempt=job.attempt,
+            staging_keys=[],
+            worker_id=worker_id,
+            worker_error=error,
+            has_callback=has_callback,
+        )
+
+    @classmethod
+    def notice(cls, job: Job, *, reason: str) -> WorkflowInput:
+        return cls(job_id=job.job_id, tenant=job.tenant, notify_only=True, has_callback=True, reason=reason)
+
+    def payload(self) -> dict[str, Any]:
+        """The execution input as JSON-ready data, without the fields this shape leaves out."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from shared.contracts import WorkflowInput
 
 if TYPE_CHECKING:
     from mypy_boto3_stepfunctions import SFNClient
@@ -16,13 +18,13 @@ class Orchestrator:
         self._sfn = sfn
         self.state_machine_arn = state_machine_arn
 
-    def start(self, name: str, payload: dict[str, Any]) -> str:
+    def start(self, name: str, workflow_input: WorkflowInput) -> str:
         """Start one execution named ``name``; an execution that already exists counts as started.
 
         The name makes the hand-off idempotent: a retried or duplicated start cannot run a job's
         postprocessing twice.
         """
-        body = json.dumps(payload, separators=(",", ":"))
+        body = json.dumps(workflow_input.payload(), separators=(",", ":"))
         if len(body.encode()) >= MAX_INPUT_BYTES:
             raise ValueError(f"state machine input is {len(body)} bytes; the limit is {MAX_INPUT_BYTES}")
         try:

@@ -24,7 +24,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError, ClientError
 from standardwebhooks import Webhook
 
-from shared.contracts import Job, JobStatus
+from shared.contracts import Job, JobStatus, WorkflowInput
 from shared.errors import Conflict
 from shared.netguard import HostUnresolved, UnsafeUrl, resolve_public
 from shared.settings import Settings
@@ -365,7 +365,7 @@ def start_notice(orchestrator: Orchestrator, job: Job, reason: str, *, once: boo
 
     return orchestrator.start(
         f"{job.job_id}-{reason}" if once else f"{job.job_id}-{reason}-{ULID()}",
-        {"job_id": job.job_id, "tenant": job.tenant, "notify_only": True, "has_callback": True, "reason": reason},
+        WorkflowInput.notice(job, reason=reason),
     )
 
 

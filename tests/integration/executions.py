@@ -9,7 +9,7 @@ from typing import Any
 
 from PIL import Image
 
-from shared.contracts import Job
+from shared.contracts import Job, WorkflowInput
 from shared.jobs import JobsRepository
 from tests.integration.conftest import store_queued_job
 
@@ -51,8 +51,9 @@ class ExecutionHarness:
             "has_callback": bool(job.request.callback_url),
             **extra,
         }
+        body = WorkflowInput.model_validate(payload).payload()  # the shape the worker sends, checked
         arn = self.sfn.start_execution(
-            stateMachineArn=self.machine, name=f"{job.job_id}-{job.attempt}", input=json.dumps(payload)
+            stateMachineArn=self.machine, name=f"{job.job_id}-{job.attempt}", input=json.dumps(body)
         )["executionArn"]
         return str(arn)
 

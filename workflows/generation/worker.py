@@ -31,7 +31,15 @@ from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL.Image import Image
 
-from shared.contracts import GenerationRequest, Job, JobError, JobStatus, QueueMessage
+from shared.contracts import (
+    GenerationRequest,
+    Job,
+    JobError,
+    JobStatus,
+    QueueMessage,
+    WorkerError,
+    WorkflowInput,
+)
 from shared.errors import InvalidTransition, JobExpired, JobNotFound
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
@@ -572,15 +580,13 @@ class Worker:
                     keys.append(key)
             self._sfn.start(
                 f"{held.job_id}-{attempt}",
-                {
-                    "job_id": held.job_id,
-                    "tenant": held.tenant,
-                    "attempt": attempt,
-                    "staging_keys": keys,
-                    "worker_id": self.config.worker_id,
-                    "model": self._gen.model_name,
-                    "has_callback": bool(held.request.callback_url),
-                },
+                WorkflowInput.generated(
+                    held.job,
+                    staging_keys=keys,
+                    worker_id=self.config.worker_id,
+                    model=self._gen.model_name,
+                    has_callback=bool(held.request.callback_url),
+                ),
             )
         except Exception as exc:
             # Leave the message to reappear after its visibility timeout; the lease lapses with it and
@@ -619,15 +625,12 @@ class Worker:
         try:
             self._sfn.start(
                 f"{held.job_id}-{held.job.attempt}",
-                {
-                    "job_id": held.job_id,
-                    "tenant": held.tenant,
-                    "attempt": held.job.attempt,
-                    "staging_keys": [],
-                    "worker_id": self.config.worker_id,
-                    "worker_error": {"code": code, "message": message},
-                    "has_callback": bool(held.request.callback_url),
-                },
+                WorkflowInput.worker_failed(
+                    held.job,
+                    error=WorkerError(code=code, message=message),
+                    worker_id=self.config.worker_id,
+                    has_callback=bool(held.request.callback_url),
+                ),
             )
         except Exception:
             logger.exception("failure hand-off failed; job will be retried", job_id=held.job_id)

@@ -13,9 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.costmodel import (
-    DEFAULT_BENCHMARKS,
+    BENCHMARK_REPORT,
     DEFAULT_PRICES,
     GPUS,
+    REPO,
     CostError,
     Estimate,
     Throughput,
@@ -137,7 +138,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
             if args.throughput is not None:
                 throughput = Throughput(args.throughput, f"--throughput {args.throughput:g} images/s per GPU")
             else:
-                throughput = gpu_throughput(gpu, usage.batch_size, Path(args.benchmarks))
+                benchmarks = Path(args.benchmarks) if args.benchmarks else None
+                throughput = gpu_throughput(gpu, usage.batch_size, benchmarks)
             estimates.append(estimate(args.images_per_month, gpu, throughput, usage, prices))
             crossings.append(break_even_images(gpu, throughput, usage, prices))
     except CostError as exc:
@@ -184,7 +186,9 @@ def add_cost_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         help="measured images/s of one GPU at the worker's batch size (replaces the benchmark and relative table)",
     )
     cost.add_argument(
-        "--benchmarks", default=str(DEFAULT_BENCHMARKS), help="folder with worker-sd15-h100-*.json benchmark reports"
+        "--benchmarks",
+        help="an H100 worker-sd15-*.json report, or a folder whose newest one is costed "
+        f"(default: {BENCHMARK_REPORT.relative_to(REPO)})",
     )
     cost.add_argument("--show-assumptions", action="store_true", help="list every unit price and usage assumption")
     cost.set_defaults(func=cmd_cost)

@@ -2,7 +2,7 @@
 
 Everything is a plain multiplication of a usage quantity by a unit price, so every line can be checked by hand:
 
-- GPU worker hours come from measured throughput: the newest ``benchmarks/worker-sd15-h100-*.json`` gives the
+- GPU worker hours come from measured throughput: one pinned H100 report (:data:`BENCHMARK_REPORT`) gives the
   H100's images/s at the worker's batch size; other GPUs are scaled by :data:`GPUS`' relative throughput (an
   assumption, stated per GPU). Scale-from-zero episodes add boot/download and idle-before-scale-in time.
 - Lambda (requests and GB-seconds for the API, postprocess and notify functions), API Gateway requests,
@@ -28,8 +28,10 @@ HOURS_PER_MONTH = 730.0
 DAYS_PER_MONTH = 30.0
 KB_PER_GB = 1024.0 * 1024.0
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_BENCHMARKS = REPO / "benchmarks"
 BENCHMARK_GLOB = "worker-sd15-h100-*.json"
+# The H100 SD 1.5 worker report the cost figures rest on: pinned, so a new benchmark run changes no bill until
+# this line names it.
+BENCHMARK_REPORT = REPO / "benchmarks" / "results" / "2026-11-25-h100" / "worker-sd15-h100-20261125-100848.json"
 
 # The states a successful job with a callback visits in statemachine.asl.json (one transition each);
 # without a callback it skips Notify.
@@ -248,7 +250,7 @@ def gpu_type(instance: str) -> GpuType:
         raise CostError(f"unknown GPU instance {instance!r}; known: {', '.join(GPUS)}") from None
 
 
-def newest_benchmark(directory: Path = DEFAULT_BENCHMARKS) -> Path:
+def newest_benchmark(directory: Path) -> Path:
     """The newest H100 SD 1.5 worker benchmark (file names end in a sortable timestamp)."""
     found = sorted(directory.glob(BENCHMARK_GLOB))
     if not found:
@@ -270,9 +272,18 @@ def benchmark_images_per_s(report: Mapping[str, Any], batch_size: int) -> tuple[
     return float(chosen["images_per_s"]), int(chosen["batch_size"])
 
 
-def gpu_throughput(gpu: GpuType, batch_size: int, benchmarks: Path = DEFAULT_BENCHMARKS) -> Throughput:
-    """One GPU's images/s: measured on the H100, scaled by the GPU's relative throughput."""
-    path = newest_benchmark(benchmarks)
+def gpu_throughput(gpu: GpuType, batch_size: int, benchmarks: Path | None = None) -> Throughput:
+    """One GPU's images/s: measured on the H100, scaled by the GPU's relative throughput.
+
+    ``benchmarks``: a report file, or a folder whose newest ``worker-sd15-h100-*.json`` is used; by default the
+    pinned :data:`BENCHMARK_REPORT`.
+    """
+    if benchmarks is None:
+        path = BENCHMARK_REPORT
+    elif benchmarks.is_file():
+        path = benchmarks
+    else:
+        path = newest_benchmark(benchmarks)
     report = json.loads(path.read_text())
     h100, measured_batch = benchmark_images_per_s(report, batch_size)
     cfg = report.get("config", {})

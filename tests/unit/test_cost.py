@@ -12,6 +12,7 @@ import pytest
 
 from cli.cost import DEFAULT_GPU, add_cost_parser
 from cli.costmodel import (
+    BENCHMARK_REPORT,
     DEFAULT_PRICES,
     GPUS,
     HAPPY_PATH_STATES,
@@ -212,10 +213,19 @@ def test_missing_benchmark_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_the_repository_benchmark_is_readable() -> None:
-    path = newest_benchmark(REPO / "benchmarks")
+    path = BENCHMARK_REPORT
     report = json.loads(path.read_text())
     assert report["device"]["short"] == "H100"
-    assert gpu_throughput(gpu_type("p5.48xlarge"), Usage().batch_size, REPO / "benchmarks").images_per_s > 0
+    assert gpu_throughput(gpu_type("p5.48xlarge"), Usage().batch_size).images_per_s > 0
+
+
+def test_the_pinned_benchmark_is_the_newest_h100_report_of_its_run_and_a_file_is_costed_as_given() -> None:
+    """The pin names what the folder glob used to pick, so the cost figures did not move with the files."""
+    assert newest_benchmark(BENCHMARK_REPORT.parent) == BENCHMARK_REPORT
+    assert BENCHMARK_REPORT.is_relative_to(REPO / "benchmarks" / "results")
+    pinned = gpu_throughput(gpu_type("p5.48xlarge"), Usage().batch_size)
+    assert gpu_throughput(gpu_type("p5.48xlarge"), Usage().batch_size, BENCHMARK_REPORT) == pinned
+    assert BENCHMARK_REPORT.name in pinned.source
 
 
 def test_overrides_are_checked() -> None:

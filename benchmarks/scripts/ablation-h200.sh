@@ -6,7 +6,7 @@ set -u
 source "$(dirname "$0")/device-prelude.sh" ablation
 COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --repeats 5 --compile --no-eager-rows \
   --batch-sizes 16 --buckets 16"
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 | log
+gpu_clocks
 for variant in "" "--no-fuse-qkv" "--no-channels-last" "--precision bf16"; do
   echo "== levers ${variant:-(all)} at ${SECONDS}s" | log
   timeout $(left) python3 -m benchmarks.worker_bench worker $COMMON $variant 2>&1 | log

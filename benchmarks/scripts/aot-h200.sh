@@ -5,10 +5,10 @@
 # throughput at bucket 16 from packages, beside the same machine's plain diffusers.
 set -u
 source "$(dirname "$0")/device-prelude.sh" aot
-python3 -m compileall -q -j 16 workflows shared >/dev/null 2>&1
+byte_compile_repo
 rm -rf /tmp/sdq-aot
 COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --compile --aot-dir /tmp/sdq-aot"
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 | log
+gpu_clocks
 for run in cold warm warm; do
   echo "== startup from AOT packages ($run) at ${SECONDS}s" | log
   timeout $(left) python3 -m benchmarks.worker_bench startup $COMMON --buckets 1 2>&1 | log

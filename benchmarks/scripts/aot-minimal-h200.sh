@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 8: whether a minimal AOTInductor package (two linear layers, benchmarks/scripts/aot_minimal.py) loads on this CUDA
-# machine at all; every SD 1.5 package load had segfaulted inside torch's loader (aot-probe-h200-run1.log).
+# machine at all; every SD 1.5 package load had segfaulted inside torch's loader (benchmarks/results/2026-11-29-h200/README.md).
 set -u
 source "$(dirname "$0")/device-prelude.sh" aot-minimal
 gcc --version | head -1 | log

@@ -1,8 +1,26 @@
-# Sourced by the issue-8 device scripts (benchmarks/*-h200.sh): OUT (default out/$1), the environment, the
-# wheels byte-compiled once, log (tee to $OUT/log.txt, warnings filtered) and left (seconds of BUDGET left).
+# Sourced by every device script in benchmarks/scripts/ (source "$(dirname "$0")/device-prelude.sh" NAME).
+# The scripts run from the repository root on the GPU machine, with the wheels of device-wheels.txt installed
+# into /tmp/site (see benchmarks/README.md). This sets:
+#   OUT       where the JSON reports and log.txt go: the device's $OUT when set, else out/NAME;
+#   BUDGET    seconds the script may take (default 540; a script may set its own before sourcing);
+#   LOG_HIDE  an extra grep -E pattern of lines to keep out of the printed log (log.txt keeps everything);
+# and the functions log (tee to $OUT/log.txt, warnings filtered), left (seconds of BUDGET left),
+# gpu_clocks (the card's name, clocks and power), byte_compile_repo and keep_worker_logs.
 OUT=${OUT:-out/$1}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 SDQ_MODEL_CACHE=/tmp/sdq-models
+# PYTHONPATH: the probe scripts run as files, not modules, and import the service packages.
+export PYTHONUNBUFFERED=1 SDQ_MODEL_CACHE=/tmp/sdq-models PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+# The wheels were installed with --no-compile: byte-compile them once, as a worker image ships them.
 [ -d /tmp/site ] && python3 -m compileall -q -j 16 /tmp/site >/dev/null 2>&1
-log() { tee -a "$OUT/log.txt" | grep -v -E '^\s*$|UserWarning|warnings.warn|_warn_once|torchvision'; }
+log() {
+  tee -a "$OUT/log.txt" \
+    | grep -v -E "^\s*$|UserWarning|warnings.warn|_warn_once|torchvision|flush_metrics${LOG_HIDE:+|$LOG_HIDE}"
+}
 left() { echo $(( ${BUDGET:-540} - SECONDS )); }
+gpu_clocks() { nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 | log; }
+# A start measured as a worker image starts: the service's own packages byte-compiled too.
+byte_compile_repo() { python3 -m compileall -q -j 16 workflows shared >/dev/null 2>&1; }
+# sdq bench loop leaves each worker's log in /tmp/sdq-loopbench-*: keep them beside the report.
+keep_worker_logs() {
+  for d in /tmp/sdq-loopbench-*; do cp "$d/worker.log" "$OUT/worker-$(basename "$d").log" 2>/dev/null; done
+}

@@ -3,7 +3,7 @@
 # since 2026-11-29), on one machine: the worker loop with feature reuse 5, bucket 16, 160 jobs, once each,
 # sharing one inductor cache folder (the first run compiles, the second reads the cache). The earlier
 # comparison (1.532 against 1.495 s per batch) was across two machines. Needs the service's runtime wheels
-# carried (benchmarks/device-wheels.txt).
+# carried (benchmarks/scripts/device-wheels.txt).
 set -u
 source "$(dirname "$0")/device-prelude.sh" encode-ab
 CACHE=/tmp/sdq-inductor-cache
@@ -14,5 +14,5 @@ for processes in 0 2; do
     --worker-env SDQ_FEATURE_REUSE=5 --worker-env SDQ_ENCODE_PROCESSES=$processes \
     --worker-env SDQ_COMPILE_CACHE_DIR=$CACHE 2>&1 | log
 done
-for d in /tmp/sdq-loopbench-*; do cp "$d/worker.log" "$OUT/worker-$(basename "$d").log" 2>/dev/null; done
+keep_worker_logs
 echo "== done at ${SECONDS}s" | log

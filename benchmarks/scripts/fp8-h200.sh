@@ -6,7 +6,7 @@
 set -u
 source "$(dirname "$0")/device-prelude.sh" fp8
 COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --batch-sizes 16 --repeats 3 --compile --buckets 16 --no-compile-vae"
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 | log
+gpu_clocks
 echo "== levers + fp8 at ${SECONDS}s" | log
 timeout $(left) python3 -m benchmarks.worker_bench worker $COMMON --fp8 --profile 2>&1 | log
 echo "== levers + fp8 + reuse 3 at ${SECONDS}s" | log

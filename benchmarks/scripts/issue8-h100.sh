@@ -6,17 +6,12 @@
 #     compiled VAE decoder, buckets) at batch 1, 8, 16 beside plain diffusers, with a kernel-time profile;
 #  4. the same in bf16 at batch 1 and 16, if time is left.
 set -u
-OUT=${OUT:-out/issue8}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 SDQ_MODEL_CACHE=/tmp/sdq-models
-# The wheels were installed with --no-compile: byte-compile them once, as a worker image would ship them.
-[ -d /tmp/site ] && python3 -m compileall -q -j 16 /tmp/site >/dev/null 2>&1
+BUDGET=${BUDGET:-585}
+source "$(dirname "$0")/device-prelude.sh" issue8
 CACHE=/tmp/sdq-inductor-cache
 MEGA=/tmp/sdq-mega-sd15.bin
 COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT"
 LEVERS="--compile"
-log() { tee -a "$OUT/log.txt" | grep -v -E '^\s*$|UserWarning|warnings.warn|_warn_once'; }
-left() { echo $(( ${BUDGET:-585} - SECONDS )); }
 
 python3 -c 'import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__, torch.cuda.get_device_name())' 2>&1 | log
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw,memory.used --format=csv 2>&1 | log

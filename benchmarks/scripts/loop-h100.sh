@@ -6,12 +6,8 @@
 #  3. the levers (SDQ_COMPILE=1, one bucket of 16);
 #  4. the pipeline alone with the same levers (sdq bench worker), if time is left.
 set -u
-OUT=${OUT:-out/loop}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 SDQ_MODEL_CACHE=/tmp/sdq-models PYTHONPATH=${PYTHONPATH:-}:$PWD
-[ -d /tmp/site ] && python3 -m compileall -q -j 16 /tmp/site >/dev/null 2>&1
-left() { echo $(( ${BUDGET:-570} - SECONDS )); }
-log() { tee -a "$OUT/log.txt" | grep -v -E '^\s*$|UserWarning|warnings.warn|_warn_once|torchvision'; }
+BUDGET=${BUDGET:-570}
+source "$(dirname "$0")/device-prelude.sh" loop
 COMMON="--model sd15 --batch 16 --width 512 --height 512 --steps 30 --out $OUT"
 
 echo "== 1. eager, encode in processes, 96 jobs at ${SECONDS}s" | log
@@ -27,4 +23,4 @@ timeout $(left) python3 -m benchmarks.worker_bench worker --arch sd15 --steps 30
   --batch-sizes 16 --repeats 3 --compile --buckets 16 --no-eager-rows \
   --compile-cache-dir /tmp/sdq-inductor-cache 2>&1 | log
 echo "== done at ${SECONDS}s" | log
-for d in /tmp/sdq-loopbench-*; do cp "$d/worker.log" "$OUT/worker-$(basename "$d").log" 2>/dev/null; done
+keep_worker_logs

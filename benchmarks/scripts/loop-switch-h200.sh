@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 8, device call: is the worker loop's per-batch gap to the bare bench (exact levers: 2.396 s against
-# 2.277 s per batch of 16, loop-exact-h200-run1.log, duty cycle 100%) the GPU thread waiting for the GIL while
+# 2.277 s per batch of 16, benchmarks/results/2026-11-30-h200/README.md, duty cycle 100%) the GPU thread waiting for the GIL while
 # the loop's boto3 threads run? The same loop with CPython's thread switch interval at 0.5 ms instead of 5 ms
 # (set through a sitecustomize module on the worker's path).
 set -u

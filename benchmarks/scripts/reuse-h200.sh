@@ -5,7 +5,7 @@
 # call's time), with the pixel difference against the exact eager path and a kernel-time profile.
 set -u
 source "$(dirname "$0")/device-prelude.sh" reuse
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 | log
+gpu_clocks
 echo "== reuse 3, compiled, bucket 16 at ${SECONDS}s" | log
 timeout "${BUDGET:-290}" python3 -m benchmarks.worker_bench worker --arch sd15 --steps 30 --width 512 --height 512 \
   --out "$OUT" --batch-sizes 16 --repeats 3 --compile --buckets 16 --no-compile-vae --feature-reuse 3 \

@@ -6,7 +6,7 @@
 set -u
 source "$(dirname "$0")/device-prelude.sh" reuse-latency
 COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --repeats 5 --compile"
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 | log
+gpu_clocks
 echo "== reuse 3, bucket 1, VAE compiled at ${SECONDS}s" | log
 timeout $(left) python3 -m benchmarks.worker_bench worker $COMMON --batch-sizes 1 --buckets 1 --feature-reuse 3 2>&1 | log
 echo "== reuse 5, bucket 16, VAE compiled at ${SECONDS}s" | log

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Issue 8, next device call: why a feature-reuse batch takes 1.53 s in the worker loop against 1.37 s in the bare
-# bench (reuse-loop-h200-run1.log). Two candidates, one run each, sharing one inductor cache folder:
+# bench (benchmarks/results/2026-11-29-h200/README.md). Two candidates, one run each, sharing one inductor cache folder:
 #  1. the loop as before but PNG encoding in 2 helper processes (SDQ_ENCODE_PROCESSES=2): Pillow holds the GIL
 #     about 34 ms per image, which the GPU thread needs between its launches;
 #  2. the bare bench with the loop's scheduler (euler_a: one noise draw per image per step) instead of euler.
 #  3. with what is left: which layer of the AOTInductor package load crashes on this torch (aot_minimal.py:
 #     dlopen of the package's library alone, the CUDA container runner without the package loader, the older
 #     .so route).
-# Needs the service's runtime wheels carried (benchmarks/device-wheels.txt).
+# Needs the service's runtime wheels carried (benchmarks/scripts/device-wheels.txt).
 set -u
 source "$(dirname "$0")/device-prelude.sh" reuse-loop-encode
 CACHE=/tmp/sdq-inductor-cache
@@ -16,7 +16,7 @@ timeout $(left) python3 -m cli.main bench loop --model sd15 --batch 16 --width 5
   --out $OUT --jobs 160 --compile --timeout $(( $(left) - 20 )) --worker-env SDQ_BATCH_BUCKETS=16 \
   --worker-env SDQ_FEATURE_REUSE=5 --worker-env SDQ_ENCODE_PROCESSES=2 \
   --worker-env SDQ_COMPILE_CACHE_DIR=$CACHE 2>&1 | log
-for d in /tmp/sdq-loopbench-*; do cp "$d/worker.log" "$OUT/worker-$(basename "$d").log" 2>/dev/null; done
+keep_worker_logs
 echo "== 2. bare bench, reuse 5, bucket 16, euler_a at ${SECONDS}s" | log
 timeout $(left) python3 -m benchmarks.worker_bench worker --arch sd15 --steps 30 --width 512 --height 512 --out $OUT \
   --scheduler euler_a --compile --buckets 16 --feature-reuse 5 --batch-sizes 16 --repeats 3 --no-eager-rows \

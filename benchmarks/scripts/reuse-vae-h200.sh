@@ -5,7 +5,7 @@
 set -u
 source "$(dirname "$0")/device-prelude.sh" reuse-vae
 COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --repeats 5 --compile --no-eager-rows"
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 | log
+gpu_clocks
 echo "== exact levers, bucket 16, VAE compiled at ${SECONDS}s" | log
 timeout $(left) python3 -m benchmarks.worker_bench worker $COMMON --batch-sizes 16 --buckets 16 2>&1 | log
 echo "== reuse 3, bucket 16, VAE compiled at ${SECONDS}s" | log

@@ -3,7 +3,7 @@
 # 30 steps, fp16: plain diffusers and the eager runner beside compile + CUDA graphs + channels_last + fused QKV
 # at buckets 1 and 4 (the fp16 force_upcast VAE decodes in fp32 per call, so its compile is skipped and
 # reported), with the batch-vs-alone seed check. Run 1 had --profile as well and ran out of its budget after
-# the timed calls, in the seed check or the profile (no JSON; its timings are in sdxl-levers-h200-run1.log).
+# the timed calls, in the seed check or the profile (no JSON; its timings are in benchmarks/results/2026-11-29-h200/README.md).
 # Run 2, on the same machine with the cache folder warm, is this script. The profile is sdxl-profile-h200.sh.
 set -u
 source "$(dirname "$0")/device-prelude.sh" sdxl-levers

@@ -3,7 +3,7 @@
 # call, so the decoder compiles too), against the eager runner and plain diffusers in the same run, with the
 # image difference against the exact fp32 decode. SDXL architecture with random weights, 1024x1024, 30 steps,
 # fp16, buckets 1 and 4. The exact levers measured 1.176 s (batch 1) and 4.632 s (batch 4) on another H200
-# (sdxl-levers-h200-run2.log).
+# (benchmarks/results/2026-11-29-h200/README.md).
 set -u
 source "$(dirname "$0")/device-prelude.sh" sdxl-vae-bf16
 echo "== SDXL, levers + bf16 VAE decode, batch 1 and 4 at ${SECONDS}s" | log

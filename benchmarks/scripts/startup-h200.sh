@@ -4,7 +4,7 @@
 # compile cache (cold), then twice from the cache and mega-cache file that run left (warm).
 set -u
 source "$(dirname "$0")/device-prelude.sh" startup
-python3 -m compileall -q -j 16 workflows shared >/dev/null 2>&1
+byte_compile_repo
 rm -rf /tmp/cc-startup /tmp/sdq-mega-startup.bin
 START="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --compile --buckets 1 \
   --compile-cache-dir /tmp/cc-startup --mega-cache /tmp/sdq-mega-startup.bin"

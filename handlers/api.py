@@ -35,6 +35,7 @@ from shared.contracts import (
 from shared.errors import (
     BadRequest,
     Conflict,
+    InvalidCursor,
     PayloadTooLarge,
     ServiceError,
     TooManyRequests,
@@ -48,9 +49,10 @@ from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
 from shared.ratelimit import RateLimiter
 from shared.settings import Settings, get_settings
+from shared.webhooksecrets import WebhookSecrets
 from workflows.jobview import job_view
 from workflows.submission import SubmissionService
-from workflows.webhooks import WebhookSecrets, start_notice, start_notice_retrying
+from workflows.webhooks import start_notice, start_notice_retrying
 
 logger = Logger(service="sdq")
 tracer = Tracer(service="sdq")
@@ -209,7 +211,10 @@ def list_jobs(
     tenant = _tenant()
     settings = services().settings
     size = min(limit or settings.page_size_default, settings.page_size_max)
-    page = services().submissions.list(tenant, status=status, limit=size, cursor=cursor)
+    try:
+        page = services().submissions.list(tenant, status=status, limit=size, cursor=cursor)
+    except InvalidCursor as exc:
+        raise BadRequest(str(exc), details={"field": "cursor"}) from exc
     body = JobList(jobs=[_view(j) for j in page.jobs], next_cursor=page.next_cursor)
     return _json(200, body)
 

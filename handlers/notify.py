@@ -12,7 +12,8 @@ from shared.aws import AwsClients
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.settings import get_settings
-from workflows.webhooks import Notifier, WebhookSecrets
+from shared.webhooksecrets import WebhookSecrets
+from workflows.webhooks import Notifier
 
 logger = Logger(service="sdq-notify")
 tracer = Tracer(service="sdq-notify")

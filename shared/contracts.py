@@ -343,6 +343,16 @@ def allowed_sources(target: JobStatus) -> frozenset[JobStatus]:
     return frozenset(src for src, targets in TRANSITIONS.items() if target in targets)
 
 
+# A job workflow execution (statemachine.asl.json's MarkSucceeded and MarkFailed, and the failed-execution
+# handler) finishes its job from fewer statuses than allowed_sources: success only from the POSTPROCESSING its
+# own Postprocess entered, and a failure never from QUEUED, since every execution was started by a worker
+# holding a claim and a QUEUED job at its attempt was handed back after that worker's lease lapsed.
+WORKFLOW_SOURCES: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.SUCCEEDED: frozenset({JobStatus.POSTPROCESSING}),
+    JobStatus.FAILED: frozenset({JobStatus.RUNNING, JobStatus.POSTPROCESSING}),
+}
+
+
 class Progress(BaseModel):
     step: int = 0
     total: int = 0

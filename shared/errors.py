@@ -120,6 +120,10 @@ class EnqueueFailed(ServiceError):
     code = "enqueue_failed"
 
 
+class InvalidCursor(ValueError):
+    """A listing cursor this service did not make for this listing (garbled, another tenant's or index's)."""
+
+
 class RetryableError(Exception):
     """A transient failure: the same work may succeed if tried again."""
 

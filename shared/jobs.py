@@ -41,9 +41,9 @@ from shared.contracts import (
     utcnow,
 )
 from shared.errors import (
-    BadRequest,
     IdempotencyConflict,
     IdempotencyKeyInUse,
+    InvalidCursor,
     InvalidTransition,
     JobExpired,
     JobNotFound,
@@ -67,9 +67,56 @@ BY_TENANT_INDEX = "by_tenant"
 BY_TENANT_STATUS_INDEX = "by_tenant_status"
 ACTIVE_INDEX = "active_by_tenant"
 
+# Every attribute a ``JOB#`` item may hold (job_to_item, the worker's claim and lease, webhook delivery records);
+# the state machine's direct writes are checked against it (tests/unit/test_asl_transitions.py).
+JOB_ATTRIBUTES = frozenset(
+    {
+        "pk",
+        "job_id",
+        "tenant",
+        "status",
+        "tenant_status",
+        "active_tenant",
+        "unqueued_shard",
+        "request",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "attempt",
+        "worker_id",
+        "lease_until",
+        "progress_step",
+        "progress_total",
+        "outputs",
+        "error_code",
+        "error_message",
+        "cache_key",
+        "idempotency_key",
+        "expires_at",
+        "model_is_noise",
+        "webhook_event",
+        "webhook_id",
+        "webhook_state",
+        "webhook_attempts",
+        "webhook_last_status",
+        "webhook_last_error",
+        "webhook_last_attempt_at",
+        "webhook_delivered_at",
+    }
+)
+
+# The sparse index attributes of an unfinished job: every write that makes a job terminal removes them, so a
+# finished job counts as active for no one and is never sent again by the requeue sweeper.
+REMOVED_WHEN_FINISHED = ("active_tenant", "unqueued_shard")
+
 
 def job_pk(job_id: str) -> str:
     return f"JOB#{job_id}"
+
+
+def tenant_status(tenant: str, status: JobStatus) -> str:
+    """The ``by_tenant_status`` index key of a tenant's jobs in one status."""
+    return f"{tenant}#{status.value}"
 
 
 def unqueued_shard(job_id: str) -> str:
@@ -100,7 +147,7 @@ def job_to_item(job: Job) -> dict[str, Any]:
         "job_id": job.job_id,
         "tenant": job.tenant,
         "status": job.status.value,
-        "tenant_status": f"{job.tenant}#{job.status.value}",
+        "tenant_status": tenant_status(job.tenant, job.status),
         "active_tenant": None if job.status.terminal else job.tenant,
         "request": job.request.model_dump_json(),
         "created_at": _iso(job.created_at),
@@ -169,6 +216,15 @@ def _conflicted(exc: ClientError) -> bool:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """The claim a status change is made for: it is written only while the job is at ``attempt`` (a newer claim
+    owns the job otherwise) and, when ``worker_id`` is given, still held by that worker."""
+
+    attempt: int
+    worker_id: str | None = None
+
+
+@dataclass(frozen=True)
 class Page:
     jobs: list[Job]
     next_cursor: str | None
@@ -180,13 +236,13 @@ def _encode_cursor(key: Mapping[str, Any]) -> str:
 
 
 def _decode_cursor(cursor: str, tenant: str, status: JobStatus | None) -> dict[str, Any]:
-    """The ExclusiveStartKey a cursor stands for, or BadRequest.
+    """The ExclusiveStartKey a cursor stands for, or InvalidCursor.
 
     A cursor continues only the listing that made it: the caller's own jobs, through the same index (so
     exactly that index's key attributes), and the same status filter. Anything else would reach DynamoDB as
     a start key it refuses.
     """
-    invalid = BadRequest("cursor is not valid", details={"field": "cursor"})
+    invalid = InvalidCursor("cursor is not valid")
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         plain = json.loads(base64.urlsafe_b64decode(padded.encode()))
@@ -199,7 +255,7 @@ def _decode_cursor(cursor: str, tenant: str, status: JobStatus | None) -> dict[s
         partition = ("tenant", tenant)
     else:
         expected = {"pk", "job_id", "tenant_status"}
-        partition = ("tenant_status", f"{tenant}#{status.value}")
+        partition = ("tenant_status", tenant_status(tenant, status))
     if set(plain) != expected or plain[partition[0]] != partition[1] or plain["pk"] != job_pk(plain["job_id"]):
         raise invalid
     return {k: _ser.serialize(v) for k, v in plain.items()}
@@ -363,7 +419,7 @@ class JobsRepository:
         else:
             kwargs["IndexName"] = BY_TENANT_STATUS_INDEX
             kwargs["KeyConditionExpression"] = "tenant_status = :ts"
-            kwargs["ExpressionAttributeValues"] = {":ts": {"S": f"{tenant}#{status.value}"}}
+            kwargs["ExpressionAttributeValues"] = {":ts": {"S": tenant_status(tenant, status)}}
         if cursor:
             kwargs["ExclusiveStartKey"] = _decode_cursor(cursor, tenant, status)
         resp = self._ddb.query(**kwargs)
@@ -399,18 +455,17 @@ class JobsRepository:
         *,
         tenant: str,
         sources: Iterable[JobStatus] | None = None,
-        set_fields: Mapping[str, Any] | None = None,
         error: JobError | None = None,
-        extra_condition: tuple[str, Mapping[str, Any]] | None = None,
+        claim: Claim | None = None,
         within_retention: bool = False,
     ) -> Job:
         """Move a job to ``target`` in one conditional write and return the job as written.
 
         The write succeeds only if the job belongs to ``tenant`` and its current status may legally become
-        ``target`` (and is one of ``sources`` when given). A change a client asks for (a cancel) passes
-        ``within_retention``: past its retention the job is gone for clients, as ``get`` says. Raises
-        JobNotFound (absent, another tenant's, or past its retention with ``within_retention``) or
-        InvalidTransition.
+        ``target`` (and is one of ``sources`` when given), and, with ``claim``, only for that claim of the job.
+        A change a client asks for (a cancel) passes ``within_retention``: past its retention the job is gone
+        for clients, as ``get`` says. Raises JobNotFound (absent, another tenant's, or past its retention with
+        ``within_retention``) or InvalidTransition (also when the job is at another claim).
         """
         allowed = allowed_sources(target)
         if sources is not None:
@@ -421,7 +476,7 @@ class JobsRepository:
         values: dict[str, Any] = {
             ":target": target.value,
             ":tenant": tenant,
-            ":ts": f"{tenant}#{target.value}",
+            ":ts": tenant_status(tenant, target),
         }
         sets = ["#s = :target", "tenant_status = :ts"]
         allowed_placeholders = []
@@ -433,10 +488,13 @@ class JobsRepository:
         if within_retention:
             condition += " AND expires_at > :now_epoch"
             values[":now_epoch"] = now
-        if extra_condition is not None:
-            condition += f" AND ({extra_condition[0]})"
-            values.update(extra_condition[1])
-        fields = dict(set_fields or {})
+        if claim is not None:
+            condition += " AND attempt = :attempt"
+            values[":attempt"] = claim.attempt
+            if claim.worker_id is not None:
+                condition += " AND worker_id = :me"
+                values[":me"] = claim.worker_id
+        fields: dict[str, Any] = {}
         if error is not None:
             fields["error_code"] = error.code
             fields["error_message"] = error.message
@@ -448,7 +506,7 @@ class JobsRepository:
             sets.append(f"#f{i} = :f{i}")
         expression = "SET " + ", ".join(sets)
         if target.terminal:
-            expression += " REMOVE active_tenant, unqueued_shard"
+            expression += " REMOVE " + ", ".join(REMOVED_WHEN_FINISHED)
         try:
             resp = self._ddb.update_item(
                 TableName=self._table,
@@ -500,7 +558,7 @@ class JobsRepository:
                 ExpressionAttributeValues={
                     ":running": {"S": running},
                     ":queued": {"S": queued},
-                    ":ts": {"S": f"{tenant}#{running}"},
+                    ":ts": {"S": tenant_status(tenant, JobStatus.RUNNING)},
                     ":w": {"S": worker_id},
                     ":lease": _ser.serialize(_num(now + lease_s)),
                     ":now": _ser.serialize(_num(now)),
@@ -546,7 +604,7 @@ class JobsRepository:
                 ExpressionAttributeValues={
                     ":queued": {"S": queued},
                     ":running": {"S": running},
-                    ":ts": {"S": f"{tenant}#{queued}"},
+                    ":ts": {"S": tenant_status(tenant, JobStatus.QUEUED)},
                     ":w": {"S": worker_id},
                     ":attempt": {"N": str(attempt)},
                     ":minus": {"N": "-1"},

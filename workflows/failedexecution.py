@@ -22,9 +22,9 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from shared.contracts import Job, JobError, JobStatus
+from shared.contracts import WORKFLOW_SOURCES, Job, JobError, JobStatus
 from shared.errors import InvalidTransition, JobNotFound
-from shared.jobs import JobsRepository
+from shared.jobs import Claim, JobsRepository
 
 logger = Logger(service="sdq-failed-execution", child=True)
 
@@ -98,8 +98,8 @@ def handle_failed_execution(
             run.job_id,
             JobStatus.FAILED,
             tenant=run.tenant,
-            sources=[JobStatus.RUNNING, JobStatus.POSTPROCESSING],
-            extra_condition=("attempt = :attempt", {":attempt": run.attempt}),
+            sources=WORKFLOW_SOURCES[JobStatus.FAILED],
+            claim=Claim(attempt=run.attempt),
             error=error,
         )
     except InvalidTransition as exc:

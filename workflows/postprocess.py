@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from shared.contracts import GenerationRequest, Job, JobError, JobStatus, Output
 from shared.errors import InvalidTransition, PermanentError
-from shared.jobs import JobsRepository
+from shared.jobs import Claim, JobsRepository
 from shared.media import MediaStore
 from workflows.jobview import TINY_NOTE
 
@@ -143,7 +143,7 @@ class Postprocessor:
                     JobStatus.POSTPROCESSING,
                     tenant=job.tenant,
                     sources=[JobStatus.RUNNING],
-                    extra_condition=("attempt = :attempt", {":attempt": event.attempt}),
+                    claim=Claim(attempt=event.attempt),
                 )
             except InvalidTransition:
                 # Most often the worker's own hand-off mark (POSTPROCESSING, same attempt) got there first: the

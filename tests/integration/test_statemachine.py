@@ -26,10 +26,11 @@ from shared.contracts import Job, JobStatus
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.settings import Settings
+from shared.webhooksecrets import WebhookSecrets
 from tests.integration.conftest import RunningService, start_service, stop_service
 from tests.integration.executions import ExecutionHarness
 from workflows.postprocess import PostprocessInput, Postprocessor
-from workflows.webhooks import Notifier, WebhookSecrets
+from workflows.webhooks import Notifier
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ from shared.contracts import (
     WorkflowInput,
 )
 from shared.errors import InvalidTransition, JobExpired, JobNotFound
-from shared.jobs import JobsRepository
+from shared.jobs import Claim, JobsRepository
 from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import Received, WorkerQueue
@@ -610,10 +610,7 @@ class Worker:
                 JobStatus.POSTPROCESSING,
                 tenant=held.tenant,
                 sources=[JobStatus.RUNNING],
-                extra_condition=(
-                    "worker_id = :me AND attempt = :attempt",
-                    {":me": self.config.worker_id, ":attempt": held.job.attempt},
-                ),
+                claim=Claim(attempt=held.job.attempt, worker_id=self.config.worker_id),
             )
         except (InvalidTransition, JobNotFound):
             pass  # the state machine got there first, or the job was cancelled

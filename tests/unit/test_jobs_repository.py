@@ -1,0 +1,112 @@
+"""JobsRepository against moto's in-process DynamoDB: a claim-bound transition, the terminal write's index
+cleanup, the item layout, and the typed error for a bad cursor."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import pytest
+from moto import mock_aws
+from ulid import ULID
+
+from shared.contracts import GenerationRequest, Job, JobError, JobStatus, utcnow
+from shared.errors import InvalidCursor, InvalidTransition, ServiceError
+from shared.jobs import JOB_ATTRIBUTES, REMOVED_WHEN_FINISHED, Claim, JobsRepository, job_pk, job_to_item
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+TABLE = "jobs"
+TENANT = "t-1"
+
+
+@pytest.fixture
+def ddb(monkeypatch: pytest.MonkeyPatch) -> Iterator[DynamoDBClient]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        yield client
+
+
+def new_job() -> Job:
+    request = GenerationRequest(prompt="a lighthouse")
+    now = utcnow()
+    return Job(
+        job_id=str(ULID()),
+        tenant=TENANT,
+        status=JobStatus.QUEUED,
+        request=request,
+        created_at=now,
+        cache_key=request.cache_key(),
+        expires_at=int((now + timedelta(days=1)).timestamp()),
+    )
+
+
+def raw_item(ddb: DynamoDBClient, job_id: str) -> dict[str, Any]:
+    return dict(ddb.get_item(TableName=TABLE, Key={"pk": {"S": job_pk(job_id)}}, ConsistentRead=True)["Item"])
+
+
+def claimed(repo: JobsRepository, worker_id: str) -> Job:
+    job, _ = repo.create(new_job())
+    return repo.claim(job.job_id, TENANT, worker_id=worker_id, lease_s=60, now=time.time())
+
+
+def test_a_claim_bound_transition_is_written_only_for_that_claim(ddb: DynamoDBClient) -> None:
+    repo = JobsRepository(ddb, TABLE)
+    job = claimed(repo, "w-1")
+    assert job.attempt == 1
+    for other in (Claim(attempt=2), Claim(attempt=2, worker_id="w-1"), Claim(attempt=1, worker_id="w-2")):
+        with pytest.raises(InvalidTransition):
+            repo.transition(job.job_id, JobStatus.POSTPROCESSING, tenant=TENANT, claim=other)
+        assert repo.get(job.job_id).status == JobStatus.RUNNING
+    moved = repo.transition(
+        job.job_id, JobStatus.POSTPROCESSING, tenant=TENANT, claim=Claim(attempt=1, worker_id="w-1")
+    )
+    assert moved.status == JobStatus.POSTPROCESSING
+    # Without a worker the claim is its attempt alone (the state machine's executions know no worker).
+    failed = repo.transition(job.job_id, JobStatus.FAILED, tenant=TENANT, claim=Claim(attempt=1))
+    assert failed.status == JobStatus.FAILED
+
+
+def test_a_terminal_transition_removes_the_unfinished_jobs_index_attributes(ddb: DynamoDBClient) -> None:
+    repo = JobsRepository(ddb, TABLE)
+    job, _ = repo.create(new_job())
+    assert set(REMOVED_WHEN_FINISHED) <= set(raw_item(ddb, job.job_id))  # a new job is active and unqueued
+    repo.transition(job.job_id, JobStatus.FAILED, tenant=TENANT, error=JobError(code="X", message="x"))
+    item = raw_item(ddb, job.job_id)
+    assert not set(REMOVED_WHEN_FINISHED) & set(item)
+    assert item["status"] == {"S": "FAILED"}
+    assert "finished_at" in item
+
+
+def test_every_attribute_the_repository_writes_is_in_the_item_layout(ddb: DynamoDBClient) -> None:
+    repo = JobsRepository(ddb, TABLE)
+    job = claimed(repo, "w-1")
+    repo.record_progress(job.job_id, worker_id="w-1", step=1, total=2)
+    repo.transition(job.job_id, JobStatus.CANCELLED, tenant=TENANT)
+    repo.record_webhook_attempt(
+        job.job_id, event="job.cancelled", webhook_id="msg", outcome="delivered", status=200, error=None
+    )
+    written = set(raw_item(ddb, job.job_id)) | set(job_to_item(job))
+    assert written <= JOB_ATTRIBUTES, written - JOB_ATTRIBUTES
+    fresh, _ = repo.create(new_job())
+    assert set(raw_item(ddb, fresh.job_id)) <= JOB_ATTRIBUTES
+
+
+@pytest.mark.parametrize("cursor", ["%%%garbage", "e30", "eyJwayI6IngifQ"])  # not base64; {}; {"pk": "x"}
+def test_a_bad_cursor_is_its_own_error_not_an_http_one(ddb: DynamoDBClient, cursor: str) -> None:
+    repo = JobsRepository(ddb, TABLE)
+    with pytest.raises(InvalidCursor) as info:
+        repo.list_for_tenant(TENANT, cursor=cursor)
+    assert not isinstance(info.value, ServiceError)

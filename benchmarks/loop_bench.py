@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.reports import file_slug, run_folder
 from cli.client import Endpoint, SdqClient
 from localcloud.service import LocalServiceConfig, start_local_service
 from shared.contracts import TERMINAL
@@ -57,7 +58,7 @@ class LoopBenchConfig:
     steps: int = 30
     worker_env: dict[str, str] = field(default_factory=dict)  # e.g. SDQ_COMPILE=1
     timeout_s: float = 900.0
-    out_dir: Path = Path("benchmarks")
+    out_dir: Path | None = None  # default: benchmarks/results/<date>-<card>/
 
 
 def run_loop_bench(config: LoopBenchConfig) -> dict[str, Any]:
@@ -121,11 +122,10 @@ def run_loop_bench(config: LoopBenchConfig) -> dict[str, Any]:
             "replaced": "nothing: real worker process, real local cloud (moto) and API on this machine",
         }
     )
-    from benchmarks.worker_bench import file_slug  # imports torch: only once the run is over
-
-    config.out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = config.out_dir or run_folder(started, result.get("gpu_name"))
+    out_dir.mkdir(parents=True, exist_ok=True)
     device = file_slug(str(result.get("gpu_name") or "cpu"))
-    path = config.out_dir / f"loop-{file_slug(config.model)}-{device}-{started.strftime('%Y%m%d-%H%M%S')}.json"
+    path = out_dir / f"loop-{file_slug(config.model)}-{device}-{started.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     result["path"] = str(path)
     return result

@@ -40,6 +40,7 @@ import torch
 import transformers
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from benchmarks.reports import file_slug, run_folder
 from workflows.generation.acceleration import (
     AccelerationOptions,
     acceleration_from_args,
@@ -67,7 +68,7 @@ def run_worker_bench(
     steps: int,
     width: int,
     height: int,
-    out_dir: Path,
+    out_dir: Path | None,
     device: str | None = None,
     repeats: int = 2,
     *,
@@ -84,9 +85,10 @@ def run_worker_bench(
     the eager rows; the plain diffusers baseline is always measured). ``profile`` adds a GPU kernel-time
     breakdown of one short call at the smallest and largest batch size (CUDA only).
 
-    Returns the report (also written to ``out_dir/worker-<arch>-<device>-<date>.json``; its path is under
-    ``"path"``). Raises ``ValueError`` for empty or non-positive batch sizes, ``ModelNotFoundError`` for an
-    unknown model, ``GenerationOOM`` when a batch size does not fit.
+    Returns the report (also written to ``out_dir/worker-<arch>-<device>-<date>.json``, by default
+    ``benchmarks/results/<date>-<card>/``; its path is under ``"path"``). Raises ``ValueError`` for empty or
+    non-positive batch sizes, ``ModelNotFoundError`` for an unknown model, ``GenerationOOM`` when a batch size
+    does not fit.
     """
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ValueError(f"batch sizes must be positive, got {batch_sizes}")
@@ -151,6 +153,7 @@ def run_worker_bench(
         "speedup_vs_baseline": best["images_per_s"] / baseline["images_per_s"],
         **extra,
     }
+    out_dir = out_dir or run_folder(started, report["device"]["short"])
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"worker-{file_slug(arch)}-{file_slug(report['device']['short'])}-{started:%Y%m%d-%H%M%S}.json"
     path = out_dir / name
@@ -293,7 +296,7 @@ def run_startup_bench(
     steps: int,
     width: int,
     height: int,
-    out_dir: Path,
+    out_dir: Path | None,
     device: str | None = None,
     *,
     scheduler: str = "euler",
@@ -347,6 +350,7 @@ def run_startup_bench(
         "first_call_by_batch_size_s": later,
         "mega_cache_saved_bytes": saved,
     }
+    out_dir = out_dir or run_folder(started, report["device"]["short"])
     out_dir.mkdir(parents=True, exist_ok=True)
     device = file_slug(report["device"]["short"])
     name = f"startup-{file_slug(arch)}-{device}-{cache_state}-{started:%Y%m%d-%H%M%S}.json"
@@ -487,11 +491,6 @@ def _cpu_model_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def file_slug(text: str) -> str:
-    """A lowercase, dash-separated piece of a report's file name."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "model"
-
-
 @contextmanager
 def _quiet_noise_model_casts(enabled: bool) -> Iterator[None]:
     """Random fp16 weights can overflow to NaN; numpy then warns when the images are cast to uint8.
@@ -619,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--height", type=int, default=512)
         p.add_argument("--scheduler", default="euler")
         p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-        p.add_argument("--out", default="benchmarks")
+        p.add_argument("--out", help="report folder (default: benchmarks/results/<date>-<card>/)")
         add_acceleration_arguments(p)
         if name == "worker":
             p.add_argument("--batch-sizes", default="1,4,8,16")
@@ -650,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
             args.steps,
             args.width,
             args.height,
-            Path(args.out),
+            Path(args.out) if args.out else None,
             device=args.device,
             repeats=args.repeats,
             scheduler=args.scheduler,
@@ -666,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
             args.steps,
             args.width,
             args.height,
-            Path(args.out),
+            Path(args.out) if args.out else None,
             device=args.device,
             scheduler=args.scheduler,
             precision=args.precision,

@@ -251,7 +251,7 @@ def cmd_bench_worker(args: argparse.Namespace) -> int:
         steps=args.steps,
         width=args.width,
         height=args.height,
-        out_dir=Path(args.out),
+        out_dir=Path(args.out) if args.out else None,
         device=args.device,
         repeats=args.repeats,
         scheduler=args.scheduler,
@@ -281,7 +281,7 @@ def cmd_bench_loop(args: argparse.Namespace) -> int:
             steps=args.steps,
             worker_env=worker_env,
             timeout_s=args.timeout,
-            out_dir=Path(args.out),
+            out_dir=Path(args.out) if args.out else None,
         )
     )
     print(format_loop_report(result))
@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--model", help="default: $SDQ_MODEL or 'tiny'")
     worker.set_defaults(func=cmd_worker)
 
-    bench = sub.add_parser("bench", help="benchmarks (numbers go to JSON under benchmarks/)")
+    bench = sub.add_parser("bench", help="benchmarks (numbers go to JSON under benchmarks/results/)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     bw = bench_sub.add_parser("worker", help="pipeline throughput per batch size vs plain diffusers")
     bw.add_argument("--arch", default="tiny", choices=["tiny", "sd15", "sdxl"])
@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     bw.add_argument("--height", type=int, default=512)
     bw.add_argument("--repeats", type=int, default=2)
     bw.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    bw.add_argument("--out", default="benchmarks")
+    bw.add_argument("--out", help="report folder (default: benchmarks/results/<date>-<card>/)")
     bw.add_argument("--scheduler", default="euler")
     bw.add_argument("--no-eager-rows", action="store_true", help="with levers: skip the eager rows")
     bw.add_argument("--profile", action="store_true", help="GPU kernel-time breakdown (CUDA)")
@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--compile", action="store_true", help="the worker with SDQ_COMPILE=1 (CUDA)")
     bl.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE", help="extra worker settings")
     bl.add_argument("--timeout", type=float, default=900.0)
-    bl.add_argument("--out", default="benchmarks")
+    bl.add_argument("--out", help="report folder (default: benchmarks/results/<date>-<card>/)")
     bl.set_defaults(func=cmd_bench_loop)
 
     add_cost_parser(sub)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from benchmarks import reports
 from benchmarks.worker_bench import (
     _kernel_family,
     count_flops_per_image,
@@ -87,6 +88,14 @@ def test_bench_smoke_on_cpu_writes_the_report(tmp_path: Path) -> None:
     assert "| batch | s / batch | images / s | share of bound |" in table
     assert "| 1 (plain diffusers) |" in table
     assert table.count("\n| ") == 5  # header, rule, two sizes, baseline
+
+
+def test_without_an_out_folder_the_report_goes_to_the_run_folder_of_its_date_and_card(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reports, "RESULTS_DIR", tmp_path / "results")
+    report = tiny_cpu_bench(tmp_path, [1], steps=1, out_dir=None)
+    assert Path(report["path"]).parent == tmp_path / "results" / f"{report['date'][:10]}-cpu"
 
 
 def test_flops_per_image_grow_with_steps(tmp_path: Path) -> None:

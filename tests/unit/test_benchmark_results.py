@@ -1,0 +1,60 @@
+"""The results folder: its layout, and the README table generated from it (fails when the table is stale)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from benchmarks.reports import RESULTS_DIR, all_reports, card_slug, read_report, run_folder
+from benchmarks.table import README, current_reports, main, render_table, with_table
+
+
+def test_the_readme_table_is_what_the_generator_makes_from_the_results() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert with_table(text, render_table(all_reports())) == text, "run: python -m benchmarks.table"
+    assert main(["--check"]) == 0
+
+
+def test_every_report_sits_in_the_folder_of_its_date_and_card() -> None:
+    reports = all_reports()
+    assert {r.kind for r in reports} == {"worker", "loop", "startup"}
+    for report in reports:
+        assert report.path.parent.name == f"{report.date[:10]}-{report.card}", report.path
+        assert report.card in {"h100", "h200"}
+    assert not list(RESULTS_DIR.parent.glob("*.json")), "reports belong in results/<date>-<card>/"
+
+
+def test_cards_and_run_folders_are_named_from_the_device() -> None:
+    assert card_slug("NVIDIA H100 80GB HBM3") == "h100"
+    assert card_slug("NVIDIA H200") == "h200"
+    assert card_slug(None) == "cpu"
+    started = datetime(2026, 11, 25, 23, 59, tzinfo=UTC)
+    assert run_folder(started, "NVIDIA H200", Path("/r")) == Path("/r/2026-11-25-h200")
+    assert run_folder(started, None) == RESULTS_DIR / "2026-11-25-cpu"
+
+
+def _report(folder: Path, name: str, date: str, arch: str = "sd15", device: str = "NVIDIA H200") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(json.dumps({"kind": "worker", "arch": arch, "date": date, "device": {"name": device}}))
+    return path
+
+
+def test_current_means_the_newest_report_per_benchmark_model_and_card(tmp_path: Path) -> None:
+    old = _report(tmp_path / "2026-11-29-h200", "worker-sd15-h200-a.json", "2026-11-29T10:00:00+00:00")
+    new = _report(tmp_path / "2026-12-05-h200", "worker-sd15-h200-b.json", "2026-12-05T10:00:00+00:00")
+    h100 = _report(tmp_path / "2026-11-25-h100", "w.json", "2026-11-25T10:00:00+00:00", device="NVIDIA H100")
+    sdxl = _report(tmp_path / "2026-11-29-h200", "x.json", "2026-11-29T11:00:00+00:00", arch="sdxl")
+    (tmp_path / "2026-11-29-h200" / "other.json").write_text("[1, 2]")  # not a report: left out
+    reports = all_reports(tmp_path)
+    assert [r.path for r in reports] == [h100, old, sdxl, new]
+    assert {r.path for r in current_reports(reports)} == {new, h100, sdxl}
+    assert read_report(tmp_path / "2026-11-29-h200" / "other.json") is None
+
+
+def test_the_table_needs_both_markers() -> None:
+    with pytest.raises(ValueError, match="markers"):
+        with_table("# no markers here\n", "| table |")

@@ -41,12 +41,8 @@ import transformers
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from benchmarks.reports import file_slug, run_folder
-from workflows.generation.acceleration import (
-    AccelerationOptions,
-    acceleration_from_args,
-    add_acceleration_arguments,
-    save_compile_cache,
-)
+from cli.leverflags import acceleration_from_args, add_acceleration_arguments
+from workflows.generation.acceleration import AccelerationOptions, save_compile_cache
 from workflows.generation.models import Precision, precision_name, quiet_logger
 from workflows.generation.pipeline import BatchShape, ImageJob, PipelineRunner
 

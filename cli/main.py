@@ -18,7 +18,7 @@ from rich.table import Table
 
 from cli.client import LOCAL_STATE_FILE, ApiError, SdqClient, resolve_endpoint, state_dir
 from cli.cost import add_cost_parser
-from workflows.generation.acceleration import add_acceleration_arguments
+from cli.leverflags import add_acceleration_arguments
 
 console = Console(stderr=True)
 out = Console()
@@ -243,7 +243,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_bench_worker(args: argparse.Namespace) -> int:
     from benchmarks.worker_bench import format_bench_table, run_worker_bench
-    from workflows.generation.acceleration import acceleration_from_args
+    from cli.leverflags import acceleration_from_args
 
     result = run_worker_bench(
         arch=args.arch,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL
 
-from workflows.generation.acceleration import _compile_forward, _configure_inductor
+from workflows.generation.acceleration.torchcompile import compile_forward, configure_inductor
 from workflows.generation.models import _SD_VAE
 
 
@@ -70,9 +70,9 @@ def main() -> None:
     with torch.no_grad():  # as the pipeline call
         for mode in modes:
             if mode == "compiled":
-                _configure_inductor(False, shapes=2)
+                configure_inductor(False, shapes=2)
                 kwargs = {"mode": "reduce-overhead", "dynamic": False}
-                _compile_forward(vae.decoder, kwargs, cuda_graphs=True, timestep_arg=False)
+                compile_forward(vae.decoder, kwargs, cuda_graphs=True, timestep_arg=False)
             for name, decode in (("sliced", sliced), ("batched", batched)):
                 row = _timed(decode, device, args.repeats)
                 image = decode().float()

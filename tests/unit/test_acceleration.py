@@ -13,19 +13,18 @@ from typing import Any
 import pytest
 import torch
 
+from cli.leverflags import acceleration_from_args, add_acceleration_arguments
 from workflows.generation.acceleration import (
     DEFAULT_BUCKETS,
     AccelerationOptions,
     Accelerator,
     PromptEmbeddingCache,
-    _compile_forward,
-    acceleration_from_args,
-    add_acceleration_arguments,
     load_compile_cache,
     options_from_settings,
     parse_buckets,
     parse_resolutions,
 )
+from workflows.generation.acceleration.torchcompile import compile_forward
 
 CPU = torch.device("cpu")
 
@@ -153,7 +152,7 @@ def test_compiled_forward_normalises_timesteps_and_clones_outputs() -> None:
         return gm.forward
 
     unet = ToyUNet()
-    _compile_forward(unet, {"backend": backend, "dynamic": False}, cuda_graphs=True, timestep_arg=True)
+    compile_forward(unet, {"backend": backend, "dynamic": False}, cuda_graphs=True, timestep_arg=True)
     sample = torch.zeros(2, 3)
     with torch.no_grad():
         out_int = unet(sample, torch.tensor(7))  # DDIM/PNDM-style int64 timestep
@@ -237,9 +236,42 @@ def test_worker_settings_map_to_options() -> None:
 
 def test_options_and_flags_import_without_torch() -> None:
     code = (
-        "import sys, argparse; from workflows.generation import acceleration as a; "
+        "import sys, argparse; from cli import leverflags as a; "
         "p = argparse.ArgumentParser(); a.add_acceleration_arguments(p); "
         "assert a.acceleration_from_args(p.parse_args(['--compile'])).compile; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2], timeout=60)
+
+
+def test_option_defaults_are_the_service_settings_but_for_the_runner_profile() -> None:
+    from dataclasses import fields
+
+    from shared.settings import Settings
+    from workflows.generation.acceleration.options import RUNNER_PROFILE, setting_name
+
+    service = Settings()
+    runner = AccelerationOptions()
+    for f in fields(AccelerationOptions):
+        expected = RUNNER_PROFILE.get(f.name, getattr(service, setting_name(f.name)))
+        assert getattr(runner, f.name) == expected, f.name
+    assert RUNNER_PROFILE == {"warmup": False}
+    assert service.compile_warmup is True  # the worker compiles every shape before its first job
+    assert options_from_settings(service) == AccelerationOptions(warmup=True)
+
+
+def test_every_option_has_a_flag_with_the_settings_help() -> None:
+    from dataclasses import fields
+
+    from cli.leverflags import flag_name
+
+    parser = argparse.ArgumentParser()
+    add_acceleration_arguments(parser)
+    flags = {option for action in parser._actions for option in action.option_strings}
+    for f in fields(AccelerationOptions):
+        assert flag_name(f.name) in flags, f.name
+    assert {"--prompt-cache", "--compile-cache-dir", "--no-compile-vae", "--no-cuda-graphs", "--levers"} <= flags
+    assert "--no-fp8" not in flags  # off by default: switched on only
+    assert "Compile every bucket" in parser.format_help()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--precision", "fp64"])

@@ -6,7 +6,7 @@ depend on which other jobs shared its batch. Pixels then match within one level 
 and on an H100 with the tiny model; a kernel picked for another batch size may round differently). A seed
 gives different images on CPU and CUDA: each device has its own random number generator.
 
-Speed levers (``acceleration.py``: torch.compile, CUDA graphs, channels_last, fused QKV, batch buckets, compile
+Speed levers (``acceleration/``: torch.compile, CUDA graphs, channels_last, fused QKV, batch buckets, compile
 caches, prompt-embedding cache) come in through ``AccelerationOptions``; a batch padded up to a bucket size gets
 extra images from their own generators, and they are dropped before the result is returned.
 

@@ -7,17 +7,13 @@ response. Nothing in the handler knows it runs locally.
 from __future__ import annotations
 
 import base64
-import mimetypes
-import os
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
-from werkzeug.security import safe_join
 from werkzeug.serving import BaseWSGIServer, make_server
-from werkzeug.utils import redirect, send_file
+from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
 LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
@@ -90,44 +86,11 @@ def response_from_result(result: dict[str, Any]) -> Response:
     return response
 
 
-STATIC_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
-
-
-def _not_found() -> Response:
-    body = b'{"error":{"code":"not_found","message":"No such file.","details":null}}'
-    return Response(body, status=404, content_type="application/json")
-
-
-def serve_from_folder(request: Request, prefix: str, folder: Path) -> Response | None:
-    """The file under ``folder`` that ``request.path`` names below ``prefix`` (``index.html`` for a folder);
-    ``None`` when the path is not below ``prefix``. Dot-files and paths escaping ``folder`` are 404."""
-    path = request.path
-    if path == prefix:
-        query = request.query_string.decode("latin-1")
-        return redirect(f"{prefix}/" + (f"?{query}" if query else ""), code=308)
-    if not path.startswith(prefix + "/"):
-        return None
-    relative = path[len(prefix) + 1 :]
-    if any(part.startswith(".") for part in relative.split("/")):
-        return _not_found()
-    target = safe_join(str(folder), relative) if relative else str(folder)
-    if target is not None and os.path.isdir(target):
-        target = os.path.join(target, "index.html")
-    if target is None or not os.path.isfile(target):
-        return _not_found()
-    mimetype = mimetypes.guess_type(target)[0] or "application/octet-stream"
-    response = send_file(target, request.environ, mimetype=mimetype, max_age=0)
-    response.headers.update(STATIC_HEADERS)
-    return response
-
-
 class LocalApiServer:
-    """A threaded HTTP server on loopback in front of one Lambda handler (plus optional static routes).
+    """A threaded HTTP server on loopback in front of one Lambda handler.
 
-    ``static`` maps exact paths to in-memory files; ``static_dirs`` maps a path prefix to a folder served
-    read-only below it (``/prefix`` redirects to ``/prefix/``, which serves ``index.html``); ``redirects``
-    maps exact paths to where they redirect. All three answer GET and HEAD only; anything else reaches the
-    handler.
+    ``redirects`` maps exact paths to where a GET or HEAD redirects (``/`` to the playground, which API Gateway
+    has no route for); everything else reaches the handler, which serves ``/playground`` and ``/docs`` itself.
     """
 
     def __init__(
@@ -136,13 +99,9 @@ class LocalApiServer:
         *,
         host: str = "127.0.0.1",
         port: int = 8000,
-        static: dict[str, tuple[bytes, str]] | None = None,
-        static_dirs: dict[str, Path] | None = None,
         redirects: dict[str, str] | None = None,
     ) -> None:
         self._handler = handler
-        self._static = static or {}
-        self._static_dirs = {prefix.rstrip("/"): Path(folder) for prefix, folder in (static_dirs or {}).items()}
         self._redirects = redirects or {}
         self._server: BaseWSGIServer = make_server(host, port, self._wsgi, threaded=True)
         self._thread: threading.Thread | None = None
@@ -156,9 +115,8 @@ class LocalApiServer:
 
     def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         request = Request(environ)
-        static = self._serve_static(request) if request.method in {"GET", "HEAD"} else None
-        if static is not None:
-            return static(environ, start_response)
+        if request.method in {"GET", "HEAD"} and request.path in self._redirects:
+            return redirect(self._redirects[request.path], code=302)(environ, start_response)
         if (request.content_length or 0) > APIGW_MAX_BODY:
             too_big = Response(b'{"message":"Request Too Long"}', status=413, content_type="application/json")
             return too_big(environ, start_response)
@@ -166,18 +124,6 @@ class LocalApiServer:
         with self._invoke_lock:
             result = self._handler(event, LocalLambdaContext())
         return response_from_result(result)(environ, start_response)
-
-    def _serve_static(self, request: Request) -> Response | None:
-        if request.path in self._redirects:
-            return redirect(self._redirects[request.path], code=302)
-        if request.path in self._static:
-            content, content_type = self._static[request.path]
-            return Response(content, content_type=content_type)
-        for prefix, folder in self._static_dirs.items():
-            response = serve_from_folder(request, prefix, folder)
-            if response is not None:
-                return response
-        return None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._server.serve_forever, name="sdq-local-api", daemon=True)

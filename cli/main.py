@@ -19,6 +19,7 @@ from rich.table import Table
 from cli.client import LOCAL_STATE_FILE, ApiError, SdqClient, resolve_endpoint, state_dir
 from cli.cost import add_cost_parser
 from cli.leverflags import add_acceleration_arguments
+from shared.tinymodel import TINY_MODEL_NOTE
 
 console = Console(stderr=True)
 out = Console()
@@ -73,7 +74,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         out.print(f"AWS        {service.resources.endpoint_url}   (local cloud, region {service.resources.region})")
         out.print(f"worker     {'model ' + args.model if service.worker else 'not started (--no-worker)'}")
         if args.model == "tiny":
-            out.print("note       model 'tiny' has random weights: its images are noise")
+            out.print(f"note       {TINY_MODEL_NOTE}")
         out.print('try        sdq submit "a red fox" --wait')
         out.print("Ctrl-C (or SIGTERM) stops everything.")
         wait_forever(service)

@@ -21,6 +21,7 @@ from cli.client import ApiError, Endpoint, SdqClient
 from localcloud.receiver import ScriptedReceiver
 from localcloud.service import LocalService, LocalServiceConfig, start_local_service
 from shared.contracts import TERMINAL
+from shared.tinymodel import TINY_MODEL_NOTE
 
 
 @dataclass
@@ -122,7 +123,7 @@ def run_demo(out_dir: Path, *, timeout_s: float = 600, console: Console | None =
         # The worker's one-line-per-batch log is what says which batch each job ran in.
         worker_env={"POWERTOOLS_LOG_LEVEL": "INFO"},
     )
-    console.print("[bold]sdq demo[/]: starting the local cloud, the API and a worker (model 'tiny': images are noise)")
+    console.print(f"[bold]sdq demo[/]: starting the local cloud, the API and a worker ({TINY_MODEL_NOTE})")
     service = start_local_service(config)
     receiver = ScriptedReceiver()
     try:
@@ -193,7 +194,7 @@ def run_demo(out_dir: Path, *, timeout_s: float = 600, console: Console | None =
             else:
                 table.add_row(job.name, status, "-", "-", "-", "-", "0", webhook)
         console.print(table)
-        console.print(f"images saved under {out_dir} (noise: the tiny model has random weights)")
+        console.print(f"images saved under {out_dir} ({TINY_MODEL_NOTE})")
         problems = [f"{j.name}: {p}" for j in jobs for p in j.problems]
         for problem in problems:
             console.print(f"[red]problem[/] {problem}")

@@ -6,8 +6,7 @@ from datetime import datetime, timedelta
 
 from shared.contracts import Job, JobView, OutputView, Timings, utcnow
 from shared.media import MediaStore
-
-TINY_NOTE = "Built-in 'tiny' model with random weights: its images are noise."
+from shared.tinymodel import TINY_MODEL_NOTE
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -48,7 +47,7 @@ def job_view(job: Job, media: MediaStore, presign_expiry_s: int) -> JobView:
         outputs=outputs,
         outputs_expire_at=(utcnow() + timedelta(seconds=presign_expiry_s)) if outputs else None,
         error=job.error,
-        model_note=TINY_NOTE if job.model_is_noise else None,
+        model_note=TINY_MODEL_NOTE if job.model_is_noise else None,
         metadata=dict(job.request.metadata),
         webhook=job.webhook,
     )

@@ -19,7 +19,7 @@ from shared.contracts import GenerationRequest, Job, JobError, JobStatus, Output
 from shared.errors import InvalidTransition, PermanentError
 from shared.jobs import Claim, JobsRepository
 from shared.media import MediaStore
-from workflows.jobview import TINY_NOTE
+from shared.tinymodel import TINY_MODEL_NOTE
 
 THUMBNAIL_SIDE = 256
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -75,7 +75,7 @@ def generation_parameters(job: Job, index: int) -> dict[str, Any]:
         "generator": "sdq",
     }
     if job.model_is_noise:
-        params["note"] = TINY_NOTE
+        params["note"] = TINY_MODEL_NOTE
     return params
 
 

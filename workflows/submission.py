@@ -16,13 +16,14 @@ from shared.jobs import JobsRepository, Page, expiry_epoch
 from shared.queue import JobQueue
 from shared.ratelimit import RateLimiter
 from shared.settings import Settings
+from shared.tinymodel import TINY_MODEL
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 logger = Logger(service="sdq", child=True)
 
-NOISE_MODELS = frozenset({"tiny"})
+NOISE_MODELS = frozenset({TINY_MODEL})
 
 
 def is_valid_job_id(job_id: str) -> bool:

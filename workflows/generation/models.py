@@ -45,10 +45,10 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from shared.errors import PermanentError
 from shared.settings import get_settings
+from shared.tinymodel import TINY_MODEL_NOTE
 
 logger = logging.getLogger(__name__)
 
-TINY_MODEL_NOTE = "sdq built-in 'tiny' model: random weights, its images are noise"
 RANDOM_WEIGHTS_NOTE = "sdq random-weight '{arch}' architecture (benchmarks only): its images are noise"
 # Bump when the tiny architecture or seed changes: a new folder is built beside the old one.
 TINY_MODEL_VERSION = "1"

@@ -39,7 +39,8 @@ def test_cards_and_run_folders_are_named_from_the_device() -> None:
 def _report(folder: Path, name: str, date: str, arch: str = "sd15", device: str = "NVIDIA H200") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
-    path.write_text(json.dumps({"kind": "worker", "arch": arch, "date": date, "device": {"name": device}}))
+    card = {"name": device, "short": device.split()[-1]}
+    path.write_text(json.dumps({"kind": "worker", "arch": arch, "date": date, "device": card}))
     return path
 
 

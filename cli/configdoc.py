@@ -30,7 +30,7 @@ rerun it. tests/unit/test_configdoc.py fails when this file and the settings dif
 Settings are one pydantic model (`shared/settings.py`), read once per process from the environment with the
 prefix `SDQ_`; nested request limits are `SDQ_LIMITS__<NAME>`. Booleans are `true`/`false`, lists are JSON
 (`SDQ_MODELS='["tiny", "/models/sd15"]'`). On AWS the template sets each function's and the worker's variables
-(see [deploy.md](deploy.md)); under `sdq up` the local service sets the resource names, `SDQ_PROFILE=local` and
+(see [deploy.md](deploy.md)); under `sdq up` the local service sets the resource names and
 loopback callbacks. The speed levers are explained in [worker.md](worker.md#speed-levers).
 """
 

@@ -89,7 +89,6 @@ def service_env(resources: LocalResources, config: LocalServiceConfig) -> dict[s
     """The environment of the local API, task Lambdas and worker: the provisioned resources, then the local
     profile's defaults unless the caller's environment sets them, then ``config.extra_env``."""
     defaults = {
-        "SDQ_PROFILE": "local",
         "SDQ_ALLOW_LOOPBACK_CALLBACKS": "true",
         "SDQ_MODELS": json.dumps(sorted({config.model, "tiny"})),
         "SDQ_DEFAULT_MODEL": config.model,

@@ -37,9 +37,6 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SDQ_", env_nested_delimiter="__", extra="ignore")
 
-    profile: Literal["aws", "local"] = Field(
-        default="aws", description="`aws`, or `local` under `sdq up` (which sets it)"
-    )
     region: str | None = Field(default=None, description="AWS region; falls back to AWS_REGION/AWS_DEFAULT_REGION")
     endpoint_url: str | None = Field(
         default=None,
@@ -173,7 +170,7 @@ class Settings(BaseSettings):
     )
     progress_interval_s: float = Field(default=1.0, gt=0, description="Minimum time between progress writes")
 
-    # -- speed levers (README "Performance levers"; workflows/generation/acceleration.py) --
+    # -- speed levers (docs/worker.md "Speed levers"; workflows/generation/acceleration/options.py) --
     precision: Literal["fp16", "bf16", "fp32"] | None = Field(
         default=None, description="`fp16`, `bf16` or `fp32`; unset: fp16 on CUDA, fp32 on CPU"
     )

@@ -406,7 +406,8 @@ class JobsRepository:
     def list_for_tenant(
         self, tenant: str, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
     ) -> Page:
-        """The tenant's jobs, newest first (ids are time-sortable), optionally of one status."""
+        """The tenant's jobs, newest first (ids are time-sortable), optionally of one status. Raises InvalidCursor
+        for a cursor this listing did not make."""
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "ScanIndexForward": False,
@@ -498,7 +499,7 @@ class JobsRepository:
         if error is not None:
             fields["error_code"] = error.code
             fields["error_message"] = error.message
-        if target.terminal and "finished_at" not in fields:
+        if target.terminal:
             fields["finished_at"] = _iso(utcnow())
         for i, (name, value) in enumerate(fields.items()):
             names[f"#f{i}"] = name

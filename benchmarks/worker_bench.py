@@ -540,7 +540,7 @@ def format_bench_table(result: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", _summary_line(result)]
     if result.get("model_note"):
-        lines.append(f"Note: {result['model_note']}.")
+        lines.append(f"Note: {result['model_note'].rstrip('.')}.")
     return "\n".join(lines) + "\n"
 
 
@@ -593,7 +593,7 @@ def format_lever_table(result: dict[str, Any]) -> str:
         ]
         lines.append(f"Seed equivalence (8-bit levels, batch {eq['probe_batch_size']}): " + "; ".join(parts) + ".")
     if result.get("model_note"):
-        lines.append(f"Note: {result['model_note']}.")
+        lines.append(f"Note: {result['model_note'].rstrip('.')}.")
     return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,8 @@
 """The speed-lever flags of ``sdq bench worker`` and ``python -m benchmarks.worker_bench``.
 
 One flag per ``AccelerationOptions`` field, derived from it: its kind from the field's type, its help from the
-service setting behind it (``shared/settings.py``), its default from the options model (a flag not given
-leaves the option at its default).
+acceleration setting of the same name (``AccelerationSettings``, ``shared/settings.py``), its default from the
+options model (a flag not given leaves the option at its default).
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import typing
 from dataclasses import fields
 from typing import Any
 
-from shared.settings import Settings
+from shared.settings import AccelerationSettings
 from workflows.generation.acceleration.options import (
     RUNNER_PROFILE,
     TEXT_OPTIONS,
     AccelerationOptions,
     option_value,
     service_default,
-    setting_name,
+    variable_name,
 )
 
 # Flags whose names differ from their option's (the names these commands have always taken).
@@ -31,17 +31,17 @@ def flag_name(option: str) -> str:
 
 
 def _help(option: str) -> str:
-    text = Settings.model_fields[setting_name(option)].description or ""
+    text = AccelerationSettings.model_fields[option].description or ""
     if option in RUNNER_PROFILE:
         here, service = RUNNER_PROFILE[option], service_default(option)
-        text += f" (default here: {here}; the service worker's SDQ_{setting_name(option).upper()}: {service})"
+        text += f" (default here: {here}; the service worker's {variable_name(option)}: {service})"
     return text.replace("%", "%%")  # argparse formats help with %
 
 
 def add_acceleration_arguments(parser: argparse.ArgumentParser) -> None:
     """The speed-lever flags, plus ``--precision`` and ``--levers``."""
     group = parser.add_argument_group("speed levers (issue 8); none given: the plain eager benchmark")
-    precision = Settings.model_fields["precision"]
+    precision = AccelerationSettings.model_fields["precision"]
     literal = next(arg for arg in typing.get_args(precision.annotation) if typing.get_args(arg))
     group.add_argument("--precision", choices=list(typing.get_args(literal)), help=precision.description)
     hints = typing.get_type_hints(AccelerationOptions)

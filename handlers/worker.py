@@ -45,17 +45,19 @@ def build_worker(
 
 
 def worker_config() -> WorkerConfig:
-    s = get_settings()
+    """The loop's configuration from ``settings.worker`` (the one place its values and defaults are written)."""
+    settings = get_settings()
+    worker = settings.worker
     return WorkerConfig(
-        max_batch_images=s.max_batch_images,
-        max_batch_wait_s=s.max_batch_wait_ms / 1000,
+        max_batch_images=worker.max_batch_images,
+        max_batch_wait_s=worker.max_batch_wait_ms / 1000,
         # A long poll must end before the client's read timeout, or every empty receive would fail as an outage.
-        receive_wait_s=max(0, min(s.receive_wait_s, int(s.aws_read_timeout_s) - 5)),
-        visibility_s=s.visibility_timeout_s,
-        heartbeat_s=s.heartbeat_s,
-        grace_s=s.grace_s,
-        progress_interval_s=s.progress_interval_s,
-        xray=s.xray,
+        receive_wait_s=max(0, min(worker.receive_wait_s, int(settings.aws_read_timeout_s) - 5)),
+        visibility_s=worker.visibility_timeout_s,
+        heartbeat_s=worker.heartbeat_s,
+        grace_s=worker.grace_s,
+        progress_interval_s=worker.progress_interval_s,
+        xray=worker.xray,
     )
 
 
@@ -68,9 +70,9 @@ def load_generator(model: str) -> PipelineRunner:
     try:
         return PipelineRunner.load(
             model,
-            cpu_max_batch_images=settings.max_batch_images,
-            precision=settings.precision,
-            acceleration=options_from_settings(settings),
+            cpu_max_batch_images=settings.worker.max_batch_images,
+            precision=settings.acceleration.precision,
+            acceleration=options_from_settings(settings.acceleration),
         )
     except ModelNotFoundError as exc:
         logger.error("model not found", model=model, reason=str(exc))
@@ -81,11 +83,11 @@ def load_generator(model: str) -> PipelineRunner:
 def main(model: str | None = None, *, batch_log_fields: Callable[[], dict[str, Any]] | None = None) -> int:
     """Run one worker until it is stopped; ``batch_log_fields`` adds fields to each batch's log line."""
     settings = get_settings()
-    generator = load_generator(model or settings.model)
+    generator = load_generator(model or settings.worker.model)
     config = worker_config()
     # On a GPU the limit also comes from free memory (the runner's estimate); on CPU the setting rules.
     config.max_batch_images = max(1, min(config.max_batch_images, generator.max_batch_images()))
-    config.encode_processes = encode_processes_for(generator.device.type, settings.encode_processes)
+    config.encode_processes = encode_processes_for(generator.device.type, settings.worker.encode_processes)
     logger.info(
         "batch limit",
         max_batch_images=config.max_batch_images,

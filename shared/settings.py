@@ -1,15 +1,22 @@
-"""Service settings: one pydantic model, read once from the environment (prefix ``SDQ_``).
+"""Service settings, read once per process from the environment (prefix ``SDQ_``), grouped by concern.
 
-Every bound the API enforces lives here so operators can change it without touching code.
+``Settings`` holds the service-wide values (resources, API bounds, AWS timeouts, webhooks, retention) and three
+groups: ``worker`` (the GPU worker's loop), ``acceleration`` (its speed levers) and ``limits`` (request bounds).
+The worker and acceleration groups keep flat variable names (``SDQ_MAX_BATCH_IMAGES``, not
+``SDQ_WORKER__MAX_BATCH_IMAGES``): each is a settings model of its own that reads them when ``Settings`` is built.
+Request limits are nested, ``SDQ_LIMITS__<NAME>``. Every bound the API enforces lives here so operators can
+change it without touching code.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PREFIX = "SDQ_"
 
 
 class RequestLimits(BaseModel):
@@ -32,10 +39,147 @@ class RequestLimits(BaseModel):
     max_callback_url_chars: int = Field(default=2048, description="Longest `callback_url`, in characters")
 
 
+class SettingsGroup(BaseSettings):
+    """A group of settings read from flat ``SDQ_<NAME>`` variables; a field may name its own (``validation_alias``)."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", validate_by_name=True)
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Each field's environment variable, by field name."""
+        return {
+            name: field.validation_alias if isinstance(field.validation_alias, str) else PREFIX + name.upper()
+            for name, field in cls.model_fields.items()
+        }
+
+
+class WorkerSettings(SettingsGroup):
+    """The GPU worker's loop: its model, batching, queue waits, leases and stop budget."""
+
+    model: str = Field(default="tiny", description="The worker's model: `tiny`, a hub id or a local diffusers folder")
+    max_batch_images: int = Field(
+        default=8,
+        ge=1,
+        description=(
+            "Images per pipeline call, counting `num_images` (on a GPU also capped by what fits in free memory)"
+        ),
+    )
+    max_batch_wait_ms: int = Field(
+        default=200, ge=0, description="How long a batch waits for compatible jobs after its first one"
+    )
+    receive_wait_s: int = Field(default=20, ge=0, le=20, description="SQS long-poll wait")
+    visibility_timeout_s: int = Field(default=300, ge=5, description="Message invisibility and job lease length")
+    heartbeat_s: float = Field(default=60.0, gt=0, description="How often held messages and job leases are extended")
+    grace_s: float = Field(default=120.0, ge=0, description="Warm-stop budget after SIGTERM")
+    encode_processes: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "PNG encoding for staging in N spawned helper processes instead of the finisher threads "
+            "(0); unset: 2 on CUDA, 0 on CPU. On a GPU it keeps Pillow off the GPU thread's GIL (32 ms "
+            "per batch of 16 with feature reuse on an H200, nothing measurable on the exact path); a "
+            "helper that dies is replaced without losing an image"
+        ),
+    )
+    progress_interval_s: float = Field(default=1.0, gt=0, description="Minimum time between progress writes")
+
+    model_cache: str | None = Field(
+        default=None, description="Where the built-in tiny model is saved (unset: ~/.cache/sdq/models)"
+    )
+    xray: bool = Field(default=False, description="Worker X-Ray segments (the ECS task runs the daemon beside it)")
+
+
+class AccelerationSettings(SettingsGroup):
+    """The worker's speed levers (docs/worker.md "Speed levers"); ``AccelerationOptions`` takes its defaults here.
+
+    Fields are named as the options are; five keep their older variable names through ``validation_alias``.
+    """
+
+    precision: Literal["fp16", "bf16", "fp32"] | None = Field(
+        default=None, description="`fp16`, `bf16` or `fp32`; unset: fp16 on CUDA, fp32 on CPU"
+    )
+    compile: bool = Field(
+        default=False,
+        description="`torch.compile` of the UNet and VAE decoder with static, bucketed batch shapes (CUDA only)",
+    )
+    autotune: bool = Field(
+        validation_alias="SDQ_COMPILE_AUTOTUNE",
+        default=False,
+        description="max-autotune GEMM/convolution search (minutes more per shape)",
+    )
+    cuda_graphs: bool | None = Field(default=None, description="CUDA graphs (unset: on with compile)")
+    channels_last: bool | None = Field(default=None, description="channels_last memory format (unset: on with compile)")
+    fuse_qkv: bool | None = Field(default=None, description="Fused QKV projections (unset: on with compile)")
+    compile_vae: bool = Field(default=True, description="Also compile the VAE decoder (with compile)")
+    buckets: str | None = Field(
+        validation_alias="SDQ_BATCH_BUCKETS",
+        default=None,
+        description="Padded batch sizes, comma-separated (unset: 1,2,4,8,16)",
+    )
+    compile_resolutions: str | None = Field(
+        default=None,
+        description="WxH sizes that take the compiled path (unset: the native square); other sizes run eager",
+    )
+    cache_dir: str | None = Field(
+        validation_alias="SDQ_COMPILE_CACHE_DIR",
+        default=None,
+        description="Persistent inductor cache folder (`TORCHINDUCTOR_CACHE_DIR`)",
+    )
+    mega_cache: str | None = Field(
+        validation_alias="SDQ_COMPILE_MEGA_CACHE",
+        default=None,
+        description="Compile-artifacts file: loaded before the first compile, written after warm-up when absent",
+    )
+    warmup: bool = Field(
+        validation_alias="SDQ_COMPILE_WARMUP",
+        default=True,
+        description="Compile every bucket at every compiled size before the first job",
+    )
+    prompt_cache_size: int = Field(default=256, ge=0, description="Prompt-embedding LRU entries (0: off)")
+    vae_bf16: bool = Field(
+        default=False,
+        description=(
+            "Quality-trading, SDXL-type pipelines with an fp16 `force_upcast` VAE: decode in bf16 "
+            "instead of fp32 (the decoder can then be compiled; images change by up to 3 levels)"
+        ),
+    )
+    vae_one_call: bool = Field(
+        default=True,
+        description=(
+            "On CUDA with an eager VAE decoder: decode a call's images in one VAE call when the free "
+            "memory holds all of them, else one at a time; `false`: always one at a time (lower peak "
+            "memory)"
+        ),
+    )
+    feature_reuse: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Quality-trading, DeepCache-style: the whole UNet runs every N-th step only, its deep "
+            "features reused in between (0: off; 1 is refused; changes the images)"
+        ),
+    )
+    fp8: bool = Field(
+        default=False,
+        description=(
+            "Quality-trading: FP8 products in the UNet's attention blocks (Hopper/Ada; changes the "
+            "images; measured slower on an H200)"
+        ),
+    )
+    aot_dir: str | None = Field(
+        default=None,
+        description=(
+            "With compile: a folder of AOTInductor packages for the UNet and VAE decoder, used instead "
+            "of `torch.compile`; the first start builds them, later starts load them without a Dynamo "
+            "trace (no CUDA graphs on this path)"
+        ),
+    )
+
+
 class Settings(BaseSettings):
     """Everything the API, the task Lambdas and the worker need to know about their environment."""
 
-    model_config = SettingsConfigDict(env_prefix="SDQ_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_nested_delimiter="__", extra="ignore")
 
     region: str | None = Field(default=None, description="AWS region; falls back to AWS_REGION/AWS_DEFAULT_REGION")
     endpoint_url: str | None = Field(
@@ -61,6 +205,13 @@ class Settings(BaseSettings):
     limits: RequestLimits = Field(
         default_factory=RequestLimits,
         description="Bounds of a generation request, one variable per bound (`SDQ_LIMITS__<NAME>`)",
+    )
+    worker: WorkerSettings = Field(
+        default_factory=WorkerSettings, description="The GPU worker's loop, one flat variable per setting"
+    )
+    acceleration: AccelerationSettings = Field(
+        default_factory=AccelerationSettings,
+        description="The worker's speed levers, one flat variable per setting",
     )
 
     max_unfinished_jobs_per_tenant: int = Field(
@@ -142,111 +293,6 @@ class Settings(BaseSettings):
         description="Allow plain-http `callback_url`s to 127.0.0.1/localhost (`true` under `sdq up`)",
     )
 
-    # -- GPU worker --
-    model: str = Field(default="tiny", description="The worker's model: `tiny`, a hub id or a local diffusers folder")
-    max_batch_images: int = Field(
-        default=8,
-        ge=1,
-        description=(
-            "Images per pipeline call, counting `num_images` (on a GPU also capped by what fits in free memory)"
-        ),
-    )
-    max_batch_wait_ms: int = Field(
-        default=200, ge=0, description="How long a batch waits for compatible jobs after its first one"
-    )
-    receive_wait_s: int = Field(default=20, ge=0, le=20, description="SQS long-poll wait")
-    visibility_timeout_s: int = Field(default=300, ge=5, description="Message invisibility and job lease length")
-    heartbeat_s: float = Field(default=60.0, gt=0, description="How often held messages and job leases are extended")
-    grace_s: float = Field(default=120.0, ge=0, description="Warm-stop budget after SIGTERM")
-    encode_processes: int | None = Field(
-        default=None,
-        ge=0,
-        description=(
-            "PNG encoding for staging in N spawned helper processes instead of the finisher threads "
-            "(0); unset: 2 on CUDA, 0 on CPU. On a GPU it keeps Pillow off the GPU thread's GIL (32 ms "
-            "per batch of 16 with feature reuse on an H200, nothing measurable on the exact path); a "
-            "helper that dies is replaced without losing an image"
-        ),
-    )
-    progress_interval_s: float = Field(default=1.0, gt=0, description="Minimum time between progress writes")
-
-    # -- speed levers (docs/worker.md "Speed levers"; workflows/generation/acceleration/options.py) --
-    precision: Literal["fp16", "bf16", "fp32"] | None = Field(
-        default=None, description="`fp16`, `bf16` or `fp32`; unset: fp16 on CUDA, fp32 on CPU"
-    )
-    compile: bool = Field(
-        default=False,
-        description="`torch.compile` of the UNet and VAE decoder with static, bucketed batch shapes (CUDA only)",
-    )
-    compile_autotune: bool = Field(
-        default=False, description="max-autotune GEMM/convolution search (minutes more per shape)"
-    )
-    cuda_graphs: bool | None = Field(default=None, description="CUDA graphs (unset: on with compile)")
-    channels_last: bool | None = Field(default=None, description="channels_last memory format (unset: on with compile)")
-    fuse_qkv: bool | None = Field(default=None, description="Fused QKV projections (unset: on with compile)")
-    compile_vae: bool = Field(default=True, description="Also compile the VAE decoder (with compile)")
-    batch_buckets: str | None = Field(
-        default=None, description="Padded batch sizes, comma-separated (unset: 1,2,4,8,16)"
-    )
-    compile_resolutions: str | None = Field(
-        default=None,
-        description="WxH sizes that take the compiled path (unset: the native square); other sizes run eager",
-    )
-    compile_cache_dir: str | None = Field(
-        default=None, description="Persistent inductor cache folder (`TORCHINDUCTOR_CACHE_DIR`)"
-    )
-    compile_mega_cache: str | None = Field(
-        default=None,
-        description="Compile-artifacts file: loaded before the first compile, written after warm-up when absent",
-    )
-    compile_warmup: bool = Field(
-        default=True, description="Compile every bucket at every compiled size before the first job"
-    )
-    prompt_cache_size: int = Field(default=256, ge=0, description="Prompt-embedding LRU entries (0: off)")
-    vae_bf16: bool = Field(
-        default=False,
-        description=(
-            "Quality-trading, SDXL-type pipelines with an fp16 `force_upcast` VAE: decode in bf16 "
-            "instead of fp32 (the decoder can then be compiled; images change by up to 3 levels)"
-        ),
-    )
-    vae_one_call: bool = Field(
-        default=True,
-        description=(
-            "On CUDA with an eager VAE decoder: decode a call's images in one VAE call when the free "
-            "memory holds all of them, else one at a time; `false`: always one at a time (lower peak "
-            "memory)"
-        ),
-    )
-    feature_reuse: int = Field(
-        default=0,
-        ge=0,
-        description=(
-            "Quality-trading, DeepCache-style: the whole UNet runs every N-th step only, its deep "
-            "features reused in between (0: off; 1 is refused; changes the images)"
-        ),
-    )
-    fp8: bool = Field(
-        default=False,
-        description=(
-            "Quality-trading: FP8 products in the UNet's attention blocks (Hopper/Ada; changes the "
-            "images; measured slower on an H200)"
-        ),
-    )
-    aot_dir: str | None = Field(
-        default=None,
-        description=(
-            "With compile: a folder of AOTInductor packages for the UNet and VAE decoder, used instead "
-            "of `torch.compile`; the first start builds them, later starts load them without a Dynamo "
-            "trace (no CUDA graphs on this path)"
-        ),
-    )
-
-    model_cache: str | None = Field(
-        default=None, description="Where the built-in tiny model is saved (unset: ~/.cache/sdq/models)"
-    )
-    xray: bool = Field(default=False, description="Worker X-Ray segments (the ECS task runs the daemon beside it)")
-
     staging_prefix: str = Field(
         default="staging/",
         description=(
@@ -261,6 +307,36 @@ class Settings(BaseSettings):
             "change both together"
         ),
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _group_flat_keywords(cls, data: Any) -> Any:
+        # Settings(max_batch_images=2) names a grouped setting as its variable does; extra="ignore" would drop it.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for group, model in GROUPS.items():
+            by_keyword = {variable.removeprefix(PREFIX).lower(): name for name, variable in model.variables().items()}
+            flat = {by_keyword[key]: data.pop(key) for key in list(data) if key in by_keyword}
+            if flat:
+                if group in data:
+                    raise ValueError(f"{sorted(flat)}: give them inside {group}= or flat, not both")
+                data[group] = model(**flat)
+        return data
+
+
+# The groups read from flat variables (``limits`` is nested: SDQ_LIMITS__<NAME>).
+GROUPS: dict[str, type[SettingsGroup]] = {"worker": WorkerSettings, "acceleration": AccelerationSettings}
+
+
+def environment_variables() -> set[str]:
+    """Every ``SDQ_*`` variable the settings read (request limits as ``SDQ_LIMITS__<NAME>``)."""
+    nested = {"limits", *GROUPS}
+    names = {PREFIX + name.upper() for name in Settings.model_fields if name not in nested}
+    names |= {f"{PREFIX}LIMITS__{name.upper()}" for name in RequestLimits.model_fields}
+    for model in GROUPS.values():
+        names |= set(model.variables().values())
+    return names
 
 
 @lru_cache(maxsize=1)

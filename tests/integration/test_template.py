@@ -23,7 +23,7 @@ from localcloud.provision import (
     localize_template,
     translate_sam,
 )
-from shared.settings import Settings
+from shared.settings import Settings, environment_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -408,7 +408,7 @@ def test_state_machine_role_covers_every_task_of_the_asl(resources: dict[str, An
 
 
 def test_every_sdq_variable_is_a_real_setting(resources: dict[str, Any]) -> None:
-    settings = {f"SDQ_{name.upper()}" for name in Settings.model_fields}
+    settings = environment_variables()
     declared: set[str] = set()
     for resource in resources.values():
         if resource["Type"] == "AWS::Lambda::Function":
@@ -538,7 +538,7 @@ def test_queue_visibility_is_the_worker_lease_and_outlasts_a_heartbeat(
     queue = resources["JobsQueue"]["Properties"]
     assert show(queue["VisibilityTimeout"]) == "VisibilityTimeoutSeconds"
     param = sam["Parameters"]["VisibilityTimeoutSeconds"]
-    assert param["MinValue"] >= 2 * Settings().heartbeat_s
+    assert param["MinValue"] >= 2 * Settings().worker.heartbeat_s
     assert queue["ReceiveMessageWaitTimeSeconds"] == 20
     assert queue["SqsManagedSseEnabled"] is True
     assert resources["JobsDeadLetterQueue"]["Properties"]["SqsManagedSseEnabled"] is True

@@ -189,6 +189,9 @@ def run_worker(
                 receive_wait_s=1,
                 visibility_s=visibility_s,
                 heartbeat_s=heartbeat_s,
+                grace_s=120,
+                progress_interval_s=1,
+                xray=False,
             ),
         )
         thread = threading.Thread(target=worker.run, daemon=True)

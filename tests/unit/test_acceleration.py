@@ -203,13 +203,13 @@ def test_worker_settings_map_to_options() -> None:
     assert options_from_settings(SimpleNamespace()) == AccelerationOptions(warmup=True)
     settings = SimpleNamespace(
         compile=True,
-        compile_autotune=False,
+        autotune=False,
         cuda_graphs=None,
-        batch_buckets="1,2,4,8",
+        buckets="1,2,4,8",
         compile_resolutions="512x512,768x512",
-        compile_cache_dir="/var/cache/sdq/inductor",
-        compile_mega_cache="/opt/sdq/compile-cache.bin",
-        compile_warmup=False,
+        cache_dir="/var/cache/sdq/inductor",
+        mega_cache="/opt/sdq/compile-cache.bin",
+        warmup=False,
         prompt_cache_size=0,
         feature_reuse=3,
         fp8=True,
@@ -231,7 +231,26 @@ def test_worker_settings_map_to_options() -> None:
         vae_one_call=False,
         vae_bf16=True,
     )
-    assert options_from_settings(SimpleNamespace(batch_buckets=[1, 16])).buckets == (1, 16)
+    assert options_from_settings(SimpleNamespace(buckets=[1, 16])).buckets == (1, 16)
+
+
+def test_the_service_variables_reach_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.settings import get_settings
+
+    # Five options keep the variable names they had before the settings were grouped.
+    for name, value in {
+        "SDQ_COMPILE": "true",
+        "SDQ_COMPILE_AUTOTUNE": "true",
+        "SDQ_BATCH_BUCKETS": "1,2",
+        "SDQ_COMPILE_CACHE_DIR": "/c",
+        "SDQ_COMPILE_MEGA_CACHE": "/c/mega.bin",
+        "SDQ_COMPILE_WARMUP": "false",
+        "SDQ_PROMPT_CACHE_SIZE": "0",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert options_from_settings(get_settings().acceleration) == AccelerationOptions(
+        compile=True, autotune=True, buckets=(1, 2), cache_dir="/c", mega_cache="/c/mega.bin", prompt_cache_size=0
+    )
 
 
 def test_options_and_flags_import_without_torch() -> None:
@@ -248,15 +267,15 @@ def test_option_defaults_are_the_service_settings_but_for_the_runner_profile() -
     from dataclasses import fields
 
     from shared.settings import Settings
-    from workflows.generation.acceleration.options import RUNNER_PROFILE, setting_name
+    from workflows.generation.acceleration.options import RUNNER_PROFILE
 
-    service = Settings()
+    service = Settings().acceleration
     runner = AccelerationOptions()
     for f in fields(AccelerationOptions):
-        expected = RUNNER_PROFILE.get(f.name, getattr(service, setting_name(f.name)))
+        expected = RUNNER_PROFILE.get(f.name, getattr(service, f.name))
         assert getattr(runner, f.name) == expected, f.name
     assert RUNNER_PROFILE == {"warmup": False}
-    assert service.compile_warmup is True  # the worker compiles every shape before its first job
+    assert service.warmup is True  # the worker compiles every shape before its first job
     assert options_from_settings(service) == AccelerationOptions(warmup=True)
 
 

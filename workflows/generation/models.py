@@ -117,7 +117,7 @@ def precision_name(dtype: torch.dtype) -> str:
 
 def model_cache_root() -> Path:
     """The ``model_cache`` setting (``SDQ_MODEL_CACHE``), else ``~/.cache/sdq/models`` (``$XDG_CACHE_HOME``)."""
-    explicit = get_settings().model_cache
+    explicit = get_settings().worker.model_cache
     if explicit:
         return Path(explicit).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "sdq" / "models"

@@ -68,16 +68,20 @@ class Generator(Protocol):
 
 @dataclass
 class WorkerConfig:
-    max_batch_images: int = 8
-    max_batch_wait_s: float = 0.2
-    receive_wait_s: int = 20
-    visibility_s: int = 300
-    heartbeat_s: float = 60.0
-    grace_s: float = 120.0
-    progress_interval_s: float = 1.0
+    """The loop's knobs. Those without a default come from ``settings.worker`` (``handlers.worker.worker_config``)."""
+
+    max_batch_images: int
+    max_batch_wait_s: float
+    receive_wait_s: int
+    visibility_s: int
+    heartbeat_s: float
+    grace_s: float
+    progress_interval_s: float
+    xray: bool  # X-Ray segments around claim, generate and upload (the daemon runs beside the worker)
     finisher_threads: int = 4
-    encode_processes: int = 0  # PNG encoding in helper processes (0: in the finisher threads)
-    xray: bool = False  # X-Ray segments around claim, generate and upload (the daemon runs beside the worker)
+    # PNG encoding in helper processes (0: in the finisher threads); the worker resolves SDQ_ENCODE_PROCESSES for
+    # its device once the model is loaded.
+    encode_processes: int = 0
     backlog_factor: int = 2
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 

@@ -1,7 +1,8 @@
 """Which speed levers to pull: the options model, its defaults and its parsing (no torch here).
 
-Every default is the service's own, read from its ``Settings`` field (``shared/settings.py``, one ``SDQ_*``
-variable each); a runner built in code differs only where ``RUNNER_PROFILE`` says so.
+Every default is the service's own, read from its acceleration settings (``AccelerationSettings`` in
+``shared/settings.py``, fields named as the options are, one ``SDQ_*`` variable each); a runner built in code
+differs only where ``RUNNER_PROFILE`` says so.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from shared.settings import Settings
+from shared.settings import AccelerationSettings
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16)
 # torch.compile modes by (autotune, cuda_graphs).
@@ -20,28 +21,19 @@ _MODES = {
     (True, True): "max-autotune",
 }
 
-# The Settings field behind each option whose name differs from it (every other option: the same name).
-SETTING_NAMES = {
-    "autotune": "compile_autotune",
-    "buckets": "batch_buckets",
-    "cache_dir": "compile_cache_dir",
-    "mega_cache": "compile_mega_cache",
-    "warmup": "compile_warmup",
-}
-
 # Where a runner built in code (tests, ``sdq bench worker``, which times each shape's first calls) differs from
 # the service worker: it compiles a shape on its first batch instead of every shape before the first job.
 RUNNER_PROFILE: dict[str, Any] = {"warmup": False}
 
 
-def setting_name(option: str) -> str:
-    """The ``Settings`` field (``SDQ_<NAME>``) that sets ``option`` in the service."""
-    return SETTING_NAMES.get(option, option)
+def variable_name(option: str) -> str:
+    """The ``SDQ_*`` variable that sets ``option`` in the service."""
+    return AccelerationSettings.variables()[option]
 
 
 def service_default(option: str) -> Any:
     """The value ``option`` has in the service when its variable is unset."""
-    return Settings.model_fields[setting_name(option)].default
+    return AccelerationSettings.model_fields[option].default
 
 
 def _default(option: str) -> Any:
@@ -53,7 +45,7 @@ class AccelerationOptions:
     """Which levers to pull. ``None`` means auto: on when ``compile`` is on (and the device is CUDA).
 
     The defaults are ``RUNNER_PROFILE`` over the service's (``service_default``); the comments say what each
-    option does, ``Settings`` describes them for operators.
+    option does, ``AccelerationSettings`` describes them for operators.
     """
 
     compile: bool = _default("compile")
@@ -138,9 +130,9 @@ TEXT_OPTIONS = frozenset({"buckets", "compile_resolutions"})
 
 
 def options_from_settings(settings: Any) -> AccelerationOptions:
-    """The service worker's levers from its settings object (a field it lacks: the service default)."""
+    """The service worker's levers from its acceleration settings (a field it lacks: the service default)."""
     values = {
-        f.name: option_value(f.name, getattr(settings, setting_name(f.name), service_default(f.name)))
+        f.name: option_value(f.name, getattr(settings, f.name, service_default(f.name)))
         for f in fields(AccelerationOptions)
     }
     return AccelerationOptions(**values)

@@ -7,8 +7,8 @@
 # adds what the NVIDIA container runtime needs (driver capabilities), not a second copy of those libraries.
 FROM nvidia/cuda:12.6.3-base-ubuntu24.04
 
-# NVIDIA_DISABLE_REQUIRE: let the container start on hosts whose driver predates CUDA 12.6; the wheels' CUDA 12
-# runtime runs on any R525+ driver (minor-version compatibility). The ECS GPU AMI ships a recent driver anyway.
+# NVIDIA_DISABLE_REQUIRE: the base's CUDA version is not the one that runs; the locked torch wheels bring a CUDA 13
+# runtime (requirements/worker.txt: nvidia-cuda-runtime 13.x), which needs an R580+ driver on the host.
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -23,17 +23,19 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 
+# The locked worker dependencies first, from the lock alone: a code change reuses these (torch) layers.
+# torch==2.13.0 from PyPI is the CUDA build on x86_64 Linux; it brings its own CUDA runtime (nvidia-* wheels).
+COPY requirements/worker.txt /tmp/worker.txt
+RUN pip install --no-deps -r /tmp/worker.txt && pip check
+
+# Then the service alone (shared, handlers, workflows), without dependencies: the lock already installed them.
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY shared ./shared
 COPY handlers ./handlers
 COPY workflows ./workflows
-
-# torch from PyPI is the CUDA 12 build on x86_64 Linux. Set TORCH_INDEX_URL (e.g. .../whl/cu126) to pin a build.
-ARG TORCH_INDEX_URL=
-RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL" torch; fi \
-    && pip install ".[worker]" \
-    && python -c "import torch, diffusers; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+RUN pip install --no-deps . \
+    && python -c "import torch, diffusers, handlers.worker; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # Non-root. Model weights are fetched at start into /models (HF_HOME), a volume on the instance's disk that
 # outlives the container: a replaced worker on the same instance starts without downloading again.

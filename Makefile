@@ -3,17 +3,47 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install up demo test lint typecheck unit clean sam-build
+# Local runs and CI use torch's CPU build, pinned in requirements/dev.txt; its home is the PyTorch CPU index.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_CPU := $(shell grep -m1 '^torch==' requirements/dev.txt)
+
+.PHONY: install lock up demo test lint typecheck unit clean sam-build
 
 install: $(STAMP)
 
-# torch is pinned to the CPU build for local runs and CI; the worker image brings a CUDA build.
-$(STAMP): pyproject.toml
+# Everything comes from the lock (--no-deps: nothing unlocked sneaks in; pip check proves it is complete).
+# torch first and offline when a wheel of it lies in pip's find-links: a machine that cannot reach the CPU
+# index (CI) then never waits on it; elsewhere the CPU index serves it (PyPI's Linux torch is the CUDA build).
+$(STAMP): pyproject.toml requirements/dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps --no-index '$(TORCH_CPU)' 2>/dev/null \
+	  || $(PY) -m pip install -q --no-deps --retries 1 --timeout 30 --index-url $(TORCH_CPU_INDEX) '$(TORCH_CPU)'
+	$(PY) -m pip install -q --no-deps -r requirements/dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check
 	touch $(STAMP)
+
+# Refresh the locks from pyproject.toml's ranges (keeps current pins; `make lock UPGRADE=1` takes the newest).
+# Resolved against PyPI only, whatever pip's local configuration says, plus one local folder holding the CPU torch
+# wheel (fetched like `install` does): pip would query a CPU index or find-links URL once per package, and an
+# unreachable one costs about 8 s of retries each. dev (the superset) is resolved first and its versions
+# constrain the other two, so a package has one version in all three locks.
+TORCH_CPU_PIN := $(shell grep -m1 '^torch==' requirements/dev.in)
+LOCK_WHEELS := build/lock-wheels
+LOCK_FLAGS = --quiet --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade)
+PIP_COMPILE = env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null $(VENV)/bin/pip-compile $(LOCK_FLAGS)
+lock: install
+	rm -rf $(LOCK_WHEELS) && mkdir -p $(LOCK_WHEELS)
+	$(PY) -m pip download -q --no-deps --no-index -d $(LOCK_WHEELS) '$(TORCH_CPU_PIN)' 2>/dev/null \
+	  || $(PY) -m pip download -q --no-deps --retries 1 --timeout 30 --index-url $(TORCH_CPU_INDEX) \
+	       -d $(LOCK_WHEELS) '$(TORCH_CPU_PIN)'
+	$(PIP_COMPILE) --find-links $(LOCK_WHEELS) --extra dev -o requirements/dev.txt pyproject.toml requirements/dev.in
+	sed -i '/^sdq @ /,+1d' requirements/dev.txt  # dev's "sdq[worker,local]": a path on this machine, not a pin
+	grep -v '^torch==' requirements/dev.txt > $(LOCK_WHEELS)/dev-pins.txt
+	$(PIP_COMPILE) -c $(LOCK_WHEELS)/dev-pins.txt -o requirements/lambda.txt pyproject.toml
+	$(PIP_COMPILE) -c $(LOCK_WHEELS)/dev-pins.txt --extra worker -o requirements/worker.txt \
+	  pyproject.toml requirements/worker.in
 
 up: install
 	$(VENV)/bin/sdq up
@@ -34,9 +64,23 @@ test: lint typecheck
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .sdq
 
-# `sam build` of the Lambdas from a clean copy of the sources (so .venv, tests and caches never reach a zip).
+# The Lambda bundle. `sam build` runs build-<LogicalId> for each function (template.yaml: BuildMethod makefile;
+# samconfig.toml: build in source, so SAM never copies .venv to a scratch folder). A bundle holds the Lambda code
+# only: shared/, handlers/, workflows/ without generation/ (the GPU worker's), playground/ (the API serves it),
+# plus requirements/lambda.txt installed as wheels for the Lambda runtime (python3.12, x86_64, glibc 2.34).
+LAMBDA_PYTHON ?= 3.12
+LAMBDA_PLATFORMS ?= manylinux2014_x86_64 manylinux_2_28_x86_64 manylinux_2_34_x86_64
+LAMBDA_PIP ?= python3 -m pip
+build-%Function:
+	test -n "$(ARTIFACTS_DIR)"
+	$(LAMBDA_PIP) install -q --disable-pip-version-check --no-compile --no-deps --only-binary=:all: \
+	  --implementation cp --python-version $(LAMBDA_PYTHON) $(addprefix --platform ,$(LAMBDA_PLATFORMS)) \
+	  --target "$(ARTIFACTS_DIR)" -r requirements/lambda.txt
+	cp -R shared handlers workflows playground "$(ARTIFACTS_DIR)/"
+	rm -rf "$(ARTIFACTS_DIR)/workflows/generation"
+	find "$(ARTIFACTS_DIR)/shared" "$(ARTIFACTS_DIR)/handlers" "$(ARTIFACTS_DIR)/workflows" \
+	  -name __pycache__ -prune -exec rm -rf {} +
+
+# Kept for muscle memory: plain `sam build` does the same.
 sam-build:
-	rm -rf build/lambda && mkdir -p build/lambda
-	cp -r shared handlers workflows playground requirements.txt statemachine.asl.json build/lambda/
-	find build/lambda -name __pycache__ -prune -exec rm -rf {} +
-	sam build --template-file template.yaml --base-dir build/lambda
+	sam build

@@ -275,7 +275,7 @@ def test_a_failed_delete_means_a_redelivery_that_is_a_no_op(
     while service.queue_depth() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert service.queue_depth() == 0
-    queue = worker._queue
+    queue = worker.queue
     assert isinstance(queue, FlakyDeleteQueue)
     assert len(queue.refused) == 1  # the hand-off's delete really failed ...
     assert gpu.calls == [1]  # ... and yet the job was generated once
@@ -317,10 +317,10 @@ def test_a_job_taken_over_mid_batch_is_dropped_but_its_message_is_kept_for_the_n
     repo = JobsRepository(service.boto("dynamodb"), service.table)
     worker, _gpu = run_worker(8, visibility_s=5, gpu=TakenOverGpu(runner, repo, tenant))
     deadline = time.monotonic() + 60
-    while not (worker.batches and not worker._held) and time.monotonic() < deadline:
+    while not (worker.batches and worker.held_count() == 0) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert worker.batches
-    assert not worker._held
+    assert worker.held_count() == 0
     job = repo.get(job_id)
     assert job.status.value == "RUNNING"
     assert job.attempt == 2  # the new owner's claim stands
@@ -394,7 +394,7 @@ def test_a_job_cancelled_in_a_batch_that_fails_is_let_go_when_the_batch_is_split
     assert gpu.calls[0] == 3
     assert sum(gpu.calls[1:]) == 2  # the halves generate the two live jobs, never the cancelled one
     deadline = time.monotonic() + 30
-    while (worker._held or set(ids) - set(queue.deleted)) and time.monotonic() < deadline:
+    while (worker.held_count() or set(ids) - set(queue.deleted)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not worker._held  # the cancelled job's message is not held ...
+    assert worker.held_count() == 0  # the cancelled job's message is not held ...
     assert set(ids) <= set(queue.deleted)  # ... but deleted, like the two finished jobs' messages

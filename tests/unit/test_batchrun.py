@@ -1,0 +1,164 @@
+"""The batch run's error handling: a batch that runs out of memory (or fails) is split in halves until the bad
+job stands alone; that job fails with the right code, the others are handed off; jobs cancelled during a failed
+call are let go, never retried; a batch cancelled whole is dropped."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import boto3
+import pytest
+from PIL import Image as PILImage
+from PIL.Image import Image
+
+from shared.jobs import JobsRepository
+from tests.unit.workerfakes import claimed, held
+from workflows.generation.batchrun import BatchRunner
+from workflows.generation.claims import ClaimedBatch
+from workflows.generation.heldmessages import Held
+from workflows.generation.pipeline import BatchShape, GenerationOOM, ImageJob
+from workflows.generation.progress import ProgressRecorder
+
+
+class FaultyGenerator:
+    """Runs out of memory above ``oom_above`` images; a prompt containing ``poison`` fails the whole call; the
+    jobs in ``cancel_during`` are found cancelled (as a progress write would) during the first call."""
+
+    model_name = "fake"
+
+    def __init__(self, oom_above: int, cancel_during: Sequence[Held] = ()) -> None:
+        self.oom_above = oom_above
+        self.cancel_during = list(cancel_during)
+        self.calls: list[list[str]] = []
+
+    def generate(
+        self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: Callable[[int, int], None] | None = None
+    ) -> dict[str, list[Image]]:
+        self.calls.append([j.key for j in jobs])
+        for h in self.cancel_during:
+            h.dropped = True
+        self.cancel_during = []
+        images = sum(j.num_images for j in jobs)
+        if images > self.oom_above:
+            raise GenerationOOM(images, shape.width, shape.height, "injected")
+        if any("poison" in j.prompt for j in jobs):
+            raise RuntimeError("injected: a bad prompt")
+        return {j.key: [PILImage.new("RGB", (8, 8))] * j.num_images for j in jobs}
+
+
+class RecordingHandOff:
+    def __init__(self) -> None:
+        self.completed: list[str] = []
+        self.failed: list[tuple[str, str]] = []
+        self.dropped: list[str] = []
+
+    def complete_later(self, last_write: Future[None] | None, held: Held, images: list[Image]) -> None:
+        assert len(images) == held.request.num_images
+        self.completed.append(held.job_id)
+
+    def fail_later(self, held: Held, code: str, message: str) -> None:
+        self.failed.append((held.job_id, code))
+
+    def drop_later(self, held: Held) -> None:
+        self.dropped.append(held.job_id)
+
+    def drop(self, held: Held) -> None:
+        self.dropped.append(held.job_id)
+
+
+@pytest.fixture
+def pools() -> Iterator[tuple[ThreadPoolExecutor, ThreadPoolExecutor]]:
+    writers, table = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
+    yield writers, table
+    writers.shutdown()
+    table.shutdown()
+
+
+def run(
+    generator: FaultyGenerator, jobs: list[Held], pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor]
+) -> tuple[RecordingHandOff, BatchRunner]:
+    hard_stop = threading.Event()
+    progress = ProgressRecorder(
+        # Never reached: the fake generator makes no step callback, so no progress is written.
+        JobsRepository(boto3.client("dynamodb", region_name="us-east-1"), "unused"),
+        worker_id="w",
+        interval_s=1.0,
+        hard_stop=hard_stop,
+        writers=pools[0],
+        table_pool=pools[1],
+    )
+    handoff = RecordingHandOff()
+    runner = BatchRunner(generator, progress, handoff, hard_stop)
+    report = runner.run(ClaimedBatch(jobs, seconds=0.25))
+    assert report is not None
+    assert report.jobs == len(jobs)
+    assert report.claim_s == 0.25
+    return handoff, runner
+
+
+def ids(*jobs: Held) -> list[str]:
+    return [h.job_id for h in jobs]
+
+
+def test_an_oom_splits_the_batch_in_halves_and_every_job_completes(
+    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    jobs = [claimed(held()) for _ in range(4)]
+    gpu = FaultyGenerator(oom_above=2)
+    handoff, runner = run(gpu, jobs, pools)
+    assert gpu.calls == [ids(*jobs), ids(*jobs[:2]), ids(*jobs[2:])]
+    assert handoff.completed == ids(*jobs)
+    assert handoff.failed == handoff.dropped == []
+    assert runner.gpu_seconds > 0
+
+
+def test_a_job_too_big_for_memory_fails_alone_with_out_of_memory(
+    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    small_a, big, small_b = claimed(held()), claimed(held(num_images=3)), claimed(held())
+    gpu = FaultyGenerator(oom_above=2)
+    handoff, _ = run(gpu, [small_a, big, small_b], pools)
+    assert gpu.calls == [ids(small_a, big, small_b), ids(small_a), ids(big, small_b), ids(big), ids(small_b)]
+    assert handoff.failed == [(big.job_id, "OUT_OF_MEMORY")]
+    assert handoff.completed == ids(small_a, small_b)
+
+
+def test_an_error_is_isolated_to_the_job_that_causes_it(pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor]) -> None:
+    good, bad, other = claimed(held()), claimed(held(prompt="poison")), claimed(held())
+    handoff, _ = run(FaultyGenerator(oom_above=8), [good, bad, other], pools)
+    assert handoff.failed == [(bad.job_id, "GENERATION_FAILED")]
+    assert sorted(handoff.completed) == sorted(ids(good, other))
+
+
+def test_a_job_cancelled_during_a_failed_call_is_let_go_and_not_generated_again(
+    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    jobs = [claimed(held()) for _ in range(3)]
+    gpu = FaultyGenerator(oom_above=2, cancel_during=[jobs[0]])
+    handoff, _ = run(gpu, jobs, pools)
+    assert handoff.dropped == ids(jobs[0])
+    assert gpu.calls[1:] == [ids(jobs[1]), ids(jobs[2])]  # the halves hold only the live jobs
+    assert handoff.completed == ids(jobs[1], jobs[2])
+
+
+def test_a_batch_whose_every_job_was_cancelled_is_stopped_and_dropped(
+    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    jobs = [claimed(held()) for _ in range(2)]
+
+    class CancelledGenerator(FaultyGenerator):
+        def generate(
+            self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: Callable[[int, int], None] | None = None
+        ) -> dict[str, list[Image]]:
+            for h in self.cancel_during:
+                h.dropped = True
+            assert on_step is not None
+            on_step(1, 2)  # every job is dropped: the callback stops the call
+            raise AssertionError("not stopped")
+
+    gpu = CancelledGenerator(oom_above=8, cancel_during=jobs)
+    handoff, _ = run(gpu, jobs, pools)
+    assert handoff.dropped == ids(*jobs)
+    assert handoff.completed == handoff.failed == []

@@ -1,0 +1,167 @@
+"""Claims against the real JobsRepository on moto's in-process DynamoDB: a batch claimed in parallel, every kind
+of lost claim settled (gone, expired, finished, held by a live worker, an error), the batch claimed ahead handed
+back on a stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from shared.contracts import Job, JobStatus, utcnow
+from shared.jobs import JobsRepository
+from tests.unit.workerfakes import RecordingQueue, held
+from workflows.generation.claims import Claims
+from workflows.generation.heldmessages import Held, HeldMessages
+
+TABLE = "jobs"
+WORKER = "worker-a"
+
+
+@pytest.fixture
+def repo(monkeypatch: pytest.MonkeyPatch) -> Iterator[JobsRepository]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        yield JobsRepository(client, TABLE)
+
+
+class Loop:
+    """The claims' collaborators as the worker wires them."""
+
+    def __init__(self, repo: JobsRepository) -> None:
+        self.queue = RecordingQueue()
+        self.held = HeldMessages(self.queue, max_batch_images=8, max_batch_wait_s=0.0)
+        self.stopping = threading.Event()
+        self.pools = [ThreadPoolExecutor(4), ThreadPoolExecutor(1)]
+        self.claims = Claims(
+            self.held,
+            repo,
+            table_pool=self.pools[0],
+            prefetch=self.pools[1],
+            stopping=self.stopping,
+            worker_id=WORKER,
+            lease_s=60,
+            clock=time.time,
+        )
+
+    def receive(self, *jobs: Held) -> list[Held]:
+        """The jobs' messages as the receiver hands them over, out of the batcher as a batch."""
+        self.held.accept([h.received for h in jobs])
+        return self.held.take_waiting()
+
+
+@pytest.fixture
+def loop(repo: JobsRepository) -> Iterator[Loop]:
+    running = Loop(repo)
+    yield running
+    for pool in running.pools:
+        pool.shutdown()
+
+
+def stored(repo: JobsRepository, *, expires_in_s: int = 3600) -> Held:
+    h = held()
+    repo.create(
+        Job(
+            job_id=h.job_id,
+            tenant=h.tenant,
+            status=JobStatus.QUEUED,
+            request=h.request,
+            created_at=utcnow(),
+            cache_key=h.request.cache_key(),
+            expires_at=int(time.time()) + expires_in_s,
+        )
+    )
+    return h
+
+
+def test_a_batch_is_claimed_whole_and_its_jobs_stay_held(repo: JobsRepository, loop: Loop) -> None:
+    batch = loop.receive(stored(repo), stored(repo))
+    claimed = loop.claims.claim_batch(batch)
+    assert claimed.jobs == batch
+    for h in batch:
+        assert h.job is not None
+        assert h.job.attempt == 1
+        assert h.claimed_at is not None
+        assert repo.get(h.job_id).status == JobStatus.RUNNING
+    assert len(loop.held) == 2
+    assert loop.queue.deleted == loop.queue.visibility == []
+
+
+def test_lost_claims_are_settled_and_only_won_ones_run(repo: JobsRepository, loop: Loop) -> None:
+    won = stored(repo)
+    gone = held()  # never stored
+    expired = stored(repo, expires_in_s=-10)
+    cancelled = stored(repo)
+    repo.transition(cancelled.job_id, JobStatus.CANCELLED, tenant=cancelled.tenant)
+    elsewhere = stored(repo)
+    repo.claim(elsewhere.job_id, elsewhere.tenant, worker_id="worker-b", lease_s=100, now=time.time())
+    batch = loop.receive(won, gone, expired, cancelled, elsewhere)
+    elsewhere = next(h for h in batch if h.job_id == elsewhere.job_id)  # the record the worker holds
+    claimed = loop.claims.claim_batch(batch)
+    assert [h.job_id for h in claimed.jobs] == [won.job_id]
+    # Jobs that need no more work lose their message; the expired one is failed first.
+    assert sorted(loop.queue.deleted) == sorted(h.received.message_id for h in (gone, expired, cancelled))
+    failed = repo.get(expired.job_id)
+    assert failed.status == JobStatus.FAILED
+    assert failed.error is not None
+    assert failed.error.code == "EXPIRED"
+    # Held by a live worker: kept (if that worker dies, the message is the way back), hidden past its lease.
+    ((message_id, visibility),) = loop.queue.visibility
+    assert message_id == elsewhere.received.message_id
+    assert 100 <= visibility <= 101
+    assert elsewhere.let_go_visibility == visibility
+    assert repo.get(elsewhere.job_id).attempt == 1  # worker-b's claim stands
+    assert len(loop.held) == 1  # only the won job is still held
+
+
+def test_a_claim_that_errors_lets_its_message_go_for_a_retry_soon(loop: Loop) -> None:
+    broken = Claims(
+        loop.held,
+        JobsRepository(boto3.client("dynamodb", region_name="us-east-1"), "no-such-table"),
+        table_pool=loop.pools[0],
+        prefetch=loop.pools[1],
+        stopping=loop.stopping,
+        worker_id=WORKER,
+        lease_s=60,
+        clock=time.time,
+    )
+    (h,) = loop.receive(held())
+    assert broken.claim_batch([h]).jobs == []
+    assert loop.queue.visibility == [(h.received.message_id, 5)]
+    assert len(loop.held) == 0
+
+
+def test_the_batch_claimed_ahead_is_handed_back_unstarted(repo: JobsRepository, loop: Loop) -> None:
+    batch = loop.receive(stored(repo), stored(repo))
+    loop.claims.claim_ahead(batch)
+    loop.claims.hand_back_claimed_ahead()
+    assert loop.claims.take_claimed_ahead() is None
+    for h in batch:
+        job = repo.get(h.job_id)
+        assert job.status == JobStatus.QUEUED
+        assert job.attempt == 0  # no attempt used up
+    assert sorted(loop.queue.visibility) == sorted((h.received.message_id, 0) for h in batch)
+    assert len(loop.held) == 0
+
+
+def test_once_stopping_a_batch_is_let_go_instead_of_claimed_ahead(repo: JobsRepository, loop: Loop) -> None:
+    batch = loop.receive(stored(repo))
+    loop.stopping.set()
+    loop.claims.claim_ahead(batch)
+    assert loop.claims.take_claimed_ahead() is None
+    assert repo.get(batch[0].job_id).status == JobStatus.QUEUED  # never claimed
+    assert loop.queue.visibility == [(batch[0].received.message_id, 0)]
+    assert len(loop.held) == 0

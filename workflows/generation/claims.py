@@ -1,0 +1,151 @@
+"""Claims: a batch's jobs claimed in parallel, lost claims settled, the next batch claimed ahead (one at a time,
+while the current one generates) and claimed jobs handed back unstarted on a warm stop."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+
+from aws_lambda_powertools import Logger
+
+from shared.contracts import JobError, JobStatus
+from shared.errors import InvalidTransition, JobExpired, JobNotFound
+from shared.jobs import JobsRepository
+from shared.tracing import segment
+from workflows.generation.heldmessages import AwsError, Held, HeldMessages
+
+logger = Logger(service="sdq-worker")
+
+
+@dataclass
+class ClaimedBatch:
+    jobs: list[Held]
+    seconds: float  # how long the claims took (overlapped with the previous batch when prefetched)
+
+
+class Claims:
+    def __init__(
+        self,
+        held: HeldMessages,
+        repo: JobsRepository,
+        *,
+        table_pool: Executor,
+        prefetch: Executor,
+        stopping: threading.Event,
+        worker_id: str,
+        lease_s: int,
+        clock: Callable[[], float],
+        xray: bool = False,
+    ) -> None:
+        self._held = held
+        self._repo = repo
+        # Per-job table writes are independent conditional writes: issued together, a batch's claims cost one
+        # round trip instead of one per job.
+        self._table_pool = table_pool
+        self._prefetch = prefetch  # one thread: one claim at a time, beside the GPU thread
+        self._stopping = stopping
+        self._worker_id = worker_id
+        self._lease_s = lease_s
+        self._clock = clock
+        self._xray = xray
+        # The next batch's claim, running while the current batch generates; a warm stop hands it back at once.
+        self._ahead_lock = threading.Lock()
+        self._ahead: Future[ClaimedBatch] | None = None
+
+    # -- claiming ahead ------------------------------------------------------------------------------
+
+    def start(self, batch: list[Held]) -> Future[ClaimedBatch]:
+        """Claim ``batch`` on the prefetch thread."""
+        return self._prefetch.submit(self.claim_batch, batch)
+
+    def claim_ahead(self, batch: list[Held]) -> None:
+        """Start claiming the next batch; once a stop was requested, hand its messages back instead."""
+        with self._ahead_lock:
+            if not self._stopping.is_set():
+                self._ahead = self.start(batch)
+                return
+        self._held.let_go(batch, 0)
+
+    def take_claimed_ahead(self) -> Future[ClaimedBatch] | None:
+        with self._ahead_lock:
+            pending, self._ahead = self._ahead, None
+        return pending
+
+    def hand_back_claimed_ahead(self) -> None:
+        """Release the batch claimed ahead, if any (its claims end first)."""
+        pending = self.take_claimed_ahead()
+        if pending is None:
+            return
+        try:
+            self.release(pending.result().jobs)
+        except Exception:
+            logger.exception("could not hand back the claimed batch; its leases will lapse")
+
+    # -- one batch's claims ----------------------------------------------------------------------------
+
+    def claim_batch(self, batch: list[Held]) -> ClaimedBatch:
+        """Claim every job of a batch at once (conditional writes in parallel); keep the ones won."""
+        started = time.monotonic()
+        with segment("sdq-worker-claim", enabled=self._xray):
+            won = list(self._table_pool.map(self.claim, batch))
+        return ClaimedBatch([h for h, ok in zip(batch, won, strict=True) if ok], time.monotonic() - started)
+
+    def release(self, jobs: list[Held]) -> None:
+        """Give claimed, never-started jobs back (QUEUED again, message visible now)."""
+        for held in jobs:
+            assert held.job is not None
+            try:
+                released = self._repo.release_claim(
+                    held.job_id, held.tenant, worker_id=self._worker_id, attempt=held.job.attempt
+                )
+            except AwsError as exc:
+                released = False
+                logger.warning("claim release failed; the lease will lapse", job_id=held.job_id, error=str(exc))
+            logger.info("claimed job handed back unstarted", job_id=held.job_id, released=released)
+            self._held.let_go([held], 0)
+
+    def claim(self, held: Held) -> bool:
+        """Claim one job; never raises (runs on the table pool, where an error would cost the whole batch)."""
+        try:
+            return self._claim_or_settle(held)
+        except Exception as exc:  # an AWS error while settling a lost claim, or anything unexpected
+            logger.warning("claim failed; releasing", job_id=held.job_id, error=f"{type(exc).__name__}: {exc}")
+            self._held.let_go([held], 5)
+            return False
+
+    def _claim_or_settle(self, held: Held) -> bool:
+        try:
+            held.job = self._repo.claim(
+                held.job_id, held.tenant, worker_id=self._worker_id, lease_s=self._lease_s, now=self._clock()
+            )
+            held.claimed_at = time.monotonic()
+            return True
+        except JobExpired:
+            logger.info("job expired while queued; failing it and deleting its message", job_id=held.job_id)
+            with contextlib.suppress(InvalidTransition, JobNotFound):
+                self._repo.transition(
+                    held.job_id,
+                    JobStatus.FAILED,
+                    tenant=held.tenant,
+                    sources=[JobStatus.QUEUED, JobStatus.RUNNING],
+                    error=JobError(code="EXPIRED", message="The job passed its retention before a worker ran it."),
+                )
+            self._held.finish(held)
+        except JobNotFound:
+            logger.info("job gone (expired or never stored); deleting its message", job_id=held.job_id)
+            self._held.finish(held)
+        except InvalidTransition as exc:
+            if exc.current == JobStatus.RUNNING.value:
+                # Another live worker holds it. Do not delete: if that worker dies, this message is the
+                # only way back. Hide it until the other lease runs out, then whoever gets it re-checks.
+                remaining = self._repo.lease_remaining(held.job_id, self._clock())
+                logger.info("job held by another worker", job_id=held.job_id, lease_remaining_s=remaining)
+                self._held.let_go([held], int(remaining) + 1)
+            else:
+                logger.info("job needs no work; deleting its message", job_id=held.job_id, status=exc.current)
+                self._held.finish(held)
+        return False

@@ -1,0 +1,171 @@
+"""The hand-off, on the finisher threads (overlapping the next batch): staging PNGs uploaded, the execution started
+with a :class:`WorkflowInput`, the job marked POSTPROCESSING, its message deleted; or the failure handed off, or a
+job no longer this worker's let go."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from PIL.Image import Image
+
+from shared.contracts import JobStatus, WorkerError, WorkflowInput
+from shared.errors import InvalidTransition, JobNotFound
+from shared.jobs import Claim, JobsRepository
+from shared.media import MediaStore
+from shared.orchestration import Orchestrator
+from shared.tracing import segment, subsegment
+from workflows.generation.encoding import PngEncoder
+from workflows.generation.heldmessages import AwsError, Held, HeldMessages
+
+logger = Logger(service="sdq-worker")
+
+
+class HandOff:
+    def __init__(
+        self,
+        held: HeldMessages,
+        repo: JobsRepository,
+        media: MediaStore,
+        orchestrator: Orchestrator,
+        encoder: PngEncoder,
+        finishers: Executor,
+        *,
+        staging_prefix: str,
+        worker_id: str,
+        model_name: str,
+        xray: bool = False,
+    ) -> None:
+        self._held = held
+        self._repo = repo
+        self._media = media
+        self._sfn = orchestrator
+        self._encoder = encoder
+        self._finishers = finishers
+        self._staging = staging_prefix
+        self._worker_id = worker_id
+        self._model_name = model_name
+        self._xray = xray
+        self._in_flight: list[Future[None]] = []  # submitted from the GPU thread only
+
+    # -- submitted from the GPU thread ---------------------------------------------------------------
+
+    def complete_later(self, last_write: Future[None] | None, held: Held, images: list[Image]) -> None:
+        """Hand off a generated job once its last progress write is done (it can reveal a cancel)."""
+        self._submit(self._complete, last_write, held, images)
+
+    def fail_later(self, held: Held, code: str, message: str) -> None:
+        self._submit(self.fail, held, code, message)
+
+    def drop_later(self, held: Held) -> None:
+        self._submit(self.drop, held)
+
+    def wait(self) -> None:
+        """Wait for every hand-off submitted so far (a warm stop), raising what one raised."""
+        for future in list(self._in_flight):
+            future.result()
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        future = self._finishers.submit(fn, *args)
+        self._in_flight = [f for f in self._in_flight if not f.done()] + [future]
+
+    # -- on the finisher threads ------------------------------------------------------------------------
+
+    def _complete(self, last_write: Future[None] | None, held: Held, images: list[Image]) -> None:
+        if last_write is not None:
+            try:
+                last_write.result()
+            except Exception:
+                logger.exception("progress write failed; handing off anyway", job_id=held.job_id)
+        if held.dropped:
+            self.drop(held)
+        else:
+            self._hand_off(held, images)
+
+    def drop(self, held: Held) -> None:
+        """Let go of a job this worker no longer owns. A cancelled or finished job's message is deleted; a
+        job another worker took over keeps its message (that worker may die, and the message is the only
+        way back), so it is only forgotten here."""
+        try:
+            current = self._repo.get(held.job_id).status
+        except JobNotFound:
+            current = None
+        except AwsError as exc:
+            logger.warning("could not read a dropped job; leaving its message", job_id=held.job_id, error=str(exc))
+            self._held.forget(held)
+            return
+        if current == JobStatus.RUNNING:
+            logger.info("job taken over by another worker; keeping its message", job_id=held.job_id)
+            self._held.forget(held)
+        else:
+            self._held.finish(held)
+
+    def _hand_off(self, held: Held, images: list[Image]) -> None:
+        assert held.job is not None
+        attempt = held.job.attempt
+        keys = []
+        try:
+            with segment("sdq-worker-handoff", enabled=self._xray), subsegment("upload", enabled=self._xray):
+                for i, image in enumerate(images):
+                    key = f"{self._staging}{held.job_id}/{attempt}/{i}.png"
+                    self._media.put(key, self._encoder.encode(image), "image/png")
+                    keys.append(key)
+            self._sfn.start(
+                f"{held.job_id}-{attempt}",
+                WorkflowInput.generated(
+                    held.job,
+                    staging_keys=keys,
+                    worker_id=self._worker_id,
+                    model=self._model_name,
+                    has_callback=bool(held.request.callback_url),
+                ),
+            )
+        except Exception as exc:
+            # Leave the message to reappear after its visibility timeout; the lease lapses with it and
+            # the next receiver re-runs the job (attempt + 1).
+            logger.exception("hand-off failed; job will be retried", job_id=held.job_id, error=str(exc))
+            self._held.forget(held)
+            return
+        self._mark_handed_off(held)
+        self._held.finish(held)
+
+    def _mark_handed_off(self, held: Held) -> None:
+        """RUNNING -> POSTPROCESSING once the execution is started, while this worker's lease still holds.
+
+        The state machine makes the same move when its postprocessing starts, but that can come after the
+        lease lapses (a slow or throttled first task). Until then a duplicate delivery of the job's message
+        could claim the RUNNING job again and generate it twice; out of RUNNING, no claim can."""
+        assert held.job is not None
+        try:
+            self._repo.transition(
+                held.job_id,
+                JobStatus.POSTPROCESSING,
+                tenant=held.tenant,
+                sources=[JobStatus.RUNNING],
+                claim=Claim(attempt=held.job.attempt, worker_id=self._worker_id),
+            )
+        except (InvalidTransition, JobNotFound):
+            pass  # the state machine got there first, or the job was cancelled
+        except AwsError as exc:
+            logger.warning("could not mark the hand-off; the lease covers it", job_id=held.job_id, error=str(exc))
+
+    def fail(self, held: Held, code: str, message: str) -> None:
+        """Hand a job that failed in generation to the state machine, which records the failure."""
+        assert held.job is not None
+        try:
+            self._sfn.start(
+                f"{held.job_id}-{held.job.attempt}",
+                WorkflowInput.worker_failed(
+                    held.job,
+                    error=WorkerError(code=code, message=message),
+                    worker_id=self._worker_id,
+                    has_callback=bool(held.request.callback_url),
+                ),
+            )
+        except Exception:
+            logger.exception("failure hand-off failed; job will be retried", job_id=held.job_id)
+            self._held.forget(held)
+            return
+        self._held.finish(held)

@@ -1,0 +1,91 @@
+"""A batch's progress: step/total written to the table off the GPU thread, at most once per interval, and the
+pipeline call stopped when every job in it was cancelled (or taken over) or the worker must stop now."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Executor, Future
+
+from aws_lambda_powertools import Logger
+
+from shared.jobs import JobsRepository
+from workflows.generation.heldmessages import AwsError, Held
+from workflows.generation.pipeline import GenerationCancelled
+
+logger = Logger(service="sdq-worker")
+
+
+class ProgressRecorder:
+    """Writes progress for the jobs of a batch: one conditional write per job, issued together on the table pool
+    (from a writer thread, so the GPU thread never waits for them)."""
+
+    def __init__(
+        self,
+        repo: JobsRepository,
+        *,
+        worker_id: str,
+        interval_s: float,
+        hard_stop: threading.Event,
+        writers: Executor,
+        table_pool: Executor,
+    ) -> None:
+        self._repo = repo
+        self._worker_id = worker_id
+        self.interval_s = interval_s
+        self._hard_stop = hard_stop
+        self._writers = writers
+        self._table_pool = table_pool
+
+    def writer(self, jobs: list[Held]) -> ProgressWriter:
+        """The step callback for one pipeline call over ``jobs``."""
+        return ProgressWriter(self, jobs)
+
+    def must_stop_now(self) -> bool:
+        return self._hard_stop.is_set()
+
+    def write_later(self, jobs: list[Held], step: int, total: int) -> Future[None]:
+        """Write step/total for the jobs still ours; a job the write finds no longer this worker's is dropped."""
+        return self._writers.submit(self._write, jobs, step, total)
+
+    def _write(self, jobs: list[Held], step: int, total: int) -> None:
+        live = [h for h in jobs if not h.dropped and h.job is not None]
+        list(self._table_pool.map(lambda h: self._write_one(h, step, total), live))
+
+    def _write_one(self, h: Held, step: int, total: int) -> None:
+        assert h.job is not None
+        try:
+            still_ours = self._repo.record_progress(h.job_id, worker_id=self._worker_id, step=step, total=total)
+        except AwsError as exc:
+            logger.warning("progress write failed", job_id=h.job_id, error=str(exc))
+            return
+        if still_ours:
+            h.job.progress.step, h.job.progress.total = step, total
+        else:
+            logger.info("job cancelled or taken over during generation; dropping it", job_id=h.job_id)
+            h.dropped = True
+
+
+class ProgressWriter:
+    """The pipeline's step callback: writes step/total at most once per interval (off the GPU thread) and
+    stops the call when every job in it was cancelled or the worker must stop now."""
+
+    def __init__(self, recorder: ProgressRecorder, jobs: list[Held]) -> None:
+        self._recorder = recorder
+        self._jobs = jobs
+        self._last = 0.0
+        self._pending: Future[None] | None = None
+
+    def __call__(self, step: int, total: int) -> None:
+        if self._recorder.must_stop_now():
+            raise GenerationCancelled()
+        now = time.monotonic()
+        if now - self._last >= self._recorder.interval_s and (self._pending is None or self._pending.done()):
+            self._last = now
+            self._pending = self._recorder.write_later(self._jobs, step, total)
+        if all(h.dropped for h in self._jobs):
+            raise GenerationCancelled()
+
+    def close(self) -> Future[None] | None:
+        """The write still in flight, if any (not waited for here)."""
+        return self._pending

@@ -1,0 +1,68 @@
+"""The receiver thread: long-polls the queue into the held messages, holding back while enough work waits and
+backing off while the queue cannot be reached."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+from aws_lambda_powertools import Logger
+
+from workflows.generation.heldmessages import AwsError, HeldMessages
+
+logger = Logger(service="sdq-worker")
+
+
+class Receiver:
+    def __init__(
+        self,
+        held: HeldMessages,
+        stopping: threading.Event,
+        *,
+        backlog_images: int,
+        receive_wait_s: int,
+        visibility_s: int,
+    ) -> None:
+        self._held = held
+        self._stopping = stopping
+        self._backlog_images = backlog_images  # images waiting at which the receiver stops asking for more
+        self._receive_wait_s = receive_wait_s
+        self._visibility_s = visibility_s
+
+    def run(self) -> None:
+        """Receive until a stop is requested (the thread's target)."""
+        backoff = 0.5
+        outage_since: float | None = None
+        failures = 0
+        while not self._stopping.is_set():
+            if self._held.images_waiting() >= self._backlog_images:
+                # Enough work on hand: leave the rest in the queue for other workers.
+                time.sleep(0.05)
+                continue
+            try:
+                received = self._held.queue.receive(
+                    max_messages=10, wait_s=self._receive_wait_s, visibility_s=self._visibility_s
+                )
+                backoff = 0.5
+            except AwsError as exc:
+                # The queue (or the local cloud behind it) is unreachable: back off exponentially with
+                # jitter, up to 30 s, and keep everything held; the heartbeat keeps trying on its own.
+                outage_since = outage_since if outage_since is not None else time.monotonic()
+                failures += 1
+                delay = backoff * random.uniform(0.5, 1.0)
+                logger.warning("receive failed; retrying", error=str(exc), retry_in_s=round(delay, 2))
+                self._stopping.wait(delay)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if outage_since is not None:
+                logger.info(
+                    "queue reachable again; resuming",
+                    outage_s=round(time.monotonic() - outage_since, 1),
+                    failed_receives=failures,
+                )
+                outage_since, failures = None, 0
+            if self._stopping.is_set():
+                self._held.set_visibility(received, 0)
+                return
+            self._held.accept(received)

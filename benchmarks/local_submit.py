@@ -1,0 +1,342 @@
+"""How the local stack answers submissions: ``python -m benchmarks.local_submit``.
+
+Starts the local service (``start_local_service``, as ``sdq up`` does) once without a worker and once with a worker
+generating with the tiny model; in each phase N clients submit to 127.0.0.1 for a bounded time, then 4 threads
+measure the raw DynamoDB put_item + SQS send_message pair against the same local cloud (a table and queue of their
+own), so that the ratio compares like with like. The AWS calls one submit makes are counted in this process, by
+operation, around a direct call of the API handler. Writes a JSON report to ``benchmarks/results/<date>-cpu/`` and
+prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+from botocore.client import BaseClient
+
+from benchmarks.reports import run_folder
+from localcloud.service import LocalService, LocalServiceConfig, start_local_service
+
+LOOSE_LIMITS = "100000"  # the rate limit and unfinished cap stay out of the way: accepted submits are measured
+BODY = {"prompt": "a red fox in the snow", "model": "tiny", "width": 256, "height": 256, "num_inference_steps": 2}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by nearest rank; 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def latency_summary(latencies_s: list[float], duration_s: float) -> dict[str, float]:
+    return {
+        "count": len(latencies_s),
+        "per_s": round(len(latencies_s) / duration_s, 2) if duration_s > 0 else 0.0,
+        "p50_ms": round(percentile(latencies_s, 0.50) * 1000, 1),
+        "p99_ms": round(percentile(latencies_s, 0.99) * 1000, 1),
+        "max_ms": round(max(latencies_s, default=0.0) * 1000, 1),
+    }
+
+
+def run_threads(count: int, duration_s: float, make: Callable[[int], Callable[[], bool]]) -> tuple[list[float], int]:
+    """``count`` threads each repeat their call until ``duration_s`` passes; latencies of calls that returned True,
+    and how many returned False."""
+    latencies: list[float] = []
+    failures = 0
+    lock = threading.Lock()
+    start = threading.Barrier(count + 1)
+
+    def loop(index: int) -> None:
+        nonlocal failures
+        call = make(index)
+        mine: list[float] = []
+        bad = 0
+        start.wait()
+        deadline = time.monotonic() + duration_s
+        while time.monotonic() < deadline:
+            began = time.perf_counter()
+            ok = call()
+            if ok:
+                mine.append(time.perf_counter() - began)
+            else:
+                bad += 1
+        with lock:
+            latencies.extend(mine)
+            failures += bad
+
+    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    for thread in threads:
+        thread.join()
+    return latencies, failures
+
+
+def submit_load(service: LocalService, clients: int, duration_s: float) -> dict[str, Any]:
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+    keys = [new_tenant_key(service, f"bench-{i}") for i in range(clients)]
+
+    def make(index: int) -> Callable[[], bool]:
+        http = httpx.Client(base_url=service.api_url, headers={"x-api-key": keys[index]}, timeout=30)
+
+        def call() -> bool:
+            status = http.post("/v1/jobs", json=BODY).status_code
+            with lock:
+                statuses[status] += 1
+            return status == 202
+
+        return call
+
+    latencies, refused = run_threads(clients, duration_s, make)
+    return {**latency_summary(latencies, duration_s), "refused": refused, "statuses": dict(statuses)}
+
+
+def local_client(service: LocalService, name: str) -> Any:
+    return boto3.session.Session().client(
+        name,  # type: ignore[call-overload]
+        endpoint_url=service.resources.endpoint_url,
+        region_name=service.resources.region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",  # noqa: S106 - the local cloud accepts any key
+    )
+
+
+def raw_pairs(service: LocalService, threads: int, duration_s: float) -> dict[str, Any]:
+    """DynamoDB put_item + SQS send_message pairs, each thread with its own clients, into a table and queue of the
+    benchmark's own (the service's table and queue stay as the submits left them)."""
+    setup_ddb, setup_sqs = local_client(service, "dynamodb"), local_client(service, "sqs")
+    table = f"sdq-bench-raw-{uuid.uuid4().hex[:8]}"
+    setup_ddb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    queue_url = setup_sqs.create_queue(QueueName=table)["QueueUrl"]
+    payload = json.dumps(BODY)
+
+    def make(_: int) -> Callable[[], bool]:
+        ddb, sqs = local_client(service, "dynamodb"), local_client(service, "sqs")
+
+        def call() -> bool:
+            key = uuid.uuid4().hex
+            ddb.put_item(TableName=table, Item={"pk": {"S": key}, "request": {"S": payload}})
+            sqs.send_message(QueueUrl=queue_url, MessageBody=payload)
+            return True
+
+        return call
+
+    latencies, _ = run_threads(threads, duration_s, make)
+    return latency_summary(latencies, duration_s)
+
+
+def new_tenant_key(service: LocalService, name: str) -> str:
+    from shared.apikeys import ApiKeyStore
+
+    return ApiKeyStore(local_client(service, "dynamodb"), service.resources.table_name).create(
+        f"{name}-{uuid.uuid4().hex[:6]}"
+    )
+
+
+@contextmanager
+def counting_calls() -> Iterator[Counter[str]]:
+    """Counts the AWS operations boto3 clients make on this thread (other threads' calls are not counted)."""
+    counts: Counter[str] = Counter()
+    original = BaseClient._make_api_call
+    me = threading.get_ident()
+
+    def counted(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        if threading.get_ident() == me:
+            counts[f"{client.meta.service_model.service_name}.{operation}"] += 1
+        return original(client, operation, params)
+
+    BaseClient._make_api_call = counted  # type: ignore[method-assign]
+    try:
+        yield counts
+    finally:
+        BaseClient._make_api_call = original  # type: ignore[method-assign]
+
+
+def calls_per_submit(service: LocalService, samples: int = 5) -> dict[str, dict[str, float]]:
+    """The AWS operations one submit makes, by operation: the API handler called here, in this process, with the
+    service's environment (the handler is the same code whichever process serves HTTP)."""
+    from handlers import api
+    from shared.settings import get_settings
+
+    os.environ.update(service.env)
+    get_settings.cache_clear()
+    api.services.cache_clear()
+    key = new_tenant_key(service, "bench-count")
+
+    def event(idempotency_key: str | None) -> dict[str, Any]:
+        headers = {"x-api-key": key, "content-type": "application/json"}
+        if idempotency_key is not None:
+            headers["idempotency-key"] = idempotency_key
+        return {
+            "resource": "/v1/jobs",
+            "path": "/v1/jobs",
+            "httpMethod": "POST",
+            "headers": headers,
+            "multiValueHeaders": {k: [v] for k, v in headers.items()},
+            "queryStringParameters": None,
+            "multiValueQueryStringParameters": None,
+            "pathParameters": None,
+            "stageVariables": None,
+            "requestContext": {"requestId": str(uuid.uuid4()), "stage": "local", "path": "/v1/jobs"},
+            "body": json.dumps(BODY),
+            "isBase64Encoded": False,
+        }
+
+    from localcloud.api import LocalLambdaContext
+
+    found: dict[str, dict[str, float]] = {}
+    for name, idem in (("plain", lambda: None), ("idempotency_key", lambda: uuid.uuid4().hex)):
+        api.lambda_handler(event(idem()), LocalLambdaContext())  # warm: clients built, not counted
+        with counting_calls() as counts:
+            for _ in range(samples):
+                answer = api.lambda_handler(event(idem()), LocalLambdaContext())
+                if answer["statusCode"] != 202:
+                    raise RuntimeError(f"count submit answered {answer['statusCode']}: {answer['body']}")
+        found[name] = {op: n / samples for op, n in sorted(counts.items())}
+        found[name]["total"] = sum(counts.values()) / samples
+    return found
+
+
+def wait_for_first_job(service: LocalService, timeout_s: float = 120.0) -> float:
+    """Submit one job and wait until the worker finishes it (so generation is under way); seconds it took."""
+    began = time.monotonic()
+    with httpx.Client(base_url=service.api_url, headers={"x-api-key": service.api_key}, timeout=30) as http:
+        job_id = http.post("/v1/jobs", json=BODY).json()["id"]
+        while time.monotonic() - began < timeout_s:
+            if http.get(f"/v1/jobs/{job_id}").json()["status"] in {"SUCCEEDED", "FAILED", "CANCELLED"}:
+                return time.monotonic() - began
+            time.sleep(0.2)
+    raise RuntimeError("the worker did not finish a job in time")
+
+
+def run_phase(name: str, *, with_worker: bool, clients: int, duration_s: float, workdir: Path) -> dict[str, Any]:
+    log = (workdir / f"{name}-worker.log").open("wb")
+    config = LocalServiceConfig(
+        api_port=0,
+        cloud_port=0,
+        with_worker=with_worker,
+        model="tiny",
+        write_state=False,
+        worker_log=log,
+        extra_env={
+            "SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": LOOSE_LIMITS,
+            "SDQ_RATE_LIMIT_PER_WINDOW": LOOSE_LIMITS,
+            "SDQ_STATE_DIR": str(workdir),
+            "POWERTOOLS_METRICS_DISABLED": "true",
+        },
+    )
+    began = time.monotonic()
+    service = start_local_service(config)
+    try:
+        started_s = time.monotonic() - began
+        first_job_s = wait_for_first_job(service) if with_worker else None
+        calls = calls_per_submit(service)
+        submits = submit_load(service, clients, duration_s)
+        raw = raw_pairs(service, 4, duration_s)
+        worker_alive = service.worker.poll() is None if service.worker is not None else None
+    finally:
+        service.stop()
+        log.close()
+    ratio = submits["per_s"] / raw["per_s"] if raw["per_s"] else 0.0
+    return {
+        "phase": name,
+        "with_worker": with_worker,
+        "start_s": round(started_s, 2),
+        "first_job_s": round(first_job_s, 2) if first_job_s is not None else None,
+        "worker_alive_after": worker_alive,
+        "submits": submits,
+        "raw_pairs": raw,
+        "ratio": round(ratio, 3),
+        "calls_per_submit": calls,
+    }
+
+
+def run_phase_process(phase: str, clients: int, duration_s: float, workdir: Path) -> dict[str, Any]:
+    """One phase in a process of its own: the in-process Lambdas cache the clients of the first local cloud they
+    meet, so a second stack in one process would send them to a stopped one."""
+    out = workdir / f"{phase}.json"
+    command = [sys.executable, "-m", "benchmarks.local_submit", "--phases", phase, "--clients", str(clients)]
+    command += ["--duration", str(duration_s), "--phase-json", str(out)]
+    with (workdir / f"{phase}.log").open("wb") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    if code != 0:
+        raise RuntimeError(f"phase {phase} failed ({code}); see {workdir / (phase + '.log')}")
+    result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.local_submit", description=__doc__)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per measurement")
+    parser.add_argument("--phases", default="no-worker,worker", help="comma-separated: no-worker, worker")
+    parser.add_argument("--label", default="", help="a word for the report's file name (e.g. baseline)")
+    parser.add_argument("--out", type=Path, default=None, help="folder of the report (default results/<date>-cpu/)")
+    parser.add_argument("--phase-json", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    started = datetime.now(UTC)
+    workdir = Path(tempfile.mkdtemp(prefix="sdq-localsubmit-"))
+    if args.phase_json is not None:
+        phase = run_phase(
+            args.phases,
+            with_worker=(args.phases == "worker"),
+            clients=args.clients,
+            duration_s=args.duration,
+            workdir=workdir,
+        )
+        args.phase_json.write_text(json.dumps(phase), encoding="utf-8")
+        return 0
+    phases = [run_phase_process(p, args.clients, args.duration, workdir) for p in args.phases.split(",")]
+    report = {
+        "kind": "local-submit",
+        "date": started.isoformat(),
+        "label": args.label,
+        "clients": args.clients,
+        "duration_s": args.duration,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "phases": phases,
+    }
+    folder = args.out or run_folder(started, None)
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = f"-{args.label}" if args.label else ""
+    path = folder / f"local-submit{suffix}-{started:%H%M%S}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"{'phase':<10} {'submits/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'raw/s':>6} {'raw p99':>7} {'ratio':>5}  calls")
+    for p in phases:
+        s, r = p["submits"], p["raw_pairs"]
+        calls = p["calls_per_submit"]
+        print(
+            f"{p['phase']:<10} {s['per_s']:>9} {s['p50_ms']:>7} {s['p99_ms']:>7} {r['per_s']:>6} {r['p99_ms']:>7} "
+            f"{p['ratio']:>5}  {calls['plain']['total']:g} (with key {calls['idempotency_key']['total']:g})"
+        )
+    print(f"report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -22,6 +23,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,13 +93,13 @@ def run_threads(count: int, duration_s: float, make: Callable[[int], Callable[[]
     return latencies, failures
 
 
-def submit_load(service: LocalService, clients: int, duration_s: float) -> dict[str, Any]:
+def submit_load(api_url: str, keys: list[str], duration_s: float) -> dict[str, Any]:
+    """One client thread per key (a tenant each), submitting for ``duration_s``."""
     statuses: Counter[int] = Counter()
     lock = threading.Lock()
-    keys = [new_tenant_key(service, f"bench-{i}") for i in range(clients)]
 
     def make(index: int) -> Callable[[], bool]:
-        http = httpx.Client(base_url=service.api_url, headers={"x-api-key": keys[index]}, timeout=30)
+        http = httpx.Client(base_url=api_url, headers={"x-api-key": keys[index]}, timeout=30)
 
         def call() -> bool:
             status = http.post("/v1/jobs", json=BODY).status_code
@@ -107,24 +109,25 @@ def submit_load(service: LocalService, clients: int, duration_s: float) -> dict[
 
         return call
 
-    latencies, refused = run_threads(clients, duration_s, make)
+    latencies, refused = run_threads(len(keys), duration_s, make)
     return {**latency_summary(latencies, duration_s), "refused": refused, "statuses": dict(statuses)}
 
 
-def local_client(service: LocalService, name: str) -> Any:
+def local_client(cloud: tuple[str, str], name: str) -> Any:
+    """A boto3 client of the local cloud at ``(endpoint_url, region)``."""
     return boto3.session.Session().client(
         name,  # type: ignore[call-overload]
-        endpoint_url=service.resources.endpoint_url,
-        region_name=service.resources.region,
+        endpoint_url=cloud[0],
+        region_name=cloud[1],
         aws_access_key_id="testing",
         aws_secret_access_key="testing",  # noqa: S106 - the local cloud accepts any key
     )
 
 
-def raw_pairs(service: LocalService, threads: int, duration_s: float) -> dict[str, Any]:
+def raw_pairs(cloud: tuple[str, str], threads: int, duration_s: float) -> dict[str, Any]:
     """DynamoDB put_item + SQS send_message pairs, each thread with its own clients, into a table and queue of the
     benchmark's own (the service's table and queue stay as the submits left them)."""
-    setup_ddb, setup_sqs = local_client(service, "dynamodb"), local_client(service, "sqs")
+    setup_ddb, setup_sqs = local_client(cloud, "dynamodb"), local_client(cloud, "sqs")
     table = f"sdq-bench-raw-{uuid.uuid4().hex[:8]}"
     setup_ddb.create_table(
         TableName=table,
@@ -136,7 +139,7 @@ def raw_pairs(service: LocalService, threads: int, duration_s: float) -> dict[st
     payload = json.dumps(BODY)
 
     def make(_: int) -> Callable[[], bool]:
-        ddb, sqs = local_client(service, "dynamodb"), local_client(service, "sqs")
+        ddb, sqs = local_client(cloud, "dynamodb"), local_client(cloud, "sqs")
 
         def call() -> bool:
             key = uuid.uuid4().hex
@@ -153,7 +156,8 @@ def raw_pairs(service: LocalService, threads: int, duration_s: float) -> dict[st
 def new_tenant_key(service: LocalService, name: str) -> str:
     from shared.apikeys import ApiKeyStore
 
-    return ApiKeyStore(local_client(service, "dynamodb"), service.resources.table_name).create(
+    cloud = (service.resources.endpoint_url, service.resources.region)
+    return ApiKeyStore(local_client(cloud, "dynamodb"), service.resources.table_name).create(
         f"{name}-{uuid.uuid4().hex[:6]}"
     )
 
@@ -162,7 +166,7 @@ def new_tenant_key(service: LocalService, name: str) -> str:
 def counting_calls() -> Iterator[Counter[str]]:
     """Counts the AWS operations boto3 clients make on this thread (other threads' calls are not counted)."""
     counts: Counter[str] = Counter()
-    original = BaseClient._make_api_call
+    original = getattr(BaseClient, "_make_api_call")  # noqa: B009 - private to botocore, absent from its stubs
     me = threading.get_ident()
 
     def counted(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
@@ -170,11 +174,11 @@ def counting_calls() -> Iterator[Counter[str]]:
             counts[f"{client.meta.service_model.service_name}.{operation}"] += 1
         return original(client, operation, params)
 
-    BaseClient._make_api_call = counted  # type: ignore[method-assign]
+    setattr(BaseClient, "_make_api_call", counted)  # noqa: B010
     try:
         yield counts
     finally:
-        BaseClient._make_api_call = original  # type: ignore[method-assign]
+        setattr(BaseClient, "_make_api_call", original)  # noqa: B010
 
 
 def calls_per_submit(service: LocalService, samples: int = 5) -> dict[str, dict[str, float]]:
@@ -256,8 +260,12 @@ def run_phase(name: str, *, with_worker: bool, clients: int, duration_s: float, 
         started_s = time.monotonic() - began
         first_job_s = wait_for_first_job(service) if with_worker else None
         calls = calls_per_submit(service)
-        submits = submit_load(service, clients, duration_s)
-        raw = raw_pairs(service, 4, duration_s)
+        keys = [new_tenant_key(service, f"bench-{i}") for i in range(clients)]
+        cloud = (service.resources.endpoint_url, service.resources.region)
+        # The load comes from a process of its own, as a user's clients would, not from the local cloud's.
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as load:
+            submits = load.submit(submit_load, service.api_url, keys, duration_s).result()
+            raw = load.submit(raw_pairs, cloud, 4, duration_s).result()
         worker_alive = service.worker.poll() is None if service.worker is not None else None
     finally:
         service.stop()

@@ -100,10 +100,13 @@ class LocalApiServer:
         host: str = "127.0.0.1",
         port: int = 8000,
         redirects: dict[str, str] | None = None,
+        fd: int | None = None,
     ) -> None:
+        """``fd``: serve on this listening socket (bound by a parent, shared by several API processes) instead of
+        binding ``host:port``."""
         self._handler = handler
         self._redirects = redirects or {}
-        self._server: BaseWSGIServer = make_server(host, port, self._wsgi, threaded=True)
+        self._server: BaseWSGIServer = make_server(host, port, self._wsgi, threaded=True, fd=fd)
         self._thread: threading.Thread | None = None
         # One invocation at a time, as in one Lambda execution environment: the handler's router keeps the
         # current event on a module-level object, so concurrent calls would answer each other's requests.
@@ -124,6 +127,10 @@ class LocalApiServer:
         with self._invoke_lock:
             result = self._handler(event, LocalLambdaContext())
         return response_from_result(result)(environ, start_response)
+
+    def serve_forever(self) -> None:
+        """Serve on this thread until ``stop()`` (from another thread)."""
+        self._server.serve_forever()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._server.serve_forever, name="sdq-local-api", daemon=True)

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from localcloud import transactions
 from localcloud.lambdas import (
     EnvJournal,
     FunctionRef,
@@ -48,6 +49,21 @@ def _request_handler() -> type:
             getattr(LOG, "error" if type == "error" else "debug")(message, *args)
 
     return QuietRequestHandler
+
+
+def _cache_module_list() -> None:
+    """moto's dispatcher lists its package folder on disk (a listdir and ~150 stats, under its global lock) for each
+    request to find the service; the list never changes while we run, so it is read once."""
+    from moto import backends
+
+    if not getattr(backends.list_of_moto_modules, "sdq_cached", False):
+        modules = tuple(backends.list_of_moto_modules())
+
+        def cached() -> tuple[str, ...]:
+            return modules
+
+        cached.sdq_cached = True  # type: ignore[attr-defined]
+        backends.list_of_moto_modules = cached
 
 
 class LocalCloud:
@@ -120,6 +136,8 @@ class LocalCloud:
         os.environ["MOTO_PORT"] = str(self.port)
         self._saved_sfn_config = dict(default_user_config.get("stepfunctions", {}))
         moto_api_backend.set_config({"stepfunctions": {"execute_state_machine": True}})
+        transactions.install()
+        _cache_module_list()
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="sdq-localcloud", daemon=True
         )
@@ -174,6 +192,7 @@ class LocalCloud:
             os.environ["MOTO_PORT"] = self._saved_moto_port
         moto_api_backend.set_config({"stepfunctions": self._saved_sfn_config})
         moto_api_backend.reset()
+        transactions.uninstall()
         self._env_journal.restore()
         self._code_roots.clear()
         self.resources = None

@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from cli.client import LOCAL_STATE_FILE, state_dir
 from localcloud import LocalCloud, LocalResources
+from localcloud.apiprocess import default_api_processes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_ROOT / "template.yaml"
@@ -41,6 +42,7 @@ class LocalServiceConfig:
     worker_env: dict[str, str] = field(default_factory=dict)  # on top of extra_env, for the worker only
     worker_log: IO[Any] | None = None
     write_state: bool = True
+    api_processes: int = field(default_factory=default_api_processes)
 
 
 @dataclass
@@ -113,29 +115,25 @@ def quiet_local_logs() -> None:
 def start_local_service(config: LocalServiceConfig) -> LocalService:
     """Bring everything up and return once the API answers. The caller must ``stop()`` it."""
     quiet_local_logs()
-    # Imported here: the API module reads settings on first request, which must see the local env first.
-    from localcloud.api import LocalApiServer
-    from localcloud.eventsources import ExecutionStatusPoller, SchedulePoller, SqsEventSourcePoller
+    from localcloud.apiprocess import ApiProcesses
+    from localcloud.eventsources import ExecutionStatusPoller, SchedulePoller, SqsEventSourcePoller, local_client
+    from shared.apikeys import ApiKeyStore
 
+    # Started first: the API processes import the handler while the cloud starts and is provisioned.
+    api_server = ApiProcesses(host=config.host, port=config.api_port, count=config.api_processes)
     cloud = LocalCloud(host=config.host, port=config.cloud_port)
-    cloud.start()
+    event_pollers: tuple[Any, ...] = ()
     try:
+        cloud.start()
         resources = cloud.provision(template_path=TEMPLATE, asl_path=ASL, retry_override=dict(LOCAL_RETRY))
         env = service_env(resources, config)
         os.environ.update(env)
-        from handlers import api
         from shared.settings import get_settings
 
         get_settings.cache_clear()
-        api.services.cache_clear()
-        api_key = api.services().keys.create(config.tenant, api_key=config.api_key, label="local development key")
-        server = LocalApiServer(
-            api.lambda_handler,
-            host=config.host,
-            port=config.api_port,
-            redirects={"/": "/playground/"},
-        )
-        server.start()
+        keys = ApiKeyStore(local_client(resources, "dynamodb"), resources.table_name)
+        api_key = keys.create(config.tenant, api_key=config.api_key, label="local development key")
+        api_server.serve(env, redirects={"/": "/playground/"})
         event_pollers = (
             SqsEventSourcePoller(resources),
             SchedulePoller(resources, every_s=LOCAL_SCHEDULE_S),
@@ -144,8 +142,12 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
         for poller in event_pollers:
             poller.start()
     except BaseException:
+        for poller in event_pollers:
+            poller.stop()
+        api_server.stop()
         cloud.stop()
         raise
+    server = api_server
     service = LocalService(
         config=config, cloud=cloud, resources=resources, api_url=server.url, api_key=api_key, env=env
     )
@@ -167,10 +169,15 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
 
 
 def wait_forever(service: LocalService) -> None:
-    """Block until Ctrl-C, restarting nothing; report a worker that died."""
+    """Block until Ctrl-C, restarting nothing; report a worker or an API process that died."""
     reported = False
+    api_dead = 0
     while True:
         time.sleep(1.0)
         if service.worker is not None and service.worker.poll() is not None and not reported:
             print(f"worker exited with code {service.worker.returncode}", file=sys.stderr)
             reported = True
+        dead = service._api_server.dead() if service._api_server is not None else []
+        if len(dead) > api_dead:
+            print(f"an API process exited with code {dead[-1]}", file=sys.stderr)
+            api_dead = len(dead)

@@ -25,6 +25,11 @@ def children(pid: int) -> set[int]:
     return found
 
 
+def workers(pid: int) -> set[int]:
+    """The worker processes among ``pid``'s children (the API serves from child processes too)."""
+    return {child for child in children(pid) if b"handlers.worker" in Path(f"/proc/{child}/cmdline").read_bytes()}
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -48,13 +53,13 @@ def start_up(log_path: Path, preexec: Callable[[], None] | None = None) -> tuple
     )
     log.close()  # the child has its own copy
     deadline = time.monotonic() + 120
-    while not ((tmp_path / "local.json").exists() and children(proc.pid)):
+    while not ((tmp_path / "local.json").exists() and workers(proc.pid)):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             proc.wait()
             raise AssertionError(log_path.read_text()[-3000:])
         time.sleep(0.2)
-    (worker,) = children(proc.pid)
+    (worker,) = workers(proc.pid)
     return proc, worker
 
 

@@ -1,0 +1,135 @@
+"""DynamoDB ``TransactWriteItems`` for the local cloud: moto's, less its copy of every table a transaction touches.
+
+moto backs up each table a transaction writes (``copy.deepcopy`` of the whole table, every job ever submitted) so
+that it can roll back; a submission's transaction then costs time in proportion to the table, and a rollback puts
+back the copy, losing what other requests wrote meanwhile. Here only the touched items are backed up and restored,
+and transactions run one at a time, so that they are atomic towards each other as on AWS.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any
+
+_LOCK = threading.RLock()
+_saved: Any = None
+
+
+def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+    """moto's ``DynamoDBBackend.transact_write_items`` (moto 5.2) with per-item backups."""
+    from moto.dynamodb.comparisons import get_filter_expression
+    from moto.dynamodb.exceptions import (
+        ConditionalCheckFailed,
+        MockValidationException,
+        MultipleTransactionsException,
+        TooManyTransactionsException,
+        TransactionCanceledException,
+        TransactWriteSingleOpException,
+    )
+
+    if len(transact_items) > 100:
+        raise TooManyTransactionsException()
+    with _LOCK:
+        backups: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []  # (table, key, item before)
+
+        def rollback() -> None:
+            for table_name, key, before in reversed(backups):
+                if before is None:
+                    if self.get_item(table_name, key) is not None:
+                        self.delete_item(table_name, key)
+                else:
+                    self.put_item(table_name, before)
+
+        target_items: set[tuple[str, str]] = set()
+        errors: list[tuple[str | None, str | None, dict[str, Any] | None]] = []
+        for item in transact_items:
+            original_item: dict[str, Any] | None = None
+            if len(list(item.keys())) > 1:
+                raise TransactWriteSingleOpException
+            try:
+                op_type, op = next(iter(item.items()))
+                if op_type not in {"ConditionCheck", "Put", "Delete", "Update"}:
+                    raise ValueError("Unsupported transaction operation")
+                table_name = op["TableName"]
+                condition_expression = op.get("ConditionExpression")
+                names = op.get("ExpressionAttributeNames")
+                values = op.get("ExpressionAttributeValues")
+                if op_type == "Put":
+                    attrs = op["Item"]
+                    table = self.get_table(table_name)
+                    key = {table.hash_key_attr: attrs[table.hash_key_attr]}
+                    if table.range_key_attr is not None:
+                        key[table.range_key_attr] = attrs[table.range_key_attr]
+                else:
+                    key = op["Key"]
+                unique = (str(table_name), str(dict(sorted(key.items()))))
+                if unique in target_items:
+                    raise MultipleTransactionsException()
+                target_items.add(unique)
+
+                current = self.get_item(table_name, key)
+                if condition_expression is not None:
+                    condition = get_filter_expression(condition_expression, names, values)
+                    if not condition.expr(current):
+                        if op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and current:
+                            original_item = current.to_json()["Attributes"]
+                        raise ConditionalCheckFailed(item=original_item)
+                if op_type != "ConditionCheck":
+                    before = copy.deepcopy(current.to_json()["Attributes"]) if current is not None else None
+                    backups.append((table_name, key, before))
+                if op_type == "Put":
+                    self.put_item(
+                        table_name,
+                        op["Item"],
+                        condition_expression=condition_expression,
+                        expression_attribute_names=names,
+                        expression_attribute_values=values,
+                    )
+                elif op_type == "Delete":
+                    self.delete_item(
+                        table_name,
+                        key,
+                        condition_expression=condition_expression,
+                        expression_attribute_names=names,
+                        expression_attribute_values=values,
+                    )
+                elif op_type == "Update":
+                    self.update_item(
+                        table_name,
+                        key,
+                        update_expression=op["UpdateExpression"],
+                        condition_expression=condition_expression,
+                        expression_attribute_names=names,
+                        expression_attribute_values=values,
+                    )
+                errors.append((None, None, None))
+            except (MultipleTransactionsException, MockValidationException):
+                rollback()
+                raise
+            except ConditionalCheckFailed as e:
+                errors.append(("ConditionalCheckFailed", str(e.message), original_item))
+            except Exception as e:  # as moto: any other failure cancels the transaction, with its reason
+                errors.append((type(e).__name__, str(e), original_item))
+        if any(code is not None for code, _, _ in errors):
+            rollback()
+            raise TransactionCanceledException(errors)
+
+
+def install() -> None:
+    """Serve transactions with :func:`transact_write_items` until :func:`uninstall`."""
+    global _saved
+    from moto.dynamodb.models import DynamoDBBackend
+
+    if _saved is None:
+        _saved = DynamoDBBackend.transact_write_items
+        DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
+def uninstall() -> None:
+    global _saved
+    from moto.dynamodb.models import DynamoDBBackend
+
+    if _saved is not None:
+        DynamoDBBackend.transact_write_items = _saved  # type: ignore[method-assign]
+        _saved = None

@@ -53,15 +53,19 @@ def latency_summary(latencies_s: list[float], duration_s: float) -> dict[str, fl
         "count": len(latencies_s),
         "per_s": round(len(latencies_s) / duration_s, 2) if duration_s > 0 else 0.0,
         "p50_ms": round(percentile(latencies_s, 0.50) * 1000, 1),
+        "p90_ms": round(percentile(latencies_s, 0.90) * 1000, 1),
         "p99_ms": round(percentile(latencies_s, 0.99) * 1000, 1),
         "max_ms": round(max(latencies_s, default=0.0) * 1000, 1),
     }
 
 
-def run_threads(count: int, duration_s: float, make: Callable[[int], Callable[[], bool]]) -> tuple[list[float], int]:
+def run_threads(
+    count: int, duration_s: float, make: Callable[[int], Callable[[], bool]]
+) -> tuple[list[float], int, list[tuple[float, float]]]:
     """``count`` threads each repeat their call until ``duration_s`` passes; latencies of calls that returned True,
-    and how many returned False."""
+    how many returned False, and the five slowest calls as (seconds into the run, latency)."""
     latencies: list[float] = []
+    timeline: list[tuple[float, float]] = []
     failures = 0
     lock = threading.Lock()
     start = threading.Barrier(count + 1)
@@ -70,27 +74,32 @@ def run_threads(count: int, duration_s: float, make: Callable[[int], Callable[[]
         nonlocal failures
         call = make(index)
         mine: list[float] = []
+        when: list[tuple[float, float]] = []
         bad = 0
         start.wait()
         deadline = time.monotonic() + duration_s
         while time.monotonic() < deadline:
             began = time.perf_counter()
             ok = call()
+            took = time.perf_counter() - began
             if ok:
-                mine.append(time.perf_counter() - began)
+                mine.append(took)
+                when.append((round(began - origin, 2), round(took * 1000, 1)))
             else:
                 bad += 1
         with lock:
             latencies.extend(mine)
+            timeline.extend(when)
             failures += bad
 
+    origin = time.perf_counter()
     threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(count)]
     for thread in threads:
         thread.start()
     start.wait()
     for thread in threads:
         thread.join()
-    return latencies, failures
+    return latencies, failures, sorted(timeline, key=lambda t: -t[1])[:5]
 
 
 def submit_load(api_url: str, keys: list[str], duration_s: float) -> dict[str, Any]:
@@ -109,8 +118,9 @@ def submit_load(api_url: str, keys: list[str], duration_s: float) -> dict[str, A
 
         return call
 
-    latencies, refused = run_threads(len(keys), duration_s, make)
-    return {**latency_summary(latencies, duration_s), "refused": refused, "statuses": dict(statuses)}
+    latencies, refused, slowest = run_threads(len(keys), duration_s, make)
+    summary = latency_summary(latencies, duration_s)
+    return {**summary, "refused": refused, "statuses": dict(statuses), "slowest_at_s_ms": slowest}
 
 
 def local_client(cloud: tuple[str, str], name: str) -> Any:
@@ -149,8 +159,8 @@ def raw_pairs(cloud: tuple[str, str], threads: int, duration_s: float) -> dict[s
 
         return call
 
-    latencies, _ = run_threads(threads, duration_s, make)
-    return latency_summary(latencies, duration_s)
+    latencies, _, slowest = run_threads(threads, duration_s, make)
+    return {**latency_summary(latencies, duration_s), "slowest_at_s_ms": slowest}
 
 
 def new_tenant_key(service: LocalService, name: str) -> str:

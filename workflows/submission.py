@@ -11,7 +11,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ulid import ULID
 
 from shared.contracts import GenerationRequest, Job, JobError, JobStatus, QueueMessage, utcnow
-from shared.errors import EnqueueFailed, InvalidTransition, JobNotFound, TooManyRequests
+from shared.errors import EnqueueFailed, IdempotencyConflict, InvalidTransition, JobNotFound, TooManyRequests
 from shared.jobs import JobsRepository, Page, expiry_epoch
 from shared.queue import JobQueue
 from shared.ratelimit import RateLimiter
@@ -72,11 +72,8 @@ class SubmissionService:
         sweeper sends it.
         """
         fingerprint = request.fingerprint()
-        if idempotency_key is not None:
-            existing = self._repo.find_by_idempotency_key(tenant, idempotency_key, fingerprint)
-            if existing is not None:
-                return Submitted(existing, created=False)
-
+        # No read of the key first: the job's transaction writes the key only where it is free, and finds the job
+        # it names otherwise. A refusal below looks it up, so a replay is answered whatever the limits say.
         charged_at = time.time()
         if self._rate is not None:
             wait = self._rate.hit(
@@ -86,6 +83,9 @@ class SubmissionService:
                 now=charged_at,
             )
             if wait is not None:
+                replay = self._replay(tenant, idempotency_key, fingerprint)
+                if replay is not None:
+                    return replay
                 raise TooManyRequests(
                     f"More than {self._settings.rate_limit_per_window} submissions in "
                     f"{self._settings.rate_limit_window_s} s; slow down.",
@@ -94,6 +94,14 @@ class SubmissionService:
 
         cap = self._settings.max_unfinished_jobs_per_tenant
         if self._repo.count_active(tenant) >= cap:
+            try:
+                replay = self._replay(tenant, idempotency_key, fingerprint)
+            except IdempotencyConflict:
+                self._give_back(tenant, charged_at)
+                raise
+            if replay is not None:
+                self._give_back(tenant, charged_at)
+                return replay
             raise TooManyRequests(
                 f"Tenant has {cap} unfinished jobs, the most allowed; retry when some finish.",
                 retry_after_s=self._settings.unfinished_cap_retry_after_s,
@@ -112,17 +120,33 @@ class SubmissionService:
             expires_at=expiry_epoch(now, self._settings.job_retention_days),
             model_is_noise=(normalised.model in NOISE_MODELS),
         )
-        stored, created = self._repo.create(job, idempotency_fingerprint=fingerprint)
+        try:
+            stored, created = self._repo.create(job, idempotency_fingerprint=fingerprint)
+        except IdempotencyConflict:
+            self._give_back(tenant, charged_at)  # a refused request makes nothing, so it costs no rate slot
+            raise
         if not created:
-            # A concurrent request with this key made the job: this one made nothing, so it costs no rate slot
-            # (as a replay that finds the key at once does not).
-            if self._rate is not None:
-                try:
-                    self._rate.release(tenant, window_s=self._settings.rate_limit_window_s, now=charged_at)
-                except (ClientError, BotoCoreError):
-                    logger.warning("could not give back the rate slot of a replay", tenant=tenant)
+            # A replay (or a concurrent request with this key made the job): this one made nothing, so it costs no
+            # rate slot.
+            self._give_back(tenant, charged_at)
             return Submitted(stored, created=False)
         return Submitted(self._enqueue(stored), created=True)
+
+    def _replay(self, tenant: str, key: str | None, fingerprint: str) -> Submitted | None:
+        """The job an earlier request with this Idempotency-Key made, if any; IdempotencyConflict for another body."""
+        if key is None:
+            return None
+        existing = self._repo.find_by_idempotency_key(tenant, key, fingerprint)
+        return Submitted(existing, created=False) if existing is not None else None
+
+    def _give_back(self, tenant: str, charged_at: float) -> None:
+        """Return the rate slot charged at ``charged_at`` to a request that made no job."""
+        if self._rate is None:
+            return
+        try:
+            self._rate.release(tenant, window_s=self._settings.rate_limit_window_s, now=charged_at)
+        except (ClientError, BotoCoreError):
+            logger.warning("could not give back the rate slot of a replay", tenant=tenant)
 
     def _enqueue(self, job: Job) -> Job:
         """Send the job's message; returns the job as the caller should see it, or raises EnqueueFailed."""

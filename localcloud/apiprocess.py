@@ -10,6 +10,8 @@ is provisioned), then serves; it exits when stdin closes, so a parent that dies 
 
 from __future__ import annotations
 
+import errno
+import gc
 import json
 import os
 import signal
@@ -34,7 +36,18 @@ class ApiProcesses:
     """``count`` API processes on one socket bound here (``port`` 0: any free port)."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 8000, count: int = 1) -> None:
-        self._socket = socket.create_server((host, port), backlog=128)
+        try:
+            self._socket = socket.create_server((host, port), backlog=128)
+        except OSError as exc:
+            # As werkzeug's own server answered a taken port: a line that says what to do, no traceback.
+            print(exc.strerror, file=sys.stderr)
+            if exc.errno == errno.EADDRINUSE:
+                print(
+                    f"Port {port} is in use by another program. Either identify and stop that program, or start the"
+                    " server with a different port.",
+                    file=sys.stderr,
+                )
+            raise SystemExit(1) from exc
         self.host = host
         self.port = int(self._socket.getsockname()[1])
         self._procs: list[subprocess.Popen[str]] = []
@@ -137,6 +150,7 @@ def main(fd: int) -> None:
     api.lambda_handler(
         {"path": "/health", "httpMethod": "GET", "headers": {}, "requestContext": {}}, LocalLambdaContext()
     )
+    gc.freeze()  # the handler's modules stay for good: out of the collector's full passes
     server = LocalApiServer(api.lambda_handler, fd=fd, redirects=request["redirects"])
     threading.Thread(target=_exit_when_orphaned, name="orphan-watch", daemon=True).start()
     print(READY, flush=True)

@@ -1,10 +1,12 @@
-"""Runs the whole service on one machine: local cloud, REST API on 127.0.0.1 and a worker process.
+"""Runs the whole service on one machine: local cloud (this process), REST API on 127.0.0.1 (processes of its own,
+:mod:`localcloud.apiprocess`) and a worker process.
 
 Used by ``sdq up`` (until Ctrl-C), ``sdq demo`` and the integration tests.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -63,7 +65,9 @@ class LocalService:
         self, *, env: dict[str, str] | None = None, module: str = "handlers.worker"
     ) -> subprocess.Popen[bytes]:
         """Start one worker process (the container's command, ``python -m handlers.worker``) on this local cloud."""
-        proc_env = {**os.environ, **self.env, **self.config.worker_env, **(env or {})}
+        # The worker's math threads leave a core to the local cloud and the API (unless the caller sets them).
+        threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) - 1))}
+        proc_env = {**threads, **os.environ, **self.env, **self.config.worker_env, **(env or {})}
         out = self.config.worker_log
         return subprocess.Popen(
             [sys.executable, "-m", module],
@@ -165,6 +169,9 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
         tmp.replace(state)
     if config.with_worker:
         service.worker = service.start_worker()
+    # Everything imported and provisioned so far lives as long as the stack: out of the collector's full passes,
+    # which otherwise stop every request of the local cloud for longer the more modules are loaded.
+    gc.freeze()
     return service
 
 

@@ -58,8 +58,11 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy shared handlers workflows localcloud cli benchmarks
 
+# The suite on every core: one pytest worker per core, each file on one worker (its local stack fixtures are
+# per module). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= auto
 test: lint typecheck
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .sdq

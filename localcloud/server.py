@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from localcloud import transactions
+from localcloud import aslparse, transactions
 from localcloud.lambdas import (
     EnvJournal,
     FunctionRef,
@@ -137,6 +137,7 @@ class LocalCloud:
         self._saved_sfn_config = dict(default_user_config.get("stepfunctions", {}))
         moto_api_backend.set_config({"stepfunctions": {"execute_state_machine": True}})
         transactions.install()
+        aslparse.install()
         _cache_module_list()
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="sdq-localcloud", daemon=True
@@ -193,6 +194,7 @@ class LocalCloud:
         moto_api_backend.set_config({"stepfunctions": self._saved_sfn_config})
         moto_api_backend.reset()
         transactions.uninstall()
+        aslparse.uninstall()
         self._env_journal.restore()
         self._code_roots.clear()
         self.resources = None

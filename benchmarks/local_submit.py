@@ -248,7 +248,9 @@ def wait_for_first_job(service: LocalService, timeout_s: float = 120.0) -> float
     raise RuntimeError("the worker did not finish a job in time")
 
 
-def run_phase(name: str, *, with_worker: bool, clients: int, duration_s: float, workdir: Path) -> dict[str, Any]:
+def run_phase(
+    name: str, *, with_worker: bool, clients: int, duration_s: float, workdir: Path, api_processes: int | None = None
+) -> dict[str, Any]:
     log = (workdir / f"{name}-worker.log").open("wb")
     config = LocalServiceConfig(
         api_port=0,
@@ -264,6 +266,8 @@ def run_phase(name: str, *, with_worker: bool, clients: int, duration_s: float, 
             "POWERTOOLS_METRICS_DISABLED": "true",
         },
     )
+    if api_processes is not None:
+        config.api_processes = api_processes
     began = time.monotonic()
     service = start_local_service(config)
     try:
@@ -284,6 +288,7 @@ def run_phase(name: str, *, with_worker: bool, clients: int, duration_s: float, 
     return {
         "phase": name,
         "with_worker": with_worker,
+        "api_processes": config.api_processes,
         "start_s": round(started_s, 2),
         "first_job_s": round(first_job_s, 2) if first_job_s is not None else None,
         "worker_alive_after": worker_alive,
@@ -294,12 +299,16 @@ def run_phase(name: str, *, with_worker: bool, clients: int, duration_s: float, 
     }
 
 
-def run_phase_process(phase: str, clients: int, duration_s: float, workdir: Path) -> dict[str, Any]:
+def run_phase_process(
+    phase: str, clients: int, duration_s: float, workdir: Path, api_processes: int | None
+) -> dict[str, Any]:
     """One phase in a process of its own: the in-process Lambdas cache the clients of the first local cloud they
     meet, so a second stack in one process would send them to a stopped one."""
     out = workdir / f"{phase}.json"
     command = [sys.executable, "-m", "benchmarks.local_submit", "--phases", phase, "--clients", str(clients)]
     command += ["--duration", str(duration_s), "--phase-json", str(out)]
+    if api_processes is not None:
+        command += ["--api-processes", str(api_processes)]
     with (workdir / f"{phase}.log").open("wb") as log:
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
     if code != 0:
@@ -315,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phases", default="no-worker,worker", help="comma-separated: no-worker, worker")
     parser.add_argument("--label", default="", help="a word for the report's file name (e.g. baseline)")
     parser.add_argument("--out", type=Path, default=None, help="folder of the report (default results/<date>-cpu/)")
+    parser.add_argument("--api-processes", type=int, default=None, help="API processes (default: by cores)")
     parser.add_argument("--phase-json", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     started = datetime.now(UTC)
@@ -326,10 +336,13 @@ def main(argv: list[str] | None = None) -> int:
             clients=args.clients,
             duration_s=args.duration,
             workdir=workdir,
+            api_processes=args.api_processes,
         )
         args.phase_json.write_text(json.dumps(phase), encoding="utf-8")
         return 0
-    phases = [run_phase_process(p, args.clients, args.duration, workdir) for p in args.phases.split(",")]
+    phases = [
+        run_phase_process(p, args.clients, args.duration, workdir, args.api_processes) for p in args.phases.split(",")
+    ]
     report = {
         "kind": "local-submit",
         "date": started.isoformat(),

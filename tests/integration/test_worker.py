@@ -43,7 +43,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
 def drained(service: RunningService) -> Iterator[None]:
     """Each test starts with an empty queue and leaves no worker running."""
     sqs = service.boto("sqs")
-    while messages := sqs.receive_message(QueueUrl=service.queue_url, MaxNumberOfMessages=10).get("Messages", []):
+    # WaitTimeSeconds=0: the queue long-polls 20 s by default (template.yaml), which an empty queue would wait out.
+    drain = {"QueueUrl": service.queue_url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 0}
+    while messages := sqs.receive_message(**drain).get("Messages", []):
         for m in messages:
             sqs.delete_message(QueueUrl=service.queue_url, ReceiptHandle=m["ReceiptHandle"])
     yield
@@ -208,7 +210,9 @@ def test_sigkill_mid_batch_then_restart_completes_every_job_once(service: Runnin
 
 def test_sigterm_finishes_the_running_batch_and_releases_the_rest(service: RunningService) -> None:
     client = service.new_tenant("term")
-    slow = {"width": 512, "height": 512, "num_inference_steps": 80}
+    # Long enough to be running while the stop hands the rest back (milliseconds), short enough to finish within
+    # the 60 s grace on 2 busy cores (make test runs two test files at once).
+    slow = {"width": 512, "height": 512, "num_inference_steps": 40}
     ids = [client.submit({"prompt": f"term {i}", **slow})["id"] for i in range(4)]
     env = {**FAST_WORKER, "SDQ_MAX_BATCH_IMAGES": "1", "SDQ_MAX_BATCH_WAIT_MS": "0", "SDQ_VISIBILITY_TIMEOUT_S": "120"}
     log_path = service.state_dir / f"worker-{len(service.workers)}.log"

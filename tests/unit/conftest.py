@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import boto3
 import pytest
+from moto import mock_aws
 
 from shared.settings import get_settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+JOBS_TABLE = "jobs"
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +30,20 @@ def settings_read_per_test() -> Iterator[None]:
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def jobs_table(monkeypatch: pytest.MonkeyPatch) -> Iterator[DynamoDBClient]:
+    """An in-memory DynamoDB (moto, in process) with a table named ``JOBS_TABLE`` keyed like the jobs table: for
+    the repository's conditional writes without the local cloud."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName=JOBS_TABLE,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        yield client

@@ -5,37 +5,29 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from shared.contracts import Job, JobStatus, utcnow
 from shared.jobs import JobsRepository
 from shared.queue import Received
+from tests.unit.conftest import JOBS_TABLE
 from tests.unit.workerfakes import RecordingQueue, received
 from workflows.generation.heartbeat import Heartbeat
 from workflows.generation.heldmessages import Held, HeldMessages
 
-TABLE = "jobs"
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+TABLE = JOBS_TABLE
 WORKER = "worker-a"
 
 
 @pytest.fixture
-def repo(monkeypatch: pytest.MonkeyPatch) -> Iterator[JobsRepository]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName=TABLE,
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        yield JobsRepository(client, TABLE)
+def repo(jobs_table: DynamoDBClient) -> JobsRepository:
+    return JobsRepository(jobs_table, TABLE)
 
 
 class LetGoDuringExtension(RecordingQueue):

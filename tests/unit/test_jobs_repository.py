@@ -4,39 +4,27 @@ cleanup, the item layout, and the typed error for a bad cursor."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
-from moto import mock_aws
 from ulid import ULID
 
 from shared.contracts import GenerationRequest, Job, JobError, JobStatus, utcnow
 from shared.errors import InvalidCursor, InvalidTransition, ServiceError
 from shared.jobs import JOB_ATTRIBUTES, REMOVED_WHEN_FINISHED, Claim, JobsRepository, job_pk, job_to_item
+from tests.unit.conftest import JOBS_TABLE
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-TABLE = "jobs"
+TABLE = JOBS_TABLE
 TENANT = "t-1"
 
 
 @pytest.fixture
-def ddb(monkeypatch: pytest.MonkeyPatch) -> Iterator[DynamoDBClient]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName=TABLE,
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        yield client
+def ddb(jobs_table: DynamoDBClient) -> DynamoDBClient:
+    return jobs_table
 
 
 def new_job() -> Job:

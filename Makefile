@@ -80,7 +80,7 @@ build-%Function:
 	  --implementation cp --python-version $(LAMBDA_PYTHON) $(addprefix --platform ,$(LAMBDA_PLATFORMS)) \
 	  --target "$(ARTIFACTS_DIR)" -r requirements/lambda.txt
 	cp -R shared handlers workflows playground "$(ARTIFACTS_DIR)/"
-	rm -rf "$(ARTIFACTS_DIR)/workflows/generation"
+	rm -rf "$(ARTIFACTS_DIR)/workflows/generation" "$(ARTIFACTS_DIR)/handlers/worker.py"
 	find "$(ARTIFACTS_DIR)/shared" "$(ARTIFACTS_DIR)/handlers" "$(ARTIFACTS_DIR)/workflows" \
 	  -name __pycache__ -prune -exec rm -rf {} +
 

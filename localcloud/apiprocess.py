@@ -61,16 +61,13 @@ class ApiProcesses:
                     stdout=subprocess.PIPE,
                     text=True,
                     pass_fds=(fd,),
+                    process_group=0,  # Ctrl-C goes to sdq up alone, which stops these (stdin closes)
                 )
             )
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._procs]
 
     def serve(self, env: dict[str, str], *, redirects: dict[str, str], timeout_s: float = 120.0) -> None:
         """Hand every process its environment and return once each serves; raises when one does not."""

@@ -19,10 +19,11 @@ _saved: Any = None
 def _parse(definition: str) -> tuple[Any, Any]:
     from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
 
+    parse = _saved  # read once: an uninstall while an execution thread parses must not leave it None here
     with _LOCK:
         tree = _TREES.get(definition)
     if tree is None:
-        _, tree = _saved(definition)  # raises ASLParserException for a definition with errors: nothing is kept
+        _, tree = parse(definition)  # raises ASLParserException for a definition with errors: nothing is kept
         with _LOCK:
             _TREES[definition] = tree
     return Preprocessor().visit(tree), tree

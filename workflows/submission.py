@@ -11,7 +11,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ulid import ULID
 
 from shared.contracts import GenerationRequest, Job, JobError, JobStatus, QueueMessage, utcnow
-from shared.errors import EnqueueFailed, IdempotencyConflict, InvalidTransition, JobNotFound, TooManyRequests
+from shared.errors import (
+    EnqueueFailed,
+    IdempotencyConflict,
+    IdempotencyKeyInUse,
+    InvalidTransition,
+    JobNotFound,
+    TooManyRequests,
+)
 from shared.jobs import JobsRepository, Page, expiry_epoch
 from shared.queue import JobQueue
 from shared.ratelimit import RateLimiter
@@ -122,7 +129,7 @@ class SubmissionService:
         )
         try:
             stored, created = self._repo.create(job, idempotency_fingerprint=fingerprint)
-        except IdempotencyConflict:
+        except (IdempotencyConflict, IdempotencyKeyInUse):
             self._give_back(tenant, charged_at)  # a refused request makes nothing, so it costs no rate slot
             raise
         if not created:
@@ -146,7 +153,7 @@ class SubmissionService:
         try:
             self._rate.release(tenant, window_s=self._settings.rate_limit_window_s, now=charged_at)
         except (ClientError, BotoCoreError):
-            logger.warning("could not give back the rate slot of a replay", tenant=tenant)
+            logger.warning("could not give back the rate slot of a request that made no job", tenant=tenant)
 
     def _enqueue(self, job: Job) -> Job:
         """Send the job's message; returns the job as the caller should see it, or raises EnqueueFailed."""

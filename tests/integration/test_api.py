@@ -25,9 +25,10 @@ def queued_job_ids(service: RunningService) -> set[str]:
     seen: set[str] = set()
     handles = []
     while True:
-        msgs = sqs.receive_message(QueueUrl=service.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=30).get(
-            "Messages", []
-        )
+        # WaitTimeSeconds=0: the queue long-polls 20 s by default, which the last, empty receive would wait out.
+        msgs = sqs.receive_message(
+            QueueUrl=service.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=30, WaitTimeSeconds=0
+        ).get("Messages", [])
         if not msgs:
             break
         for m in msgs:

@@ -7,13 +7,13 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 
 from cli.leverflags import acceleration_from_args, add_acceleration_arguments
+from shared.settings import AccelerationSettings
 from workflows.generation.acceleration import (
     DEFAULT_BUCKETS,
     AccelerationOptions,
@@ -200,8 +200,8 @@ def test_bench_flags_map_to_options() -> None:
 
 
 def test_worker_settings_map_to_options() -> None:
-    assert options_from_settings(SimpleNamespace()) == AccelerationOptions(warmup=True)
-    settings = SimpleNamespace(
+    assert options_from_settings(AccelerationSettings()) == AccelerationOptions(warmup=True)
+    settings = AccelerationSettings(
         compile=True,
         autotune=False,
         cuda_graphs=None,
@@ -231,7 +231,7 @@ def test_worker_settings_map_to_options() -> None:
         vae_one_call=False,
         vae_bf16=True,
     )
-    assert options_from_settings(SimpleNamespace(buckets=[1, 16])).buckets == (1, 16)
+    assert options_from_settings(AccelerationSettings(buckets="1,16")).buckets == (1, 16)
 
 
 def test_the_service_variables_reach_the_options(monkeypatch: pytest.MonkeyPatch) -> None:

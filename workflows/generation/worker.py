@@ -42,11 +42,11 @@ from workflows.generation.claims import ClaimedBatch, Claims
 from workflows.generation.encoding import PngEncoder
 from workflows.generation.handoff import HandOff
 from workflows.generation.heartbeat import Heartbeat
-from workflows.generation.heldmessages import AwsError, Held, HeldMessages
+from workflows.generation.heldmessages import HeldMessages
 from workflows.generation.progress import ProgressRecorder
 from workflows.generation.receiver import Receiver
 
-__all__ = ["AwsError", "BatchReport", "ClaimedBatch", "Generator", "Held", "Worker", "WorkerConfig"]
+__all__ = ["Generator", "Worker", "WorkerConfig"]
 
 logger = Logger(service="sdq-worker")
 

@@ -129,12 +129,9 @@ def option_value(option: str, value: Any) -> Any:
 TEXT_OPTIONS = frozenset({"buckets", "compile_resolutions"})
 
 
-def options_from_settings(settings: Any) -> AccelerationOptions:
-    """The service worker's levers from its acceleration settings (a field it lacks: the service default)."""
-    values = {
-        f.name: option_value(f.name, getattr(settings, f.name, service_default(f.name)))
-        for f in fields(AccelerationOptions)
-    }
+def options_from_settings(settings: AccelerationSettings) -> AccelerationOptions:
+    """The service worker's levers from its acceleration settings (``Settings.acceleration``)."""
+    values = {f.name: option_value(f.name, getattr(settings, f.name)) for f in fields(AccelerationOptions)}
     return AccelerationOptions(**values)
 
 

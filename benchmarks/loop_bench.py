@@ -1,8 +1,9 @@
 """The worker-loop benchmark behind ``sdq bench loop``: GPU duty cycle of the real worker under a full queue.
 
-Nothing is replaced: the local cloud (moto server, real ASL execution, in-process Lambdas) and the API run in
-this process, ``jobs`` requests are submitted through the HTTP API before the worker starts, so the queue is
-saturated from the first receive, and then one unmodified ``sdq worker`` process drains it: long-poll,
+Nothing is replaced: the local cloud (moto server, real ASL execution, in-process Lambdas) runs in this process
+and the API in processes of its own; ``jobs`` requests are submitted through the HTTP API before the worker
+starts, so the queue is saturated from the first receive, and then one worker process (the service's worker
+with CPU time per thread in its batch log, ``benchmarks/loop_worker.py``) drains it: long-poll,
 batch, claim, one pipeline call per batch, PNG encoding, S3 uploads, Step Functions starts and message
 deletes, as in production.
 

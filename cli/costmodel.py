@@ -123,7 +123,8 @@ class Usage:
     dynamodb_item_kb: float = 2.0  # a job item (request and outputs as JSON)
     # create, mark enqueued, claim, ~2 progress, POSTPROCESSING, SUCCEEDED, webhook
     dynamodb_writes_per_job: float = 8.0
-    dynamodb_transaction_writes_per_job: float = 1.0  # the create is transactional: charged twice
+    # A create with an Idempotency-Key is a transaction (charged twice), one without a plain put: the upper bound.
+    dynamodb_transaction_writes_per_job: float = 1.0
     dynamodb_gsi_write_factor: float = 2.0  # extra units written to the indexes per base-table unit
     dynamodb_read_units_per_request: float = 1.5  # API key lookup (eventual) + job read (strong)
     dynamodb_read_units_per_job: float = 4.0  # postprocess, notify (job + secret), lease checks

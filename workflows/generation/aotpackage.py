@@ -16,9 +16,10 @@ input shapes); anything else gets a new package. Shapes that are not compiled ru
 A package is first loaded in a child process, once per package file (a ``.check`` marker beside it records the
 outcome for that file's size and modification time), because torch's package loader can crash the whole
 process: on the H200 test machine (torch 2.11.0+cu130) every CUDA package load segfaulted inside the loader, a
-two-layer model's too (``benchmarks/aot-minimal-h200-run1.log``). A loader crash like that one leaves the shape
-eager, reported under ``aot_packages.failed``, instead of taking the worker down. (The child loads the package
-only: a crash that needs the parent's state, or happens in ``load_constants`` or the first call, is not caught.)
+two-layer model's too (``benchmarks/scripts/aot-minimal-h200.sh``, summary in
+``benchmarks/results/2026-11-29-h200/``). A loader crash like that one leaves the shape eager, reported under
+``aot_packages.failed``, instead of taking the worker down. (The child loads the package only: a crash that needs
+the parent's state, or happens in ``load_constants`` or the first call, is not caught.)
 
 CUDA graphs are not used on this path (the package launches its kernels from C++; at batch 1 graphs saved about
 40 ms a call). Feature reuse keeps its own two ``torch.compile`` graphs (the accelerator reports the choice).

@@ -26,7 +26,7 @@ PNG_COMPRESS_LEVEL = 1  # staging copies: speed over size (postprocessing re-enc
 
 # Helper processes when the setting is left unset: on a GPU the encode moves off the GPU thread's GIL (one H200,
 # feature reuse 5, bucket 16: 1.495 s per batch of 16 against 1.532 s with the encode in threads, on two
-# machines; README "The worker loop under a saturated queue"); on CPU the pipeline needs the cores more.
+# machines; docs/performance.md); on CPU the pipeline needs the cores more.
 GPU_DEFAULT_ENCODE_PROCESSES = 2
 
 

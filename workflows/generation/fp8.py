@@ -11,7 +11,7 @@ keeps 1 level at most).
 
 Convolutions, normalisation and attention itself stay in the model's dtype. Images change (that is the
 trade): ``sdq bench worker --fp8`` reports the pixel difference against the exact path beside the speed.
-Measured on an H200 with SD 1.5 (README, 2026-11-29) it is slower than the exact levers (5.94 against 6.29
+Measured on an H200 with SD 1.5 (docs/performance.md, 2026-11-29) it is slower than the exact levers (5.94 against 6.29
 images/s): the per-row quantization costs a reduction pass per product, more than the FP8 GEMMs save.
 """
 

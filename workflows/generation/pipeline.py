@@ -59,7 +59,7 @@ _UNET_BYTES_PER_LATENT_PIXEL_CHANNEL = 64
 #   SDXL's fp32 decode at 1024 px peaked about 5 GiB above the weights (~10 units). A batch decoded in one
 #   call costs about that per image: SD 1.5's fp16 decode of 16 images at 512 px peaked at 7.8 GB (7.2 units
 #   each), and took 0.235 s against 0.419 s one image at a time (eager, one H200; compiled: 0.097 against
-#   0.119 s; benchmarks/vae_decode.py, benchmarks/vae-decode-h200-run1.log).
+#   0.119 s; benchmarks/scripts/vae_decode.py; summary in benchmarks/results/2026-11-29-h200/).
 _VAE_BYTES_PER_PIXEL_CHANNEL = 10
 # - Throughput stops growing near this many latent pixels per call: SD 1.5 512 px gained 10% from 8 to 16
 #   images, SDXL 1024 px 3% from 4 to 8, while each call's latency doubled.

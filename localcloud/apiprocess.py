@@ -52,18 +52,22 @@ class ApiProcesses:
         self.port = int(self._socket.getsockname()[1])
         self._procs: list[subprocess.Popen[str]] = []
         fd = self._socket.fileno()
-        for _ in range(max(1, count)):
-            self._procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "localcloud.apiprocess", str(fd)],
-                    cwd=str(REPO_ROOT),
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                    pass_fds=(fd,),
-                    process_group=0,  # Ctrl-C goes to sdq up alone, which stops these (stdin closes)
+        try:
+            for _ in range(max(1, count)):
+                self._procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "localcloud.apiprocess", str(fd)],
+                        cwd=str(REPO_ROOT),
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        text=True,
+                        pass_fds=(fd,),
+                        process_group=0,  # Ctrl-C goes to sdq up alone, which stops these (stdin closes)
+                    )
                 )
-            )
+        except BaseException:
+            self.stop()  # the processes started so far
+            raise
 
     @property
     def url(self) -> str:

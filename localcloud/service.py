@@ -157,22 +157,31 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
     )
     service._api_server = server
     service._event_pollers = event_pollers
-    if config.write_state:
-        folder = state_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        state = folder / LOCAL_STATE_FILE
-        record = {"api_url": server.url, "api_key": api_key, "tenant": config.tenant, "env": env, "pid": os.getpid()}
-        # Written atomically: tests and the CLI poll for this file to know the service is up.
-        tmp = state.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.chmod(0o600)
-        tmp.replace(state)
-    if config.with_worker:
-        service.worker = service.start_worker()
+    try:
+        if config.write_state:
+            _write_state(server.url, api_key, config.tenant, env)
+        if config.with_worker:
+            service.worker = service.start_worker()
+    except BaseException:
+        service.stop()  # the cloud, the API processes, the pollers and a worker already started
+        raise
     # Everything imported and provisioned so far lives as long as the stack: out of the collector's full passes,
     # which otherwise stop every request of the local cloud for longer the more modules are loaded.
     gc.freeze()
     return service
+
+
+def _write_state(api_url: str, api_key: str, tenant: str, env: dict[str, str]) -> None:
+    """``.sdq/local.json``: where the API is and its key, for the CLI; written atomically, since tests and the CLI
+    poll for this file to know the service is up."""
+    folder = state_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    state = folder / LOCAL_STATE_FILE
+    record = {"api_url": api_url, "api_key": api_key, "tenant": tenant, "env": env, "pid": os.getpid()}
+    tmp = state.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.chmod(0o600)
+    tmp.replace(state)
 
 
 def wait_forever(service: LocalService) -> None:

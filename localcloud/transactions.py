@@ -4,6 +4,10 @@ moto backs up each table a transaction writes (``copy.deepcopy`` of the whole ta
 that it can roll back; a submission's transaction then costs time in proportion to the table, and a rollback puts
 back the copy, losing what other requests wrote meanwhile. Here only the touched items are backed up and restored,
 and transactions run one at a time, so that they are atomic towards each other as on AWS.
+
+Two differences from AWS remain: a plain write that lands between a transaction's write and its rollback is
+overwritten by the rollback (AWS would refuse it with ``TransactionConflict``), and ``TransactionConflict`` itself
+never happens here, so the submission's conflict retry is tested with DynamoDB's answer stubbed on the client.
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ import httpx
 from botocore.client import BaseClient
 
 from benchmarks.reports import run_folder
-from localcloud.service import LocalService, LocalServiceConfig, start_local_service
+from benchmarks.stack import bench_stack_config
+from localcloud.service import LocalService, start_local_service
 
 LOOSE_LIMITS = "100000"  # the rate limit and unfinished cap stay out of the way: accepted submits are measured
 BODY = {"prompt": "a red fox in the snow", "model": "tiny", "width": 256, "height": 256, "num_inference_steps": 2}
@@ -252,20 +253,7 @@ def run_phase(
     name: str, *, with_worker: bool, clients: int, duration_s: float, workdir: Path, api_processes: int | None = None
 ) -> dict[str, Any]:
     log = (workdir / f"{name}-worker.log").open("wb")
-    config = LocalServiceConfig(
-        api_port=0,
-        cloud_port=0,
-        with_worker=with_worker,
-        model="tiny",
-        write_state=False,
-        worker_log=log,
-        extra_env={
-            "SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": LOOSE_LIMITS,
-            "SDQ_RATE_LIMIT_PER_WINDOW": LOOSE_LIMITS,
-            "SDQ_STATE_DIR": str(workdir),
-            "POWERTOOLS_METRICS_DISABLED": "true",
-        },
-    )
+    config = bench_stack_config(workdir, caps=LOOSE_LIMITS, with_worker=with_worker, worker_log=log)
     if api_processes is not None:
         config.api_processes = api_processes
     began = time.monotonic()

@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.reports import file_slug, run_folder
+from benchmarks.stack import bench_stack_config
 from cli.client import Endpoint, SdqClient
-from localcloud.service import LocalServiceConfig, start_local_service
+from localcloud.service import start_local_service
 from shared.contracts import TERMINAL
 
 logger = logging.getLogger("benchmarks.loop_bench")
@@ -68,20 +69,7 @@ def run_loop_bench(config: LoopBenchConfig) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="sdq-loopbench-"))
     worker_log_path = workdir / "worker.log"
     caps = str(max(1000, config.jobs * 2))
-    service_config = LocalServiceConfig(
-        api_port=0,
-        cloud_port=0,
-        with_worker=False,
-        model=config.model,
-        write_state=False,
-        extra_env={
-            "SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": caps,
-            "SDQ_RATE_LIMIT_PER_WINDOW": caps,
-            "SDQ_STATE_DIR": str(workdir),
-            # CloudWatch EMF lines from every API call and batch would bury the report.
-            "POWERTOOLS_METRICS_DISABLED": "true",
-        },
-    )
+    service_config = bench_stack_config(workdir, caps=caps, with_worker=False, model=config.model)
     with worker_log_path.open("wb") as worker_log:
         service_config.worker_log = worker_log
         service = start_local_service(service_config)

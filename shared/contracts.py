@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -46,6 +47,9 @@ JsonInt = Annotated[StrictInt, BeforeValidator(_json_int)]
 
 Scheduler = Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "lms"]
 OutputFormat = Literal["png", "jpeg", "webp"]
+# The webhook events a request may subscribe to; ``completed`` (succeeded, failed or cancelled) is the default.
+WebhookEvent = Literal["started", "progress", "completed"]
+DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("completed",)
 
 
 def _settings(info: ValidationInfo | None) -> Settings:
@@ -144,6 +148,17 @@ class GenerationRequest(BaseModel):
     model: StrictStr | None = Field(default=None)
     callback_url: StrictStr | None = Field(default=None, description="https URL that receives signed webhooks.")
     metadata: dict[StrictStr, StrictStr] = Field(default_factory=dict, description="Echoed back; small.")
+    cache: StrictBool = Field(
+        default=True,
+        description=(
+            "Answer from an earlier identical job's images (only when the request names its seed); false forces"
+            " a fresh generation."
+        ),
+    )
+    webhook_events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS),
+        description="Which events are sent to callback_url: started, progress, completed (the default).",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -252,6 +267,15 @@ class GenerationRequest(BaseModel):
             _check_text(value, lim.max_metadata_value_chars, allow_empty=True)
         return v
 
+    @field_validator("webhook_events")
+    @classmethod
+    def _webhook_events(cls, v: list[WebhookEvent]) -> list[WebhookEvent]:
+        if not v:
+            raise ValueError("must name at least one event")
+        if len(set(v)) != len(v):
+            raise ValueError("must not repeat an event")
+        return v
+
     @model_validator(mode="after")
     def _area(self, info: ValidationInfo) -> GenerationRequest:
         if _trusted(info):
@@ -358,6 +382,38 @@ class Progress(BaseModel):
     total: int = 0
 
 
+class ProgressView(Progress):
+    preview_url: str | None = Field(
+        default=None, description="A small JPEG of the image as it forms (while RUNNING), presigned like outputs."
+    )
+
+
+class Usage(BaseModel):
+    """What a job used of the GPU: its share of each batch it ran in, by images and steps."""
+
+    gpu_s: float = Field(description="GPU seconds this job's share of its batches took (0 for a cache hit).")
+    batch_jobs: int = Field(description="Jobs in the batch it shared (0 for a cache hit).")
+    batch_images: int = Field(description="Images in the batch it shared (0 for a cache hit).")
+    pixel_steps: int = Field(description="width x height x steps x images this job asked for.")
+    estimated_cost_usd: float = Field(description="gpu_s at the price in price_basis.")
+    price_basis: str = Field(description="The instance and hourly price the estimate uses.")
+
+
+class CacheInfo(BaseModel):
+    hit: bool = Field(description="Whether an earlier identical job's images answer this job (no GPU work).")
+    source_job: str | None = Field(default=None, description="The job whose images these are, on a hit.")
+
+
+class QueueInfo(BaseModel):
+    """Where a QUEUED job stands and why it waits."""
+
+    position: int = Field(description="1 = next to be taken.")
+    images_ahead: int = Field(description="Images queued ahead of this job that share its workers.")
+    workers: int = Field(description="Workers running now.")
+    eta_s: float | None = Field(description="Estimated seconds until it starts, from measured throughput.")
+    reason: str = Field(description="What the job waits for, in words a client can show.")
+
+
 class JobError(BaseModel):
     code: str
     message: str
@@ -408,6 +464,9 @@ class Job(BaseModel):
     expires_at: int
     model_is_noise: bool = False
     webhook: WebhookState | None = None
+    cache_source: str | None = None  # the job whose images answer this one (a result-cache hit or join)
+    usage: Usage | None = None
+    preview_key: str | None = None  # the newest progress preview's object key
 
 
 class QueueMessage(BaseModel):
@@ -519,7 +578,7 @@ class JobView(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     attempt: int
-    progress: Progress
+    progress: ProgressView
     timings: Timings
     request: GenerationRequest
     outputs: list[OutputView]
@@ -528,6 +587,9 @@ class JobView(BaseModel):
     model_note: str | None = Field(description="Set when the model's images are noise (the built-in tiny model).")
     metadata: dict[str, str]
     webhook: WebhookState | None = Field(default=None, description="Webhook delivery state, when a callback is set.")
+    cache: CacheInfo = Field(default_factory=lambda: CacheInfo(hit=False))
+    queue: QueueInfo | None = Field(default=None, description="Set while QUEUED: position, ETA and why it waits.")
+    usage: Usage | None = Field(default=None, description="What the job used and cost, once it ran (or hit).")
 
 
 class JobList(BaseModel):

@@ -36,6 +36,7 @@ from shared.contracts import (
     JobStatus,
     Output,
     Progress,
+    Usage,
     WebhookState,
     allowed_sources,
     utcnow,
@@ -102,6 +103,9 @@ JOB_ATTRIBUTES = frozenset(
         "webhook_last_error",
         "webhook_last_attempt_at",
         "webhook_delivered_at",
+        "cache_source",
+        "usage",
+        "preview_key",
     }
 )
 
@@ -163,6 +167,9 @@ def job_to_item(job: Job) -> dict[str, Any]:
         "idempotency_key": job.idempotency_key,
         "expires_at": job.expires_at,
         "model_is_noise": job.model_is_noise,
+        "cache_source": job.cache_source,
+        "usage": job.usage.model_dump_json() if job.usage else None,
+        "preview_key": job.preview_key,
     }
     return _to_item(values)
 
@@ -205,6 +212,9 @@ def job_from_item(item: Mapping[str, Any]) -> Job:
             "expires_at": int(raw["expires_at"]),
             "model_is_noise": bool(raw.get("model_is_noise", False)),
             "webhook": webhook,
+            "cache_source": raw.get("cache_source"),
+            "usage": Usage.model_validate_json(raw["usage"]) if raw.get("usage") else None,
+            "preview_key": raw.get("preview_key"),
         }
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from shared.contracts import Job, JobView, OutputView, Timings, utcnow
+from shared.contracts import CacheInfo, Job, JobStatus, JobView, OutputView, ProgressView, QueueInfo, Timings, utcnow
 from shared.media import MediaStore
 from shared.tinymodel import TINY_MODEL_NOTE
 
@@ -15,8 +15,9 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return None
 
 
-def job_view(job: Job, media: MediaStore, presign_expiry_s: int) -> JobView:
-    """The public view of ``job``; each call presigns its outputs anew with ``presign_expiry_s``."""
+def job_view(job: Job, media: MediaStore, presign_expiry_s: int, *, queue: QueueInfo | None = None) -> JobView:
+    """The public view of ``job``; each call presigns its outputs (and its preview) anew with ``presign_expiry_s``.
+    ``queue`` is where a QUEUED job stands, when the caller looked it up."""
     outputs = [
         OutputView(
             index=o.index,
@@ -37,7 +38,15 @@ def job_view(job: Job, media: MediaStore, presign_expiry_s: int) -> JobView:
         started_at=job.started_at,
         finished_at=job.finished_at,
         attempt=job.attempt,
-        progress=job.progress,
+        progress=ProgressView(
+            step=job.progress.step,
+            total=job.progress.total,
+            preview_url=(
+                media.presign_get(job.preview_key, presign_expiry_s)
+                if job.preview_key and job.status == JobStatus.RUNNING
+                else None
+            ),
+        ),
         timings=Timings(
             queued_s=_seconds(job.created_at, job.started_at),
             run_s=_seconds(job.started_at, job.finished_at),
@@ -50,4 +59,7 @@ def job_view(job: Job, media: MediaStore, presign_expiry_s: int) -> JobView:
         model_note=TINY_MODEL_NOTE if job.model_is_noise else None,
         metadata=dict(job.request.metadata),
         webhook=job.webhook,
+        cache=CacheInfo(hit=job.cache_source is not None, source_job=job.cache_source),
+        queue=queue if job.status == JobStatus.QUEUED else None,
+        usage=job.usage,
     )

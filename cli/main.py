@@ -47,6 +47,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         model=args.model,
         api_key=previous_key,
     )
+    if args.api_processes is not None:
+        config.api_processes = args.api_processes
     # Ctrl-C, and SIGTERM (kill, a process manager) too, stop the stack and its worker. SIGINT is reset to Python's
     # handler because a shell starts background jobs with it ignored, which Python would keep.
     # A first signal during start-up is held until the stack is up (raising inside the start would leave half
@@ -304,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--model", default="tiny", help="model for the local worker (default: tiny, offline)")
     up.add_argument("--no-worker", action="store_true", help="control plane only")
+    up.add_argument(
+        "--api-processes",
+        type=int,
+        help="API processes, each answering one request at a time like one Lambda environment; a `Prefer: wait`"
+        " holds one for its wait (default: one per two cores, 1 to 4)",
+    )
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser("demo", help="run the whole pipeline locally with a mix of jobs and check the results")

@@ -9,6 +9,7 @@ import base64
 import json
 import pathlib
 import re
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from http import HTTPStatus
@@ -17,7 +18,8 @@ from typing import Annotated, Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn, HTTPBearer, Server, ServerVariable
+from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -52,6 +54,7 @@ from shared.settings import Settings, get_settings
 from shared.webhooksecrets import WebhookSecrets
 from workflows.jobview import job_view
 from workflows.submission import SubmissionService
+from workflows.waiting import MAX_WAIT_S, wait_until_finished
 from workflows.webhooks import start_notice, start_notice_retrying
 
 logger = Logger(service="sdq")
@@ -70,16 +73,70 @@ def _json_loads(text: str) -> Any:
         raise json.JSONDecodeError(str(exc), text, 0) from exc
 
 
+SECURITY_SCHEMES: dict[str, Any] = {
+    "bearer": HTTPBearer(description="`Authorization: Bearer <API key>`"),
+    "apiKey": APIKey(**{"in": APIKeyIn.header}, name="x-api-key", description="The API key in `x-api-key`."),
+}
+# Either scheme alone is enough; every /v1 route asks for one, /health and the schema for none.
+API_KEY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+DESCRIPTION = "Queue-based Stable Diffusion jobs."
+
 app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=_json_loads)
-app.enable_swagger(path="/docs", title="sdq", version="1", description="Queue-based Stable Diffusion jobs.")
+app.enable_swagger(path="/docs", title="sdq", version="1", description=DESCRIPTION, security_schemes=SECURITY_SCHEMES)
+
+# The API on AWS: API Gateway's default URL of the stage `prod` (a custom domain works the same way).
+AWS_SERVER = Server(
+    url="https://{api_id}.execute-api.{region}.amazonaws.com/prod",
+    description="API Gateway's default URL of a deployed stack (`sam deploy` prints it as ApiUrl)",
+    variables={
+        "api_id": ServerVariable(default="api-id", description="The REST API's id"),
+        "region": ServerVariable(default="us-east-1", description="The stack's region"),
+    },
+)
 
 # No length or pattern in the schema: the router would answer a mismatch with 422, while an id that cannot
 # name a job is, like an unknown one, a 404 (``is_valid_job_id``).
 JobId = Annotated[str, Path(description="The job's id: a 26-character ULID. Anything else is a 404.")]
 
+# `Prefer: wait[=N]` (RFC 7240): other preferences, and a wait whose value is not whole seconds, are ignored.
+Prefer = Annotated[
+    str | None,
+    Header(
+        alias="Prefer",
+        description=(
+            f"`wait` or `wait=N`: hold the answer until the job has finished or N seconds (at most {MAX_WAIT_S};"
+            f" `wait` alone means {MAX_WAIT_S}) have passed since the request arrived. `Preference-Applied` says"
+            " what was honoured. Other preferences are ignored."
+        ),
+    ),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Makes retries safe: a repeat with the same body answers the job the first request made.",
+    ),
+]
+
+
+def _header(description: str, schema: dict[str, Any] | None = None, *, required: bool = False) -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": schema or {"type": "string"}}
+
+
+LOCATION = _header("The job's URL.", required=True)
+RETRY_AFTER_POLL = _header("Seconds to wait before polling the job again.", {"type": "integer", "minimum": 0})
+PREFERENCE_APPLIED = _header(
+    f"`wait=N` when a `Prefer: wait` was honoured: N seconds at most (the asked value, capped at {MAX_WAIT_S})."
+)
+REPLAYED = _header("`true` when an Idempotency-Key replayed an earlier request's job.", required=True)
 ERROR_RESPONSES: dict[int, Any] = {
     code: {"description": HTTPStatus(code).phrase, "content": {"application/json": {"model": ErrorBody}}}
     for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)
+}
+ERROR_RESPONSES[429]["headers"] = {
+    "Retry-After": _header("Seconds until a retry can succeed.", {"type": "integer", "minimum": 0}, required=True)
 }
 
 
@@ -158,43 +215,148 @@ def _view(job: Any) -> JobView:
     return job_view(job, s.media, s.settings.presign_expiry_s)
 
 
+def wait_preference(prefer: str | None) -> int | None:
+    """The seconds a ``Prefer`` header asks to wait (RFC 7240), capped at MAX_WAIT_S; None when it asks none.
+
+    ``wait`` alone asks for the cap. The first ``wait`` counts; one whose value is not whole seconds is ignored,
+    as are all other preferences and their parameters.
+    """
+    for preference in (prefer or "").split(","):
+        name, _, value = preference.split(";", 1)[0].partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        value = value.strip().strip('"')
+        if not value:
+            return MAX_WAIT_S
+        if not (value.isascii() and value.isdigit()):
+            return None
+        digits = value.lstrip("0")
+        return MAX_WAIT_S if len(digits) > 3 else min(int(digits or "0"), MAX_WAIT_S)
+    return None
+
+
+# Answers must leave the function before its own timeout (and API Gateway's 29 s) with this much to spare.
+ANSWER_MARGIN_S = 1.5
+# How soon a client should poll an unfinished job again (`Retry-After` on 202 and on unfinished GETs).
+POLL_AFTER_S = 1
+
+
+def _hold(job: Any, tenant: str, wait_s: int) -> Any:
+    """The job once it has finished, or as it stands ``wait_s`` seconds after the request arrived."""
+    received = float(app.context.get("received_at", time.monotonic()))
+    deadline = received + wait_s
+    context = getattr(app, "lambda_context", None)
+    if context is not None:
+        deadline = min(deadline, time.monotonic() + context.get_remaining_time_in_millis() / 1000 - ANSWER_MARGIN_S)
+    submissions = services().submissions
+    waited = wait_until_finished(job, lambda: submissions.get(tenant, job.job_id), deadline=deadline)
+    logger.info("held the answer", job_id=job.job_id, reads=waited.reads, waited_s=round(waited.waited_s, 3))
+    return waited.job
+
+
+def _wait_headers(wait_s: int | None, job: Any) -> dict[str, str]:
+    headers = {} if wait_s is None else {"Preference-Applied": f"wait={wait_s}"}
+    if not job.status.terminal:
+        headers["Retry-After"] = str(POLL_AFTER_S)
+    return headers
+
+
+JOB_CONTENT = {"application/json": {"model": JobView}}
+
+
 @app.post(
     "/v1/jobs",
     summary="Submit a generation job",
-    responses={202: {"description": "Accepted", "content": {"application/json": {"model": JobView}}}} | ERROR_RESPONSES,
+    description=(
+        "Answers `202` with the job as it stands. With `Prefer: wait[=N]` the answer waits until the job has"
+        " finished (then `201`, or `200` when an Idempotency-Key replays a finished job) or N seconds have passed"
+        " (then `202`)."
+    ),
+    responses={
+        202: {
+            "description": "Accepted: the job has not finished (poll its Location)",
+            "content": JOB_CONTENT,
+            "headers": {
+                "Location": LOCATION,
+                "Retry-After": RETRY_AFTER_POLL | {"required": True},
+                "Preference-Applied": PREFERENCE_APPLIED,
+                "Idempotent-Replayed": REPLAYED,
+            },
+        },
+        201: {
+            "description": "Created, and finished within the requested wait",
+            "content": JOB_CONTENT,
+            "headers": {"Location": LOCATION, "Preference-Applied": PREFERENCE_APPLIED | {"required": True}},
+        },
+        200: {
+            "description": "An Idempotency-Key replayed a job that has finished (with `Prefer: wait`)",
+            "content": JOB_CONTENT,
+            "headers": {
+                "Location": LOCATION,
+                "Preference-Applied": PREFERENCE_APPLIED | {"required": True},
+                "Idempotent-Replayed": REPLAYED,
+            },
+        },
+    }
+    | ERROR_RESPONSES,
     tags=["jobs"],
+    security=API_KEY,
 )
-def submit_job(request: Annotated[GenerationRequest, Body()]) -> Response[JobView]:
+def submit_job(
+    request: Annotated[GenerationRequest, Body()], idempotency_key: IdempotencyKey = None, prefer: Prefer = None
+) -> Response[JobView]:
     tenant = _tenant()
-    headers = {k.lower(): v for k, v in (app.current_event.headers or {}).items()}
-    idem = headers.get("idempotency-key")
-    if idem is not None and not (1 <= len(idem) <= 255):
-        raise ValidationFailed(
-            "Idempotency-Key must be 1-255 characters",
-            details=[{"loc": ["header", "Idempotency-Key"], "msg": "length 1-255"}],
-        )
-    result = services().submissions.submit(tenant, request, idempotency_key=idem)
+    result = services().submissions.submit(tenant, request, idempotency_key=idempotency_key)
     if result.created:
         metrics.add_metric(name="JobsSubmitted", unit="Count", value=1)
         metrics.flush_metrics()
-    view = _view(result.job)
-    return _json(
-        202,
-        view,
-        {"Location": f"{_stage_prefix()}/v1/jobs/{view.id}", "Idempotent-Replayed": str(not result.created).lower()},
-    )
+    wait_s = wait_preference(prefer)
+    job = _hold(result.job, tenant, wait_s) if wait_s is not None else result.job
+    status = 202
+    if wait_s is not None and job.status.terminal:
+        status = 201 if result.created else 200
+    view = _view(job)
+    headers = {
+        "Location": f"{_stage_prefix()}/v1/jobs/{view.id}",
+        "Idempotent-Replayed": str(not result.created).lower(),
+    }
+    return _json(status, view, headers | _wait_headers(wait_s, job))
 
 
 @app.get(
     "/v1/jobs/<job_id>",
     summary="Get a job",
-    responses={200: {"description": "The job", "content": {"application/json": {"model": JobView}}}} | ERROR_RESPONSES,
+    description=(
+        "With `Prefer: wait[=N]` the answer waits until the job has finished or N seconds have passed; either"
+        " way it is `200` with the job as it stands then."
+    ),
+    responses={
+        200: {
+            "description": "The job",
+            "content": JOB_CONTENT,
+            "headers": {
+                "Retry-After": _header(
+                    "While the job has not finished: seconds to wait before polling again.",
+                    {"type": "integer", "minimum": 0},
+                ),
+                "Preference-Applied": PREFERENCE_APPLIED,
+            },
+        }
+    }
+    | ERROR_RESPONSES,
     tags=["jobs"],
+    security=API_KEY,
 )
-def get_job(job_id: JobId) -> Response[JobView]:
+def get_job(job_id: JobId, prefer: Prefer = None) -> Response[JobView]:
     tenant = _tenant()
     job = services().submissions.get(tenant, job_id)
-    return _json(200, _view(job))
+    wait_s = wait_preference(prefer)
+    if wait_s is not None:
+        job = _hold(job, tenant, wait_s)
+    headers = _wait_headers(wait_s, job)
+    if wait_s is not None:
+        headers["Vary"] = "Prefer"
+    return _json(200, _view(job), headers)
 
 
 @app.get(
@@ -202,6 +364,7 @@ def get_job(job_id: JobId) -> Response[JobView]:
     summary="List the caller's jobs, newest first",
     responses=_responses(200, "A page of jobs", JobList),
     tags=["jobs"],
+    security=API_KEY,
 )
 def list_jobs(
     status: Annotated[JobStatus | None, Query()] = None,
@@ -224,6 +387,7 @@ def list_jobs(
     summary="Cancel a job that has not finished",
     responses=_responses(200, "Cancelled", JobView),
     tags=["jobs"],
+    security=API_KEY,
 )
 def cancel_job(job_id: JobId) -> Response[JobView]:
     tenant = _tenant()
@@ -238,6 +402,7 @@ def cancel_job(job_id: JobId) -> Response[JobView]:
     summary="Send a finished job's webhook again (same webhook-id, fresh URLs and signature)",
     responses=_responses(202, "Redelivery started", JobView),
     tags=["webhooks"],
+    security=API_KEY,
 )
 def redeliver_webhook(job_id: JobId) -> Response[JobView]:
     tenant = _tenant()
@@ -255,6 +420,7 @@ def redeliver_webhook(job_id: JobId) -> Response[JobView]:
     summary="The signing secret of your webhooks (Standard Webhooks, whsec_...)",
     responses=_responses(200, "The secret", WebhookSecret),
     tags=["webhooks"],
+    security=API_KEY,
 )
 def get_webhook_secret() -> Response[WebhookSecret]:
     tenant = _tenant()
@@ -272,6 +438,7 @@ def get_webhook_secret() -> Response[WebhookSecret]:
     ),
     responses=_responses(200, "The new secret, and until when the replaced one still signs", RotatedWebhookSecret),
     tags=["webhooks"],
+    security=API_KEY,
 )
 def rotate_webhook_secret() -> Response[RotatedWebhookSecret]:
     tenant = _tenant()
@@ -322,7 +489,17 @@ def playground_file(name: str) -> Response[Any]:
 
 @app.get("/openapi.json", include_in_schema=False)
 def openapi_json() -> Response[Any]:
-    return _json(200, app.get_openapi_json_schema(title="sdq", version="1"))
+    # The first server is where this document was fetched from (behind API Gateway's stage path too), so tools
+    # that read it (schemathesis, generators, Swagger UI) call the API that served it.
+    here = Server(url=_stage_prefix() or "/", description="This API (where this document was fetched)")
+    schema = app.get_openapi_json_schema(
+        title="sdq",
+        version="1",
+        description=DESCRIPTION,
+        servers=[here, AWS_SERVER],
+        security_schemes=SECURITY_SCHEMES,
+    )
+    return _json(200, schema)
 
 
 # -- errors: always {"error": {"code", "message", "details"}}, never a stack trace -------------------
@@ -445,6 +622,8 @@ def _precheck(event: dict[str, Any]) -> ServiceError | None:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """API Gateway REST proxy entry point. Job routes authenticate first: a request without a valid key learns
     nothing else (not even whether its body would have been valid)."""
+    app.append_context(received_at=time.monotonic())
+    _fold_list_header(event, "Prefer")
     if str(event.get("path", "")).startswith("/v1/"):
         tenant = authenticate(event.get("headers") or {})
         if tenant is None:
@@ -455,6 +634,20 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         app.clear_context()
         return _early_answer(problem)
     return app.resolve(event, context)
+
+
+def _fold_list_header(event: dict[str, Any], name: str) -> None:
+    """Several lines of a list-valued header are one comma-separated value (RFC 9110, 5.3): hand the router one."""
+    multi = event.get("multiValueHeaders") or {}
+    lines = [v for k, values in multi.items() if k.lower() == name.lower() for v in (values or [])]
+    if len(lines) < 2:
+        return
+    for headers in (multi, event.get("headers") or {}):
+        for key in [k for k in headers if k.lower() == name.lower()]:
+            del headers[key]
+    multi[name] = [", ".join(lines)]
+    event["multiValueHeaders"] = multi
+    event["headers"] = {**(event.get("headers") or {}), name: ", ".join(lines)}
 
 
 def _early_answer(error: ServiceError, headers: dict[str, str] | None = None) -> dict[str, Any]:

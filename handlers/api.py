@@ -126,7 +126,9 @@ def _header(description: str, schema: dict[str, Any] | None = None, *, required:
 
 
 LOCATION = _header("The job's URL.", required=True)
-RETRY_AFTER_POLL = _header("Seconds to wait before polling the job again.", {"type": "integer", "minimum": 0})
+RETRY_AFTER_POLL = _header(
+    "While the job has not finished: seconds to wait before polling it again.", {"type": "integer", "minimum": 0}
+)
 PREFERENCE_APPLIED = _header(
     f"`wait=N` when a `Prefer: wait` was honoured: N seconds at most (the asked value, capped at {MAX_WAIT_S})."
 )
@@ -278,7 +280,7 @@ JOB_CONTENT = {"application/json": {"model": JobView}}
             "content": JOB_CONTENT,
             "headers": {
                 "Location": LOCATION,
-                "Retry-After": RETRY_AFTER_POLL | {"required": True},
+                "Retry-After": RETRY_AFTER_POLL,
                 "Preference-Applied": PREFERENCE_APPLIED,
                 "Idempotent-Replayed": REPLAYED,
             },
@@ -335,10 +337,7 @@ def submit_job(
             "description": "The job",
             "content": JOB_CONTENT,
             "headers": {
-                "Retry-After": _header(
-                    "While the job has not finished: seconds to wait before polling again.",
-                    {"type": "integer", "minimum": 0},
-                ),
+                "Retry-After": RETRY_AFTER_POLL,
                 "Preference-Applied": PREFERENCE_APPLIED,
             },
         }

@@ -14,13 +14,16 @@ install: $(STAMP)
 # Everything comes from the lock (--no-deps: nothing unlocked sneaks in; pip check proves it is complete).
 # torch first and offline when a wheel of it lies in pip's find-links: a machine that cannot reach the CPU
 # index (CI) then never waits on it; elsewhere the CPU index serves it (PyPI's Linux torch is the CUDA build).
-$(STAMP): pyproject.toml requirements/dev.txt
+$(STAMP): pyproject.toml client/pyproject.toml requirements/dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-deps --no-index '$(TORCH_CPU)' 2>/dev/null \
 	  || $(PY) -m pip install -q --no-deps --retries 1 --timeout 30 --index-url $(TORCH_CPU_INDEX) '$(TORCH_CPU)'
 	$(PY) -m pip install -q --no-deps -r requirements/dev.txt
 	$(PY) -m pip install -q --no-deps -e .
+	# The client (its own distribution, client/): its dependencies are in the lock, and the lock's setuptools
+	# builds it, so this step needs no index.
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e ./client
 	$(PY) -m pip check
 	touch $(STAMP)
 
@@ -56,7 +59,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
-	$(VENV)/bin/mypy shared handlers workflows localcloud cli benchmarks
+	$(VENV)/bin/mypy shared handlers workflows localcloud cli benchmarks client/sdq_client
 
 # The suite on every core: one pytest worker per core, each file on one worker (its local stack fixtures are
 # per module). TEST_WORKERS=0 runs it in one process.

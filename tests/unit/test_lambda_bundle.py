@@ -17,7 +17,10 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-TOOLS = ("moto", "werkzeug", "torch", "diffusers", "transformers", "localcloud", "cli", "benchmarks", "pytest")
+TOOLS = (
+    "moto", "werkzeug", "torch", "diffusers", "transformers", "localcloud", "cli", "benchmarks", "pytest", "sdq_client",
+    "client",
+)  # fmt: skip
 
 
 class _Loader(yaml.SafeLoader):

@@ -1,0 +1,411 @@
+"""The sync ``Client`` and the ``AsyncClient``: the same methods, one blocking, one awaitable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from sdq_client._version import __version__
+from sdq_client.errors import ConfigurationError, SdqError, WaitTimeout, error_for, retry_after
+from sdq_client.models import GenerationRequest, JobEvent, JobList, JobView, RotatedWebhookSecret, WebhookSecret
+from sdq_client.sse import EventStreamParser, ServerSentEvent, aparse_lines, parse_lines
+
+# The longest `Prefer: wait` the API honours (a longer one is cut to this).
+MAX_WAIT_S = 25
+# How long to pause between polls when the API does not say (`Retry-After`).
+DEFAULT_POLL_S = 1.0
+# An event stream sends a comment at least this often while a job runs; silence longer than this is a dead line.
+STREAM_READ_TIMEOUT_S = 90.0
+
+RequestLike = GenerationRequest | Mapping[str, Any]
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _endpoint(base_url: str | None, api_key: str | None) -> tuple[str, str]:
+    url = base_url or os.environ.get("SDQ_API_URL")
+    key = api_key or os.environ.get("SDQ_API_KEY")
+    if not url or not key:
+        raise ConfigurationError("Pass base_url and api_key, or set SDQ_API_URL and SDQ_API_KEY.")
+    return url.rstrip("/"), key
+
+
+def _auth_headers(api_key: str) -> dict[str, str]:
+    # Both headers: the API accepts either, and API Gateway's usage plans meter x-api-key.
+    return {"Authorization": f"Bearer {api_key}", "x-api-key": api_key, "User-Agent": f"sdq-client/{__version__}"}
+
+
+def request_body(request: RequestLike) -> dict[str, Any]:
+    """The JSON body of a submit: only the fields set (the server fills the rest), fields this client does not
+    know included."""
+    model = request if isinstance(request, GenerationRequest) else GenerationRequest.model_validate(dict(request))
+    return model.model_dump(mode="json", exclude_unset=True)
+
+
+def _prefer(wait: float | None) -> dict[str, str]:
+    return {} if wait is None else {"Prefer": f"wait={max(0, min(int(wait), MAX_WAIT_S))}"}
+
+
+def _timeout(base: float, wait: float | None) -> float:
+    """A request that asks the API to wait must itself wait longer than that."""
+    return base if wait is None else max(base, min(wait, MAX_WAIT_S) + 10.0)
+
+
+def _decoded(resp: httpx.Response) -> Any:
+    """The parsed body of an answer, or the typed error of a refusal."""
+    try:
+        body: Any = resp.json()
+    except ValueError:
+        body = resp.text
+    if resp.status_code >= 400:
+        raise error_for(resp.status_code, body, resp.headers)
+    return body
+
+
+def _poll_pause(headers: Mapping[str, str], remaining: float) -> float:
+    return max(0.0, min(retry_after(headers) or DEFAULT_POLL_S, remaining))
+
+
+def _next_wait(remaining: float) -> int:
+    return max(1, min(MAX_WAIT_S, int(remaining)))
+
+
+def _job_event(sse: ServerSentEvent) -> JobEvent:
+    payload = json.loads(sse.data)
+    if isinstance(payload, dict):
+        payload.setdefault("type", sse.event)
+    event = JobEvent.model_validate(payload)
+    event.event_id = sse.id
+    return event
+
+
+def _check_stream(resp: httpx.Response) -> None:
+    if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+        raise SdqError(f"expected an event stream, got {resp.headers.get('content-type')!r}")
+
+
+class Client:
+    """The sdq API over HTTP, blocking. ``base_url``/``api_key`` default to ``SDQ_API_URL``/``SDQ_API_KEY``.
+
+    Every method raises a subclass of :class:`~sdq_client.ApiError` for a refused request (NotFound,
+    InvalidRequest, RateLimited, ...) and httpx's errors when the API cannot be reached.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url, api_key = _endpoint(base_url, api_key)
+        self.timeout = timeout
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=_auth_headers(api_key), timeout=timeout, transport=transport
+        )
+        # Presigned output URLs carry their own authorisation: the API key never goes to the object store.
+        self._plain = httpx.Client(timeout=60.0, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+        self._plain.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- the routes --------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, wait: float | None = None, **kwargs: Any) -> httpx.Response:
+        """One request to the API (``wait``: its ``Prefer: wait``); raises the typed error of a refusal."""
+        headers = {**kwargs.pop("headers", {}), **_prefer(wait)}
+        resp = self._http.request(method, path, headers=headers, timeout=_timeout(self.timeout, wait), **kwargs)
+        _decoded(resp)
+        return resp
+
+    def _call(self, model: type[Model], method: str, path: str, **kwargs: Any) -> tuple[Model, httpx.Headers]:
+        resp = self.request(method, path, **kwargs)
+        return model.model_validate_json(resp.content), resp.headers
+
+    def submit(self, request: RequestLike, *, idempotency_key: str | None = None, wait: float | None = None) -> JobView:
+        """Submit a job; with ``wait`` (seconds, at most 25) the answer comes once it has finished or then."""
+        return self._submit(request, idempotency_key, wait)[0]
+
+    def _submit(
+        self, request: RequestLike, idempotency_key: str | None, wait: float | None
+    ) -> tuple[JobView, httpx.Headers]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call(JobView, "POST", "/v1/jobs", json=request_body(request), headers=headers, wait=wait)
+
+    def get(self, job_id: str, *, wait: float | None = None) -> JobView:
+        """The job; with ``wait`` (seconds, at most 25) once it has finished or that time has passed."""
+        return self._call(JobView, "GET", f"/v1/jobs/{job_id}", wait=wait)[0]
+
+    def list(self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None) -> JobList:
+        """One page of your jobs, newest first; pass ``next_cursor`` back for the next page."""
+        params = {k: v for k, v in {"status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
+        return self._call(JobList, "GET", "/v1/jobs", params=params)[0]
+
+    def iter_jobs(self, *, status: str | None = None, page_size: int | None = None) -> Iterator[JobView]:
+        """All your jobs, newest first, page after page."""
+        cursor: str | None = None
+        while True:
+            page = self.list(status=status, limit=page_size, cursor=cursor)
+            yield from page.jobs
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def cancel(self, job_id: str) -> JobView:
+        """Cancel a job that has not finished (Conflict when it has)."""
+        return self._call(JobView, "POST", f"/v1/jobs/{job_id}/cancel")[0]
+
+    def redeliver_webhook(self, job_id: str) -> JobView:
+        """Send a finished job's webhook again (same webhook-id)."""
+        return self._call(JobView, "POST", f"/v1/jobs/{job_id}/webhook/redeliver")[0]
+
+    def webhook_secret(self) -> WebhookSecret:
+        return self._call(WebhookSecret, "GET", "/v1/webhook-secret")[0]
+
+    def rotate_webhook_secret(self) -> RotatedWebhookSecret:
+        return self._call(RotatedWebhookSecret, "POST", "/v1/webhook-secret/rotate")[0]
+
+    def download(self, url: str) -> bytes:
+        """The bytes of an output or thumbnail URL (presigned; fetched without the API key)."""
+        resp = self._plain.get(url)
+        resp.raise_for_status()
+        return resp.content
+
+    # -- waiting -----------------------------------------------------------------------------------
+
+    def wait(self, job_id: str, *, timeout: float = 600.0) -> JobView:
+        """The job once it has finished, asking the API to hold each answer (``Prefer: wait``) so that a long
+        job costs one request per 25 s. Raises WaitTimeout (with the job as last seen) after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        job, headers = self._call(JobView, "GET", f"/v1/jobs/{job_id}", wait=_next_wait(timeout))
+        while not job.finished:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(job, timeout)
+            if "preference-applied" not in headers:  # an API that did not wait: poll at its pace
+                time.sleep(_poll_pause(headers, remaining))
+            job, headers = self._call(JobView, "GET", f"/v1/jobs/{job_id}", wait=_next_wait(remaining))
+        return job
+
+    def run(
+        self,
+        request: RequestLike,
+        *,
+        timeout: float = 600.0,
+        idempotency_key: str | None = None,
+        on_update: Callable[[JobView], None] | None = None,
+    ) -> JobView:
+        """Submit and return the finished job (SUCCEEDED, FAILED or CANCELLED: check ``status``).
+
+        The submit asks the API to hold its answer (``Prefer: wait``); a job still unfinished then is polled,
+        pausing as each answer's ``Retry-After`` says, and ``on_update`` sees every answer (for progress).
+        Raises WaitTimeout (with the job as last seen) after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        job, headers = self._submit(request, idempotency_key, _next_wait(timeout))
+        while True:
+            if on_update is not None:
+                on_update(job)
+            if job.finished:
+                return job
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(job, timeout)
+            time.sleep(_poll_pause(headers, remaining))
+            job, headers = self._call(JobView, "GET", f"/v1/jobs/{job.id}")
+
+    def stream(self, job_id: str, *, last_event_id: str | None = None, reconnects: int = 3) -> Iterator[JobEvent]:
+        """The job's events as they happen (``GET /v1/jobs/{id}/events``, Server-Sent Events), ending with the one
+        that finishes it. A dropped connection is resumed from the last event seen (``Last-Event-ID``), at most
+        ``reconnects`` times in a row without an event; then SdqError."""
+        parser = EventStreamParser()
+        parser.last_event_id = last_event_id
+        failures = 0
+        while True:
+            parser.restart()
+            headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+            if parser.last_event_id:
+                headers["Last-Event-ID"] = parser.last_event_id
+            timeout = httpx.Timeout(self.timeout, read=STREAM_READ_TIMEOUT_S)
+            try:
+                with self._http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=timeout) as resp:
+                    if resp.status_code >= 400:
+                        resp.read()
+                        _decoded(resp)
+                    _check_stream(resp)
+                    for sse in parse_lines(resp.iter_lines(), parser):
+                        event = _job_event(sse)
+                        failures = 0
+                        yield event
+                        if event.data.finished:
+                            return
+            except httpx.TransportError:
+                pass
+            failures += 1
+            if failures > reconnects:
+                raise SdqError(f"the event stream of job {job_id} ended {failures} times before the job finished")
+            time.sleep((parser.retry_ms if parser.retry_ms is not None else 1000) / 1000)
+
+
+class AsyncClient:
+    """The same API as :class:`Client`, awaitable (``async with AsyncClient(...) as sdq: await sdq.run(...)``)."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url, api_key = _endpoint(base_url, api_key)
+        self.timeout = timeout
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=_auth_headers(api_key), timeout=timeout, transport=transport
+        )
+        self._plain = httpx.AsyncClient(timeout=60.0, transport=transport)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        await self._plain.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def request(self, method: str, path: str, *, wait: float | None = None, **kwargs: Any) -> httpx.Response:
+        headers = {**kwargs.pop("headers", {}), **_prefer(wait)}
+        resp = await self._http.request(method, path, headers=headers, timeout=_timeout(self.timeout, wait), **kwargs)
+        _decoded(resp)
+        return resp
+
+    async def _call(self, model: type[Model], method: str, path: str, **kwargs: Any) -> tuple[Model, httpx.Headers]:
+        resp = await self.request(method, path, **kwargs)
+        return model.model_validate_json(resp.content), resp.headers
+
+    async def submit(
+        self, request: RequestLike, *, idempotency_key: str | None = None, wait: float | None = None
+    ) -> JobView:
+        return (await self._submit(request, idempotency_key, wait))[0]
+
+    async def _submit(
+        self, request: RequestLike, idempotency_key: str | None, wait: float | None
+    ) -> tuple[JobView, httpx.Headers]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return await self._call(JobView, "POST", "/v1/jobs", json=request_body(request), headers=headers, wait=wait)
+
+    async def get(self, job_id: str, *, wait: float | None = None) -> JobView:
+        return (await self._call(JobView, "GET", f"/v1/jobs/{job_id}", wait=wait))[0]
+
+    async def list(self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None) -> JobList:
+        params = {k: v for k, v in {"status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
+        return (await self._call(JobList, "GET", "/v1/jobs", params=params))[0]
+
+    async def iter_jobs(self, *, status: str | None = None, page_size: int | None = None) -> AsyncIterator[JobView]:
+        cursor: str | None = None
+        while True:
+            page = await self.list(status=status, limit=page_size, cursor=cursor)
+            for job in page.jobs:
+                yield job
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    async def cancel(self, job_id: str) -> JobView:
+        return (await self._call(JobView, "POST", f"/v1/jobs/{job_id}/cancel"))[0]
+
+    async def redeliver_webhook(self, job_id: str) -> JobView:
+        return (await self._call(JobView, "POST", f"/v1/jobs/{job_id}/webhook/redeliver"))[0]
+
+    async def webhook_secret(self) -> WebhookSecret:
+        return (await self._call(WebhookSecret, "GET", "/v1/webhook-secret"))[0]
+
+    async def rotate_webhook_secret(self) -> RotatedWebhookSecret:
+        return (await self._call(RotatedWebhookSecret, "POST", "/v1/webhook-secret/rotate"))[0]
+
+    async def download(self, url: str) -> bytes:
+        resp = await self._plain.get(url)
+        resp.raise_for_status()
+        return resp.content
+
+    async def wait(self, job_id: str, *, timeout: float = 600.0) -> JobView:
+        deadline = time.monotonic() + timeout
+        job, headers = await self._call(JobView, "GET", f"/v1/jobs/{job_id}", wait=_next_wait(timeout))
+        while not job.finished:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(job, timeout)
+            if "preference-applied" not in headers:
+                await asyncio.sleep(_poll_pause(headers, remaining))
+            job, headers = await self._call(JobView, "GET", f"/v1/jobs/{job_id}", wait=_next_wait(remaining))
+        return job
+
+    async def run(
+        self,
+        request: RequestLike,
+        *,
+        timeout: float = 600.0,
+        idempotency_key: str | None = None,
+        on_update: Callable[[JobView], None] | None = None,
+    ) -> JobView:
+        deadline = time.monotonic() + timeout
+        job, headers = await self._submit(request, idempotency_key, _next_wait(timeout))
+        while True:
+            if on_update is not None:
+                on_update(job)
+            if job.finished:
+                return job
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(job, timeout)
+            await asyncio.sleep(_poll_pause(headers, remaining))
+            job, headers = await self._call(JobView, "GET", f"/v1/jobs/{job.id}")
+
+    async def stream(
+        self, job_id: str, *, last_event_id: str | None = None, reconnects: int = 3
+    ) -> AsyncIterator[JobEvent]:
+        parser = EventStreamParser()
+        parser.last_event_id = last_event_id
+        failures = 0
+        while True:
+            parser.restart()
+            headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+            if parser.last_event_id:
+                headers["Last-Event-ID"] = parser.last_event_id
+            timeout = httpx.Timeout(self.timeout, read=STREAM_READ_TIMEOUT_S)
+            try:
+                async with self._http.stream(
+                    "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=timeout
+                ) as resp:
+                    if resp.status_code >= 400:
+                        await resp.aread()
+                        _decoded(resp)
+                    _check_stream(resp)
+                    async for sse in aparse_lines(resp.aiter_lines(), parser):
+                        event = _job_event(sse)
+                        failures = 0
+                        yield event
+                        if event.data.finished:
+                            return
+            except httpx.TransportError:
+                pass
+            failures += 1
+            if failures > reconnects:
+                raise SdqError(f"the event stream of job {job_id} ended {failures} times before the job finished")
+            await asyncio.sleep((parser.retry_ms if parser.retry_ms is not None else 1000) / 1000)

@@ -1,0 +1,136 @@
+"""One exception class per kind of refusal, so callers branch on the class, never on message text."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class SdqError(Exception):
+    """Everything this client raises on purpose."""
+
+
+class ConfigurationError(SdqError):
+    """No API URL or key: pass them, or set SDQ_API_URL and SDQ_API_KEY."""
+
+
+class ApiError(SdqError):
+    """An answer of 400 or above. ``code``, ``message`` and ``details`` come from the body
+    ``{"error": {"code", "message", "details"}}``; ``body`` is the whole parsed body (text if it was not JSON)."""
+
+    def __init__(self, status: int, body: Any, headers: Mapping[str, str]) -> None:
+        err = body.get("error") if isinstance(body, dict) else None
+        err = err if isinstance(err, dict) else {}
+        self.status = status
+        self.code = str(err.get("code", "") or "")
+        self.message = str(err.get("message", "") or (body if isinstance(body, str) else ""))
+        self.details = err.get("details")
+        self.body = body
+        self.headers = headers
+        super().__init__(f"{status} {self.code}: {self.message}" if self.code else f"{status}: {self.message}")
+
+
+class BadRequest(ApiError):
+    """400: the body is not JSON, or a cursor this listing did not give."""
+
+
+class Unauthorized(ApiError):
+    """401: no API key, or one the API does not know."""
+
+
+class NotFound(ApiError):
+    """404: no such job for this key (another tenant's jobs look the same), or no such route."""
+
+
+class Conflict(ApiError):
+    """409: an Idempotency-Key reused with another body (``idempotency_key_reused``) or still in use, a cancel of
+    a finished job, a webhook that cannot be redelivered, a secret rotation in progress."""
+
+
+class PayloadTooLarge(ApiError):
+    """413: the request body is larger than the API accepts."""
+
+
+class UnsupportedMediaType(ApiError):
+    """415: the body was not sent as application/json."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One refused field: where (``loc``, as the API gives it), why, and the pydantic error type."""
+
+    loc: tuple[str, ...]
+    msg: str
+    type: str
+
+    @property
+    def field(self) -> str:
+        """The field's dotted path in the request body (``width``, ``metadata.k``), or its header name."""
+        parts = self.loc[1:] if self.loc and self.loc[0] in {"body", "header", "query", "path"} else self.loc
+        return ".".join(parts)
+
+
+class InvalidRequest(ApiError):
+    """422: the request broke a rule; ``fields`` says which field and why."""
+
+    @property
+    def fields(self) -> list[FieldError]:
+        found = self.details if isinstance(self.details, list) else []
+        return [
+            FieldError(tuple(str(p) for p in d.get("loc", ())), str(d.get("msg", "")), str(d.get("type", "")))
+            for d in found
+            if isinstance(d, dict)
+        ]
+
+
+class RateLimited(ApiError):
+    """429: too many submissions, or too many unfinished jobs; ``retry_after`` says when to retry (seconds)."""
+
+    @property
+    def retry_after(self) -> float | None:
+        return retry_after(self.headers)
+
+
+class ServerError(ApiError):
+    """500 and above: the API failed (503: the queue could not take the job; it was not made, so retry)."""
+
+
+class WaitTimeout(SdqError):
+    """``run()`` or ``wait()`` ran out of time before the job finished; ``job`` is the job as last seen."""
+
+    def __init__(self, job: Any, timeout_s: float) -> None:
+        super().__init__(f"job {job.id} is still {job.status} after {timeout_s:g} s")
+        self.job = job
+        self.timeout_s = timeout_s
+
+
+class WebhookVerificationError(SdqError):
+    """A webhook whose signature, timestamp or headers do not verify: do not trust its body."""
+
+
+ERRORS: dict[int, type[ApiError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    422: InvalidRequest,
+    429: RateLimited,
+}
+
+
+def error_for(status: int, body: Any, headers: Mapping[str, str]) -> ApiError:
+    """The exception of a refused request: the class of its status, ServerError for 5xx, else ApiError."""
+    cls = ERRORS.get(status) or (ServerError if status >= 500 else ApiError)
+    return cls(status, body, headers)
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """``Retry-After`` in seconds (the API sends whole seconds), or None when absent or not a number."""
+    value = headers.get("retry-after") or headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None

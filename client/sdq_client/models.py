@@ -1,0 +1,184 @@
+"""The API's bodies as typed models.
+
+Names, fields, types and required-ness match the server's `/openapi.json` (the service's tests compare them, so
+a field the server adds must be added here). Answers are read leniently (``extra="allow"``): a newer server's
+extra fields reach you in ``model_extra`` instead of failing the call.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Scheduler = Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "lms"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+WebhookEventName = Literal["started", "progress", "completed"]
+
+
+class _Answer(BaseModel):
+    """A body of the API: unknown fields are kept, never refused."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class JobStatus(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    POSTPROCESSING = "POSTPROCESSING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        """Finished: a finished job never changes again."""
+        return self in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+
+
+class GenerationRequest(_Answer):
+    """What to generate. Only the fields you set are sent; the server fills the rest (and draws a seed). Fields
+    this client does not know are sent as given (the server refuses those it does not know either)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    num_inference_steps: int = 30
+    guidance_scale: float = 7.5
+    seed: int | None = None
+    num_images: int = 1
+    scheduler: Scheduler = "euler_a"
+    output_format: OutputFormat = "png"
+    quality: int = 90
+    model: str | None = None
+    callback_url: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    cache: bool = True
+    webhook_events: list[WebhookEventName] = Field(default_factory=lambda: list[WebhookEventName](["completed"]))
+
+
+class ProgressView(_Answer):
+    step: int = 0
+    total: int = 0
+    preview_url: str | None = None
+
+
+class Timings(_Answer):
+    queued_s: float | None = None
+    run_s: float | None = None
+    total_s: float | None = None
+
+
+class OutputView(_Answer):
+    index: int
+    url: str
+    thumbnail_url: str | None = None
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+
+
+class JobError(_Answer):
+    code: str
+    message: str
+
+
+class WebhookState(_Answer):
+    event: str
+    webhook_id: str
+    state: Literal["pending", "retrying", "delivered", "failed", "blocked"]
+    attempts: int = 0
+    last_status: int | None = None
+    last_error: str | None = None
+    last_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+
+
+class CacheInfo(_Answer):
+    hit: bool
+    source_job: str | None = None
+
+
+class QueueInfo(_Answer):
+    position: int
+    images_ahead: int
+    workers: int
+    eta_s: float | None
+    reason: str
+
+
+class Usage(_Answer):
+    gpu_s: float
+    batch_jobs: int
+    batch_images: int
+    pixel_steps: int
+    estimated_cost_usd: float
+    price_basis: str
+
+
+class JobView(_Answer):
+    """A job as ``GET /v1/jobs/{id}`` shows it; output URLs are presigned afresh on every answer."""
+
+    id: str
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempt: int
+    progress: ProgressView
+    timings: Timings
+    request: GenerationRequest
+    outputs: list[OutputView]
+    outputs_expire_at: datetime | None
+    error: JobError | None
+    model_note: str | None
+    metadata: dict[str, str]
+    webhook: WebhookState | None = None
+    cache: CacheInfo = Field(default_factory=lambda: CacheInfo(hit=False))
+    queue: QueueInfo | None = None
+    usage: Usage | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status.terminal
+
+
+class JobList(_Answer):
+    jobs: list[JobView]
+    next_cursor: str | None
+
+
+class WebhookSecret(_Answer):
+    secret: str
+
+
+class RotatedWebhookSecret(WebhookSecret):
+    previous_secret_valid_until: datetime | None
+
+
+class ErrorInfo(_Answer):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(_Answer):
+    error: ErrorInfo
+
+
+class JobEvent(_Answer):
+    """A webhook's body, and an event of ``stream()``: the event type, when it was made, and the job then."""
+
+    type: str
+    timestamp: datetime
+    data: JobView
+    # Set by stream(): the Server-Sent Events id of this event (resuming after it skips it).
+    event_id: str | None = Field(default=None, exclude=True)
+
+
+Job = JobView

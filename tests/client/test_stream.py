@@ -1,0 +1,166 @@
+"""`stream()` against a small Server-Sent Events server on loopback (real HTTP, real sockets), and the event-stream
+parser against the standard's own examples."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+import pytest
+from sdq_client import AsyncClient, Client, NotFound, SdqError
+from sdq_client.sse import EventStreamParser, parse_lines
+
+JOB_ID = "01KAXAAAAAAAAAAAAAAAAAAAAA"
+
+
+def job(status: str, step: int = 0) -> dict[str, Any]:
+    now = datetime.now(UTC).isoformat()
+    return {
+        "id": JOB_ID,
+        "status": status,
+        "created_at": now,
+        "started_at": None,
+        "finished_at": now if status in {"SUCCEEDED", "FAILED", "CANCELLED"} else None,
+        "attempt": 1,
+        "progress": {"step": step, "total": 4, "preview_url": None},
+        "timings": {"queued_s": None, "run_s": None, "total_s": None},
+        "request": {"prompt": "a red fox", "width": 256, "height": 256, "seed": 1},
+        "outputs": [],
+        "outputs_expire_at": None,
+        "error": None,
+        "model_note": None,
+        "metadata": {},
+    }
+
+
+def frame(event: str, data: dict[str, Any], event_id: str, *, split_data: bool = False) -> bytes:
+    payload = json.dumps({"type": event, "timestamp": datetime.now(UTC).isoformat(), "data": data}, indent=1)
+    lines = payload.splitlines() if split_data else [payload.replace("\n", "")]
+    return ("".join(f"data: {line}\n" for line in lines) + f"event: {event}\nid: {event_id}\n\n").encode()
+
+
+class EventServer(BaseHTTPRequestHandler):
+    """Serves one job's events; the first connection drops after two events, the next resumes after the last id."""
+
+    script: ClassVar[list[bytes]] = []
+    requests: ClassVar[list[dict[str, str]]] = []
+    drop_after: ClassVar[int | None] = None
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        cls = type(self)
+        cls.requests.append({k.lower(): v for k, v in self.headers.items()} | {"path": self.path})
+        if self.path != f"/v1/jobs/{JOB_ID}/events":
+            body = json.dumps({"error": {"code": "not_found", "message": "No such job.", "details": None}}).encode()
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        self.wfile.write(b"\xef\xbb\xbf: a comment keeps the line open\nretry: 50\n\n")
+        start = 0
+        last = self.headers.get("Last-Event-ID")
+        if last is not None:
+            start = int(last)
+        for index in range(start, len(cls.script)):
+            self.wfile.write(cls.script[index])
+            self.wfile.flush()
+            if cls.drop_after is not None and index + 1 == cls.drop_after and last is None:
+                # Half of the next event, then the line drops: that event must not be dispatched.
+                self.wfile.write(cls.script[index + 1][:20])
+                return
+        self.close_connection = True
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    EventServer.script = [
+        frame("job.started", job("RUNNING"), "1"),
+        frame("job.progress", job("RUNNING", step=2), "2", split_data=True),
+        frame("job.progress", job("RUNNING", step=4), "3"),
+        frame("job.succeeded", job("SUCCEEDED", step=4), "4"),
+        frame("job.never", job("SUCCEEDED"), "5"),  # after the finishing event: never read
+    ]
+    EventServer.requests = []
+    EventServer.drop_after = None
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), EventServer)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_stream_yields_the_job_events_until_the_job_finishes(server: str) -> None:
+    with Client(server, "key") as client:
+        events = list(client.stream(JOB_ID))
+    assert [e.type for e in events] == ["job.started", "job.progress", "job.progress", "job.succeeded"]
+    assert [e.event_id for e in events] == ["1", "2", "3", "4"]
+    assert [e.data.progress.step for e in events] == [0, 2, 4, 4]
+    assert events[-1].data.finished
+    assert len(EventServer.requests) == 1
+    sent = EventServer.requests[0]
+    assert sent["accept"] == "text/event-stream"
+    assert sent["authorization"] == "Bearer key"
+
+
+def test_a_dropped_stream_resumes_after_the_last_event(server: str) -> None:
+    EventServer.drop_after = 2
+    with Client(server, "key") as client:
+        events = list(client.stream(JOB_ID))
+    assert [e.event_id for e in events] == ["1", "2", "3", "4"]  # none lost, none twice
+    assert [r.get("last-event-id") for r in EventServer.requests] == [None, "2"]
+
+
+def test_a_stream_that_keeps_ending_early_gives_up(server: str) -> None:
+    EventServer.script = EventServer.script[:1]  # one event, then the stream ends without the job finishing
+    with Client(server, "key") as client, pytest.raises(SdqError, match="before the job finished"):
+        list(client.stream(JOB_ID, reconnects=2))
+    assert len(EventServer.requests) == 3
+
+
+def test_a_refused_stream_raises_the_typed_error(server: str) -> None:
+    with Client(server, "key") as client, pytest.raises(NotFound):
+        list(client.stream("01KAXBBBBBBBBBBBBBBBBBBBBB"))
+
+
+def test_the_async_stream_reads_the_same_events(server: str) -> None:
+    async def read() -> list[str]:
+        async with AsyncClient(server, "key") as client:
+            return [e.type async for e in client.stream(JOB_ID)]
+
+    assert asyncio.run(read()) == ["job.started", "job.progress", "job.progress", "job.succeeded"]
+
+
+def test_the_parser_follows_the_standard() -> None:
+    # The examples of the WHATWG HTML standard, section 9.2.4 and 9.2.6.
+    text = "data: YHOO\ndata: +2\ndata: 10\n\n: test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\n"
+    text += "data:  third event\n\nevent: add\ndata: 73857293\n\ndata\n\ndata\ndata\n\ndata:\n\nretry: 10x\ndata: z"
+    events = list(parse_lines(text.split("\n")))
+    assert [(e.event, e.data, e.id) for e in events] == [
+        ("message", "YHOO\n+2\n10", None),
+        ("message", "first event", "1"),
+        ("message", "second event", ""),  # a bare `id` resets the last event id
+        ("message", " third event", ""),  # only one space after the colon is dropped
+        ("add", "73857293", ""),
+        ("message", "", ""),
+        ("message", "\n", ""),
+        ("message", "", ""),
+    ]  # the last, unterminated event is never dispatched; `retry: 10x` is ignored
+    parser = EventStreamParser()
+    for line in ["retry: 2500", "id: a\0b", "data: x", ""]:
+        parser.feed(line)
+    assert parser.retry_ms == 2500
+    assert parser.last_event_id is None  # an id holding NUL is ignored

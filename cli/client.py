@@ -1,4 +1,8 @@
-"""A small typed HTTP client for the sdq REST API (used by the CLI, the demo and the tests)."""
+"""Where the CLI finds the API, and the API as plain JSON dicts for the local tools (demo, soak, benchmarks, tests).
+
+Both sit on the installable client, :mod:`sdq_client`: the same requests, the same typed errors
+(``ApiError`` here is ``sdq_client.ApiError``, with ``status``, ``code``, ``body`` and ``headers``).
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+from sdq_client import ApiError, Client, ConfigurationError
 
 LOCAL_STATE_FILE = "local.json"
 
+__all__ = ["LOCAL_STATE_FILE", "ApiError", "Endpoint", "NoEndpoint", "SdqClient", "resolve_endpoint", "state_dir"]
 
-class ApiError(Exception):
-    """A non-2xx answer from the API, with its parsed error body."""
 
-    def __init__(self, status: int, body: Any, headers: httpx.Headers) -> None:
-        err = body.get("error", {}) if isinstance(body, dict) else {}
-        super().__init__(f"{status} {err.get('code', '')}: {err.get('message', body)}")
-        self.status = status
-        self.code = str(err.get("code", ""))
-        self.body = body
-        self.headers = headers
+class NoEndpoint(ConfigurationError):
+    """Neither flags, environment nor `.sdq/local.json` say where the API is."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,7 @@ def resolve_endpoint(url: str | None = None, api_key: str | None = None) -> Endp
             url = url or data.get("api_url")
             api_key = api_key or data.get("api_key")
     if not url or not api_key:
-        raise SystemExit(
+        raise NoEndpoint(
             "No API endpoint: run `sdq up` in this folder, or set SDQ_API_URL and SDQ_API_KEY (or pass "
             "--api-url/--api-key)."
         )
@@ -54,16 +52,14 @@ def resolve_endpoint(url: str | None = None, api_key: str | None = None) -> Endp
 
 
 class SdqClient:
+    """The API with plain dicts in and out, for tools that keep or compare raw bodies. Typed code wants
+    :class:`sdq_client.Client`, which this wraps (``.api``)."""
+
     def __init__(self, endpoint: Endpoint, *, timeout: float = 30.0) -> None:
-        self._http = httpx.Client(
-            base_url=endpoint.url,
-            # Both headers: the API accepts either, and API Gateway's usage plans meter x-api-key.
-            headers={"Authorization": f"Bearer {endpoint.api_key}", "x-api-key": endpoint.api_key},
-            timeout=timeout,
-        )
+        self.api = Client(endpoint.url, endpoint.api_key, timeout=timeout)
 
     def close(self) -> None:
-        self._http.close()
+        self.api.close()
 
     def __enter__(self) -> SdqClient:
         return self
@@ -72,23 +68,23 @@ class SdqClient:
         self.close()
 
     def _send(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        resp = self._http.request(method, path, **kwargs)
+        resp = self.api.request(method, path, **kwargs)
         try:
             body = resp.json()
         except ValueError:
             body = resp.text
-        if resp.status_code >= 400:
-            raise ApiError(resp.status_code, body, resp.headers)
         if not isinstance(body, dict):
             raise ApiError(resp.status_code, body, resp.headers)
         return body
 
-    def submit(self, request: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
+    def submit(
+        self, request: dict[str, Any], *, idempotency_key: str | None = None, wait: float | None = None
+    ) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._send("POST", "/v1/jobs", json=request, headers=headers)
+        return self._send("POST", "/v1/jobs", json=request, headers=headers, wait=wait)
 
-    def get(self, job_id: str) -> dict[str, Any]:
-        return self._send("GET", f"/v1/jobs/{job_id}")
+    def get(self, job_id: str, *, wait: float | None = None) -> dict[str, Any]:
+        return self._send("GET", f"/v1/jobs/{job_id}", wait=wait)
 
     def list(self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
         params = {k: v for k, v in {"status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
@@ -107,7 +103,4 @@ class SdqClient:
         return str(self._send("POST", "/v1/webhook-secret/rotate")["secret"])
 
     def download(self, url: str) -> bytes:
-        # Presigned URLs carry their own auth; do not send the API key to the object store.
-        resp = httpx.get(url, timeout=60.0)
-        resp.raise_for_status()
-        return resp.content
+        return self.api.download(url)

@@ -6,25 +6,26 @@ import argparse
 import json
 import signal
 import sys
-import time
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sdq_client import ApiError, Client, InvalidRequest, JobStatus, JobView, RateLimited, WaitTimeout
+from sdq_client import __version__ as client_version
 
-from cli.client import LOCAL_STATE_FILE, ApiError, SdqClient, resolve_endpoint, state_dir
+from cli.client import LOCAL_STATE_FILE, NoEndpoint, resolve_endpoint, state_dir
 from cli.cost import add_cost_parser
 from cli.leverflags import add_acceleration_arguments
 from shared.tinymodel import TINY_MODEL_NOTE
 
 console = Console(stderr=True)
 out = Console()
-
-TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
 # -- local service -------------------------------------------------------------------------------
@@ -105,53 +106,84 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
 
 # -- API client commands -------------------------------------------------------------------------
+#
+# Exit codes (docs/cli.md): 0 done (with --wait: the job SUCCEEDED); 1 the job finished FAILED or CANCELLED;
+# 2 a usage error (bad flags, no endpoint); 3 the API could not be reached; 4 the API refused the request (4xx);
+# 5 the API failed (5xx); 6 the wait ran out with the job unfinished; 130 interrupted.
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_API_FAILED, EXIT_TIMEOUT = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+)
+EXIT_INTERRUPTED = 130
 
 
-def _client(args: argparse.Namespace) -> SdqClient:
-    return SdqClient(resolve_endpoint(args.api_url, args.api_key))
+def _client(args: argparse.Namespace) -> Client:
+    endpoint = resolve_endpoint(args.api_url, args.api_key)
+    return Client(endpoint.url, endpoint.api_key)
 
 
-def _print_job(job: dict[str, Any]) -> None:
-    out.print_json(json.dumps(job))
+def _emit(args: argparse.Namespace, body: BaseModel | dict[str, Any]) -> None:
+    """A body on stdout: one line of JSON with --json, else indented."""
+    data = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
+    if args.json:
+        print(json.dumps(data, separators=(",", ":")))
+    else:
+        out.print_json(json.dumps(data))
 
 
-def _save_outputs(client: SdqClient, job: dict[str, Any], folder: Path) -> list[Path]:
+def _save_outputs(client: Client, job: JobView, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     saved = []
-    for output in job.get("outputs", []):
-        ext = output["content_type"].split("/")[-1].replace("jpeg", "jpg")
-        path = folder / f"{job['id']}-{output['index']}.{ext}"
-        path.write_bytes(client.download(output["url"]))
+    for output in job.outputs:
+        ext = output.content_type.split("/")[-1].replace("jpeg", "jpg")
+        path = folder / f"{job.id}-{output.index}.{ext}"
+        path.write_bytes(client.download(output.url))
         saved.append(path)
     return saved
 
 
-def wait_for_job(client: SdqClient, job_id: str, *, timeout_s: float, show_progress: bool = True) -> dict[str, Any]:
-    """Poll until the job is terminal, with a progress bar of status and steps."""
-    deadline = time.monotonic() + timeout_s
-    columns = (
-        TextColumn("[bold]{task.fields[status]:<14}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, disable=not show_progress, transient=False) as bar:
-        task = bar.add_task("job", total=1, status="QUEUED")
-        while True:
-            job = client.get(job_id)
-            prog = job.get("progress", {})
-            total = max(int(prog.get("total") or 0), 1)
-            done = total if job["status"] in {"POSTPROCESSING", "SUCCEEDED"} else int(prog.get("step") or 0)
-            bar.update(task, total=total, completed=done, status=job["status"])
-            if job["status"] in TERMINAL:
-                return job
-            if time.monotonic() > deadline:
-                raise SystemExit(f"timed out after {timeout_s:.0f}s; job {job_id} is {job['status']}")
-            time.sleep(0.5)
+def _finished(args: argparse.Namespace, client: Client, job: JobView) -> int:
+    """Print a finished job (and save its images), and the exit code its status means."""
+    saved = _save_outputs(client, job, Path(args.out)) if job.status == JobStatus.SUCCEEDED else []
+    _emit(args, job)
+    for path in saved:
+        console.print(f"saved {path}")
+    return EXIT_OK if job.status == JobStatus.SUCCEEDED else EXIT_JOB_FAILED
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
+class ProgressBar:
+    """Status and steps of a job on stderr (off with --json, or when stderr is not a terminal)."""
+
+    def __init__(self, show: bool) -> None:
+        columns = (
+            TextColumn("[bold]{task.fields[status]:<14}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
+            TimeElapsedColumn(),
+        )
+        self._bar = Progress(*columns, console=console, disable=not show, transient=False)
+        self._task = self._bar.add_task("job", total=1, status="QUEUED")
+
+    def __enter__(self) -> ProgressBar:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(None, None, None)
+
+    def update(self, job: JobView) -> None:
+        total = max(job.progress.total, 1)
+        done = total if job.status in {JobStatus.POSTPROCESSING, JobStatus.SUCCEEDED} else job.progress.step
+        self._bar.update(self._task, total=total, completed=done, status=job.status.value)
+
+
+def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     request: dict[str, Any] = {"prompt": args.prompt}
     optional = {
         "negative_prompt": args.negative_prompt,
@@ -169,70 +201,95 @@ def cmd_submit(args: argparse.Namespace) -> int:
     }
     request.update({k: v for k, v in optional.items() if v is not None})
     if args.metadata:
-        request["metadata"] = dict(item.split("=", 1) for item in args.metadata)
+        pairs = [item.partition("=") for item in args.metadata]
+        if any(not sep for _, sep, _ in pairs):
+            raise UsageError("--metadata takes KEY=VALUE")
+        request["metadata"] = {k: v for k, _, v in pairs}
+    return request
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    request = _request_from_args(args)
     with _client(args) as client:
-        try:
-            job = client.submit(request, idempotency_key=args.idempotency_key)
-        except ApiError as exc:
-            console.print(f"[red]rejected[/] {exc}")
-            if isinstance(exc.body, dict):
-                console.print_json(json.dumps(exc.body))
-            return 2
-        if job.get("model_note"):
-            console.print(f"[yellow]note[/] {job['model_note']}")
         if not args.wait:
-            out.print(job["id"])
-            return 0
-        console.print(f"job {job['id']} submitted")
-        job = wait_for_job(client, job["id"], timeout_s=args.timeout)
-        _print_job(job)
-        if job["status"] != "SUCCEEDED":
-            return 1
-        for path in _save_outputs(client, job, Path(args.out)):
-            out.print(f"saved {path}")
-    return 0
+            job = client.submit(request, idempotency_key=args.idempotency_key)
+            if job.model_note and not args.json:
+                console.print(f"[yellow]note[/] {job.model_note}")
+            if args.json:
+                _emit(args, job)
+            else:
+                out.print(job.id)
+            return EXIT_OK
+        # Submit with `Prefer: wait`: a job that finishes within it costs one request; a longer one is polled,
+        # at the pace the API's Retry-After asks, with the progress bar following each answer.
+        with ProgressBar(show=not args.json and console.is_terminal) as bar:
+            job = client.run(request, timeout=args.timeout, idempotency_key=args.idempotency_key, on_update=bar.update)
+        if job.model_note and not args.json:
+            console.print(f"[yellow]note[/] {job.model_note}")
+        return _finished(args, client, job)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.wait(args.job_id, timeout=args.timeout)
+        return _finished(args, client, job)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        try:
-            _print_job(client.get(args.job_id))
-        except ApiError as exc:
-            console.print(f"[red]{exc}[/]")
-            return 1
-    return 0
+        _emit(args, client.get(args.job_id))
+    return EXIT_OK
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        try:
-            job = client.cancel(args.job_id)
-        except ApiError as exc:
-            console.print(f"[red]{exc}[/]")
-            return 1
-        out.print(f"{job['id']} {job['status']}")
-    return 0
+        job = client.cancel(args.job_id)
+    if args.json:
+        _emit(args, job)
+    else:
+        out.print(f"{job.id} {job.status}")
+    return EXIT_OK
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _client(args) as client:
         page = client.list(status=args.status, limit=args.limit, cursor=args.cursor)
+    if args.json:
+        _emit(args, page)
+        return EXIT_OK
     table = Table("id", "status", "created", "size", "steps", "images", "prompt")
-    for job in page["jobs"]:
-        req = job["request"]
+    for job in page.jobs:
+        req = job.request
         table.add_row(
-            job["id"],
-            job["status"],
-            job["created_at"][:19],
-            f"{req['width']}x{req['height']}",
-            str(req["num_inference_steps"]),
-            str(req["num_images"]),
-            req["prompt"][:40],
+            job.id,
+            job.status,
+            job.created_at.isoformat()[:19],
+            f"{req.width}x{req.height}",
+            str(req.num_inference_steps),
+            str(req.num_images),
+            req.prompt[:40],
         )
     out.print(table)
-    if page.get("next_cursor"):
-        out.print(f"more: sdq jobs --cursor {page['next_cursor']}")
-    return 0
+    if page.next_cursor:
+        out.print(f"more: sdq jobs --cursor {page.next_cursor}")
+    return EXIT_OK
+
+
+class UsageError(Exception):
+    """A command line the command cannot run (exit code 2, like argparse's own)."""
+
+
+def _refusal(args: argparse.Namespace, exc: ApiError) -> int:
+    """An API refusal on stderr (and as JSON on stdout with --json); no traceback."""
+    if getattr(args, "json", False):
+        print(json.dumps({"status": exc.status, "body": exc.body}, separators=(",", ":")))
+    console.print(f"[red]refused[/] {exc}", highlight=False)
+    if isinstance(exc, InvalidRequest):
+        for field in exc.fields:
+            console.print(f"  {field.field or '(body)'}: {field.msg}", highlight=False)
+    if isinstance(exc, RateLimited) and exc.retry_after is not None:
+        console.print(f"  retry after {exc.retry_after:g} s")
+    return EXIT_API_FAILED if exc.status >= 500 else EXIT_REFUSED
 
 
 # -- worker and benchmarks -------------------------------------------------------------------------
@@ -296,7 +353,13 @@ def cmd_bench_loop(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdq", description="Queue-based Stable Diffusion service.")
+    parser = argparse.ArgumentParser(
+        prog="sdq",
+        description="Queue-based Stable Diffusion service.",
+        epilog="Exit codes: 0 done, 1 job FAILED or CANCELLED, 2 usage error, 3 API unreachable, 4 API refused the"
+        " request, 5 API error, 6 wait timed out, 130 interrupted (docs/cli.md).",
+    )
+    parser.add_argument("--version", action="version", version=f"sdq {_version()} (sdq-client {client_version})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the whole service locally until Ctrl-C")
@@ -329,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     def api_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--api-url", help="default: $SDQ_API_URL or .sdq/local.json from `sdq up`")
         p.add_argument("--api-key", help="default: $SDQ_API_KEY or .sdq/local.json from `sdq up`")
+        p.add_argument("--json", action="store_true", help="print the API's JSON on stdout, one line, nothing else")
 
     submit = sub.add_parser("submit", help="submit a generation job")
     submit.add_argument("prompt")
@@ -346,13 +410,22 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--callback-url")
     submit.add_argument("--metadata", action="append", metavar="KEY=VALUE")
     submit.add_argument("--idempotency-key")
-    submit.add_argument("--wait", action="store_true", help="show progress until done, then save the images")
+    submit.add_argument(
+        "--wait", action="store_true", help="wait for the job (Prefer: wait, then polls), then save its images"
+    )
     submit.add_argument("--out", default="out", help="folder for images with --wait (default: out)")
     submit.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait")
     api_args(submit)
     submit.set_defaults(func=cmd_submit)
 
-    status = sub.add_parser("status", help="show a job")
+    wait = sub.add_parser("wait", help="wait until a job has finished (Prefer: wait), then save its images")
+    wait.add_argument("job_id")
+    wait.add_argument("--out", default="out", help="folder for the images (default: out)")
+    wait.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default: 600)")
+    api_args(wait)
+    wait.set_defaults(func=cmd_wait)
+
+    status = sub.add_parser("status", help="show a job (JSON)")
     status.add_argument("job_id")
     api_args(status)
     status.set_defaults(func=cmd_status)
@@ -363,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.set_defaults(func=cmd_cancel)
 
     jobs = sub.add_parser("jobs", help="list your jobs, newest first")
-    jobs.add_argument("--status", choices=["QUEUED", "RUNNING", "POSTPROCESSING", "SUCCEEDED", "FAILED", "CANCELLED"])
+    jobs.add_argument("--status", choices=[s.value for s in JobStatus])
     jobs.add_argument("--limit", type=int)
     jobs.add_argument("--cursor")
     api_args(jobs)
@@ -408,14 +481,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return metadata.version("sdq")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except httpx.ConnectError as exc:
-        url = getattr(exc.request, "url", "the API")
-        console.print(f"[red]cannot reach {url}[/]: is `sdq up` running (or SDQ_API_URL right)?")
-        return 3
+    except (UsageError, NoEndpoint) as exc:
+        parser.error(str(exc))  # usage on stderr, exit code 2
+    except ApiError as exc:
+        return _refusal(args, exc)
+    except WaitTimeout as exc:
+        if getattr(args, "json", False):
+            print(exc.job.model_dump_json())
+        console.print(f"[red]timed out[/] {exc}")
+        return EXIT_TIMEOUT
+    except httpx.TransportError as exc:
+        url = getattr(getattr(exc, "request", None), "url", "the API")
+        console.print(f"[red]cannot reach {url}[/]: {type(exc).__name__}. Is `sdq up` running (or SDQ_API_URL right)?")
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return EXIT_USAGE  # not reached: parser.error exits
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from localcloud import aslparse, transactions
+from localcloud import aslparse, hotpaths, transactions
 from localcloud.lambdas import (
     EnvJournal,
     FunctionRef,
@@ -138,6 +138,7 @@ class LocalCloud:
         moto_api_backend.set_config({"stepfunctions": {"execute_state_machine": True}})
         transactions.install()
         aslparse.install()
+        hotpaths.install()
         _cache_module_list()
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="sdq-localcloud", daemon=True
@@ -195,6 +196,7 @@ class LocalCloud:
         moto_api_backend.reset()
         transactions.uninstall()
         aslparse.uninstall()
+        hotpaths.uninstall()
         self._env_journal.restore()
         self._code_roots.clear()
         self.resources = None

@@ -1,0 +1,170 @@
+"""Two of moto's request paths made cheaper while the local cloud runs: SQS sends and DynamoDB index queries.
+
+Profiled under the local stack's load (``benchmarks/local_submit.py``, docs/performance.md), they held most of the
+cloud's GIL time, both in proportion to the data rather than to the request:
+
+- **SQS SendMessage** reads ``queue.attributes`` for one attribute (``ContentBasedDeduplication``), and moto builds
+  every attribute to answer it: three counts over all the queue's messages, with four clock reads per message. A
+  send into a queue of 1,000 messages cost several milliseconds. Here ``attributes`` is a mapping that computes an
+  attribute when it is read, and the messages' clock is read with ``time.time()`` (the same value moto computes
+  through two datetimes).
+- **DynamoDB Query on an index** deep-copies every matching item and then projects the copies; for a ``KEYS_ONLY``
+  or ``INCLUDE`` index the projection builds new items anyway, so the copy is skipped there, and the projection
+  copies the kept attributes instead of converting the whole item to plain JSON and back for each one. The
+  unfinished-jobs count of every submit (``Select=COUNT`` on the ``KEYS_ONLY`` index of a tenant's unfinished
+  jobs) paid for this in proportion to the tenant's queue.
+
+Answers are unchanged: the same attributes, the same items, pages and counts.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import json
+import threading
+import time
+import types
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+_LOCK = threading.Lock()
+_saved: dict[str, Any] = {}
+_SKIP_RESULT_COPY: contextvars.ContextVar[bool] = contextvars.ContextVar("sdq_skip_result_copy", default=False)
+
+
+# --- SQS ------------------------------------------------------------------------------------------------------------
+
+
+class QueueAttributes(Mapping[str, Any]):
+    """``Queue.attributes`` as moto builds it, each value computed when it is read."""
+
+    def __init__(self, queue: Any) -> None:
+        self._queue = queue
+
+    def _names(self) -> list[str]:
+        q = self._queue
+        names = list(q.BASE_ATTRIBUTES)
+        if q.fifo_queue:
+            names += q.FIFO_ATTRIBUTES
+        if q.kms_master_key_id:
+            names += q.KMS_ATTRIBUTES
+        return list(dict.fromkeys(names))
+
+    def __getitem__(self, name: str) -> Any:
+        from moto.core.utils import camelcase_to_underscores
+
+        q = self._queue
+        if name not in self._names():
+            raise KeyError(name)
+        if name == "Policy" and q.policy:
+            value: Any = q.policy
+        elif name == "RedrivePolicy" and q.redrive_policy:
+            value = json.dumps(q.redrive_policy)
+        else:
+            value = getattr(q, camelcase_to_underscores(name))
+        return str(value).lower() if isinstance(value, bool) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+def _queue_attributes(self: Any) -> QueueAttributes:
+    return QueueAttributes(self)
+
+
+def _unix_time_millis(dt: Any = None) -> float:
+    if dt is not None:
+        return float(_saved["sqs_unix_time_millis"](dt))
+    return time.time() * 1000.0
+
+
+# --- DynamoDB -------------------------------------------------------------------------------------------------------
+
+
+def _project(self: Any, item: Any) -> Any:
+    """``SecondaryIndex.project``: the kept top-level attributes copied, the rest left out."""
+    from moto.dynamodb.models.dynamo_type import Item
+
+    projection_type = (self.projection or {}).get("ProjectionType")
+    if projection_type not in ("KEYS_ONLY", "INCLUDE"):
+        return item  # ALL: moto keeps the whole item
+    kept = self.table_key_attrs + [key["AttributeName"] for key in self.schema]
+    if projection_type == "INCLUDE":
+        kept = kept + list(self.projection.get("NonKeyAttributes", []))
+    projected = Item(hash_key=item.hash_key, range_key=item.range_key, attrs={})
+    for name in dict.fromkeys(kept):
+        if name in item.attrs:
+            projected.attrs[name] = copy.deepcopy(item.attrs[name])
+    return projected
+
+
+def _query(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """``Table.query``; for an index whose projection makes new items, without the deep copy before it."""
+    index_name = args[7] if len(args) > 7 else kwargs.get("index_name")
+    projection = None
+    if index_name:
+        index = next((i for i in self.all_indexes() if i.name == index_name), None)
+        projection = (index.projection or {}).get("ProjectionType") if index is not None else None
+    if projection not in ("KEYS_ONLY", "INCLUDE"):
+        return _saved["query"](self, *args, **kwargs)
+    token = _SKIP_RESULT_COPY.set(True)
+    try:
+        return _saved["query"](self, *args, **kwargs)
+    finally:
+        _SKIP_RESULT_COPY.reset(token)
+
+
+def _deepcopy(value: Any, memo: Any = None) -> Any:
+    # Table.query's only deep copy is of its result list, right before the projection (moto 5.2).
+    if _SKIP_RESULT_COPY.get() and isinstance(value, list):
+        return list(value)
+    return copy.deepcopy(value, memo)
+
+
+def _copy_module() -> types.SimpleNamespace:
+    """``copy`` as moto's table module sees it: ``deepcopy`` skips the one copy that ``_query`` makes redundant."""
+    return types.SimpleNamespace(**{**vars(copy), "deepcopy": _deepcopy})
+
+
+# --- install --------------------------------------------------------------------------------------------------------
+
+
+def install() -> None:
+    """Serve these paths the cheaper way until :func:`uninstall`."""
+    from moto.dynamodb.models import table
+    from moto.sqs import models as sqs_models
+
+    with _LOCK:
+        if _saved:
+            return
+        _saved.update(
+            sqs_attributes=sqs_models.Queue.__dict__["attributes"],
+            sqs_unix_time_millis=sqs_models.unix_time_millis,
+            query=table.Table.query,
+            project=table.SecondaryIndex.project,
+            table_copy=table.copy,
+        )
+        sqs_models.Queue.attributes = property(_queue_attributes)  # type: ignore[assignment,method-assign]
+        sqs_models.unix_time_millis = _unix_time_millis
+        table.Table.query = _query  # type: ignore[method-assign]
+        table.SecondaryIndex.project = _project  # type: ignore[method-assign]
+        table.copy = _copy_module()  # type: ignore[assignment]
+
+
+def uninstall() -> None:
+    from moto.dynamodb.models import table
+    from moto.sqs import models as sqs_models
+
+    with _LOCK:
+        if not _saved:
+            return
+        sqs_models.Queue.attributes = _saved["sqs_attributes"]  # type: ignore[method-assign]
+        sqs_models.unix_time_millis = _saved["sqs_unix_time_millis"]
+        table.Table.query = _saved["query"]  # type: ignore[method-assign]
+        table.SecondaryIndex.project = _saved["project"]  # type: ignore[method-assign]
+        table.copy = _saved["table_copy"]
+        _saved.clear()

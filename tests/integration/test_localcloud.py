@@ -219,7 +219,7 @@ def test_table_keys_indexes_ttl_and_pitr_match_template(res: LocalResources, tem
         g["IndexName"]: (g["KeySchema"], g["Projection"]["ProjectionType"]) for g in props["GlobalSecondaryIndexes"]
     }
     assert actual == expected
-    assert set(actual) == {"by_tenant", "by_tenant_status", "active_by_tenant", "unqueued"}
+    assert set(actual) == {"by_tenant", "by_tenant_status", "active_by_tenant", "unqueued", "by_status"}
     assert actual["active_by_tenant"][1] == "KEYS_ONLY"
 
     ttl = ddb.describe_time_to_live(TableName=res.table_name)["TimeToLiveDescription"]

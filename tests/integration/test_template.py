@@ -186,7 +186,7 @@ EXPECTED_LEADING_KEYS = {
     ("DlqFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("RequeueFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("FailedExecutionFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
-    ("WorkerTaskRole", "dynamodb:UpdateItem"): {"JOB#*"},
+    ("WorkerTaskRole", "dynamodb:UpdateItem"): {"JOB#*", "WORKER#*"},  # claims, leases, progress; its throughput
 }
 
 TRUSTED_SERVICE = {
@@ -591,6 +591,7 @@ def test_table_is_on_demand_encrypted_with_ttl_and_pitr(resources: dict[str, Any
         "by_tenant_status",
         "active_by_tenant",
         "unqueued",
+        "by_status",
     }
 
 

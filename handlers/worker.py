@@ -19,6 +19,7 @@ from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import WorkerQueue
+from shared.queuestate import QueueState
 from shared.settings import get_settings
 from workflows.generation.encoding import encode_processes_for
 from workflows.generation.pipeline import PipelineRunner
@@ -41,6 +42,7 @@ def build_worker(
         config=config,
         staging_prefix=settings.staging_prefix,
         batch_log_fields=batch_log_fields,
+        worker_stats=QueueState(aws.dynamodb(), settings.table_name),
     )
 
 

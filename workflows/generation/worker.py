@@ -11,7 +11,9 @@
   batch, split to isolate a job that fails it;
 - hand-off (:mod:`.handoff`), on the finisher threads: encode PNGs, upload to staging, start executions, delete
   messages, overlapping the next batch;
-- stop thread (on a warm stop only): hands back the batch claimed ahead and the waiting messages at once.
+- stop thread (on a warm stop only): hands back the batch claimed ahead and the waiting messages at once;
+- throughput (:mod:`.throughput`): images/s per shape and the batch on the GPU, published on a thread of its own
+  for the queue ETAs of the API.
 
 Guarantees: a message is deleted only after its job's hand-off (or once its job needs nothing more), so a
 crash at any point loses nothing; the conditional claim makes duplicate deliveries and a second worker
@@ -45,6 +47,7 @@ from workflows.generation.heartbeat import Heartbeat
 from workflows.generation.heldmessages import HeldMessages
 from workflows.generation.progress import ProgressRecorder
 from workflows.generation.receiver import Receiver
+from workflows.generation.throughput import StatsStore, Throughput
 
 __all__ = ["Generator", "Worker", "WorkerConfig"]
 
@@ -87,6 +90,7 @@ class Worker:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         batch_log_fields: Callable[[], dict[str, Any]] | None = None,
+        worker_stats: StatsStore | None = None,
     ) -> None:
         self.config = config
         self._gen = generator
@@ -155,6 +159,12 @@ class Worker:
             table_pool=self._table_pool,
         )
         self._batch_runner = BatchRunner(generator, progress, self._handoff, self._hard_stop, xray=config.xray)
+        self._throughput = Throughput(
+            worker_stats,
+            worker_id=config.worker_id,
+            max_batch_images=config.max_batch_images,
+            window_images=config.max_batch_images * config.backlog_factor,
+        )
         self.batches: list[BatchReport] = []
         self.started_at = time.monotonic()
 
@@ -166,6 +176,7 @@ class Worker:
         self._encoder.warm_up()
         receiver.start()
         heartbeat.start()
+        self._throughput.start()
         logger.info("worker started", worker_id=self.config.worker_id, model=self._gen.model_name)
         try:
             while not self._stopping.is_set():
@@ -190,7 +201,9 @@ class Worker:
             self._shutdown(receiver)
 
     def _run_batch(self, claimed: ClaimedBatch) -> None:
+        self._throughput.batch_started(claimed.jobs)
         report = self._batch_runner.run(claimed)
+        self._throughput.batch_finished(claimed.jobs, report)
         if report is None:
             return
         self.batches.append(report)
@@ -259,6 +272,7 @@ class Worker:
         self._prefetch.shutdown(wait=False, cancel_futures=True)
         self._table_pool.shutdown(wait=False, cancel_futures=True)
         self._encoder.close()
+        self._throughput.stop()
         # Jobs interrupted by a hard stop: release their messages so another worker can take over once
         # the lease lapses.
         self._messages.let_go_all()

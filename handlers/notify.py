@@ -13,7 +13,7 @@ from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.settings import get_settings
 from shared.webhooksecrets import WebhookSecrets
-from workflows.webhooks import Notifier
+from workflows.webhooks import EventRecords, Notifier
 
 logger = Logger(service="sdq-notify")
 tracer = Tracer(service="sdq-notify")
@@ -28,6 +28,7 @@ def notifier() -> Notifier:
         MediaStore(aws.s3(), settings.bucket),
         WebhookSecrets(aws.dynamodb(), settings.table_name, overlap_s=settings.webhook_secret_overlap_s),
         settings,
+        events=EventRecords(aws.dynamodb(), settings.table_name),
     )
 
 

@@ -2,12 +2,18 @@
 
 Each HTTP request becomes an API Gateway proxy event; the handler's proxy response becomes the HTTP
 response. Nothing in the handler knows it runs locally.
+
+Routes that stream on AWS (``GET /v1/jobs/{id}/events``: its own function behind API Gateway's streaming
+integration) go to a stream handler instead, outside the one-invocation-at-a-time lock (on AWS each stream holds
+an execution environment of its own); its body is written to the socket chunk by chunk as it is produced.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -17,6 +23,13 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
 LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
+# A handler whose answer streams: it returns an object with ``status``, ``headers`` and an iterable ``body`` of
+# bytes (handlers.events.StreamedResponse).
+StreamHandler = Callable[[dict[str, Any], Any], Any]
+# The template's streaming route (its own resource, more specific than /v1/{proxy+}).
+STREAM_ROUTE = re.compile(r"^/v1/jobs/(?P<job_id>[^/]+)/events$")
+# API Gateway's longest streamed answer (15 minutes) is what a stream invocation gets.
+STREAM_TIMEOUT_MS = 15 * 60 * 1000
 
 # API Gateway's own hard limit on payloads; larger bodies never reach the Lambda.
 APIGW_MAX_BODY = 10 * 1024 * 1024
@@ -36,6 +49,20 @@ class LocalLambdaContext:
     @staticmethod
     def get_remaining_time_in_millis() -> int:
         return 29_000
+
+
+class LocalStreamContext(LocalLambdaContext):
+    """A streamed invocation's context: 15 minutes, like the events function's timeout."""
+
+    function_name = "sdq-events-local"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:sdq-events-local"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._deadline = time.monotonic() + STREAM_TIMEOUT_MS / 1000
+
+    def get_remaining_time_in_millis(self) -> int:  # type: ignore[override]
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 def request_to_event(request: Request) -> dict[str, Any]:
@@ -101,10 +128,13 @@ class LocalApiServer:
         port: int = 8000,
         redirects: dict[str, str] | None = None,
         fd: int | None = None,
+        stream_handler: StreamHandler | None = None,
     ) -> None:
         """``fd``: serve on this listening socket (bound by a parent, shared by several API processes) instead of
-        binding ``host:port``."""
+        binding ``host:port``. ``stream_handler`` answers the streaming route (``GET /v1/jobs/{id}/events``);
+        without one that route reaches ``handler`` like any other."""
         self._handler = handler
+        self._stream_handler = stream_handler
         self._redirects = redirects or {}
         self._server: BaseWSGIServer = make_server(host, port, self._wsgi, threaded=True, fd=fd)
         self._thread: threading.Thread | None = None
@@ -124,9 +154,23 @@ class LocalApiServer:
             too_big = Response(b'{"message":"Request Too Long"}', status=413, content_type="application/json")
             return too_big(environ, start_response)
         event = request_to_event(request)
+        stream_match = STREAM_ROUTE.match(request.path) if request.method in {"GET", "HEAD"} else None
+        if stream_match is not None and self._stream_handler is not None:
+            event["resource"] = "/v1/jobs/{job_id}/events"
+            event["pathParameters"] = {"job_id": stream_match.group("job_id")}
+            return self._stream(event)(environ, start_response)
         with self._invoke_lock:
             result = self._handler(event, LocalLambdaContext())
         return response_from_result(result)(environ, start_response)
+
+    def _stream(self, event: dict[str, Any]) -> Response:
+        assert self._stream_handler is not None
+        answer = self._stream_handler(event, LocalStreamContext())
+        # direct_passthrough: werkzeug writes (and flushes) each chunk as the iterator yields it.
+        response = Response(answer.body, status=int(answer.status), direct_passthrough=True)
+        for key, value in answer.headers.items():
+            response.headers[key] = str(value)
+        return response
 
     def serve_forever(self) -> None:
         """Serve on this thread until ``stop()`` (from another thread)."""

@@ -136,7 +136,7 @@ def _exit_when_orphaned() -> None:
 def main(fd: int) -> None:
     # Ctrl-C reaches the whole process group: the parent stops us (SIGTERM, or closing stdin), with no traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from handlers import api  # the slow import, done while the parent starts the cloud
+    from handlers import api, events  # the slow import, done while the parent starts the cloud
     from localcloud.api import LocalApiServer, LocalLambdaContext
 
     request = json.loads(sys.stdin.readline() or "{}")
@@ -152,7 +152,10 @@ def main(fd: int) -> None:
         {"path": "/health", "httpMethod": "GET", "headers": {}, "requestContext": {}}, LocalLambdaContext()
     )
     gc.freeze()  # the handler's modules stay for good: out of the collector's full passes
-    server = LocalApiServer(api.lambda_handler, fd=fd, redirects=request["redirects"])
+    events.services()
+    server = LocalApiServer(
+        api.lambda_handler, fd=fd, redirects=request["redirects"], stream_handler=events.stream_handler
+    )
     threading.Thread(target=_exit_when_orphaned, name="orphan-watch", daemon=True).start()
     print(READY, flush=True)
     server.serve_forever()

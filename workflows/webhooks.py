@@ -2,6 +2,13 @@
 
 Retries are the state machine's job (ASL ``Retry`` on :class:`WebhookRetryable`); this module makes one
 attempt, records it on the job, and says whether another attempt makes sense.
+
+``job.started`` and ``job.progress`` (for requests whose ``webhook_events`` name them) take another path: the
+worker sends them itself, one attempt each, off its GPU thread (:class:`EventNotifier`); a newer event replaces a
+failed one, so they are never retried. They are recorded apart from the terminal webhook (``event_webhook_*``
+attributes, never ``webhook_*``), and they never arrive after it: an event is only sent while the job is RUNNING
+under the sending worker, which marks the send in flight with the same conditional write, and the terminal
+webhook waits (a state-machine retry) while such a mark stands.
 """
 
 from __future__ import annotations
@@ -22,11 +29,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from standardwebhooks import Webhook
 
 from shared.contracts import Job, JobStatus, WorkflowInput
+from shared.jobs import job_pk
 from shared.netguard import HostUnresolved, UnsafeUrl, resolve_public
 from shared.settings import Settings
 from shared.webhooksecrets import WebhookSecrets
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
     from shared.jobs import JobsRepository
     from shared.media import MediaStore
     from shared.orchestration import Orchestrator
@@ -47,6 +57,11 @@ MAX_INLINE_RETRY_AFTER_S = 5
 # so a Step Functions blip costs the client well under a second and never the answer.
 NOTICE_START_ATTEMPTS = 3
 NOTICE_START_BACKOFF_S = 0.1
+# started/progress events: a short timeout (the terminal webhook waits for a send in flight), one attempt.
+EVENT_TIMEOUT_S = 5.0
+# How long a send marks itself in flight: its timeout plus signing and the record's write.
+EVENT_IN_FLIGHT_S = EVENT_TIMEOUT_S + 3.0
+INTERIM_SUBSCRIPTIONS = frozenset({"started", "progress"})
 
 
 class WebhookRetryable(Exception):
@@ -89,13 +104,13 @@ class _GuardedBackend(httpcore.SyncBackend):
         return super().connect_tcp(addresses[0], port, timeout, local_address, socket_options)
 
 
-def guarded_client(allow_loopback: bool) -> httpx.Client:
+def guarded_client(allow_loopback: bool, timeout_s: float = TIMEOUT_S) -> httpx.Client:
     transport = httpx.HTTPTransport(retries=0)
     # httpx exposes no hook for the network backend; replace the pool with one that uses the guarded one.
     transport._pool = httpcore.ConnectionPool(
         ssl_context=httpx.create_ssl_context(), network_backend=_GuardedBackend(allow_loopback)
     )
-    return httpx.Client(transport=transport, follow_redirects=False, timeout=TIMEOUT_S)
+    return httpx.Client(transport=transport, follow_redirects=False, timeout=timeout_s)
 
 
 @dataclass(frozen=True)
@@ -114,11 +129,16 @@ def classify(status: int) -> str:
     return "gave_up"  # 410 Gone, redirects (never followed), other 4xx
 
 
-def send_once(url: str, body: str, headers: dict[str, str], *, allow_loopback: bool) -> Attempt:
+def send_once(
+    url: str, body: str, headers: dict[str, str], *, allow_loopback: bool, timeout_s: float = TIMEOUT_S
+) -> Attempt:
     """One POST of a signed payload; never raises for receiver problems."""
     host = urlsplit(url).hostname or ""
     try:
-        with guarded_client(allow_loopback) as client, client.stream("POST", url, content=body, headers=headers) as r:
+        with (
+            guarded_client(allow_loopback, timeout_s) as client,
+            client.stream("POST", url, content=body, headers=headers) as r,
+        ):
             read = 0
             for chunk in r.iter_bytes():
                 read += len(chunk)
@@ -139,7 +159,7 @@ def send_once(url: str, body: str, headers: dict[str, str], *, allow_loopback: b
     except HostUnresolved as exc:
         return Attempt("retry", None, str(exc)[:200])
     except httpx.TimeoutException:
-        return Attempt("retry", None, f"timeout after {TIMEOUT_S:.0f}s")
+        return Attempt("retry", None, f"timeout after {timeout_s:.0f}s")
     except (httpx.TransportError, socket.gaierror) as exc:
         return Attempt("retry", None, f"{type(exc).__name__}: {str(exc)[:200] or host}")
 
@@ -156,25 +176,22 @@ class Notifier:
         settings: Settings,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        events: EventRecords | None = None,
     ) -> None:
+        """``events``: where started/progress sends mark themselves in flight; with it, a job's terminal webhook
+        waits while one is in flight (see the module's docstring)."""
         self._sleep = sleep
+        self._events = events
         self._repo = repo
         self._media = media
         self._secrets = secrets_store
         self._settings = settings
 
     def payload(self, job: Job, event: str) -> str:
+        from workflows.jobevents import event_body
         from workflows.jobview import job_view
 
-        view = job_view(job, self._media, self._settings.presign_expiry_s)
-        return json.dumps(
-            {
-                "type": event,
-                "timestamp": datetime.now(UTC).isoformat(),
-                "data": json.loads(view.model_dump_json(exclude={"webhook"})),
-            },
-            separators=(",", ":"),
-        )
+        return event_body(event, job_view(job, self._media, self._settings.presign_expiry_s))
 
     def deliver(self, job_id: str, tenant: str) -> Attempt | None:
         """:meth:`notify`, with the table's own failures (throttling, 5xx, network, after botocore's retries)
@@ -200,6 +217,14 @@ class Notifier:
         url = job.request.callback_url
         if event is None or not url:
             return None
+        if (
+            self._events is not None
+            and INTERIM_SUBSCRIPTIONS & set(job.request.webhook_events)
+            and self._events.in_flight_until(job.job_id) > time.time()
+        ):
+            # Never before a started/progress event still on its way to the same receiver: the state machine's
+            # retry comes back after that send has ended (it is bounded by EVENT_IN_FLIGHT_S).
+            raise WebhookRetryable("a job.progress webhook to this receiver is still in flight")
         msg_id = webhook_id(job.job_id, event)
         body = self.payload(job, event)
         signing = self._secrets.signing_secrets(job.tenant)
@@ -285,3 +310,141 @@ def start_notice_retrying(
             log.warning("webhook notice start failed", job_id=job.job_id, attempt=attempt, error=type(exc).__name__)
             sleep(NOTICE_START_BACKOFF_S * 2 ** (attempt - 1))
     return None
+
+
+# -- started and progress events (sent by the worker) ----------------------------------------------
+
+
+def event_webhook_id(job: Job, event: str) -> str:
+    """One id per distinct started/progress message (attempt and step), so receivers can dedupe exactly."""
+    if event == "job.started":
+        return f"msg_{job.job_id}_job_started_{job.attempt}"
+    return f"msg_{job.job_id}_job_progress_{job.attempt}_{job.progress.step}"
+
+
+class EventRecords:
+    """The ``event_webhook_*`` attributes of a job: the in-flight mark of a started/progress send and the record
+    of the last one. Kept apart from ``webhook_*`` (the terminal webhook's record, shown by GET)."""
+
+    def __init__(self, dynamodb: DynamoDBClient, table_name: str, *, now: Callable[[], float] = time.time) -> None:
+        self._ddb = dynamodb
+        self._table = table_name
+        self._now = now
+
+    def begin(self, job_id: str, worker_id: str) -> bool:
+        """Mark a send in flight while the job is RUNNING under ``worker_id``; False (nothing to send) otherwise."""
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": job_pk(job_id)}},
+                UpdateExpression="SET event_webhook_sending_until = :until",
+                ConditionExpression="#s = :running AND worker_id = :w",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    ":until": {"N": str(int(self._now() + EVENT_IN_FLIGHT_S) + 1)},
+                    ":running": {"S": JobStatus.RUNNING.value},
+                    ":w": {"S": worker_id},
+                },
+            )
+        except self._ddb.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def finish(self, job_id: str, event: str, msg_id: str, attempt: Attempt) -> None:
+        """Record the attempt and lift the in-flight mark."""
+        record = {
+            "event": event,
+            "webhook_id": msg_id,
+            "outcome": attempt.outcome,
+            "status": attempt.status,
+            "error": attempt.error,
+            "at": datetime.now(UTC).isoformat(),
+        }
+        self._ddb.update_item(
+            TableName=self._table,
+            Key={"pk": {"S": job_pk(job_id)}},
+            UpdateExpression=(
+                "SET event_webhook = :record REMOVE event_webhook_sending_until ADD event_webhook_count :one"
+            ),
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues={":record": {"S": json.dumps(record)}, ":one": {"N": "1"}},
+        )
+
+    def in_flight_until(self, job_id: str) -> float:
+        """Epoch seconds until which a started/progress send may still be under way (0: none)."""
+        resp = self._ddb.get_item(
+            TableName=self._table,
+            Key={"pk": {"S": job_pk(job_id)}},
+            ProjectionExpression="event_webhook_sending_until",
+            ConsistentRead=True,
+        )
+        value = resp.get("Item", {}).get("event_webhook_sending_until", {}).get("N")
+        return float(value) if value else 0.0
+
+    def last(self, job_id: str) -> dict[str, Any] | None:
+        """The last started/progress attempt's record, with ``count`` (sends so far), or None."""
+        resp = self._ddb.get_item(
+            TableName=self._table,
+            Key={"pk": {"S": job_pk(job_id)}},
+            ProjectionExpression="event_webhook, event_webhook_count",
+            ConsistentRead=True,
+        )
+        item = resp.get("Item", {})
+        if "event_webhook" not in item:
+            return None
+        record: dict[str, Any] = json.loads(item["event_webhook"]["S"])
+        record["count"] = int(item.get("event_webhook_count", {}).get("N", "0"))
+        return record
+
+
+class EventNotifier:
+    """Sends one ``job.started`` or ``job.progress`` webhook (one attempt, never retried: the next event
+    supersedes it), signed like the terminal ones, from the worker that runs the job."""
+
+    def __init__(
+        self,
+        records: EventRecords,
+        media: MediaStore,
+        secrets_store: WebhookSecrets,
+        settings: Settings,
+        *,
+        worker_id: str,
+    ) -> None:
+        self._records = records
+        self._media = media
+        self._secrets = secrets_store
+        self._settings = settings
+        self._worker_id = worker_id
+
+    @staticmethod
+    def wanted(job: Job, event: str) -> bool:
+        """Whether ``job``'s request subscribed to ``event`` (and has somewhere to send it)."""
+        from workflows.jobevents import SUBSCRIPTION
+
+        return bool(job.request.callback_url) and SUBSCRIPTION.get(event, "") in job.request.webhook_events
+
+    def send(self, job: Job, event: str) -> Attempt | None:
+        """Send ``event`` for the job as it stood in ``job`` (a snapshot); None when it was not wanted or the job
+        is no longer RUNNING under this worker. Raises AWS errors (the caller logs them)."""
+        from workflows.jobevents import event_body
+        from workflows.jobview import job_view
+
+        url = job.request.callback_url
+        if not url or not self.wanted(job, event) or not self._records.begin(job.job_id, self._worker_id):
+            return None
+        msg_id = event_webhook_id(job, event)
+        body = event_body(event, job_view(job, self._media, self._settings.presign_expiry_s))
+        now = datetime.now(UTC)
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "sdq-webhooks/1",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": signature_header(self._secrets.signing_secrets(job.tenant), msg_id, now, body),
+        }
+        attempt = send_once(
+            url, body, headers, allow_loopback=self._settings.allow_loopback_callbacks, timeout_s=EVENT_TIMEOUT_S
+        )
+        self._records.finish(job.job_id, event, msg_id, attempt)
+        logger.info("event webhook attempt", job_id=job.job_id, event=event, outcome=attempt.outcome)
+        return attempt

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from diffusers import (
@@ -35,6 +35,7 @@ from PIL import Image
 from shared.errors import RetryableError
 from workflows.generation.acceleration import AccelerationOptions, Accelerator, upcasts_vae_per_call
 from workflows.generation.models import LoadedModel, Precision, Text2ImagePipeline, load_model, quiet_logger
+from workflows.generation.previews import Captured, LatentFormat, capture, latent_format_for
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,19 @@ class BatchShape:
 StepCallback = Callable[[int, int], None]
 
 
+@runtime_checkable
+class LatentTap(Protocol):
+    """An ``on_step`` callback that also takes previews: asked after each step whether it wants the latents, it
+    gets them as a :class:`~workflows.generation.previews.Captured` (a device-side shrink and an asynchronous copy
+    to the host, one row per job: its first image) to finish off the GPU thread."""
+
+    def __call__(self, step: int, total: int) -> None: ...
+
+    def wants_latents(self, step: int, total: int) -> bool: ...
+
+    def take_latents(self, step: int, total: int, latents: Captured) -> None: ...
+
+
 class PipelineRunner:
     """Holds one loaded pipeline and runs one pipeline call per batch."""
 
@@ -133,6 +147,7 @@ class PipelineRunner:
         self._cpu_max_batch_images = cpu_max_batch_images
         self._max_batch_cap = max_batch_cap
         self._accel = Accelerator(self._pipe, model.device, acceleration, self.native_size)
+        self._latent_format = latent_format_for(self._pipe)
         if hasattr(self._pipe.vae, "use_slicing"):
             _fall_back_to_one_image_decodes(self._pipe.vae)
         if self._accel.options.warmup:
@@ -307,7 +322,8 @@ class PipelineRunner:
         """Run one pipeline call for all ``jobs``; return each job's images by key, in seed order.
 
         ``on_step(step, total)`` is called after every denoising step (1-based). If it raises
-        ``GenerationCancelled`` the call stops at once (no VAE decode) and the exception propagates.
+        ``GenerationCancelled`` the call stops at once (no VAE decode) and the exception propagates. An
+        ``on_step`` that is a :class:`LatentTap` also gets each job's first latent row at the steps it asks for.
         Raises ``GenerationOOM`` when the device runs out of memory, ``UnknownScheduler`` for a name outside
         ``SCHEDULERS``, ``ValueError`` for an empty or inconsistent batch; other errors propagate.
         """
@@ -352,7 +368,8 @@ class PipelineRunner:
             "output_type": "pil",
         }
         if on_step is not None:
-            kwargs["callback_on_step_end"] = _step_callback(on_step)
+            first_rows = [sum(j.num_images for j in jobs[:n]) for n in range(len(jobs))]
+            kwargs["callback_on_step_end"] = _step_callback(on_step, first_rows, keys, self._latent_format)
 
         cache = self._accel.prompt_cache
         try:
@@ -420,12 +437,24 @@ def fits_in_one_decode(images: int, bytes_per_image: int, free_bytes: int) -> bo
     return images * bytes_per_image <= free_bytes - _CUDA_HEADROOM_BYTES
 
 
-def _step_callback(on_step: StepCallback) -> Callable[..., dict[str, Any]]:
-    """Adapt ``on_step(step, total)`` to diffusers' ``callback_on_step_end(pipe, i, t, kwargs)``."""
+def _step_callback(
+    on_step: StepCallback,
+    first_rows: list[int] | None = None,
+    keys: list[str] | None = None,
+    latent_format: LatentFormat | None = None,
+) -> Callable[..., dict[str, Any]]:
+    """Adapt ``on_step(step, total)`` to diffusers' ``callback_on_step_end(pipe, i, t, kwargs)``; a
+    :class:`LatentTap` also gets the rows ``first_rows`` of the latents (named ``keys``) when it wants them."""
+    tap = on_step if isinstance(on_step, LatentTap) else None
+    rows, names, fmt = first_rows or [], keys or [], latent_format
 
     def callback(pipe: Text2ImagePipeline, i: int, _t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         # num_timesteps is the loop's real length (a scheduler may add a step to the requested count).
-        on_step(i + 1, int(pipe.num_timesteps))
+        step, total = i + 1, int(pipe.num_timesteps)
+        latents = callback_kwargs.get("latents")
+        if tap is not None and fmt is not None and rows and latents is not None and tap.wants_latents(step, total):
+            tap.take_latents(step, total, capture(latents, rows, names, fmt))
+        on_step(step, total)
         return callback_kwargs
 
     return callback

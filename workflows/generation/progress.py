@@ -1,5 +1,9 @@
 """A batch's progress: step/total written to the table off the GPU thread, at most once per interval, and the
-pipeline call stopped when every job in it was cancelled (or taken over) or the worker must stop now."""
+pipeline call stopped when every job in it was cancelled (or taken over) or the worker must stop now.
+
+With :class:`~workflows.generation.progressevents.ProgressEvents` the writer also takes previews (the pipeline
+hands it each job's latents every few steps: a device-side shrink and an asynchronous copy, finished here on a
+writer thread) and offers ``job.started`` / ``job.progress`` webhooks to its sender thread."""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from aws_lambda_powertools import Logger
 from shared.jobs import JobsRepository
 from workflows.generation.heldmessages import AwsError, Held
 from workflows.generation.pipeline import GenerationCancelled
+from workflows.generation.previews import Captured
+from workflows.generation.progressevents import PREVIEW_EVERY_STEPS, ProgressEvents
 
 logger = Logger(service="sdq-worker")
 
@@ -29,8 +35,10 @@ class ProgressRecorder:
         hard_stop: threading.Event,
         writers: Executor,
         table_pool: Executor,
+        events: ProgressEvents | None = None,
     ) -> None:
         self._repo = repo
+        self.events = events
         self._worker_id = worker_id
         self.interval_s = interval_s
         self._hard_stop = hard_stop
@@ -38,7 +46,11 @@ class ProgressRecorder:
         self._table_pool = table_pool
 
     def writer(self, jobs: list[Held]) -> ProgressWriter:
-        """The step callback for one pipeline call over ``jobs``."""
+        """The step callback for one pipeline call over ``jobs`` (whose generation starts now)."""
+        if self.events is not None:
+            for h in jobs:
+                if h.job is not None and not h.dropped:
+                    self.events.started(h.job)
         return ProgressWriter(self, jobs)
 
     def must_stop_now(self) -> bool:
@@ -61,9 +73,34 @@ class ProgressRecorder:
             return
         if still_ours:
             h.job.progress.step, h.job.progress.total = step, total
+            if self.events is not None:
+                self.events.progressed(h.job)
         else:
             logger.info("job cancelled or taken over during generation; dropping it", job_id=h.job_id)
             h.dropped = True
+
+    def preview_later(self, jobs: list[Held], step: int, total: int, latents: Captured) -> Future[None]:
+        """Encode, upload and record each job's preview on a writer thread."""
+        return self._writers.submit(self._preview, jobs, step, total, latents)
+
+    def _preview(self, jobs: list[Held], step: int, total: int, latents: Captured) -> None:
+        assert self.events is not None
+        by_key = {h.job_id: h for h in jobs}
+        for row, key in enumerate(latents.keys):
+            h = by_key.get(key)
+            if h is None or h.dropped or h.job is None:
+                continue
+            try:
+                ours = self.events.store_preview(h.job, latents, row, worker_id=self._worker_id, step=step, total=total)
+            except AwsError as exc:
+                logger.warning("preview not stored", job_id=h.job_id, error=str(exc))
+                continue
+            except Exception:
+                logger.exception("preview failed", job_id=h.job_id)
+                continue
+            if not ours:
+                logger.info("job cancelled or taken over during generation; dropping it", job_id=h.job_id)
+                h.dropped = True
 
 
 class ProgressWriter:
@@ -75,6 +112,9 @@ class ProgressWriter:
         self._jobs = jobs
         self._last = 0.0
         self._pending: Future[None] | None = None
+        self._last_preview = 0.0
+        self._last_preview_step = 0
+        self._preview: Future[None] | None = None
 
     def __call__(self, step: int, total: int) -> None:
         if self._recorder.must_stop_now():
@@ -85,6 +125,20 @@ class ProgressWriter:
             self._pending = self._recorder.write_later(self._jobs, step, total)
         if all(h.dropped for h in self._jobs):
             raise GenerationCancelled()
+
+    def wants_latents(self, step: int, total: int) -> bool:
+        """A preview every few steps and at most once per preview interval, while the previous one is not still
+        being made; none at the last step (the image itself is next)."""
+        events = self._recorder.events
+        if events is None or step >= total or step - self._last_preview_step < PREVIEW_EVERY_STEPS:
+            return False
+        if self._preview is not None and not self._preview.done():
+            return False
+        return time.monotonic() - self._last_preview >= events.preview_interval_s
+
+    def take_latents(self, step: int, total: int, latents: Captured) -> None:
+        self._last_preview, self._last_preview_step = time.monotonic(), step
+        self._preview = self._recorder.preview_later(self._jobs, step, total, latents)
 
     def close(self) -> Future[None] | None:
         """The write still in flight, if any (not waited for here)."""

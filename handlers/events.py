@@ -1,0 +1,138 @@
+"""``GET /v1/jobs/{id}/events``: the job's events as a Server-Sent Events stream (API Gateway REST proxy events).
+
+A streamed answer cannot come from an ordinary Python Lambda handler (its runtime buffers the return value), so
+:func:`stream_handler` returns the status, headers and a body iterator, and whoever runs it writes them as they
+come: on AWS this function's own runtime loop (:mod:`handlers.streamruntime`, behind API Gateway's streaming
+integration); locally the local API server (:mod:`localcloud.api`). The stream itself is
+:func:`workflows.jobevents.stream`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from shared.apikeys import ApiKeyStore
+from shared.aws import AwsClients
+from shared.contracts import Job, JobView
+from shared.errors import JobNotFound, ServiceError, Unauthorized
+from shared.jobs import JobsRepository
+from shared.media import MediaStore
+from shared.settings import Settings, get_settings
+from workflows import jobevents
+from workflows.jobview import job_view
+from workflows.submission import is_valid_job_id
+
+logger = Logger(service="sdq-events")
+
+PATH = re.compile(r"^(?:/[^/]+)?/v1/jobs/(?P<job_id>[^/]+)/events/?$")
+# The stream ends this long before the invocation's own end (the function's timeout, at most API Gateway's
+# 15 minutes for a streamed answer), so it closes cleanly and the client reconnects with Last-Event-ID.
+END_MARGIN_S = 10.0
+LOCAL_STREAM_S = 14 * 60.0
+
+
+@dataclass
+class StreamedResponse:
+    """A response whose body is written chunk by chunk as the iterator yields."""
+
+    status: int
+    headers: dict[str, str]
+    body: Iterable[bytes] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EventServices:
+    settings: Settings
+    repo: JobsRepository
+    keys: ApiKeyStore
+    media: MediaStore
+
+
+@lru_cache(maxsize=1)
+def services() -> EventServices:
+    settings = get_settings()
+    aws = AwsClients(settings)
+    return EventServices(
+        settings=settings,
+        repo=JobsRepository(aws.dynamodb(), settings.table_name),
+        keys=ApiKeyStore(aws.dynamodb(), settings.table_name),
+        media=MediaStore(aws.s3(), settings.bucket),
+    )
+
+
+def _headers(event: dict[str, Any]) -> dict[str, str]:
+    return {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+
+
+def _tenant(headers: dict[str, str]) -> str | None:
+    key = headers.get("x-api-key", "")
+    auth = headers.get("authorization", "")
+    if not key and auth[:7].lower() == "bearer ":
+        key = auth[7:].strip()
+    return services().keys.resolve(key) if key else None
+
+
+def _error(error: ServiceError, headers: dict[str, str] | None = None) -> StreamedResponse:
+    return StreamedResponse(
+        error.status,
+        {"Content-Type": "application/json", **(headers or {})},
+        [json.dumps(error.body()).encode()],
+    )
+
+
+def _job_id(event: dict[str, Any]) -> str | None:
+    params = event.get("pathParameters") or {}
+    if params.get("job_id"):
+        return str(params["job_id"])
+    match = PATH.match(str(event.get("path", "")))
+    return match.group("job_id") if match else None
+
+
+def _last_event_id(event: dict[str, Any], headers: dict[str, str]) -> str | None:
+    """``Last-Event-ID`` (EventSource sends it when it reconnects), or ``?last_event_id=`` for clients that
+    cannot set headers on a first connection."""
+    query = event.get("queryStringParameters") or {}
+    return headers.get("last-event-id") or query.get("last_event_id") or None
+
+
+def stream_handler(event: dict[str, Any], context: Any) -> StreamedResponse:
+    """Authenticate, find the tenant's job (404 for unknown and foreign ones alike), then stream its events.
+
+    The stream ends after the job's terminal event or shortly before the invocation runs out of time.
+    """
+    headers = _headers(event)
+    tenant = _tenant(headers)
+    if tenant is None:
+        return _error(Unauthorized(), {"WWW-Authenticate": 'Bearer realm="sdq"'})
+    job_id = _job_id(event)
+    s = services()
+    try:
+        if not job_id or not is_valid_job_id(job_id):
+            raise JobNotFound(job_id or "")
+        job = s.repo.get(job_id, tenant=tenant)
+    except JobNotFound as exc:
+        return _error(exc)
+    remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+    budget_s = remaining_ms() / 1000 - END_MARGIN_S if remaining_ms else LOCAL_STREAM_S
+    deadline = time.monotonic() + max(1.0, budget_s)
+
+    def view(current: Job) -> JobView:
+        return job_view(current, s.media, s.settings.presign_expiry_s)
+
+    body: Iterator[bytes] = jobevents.stream(
+        job,
+        lambda: s.repo.get(job.job_id, tenant=tenant),
+        view,
+        last_event_id=_last_event_id(event, headers),
+        deadline=deadline,
+    )
+    logger.info("event stream", job_id=job.job_id, status=job.status.value, budget_s=round(budget_s, 1))
+    return StreamedResponse(200, dict(jobevents.SSE_HEADERS), body)

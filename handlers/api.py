@@ -49,10 +49,12 @@ from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
+from shared.queuestate import QueueState
 from shared.ratelimit import RateLimiter
 from shared.settings import Settings, get_settings
 from shared.webhooksecrets import WebhookSecrets
 from workflows.jobview import job_view
+from workflows.queueposition import QueuePositions
 from workflows.submission import SubmissionService
 from workflows.waiting import MAX_WAIT_S, wait_until_finished
 from workflows.webhooks import start_notice, start_notice_retrying
@@ -155,6 +157,7 @@ class Services:
     media: MediaStore
     secrets: WebhookSecrets
     orchestrator: Orchestrator
+    positions: QueuePositions
 
 
 @lru_cache(maxsize=1)
@@ -175,6 +178,7 @@ def services() -> Services:
         media=MediaStore(aws.s3(), settings.bucket),
         secrets=WebhookSecrets(aws.dynamodb(), settings.table_name, overlap_s=settings.webhook_secret_overlap_s),
         orchestrator=Orchestrator(aws.stepfunctions(), settings.state_machine_arn),
+        positions=QueuePositions(QueueState(aws.dynamodb(), settings.table_name)),
     )
 
 
@@ -212,9 +216,10 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
     )
 
 
-def _view(job: Any) -> JobView:
+def _view(job: Any, *, queue: bool = False) -> JobView:
+    """``queue``: look up where a QUEUED job stands (three index reads, workflows/queueposition.py)."""
     s = services()
-    return job_view(job, s.media, s.settings.presign_expiry_s)
+    return job_view(job, s.media, s.settings.presign_expiry_s, queue=s.positions.info(job) if queue else None)
 
 
 def wait_preference(prefer: str | None) -> int | None:
@@ -317,7 +322,7 @@ def submit_job(
     status = 202
     if wait_s is not None and job.status.terminal:
         status = 201 if result.created else 200
-    view = _view(job)
+    view = _view(job, queue=wait_s is not None)
     headers = {
         "Location": f"{_stage_prefix()}/v1/jobs/{view.id}",
         "Idempotent-Replayed": str(not result.created).lower(),
@@ -355,7 +360,7 @@ def get_job(job_id: JobId, prefer: Prefer = None) -> Response[JobView]:
     headers = _wait_headers(wait_s, job)
     if wait_s is not None:
         headers["Vary"] = "Prefer"
-    return _json(200, _view(job), headers)
+    return _json(200, _view(job, queue=True), headers)
 
 
 @app.get(

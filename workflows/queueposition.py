@@ -23,11 +23,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from aws_lambda_powertools import Logger
+from botocore.exceptions import BotoCoreError, ClientError
+
 from shared.contracts import Job, JobStatus, QueueInfo
 from shared.queuestate import Ahead, QueuedWork, WorkerStats
 
 # template.yaml scales the fleet from zero through an alarm, then starts GPU instances and pulls the image:
 # docs/deploy.md ("Scaling") measures 5-10 minutes. The midpoint, as an estimate.
+logger = Logger(service="sdq", child=True)
+
 SCALE_UP_S = 450.0
 SCALE_UP_WORDS = "usually 5-10 minutes"
 
@@ -65,12 +70,17 @@ class QueuePositions:
         self._clock = clock
 
     def info(self, job: Job) -> QueueInfo | None:
-        """The queue info of a QUEUED job; None for a job in any other state (no reads then)."""
+        """The queue info of a QUEUED job; None for a job in any other state (no reads then), and None when the
+        reads fail (logged): a job's answer never fails for its queue info."""
         if job.status != JobStatus.QUEUED:
             return None
-        ahead = self._reads.queued_ahead(job.job_id, self._rules.max_ahead)
-        running = self._reads.running(self._rules.max_running)
-        workers = self._reads.workers()
+        try:
+            ahead = self._reads.queued_ahead(job.job_id, self._rules.max_ahead)
+            running = self._reads.running(self._rules.max_running)
+            workers = self._reads.workers()
+        except (ClientError, BotoCoreError) as exc:
+            logger.warning("queue position unavailable", job_id=job.job_id, error=type(exc).__name__)
+            return None
         mine = QueuedWork.from_request(job.job_id, job.tenant, job.request.model_dump())
         return estimate(mine, ahead, running, workers, now=self._clock(), rules=self._rules)
 

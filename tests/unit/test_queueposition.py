@@ -6,6 +6,7 @@ import itertools
 from dataclasses import dataclass, field
 
 import pytest
+from botocore.exceptions import ClientError
 
 from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
 from shared.queuestate import Ahead, QueuedWork, RunningBatch, ShapeRate, WorkerStats, shape_key
@@ -180,3 +181,11 @@ def test_positions_read_three_bounded_queries_for_a_queued_job_and_nothing_other
     for status in (JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.CANCELLED):
         assert positions.info(job(status)) is None
     assert reads.calls == []
+
+
+def test_a_failed_read_leaves_the_queue_info_out_instead_of_failing_the_answer() -> None:
+    class Throttled(FakeReads):
+        def running(self, limit: int) -> list[QueuedWork]:
+            raise ClientError({"Error": {"Code": "ThrottlingException"}}, "Query")
+
+    assert QueuePositions(Throttled(), clock=lambda: NOW).info(job(JobStatus.QUEUED)) is None

@@ -69,6 +69,7 @@ FUNCTIONS = (
     "DlqFunction",
     "RequeueFunction",
     "FailedExecutionFunction",
+    "EventsFunction",
 )
 XRAY_WRITE = {("xray:PutTraceSegments", "*"), ("xray:PutTelemetryRecords", "*")}
 XRAY_DAEMON = XRAY_WRITE | {("xray:GetSamplingRules", "*"), ("xray:GetSamplingTargets", "*")}
@@ -88,6 +89,8 @@ def _logs(group: str) -> set[tuple[str, str]]:
 #   event source on the DLQ.
 # Worker: WorkerQueue receive/visibility/delete, JobsRepository claim/lease/progress, staging uploads, StartExecution,
 #   and the X-Ray daemon beside it.
+# The job workflow as the postprocess role names it: a reference would be a cycle (the workflow invokes it).
+JOB_STATE_MACHINE_PATTERN = "arn:AWS::Partition:states:AWS::Region:AWS::AccountId:stateMachine:*JobStateMachine*"
 EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
     "ApiFunctionRole": _logs("ApiFunctionLogGroup")
     | XRAY_WRITE
@@ -110,6 +113,16 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("s3:PutObject", "MediaBucket.Arn/outputs/*"),
         ("s3:DeleteObject", "MediaBucket.Arn/staging/*"),
         ("s3:ListBucket", "MediaBucket.Arn"),
+        # SettleJoined (workflows/resultcache.py): joined jobs sent to run, or their job.succeeded notices.
+        ("sqs:SendMessage", "JobsQueue.Arn"),
+        ("states:StartExecution", JOB_STATE_MACHINE_PATTERN),
+    },
+    # Events: handlers/events.py -> ApiKeyStore.resolve and JobsRepository.get (get), presign outputs and previews.
+    "EventsFunctionRole": _logs("EventsFunctionLogGroup")
+    | XRAY_WRITE
+    | {
+        ("dynamodb:GetItem", "JobsTable.Arn"),
+        ("s3:GetObject", "MediaBucket.Arn/outputs/*"),
     },
     "NotifyFunctionRole": _logs("NotifyFunctionLogGroup")
     | XRAY_WRITE
@@ -164,6 +177,10 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:UpdateItem", "JobsTable.Arn"),
         ("s3:PutObject", "MediaBucket.Arn/staging/*"),
         ("states:StartExecution", "JobStateMachine"),
+        # Progress previews (and presigning them for job.progress webhooks); the webhooks' signing secret.
+        ("s3:PutObject", "MediaBucket.Arn/outputs/*/preview.jpg"),
+        ("s3:GetObject", "MediaBucket.Arn/outputs/*/preview.jpg"),
+        ("dynamodb:PutItem", "JobsTable.Arn"),
     },
     "WorkerExecutionRole": _logs("WorkerLogGroup")
     | {
@@ -178,7 +195,7 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
 
 # Writes limited to item kinds by dynamodb:LeadingKeys (the API cannot mint API keys, Notify writes only secrets).
 EXPECTED_LEADING_KEYS = {
-    ("ApiFunctionRole", "dynamodb:PutItem"): {"JOB#*", "IDEM#*", "TENANT#*"},
+    ("ApiFunctionRole", "dynamodb:PutItem"): {"JOB#*", "IDEM#*", "TENANT#*", "CACHE#*"},
     ("ApiFunctionRole", "dynamodb:UpdateItem"): {"JOB#*", "RATE#*", "IDEM#*"},  # transitions, rate counters, freed keys
     ("PostprocessFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("NotifyFunctionRole", "dynamodb:PutItem"): {"TENANT#*"},
@@ -187,10 +204,12 @@ EXPECTED_LEADING_KEYS = {
     ("RequeueFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("FailedExecutionFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("WorkerTaskRole", "dynamodb:UpdateItem"): {"JOB#*", "WORKER#*"},  # claims, leases, progress; its throughput
+    ("WorkerTaskRole", "dynamodb:PutItem"): {"TENANT#*"},  # a progress webhook's signing secret, on first use
 }
 
 TRUSTED_SERVICE = {
     "ApiFunctionRole": "lambda.amazonaws.com",
+    "EventsFunctionRole": "lambda.amazonaws.com",
     "PostprocessFunctionRole": "lambda.amazonaws.com",
     "NotifyFunctionRole": "lambda.amazonaws.com",
     "DlqFunctionRole": "lambda.amazonaws.com",
@@ -348,21 +367,31 @@ def test_who_may_do_what(resources: dict[str, Any]) -> None:
         return {n for n, g in by_role.items() if any(a == action and r.startswith(resource_prefix) for a, r in g)}
 
     # Submit; requeue dead letters after worker crashes; requeue jobs whose submission died before sending.
-    assert holders("sqs:SendMessage") == {"ApiFunctionRole", "DlqFunctionRole", "RequeueFunctionRole"}
+    # ...and send jobs that joined one that failed (the result cache's SettleJoined, in the postprocess function).
+    assert holders("sqs:SendMessage") == {
+        "ApiFunctionRole",
+        "DlqFunctionRole",
+        "RequeueFunctionRole",
+        "PostprocessFunctionRole",
+    }
     assert holders("sqs:ReceiveMessage", "JobsQueue") == {"WorkerTaskRole"}
     assert holders("sqs:ReceiveMessage", "JobsDeadLetterQueue") == {"DlqFunctionRole"}
     assert holders("s3:DeleteObject") == {"PostprocessFunctionRole"}
     assert holders("s3:PutObject") == {"PostprocessFunctionRole", "WorkerTaskRole"}
-    assert holders("s3:PutObject", "MediaBucket.Arn/outputs/") == {"PostprocessFunctionRole"}
+    assert holders("s3:PutObject", "MediaBucket.Arn/outputs/") == {"PostprocessFunctionRole", "WorkerTaskRole"}
+    # The worker writes only its jobs' progress previews under outputs/, never an output.
+    assert {r for a, r in by_role["WorkerTaskRole"] if r.startswith("MediaBucket.Arn/outputs/")} == {
+        "MediaBucket.Arn/outputs/*/preview.jpg"
+    }
     # The worker's hand-off, and the notices of the API (cancel, redeliver), dead letters and failed executions.
     assert holders("states:StartExecution") == {
         "ApiFunctionRole",
         "WorkerTaskRole",
         "DlqFunctionRole",
         "FailedExecutionFunctionRole",
+        "PostprocessFunctionRole",  # joined jobs' job.succeeded notices
     }
     assert holders("lambda:InvokeFunction") == {"JobStateMachineRole"}
-    assert "sqs:SendMessage" not in {a for a, _ in by_role["PostprocessFunctionRole"]}
     assert not {a for a, _ in by_role["ApiFunctionRole"]} & {"s3:DeleteObject", "s3:PutObject"}
 
 
@@ -623,6 +652,17 @@ def test_api_needs_keys_is_throttled_per_key_and_logs_access(resources: dict[str
         assert {"api_key": []} not in paths[open_path]["x-amazon-apigateway-any-method"].get("security", []), open_path
     for page in ("/playground", "/playground/{file}"):
         assert {"api_key": []} not in paths[page]["get"].get("security", []), page
+    # The event stream: its own function, keyed like /v1, through API Gateway's response streaming (15 minutes).
+    events = paths["/v1/jobs/{job_id}/events"]["get"]
+    assert {"api_key": []} in events["security"]
+    integration = events["x-amazon-apigateway-integration"]
+    assert integration["responseTransferMode"] == "STREAM"
+    assert integration["timeoutInMillis"] == 900000
+    assert "/2021-11-15/functions/" in json.dumps(integration["uri"])
+    assert "/response-streaming-invocations" in json.dumps(integration["uri"])
+    streaming = env_of(resources["EventsFunction"])
+    assert streaming["AWS_LAMBDA_EXEC_WRAPPER"] == "/var/task/handlers/streamruntime.sh"
+    assert resources["EventsFunction"]["Properties"]["Timeout"] == 900
     stage = next(r for r in resources.values() if r["Type"] == "AWS::ApiGateway::Stage")["Properties"]
     assert show(stage["AccessLogSetting"]["DestinationArn"]) == "ApiAccessLogGroup.Arn"
     assert "$context.requestId" in stage["AccessLogSetting"]["Format"]

@@ -23,6 +23,7 @@ from shared.queuestate import QueueState
 from shared.settings import get_settings
 from workflows.generation.encoding import encode_processes_for
 from workflows.generation.pipeline import PipelineRunner
+from workflows.generation.progressevents import progress_events_for
 from workflows.generation.worker import Generator, Worker, WorkerConfig
 
 logger = Logger(service="sdq-worker")
@@ -43,6 +44,7 @@ def build_worker(
         staging_prefix=settings.staging_prefix,
         batch_log_fields=batch_log_fields,
         worker_stats=QueueState(aws.dynamodb(), settings.table_name),
+        progress_events=progress_events_for(aws, settings, worker_id=config.worker_id),
     )
 
 

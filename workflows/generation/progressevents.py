@@ -24,7 +24,9 @@ from workflows.jobevents import PROGRESS, STARTED
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
+    from shared.aws import AwsClients
     from shared.media import MediaStore
+    from shared.settings import Settings
     from workflows.webhooks import EventNotifier
 
 logger = Logger(service="sdq-worker")
@@ -170,3 +172,22 @@ class ProgressEvents:
         job.progress.step, job.progress.total = step, total
         self.progressed(job)
         return True
+
+
+def progress_events_for(aws: AwsClients, settings: Settings, *, worker_id: str) -> ProgressEvents:
+    """Previews and event webhooks wired to the service's bucket, table and webhook secrets."""
+    from shared.media import MediaStore
+    from shared.webhooksecrets import WebhookSecrets
+    from workflows.webhooks import EventNotifier, EventRecords
+
+    media = MediaStore(aws.s3(), settings.bucket)
+    notifier = EventNotifier(
+        EventRecords(aws.dynamodb(), settings.table_name),
+        media,
+        WebhookSecrets(aws.dynamodb(), settings.table_name, overlap_s=settings.webhook_secret_overlap_s),
+        settings,
+        worker_id=worker_id,
+    )
+    return ProgressEvents(
+        media, aws.dynamodb(), settings.table_name, outputs_prefix=settings.outputs_prefix, notifier=notifier
+    )

@@ -46,6 +46,7 @@ from workflows.generation.handoff import HandOff
 from workflows.generation.heartbeat import Heartbeat
 from workflows.generation.heldmessages import HeldMessages
 from workflows.generation.progress import ProgressRecorder
+from workflows.generation.progressevents import ProgressEvents
 from workflows.generation.receiver import Receiver
 from workflows.generation.throughput import StatsStore, Throughput
 
@@ -91,6 +92,7 @@ class Worker:
         clock: Callable[[], float] = time.time,
         batch_log_fields: Callable[[], dict[str, Any]] | None = None,
         worker_stats: StatsStore | None = None,
+        progress_events: ProgressEvents | None = None,
     ) -> None:
         self.config = config
         self._gen = generator
@@ -157,6 +159,7 @@ class Worker:
             hard_stop=self._hard_stop,
             writers=self._finishers,
             table_pool=self._table_pool,
+            events=progress_events,  # previews and started/progress webhooks
         )
         self._batch_runner = BatchRunner(generator, progress, self._handoff, self._hard_stop, xray=config.xray)
         self._throughput = Throughput(

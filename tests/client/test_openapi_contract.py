@@ -46,7 +46,7 @@ def openapi() -> dict[str, Any]:
         "body": None,
         "isBase64Encoded": False,
     }
-    answer = lambda_handler(event, LocalLambdaContext())  # type: ignore[arg-type]
+    answer = lambda_handler(event, LocalLambdaContext())
     assert answer["statusCode"] == 200
     return dict(json.loads(answer["body"]))
 
@@ -131,7 +131,9 @@ def test_security_schemes_and_servers_are_declared(openapi: dict[str, Any]) -> N
     )
     for path, methods in openapi["paths"].items():
         for method, op in methods.items():
-            expected = [{"bearer": []}, {"apiKey": []}] if path.startswith("/v1/") else None
+            expected: list[dict[str, list[str]]] | None = None
+            if path.startswith("/v1/"):
+                expected = [{"bearer": []}, {"apiKey": []}]
             assert op.get("security") == expected, (method, path)
     servers = openapi["servers"]
     assert servers[0]["url"] == "/prod"  # where this document was fetched (API Gateway's stage path included)

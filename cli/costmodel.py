@@ -10,7 +10,8 @@ Everything is a plain multiplication of a usage quantity by a unit price, so eve
   DynamoDB on-demand read/write units and storage, S3 storage and requests, data transfer out, CloudWatch and
   X-Ray, and the fixed monthly costs (dashboard, alarms, custom metrics, the worker image).
 
-Prices (:data:`DEFAULT_PRICES`) are us-east-1 on-demand list prices as known when this was written, without free
+Prices (:data:`shared.pricing.DEFAULT_PRICES`, the table a job's ``usage`` estimate uses too) are us-east-1
+on-demand list prices as known when this was written, without free
 tiers, savings plans or spot; every one can be overridden (``sdq cost --price KEY=VALUE``), as can every usage
 assumption (``--assume NAME=VALUE``, the fields of :class:`Usage`).
 """
@@ -23,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from shared.pricing import DEFAULT_PRICES
 
 HOURS_PER_MONTH = 730.0
 DAYS_PER_MONTH = 30.0
@@ -63,37 +66,6 @@ GPUS: dict[str, GpuType] = {
         GpuType("p5.48xlarge", "H100", 8, 1.00, "the benchmarked GPU; 8 per instance"),
     )
 }
-
-# Unit prices, USD. Keys name the unit: "...hour", "...million" (per million), "...thousand" (per 1,000),
-# "...gb_month", "...gb", "...gb_second", "...month".
-DEFAULT_PRICES: dict[str, float] = {
-    "ec2.g4dn.xlarge.hour": 0.526,
-    "ec2.g5.xlarge.hour": 1.006,
-    "ec2.g6.xlarge.hour": 0.8048,
-    "ec2.g6e.xlarge.hour": 1.861,
-    "ec2.p5.48xlarge.hour": 55.04,  # after AWS's June 2025 P5 price cut (was 98.32)
-    "ebs.gp3.gb_month": 0.08,
-    "ecr.storage.gb_month": 0.10,
-    "lambda.requests.million": 0.20,
-    "lambda.x86.gb_second": 0.0000166667,
-    "apigateway.rest.requests.million": 3.50,
-    "stepfunctions.standard.transitions.thousand": 0.025,
-    "sqs.standard.requests.million": 0.40,
-    "dynamodb.ondemand.write_units.million": 0.625,
-    "dynamodb.ondemand.read_units.million": 0.125,
-    "dynamodb.storage.gb_month": 0.25,
-    "dynamodb.pitr.gb_month": 0.20,
-    "s3.standard.gb_month": 0.023,
-    "s3.put.thousand": 0.005,
-    "s3.get.thousand": 0.0004,
-    "transfer.out.internet.gb": 0.09,
-    "cloudwatch.logs.ingest.gb": 0.50,
-    "cloudwatch.metric.month": 0.30,
-    "cloudwatch.alarm_metric.month": 0.10,
-    "cloudwatch.dashboard.month": 3.00,
-    "xray.traces.million": 5.00,
-}
-
 
 LAMBDA_REQUESTS = "lambda.requests.million"
 SQS_REQUESTS = "sqs.standard.requests.million"

@@ -1,4 +1,5 @@
-"""Step Functions task: postprocess a generated job (formats, thumbnails, metadata, S3 outputs)."""
+"""Step Functions tasks: postprocess a generated job (formats, thumbnails, metadata, S3 outputs), and settle the
+jobs that joined it (the result cache's SettleJoined step, payload ``{"settle_joined": true, ...}``)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from shared.aws import AwsClients
 from shared.errors import RetryableError
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
+from shared.orchestration import Orchestrator
+from shared.queue import JobQueue
 from shared.settings import get_settings
 from workflows.postprocess import PostprocessInput, Postprocessor
+from workflows.resultcache import ResultCache
 
 logger = Logger(service="sdq-postprocess")
 tracer = Tracer(service="sdq-postprocess")
@@ -32,10 +36,36 @@ def postprocessor() -> Postprocessor:
     )
 
 
+@lru_cache(maxsize=4)
+def result_cache(state_machine_arn: str) -> ResultCache:
+    """The settling side of the result cache; the state machine passes its own ARN (the template cannot name it
+    to this function without a cycle), which the followers' webhook notices start executions of."""
+    settings = get_settings()
+    aws = AwsClients(settings)
+    return ResultCache(
+        JobsRepository(aws.dynamodb(), settings.table_name),
+        JobQueue(aws.sqs(), settings.queue_url),
+        settings,
+        orchestrator=lambda: Orchestrator(aws.stepfunctions(), state_machine_arn),
+    )
+
+
+def settle_joined(event: dict[str, Any]) -> dict[str, Any]:
+    """SettleJoined: finish (or send to the queue) the jobs that joined ``event["job_id"]``."""
+    try:
+        report = result_cache(str(event["state_machine_arn"])).settle(str(event["job_id"]))
+    except (BotoCoreError, ClientError) as exc:
+        raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
+    return {"completed": report.completed, "released": report.released, "skipped": report.skipped}
+
+
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Input: the worker's hand-off; output: ``{status, skipped, outputs, outputs_json}`` for MarkSucceeded."""
+    """Input: the worker's hand-off; output: ``{status, skipped, outputs, outputs_json}`` for MarkSucceeded. A
+    SettleJoined payload is settled instead (:func:`settle_joined`)."""
+    if event.get("settle_joined"):
+        return settle_joined(event)
     try:
         result = postprocessor().run(PostprocessInput.model_validate(event))
     except (BotoCoreError, ClientError) as exc:

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from shared.netguard import UnsafeUrl, check_callback_url
+from shared.pricing import GpuPrice
 from shared.settings import RequestLimits, Settings, get_settings
 
 SEED_MAX = 2**32 - 1
@@ -301,8 +302,10 @@ class GenerationRequest(BaseModel):
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
-    def cache_key(self) -> str:
-        """Identifies the pixels: same key, same images (model, prompt, shape, sampler and seed)."""
+    def cache_key(self, model_revision: str = "") -> str:
+        """Identifies the stored images: same key, same files. The normalised request's model and the revision
+        of its weights, prompt, negative prompt, size, steps, guidance, scheduler, seed, number of images,
+        output format and quality (quality only where the format uses it). Call it on :meth:`normalised`."""
         fields = self.model_dump(
             mode="json",
             include={
@@ -316,10 +319,18 @@ class GenerationRequest(BaseModel):
                 "seed",
                 "num_images",
                 "scheduler",
+                "output_format",
             },
         )
+        fields["guidance_scale"] = float(self.guidance_scale)
+        fields["quality"] = None if self.output_format == "png" else self.quality
+        fields["model_revision"] = model_revision
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def cacheable(self) -> bool:
+        """Whether the result cache may answer it: it names its seed (a drawn one never repeats) and allows it."""
+        return self.cache and self.seed is not None
 
     def batch_key(self) -> tuple[str, int, int, int, float, str]:
         """Jobs with equal batch keys can share one pipeline call."""
@@ -398,10 +409,41 @@ class Usage(BaseModel):
     estimated_cost_usd: float = Field(description="gpu_s at the price in price_basis.")
     price_basis: str = Field(description="The instance and hourly price the estimate uses.")
 
+    @classmethod
+    def measured(
+        cls, request: GenerationRequest, *, gpu_s: float, batch_jobs: int, batch_images: int, price: GpuPrice
+    ) -> Usage:
+        """A generated job's usage: ``gpu_s`` is its share of the pipeline calls it ran in."""
+        return cls(
+            gpu_s=round(gpu_s, 4),
+            batch_jobs=batch_jobs,
+            batch_images=batch_images,
+            pixel_steps=pixel_steps(request),
+            estimated_cost_usd=price.cost(gpu_s),
+            price_basis=price.basis,
+        )
+
+    @classmethod
+    def cache_hit(cls, request: GenerationRequest, price: GpuPrice) -> Usage:
+        """A job answered from another job's images: no GPU time, no batch."""
+        return cls.measured(request, gpu_s=0.0, batch_jobs=0, batch_images=0, price=price)
+
+
+def pixel_steps(request: GenerationRequest) -> int:
+    """width x height x steps x images: the work a request asks for."""
+    return request.width * request.height * request.num_inference_steps * request.num_images
+
 
 class CacheInfo(BaseModel):
     hit: bool = Field(description="Whether an earlier identical job's images answer this job (no GPU work).")
     source_job: str | None = Field(default=None, description="The job whose images these are, on a hit.")
+    joined_job: str | None = Field(
+        default=None,
+        description=(
+            "While QUEUED: the identical job still running that this one joined; it finishes with that job's"
+            " images, or runs itself should that job fail or be cancelled."
+        ),
+    )
 
 
 class QueueInfo(BaseModel):
@@ -465,6 +507,7 @@ class Job(BaseModel):
     model_is_noise: bool = False
     webhook: WebhookState | None = None
     cache_source: str | None = None  # the job whose images answer this one (a result-cache hit or join)
+    joined_to: str | None = None  # while QUEUED: the identical running job whose images will answer this one
     usage: Usage | None = None
     preview_key: str | None = None  # the newest progress preview's object key
 

@@ -4,6 +4,10 @@ Item layout (hash key ``pk`` only):
 - ``JOB#<id>``: the job; ``tenant_status`` and the sparse ``active_tenant`` feed the GSIs the API lists by,
   ``request``/``outputs`` are JSON strings (no float/Decimal round trips), ``expires_at`` is the TTL.
 - ``IDEM#<tenant>#<sha256(key)>``: an Idempotency-Key, written in the same transaction as its job.
+- ``CACHE#<scope>#<cache key>``: the result cache's entry for one normalised request: the job whose images
+  answer it (``job_id``), written in the same transaction as that job; ``expires_at`` (the TTL) is the job's.
+  A job that joins an unfinished identical one is written in one transaction with its id added to that job's
+  ``followers`` (a string set), so the join either lands before that job finishes or not at all.
 
 A new job is written with ``unqueued_shard`` (the sparse ``unqueued`` GSI) and the attribute is removed once its
 queue message is sent (or by its claim, or when it finishes): a job still in that index minutes after its
@@ -61,6 +65,9 @@ _de = TypeDeserializer()
 # committed and this one finds its job.
 CONFLICT_PAUSES_S = (0.05, 0.1, 0.2, 0.4)
 
+# The statuses of a job another identical one may join (it has not finished).
+JOINABLE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.POSTPROCESSING)
+
 UNQUEUED_INDEX = "unqueued"
 UNQUEUED_SHARDS = 8  # the index's partitions: new jobs' writes spread over them, the sweeper reads each
 
@@ -106,6 +113,8 @@ JOB_ATTRIBUTES = frozenset(
         "cache_source",
         "usage",
         "preview_key",
+        "joined_to",
+        "followers",
     }
 )
 
@@ -116,6 +125,11 @@ REMOVED_WHEN_FINISHED = ("active_tenant", "unqueued_shard")
 
 def job_pk(job_id: str) -> str:
     return f"JOB#{job_id}"
+
+
+def cache_entry_pk(scope: str, cache_key: str) -> str:
+    """The result cache's entry for ``cache_key`` in ``scope`` (a tenant's own, or ``*`` for every tenant)."""
+    return f"CACHE#{scope}#{cache_key}"
 
 
 def tenant_status(tenant: str, status: JobStatus) -> str:
@@ -170,6 +184,7 @@ def job_to_item(job: Job) -> dict[str, Any]:
         "cache_source": job.cache_source,
         "usage": job.usage.model_dump_json() if job.usage else None,
         "preview_key": job.preview_key,
+        "joined_to": job.joined_to,
     }
     return _to_item(values)
 
@@ -215,8 +230,15 @@ def job_from_item(item: Mapping[str, Any]) -> Job:
             "cache_source": raw.get("cache_source"),
             "usage": Usage.model_validate_json(raw["usage"]) if raw.get("usage") else None,
             "preview_key": raw.get("preview_key"),
+            "joined_to": raw.get("joined_to"),
         }
     )
+
+
+def _failed_condition(exc: ClientError, index: int) -> bool:
+    """Whether item ``index`` of a cancelled transaction failed its own condition."""
+    reasons = exc.response.get("CancellationReasons") or []
+    return len(reasons) > index and reasons[index].get("Code") == "ConditionalCheckFailed"
 
 
 def _conflicted(exc: ClientError) -> bool:
@@ -286,6 +308,59 @@ class JobsRepository:
         Returns ``(job, True)`` when written, or ``(existing_job, False)`` when the key was already used
         with the same fingerprint. Raises IdempotencyConflict when it was used with another body.
         """
+        created = self._create(job, idempotency_fingerprint, None)
+        assert created is not None  # no condition of another item to fail
+        return created
+
+    def create_cache_source(
+        self, job: Job, *, entry_pk: str, replaces: str | None, idempotency_fingerprint: str | None = None
+    ) -> tuple[Job, bool] | None:
+        """:meth:`create`, with the result cache's entry ``entry_pk`` pointed at ``job`` in the same transaction:
+        only where the entry is absent (``replaces`` None) or still names ``replaces`` (a job that failed, was
+        cancelled or expired). None, with nothing written, when another request's job took the entry first."""
+        entry: dict[str, Any] = {
+            "Put": {
+                "TableName": self._table,
+                "Item": _to_item(
+                    {"pk": entry_pk, "job_id": job.job_id, "tenant": job.tenant, "expires_at": job.expires_at}
+                ),
+                "ConditionExpression": "attribute_not_exists(pk)" if replaces is None else "job_id = :previous",
+            }
+        }
+        if replaces is not None:
+            entry["Put"]["ExpressionAttributeValues"] = {":previous": {"S": replaces}}
+        return self._create(job, idempotency_fingerprint, entry)
+
+    def create_joined(
+        self, job: Job, *, source_id: str, idempotency_fingerprint: str | None = None
+    ) -> tuple[Job, bool] | None:
+        """:meth:`create` for a job that joins ``source_id`` (an identical job not yet finished): ``job`` is stored
+        with ``joined_to`` and added to the source's ``followers`` in one transaction, only while the source is
+        QUEUED, RUNNING or POSTPROCESSING and within its retention. None, with nothing written, when it is not."""
+        if job.joined_to != source_id:
+            raise ValueError("a joining job names its source in joined_to")
+        values: dict[str, Any] = {":f": {"SS": [job.job_id]}, ":now": {"N": str(int(time.time()))}}
+        placeholders = []
+        for i, status in enumerate(JOINABLE):
+            values[f":j{i}"] = {"S": status.value}
+            placeholders.append(f":j{i}")
+        join: dict[str, Any] = {
+            "Update": {
+                "TableName": self._table,
+                "Key": {"pk": {"S": job_pk(source_id)}},
+                "UpdateExpression": "ADD followers :f",
+                "ConditionExpression": f"#s IN ({', '.join(placeholders)}) AND expires_at > :now",
+                "ExpressionAttributeNames": {"#s": "status"},
+                "ExpressionAttributeValues": values,
+            }
+        }
+        return self._create(job, idempotency_fingerprint, join)
+
+    def _create(
+        self, job: Job, idempotency_fingerprint: str | None, other: dict[str, Any] | None
+    ) -> tuple[Job, bool] | None:
+        """The job's put, with ``other`` (a conditional write of another item) and the Idempotency-Key's record in
+        one transaction when there are any. None when ``other``'s condition failed."""
         item = job_to_item(job)
         if job.status == JobStatus.QUEUED:
             item["unqueued_shard"] = {"S": unqueued_shard(job.job_id)}  # until mark_enqueued
@@ -296,40 +371,50 @@ class JobsRepository:
                 "ConditionExpression": "attribute_not_exists(pk)",
             }
         }
-        if job.idempotency_key is None:
+        if job.idempotency_key is None and other is None:
             # One item needs no transaction, which DynamoDB bills at twice the write units of a plain put.
             self._ddb.put_item(**put_job["Put"])
             return job, True
-        idem_pk = self._idem_pk(job.tenant, job.idempotency_key)
-        put_idem: dict[str, Any] = {
-            "Put": {
-                "TableName": self._table,
-                "Item": _to_item(
-                    {
-                        "pk": idem_pk,
-                        "job_id": job.job_id,
-                        "fingerprint": idempotency_fingerprint or "",
-                        "expires_at": job.expires_at,
-                    }
-                ),
-                # A key lives as long as its job: past the job's retention it may name a new job. ``:now`` is
-                # set on each attempt below.
-                "ConditionExpression": "attribute_not_exists(pk) OR expires_at <= :now",
+        items = [put_job] + ([other] if other is not None else [])
+        put_idem: dict[str, Any] | None = None
+        if job.idempotency_key is not None:
+            idem_pk = self._idem_pk(job.tenant, job.idempotency_key)
+            put_idem = {
+                "Put": {
+                    "TableName": self._table,
+                    "Item": _to_item(
+                        {
+                            "pk": idem_pk,
+                            "job_id": job.job_id,
+                            "fingerprint": idempotency_fingerprint or "",
+                            "expires_at": job.expires_at,
+                        }
+                    ),
+                    # A key lives as long as its job: past the job's retention it may name a new job. ``:now`` is
+                    # set on each attempt below.
+                    "ConditionExpression": "attribute_not_exists(pk) OR expires_at <= :now",
+                }
             }
-        }
+            items.append(put_idem)
         for pause in (*CONFLICT_PAUSES_S, None):
-            # A key freed meanwhile (its job could not be queued) is free as of now, not as of the first try.
-            put_idem["Put"]["ExpressionAttributeValues"] = {":now": {"N": str(int(time.time()))}}
+            if put_idem is not None:
+                # A key freed meanwhile (its job could not be queued) is free as of now, not as of the first try.
+                put_idem["Put"]["ExpressionAttributeValues"] = {":now": {"N": str(int(time.time()))}}
             try:
-                self._ddb.transact_write_items(TransactItems=[put_job, put_idem])  # type: ignore[list-item]
+                self._ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
             except self._ddb.exceptions.TransactionCanceledException as exc:
-                existing = self.find_by_idempotency_key(job.tenant, job.idempotency_key, idempotency_fingerprint)
-                if existing is not None:
-                    return existing, False
+                if job.idempotency_key is not None:
+                    existing = self.find_by_idempotency_key(job.tenant, job.idempotency_key, idempotency_fingerprint)
+                    if existing is not None:
+                        return existing, False
+                if other is not None and _failed_condition(exc, 1):
+                    return None
                 if not _conflicted(exc):
                     raise
                 if pause is None:
-                    raise IdempotencyKeyInUse() from exc
+                    if job.idempotency_key is not None:
+                        raise IdempotencyKeyInUse() from exc
+                    raise
                 time.sleep(pause * (1 + random.random()))  # jitter
                 continue
             return job, True
@@ -382,7 +467,12 @@ class JobsRepository:
 
     def unqueued_before(self, epoch_s: float, *, limit: int, shards: Iterable[int] | None = None) -> list[str]:
         """Ids of jobs submitted before ``epoch_s`` whose queue message was never marked sent, oldest first per
-        shard (all shards, or those given), at most ``limit`` in all."""
+        shard (all shards, or those given), at most ``limit`` in all.
+
+        A job that joined an identical one (the result cache) is sent only by that job's settling, so it is left
+        out while its source is unfinished or finished after ``epoch_s``: a source that finished earlier and still
+        has it joined never settled it (a crash, or a path that does not settle), and it is sent like any other.
+        """
         found: list[str] = []
         cutoff = first_job_id_at(epoch_s)
         for shard in range(UNQUEUED_SHARDS) if shards is None else shards:
@@ -395,12 +485,39 @@ class JobsRepository:
             while len(found) < limit:
                 kwargs["Limit"] = limit - len(found)
                 resp = self._ddb.query(**kwargs)
-                found.extend(str(item["job_id"]["S"]) for item in resp.get("Items", []))
+                found.extend(
+                    job_id
+                    for job_id in (str(item["job_id"]["S"]) for item in resp.get("Items", []))
+                    if not self._waits_on_source(job_id, epoch_s)
+                )
                 last = resp.get("LastEvaluatedKey")
                 if not last:
                     break
                 kwargs["ExclusiveStartKey"] = last
         return found[:limit]
+
+    def _waits_on_source(self, job_id: str, epoch_s: float) -> bool:
+        """Whether a job is joined to a source that will still settle it (unfinished, or finished after
+        ``epoch_s``)."""
+        item = self._ddb.get_item(
+            TableName=self._table, Key={"pk": {"S": job_pk(job_id)}}, ProjectionExpression="joined_to"
+        ).get("Item", {})
+        source_id = item.get("joined_to", {}).get("S")
+        if not source_id:
+            return False
+        source = self._ddb.get_item(
+            TableName=self._table,
+            Key={"pk": {"S": job_pk(source_id)}},
+            ProjectionExpression="#s, finished_at, expires_at",
+            ExpressionAttributeNames={"#s": "status"},
+        ).get("Item")
+        if source is None:
+            return False
+        raw = _from_item(source)
+        if JobStatus(raw["status"]) in JOINABLE:
+            return int(raw.get("expires_at", 0)) > time.time()
+        finished = raw.get("finished_at")
+        return finished is not None and datetime.fromisoformat(str(finished)).timestamp() > epoch_s
 
     def get(self, job_id: str, *, tenant: str | None = None) -> Job:
         """The job, or JobNotFound (also when it belongs to another tenant: indistinguishable)."""
@@ -560,7 +677,7 @@ class JobsRepository:
                 UpdateExpression=(
                     "SET #s = :running, tenant_status = :ts, worker_id = :w, lease_until = :lease, "
                     "started_at = if_not_exists(started_at, :iso), progress_step = :zero "
-                    "REMOVE unqueued_shard ADD attempt :one"
+                    "REMOVE unqueued_shard, joined_to ADD attempt :one"
                 ),
                 ConditionExpression=(
                     "attribute_exists(pk) AND tenant = :t AND expires_at > :epoch AND "
@@ -675,6 +792,122 @@ class JobsRepository:
         except self._ddb.exceptions.ConditionalCheckFailedException:
             return False
         return True
+
+    def mark_handed_off(self, job_id: str, *, tenant: str, claim: Claim, usage: Usage) -> bool:
+        """The worker's hand-off mark: RUNNING -> POSTPROCESSING with the job's ``usage``, for this claim (attempt
+        and worker) only. When the state machine made the move first (its Postprocess), the usage is still
+        recorded on the job of this claim, once. Returns whether the usage was written; False when the job is no
+        longer this claim's (cancelled, handed back, taken over)."""
+        if claim.worker_id is None:
+            raise ValueError("the hand-off mark is the claiming worker's")
+        names = {"#s": "status"}
+        values = {
+            ":running": {"S": JobStatus.RUNNING.value},
+            ":post": {"S": JobStatus.POSTPROCESSING.value},
+            ":succ": {"S": JobStatus.SUCCEEDED.value},
+            ":ts": {"S": tenant_status(tenant, JobStatus.POSTPROCESSING)},
+            ":t": {"S": tenant},
+            ":attempt": {"N": str(claim.attempt)},
+            ":me": {"S": claim.worker_id},
+            ":usage": {"S": usage.model_dump_json()},
+        }
+        ours = "tenant = :t AND attempt = :attempt AND worker_id = :me"
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": job_pk(job_id)}},
+                UpdateExpression="SET #s = :post, tenant_status = :ts, #u = :usage",
+                ConditionExpression=f"{ours} AND #s = :running",
+                ExpressionAttributeNames={**names, "#u": "usage"},
+                ExpressionAttributeValues={k: v for k, v in values.items() if k != ":succ"},
+            )
+            return True
+        except self._ddb.exceptions.ConditionalCheckFailedException:
+            pass
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": job_pk(job_id)}},
+                UpdateExpression="SET #u = :usage",
+                ConditionExpression=f"{ours} AND #s IN (:post, :succ) AND attribute_not_exists(#u)",
+                ExpressionAttributeNames={**names, "#u": "usage"},
+                ExpressionAttributeValues={k: v for k, v in values.items() if k not in (":running", ":ts")},
+            )
+        except self._ddb.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    # -- result cache ----------------------------------------------------------------------------
+
+    def cached_job_id(self, entry_pk: str) -> str | None:
+        """The job the result cache's entry names, or None (no entry)."""
+        resp = self._ddb.get_item(TableName=self._table, Key={"pk": {"S": entry_pk}}, ConsistentRead=True)
+        item = resp.get("Item")
+        return str(item["job_id"]["S"]) if item else None
+
+    def followers(self, job_id: str) -> list[str]:
+        """The jobs that joined ``job_id`` (sorted; empty when none or the job is gone)."""
+        resp = self._ddb.get_item(
+            TableName=self._table,
+            Key={"pk": {"S": job_pk(job_id)}},
+            ProjectionExpression="followers",
+            ConsistentRead=True,
+        )
+        return sorted(resp.get("Item", {}).get("followers", {}).get("SS", []))
+
+    def complete_joined(
+        self, job_id: str, *, source_id: str, tenant: str, outputs: list[Output], expires_at: int, usage: Usage
+    ) -> Job | None:
+        """QUEUED -> SUCCEEDED for a job that joined ``source_id``, answered with ``outputs`` (the source's
+        images) and retained until ``expires_at`` (no later than they are): one conditional write, only while it
+        is QUEUED and still joined to that source. None when it is not (cancelled, handed back to run itself, or
+        completed already)."""
+        now = _iso(utcnow())
+        try:
+            resp = self._ddb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": job_pk(job_id)}},
+                UpdateExpression=(
+                    "SET #s = :succ, tenant_status = :ts, finished_at = :now, started_at = if_not_exists(started_at,"
+                    " :now), outputs = :outputs, cache_source = :src, #u = :usage, expires_at = :exp "
+                    "REMOVE joined_to, " + ", ".join(REMOVED_WHEN_FINISHED)
+                ),
+                ConditionExpression="#s = :queued AND joined_to = :src AND tenant = :t",
+                ExpressionAttributeNames={"#s": "status", "#u": "usage"},
+                ExpressionAttributeValues={
+                    ":succ": {"S": JobStatus.SUCCEEDED.value},
+                    ":queued": {"S": JobStatus.QUEUED.value},
+                    ":ts": {"S": tenant_status(tenant, JobStatus.SUCCEEDED)},
+                    ":now": {"S": now or ""},
+                    ":outputs": {"S": json.dumps([o.model_dump(mode="json") for o in outputs])},
+                    ":src": {"S": source_id},
+                    ":usage": {"S": usage.model_dump_json()},
+                    ":t": {"S": tenant},
+                    ":exp": {"N": str(expires_at)},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except self._ddb.exceptions.ConditionalCheckFailedException:
+            return None
+        return job_from_item(resp["Attributes"])
+
+    def release_joined(self, job_id: str, *, source_id: str) -> Job | None:
+        """A job that joined ``source_id`` runs itself after all (the source failed, was cancelled or expired): its
+        ``joined_to`` is removed while it is QUEUED and still joined to that source; the caller sends its
+        message (until :meth:`mark_enqueued`, the requeue sweeper would). None when it is not so joined."""
+        try:
+            resp = self._ddb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": job_pk(job_id)}},
+                UpdateExpression="REMOVE joined_to",
+                ConditionExpression="#s = :queued AND joined_to = :src",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={":queued": {"S": JobStatus.QUEUED.value}, ":src": {"S": source_id}},
+                ReturnValues="ALL_NEW",
+            )
+        except self._ddb.exceptions.ConditionalCheckFailedException:
+            return None
+        return job_from_item(resp["Attributes"])
 
     def record_webhook_attempt(
         self,

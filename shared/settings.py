@@ -13,8 +13,10 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.pricing import gpu_price
 
 PREFIX = "SDQ_"
 
@@ -288,6 +290,36 @@ class Settings(BaseSettings):
         ),
     )
 
+    result_cache: bool = Field(
+        default=True,
+        description=(
+            "Answer a request that names its seed from an earlier identical job's images (no GPU work), and let"
+            " an identical request join one still running; `false`: every job generates"
+        ),
+    )
+    result_cache_scope: Literal["tenant", "global"] = Field(
+        default="tenant",
+        description=(
+            "Whose jobs answer a request from the result cache: the tenant's own (`tenant`), or every tenant's"
+            " (`global`; a hit then tells one tenant what another generated)"
+        ),
+    )
+    model_revisions: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Revision of each model's weights (a JSON map, model to revision), part of the result cache's key:"
+            " change it when a model's weights or an image-changing speed lever change, and earlier images no"
+            " longer answer"
+        ),
+    )
+    gpu_instance_type: str = Field(
+        default="g5.xlarge",
+        description=(
+            "The worker's instance type, whose on-demand hourly price (`shared/pricing.py`, as `sdq cost`) turns"
+            " a job's GPU seconds into its `usage.estimated_cost_usd`"
+        ),
+    )
+
     allow_loopback_callbacks: bool = Field(
         default=False,
         description="Allow plain-http `callback_url`s to 127.0.0.1/localhost (`true` under `sdq up`)",
@@ -307,6 +339,12 @@ class Settings(BaseSettings):
             "change both together"
         ),
     )
+
+    @field_validator("gpu_instance_type")
+    @classmethod
+    def _priced_instance(cls, value: str) -> str:
+        gpu_price(value)  # ValueError naming the known types
+        return value
 
     @model_validator(mode="before")
     @classmethod

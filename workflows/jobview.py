@@ -59,7 +59,11 @@ def job_view(job: Job, media: MediaStore, presign_expiry_s: int, *, queue: Queue
         model_note=TINY_MODEL_NOTE if job.model_is_noise else None,
         metadata=dict(job.request.metadata),
         webhook=job.webhook,
-        cache=CacheInfo(hit=job.cache_source is not None, source_job=job.cache_source),
+        cache=CacheInfo(
+            hit=job.cache_source is not None,
+            source_job=job.cache_source,
+            joined_job=job.joined_to if job.status == JobStatus.QUEUED else None,
+        ),
         queue=queue if job.status == JobStatus.QUEUED else None,
         usage=job.usage,
     )

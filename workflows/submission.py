@@ -6,7 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 from ulid import ULID
 
@@ -24,11 +25,14 @@ from shared.queue import JobQueue
 from shared.ratelimit import RateLimiter
 from shared.settings import Settings
 from shared.tinymodel import TINY_MODEL
+from workflows.resultcache import ResultCache
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 logger = Logger(service="sdq", child=True)
+# The result cache's hit rate: ResultCacheHit is 1 or 0 per cacheable job created, so its average is the rate.
+metrics = Metrics(namespace="sdq", service="api")
 
 NOISE_MODELS = frozenset({TINY_MODEL})
 
@@ -60,10 +64,14 @@ class SubmissionService:
         settings: Settings,
         *,
         rate_limiter: RateLimiter | None = None,
+        cache: ResultCache | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``cache`` answers cacheable requests (:mod:`workflows.resultcache`); without one, and with the setting
+        on, one is built from the settings on first use."""
         self._rate = rate_limiter
+        self._cache = cache
         self._repo = repo
         self._queue = queue
         self._settings = settings
@@ -122,13 +130,19 @@ class SubmissionService:
             status=JobStatus.QUEUED,
             request=normalised,
             created_at=now,
-            cache_key=normalised.cache_key(),
+            cache_key=normalised.cache_key(self._settings.model_revisions.get(normalised.model or "", "")),
             idempotency_key=idempotency_key,
             expires_at=expiry_epoch(now, self._settings.job_retention_days),
             model_is_noise=(normalised.model in NOISE_MODELS),
         )
+        cache = self.result_cache() if request.cacheable() else None
         try:
-            stored, created = self._repo.create(job, idempotency_fingerprint=fingerprint)
+            if cache is not None:
+                cached = cache.submit(job, fingerprint)
+                stored, created, outcome = cached.job, cached.created, cached.outcome
+            else:
+                stored, created = self._repo.create(job, idempotency_fingerprint=fingerprint)
+                outcome = "plain"
         except (IdempotencyConflict, IdempotencyKeyInUse):
             self._give_back(tenant, charged_at)  # a refused request makes nothing, so it costs no rate slot
             raise
@@ -137,7 +151,39 @@ class SubmissionService:
             # rate slot.
             self._give_back(tenant, charged_at)
             return Submitted(stored, created=False)
+        if cache is not None:
+            _count(outcome)
+        if outcome in ("hit", "joined"):
+            return Submitted(stored, created=True)  # finished, or finishes with its source: no message
         return Submitted(self._enqueue(stored), created=True)
+
+    def result_cache(self) -> ResultCache | None:
+        """The result cache, or None when the operator turned it off."""
+        if not self._settings.result_cache:
+            return None
+        if self._cache is None:
+            from shared.aws import AwsClients
+            from shared.orchestration import Orchestrator
+
+            aws = AwsClients(self._settings)
+            self._cache = ResultCache(
+                self._repo,
+                self._queue,
+                self._settings,
+                orchestrator=lambda: Orchestrator(aws.stepfunctions(), self._settings.state_machine_arn),
+            )
+        return self._cache
+
+    def _settle_followers(self, job_id: str) -> None:
+        """Hand the jobs that joined ``job_id`` (now finished without images) back to the queue. Best effort: the
+        requeue sweeper sends any this misses."""
+        cache = self.result_cache()
+        if cache is None:
+            return
+        try:
+            cache.settle(job_id)
+        except (ClientError, BotoCoreError) as exc:
+            logger.warning("joined jobs not settled; the sweeper sends them", job_id=job_id, error=type(exc).__name__)
 
     def _replay(self, tenant: str, key: str | None, fingerprint: str) -> Submitted | None:
         """The job an earlier request with this Idempotency-Key made, if any; IdempotencyConflict for another body."""
@@ -187,6 +233,7 @@ class SubmissionService:
             self._repo.transition(
                 job.job_id, JobStatus.FAILED, tenant=job.tenant, sources=[JobStatus.QUEUED], error=reason
             )
+            self._settle_followers(job.job_id)  # identical requests that joined it meanwhile run themselves
         except (ClientError, BotoCoreError, InvalidTransition) as exc:
             current = self._current(job)
             if current is not None and current.error is not None and current.error.code == reason.code:
@@ -229,4 +276,14 @@ class SubmissionService:
         """Cancel a job that has not finished. Raises JobNotFound or InvalidTransition (already terminal)."""
         if not is_valid_job_id(job_id):
             raise JobNotFound(job_id)
-        return self._repo.transition(job_id, JobStatus.CANCELLED, tenant=tenant, within_retention=True)
+        job = self._repo.transition(job_id, JobStatus.CANCELLED, tenant=tenant, within_retention=True)
+        if job.request.cacheable():
+            self._settle_followers(job_id)  # jobs that joined it are not cancelled: they run themselves
+        return job
+
+
+def _count(outcome: str) -> None:
+    """The result cache's metrics for one cacheable job created (a hit, a join, or a miss)."""
+    metrics.add_metric(name="ResultCacheHit", unit=MetricUnit.Count, value=1 if outcome == "hit" else 0)
+    metrics.add_metric(name="ResultCacheJoin", unit=MetricUnit.Count, value=1 if outcome == "joined" else 0)
+    metrics.flush_metrics()

@@ -15,6 +15,7 @@ from PIL.Image import Image
 
 from shared.jobs import JobsRepository
 from tests.unit.workerfakes import claimed, held
+from workflows.generation.batchreport import GpuUse
 from workflows.generation.batchrun import BatchRunner
 from workflows.generation.claims import ClaimedBatch
 from workflows.generation.heldmessages import Held
@@ -53,10 +54,15 @@ class RecordingHandOff:
         self.completed: list[str] = []
         self.failed: list[tuple[str, str]] = []
         self.dropped: list[str] = []
+        self.uses: dict[str, GpuUse] = {}
 
-    def complete_later(self, last_write: Future[None] | None, held: Held, images: list[Image]) -> None:
+    def complete_later(
+        self, last_write: Future[None] | None, held: Held, images: list[Image], use: GpuUse | None = None
+    ) -> None:
         assert len(images) == held.request.num_images
         self.completed.append(held.job_id)
+        assert use is not None
+        self.uses[held.job_id] = use
 
     def fail_later(self, held: Held, code: str, message: str) -> None:
         self.failed.append((held.job_id, code))

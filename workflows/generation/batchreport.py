@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -13,6 +13,16 @@ from aws_lambda_powertools.metrics import MetricUnit
 from workflows.generation.heldmessages import Held
 
 logger = Logger(service="sdq-worker")
+
+
+@dataclass(frozen=True)
+class GpuUse:
+    """One job's part of a batch: its share of the GPU seconds of every pipeline call it ran in (by images; the
+    jobs of a call share its steps), and the call that made its images (jobs, images)."""
+
+    gpu_s: float
+    batch_jobs: int
+    batch_images: int
 
 
 @dataclass
@@ -25,6 +35,7 @@ class BatchReport:
     ended_at: float = 0.0
     failed: int = 0
     cancelled: int = 0
+    gpu_s_by_job: dict[str, float] = field(default_factory=dict)  # each job's share of the pipeline calls
 
 
 def log_batch(
@@ -54,6 +65,7 @@ def log_batch(
         queue_wait_s=round(max(waits), 3) if waits else 0.0,
         failed=report.failed,
         cancelled=report.cancelled,
+        job_gpu_s={job_id: round(s, 4) for job_id, s in report.gpu_s_by_job.items()},
         **(extra_fields() if extra_fields else {}),
     )
     metrics.add_metric(name="ImagesPerSecond", unit=MetricUnit.CountPerSecond, value=ips)

@@ -13,7 +13,7 @@ from aws_lambda_powertools import Logger
 from PIL.Image import Image
 
 from shared.tracing import segment, subsegment
-from workflows.generation.batchreport import BatchReport
+from workflows.generation.batchreport import BatchReport, GpuUse
 from workflows.generation.claims import ClaimedBatch
 from workflows.generation.heldmessages import Held
 from workflows.generation.pipeline import BatchShape, GenerationCancelled, GenerationOOM, ImageJob
@@ -36,7 +36,9 @@ class Generator(Protocol):
 class BatchHandOff(Protocol):
     """Where the batch run passes its jobs (:class:`workflows.generation.handoff.HandOff`)."""
 
-    def complete_later(self, last_write: Future[None] | None, held: Held, images: list[Image]) -> None: ...
+    def complete_later(
+        self, last_write: Future[None] | None, held: Held, images: list[Image], use: GpuUse | None = None
+    ) -> None: ...
 
     def fail_later(self, held: Held, code: str, message: str) -> None: ...
 
@@ -93,7 +95,7 @@ class BatchRunner:
         try:
             images = self._gen.generate(work, shape, progress)
         except GenerationCancelled:
-            self.gpu_seconds += time.monotonic() - t0
+            self._spent(live, time.monotonic() - t0, report)
             _wait(progress.close())
             if self._hard_stop.is_set():
                 return
@@ -103,7 +105,7 @@ class BatchRunner:
                     self._handoff.drop(h)
             return
         except Exception as exc:
-            self.gpu_seconds += time.monotonic() - t0
+            self._spent(live, time.monotonic() - t0, report)
             _wait(progress.close())
             oom = isinstance(exc, GenerationOOM)
             # Jobs cancelled (or taken over) during the failed call are let go now: the retries below skip them,
@@ -126,13 +128,24 @@ class BatchRunner:
             report.failed += 1
             self._handoff.fail_later(live[0], code, f"{type(exc).__name__}: {exc}"[:1000])
             return
-        self.gpu_seconds += time.monotonic() - t0
+        self._spent(live, time.monotonic() - t0, report)
         # The last progress write may still be in flight: the finishers wait for it (it can reveal a cancel),
         # the GPU thread does not.
         last_write = progress.close()
         report.cancelled += sum(1 for h in live if h.dropped)
+        batch_images = sum(h.request.num_images for h in live)
         for h in live:
-            self._handoff.complete_later(last_write, h, images[h.job_id])
+            use = GpuUse(report.gpu_s_by_job[h.job_id], len(live), batch_images)
+            self._handoff.complete_later(last_write, h, images[h.job_id], use=use)
+
+    def _spent(self, jobs: list[Held], seconds: float, report: BatchReport) -> None:
+        """``seconds`` of one pipeline call over ``jobs``, shared by their images (the steps are the batch's)."""
+        self.gpu_seconds += seconds
+        images = sum(h.request.num_images for h in jobs) or 1
+        for h in jobs:
+            report.gpu_s_by_job[h.job_id] = (
+                report.gpu_s_by_job.get(h.job_id, 0.0) + seconds * h.request.num_images / images
+            )
 
 
 def _wait(future: Future[None] | None) -> None:

@@ -11,12 +11,15 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from PIL.Image import Image
 
-from shared.contracts import JobStatus, WorkerError, WorkflowInput
+from shared.contracts import JobStatus, Usage, WorkerError, WorkflowInput
 from shared.errors import InvalidTransition, JobNotFound
 from shared.jobs import Claim, JobsRepository
 from shared.media import MediaStore
 from shared.orchestration import Orchestrator
+from shared.pricing import GpuPrice, gpu_price
+from shared.settings import get_settings
 from shared.tracing import segment, subsegment
+from workflows.generation.batchreport import GpuUse
 from workflows.generation.encoding import PngEncoder
 from workflows.generation.heldmessages import AwsError, Held, HeldMessages
 
@@ -37,7 +40,10 @@ class HandOff:
         worker_id: str,
         model_name: str,
         xray: bool = False,
+        price: GpuPrice | None = None,
     ) -> None:
+        """``price`` turns a job's GPU seconds into its estimated cost (default: the configured instance type's)."""
+        self._price = price or gpu_price(get_settings().gpu_instance_type)
         self._held = held
         self._repo = repo
         self._media = media
@@ -52,9 +58,12 @@ class HandOff:
 
     # -- submitted from the GPU thread ---------------------------------------------------------------
 
-    def complete_later(self, last_write: Future[None] | None, held: Held, images: list[Image]) -> None:
-        """Hand off a generated job once its last progress write is done (it can reveal a cancel)."""
-        self._submit(self._complete, last_write, held, images)
+    def complete_later(
+        self, last_write: Future[None] | None, held: Held, images: list[Image], use: GpuUse | None = None
+    ) -> None:
+        """Hand off a generated job once its last progress write is done (it can reveal a cancel); ``use`` is its
+        part of the batch, recorded as the job's ``usage``."""
+        self._submit(self._complete, last_write, held, images, use)
 
     def fail_later(self, held: Held, code: str, message: str) -> None:
         self._submit(self.fail, held, code, message)
@@ -73,7 +82,9 @@ class HandOff:
 
     # -- on the finisher threads ------------------------------------------------------------------------
 
-    def _complete(self, last_write: Future[None] | None, held: Held, images: list[Image]) -> None:
+    def _complete(
+        self, last_write: Future[None] | None, held: Held, images: list[Image], use: GpuUse | None = None
+    ) -> None:
         if last_write is not None:
             try:
                 last_write.result()
@@ -82,7 +93,7 @@ class HandOff:
         if held.dropped:
             self.drop(held)
         else:
-            self._hand_off(held, images)
+            self._hand_off(held, images, use)
 
     def drop(self, held: Held) -> None:
         """Let go of a job this worker no longer owns. A cancelled or finished job's message is deleted; a
@@ -102,7 +113,7 @@ class HandOff:
         else:
             self._held.finish(held)
 
-    def _hand_off(self, held: Held, images: list[Image]) -> None:
+    def _hand_off(self, held: Held, images: list[Image], use: GpuUse | None = None) -> None:
         assert held.job is not None
         attempt = held.job.attempt
         keys = []
@@ -128,24 +139,33 @@ class HandOff:
             logger.exception("hand-off failed; job will be retried", job_id=held.job_id, error=str(exc))
             self._held.forget(held)
             return
-        self._mark_handed_off(held)
+        self._mark_handed_off(held, use)
         self._held.finish(held)
 
-    def _mark_handed_off(self, held: Held) -> None:
-        """RUNNING -> POSTPROCESSING once the execution is started, while this worker's lease still holds.
+    def _mark_handed_off(self, held: Held, use: GpuUse | None = None) -> None:
+        """RUNNING -> POSTPROCESSING once the execution is started, while this worker's lease still holds, with
+        the job's usage (its GPU share, batch, estimated cost) in the same claim-bound write.
 
         The state machine makes the same move when its postprocessing starts, but that can come after the
         lease lapses (a slow or throttled first task). Until then a duplicate delivery of the job's message
         could claim the RUNNING job again and generate it twice; out of RUNNING, no claim can."""
         assert held.job is not None
+        claim = Claim(attempt=held.job.attempt, worker_id=self._worker_id)
         try:
-            self._repo.transition(
-                held.job_id,
-                JobStatus.POSTPROCESSING,
-                tenant=held.tenant,
-                sources=[JobStatus.RUNNING],
-                claim=Claim(attempt=held.job.attempt, worker_id=self._worker_id),
+            if use is None:
+                self._repo.transition(
+                    held.job_id, JobStatus.POSTPROCESSING, tenant=held.tenant, sources=[JobStatus.RUNNING], claim=claim
+                )
+                return
+            usage = Usage.measured(
+                held.request,
+                gpu_s=use.gpu_s,
+                batch_jobs=use.batch_jobs,
+                batch_images=use.batch_images,
+                price=self._price,
             )
+            # False: the job is no longer this claim's (cancelled meanwhile); nothing to record.
+            self._repo.mark_handed_off(held.job_id, tenant=held.tenant, claim=claim, usage=usage)
         except (InvalidTransition, JobNotFound):
             pass  # the state machine got there first, or the job was cancelled
         except AwsError as exc:

@@ -1,0 +1,224 @@
+"""The result cache: a request that names its seed, identical to an earlier job's, is answered from that job's images.
+
+One table item per normalised request and scope (``CACHE#<scope>#<key>``, :func:`shared.jobs.cache_entry_pk`) names
+the job whose images answer it, its *source*. A new cacheable job finds the entry and then:
+
+- the source SUCCEEDED with at least half its retention left: a **hit**. The job is stored SUCCEEDED at once, its
+  outputs referring to the source's objects and its own retention ending with theirs (``expires_at`` is the
+  source's, so its references live exactly as long as it does: past it, it is gone for its client like any other
+  job), zero GPU seconds, and its ``job.succeeded`` webhook started through the normal notice path. Its presigned
+  URLs are its own, issued on each read. No worker sees it.
+- the source is QUEUED, RUNNING or POSTPROCESSING: a **join**. The job is stored QUEUED with ``joined_to`` and added
+  to the source's ``followers`` in one transaction, conditioned on the source being unfinished, so the join lands
+  before the source's terminal write or not at all. When the source finishes, :meth:`ResultCache.settle` (the state
+  machine's SettleJoined step, or the cancel) completes each follower from its images, or, when the source failed or
+  was cancelled, hands each back to the queue to generate itself. A follower is a job of its own: cancelling it
+  changes nothing for the source, and cancelling the source only sends its followers to run.
+- no entry, or one naming a job that failed, was cancelled or expired: the job becomes the source, written in one
+  transaction with the entry (conditioned on the entry being as read), then queued as usual.
+
+Every write is conditional, so racing requests resolve to one source, and a follower is completed or released once.
+A follower whose source never settled it (a crash, or a terminal path that does not settle: a dead letter, an
+expiry, a broken execution) is sent by the requeue sweeper ``requeue_after_s`` after its source finished
+(:meth:`shared.jobs.JobsRepository.unqueued_before`), so no accepted job is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from aws_lambda_powertools import Logger
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared.contracts import Job, JobStatus, QueueMessage, Usage, utcnow
+from shared.errors import JobNotFound
+from shared.jobs import JOINABLE, JobsRepository, cache_entry_pk
+from shared.orchestration import Orchestrator
+from shared.pricing import gpu_price
+from shared.queue import JobQueue
+from shared.settings import Settings
+
+logger = Logger(service="sdq", child=True)
+
+# Re-reads when another request changed the entry or the source between a read and the conditional write.
+MAX_ROUNDS = 4
+
+Outcome = Literal["hit", "joined", "source", "plain"]
+
+
+@dataclass(frozen=True)
+class Cached:
+    """What the cache made of a submission: the job as stored, whether this request created it, and how."""
+
+    job: Job
+    created: bool
+    outcome: Outcome
+
+
+@dataclass
+class SettleReport:
+    completed: int = 0
+    released: int = 0
+    skipped: int = 0
+
+
+class ResultCache:
+    def __init__(
+        self,
+        repo: JobsRepository,
+        queue: JobQueue,
+        settings: Settings,
+        *,
+        orchestrator: Callable[[], Orchestrator],
+    ) -> None:
+        """``orchestrator`` is a factory: a submission that is no hit never builds its client."""
+        self._repo = repo
+        self._queue = queue
+        self._settings = settings
+        self._orchestrator = orchestrator
+        self.price = gpu_price(settings.gpu_instance_type)
+        # A hit lives as long as its source's objects: a source with less than half its retention left answers
+        # nothing (a new job generates and becomes the source).
+        self.min_life_s = settings.job_retention_days * 86400 // 2
+
+    # -- submit ----------------------------------------------------------------------------------
+
+    def scope(self, tenant: str) -> str:
+        return "*" if self._settings.result_cache_scope == "global" else f"t:{tenant}"
+
+    def submit(self, job: Job, fingerprint: str | None) -> Cached:
+        """Store ``job`` (QUEUED, its request cacheable and normalised) as a hit, a join, or the source of its
+        entry. The caller queues it when the outcome is ``source`` or ``plain`` and ``created``."""
+        entry = cache_entry_pk(self.scope(job.tenant), job.cache_key)
+        for _ in range(MAX_ROUNDS):
+            source_id = self._repo.cached_job_id(entry)
+            source = self._source(source_id)
+            now = time.time()
+            if source is not None and source.status == JobStatus.SUCCEEDED and source.outputs:
+                if source.expires_at > now + self.min_life_s:
+                    return self._hit(job, source, fingerprint)
+            elif source is not None and source.status in JOINABLE and source.expires_at > now:
+                joined = job.model_copy(update={"joined_to": source.job_id})
+                stored = self._repo.create_joined(joined, source_id=source.job_id, idempotency_fingerprint=fingerprint)
+                if stored is not None:
+                    return Cached(stored[0], stored[1], "joined")
+                continue  # the source finished meanwhile: read again
+            created = self._repo.create_cache_source(
+                job, entry_pk=entry, replaces=source_id, idempotency_fingerprint=fingerprint
+            )
+            if created is not None:
+                return Cached(created[0], created[1], "source")
+        # The entry keeps changing under us: generate, as if uncached.
+        plain, made = self._repo.create(job, idempotency_fingerprint=fingerprint)
+        return Cached(plain, made, "plain")
+
+    def _source(self, source_id: str | None) -> Job | None:
+        if source_id is None:
+            return None
+        try:
+            return self._repo.get(source_id)
+        except JobNotFound:
+            return None  # swept by the TTL
+
+    def _hit(self, job: Job, source: Job, fingerprint: str | None) -> Cached:
+        now = utcnow()
+        answered = job.model_copy(
+            update={
+                "status": JobStatus.SUCCEEDED,
+                "started_at": now,
+                "finished_at": now,
+                "outputs": list(source.outputs),
+                "expires_at": min(job.expires_at, source.expires_at),
+                "cache_source": source.job_id,
+                "usage": Usage.cache_hit(job.request, self.price),
+            }
+        )
+        stored, created = self._repo.create(answered, idempotency_fingerprint=fingerprint)
+        if created:
+            self._notify(stored)
+        return Cached(stored, created, "hit")
+
+    def _notify(self, job: Job) -> None:
+        """The job's ``job.succeeded`` webhook, through the state machine's notice path, once per job (the
+        execution is named after the job and event). Never raises: the webhook can be redelivered."""
+        if not job.request.callback_url:
+            return
+        from workflows.webhooks import start_notice
+
+        for attempt in range(3):
+            try:
+                start_notice(self._orchestrator(), job, "succeeded", once=True)
+                return
+            except (ClientError, BotoCoreError) as exc:
+                logger.warning("cache hit's notice not started", job_id=job.job_id, error=type(exc).__name__)
+                time.sleep(0.1 * 2**attempt)
+        logger.error("cache hit's webhook notice not started; redeliver sends it", job_id=job.job_id)
+
+    # -- settle ----------------------------------------------------------------------------------
+
+    def settle(self, source_id: str) -> SettleReport:
+        """Finish the jobs that joined ``source_id`` once it is finished: each completed from its images when it
+        SUCCEEDED, else handed back to the queue. Idempotent (every write is conditional; a follower completed
+        by an earlier run only gets its notice started again, which runs once). Raises AWS errors."""
+        report = SettleReport()
+        try:
+            source = self._repo.get(source_id)
+        except JobNotFound:
+            return report
+        if not source.status.terminal:
+            return report
+        for follower_id in self._repo.followers(source_id):
+            try:
+                follower = self._repo.get(follower_id)
+            except JobNotFound:
+                report.skipped += 1
+                continue
+            if follower.status == JobStatus.SUCCEEDED and follower.cache_source == source_id:
+                self._notify(follower)  # a run that died after completing it: the notice runs once
+                report.skipped += 1
+            elif follower.status != JobStatus.QUEUED or follower.joined_to != source_id:
+                report.skipped += 1  # cancelled, or released and running itself
+            elif source.status == JobStatus.SUCCEEDED and source.outputs:
+                self._complete(follower, source, report)
+            else:
+                self._release(follower, source_id, report)
+        if report.completed or report.released:
+            logger.info("joined jobs settled", source_job=source_id, **report.__dict__)
+        return report
+
+    def _complete(self, follower: Job, source: Job, report: SettleReport) -> None:
+        done = self._repo.complete_joined(
+            follower.job_id,
+            source_id=source.job_id,
+            tenant=follower.tenant,
+            outputs=source.outputs,
+            expires_at=min(follower.expires_at, source.expires_at),
+            usage=Usage.cache_hit(follower.request, self.price),
+        )
+        if done is None:
+            report.skipped += 1  # cancelled meanwhile
+            return
+        report.completed += 1
+        self._notify(done)
+
+    def _release(self, follower: Job, source_id: str, report: SettleReport) -> None:
+        released = self._repo.release_joined(follower.job_id, source_id=source_id)
+        if released is None:
+            report.skipped += 1
+            return
+        report.released += 1
+        try:
+            self._queue.send(
+                QueueMessage(
+                    job_id=released.job_id, tenant=released.tenant, request=released.request, enqueued_at=utcnow()
+                )
+            )
+            self._repo.mark_enqueued(released.job_id)
+        except (ClientError, BotoCoreError) as exc:
+            # Still marked unqueued: the requeue sweeper sends it.
+            logger.warning(
+                "released job not sent; the sweeper sends it", job_id=released.job_id, error=type(exc).__name__
+            )

@@ -102,6 +102,7 @@ class WebhookState(_Answer):
 class CacheInfo(_Answer):
     hit: bool
     source_job: str | None = None
+    joined_job: str | None = None
 
 
 class QueueInfo(_Answer):

@@ -1,0 +1,238 @@
+"""Progress events with previews, through the running service: ``GET /v1/jobs/{id}/events`` streamed over real HTTP
+by the local API, previews in S3 and on the job view, and ``job.started`` / ``job.progress`` webhooks from a real
+worker process (tiny model on CPU), ordered before the terminal one."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from cli.client import Endpoint, SdqClient
+from localcloud.receiver import ScriptedReceiver
+from shared.apikeys import ApiKeyStore
+from tests.integration.conftest import RunningService, start_service, stop_service
+
+WORKER = {
+    "SDQ_VISIBILITY_TIMEOUT_S": "30",
+    "SDQ_HEARTBEAT_S": "5",
+    "SDQ_RECEIVE_WAIT_S": "1",
+    "SDQ_MAX_BATCH_WAIT_MS": "1000",
+    "SDQ_PROGRESS_INTERVAL_S": "0.2",
+}
+# About 5 s on a 2-core CPU: long enough for several progress writes, previews and webhooks while it runs.
+SLOW = {"width": 512, "height": 512, "num_inference_steps": 50}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    running = start_service(tmp_path_factory.mktemp("sdq-events"), {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
+    yield running
+    stop_service(running)
+
+
+@pytest.fixture(autouse=True)
+def no_worker_left(service: RunningService) -> Iterator[None]:
+    yield
+    for worker in service.workers:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=10)
+
+
+@dataclass
+class Stream:
+    """One ``GET /v1/jobs/{id}/events``, read on a thread: every line with the time it arrived."""
+
+    status: int | None = None
+    content_type: str = ""
+    lines: list[tuple[float, str]] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    headers_at: float | None = None
+
+    def events(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        current: dict[str, Any] = {}
+        for at, line in self.lines:
+            if not line:
+                if "event" in current:
+                    out.append(current)
+                current = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(":")
+                current[name] = value.strip()
+                current.setdefault("at", at)
+        return out
+
+
+def open_stream(service: RunningService, key: str, job_id: str, last_event_id: str | None = None) -> Stream:
+    stream = Stream()
+    headers = {"x-api-key": key, "Accept": "text/event-stream"}
+    if last_event_id:
+        headers["Last-Event-ID"] = last_event_id
+
+    def read() -> None:
+        try:
+            with (
+                httpx.Client(base_url=service.api_url, timeout=httpx.Timeout(10, read=60)) as http,
+                http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as resp,
+            ):
+                stream.status = resp.status_code
+                stream.content_type = resp.headers.get("content-type", "")
+                stream.headers_at = time.monotonic()
+                for line in resp.iter_lines():
+                    stream.lines.append((time.monotonic(), line))
+        finally:
+            stream.done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return stream
+
+
+def new_tenant(service: RunningService, name: str) -> tuple[str, SdqClient]:
+    """A fresh tenant: its API key and a client with it."""
+    key = ApiKeyStore(service.boto("dynamodb"), service.table).create(f"{name}-{time.monotonic_ns()}")
+    return key, SdqClient(Endpoint(service.api_url, key))
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def test_the_event_stream_is_streamed_live_until_the_job_finishes_and_resumes(service: RunningService) -> None:
+    key, client = new_tenant(service, "events")
+    job = client.submit({"prompt": "a stream", **SLOW})
+    stream = open_stream(service, key, job["id"])
+    # Headers and the reconnect delay arrive while the job still waits: the answer is streamed, not buffered.
+    wait_for(lambda: any(line.startswith("retry:") for _, line in stream.lines), 20, "the stream's first line")
+    assert stream.status == 200
+    assert stream.content_type.startswith("text/event-stream")
+    assert not stream.done.is_set()
+    assert client.get(job["id"])["status"] == "QUEUED"
+
+    previews: list[str] = []
+
+    def preview_seen() -> bool:
+        view = client.get(job["id"])
+        if view["status"] == "RUNNING" and view["progress"]["preview_url"]:
+            previews.append(view["progress"]["preview_url"])
+        return bool(previews) or view["status"] in {"SUCCEEDED", "FAILED"}
+
+    service.start_worker(env=WORKER)
+    wait_for(preview_seen, 90, "a preview while the job runs")
+    assert previews, "the job finished without a preview on its view while it ran"
+    image = Image.open(io.BytesIO(httpx.get(previews[0], timeout=10).content))
+    assert image.format == "JPEG"
+    assert max(image.size) <= 256
+
+    assert stream.done.wait(90), "the stream did not end after the job finished"
+    events = stream.events()
+    kinds = [e["event"] for e in events]
+    assert kinds[-1] == "job.succeeded"
+    assert events[-1]["id"] == "final"
+    assert set(kinds[:-1]) <= {"job.started", "job.progress"}
+    assert "job.progress" in kinds
+    steps = [tuple(int(p) for p in e["id"].split(".")) for e in events[:-1]]
+    assert steps == sorted(set(steps)), "event ids must only grow"
+    # Progress arrived while the job ran, well before its end: live, not at the close.
+    first_progress = next(e for e in events if e["event"] == "job.progress")
+    assert events[-1]["at"] - first_progress["at"] > 0.5
+    body = json.loads(events[-1]["data"])
+    assert body["type"] == "job.succeeded"
+    assert body["data"]["id"] == job["id"]
+    assert body["data"]["status"] == "SUCCEEDED"
+    assert body["data"]["progress"]["preview_url"] is None  # only while RUNNING
+    running_bodies = [json.loads(e["data"]) for e in events if e["event"] == "job.progress"]
+    assert any(b["data"]["progress"]["preview_url"] for b in running_bodies)
+    assert client.get(job["id"])["progress"]["preview_url"] is None
+
+    # Resume: after a progress event only what is newer comes; after the end, nothing, at once.
+    resumed = open_stream(service, key, job["id"], last_event_id=first_progress["id"])
+    assert resumed.done.wait(20)
+    assert [e["event"] for e in resumed.events()] == ["job.succeeded"]
+    ended = open_stream(service, key, job["id"], last_event_id="final")
+    assert ended.done.wait(20)
+    assert ended.events() == []
+
+
+def test_the_event_stream_needs_the_key_and_hides_other_tenants_jobs(service: RunningService) -> None:
+    _, owner = new_tenant(service, "owner")
+    other_key, _ = new_tenant(service, "other")
+    job = owner.submit({"prompt": "mine", "width": 256, "height": 256, "num_inference_steps": 2})
+    with httpx.Client(base_url=service.api_url, timeout=10) as http:
+        path = f"/v1/jobs/{job['id']}/events"
+        missing = http.get(path)
+        assert missing.status_code == 401
+        assert missing.json()["error"]["code"] == "unauthorized"
+        foreign = http.get(path, headers={"Authorization": f"Bearer {other_key}"})
+        assert foreign.status_code == 404
+        assert foreign.json()["error"]["code"] == "not_found"
+        unknown = http.get("/v1/jobs/not-a-job/events", headers={"x-api-key": other_key})
+        assert unknown.status_code == 404
+
+
+def test_started_and_progress_webhooks_are_signed_spaced_and_come_before_the_terminal_one(
+    service: RunningService,
+) -> None:
+    receiver = ScriptedReceiver().start()
+    try:
+        _, client = new_tenant(service, "hooks")
+        receiver.secret = client.webhook_secret()
+        subscribed = client.submit(
+            {
+                "prompt": "tell me everything",
+                "callback_url": receiver.url,
+                "webhook_events": ["started", "progress", "completed"],
+                **SLOW,
+            }
+        )
+        plain = client.submit({"prompt": "only the end", "callback_url": receiver.url, **SLOW})
+        service.start_worker(env=WORKER)
+
+        def both_finished() -> bool:
+            return all(
+                any(d.json()["type"] == "job.succeeded" for d in receiver.by_job(j["id"])) for j in (subscribed, plain)
+            )
+
+        wait_for(both_finished, 120, "both terminal webhooks")
+        time.sleep(2.0)  # anything sent late would have arrived by now
+        deliveries = receiver.by_job(subscribed["id"])
+        types = [d.json()["type"] for d in deliveries]
+        assert types[0] == "job.started", types
+        assert types[-1] == "job.succeeded", types
+        assert types.count("job.succeeded") == 1
+        assert "job.progress" in types, types
+        assert all(d.verified for d in deliveries)
+        assert len({d.webhook_id for d in deliveries}) == len(deliveries)  # one id per distinct message
+        progress = [d.json() for d in deliveries if d.json()["type"] == "job.progress"]
+        assert all(p["data"]["status"] == "RUNNING" for p in progress)
+        assert any(p["data"]["progress"]["preview_url"] for p in progress)
+        # At most one progress webhook per job every few seconds (3 s), the newest state in each.
+        stamps = [datetime.fromisoformat(p["timestamp"]).timestamp() for p in progress]
+        assert all(b - a >= 2.5 for a, b in itertools.pairwise(stamps)), stamps
+        steps = [p["data"]["progress"]["step"] for p in progress]
+        assert steps == sorted(steps)
+        # The unsubscribed job hears only of its end.
+        assert [d.json()["type"] for d in receiver.by_job(plain["id"])] == ["job.succeeded"]
+        # The job view's webhook record is the terminal webhook's, untouched by the progress ones.
+        record = client.get(subscribed["id"])["webhook"]
+        assert record["state"] == "delivered"
+        assert record["attempts"] == 1
+        assert record["event"] == "job.succeeded"
+    finally:
+        receiver.stop()

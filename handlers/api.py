@@ -53,6 +53,7 @@ from shared.queuestate import QueueState
 from shared.ratelimit import RateLimiter
 from shared.settings import Settings, get_settings
 from shared.webhooksecrets import WebhookSecrets
+from workflows import jobevents
 from workflows.jobview import job_view
 from workflows.queueposition import QueuePositions
 from workflows.submission import SubmissionService
@@ -417,6 +418,36 @@ def redeliver_webhook(job_id: JobId) -> Response[JobView]:
         raise Conflict("The job has no callback_url.")
     start_notice(services().orchestrator, job, "redeliver")
     return _json(202, _view(job))
+
+
+@app.get(
+    "/v1/jobs/<job_id>/events",
+    summary="The job's events as Server-Sent Events, until it finishes",
+    description=(
+        "`job.started`, `job.progress` (with the preview's URL) and the terminal event, each `{type, timestamp,"
+        " data}` like the webhooks, with an `id:` to resume from (`Last-Event-ID`). Streamed by its own function"
+        " (API Gateway response streaming; docs/api.md); an answer that reaches this one is the stream's current"
+        " state at once, and EventSource's reconnect after `retry` polls it."
+    ),
+    responses={
+        200: {
+            "description": "The event stream",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    }
+    | ERROR_RESPONSES,
+    tags=["jobs"],
+    security=API_KEY,
+)
+def job_events(
+    job_id: JobId,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", description="The last event's id seen: only newer ones come.")
+    ] = None,
+) -> Response[Any]:
+    job = services().submissions.get(_tenant(), job_id)
+    body = jobevents.snapshot(job, _view, last_event_id).decode()
+    return Response(status_code=200, content_type="text/event-stream", body=body, headers=dict(jobevents.SSE_HEADERS))
 
 
 @app.get(

@@ -7,11 +7,15 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -21,7 +25,7 @@ from PIL import Image
 from cli.client import Endpoint, SdqClient
 from localcloud.receiver import ScriptedReceiver
 from shared.apikeys import ApiKeyStore
-from tests.integration.conftest import RunningService, start_service, stop_service
+from tests.integration.conftest import REPO, RunningService, start_service, stop_service
 
 WORKER = {
     "SDQ_VISIBILITY_TIMEOUT_S": "30",
@@ -236,3 +240,135 @@ def test_started_and_progress_webhooks_are_signed_spaced_and_come_before_the_ter
         assert record["event"] == "job.succeeded"
     finally:
         receiver.stop()
+
+
+class FakeRuntimeApi:
+    """Lambda's Runtime API on loopback, as the events function's runtime loop sees it on AWS: it hands out the
+    queued invocations and records each streamed answer chunk by chunk, with the time each arrived."""
+
+    def __init__(self, invocations: list[tuple[dict[str, Any], int]]) -> None:
+        self.invocations = list(invocations)  # (event, deadline in ms from now)
+        self.answers: dict[str, list[tuple[float, bytes]]] = {}
+        self.headers: dict[str, dict[str, str]] = {}
+        self.finished: dict[str, threading.Event] = {}
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                if not api.invocations:
+                    time.sleep(3600)  # no more work: the loop waits here, as on AWS
+                    return
+                event, deadline_ms = api.invocations.pop(0)
+                request_id = f"req-{len(api.finished)}"
+                api.finished[request_id] = threading.Event()
+                body = json.dumps(event).encode()
+                self.send_response(200)
+                self.send_header("Lambda-Runtime-Aws-Request-Id", request_id)
+                self.send_header("Lambda-Runtime-Deadline-Ms", str(int(time.time() * 1000) + deadline_ms))
+                self.send_header("Lambda-Runtime-Invoked-Function-Arn", "arn:aws:lambda:local:0:function:events")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                request_id = self.path.split("/")[-2]
+                api.headers[request_id] = {k.lower(): v for k, v in self.headers.items()}
+                chunks = api.answers.setdefault(request_id, [])
+                while True:
+                    size = int(self.rfile.readline().strip(), 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b""):
+                            pass
+                        break
+                    chunks.append((time.monotonic(), self.rfile.read(size)))
+                    self.rfile.readline()
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                api.finished[request_id].set()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def answer(self, request_id: str) -> tuple[dict[str, Any], bytes]:
+        raw = b"".join(data for _, data in self.answers[request_id])
+        prelude, _, body = raw.partition(b"\x00" * 8)
+        return json.loads(prelude), body
+
+
+def proxy_event(job_id: str, key: str) -> dict[str, Any]:
+    """What API Gateway's streaming Lambda proxy integration sends the events function."""
+    return {
+        "resource": "/v1/jobs/{job_id}/events",
+        "path": f"/v1/jobs/{job_id}/events",
+        "httpMethod": "GET",
+        "headers": {"x-api-key": key, "Accept": "text/event-stream"},
+        "pathParameters": {"job_id": job_id},
+        "queryStringParameters": None,
+        "requestContext": {"stage": "prod", "path": f"/prod/v1/jobs/{job_id}/events"},
+        "body": None,
+        "isBase64Encoded": False,
+    }
+
+
+def test_the_aws_runtime_loop_streams_through_the_runtime_api(service: RunningService) -> None:
+    """handlers/streamruntime.sh, the events function's exec wrapper, against a Runtime API and the local cloud:
+    each invocation's answer is API Gateway's streaming format (JSON prelude, eight NULs, the SSE body), sent
+    while it is produced, and a stream ends before the invocation's deadline."""
+    key, client = new_tenant(service, "runtime")
+    waiting = client.submit({"prompt": "never runs here", "width": 256, "height": 256, "num_inference_steps": 2})
+    cancelled = client.submit({"prompt": "cancelled", "width": 256, "height": 256, "num_inference_steps": 2})
+    client.cancel(cancelled["id"])
+    runtime = FakeRuntimeApi(
+        [
+            (proxy_event(waiting["id"], key), 16_000),  # 16 s: the stream gets 6 s, then ends itself
+            (proxy_event(cancelled["id"], key), 60_000),
+            (proxy_event(cancelled["id"], "not-a-key"), 60_000),
+        ]
+    )
+    env = {
+        **os.environ,
+        **service.env,
+        "AWS_LAMBDA_RUNTIME_API": runtime.address,
+        "LAMBDA_TASK_ROOT": str(REPO),
+        "LAMBDA_PYTHON": sys.executable,
+    }
+    proc = subprocess.Popen([str(REPO / "handlers" / "streamruntime.sh")], env=env, cwd="/")
+    try:
+        wait_for(lambda: "req-0" in runtime.finished, 30, "the first invocation")
+        assert runtime.finished["req-0"].wait(40)
+        prelude, body = runtime.answer("req-0")
+        assert prelude["statusCode"] == 200
+        assert prelude["headers"]["Content-Type"].startswith("text/event-stream")
+        assert runtime.headers["req-0"]["lambda-runtime-function-response-mode"] == "streaming"
+        assert runtime.headers["req-0"]["transfer-encoding"] == "chunked"
+        assert body.startswith(b"retry: ")
+        assert b"reconnect with Last-Event-ID" in body  # ended by its deadline, the job still queued
+        chunks = runtime.answers["req-0"]
+        assert chunks[-1][0] - chunks[1][0] > 4.0  # the first line went out seconds before the last: streamed
+
+        wait_for(lambda: "req-1" in runtime.finished, 30, "the second invocation")
+        assert runtime.finished["req-1"].wait(30)
+        prelude, body = runtime.answer("req-1")
+        assert prelude["statusCode"] == 200
+        assert b"id: final\nevent: job.cancelled\n" in body
+
+        wait_for(lambda: "req-2" in runtime.finished, 30, "the third invocation")
+        assert runtime.finished["req-2"].wait(30)
+        prelude, body = runtime.answer("req-2")
+        assert prelude["statusCode"] == 401
+        assert json.loads(body)["error"]["code"] == "unauthorized"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        runtime.server.shutdown()

@@ -113,7 +113,10 @@ def estimate(
     max_batch = max((w.max_batch_images for w in live), default=rules.default_max_batch_images)
     window = max((w.window_images for w in live), default=rules.default_window_images)
 
-    lanes = _lanes(live, running, rates, now) if live else [_Lane(free_at=now + rules.scale_up_s, last_start=None)]
+    if live:
+        lanes = _lanes(live, running, rates, now, max_batch)
+    else:
+        lanes = [_Lane(free_at=now + rules.scale_up_s, last_start=None)]
     claim_at: float | None = None
     if rates.known:
         for batch in batches_of([*ahead.jobs, job], max_batch_images=max_batch, window_images=window):
@@ -200,25 +203,36 @@ def _pixel_steps(shape: str) -> int:
         return 0
 
 
-def _lanes(live: Sequence[WorkerStats], running: Sequence[QueuedWork], rates: _Rates, now: float) -> list[_Lane]:
-    """Each live worker's free time: the rest of the batch on its GPU, then its share of the running jobs that are
-    claimed but not generating yet (the batches claimed ahead)."""
+def _lanes(
+    live: Sequence[WorkerStats], running: Sequence[QueuedWork], rates: _Rates, now: float, max_batch_images: int
+) -> list[_Lane]:
+    """Each live worker's lane: the rest of the batch its item says is on its GPU, then the running jobs beyond those
+    batches (claimed ahead, or on a GPU whose item is a few seconds old), in batches, each on the lane free first."""
     lanes = []
-    on_gpu = 0.0
+    on_gpu_images = 0
     for w in live:
         if w.batch is None:
             lanes.append(_Lane(free_at=now, last_start=None))
             continue
-        length = w.batch.estimated_s if w.batch.estimated_s is not None else 0.0
-        on_gpu += length
+        length = w.batch.estimated_s
+        if length is None:
+            length = rates.seconds([QueuedWork("", "", w.batch.images, w.batch.shape, _pixel_steps(w.batch.shape))])
+        on_gpu_images += w.batch.images
         lanes.append(_Lane(free_at=max(now, w.batch.started_at + length), last_start=w.batch.started_at))
-    claimed_ahead = max(0.0, rates.seconds(running) - on_gpu)
-    if claimed_ahead > 0:
-        busy = [lane for lane in lanes if lane.last_start is not None] or lanes
-        for lane in busy:
-            lane.last_start = lane.free_at
-            lane.free_at += claimed_ahead / len(busy)
+    beyond = _drop_images(running, on_gpu_images)
+    for batch in batches_of(beyond, max_batch_images=max_batch_images, window_images=max_batch_images):
+        lane = min(lanes, key=lambda x: x.free_at)
+        lane.last_start = lane.free_at
+        lane.free_at += rates.seconds(batch)
     return lanes
+
+
+def _drop_images(jobs: Sequence[QueuedWork], images: int) -> list[QueuedWork]:
+    """``jobs`` without their first ``images`` images (those the workers say are on their GPUs)."""
+    rest = list(jobs)
+    while rest and images >= rest[0].images:
+        images -= rest.pop(0).images
+    return rest
 
 
 def _plural(n: int, word: str) -> str:

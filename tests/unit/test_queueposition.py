@@ -90,6 +90,13 @@ def test_the_batch_on_the_gpu_and_the_batch_claimed_ahead_come_first() -> None:
     assert info.reason == "Next in line: waiting for the batch ahead to finish on 1 worker."
 
 
+def test_running_jobs_an_old_worker_item_does_not_show_still_come_first() -> None:
+    # The item says idle (written before its batches began), yet 4 jobs are RUNNING: two batches, the first taken
+    # to start now, the second claimed ahead; this job is claimed when that second one starts.
+    info = estimate(MINE, Ahead([], more=False), queue(4), [worker()], now=NOW)
+    assert info.eta_s == pytest.approx(1.0)
+
+
 def test_no_worker_running_waits_for_the_scale_up_and_says_so() -> None:
     stale = worker(seen_ago_s=600)  # its rates remain the best guess of the fleet's speed
     info = estimate(MINE, Ahead(queue(2), more=False), [], [stale], now=NOW, rules=QueueRules(scale_up_s=450))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from botocore.exceptions import ClientError
 
 from shared.queuestate import WorkerStats
@@ -45,17 +46,21 @@ def test_a_clean_batch_sets_its_shapes_rate_and_the_next_batch_gets_an_estimate(
     running = t.snapshot().batch
     assert running is not None
     assert (running.images, running.estimated_s) == (4, None)  # nothing measured yet
-    t.batch_finished(jobs, BatchReport(jobs=4, images=4, seconds=2.0))
+    t.batch_finished(jobs, BatchReport(jobs=4, images=4, seconds=8.0))  # a cold first call: 0.5 images/s
     stats = t.snapshot()
     assert stats.batch is None
     (shape, rate), *_ = stats.rates.items()
     assert shape == "256x256x4/euler_a"
-    assert (rate.images_per_s, rate.batches) == (2.0, 1)
+    assert (rate.images_per_s, rate.batches) == (0.5, 1)
     t.batch_started(jobs)
-    assert t.snapshot().batch.estimated_s == 2.0  # type: ignore[union-attr]
-    # The next batch is faster: the rate moves half way (smoothing 0.5).
+    assert t.snapshot().batch.estimated_s == 8.0  # type: ignore[union-attr]
+    # The second batch replaces the first (a shape's first call pays one-time costs): 0.5 s an image.
+    t.batch_finished(jobs, BatchReport(jobs=4, images=4, seconds=2.0))
+    assert t.snapshot().rates[shape].images_per_s == 2.0
+    # From the third on, seconds per image are averaged, the newest weighing 0.3: 0.25 s against 0.5.
     t.batch_finished(jobs, BatchReport(jobs=4, images=4, seconds=1.0))
-    assert t.snapshot().rates[shape].images_per_s == 3.0
+    assert t.snapshot().rates[shape].images_per_s == pytest.approx(1 / (0.3 * 0.25 + 0.7 * 0.5), abs=1e-3)
+    assert t.snapshot().rates[shape].batches == 3
 
 
 def test_failed_or_cancelled_batches_are_not_measured() -> None:

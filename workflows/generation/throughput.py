@@ -40,13 +40,13 @@ class Throughput:
         window_images: int,
         interval_s: float = 5.0,
         min_gap_s: float = 2.0,
-        smoothing: float = 0.5,
+        smoothing: float = 0.3,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._interval_s = interval_s
         self._min_gap_s = min_gap_s
-        self._smoothing = smoothing  # weight of the newest batch in the images/s average
+        self._smoothing = smoothing  # weight of the newest batch in the seconds-per-image average
         self._clock = clock
         self._lock = threading.Lock()
         self._changed = threading.Event()
@@ -77,15 +77,18 @@ class Throughput:
             rates = dict(self._stats.rates)
             if jobs and report is not None and report.seconds > 0 and not report.failed and not report.cancelled:
                 shape = _shape(jobs)
-                ips = report.images / report.seconds
+                per_image = report.seconds / report.images
                 old = rates.pop(shape, None)
-                if old is not None:
+                size = float(report.images)
+                if old is not None and old.batches > 1:
+                    # Seconds per image are averaged, not images/s: an ETA sums seconds, and one slow batch must not
+                    # count for less than one fast one. The first batch of a shape is not averaged in but replaced
+                    # by the second: it pays one-time costs (lazy initialisation, kernel selection, compiles).
                     a = self._smoothing
-                    ips = a * ips + (1 - a) * old.images_per_s
-                    size = a * report.images + (1 - a) * old.batch_images
-                    rate = ShapeRate(round(ips, 4), round(size, 2), old.batches + 1, round(self._clock(), 3))
-                else:
-                    rate = ShapeRate(round(ips, 4), float(report.images), 1, round(self._clock(), 3))
+                    per_image = a * per_image + (1 - a) / old.images_per_s
+                    size = a * size + (1 - a) * old.batch_images
+                batches = old.batches + 1 if old is not None else 1
+                rate = ShapeRate(round(1 / per_image, 4), round(size, 2), batches, round(self._clock(), 3))
                 rates[shape] = rate  # re-inserted last: the dict keeps the most recent shapes at its end
                 while len(rates) > MAX_SHAPES:
                     rates.pop(next(iter(rates)))

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sdq_client import ApiError, Client, InvalidRequest, JobStatus, JobView, RateLimited, WaitTimeout
+from sdq_client import MAX_WAIT_S, ApiError, Client, InvalidRequest, JobStatus, JobView, RateLimited, WaitTimeout
 from sdq_client import __version__ as client_version
 
 from cli.client import LOCAL_STATE_FILE, NoEndpoint, resolve_endpoint, state_dir
@@ -120,6 +120,8 @@ EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_API_F
     6,
 )
 EXIT_INTERRUPTED = 130
+# How long `submit --wait` lets the API hold its first answer while a progress bar is shown.
+PROGRESS_HOLD_S = 5
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -221,9 +223,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 out.print(job.id)
             return EXIT_OK
         # Submit with `Prefer: wait`: a job that finishes within it costs one request; a longer one is polled,
-        # at the pace the API's Retry-After asks, with the progress bar following each answer.
-        with ProgressBar(show=not args.json and console.is_terminal) as bar:
-            job = client.run(request, timeout=args.timeout, idempotency_key=args.idempotency_key, on_update=bar.update)
+        # at the pace the API's Retry-After asks, with the progress bar following each answer (so a shown bar
+        # asks for a shorter hold: it moves sooner).
+        show = not args.json and console.is_terminal
+        with ProgressBar(show=show) as bar:
+            job = client.run(
+                request,
+                timeout=args.timeout,
+                idempotency_key=args.idempotency_key,
+                on_update=bar.update,
+                hold=PROGRESS_HOLD_S if show else MAX_WAIT_S,
+            )
         if job.model_note and not args.json:
             console.print(f"[yellow]note[/] {job.model_note}")
         return _finished(args, client, job)

@@ -208,15 +208,17 @@ class Client:
         timeout: float = 600.0,
         idempotency_key: str | None = None,
         on_update: Callable[[JobView], None] | None = None,
+        hold: float = MAX_WAIT_S,
     ) -> JobView:
         """Submit and return the finished job (SUCCEEDED, FAILED or CANCELLED: check ``status``).
 
-        The submit asks the API to hold its answer (``Prefer: wait``); a job still unfinished then is polled,
-        pausing as each answer's ``Retry-After`` says, and ``on_update`` sees every answer (for progress).
-        Raises WaitTimeout (with the job as last seen) after ``timeout`` seconds.
+        The submit asks the API to hold its answer up to ``hold`` seconds (``Prefer: wait``); a job still
+        unfinished then is polled, pausing as each answer's ``Retry-After`` says, and ``on_update`` sees every
+        answer (for progress: a shorter ``hold`` shows it sooner). Raises WaitTimeout (with the job as last seen)
+        after ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
-        job, headers = self._submit(request, idempotency_key, _next_wait(timeout))
+        job, headers = self._submit(request, idempotency_key, _next_wait(min(hold, timeout)))
         while True:
             if on_update is not None:
                 on_update(job)
@@ -363,9 +365,10 @@ class AsyncClient:
         timeout: float = 600.0,
         idempotency_key: str | None = None,
         on_update: Callable[[JobView], None] | None = None,
+        hold: float = MAX_WAIT_S,
     ) -> JobView:
         deadline = time.monotonic() + timeout
-        job, headers = await self._submit(request, idempotency_key, _next_wait(timeout))
+        job, headers = await self._submit(request, idempotency_key, _next_wait(min(hold, timeout)))
         while True:
             if on_update is not None:
                 on_update(job)

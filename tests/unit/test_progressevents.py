@@ -1,0 +1,161 @@
+"""started/progress webhooks: the worker's sender (newest state wins, started first, progress spaced), the
+in-flight mark they keep on the job (moto's in-process DynamoDB), and the terminal webhook waiting for it."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import boto3
+import pytest
+from ulid import ULID
+
+from shared.contracts import GenerationRequest, Job, JobStatus, Progress, utcnow
+from shared.jobs import JobsRepository
+from shared.media import MediaStore
+from shared.settings import Settings
+from shared.webhooksecrets import WebhookSecrets
+from tests.unit.conftest import JOBS_TABLE
+from workflows.generation.progressevents import EventSender
+from workflows.jobevents import PROGRESS, STARTED
+from workflows.webhooks import Attempt, EventRecords, Notifier, WebhookRetryable, event_webhook_id
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+TENANT = "t-1"
+
+
+def new_job(**request: object) -> Job:
+    body = {"prompt": "a lighthouse", "callback_url": "http://127.0.0.1:9/hooks", **request}
+    req = GenerationRequest.model_validate(body, context={"trusted": True})
+    now = utcnow()
+    return Job(
+        job_id=str(ULID()),
+        tenant=TENANT,
+        status=JobStatus.QUEUED,
+        request=req,
+        created_at=now,
+        cache_key=req.cache_key(),
+        expires_at=int((now + timedelta(days=1)).timestamp()),
+    )
+
+
+def at_step(job: Job, step: int) -> Job:
+    return job.model_copy(update={"status": JobStatus.RUNNING, "progress": Progress(step=step, total=50)})
+
+
+def test_the_sender_sends_started_first_then_the_newest_progress_at_most_once_per_interval() -> None:
+    sent: list[tuple[str, int, float]] = []
+    done = threading.Event()
+
+    def send(job: Job, event: str) -> None:
+        sent.append((event, job.progress.step, time.monotonic()))
+        if job.progress.step == 30:
+            done.set()
+
+    sender = EventSender(send, interval_s=0.6)
+    job = new_job()
+    sender.offer(at_step(job, 0), STARTED)
+    for step in range(1, 11):
+        sender.offer(at_step(job, step), PROGRESS)
+    time.sleep(0.2)
+    for step in range(11, 31):
+        sender.offer(at_step(job, step), PROGRESS)
+        time.sleep(0.01)
+    assert done.wait(5)
+    time.sleep(0.8)
+    assert sent[0][:2] == (STARTED, 0)
+    progress = [(step, at) for event, step, at in sent if event == PROGRESS]
+    assert progress[-1][0] == 30  # the newest state wins
+    assert len(progress) <= 3  # 30 steps offered, a few sent
+    gaps = [b[1] - a[1] for a, b in itertools.pairwise(progress)]
+    assert all(gap >= 0.55 for gap in gaps), gaps
+    steps = [step for step, _ in progress]
+    assert steps == sorted(steps)
+
+
+def test_one_jobs_slow_progress_does_not_hold_back_another_jobs_started() -> None:
+    sent: list[tuple[str, str]] = []
+    sender = EventSender(lambda job, event: sent.append((job.job_id, event)), interval_s=10)
+    first, second = new_job(), new_job()
+    sender.offer(at_step(first, 3), PROGRESS)
+    time.sleep(0.2)
+    sender.offer(at_step(first, 4), PROGRESS)  # due only in 10 s
+    sender.offer(at_step(second, 0), STARTED)
+    deadline = time.monotonic() + 3
+    while (second.job_id, STARTED) not in sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sent == [(first.job_id, PROGRESS), (second.job_id, STARTED)]
+
+
+@pytest.fixture
+def repo(jobs_table: DynamoDBClient) -> JobsRepository:
+    return JobsRepository(jobs_table, JOBS_TABLE)
+
+
+def running(repo: JobsRepository, worker_id: str, **request: object) -> Job:
+    job, _ = repo.create(new_job(**request))
+    return repo.claim(job.job_id, TENANT, worker_id=worker_id, lease_s=60, now=time.time())
+
+
+def test_a_send_is_marked_in_flight_only_for_the_running_jobs_own_worker(
+    jobs_table: DynamoDBClient, repo: JobsRepository
+) -> None:
+    records = EventRecords(jobs_table, JOBS_TABLE)
+    job = running(repo, "w-1")
+    assert not records.begin(job.job_id, "w-2")
+    assert records.in_flight_until(job.job_id) == 0
+    assert records.begin(job.job_id, "w-1")
+    assert records.in_flight_until(job.job_id) > time.time()
+    records.finish(job.job_id, PROGRESS, "msg_x", Attempt("delivered", 200, None))
+    assert records.in_flight_until(job.job_id) == 0
+    last = records.last(job.job_id)
+    assert last is not None
+    assert (last["event"], last["outcome"], last["count"]) == (PROGRESS, "delivered", 1)
+    # The terminal webhook's record (what GET shows) is untouched.
+    assert repo.get(job.job_id).webhook is None
+    repo.transition(job.job_id, JobStatus.CANCELLED, tenant=TENANT)
+    assert not records.begin(job.job_id, "w-1")  # finished: no more started/progress events
+
+
+def test_the_terminal_webhook_waits_while_a_progress_webhook_is_in_flight(
+    jobs_table: DynamoDBClient, repo: JobsRepository
+) -> None:
+    records = EventRecords(jobs_table, JOBS_TABLE)
+    s3 = boto3.client("s3", region_name="us-east-1")
+    notifier = Notifier(
+        repo,
+        MediaStore(s3, "media"),
+        WebhookSecrets(jobs_table, JOBS_TABLE, overlap_s=0),
+        Settings(allow_loopback_callbacks=True),
+        sleep=lambda _: None,
+        events=records,
+    )
+    job = running(repo, "w-1", webhook_events=["progress", "completed"])
+    assert records.begin(job.job_id, "w-1")
+    repo.transition(job.job_id, JobStatus.CANCELLED, tenant=TENANT)
+    with pytest.raises(WebhookRetryable, match="still in flight"):
+        notifier.notify(job.job_id, TENANT)
+    assert repo.get(job.job_id).webhook is None  # no attempt was made or recorded
+    records.finish(job.job_id, PROGRESS, "msg_x", Attempt("delivered", 200, None))
+    with pytest.raises(WebhookRetryable):  # now it is sent (port 9 refuses: a retryable attempt, recorded)
+        notifier.notify(job.job_id, TENANT)
+    record = repo.get(job.job_id).webhook
+    assert record is not None
+    assert record.event == "job.cancelled"
+    assert record.attempts == 1
+
+
+def test_each_distinct_event_has_its_own_webhook_id() -> None:
+    job = new_job()
+    ids = {
+        event_webhook_id(at_step(job, 0), STARTED),
+        event_webhook_id(at_step(job, 5), PROGRESS),
+        event_webhook_id(at_step(job, 9), PROGRESS),
+        event_webhook_id(at_step(job, 5).model_copy(update={"attempt": 2}), PROGRESS),
+    }
+    assert len(ids) == 4

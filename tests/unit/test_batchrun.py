@@ -5,6 +5,7 @@ call are let go, never retried; a batch cancelled whole is dropped."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -168,3 +169,37 @@ def test_a_batch_whose_every_job_was_cancelled_is_stopped_and_dropped(
     handoff, _ = run(gpu, jobs, pools)
     assert handoff.dropped == ids(*jobs)
     assert handoff.completed == handoff.failed == []
+
+
+class TimedGenerator(FaultyGenerator):
+    """Each call takes 10 ms per image (a GPU's time grows with the images it makes)."""
+
+    def generate(
+        self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: Callable[[int, int], None] | None = None
+    ) -> dict[str, list[Image]]:
+        time.sleep(0.01 * sum(j.num_images for j in jobs))
+        return super().generate(jobs, shape, on_step)
+
+
+def test_each_job_is_charged_its_share_of_the_batch_by_images(
+    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    one, three = claimed(held()), claimed(held(num_images=3))
+    handoff, runner = run(TimedGenerator(oom_above=8), [one, three], pools)
+    a, b = handoff.uses[one.job_id], handoff.uses[three.job_id]
+    assert (a.batch_jobs, a.batch_images) == (b.batch_jobs, b.batch_images) == (2, 4)
+    assert b.gpu_s == pytest.approx(3 * a.gpu_s)
+    assert a.gpu_s + b.gpu_s == pytest.approx(runner.gpu_seconds)
+
+
+def test_a_job_that_ran_in_a_failed_call_is_charged_for_it_too(
+    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    jobs = [claimed(held()) for _ in range(4)]
+    handoff, runner = run(TimedGenerator(oom_above=2), jobs, pools)  # 4 images fail, then 2 + 2 succeed
+    uses = [handoff.uses[h.job_id] for h in jobs]
+    assert all((u.batch_jobs, u.batch_images) == (2, 2) for u in uses)  # the call that made its images
+    assert sum(u.gpu_s for u in uses) == pytest.approx(runner.gpu_seconds)
+    assert all(
+        u.gpu_s > runner.gpu_seconds / 8 for u in uses
+    )  # a quarter of the failed call each, plus half of its own

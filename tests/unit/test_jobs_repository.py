@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from ulid import ULID
 
-from shared.contracts import GenerationRequest, Job, JobError, JobStatus, utcnow
+from shared.contracts import GenerationRequest, Job, JobError, JobStatus, Usage, utcnow
 from shared.errors import InvalidCursor, InvalidTransition, ServiceError
 from shared.jobs import JOB_ATTRIBUTES, REMOVED_WHEN_FINISHED, Claim, JobsRepository, job_pk, job_to_item
+from shared.pricing import gpu_price
 from tests.unit.conftest import JOBS_TABLE
 
 if TYPE_CHECKING:
@@ -98,3 +99,33 @@ def test_a_bad_cursor_is_its_own_error_not_an_http_one(ddb: DynamoDBClient, curs
     with pytest.raises(InvalidCursor) as info:
         repo.list_for_tenant(TENANT, cursor=cursor)
     assert not isinstance(info.value, ServiceError)
+
+
+def test_the_hand_off_mark_records_the_usage_of_its_own_claim_once(ddb: DynamoDBClient) -> None:
+    repo = JobsRepository(ddb, TABLE)
+    job = claimed(repo, "w-1")
+    usage = Usage.measured(job.request, gpu_s=1.5, batch_jobs=2, batch_images=3, price=gpu_price("g5.xlarge"))
+    # Another worker's or attempt's mark writes nothing.
+    for other in (Claim(attempt=1, worker_id="w-2"), Claim(attempt=2, worker_id="w-1")):
+        assert not repo.mark_handed_off(job.job_id, tenant=TENANT, claim=other, usage=usage)
+    assert repo.get(job.job_id).usage is None
+    assert repo.mark_handed_off(job.job_id, tenant=TENANT, claim=Claim(attempt=1, worker_id="w-1"), usage=usage)
+    marked = repo.get(job.job_id)
+    assert marked.status == JobStatus.POSTPROCESSING
+    assert marked.usage == usage
+    assert usage.estimated_cost_usd == round(1.5 * 1.006 / 3600, 6)
+    assert usage.pixel_steps == 512 * 512 * 30
+    # Once recorded, a repeated mark changes nothing.
+    again = usage.model_copy(update={"gpu_s": 9.0})
+    assert not repo.mark_handed_off(job.job_id, tenant=TENANT, claim=Claim(attempt=1, worker_id="w-1"), usage=again)
+    assert repo.get(job.job_id).usage == usage
+
+
+def test_the_hand_off_mark_still_records_usage_when_the_workflow_moved_first(ddb: DynamoDBClient) -> None:
+    repo = JobsRepository(ddb, TABLE)
+    job = claimed(repo, "w-1")
+    repo.transition(job.job_id, JobStatus.POSTPROCESSING, tenant=TENANT, claim=Claim(attempt=1))  # Postprocess
+    usage = Usage.measured(job.request, gpu_s=0.5, batch_jobs=1, batch_images=1, price=gpu_price("g6.xlarge"))
+    assert repo.mark_handed_off(job.job_id, tenant=TENANT, claim=Claim(attempt=1, worker_id="w-1"), usage=usage)
+    assert repo.get(job.job_id).usage == usage
+    assert "g6.xlarge" in usage.price_basis

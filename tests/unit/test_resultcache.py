@@ -1,0 +1,286 @@
+"""The result cache's decisions over real conditional writes (in-process DynamoDB): which job answers, which joins,
+which generates; settling; the requeue sweeper's view of joined jobs; the key; the settings that scope it."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from ulid import ULID
+
+from shared.contracts import GenerationRequest, Job, JobStatus, Output, QueueMessage, WorkflowInput, utcnow
+from shared.errors import JobNotFound
+from shared.jobs import JobsRepository, cache_entry_pk, expiry_epoch
+from shared.settings import Settings
+from tests.unit.conftest import JOBS_TABLE
+from workflows.resultcache import ResultCache
+from workflows.submission import SubmissionService
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+REQUEST = {"prompt": "a fox", "seed": 42, "width": 256, "height": 256, "num_inference_steps": 2}
+
+
+class Queue:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def send(self, message: QueueMessage) -> str:
+        self.sent.append(message.job_id)
+        return "m"
+
+
+class Orchestrator:
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    def start(self, name: str, workflow_input: WorkflowInput) -> str:
+        self.started.append(name)
+        return name
+
+
+class World:
+    def __init__(self, ddb: DynamoDBClient, **settings: Any) -> None:
+        self.settings = Settings(**settings)
+        self.repo = JobsRepository(ddb, JOBS_TABLE)
+        self.queue = Queue()
+        self.sfn = Orchestrator()
+        self.cache = ResultCache(self.repo, self.queue, self.settings, orchestrator=lambda: self.sfn)  # type: ignore[arg-type]
+        self.api = SubmissionService(self.repo, self.queue, self.settings, cache=self.cache)  # type: ignore[arg-type]
+
+    def submit(self, tenant: str = "t1", **changes: Any) -> Job:
+        return self.api.submit(tenant, GenerationRequest.model_validate(REQUEST | changes)).job
+
+    def succeed(self, job: Job) -> Job:
+        """What the worker and the state machine do to a generated job."""
+        self.repo.transition(job.job_id, JobStatus.RUNNING, tenant=job.tenant)
+        self.repo.transition(job.job_id, JobStatus.POSTPROCESSING, tenant=job.tenant)
+        self.repo.transition(job.job_id, JobStatus.SUCCEEDED, tenant=job.tenant)
+        outputs = [Output(index=0, key=f"outputs/{job.tenant}/{job.job_id}/0.png", content_type="image/png",
+                          width=256, height=256, bytes=3, sha256="abc")]  # fmt: skip
+        self.repo._ddb.update_item(
+            TableName=JOBS_TABLE,
+            Key={"pk": {"S": f"JOB#{job.job_id}"}},
+            UpdateExpression="SET outputs = :o",
+            ExpressionAttributeValues={":o": {"S": "[" + outputs[0].model_dump_json() + "]"}},
+        )
+        return self.repo.get(job.job_id)
+
+
+@pytest.fixture
+def table(jobs_table: DynamoDBClient) -> DynamoDBClient:
+    """The jobs table with the two indexes submission and the sweeper read (as template.yaml declares them)."""
+    jobs_table.delete_table(TableName=JOBS_TABLE)
+    keys = ("pk", "active_tenant", "unqueued_shard", "job_id")
+    jobs_table.create_table(
+        TableName=JOBS_TABLE,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": k, "AttributeType": "S"} for k in keys],
+        BillingMode="PAY_PER_REQUEST",
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": name,
+                "KeySchema": [
+                    {"AttributeName": hash_key, "KeyType": "HASH"},
+                    {"AttributeName": "job_id", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
+            }
+            for name, hash_key in (("active_by_tenant", "active_tenant"), ("unqueued", "unqueued_shard"))
+        ],
+    )
+    return jobs_table
+
+
+@pytest.fixture
+def world(table: DynamoDBClient) -> World:
+    return World(table)
+
+
+def test_the_first_request_generates_an_identical_one_joins_and_is_answered_when_it_succeeds(world: World) -> None:
+    source = world.submit(callback_url=None)
+    assert world.queue.sent == [source.job_id]
+    follower = world.submit()
+    assert follower.status == JobStatus.QUEUED
+    assert follower.joined_to == source.job_id
+    assert world.queue.sent == [source.job_id]  # the follower is not queued: no second generation
+    assert world.repo.followers(source.job_id) == [follower.job_id]
+    world.succeed(source)
+    report = world.cache.settle(source.job_id)
+    assert (report.completed, report.released) == (1, 0)
+    done = world.repo.get(follower.job_id)
+    assert done.status == JobStatus.SUCCEEDED
+    assert done.cache_source == source.job_id
+    assert done.joined_to is None
+    assert [o.key for o in done.outputs] == [o.key for o in world.repo.get(source.job_id).outputs]
+    assert done.usage is not None
+    assert done.usage.gpu_s == 0
+    # Settling again changes nothing and sends nothing twice (the notice is started by name, once).
+    again = world.cache.settle(source.job_id)
+    assert (again.completed, again.released) == (0, 0)
+    assert world.repo.get(follower.job_id).finished_at == done.finished_at
+    hit = world.submit()
+    assert hit.status == JobStatus.SUCCEEDED
+    assert hit.cache_source == source.job_id
+    assert hit.expires_at <= world.repo.get(source.job_id).expires_at  # its references live as long as it does
+
+
+def test_a_failed_or_cancelled_source_is_no_hit_and_its_followers_run_themselves(world: World) -> None:
+    source = world.submit()
+    follower = world.submit()
+    world.repo.transition(source.job_id, JobStatus.CANCELLED, tenant="t1")
+    report = world.cache.settle(source.job_id)
+    assert report.released == 1
+    released = world.repo.get(follower.job_id)
+    assert released.status == JobStatus.QUEUED
+    assert released.joined_to is None
+    assert world.queue.sent == [source.job_id, follower.job_id]
+    # The entry named a cancelled job: the next request generates and becomes the source.
+    fresh = world.submit()
+    assert fresh.status == JobStatus.QUEUED
+    assert fresh.joined_to is None
+    assert world.repo.cached_job_id(cache_entry_pk("t:t1", fresh.cache_key)) == fresh.job_id
+
+
+def test_cancelling_a_joined_job_leaves_its_source_alone(world: World) -> None:
+    source = world.submit()
+    follower = world.submit()
+    world.api.cancel("t1", follower.job_id)
+    assert world.repo.get(source.job_id).status == JobStatus.QUEUED
+    world.succeed(source)
+    assert world.cache.settle(source.job_id).completed == 0
+    assert world.repo.get(follower.job_id).status == JobStatus.CANCELLED
+
+
+def test_a_source_that_finishes_before_the_join_lands_is_a_hit_instead(world: World) -> None:
+    """The join is conditional on the source being unfinished: a source that succeeded between the read and the
+    join's write refuses it, and the request is read again and answered."""
+    source = world.submit()
+    real_get = world.repo.get
+    finished_once: list[bool] = []
+
+    def get_then_finish(job_id: str, **kw: Any) -> Job:
+        job = real_get(job_id, **kw)
+        if job_id == source.job_id and not finished_once:
+            finished_once.append(True)
+            world.succeed(source)  # the source finishes right after the read saw it QUEUED
+        return job
+
+    world.repo.get = get_then_finish  # type: ignore[method-assign]
+    answered = world.submit()
+    assert answered.status == JobStatus.SUCCEEDED
+    assert answered.cache_source == source.job_id
+    assert world.repo.followers(source.job_id) == []
+
+
+def test_an_expiring_source_is_no_hit(world: World) -> None:
+    source = world.succeed(world.submit())
+    world.repo._ddb.update_item(
+        TableName=JOBS_TABLE,
+        Key={"pk": {"S": f"JOB#{source.job_id}"}},
+        UpdateExpression="SET expires_at = :e",
+        ExpressionAttributeValues={":e": {"N": str(int(time.time()) + 3600)}},  # under half the retention left
+    )
+    fresh = world.submit()
+    assert fresh.status == JobStatus.QUEUED
+    assert fresh.cache_source is None
+
+
+def test_cache_false_a_drawn_seed_and_another_tenant_generate(world: World) -> None:
+    world.succeed(world.submit())
+    assert world.submit(cache=False).status == JobStatus.QUEUED
+    drawn = GenerationRequest(prompt="a fox", width=256, height=256, num_inference_steps=2)
+    assert world.api.submit("t1", drawn).job.status == JobStatus.QUEUED
+    assert world.submit(tenant="t2").status == JobStatus.QUEUED
+    # Another size, format or quality is another result.
+    assert world.submit(output_format="webp").status == JobStatus.QUEUED
+    assert world.submit(output_format="webp", quality=50).status == JobStatus.QUEUED
+    assert world.submit().status == JobStatus.SUCCEEDED
+
+
+def test_global_scope_answers_other_tenants_and_the_setting_turns_it_off(table: DynamoDBClient) -> None:
+    shared = World(table, result_cache_scope="global")
+    source = shared.succeed(shared.submit(tenant="a"))
+    hit = shared.submit(tenant="b")
+    assert hit.status == JobStatus.SUCCEEDED
+    assert hit.cache_source == source.job_id
+    off = World(table, result_cache=False, result_cache_scope="global")
+    assert off.submit(tenant="c").status == JobStatus.QUEUED
+
+
+def test_a_model_revision_is_part_of_the_key(table: DynamoDBClient) -> None:
+    before = World(table)
+    before.succeed(before.submit())
+    after = World(table, model_revisions={"tiny": "v2"})
+    assert after.submit().status == JobStatus.QUEUED
+    assert before.submit().status == JobStatus.SUCCEEDED
+
+
+def test_the_sweeper_leaves_a_joined_job_to_its_source_until_the_source_finished_unsettled(world: World) -> None:
+    source = world.submit()
+    follower = world.submit()
+    later = time.time() + 1
+    # Submitted before the cutoff and marked unqueued, yet joined to an unfinished source: not the sweeper's.
+    assert follower.job_id not in world.repo.unqueued_before(later, limit=10)
+    world.repo.transition(source.job_id, JobStatus.FAILED, tenant="t1")
+    assert follower.job_id not in world.repo.unqueued_before(later - 1, limit=10)  # finished after the cutoff
+    # Finished before the cutoff and never settled (a dead letter, a crash): the sweeper sends it.
+    assert follower.job_id in world.repo.unqueued_before(time.time() + 5, limit=10)
+
+
+def test_a_join_refused_by_a_finished_source_writes_nothing(world: World) -> None:
+    source = world.succeed(world.submit())
+    now = utcnow()
+    request = GenerationRequest.model_validate(REQUEST).normalised(world.settings)
+    job = Job(
+        job_id=str(ULID()),
+        tenant="t1",
+        status=JobStatus.QUEUED,
+        request=request,
+        created_at=now,
+        cache_key=request.cache_key(),
+        expires_at=expiry_epoch(now + timedelta(0), 7),
+        joined_to=source.job_id,
+    )
+    assert world.repo.create_joined(job, source_id=source.job_id) is None
+    with pytest.raises(JobNotFound):
+        world.repo.get(job.job_id)
+
+
+def test_the_key_is_the_normalised_request_with_format_quality_and_revision() -> None:
+    base = GenerationRequest.model_validate(REQUEST | {"model": "tiny"})
+    same = GenerationRequest.model_validate(REQUEST | {"model": "tiny", "guidance_scale": 7.5})
+    assert base.cache_key() == same.cache_key()
+    assert base.cache_key() == base.model_copy(update={"quality": 10}).cache_key()  # PNG ignores quality
+    unrelated = {"metadata": {"a": "b"}, "callback_url": "https://x", "webhook_events": ["started"]}
+    assert base.cache_key() == base.model_copy(update=unrelated).cache_key()
+    changes: list[dict[str, Any]] = [
+        {"seed": 43},
+        {"prompt": "a fox "},
+        {"negative_prompt": "x"},
+        {"scheduler": "ddim"},
+        {"num_images": 2},
+        {"output_format": "jpeg"},
+        {"height": 264},
+        {"num_inference_steps": 3},
+        {"guidance_scale": 7.0},
+        {"model": "other"},
+    ]
+    for change in changes:
+        assert base.model_copy(update=change).cache_key() != base.cache_key(), change
+    assert base.cache_key("r2") != base.cache_key()
+    jpeg = base.model_copy(update={"output_format": "jpeg"})
+    assert jpeg.cache_key() != jpeg.model_copy(update={"quality": 50}).cache_key()
+    assert base.cacheable()
+    assert not base.model_copy(update={"cache": False}).cacheable()
+    assert not base.model_copy(update={"seed": None}).cacheable()
+
+
+def test_settings_refuse_an_unknown_scope_or_an_unpriced_instance() -> None:
+    with pytest.raises(ValueError, match="result_cache_scope"):
+        Settings(result_cache_scope="everyone")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no price for instance type"):
+        Settings(gpu_instance_type="x9.huge")

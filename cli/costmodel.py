@@ -40,6 +40,8 @@ BENCHMARK_REPORT = REPO / "benchmarks" / "results" / "2026-11-25-h100" / "worker
 # without a callback it skips Notify.
 HAPPY_PATH_STATES = ("Route", "Postprocess", "Postprocessed", "MarkSucceeded", "HasCallback", "Notify", "Done")
 CALLBACK_ONLY_STATES = ("Notify",)
+# A result-cache hit with a callback runs only the notice path (its job.succeeded webhook); without one, nothing.
+NOTICE_PATH_STATES = ("Route", "Notify", "Done")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,11 @@ class Usage:
     """What one job costs in requests, bytes and seconds, and how the fleet behaves. All overridable."""
 
     images_per_job: float = 1.0
+    # Share of jobs answered by the result cache (a hit, or a join of an identical running job): no GPU time,
+    # postprocess, queue messages or stored images of their own; a notice execution when they have a callback.
+    cache_hit_rate: float = 0.0
+    dynamodb_writes_per_hit: float = 2.0  # the job, stored SUCCEEDED; its webhook record
+    dynamodb_read_units_per_hit: float = 2.0  # the cache entry and its source job (strong reads)
     batch_size: int = 8  # images per pipeline call when busy (the template's MaxBatchImages)
     worker_efficiency: float = 0.9  # share of benchmark throughput the worker keeps (claims, uploads, progress)
     scale_ups_per_month: float = 30.0  # times the fleet starts from zero (e.g. once a day)
@@ -284,13 +291,18 @@ def estimate(
         raise CostError("images per month must be >= 0")
     if throughput.images_per_s <= 0 or u.worker_efficiency <= 0 or u.images_per_job <= 0:
         raise CostError("throughput, worker_efficiency and images_per_job must be > 0")
+    if u.cache_hit_rate > 1:
+        raise CostError("cache_hit_rate is a share of jobs: at most 1")
     images = float(images_per_month)
     jobs = images / u.images_per_job
+    hits = jobs * u.cache_hit_rate  # answered from earlier jobs' images
+    generated_jobs = jobs - hits
+    generated = generated_jobs * u.images_per_job  # images the GPUs make and the bucket stores
     hourly_key = f"ec2.{gpu.instance}.hour"
 
     # GPU fleet: busy hours at the measured rate, plus one instance's overhead per start from zero.
     instance_rate = throughput.images_per_s * u.worker_efficiency * gpu.gpus  # images/s per instance
-    busy_hours = images / instance_rate / 3600.0
+    busy_hours = generated / instance_rate / 3600.0
     overhead_hours = u.scale_ups_per_month * u.overhead_minutes_per_scale_up / 60.0
     instance_hours = busy_hours + overhead_hours
     worker_hours = instance_hours * gpu.gpus
@@ -299,30 +311,37 @@ def estimate(
     notify_calls = jobs * u.callback_share
     gb_seconds = (
         api_requests * u.api_ms / 1000.0 * u.api_memory_mb / 1024.0
-        + jobs
+        + generated_jobs
         * (u.postprocess_ms_base + u.postprocess_ms_per_image * u.images_per_job)
         / 1000.0
         * u.postprocess_memory_mb
         / 1024.0
         + notify_calls * u.notify_ms / 1000.0 * u.notify_memory_mb / 1024.0
     )
-    invocations = api_requests + jobs + notify_calls
-    transitions = jobs * (len(HAPPY_PATH_STATES) - len(CALLBACK_ONLY_STATES) + u.callback_share)
-    sqs_requests = jobs * u.sqs_requests_per_job + worker_hours * u.sqs_idle_polls_per_worker_hour
+    invocations = api_requests + generated_jobs + notify_calls
+    transitions = generated_jobs * (len(HAPPY_PATH_STATES) - len(CALLBACK_ONLY_STATES) + u.callback_share)
+    transitions += hits * u.callback_share * len(NOTICE_PATH_STATES)
+    sqs_requests = generated_jobs * u.sqs_requests_per_job + worker_hours * u.sqs_idle_polls_per_worker_hour
     write_units = (
-        jobs
-        * (u.dynamodb_writes_per_job + u.dynamodb_transaction_writes_per_job)
+        (
+            generated_jobs * (u.dynamodb_writes_per_job + u.dynamodb_transaction_writes_per_job)
+            + hits * u.dynamodb_writes_per_hit
+        )
         * math.ceil(u.dynamodb_item_kb)
         * (1.0 + u.dynamodb_gsi_write_factor)
     )
-    read_units = api_requests * u.dynamodb_read_units_per_request + jobs * u.dynamodb_read_units_per_job
+    read_units = (
+        api_requests * u.dynamodb_read_units_per_request
+        + generated_jobs * u.dynamodb_read_units_per_job
+        + hits * u.dynamodb_read_units_per_hit
+    )
     retained = u.retention_days / DAYS_PER_MONTH  # share of a month's output kept at any time
     table_gb = jobs * retained * u.dynamodb_item_kb * (1.0 + u.dynamodb_gsi_write_factor) / KB_PER_GB
-    s3_gb = images * retained * (u.image_kb + u.thumbnail_kb) / KB_PER_GB
-    s3_puts = images * 3.0  # staging PNG, output, thumbnail
-    s3_gets = images * (1.0 + u.downloads_per_image)  # postprocess reads staging; clients download
+    s3_gb = generated * retained * (u.image_kb + u.thumbnail_kb) / KB_PER_GB  # a hit refers to its source's objects
+    s3_puts = generated * 3.0  # staging PNG, output, thumbnail
+    s3_gets = generated + images * u.downloads_per_image  # postprocess reads staging; clients download
     egress_gb = images * u.downloads_per_image * u.image_kb / KB_PER_GB
-    traces = api_requests + jobs  # one trace per API request and per workflow execution
+    traces = api_requests + generated_jobs + hits * u.callback_share  # per API request and per execution
     disk_gb_months = u.worker_disk_gib * instance_hours / HOURS_PER_MONTH
 
     def line(group: str, item: str, quantity: float, unit: str, key: str) -> Line:
@@ -371,7 +390,7 @@ def estimate(
     ]
 
     server_capacity = instance_rate * 3600.0 * HOURS_PER_MONTH
-    servers = max(1, math.ceil(images / server_capacity)) if server_capacity > 0 else 1
+    servers = max(1, math.ceil(generated / server_capacity)) if server_capacity > 0 else 1
     always_on = [
         line("Always-on", f"{servers} x {gpu.instance}, 730 h each", servers * HOURS_PER_MONTH, "hour", hourly_key),
         line("Always-on", "EBS gp3 root volumes", servers * u.worker_disk_gib, "GB-month", "ebs.gp3.gb_month"),
@@ -382,6 +401,10 @@ def estimate(
         f"worker efficiency {u.worker_efficiency:g}: {instance_rate:.3f} images/s per instance, "
         f"{busy_hours:.1f} busy + {overhead_hours:.1f} start/idle instance-hours",
     ]
+    if hits:
+        notes.append(
+            f"result cache: {u.cache_hit_rate:.0%} of jobs answered from earlier images ({generated:,.0f} generated)"
+        )
     return Estimate(
         images_per_month=images,
         gpu=gpu,

@@ -375,3 +375,35 @@ def test_cost_command_prints_the_comparison(capsys: pytest.CaptureFixture[str], 
 def test_cost_command_rejects_unknown_prices(capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(["cost", "--images-per-month", "10", "--price", "gpu=1"]) == 2
     assert "unknown price" in capsys.readouterr().err
+
+
+def test_result_cache_hits_cost_no_gpu_postprocess_or_storage_and_only_their_notice() -> None:
+    gpu = gpu_type("g5.xlarge")
+    rate = Throughput(1.0, "test")
+    cold = estimate(100_000, gpu, rate, USAGE, PRICES)
+    warm = estimate(100_000, gpu, rate, merge_usage({"cache_hit_rate": 0.25}, USAGE), PRICES)
+    jobs, hits = 50_000.0, 12_500.0
+    busy_hours = lambda est: est.instance_hours - 10 * 30 / 60  # noqa: E731 (minus the start overhead)
+    assert busy_hours(warm) == pytest.approx(busy_hours(cold) * 0.75)
+    # Transitions: generated jobs as before; a hit with a callback runs Route, Notify, Done.
+    per_job = len(HAPPY_PATH_STATES) - 1 + USAGE.callback_share
+    assert _cost(warm, "stepfunctions.standard.transitions.thousand")[0] == pytest.approx(
+        ((jobs - hits) * per_job + hits * 0.5 * 3) / 1e3
+    )
+    assert _cost(warm, "s3.standard.gb_month")[0] == pytest.approx(_cost(cold, "s3.standard.gb_month")[0] * 0.75)
+    # Every image is still downloaded by its client, and every request still reaches the API.
+    assert _cost(warm, "transfer.out.internet.gb") == _cost(cold, "transfer.out.internet.gb")
+    assert _cost(warm, "apigateway.rest.requests.million") == _cost(cold, "apigateway.rest.requests.million")
+    assert warm.total < cold.total
+    assert any("result cache: 25%" in note for note in warm.notes)
+    with pytest.raises(CostError, match="cache_hit_rate"):
+        estimate(100_000, gpu, rate, merge_usage({"cache_hit_rate": 1.5}, USAGE), PRICES)
+
+
+def test_the_cost_tool_and_the_service_price_from_one_table() -> None:
+    from shared import pricing
+
+    assert DEFAULT_PRICES is pricing.DEFAULT_PRICES
+    assert pricing.gpu_price("g5.xlarge").usd_per_hour == DEFAULT_PRICES["ec2.g5.xlarge.hour"]
+    for instance in GPUS:
+        assert pricing.gpu_price(instance).cost(3600) == DEFAULT_PRICES[f"ec2.{instance}.hour"]

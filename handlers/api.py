@@ -420,6 +420,32 @@ def redeliver_webhook(job_id: JobId) -> Response[JobView]:
     return _json(202, _view(job))
 
 
+# One event of the stream, as Server-Sent Events fields (what schemathesis checks each event against): `data` is
+# the webhook body's JSON, {type, timestamp, data: the job as GET shows it}.
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string", "description": "job.started, job.progress, job.succeeded, ..."},
+        "id": {"type": "string", "description": "Resume after this event with Last-Event-ID."},
+        "retry": {"type": "integer", "minimum": 0, "description": "Milliseconds before reconnecting."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "type": "object",
+                "required": ["type", "timestamp", "data"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "timestamp": {"type": "string", "format": "date-time"},
+                    "data": {"$ref": "#/components/schemas/JobView"},
+                },
+            },
+        },
+    },
+}
+
+
 @app.get(
     "/v1/jobs/<job_id>/events",
     summary="The job's events as Server-Sent Events, until it finishes",
@@ -432,7 +458,7 @@ def redeliver_webhook(job_id: JobId) -> Response[JobView]:
     responses={
         200: {
             "description": "The event stream",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT}},
         }
     }
     | ERROR_RESPONSES,

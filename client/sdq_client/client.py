@@ -85,6 +85,21 @@ def _job_event(sse: ServerSentEvent) -> JobEvent:
     return event
 
 
+def _stream_args(job_id: str, parser: EventStreamParser, timeout: float) -> tuple[str, dict[str, Any]]:
+    """The path and options of one connection to a job's event stream, resuming after the last event seen."""
+    headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+    if parser.last_event_id:
+        headers["Last-Event-ID"] = parser.last_event_id
+    return f"/v1/jobs/{job_id}/events", {
+        "headers": headers,
+        "timeout": httpx.Timeout(timeout, read=STREAM_READ_TIMEOUT_S),
+    }
+
+
+def _reconnect_pause(parser: EventStreamParser) -> float:
+    return (parser.retry_ms if parser.retry_ms is not None else 1000) / 1000
+
+
 def _check_stream(resp: httpx.Response) -> None:
     if not resp.headers.get("content-type", "").startswith("text/event-stream"):
         raise SdqError(f"expected an event stream, got {resp.headers.get('content-type')!r}")
@@ -230,37 +245,49 @@ class Client:
             time.sleep(_poll_pause(headers, remaining))
             job, headers = self._call(JobView, "GET", f"/v1/jobs/{job.id}")
 
-    def stream(self, job_id: str, *, last_event_id: str | None = None, reconnects: int = 3) -> Iterator[JobEvent]:
+    def stream(
+        self,
+        job_id: str,
+        *,
+        last_event_id: str | None = None,
+        timeout: float | None = None,
+        reconnects: int = 3,
+    ) -> Iterator[JobEvent]:
         """The job's events as they happen (``GET /v1/jobs/{id}/events``, Server-Sent Events), ending with the one
-        that finishes it. A dropped connection is resumed from the last event seen (``Last-Event-ID``), at most
-        ``reconnects`` times in a row without an event; then SdqError."""
+        that finishes it.
+
+        A stream the server ends early (its time is up, or it answered with a snapshot) is reopened after its
+        ``retry:`` delay with ``Last-Event-ID``, so no event comes twice; a connection that fails is retried the
+        same way, ``reconnects`` times in a row at most, then SdqError. With ``timeout`` (seconds), WaitTimeout
+        once it passes with the job unfinished.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         parser = EventStreamParser()
         parser.last_event_id = last_event_id
         failures = 0
+        last: JobView | None = None
         while True:
             parser.restart()
-            headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-            if parser.last_event_id:
-                headers["Last-Event-ID"] = parser.last_event_id
-            timeout = httpx.Timeout(self.timeout, read=STREAM_READ_TIMEOUT_S)
             try:
-                with self._http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=timeout) as resp:
+                path, options = _stream_args(job_id, parser, self.timeout)
+                with self._http.stream("GET", path, **options) as resp:
                     if resp.status_code >= 400:
                         resp.read()
                         _decoded(resp)
                     _check_stream(resp)
                     for sse in parse_lines(resp.iter_lines(), parser):
                         event = _job_event(sse)
-                        failures = 0
+                        failures, last = 0, event.data
                         yield event
                         if event.data.finished:
                             return
             except httpx.TransportError:
-                pass
-            failures += 1
-            if failures > reconnects:
-                raise SdqError(f"the event stream of job {job_id} ended {failures} times before the job finished")
-            time.sleep((parser.retry_ms if parser.retry_ms is not None else 1000) / 1000)
+                failures += 1
+                if failures > reconnects:
+                    raise SdqError(f"the event stream of job {job_id} failed {failures} times in a row") from None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(last or self.get(job_id), timeout or 0.0)
+            time.sleep(_reconnect_pause(parser))
 
 
 class AsyncClient:
@@ -381,34 +408,37 @@ class AsyncClient:
             job, headers = await self._call(JobView, "GET", f"/v1/jobs/{job.id}")
 
     async def stream(
-        self, job_id: str, *, last_event_id: str | None = None, reconnects: int = 3
+        self,
+        job_id: str,
+        *,
+        last_event_id: str | None = None,
+        timeout: float | None = None,
+        reconnects: int = 3,
     ) -> AsyncIterator[JobEvent]:
+        deadline = None if timeout is None else time.monotonic() + timeout
         parser = EventStreamParser()
         parser.last_event_id = last_event_id
         failures = 0
+        last: JobView | None = None
         while True:
             parser.restart()
-            headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-            if parser.last_event_id:
-                headers["Last-Event-ID"] = parser.last_event_id
-            timeout = httpx.Timeout(self.timeout, read=STREAM_READ_TIMEOUT_S)
             try:
-                async with self._http.stream(
-                    "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=timeout
-                ) as resp:
+                path, options = _stream_args(job_id, parser, self.timeout)
+                async with self._http.stream("GET", path, **options) as resp:
                     if resp.status_code >= 400:
                         await resp.aread()
                         _decoded(resp)
                     _check_stream(resp)
                     async for sse in aparse_lines(resp.aiter_lines(), parser):
                         event = _job_event(sse)
-                        failures = 0
+                        failures, last = 0, event.data
                         yield event
                         if event.data.finished:
                             return
             except httpx.TransportError:
-                pass
-            failures += 1
-            if failures > reconnects:
-                raise SdqError(f"the event stream of job {job_id} ended {failures} times before the job finished")
-            await asyncio.sleep((parser.retry_ms if parser.retry_ms is not None else 1000) / 1000)
+                failures += 1
+                if failures > reconnects:
+                    raise SdqError(f"the event stream of job {job_id} failed {failures} times in a row") from None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(last or await self.get(job_id), timeout or 0.0)
+            await asyncio.sleep(_reconnect_pause(parser))

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
-from sdq_client import AsyncClient, Client, NotFound, SdqError
+from sdq_client import AsyncClient, Client, JobEvent, JobStatus, NotFound, SdqError, WaitTimeout
 from sdq_client.sse import EventStreamParser, parse_lines
 
 JOB_ID = "01KAXAAAAAAAAAAAAAAAAAAAAA"
@@ -50,6 +50,7 @@ class EventServer(BaseHTTPRequestHandler):
     script: ClassVar[list[bytes]] = []
     requests: ClassVar[list[dict[str, str]]] = []
     drop_after: ClassVar[int | None] = None
+    fail_connections: ClassVar[int] = 0  # this many connections are closed before any answer
 
     def log_message(self, *args: Any) -> None:  # quiet
         pass
@@ -57,6 +58,10 @@ class EventServer(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         cls = type(self)
         cls.requests.append({k.lower(): v for k, v in self.headers.items()} | {"path": self.path})
+        if cls.fail_connections > 0:
+            cls.fail_connections -= 1
+            self.close_connection = True
+            return
         if self.path != f"/v1/jobs/{JOB_ID}/events":
             body = json.dumps({"error": {"code": "not_found", "message": "No such job.", "details": None}}).encode()
             self.send_response(404)
@@ -70,10 +75,8 @@ class EventServer(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.end_headers()
         self.wfile.write(b"\xef\xbb\xbf: a comment keeps the line open\nretry: 50\n\n")
-        start = 0
         last = self.headers.get("Last-Event-ID")
-        if last is not None:
-            start = int(last)
+        start = int(last) if last is not None else 0
         for index in range(start, len(cls.script)):
             self.wfile.write(cls.script[index])
             self.wfile.flush()
@@ -95,6 +98,7 @@ def server() -> Iterator[str]:
     ]
     EventServer.requests = []
     EventServer.drop_after = None
+    EventServer.fail_connections = 0
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), EventServer)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -124,9 +128,25 @@ def test_a_dropped_stream_resumes_after_the_last_event(server: str) -> None:
     assert [r.get("last-event-id") for r in EventServer.requests] == [None, "2"]
 
 
-def test_a_stream_that_keeps_ending_early_gives_up(server: str) -> None:
-    EventServer.script = EventServer.script[:1]  # one event, then the stream ends without the job finishing
-    with Client(server, "key") as client, pytest.raises(SdqError, match="before the job finished"):
+def test_a_stream_the_server_ends_early_is_reopened_until_the_timeout(server: str) -> None:
+    EventServer.script = EventServer.script[:1]  # one event, then every stream ends with the job unfinished
+    events: list[JobEvent] = []
+    with Client(server, "key") as client, pytest.raises(WaitTimeout) as timed_out:
+        events.extend(client.stream(JOB_ID, timeout=1.0))  # keeps what came before the timeout
+    assert [e.event_id for e in events] == ["1"]  # reopened with Last-Event-ID: never the same event twice
+    assert timed_out.value.job.status is JobStatus.RUNNING
+    # The server's `retry: 50` paces the reconnects: a second's worth, each resuming after event 1.
+    assert len(EventServer.requests) > 5
+    assert {r.get("last-event-id") for r in EventServer.requests[1:]} == {"1"}
+
+
+def test_failed_connections_are_retried_then_given_up(server: str) -> None:
+    EventServer.fail_connections = 2
+    with Client(server, "key") as client:
+        assert [e.event_id for e in client.stream(JOB_ID, reconnects=2)][-1] == "4"
+    EventServer.requests.clear()
+    EventServer.fail_connections = 10
+    with Client(server, "key") as client, pytest.raises(SdqError, match="failed 3 times in a row"):
         list(client.stream(JOB_ID, reconnects=2))
     assert len(EventServer.requests) == 3
 

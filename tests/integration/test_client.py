@@ -45,6 +45,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
         args=["--api-processes", "2"],
     )
     running.start_worker(env={"SDQ_RECEIVE_WAIT_S": "1", "SDQ_MAX_BATCH_WAIT_MS": "200"})
+    with Client(running.api_url, running.api_key) as client:  # a first job warms the worker (builds its model)
+        assert client.wait(client.submit({**SMALL, "seed": 20}).id, timeout=300).status is JobStatus.SUCCEEDED
     yield running
     stop_service(running)
 
@@ -111,6 +113,19 @@ def test_the_async_client_runs_a_job(service: RunningService) -> None:
     job, listed = asyncio.run(run())
     assert job.status is JobStatus.SUCCEEDED
     assert listed == [job.id]
+
+
+def test_stream_follows_a_job_to_its_end(service: RunningService) -> None:
+    _, client = tenant_client(service)
+    with client:
+        job = client.submit({**SMALL, "num_inference_steps": 8, "seed": 28})
+        events = list(client.stream(job.id, timeout=120))
+    assert events[-1].type == "job.succeeded"
+    assert events[-1].data.status is JobStatus.SUCCEEDED
+    assert events[-1].data.outputs
+    assert {e.data.id for e in events} == {job.id}
+    ids = [e.event_id for e in events]
+    assert len(ids) == len(set(ids))  # no event twice
 
 
 def test_every_refusal_is_its_typed_error(service: RunningService) -> None:

@@ -1,8 +1,10 @@
-"""The embedded local AWS: moto in server mode on a background thread of this process.
+"""The embedded local AWS: moto in server mode on background threads of this process, Step Functions beside it.
 
-Step Functions executes definitions for real (moto's ``stepfunctions.execute_state_machine``), and
-Lambda ``Invoke`` is served in-process by :class:`~localcloud.lambdas.LambdaInvokeMiddleware`.
-``MOTO_PORT`` is set to the bound port so the ASL interpreter's own AWS calls reach this server.
+Lambda ``Invoke`` is served in-process by :class:`~localcloud.lambdas.LambdaInvokeMiddleware`. Step Functions
+executes definitions for real (moto's ``stepfunctions.execute_state_machine``) in a process of its own
+(:mod:`localcloud.executions`), to which this server forwards every Step Functions request; its interpreter's
+AWS calls come back here, on the keep-alive port (:attr:`LocalCloud.internal_endpoint_url`). ``MOTO_PORT`` is
+set to the public port, as before.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
 
-from werkzeug.serving import BaseWSGIServer, make_server
-
 from localcloud import aslparse, hotpaths, transactions
+from localcloud.executions import ExecutionsProcess, StatesForwarder
+from localcloud.keepalive import KeepAliveServer, cache_moto_module_list, moto_request_handler
 from localcloud.lambdas import (
     EnvJournal,
     FunctionRef,
@@ -37,35 +39,6 @@ LOG = logging.getLogger("sdq.localcloud")
 DEFAULT_REGION = "us-east-1"
 
 
-def _request_handler() -> type:
-    """moto's request handler, with per-request access logs sent to our logger at DEBUG."""
-    from moto.moto_server.werkzeug_app import MotoRequestHandler
-
-    class QuietRequestHandler(MotoRequestHandler):
-        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-            LOG.debug('"%s" %s %s', self.requestline, code, size)
-
-        def log(self, type: str, message: str, *args: Any) -> None:
-            getattr(LOG, "error" if type == "error" else "debug")(message, *args)
-
-    return QuietRequestHandler
-
-
-def _cache_module_list() -> None:
-    """moto's dispatcher lists its package folder on disk (a listdir and ~150 stats, under its global lock) for each
-    request to find the service; the list never changes while we run, so it is read once."""
-    from moto import backends
-
-    if not getattr(backends.list_of_moto_modules, "sdq_cached", False):
-        modules = tuple(backends.list_of_moto_modules())
-
-        def cached() -> tuple[str, ...]:
-            return modules
-
-        cached.sdq_cached = True  # type: ignore[attr-defined]
-        backends.list_of_moto_modules = cached
-
-
 class LocalCloud:
     """One moto server plus the in-process Lambda runtime; ``provision`` builds the stack from the template.
 
@@ -80,12 +53,16 @@ class LocalCloud:
         self.requested_port = port
         self.region = region
         self.resources: LocalResources | None = None
-        self._server: BaseWSGIServer | None = None
+        self._server: KeepAliveServer | None = None
         self._thread: threading.Thread | None = None
         self._code_roots: dict[str, Path] = {}
         self._saved_moto_port: str | None = None
         self._saved_sfn_config: Any = None
         self._env_journal = EnvJournal()
+        self._executions: ExecutionsProcess | None = None
+        self._forwarder: StatesForwarder | None = None
+        self._internal: KeepAliveServer | None = None
+        self._internal_thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
@@ -98,6 +75,20 @@ class LocalCloud:
     def endpoint_url(self) -> str:
         """``http://host:port`` of the running server."""
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def internal_port(self) -> int:
+        """The keep-alive port, for the stack's own long-lived clients (after ``start``)."""
+        if self._internal is None:
+            raise RuntimeError("LocalCloud is not started")
+        return int(self._internal.server_port)
+
+    @property
+    def internal_endpoint_url(self) -> str:
+        """``http://host:port`` of the keep-alive port: the same cloud, each connection kept for the next request.
+        For the stack's own long-lived clients (the Step Functions process, the worker ``sdq up`` starts); others
+        use :attr:`endpoint_url`, whose connections close after each answer (see :mod:`localcloud.keepalive`)."""
+        return f"http://{self.host}:{self.internal_port}"
 
     @classmethod
     def active(cls) -> LocalCloud | None:
@@ -122,16 +113,27 @@ class LocalCloud:
         from moto.moto_api._internal.models import moto_api_backend
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-        app = LambdaInvokeMiddleware(
+        lambdas = LambdaInvokeMiddleware(
             DomainDispatcherApplication(create_backend_app),
             default_region=self.region,
             resolver=self._resolve_function,
             base_env=self._base_env,
             journal=self._env_journal,
         )
-        self._server = make_server(
-            self.host, self.requested_port, app, threaded=True, request_handler=_request_handler()
-        )
+        app = self._forwarder = StatesForwarder(lambdas)
+        handler = moto_request_handler()
+        self._server = KeepAliveServer(self.host, self.requested_port, app, handler=handler, keep_alive=False)
+        try:
+            self._internal = KeepAliveServer(self.host, 0, app, handler=handler, keep_alive=True)
+            # Step Functions runs beside this process; its interpreter calls back here, on the keep-alive port.
+            self._executions = app.target = ExecutionsProcess(host=self.host, cloud_port=self.internal_port)
+        except BaseException:
+            self._server.server_close()
+            self._server = None
+            if self._internal is not None:
+                self._internal.server_close()
+                self._internal = None
+            raise
         self._saved_moto_port = os.environ.get("MOTO_PORT")
         os.environ["MOTO_PORT"] = str(self.port)
         self._saved_sfn_config = dict(default_user_config.get("stepfunctions", {}))
@@ -139,11 +141,18 @@ class LocalCloud:
         transactions.install()
         aslparse.install()
         hotpaths.install()
-        _cache_module_list()
+        cache_moto_module_list()
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="sdq-localcloud", daemon=True
         )
         self._thread.start()
+        self._internal_thread = threading.Thread(
+            target=self._internal.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="sdq-localcloud-keepalive",
+            daemon=True,
+        )
+        self._internal_thread.start()
         LocalCloud._active = self
         LOG.info("local cloud listening on %s", self.endpoint_url)
         return self
@@ -182,10 +191,22 @@ class LocalCloud:
             return
         from moto.moto_api._internal.models import moto_api_backend
 
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        for server in (self._server, self._internal):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+                server.close_all()  # connections kept open by clients end too: a stopped cloud answers nothing
+        for thread in (self._thread, self._internal_thread):
+            if thread is not None:
+                thread.join(timeout=10)
+        self._internal = None
+        self._internal_thread = None
+        if self._forwarder is not None:
+            self._forwarder.close()
+            self._forwarder = None
+        if self._executions is not None:
+            self._executions.stop()
+            self._executions = None
         self._server = None
         self._thread = None
         if self._saved_moto_port is None:

@@ -1,5 +1,6 @@
-"""Runs the whole service on one machine: local cloud (this process), REST API on 127.0.0.1 (processes of its own,
-:mod:`localcloud.apiprocess`) and a worker process.
+"""Runs the whole service on one machine: local cloud (this process, with Step Functions in a process beside it:
+:mod:`localcloud.executions`), REST API on 127.0.0.1 (processes of its own, :mod:`localcloud.apiprocess`) and a
+worker process.
 
 Used by ``sdq up`` (until Ctrl-C), ``sdq demo`` and the integration tests.
 """
@@ -68,6 +69,9 @@ class LocalService:
         # The worker's math threads leave a core to the local cloud and the API (unless the caller sets them).
         threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) - 1))}
         proc_env = {**threads, **os.environ, **self.env, **self.config.worker_env, **(env or {})}
+        if proc_env.get("AWS_ENDPOINT_URL") == self.cloud.endpoint_url:
+            # Its clients live as long as it does: the cloud's keep-alive port spares a connection per AWS call.
+            proc_env["AWS_ENDPOINT_URL"] = self.cloud.internal_endpoint_url
         out = self.config.worker_log
         return subprocess.Popen(
             [sys.executable, "-m", module],

@@ -105,6 +105,16 @@ def test_writes_happen_on_the_publisher_thread_at_most_every_min_gap_and_the_las
     assert all(s.seen_at == 50.0 and s.worker_id == "w1" for s in store.published)
 
 
+def test_a_hard_stop_writes_nothing_more() -> None:
+    store = RecordingStore()
+    t = throughput(store, [0.0], interval_s=30.0, min_gap_s=0.01)
+    t.start()
+    assert store.written.wait(5)
+    t.stop(publish=False)
+    time.sleep(0.1)
+    assert [s.stopping for s in store.published] == [False]
+
+
 def test_a_failed_write_is_logged_and_never_raised() -> None:
     store = RecordingStore(fail=True)
     t = throughput(store, [0.0], interval_s=0.05, min_gap_s=0.01)

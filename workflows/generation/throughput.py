@@ -117,12 +117,15 @@ class Throughput:
             last = time.monotonic()
             self._changed.wait(self._interval_s)
 
-    def stop(self) -> None:
-        """Stop publishing and say so in the item (readers count this worker out at once)."""
+    def stop(self, *, publish: bool = True) -> None:
+        """Stop publishing and, with ``publish``, say so in the item (readers count this worker out at once; without
+        it, 30 s later). A hard stop passes False: it must not wait for a table that may not answer."""
         self._stopped.set()
         self._changed.set()
+        if not publish:
+            return
         if self._thread is not None:
-            self._thread.join(timeout=10)  # its write in flight lands first, so "stopping" is the last word
+            self._thread.join(timeout=5)  # its write in flight lands first, so "stopping" is the last word
         with self._lock:
             self._stats = replace(self._stats, stopping=True, batch=None)
         self._publish()

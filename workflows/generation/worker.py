@@ -275,7 +275,7 @@ class Worker:
         self._prefetch.shutdown(wait=False, cancel_futures=True)
         self._table_pool.shutdown(wait=False, cancel_futures=True)
         self._encoder.close()
-        self._throughput.stop()
+        self._throughput.stop(publish=not self._hard_stop.is_set())
         # Jobs interrupted by a hard stop: release their messages so another worker can take over once
         # the lease lapses.
         self._messages.let_go_all()

@@ -58,6 +58,16 @@ class Cached:
     outcome: Outcome
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What the cache holds for a job's request: the entry's job (None: no entry), that job as read, and whether it
+    answers the request now (a hit)."""
+
+    source_id: str | None
+    source: Job | None
+    hit: bool
+
+
 @dataclass
 class SettleReport:
     completed: int = 0
@@ -89,25 +99,37 @@ class ResultCache:
     def scope(self, tenant: str) -> str:
         return "*" if self._settings.result_cache_scope == "global" else f"t:{tenant}"
 
-    def submit(self, job: Job, fingerprint: str | None) -> Cached:
+    def probe(self, job: Job) -> Probe:
+        """Read the entry of ``job``'s request and the job it names (two consistent reads)."""
+        source_id = self._repo.cached_job_id(cache_entry_pk(self.scope(job.tenant), job.cache_key))
+        source = self._source(source_id)
+        hit = (
+            source is not None
+            and source.status == JobStatus.SUCCEEDED
+            and bool(source.outputs)
+            and source.expires_at > time.time() + self.min_life_s
+        )
+        return Probe(source_id, source, hit)
+
+    def submit(self, job: Job, fingerprint: str | None, probe: Probe | None = None) -> Cached:
         """Store ``job`` (QUEUED, its request cacheable and normalised) as a hit, a join, or the source of its
-        entry. The caller queues it when the outcome is ``source`` or ``plain`` and ``created``."""
+        entry; ``probe`` is a first look already taken. The caller queues it when the outcome is ``source`` or
+        ``plain`` and ``created``."""
         entry = cache_entry_pk(self.scope(job.tenant), job.cache_key)
         for _ in range(MAX_ROUNDS):
-            source_id = self._repo.cached_job_id(entry)
-            source = self._source(source_id)
-            now = time.time()
-            if source is not None and source.status == JobStatus.SUCCEEDED and source.outputs:
-                if source.expires_at > now + self.min_life_s:
-                    return self._hit(job, source, fingerprint)
-            elif source is not None and source.status in JOINABLE and source.expires_at > now:
+            seen = probe or self.probe(job)
+            probe = None
+            source, now = seen.source, time.time()
+            if seen.hit and source is not None:
+                return self._hit(job, source, fingerprint)
+            if source is not None and source.status in JOINABLE and source.expires_at > now:
                 joined = job.model_copy(update={"joined_to": source.job_id})
                 stored = self._repo.create_joined(joined, source_id=source.job_id, idempotency_fingerprint=fingerprint)
                 if stored is not None:
                     return Cached(stored[0], stored[1], "joined")
                 continue  # the source finished meanwhile: read again
             created = self._repo.create_cache_source(
-                job, entry_pk=entry, replaces=source_id, idempotency_fingerprint=fingerprint
+                job, entry_pk=entry, replaces=seen.source_id, idempotency_fingerprint=fingerprint
             )
             if created is not None:
                 return Cached(created[0], created[1], "source")

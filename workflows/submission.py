@@ -107,21 +107,6 @@ class SubmissionService:
                     retry_after_s=int(wait),
                 )
 
-        cap = self._settings.max_unfinished_jobs_per_tenant
-        if self._repo.count_active(tenant) >= cap:
-            try:
-                replay = self._replay(tenant, idempotency_key, fingerprint)
-            except IdempotencyConflict:
-                self._give_back(tenant, charged_at)
-                raise
-            if replay is not None:
-                self._give_back(tenant, charged_at)
-                return replay
-            raise TooManyRequests(
-                f"Tenant has {cap} unfinished jobs, the most allowed; retry when some finish.",
-                retry_after_s=self._settings.unfinished_cap_retry_after_s,
-            )
-
         normalised = request.normalised(self._settings)
         now = utcnow()
         job = Job(
@@ -136,9 +121,27 @@ class SubmissionService:
             model_is_noise=(normalised.model in NOISE_MODELS),
         )
         cache = self.result_cache() if request.cacheable() else None
+        # A hit is finished the moment it is made: it is answered before the unfinished-job cap, which it cannot
+        # add to (and a look at the cache saves the cap's query on the path that should be fastest).
+        probe = cache.probe(job) if cache is not None else None
+        if probe is None or not probe.hit:
+            cap = self._settings.max_unfinished_jobs_per_tenant
+            if self._repo.count_active(tenant) >= cap:
+                try:
+                    replay = self._replay(tenant, idempotency_key, fingerprint)
+                except IdempotencyConflict:
+                    self._give_back(tenant, charged_at)
+                    raise
+                if replay is not None:
+                    self._give_back(tenant, charged_at)
+                    return replay
+                raise TooManyRequests(
+                    f"Tenant has {cap} unfinished jobs, the most allowed; retry when some finish.",
+                    retry_after_s=self._settings.unfinished_cap_retry_after_s,
+                )
         try:
             if cache is not None:
-                cached = cache.submit(job, fingerprint)
+                cached = cache.submit(job, fingerprint, probe)
                 stored, created, outcome = cached.job, cached.created, cached.outcome
             else:
                 stored, created = self._repo.create(job, idempotency_fingerprint=fingerprint)

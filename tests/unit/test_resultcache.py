@@ -11,7 +11,7 @@ import pytest
 from ulid import ULID
 
 from shared.contracts import GenerationRequest, Job, JobStatus, Output, QueueMessage, WorkflowInput, utcnow
-from shared.errors import JobNotFound
+from shared.errors import JobNotFound, TooManyRequests
 from shared.jobs import JobsRepository, cache_entry_pk, expiry_epoch
 from shared.settings import Settings
 from tests.unit.conftest import JOBS_TABLE
@@ -284,3 +284,14 @@ def test_settings_refuse_an_unknown_scope_or_an_unpriced_instance() -> None:
         Settings(result_cache_scope="everyone")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no price for instance type"):
         Settings(gpu_instance_type="x9.huge")
+
+
+def test_a_hit_is_answered_at_the_unfinished_cap_which_it_does_not_add_to(table: DynamoDBClient) -> None:
+    world = World(table, max_unfinished_jobs_per_tenant=1)
+    world.succeed(world.submit())
+    world.submit(prompt="another")  # the tenant's one unfinished job
+    assert world.submit().status == JobStatus.SUCCEEDED
+    with pytest.raises(TooManyRequests):
+        world.submit(prompt="a third")
+    with pytest.raises(TooManyRequests):
+        world.submit(seed=43)  # identical but for the seed: no hit, so it would be one more unfinished job

@@ -10,6 +10,9 @@
   const POLL_MS = 1000;
   const POLL_HIDDEN_MS = 5000;
   const LIST_LIMIT = 50;
+  // The list carries no queue position (each costs index reads): the oldest queued jobs' own GETs do, this many per
+  // poll, well inside the API key's request rate.
+  const QUEUE_LOOKUPS = 2;
   const OVERRIDE_MS = 15000; // how long a POST answer outranks a list that has not caught up yet
   const URL_MARGIN_MS = 60000; // presigned URLs are reused until this close to expiry
   const UNFINISHED = new Set(["QUEUED", "RUNNING", "POSTPROCESSING"]);
@@ -413,6 +416,8 @@
       const page = await api("GET", `/v1/jobs?limit=${LIST_LIMIT}`);
       if (generation !== state.generation) return;
       state.jobs = new Map(page.jobs.map((j) => [j.id, j]));
+      await lookUpQueue(page.jobs, generation);
+      if (generation !== state.generation) return;
       $("poll-error").hidden = true;
       $("conn-dot").classList.remove("down");
       $("conn-text").textContent = "connected";
@@ -429,6 +434,19 @@
       $("conn-text").textContent = err.status === 429 ? "rate limited" : "reconnecting";
     } finally {
       if (generation === state.generation && state.key) schedule(delay);
+    }
+  }
+
+  // The queue field (position, ETA, reason) of the oldest queued jobs, from their own GETs; a failure leaves it out.
+  async function lookUpQueue(jobs, generation) {
+    const queued = jobs.filter((j) => j.status === "QUEUED" && !j.queue).slice(-QUEUE_LOOKUPS);
+    const views = await Promise.all(
+      queued.map((j) => api("GET", `/v1/jobs/${encodeURIComponent(j.id)}`).catch(() => null)),
+    );
+    if (generation !== state.generation) return;
+    for (const view of views) {
+      const listed = view && state.jobs.get(view.id);
+      if (listed && view.queue && listed.status === "QUEUED") listed.queue = view.queue;
     }
   }
 
@@ -547,6 +565,11 @@
     bar.setAttribute("aria-label", `progress of ${job.id}`);
     li.querySelector(".progress-fill").style.width = `${total ? Math.min(100, (100 * step) / total) : 0}%`;
     li.querySelector(".job-progress-text").textContent = progressText(job);
+    updatePreview(li.querySelector(".job-preview"), job);
+    const queueEl = li.querySelector(".job-queue");
+    const queueText = job.status === "QUEUED" ? queueLine(job.queue) : "";
+    queueEl.hidden = !queueText;
+    queueEl.textContent = queueText;
     const hook = job.webhook || job.request.callback_url ? ` · ${webhookText(job).text}` : "";
     li.querySelector(".job-timings").textContent = `${timingsText(job)}${hook}`;
     const errEl = li.querySelector(".job-error");
@@ -557,6 +580,35 @@
     btn.hidden = !UNFINISHED.has(job.status);
     btn.disabled = state.cancelling.has(job.id);
     btn.textContent = state.cancelling.has(job.id) ? "Cancelling…" : "Cancel";
+  }
+
+  // The preview (progress.preview_url, while RUNNING): the object is overwritten as the image forms and every
+  // answer presigns it anew, so the image is reloaded only when the step it shows has changed.
+  function updatePreview(img, job) {
+    const url = job.status === "RUNNING" && job.progress ? job.progress.preview_url : null;
+    if (!url) {
+      img.hidden = true;
+      img.removeAttribute("src");
+      delete img.dataset.step;
+      return;
+    }
+    const step = String(job.progress.step);
+    if (img.dataset.step !== step) {
+      img.dataset.step = step;
+      img.src = url;
+    }
+    img.alt = `preview of ${job.id} at step ${job.progress.step} of ${job.progress.total}`;
+    img.hidden = false;
+  }
+
+  // Where a QUEUED job stands (JobView.queue), when the API says: position, work ahead, ETA and the reason.
+  function queueLine(queue) {
+    if (!queue) return "";
+    const parts = [`#${queue.position} in the queue`];
+    if (typeof queue.images_ahead === "number") parts.push(`${queue.images_ahead} image${queue.images_ahead === 1 ? "" : "s"} ahead`);
+    if (typeof queue.eta_s === "number") parts.push(`starts in ~${seconds(queue.eta_s)}`);
+    if (queue.reason) parts.push(queue.reason);
+    return parts.join(" · ");
   }
 
   function urlsFor(job, output) {

@@ -41,6 +41,13 @@ RUNNING_MIDWAY_JS = """
 }
 """
 IMAGE_LOADED_JS = "(img) => img.complete && img.naturalWidth > 0"
+# The running job's preview (progress.preview_url): shown and loaded.
+PREVIEW_LOADED_JS = """
+(id) => {
+  const img = document.querySelector(`#jobs li[data-job-id="${id}"] .job-preview`);
+  return !!img && !img.hidden && img.complete && img.naturalWidth > 0;
+}
+"""
 
 
 def watch_job(page: Any, job_id: str, until: set[str], timeout_s: float) -> list[dict[str, Any]]:
@@ -212,6 +219,7 @@ def test_playground_submit_watch_open_cancel_and_validate(
     expect(slow.locator(".status")).to_have_text("CANCELLED")
     expect(slow.locator(".job-cancel")).to_be_hidden()
     expect(page.locator(f"#gallery .tile[data-job-id='{slow_id}']")).to_have_count(0)
+    expect(slow.locator(".job-preview")).to_be_hidden()  # a preview is shown only while a job runs
 
     # 5. A job left running for the picture, then an invalid width: the API's 422 shows next to the field.
     # 512 px: about four times the 256 px job above, so the page's 1 s poll finds the bar between a quarter and
@@ -232,6 +240,11 @@ def test_playground_submit_watch_open_cancel_and_validate(
 
     # The picture for people: the whole page with a bar half way, the 422, the gallery.
     page.wait_for_function(RUNNING_MIDWAY_JS, arg=running_id, timeout=120_000, polling=50)
+    # Its preview: a small JPEG of the image as it forms, from the job's presigned preview URL, while it runs.
+    page.wait_for_function(PREVIEW_LOADED_JS, arg=running_id, timeout=20_000, polling=50)
+    preview = page.locator(f"#jobs li[data-job-id='{running_id}'] .job-preview")
+    assert 0 < preview.evaluate("(img) => img.naturalWidth") <= 256
+    expect(preview).to_have_attribute("alt", re.compile(rf"preview of {running_id} at step \d+ of \d+"))
     page.wait_for_timeout(400)  # the bar's width transition
     shot = page.screenshot(path=str(OUTPUT / "playground.png"), full_page=True)
     if os.environ.get("SDQ_UPDATE_DOCS_SCREENSHOT"):

@@ -49,7 +49,8 @@ class ProgressRecorder:
         """The step callback for one pipeline call over ``jobs`` (whose generation starts now)."""
         if self.events is not None:
             for h in jobs:
-                if h.job is not None and not h.dropped:
+                # Once: a batch split after an error runs its jobs again, already past their start.
+                if h.job is not None and not h.dropped and h.job.progress.step == 0:
                     self.events.started(h.job)
         return ProgressWriter(self, jobs)
 

@@ -14,6 +14,8 @@ install: $(STAMP)
 # Everything comes from the lock (--no-deps: nothing unlocked sneaks in; pip check proves it is complete).
 # torch first and offline when a wheel of it lies in pip's find-links: a machine that cannot reach the CPU
 # index (CI) then never waits on it; elsewhere the CPU index serves it (PyPI's Linux torch is the CUDA build).
+# The client (client/, a distribution of its own) needs only locked packages and is built by the lock's
+# setuptools (--no-build-isolation), so its step needs no index.
 $(STAMP): pyproject.toml client/pyproject.toml requirements/dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -21,8 +23,6 @@ $(STAMP): pyproject.toml client/pyproject.toml requirements/dev.txt
 	  || $(PY) -m pip install -q --no-deps --retries 1 --timeout 30 --index-url $(TORCH_CPU_INDEX) '$(TORCH_CPU)'
 	$(PY) -m pip install -q --no-deps -r requirements/dev.txt
 	$(PY) -m pip install -q --no-deps -e .
-	# The client (its own distribution, client/): its dependencies are in the lock, and the lock's setuptools
-	# builds it, so this step needs no index.
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e ./client
 	$(PY) -m pip check
 	touch $(STAMP)

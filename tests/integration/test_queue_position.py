@@ -2,15 +2,18 @@
 backlog. Position and ETA must fall as the jobs ahead finish, and the ETA must land within a stated error of the
 real wait.
 
-The error bound (``ETA_ERROR_S``) is for a 2-core machine shared with other work: the worker's batches are timed
-on that CPU, so a neighbour's load stretches them after the rate was measured. It is generous on purpose and
-reported (``-s``) so the measured error can be quoted.
+The bound: every answer's ETA within 8 s or 75% of the real wait (whichever is larger), and the median error
+within 3 s. It is for a 2-core machine shared with other work: the worker's batches are timed on that CPU, so a
+neighbour's load stretches or shrinks them after the rate was measured (batches of the same shape took 1.6 to 5.3
+s in one run at load average 10). Measured on 2026-12-06 at load average 6-12: at most 6.2 s off (59% of a
+10.5 s wait, the first answer after the backlog formed), medians under 1 s. ``-s`` prints each answer's error.
 """
 
 from __future__ import annotations
 
 import itertools
 import signal
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +36,8 @@ WORKER_ENV = {
 SHAPE = {"width": 256, "height": 256, "num_inference_steps": 16}
 BACKLOG = 12  # one-image jobs ahead of the watched one: 6 batches of 2, plus the watched job's own batch
 ETA_ERROR_S = 8.0  # |claimed - (asked at + eta_s)|, or this fraction of the real wait if that is larger
-ETA_ERROR_FRACTION = 0.6
+ETA_ERROR_FRACTION = 0.75
+MEDIAN_ERROR_S = 3.0  # over all the answers
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +84,8 @@ def test_position_and_eta_fall_with_the_backlog_and_the_eta_meets_the_real_wait(
 
     # A worker starts and measures the shape on a few batches.
     worker = service.start_worker(env=WORKER_ENV)
-    warm = [first, *(client.submit(submit)["id"] for _ in range(3))]
+    # Three batches: a shape's first batch is a warm-up the rate does not keep.
+    warm = [first, *(client.submit(submit)["id"] for _ in range(5))]
     wait_for(client, warm, "SUCCEEDED", timeout_s=240)
     assert client.get(first)["queue"] is None  # finished jobs carry none
 
@@ -132,3 +137,4 @@ def test_position_and_eta_fall_with_the_backlog_and_the_eta_meets_the_real_wait(
     print(f"positions: {positions}")
     worst = [e for e in errors if abs(e[2]) > max(ETA_ERROR_S, ETA_ERROR_FRACTION * e[0])]
     assert not worst, f"ETA off by more than the bound: {worst} of {errors}"
+    assert statistics.median(abs(e[2]) for e in errors) <= MEDIAN_ERROR_S, errors

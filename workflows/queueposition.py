@@ -13,7 +13,8 @@ rules over the jobs ahead. Their batches are formed as the batcher forms them (s
 costing its images divided by the images/s the workers measured at its shape (a shape no worker ran yet is scaled
 from the others by pixels x steps). A worker claims its next batch when it starts the one before, so a job is
 claimed when the batch ahead of its own on that worker starts. Without a running worker the fleet first has to
-start (``scale_up_s``); without any measured rate there is no ETA (``None``).
+start (``scale_up_s``); without any measured rate there is no ETA (``None``). The jobs ahead are read at most
+``max_ahead`` deep: past that, position and ETA count only those (lower bounds) and the reason says "more than".
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def test_submit_returns_202_with_location_and_queues_one_message(service: Runnin
         got = http.get(f"/v1/jobs/{job['id']}", headers={"x-api-key": service.api_key})
     assert got.status_code == 200
     assert got.json()["status"] == "QUEUED"
-    assert got.json()["progress"] == {"step": 0, "total": 0}
+    assert got.json()["progress"] == {"step": 0, "total": 0, "preview_url": None}
 
 
 def test_seed_is_drawn_and_stored_when_absent(service: RunningService) -> None:

@@ -294,7 +294,11 @@ JOB_CONTENT = {"application/json": {"model": JobView}}
         201: {
             "description": "Created, and finished within the requested wait",
             "content": JOB_CONTENT,
-            "headers": {"Location": LOCATION, "Preference-Applied": PREFERENCE_APPLIED | {"required": True}},
+            "headers": {
+                "Location": LOCATION,
+                "Preference-Applied": PREFERENCE_APPLIED | {"required": True},
+                "Idempotent-Replayed": REPLAYED,
+            },
         },
         200: {
             "description": "An Idempotency-Key replayed a job that has finished (with `Prefer: wait`)",

@@ -176,6 +176,14 @@ class AccelerationSettings(SettingsGroup):
             "trace (no CUDA graphs on this path)"
         ),
     )
+    precompile_dir: str | None = Field(
+        default=None,
+        description=(
+            "With compile: a folder of torch's AOT-compiled modules (Dynamo byte code, guards and inductor "
+            "artefacts) per compiled shape of the UNet and VAE decoder; the first start writes them, later "
+            "starts load them instead of re-tracing (CUDA graphs kept)"
+        ),
+    )
 
 
 class Settings(BaseSettings):

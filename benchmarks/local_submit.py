@@ -4,8 +4,10 @@ Starts the local service (``start_local_service``, as ``sdq up`` does) once with
 generating with the tiny model; in each phase N clients submit to 127.0.0.1 for a bounded time, then 4 threads
 measure the raw DynamoDB put_item + SQS send_message pair against the same local cloud (a table and queue of their
 own), so that the ratio compares like with like. The AWS calls one submit makes are counted in this process, by
-operation, around a direct call of the API handler. Writes a JSON report to ``benchmarks/results/<date>-cpu/`` and
-prints a table.
+operation, around a direct call of the API handler. Each phase records the machine's load average (other work on a
+shared machine shows there) and the cores each part of the stack kept busy while the submits ran (CPU seconds per
+second: the local cloud's process, the Step Functions process, the API processes, the worker). Writes a JSON report
+to ``benchmarks/results/<date>-cpu/`` and prints a table.
 """
 
 from __future__ import annotations
@@ -249,6 +251,44 @@ def wait_for_first_job(service: LocalService, timeout_s: float = 120.0) -> float
     raise RuntimeError("the worker did not finish a job in time")
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used, from /proc; 0 where it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stack_processes() -> dict[str, list[int]]:
+    """This process's children by role: the Step Functions process, the API processes, the worker."""
+    roles = {"executionsprocess": "step_functions", "apiprocess": "api", "handlers.worker": "worker"}
+    found: dict[str, list[int]] = {"local_cloud": [os.getpid()]}
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            role = next((r for key, r in roles.items() if key in cmdline), None)
+            if role is not None:
+                found.setdefault(role, []).append(int(child))
+    return found
+
+
+def cpu_by_role(processes: dict[str, list[int]]) -> dict[str, float]:
+    return {role: sum(_cpu_s(pid) for pid in pids) for role, pids in processes.items()}
+
+
+def load_average() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages (``uptime``): other work on a shared machine shows here."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def run_phase(
     name: str, *, with_worker: bool, clients: int, duration_s: float, workdir: Path, api_processes: int | None = None
 ) -> dict[str, Any]:
@@ -264,10 +304,18 @@ def run_phase(
         calls = calls_per_submit(service)
         keys = [new_tenant_key(service, f"bench-{i}") for i in range(clients)]
         cloud = (service.resources.endpoint_url, service.resources.region)
+        processes = stack_processes()
+        loads = {"before": load_average()}
         # The load comes from a process of its own, as a user's clients would, not from the local cloud's.
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as load:
+            load.submit(load_average).result()  # the load process is up before the clock starts
+            cpu_before = cpu_by_role(processes)
             submits = load.submit(submit_load, service.api_url, keys, duration_s).result()
+            cpu_after = cpu_by_role(processes)
+            loads["after_submits"] = load_average()
             raw = load.submit(raw_pairs, cloud, 4, duration_s).result()
+            loads["after_raw_pairs"] = load_average()
+        submit_cpu = {role: round((cpu_after[role] - cpu_before[role]) / duration_s, 3) for role in cpu_after}
         worker_alive = service.worker.poll() is None if service.worker is not None else None
     finally:
         service.stop()
@@ -284,6 +332,8 @@ def run_phase(
         "raw_pairs": raw,
         "ratio": round(ratio, 3),
         "calls_per_submit": calls,
+        "load_average": loads,
+        "cores_busy_during_submits": submit_cpu,
     }
 
 
@@ -353,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{p['phase']:<10} {s['per_s']:>9} {s['p50_ms']:>7} {s['p99_ms']:>7} {r['per_s']:>6} {r['p99_ms']:>7} "
             f"{p['ratio']:>5}  {calls['plain']['total']:g} (with key {calls['idempotency_key']['total']:g})"
         )
+        print(f"{'':<10} load average {p['load_average']}; cores busy during submits {p['cores_busy_during_submits']}")
     print(f"report: {path}")
     return 0
 

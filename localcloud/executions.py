@@ -7,7 +7,7 @@ the Lambdas waited behind them. Here a second moto server serves Step Functions 
 process with a core and a GIL of its own; the local cloud forwards every Step Functions request to it
 (:class:`StatesForwarder`, by the ``X-Amz-Target`` prefix every Step Functions call carries), so clients keep one
 endpoint. The interpreter's own calls (Lambda ``Invoke``, DynamoDB ``UpdateItem``) go to the local cloud's port
-(``MOTO_PORT``), where the Lambdas run in-process as before.
+(``MOTO_PORT``), where the Lambdas run in-process as before, over kept-alive connections.
 
 The process (:mod:`localcloud.executionsprocess`) prints one line with its port once it serves; it exits when its
 stdin closes, so a parent that dies takes it along, and it ignores Ctrl-C (its parent stops it).
@@ -24,6 +24,8 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
+
+from localcloud.keepalive import KEEP_ALIVE_ENV
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -42,7 +44,7 @@ class ExecutionsProcess:
         self.host = host
         self._ready = threading.Event()
         self._port: int | None = None
-        env = {**os.environ, "MOTO_PORT": str(cloud_port)}
+        env = {**os.environ, **KEEP_ALIVE_ENV, "MOTO_PORT": str(cloud_port)}
         self._proc: subprocess.Popen[str] = subprocess.Popen(
             [sys.executable, "-m", "localcloud.executionsprocess", host],
             cwd=str(REPO_ROOT),

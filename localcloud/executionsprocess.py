@@ -32,7 +32,11 @@ def main(host: str) -> None:
     aslparse.install()
     cache_moto_module_list()
     server = KeepAliveServer(
-        host, 0, DomainDispatcherApplication(create_backend_app), handler=moto_request_handler(), keep_alive=True
+        host,
+        0,
+        DomainDispatcherApplication(create_backend_app),
+        handler=moto_request_handler(),
+        keep_alive_for_all=True,
     )
     threading.Thread(target=_exit_when_orphaned, name="orphan-watch", daemon=True).start()
     print(f"{READY} {server.server_port}", flush=True)

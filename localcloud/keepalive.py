@@ -1,18 +1,14 @@
-"""The local cloud's HTTP server, with keep-alive connections where its clients are its own.
+"""The local cloud's HTTP server, with keep-alive connections for the clients that ask for them.
 
 werkzeug's development server closes the connection after every response, so every AWS call opens a TCP
 connection and the server starts a thread for it: in the profile of the loaded stack (docs/performance.md)
 accepting connections and starting their threads held the cloud's GIL longer than any AWS operation but one.
-A :class:`KeepAliveServer` made with ``keep_alive=True`` keeps a connection open for the client's next request,
-and its thread with it, as AWS does. The local cloud's public endpoint keeps werkzeug's behaviour: a client that
-is dropped without being closed (a test's short-lived boto3 client, say) would otherwise leave an open socket to
-the garbage collector, which warns; the keep-alive port is for the stack's own long-lived clients.
-
-A request whose body is ``Content-Length``-delimited (every boto3 request) keeps the connection; after the
-application answers, what it left of the body is read off, so the next request starts where it should. The
-response is sent with its length (or without a body, where HTTP has none), never chunked. A chunked request body,
-an error inside the application, or ``Connection: close`` from the client ends the connection as before.
-``close_all()`` ends every open connection, so a stopped cloud stops answering on connections opened before.
+Here a connection stays open for the client's next request, and its thread with it, as AWS does, when the client
+says it lives as long as its process: its User-Agent carries ``app/sdq-keepalive`` (boto3 adds it when the
+process has ``AWS_SDK_UA_APP_ID=sdq-keepalive``, :data:`KEEP_ALIVE_ENV`). The stack's own processes (the API
+processes, the worker ``sdq up`` starts, the Step Functions process) set it. Other clients keep werkzeug's
+behaviour: one dropped without being closed (a test's short-lived boto3 client, say) would otherwise leave an
+open socket to the garbage collector, which warns.
 """
 
 from __future__ import annotations
@@ -28,6 +24,9 @@ from typing import Any
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+KEEP_ALIVE_APP_ID = "sdq-keepalive"
+KEEP_ALIVE_ENV = {"AWS_SDK_UA_APP_ID": KEEP_ALIVE_APP_ID}  # for a process whose AWS clients live as long as it does
+_KEEP_ALIVE_AGENT = f"app/{KEEP_ALIVE_APP_ID}"
 LOG = logging.getLogger("sdq.localcloud")
 
 
@@ -87,7 +86,8 @@ class KeepAliveRequestHandler(WSGIRequestHandler):
         super().finish()
 
     def run_wsgi(self) -> None:
-        if not getattr(self.server, "keep_alive", False) or (
+        everyone = getattr(self.server, "keep_alive_for_all", False)
+        if not (everyone or _KEEP_ALIVE_AGENT in self.headers.get("User-Agent", "")) or (
             self.headers.get("Transfer-Encoding", "").lower().strip() == "chunked"
         ):
             self.close_connection = True
@@ -155,10 +155,10 @@ class KeepAliveRequestHandler(WSGIRequestHandler):
 
 
 class KeepAliveServer(ThreadedWSGIServer):
-    """A threaded WSGI server that knows its open connections, to end them all when it stops."""
+    """A threaded WSGI server with keep-alive connections (see the module) that ends them all when it stops."""
 
-    def __init__(self, *args: Any, keep_alive: bool = True, **kwargs: Any) -> None:
-        self.keep_alive = keep_alive
+    def __init__(self, *args: Any, keep_alive_for_all: bool = False, **kwargs: Any) -> None:
+        self.keep_alive_for_all = keep_alive_for_all  # else only for clients that say so (KEEP_ALIVE_ENV)
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(*args, **kwargs)

@@ -3,8 +3,8 @@
 Lambda ``Invoke`` is served in-process by :class:`~localcloud.lambdas.LambdaInvokeMiddleware`. Step Functions
 executes definitions for real (moto's ``stepfunctions.execute_state_machine``) in a process of its own
 (:mod:`localcloud.executions`), to which this server forwards every Step Functions request; its interpreter's
-AWS calls come back here, on the keep-alive port (:attr:`LocalCloud.internal_endpoint_url`). ``MOTO_PORT`` is
-set to the public port, as before.
+AWS calls come back here (``MOTO_PORT``). Connections are kept alive for the stack's own processes
+(:mod:`localcloud.keepalive`).
 """
 
 from __future__ import annotations
@@ -61,8 +61,6 @@ class LocalCloud:
         self._env_journal = EnvJournal()
         self._executions: ExecutionsProcess | None = None
         self._forwarder: StatesForwarder | None = None
-        self._internal: KeepAliveServer | None = None
-        self._internal_thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
@@ -75,20 +73,6 @@ class LocalCloud:
     def endpoint_url(self) -> str:
         """``http://host:port`` of the running server."""
         return f"http://{self.host}:{self.port}"
-
-    @property
-    def internal_port(self) -> int:
-        """The keep-alive port, for the stack's own long-lived clients (after ``start``)."""
-        if self._internal is None:
-            raise RuntimeError("LocalCloud is not started")
-        return int(self._internal.server_port)
-
-    @property
-    def internal_endpoint_url(self) -> str:
-        """``http://host:port`` of the keep-alive port: the same cloud, each connection kept for the next request.
-        For the stack's own long-lived clients (the Step Functions process, the worker ``sdq up`` starts); others
-        use :attr:`endpoint_url`, whose connections close after each answer (see :mod:`localcloud.keepalive`)."""
-        return f"http://{self.host}:{self.internal_port}"
 
     @classmethod
     def active(cls) -> LocalCloud | None:
@@ -122,17 +106,13 @@ class LocalCloud:
         )
         app = self._forwarder = StatesForwarder(lambdas)
         handler = moto_request_handler()
-        self._server = KeepAliveServer(self.host, self.requested_port, app, handler=handler, keep_alive=False)
+        self._server = KeepAliveServer(self.host, self.requested_port, app, handler=handler)
         try:
-            self._internal = KeepAliveServer(self.host, 0, app, handler=handler, keep_alive=True)
-            # Step Functions runs beside this process; its interpreter calls back here, on the keep-alive port.
-            self._executions = app.target = ExecutionsProcess(host=self.host, cloud_port=self.internal_port)
+            # Step Functions runs beside this process; its interpreter calls back here.
+            self._executions = app.target = ExecutionsProcess(host=self.host, cloud_port=self.port)
         except BaseException:
             self._server.server_close()
             self._server = None
-            if self._internal is not None:
-                self._internal.server_close()
-                self._internal = None
             raise
         self._saved_moto_port = os.environ.get("MOTO_PORT")
         os.environ["MOTO_PORT"] = str(self.port)
@@ -146,13 +126,6 @@ class LocalCloud:
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="sdq-localcloud", daemon=True
         )
         self._thread.start()
-        self._internal_thread = threading.Thread(
-            target=self._internal.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="sdq-localcloud-keepalive",
-            daemon=True,
-        )
-        self._internal_thread.start()
         LocalCloud._active = self
         LOG.info("local cloud listening on %s", self.endpoint_url)
         return self
@@ -191,16 +164,11 @@ class LocalCloud:
             return
         from moto.moto_api._internal.models import moto_api_backend
 
-        for server in (self._server, self._internal):
-            if server is not None:
-                server.shutdown()
-                server.server_close()
-                server.close_all()  # connections kept open by clients end too: a stopped cloud answers nothing
-        for thread in (self._thread, self._internal_thread):
-            if thread is not None:
-                thread.join(timeout=10)
-        self._internal = None
-        self._internal_thread = None
+        self._server.shutdown()
+        self._server.server_close()
+        self._server.close_all()  # connections kept open by clients end too: a stopped cloud answers nothing
+        if self._thread is not None:
+            self._thread.join(timeout=10)
         if self._forwarder is not None:
             self._forwarder.close()
             self._forwarder = None

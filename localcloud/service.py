@@ -21,6 +21,7 @@ from typing import IO, Any
 from cli.client import LOCAL_STATE_FILE, state_dir
 from localcloud import LocalCloud, LocalResources
 from localcloud.apiprocess import default_api_processes
+from localcloud.keepalive import KEEP_ALIVE_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_ROOT / "template.yaml"
@@ -69,9 +70,8 @@ class LocalService:
         # The worker's math threads leave a core to the local cloud and the API (unless the caller sets them).
         threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) - 1))}
         proc_env = {**threads, **os.environ, **self.env, **self.config.worker_env, **(env or {})}
-        if proc_env.get("AWS_ENDPOINT_URL") == self.cloud.endpoint_url:
-            # Its clients live as long as it does: the cloud's keep-alive port spares a connection per AWS call.
-            proc_env["AWS_ENDPOINT_URL"] = self.cloud.internal_endpoint_url
+        # Its AWS clients live as long as it does: the cloud keeps their connections open between calls.
+        proc_env = {**KEEP_ALIVE_ENV, **proc_env}
         out = self.config.worker_log
         return subprocess.Popen(
             [sys.executable, "-m", module],
@@ -141,7 +141,8 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
         get_settings.cache_clear()
         keys = ApiKeyStore(local_client(resources, "dynamodb"), resources.table_name)
         api_key = keys.create(config.tenant, api_key=config.api_key, label="local development key")
-        api_server.serve(env, redirects={"/": "/playground/"})
+        # The API processes' AWS clients live as long as they do: the cloud keeps their connections open.
+        api_server.serve({**KEEP_ALIVE_ENV, **env}, redirects={"/": "/playground/"})
         event_pollers = (
             SqsEventSourcePoller(resources),
             SchedulePoller(resources, every_s=LOCAL_SCHEDULE_S),

@@ -1,0 +1,126 @@
+"""Where ``GET /v1/jobs/{id}/events`` is answered: the local API streams it chunk by chunk outside the one-invocation
+lock, and the API function (when a request reaches it instead of the streaming function) answers the stream's
+current state at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from handlers.events import StreamedResponse
+from localcloud.api import LocalApiServer, LocalLambdaContext
+from shared.apikeys import ApiKeyStore
+from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
+from shared.jobs import JobsRepository
+from tests.unit.conftest import JOBS_TABLE
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+
+def test_the_local_api_streams_the_events_route_without_holding_other_requests() -> None:
+    release = threading.Event()
+    seen: list[dict[str, Any]] = []
+
+    def handler(event: dict[str, Any], _context: Any) -> dict[str, Any]:
+        return {"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": '"plain"'}
+
+    def stream_handler(event: dict[str, Any], context: Any) -> StreamedResponse:
+        seen.append(event)
+        assert context.get_remaining_time_in_millis() > 14 * 60 * 1000  # a stream's 15 minutes, not 29 s
+
+        def body() -> Iterator[bytes]:
+            yield b"retry: 2000\n\n"
+            release.wait(10)
+            yield b"id: final\nevent: job.succeeded\ndata: {}\n\n"
+
+        return StreamedResponse(200, {"Content-Type": "text/event-stream"}, body())
+
+    api = LocalApiServer(handler, port=0, stream_handler=stream_handler)
+    api.start()
+    try:
+        lines: list[tuple[float, str]] = []
+        with (
+            httpx.Client(base_url=api.url, timeout=10) as http,
+            http.stream("GET", "/v1/jobs/01J/events", headers={"x-api-key": "k", "Last-Event-ID": "1.2"}) as resp,
+        ):
+            assert resp.headers["content-type"] == "text/event-stream"
+            chunks = resp.iter_lines()
+            assert next(chunks) == "retry: 2000"  # arrived while the body is still being produced
+            # Meanwhile an ordinary request is answered: the stream does not hold the invocation lock.
+            assert httpx.get(api.url + "/v1/jobs", timeout=5).json() == "plain"
+            released_at = time.monotonic()
+            release.set()
+            lines = [(time.monotonic(), line) for line in chunks]
+        assert [line for _, line in lines if line] == ["id: final", "event: job.succeeded", "data: {}"]
+        assert all(at >= released_at for at, _ in lines)
+        (event,) = seen
+        assert event["pathParameters"] == {"job_id": "01J"}
+        assert event["resource"] == "/v1/jobs/{job_id}/events"
+        assert {k.lower(): v for k, v in event["headers"].items()}["last-event-id"] == "1.2"
+    finally:
+        release.set()
+        api.stop()
+
+
+@pytest.fixture
+def api_env(jobs_table: DynamoDBClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[DynamoDBClient]:
+    from handlers import api
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("SDQ_TABLE_NAME", JOBS_TABLE)
+    monkeypatch.setenv("SDQ_BUCKET", "media")
+    api.services.cache_clear()
+    yield jobs_table
+    api.services.cache_clear()
+
+
+def test_the_api_function_answers_the_events_route_with_the_current_state(api_env: DynamoDBClient) -> None:
+    from handlers import api
+
+    key = ApiKeyStore(api_env, JOBS_TABLE).create("t-1")
+    repo = JobsRepository(api_env, JOBS_TABLE)
+    request = GenerationRequest.model_validate({"prompt": "a fox", "seed": 1}, context={"trusted": True})
+    stored, _ = repo.create(
+        Job(
+            job_id="01KB0000000000000000000000",
+            tenant="t-1",
+            status=JobStatus.QUEUED,
+            request=request,
+            created_at=utcnow(),
+            cache_key="k",
+            expires_at=2**40,
+        )
+    )
+    repo.claim(stored.job_id, "t-1", worker_id="w", lease_s=60, now=time.time())
+    repo.record_progress(stored.job_id, worker_id="w", step=3, total=30)
+
+    def call(job_id: str, **headers: str) -> dict[str, Any]:
+        event = {
+            "path": f"/v1/jobs/{job_id}/events",
+            "httpMethod": "GET",
+            "headers": {"x-api-key": key, **headers},
+            "multiValueHeaders": {},
+            "queryStringParameters": None,
+            "requestContext": {"stage": "prod", "path": f"/prod/v1/jobs/{job_id}/events"},
+            "body": None,
+            "isBase64Encoded": False,
+        }
+        return api.lambda_handler(event, LocalLambdaContext())
+
+    now = call(stored.job_id)
+    assert now["statusCode"] == 200
+    multi = {k.lower(): v[-1] for k, v in (now.get("multiValueHeaders") or {}).items()}
+    headers = {k.lower(): v for k, v in (now.get("headers") or {}).items()} | multi
+    assert headers["content-type"].startswith("text/event-stream")
+    assert not now.get("isBase64Encoded")
+    assert now["body"].startswith("retry: 2000\n\n")
+    assert "id: 1.3\nevent: job.progress\ndata: " in now["body"]
+    seen = call(stored.job_id, **{"Last-Event-ID": "1.3"})
+    assert seen["body"] == "retry: 2000\n\n"  # nothing newer: EventSource reconnects after `retry`
+    assert call("01KB0000000000000000000001")["statusCode"] == 404

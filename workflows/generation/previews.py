@@ -86,7 +86,9 @@ def capture(latents: torch.Tensor, rows: Sequence[int], keys: list[str], fmt: La
     Cost on the GPU thread: one gather, at most one average pool and one asynchronous copy of a few KiB.
     """
     with torch.no_grad():
-        picked = latents.detach()[list(rows)]
+        # Basic indexing and a stack: all on the device (a list index would first copy the indices to it).
+        source = latents.detach()
+        picked = torch.stack([source[row] for row in rows])
         side = max(int(picked.shape[-2]), int(picked.shape[-1]))
         factor = math.ceil(side / MAX_LATENT_SIDE)
         if factor > 1:

@@ -295,3 +295,20 @@ def test_a_hit_is_answered_at_the_unfinished_cap_which_it_does_not_add_to(table:
         world.submit(prompt="a third")
     with pytest.raises(TooManyRequests):
         world.submit(seed=43)  # identical but for the seed: no hit, so it would be one more unfinished job
+
+
+def test_a_hit_replayed_by_its_idempotency_key_is_the_same_job(world: World) -> None:
+    world.succeed(world.submit())
+    request = GenerationRequest.model_validate(REQUEST)
+    first = world.api.submit("t1", request, idempotency_key="k-1")
+    again = world.api.submit("t1", request, idempotency_key="k-1")
+    assert first.created
+    assert not again.created
+    assert again.job.job_id == first.job.job_id
+    assert again.job.status == JobStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("value", ["false", 0, None, "yes"])
+def test_cache_must_be_a_json_boolean(value: Any) -> None:
+    with pytest.raises(ValueError, match="cache"):
+        GenerationRequest.model_validate(REQUEST | {"cache": value})

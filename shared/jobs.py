@@ -891,6 +891,49 @@ class JobsRepository:
             return None
         return job_from_item(resp["Attributes"])
 
+    def move_joined(self, job_id: str, *, source_id: str, to_source_id: str) -> bool:
+        """Move a job joined to ``source_id`` (which failed or was cancelled) to ``to_source_id``, an identical job
+        that will generate instead: one transaction, only while it is QUEUED and joined to ``source_id`` and the
+        new source is unfinished and within its retention. False, with nothing written, otherwise."""
+        values: dict[str, Any] = {":f": {"SS": [job_id]}, ":now": {"N": str(int(time.time()))}}
+        placeholders = []
+        for i, status in enumerate(JOINABLE):
+            values[f":j{i}"] = {"S": status.value}
+            placeholders.append(f":j{i}")
+        items: list[dict[str, Any]] = [
+            {
+                "Update": {
+                    "TableName": self._table,
+                    "Key": {"pk": {"S": job_pk(job_id)}},
+                    "UpdateExpression": "SET joined_to = :to",
+                    "ConditionExpression": "#s = :queued AND joined_to = :from",
+                    "ExpressionAttributeNames": {"#s": "status"},
+                    "ExpressionAttributeValues": {
+                        ":to": {"S": to_source_id},
+                        ":from": {"S": source_id},
+                        ":queued": {"S": JobStatus.QUEUED.value},
+                    },
+                }
+            },
+            {
+                "Update": {
+                    "TableName": self._table,
+                    "Key": {"pk": {"S": job_pk(to_source_id)}},
+                    "UpdateExpression": "ADD followers :f",
+                    "ConditionExpression": f"#s IN ({', '.join(placeholders)}) AND expires_at > :now",
+                    "ExpressionAttributeNames": {"#s": "status"},
+                    "ExpressionAttributeValues": values,
+                }
+            },
+        ]
+        try:
+            self._ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
+        except self._ddb.exceptions.TransactionCanceledException as exc:
+            if _failed_condition(exc, 0) or _failed_condition(exc, 1):
+                return False
+            raise
+        return True
+
     def release_joined(self, job_id: str, *, source_id: str) -> Job | None:
         """A job that joined ``source_id`` runs itself after all (the source failed, was cancelled or expired): its
         ``joined_to`` is removed while it is QUEUED and still joined to that source; the caller sends its

@@ -12,8 +12,9 @@ the job whose images answer it, its *source*. A new cacheable job finds the entr
   to the source's ``followers`` in one transaction, conditioned on the source being unfinished, so the join lands
   before the source's terminal write or not at all. When the source finishes, :meth:`ResultCache.settle` (the state
   machine's SettleJoined step, or the cancel) completes each follower from its images, or, when the source failed or
-  was cancelled, hands each back to the queue to generate itself. A follower is a job of its own: cancelling it
-  changes nothing for the source, and cancelling the source only sends its followers to run.
+  was cancelled, hands the first back to the queue to generate, and moves the others to join that one (one
+  transaction each, conditioned like a join). A follower is a job of its own: cancelling it changes nothing for the
+  source, and cancelling the source only sends its followers to run.
 - no entry, or one naming a job that failed, was cancelled or expired: the job becomes the source, written in one
   transaction with the entry (conditioned on the entry being as read), then queued as usual.
 
@@ -72,6 +73,7 @@ class Probe:
 class SettleReport:
     completed: int = 0
     released: int = 0
+    moved: int = 0  # joined to the first released job instead (it generates for all of them)
     skipped: int = 0
 
 
@@ -183,8 +185,9 @@ class ResultCache:
 
     def settle(self, source_id: str) -> SettleReport:
         """Finish the jobs that joined ``source_id`` once it is finished: each completed from its images when it
-        SUCCEEDED, else handed back to the queue. Idempotent (every write is conditional; a follower completed
-        by an earlier run only gets its notice started again, which runs once). Raises AWS errors."""
+        SUCCEEDED; else the first is handed back to the queue to generate, and the others join it. Idempotent
+        (every write is conditional; a follower completed by an earlier run only gets its notice started again,
+        which runs once). Raises AWS errors."""
         report = SettleReport()
         try:
             source = self._repo.get(source_id)
@@ -192,6 +195,8 @@ class ResultCache:
             return report
         if not source.status.terminal:
             return report
+        # When the source did not succeed, the first follower released generates for the others: they join it.
+        runner: Job | None = None
         for follower_id in self._repo.followers(source_id):
             try:
                 follower = self._repo.get(follower_id)
@@ -205,9 +210,13 @@ class ResultCache:
                 report.skipped += 1  # cancelled, or released and running itself
             elif source.status == JobStatus.SUCCEEDED and source.outputs:
                 self._complete(follower, source, report)
+            elif runner is not None and self._repo.move_joined(
+                follower.job_id, source_id=source_id, to_source_id=runner.job_id
+            ):
+                report.moved += 1
             else:
-                self._release(follower, source_id, report)
-        if report.completed or report.released:
+                runner = self._release(follower, source_id, report) or runner
+        if report.completed or report.released or report.moved:
             logger.info("joined jobs settled", source_job=source_id, **report.__dict__)
         return report
 
@@ -226,11 +235,13 @@ class ResultCache:
         report.completed += 1
         self._notify(done)
 
-    def _release(self, follower: Job, source_id: str, report: SettleReport) -> None:
+    def _release(self, follower: Job, source_id: str, report: SettleReport) -> Job | None:
+        """Send ``follower`` to the queue to generate itself; the job as released, or None when it was not
+        joined to ``source_id`` any more."""
         released = self._repo.release_joined(follower.job_id, source_id=source_id)
         if released is None:
             report.skipped += 1
-            return
+            return None
         report.released += 1
         try:
             self._queue.send(
@@ -244,3 +255,4 @@ class ResultCache:
             logger.warning(
                 "released job not sent; the sweeper sends it", job_id=released.job_id, error=type(exc).__name__
             )
+        return released

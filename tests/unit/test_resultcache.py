@@ -312,3 +312,23 @@ def test_a_hit_replayed_by_its_idempotency_key_is_the_same_job(world: World) -> 
 def test_cache_must_be_a_json_boolean(value: Any) -> None:
     with pytest.raises(ValueError, match="cache"):
         GenerationRequest.model_validate(REQUEST | {"cache": value})
+
+
+def test_after_a_failed_source_one_joined_job_generates_and_the_others_join_it(world: World) -> None:
+    source = world.submit()
+    followers = [world.submit() for _ in range(3)]
+    world.repo.transition(source.job_id, JobStatus.FAILED, tenant="t1")
+    report = world.cache.settle(source.job_id)
+    assert (report.released, report.moved) == (1, 2)
+    jobs = [world.repo.get(f.job_id) for f in followers]
+    [runner] = [j for j in jobs if j.joined_to is None]
+    assert world.queue.sent == [source.job_id, runner.job_id]  # one generation for the three
+    assert sorted(j.job_id for j in jobs if j.joined_to == runner.job_id) == sorted(
+        j.job_id for j in jobs if j is not runner
+    )
+    assert world.repo.followers(runner.job_id) == sorted(j.job_id for j in jobs if j is not runner)
+    # Settling the failed source again moves nothing; the runner's success answers the other two.
+    assert world.cache.settle(source.job_id).moved == 0
+    world.succeed(runner)
+    assert world.cache.settle(runner.job_id).completed == 2
+    assert {world.repo.get(j.job_id).cache_source for j in jobs if j is not runner} == {runner.job_id}

@@ -322,7 +322,8 @@ class JobsRepository:
             "Put": {
                 "TableName": self._table,
                 "Item": _to_item(
-                    {"pk": entry_pk, "job_id": job.job_id, "tenant": job.tenant, "expires_at": job.expires_at}
+                    # Not "tenant": that attribute would put the entry in the by_tenant index beside the jobs.
+                    {"pk": entry_pk, "job_id": job.job_id, "source_tenant": job.tenant, "expires_at": job.expires_at}
                 ),
                 "ConditionExpression": "attribute_not_exists(pk)" if replaces is None else "job_id = :previous",
             }

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
 from moto import mock_aws
 
+from localcloud.provision import load_sam_template
 from shared.settings import get_settings
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 JOBS_TABLE = "jobs"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -34,16 +36,18 @@ def settings_read_per_test() -> Iterator[None]:
 
 @pytest.fixture
 def jobs_table(monkeypatch: pytest.MonkeyPatch) -> Iterator[DynamoDBClient]:
-    """An in-memory DynamoDB (moto, in process) with a table named ``JOBS_TABLE`` keyed like the jobs table: for
-    the repository's conditional writes without the local cloud."""
+    """An in-memory DynamoDB (moto, in process) with a table named ``JOBS_TABLE`` keyed and indexed as
+    template.yaml declares the jobs table: for the repository's writes and queries without the local cloud."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    props: dict[str, Any] = load_sam_template(REPO / "template.yaml")["Resources"]["JobsTable"]["Properties"]
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
         client.create_table(
             TableName=JOBS_TABLE,
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            KeySchema=props["KeySchema"],
+            AttributeDefinitions=props["AttributeDefinitions"],
+            GlobalSecondaryIndexes=props["GlobalSecondaryIndexes"],
             BillingMode="PAY_PER_REQUEST",
         )
         yield client

@@ -129,3 +129,12 @@ def test_the_hand_off_mark_still_records_usage_when_the_workflow_moved_first(ddb
     assert repo.mark_handed_off(job.job_id, tenant=TENANT, claim=Claim(attempt=1, worker_id="w-1"), usage=usage)
     assert repo.get(job.job_id).usage == usage
     assert "g6.xlarge" in usage.price_basis
+
+
+def test_a_result_cache_entry_never_shows_in_the_tenants_job_listing(ddb: DynamoDBClient) -> None:
+    repo = JobsRepository(ddb, TABLE)
+    job = new_job()
+    created = repo.create_cache_source(job, entry_pk=f"CACHE#{TENANT}#{job.cache_key}", replaces=None)
+    assert created is not None
+    listed = repo.list_for_tenant(TENANT)
+    assert [j.job_id for j in listed.jobs] == [job.job_id]

@@ -4,42 +4,25 @@ template.yaml declares the jobs table."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
-from moto import mock_aws
 from ulid import ULID
 
-from localcloud.provision import load_sam_template
 from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
 from shared.jobs import JobsRepository, expiry_epoch
 from shared.queuestate import QueueState, RunningBatch, ShapeRate, WorkerStats
+from tests.unit.conftest import JOBS_TABLE
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-REPO = Path(__file__).resolve().parents[2]
-TABLE = "jobs"
+TABLE = JOBS_TABLE
 
 
 @pytest.fixture
-def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[DynamoDBClient]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    props: dict[str, Any] = load_sam_template(REPO / "template.yaml")["Resources"]["JobsTable"]["Properties"]
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName=TABLE,
-            KeySchema=props["KeySchema"],
-            AttributeDefinitions=props["AttributeDefinitions"],
-            GlobalSecondaryIndexes=props["GlobalSecondaryIndexes"],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        yield client
+def table(jobs_table: DynamoDBClient) -> DynamoDBClient:
+    return jobs_table
 
 
 def submit(repo: JobsRepository, tenant: str, **fields: Any) -> Job:

@@ -1,5 +1,6 @@
 """`sdq up` stops the whole stack, its worker included, on Ctrl-C and on SIGTERM, also when started in the
-background by a shell (which starts it with SIGINT ignored)."""
+background by a shell (which starts it with SIGINT ignored): no process it started (worker, API processes, the
+Step Functions process) outlives it."""
 
 from __future__ import annotations
 
@@ -63,31 +64,36 @@ def start_up(log_path: Path, preexec: Callable[[], None] | None = None) -> tuple
     return proc, worker
 
 
-def stops_with_its_worker(proc: subprocess.Popen[bytes], worker: int, log_path: Path) -> None:
+def stops_with_its_worker(proc: subprocess.Popen[bytes], worker: int, log_path: Path, signum: int) -> None:
+    """Send ``signum`` to `sdq up`; it exits 0 and every process it had started ends."""
+    started = children(proc.pid)  # the worker, the API processes, the Step Functions process
+    assert worker in started
+    assert len(started) >= 3, started
+    proc.send_signal(signum)
     try:
         assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
         deadline = time.monotonic() + 10
-        while alive(worker) and time.monotonic() < deadline:
+        while any(alive(child) for child in started) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not alive(worker), "the worker outlived `sdq up`"
+        assert not [child for child in started if alive(child)], "a process of the stack outlived `sdq up`"
         assert "stopping" in log_path.read_text()
     finally:  # a failure leaves no process behind
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if alive(worker):
-            os.kill(worker, signal.SIGKILL)
+        for child in started:
+            if alive(child):
+                os.kill(child, signal.SIGKILL)
 
 
 def test_sigterm_stops_the_stack_and_its_worker(tmp_path: Path) -> None:
     up_log = tmp_path / "up.log"
     proc, worker = start_up(up_log)
-    proc.send_signal(signal.SIGTERM)
-    stops_with_its_worker(proc, worker, up_log)
+    stops_with_its_worker(proc, worker, up_log, signal.SIGTERM)
 
 
 def test_ctrl_c_stops_it_when_a_shell_started_it_in_the_background(tmp_path: Path) -> None:
     up_log = tmp_path / "up.log"
     proc, worker = start_up(up_log, preexec=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    proc.send_signal(signal.SIGINT)
-    stops_with_its_worker(proc, worker, up_log)
+    stops_with_its_worker(proc, worker, up_log, signal.SIGINT)

@@ -56,6 +56,7 @@ from shared.webhooksecrets import WebhookSecrets
 from workflows import jobevents
 from workflows.jobview import job_view
 from workflows.queueposition import QueuePositions
+from workflows.resultcache import ResultCache
 from workflows.submission import SubmissionService
 from workflows.waiting import MAX_WAIT_S, wait_until_finished
 from workflows.webhooks import start_notice, start_notice_retrying
@@ -167,18 +168,21 @@ def services() -> Services:
     settings = get_settings()
     aws = AwsClients(settings)
     repo = JobsRepository(aws.dynamodb(), settings.table_name)
+    queue = JobQueue(aws.sqs(), settings.queue_url)
+    orchestrator = Orchestrator(aws.stepfunctions(), settings.state_machine_arn)
     return Services(
         settings=settings,
         submissions=SubmissionService(
             repo,
-            JobQueue(aws.sqs(), settings.queue_url),
+            queue,
             settings,
             rate_limiter=RateLimiter(aws.dynamodb(), settings.table_name),
+            cache=ResultCache(repo, queue, settings, orchestrator=lambda: orchestrator),
         ),
         keys=ApiKeyStore(aws.dynamodb(), settings.table_name),
         media=MediaStore(aws.s3(), settings.bucket),
         secrets=WebhookSecrets(aws.dynamodb(), settings.table_name, overlap_s=settings.webhook_secret_overlap_s),
-        orchestrator=Orchestrator(aws.stepfunctions(), settings.state_machine_arn),
+        orchestrator=orchestrator,
         positions=QueuePositions(QueueState(aws.dynamodb(), settings.table_name)),
     )
 

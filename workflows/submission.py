@@ -68,8 +68,8 @@ class SubmissionService:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``cache`` answers cacheable requests (:mod:`workflows.resultcache`); without one, and with the setting
-        on, one is built from the settings on first use."""
+        """``cache`` answers cacheable requests (:mod:`workflows.resultcache`) while the setting is on; without
+        one every request generates."""
         self._rate = rate_limiter
         self._cache = cache
         self._repo = repo
@@ -161,21 +161,8 @@ class SubmissionService:
         return Submitted(self._enqueue(stored), created=True)
 
     def result_cache(self) -> ResultCache | None:
-        """The result cache, or None when the operator turned it off."""
-        if not self._settings.result_cache:
-            return None
-        if self._cache is None:
-            from shared.aws import AwsClients
-            from shared.orchestration import Orchestrator
-
-            aws = AwsClients(self._settings)
-            self._cache = ResultCache(
-                self._repo,
-                self._queue,
-                self._settings,
-                orchestrator=lambda: Orchestrator(aws.stepfunctions(), self._settings.state_machine_arn),
-            )
-        return self._cache
+        """The result cache, or None when the operator turned it off (or none was given)."""
+        return self._cache if self._settings.result_cache else None
 
     def _settle_followers(self, job_id: str) -> None:
         """Hand the jobs that joined ``job_id`` (now finished without images) back to the queue. Best effort: the

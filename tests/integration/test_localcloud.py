@@ -409,3 +409,68 @@ def test_terminal_job_is_left_alone(res: LocalResources) -> None:
     job = _get_job(res, job_id)
     assert job["status"] == "CANCELLED"
     assert "error_code" not in job
+
+
+# --- moto's hot paths, made cheaper (localcloud/hotpaths.py), answer as before --------------------------------------
+
+
+def test_a_keys_only_index_query_counts_pages_and_projects_as_dynamodb_does(res: LocalResources) -> None:
+    ddb = _client(res, "dynamodb")
+    tenant = f"t-index-{uuid.uuid4().hex[:8]}"
+    active = set()
+    for i in range(10):
+        job_id = f"{tenant}-{i:02}"
+        item = {"pk": {"S": f"JOB#{job_id}"}, "job_id": {"S": job_id}, "tenant": {"S": tenant}, "big": {"S": "x" * 500}}
+        if i % 3:
+            item["active_tenant"] = {"S": tenant}
+            active.add(f"JOB#{job_id}")
+        ddb.put_item(TableName=res.table_name, Item=item)
+    query = {
+        "TableName": res.table_name,
+        "IndexName": "active_by_tenant",
+        "KeyConditionExpression": "active_tenant = :t",
+        "ExpressionAttributeValues": {":t": {"S": tenant}},
+    }
+    assert ddb.query(**query, Select="COUNT")["Count"] == len(active) == 6
+    seen: list[dict[str, Any]] = []
+    page: dict[str, Any] = {"Limit": 4}
+    while True:
+        answer = ddb.query(**query, **page)
+        assert len(answer["Items"]) <= 4
+        seen.extend(answer["Items"])
+        if "LastEvaluatedKey" not in answer:
+            break
+        page["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+    assert {i["pk"]["S"] for i in seen} == active
+    assert len(seen) == len(active)
+    # KEYS_ONLY: the table's key and the index's (active_tenant, job_id), nothing else.
+    assert all(set(i) == {"pk", "active_tenant", "job_id"} for i in seen)
+    # The stored items keep every attribute (the projection copied, it did not cut the originals).
+    stored = ddb.get_item(TableName=res.table_name, Key={"pk": {"S": sorted(active)[0]}})["Item"]
+    assert stored["big"]["S"] == "x" * 500
+
+
+def test_queue_attributes_count_visible_in_flight_and_delayed_messages(res: LocalResources) -> None:
+    sqs = _client(res, "sqs")
+    url = sqs.create_queue(QueueName=f"sdq-test-attrs-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    for i in range(5):
+        sqs.send_message(QueueUrl=url, MessageBody=f"m{i}")
+    sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=60)
+    assert len(sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=60)["Messages"]) == 2
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attrs["ApproximateNumberOfMessages"] == "3"
+    assert attrs["ApproximateNumberOfMessagesNotVisible"] == "2"
+    assert attrs["ApproximateNumberOfMessagesDelayed"] == "1"
+    assert attrs["SqsManagedSseEnabled"] == "true"
+    assert "QueueArn" in attrs
+    assert "Policy" not in attrs
+    fifo = sqs.create_queue(
+        QueueName=f"sdq-test-fifo-{uuid.uuid4().hex[:8]}.fifo",
+        Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"},
+    )["QueueUrl"]
+    for _ in range(3):  # the same body: content-based deduplication keeps one
+        sqs.send_message(QueueUrl=fifo, MessageBody="same", MessageGroupId="g")
+    fifo_attrs = sqs.get_queue_attributes(
+        QueueUrl=fifo, AttributeNames=["ApproximateNumberOfMessages", "ContentBasedDeduplication"]
+    )["Attributes"]
+    assert fifo_attrs == {"ApproximateNumberOfMessages": "1", "ContentBasedDeduplication": "true"}

@@ -29,8 +29,17 @@ def current_reports(reports: list[Report]) -> list[Report]:
     """The newest report per (benchmark, model, card), a startup's cache state counting as part of the benchmark."""
     newest: dict[tuple[str, str, str], Report] = {}
     for report in reports:  # oldest first: a later one replaces an earlier one
+        if _is_probe(report):
+            continue
         newest[(_benchmark(report), report.model, report.card)] = report
     return [newest[key] for key in sorted(newest)]
+
+
+def _is_probe(report: Report) -> bool:
+    """An A/B probe of the worker bench (an inductor setting or cudnn.benchmark set for that run only): not a
+    setup the service runs, so never the current figure."""
+    probes = report.data.get("probes") or {}
+    return bool(probes.get("inductor")) or bool(probes.get("cudnn_benchmark"))
 
 
 def _benchmark(report: Report) -> str:
@@ -51,6 +60,10 @@ def _worker_row(data: dict[str, Any]) -> tuple[str, str, str]:
     setup += ", ".join(levers) if levers else "eager"
     figure = f"{best['images_per_s']:.2f} img/s at batch {best['batch_size']}"
     baseline = f"plain diffusers {base['images_per_s']:.2f} img/s at batch {base['batch_size']}"
+    stock = (data.get("stock_compile") or {}).get("results") or []
+    same = [row for row in stock if row["batch_size"] == best["batch_size"]]
+    if same:
+        baseline += f"; stock torch.compile {same[0]['images_per_s']:.2f} img/s at batch {best['batch_size']}"
     return figure, baseline, setup
 
 

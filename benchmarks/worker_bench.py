@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import diffusers
 import numpy as np
@@ -74,12 +74,19 @@ def run_worker_bench(
     acceleration: AccelerationOptions | None = None,
     eager_rows: bool = True,
     profile: bool = False,
+    stock_compile: bool = False,
+    inductor: dict[str, Any] | None = None,
+    cudnn_benchmark: bool | None = None,
 ) -> dict[str, Any]:
     """Benchmark ``arch`` (``tiny``, ``sd15``, ``sdxl``, or any loadable model) and write the JSON report.
 
     With ``acceleration``, the levers are applied after the eager measurements (``eager_rows=False`` skips
     the eager rows; the plain diffusers baseline is always measured). ``profile`` adds a GPU kernel-time
-    breakdown of one short call at the smallest and largest batch size (CUDA only).
+    breakdown of one short call at the smallest and largest batch size (CUDA only). ``stock_compile`` adds the
+    baseline a user gets from the diffusers docs' recipe (channels_last, ``torch.compile`` of the UNet), timed at
+    every batch size on a second copy of the same weights (CUDA only). ``inductor`` (config name to value) and
+    ``cudnn_benchmark`` are A/B probes: set just before the levers are applied, so the eager rows and baselines
+    do not see them.
 
     Returns the report (also written to ``out_dir/worker-<arch>-<device>-<date>.json``, by default
     ``benchmarks/results/<date>-<card>/``; its path is under ``"path"``). Raises ``ValueError`` for empty or
@@ -100,6 +107,8 @@ def run_worker_bench(
         # The FLOP count runs the whole pipeline once, so it also pays the first call's one-off costs.
         flops_per_image = count_flops_per_image(runner, shape)
         baseline = _bench_plain_diffusers(runner, shape, repeats)
+        if stock_compile and dev.type == "cuda":
+            extra["stock_compile"] = _bench_stock_compile(arch, runner, shape, batch_sizes, repeats, cache_root)
         if acceleration is None:
             results = [_bench_batch(runner, shape, size, repeats) for size in batch_sizes]
         else:
@@ -108,7 +117,9 @@ def run_worker_bench(
             if eager_rows:
                 extra["eager_results"] = [_bench_batch(runner, shape, size, repeats) for size in batch_sizes]
             logger.info("plain diffusers: %.3f s per image; applying %s", baseline["seconds_per_batch"], acceleration)
+            extra["probes"] = apply_probes(inductor, cudnn_benchmark)
             runner.accelerate(acceleration)
+            apply_probes(inductor, None)  # again: the levers' own inductor settings must not override the probe
             results = [_bench_batch(runner, shape, size, repeats, first_calls=2) for size in batch_sizes]
             probe = _probe_images(runner, shape, largest)
             extra["equivalence"] = {
@@ -287,6 +298,90 @@ def _bench_plain_diffusers(runner: PipelineRunner, shape: BatchShape, repeats: i
     }
 
 
+STOCK_COMPILE_RECIPE = (
+    "pipe.unet/vae.to(memory_format=torch.channels_last); "
+    "pipe.unet = torch.compile(pipe.unet, mode='reduce-overhead', fullgraph=True); pipe(prompts, generator=...)"
+)
+
+
+def _bench_stock_compile(
+    arch: str,
+    runner: PipelineRunner,
+    shape: BatchShape,
+    batch_sizes: list[int],
+    repeats: int,
+    cache_root: Path | None,
+) -> dict[str, Any]:
+    """The stock ``torch.compile`` baseline: a second copy of the model (same seed, same weights), compiled as
+    the diffusers docs show, called through ``pipe(...)`` with one prompt and generator per image."""
+    from workflows.generation.models import load_model
+
+    precision = cast(Precision, precision_name(runner.dtype))
+    model = load_model(arch, device=runner.device, precision=precision, cache_root=cache_root)
+    pipe: Any = model.pipeline
+    pipe.scheduler = type(runner.scheduler(shape.scheduler)).from_config(runner.scheduler(shape.scheduler).config)
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.vae.to(memory_format=torch.channels_last)
+    pipe.vae.use_slicing = False  # the recipe's default: one VAE call for the batch
+    pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
+    dev = runner.device
+    rows = []
+    for size in batch_sizes:
+        prompts = [_PROMPTS[i % len(_PROMPTS)] for i in range(size)]
+
+        def call(prompts: list[str] = prompts) -> None:
+            pipe(
+                prompts,
+                width=shape.width,
+                height=shape.height,
+                num_inference_steps=shape.steps,
+                guidance_scale=shape.guidance_scale,
+                generator=[torch.Generator(dev).manual_seed(i) for i in range(len(prompts))],
+            )
+
+        first = [_timed(dev, call) for _ in range(2)]
+        times = [_timed(dev, call) for _ in range(repeats)]
+        seconds = statistics.median(times)
+        rows.append(
+            {
+                "batch_size": size,
+                "seconds_per_batch": seconds,
+                "seconds_per_batch_all": times,
+                "images_per_s": size / seconds,
+                "first_calls_s": first,
+            }
+        )
+        logger.info("stock compile, batch %d: %.3f s per batch (first calls %s)", size, seconds, first)
+    return {"description": STOCK_COMPILE_RECIPE, "results": rows}
+
+
+def apply_probes(inductor: dict[str, Any] | None, cudnn_benchmark: bool | None) -> dict[str, Any]:
+    """Set inductor config values and ``torch.backends.cudnn.benchmark`` for an A/B run; what was set."""
+    import torch._inductor.config as inductor_config
+
+    for name, value in (inductor or {}).items():
+        inductor_config.__setattr__(name, value)
+    if cudnn_benchmark is not None:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+    return {"inductor": dict(inductor or {}), "cudnn_benchmark": torch.backends.cudnn.benchmark}
+
+
+def parse_inductor_settings(items: list[str]) -> dict[str, Any]:
+    """``["coordinate_descent_tuning=True", "freezing=1"]`` -> ``{"coordinate_descent_tuning": True, ...}``."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected NAME=VALUE, got {item!r}")
+        try:
+            out[name.strip()] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            out[name.strip()] = text.strip()
+    return out
+
+
 def run_startup_bench(
     arch: str,
     steps: int,
@@ -323,6 +418,7 @@ def run_startup_bench(
         second = _timed_batch(runner, shape, 1)
         third = _timed_batch(runner, shape, 1)
         later = {str(size): _timed_batch(runner, shape, size) for size in then_sizes or []}
+        at_every_size = process_age_s() if then_sizes else None
     applied = runner.acceleration["applied"]
     compiled = "compile" in applied or "aot_packages" in applied
     if not compiled:
@@ -344,6 +440,9 @@ def run_startup_bench(
         },
         "process_start_to_first_image_s": at_first_image,
         "first_call_by_batch_size_s": later,
+        # Process start to the end of the last then-size's first call: every listed bucket compiled and recorded.
+        "process_start_to_every_size_s": at_every_size,
+        "compile_times": _compile_times(),
         "mega_cache_saved_bytes": saved,
     }
     out_dir = out_dir or run_folder(started, report["device"]["short"])
@@ -354,6 +453,16 @@ def run_startup_bench(
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     report["path"] = str(path)
     return report
+
+
+def _compile_times() -> str | None:
+    """Dynamo's and inductor's time per compile phase in this process (``torch._dynamo.utils.compile_times``)."""
+    try:
+        from torch._dynamo.utils import compile_times
+
+        return str(compile_times(repr="str", aggregate=True))
+    except Exception:  # a report detail: its absence must not fail the bench
+        return None
 
 
 def _timed_batch(runner: PipelineRunner, shape: BatchShape, size: int) -> float:
@@ -581,6 +690,11 @@ def format_lever_table(result: dict[str, Any]) -> str:
         f"| 1 (plain diffusers, eager) | {b['seconds_per_batch']:.3f} | {b['images_per_s']:.2f} "
         f"| - | - | - | - | - | {b['share_of_bound']:.1%} |"
     )
+    for stock in result.get("stock_compile", {}).get("results", []):
+        lines.append(
+            f"| {stock['batch_size']} (stock torch.compile) | - | - | {stock['seconds_per_batch']:.3f} "
+            f"| {stock['images_per_s']:.2f} | - | {' + '.join(f'{t:.1f}' for t in stock['first_calls_s'])} | - | - |"
+        )
     lines += ["", _summary_line(result)]
     if "equivalence" in result:
         eq = result["equivalence"]
@@ -621,6 +735,22 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--repeats", type=int, default=2)
             p.add_argument("--no-eager-rows", action="store_true", help="with levers: skip the eager rows")
             p.add_argument("--profile", action="store_true", help="GPU kernel-time breakdown (CUDA)")
+            p.add_argument(
+                "--stock-compile", action="store_true", help="also time the stock torch.compile recipe (CUDA)"
+            )
+            p.add_argument(
+                "--inductor",
+                action="append",
+                default=[],
+                metavar="NAME=VALUE",
+                help="A/B probe: set an inductor config value before the levers compile (repeatable)",
+            )
+            p.add_argument(
+                "--cudnn-benchmark",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help="A/B probe: torch.backends.cudnn.benchmark for the levers' run",
+            )
         else:
             p.add_argument("--then-batch-sizes", default="", help="time these sizes' first calls after")
     return parser
@@ -653,6 +783,9 @@ def main(argv: list[str] | None = None) -> int:
             acceleration=acceleration,
             eager_rows=not args.no_eager_rows,
             profile=args.profile,
+            stock_compile=args.stock_compile,
+            inductor=parse_inductor_settings(args.inductor),
+            cudnn_benchmark=args.cudnn_benchmark,
         )
         print(format_bench_table(result))
     else:
@@ -668,7 +801,8 @@ def main(argv: list[str] | None = None) -> int:
             acceleration=acceleration,
             then_sizes=[int(b) for b in args.then_batch_sizes.split(",") if b.strip()],
         )
-        print(json.dumps({k: result[k] for k in ("cache_state", "phases_s", "process_start_to_first_image_s")}))
+        keys = ("cache_state", "phases_s", "process_start_to_first_image_s", "process_start_to_every_size_s")
+        print(json.dumps({k: result[k] for k in keys}))
     print(f"written: {result.get('path')}")
     return 0
 

@@ -156,6 +156,42 @@ def weights_checksum(module: Any) -> str:
     return hashlib.sha256(sums.cpu().numpy().tobytes()).hexdigest()[:16]
 
 
+def core_inputs(
+    kind: Kind, sample: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[torch.Tensor, ...] | None:
+    """The core module's tensors for one UNet or decoder call (``_UNetCore``/``_DecoderCore`` order), or None
+    when the call needs more than the core takes."""
+    if kind == "decoder":
+        extra = {k: v for k, v in kwargs.items() if v is not None}
+        return (sample.contiguous(),) if not args and not extra else None
+    timestep = args[0] if args else kwargs.get("timestep")
+    hidden = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
+    added_cond = kwargs.get("added_cond_kwargs") or {}
+    taken = ("timestep", "encoder_hidden_states", "added_cond_kwargs", "return_dict")
+    others = {k: v for k, v in kwargs.items() if k not in taken}
+    if len(args) > 2 or any(v is not None for v in others.values()) or not isinstance(hidden, torch.Tensor):
+        return None
+    if not isinstance(timestep, torch.Tensor) or timestep.dim() != 0:
+        return None
+    added: tuple[torch.Tensor, ...] = ()
+    if added_cond:
+        if set(added_cond) != set(_SDXL_ADDED) or not all(isinstance(v, torch.Tensor) for v in added_cond.values()):
+            return None
+        added = tuple(added_cond[name] for name in _SDXL_ADDED)
+    inputs = (sample, timestep.to(device=sample.device, dtype=torch.float32), hidden, *added)
+    # The package's kernels assume the strides they were built with (it does not check them): contiguous.
+    return tuple(t.contiguous() for t in inputs)
+
+
+def unet_output(out: torch.Tensor, kwargs: dict[str, Any]) -> Any:
+    """The core's noise prediction as the UNet returns it (``return_dict`` or a tuple)."""
+    if kwargs.get("return_dict", True):
+        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+        return UNet2DConditionOutput(sample=out)
+    return (out,)
+
+
 class AotForward:
     """A module's ``forward`` that runs AOTInductor packages for the compiled shapes and the eager forward else.
 
@@ -191,38 +227,12 @@ class AotForward:
         if runner is None:  # that shape's package could not be built or loaded: eager, as uncompiled sizes
             return self._eager(sample, *args, **kwargs)
         out = runner(*inputs)
-        if self.kind == "decoder":
-            return out
-        if kwargs.get("return_dict", True):
-            from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-
-            return UNet2DConditionOutput(sample=out)
-        return (out,)
+        return out if self.kind == "decoder" else unet_output(out, kwargs)
 
     def _package_inputs(
         self, sample: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[torch.Tensor, ...] | None:
-        """The package's inputs for this call, or None when the call needs more than the package takes."""
-        if self.kind == "decoder":
-            extra = {k: v for k, v in kwargs.items() if v is not None}
-            return (sample.contiguous(),) if not args and not extra else None
-        timestep = args[0] if args else kwargs.get("timestep")
-        hidden = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
-        added_cond = kwargs.get("added_cond_kwargs") or {}
-        taken = ("timestep", "encoder_hidden_states", "added_cond_kwargs", "return_dict")
-        others = {k: v for k, v in kwargs.items() if k not in taken}
-        if len(args) > 2 or any(v is not None for v in others.values()) or not isinstance(hidden, torch.Tensor):
-            return None
-        if not isinstance(timestep, torch.Tensor) or timestep.dim() != 0:
-            return None
-        added: tuple[torch.Tensor, ...] = ()
-        if added_cond:
-            if set(added_cond) != set(_SDXL_ADDED) or not all(isinstance(v, torch.Tensor) for v in added_cond.values()):
-                return None
-            added = tuple(added_cond[name] for name in _SDXL_ADDED)
-        inputs = (sample, timestep.to(device=sample.device, dtype=torch.float32), hidden, *added)
-        # The package's kernels assume the strides they were built with (it does not check them): contiguous.
-        return tuple(t.contiguous() for t in inputs)
+        return core_inputs(self.kind, sample, args, kwargs)
 
     def package_path(self, inputs: tuple[torch.Tensor, ...]) -> Path:
         shapes = "-".join("x".join(str(d) for d in t.shape) or "scalar" for t in inputs)

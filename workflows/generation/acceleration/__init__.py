@@ -20,6 +20,9 @@
 - ``aot_dir``: with ``compile``, the UNet and VAE decoder run ``torch.export`` + AOTInductor packages from this
   folder instead of ``torch.compile`` (``aotpackage.py``): built once, loaded at later starts without a Dynamo
   trace. No CUDA graphs on that path. AOTInductor compiles for CPUs as well, so the tests run it.
+- ``precompile_dir``: with ``compile``, the UNet and VAE decoder run torch's AOT-compiled modules (Dynamo's byte
+  code, guards and inductor artefacts per compiled shape, ``precompile.py``): written on the first start, loaded
+  at later ones instead of re-tracing; CUDA graphs kept. CPUs too, so the tests build and reload them.
 
 The GPU levers are skipped on CPU (recorded in ``Accelerator.report``), so tests stay fast. Batch buckets set
 explicitly apply on CPU too, which lets tests check that padding leaves each image unchanged.
@@ -29,7 +32,7 @@ compiled kernels for another bucket may round differently, like eager kernels fo
 
 Modules: ``options`` (the options, their defaults from the service's Settings, their parsing), ``accelerator``
 (applies them to a pipeline; per-batch decisions), ``torchcompile`` (compiled forwards, CUDA-graph hooks,
-inductor config), ``promptcache``, ``vae`` and ``cachefiles``; ``featurereuse.py``, ``fp8.py`` and
+inductor config), ``precompile``, ``promptcache``, ``vae`` and ``cachefiles``; ``featurereuse.py``, ``fp8.py`` and
 ``aotpackage.py`` are beside this package, in ``workflows/generation/``. The command-line flags are the CLI's
 (``cli/leverflags.py``), derived from ``AccelerationOptions``.
 """

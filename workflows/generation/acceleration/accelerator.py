@@ -40,6 +40,8 @@ class AccelerationReport:
     fp8_linears: int = 0
     # AOTInductor packages: loaded, built, and their seconds (None: the lever is off).
     aot_packages: dict[str, Any] | None = None
+    # Precompiled (AOT-compiled) forwards: loaded, built, their seconds, failures (None: the lever is off).
+    precompile: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,6 +125,9 @@ class Accelerator:
             self._apply_fp8()
             if opts.compile and opts.aot_dir:
                 self._try_aot()  # AOTInductor compiles for CPUs too
+            elif opts.compile and opts.precompile_dir:
+                self._compiled_shapes()
+                self._try_precompile()  # so do torch.compile and its AOT-compiled modules
             return
         if opts.cuda_graphs and not opts.compile:
             self.report.skipped["cuda_graphs"] = "needs compile"
@@ -179,6 +184,8 @@ class Accelerator:
         self._compiled_shapes()
         self.cuda_graphs = opts.wants_cuda_graphs
         configure_inductor(opts.autotune, shapes=max(1, len(self.buckets)) * len(self.resolutions))
+        if opts.precompile_dir and self._try_precompile():
+            return
         kwargs: dict[str, Any] = {"mode": opts.compile_mode, "dynamic": False}
         if self.feature_reuse is not None:
             # The full and the shallow forward are compiled (and graphed) separately; the hooks stay on the UNet.
@@ -199,6 +206,76 @@ class Accelerator:
         else:
             compile_forward(pipe.vae.decoder, kwargs, cuda_graphs=self.cuda_graphs, timestep_arg=False)
             self.report.applied.append("compile_vae")
+        self.compiled = True
+
+    def _try_precompile(self) -> bool:
+        """Precompiled forwards instead of plain ``torch.compile``, where they can be; whether applied."""
+        from workflows.generation.acceleration import precompile
+
+        if self.feature_reuse is not None:
+            self.report.skipped["precompile"] = "feature reuse compiles its own two graphs with torch.compile"
+            return False
+        if self.options.autotune:
+            self.report.skipped["precompile"] = "not with max-autotune (its mode is not kept in the artefacts)"
+            return False
+        reason = precompile.supported()
+        if reason is not None:
+            self.report.skipped["precompile"] = reason
+            return False
+        self._compile_precompiled()
+        return True
+
+    def _compile_precompiled(self) -> None:
+        """The UNet and VAE decoder run AOT-compiled forwards from ``precompile_dir`` (``precompile``)."""
+        from workflows.generation import aotpackage
+        from workflows.generation.acceleration.precompile import PRECOMPILE_FORMAT, PrecompiledForward, new_stats
+
+        opts, pipe = self.options, self._pipe
+        assert opts.precompile_dir is not None
+        folder = Path(opts.precompile_dir)
+        stats = new_stats()
+        levers = {
+            "fuse_qkv": "fuse_qkv" in self.report.applied,
+            "fp8": "fp8" in self.report.applied,
+            "cuda_graphs": self.cuda_graphs,
+            "precompile_format": PRECOMPILE_FORMAT,
+        }
+
+        def active() -> bool:
+            return self._compiled_call
+
+        def precompiled(module: Any, kind: aotpackage.Kind) -> PrecompiledForward:
+            eager = module.forward
+            core = aotpackage._UNetCore(module, eager) if kind == "unet" else aotpackage._DecoderCore(module, eager)
+            return PrecompiledForward(
+                kind=kind,
+                eager=eager,
+                core=core,
+                fingerprint=aotpackage.fingerprint(module, kind, levers),
+                folder=folder,
+                cuda_graphs=self.cuda_graphs,
+                inputs=lambda sample, args, kwargs: aotpackage.core_inputs(kind, sample, args, kwargs),
+                wrap=aotpackage.unet_output if kind == "unet" else lambda out, _kwargs: out,
+                active=active,
+                stats=stats,
+            )
+
+        pipe.unet.forward = precompiled(pipe.unet, "unet")
+        hook_forward(pipe.unet, cuda_graphs=self.cuda_graphs, timestep_arg=True)
+        if "compile" not in self.report.skipped:
+            self.report.applied.append("compile")
+        self.report.applied.append("precompile")
+        if self.cuda_graphs:
+            self.report.applied.append("cuda_graphs")
+        if not opts.compile_vae:
+            self.report.skipped["compile_vae"] = "off"
+        elif upcasts_vae_per_call(pipe):
+            self.report.skipped["compile_vae"] = "the pipeline upcasts the fp16 VAE to fp32 per call (force_upcast)"
+        else:
+            pipe.vae.decoder.forward = precompiled(pipe.vae.decoder, "decoder")
+            hook_forward(pipe.vae.decoder, cuda_graphs=self.cuda_graphs, timestep_arg=False)
+            self.report.applied.append("compile_vae")
+        self.report.precompile = stats
         self.compiled = True
 
     def _try_aot(self) -> bool:

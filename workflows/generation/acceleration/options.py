@@ -72,6 +72,9 @@ class AccelerationOptions:
     # With compile: a folder of AOTInductor packages (torch.export), used instead of torch.compile for the UNet
     # and VAE decoder; built on the first start, loaded (no Dynamo trace) on later ones. CPU too.
     aot_dir: str | None = _default("aot_dir")
+    # With compile: a folder of torch's AOT-compiled modules per compiled shape (Dynamo's trace kept on disk):
+    # written on the first start, loaded instead of re-tracing at later ones; CUDA graphs kept (precompile.py).
+    precompile_dir: str | None = _default("precompile_dir")
     # CUDA, eager decoder: decode a call's images in one VAE call when the free memory holds it (else one at a
     # time). False: always one at a time (the lower peak memory).
     vae_one_call: bool = _default("vae_one_call")

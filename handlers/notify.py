@@ -9,11 +9,12 @@ from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared.aws import AwsClients
+from shared.eventrecords import EventRecords
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.settings import get_settings
 from shared.webhooksecrets import WebhookSecrets
-from workflows.webhooks import EventRecords, Notifier
+from workflows.webhooks import Notifier
 
 logger = Logger(service="sdq-notify")
 tracer = Tracer(service="sdq-notify")

@@ -115,6 +115,9 @@ JOB_ATTRIBUTES = frozenset(
         "preview_key",
         "joined_to",
         "followers",
+        "event_webhook",  # started/progress webhooks: shared/eventrecords.py
+        "event_webhook_count",
+        "event_webhook_sending_until",
     }
 )
 

@@ -13,7 +13,6 @@ webhook waits (a state-machine retry) while such a mark stands.
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from collections.abc import Callable
@@ -29,14 +28,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from standardwebhooks import Webhook
 
 from shared.contracts import Job, JobStatus, WorkflowInput
-from shared.jobs import job_pk
+from shared.eventrecords import EventRecords
 from shared.netguard import HostUnresolved, UnsafeUrl, resolve_public
 from shared.settings import Settings
 from shared.webhooksecrets import WebhookSecrets
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
-
     from shared.jobs import JobsRepository
     from shared.media import MediaStore
     from shared.orchestration import Orchestrator
@@ -322,81 +319,6 @@ def event_webhook_id(job: Job, event: str) -> str:
     return f"msg_{job.job_id}_job_progress_{job.attempt}_{job.progress.step}"
 
 
-class EventRecords:
-    """The ``event_webhook_*`` attributes of a job: the in-flight mark of a started/progress send and the record
-    of the last one. Kept apart from ``webhook_*`` (the terminal webhook's record, shown by GET)."""
-
-    def __init__(self, dynamodb: DynamoDBClient, table_name: str, *, now: Callable[[], float] = time.time) -> None:
-        self._ddb = dynamodb
-        self._table = table_name
-        self._now = now
-
-    def begin(self, job_id: str, worker_id: str) -> bool:
-        """Mark a send in flight while the job is RUNNING under ``worker_id``; False (nothing to send) otherwise."""
-        try:
-            self._ddb.update_item(
-                TableName=self._table,
-                Key={"pk": {"S": job_pk(job_id)}},
-                UpdateExpression="SET event_webhook_sending_until = :until",
-                ConditionExpression="#s = :running AND worker_id = :w",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={
-                    ":until": {"N": str(int(self._now() + EVENT_IN_FLIGHT_S) + 1)},
-                    ":running": {"S": JobStatus.RUNNING.value},
-                    ":w": {"S": worker_id},
-                },
-            )
-        except self._ddb.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
-
-    def finish(self, job_id: str, event: str, msg_id: str, attempt: Attempt) -> None:
-        """Record the attempt and lift the in-flight mark."""
-        record = {
-            "event": event,
-            "webhook_id": msg_id,
-            "outcome": attempt.outcome,
-            "status": attempt.status,
-            "error": attempt.error,
-            "at": datetime.now(UTC).isoformat(),
-        }
-        self._ddb.update_item(
-            TableName=self._table,
-            Key={"pk": {"S": job_pk(job_id)}},
-            UpdateExpression=(
-                "SET event_webhook = :record REMOVE event_webhook_sending_until ADD event_webhook_count :one"
-            ),
-            ConditionExpression="attribute_exists(pk)",
-            ExpressionAttributeValues={":record": {"S": json.dumps(record)}, ":one": {"N": "1"}},
-        )
-
-    def in_flight_until(self, job_id: str) -> float:
-        """Epoch seconds until which a started/progress send may still be under way (0: none)."""
-        resp = self._ddb.get_item(
-            TableName=self._table,
-            Key={"pk": {"S": job_pk(job_id)}},
-            ProjectionExpression="event_webhook_sending_until",
-            ConsistentRead=True,
-        )
-        value = resp.get("Item", {}).get("event_webhook_sending_until", {}).get("N")
-        return float(value) if value else 0.0
-
-    def last(self, job_id: str) -> dict[str, Any] | None:
-        """The last started/progress attempt's record, with ``count`` (sends so far), or None."""
-        resp = self._ddb.get_item(
-            TableName=self._table,
-            Key={"pk": {"S": job_pk(job_id)}},
-            ProjectionExpression="event_webhook, event_webhook_count",
-            ConsistentRead=True,
-        )
-        item = resp.get("Item", {})
-        if "event_webhook" not in item:
-            return None
-        record: dict[str, Any] = json.loads(item["event_webhook"]["S"])
-        record["count"] = int(item.get("event_webhook_count", {}).get("N", "0"))
-        return record
-
-
 class EventNotifier:
     """Sends one ``job.started`` or ``job.progress`` webhook (one attempt, never retried: the next event
     supersedes it), signed like the terminal ones, from the worker that runs the job."""
@@ -430,7 +352,11 @@ class EventNotifier:
         from workflows.jobview import job_view
 
         url = job.request.callback_url
-        if not url or not self.wanted(job, event) or not self._records.begin(job.job_id, self._worker_id):
+        if (
+            not url
+            or not self.wanted(job, event)
+            or not self._records.begin(job.job_id, self._worker_id, in_flight_s=EVENT_IN_FLIGHT_S)
+        ):
             return None
         msg_id = event_webhook_id(job, event)
         body = event_body(event, job_view(job, self._media, self._settings.presign_expiry_s))
@@ -445,6 +371,8 @@ class EventNotifier:
         attempt = send_once(
             url, body, headers, allow_loopback=self._settings.allow_loopback_callbacks, timeout_s=EVENT_TIMEOUT_S
         )
-        self._records.finish(job.job_id, event, msg_id, attempt)
+        self._records.finish(
+            job.job_id, event, msg_id, outcome=attempt.outcome, status=attempt.status, error=attempt.error
+        )
         logger.info("event webhook attempt", job_id=job.job_id, event=event, outcome=attempt.outcome)
         return attempt

@@ -14,14 +14,15 @@ import pytest
 from ulid import ULID
 
 from shared.contracts import GenerationRequest, Job, JobStatus, Progress, utcnow
-from shared.jobs import JobsRepository
+from shared.eventrecords import EventRecords
+from shared.jobs import JOB_ATTRIBUTES, JobsRepository, job_pk
 from shared.media import MediaStore
 from shared.settings import Settings
 from shared.webhooksecrets import WebhookSecrets
 from tests.unit.conftest import JOBS_TABLE
 from workflows.generation.progressevents import EventSender
 from workflows.jobevents import PROGRESS, STARTED
-from workflows.webhooks import Attempt, EventRecords, Notifier, WebhookRetryable, event_webhook_id
+from workflows.webhooks import EVENT_IN_FLIGHT_S, Notifier, WebhookRetryable, event_webhook_id
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -107,11 +108,14 @@ def test_a_send_is_marked_in_flight_only_for_the_running_jobs_own_worker(
 ) -> None:
     records = EventRecords(jobs_table, JOBS_TABLE)
     job = running(repo, "w-1")
-    assert not records.begin(job.job_id, "w-2")
+    assert not records.begin(job.job_id, "w-2", in_flight_s=EVENT_IN_FLIGHT_S)
     assert records.in_flight_until(job.job_id) == 0
-    assert records.begin(job.job_id, "w-1")
+    assert records.begin(job.job_id, "w-1", in_flight_s=EVENT_IN_FLIGHT_S)
     assert records.in_flight_until(job.job_id) > time.time()
-    records.finish(job.job_id, PROGRESS, "msg_x", Attempt("delivered", 200, None))
+    in_flight = jobs_table.get_item(TableName=JOBS_TABLE, Key={"pk": {"S": job_pk(job.job_id)}})["Item"]
+    records.finish(job.job_id, PROGRESS, "msg_x", outcome="delivered", status=200, error=None)
+    recorded = jobs_table.get_item(TableName=JOBS_TABLE, Key={"pk": {"S": job_pk(job.job_id)}})["Item"]
+    assert set(in_flight) | set(recorded) <= JOB_ATTRIBUTES, (set(in_flight) | set(recorded)) - JOB_ATTRIBUTES
     assert records.in_flight_until(job.job_id) == 0
     last = records.last(job.job_id)
     assert last is not None
@@ -119,7 +123,10 @@ def test_a_send_is_marked_in_flight_only_for_the_running_jobs_own_worker(
     # The terminal webhook's record (what GET shows) is untouched.
     assert repo.get(job.job_id).webhook is None
     repo.transition(job.job_id, JobStatus.CANCELLED, tenant=TENANT)
-    assert not records.begin(job.job_id, "w-1")  # finished: no more started/progress events
+    # finished: no more started/progress events
+    assert not records.begin(
+        job.job_id, "w-1", in_flight_s=EVENT_IN_FLIGHT_S
+    )  # finished: no more started/progress events
 
 
 def test_the_terminal_webhook_waits_while_a_progress_webhook_is_in_flight(
@@ -136,12 +143,12 @@ def test_the_terminal_webhook_waits_while_a_progress_webhook_is_in_flight(
         events=records,
     )
     job = running(repo, "w-1", webhook_events=["progress", "completed"])
-    assert records.begin(job.job_id, "w-1")
+    assert records.begin(job.job_id, "w-1", in_flight_s=EVENT_IN_FLIGHT_S)
     repo.transition(job.job_id, JobStatus.CANCELLED, tenant=TENANT)
     with pytest.raises(WebhookRetryable, match="still in flight"):
         notifier.notify(job.job_id, TENANT)
     assert repo.get(job.job_id).webhook is None  # no attempt was made or recorded
-    records.finish(job.job_id, PROGRESS, "msg_x", Attempt("delivered", 200, None))
+    records.finish(job.job_id, PROGRESS, "msg_x", outcome="delivered", status=200, error=None)
     with pytest.raises(WebhookRetryable):  # now it is sent (port 9 refuses: a retryable attempt, recorded)
         notifier.notify(job.job_id, TENANT)
     record = repo.get(job.job_id).webhook

@@ -176,9 +176,10 @@ class ProgressEvents:
 
 def progress_events_for(aws: AwsClients, settings: Settings, *, worker_id: str) -> ProgressEvents:
     """Previews and event webhooks wired to the service's bucket, table and webhook secrets."""
+    from shared.eventrecords import EventRecords
     from shared.media import MediaStore
     from shared.webhooksecrets import WebhookSecrets
-    from workflows.webhooks import EventNotifier, EventRecords
+    from workflows.webhooks import EventNotifier
 
     media = MediaStore(aws.s3(), settings.bucket)
     notifier = EventNotifier(

@@ -420,7 +420,7 @@ def run_startup_bench(
         later = {str(size): _timed_batch(runner, shape, size) for size in then_sizes or []}
         at_every_size = process_age_s() if then_sizes else None
     applied = runner.acceleration["applied"]
-    compiled = "compile" in applied or "aot_packages" in applied
+    compiled = "compile" in applied or "aot_packages" in applied or "precompile" in applied
     if not compiled:
         cache_state = "none"
     saved = None
@@ -471,10 +471,14 @@ def _timed_batch(runner: PipelineRunner, shape: BatchShape, size: int) -> float:
 
 
 def _cache_state(options: AccelerationOptions) -> str:
-    """``cold``/``warm`` by whether the cache folder, mega-cache file or AOT package folder holds anything;
-    ``none`` without one."""
-    if not options.compile or not (options.cache_dir or options.mega_cache or options.aot_dir):
+    """``cold``/``warm`` by whether the cache folder, mega-cache file, AOT package or precompile folder holds
+    anything; ``none`` without one."""
+    folders = (options.cache_dir, options.mega_cache, options.aot_dir, options.precompile_dir)
+    if not options.compile or not any(folders):
         return "none"
+    if options.precompile_dir:
+        folder = Path(options.precompile_dir)
+        return "warm" if folder.is_dir() and any(folder.glob("[!.]*.dynamo")) else "cold"  # not staging files
     if options.aot_dir:
         folder = Path(options.aot_dir)
         return "warm" if folder.is_dir() and any(folder.glob("[!.]*.pt2")) else "cold"  # not staging files

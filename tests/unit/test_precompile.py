@@ -95,3 +95,15 @@ def test_the_first_start_writes_the_artefacts_and_the_next_loads_them(model_cach
     two = [FOX, ImageJob("owl", "an owl", "", seed=3, num_images=1)]
     second.generate(two, SHAPE)
     assert second.acceleration["precompile"]["built"] == 0
+
+
+def test_the_startup_bench_tells_a_cold_precompile_folder_from_a_warm_one(tmp_path: Path) -> None:
+    from benchmarks.worker_bench import _cache_state
+
+    options = AccelerationOptions(compile=True, precompile_dir=str(tmp_path / "pre"))
+    assert _cache_state(options) == "cold"
+    (tmp_path / "pre").mkdir()
+    (tmp_path / "pre" / ".staging.unet-x.dynamo").write_bytes(b"")
+    assert _cache_state(options) == "cold"
+    (tmp_path / "pre" / "unet-x.dynamo").write_bytes(b"")
+    assert _cache_state(options) == "warm"

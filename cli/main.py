@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-processes",
         type=int,
         help="API processes, each answering one request at a time like one Lambda environment; a `Prefer: wait`"
-        " holds one for its wait (default: one per two cores, 1 to 4)",
+        " holds one for its wait (default: one per core, 2 to 4)",
     )
     up.set_defaults(func=cmd_up)
 

@@ -28,8 +28,9 @@ READY = "sdq-api-ready"
 
 
 def default_api_processes() -> int:
-    """One API process per two cores beyond the local cloud's, at least one, at most four."""
-    return max(1, min(4, ((os.cpu_count() or 1) - 1) // 2 + 1))
+    """One API process per core, at least two (on 2 cores, two answered 4 clients' submits with a p99 of
+    0.97 s against 1.3 s for one, with the worker generating: docs/performance.md), at most four."""
+    return max(2, min(4, os.cpu_count() or 1))
 
 
 class ApiProcesses:

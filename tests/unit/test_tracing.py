@@ -20,12 +20,18 @@ def daemon() -> Iterator[socket.socket]:
     sock.bind(("127.0.0.1", 0))
     sock.settimeout(2)
     address = f"127.0.0.1:{sock.getsockname()[1]}"
+    from aws_xray_sdk import global_sdk_config
     from aws_xray_sdk.core import xray_recorder
 
+    # A Powertools Tracer built outside Lambda (importing a handler, as other test files in this process may)
+    # turns the X-Ray SDK off process-wide; the worker's process builds none.
+    was_enabled = global_sdk_config.sdk_enabled()
+    global_sdk_config.set_sdk_enabled(True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AWS_XRAY_DAEMON_ADDRESS", address)  # configure() prefers it to its argument
         xray_recorder.configure(daemon_address=address, sampling=False, context_missing="LOG_ERROR")
         yield sock
+    global_sdk_config.set_sdk_enabled(was_enabled)
     sock.close()
     xray_recorder.emitter._socket.close()  # the SDK never closes its UDP socket
 

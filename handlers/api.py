@@ -22,6 +22,7 @@ from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn,
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.apikeys import ApiKeyStore
 from shared.aws import AwsClients
@@ -46,7 +47,7 @@ from shared.errors import (
     ValidationFailed,
 )
 from shared.jobs import JobsRepository
-from shared.media import MediaStore
+from shared.media import MediaStore, preview_key
 from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
 from shared.queuestate import QueueState
@@ -405,8 +406,12 @@ def list_jobs(
 def cancel_job(job_id: JobId) -> Response[JobView]:
     tenant = _tenant()
     job = services().submissions.cancel(tenant, job_id)
-    # The job is CANCELLED now: the answer says so whatever happens to its webhook's start.
+    # The job is CANCELLED now: the answer says so whatever happens to its webhook's start or its preview.
     start_notice_retrying(services().orchestrator, job, "cancelled", log=logger)
+    try:  # a preview stored after this is deleted by the worker, whose record of it the cancel refuses
+        services().media.delete([preview_key(services().settings.outputs_prefix, tenant, job_id)])
+    except (BotoCoreError, ClientError) as exc:
+        logger.warning("preview not deleted; it expires with the outputs", job_id=job_id, error=type(exc).__name__)
     return _json(200, _view(job))
 
 

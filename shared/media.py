@@ -8,6 +8,12 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
+def preview_key(outputs_prefix: str, tenant: str, job_id: str) -> str:
+    """Where a job's progress preview lives: beside its outputs (same prefix, same lifecycle expiry), one object
+    per job, overwritten by each newer preview, deleted when the job is cancelled."""
+    return f"{outputs_prefix}{tenant}/{job_id}/preview.jpg"
+
+
 class MediaStore:
     """Adapter over the one S3 bucket holding staging images and final outputs."""
 

@@ -102,6 +102,8 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("sqs:SendMessage", "JobsQueue.Arn"),
         ("states:StartExecution", "JobStateMachine"),
         ("s3:GetObject", "MediaBucket.Arn/outputs/*"),
+        # A cancelled job's progress preview (handlers/api.py cancel_job).
+        ("s3:DeleteObject", "MediaBucket.Arn/outputs/*/preview.jpg"),
     },
     "PostprocessFunctionRole": _logs("PostprocessFunctionLogGroup")
     | XRAY_WRITE
@@ -180,6 +182,7 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         # Progress previews (and presigning them for job.progress webhooks); the webhooks' signing secret.
         ("s3:PutObject", "MediaBucket.Arn/outputs/*/preview.jpg"),
         ("s3:GetObject", "MediaBucket.Arn/outputs/*/preview.jpg"),
+        ("s3:DeleteObject", "MediaBucket.Arn/outputs/*/preview.jpg"),
         ("dynamodb:PutItem", "JobsTable.Arn"),
     },
     "WorkerExecutionRole": _logs("WorkerLogGroup")
@@ -376,7 +379,10 @@ def test_who_may_do_what(resources: dict[str, Any]) -> None:
     }
     assert holders("sqs:ReceiveMessage", "JobsQueue") == {"WorkerTaskRole"}
     assert holders("sqs:ReceiveMessage", "JobsDeadLetterQueue") == {"DlqFunctionRole"}
-    assert holders("s3:DeleteObject") == {"PostprocessFunctionRole"}
+    assert holders("s3:DeleteObject") == {"PostprocessFunctionRole", "ApiFunctionRole", "WorkerTaskRole"}
+    # Only the postprocess step deletes staged images; the API and the worker delete progress previews, nothing else.
+    for role in ("ApiFunctionRole", "WorkerTaskRole"):
+        assert {r for a, r in by_role[role] if a == "s3:DeleteObject"} == {"MediaBucket.Arn/outputs/*/preview.jpg"}
     assert holders("s3:PutObject") == {"PostprocessFunctionRole", "WorkerTaskRole"}
     assert holders("s3:PutObject", "MediaBucket.Arn/outputs/") == {"PostprocessFunctionRole", "WorkerTaskRole"}
     # The worker writes only its jobs' progress previews under outputs/, never an output.
@@ -392,7 +398,8 @@ def test_who_may_do_what(resources: dict[str, Any]) -> None:
         "PostprocessFunctionRole",  # joined jobs' job.succeeded notices
     }
     assert holders("lambda:InvokeFunction") == {"JobStateMachineRole"}
-    assert not {a for a, _ in by_role["ApiFunctionRole"]} & {"s3:DeleteObject", "s3:PutObject"}
+    # The API writes no object; the only one it deletes is a cancelled job's preview (asserted above).
+    assert "s3:PutObject" not in {a for a, _ in by_role["ApiFunctionRole"]}
 
 
 def test_roles_are_trusted_by_their_service_and_used_by_their_component(resources: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from shared.media import preview_key
 from workflows.generation.pipeline import BatchShape, ImageJob, LatentTap, PipelineRunner
 from workflows.generation.previews import (
     MAX_LATENT_SIDE,
@@ -20,7 +21,6 @@ from workflows.generation.previews import (
     LatentFormat,
     capture,
     latent_format_for,
-    preview_key,
     to_jpeg,
 )
 

@@ -11,16 +11,18 @@ from typing import TYPE_CHECKING
 
 import boto3
 import pytest
+import torch
 from ulid import ULID
 
 from shared.contracts import GenerationRequest, Job, JobStatus, Progress, utcnow
 from shared.eventrecords import EventRecords
 from shared.jobs import JOB_ATTRIBUTES, JobsRepository, job_pk
-from shared.media import MediaStore
+from shared.media import MediaStore, preview_key
 from shared.settings import Settings
 from shared.webhooksecrets import WebhookSecrets
 from tests.unit.conftest import JOBS_TABLE
-from workflows.generation.progressevents import EventSender
+from workflows.generation.previews import SD15_FACTORS, Captured, LatentFormat
+from workflows.generation.progressevents import EventSender, ProgressEvents
 from workflows.jobevents import PROGRESS, STARTED
 from workflows.webhooks import EVENT_IN_FLIGHT_S, Notifier, WebhookRetryable, event_webhook_id
 
@@ -166,3 +168,21 @@ def test_each_distinct_event_has_its_own_webhook_id() -> None:
         event_webhook_id(at_step(job, 5).model_copy(update={"attempt": 2}), PROGRESS),
     }
     assert len(ids) == 4
+
+
+def test_a_preview_stored_for_a_job_cancelled_meanwhile_is_deleted(
+    jobs_table: DynamoDBClient, repo: JobsRepository
+) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="media")
+    events = ProgressEvents(MediaStore(s3, "media"), jobs_table, JOBS_TABLE, outputs_prefix="outputs/")
+    latents = Captured(keys=[], host=torch.zeros(1, 4, 8, 8), done=None, format=LatentFormat("sd15", SD15_FACTORS))
+    job = running(repo, "w-1")
+    assert events.store_preview(job, latents, 0, worker_id="w-1", step=2, total=10)
+    key = preview_key("outputs/", TENANT, job.job_id)
+    assert s3.list_objects_v2(Bucket="media")["KeyCount"] == 1
+    assert repo.get(job.job_id).preview_key == key
+    repo.transition(job.job_id, JobStatus.CANCELLED, tenant=TENANT)
+    # The next preview is uploaded, its record refused (the job is no longer RUNNING), and the object removed.
+    assert not events.store_preview(job, latents, 0, worker_id="w-1", step=4, total=10)
+    assert s3.list_objects_v2(Bucket="media")["KeyCount"] == 0

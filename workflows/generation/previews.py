@@ -114,9 +114,3 @@ def to_jpeg(latent: torch.Tensor, fmt: LatentFormat, *, max_side: int = MAX_PREV
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
-
-
-def preview_key(outputs_prefix: str, tenant: str, job_id: str) -> str:
-    """Where a job's preview lives: beside its outputs (same prefix, same lifecycle expiry), one object per job,
-    overwritten by each newer preview."""
-    return f"{outputs_prefix}{tenant}/{job_id}/preview.jpg"

@@ -18,7 +18,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.contracts import Job, JobStatus
 from shared.jobs import job_pk
-from workflows.generation.previews import Captured, preview_key, to_jpeg
+from shared.media import preview_key
+from workflows.generation.previews import Captured, to_jpeg
 from workflows.jobevents import PROGRESS, STARTED
 
 if TYPE_CHECKING:
@@ -167,6 +168,8 @@ class ProgressEvents:
         key = preview_key(self._prefix, job.tenant, job.job_id)
         self._media.put(key, to_jpeg(latents.wait()[row], latents.format), "image/jpeg")
         if not self.record_preview(job.job_id, worker_id=worker_id, key=key, step=step, total=total):
+            # Cancelled since (its cancel deleted the previews recorded before), or another worker's now.
+            self._media.delete([key])
             return False
         job.preview_key = key
         job.progress.step, job.progress.total = step, total

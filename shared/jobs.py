@@ -769,6 +769,18 @@ class JobsRepository:
             {":step": {"N": str(step)}, ":total": {"N": str(total)}},
         )
 
+    def record_preview(self, job_id: str, *, worker_id: str, key: str, step: int, total: int) -> bool:
+        """Point this worker's RUNNING job at its preview and its step.
+
+        Returns False when the job is no longer ours (cancelled, or taken over): the caller deletes the preview.
+        """
+        return self._set_if_ours(
+            job_id,
+            worker_id,
+            "SET preview_key = :key, progress_step = :step, progress_total = :total",
+            {":key": {"S": key}, ":step": {"N": str(step)}, ":total": {"N": str(total)}},
+        )
+
     def renew_lease(self, job_id: str, *, worker_id: str, lease_until: float) -> bool:
         """Extend this worker's lease on its RUNNING job (nothing else is written).
 

@@ -170,12 +170,10 @@ def test_each_distinct_event_has_its_own_webhook_id() -> None:
     assert len(ids) == 4
 
 
-def test_a_preview_stored_for_a_job_cancelled_meanwhile_is_deleted(
-    jobs_table: DynamoDBClient, repo: JobsRepository
-) -> None:
+def test_a_preview_stored_for_a_job_cancelled_meanwhile_is_deleted(repo: JobsRepository) -> None:
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="media")
-    events = ProgressEvents(MediaStore(s3, "media"), jobs_table, JOBS_TABLE, outputs_prefix="outputs/")
+    events = ProgressEvents(MediaStore(s3, "media"), repo, outputs_prefix="outputs/")
     latents = Captured(keys=[], host=torch.zeros(1, 4, 8, 8), done=None, format=LatentFormat("sd15", SD15_FACTORS))
     job = running(repo, "w-1")
     assert events.store_preview(job, latents, 0, worker_id="w-1", step=2, total=10)

@@ -16,19 +16,18 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.contracts import Job, JobStatus
-from shared.jobs import job_pk
-from shared.media import preview_key
+from shared.contracts import Job
+from shared.eventrecords import EventRecords
+from shared.jobs import JobsRepository
+from shared.media import MediaStore, preview_key
+from shared.webhooksecrets import WebhookSecrets
 from workflows.generation.previews import Captured, to_jpeg
 from workflows.jobevents import PROGRESS, STARTED
+from workflows.webhooks import EventNotifier
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
-
     from shared.aws import AwsClients
-    from shared.media import MediaStore
     from shared.settings import Settings
-    from workflows.webhooks import EventNotifier
 
 logger = Logger(service="sdq-worker")
 
@@ -111,8 +110,7 @@ class ProgressEvents:
     def __init__(
         self,
         media: MediaStore,
-        dynamodb: DynamoDBClient,
-        table_name: str,
+        repo: JobsRepository,
         *,
         outputs_prefix: str,
         notifier: EventNotifier | None = None,
@@ -120,8 +118,7 @@ class ProgressEvents:
         preview_interval_s: float = PREVIEW_INTERVAL_S,
     ) -> None:
         self._media = media
-        self._ddb = dynamodb
-        self._table = table_name
+        self._repo = repo
         self._prefix = outputs_prefix
         self._notifier = notifier
         self.preview_interval_s = preview_interval_s
@@ -139,27 +136,6 @@ class ProgressEvents:
         """A progress write (or a preview) landed for the job."""
         self._offer(job, PROGRESS)
 
-    def record_preview(self, job_id: str, *, worker_id: str, key: str, step: int, total: int) -> bool:
-        """Point the RUNNING job (still this worker's) at its preview and its step; False when it is not ours."""
-        try:
-            self._ddb.update_item(
-                TableName=self._table,
-                Key={"pk": {"S": job_pk(job_id)}},
-                UpdateExpression="SET preview_key = :key, progress_step = :step, progress_total = :total",
-                ConditionExpression="#s = :running AND worker_id = :w",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={
-                    ":key": {"S": key},
-                    ":step": {"N": str(step)},
-                    ":total": {"N": str(total)},
-                    ":running": {"S": JobStatus.RUNNING.value},
-                    ":w": {"S": worker_id},
-                },
-            )
-        except self._ddb.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
-
     def store_preview(self, job: Job, latents: Captured, row: int, *, worker_id: str, step: int, total: int) -> bool:
         """Encode row ``row`` of ``latents`` for ``job``, upload it over the job's previous preview, record it.
 
@@ -167,7 +143,7 @@ class ProgressEvents:
         """
         key = preview_key(self._prefix, job.tenant, job.job_id)
         self._media.put(key, to_jpeg(latents.wait()[row], latents.format), "image/jpeg")
-        if not self.record_preview(job.job_id, worker_id=worker_id, key=key, step=step, total=total):
+        if not self._repo.record_preview(job.job_id, worker_id=worker_id, key=key, step=step, total=total):
             # Cancelled since (its cancel deleted the previews recorded before), or another worker's now.
             self._media.delete([key])
             return False
@@ -179,11 +155,6 @@ class ProgressEvents:
 
 def progress_events_for(aws: AwsClients, settings: Settings, *, worker_id: str) -> ProgressEvents:
     """Previews and event webhooks wired to the service's bucket, table and webhook secrets."""
-    from shared.eventrecords import EventRecords
-    from shared.media import MediaStore
-    from shared.webhooksecrets import WebhookSecrets
-    from workflows.webhooks import EventNotifier
-
     media = MediaStore(aws.s3(), settings.bucket)
     notifier = EventNotifier(
         EventRecords(aws.dynamodb(), settings.table_name),
@@ -193,5 +164,8 @@ def progress_events_for(aws: AwsClients, settings: Settings, *, worker_id: str) 
         worker_id=worker_id,
     )
     return ProgressEvents(
-        media, aws.dynamodb(), settings.table_name, outputs_prefix=settings.outputs_prefix, notifier=notifier
+        media,
+        JobsRepository(aws.dynamodb(), settings.table_name),
+        outputs_prefix=settings.outputs_prefix,
+        notifier=notifier,
     )

@@ -19,6 +19,7 @@ import pytest
 from ulid import ULID
 
 from cli.client import Endpoint, SdqClient
+from localcloud.receiver import ScriptedReceiver
 from shared.apikeys import ApiKeyStore
 from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
 from shared.jobs import JobsRepository, expiry_epoch
@@ -144,12 +145,28 @@ def stop_service(service: RunningService) -> None:
         log.close()
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    """The control plane (local cloud + API), no worker: jobs stay QUEUED."""
-    running = start_service(tmp_path_factory.mktemp("sdq"), {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "5"})
-    yield running
-    stop_service(running)
+def service_fixture(name: str, env: dict[str, str]) -> Any:
+    """A module-scoped ``service`` fixture: the control plane started with ``env`` under a temp folder ``name``."""
+
+    @pytest.fixture(scope="module")
+    def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+        running = start_service(tmp_path_factory.mktemp(name), env)
+        yield running
+        stop_service(running)
+
+    return service
+
+
+# The control plane (local cloud + API), no worker: jobs stay QUEUED.
+service = service_fixture("sdq", {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "5"})
+
+
+@pytest.fixture
+def receiver() -> Iterator[ScriptedReceiver]:
+    """A webhook receiver on 127.0.0.1, stopped when the test ends."""
+    r = ScriptedReceiver().start()
+    yield r
+    r.stop()
 
 
 def store_queued_job(

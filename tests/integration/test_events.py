@@ -25,7 +25,7 @@ from PIL import Image
 from cli.client import Endpoint, SdqClient
 from localcloud.receiver import ScriptedReceiver
 from shared.apikeys import ApiKeyStore
-from tests.integration.conftest import REPO, RunningService, start_service, stop_service
+from tests.integration.conftest import REPO, RunningService, service_fixture
 
 WORKER = {
     "SDQ_VISIBILITY_TIMEOUT_S": "30",
@@ -38,11 +38,7 @@ WORKER = {
 SLOW = {"width": 512, "height": 512, "num_inference_steps": 50}
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    running = start_service(tmp_path_factory.mktemp("sdq-events"), {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
-    yield running
-    stop_service(running)
+service = service_fixture("sdq-events", {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
 
 
 @pytest.fixture(autouse=True)

@@ -18,24 +18,13 @@ import pytest
 
 from cli.client import SdqClient
 from localcloud.receiver import ScriptedReceiver
-from tests.integration.conftest import RunningService, start_service, stop_service
+from tests.integration.conftest import RunningService, service_fixture
 from tests.integration.test_worker import FAST_WORKER, batch_lines, clear_worker_logs, executions_per_job, wait_until
 
 SMALL = {"width": 256, "height": 256, "num_inference_steps": 2}
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    running = start_service(tmp_path_factory.mktemp("sdq-cache"), {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
-    yield running
-    stop_service(running)
-
-
-@pytest.fixture
-def receiver() -> Iterator[ScriptedReceiver]:
-    r = ScriptedReceiver().start()
-    yield r
-    r.stop()
+service = service_fixture("sdq-cache", {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
 
 
 @pytest.fixture

@@ -15,22 +15,10 @@ from ulid import ULID
 from localcloud.receiver import ScriptedReceiver
 from shared.contracts import Job, JobStatus, utcnow
 from shared.jobs import JobsRepository, expiry_epoch
-from tests.integration.conftest import RunningService, start_service, stop_service
+from tests.integration.conftest import RunningService, service_fixture
 from tests.integration.executions import ExecutionHarness
 
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    running = start_service(tmp_path_factory.mktemp("sdq-settle"), {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
-    yield running
-    stop_service(running)
-
-
-@pytest.fixture
-def receiver() -> Iterator[ScriptedReceiver]:
-    r = ScriptedReceiver().start()
-    yield r
-    r.stop()
+service = service_fixture("sdq-settle", {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
 
 
 @pytest.fixture

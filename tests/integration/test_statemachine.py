@@ -11,7 +11,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,24 +27,12 @@ from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.settings import Settings
 from shared.webhooksecrets import WebhookSecrets
-from tests.integration.conftest import RunningService, start_service, stop_service
+from tests.integration.conftest import RunningService, service_fixture
 from tests.integration.executions import ExecutionHarness
 from workflows.postprocess import PostprocessInput, Postprocessor
 from workflows.webhooks import Notifier
 
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    running = start_service(tmp_path_factory.mktemp("sdq-sfn"), {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
-    yield running
-    stop_service(running)
-
-
-@pytest.fixture
-def receiver() -> Iterator[ScriptedReceiver]:
-    r = ScriptedReceiver().start()
-    yield r
-    r.stop()
+service = service_fixture("sdq-sfn", {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
 
 
 class Harness(ExecutionHarness):

@@ -63,13 +63,6 @@ def local() -> Iterator[LocalService]:
         xray_sdk_config.set_sdk_enabled(xray_was_enabled)
 
 
-@pytest.fixture
-def receiver() -> Iterator[ScriptedReceiver]:
-    r = ScriptedReceiver().start()
-    yield r
-    r.stop()
-
-
 class InjectedError(JsonRESTError):
     def __init__(self, code: str, status: int) -> None:
         super().__init__(f"com.amazonaws.dynamodb.v20120810#{code}", "injected fault")

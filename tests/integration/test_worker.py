@@ -18,7 +18,7 @@ from cli.client import SdqClient
 from localcloud.receiver import ScriptedReceiver
 from shared.contracts import JobStatus, QueueMessage, utcnow
 from shared.jobs import JobsRepository
-from tests.integration.conftest import RunningService, start_service, stop_service, store_queued_job
+from tests.integration.conftest import RunningService, service_fixture, store_queued_job
 
 FAST_WORKER = {
     "SDQ_VISIBILITY_TIMEOUT_S": "6",
@@ -32,11 +32,7 @@ FAST_WORKER = {
 SMALL = {"width": 256, "height": 256, "num_inference_steps": 2}
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    running = start_service(tmp_path_factory.mktemp("sdq-worker"), {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
-    yield running
-    stop_service(running)
+service = service_fixture("sdq-worker", {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
 
 
 @pytest.fixture(autouse=True)
@@ -114,13 +110,6 @@ def worker_story(service: RunningService) -> str:
                 }
                 out.append(f"{log.name}: {message} {fields}")
     return "\n".join(out)
-
-
-@pytest.fixture
-def receiver() -> Iterator[ScriptedReceiver]:
-    r = ScriptedReceiver().start()
-    yield r
-    r.stop()
 
 
 def assert_one_failed_webhook(receiver: ScriptedReceiver, job_id: str, code: str) -> None:

@@ -39,7 +39,8 @@ def job_view(job: Job, media: MediaStore, presign_expiry_s: int, *, queue: Queue
         finished_at=job.finished_at,
         attempt=job.attempt,
         progress=ProgressView(
-            step=job.progress.step,
+            # Steps are written at intervals while a job runs, so the last one written may be short of the total.
+            step=job.progress.total if job.status == JobStatus.SUCCEEDED else job.progress.step,
             total=job.progress.total,
             preview_url=(
                 media.presign_get(job.preview_key, presign_expiry_s)

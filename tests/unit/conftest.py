@@ -20,6 +20,22 @@ JOBS_TABLE = "jobs"
 REPO = Path(__file__).resolve().parents[2]
 
 
+class FakeClock:
+    """Time that moves only when the code under test sleeps (forward: a zero pause would be a busy loop)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.pauses: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+        self.pauses.append(seconds)
+        self.now += seconds
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One folder for the built-in ``tiny`` model, saved once per session and reloaded by each test module."""

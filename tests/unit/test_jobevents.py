@@ -13,23 +13,11 @@ from ulid import ULID
 from shared.contracts import GenerationRequest, Job, JobStatus, JobView, Progress, utcnow
 from shared.errors import JobNotFound
 from shared.media import MediaStore
+from tests.unit.conftest import FakeClock
 from workflows import jobevents
 from workflows.jobevents import current_event, is_newer, snapshot, stream
 from workflows.jobview import job_view
 from workflows.waiting import Backoff
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.pauses: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.pauses.append(seconds)
-        self.now += seconds
 
 
 def job(status: JobStatus = JobStatus.QUEUED, step: int = 0, total: int = 0, attempt: int = 0) -> Job:

@@ -9,23 +9,8 @@ from ulid import ULID
 
 from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
 from shared.errors import JobNotFound
+from tests.unit.conftest import FakeClock
 from workflows.waiting import MAX_WAIT_S, Backoff, max_reads, wait_until_finished
-
-
-class FakeClock:
-    """Time that moves only when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.pauses: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds > 0
-        self.pauses.append(seconds)
-        self.now += seconds
 
 
 def job(status: JobStatus = JobStatus.QUEUED) -> Job:

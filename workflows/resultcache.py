@@ -41,6 +41,7 @@ from shared.orchestration import Orchestrator
 from shared.pricing import gpu_price
 from shared.queue import JobQueue
 from shared.settings import Settings
+from workflows.webhooks import start_notice
 
 logger = Logger(service="sdq", child=True)
 
@@ -170,8 +171,6 @@ class ResultCache:
         execution is named after the job and event). Never raises: the webhook can be redelivered."""
         if not job.request.callback_url:
             return
-        from workflows.webhooks import start_notice
-
         for attempt in range(3):
             try:
                 start_notice(self._orchestrator(), job, "succeeded", once=True)

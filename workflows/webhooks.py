@@ -32,6 +32,8 @@ from shared.eventrecords import EventRecords
 from shared.netguard import HostUnresolved, UnsafeUrl, resolve_public
 from shared.settings import Settings
 from shared.webhooksecrets import WebhookSecrets
+from workflows.jobevents import SUBSCRIPTION, event_body
+from workflows.jobview import job_view
 
 if TYPE_CHECKING:
     from shared.jobs import JobsRepository
@@ -185,9 +187,6 @@ class Notifier:
         self._settings = settings
 
     def payload(self, job: Job, event: str) -> str:
-        from workflows.jobevents import event_body
-        from workflows.jobview import job_view
-
         return event_body(event, job_view(job, self._media, self._settings.presign_expiry_s))
 
     def deliver(self, job_id: str, tenant: str) -> Attempt | None:
@@ -341,16 +340,11 @@ class EventNotifier:
     @staticmethod
     def wanted(job: Job, event: str) -> bool:
         """Whether ``job``'s request subscribed to ``event`` (and has somewhere to send it)."""
-        from workflows.jobevents import SUBSCRIPTION
-
         return bool(job.request.callback_url) and SUBSCRIPTION.get(event, "") in job.request.webhook_events
 
     def send(self, job: Job, event: str) -> Attempt | None:
         """Send ``event`` for the job as it stood in ``job`` (a snapshot); None when it was not wanted or the job
         is no longer RUNNING under this worker. Raises AWS errors (the caller logs them)."""
-        from workflows.jobevents import event_body
-        from workflows.jobview import job_view
-
         url = job.request.callback_url
         if (
             not url

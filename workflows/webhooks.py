@@ -81,6 +81,18 @@ def signature_header(secrets_now: list[str], msg_id: str, timestamp: datetime, b
     return " ".join(Webhook(secret).sign(msg_id, timestamp, body) for secret in secrets_now)
 
 
+def signed_headers(secrets_now: list[str], msg_id: str, body: str) -> dict[str, str]:
+    """The headers of one webhook POST, signed now with each of ``secrets_now`` (:func:`signature_header`)."""
+    now = datetime.now(UTC)
+    return {
+        "content-type": "application/json",
+        "user-agent": "sdq-webhooks/1",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": signature_header(secrets_now, msg_id, now, body),
+    }
+
+
 # -- the network path ------------------------------------------------------------------------------
 
 
@@ -223,15 +235,7 @@ class Notifier:
             raise WebhookRetryable("a job.progress webhook to this receiver is still in flight")
         msg_id = webhook_id(job.job_id, event)
         body = self.payload(job, event)
-        signing = self._secrets.signing_secrets(job.tenant)
-        now = datetime.now(UTC)
-        headers = {
-            "content-type": "application/json",
-            "user-agent": "sdq-webhooks/1",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": signature_header(signing, msg_id, now, body),
-        }
+        headers = signed_headers(self._secrets.signing_secrets(job.tenant), msg_id, body)
         attempt = send_once(url, body, headers, allow_loopback=self._settings.allow_loopback_callbacks)
         self._repo.record_webhook_attempt(
             job.job_id,
@@ -354,14 +358,7 @@ class EventNotifier:
             return None
         msg_id = event_webhook_id(job, event)
         body = event_body(event, job_view(job, self._media, self._settings.presign_expiry_s))
-        now = datetime.now(UTC)
-        headers = {
-            "content-type": "application/json",
-            "user-agent": "sdq-webhooks/1",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": signature_header(self._secrets.signing_secrets(job.tenant), msg_id, now, body),
-        }
+        headers = signed_headers(self._secrets.signing_secrets(job.tenant), msg_id, body)
         attempt = send_once(
             url, body, headers, allow_loopback=self._settings.allow_loopback_callbacks, timeout_s=EVENT_TIMEOUT_S
         )

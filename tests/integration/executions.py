@@ -11,7 +11,7 @@ from PIL import Image
 
 from shared.contracts import Job, WorkflowInput
 from shared.jobs import JobsRepository
-from tests.integration.conftest import store_queued_job
+from tests.integration.conftest import RunningService, store_queued_job
 
 
 class ExecutionHarness:
@@ -71,3 +71,18 @@ class ExecutionHarness:
     def entered_states(self, arn: str) -> list[str]:
         events = self.sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
         return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+
+
+class ServiceHarness(ExecutionHarness):
+    """The harness on a running local stack: its clients, bucket and state machine."""
+
+    def __init__(self, service: RunningService, tenant: str) -> None:
+        super().__init__(
+            repo=JobsRepository(service.boto("dynamodb"), service.table),
+            s3=service.boto("s3"),
+            sfn=service.boto("stepfunctions"),
+            bucket=service.env["SDQ_BUCKET"],
+            machine=service.env["SDQ_STATE_MACHINE_ARN"],
+            tenant=tenant,
+        )
+        self.service = service

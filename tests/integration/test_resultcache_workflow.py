@@ -14,9 +14,9 @@ from ulid import ULID
 
 from localcloud.receiver import ScriptedReceiver
 from shared.contracts import Job, JobStatus, utcnow
-from shared.jobs import JobsRepository, expiry_epoch
+from shared.jobs import expiry_epoch
 from tests.integration.conftest import RunningService, service_fixture
-from tests.integration.executions import ExecutionHarness
+from tests.integration.executions import ExecutionHarness, ServiceHarness
 
 service = service_fixture("sdq-settle", {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
 
@@ -24,17 +24,7 @@ service = service_fixture("sdq-settle", {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "
 @pytest.fixture
 def harness(service: RunningService) -> Iterator[tuple[ExecutionHarness, Any]]:
     tenant, client = service.new_named_tenant("settle")
-    yield (
-        ExecutionHarness(
-            repo=JobsRepository(service.boto("dynamodb"), service.table),
-            s3=service.boto("s3"),
-            sfn=service.boto("stepfunctions"),
-            bucket=service.env["SDQ_BUCKET"],
-            machine=service.env["SDQ_STATE_MACHINE_ARN"],
-            tenant=tenant,
-        ),
-        client,
-    )
+    yield ServiceHarness(service, tenant), client
     client.close()
 
 

@@ -28,24 +28,11 @@ from shared.media import MediaStore
 from shared.settings import Settings
 from shared.webhooksecrets import WebhookSecrets
 from tests.integration.conftest import RunningService, service_fixture
-from tests.integration.executions import ExecutionHarness
+from tests.integration.executions import ServiceHarness as Harness
 from workflows.postprocess import PostprocessInput, Postprocessor
 from workflows.webhooks import Notifier
 
 service = service_fixture("sdq-sfn", {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
-
-
-class Harness(ExecutionHarness):
-    def __init__(self, service: RunningService, tenant: str) -> None:
-        super().__init__(
-            repo=JobsRepository(service.boto("dynamodb"), service.table),
-            s3=service.boto("s3"),
-            sfn=service.boto("stepfunctions"),
-            bucket=service.env["SDQ_BUCKET"],
-            machine=service.env["SDQ_STATE_MACHINE_ARN"],
-            tenant=tenant,
-        )
-        self.service = service
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ from shared.errors import (
     ValidationFailed,
 )
 from shared.jobs import JobsRepository
-from shared.media import MediaStore, preview_key
+from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
 from shared.queuestate import QueueState
@@ -408,10 +408,13 @@ def cancel_job(job_id: JobId) -> Response[JobView]:
     job = services().submissions.cancel(tenant, job_id)
     # The job is CANCELLED now: the answer says so whatever happens to its webhook's start or its preview.
     start_notice_retrying(services().orchestrator, job, "cancelled", log=logger)
-    try:  # a preview stored after this is deleted by the worker, whose record of it the cancel refuses
-        services().media.delete([preview_key(services().settings.outputs_prefix, tenant, job_id)])
-    except (BotoCoreError, ClientError) as exc:
-        logger.warning("preview not deleted; it expires with the outputs", job_id=job_id, error=type(exc).__name__)
+    # A preview recorded before the cancel is deleted here; one stored after it is deleted by the worker, whose
+    # record of it the cancel refuses.
+    if job.preview_key:
+        try:
+            services().media.delete([job.preview_key])
+        except (BotoCoreError, ClientError) as exc:
+            logger.warning("preview not deleted; it expires with the outputs", job_id=job_id, error=type(exc).__name__)
     return _json(200, _view(job))
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
 from moto import mock_aws
+from ulid import ULID
 
 from localcloud.provision import load_sam_template
+from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
 from shared.settings import get_settings
 
 if TYPE_CHECKING:
@@ -18,6 +21,27 @@ if TYPE_CHECKING:
 
 JOBS_TABLE = "jobs"
 REPO = Path(__file__).resolve().parents[2]
+TENANT = "t-1"
+
+
+def make_job(
+    status: JobStatus = JobStatus.QUEUED, *, tenant: str = TENANT, request: dict[str, Any] | None = None, **fields: Any
+) -> Job:
+    """A job record as the submit path stores one (a fresh id, a day's retention): ``request`` adds to a minimal
+    request (accepted as trusted, so tests may use loopback callbacks), ``fields`` set the record's own fields."""
+    body = {"prompt": "a lighthouse", **(request or {})}
+    req = GenerationRequest.model_validate(body, context={"trusted": True})
+    now = utcnow()
+    return Job(
+        job_id=str(ULID()),
+        tenant=tenant,
+        status=status,
+        request=req,
+        created_at=now,
+        cache_key=req.cache_key(),
+        expires_at=int((now + timedelta(days=1)).timestamp()),
+        **fields,
+    )
 
 
 class FakeClock:

@@ -8,12 +8,11 @@ from collections.abc import Callable, Iterator
 
 import boto3
 import pytest
-from ulid import ULID
 
-from shared.contracts import GenerationRequest, Job, JobStatus, JobView, Progress, utcnow
+from shared.contracts import Job, JobStatus, JobView, Progress
 from shared.errors import JobNotFound
 from shared.media import MediaStore
-from tests.unit.conftest import FakeClock
+from tests.unit.conftest import FakeClock, make_job
 from workflows import jobevents
 from workflows.jobevents import current_event, is_newer, snapshot, stream
 from workflows.jobview import job_view
@@ -21,18 +20,7 @@ from workflows.waiting import Backoff
 
 
 def job(status: JobStatus = JobStatus.QUEUED, step: int = 0, total: int = 0, attempt: int = 0) -> Job:
-    request = GenerationRequest.model_validate({"prompt": "a fox", "seed": 1}, context={"trusted": True})
-    return Job(
-        job_id=str(ULID()),
-        tenant="t",
-        status=status,
-        request=request,
-        created_at=utcnow(),
-        cache_key="k",
-        expires_at=2**40,
-        attempt=attempt,
-        progress=Progress(step=step, total=total),
-    )
+    return make_job(status, request={"seed": 1}, attempt=attempt, progress=Progress(step=step, total=total))
 
 
 MEDIA = MediaStore(

@@ -4,23 +4,20 @@ cleanup, the item layout, and the typed error for a bad cursor."""
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from ulid import ULID
 
-from shared.contracts import GenerationRequest, Job, JobError, JobStatus, Usage, utcnow
+from shared.contracts import Job, JobError, JobStatus, Usage
 from shared.errors import InvalidCursor, InvalidTransition, ServiceError
 from shared.jobs import JOB_ATTRIBUTES, REMOVED_WHEN_FINISHED, Claim, JobsRepository, job_pk, job_to_item
 from shared.pricing import gpu_price
-from tests.unit.conftest import JOBS_TABLE
+from tests.unit.conftest import JOBS_TABLE, TENANT, make_job
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 TABLE = JOBS_TABLE
-TENANT = "t-1"
 
 
 @pytest.fixture
@@ -28,26 +25,12 @@ def ddb(jobs_table: DynamoDBClient) -> DynamoDBClient:
     return jobs_table
 
 
-def new_job() -> Job:
-    request = GenerationRequest(prompt="a lighthouse")
-    now = utcnow()
-    return Job(
-        job_id=str(ULID()),
-        tenant=TENANT,
-        status=JobStatus.QUEUED,
-        request=request,
-        created_at=now,
-        cache_key=request.cache_key(),
-        expires_at=int((now + timedelta(days=1)).timestamp()),
-    )
-
-
 def raw_item(ddb: DynamoDBClient, job_id: str) -> dict[str, Any]:
     return dict(ddb.get_item(TableName=TABLE, Key={"pk": {"S": job_pk(job_id)}}, ConsistentRead=True)["Item"])
 
 
 def claimed(repo: JobsRepository, worker_id: str) -> Job:
-    job, _ = repo.create(new_job())
+    job, _ = repo.create(make_job())
     return repo.claim(job.job_id, TENANT, worker_id=worker_id, lease_s=60, now=time.time())
 
 
@@ -70,7 +53,7 @@ def test_a_claim_bound_transition_is_written_only_for_that_claim(ddb: DynamoDBCl
 
 def test_a_terminal_transition_removes_the_unfinished_jobs_index_attributes(ddb: DynamoDBClient) -> None:
     repo = JobsRepository(ddb, TABLE)
-    job, _ = repo.create(new_job())
+    job, _ = repo.create(make_job())
     assert set(REMOVED_WHEN_FINISHED) <= set(raw_item(ddb, job.job_id))  # a new job is active and unqueued
     repo.transition(job.job_id, JobStatus.FAILED, tenant=TENANT, error=JobError(code="X", message="x"))
     item = raw_item(ddb, job.job_id)
@@ -89,7 +72,7 @@ def test_every_attribute_the_repository_writes_is_in_the_item_layout(ddb: Dynamo
     )
     written = set(raw_item(ddb, job.job_id)) | set(job_to_item(job))
     assert written <= JOB_ATTRIBUTES, written - JOB_ATTRIBUTES
-    fresh, _ = repo.create(new_job())
+    fresh, _ = repo.create(make_job())
     assert set(raw_item(ddb, fresh.job_id)) <= JOB_ATTRIBUTES
 
 
@@ -133,7 +116,7 @@ def test_the_hand_off_mark_still_records_usage_when_the_workflow_moved_first(ddb
 
 def test_a_result_cache_entry_never_shows_in_the_tenants_job_listing(ddb: DynamoDBClient) -> None:
     repo = JobsRepository(ddb, TABLE)
-    job = new_job()
+    job = make_job()
     created = repo.create_cache_source(job, entry_pk=f"CACHE#{TENANT}#{job.cache_key}", replaces=None)
     assert created is not None
     listed = repo.list_for_tenant(TENANT)

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import boto3
 from moto import mock_aws
-from ulid import ULID
 
-from shared.contracts import GenerationRequest, Job, JobStatus, Progress, utcnow
+from shared.contracts import Job, JobStatus, Progress
 from shared.media import MediaStore
+from tests.unit.conftest import make_job
 from workflows.jobview import job_view
 
 
 def job_at(status: JobStatus, step: int, total: int) -> Job:
-    request = GenerationRequest(prompt="a lighthouse", num_inference_steps=total)
-    now = utcnow()
-    return Job(
-        job_id=str(ULID()),
-        tenant="t-1",
-        status=status,
-        request=request,
-        created_at=now,
-        progress=Progress(step=step, total=total),
-        cache_key=request.cache_key(),
-        expires_at=int((now + timedelta(days=1)).timestamp()),
-    )
+    return make_job(status, request={"num_inference_steps": total}, progress=Progress(step=step, total=total))
 
 
 def test_a_succeeded_job_shows_every_step_done_and_a_running_one_its_last_written_step() -> None:

@@ -6,21 +6,19 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import boto3
 import pytest
 import torch
-from ulid import ULID
 
-from shared.contracts import GenerationRequest, Job, JobStatus, Progress, utcnow
+from shared.contracts import Job, JobStatus, Progress
 from shared.eventrecords import EventRecords
 from shared.jobs import JOB_ATTRIBUTES, JobsRepository, job_pk
 from shared.media import MediaStore, preview_key
 from shared.settings import Settings
 from shared.webhooksecrets import WebhookSecrets
-from tests.unit.conftest import JOBS_TABLE
+from tests.unit.conftest import JOBS_TABLE, TENANT, make_job
 from workflows.generation.previews import SD15_FACTORS, Captured, LatentFormat
 from workflows.generation.progressevents import EventSender, ProgressEvents
 from workflows.jobevents import PROGRESS, STARTED
@@ -29,22 +27,9 @@ from workflows.webhooks import EVENT_IN_FLIGHT_S, Notifier, WebhookRetryable, ev
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-TENANT = "t-1"
-
 
 def new_job(**request: object) -> Job:
-    body = {"prompt": "a lighthouse", "callback_url": "http://127.0.0.1:9/hooks", **request}
-    req = GenerationRequest.model_validate(body, context={"trusted": True})
-    now = utcnow()
-    return Job(
-        job_id=str(ULID()),
-        tenant=TENANT,
-        status=JobStatus.QUEUED,
-        request=req,
-        created_at=now,
-        cache_key=req.cache_key(),
-        expires_at=int((now + timedelta(days=1)).timestamp()),
-    )
+    return make_job(request={"callback_url": "http://127.0.0.1:9/hooks", **request})
 
 
 def at_step(job: Job, step: int) -> Job:

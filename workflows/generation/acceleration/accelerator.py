@@ -198,15 +198,21 @@ class Accelerator:
         self.report.applied.append("compile")
         if self.cuda_graphs:
             self.report.applied.append("cuda_graphs")
-        if not opts.compile_vae:
-            self.report.skipped["compile_vae"] = "off"
-        elif upcasts_vae_per_call(pipe):
-            # SDXL-type pipelines cast an fp16 VAE to fp32 and back on every call: a recompile each time.
-            self.report.skipped["compile_vae"] = "the pipeline upcasts the fp16 VAE to fp32 per call (force_upcast)"
-        else:
+        if self._decoder_compilable():
             compile_forward(pipe.vae.decoder, kwargs, cuda_graphs=self.cuda_graphs, timestep_arg=False)
             self.report.applied.append("compile_vae")
         self.compiled = True
+
+    def _decoder_compilable(self) -> bool:
+        """Whether the VAE decoder takes the compiled path too; records why not in the report."""
+        if not self.options.compile_vae:
+            self.report.skipped["compile_vae"] = "off"
+            return False
+        if upcasts_vae_per_call(self._pipe):
+            # SDXL-type pipelines cast an fp16 VAE to fp32 and back on every call: a recompile each time.
+            self.report.skipped["compile_vae"] = "the pipeline upcasts the fp16 VAE to fp32 per call (force_upcast)"
+            return False
+        return True
 
     def _try_precompile(self) -> bool:
         """Precompiled forwards instead of plain ``torch.compile``, where they can be; whether applied."""
@@ -267,11 +273,7 @@ class Accelerator:
         self.report.applied.append("precompile")
         if self.cuda_graphs:
             self.report.applied.append("cuda_graphs")
-        if not opts.compile_vae:
-            self.report.skipped["compile_vae"] = "off"
-        elif upcasts_vae_per_call(pipe):
-            self.report.skipped["compile_vae"] = "the pipeline upcasts the fp16 VAE to fp32 per call (force_upcast)"
-        else:
+        if self._decoder_compilable():
             pipe.vae.decoder.forward = precompiled(pipe.vae.decoder, "decoder")
             hook_forward(pipe.vae.decoder, cuda_graphs=self.cuda_graphs, timestep_arg=False)
             self.report.applied.append("compile_vae")
@@ -303,13 +305,9 @@ class Accelerator:
         pipe.unet.forward = AotForward(pipe.unet, "unet", folder, levers, active, stats)
         hook_forward(pipe.unet, cuda_graphs=False, timestep_arg=True)
         self.report.applied.append("aot_packages")
-        if opts.compile_vae and not upcasts_vae_per_call(pipe):
+        if self._decoder_compilable():
             pipe.vae.decoder.forward = AotForward(pipe.vae.decoder, "decoder", folder, levers, active, stats)
             self.report.applied.append("compile_vae")
-        elif opts.compile_vae:
-            self.report.skipped["compile_vae"] = "the pipeline upcasts the fp16 VAE to fp32 per call (force_upcast)"
-        else:
-            self.report.skipped["compile_vae"] = "off"
         if self._device.type == "cuda" and opts.wants_cuda_graphs:
             self.report.skipped["cuda_graphs"] = "not with AOT packages (they launch their kernels from C++)"
         if opts.autotune:

@@ -4,6 +4,7 @@ job no longer this worker's let go."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
@@ -25,6 +26,11 @@ from workflows.generation.heldmessages import AwsError, Held, HeldMessages
 
 logger = Logger(service="sdq-worker")
 
+# A start that fails after the upload is retried with the uploaded images (the execution's name makes a repeated
+# start a no-op), 1 + 2 + 4 + 8 s apart, while the heartbeat keeps the lease; only then does the job run again.
+START_ATTEMPTS = 5
+START_BACKOFF_S = 1.0
+
 
 class HandOff:
     def __init__(
@@ -41,8 +47,11 @@ class HandOff:
         model_name: str,
         xray: bool = False,
         price: GpuPrice | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        """``price`` turns a job's GPU seconds into its estimated cost (default: the configured instance type's)."""
+        """``price`` turns a job's GPU seconds into its estimated cost (default: the configured instance type's);
+        ``sleep`` waits between the attempts of a failed StartExecution."""
+        self._sleep = sleep
         self._price = price or gpu_price(get_settings().gpu_instance_type)
         self._held = held
         self._repo = repo
@@ -96,9 +105,10 @@ class HandOff:
             self._hand_off(held, images, use)
 
     def drop(self, held: Held) -> None:
-        """Let go of a job this worker no longer owns. A cancelled or finished job's message is deleted; a
-        job another worker took over keeps its message (that worker may die, and the message is the only
-        way back), so it is only forgotten here."""
+        """Let go of a job this worker no longer owns. A finished, cancelled or handed-off job's message is
+        deleted; a job another worker took over keeps its message (that worker may die, and the message is the
+        only way back), so it is only forgotten here; a job handed back to the queue (QUEUED again) needs its
+        message to run, so it is made visible now."""
         try:
             current = self._repo.get(held.job_id).status
         except JobNotFound:
@@ -110,6 +120,9 @@ class HandOff:
         if current == JobStatus.RUNNING:
             logger.info("job taken over by another worker; keeping its message", job_id=held.job_id)
             self._held.forget(held)
+        elif current == JobStatus.QUEUED:
+            logger.info("job queued again; its message goes back", job_id=held.job_id)
+            self._held.let_go([held], 0)
         else:
             self._held.finish(held)
 
@@ -123,8 +136,8 @@ class HandOff:
                     key = f"{self._staging}{held.job_id}/{attempt}/{i}.png"
                     self._media.put(key, self._encoder.encode(image), "image/png")
                     keys.append(key)
-            self._sfn.start(
-                f"{held.job_id}-{attempt}",
+            self._start(
+                held,
                 WorkflowInput.generated(
                     held.job,
                     staging_keys=keys,
@@ -141,6 +154,22 @@ class HandOff:
             return
         self._mark_handed_off(held, use)
         self._held.finish(held)
+
+    def _start(self, held: Held, workflow_input: WorkflowInput) -> None:
+        """Start the job's execution, retrying AWS errors ``START_ATTEMPTS`` times with a doubling backoff; raises
+        the last one. The same name each time: a start that did go through before its answer was lost counts."""
+        assert held.job is not None
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._sfn.start(f"{held.job_id}-{held.job.attempt}", workflow_input)
+                return
+            except AwsError as exc:
+                if attempt == START_ATTEMPTS:
+                    raise
+                logger.warning(
+                    "execution start failed; retrying", job_id=held.job_id, attempt=attempt, error=type(exc).__name__
+                )
+                self._sleep(START_BACKOFF_S * 2 ** (attempt - 1))
 
     def _mark_handed_off(self, held: Held, use: GpuUse | None = None) -> None:
         """RUNNING -> POSTPROCESSING once the execution is started, while this worker's lease still holds, with
@@ -175,8 +204,8 @@ class HandOff:
         """Hand a job that failed in generation to the state machine, which records the failure."""
         assert held.job is not None
         try:
-            self._sfn.start(
-                f"{held.job_id}-{held.job.attempt}",
+            self._start(
+                held,
                 WorkflowInput.worker_failed(
                     held.job,
                     error=WorkerError(code=code, message=message),

@@ -1,0 +1,145 @@
+"""The hand-off against the real JobsRepository and S3 (moto, in process): a StartExecution that fails after the
+upload is retried with the uploaded images, never by generating again; a dropped job's message is deleted only
+when no worker needs it any more."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from PIL import Image as PILImage
+
+from shared.contracts import Job, JobStatus, WorkflowInput
+from shared.jobs import JobsRepository
+from shared.media import MediaStore
+from shared.orchestration import Orchestrator
+from tests.unit.conftest import JOBS_TABLE, make_job
+from tests.unit.workerfakes import RecordingQueue, held
+from workflows.generation.encoding import PngEncoder
+from workflows.generation.handoff import START_ATTEMPTS, HandOff
+from workflows.generation.heldmessages import Held, HeldMessages
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+WORKER = "worker-a"
+BUCKET = "media"
+
+
+class FlakyOrchestrator(Orchestrator):
+    """Step Functions that refuses the first ``failures`` starts (throttled), recording every start's name."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(None, "arn:aws:states:us-east-1:1:stateMachine:sdq")  # type: ignore[arg-type]
+        self.failures = failures
+        self.names: list[str] = []
+        self.inputs: list[dict[str, Any]] = []
+
+    def start(self, name: str, workflow_input: WorkflowInput) -> str:
+        self.names.append(name)
+        if self.failures > 0:
+            self.failures -= 1
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "StartExecution")
+        self.inputs.append(workflow_input.payload())
+        return f"arn:aws:states:us-east-1:1:execution:sdq:{name}"
+
+
+class Setup:
+    def __init__(self, table: DynamoDBClient, failures: int = 0) -> None:
+        self.repo = JobsRepository(table, JOBS_TABLE)
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        self.s3 = s3
+        self.queue = RecordingQueue()
+        self.held = HeldMessages(self.queue, max_batch_images=8, max_batch_wait_s=0.0)
+        self.sfn = FlakyOrchestrator(failures)
+        self.pauses: list[float] = []
+        self.finishers = ThreadPoolExecutor(1)
+        self.handoff = HandOff(
+            self.held,
+            self.repo,
+            MediaStore(s3, BUCKET),
+            self.sfn,
+            PngEncoder(0),
+            self.finishers,
+            staging_prefix="staging/",
+            worker_id=WORKER,
+            model_name="tiny",
+            sleep=self.pauses.append,
+        )
+
+    def stored(self, status: JobStatus = JobStatus.QUEUED) -> Held:
+        """A held message whose job is stored ``status``; claimed by this worker when RUNNING."""
+        h = held()
+        job = make_job(tenant=h.tenant).model_copy(update={"job_id": h.job_id, "request": h.request})
+        self.repo.create(job)
+        self.held.accept([h.received])
+        (taken,) = self.held.take_waiting()  # the record the worker holds
+        if status != JobStatus.QUEUED:
+            claimed: Job = self.repo.claim(h.job_id, h.tenant, worker_id=WORKER, lease_s=60, now=time.time())
+            taken.job, taken.claimed_at = claimed, time.monotonic()
+        return taken
+
+    def staged(self, job_id: str) -> list[str]:
+        listed = self.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"staging/{job_id}/")
+        return [o["Key"] for o in listed.get("Contents", [])]
+
+
+@pytest.fixture
+def setup(jobs_table: DynamoDBClient) -> Iterator[Setup]:
+    running = Setup(jobs_table, failures=START_ATTEMPTS - 1)
+    yield running
+    running.finishers.shutdown()
+
+
+def test_a_start_that_fails_after_the_upload_is_retried_with_the_same_images(setup: Setup) -> None:
+    h = setup.stored(JobStatus.RUNNING)
+    image = PILImage.new("RGB", (8, 8))
+    setup.handoff.complete_later(None, h, [image, image])
+    setup.handoff.wait()
+    name = f"{h.job_id}-1"
+    assert setup.sfn.names == [name] * START_ATTEMPTS  # one execution name: the same hand-off each time
+    assert setup.pauses == [1.0, 2.0, 4.0, 8.0]
+    keys = [f"staging/{h.job_id}/1/0.png", f"staging/{h.job_id}/1/1.png"]
+    assert setup.sfn.inputs[0]["staging_keys"] == keys
+    assert setup.staged(h.job_id) == keys  # uploaded once, started with them: never generated again
+    assert setup.repo.get(h.job_id).status == JobStatus.POSTPROCESSING
+    assert setup.queue.deleted == [h.received.message_id]
+    assert len(setup.held) == 0
+
+
+def test_a_start_that_keeps_failing_leaves_the_job_to_run_again(setup: Setup) -> None:
+    setup.sfn.failures = START_ATTEMPTS
+    h = setup.stored(JobStatus.RUNNING)
+    setup.handoff.complete_later(None, h, [PILImage.new("RGB", (8, 8))])
+    setup.handoff.wait()
+    assert len(setup.sfn.names) == START_ATTEMPTS
+    assert setup.repo.get(h.job_id).status == JobStatus.RUNNING  # its lease lapses, the next receiver runs it
+    assert setup.queue.deleted == setup.queue.visibility == []  # the message reappears when its visibility ends
+    assert len(setup.held) == 0
+
+
+def test_a_dropped_job_queued_again_keeps_its_message_and_it_goes_back_now(setup: Setup) -> None:
+    h = setup.stored(JobStatus.QUEUED)  # handed back (a takeover released it unstarted) while this worker ran it
+    h.dropped = True
+    setup.handoff.drop(h)
+    assert setup.queue.deleted == []
+    assert setup.queue.visibility == [(h.received.message_id, 0)]
+    assert len(setup.held) == 0
+
+
+@pytest.mark.parametrize("status", [JobStatus.CANCELLED, JobStatus.RUNNING])
+def test_a_dropped_job_cancelled_loses_its_message_and_one_taken_over_keeps_it(setup: Setup, status: JobStatus) -> None:
+    h = setup.stored(JobStatus.RUNNING)
+    if status == JobStatus.CANCELLED:
+        setup.repo.transition(h.job_id, JobStatus.CANCELLED, tenant=h.tenant)
+    h.dropped = True
+    setup.handoff.drop(h)
+    assert setup.queue.deleted == ([h.received.message_id] if status == JobStatus.CANCELLED else [])
+    assert setup.queue.visibility == []
+    assert len(setup.held) == 0

@@ -11,6 +11,8 @@
 #  5. the whole-loop CUDA graph probe (benchmarks/scripts/loopgraph_probe.py);
 #  6. the precompiled warm start again with the packages the worker image lacks hidden (peft, scikit-learn,
 #     torchvision, pandas: diffusers and transformers import them when present).
+# Before stage 1, on the idle machine: `python -X importtime` of the worker's entry point (handlers.worker) with
+# those packages hidden, its 25 slowest imports (cumulative) printed; the raw output goes to aux-logs.txt.
 # QUICK=1 (a short call): only the warm starts (stages 1 without the probe's builds, 2 and 6), builds cut at
 # WARM_S seconds (default 200).
 set -u
@@ -22,6 +24,10 @@ source "$(dirname "$0")/device-prelude.sh" warmstart
 byte_compile_repo
 export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-4}
 gpu_clocks
+HIDE="import sys; sys.modules.update(dict.fromkeys(['peft', 'sklearn', 'torchvision', 'pandas']))"
+echo "== 0. imports of the worker's entry point at ${SECONDS}s" | log
+python3 -X importtime -c "$HIDE; import handlers.worker" 2>/tmp/importtime.txt
+sort -t'|' -k2 -n -r /tmp/importtime.txt | head -25 | log
 W="python3 benchmarks/scripts/warm_compile.py"
 echo "== 1. cold builds in parallel at ${SECONDS}s" | log
 pids=()
@@ -38,7 +44,7 @@ fi
 wait "${pids[@]}" 2>/dev/null
 kill $killer 2>/dev/null
 for f in /tmp/warm-*.log; do echo "$(basename "$f"): $(grep -E '^warm|Error|failed' "$f" | tail -3 | cut -c1-400)"; done | log
-for f in /tmp/warm-*.log; do echo "=== $f"; cat "$f"; done >"$OUT/warm-logs.txt"
+for f in /tmp/warm-*.log /tmp/importtime.txt; do echo "=== $f"; cat "$f"; done >"$OUT/aux-logs.txt"
 ls -la /tmp/pc 2>&1 | log
 S="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --compile --buckets 1,16 --then-batch-sizes 16"
 B="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --compile --buckets 1,16 --batch-sizes 1,16 --repeats 3"
@@ -59,8 +65,7 @@ timeout $(( $(left) - 25 )) python3 benchmarks/scripts/loopgraph_probe.py --size
   2>&1 | log
 fi
 echo "== 6. precompiled warm start, worker-image packages only at ${SECONDS}s" | log
-timeout $(( $(left) - 2 )) python3 -c "import sys, runpy
-sys.modules.update(dict.fromkeys(['peft', 'sklearn', 'torchvision', 'pandas']))
+timeout $(( $(left) - 2 )) python3 -c "$HIDE; import runpy
 sys.argv = ['worker_bench', *sys.argv[1:]]
 runpy.run_module('benchmarks.worker_bench', run_name='__main__')" startup $S --compile-cache-dir /tmp/cc-p \
   --precompile-dir /tmp/pc 2>&1 | log

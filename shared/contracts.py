@@ -130,6 +130,19 @@ def _request_schema_bounds(schema: dict[str, Any]) -> None:
         props["model"]["description"] = f"One of: {', '.join(settings.models)} (default {settings.default_model})"
 
 
+class Priority(StrEnum):
+    """A job's priority: which queued work a worker takes first. A tenant's plan caps it (``shared.tenants``)."""
+
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+
+    @property
+    def rank(self) -> int:
+        """0 for low, 1 for normal, 2 for high."""
+        return list(Priority).index(self)
+
+
 class GenerationRequest(BaseModel):
     """What a client asks for. Unknown fields are rejected; absent seed and model are filled at submit."""
 
@@ -155,6 +168,10 @@ class GenerationRequest(BaseModel):
             "Answer from an earlier identical job's images (only when the request names its seed); false forces"
             " a fresh generation."
         ),
+    )
+    priority: Priority = Field(
+        default=Priority.NORMAL,
+        description="low, normal or high: which queued work workers take first; capped by the tenant's plan.",
     )
     webhook_events: list[WebhookEvent] = Field(
         default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS),

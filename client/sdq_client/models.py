@@ -38,6 +38,14 @@ class JobStatus(StrEnum):
         return self in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
 
 
+class Priority(StrEnum):
+    """Which queued work workers take first; your plan sets the highest you may ask for."""
+
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+
+
 class GenerationRequest(_Answer):
     """What to generate. Only the fields you set are sent; the server fills the rest (and draws a seed). Fields
     this client does not know are sent as given (the server refuses those it does not know either)."""
@@ -57,6 +65,7 @@ class GenerationRequest(_Answer):
     callback_url: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     cache: bool = True
+    priority: Priority = Priority.NORMAL
     webhook_events: list[WebhookEventName] = Field(default_factory=lambda: list[WebhookEventName](["completed"]))
 
 

@@ -104,6 +104,9 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("s3:GetObject", "MediaBucket.Arn/outputs/*"),
         # A cancelled job's progress preview (handlers/api.py cancel_job).
         ("s3:DeleteObject", "MediaBucket.Arn/outputs/*/preview.jpg"),
+        # The audit log: appended to on every state-changing call, read by GET /v1/audit (shared/audit.py).
+        ("dynamodb:PutItem", "AuditTable.Arn"),
+        ("dynamodb:Query", "AuditTable.Arn"),
     },
     "PostprocessFunctionRole": _logs("PostprocessFunctionLogGroup")
     | XRAY_WRITE
@@ -352,7 +355,11 @@ def test_managed_policies_are_only_the_explained_ones(resources: dict[str, Any])
 
 def test_dynamodb_writes_are_limited_to_their_item_kinds(resources: dict[str, Any]) -> None:
     for (role, action), prefixes in EXPECTED_LEADING_KEYS.items():
-        conditions = [st.get("Condition") for st in statements(resources[role]) if action in _as_list(st["Action"])]
+        conditions = [
+            st.get("Condition")
+            for st in statements(resources[role])
+            if action in _as_list(st["Action"]) and "JobsTable.Arn" in map(show, _as_list(st["Resource"]))
+        ]
         assert len(conditions) == 1, (role, action, conditions)
         assert set(conditions[0]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]) == prefixes, (role, action)
     # Nobody can mint API keys, delete items or scan the table.

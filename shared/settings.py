@@ -225,12 +225,32 @@ class Settings(BaseSettings):
     )
 
     max_unfinished_jobs_per_tenant: int = Field(
-        default=100, description="Unfinished jobs per tenant before a submission gets `429`"
+        default=100,
+        description="Unfinished jobs per tenant before a submission gets `429` (the default plan's; see `sdq admin`)",
     )
     rate_limit_per_window: int = Field(
-        default=120, ge=1, description="Job submissions per tenant per window before `429`"
+        default=120,
+        ge=1,
+        description="Job submissions per tenant per window before `429` (the default plan's; see `sdq admin`)",
     )
     rate_limit_window_s: int = Field(default=60, ge=1, description="Length of the rate-limit window, in seconds")
+    daily_gpu_budget_mpx_steps: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "GPU work a tenant may submit per UTC day, in megapixel steps (width x height x steps x images /"
+            " 10^6; a 512x512 image of 30 steps is 7.9), before a submission gets `429`; 0: no budget (the default"
+            " plan's)"
+        ),
+    )
+    max_priority: Literal["low", "normal", "high"] = Field(
+        default="normal", description="The highest `priority` a tenant's jobs may ask for (the default plan's)"
+    )
+    api_key_last_used_every_s: int = Field(
+        default=300,
+        ge=1,
+        description="How often, at most, a key's `last_used_at` is written (one write per key per period)",
+    )
     unfinished_cap_retry_after_s: int = Field(
         default=5, description="The `Retry-After` seconds that the unfinished-job cap's `429` carries"
     )
@@ -239,6 +259,12 @@ class Settings(BaseSettings):
     job_retention_days: int = Field(
         default=7,
         description=("DynamoDB TTL of job records; past it a job is 404, and a worker skips it (FAILED `EXPIRED`)"),
+    )
+    audit_table_name: str = Field(
+        default="sdq-audit", description="The audit log table (set by the template / local cloud)"
+    )
+    audit_retention_days: int = Field(
+        default=90, ge=1, description="DynamoDB TTL of audit log entries (`GET /v1/audit`, `sdq admin audit`)"
     )
     page_size_default: int = Field(default=20, description="`GET /v1/jobs` page size when `limit` is absent")
     page_size_max: int = Field(default=100, description="Cap on `GET /v1/jobs`'s `limit` (a larger `limit` gets `422`)")

@@ -158,6 +158,7 @@ class LocalResources:
     dlq_url: str
     bucket: str
     state_machine_arn: str
+    audit_table_name: str
     functions: dict[str, str] = field(default_factory=dict)
     """Logical id (e.g. ``PostprocessFunction``) -> deployed function name."""
     event_sources: tuple[EventSource, ...] = ()
@@ -177,6 +178,7 @@ class LocalResources:
             "SDQ_DLQ_URL": self.dlq_url,
             "SDQ_BUCKET": self.bucket,
             "SDQ_STATE_MACHINE_ARN": self.state_machine_arn,
+            "SDQ_AUDIT_TABLE_NAME": self.audit_table_name,
         }
 
 
@@ -666,6 +668,7 @@ def provision(
             dlq_url=outputs["DeadLetterQueueUrl"],
             bucket=outputs["BucketName"],
             state_machine_arn=outputs["StateMachineArn"],
+            audit_table_name=outputs["AuditTableName"],
             functions=functions,
             event_sources=event_sources,
             schedules=schedules,

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
+
+# The ports a public receiver may listen on: 443 (HTTPS) and 8443 (the usual alternate HTTPS port). Webhook
+# receivers are web servers; any other port would let a callback URL knock on mail, database or admin ports of
+# public hosts from the stack's addresses. Plain http (80) is never allowed to a public host. Loopback receivers
+# (the local profile only) may use any port: test receivers bind ephemeral ones.
+ALLOWED_PORTS = (443, 8443)
+# The longest a callback host's DNS lookup may take at send time; past it the attempt is retried later.
+DNS_TIMEOUT_S = 3.0
 
 
 class UnsafeUrl(ValueError):
@@ -69,8 +80,9 @@ def is_loopback(ip: IPAddress) -> bool:
 def check_callback_url(url: str, *, allow_loopback: bool) -> str:
     """Validate a callback URL's shape without network access; returns it unchanged or raises UnsafeUrl.
 
-    Rules: ``https`` to a public host; plain ``http`` only to a loopback host and only when
-    ``allow_loopback`` (the local profile). No credentials in the URL, no IP literal that is not public.
+    Rules: ``https`` to a public host on one of :data:`ALLOWED_PORTS`; plain ``http`` (any port) only to a
+    loopback host and only when ``allow_loopback`` (the local profile). No credentials in the URL, no IP
+    literal that is not public.
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -93,19 +105,33 @@ def check_callback_url(url: str, *, allow_loopback: bool) -> str:
         return url
     if scheme != "https":
         raise UnsafeUrl("callback_url must use https")
+    if (parts.port or 443) not in ALLOWED_PORTS:
+        raise UnsafeUrl(f"callback_url port must be one of {', '.join(map(str, ALLOWED_PORTS))}")
     if ip is not None and not is_public(ip):
         raise UnsafeUrl("callback_url must not point at a private, link-local or reserved address")
     return url
 
 
-def resolve_public(host: str, port: int, *, allow_loopback: bool) -> list[str]:
+@lru_cache(maxsize=1)
+def _resolver() -> ThreadPoolExecutor:
+    # getaddrinfo takes no timeout; a lookup runs here so the caller can stop waiting for it. A lookup that hangs
+    # keeps its thread until the system resolver gives up (its own timeouts), never the caller.
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="sdq-dns")
+
+
+def resolve_public(host: str, port: int, *, allow_loopback: bool, timeout_s: float = DNS_TIMEOUT_S) -> list[str]:
     """Resolve ``host`` and return its addresses, refusing the lot if any of them is not public.
 
     Called right before each webhook delivery, so a DNS answer that changed since submit (rebinding)
-    is caught. Raises UnsafeUrl for a non-public address, HostUnresolved when DNS gives no answer now.
+    is caught. Raises UnsafeUrl for a non-public address, HostUnresolved when DNS gives no answer now or
+    none within ``timeout_s``.
     """
+    lookup = _resolver().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = lookup.result(timeout=max(0.0, timeout_s))
+    except FutureTimeout as exc:
+        lookup.cancel()
+        raise HostUnresolved(f"callback host {host!r} did not resolve within {timeout_s:.0f}s") from exc
     except socket.gaierror as exc:
         raise HostUnresolved(f"callback host {host!r} does not resolve: {exc.strerror or exc}") from exc
     addresses = []

@@ -29,7 +29,7 @@ from standardwebhooks import Webhook
 
 from shared.contracts import Job, JobStatus, WorkflowInput
 from shared.eventrecords import EventRecords
-from shared.netguard import HostUnresolved, UnsafeUrl, resolve_public
+from shared.netguard import DNS_TIMEOUT_S, HostUnresolved, UnsafeUrl, check_callback_url, resolve_public
 from shared.settings import Settings
 from shared.webhooksecrets import WebhookSecrets
 from workflows.jobevents import SUBSCRIPTION, event_body
@@ -47,7 +47,9 @@ EVENTS = {
     JobStatus.FAILED: "job.failed",
     JobStatus.CANCELLED: "job.cancelled",
 }
+# One attempt's wall-clock deadline: DNS, connect, TLS, sending and the response, all together.
 TIMEOUT_S = 10.0
+# At most this much of a receiver's response body is read (the rest is never downloaded).
 MAX_RESPONSE_BYTES = 64 * 1024
 # A receiver's Retry-After up to this long is waited out before the state machine's next retry; longer
 # ones are left to the retry schedule (recorded with the attempt).
@@ -96,12 +98,47 @@ def signed_headers(secrets_now: list[str], msg_id: str, body: str) -> dict[str, 
 # -- the network path ------------------------------------------------------------------------------
 
 
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by the attempt's deadline: httpx's timeouts are per read,
+    so a receiver that drips a byte at a time would otherwise hold the attempt for as long as it likes."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: float) -> None:
+        self._stream = stream
+        self._deadline = deadline
+
+    def _left(self, timeout: float | None, error: type[Exception]) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise error("webhook attempt deadline reached")
+        return left if timeout is None else min(timeout, left)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        left = self._left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, left), self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
 class _GuardedBackend(httpcore.SyncBackend):
     """Resolves the host at connect time and connects only to an address that passed the SSRF check, so a
-    DNS answer that changes between the check and the connection (rebinding) cannot slip through."""
+    DNS answer that changes between the check and the connection (rebinding) cannot slip through; the lookup,
+    the connection and every read and write after it end by ``deadline`` (``time.monotonic()``)."""
 
-    def __init__(self, allow_loopback: bool) -> None:
+    def __init__(self, allow_loopback: bool, deadline: float) -> None:
         self._allow_loopback = allow_loopback
+        self._deadline = deadline
 
     def connect_tcp(
         self,
@@ -111,15 +148,24 @@ class _GuardedBackend(httpcore.SyncBackend):
         local_address: str | None = None,
         socket_options: Any = None,
     ) -> httpcore.NetworkStream:
-        addresses = resolve_public(host, port, allow_loopback=self._allow_loopback)
-        return super().connect_tcp(addresses[0], port, timeout, local_address, socket_options)
+        left = self._deadline - time.monotonic()
+        addresses = resolve_public(host, port, allow_loopback=self._allow_loopback, timeout_s=min(DNS_TIMEOUT_S, left))
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise httpcore.ConnectTimeout("webhook attempt deadline reached")
+        timeout = left if timeout is None else min(timeout, left)
+        stream = super().connect_tcp(addresses[0], port, timeout, local_address, socket_options)
+        return _DeadlineStream(stream, self._deadline)
 
 
 def guarded_client(allow_loopback: bool, timeout_s: float = TIMEOUT_S) -> httpx.Client:
+    """A client for one attempt: no redirects, no retries, SSRF-checked connections, and ``timeout_s`` as the
+    whole attempt's wall-clock deadline (DNS, connect, TLS, sending, the response), counted from now."""
     transport = httpx.HTTPTransport(retries=0)
     # httpx exposes no hook for the network backend; replace the pool with one that uses the guarded one.
     transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(), network_backend=_GuardedBackend(allow_loopback)
+        ssl_context=httpx.create_ssl_context(),
+        network_backend=_GuardedBackend(allow_loopback, time.monotonic() + timeout_s),
     )
     return httpx.Client(transport=transport, follow_redirects=False, timeout=timeout_s)
 
@@ -143,9 +189,14 @@ def classify(status: int) -> str:
 def send_once(
     url: str, body: str, headers: dict[str, str], *, allow_loopback: bool, timeout_s: float = TIMEOUT_S
 ) -> Attempt:
-    """One POST of a signed payload; never raises for receiver problems."""
+    """One POST of a signed payload, all of it within ``timeout_s``; never raises for receiver problems.
+
+    The URL is checked again first (:func:`check_callback_url`: scheme, port, literal addresses), so a job stored
+    before a rule changed is held to today's rules.
+    """
     host = urlsplit(url).hostname or ""
     try:
+        check_callback_url(url, allow_loopback=allow_loopback)
         with (
             guarded_client(allow_loopback, timeout_s) as client,
             client.stream("POST", url, content=body, headers=headers) as r,
@@ -220,7 +271,8 @@ class Notifier:
 
         Raises WebhookRetryable when another attempt may succeed (the state machine retries with backoff).
         """
-        job = self._repo.get(job_id, tenant=tenant)
+        # Past its retention too: a job that expired while queued is failed then, and its webhook says so.
+        job = self._repo.get(job_id, tenant=tenant, within_retention=False)
         event = EVENTS.get(job.status)
         url = job.request.callback_url
         if event is None or not url:

@@ -97,8 +97,7 @@ class HeldMessages:
                     continue
                 held = Held(received=r, message=r.message, arrived=now)
                 self._held[r.message_id] = held
-                req = r.message.request
-                self._batcher.add(Pending(req.batch_key(), req.num_images, now, held))
+                self._batcher.add(Pending.of(r.message.request, tenant=r.message.tenant, arrived_at=now, item=held))
             self._lock.notify_all()
 
     def images_waiting(self) -> int:

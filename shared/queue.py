@@ -30,10 +30,15 @@ class JobQueue:
         self.url = queue_url
 
     def send(self, message: QueueMessage) -> str:
-        """Send one job message; returns the SQS message id. Raises botocore errors after its retries."""
+        """Send one job message; returns the SQS message id. Raises botocore errors after its retries.
+
+        The tenant is the message group: on a standard queue that makes it a fair queue, where SQS hands out
+        other tenants' messages first while one tenant holds a disproportionate share of the messages in flight
+        (docs/worker.md, "Fair share and priority")."""
         resp = self._sqs.send_message(
             QueueUrl=self.url,
             MessageBody=message.model_dump_json(),
+            MessageGroupId=message.tenant,
             MessageAttributes={
                 "job_id": {"DataType": "String", "StringValue": message.job_id},
                 "tenant": {"DataType": "String", "StringValue": message.tenant},

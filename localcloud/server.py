@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
 
-from localcloud import aslparse, hotpaths, transactions
+from localcloud import aslparse, fairqueues, hotpaths, transactions
 from localcloud.executions import ExecutionsProcess, StatesForwarder
 from localcloud.keepalive import KeepAliveServer, cache_moto_module_list, moto_request_handler
 from localcloud.lambdas import (
@@ -121,6 +121,7 @@ class LocalCloud:
         transactions.install()
         aslparse.install()
         hotpaths.install()
+        fairqueues.install()  # standard queues hand out messages as SQS fair queues do
         cache_moto_module_list()
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="sdq-localcloud", daemon=True
@@ -186,6 +187,7 @@ class LocalCloud:
         transactions.uninstall()
         aslparse.uninstall()
         hotpaths.uninstall()
+        fairqueues.uninstall()
         self._env_journal.restore()
         self._code_roots.clear()
         self.resources = None

@@ -523,14 +523,16 @@ class JobsRepository:
         finished = raw.get("finished_at")
         return finished is not None and datetime.fromisoformat(str(finished)).timestamp() > epoch_s
 
-    def get(self, job_id: str, *, tenant: str | None = None) -> Job:
-        """The job, or JobNotFound (also when it belongs to another tenant: indistinguishable)."""
+    def get(self, job_id: str, *, tenant: str | None = None, within_retention: bool = True) -> Job:
+        """The job, or JobNotFound (also when it belongs to another tenant: indistinguishable). With ``tenant``, a
+        job past its retention is not found either, unless ``within_retention`` is False (the webhook of a job
+        that expired while queued is still sent)."""
         resp = self._ddb.get_item(TableName=self._table, Key={"pk": {"S": job_pk(job_id)}}, ConsistentRead=True)
         item = resp.get("Item")
         if item is None:
             raise JobNotFound(job_id)
         job = job_from_item(item)
-        if tenant is not None and (job.tenant != tenant or job.expires_at <= time.time()):
+        if tenant is not None and (job.tenant != tenant or (within_retention and job.expires_at <= time.time())):
             # Past its retention a job is gone for clients, even before DynamoDB's TTL sweep deletes it.
             raise JobNotFound(job_id)
         return job

@@ -314,10 +314,15 @@ def test_a_job_longer_than_the_visibility_timeout_is_kept_by_the_heartbeat(servi
     assert "held by another worker" not in logs
 
 
-def test_a_job_that_expired_while_queued_is_skipped_and_marked_expired(service: RunningService) -> None:
+def test_a_job_that_expired_while_queued_is_skipped_and_marked_expired(
+    service: RunningService, receiver: ScriptedReceiver
+) -> None:
     clear_worker_logs(service)
     repo = JobsRepository(service.boto("dynamodb"), service.table)
-    job = store_queued_job(repo, "expired-tenant", prompt="stale", expires_at=int(time.time()) + 2, **SMALL)
+    tenant, client = service.new_named_tenant("expired-tenant")
+    receiver.secret = client.webhook_secret()
+    expires_at = int(time.time()) + 2
+    job = store_queued_job(repo, tenant, prompt="stale", expires_at=expires_at, callback_url=receiver.url, **SMALL)
     message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
     service.boto("sqs").send_message(QueueUrl=service.queue_url, MessageBody=message.model_dump_json())
     time.sleep(3)  # its retention passes while it waits in the queue
@@ -328,6 +333,7 @@ def test_a_job_that_expired_while_queued_is_skipped_and_marked_expired(service: 
     assert error.code == "EXPIRED"
     assert batch_lines(service) == []  # no GPU time spent on it
     wait_until(lambda: service.queue_depth() == 0, 30, "its message to be deleted")
+    assert_one_failed_webhook(receiver, job.job_id, "EXPIRED")  # its client is told, though the job is past retention
 
 
 def test_a_healthy_job_dead_lettered_by_crashes_runs_again_and_a_worn_out_one_fails(

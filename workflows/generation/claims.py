@@ -12,13 +12,15 @@ from dataclasses import dataclass
 
 from aws_lambda_powertools import Logger
 
-from shared.contracts import JobError, JobStatus
+from shared.contracts import Job, JobError, JobStatus
 from shared.errors import InvalidTransition, JobExpired, JobNotFound
 from shared.jobs import JobsRepository
 from shared.tracing import segment
 from workflows.generation.heldmessages import AwsError, Held, HeldMessages
 
 logger = Logger(service="sdq-worker")
+
+EXPIRED_ERROR = JobError(code="EXPIRED", message="The job passed its retention before a worker ran it.")
 
 
 @dataclass
@@ -40,7 +42,12 @@ class Claims:
         lease_s: int,
         clock: Callable[[], float],
         xray: bool = False,
+        on_expired: Callable[[Job], object] | None = None,
     ) -> None:
+        """``on_expired`` starts the webhook of a job failed here because it expired while queued; it may raise (the
+        message then comes back, and the job, found already failed ``EXPIRED``, gets it started again: it must be
+        idempotent)."""
+        self._on_expired = on_expired
         self._held = held
         self._repo = repo
         # Per-job table writes are independent conditional writes: issued together, a batch's claims cost one
@@ -126,14 +133,7 @@ class Claims:
             return True
         except JobExpired:
             logger.info("job expired while queued; failing it and deleting its message", job_id=held.job_id)
-            with contextlib.suppress(InvalidTransition, JobNotFound):
-                self._repo.transition(
-                    held.job_id,
-                    JobStatus.FAILED,
-                    tenant=held.tenant,
-                    sources=[JobStatus.QUEUED, JobStatus.RUNNING],
-                    error=JobError(code="EXPIRED", message="The job passed its retention before a worker ran it."),
-                )
+            self._fail_expired(held)
             self._held.finish(held)
         except JobNotFound:
             logger.info("job gone (expired or never stored); deleting its message", job_id=held.job_id)
@@ -149,3 +149,22 @@ class Claims:
                 logger.info("job needs no work; deleting its message", job_id=held.job_id, status=exc.current)
                 self._held.finish(held)
         return False
+
+    def _fail_expired(self, held: Held) -> None:
+        """FAILED ``EXPIRED``, then its webhook; a job already failed so (an earlier try) gets its webhook again."""
+        job: Job | None = None
+        with contextlib.suppress(JobNotFound):
+            try:
+                job = self._repo.transition(
+                    held.job_id,
+                    JobStatus.FAILED,
+                    tenant=held.tenant,
+                    sources=[JobStatus.QUEUED, JobStatus.RUNNING],
+                    error=EXPIRED_ERROR,
+                )
+            except InvalidTransition:
+                current = self._repo.get(held.job_id)
+                if current.status == JobStatus.FAILED and current.error and current.error.code == EXPIRED_ERROR.code:
+                    job = current
+        if job is not None and self._on_expired is not None:
+            self._on_expired(job)

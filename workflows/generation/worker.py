@@ -49,6 +49,7 @@ from workflows.generation.progress import ProgressRecorder
 from workflows.generation.progressevents import ProgressEvents
 from workflows.generation.receiver import Receiver
 from workflows.generation.throughput import StatsStore, Throughput
+from workflows.webhooks import start_finished_notice
 
 __all__ = ["Generator", "Worker", "WorkerConfig"]
 
@@ -139,6 +140,7 @@ class Worker:
             lease_s=config.visibility_s,
             clock=clock,
             xray=config.xray,
+            on_expired=lambda job: start_finished_notice(orchestrator, job),
         )
         self._handoff = HandOff(
             self._messages,

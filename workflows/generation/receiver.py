@@ -36,13 +36,17 @@ class Receiver:
         outage_since: float | None = None
         failures = 0
         while not self._stopping.is_set():
-            if self._held.images_waiting() >= self._backlog_images:
+            room = self._backlog_images - self._held.images_waiting()
+            if room <= 0:
                 # Enough work on hand: leave the rest in the queue for other workers.
                 time.sleep(0.05)
                 continue
             try:
+                # No more messages than there is room for (a job has at least one image): a receive that overfills
+                # the window would leave the next batch's room closed, and a newly arrived tenant's message (which
+                # a fair queue hands out first) would wait in the queue for another batch.
                 received = self._held.queue.receive(
-                    max_messages=10, wait_s=self._receive_wait_s, visibility_s=self._visibility_s
+                    max_messages=min(10, room), wait_s=self._receive_wait_s, visibility_s=self._visibility_s
                 )
                 backoff = 0.5
             except AwsError as exc:

@@ -64,19 +64,18 @@ class AuditOutcome(StrEnum):
         return cls.REFUSED if status < 500 else cls.FAILED
 
 
-class AuditEntry(BaseModel):
-    """One recorded call. ``status`` is the HTTP status of an API call (None for admin commands); ``error_code``
-    the stable error code of a refusal (``{"error": {"code"}}`` of the API, or the admin command's own);
-    ``operator`` the AWS identity that ran an admin command (None for API calls); ``details``: a few
-    non-secret facts of the change (a plan's new values), never a key, a secret or a URL."""
+class AuditEvent(BaseModel):
+    """One recorded call as its tenant reads it (``GET /v1/audit``). ``status`` is the HTTP status of an API call
+    (None for admin commands); ``error_code`` the stable error code of a refusal (the API's ``{"error": {"code"}}``
+    or the admin command's own); ``details``: a few non-secret facts of the change (a plan's new values), never a
+    key, a secret or a URL."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str = Field(default_factory=lambda: str(ULID()), description="The entry's id (a ULID).")
-    at: datetime = Field(default_factory=utcnow, description="When the call arrived (UTC).")
+    id: str = Field(description="The entry's id (a ULID).")
+    at: datetime = Field(description="When the call arrived (UTC).")
     tenant: str = Field(description="The tenant the call acted for.")
     key_id: str | None = Field(default=None, description="The id of the API key that made the call.")
-    operator: str | None = Field(default=None, description="The AWS identity that ran an admin command.")
     action: AuditAction
     target: str | None = Field(default=None, description="The job id or key id the call concerned.")
     source_ip: str | None = None
@@ -86,6 +85,18 @@ class AuditEntry(BaseModel):
     error_code: str | None = Field(default=None, description="The error code of a refusal or failure.")
     details: dict[str, str] = Field(default_factory=dict, max_length=16)
 
+
+class AuditEntry(AuditEvent):
+    """One recorded call, as stored and as the operator reads it: the tenant's view plus ``operator``, the AWS
+    identity that ran an admin command (None for API calls; kept from tenants: it names the account's roles)."""
+
+    id: str = Field(default_factory=lambda: str(ULID()), description="The entry's id (a ULID).")
+    at: datetime = Field(default_factory=utcnow, description="When the call arrived (UTC).")
+    operator: str | None = Field(default=None, description="The AWS identity that ran an admin command.")
+
+    def tenant_view(self) -> AuditEvent:
+        return AuditEvent.model_validate(self.model_dump(exclude={"operator"}))
+
     @property
     def sort_key(self) -> str:
         return f"{_stamp(self.at)}#{self.id}"
@@ -94,6 +105,13 @@ class AuditEntry(BaseModel):
 def _stamp(at: datetime) -> str:
     """Fixed-width UTC time, so sort keys order as times do."""
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class AuditList(BaseModel):
+    """A page of ``GET /v1/audit``: newest first; ``next_cursor`` continues it (None: no more)."""
+
+    entries: list[AuditEvent]
+    next_cursor: str | None
 
 
 @dataclass(frozen=True)

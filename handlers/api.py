@@ -11,6 +11,7 @@ import pathlib
 import re
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.apikeys import ApiKeyStore
+from shared.audit import USER_AGENT_MAX_CHARS, AuditAction, AuditEntry, AuditList, AuditLog, AuditOutcome
 from shared.aws import AwsClients
 from shared.contracts import (
     ErrorBody,
@@ -34,6 +36,7 @@ from shared.contracts import (
     JobView,
     RotatedWebhookSecret,
     WebhookSecret,
+    utcnow,
 )
 from shared.errors import (
     BadRequest,
@@ -58,7 +61,7 @@ from workflows import jobevents
 from workflows.jobview import job_view
 from workflows.queueposition import QueuePositions
 from workflows.resultcache import ResultCache
-from workflows.submission import SubmissionService
+from workflows.submission import SubmissionService, is_valid_job_id
 from workflows.waiting import MAX_WAIT_S, wait_until_finished
 from workflows.webhooks import start_notice, start_notice_retrying
 
@@ -161,6 +164,7 @@ class Services:
     secrets: WebhookSecrets
     orchestrator: Orchestrator
     positions: QueuePositions
+    audit: AuditLog
 
 
 @lru_cache(maxsize=1)
@@ -185,6 +189,7 @@ def services() -> Services:
         secrets=WebhookSecrets(aws.dynamodb(), settings.table_name, overlap_s=settings.webhook_secret_overlap_s),
         orchestrator=orchestrator,
         positions=QueuePositions(QueueState(aws.dynamodb(), settings.table_name)),
+        audit=AuditLog(aws.dynamodb(), settings.audit_table_name, retention_days=settings.audit_retention_days),
     )
 
 
@@ -525,6 +530,32 @@ def rotate_webhook_secret() -> Response[RotatedWebhookSecret]:
     )
 
 
+@app.get(
+    "/v1/audit",
+    summary="Your audit log: every state-changing call made for you, newest first",
+    description=(
+        "Submissions, cancels, webhook redeliveries and secret rotations (accepted or refused, with the status"
+        " answered), and the operator's changes to your keys and plan. Kept for a configured time (90 days by"
+        " default). Holds no keys, secrets or URLs."
+    ),
+    responses=_responses(200, "A page of entries", AuditList),
+    tags=["audit"],
+    security=API_KEY,
+)
+def list_audit(
+    limit: Annotated[int | None, Query(ge=1, le=100)] = None,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> Response[AuditList]:
+    tenant = _tenant()
+    settings = services().settings
+    size = min(limit or settings.page_size_default, settings.page_size_max)
+    try:
+        page = services().audit.page(tenant, limit=size, cursor=cursor)
+    except InvalidCursor as exc:
+        raise BadRequest(str(exc), details={"field": "cursor"}) from exc
+    return _json(200, AuditList(entries=[e.tenant_view() for e in page.entries], next_cursor=page.next_cursor))
+
+
 @app.get("/health", summary="Liveness", tags=["ops"])
 def health() -> dict[str, str]:
     return {"status": "ok"}
@@ -616,6 +647,7 @@ ROUTE_METHODS: list[tuple[re.Pattern[str], set[str]]] = [
     (re.compile(r"^/v1/jobs/[^/]+/webhook/redeliver$"), {"POST"}),
     (re.compile(r"^/v1/webhook-secret$"), {"GET"}),
     (re.compile(r"^/v1/webhook-secret/rotate$"), {"POST"}),
+    (re.compile(r"^/v1/audit$"), {"GET"}),
     (re.compile(r"^/(health|openapi\.json|docs)$"), {"GET"}),
     (re.compile(r"^/playground(/[^/]*)?$"), {"GET", "HEAD"}),
 ]
@@ -706,11 +738,84 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         if tenant is None:
             return _early_answer(Unauthorized(), {"WWW-Authenticate": 'Bearer realm="sdq"'})
         app.append_context(tenant=tenant)
+    # Who called, read before the router clears its context; an unauthenticated call has no tenant to audit.
+    who = {"tenant": app.context.get("tenant"), "key_id": app.context.get("key_id"), "arrived": utcnow()}
     problem = _precheck(event)
     if problem is not None:
         app.clear_context()
-        return _early_answer(problem)
-    return app.resolve(event, context)
+        result = _early_answer(problem)
+    else:
+        result = app.resolve(event, context)
+    if who["tenant"]:
+        _audit(event, result, **who)
+    return result
+
+
+# -- the audit log: every state-changing call of an authenticated caller, as answered ---------------------------
+
+AUDITED_ROUTES: list[tuple[str, re.Pattern[str], AuditAction]] = [
+    ("POST", re.compile(r"^/v1/jobs$"), AuditAction.JOB_SUBMIT),
+    ("POST", re.compile(r"^/v1/jobs/(?P<job_id>[^/]+)/cancel$"), AuditAction.JOB_CANCEL),
+    ("POST", re.compile(r"^/v1/jobs/(?P<job_id>[^/]+)/webhook/redeliver$"), AuditAction.WEBHOOK_REDELIVER),
+    ("POST", re.compile(r"^/v1/webhook-secret/rotate$"), AuditAction.WEBHOOK_SECRET_ROTATE),
+]
+
+
+def audit_entry(
+    event: dict[str, Any], result: dict[str, Any], *, tenant: str, key_id: str | None, arrived: datetime
+) -> AuditEntry | None:
+    """The audit entry of an answered request, or None when its route changes nothing.
+
+    It concerns the job of the path, or for a submission the job answered (its ``Location``); a path segment
+    that cannot name a job is left out (it is the caller's text, not a job). A refusal's ``error_code`` is the
+    ``error.code`` of the answer.
+    """
+    method, path = str(event.get("httpMethod", "")).upper(), str(event.get("path", ""))
+    routes = ((action, pattern.match(path)) for verb, pattern, action in AUDITED_ROUTES if verb == method)
+    action, found = next(((a, m) for a, m in routes if m), (None, None))
+    if action is None or found is None:
+        return None
+    status = int(result.get("statusCode", 500))
+    # A REST proxy answer's headers: single-valued, or (the router's) lists of values.
+    answered = {str(k).lower(): str(v) for k, v in (result.get("headers") or {}).items()}
+    answered |= {str(k).lower(): str(v[-1]) for k, v in (result.get("multiValueHeaders") or {}).items() if v}
+    target = found.groupdict().get("job_id") or answered.get("location", "").rsplit("/", 1)[-1]
+    error_code = None
+    if status >= 400:
+        try:
+            error_code = ErrorBody.model_validate_json(result.get("body") or "").error.code
+        except ValueError:
+            error_code = None
+    identity = (event.get("requestContext") or {}).get("identity") or {}
+    asked = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+    user_agent = asked.get("user-agent") or identity.get("userAgent")
+    return AuditEntry(
+        at=arrived,
+        tenant=tenant,
+        key_id=key_id,
+        action=action,
+        target=target if target and is_valid_job_id(target) else None,
+        source_ip=identity.get("sourceIp"),
+        user_agent=str(user_agent)[:USER_AGENT_MAX_CHARS] if user_agent else None,
+        outcome=AuditOutcome.of_status(status),
+        status=status,
+        error_code=error_code,
+    )
+
+
+def _audit(event: dict[str, Any], result: dict[str, Any], **who: Any) -> None:
+    """Record an answered call. A failed write does not fail the call: what it asked was done (or refused)
+    already, and an error answer would make a client retry a submission that succeeded. The entry is logged
+    instead (CloudWatch keeps it) and counted (metric ``AuditWriteFailed``)."""
+    entry = audit_entry(event, result, **who)
+    if entry is None:
+        return
+    try:
+        services().audit.record(entry)
+    except (BotoCoreError, ClientError) as exc:
+        logger.error("audit entry not recorded", entry=entry.model_dump(mode="json"), error=type(exc).__name__)
+        metrics.add_metric(name="AuditWriteFailed", unit="Count", value=1)
+        metrics.flush_metrics()
 
 
 def _fold_list_header(event: dict[str, Any], name: str) -> None:

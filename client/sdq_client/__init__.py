@@ -25,6 +25,10 @@ from sdq_client.errors import (
     WebhookVerificationError,
 )
 from sdq_client.models import (
+    AuditAction,
+    AuditEvent,
+    AuditList,
+    AuditOutcome,
     CacheInfo,
     ErrorBody,
     ErrorInfo,
@@ -52,6 +56,10 @@ __all__ = [
     "MAX_WAIT_S",
     "ApiError",
     "AsyncClient",
+    "AuditAction",
+    "AuditEvent",
+    "AuditList",
+    "AuditOutcome",
     "BadRequest",
     "CacheInfo",
     "Client",

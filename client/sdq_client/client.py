@@ -14,7 +14,16 @@ from pydantic import BaseModel
 
 from sdq_client._version import __version__
 from sdq_client.errors import ConfigurationError, SdqError, WaitTimeout, error_for, retry_after
-from sdq_client.models import GenerationRequest, JobEvent, JobList, JobView, RotatedWebhookSecret, WebhookSecret
+from sdq_client.models import (
+    AuditEvent,
+    AuditList,
+    GenerationRequest,
+    JobEvent,
+    JobList,
+    JobView,
+    RotatedWebhookSecret,
+    WebhookSecret,
+)
 from sdq_client.sse import EventStreamParser, ServerSentEvent, aparse_lines, parse_lines
 
 # The longest `Prefer: wait` the API honours (a longer one is cut to this).
@@ -191,6 +200,21 @@ class Client:
     def webhook_secret(self) -> WebhookSecret:
         return self._call(WebhookSecret, "GET", "/v1/webhook-secret")[0]
 
+    def audit(self, *, limit: int | None = None, cursor: str | None = None) -> AuditList:
+        """One page of your audit log (every state-changing call made for you), newest first."""
+        params = {k: v for k, v in {"limit": limit, "cursor": cursor}.items() if v is not None}
+        return self._call(AuditList, "GET", "/v1/audit", params=params)[0]
+
+    def iter_audit(self, *, page_size: int | None = None) -> Iterator[AuditEvent]:
+        """Your whole audit log, newest first, page after page."""
+        cursor: str | None = None
+        while True:
+            page = self.audit(limit=page_size, cursor=cursor)
+            yield from page.entries
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
     def rotate_webhook_secret(self) -> RotatedWebhookSecret:
         return self._call(RotatedWebhookSecret, "POST", "/v1/webhook-secret/rotate")[0]
 
@@ -364,6 +388,20 @@ class AsyncClient:
 
     async def webhook_secret(self) -> WebhookSecret:
         return (await self._call(WebhookSecret, "GET", "/v1/webhook-secret"))[0]
+
+    async def audit(self, *, limit: int | None = None, cursor: str | None = None) -> AuditList:
+        params = {k: v for k, v in {"limit": limit, "cursor": cursor}.items() if v is not None}
+        return (await self._call(AuditList, "GET", "/v1/audit", params=params))[0]
+
+    async def iter_audit(self, *, page_size: int | None = None) -> AsyncIterator[AuditEvent]:
+        cursor: str | None = None
+        while True:
+            page = await self.audit(limit=page_size, cursor=cursor)
+            for entry in page.entries:
+                yield entry
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
 
     async def rotate_webhook_secret(self) -> RotatedWebhookSecret:
         return (await self._call(RotatedWebhookSecret, "POST", "/v1/webhook-secret/rotate"))[0]

@@ -181,6 +181,45 @@ class ErrorBody(_Answer):
     error: ErrorInfo
 
 
+class AuditAction(StrEnum):
+    JOB_SUBMIT = "job.submit"
+    JOB_CANCEL = "job.cancel"
+    WEBHOOK_REDELIVER = "webhook.redeliver"
+    WEBHOOK_SECRET_ROTATE = "webhook_secret.rotate"  # noqa: S105 an action name
+    TENANT_CREATE = "tenant.create"
+    TENANT_SET_PLAN = "tenant.set_plan"
+    KEY_CREATE = "key.create"
+    KEY_REVOKE = "key.revoke"
+
+
+class AuditOutcome(StrEnum):
+    ACCEPTED = "accepted"
+    REFUSED = "refused"
+    FAILED = "failed"
+
+
+class AuditEvent(_Answer):
+    """One state-changing call recorded in your audit log: who, what, when, from where, and how it ended."""
+
+    id: str
+    at: datetime
+    tenant: str
+    key_id: str | None = None
+    action: AuditAction
+    target: str | None = None
+    source_ip: str | None = None
+    user_agent: str | None = None
+    outcome: AuditOutcome
+    status: int | None = None
+    error_code: str | None = None
+    details: dict[str, str] = Field(default_factory=dict)
+
+
+class AuditList(_Answer):
+    entries: list[AuditEvent]
+    next_cursor: str | None
+
+
 class JobEvent(_Answer):
     """A webhook's body, and an event of ``stream()``: the event type, when it was made, and the job then."""
 

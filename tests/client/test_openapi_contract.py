@@ -28,6 +28,7 @@ CLIENT_METHODS = {
     "POST /v1/jobs/{job_id}/webhook/redeliver": "redeliver_webhook",
     "GET /v1/webhook-secret": "webhook_secret",
     "POST /v1/webhook-secret/rotate": "rotate_webhook_secret",
+    "GET /v1/audit": "audit",
     "GET /health": None,  # liveness: not a client's business
 }
 

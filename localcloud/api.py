@@ -92,7 +92,11 @@ def request_to_event(request: Request) -> dict[str, Any]:
             "stage": "local",
             "httpMethod": request.method,
             "path": request.path,
-            "identity": {"sourceIp": request.remote_addr or "127.0.0.1"},
+            # As API Gateway fills it: the caller's address and its User-Agent header.
+            "identity": {
+                "sourceIp": request.remote_addr or "127.0.0.1",
+                "userAgent": request.headers.get("User-Agent"),
+            },
             "resourcePath": request.path,
         },
         "body": body,

@@ -32,6 +32,7 @@ from shared.contracts import Job, JobStatus
 from shared.jobs import JobsRepository
 from tests.integration.executions import ExecutionHarness
 from workflows.failedexecution import handle_failed_execution
+from workflows.postprocess import Postprocessor
 
 
 def _clear_caches() -> None:
@@ -201,6 +202,29 @@ def test_a_callback_host_whose_dns_fails_for_a_moment_is_retried_and_delivered(
     assert view["webhook"]["attempts"] == 3
     [delivery] = receiver.deliveries
     assert delivery.verified
+
+
+@pytest.mark.parametrize("error", ["Sandbox.Timedout", "Lambda.Unknown"])
+def test_a_postprocess_lambda_that_timed_out_or_died_once_is_run_again_and_the_job_succeeds(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, error: str
+) -> None:
+    job = h.running_job(None)
+    died = type(error, (Exception,), {})  # the Lambda error's name, as the invoke reports it to the ASL
+    real = Postprocessor.run
+    calls: list[str] = []
+
+    def run(self: Postprocessor, event: Any) -> Any:
+        calls.append(event.job_id)
+        if event.job_id == job.job_id and calls.count(job.job_id) == 1:
+            raise died("the function's first run ended without a result")
+        return real(self, event)
+
+    monkeypatch.setattr(Postprocessor, "run", run)
+    assert h.wait(h.start(job, h.stage(job))) == "SUCCEEDED"
+    assert calls.count(job.job_id) == 2
+    view = h.client.get(job.job_id)
+    assert (view["status"], view["error"]) == ("SUCCEEDED", None)
+    assert len(view["outputs"]) == 1
 
 
 def test_mark_succeeded_throttled_past_the_old_retries_still_succeeds(

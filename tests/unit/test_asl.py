@@ -107,6 +107,13 @@ def test_notify_retries_its_own_lambda_failures_too() -> None:
         assert retried >= LAMBDA_ERRORS | {"Lambda.Unknown", "Sandbox.Timedout", "WebhookRetryable"}, notify
 
 
+def test_postprocess_retries_a_lambda_that_died_or_timed_out_and_its_own_timeout() -> None:
+    # A Postprocess whose Lambda died (Lambda.Unknown), ran past its timeout (Sandbox.Timedout) or outlived the
+    # task's TimeoutSeconds (States.Timeout) is run again before the job is failed: its work is idempotent.
+    retried = {e for r in ASL["States"]["Postprocess"]["Retry"] for e in r["ErrorEquals"]}
+    assert retried >= LAMBDA_ERRORS | {"Lambda.Unknown", "Sandbox.Timedout", "States.Timeout", "RetryableError"}
+
+
 def test_terminal_writes_retry_every_transient_error_but_never_a_lost_condition() -> None:
     # A throttled or failing DynamoDB must not leave a job in POSTPROCESSING (the SQS message is gone by then).
     for name in ("MarkSucceeded", "MarkFailed"):

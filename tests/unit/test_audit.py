@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -11,10 +12,12 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
+from handlers import api
 from localcloud.provision import load_sam_template
 from shared.audit import AuditAction, AuditEntry, AuditLog, AuditOutcome
 from shared.contracts import utcnow
 from shared.errors import InvalidCursor
+from shared.settings import Settings
 from tests.unit.conftest import REPO
 
 if TYPE_CHECKING:
@@ -124,3 +127,44 @@ def test_the_operator_reads_every_tenant_newest_first_across_days(audit_table: D
     assert log.page_all(limit=50, since=since).entries == newest_first[:5]
     with pytest.raises(InvalidCursor):
         log.page_all(limit=5, cursor="garbage")
+
+
+def _statements(resources: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (name, st)
+        for name, r in resources.items()
+        if r["Type"] == "AWS::IAM::Role"
+        for policy in r["Properties"].get("Policies", [])
+        for st in policy["PolicyDocument"]["Statement"]
+    ]
+
+
+def _actions(st: dict[str, Any]) -> list[str]:
+    return st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+
+
+def test_the_stack_keeps_the_log_append_only_for_its_retention_and_alarms_on_lost_entries() -> None:
+    template = load_sam_template(REPO / "template.yaml")
+    resources: dict[str, Any] = template["Resources"]
+    table = resources["AuditTable"]
+    assert table["DeletionPolicy"] == "Retain"
+    assert table["Properties"]["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert table["Properties"]["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    # Who may touch the table: the API appends and reads its tenant's entries; nobody updates or deletes.
+    on_audit = {
+        (role, action)
+        for role, st in _statements(resources)
+        if "AuditTable" in json.dumps(st["Resource"])
+        for action in _actions(st)
+    }
+    assert on_audit == {("ApiFunctionRole", "dynamodb:PutItem"), ("ApiFunctionRole", "dynamodb:Query")}
+    # The API knows the table and its retention, whose default is the setting's.
+    env = resources["ApiFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["SDQ_AUDIT_TABLE_NAME"] == {"Ref": "AuditTable"}
+    assert env["SDQ_AUDIT_RETENTION_DAYS"] == {"Ref": "AuditRetentionDays"}
+    assert template["Parameters"]["AuditRetentionDays"]["Default"] == Settings().audit_retention_days
+    # A lost entry (the API answered anyway) is counted under the API's metrics and alarmed.
+    alarm = resources["AuditWriteFailuresAlarm"]["Properties"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == (api.metrics.namespace, "AuditWriteFailed")
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": api.metrics.service}]
+    assert template["Outputs"]["AuditTableName"]["Value"] == {"Ref": "AuditTable"}

@@ -37,11 +37,20 @@ BENCHMARK_GLOB = "worker-sd15-h100-*.json"
 BENCHMARK_REPORT = REPO / "benchmarks" / "results" / "2026-11-25-h100" / "worker-sd15-h100-20261125-100848.json"
 
 # The states a successful job with a callback visits in statemachine.asl.json (one transition each);
-# without a callback it skips Notify.
-HAPPY_PATH_STATES = ("Route", "Postprocess", "Postprocessed", "MarkSucceeded", "HasCallback", "Notify", "Done")
-CALLBACK_ONLY_STATES = ("Notify",)
+# without a callback it skips Notify and WebhookRetryDue (webhook retries are not counted).
+HAPPY_PATH_STATES = (
+    "Route",
+    "Postprocess",
+    "Postprocessed",
+    "MarkSucceeded",
+    "HasCallback",
+    "Notify",
+    "WebhookRetryDue",
+    "Done",
+)
+CALLBACK_ONLY_STATES = ("Notify", "WebhookRetryDue")
 # A result-cache hit with a callback runs only the notice path (its job.succeeded webhook); without one, nothing.
-NOTICE_PATH_STATES = ("Route", "Notify", "Done")
+NOTICE_PATH_STATES = ("Route", "Notify", "WebhookRetryDue", "Done")
 
 
 @dataclass(frozen=True)
@@ -319,7 +328,8 @@ def estimate(
         + notify_calls * u.notify_ms / 1000.0 * u.notify_memory_mb / 1024.0
     )
     invocations = api_requests + generated_jobs + notify_calls
-    transitions = generated_jobs * (len(HAPPY_PATH_STATES) - len(CALLBACK_ONLY_STATES) + u.callback_share)
+    callback_states = len(CALLBACK_ONLY_STATES)
+    transitions = generated_jobs * (len(HAPPY_PATH_STATES) - callback_states + u.callback_share * callback_states)
     transitions += hits * u.callback_share * len(NOTICE_PATH_STATES)
     sqs_requests = generated_jobs * u.sqs_requests_per_job + worker_hours * u.sqs_idle_polls_per_worker_hour
     write_units = (

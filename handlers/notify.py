@@ -1,4 +1,4 @@
-"""Step Functions task: deliver the job's terminal webhook once (the state machine retries)."""
+"""Step Functions task: one attempt of the job's terminal webhook (the state machine waits out the schedule)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,14 @@ def notifier() -> Notifier:
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Input ``{job_id, tenant}``. Raises WebhookRetryable for the state machine's Retry."""
-    attempt = notifier().deliver(str(event["job_id"]), str(event["tenant"]))
+    """Input ``{job_id, tenant, made?}`` (``made``: attempts this delivery made before; 0 when absent). Raises
+    WebhookRetryable for the state machine's Retry. A result with ``retry_at`` (and ``made``) has the state
+    machine wait until then and call again with that ``made``."""
+    made = int(event.get("made", 0))
+    attempt = notifier().deliver(str(event["job_id"]), str(event["tenant"]), made)
     if attempt is None:
         return {"outcome": "nothing_to_send"}
-    return {"outcome": attempt.outcome, "status": attempt.status, "error": attempt.error}
+    result: dict[str, Any] = {"outcome": attempt.outcome, "status": attempt.status, "error": attempt.error}
+    if attempt.retry_at is not None:
+        result |= {"retry_at": attempt.retry_at.strftime("%Y-%m-%dT%H:%M:%SZ"), "made": made + 1}
+    return result

@@ -104,6 +104,8 @@ def service_env(resources: LocalResources, config: LocalServiceConfig) -> dict[s
         "SDQ_DEFAULT_MODEL": config.model,
         "SDQ_MODEL": config.model,
         "SDQ_REQUEUE_AFTER_S": "15",
+        # The webhook retry schedule in seconds instead of hours, like the compressed ASL retries above.
+        "SDQ_WEBHOOK_RETRY_SCHEDULE_S": "[1, 1, 1, 2, 2, 3, 3]",
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_METRICS_NAMESPACE": "sdq",
     }

@@ -502,6 +502,8 @@ class WebhookState(BaseModel):
     last_error: str | None = None
     last_attempt_at: datetime | None = None
     delivered_at: datetime | None = None
+    # While ``state`` is ``retrying``: when the next attempt of the retry schedule is due.
+    next_attempt_at: datetime | None = None
 
 
 class Job(BaseModel):

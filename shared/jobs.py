@@ -110,6 +110,7 @@ JOB_ATTRIBUTES = frozenset(
         "webhook_last_error",
         "webhook_last_attempt_at",
         "webhook_delivered_at",
+        "webhook_next_attempt_at",
         "cache_source",
         "usage",
         "preview_key",
@@ -211,6 +212,7 @@ def job_from_item(item: Mapping[str, Any]) -> Job:
             last_error=raw.get("webhook_last_error"),
             last_attempt_at=raw.get("webhook_last_attempt_at"),
             delivered_at=raw.get("webhook_delivered_at"),
+            next_attempt_at=raw.get("webhook_next_attempt_at"),
         )
     return Job.model_validate(
         {
@@ -979,8 +981,10 @@ class JobsRepository:
         outcome: str,
         status: int | None,
         error: str | None,
+        next_attempt_at: datetime | None = None,
     ) -> None:
-        """Count one delivery attempt and its result on the job (shown by GET)."""
+        """Count one delivery attempt and its result on the job (shown by GET), with when the next one is due
+        (``next_attempt_at``; None: no other attempt is scheduled)."""
         state = {"delivered": "delivered", "retry": "retrying", "gave_up": "failed", "blocked": "blocked"}[outcome]
         now = _iso(utcnow())
         sets = [
@@ -1002,10 +1006,15 @@ class JobsRepository:
         }
         if outcome == "delivered":
             sets.append("webhook_delivered_at = :now")
+        next_attempt = " REMOVE webhook_next_attempt_at"
+        if next_attempt_at is not None:
+            sets.append("webhook_next_attempt_at = :next")
+            values[":next"] = {"S": _iso(next_attempt_at) or ""}
+            next_attempt = ""
         self._ddb.update_item(
             TableName=self._table,
             Key={"pk": {"S": job_pk(job_id)}},
-            UpdateExpression="SET " + ", ".join(sets) + " ADD webhook_attempts :one",
+            UpdateExpression="SET " + ", ".join(sets) + " ADD webhook_attempts :one" + next_attempt,
             ConditionExpression="attribute_exists(pk)",
             ExpressionAttributeValues=values,
         )

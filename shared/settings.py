@@ -19,6 +19,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.pricing import gpu_price
 
 PREFIX = "SDQ_"
+# The longest a webhook's retry schedule may span: the state machine's execution timeout (48 h) leaves the rest
+# of an execution 8 h beside it (tests/unit/test_webhook_schedule.py checks the two together).
+MAX_WEBHOOK_RETRY_SPAN_S = 40 * 3600
 
 
 class RequestLimits(BaseModel):
@@ -306,6 +309,16 @@ class Settings(BaseSettings):
         ge=0,
         description="After a webhook secret rotation, how long webhooks are signed with the replaced secret too",
     )
+    webhook_retry_schedule_s: list[int] = Field(
+        default=[5, 300, 1800, 7200, 18000, 36000, 36000],
+        min_length=1,
+        description=(
+            "Seconds before each retry of a terminal webhook that failed with 429, 5xx, a timeout or a connection"
+            " error (a JSON list; one retry per entry, about 27.6 h in all by default, as Standard Webhooks"
+            " senders do); a longer `Retry-After` from the receiver, up to the longest entry, delays a retry."
+            " The state machine waits between attempts; its execution timeout (48 h) bounds the sum"
+        ),
+    )
     requeue_after_s: int = Field(
         default=120,
         ge=1,
@@ -378,6 +391,13 @@ class Settings(BaseSettings):
     @classmethod
     def _priced_instance(cls, value: str) -> str:
         gpu_price(value)  # ValueError naming the known types
+        return value
+
+    @field_validator("webhook_retry_schedule_s")
+    @classmethod
+    def _retry_schedule(cls, value: list[int]) -> list[int]:
+        if min(value) < 1 or sum(value) > MAX_WEBHOOK_RETRY_SPAN_S:
+            raise ValueError(f"each retry at least 1 s, all of them at most {MAX_WEBHOOK_RETRY_SPAN_S} s")
         return value
 
     @model_validator(mode="before")

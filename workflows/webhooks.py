@@ -1,7 +1,9 @@
 """Signed webhooks (Standard Webhooks): signing with the tenant's secrets, one delivery attempt, its classification.
 
-Retries are the state machine's job (ASL ``Retry`` on :class:`WebhookRetryable`); this module makes one
-attempt, records it on the job, and says whether another attempt makes sense.
+The retry schedule is ``Settings.webhook_retry_schedule_s`` and this module applies it: it makes one attempt,
+records it on the job with when the next one is due, and returns that time; the state machine waits for it (a
+Wait state, so no Lambda runs meanwhile) and calls again with the attempt's number. ``WebhookRetryable`` is
+for the service's own trouble (the job table, a progress send in flight): the ASL ``Retry`` retries it soon.
 
 ``job.started`` and ``job.progress`` (for requests whose ``webhook_events`` name them) take another path: the
 worker sends them itself, one attempt each, off its GPU thread (:class:`EventNotifier`); a newer event replaces a
@@ -16,8 +18,8 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -51,9 +53,6 @@ EVENTS = {
 TIMEOUT_S = 10.0
 # At most this much of a receiver's response body is read (the rest is never downloaded).
 MAX_RESPONSE_BYTES = 64 * 1024
-# A receiver's Retry-After up to this long is waited out before the state machine's next retry; longer
-# ones are left to the retry schedule (recorded with the attempt).
-MAX_INLINE_RETRY_AFTER_S = 5
 # Starting a notice execution from a request that has already changed the job (a cancel): a few quick tries,
 # so a Step Functions blip costs the client well under a second and never the answer.
 NOTICE_START_ATTEMPTS = 3
@@ -176,6 +175,18 @@ class Attempt:
     status: int | None
     error: str | None
     retry_after_s: int | None = None
+    retry_at: datetime | None = None  # when the retry schedule sends the next attempt (outcome retry)
+
+
+def next_attempt_at(schedule_s: list[int], made: int, retry_after_s: int | None, now: datetime) -> datetime | None:
+    """When the attempt after the ``made``-th of a delivery is due, or None when the schedule is spent. A
+    receiver's ``Retry-After`` longer than the scheduled wait is honoured up to the schedule's longest wait."""
+    if made > len(schedule_s):
+        return None
+    wait = schedule_s[made - 1]
+    if retry_after_s is not None:
+        wait = max(wait, min(retry_after_s, max(schedule_s)))
+    return now.replace(microsecond=0) + timedelta(seconds=wait)  # whole seconds: the ASL Wait's timestamp
 
 
 def classify(status: int) -> str:
@@ -237,13 +248,14 @@ class Notifier:
         secrets_store: WebhookSecrets,
         settings: Settings,
         *,
-        sleep: Callable[[float], None] = time.sleep,
         events: EventRecords | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         """``events``: where started/progress sends mark themselves in flight; with it, a job's terminal webhook
-        waits while one is in flight (see the module's docstring)."""
-        self._sleep = sleep
+        waits while one is in flight (see the module's docstring). ``now``: the clock the retry schedule counts
+        from."""
         self._events = events
+        self._now = now
         self._repo = repo
         self._media = media
         self._secrets = secrets_store
@@ -252,7 +264,7 @@ class Notifier:
     def payload(self, job: Job, event: str) -> str:
         return event_body(event, job_view(job, self._media, self._settings.presign_expiry_s))
 
-    def deliver(self, job_id: str, tenant: str) -> Attempt | None:
+    def deliver(self, job_id: str, tenant: str, made: int = 0) -> Attempt | None:
         """:meth:`notify`, with the table's own failures (throttling, 5xx, network, after botocore's retries)
         raised as WebhookRetryable too, so the state machine retries them like a receiver's 503.
 
@@ -261,15 +273,18 @@ class Notifier:
         is not left recorded as failed.
         """
         try:
-            return self.notify(job_id, tenant)
+            return self.notify(job_id, tenant, made)
         except (BotoCoreError, ClientError) as exc:
             logger.warning("webhook bookkeeping failed; retrying", job_id=job_id, error=type(exc).__name__)
             raise WebhookRetryable(f"job store unavailable: {type(exc).__name__}") from exc
 
-    def notify(self, job_id: str, tenant: str) -> Attempt | None:
+    def notify(self, job_id: str, tenant: str, made: int = 0) -> Attempt | None:
         """Send the job's terminal event once, record the attempt; None when there is nothing to send.
 
-        Raises WebhookRetryable when another attempt may succeed (the state machine retries with backoff).
+        ``made``: the attempts this delivery (one execution) made before this one. A retryable failure with the
+        schedule not spent comes back with ``retry_at`` set (also recorded, and shown by GET); once it is spent
+        the attempt is recorded as given up (``failed``). Raises WebhookRetryable while a started/progress send
+        is in flight.
         """
         # Past its retention too: a job that expired while queued is failed then, and its webhook says so.
         job = self._repo.get(job_id, tenant=tenant, within_retention=False)
@@ -289,6 +304,11 @@ class Notifier:
         body = self.payload(job, event)
         headers = signed_headers(self._secrets.signing_secrets(job.tenant), msg_id, body)
         attempt = send_once(url, body, headers, allow_loopback=self._settings.allow_loopback_callbacks)
+        if attempt.outcome == "retry":
+            retry_at = next_attempt_at(
+                self._settings.webhook_retry_schedule_s, made + 1, attempt.retry_after_s, self._now()
+            )
+            attempt = replace(attempt, outcome="retry" if retry_at else "gave_up", retry_at=retry_at)
         self._repo.record_webhook_attempt(
             job.job_id,
             event=event,
@@ -296,12 +316,17 @@ class Notifier:
             outcome=attempt.outcome,
             status=attempt.status,
             error=attempt.error,
+            next_attempt_at=attempt.retry_at,
         )
-        logger.info("webhook attempt", job_id=job.job_id, event=event, outcome=attempt.outcome, status=attempt.status)
-        if attempt.outcome == "retry":
-            if attempt.retry_after_s is not None and attempt.retry_after_s <= MAX_INLINE_RETRY_AFTER_S:
-                self._sleep(attempt.retry_after_s)
-            raise WebhookRetryable(attempt.error or "retryable delivery failure")
+        logger.info(
+            "webhook attempt",
+            job_id=job.job_id,
+            event=event,
+            attempt=made + 1,
+            outcome=attempt.outcome,
+            status=attempt.status,
+            retry_at=attempt.retry_at.isoformat() if attempt.retry_at else None,
+        )
         return attempt
 
 

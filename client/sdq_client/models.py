@@ -106,6 +106,7 @@ class WebhookState(_Answer):
     last_error: str | None = None
     last_attempt_at: datetime | None = None
     delivered_at: datetime | None = None
+    next_attempt_at: datetime | None = None
 
 
 class CacheInfo(_Answer):

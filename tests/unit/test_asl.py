@@ -50,7 +50,7 @@ def test_every_task_has_a_timeout_retries_and_a_catch() -> None:
         assert state.get("TimeoutSeconds"), name
         assert state.get("Catch"), name
         if state["Resource"].endswith("lambda:invoke"):
-            assert any(set(r["ErrorEquals"]) >= LAMBDA_ERRORS for r in state["Retry"]), name
+            assert {e for r in state["Retry"] for e in r["ErrorEquals"]} >= LAMBDA_ERRORS, name
 
 
 def test_postprocess_failures_lead_to_mark_failed_and_webhook_failures_never_do() -> None:

@@ -99,7 +99,7 @@ def test_every_line_is_its_usage_times_its_price() -> None:
         ("lambda.x86.gb_second", ""): (
             api_requests * 0.1 * 1.0 + jobs * (0.2 + 0.4 * u.images_per_job) * 2.0 + jobs * u.callback_share * 0.5 * 0.5
         ),
-        ("stepfunctions.standard.transitions.thousand", ""): jobs * (6 + u.callback_share) / 1e3,
+        ("stepfunctions.standard.transitions.thousand", ""): jobs * (6 + 2 * u.callback_share) / 1e3,
         ("sqs.standard.requests.million", ""): (jobs * 4 + instance_h * gpu.gpus * 100) / 1e6,
         ("dynamodb.ondemand.write_units.million", ""): jobs * (7 + 1) * math.ceil(1.5) * (1 + 2) / 1e6,
         ("dynamodb.ondemand.read_units.million", ""): (api_requests * 1 + jobs * 3) / 1e6,
@@ -122,7 +122,7 @@ def test_every_line_is_its_usage_times_its_price() -> None:
         assert got_cost == pytest.approx(quantity * p[key], rel=1e-12), key
     assert est.total == pytest.approx(sum(q * p[k] for (k, _), q in expected.items()), rel=1e-12)
     assert est.instance_hours == pytest.approx(instance_h)
-    assert est.by_group()["Step Functions"] == pytest.approx(jobs * 6.5 / 1e3 * p[key_of("stepfunctions")])
+    assert est.by_group()["Step Functions"] == pytest.approx(jobs * 7 / 1e3 * p[key_of("stepfunctions")])
 
 
 def key_of(prefix: str) -> str:
@@ -385,10 +385,10 @@ def test_result_cache_hits_cost_no_gpu_postprocess_or_storage_and_only_their_not
     jobs, hits = 50_000.0, 12_500.0
     busy_hours = lambda est: est.instance_hours - 10 * 30 / 60  # noqa: E731 (minus the start overhead)
     assert busy_hours(warm) == pytest.approx(busy_hours(cold) * 0.75)
-    # Transitions: generated jobs as before; a hit with a callback runs Route, Notify, Done.
-    per_job = len(HAPPY_PATH_STATES) - 1 + USAGE.callback_share
+    # Transitions: generated jobs as before; a hit with a callback runs Route, Notify, WebhookRetryDue, Done.
+    per_job = len(HAPPY_PATH_STATES) - 2 + 2 * USAGE.callback_share
     assert _cost(warm, "stepfunctions.standard.transitions.thousand")[0] == pytest.approx(
-        ((jobs - hits) * per_job + hits * 0.5 * 3) / 1e3
+        ((jobs - hits) * per_job + hits * 0.5 * 4) / 1e3
     )
     assert _cost(warm, "s3.standard.gb_month")[0] == pytest.approx(_cost(cold, "s3.standard.gb_month")[0] * 0.75)
     # Every image is still downloaded by its client, and every request still reaches the API.

@@ -1,0 +1,68 @@
+"""The terminal webhook's retry schedule on the local stack: the real ASL waits between attempts (Wait states, no
+Lambda running), the job view shows when the next attempt is due, and a receiver back from an outage gets it."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from localcloud.receiver import ScriptedReceiver
+from tests.integration.conftest import RunningService, service_fixture
+from tests.integration.executions import ServiceHarness
+
+# A shortened schedule (the default spans hours): waits of 1 s, 4 s, 1 s.
+service = service_fixture("sdq-webhook-schedule", {"SDQ_WEBHOOK_RETRY_SCHEDULE_S": "[1, 4, 1]"})
+
+
+@pytest.fixture
+def harness(service: RunningService) -> tuple[ServiceHarness, Any]:
+    tenant, client = service.new_named_tenant("schedule")
+    return ServiceHarness(service, tenant), client
+
+
+def test_a_receiver_that_fails_three_times_gets_the_fourth_attempt_and_the_view_shows_the_next(
+    harness: tuple[ServiceHarness, Any], receiver: ScriptedReceiver
+) -> None:
+    h, client = harness
+    receiver.secret = client.webhook_secret()
+    receiver.script = [503, 500, 429, 200]
+    job = h.running_job(receiver.url)
+    arn = h.start(job, h.stage(job))
+
+    # During the 4 s wait after the second attempt the job says when the third is due.
+    deadline = time.monotonic() + 30
+    while len(receiver.deliveries) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    waiting = client.get(job.job_id)["webhook"]
+    assert waiting["state"] == "retrying"
+    assert waiting["attempts"] == 2
+    due = datetime.fromisoformat(waiting["next_attempt_at"])
+    assert 1 < due.timestamp() - time.time() <= 4.5
+
+    assert h.wait(arn, timeout_s=60) == "SUCCEEDED"
+    assert [d.answered for d in receiver.deliveries] == [503, 500, 429, 200]
+    assert all(d.verified for d in receiver.deliveries)
+    assert len({d.webhook_id for d in receiver.deliveries}) == 1
+    webhook = client.get(job.job_id)["webhook"]
+    assert (webhook["state"], webhook["attempts"], webhook["next_attempt_at"]) == ("delivered", 4, None)
+    states = h.entered_states(arn)
+    assert states.count("WaitForWebhookRetry") == 3
+    assert states.count("RetryNotify") == 3
+    assert states[-1] == "Done"
+
+
+def test_a_receiver_down_for_the_whole_schedule_is_given_up_after_its_last_retry(
+    harness: tuple[ServiceHarness, Any], receiver: ScriptedReceiver
+) -> None:
+    h, client = harness
+    receiver.default = 503
+    job = h.running_job(receiver.url)
+    assert h.wait(h.start(job, h.stage(job)), timeout_s=60) == "SUCCEEDED"
+    assert len(receiver.deliveries) == 4  # the first attempt and one retry per entry of the schedule
+    view = client.get(job.job_id)
+    assert view["status"] == "SUCCEEDED"
+    assert (view["webhook"]["state"], view["webhook"]["next_attempt_at"]) == ("failed", None)

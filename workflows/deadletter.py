@@ -4,18 +4,21 @@ SQS counts every receive, so a valid message that merely waited in a worker that
 reach ``maxReceiveCount`` without ever being the problem. What separates the two is the job's own attempt
 count, which only a claim (real GPU work) raises: a job with attempts left is sent back to the jobs queue as
 a fresh message; an unreadable message, or a job that used up its attempts, ends FAILED (``DEAD_LETTERED``),
-with its ``job.failed`` webhook when it has a callback.
+with its ``job.failed`` webhook when it has a callback. A job some worker holds (RUNNING under a live lease) or
+has handed off (POSTPROCESSING) is never failed here, and the failure is one conditional write at the attempt
+that was read, so a claim in between wins.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from aws_lambda_powertools import Logger
 
 from shared.contracts import Job, JobError, JobStatus, QueueMessage, utcnow
-from shared.errors import InvalidTransition, JobNotFound
-from shared.jobs import JobsRepository
+from shared.errors import InvalidTransition, JobNotFound, RetryableError
+from shared.jobs import Claim, JobsRepository
 from shared.queue import JobQueue, parse_body
 
 logger = Logger(service="sdq-dlq", child=True)
@@ -43,49 +46,65 @@ def handle_dead_letter(
     *,
     max_attempts: int,
     notify: Callable[[Job], object] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> str:
-    """Requeue or fail the message's job; returns ``requeued``, ``failed``, ``already_final`` or ``unknown``.
+    """Requeue or fail the message's job; returns ``requeued``, ``failed``, ``already_final``, ``handed_off``
+    (its execution finishes it), ``moved_on`` (claimed again or handed off since it was read) or ``unknown``.
 
+    Only a job no worker holds is failed: QUEUED, or RUNNING with its lease lapsed, at the attempt read here (one
+    conditional write). A job RUNNING under a live lease raises RetryableError: the record comes back after the
+    dead-letter queue's visibility timeout, when that worker has handed the job off or its lease has lapsed.
     ``notify`` starts a failed job's webhook; it may raise (the record is then retried, and the retry, finding
     the job already dead-lettered, starts the notice again: it must be idempotent).
     """
     message = parse_body(body)
-    if message is not None:
-        try:
-            job = repo.get(message.job_id)
-        except JobNotFound:
-            logger.warning("dead-lettered job not found", job_id=message.job_id)
-            return "unknown"
-        if job.status.terminal:
-            _notify_if_dead_lettered(job, notify)
-            return "already_final"
-        if job.attempt < max_attempts:
-            queue.send(message.model_copy(update={"enqueued_at": utcnow()}))
-            logger.warning("dead-lettered job requeued", job_id=job.job_id, attempt=job.attempt)
-            return "requeued"
-    return fail_dead_lettered(repo, body, attributes, notify)
-
-
-def fail_dead_lettered(
-    repo: JobsRepository, body: str, attributes: dict[str, str], notify: Callable[[Job], object] | None = None
-) -> str:
-    """Mark the message's job FAILED; returns what happened (``failed``, ``already_final``, ``unknown``)."""
     ref = job_ref(body, attributes)
     if ref is None:
         logger.error("dead-lettered message names no job; dropped", body_prefix=body[:200])
         return "unknown"
     job_id, tenant = ref
     try:
-        failed = repo.transition(job_id, JobStatus.FAILED, tenant=tenant, error=DEAD_LETTER_ERROR)
-    except InvalidTransition as exc:
-        logger.info("dead-lettered job already final", job_id=job_id, status=exc.current)
-        if notify is not None and exc.current == JobStatus.FAILED.value:
-            _notify_if_dead_lettered(repo.get(job_id), notify)
-        return "already_final"
+        job = repo.get(job_id)
     except JobNotFound:
         logger.warning("dead-lettered job not found", job_id=job_id)
         return "unknown"
-    logger.warning("dead-lettered job failed", job_id=job_id)
+    if job.tenant != tenant:
+        logger.warning("dead-lettered message names another tenant's job; dropped", job_id=job_id)
+        return "unknown"
+    if job.status.terminal:
+        _notify_if_dead_lettered(job, notify)
+        return "already_final"
+    if job.status == JobStatus.POSTPROCESSING:
+        logger.info("dead-lettered job already handed off; its execution finishes it", job_id=job_id)
+        return "handed_off"
+    if job.status == JobStatus.RUNNING and repo.lease_remaining(job_id, clock()) > 0:
+        raise RetryableError(f"job {job_id} is running under a live lease; its dead letter is tried again later")
+    if message is not None and job.attempt < max_attempts:
+        queue.send(message.model_copy(update={"enqueued_at": utcnow()}))
+        logger.warning("dead-lettered job requeued", job_id=job.job_id, attempt=job.attempt)
+        return "requeued"
+    return _fail(repo, job, notify)
+
+
+def _fail(repo: JobsRepository, job: Job, notify: Callable[[Job], object] | None) -> str:
+    """Mark the job FAILED (``DEAD_LETTERED``) if it is still QUEUED or RUNNING at the attempt it was read at."""
+    try:
+        failed = repo.transition(
+            job.job_id,
+            JobStatus.FAILED,
+            tenant=job.tenant,
+            sources=[JobStatus.QUEUED, JobStatus.RUNNING],
+            claim=Claim(attempt=job.attempt),
+            error=DEAD_LETTER_ERROR,
+        )
+    except InvalidTransition as exc:
+        current = repo.get(job.job_id)
+        if current.status.terminal:
+            _notify_if_dead_lettered(current, notify)
+            return "already_final"
+        logger.info("dead-lettered job moved on since it was read", job_id=job.job_id, status=exc.current)
+        return "moved_on"
+    logger.warning("dead-lettered job failed", job_id=job.job_id, attempt=job.attempt)
     if notify is not None:
         notify(failed)
     return "failed"

@@ -1,0 +1,102 @@
+"""The DLQ handler against the real JobsRepository and SQS (moto, in process): a dead-lettered job is failed only
+when no worker holds it, at the attempt it was read at; a job a worker holds or has handed off is left to it."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import boto3
+import pytest
+
+from shared.contracts import Job, JobStatus, QueueMessage, utcnow
+from shared.errors import RetryableError
+from shared.jobs import JobsRepository
+from shared.queue import JobQueue
+from tests.unit.conftest import JOBS_TABLE, make_job
+from workflows.deadletter import handle_dead_letter
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+MAX_ATTEMPTS = 3
+
+
+class Setup:
+    def __init__(self, table: DynamoDBClient) -> None:
+        self.repo = JobsRepository(table, JOBS_TABLE)
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        self.queue = JobQueue(sqs, sqs.create_queue(QueueName="jobs")["QueueUrl"])
+        self.notified: list[str] = []
+
+    def worn_out(self, *, lease_s: float) -> Job:
+        """A job whose every attempt was claimed; the last claim's lease runs ``lease_s`` from now."""
+        job = make_job()
+        self.repo.create(job)
+        for attempt in range(MAX_ATTEMPTS):
+            last = attempt == MAX_ATTEMPTS - 1
+            claimed = self.repo.claim(
+                job.job_id, job.tenant, worker_id=f"w{attempt}", lease_s=lease_s if last else 0, now=time.time()
+            )
+        return claimed
+
+    def dead_letter(self, job: Job, repo: JobsRepository | None = None) -> str:
+        message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
+        return handle_dead_letter(
+            repo or self.repo,
+            self.queue,
+            message.model_dump_json(),
+            {},
+            max_attempts=MAX_ATTEMPTS,
+            notify=lambda j: self.notified.append(j.job_id),
+        )
+
+
+@pytest.fixture
+def setup(jobs_table: DynamoDBClient) -> Setup:
+    return Setup(jobs_table)
+
+
+def test_a_worn_out_job_whose_worker_is_gone_fails_with_its_webhook(setup: Setup) -> None:
+    job = setup.worn_out(lease_s=-1)
+    assert setup.dead_letter(job) == "failed"
+    failed = setup.repo.get(job.job_id)
+    assert failed.status == JobStatus.FAILED
+    assert failed.error is not None
+    assert failed.error.code == "DEAD_LETTERED"
+    assert setup.notified == [job.job_id]
+
+
+def test_a_job_a_live_worker_runs_is_not_failed_its_dead_letter_comes_back_later(setup: Setup) -> None:
+    job = setup.worn_out(lease_s=60)
+    with pytest.raises(RetryableError):
+        setup.dead_letter(job)
+    assert setup.repo.get(job.job_id).status == JobStatus.RUNNING
+    assert setup.notified == []
+
+
+def test_a_job_handed_off_to_its_execution_is_left_to_it(setup: Setup) -> None:
+    job = setup.worn_out(lease_s=-1)
+    setup.repo.transition(job.job_id, JobStatus.POSTPROCESSING, tenant=job.tenant)
+    assert setup.dead_letter(job) == "handed_off"
+    assert setup.repo.get(job.job_id).status == JobStatus.POSTPROCESSING
+    assert setup.notified == []
+
+
+class ClaimedAfterRead(JobsRepository):
+    """The table as the handler sees it when another worker claims the job right after the handler read it and
+    found its lease lapsed."""
+
+    def lease_remaining(self, job_id: str, now: float) -> float:
+        remaining = super().lease_remaining(job_id, now)
+        job = self.get(job_id)
+        self.claim(job_id, job.tenant, worker_id="w-new", lease_s=60, now=time.time())
+        return remaining
+
+
+def test_a_job_claimed_again_after_it_was_read_is_not_failed(setup: Setup, jobs_table: DynamoDBClient) -> None:
+    job = setup.worn_out(lease_s=-1)
+    assert setup.dead_letter(job, ClaimedAfterRead(jobs_table, JOBS_TABLE)) == "moved_on"
+    current = setup.repo.get(job.job_id)
+    assert (current.status, current.attempt) == (JobStatus.RUNNING, MAX_ATTEMPTS + 1)
+    assert setup.notified == []

@@ -170,9 +170,8 @@ def new_tenant_key(service: LocalService, name: str) -> str:
     from shared.apikeys import ApiKeyStore
 
     cloud = (service.resources.endpoint_url, service.resources.region)
-    return ApiKeyStore(local_client(cloud, "dynamodb"), service.resources.table_name).create(
-        f"{name}-{uuid.uuid4().hex[:6]}"
-    )
+    store = ApiKeyStore(local_client(cloud, "dynamodb"), service.resources.table_name)
+    return store.create(f"{name}-{uuid.uuid4().hex[:6]}").plaintext
 
 
 @contextmanager

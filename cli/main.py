@@ -19,6 +19,7 @@ from rich.table import Table
 from sdq_client import MAX_WAIT_S, ApiError, Client, InvalidRequest, JobStatus, JobView, RateLimited, WaitTimeout
 from sdq_client import __version__ as client_version
 
+from cli.admin import add_admin_parser
 from cli.client import LOCAL_STATE_FILE, NoEndpoint, resolve_endpoint, state_dir
 from cli.cost import add_cost_parser
 from cli.leverflags import add_acceleration_arguments
@@ -50,6 +51,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     if args.api_processes is not None:
         config.api_processes = args.api_processes
+    config.authorizer_cache_s = args.authorizer_cache_seconds
     # Ctrl-C, and SIGTERM (kill, a process manager) too, stop the stack and its worker. SIGINT is reset to Python's
     # handler because a shell starts background jobs with it ignored, which Python would keep.
     # A first signal during start-up is held until the stack is up (raising inside the start would leave half
@@ -385,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="API processes, each answering one request at a time like one Lambda environment; a `Prefer: wait`"
         " holds one for its wait (default: one per core, 2 to 4)",
     )
+    up.add_argument(
+        "--authorizer-cache-seconds",
+        type=int,
+        help="how long the local gateway reuses the authorizer's answer per API key, as the template's"
+        " AuthorizerCacheSeconds does on AWS (default: the template's, 60)",
+    )
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser("demo", help="run the whole pipeline locally with a mix of jobs and check the results")
@@ -487,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     bl.set_defaults(func=cmd_bench_loop)
 
     add_cost_parser(sub)
+    add_admin_parser(sub)
 
     return parser
 

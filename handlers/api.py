@@ -19,13 +19,12 @@ from typing import Annotated, Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn, HTTPBearer, Server, ServerVariable
+from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn, Server, ServerVariable
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.apikeys import ApiKeyStore
 from shared.audit import USER_AGENT_MAX_CHARS, AuditAction, AuditEntry, AuditList, AuditLog, AuditOutcome
 from shared.aws import AwsClients
 from shared.contracts import (
@@ -54,10 +53,11 @@ from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
 from shared.queuestate import QueueState
-from shared.ratelimit import RateLimiter
+from shared.ratelimit import DailyGpuBudget, RateLimiter
 from shared.settings import Settings, get_settings
 from shared.webhooksecrets import WebhookSecrets
 from workflows import jobevents
+from workflows.authorization import Authorization
 from workflows.jobview import job_view
 from workflows.queueposition import QueuePositions
 from workflows.resultcache import ResultCache
@@ -82,11 +82,10 @@ def _json_loads(text: str) -> Any:
 
 
 SECURITY_SCHEMES: dict[str, Any] = {
-    "bearer": HTTPBearer(description="`Authorization: Bearer <API key>`"),
     "apiKey": APIKey(**{"in": APIKeyIn.header}, name="x-api-key", description="The API key in `x-api-key`."),
 }
-# Either scheme alone is enough; every /v1 route asks for one, /health and the schema for none.
-API_KEY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+# Every /v1 route needs the key (API Gateway's authorizer checks it), /health and the schema none.
+API_KEY: list[dict[str, list[str]]] = [{"apiKey": []}]
 DESCRIPTION = "Queue-based Stable Diffusion jobs."
 
 app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=_json_loads)
@@ -159,7 +158,6 @@ def _responses(status: int, description: str, model: type[Any]) -> dict[int, Any
 class Services:
     settings: Settings
     submissions: SubmissionService
-    keys: ApiKeyStore
     media: MediaStore
     secrets: WebhookSecrets
     orchestrator: Orchestrator
@@ -182,9 +180,9 @@ def services() -> Services:
             queue,
             settings,
             rate_limiter=RateLimiter(aws.dynamodb(), settings.table_name),
+            budget=DailyGpuBudget(aws.dynamodb(), settings.table_name),
             cache=ResultCache(repo, queue, settings, orchestrator=lambda: orchestrator),
         ),
-        keys=ApiKeyStore(aws.dynamodb(), settings.table_name),
         media=MediaStore(aws.s3(), settings.bucket),
         secrets=WebhookSecrets(aws.dynamodb(), settings.table_name, overlap_s=settings.webhook_secret_overlap_s),
         orchestrator=orchestrator,
@@ -193,22 +191,16 @@ def services() -> Services:
     )
 
 
-def authenticate(headers: dict[str, Any]) -> str | None:
-    """The tenant of the request's API key (``x-api-key`` or ``Authorization: Bearer``), or None."""
-    lowered = {str(k).lower(): str(v) for k, v in headers.items()}
-    key = lowered.get("x-api-key", "")
-    auth = lowered.get("authorization", "")
-    if not key and auth[:7].lower() == "bearer ":
-        key = auth[7:].strip()
-    return services().keys.resolve(key) if key else None
+def _caller() -> Authorization:
+    """The caller, as the authorizer found it before the request reached this function."""
+    caller = app.context.get("caller")
+    if not isinstance(caller, Authorization):
+        raise Unauthorized()
+    return caller
 
 
 def _tenant() -> str:
-    """The caller's tenant, authenticated in ``lambda_handler`` before any parsing or validation."""
-    tenant = app.context.get("tenant")
-    if not tenant:
-        raise Unauthorized()
-    return str(tenant)
+    return _caller().tenant
 
 
 def _stage_prefix() -> str:
@@ -327,8 +319,9 @@ JOB_CONTENT = {"application/json": {"model": JobView}}
 def submit_job(
     request: Annotated[GenerationRequest, Body()], idempotency_key: IdempotencyKey = None, prefer: Prefer = None
 ) -> Response[JobView]:
-    tenant = _tenant()
-    result = services().submissions.submit(tenant, request, idempotency_key=idempotency_key)
+    caller = _caller()
+    tenant = caller.tenant
+    result = services().submissions.submit(tenant, request, idempotency_key=idempotency_key, plan=caller.plan)
     if result.created:
         metrics.add_metric(name="JobsSubmitted", unit="Count", value=1)
         metrics.flush_metrics()
@@ -618,8 +611,6 @@ def _service_error(exc: ServiceError) -> Response[Any]:
     headers = {}
     if isinstance(exc, TooManyRequests):
         headers["Retry-After"] = str(exc.retry_after_s)
-    if isinstance(exc, Unauthorized):
-        headers["WWW-Authenticate"] = 'Bearer realm="sdq"'
     return _json(exc.status, exc.body(), headers)
 
 
@@ -734,10 +725,12 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     app.append_context(received_at=time.monotonic())
     _fold_list_header(event, "Prefer")
     if str(event.get("path", "")).startswith("/v1/"):
-        tenant = authenticate(event.get("headers") or {})
-        if tenant is None:
-            return _early_answer(Unauthorized(), {"WWW-Authenticate": 'Bearer realm="sdq"'})
-        app.append_context(tenant=tenant)
+        # API Gateway ran the authorizer (handlers.authorizer) on the x-api-key header; without its answer in the
+        # request context (a call that bypassed the gateway) the route refuses.
+        caller = Authorization.from_context((event.get("requestContext") or {}).get("authorizer"))
+        if caller is None:
+            return _early_answer(Unauthorized())
+        app.append_context(caller=caller, tenant=caller.tenant, key_id=caller.key_id)
     # Who called, read before the router clears its context; an unauthenticated call has no tenant to audit.
     who = {"tenant": app.context.get("tenant"), "key_id": app.context.get("key_id"), "arrived": utcnow()}
     problem = _precheck(event)

@@ -19,7 +19,6 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from shared.apikeys import ApiKeyStore
 from shared.aws import AwsClients
 from shared.contracts import Job, JobView
 from shared.errors import JobNotFound, ServiceError, Unauthorized
@@ -27,6 +26,7 @@ from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.settings import Settings, get_settings
 from workflows import jobevents
+from workflows.authorization import Authorization
 from workflows.jobview import job_view
 from workflows.submission import is_valid_job_id
 
@@ -52,7 +52,6 @@ class StreamedResponse:
 class EventServices:
     settings: Settings
     repo: JobsRepository
-    keys: ApiKeyStore
     media: MediaStore
 
 
@@ -63,7 +62,6 @@ def services() -> EventServices:
     return EventServices(
         settings=settings,
         repo=JobsRepository(aws.dynamodb(), settings.table_name),
-        keys=ApiKeyStore(aws.dynamodb(), settings.table_name),
         media=MediaStore(aws.s3(), settings.bucket),
     )
 
@@ -72,12 +70,10 @@ def _headers(event: dict[str, Any]) -> dict[str, str]:
     return {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
 
 
-def _tenant(headers: dict[str, str]) -> str | None:
-    key = headers.get("x-api-key", "")
-    auth = headers.get("authorization", "")
-    if not key and auth[:7].lower() == "bearer ":
-        key = auth[7:].strip()
-    return services().keys.resolve(key) if key else None
+def _tenant(event: dict[str, Any]) -> str | None:
+    """The caller's tenant from the authorizer's answer (API Gateway runs it before this function), or None."""
+    caller = Authorization.from_context((event.get("requestContext") or {}).get("authorizer"))
+    return caller.tenant if caller is not None else None
 
 
 def _error(error: ServiceError, headers: dict[str, str] | None = None) -> StreamedResponse:
@@ -109,9 +105,9 @@ def stream_handler(event: dict[str, Any], context: Any) -> StreamedResponse:
     The stream ends after the job's terminal event or shortly before the invocation runs out of time.
     """
     headers = _headers(event)
-    tenant = _tenant(headers)
+    tenant = _tenant(event)
     if tenant is None:
-        return _error(Unauthorized(), {"WWW-Authenticate": 'Bearer realm="sdq"'})
+        return _error(Unauthorized())
     job_id = _job_id(event)
     s = services()
     try:

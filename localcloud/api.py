@@ -22,6 +22,8 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
+from localcloud.gateway import LocalGateway
+
 LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
 # A handler whose answer streams: it returns an object with ``status``, ``headers`` and an iterable ``body`` of
 # bytes (handlers.events.StreamedResponse).
@@ -133,10 +135,13 @@ class LocalApiServer:
         redirects: dict[str, str] | None = None,
         fd: int | None = None,
         stream_handler: StreamHandler | None = None,
+        gateway: LocalGateway | None = None,
     ) -> None:
         """``fd``: serve on this listening socket (bound by a parent, shared by several API processes) instead of
         binding ``host:port``. ``stream_handler`` answers the streaming route (``GET /v1/jobs/{id}/events``);
-        without one that route reaches ``handler`` like any other."""
+        without one that route reaches ``handler`` like any other. ``gateway``: API Gateway's authorizer in front of
+        the routes it guards (:mod:`localcloud.gateway`); without one no request carries a caller."""
+        self._gateway = gateway
         self._handler = handler
         self._stream_handler = stream_handler
         self._redirects = redirects or {}
@@ -162,6 +167,10 @@ class LocalApiServer:
         if stream_match is not None and self._stream_handler is not None:
             event["resource"] = "/v1/jobs/{job_id}/events"
             event["pathParameters"] = {"job_id": stream_match.group("job_id")}
+        refusal = self._gateway.admit(event) if self._gateway is not None else None
+        if refusal is not None:
+            return response_from_result(refusal)(environ, start_response)
+        if stream_match is not None and self._stream_handler is not None:
             return self._stream(event)(environ, start_response)
         with self._invoke_lock:
             result = self._handler(event, LocalLambdaContext())

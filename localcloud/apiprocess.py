@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+from localcloud.gateway import GatewayRules
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY = "sdq-api-ready"
 
@@ -74,9 +76,12 @@ class ApiProcesses:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def serve(self, env: dict[str, str], *, redirects: dict[str, str], timeout_s: float = 120.0) -> None:
-        """Hand every process its environment and return once each serves; raises when one does not."""
-        line = json.dumps({"env": env, "redirects": redirects}) + "\n"
+    def serve(
+        self, env: dict[str, str], *, redirects: dict[str, str], gateway: GatewayRules, timeout_s: float = 120.0
+    ) -> None:
+        """Hand every process its environment and the gateway's rules, and return once each serves; raises when one
+        does not."""
+        line = json.dumps({"env": env, "redirects": redirects, "gateway": gateway.as_json()}) + "\n"
         for proc in self._procs:
             stdin: IO[str] = proc.stdin  # type: ignore[assignment]
             stdin.write(line)
@@ -137,8 +142,9 @@ def _exit_when_orphaned() -> None:
 def main(fd: int) -> None:
     # Ctrl-C reaches the whole process group: the parent stops us (SIGTERM, or closing stdin), with no traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from handlers import api, events  # the slow import, done while the parent starts the cloud
+    from handlers import api, authorizer, events  # the slow import, done while the parent starts the cloud
     from localcloud.api import LocalApiServer, LocalLambdaContext
+    from localcloud.gateway import GatewayRules, LocalGateway
 
     request = json.loads(sys.stdin.readline() or "{}")
     if "env" not in request:
@@ -154,8 +160,14 @@ def main(fd: int) -> None:
     )
     gc.freeze()  # the handler's modules stay for good: out of the collector's full passes
     events.services()
+    authorizer.deps()
+    gateway = LocalGateway(GatewayRules.from_json(request["gateway"]), authorizer.lambda_handler, LocalLambdaContext)
     server = LocalApiServer(
-        api.lambda_handler, fd=fd, redirects=request["redirects"], stream_handler=events.stream_handler
+        api.lambda_handler,
+        fd=fd,
+        redirects=request["redirects"],
+        stream_handler=events.stream_handler,
+        gateway=gateway,
     )
     threading.Thread(target=_exit_when_orphaned, name="orphan-watch", daemon=True).start()
     print(READY, flush=True)

@@ -7,6 +7,7 @@ Used by ``sdq up`` (until Ctrl-C), ``sdq demo`` and the integration tests.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -47,6 +48,8 @@ class LocalServiceConfig:
     worker_log: IO[Any] | None = None
     write_state: bool = True
     api_processes: int = field(default_factory=default_api_processes)
+    # How long the local gateway reuses the authorizer's answer per key; None: the template's default.
+    authorizer_cache_s: int | None = None
 
 
 @dataclass
@@ -127,7 +130,10 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
     quiet_local_logs()
     from localcloud.apiprocess import ApiProcesses
     from localcloud.eventsources import ExecutionStatusPoller, SchedulePoller, SqsEventSourcePoller, local_client
+    from localcloud.gateway import GatewayRules
     from shared.apikeys import ApiKeyStore
+    from shared.errors import TenantExists
+    from shared.tenants import TenantStore
 
     # Started first: the API processes import the handler while the cloud starts and is provisioned.
     api_server = ApiProcesses(host=config.host, port=config.api_port, count=config.api_processes)
@@ -141,10 +147,18 @@ def start_local_service(config: LocalServiceConfig) -> LocalService:
         from shared.settings import get_settings
 
         get_settings.cache_clear()
-        keys = ApiKeyStore(local_client(resources, "dynamodb"), resources.table_name)
-        api_key = keys.create(config.tenant, api_key=config.api_key, label="local development key")
+        ddb = local_client(resources, "dynamodb")
+        with contextlib.suppress(TenantExists):  # a restart on a fixed cloud port keeps the cloud's tables
+            TenantStore(ddb, resources.table_name, get_settings()).create(config.tenant, name="local development")
+        api_key = (
+            ApiKeyStore(ddb, resources.table_name)
+            .create(config.tenant, api_key=config.api_key, name="local development key")
+            .plaintext
+        )
+        cache = {} if config.authorizer_cache_s is None else {"AuthorizerCacheSeconds": str(config.authorizer_cache_s)}
+        gateway = GatewayRules.from_template(TEMPLATE, cache)
         # The API processes' AWS clients live as long as they do: the cloud keeps their connections open.
-        api_server.serve({**KEEP_ALIVE_ENV, **env}, redirects={"/": "/playground/"})
+        api_server.serve({**KEEP_ALIVE_ENV, **env}, redirects={"/": "/playground/"}, gateway=gateway)
         event_pollers = (
             SqsEventSourcePoller(resources),
             SchedulePoller(resources, every_s=LOCAL_SCHEDULE_S),

@@ -35,7 +35,7 @@ class Unauthorized(ServiceError):
 
     def __init__(self) -> None:
         # One message for missing, wrong and revoked keys: the caller learns nothing about which.
-        super().__init__("A valid API key is required (Authorization: Bearer <key> or x-api-key).")
+        super().__init__("Send a valid API key in the x-api-key header.")
 
 
 class NotFound(ServiceError):
@@ -56,6 +56,14 @@ class JobExpired(JobNotFound):
 class Conflict(ServiceError):
     status = 409
     code = "conflict"
+
+
+class TenantExists(Conflict):
+    """``sdq admin tenants create`` for a tenant that is registered already."""
+
+
+class TenantNotFound(NotFound):
+    """An operator named a tenant that is not registered."""
 
 
 class IdempotencyConflict(Conflict):
@@ -102,6 +110,20 @@ class UnsupportedMediaType(ServiceError):
 class ValidationFailed(ServiceError):
     status = 422
     code = "validation_error"
+
+
+class InvalidTenantId(ValidationFailed):
+    """A tenant id outside the allowed characters."""
+
+
+class PriorityNotAllowed(ValidationFailed):
+    """A job's ``priority`` above its tenant's plan allows: a 422 on that field."""
+
+    def __init__(self, asked: str, ceiling: str) -> None:
+        message = f"Your plan allows priority {ceiling} at most; this job asks for {asked}."
+        super().__init__(
+            message, details=[{"loc": ["body", "priority"], "msg": message, "type": "priority_not_allowed"}]
+        )
 
 
 class TooManyRequests(ServiceError):

@@ -39,6 +39,7 @@ from shared.contracts import (
     JobError,
     JobStatus,
     Output,
+    Priority,
     Progress,
     Usage,
     WebhookState,
@@ -200,7 +201,10 @@ def job_from_item(item: Mapping[str, Any]) -> Job:
     if raw.get("error_code"):
         error = JobError(code=str(raw["error_code"]), message=str(raw.get("error_message", "")))
     # Stored requests were valid when accepted: bounds tightened since must not make old jobs unreadable.
-    request = GenerationRequest.model_construct(**json.loads(raw["request"]))
+    fields = json.loads(raw["request"])
+    if "priority" in fields:  # construct skips validation: the enum is not made from its value by itself
+        fields["priority"] = Priority(fields["priority"])
+    request = GenerationRequest.model_construct(**fields)
     webhook = None
     if raw.get("webhook_id"):
         webhook = WebhookState(

@@ -11,19 +11,21 @@ from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 from ulid import ULID
 
-from shared.contracts import GenerationRequest, Job, JobError, JobStatus, QueueMessage, utcnow
+from shared.contracts import GenerationRequest, Job, JobError, JobStatus, QueueMessage, pixel_steps, utcnow
 from shared.errors import (
     EnqueueFailed,
     IdempotencyConflict,
     IdempotencyKeyInUse,
     InvalidTransition,
     JobNotFound,
+    PriorityNotAllowed,
     TooManyRequests,
 )
 from shared.jobs import JobsRepository, Page, expiry_epoch
 from shared.queue import JobQueue
-from shared.ratelimit import RateLimiter
+from shared.ratelimit import DailyGpuBudget, RateLimiter
 from shared.settings import Settings
+from shared.tenants import Plan
 from shared.tinymodel import TINY_MODEL
 from workflows.resultcache import ResultCache
 
@@ -64,6 +66,7 @@ class SubmissionService:
         settings: Settings,
         *,
         rate_limiter: RateLimiter | None = None,
+        budget: DailyGpuBudget | None = None,
         cache: ResultCache | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -71,6 +74,7 @@ class SubmissionService:
         """``cache`` answers cacheable requests (:mod:`workflows.resultcache`) while the setting is on; without
         one every request generates."""
         self._rate = rate_limiter
+        self._budget = budget
         self._cache = cache
         self._repo = repo
         self._queue = queue
@@ -78,14 +82,25 @@ class SubmissionService:
         self._sleep = sleep
         self._clock = clock
 
-    def submit(self, tenant: str, request: GenerationRequest, *, idempotency_key: str | None = None) -> Submitted:
-        """Record and enqueue a job.
+    def submit(
+        self,
+        tenant: str,
+        request: GenerationRequest,
+        *,
+        idempotency_key: str | None = None,
+        plan: Plan | None = None,
+    ) -> Submitted:
+        """Record and enqueue a job within the tenant's ``plan`` (the settings' default plan when None).
 
-        Raises IdempotencyConflict (key reused with another body), TooManyRequests (rate or unfinished-job cap)
-        or EnqueueFailed (queue unreachable after retries; the job is then FAILED, not stuck in QUEUED). When
+        Raises PriorityNotAllowed (a priority above the plan's), IdempotencyConflict (key reused with another
+        body), TooManyRequests (rate, unfinished-job cap or daily GPU budget) or EnqueueFailed
+        (queue unreachable after retries; the job is then FAILED, not stuck in QUEUED). When
         the job cannot be marked FAILED either, it is accepted as it is: it stays marked unqueued and the requeue
         sweeper sends it.
         """
+        plan = plan or Plan.defaults(self._settings)
+        if request.priority.rank > plan.max_priority.rank:
+            raise PriorityNotAllowed(request.priority, plan.max_priority)
         fingerprint = request.fingerprint()
         # No read of the key first: the job's transaction writes the key only where it is free, and finds the job
         # it names otherwise. A refusal below looks it up, so a replay is answered whatever the limits say.
@@ -93,7 +108,7 @@ class SubmissionService:
         if self._rate is not None:
             wait = self._rate.hit(
                 tenant,
-                limit=self._settings.rate_limit_per_window,
+                limit=plan.rate_limit_per_window,
                 window_s=self._settings.rate_limit_window_s,
                 now=charged_at,
             )
@@ -102,7 +117,7 @@ class SubmissionService:
                 if replay is not None:
                     return replay
                 raise TooManyRequests(
-                    f"More than {self._settings.rate_limit_per_window} submissions in "
+                    f"More than {plan.rate_limit_per_window} submissions in "
                     f"{self._settings.rate_limit_window_s} s; slow down.",
                     retry_after_s=int(wait),
                 )
@@ -125,7 +140,7 @@ class SubmissionService:
         # add to (and a look at the cache saves the cap's query on the path that should be fastest).
         probe = cache.probe(job) if cache is not None else None
         if probe is None or not probe.hit:
-            cap = self._settings.max_unfinished_jobs_per_tenant
+            cap = plan.max_unfinished_jobs
             if self._repo.count_active(tenant) >= cap:
                 try:
                     replay = self._replay(tenant, idempotency_key, fingerprint)
@@ -139,6 +154,11 @@ class SubmissionService:
                     f"Tenant has {cap} unfinished jobs, the most allowed; retry when some finish.",
                     retry_after_s=self._settings.unfinished_cap_retry_after_s,
                 )
+        work: int | Submitted = 0
+        if probe is None or not probe.hit:  # a hit uses no GPU
+            work = self._charge_work(tenant, normalised, plan, charged_at, idempotency_key, fingerprint)
+        if isinstance(work, Submitted):
+            return work
         try:
             if cache is not None:
                 cached = cache.submit(job, fingerprint, probe)
@@ -147,13 +167,15 @@ class SubmissionService:
                 stored, created = self._repo.create(job, idempotency_fingerprint=fingerprint)
                 outcome = "plain"
         except (IdempotencyConflict, IdempotencyKeyInUse):
-            self._give_back(tenant, charged_at)  # a refused request makes nothing, so it costs no rate slot
+            self._give_back(tenant, charged_at, work)  # a refused request makes nothing, so it costs nothing
             raise
         if not created:
             # A replay (or a concurrent request with this key made the job): this one made nothing, so it costs no
-            # rate slot.
-            self._give_back(tenant, charged_at)
+            # rate slot and no GPU work.
+            self._give_back(tenant, charged_at, work)
             return Submitted(stored, created=False)
+        if outcome in ("hit", "joined"):
+            self._give_back_work(tenant, charged_at, work)  # answered by another job's images: no GPU work
         if cache is not None:
             _count(outcome)
         if outcome in ("hit", "joined"):
@@ -182,8 +204,45 @@ class SubmissionService:
         existing = self._repo.find_by_idempotency_key(tenant, key, fingerprint)
         return Submitted(existing, created=False) if existing is not None else None
 
-    def _give_back(self, tenant: str, charged_at: float) -> None:
-        """Return the rate slot charged at ``charged_at`` to a request that made no job."""
+    def _charge_work(
+        self,
+        tenant: str,
+        request: GenerationRequest,
+        plan: Plan,
+        charged_at: float,
+        idempotency_key: str | None,
+        fingerprint: str,
+    ) -> int | Submitted:
+        """Count the request's GPU work against the plan's daily budget: the work counted (0 without a budget),
+        a replay of the job its Idempotency-Key made, or TooManyRequests."""
+        if self._budget is None or plan.daily_gpu_budget_mpx_steps == 0:
+            return 0
+        work = pixel_steps(request)
+        wait = self._budget.charge(tenant, work, budget=plan.daily_gpu_budget_pixel_steps, now=charged_at)
+        if wait is None:
+            return work
+        replay = self._replay(tenant, idempotency_key, fingerprint)
+        self._give_back(tenant, charged_at)
+        if replay is not None:
+            return replay
+        raise TooManyRequests(
+            f"This job's GPU work ({work / 1e6:.1f} megapixel steps) does not fit in what is left of the daily"
+            f" budget of {plan.daily_gpu_budget_mpx_steps} megapixel steps; it resets at 00:00 UTC.",
+            retry_after_s=int(wait),
+        )
+
+    def _give_back_work(self, tenant: str, charged_at: float, work: int) -> None:
+        if self._budget is None or work == 0:
+            return
+        try:
+            self._budget.refund(tenant, work, now=charged_at)
+        except (ClientError, BotoCoreError):
+            logger.warning("could not give back the GPU work of a request that made none", tenant=tenant)
+
+    def _give_back(self, tenant: str, charged_at: float, work: int = 0) -> None:
+        """Return the rate slot charged at ``charged_at`` (and the GPU work counted) to a request that made no
+        job."""
+        self._give_back_work(tenant, charged_at, work)
         if self._rate is None:
             return
         try:

@@ -61,7 +61,7 @@ class RunningService:
 
     def new_named_tenant(self, name: str) -> tuple[str, SdqClient]:
         tenant = f"{name}-{time.monotonic_ns()}"
-        key = ApiKeyStore(self.boto("dynamodb"), self.table).create(tenant)
+        key = ApiKeyStore(self.boto("dynamodb"), self.table).create(tenant).plaintext
         return tenant, SdqClient(Endpoint(self.api_url, key))
 
     def http(self) -> httpx.Client:
@@ -100,8 +100,10 @@ def start_service(
     log_path = state_dir / "service.log"
     env = {**os.environ, "SDQ_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     log = open(log_path, "wb")  # noqa: SIM115
+    # A short authorizer cache: a revoked key is refused within it (test_abuse), and the cache still works.
+    up = ["up", "--port", "0", "--no-worker", "--authorizer-cache-seconds", "2"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "up", "--port", "0", "--no-worker", *args],
+        [sys.executable, "-m", "cli.main", *up, *args],
         env=env,
         cwd=REPO,
         stdout=log,

@@ -49,7 +49,7 @@ def test_submit_returns_202_with_location_and_queues_one_message(service: Runnin
         resp = http.post(
             "/v1/jobs",
             json={"prompt": "a red fox", "seed": 7, "metadata": {"order": "42"}},
-            headers={"Authorization": f"Bearer {service.api_key}"},
+            headers={"x-api-key": service.api_key},
         )
     assert resp.status_code == 202
     job = resp.json()
@@ -275,7 +275,7 @@ def test_invalid_bodies_are_rejected_and_change_nothing(
 ) -> None:
     items, depth = service.table_items(), service.queue_depth()
     with service.http() as http:
-        resp = http.post("/v1/jobs", json=body, headers={"Authorization": f"Bearer {service.api_key}"})
+        resp = http.post("/v1/jobs", json=body, headers={"x-api-key": service.api_key})
     assert resp.status_code == status, resp.text
     error = resp.json()["error"]
     assert set(error) == {"code", "message", "details"}
@@ -304,7 +304,7 @@ def test_malformed_requests(service: RunningService, content: bytes, content_typ
         resp = http.post(
             "/v1/jobs",
             content=content,
-            headers={"Authorization": f"Bearer {service.api_key}", "Content-Type": content_type},
+            headers={"x-api-key": service.api_key, "Content-Type": content_type},
         )
     assert resp.status_code == status, resp.text
     assert "error" in resp.json()
@@ -366,7 +366,7 @@ def test_without_a_key_even_an_invalid_body_is_401(service: RunningService) -> N
 
 def test_rotating_the_webhook_secret_says_until_when_the_replaced_one_still_signs(service: RunningService) -> None:
     tenant = f"rotate-{time.monotonic_ns()}"
-    auth = {"Authorization": f"Bearer {ApiKeyStore(service.boto('dynamodb'), service.table).create(tenant)}"}
+    auth = {"x-api-key": ApiKeyStore(service.boto("dynamodb"), service.table).create(tenant).plaintext}
     with service.http() as http:
         old = http.get("/v1/webhook-secret", headers=auth).json()
         before = time.time()

@@ -35,7 +35,7 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(service: Runni
             "run",
             f"{service.api_url}/openapi.json",
             "--header",
-            f"Authorization: Bearer {service.api_key}",
+            f"x-api-key: {service.api_key}",
             "--checks",
             "all",
             "--exclude-checks",

@@ -53,7 +53,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
 
 def tenant_key(service: RunningService, name: str = "client") -> tuple[str, str]:
     tenant = f"{name}-{uuid.uuid4().hex[:8]}"
-    return tenant, ApiKeyStore(service.boto("dynamodb"), service.table).create(tenant)
+    return tenant, ApiKeyStore(service.boto("dynamodb"), service.table).create(tenant).plaintext
 
 
 def tenant_client(service: RunningService, name: str = "client") -> tuple[str, Client]:

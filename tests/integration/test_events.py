@@ -101,7 +101,7 @@ def open_stream(service: RunningService, key: str, job_id: str, last_event_id: s
 
 def new_tenant(service: RunningService, name: str) -> tuple[str, SdqClient]:
     """A fresh tenant: its API key and a client with it."""
-    key = ApiKeyStore(service.boto("dynamodb"), service.table).create(f"{name}-{time.monotonic_ns()}")
+    key = ApiKeyStore(service.boto("dynamodb"), service.table).create(f"{name}-{time.monotonic_ns()}").plaintext
     return key, SdqClient(Endpoint(service.api_url, key))
 
 
@@ -179,7 +179,7 @@ def test_the_event_stream_needs_the_key_and_hides_other_tenants_jobs(service: Ru
         missing = http.get(path)
         assert missing.status_code == 401
         assert missing.json()["error"]["code"] == "unauthorized"
-        foreign = http.get(path, headers={"Authorization": f"Bearer {other_key}"})
+        foreign = http.get(path, headers={"x-api-key": other_key})
         assert foreign.status_code == 404
         assert foreign.json()["error"]["code"] == "not_found"
         unknown = http.get("/v1/jobs/not-a-job/events", headers={"x-api-key": other_key})

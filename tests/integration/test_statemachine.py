@@ -246,9 +246,9 @@ def test_an_execution_started_twice_runs_its_side_effects_once(
 
 def rotate_via_api(service: RunningService, tenant: str) -> dict[str, Any]:
     """``POST /v1/webhook-secret/rotate`` as the tenant (a fresh API key of its own): the whole response body."""
-    key = ApiKeyStore(service.boto("dynamodb"), service.table).create(tenant)
+    key = ApiKeyStore(service.boto("dynamodb"), service.table).create(tenant).plaintext
     with service.http() as http:
-        resp = http.post("/v1/webhook-secret/rotate", headers={"Authorization": f"Bearer {key}"})
+        resp = http.post("/v1/webhook-secret/rotate", headers={"x-api-key": key})
     assert resp.status_code == 200
     return dict(resp.json())
 

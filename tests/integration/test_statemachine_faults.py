@@ -150,7 +150,7 @@ class Harness(ExecutionHarness):
             machine=env["SDQ_STATE_MACHINE_ARN"],
             tenant=tenant,
         )
-        key = ApiKeyStore(self.ddb, self.table).create(tenant)
+        key = ApiKeyStore(self.ddb, self.table).create(tenant).plaintext
         self.client = SdqClient(Endpoint(service.api_url, key))
 
 

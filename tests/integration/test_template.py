@@ -70,6 +70,7 @@ FUNCTIONS = (
     "RequeueFunction",
     "FailedExecutionFunction",
     "EventsFunction",
+    "AuthorizerFunction",
 )
 XRAY_WRITE = {("xray:PutTraceSegments", "*"), ("xray:PutTelemetryRecords", "*")}
 XRAY_DAEMON = XRAY_WRITE | {("xray:GetSamplingRules", "*"), ("xray:GetSamplingTargets", "*")}
@@ -123,6 +124,12 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("states:StartExecution", JOB_STATE_MACHINE_PATTERN),
     },
     # Events: handlers/events.py -> ApiKeyStore.resolve and JobsRepository.get (get), presign outputs and previews.
+    "AuthorizerFunctionRole": _logs("AuthorizerFunctionLogGroup")
+    | XRAY_WRITE
+    | {
+        ("dynamodb:GetItem", "JobsTable.Arn"),
+        ("dynamodb:UpdateItem", "JobsTable.Arn"),
+    },
     "EventsFunctionRole": _logs("EventsFunctionLogGroup")
     | XRAY_WRITE
     | {
@@ -202,7 +209,10 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
 # Writes limited to item kinds by dynamodb:LeadingKeys (the API cannot mint API keys, Notify writes only secrets).
 EXPECTED_LEADING_KEYS = {
     ("ApiFunctionRole", "dynamodb:PutItem"): {"JOB#*", "IDEM#*", "TENANT#*", "CACHE#*"},
-    ("ApiFunctionRole", "dynamodb:UpdateItem"): {"JOB#*", "RATE#*", "IDEM#*"},  # transitions, rate counters, freed keys
+    # transitions, rate and daily GPU work counters, freed keys
+    ("ApiFunctionRole", "dynamodb:UpdateItem"): {"JOB#*", "RATE#*", "BUDGET#*", "IDEM#*"},
+    ("AuthorizerFunctionRole", "dynamodb:GetItem"): {"APIKEY#*", "ACCOUNT#*"},  # keys and plans, nothing else
+    ("AuthorizerFunctionRole", "dynamodb:UpdateItem"): {"APIKEY#*"},  # a key's last use
     ("PostprocessFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("NotifyFunctionRole", "dynamodb:PutItem"): {"TENANT#*"},
     ("NotifyFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
@@ -211,10 +221,12 @@ EXPECTED_LEADING_KEYS = {
     ("FailedExecutionFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("WorkerTaskRole", "dynamodb:UpdateItem"): {"JOB#*", "WORKER#*"},  # claims, leases, progress; its throughput
     ("WorkerTaskRole", "dynamodb:PutItem"): {"TENANT#*"},  # a progress webhook's signing secret, on first use
+    ("EventsFunctionRole", "dynamodb:GetItem"): {"JOB#*"},
 }
 
 TRUSTED_SERVICE = {
     "ApiFunctionRole": "lambda.amazonaws.com",
+    "AuthorizerFunctionRole": "lambda.amazonaws.com",
     "EventsFunctionRole": "lambda.amazonaws.com",
     "PostprocessFunctionRole": "lambda.amazonaws.com",
     "NotifyFunctionRole": "lambda.amazonaws.com",
@@ -362,12 +374,17 @@ def test_dynamodb_writes_are_limited_to_their_item_kinds(resources: dict[str, An
         ]
         assert len(conditions) == 1, (role, action, conditions)
         assert set(conditions[0]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]) == prefixes, (role, action)
-    # Nobody can mint API keys, delete items or scan the table.
+    # Nobody can mint API keys or change plans (the operator's `sdq admin` does), delete items or scan the table.
     for name, role in roles(resources).items():
         actions = {a for a, _ in grants(role)}
         assert not actions & {"dynamodb:DeleteItem", "dynamodb:Scan", "dynamodb:BatchWriteItem"}, name
     api_put = [st for st in statements(resources["ApiFunctionRole"]) if "dynamodb:PutItem" in _as_list(st["Action"])]
     assert "APIKEY#*" not in json.dumps(api_put)
+    for name, role in roles(resources).items():
+        writes = [
+            st for st in statements(role) if {"dynamodb:PutItem", "dynamodb:UpdateItem"} & set(_as_list(st["Action"]))
+        ]
+        assert "ACCOUNT#" not in json.dumps(writes), name
 
 
 def test_who_may_do_what(resources: dict[str, Any]) -> None:

@@ -41,7 +41,7 @@ def warm_up(service: RunningService, timeout_s: float = 300) -> None:
     """One job through the worker first (it builds the tiny model on its first job), polled without waits, so
     the timings below measure waits and not a cold worker."""
     with service.http() as http:
-        headers = {"Authorization": f"Bearer {service.api_key}"}
+        headers = {"x-api-key": service.api_key}
         job_id = http.post("/v1/jobs", json={**SMALL, "seed": 10}, headers=headers).json()["id"]
         deadline = time.monotonic() + timeout_s
         while http.get(f"/v1/jobs/{job_id}", headers=headers).json()["status"] != "SUCCEEDED":
@@ -55,8 +55,8 @@ KEYS: dict[str, str] = {}
 
 def auth(service: RunningService, **extra: str) -> dict[str, str]:
     if service.api_url not in KEYS:
-        KEYS[service.api_url] = ApiKeyStore(service.boto("dynamodb"), service.table).create(TENANT)
-    return {"Authorization": f"Bearer {KEYS[service.api_url]}", **extra}
+        KEYS[service.api_url] = ApiKeyStore(service.boto("dynamodb"), service.table).create(TENANT).plaintext
+    return {"x-api-key": KEYS[service.api_url], **extra}
 
 
 def stuck_job(service: RunningService) -> str:

@@ -30,7 +30,7 @@ def test_loopback_callbacks_are_refused_at_submit_and_at_send_time(service: Runn
             resp = http.post(
                 "/v1/jobs",
                 json={"prompt": "x", "callback_url": receiver.url},
-                headers={"Authorization": f"Bearer {service.api_key}"},
+                headers={"x-api-key": service.api_key},
             )
         assert resp.status_code == 422
         assert resp.json()["error"]["details"][0]["loc"] == ["body", "callback_url"]

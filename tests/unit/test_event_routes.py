@@ -14,6 +14,8 @@ import pytest
 
 from handlers.events import StreamedResponse
 from localcloud.api import LocalApiServer, LocalLambdaContext
+from localcloud.gateway import GatewayRules, LocalGateway
+from localcloud.service import TEMPLATE
 from shared.apikeys import ApiKeyStore
 from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
 from shared.jobs import JobsRepository
@@ -83,7 +85,11 @@ def api_env(jobs_table: DynamoDBClient, monkeypatch: pytest.MonkeyPatch) -> Iter
 def test_the_api_function_answers_the_events_route_with_the_current_state(api_env: DynamoDBClient) -> None:
     from handlers import api
 
-    key = ApiKeyStore(api_env, JOBS_TABLE).create("t-1")
+    from handlers import authorizer
+
+    key = ApiKeyStore(api_env, JOBS_TABLE).create("t-1").plaintext
+    authorizer.deps.cache_clear()
+    gateway = LocalGateway(GatewayRules.from_template(TEMPLATE), authorizer.lambda_handler, LocalLambdaContext)
     repo = JobsRepository(api_env, JOBS_TABLE)
     request = GenerationRequest.model_validate({"prompt": "a fox", "seed": 1}, context={"trusted": True})
     stored, _ = repo.create(
@@ -111,6 +117,7 @@ def test_the_api_function_answers_the_events_route_with_the_current_state(api_en
             "body": None,
             "isBase64Encoded": False,
         }
+        assert gateway.admit(event) is None  # API Gateway's authorizer lets the key through
         return api.lambda_handler(event, LocalLambdaContext())
 
     now = call(stored.job_id)

@@ -103,7 +103,8 @@ def service_env(resources: LocalResources, config: LocalServiceConfig) -> dict[s
     profile's defaults unless the caller's environment sets them, then ``config.extra_env``."""
     defaults = {
         "SDQ_ALLOW_LOOPBACK_CALLBACKS": "true",
-        "SDQ_MODELS": json.dumps(sorted({config.model, "tiny"})),
+        # Only the model the local worker loads: a request for another is refused (422), never run with this one.
+        "SDQ_MODELS": json.dumps([config.model]),
         "SDQ_DEFAULT_MODEL": config.model,
         "SDQ_MODEL": config.model,
         "SDQ_REQUEUE_AFTER_S": "15",

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from aws_lambda_powertools import Logger
 from PIL.Image import Image
@@ -31,6 +31,21 @@ class Generator(Protocol):
     def generate(
         self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: Callable[[int, int], None] | None = None
     ) -> dict[str, list[Image]]: ...
+
+
+@runtime_checkable
+class ServesModels(Protocol):
+    """A generator that names the models it has loaded (:class:`~workflows.generation.pipeline.PipelineRunner`)."""
+
+    @property
+    def models(self) -> frozenset[str]: ...
+
+
+def served_models(generator: Generator) -> frozenset[str]:
+    """The model ids ``generator`` can generate for: its ``models``, else its one ``model_name``."""
+    if isinstance(generator, ServesModels):
+        return generator.models
+    return frozenset({generator.model_name})
 
 
 class BatchHandOff(Protocol):
@@ -85,7 +100,10 @@ class BatchRunner:
         if not live:
             return
         req = live[0].request
-        shape = BatchShape(req.width, req.height, req.num_inference_steps, float(req.guidance_scale), req.scheduler)
+        # Batches never mix models (the batch key holds it): the runner refuses one it has not loaded.
+        shape = BatchShape(
+            req.width, req.height, req.num_inference_steps, float(req.guidance_scale), req.scheduler, req.model
+        )
         work = [
             ImageJob(h.job_id, h.request.prompt, h.request.negative_prompt, h.request.seed or 0, h.request.num_images)
             for h in live

@@ -1,5 +1,6 @@
 """Claims: a batch's jobs claimed in parallel, lost claims settled, the next batch claimed ahead (one at a time,
-while the current one generates) and claimed jobs handed back unstarted on a warm stop."""
+while the current one generates) and claimed jobs handed back unstarted on a warm stop. A job for a model the
+worker has not loaded is never claimed: its message is left for a worker that serves it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from shared.tracing import segment
 from workflows.generation.heldmessages import AwsError, Held, HeldMessages
 
 logger = Logger(service="sdq-worker")
+
+# How long a message for a model this worker has not loaded stays hidden from it: short, so a worker that serves
+# the model receives it soon, and long enough that this worker does not take it straight back.
+UNSERVED_VISIBILITY_S = 2
 
 EXPIRED_ERROR = JobError(code="EXPIRED", message="The job passed its retention before a worker ran it.")
 
@@ -43,11 +48,14 @@ class Claims:
         clock: Callable[[], float],
         xray: bool = False,
         on_expired: Callable[[Job], object] | None = None,
+        models: frozenset[str] | None = None,
     ) -> None:
         """``on_expired`` starts the webhook of a job failed here because it expired while queued; it may raise (the
         message then comes back, and the job, found already failed ``EXPIRED``, gets it started again: it must be
-        idempotent)."""
+        idempotent). ``models``: the model ids this worker has loaded; a job naming another is not claimed (None:
+        any model)."""
         self._on_expired = on_expired
+        self._models = models
         self._held = held
         self._repo = repo
         # Per-job table writes are independent conditional writes: issued together, a batch's claims cost one
@@ -97,9 +105,27 @@ class Claims:
     def claim_batch(self, batch: list[Held]) -> ClaimedBatch:
         """Claim every job of a batch at once (conditional writes in parallel); keep the ones won."""
         started = time.monotonic()
+        batch = self._leave_unserved(batch)
         with segment("sdq-worker-claim", enabled=self._xray):
             won = list(self._table_pool.map(self.claim, batch))
         return ClaimedBatch([h for h, ok in zip(batch, won, strict=True) if ok], time.monotonic() - started)
+
+    def _leave_unserved(self, batch: list[Held]) -> list[Held]:
+        """The jobs of ``batch`` this worker can generate; the others' messages go back, visible again soon."""
+        if self._models is None:
+            return batch
+        unserved = [h for h in batch if h.request.model not in self._models]
+        if not unserved:
+            return batch
+        for h in unserved:
+            logger.warning(
+                "job for a model this worker has not loaded; left for a worker that has",
+                job_id=h.job_id,
+                model=h.request.model,
+                served=sorted(self._models),
+            )
+        self._held.let_go(unserved, UNSERVED_VISIBILITY_S)
+        return [h for h in batch if h.request.model in self._models]
 
     def release(self, jobs: list[Held]) -> None:
         """Give claimed, never-started jobs back (QUEUED again, message visible now)."""

@@ -32,7 +32,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from shared.errors import RetryableError
+from shared.errors import PermanentError, RetryableError
 from workflows.generation.acceleration import AccelerationOptions, Accelerator, upcasts_vae_per_call
 from workflows.generation.models import LoadedModel, Precision, Text2ImagePipeline, load_model, quiet_logger
 from workflows.generation.previews import Captured, LatentFormat, capture, latent_format_for
@@ -83,6 +83,15 @@ class GenerationOOM(RetryableError):
         self.height = height
 
 
+class ModelNotServed(PermanentError):
+    """A batch names a model this runner has not loaded: generating it with another model would mislabel it."""
+
+    def __init__(self, model: str | None, served: frozenset[str]) -> None:
+        super().__init__(f"model {model!r} is not loaded here; this worker serves {sorted(served)}")
+        self.model = model
+        self.served = served
+
+
 class UnknownScheduler(ValueError):
     """A scheduler name outside ``SCHEDULERS``."""
 
@@ -104,13 +113,15 @@ class ImageJob:
 
 @dataclass(frozen=True)
 class BatchShape:
-    """What every job of a batch has in common (the batcher's grouping key, less the model)."""
+    """What every job of a batch has in common (the batcher's grouping key). ``model`` is the id every job
+    names; None (benchmarks, warm-up) means the runner's own model."""
 
     width: int
     height: int
     steps: int
     guidance_scale: float
     scheduler: str
+    model: str | None = None
 
 
 StepCallback = Callable[[int, int], None]
@@ -219,6 +230,11 @@ class PipelineRunner:
         return self._model.name
 
     @property
+    def models(self) -> frozenset[str]:
+        """The model ids this runner generates for: its one model."""
+        return frozenset({self._model.name})
+
+    @property
     def is_noise_model(self) -> bool:
         return self._model.is_noise_model
 
@@ -324,9 +340,12 @@ class PipelineRunner:
         ``on_step(step, total)`` is called after every denoising step (1-based). If it raises
         ``GenerationCancelled`` the call stops at once (no VAE decode) and the exception propagates. An
         ``on_step`` that is a :class:`LatentTap` also gets each job's first latent row at the steps it asks for.
-        Raises ``GenerationOOM`` when the device runs out of memory, ``UnknownScheduler`` for a name outside
-        ``SCHEDULERS``, ``ValueError`` for an empty or inconsistent batch; other errors propagate.
+        Raises ``ModelNotServed`` when ``shape.model`` names another model than this runner's, ``GenerationOOM``
+        when the device runs out of memory, ``UnknownScheduler`` for a name outside ``SCHEDULERS``,
+        ``ValueError`` for an empty or inconsistent batch; other errors propagate.
         """
+        if shape.model is not None and shape.model != self.model_name:
+            raise ModelNotServed(shape.model, self.models)
         if not jobs:
             raise ValueError("a batch needs at least one job")
         keys = [job.key for job in jobs]

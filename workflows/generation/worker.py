@@ -39,7 +39,7 @@ from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import WorkerQueue
 from workflows.generation.batchreport import BatchReport, log_batch
-from workflows.generation.batchrun import BatchRunner, Generator
+from workflows.generation.batchrun import BatchRunner, Generator, served_models
 from workflows.generation.claims import ClaimedBatch, Claims
 from workflows.generation.encoding import PngEncoder
 from workflows.generation.handoff import HandOff
@@ -140,6 +140,7 @@ class Worker:
             lease_s=config.visibility_s,
             clock=clock,
             xray=config.xray,
+            models=served_models(generator),  # a job for another model is left for a worker that serves it
             on_expired=lambda job: start_finished_notice(orchestrator, job),
         )
         self._handoff = HandOff(

@@ -606,6 +606,20 @@ def test_queue_visibility_is_the_worker_lease_and_outlasts_a_heartbeat(
     assert sam["Parameters"]["MaxReceiveCount"]["Default"] == 3
 
 
+def test_a_job_message_outlives_the_job_retention_and_its_dead_letter_outlives_it(
+    sam: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    """A message that expired while its job stays QUEUED would leave the job with no way to run or fail: the
+    queue keeps messages at least as long as the longest retention the stack allows. SQS keeps a message's first
+    enqueue time when it moves to the dead-letter queue, so that one keeps them at least as long again."""
+    day = 86400
+    retention = sam["Parameters"]["RetentionDays"]
+    queue = resources["JobsQueue"]["Properties"]["MessageRetentionPeriod"]
+    assert queue >= retention["MaxValue"] * day
+    assert queue >= Settings().job_retention_days * day
+    assert resources["JobsDeadLetterQueue"]["Properties"]["MessageRetentionPeriod"] >= queue
+
+
 # --- data protection ----------------------------------------------------------------------------------------
 
 

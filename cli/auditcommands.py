@@ -1,27 +1,22 @@
 """``sdq admin audit``: the operator's reading of the audit log, straight from its DynamoDB table.
 
-It goes over the AWS APIs with the operator's own credentials, so it reads a deployed stack (``--stack``: the
-table from the stack's ``AuditTableName`` output) and the local cloud alike (by default, the table and endpoint
-that ``sdq up`` wrote in ``.sdq/local.json``).
+It goes over the AWS APIs with the operator's own credentials and finds the deployment as every ``sdq admin``
+command does (:class:`cli.admin.AdminTarget`): a deployed stack (``--stack``: its ``AuditTableName`` output) or
+the local cloud of ``sdq up`` (``.sdq/local.json``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from rich.table import Table
 
-from cli.client import LOCAL_STATE_FILE, state_dir
 from shared.audit import AuditEntry, AuditLog
 from shared.contracts import utcnow
 from shared.errors import InvalidCursor
@@ -30,14 +25,9 @@ from shared.settings import get_settings
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-AUDIT_TABLE_OUTPUT = "AuditTableName"
 PAGE = 100
 _AGE = re.compile(r"^(?P<n>\d+)(?P<unit>[smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
-class AuditTableNotFound(Exception):
-    """Neither flags, the environment nor ``.sdq/local.json`` name the audit table."""
 
 
 def parse_since(text: str, *, now: datetime | None = None) -> datetime:
@@ -52,47 +42,6 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
             f"{text!r}: give an ISO time (2026-12-01T09:00Z) or an age (30m, 12h, 7d)"
         ) from exc
     return at if at.tzinfo else at.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class AuditTarget:
-    """Where the audit table is and how to reach it."""
-
-    table: str
-    client_kwargs: dict[str, str]
-
-
-def resolve_target(args: argparse.Namespace) -> AuditTarget:
-    """``--table``, else ``--stack``'s output, else ``SDQ_AUDIT_TABLE_NAME``, else the local stack of ``sdq up``."""
-    region = {"region_name": args.region} if args.region else {}
-    if args.table:
-        return AuditTarget(args.table, region)
-    if args.stack:
-        cfn = boto3.client("cloudformation", **region)
-        outputs = cfn.describe_stacks(StackName=args.stack)["Stacks"][0].get("Outputs", [])
-        found = {o["OutputKey"]: o["OutputValue"] for o in outputs}
-        if AUDIT_TABLE_OUTPUT not in found:
-            raise AuditTableNotFound(f"stack {args.stack} has no {AUDIT_TABLE_OUTPUT} output (deploy this version)")
-        return AuditTarget(found[AUDIT_TABLE_OUTPUT], region)
-    if os.environ.get("SDQ_AUDIT_TABLE_NAME"):
-        return AuditTarget(os.environ["SDQ_AUDIT_TABLE_NAME"], region)
-    local = state_dir() / LOCAL_STATE_FILE
-    if local.exists():
-        env = json.loads(local.read_text()).get("env", {})
-        if env.get("SDQ_AUDIT_TABLE_NAME"):
-            return AuditTarget(
-                env["SDQ_AUDIT_TABLE_NAME"],
-                {
-                    "endpoint_url": env["AWS_ENDPOINT_URL"],
-                    "region_name": env["AWS_DEFAULT_REGION"],
-                    "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
-                    "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
-                },
-            )
-    raise AuditTableNotFound(
-        "No audit table: pass --stack <deployed stack> or --table <name>, set SDQ_AUDIT_TABLE_NAME, or run `sdq up`"
-        " in this folder."
-    )
 
 
 def entries(log: AuditLog, *, tenant: str | None, since: datetime | None, limit: int) -> Iterator[AuditEntry]:
@@ -121,8 +70,7 @@ def add_audit_parser(admin_subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--since", type=parse_since, help="only entries from then on: an ISO time or an age (30m, 12h, 7d)")
     p.add_argument("--limit", type=int, default=50, help="most entries shown (default 50)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--stack", help="a deployed stack's name: read its AuditTableName output")
-    p.add_argument("--table", help="the audit table's name")
+    p.add_argument("--stack", help="a deployed stack's name (default: the local stack of `sdq up`)")
     p.add_argument("--region", help="the stack's region (default: your AWS configuration's)")
     p.set_defaults(func=run_audit, audit_parser=p)
     return p
@@ -130,15 +78,20 @@ def add_audit_parser(admin_subparsers: Any) -> argparse.ArgumentParser:
 
 def run_audit(args: argparse.Namespace) -> int:
     """Print the entries; exit 0, or 2 (usage) when the table cannot be found or read."""
+    # Imported here: cli.admin imports this module for its parser.
+    from cli.admin import AdminTarget, NoStack
+
     parser: argparse.ArgumentParser = args.audit_parser
     if args.limit < 1:
         parser.error("--limit must be at least 1")
     try:
-        target = resolve_target(args)
-        ddb: DynamoDBClient = boto3.client("dynamodb", **target.client_kwargs)  # type: ignore[call-overload]
-        log = AuditLog(ddb, target.table, retention_days=get_settings().audit_retention_days)
+        target = AdminTarget.resolve(args)
+        if target.audit_table is None:
+            parser.error(f"stack {target.stack} has no AuditTableName output: deploy this version")
+        ddb: DynamoDBClient = target.client("dynamodb")
+        log = AuditLog(ddb, target.audit_table, retention_days=get_settings().audit_retention_days)
         found = list(entries(log, tenant=args.tenant, since=args.since, limit=args.limit))
-    except (AuditTableNotFound, InvalidCursor) as exc:
+    except (NoStack, InvalidCursor) as exc:
         parser.error(str(exc))
     except (BotoCoreError, ClientError) as exc:
         parser.error(f"cannot read the audit log: {exc}")

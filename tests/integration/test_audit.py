@@ -15,8 +15,9 @@ import pytest
 from sdq_client import ApiError
 
 from cli.auditcommands import add_audit_parser
+from cli.client import Endpoint, SdqClient
 from localcloud.provision import load_sam_template
-from shared.apikeys import KEY_PREFIX
+from shared.apikeys import KEY_PREFIX, ApiKeyStore, hash_key
 from tests.integration.conftest import REPO, RunningService
 
 USER_AGENT = "audit-test/1.0 (+https://example.test/agent)"
@@ -24,10 +25,13 @@ REQUEST: dict[str, Any] = {"prompt": "a lighthouse at dusk", "width": 256, "heig
 
 
 class Caller:
-    """A fresh tenant (from the fixture's helper) calling the API with a User-Agent of its own."""
+    """A fresh tenant with a key of its own (its name carries a clock reading, so tests share the module's
+    service), calling the API with a User-Agent of its own."""
 
     def __init__(self, service: RunningService, name: str) -> None:
-        self.tenant, self._client = service.new_named_tenant(name)
+        self.tenant = f"{name}-{time.monotonic_ns()}"
+        self.key = ApiKeyStore(service.boto("dynamodb"), service.table).create(self.tenant)
+        self._client = SdqClient(Endpoint(service.api_url, self.key.plaintext))
 
     def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         """The answer's status and JSON body, refusals included."""
@@ -59,7 +63,6 @@ def _operator(service: RunningService, monkeypatch: pytest.MonkeyPatch, *argv: s
     add_audit_parser(parser.add_subparsers(dest="admin", required=True))
     args = parser.parse_args(["audit", "--json", *argv])
     monkeypatch.setenv("SDQ_STATE_DIR", str(service.state_dir))
-    monkeypatch.delenv("SDQ_AUDIT_TABLE_NAME", raising=False)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert args.func(args) == 0
@@ -100,7 +103,7 @@ def test_every_state_changing_call_is_recorded_for_its_tenant_as_answered(
         assert e["tenant"] == me.tenant
         assert e["source_ip"] == "127.0.0.1"
         assert e["user_agent"] == USER_AGENT
-        assert "key_id" in e
+        assert e["key_id"] == me.key.key_id
         assert "operator" not in e  # the operator's AWS identity stays with the operator
     times = [e["at"] for e in entries]
     assert times == sorted(times, reverse=True)
@@ -136,8 +139,9 @@ def test_nothing_secret_is_recorded(service: RunningService) -> None:
     assert stored.count('"job.') == 2
     assert served.count('"job.') == 2
     for text in (stored, served):
-        # No API key (every key starts sdq_), no webhook secret, nothing of the request.
-        for secret in (KEY_PREFIX, service.api_key, first, rotated, "s3cr3t", REQUEST["prompt"]):
+        # No API key (every key starts sdq_) nor its hash, no webhook secret, nothing of the request.
+        secrets = (me.key.plaintext, hash_key(me.key.plaintext), KEY_PREFIX, service.api_key, first, rotated)
+        for secret in (*secrets, "s3cr3t", REQUEST["prompt"]):
             assert secret not in text
         assert "://" not in text.replace(USER_AGENT, "")  # no URL: presigned, callback or any other
 

@@ -565,6 +565,10 @@ def test_every_failed_timed_out_or_aborted_execution_of_the_job_workflow_reaches
     # not the three times within minutes of an asynchronous invocation; what it gives up on is alarmed.
     [target] = rule["Targets"]
     assert show(target["Arn"]) == "FailedExecutionEventsQueue.Arn"
+    # An event the queue does not take at once is retried for a day, then kept in the alarmed dead-letter queue.
+    assert target["RetryPolicy"]["MaximumEventAgeInSeconds"] >= 86400
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] >= 100
+    assert show(target["DeadLetterConfig"]["Arn"]) == "FailedExecutionEventsDeadLetterQueue.Arn"
     queue = resources["FailedExecutionEventsQueue"]["Properties"]
     function = resources["FailedExecutionFunction"]["Properties"]
     [event] = function["Events"].values()
@@ -575,9 +579,15 @@ def test_every_failed_timed_out_or_aborted_execution_of_the_job_workflow_reaches
     redrive = queue["RedrivePolicy"]
     assert show(redrive["deadLetterTargetArn"]) == "FailedExecutionEventsDeadLetterQueue.Arn"
     assert redrive["maxReceiveCount"] * queue["VisibilityTimeout"] >= 3600
-    [statement] = resources["FailedExecutionEventsQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    policy = resources["FailedExecutionEventsQueuePolicy"]["Properties"]
+    assert {show(q) for q in policy["Queues"]} == {"FailedExecutionEventsQueue", "FailedExecutionEventsDeadLetterQueue"}
+    [statement] = policy["PolicyDocument"]["Statement"]
     assert statement["Principal"] == {"Service": "events.amazonaws.com"}
     assert statement["Action"] == "sqs:SendMessage"
+    assert {show(r) for r in statement["Resource"]} == {
+        "FailedExecutionEventsQueue.Arn",
+        "FailedExecutionEventsDeadLetterQueue.Arn",
+    }
     assert show(statement["Condition"]["ArnEquals"]["aws:SourceArn"]) == "FailedExecutionRule.Arn"
     alarm = json.dumps(resources["FailedExecutionsAlarm"]["Properties"]["Metrics"])
     assert "FailedExecutionEventsDeadLetterQueue" in alarm

@@ -63,7 +63,7 @@ from workflows.queueposition import QueuePositions
 from workflows.resultcache import ResultCache
 from workflows.submission import SubmissionService, is_valid_job_id
 from workflows.waiting import MAX_WAIT_S, wait_until_finished
-from workflows.webhooks import start_notice, start_notice_retrying
+from workflows.webhooks import Redeliveries, start_notice_retrying
 
 logger = Logger(service="sdq")
 tracer = Tracer(service="sdq")
@@ -161,6 +161,7 @@ class Services:
     media: MediaStore
     secrets: WebhookSecrets
     orchestrator: Orchestrator
+    redeliveries: Redeliveries
     positions: QueuePositions
     audit: AuditLog
 
@@ -186,6 +187,7 @@ def services() -> Services:
         media=MediaStore(aws.s3(), settings.bucket),
         secrets=WebhookSecrets(aws.dynamodb(), settings.table_name, overlap_s=settings.webhook_secret_overlap_s),
         orchestrator=orchestrator,
+        redeliveries=Redeliveries(orchestrator, RateLimiter(aws.dynamodb(), settings.table_name), settings),
         positions=QueuePositions(QueueState(aws.dynamodb(), settings.table_name)),
         audit=AuditLog(aws.dynamodb(), settings.audit_table_name, retention_days=settings.audit_retention_days),
     )
@@ -430,7 +432,7 @@ def redeliver_webhook(job_id: JobId) -> Response[JobView]:
         raise Conflict("The job has not finished; its webhook is sent when it does.", details={"status": job.status})
     if not job.request.callback_url:
         raise Conflict("The job has no callback_url.")
-    start_notice(services().orchestrator, job, "redeliver")
+    services().redeliveries.start(job)
     return _json(202, _view(job))
 
 

@@ -309,6 +309,16 @@ class Settings(BaseSettings):
         ge=0,
         description="After a webhook secret rotation, how long webhooks are signed with the replaced secret too",
     )
+    webhook_redeliveries_per_job: int = Field(
+        default=5,
+        ge=1,
+        description="`POST /v1/jobs/{id}/webhook/redeliver` calls per job per hour before `429`",
+    )
+    webhook_redeliveries_per_tenant: int = Field(
+        default=100,
+        ge=1,
+        description="`POST /v1/jobs/{id}/webhook/redeliver` calls per tenant per hour, all jobs together, before `429`",
+    )
     webhook_retry_schedule_s: list[int] = Field(
         default=[5, 300, 1800, 7200, 18000, 36000, 36000],
         min_length=1,

@@ -15,6 +15,7 @@ webhook waits (a state-machine retry) while such a mark stands.
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from standardwebhooks import Webhook
 
 from shared.contracts import Job, JobStatus, WorkflowInput
+from shared.errors import TooManyRequests
 from shared.eventrecords import EventRecords
 from shared.netguard import DNS_TIMEOUT_S, HostUnresolved, UnsafeUrl, check_callback_url, resolve_public
 from shared.settings import Settings
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from shared.jobs import JobsRepository
     from shared.media import MediaStore
     from shared.orchestration import Orchestrator
+    from shared.ratelimit import RateLimiter
 
 logger = Logger(service="sdq-notify", child=True)
 
@@ -347,6 +350,53 @@ def start_notice(orchestrator: Orchestrator, job: Job, reason: str, *, once: boo
         f"{job.job_id}-{reason}" if once else f"{job.job_id}-{reason}-{ULID()}",
         WorkflowInput.notice(job, reason=reason),
     )
+
+
+# The window both redelivery limits count in (Settings.webhook_redeliveries_per_job, ..._per_tenant).
+REDELIVERY_WINDOW_S = 3600
+
+
+class Redeliveries:
+    """``POST /v1/jobs/{id}/webhook/redeliver``: a new delivery of a finished job's webhook (with the whole retry
+    schedule), at most ``webhook_redeliveries_per_job`` times per job and ``webhook_redeliveries_per_tenant``
+    times per tenant in an hour, so a client cannot turn the service into a webhook cannon."""
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        limiter: RateLimiter,
+        settings: Settings,
+        *,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._orchestrator = orchestrator
+        self._limiter = limiter
+        self._settings = settings
+        self._now = now
+
+    def start(self, job: Job) -> str | None:
+        """Start the redelivery; raises TooManyRequests (429, with Retry-After) past a limit, AWS errors as they
+        come. Returns the execution ARN, or None when the job has no callback URL."""
+        now = self._now()
+        per_job, per_tenant = (
+            self._settings.webhook_redeliveries_per_job,
+            self._settings.webhook_redeliveries_per_tenant,
+        )
+        job_key, tenant_key = f"redeliver#{job.tenant}#{job.job_id}", f"redeliver#{job.tenant}"
+        wait = self._limiter.hit(job_key, limit=per_job, window_s=REDELIVERY_WINDOW_S, now=now)
+        if wait is not None:
+            raise TooManyRequests(
+                f"This job's webhook was redelivered {per_job} times in the last hour; try again later.",
+                retry_after_s=math.ceil(wait),
+            )
+        wait = self._limiter.hit(tenant_key, limit=per_tenant, window_s=REDELIVERY_WINDOW_S, now=now)
+        if wait is not None:
+            self._limiter.release(job_key, window_s=REDELIVERY_WINDOW_S, now=now)  # this one was not made
+            raise TooManyRequests(
+                f"More than {per_tenant} webhook redeliveries in an hour; try again later.",
+                retry_after_s=math.ceil(wait),
+            )
+        return start_notice(self._orchestrator, job, "redeliver")
 
 
 def start_finished_notice(orchestrator: Orchestrator, job: Job) -> str | None:

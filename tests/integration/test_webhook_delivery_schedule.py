@@ -1,5 +1,6 @@
 """The terminal webhook's retry schedule on the local stack: the real ASL waits between attempts (Wait states, no
-Lambda running), the job view shows when the next attempt is due, and a receiver back from an outage gets it."""
+Lambda running), the job view shows when the next attempt is due, and a receiver back from an outage gets it.
+Redeliveries are limited per job and per tenant."""
 
 from __future__ import annotations
 
@@ -8,13 +9,21 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from sdq_client import RateLimited
 
 from localcloud.receiver import ScriptedReceiver
 from tests.integration.conftest import RunningService, service_fixture
 from tests.integration.executions import ServiceHarness
 
-# A shortened schedule (the default spans hours): waits of 1 s, 4 s, 1 s.
-service = service_fixture("sdq-webhook-schedule", {"SDQ_WEBHOOK_RETRY_SCHEDULE_S": "[1, 4, 1]"})
+# A shortened schedule (the default spans hours): waits of 1 s, 4 s, 1 s; 2 redeliveries a job, 3 a tenant.
+service = service_fixture(
+    "sdq-webhook-schedule",
+    {
+        "SDQ_WEBHOOK_RETRY_SCHEDULE_S": "[1, 4, 1]",
+        "SDQ_WEBHOOK_REDELIVERIES_PER_JOB": "2",
+        "SDQ_WEBHOOK_REDELIVERIES_PER_TENANT": "3",
+    },
+)
 
 
 @pytest.fixture
@@ -66,3 +75,36 @@ def test_a_receiver_down_for_the_whole_schedule_is_given_up_after_its_last_retry
     view = client.get(job.job_id)
     assert view["status"] == "SUCCEEDED"
     assert (view["webhook"]["state"], view["webhook"]["next_attempt_at"]) == ("failed", None)
+
+
+def test_redeliver_is_limited_per_job_and_per_tenant_with_retry_after(
+    harness: tuple[ServiceHarness, Any], receiver: ScriptedReceiver, service: RunningService
+) -> None:
+    h, client = harness
+    first, second = h.running_job(receiver.url), h.running_job(receiver.url)
+    for job in (first, second):
+        assert h.wait(h.start(job, h.stage(job))) == "SUCCEEDED"
+    client.api.redeliver_webhook(first.job_id)
+    client.api.redeliver_webhook(first.job_id)
+    with pytest.raises(RateLimited) as per_job:
+        client.api.redeliver_webhook(first.job_id)
+    assert per_job.value.code == "too_many_requests"
+    retry_after = per_job.value.retry_after
+    assert retry_after is not None
+    assert 0 < retry_after <= 3600
+    client.api.redeliver_webhook(second.job_id)  # the tenant's third
+    with pytest.raises(RateLimited) as per_tenant:
+        client.api.redeliver_webhook(second.job_id)
+    assert "redeliveries in an hour" in per_tenant.value.message
+
+    # Each accepted redelivery sent one webhook, a refused one none; other tenants are not held back.
+    deadline = time.monotonic() + 30
+    while len(receiver.deliveries) < 5 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    assert len(receiver.deliveries) == 5
+    other_tenant, other_client = service.new_named_tenant("schedule-other")
+    other = ServiceHarness(service, other_tenant)
+    job = other.running_job(receiver.url)
+    assert other.wait(other.start(job, other.stage(job))) == "SUCCEEDED"
+    other_client.api.redeliver_webhook(job.job_id)

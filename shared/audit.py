@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -124,14 +125,22 @@ def _encode_cursor(plain: Mapping[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(dict(plain), sort_keys=True).encode()).decode().rstrip("=")
 
 
+# A sort key as AuditEntry.sort_key makes it: a cursor naming anything else would reach DynamoDB as a start key
+# it refuses (an empty or oversized key), a 500 instead of a 400.
+_SORT_KEY = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z#[0-9A-HJKMNP-TV-Z]{26}$")
+
+
 def _decode_cursor(cursor: str, *expected: set[str]) -> dict[str, Any]:
-    """A cursor's JSON object with exactly one of the ``expected`` sets of string fields, or InvalidCursor."""
+    """A cursor's JSON object with exactly one of the ``expected`` sets of string fields (a well-formed ``sk`` and
+    a non-empty ``tenant`` where it has them), or InvalidCursor."""
     invalid = InvalidCursor("cursor is not valid")
     try:
         plain = json.loads(base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()))
     except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
         raise invalid from exc
     if not isinstance(plain, dict) or set(plain) not in expected or not all(isinstance(v, str) for v in plain.values()):
+        raise invalid
+    if "sk" in plain and not (_SORT_KEY.match(plain["sk"]) and plain["tenant"]):
         raise invalid
     return plain
 

@@ -14,7 +14,7 @@ from moto import mock_aws
 
 from handlers import api
 from localcloud.provision import load_sam_template
-from shared.audit import AuditAction, AuditEntry, AuditLog, AuditOutcome
+from shared.audit import AuditAction, AuditEntry, AuditLog, AuditOutcome, _encode_cursor
 from shared.contracts import utcnow
 from shared.errors import InvalidCursor
 from shared.settings import Settings
@@ -100,7 +100,8 @@ def test_a_tenant_reads_only_its_own_entries_newest_first_page_by_page(audit_tab
     log.record(entry("t-2", minutes_ago=10))
     other = log.page("t-2", limit=1)
     assert other.next_cursor is not None
-    for bad in (other.next_cursor, "garbage", "e30"):
+    crafted = [{"tenant": "t-1", "sk": sk} for sk in ("", "x" * 2000, mine[0].sort_key + "x")]
+    for bad in (other.next_cursor, "garbage", "e30", *map(_encode_cursor, crafted)):
         with pytest.raises(InvalidCursor):
             log.page("t-1", limit=2, cursor=bad)
 

@@ -1,6 +1,7 @@
 // sdq playground: a static page over the public REST API (no build step, no dependencies).
 //
-// The API key lives in sessionStorage and travels only in the Authorization header. The API base URL is
+// The API key lives in sessionStorage and travels only in the x-api-key header (the one API Gateway's authorizer
+// reads: a key sent any other way is refused there and by the local API alike). The API base URL is
 // configurable (connect form, then config.js, then this page's origin); cross-origin use needs CORS on the API.
 (() => {
   "use strict";
@@ -71,7 +72,7 @@
   }
 
   async function api(method, path, { body, headers, key } = {}) {
-    const h = { Accept: "application/json", Authorization: `Bearer ${key || state.key}`, ...(headers || {}) };
+    const h = { Accept: "application/json", "x-api-key": key || state.key, ...(headers || {}) };
     if (body !== undefined) h["Content-Type"] = "application/json";
     let resp;
     try {

@@ -46,8 +46,8 @@ def _endpoint(base_url: str | None, api_key: str | None) -> tuple[str, str]:
 
 
 def _auth_headers(api_key: str) -> dict[str, str]:
-    # Both headers: the API accepts either, and API Gateway's usage plans meter x-api-key.
-    return {"Authorization": f"Bearer {api_key}", "x-api-key": api_key, "User-Agent": f"sdq-client/{__version__}"}
+    # x-api-key: the header API Gateway's authorizer reads (a key sent any other way is refused).
+    return {"x-api-key": api_key, "User-Agent": f"sdq-client/{__version__}"}
 
 
 def request_body(request: RequestLike) -> dict[str, Any]:

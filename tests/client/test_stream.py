@@ -117,7 +117,8 @@ def test_stream_yields_the_job_events_until_the_job_finishes(server: str) -> Non
     assert len(EventServer.requests) == 1
     sent = EventServer.requests[0]
     assert sent["accept"] == "text/event-stream"
-    assert sent["authorization"] == "Bearer key"
+    assert sent["x-api-key"] == "key"
+    assert "authorization" not in sent
 
 
 def test_a_dropped_stream_resumes_after_the_last_event(server: str) -> None:

@@ -11,11 +11,12 @@ change it without touching code.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.modelregistry import BUILTIN_REGISTRY, ModelRegistry, parse_registry
 from shared.pricing import gpu_price
 
 PREFIX = "SDQ_"
@@ -61,7 +62,10 @@ class SettingsGroup(BaseSettings):
 class WorkerSettings(SettingsGroup):
     """The GPU worker's loop: its model, batching, queue waits, leases and stop budget."""
 
-    model: str = Field(default="tiny", description="The worker's model: `tiny`, a hub id or a local diffusers folder")
+    model: str = Field(
+        default="tiny",
+        description="The worker's model: a model registry id, else `tiny`, a hub id or a local diffusers folder",
+    )
     max_batch_images: int = Field(
         default=8,
         ge=1,
@@ -215,6 +219,13 @@ class Settings(BaseSettings):
         description="Model allowlist (a JSON list): the `model` values a request may name",
     )
     default_model: str = Field(default="tiny", description="The model of a request that names none")
+    model_registry: Annotated[ModelRegistry | None, NoDecode] = Field(
+        default=None,
+        description=(
+            'The model registry (docs/worker.md): the path of a JSON file, or inline JSON `{"models": [...]}`;'
+            " every model of `SDQ_MODELS` must be in it. Unset: the built-in `tiny` model alone"
+        ),
+    )
     limits: RequestLimits = Field(
         default_factory=RequestLimits,
         description="Bounds of a generation request, one variable per bound (`SDQ_LIMITS__<NAME>`)",
@@ -396,6 +407,24 @@ class Settings(BaseSettings):
             "change both together"
         ),
     )
+
+    @field_validator("model_registry", mode="before")
+    @classmethod
+    def _read_registry(cls, value: Any) -> Any:
+        return None if value is None or value == "" else parse_registry(value)
+
+    @model_validator(mode="after")
+    def _models_registered(self) -> Settings:
+        if self.model_registry is not None:
+            missing = [m for m in {*self.models, self.default_model} if self.model_registry.get(m) is None]
+            if missing:
+                raise ValueError(f"models {sorted(missing)} are not in the model registry {self.model_registry.ids}")
+        return self
+
+    @property
+    def registry(self) -> ModelRegistry:
+        """The model registry: the configured one, else the built-in tiny model alone."""
+        return self.model_registry or BUILTIN_REGISTRY
 
     @field_validator("gpu_instance_type")
     @classmethod

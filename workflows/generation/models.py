@@ -1,6 +1,10 @@
-"""Model loading: the built-in ``tiny`` model, random-weight ``sd15``/``sdxl`` architectures, hub ids and paths.
+"""Model loading: the model registry's entries, the built-in ``tiny`` model, random-weight ``sd15``/``sdxl``
+architectures, hub ids and paths.
 
 Every model ends up as a diffusers text-to-image pipeline on one device:
+
+- an id of the model registry (``shared/modelregistry.py``): its source at its pinned revision, every weight file
+  checked against the entry's sha256 before the pipeline is built (a mismatch raises ``ChecksumMismatch``);
 
 - ``tiny``: real Stable Diffusion classes with small random weights from a fixed seed, saved once as a normal
   diffusers folder in the model cache and loaded with ``from_pretrained`` like any downloaded model. Offline.
@@ -39,19 +43,19 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from huggingface_hub import constants as hub_constants
+from huggingface_hub import snapshot_download
 from huggingface_hub.utils import HFValidationError
 from packaging.version import Version
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from shared.errors import PermanentError
+from shared.modelregistry import ModelEntry, ModelRegistry, weight_checksums
 from shared.settings import get_settings
-from shared.tinymodel import TINY_MODEL_NOTE
+from shared.tinymodel import TINY_MODEL_NOTE, TINY_MODEL_REVISION
 
 logger = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS_NOTE = "sdq random-weight '{arch}' architecture (benchmarks only): its images are noise"
-# Bump when the tiny architecture or seed changes: a new folder is built beside the old one.
-TINY_MODEL_VERSION = "1"
 TINY_SEED = 20240601
 RANDOM_ARCHITECTURES = ("sd15", "sdxl")
 _BUILD_LOCK = threading.Lock()
@@ -73,6 +77,17 @@ class ModelNotFoundError(PermanentError):
         self.reason = reason
 
 
+class ChecksumMismatch(PermanentError):
+    """A registered model's weight files are not the ones its registry entry lists: the model is not served."""
+
+    def __init__(self, model_id: str, revision: str, problems: dict[str, str]) -> None:
+        listed = "; ".join(f"{path}: {problem}" for path, problem in sorted(problems.items()))
+        super().__init__(f"Model {model_id!r} revision {revision!r} failed its checksums: {listed}")
+        self.model_id = model_id
+        self.revision = revision
+        self.problems = problems
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A text-to-image pipeline placed on its device, with what the worker needs to know about it."""
@@ -86,6 +101,8 @@ class LoadedModel:
     note: str | None
     # Where the weights came from: a folder, a hub id, or "random:<arch>".
     source: str
+    # The registry entry's pinned revision; None for a model loaded outside the registry (a path or hub id).
+    revision: str | None = None
 
 
 # --- device and precision -------------------------------------------------------------------------------
@@ -125,7 +142,7 @@ def model_cache_root() -> Path:
 
 def tiny_model_dir(cache_root: Path | None = None) -> Path:
     """Where the tiny model's diffusers folder lives (it may not exist yet)."""
-    return (cache_root or model_cache_root()) / f"tiny-{TINY_MODEL_VERSION}"
+    return (cache_root or model_cache_root()) / f"tiny-{TINY_MODEL_REVISION}"
 
 
 def ensure_tiny_model(cache_root: Path | None = None) -> Path:
@@ -407,19 +424,26 @@ def load_model(
     device: str | torch.device | None = None,
     precision: Precision | None = None,
     cache_root: Path | None = None,
+    registry: ModelRegistry | None = None,
 ) -> LoadedModel:
-    """Load ``name`` (``tiny``, ``sd15``, ``sdxl``, a hub id or a local folder) onto ``device``.
+    """Load ``name`` onto ``device``: an id of ``registry`` (default: the configured one, which always knows
+    ``tiny``), else ``sd15``, ``sdxl``, a hub id or a local folder.
 
     Raises ``ModelNotFoundError`` when a folder does not exist or a hub id cannot be found (including when
-    ``HF_HUB_OFFLINE`` is set and the model is not in the local hub cache). Other load errors propagate.
+    ``HF_HUB_OFFLINE`` is set and the model is not in the local hub cache), ``ChecksumMismatch`` when a
+    registered model's weight files differ from its entry. Other load errors propagate.
     """
     dev = resolve_device(device)
     dtype = resolve_dtype(dev, precision)
     note: str | None = None
-    if name == "tiny":
-        source = str(ensure_tiny_model(cache_root))
+    revision: str | None = None
+    entry = (registry or get_settings().registry).get(name)
+    if entry is not None:
+        folder = registered_folder(entry, cache_root)
+        verify_weights(entry, folder)
+        source, revision = str(folder), entry.revision
         pipe = _from_pretrained(name, source, dtype, local_only=True)
-        note = TINY_MODEL_NOTE
+        note = TINY_MODEL_NOTE if entry.source_kind == "builtin" else None
     elif name in RANDOM_ARCHITECTURES:
         source = f"random:{name}"
         pipe = build_random_pipeline(name, dev, dtype)  # type: ignore[arg-type]
@@ -435,7 +459,7 @@ def load_model(
     # asymmetric) have no such attribute, and their enable_slicing() raises: they are left as they are.
     if dev.type == "cuda" and hasattr(pipe.vae, "use_slicing"):
         pipe.vae.use_slicing = True
-    logger.info("loaded model %s from %s on %s (%s)", name, source, dev, precision_name(dtype))
+    logger.info("loaded model %s (revision %s) from %s on %s (%s)", name, revision, source, dev, precision_name(dtype))
     return LoadedModel(
         name=name,
         pipeline=pipe,
@@ -444,7 +468,61 @@ def load_model(
         is_noise_model=note is not None,
         note=note,
         source=source,
+        revision=revision,
     )
+
+
+def registered_folder(entry: ModelEntry, cache_root: Path | None = None) -> Path:
+    """The local diffusers folder of a registry entry: the built tiny model, the local path, or the hub snapshot
+    of the pinned revision (only the listed weight files and the configs are fetched).
+
+    Raises ``ModelNotFoundError`` when it is missing or cannot be fetched (S3 sources are not fetched yet).
+    """
+    kind = entry.source_kind
+    if kind == "builtin":
+        return ensure_tiny_model(cache_root)
+    if kind == "local":
+        folder = Path(entry.location)
+        if not (folder / "model_index.json").is_file():
+            raise ModelNotFoundError(entry.id, f"{folder} is not a diffusers pipeline folder (no model_index.json)")
+        return folder
+    if kind == "hub":
+        try:
+            with _quiet_progress_bars():
+                snapshot = snapshot_download(
+                    entry.location,
+                    revision=entry.revision,
+                    allow_patterns=[*entry.checksums, "*.json", "*.txt"],
+                    local_files_only=_hub_offline(),
+                )
+        except (HFValidationError, OSError) as exc:  # hub errors are OSErrors (missing repo, revision, offline)
+            raise ModelNotFoundError(entry.id, f"revision {entry.revision} not fetched from the hub: {exc}") from exc
+        return Path(snapshot)
+    raise ModelNotFoundError(entry.id, f"{entry.source}: workers do not fetch S3 sources yet")
+
+
+def verify_weights(entry: ModelEntry, folder: Path) -> None:
+    """Check every weight file in ``folder`` against ``entry.checksums``: each listed file present with its
+    sha256, and no weight file the entry does not list. Raises ``ChecksumMismatch`` (and logs it) otherwise.
+
+    An entry without checksums (the built-in model, built here from a seed) is not checked.
+    """
+    if not entry.checksums:
+        return
+    found = weight_checksums(folder)
+    problems: dict[str, str] = {}
+    for path, expected in entry.checksums.items():
+        actual = found.get(path)
+        if actual is None:
+            problems[path] = "missing"
+        elif actual != expected:
+            problems[path] = f"sha256 {actual}, the registry says {expected}"
+    for path in sorted(found.keys() - entry.checksums.keys()):
+        problems[path] = "a weight file the registry entry does not list"
+    if problems:
+        error = ChecksumMismatch(entry.id, entry.revision, problems)
+        logger.error("refusing to serve model %s: %s", entry.id, error)
+        raise error
 
 
 def _hub_offline() -> bool:

@@ -230,6 +230,11 @@ class PipelineRunner:
         return self._model.name
 
     @property
+    def revision(self) -> str | None:
+        """The model's pinned revision (its registry entry's), or None for a model outside the registry."""
+        return self._model.revision
+
+    @property
     def models(self) -> frozenset[str]:
         """The model ids this runner generates for: its one model."""
         return frozenset({self._model.name})

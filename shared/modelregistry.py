@@ -1,0 +1,180 @@
+"""The model registry: the models an operator serves, each pinned to a revision, with its weights' checksums.
+
+A job's ``model`` is an entry's ``id``. The registry comes from the ``model_registry`` setting (a JSON file path
+or inline JSON, read once with the settings); unset, it holds only the built-in ``tiny`` model. Workers load the
+entries of their fleet and verify every weight file against its checksum before serving it
+(``workflows/generation/models.py``); docs/worker.md says how an operator adds, updates and retires a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from shared.tinymodel import TINY_MODEL, TINY_MODEL_REVISION
+
+Architecture = Literal["tiny", "sd15", "sd2", "sdxl"]
+SourceKind = Literal["builtin", "hub", "s3", "local"]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+# The schedulers a request may name (``GenerationRequest.scheduler``), all allowed unless an entry narrows them.
+ALL_SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "lms")
+# Files whose bytes are weights: each one in a model folder must have a checksum in the model's entry.
+WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".onnx", ".gguf", ".msgpack", ".h5"})
+DEFAULT_FLEET = "default"
+BUILTIN_PREFIX = "builtin:"
+HUB_PREFIX = "hub:"
+S3_PREFIX = "s3://"
+
+
+class ModelEntry(BaseModel):
+    """One servable model.
+
+    ``source``: ``builtin:tiny``, ``hub:<org>/<name>`` (the hub repository, fetched at ``revision``, a commit),
+    ``s3://<bucket>/<prefix>`` (a diffusers folder copied there) or a local diffusers folder (an absolute path).
+    ``checksums``: the sha256 of every weight file, by its path inside the folder (``unet/...safetensors``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$")] = Field(
+        description="What a job's `model` names."
+    )
+    source: str = Field(description="`builtin:tiny`, `hub:<org>/<name>`, `s3://<bucket>/<prefix>` or an absolute path")
+    revision: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$")] = Field(
+        description="The pinned weights: a hub commit, or the operator's label of an S3 or local copy"
+    )
+    checksums: dict[str, Sha256] = Field(default_factory=dict, description="sha256 of each weight file, by path")
+    architecture: Architecture
+    default_width: int = Field(default=512, ge=8, multiple_of=8)
+    default_height: int = Field(default=512, ge=8, multiple_of=8)
+    schedulers: tuple[str, ...] = Field(default=ALL_SCHEDULERS, min_length=1)
+    fleet: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
+        default=DEFAULT_FLEET, description="The workers that load it (`SDQ_FLEET`)"
+    )
+
+    @property
+    def source_kind(self) -> SourceKind:
+        if self.source.startswith(BUILTIN_PREFIX):
+            return "builtin"
+        if self.source.startswith(HUB_PREFIX):
+            return "hub"
+        if self.source.startswith(S3_PREFIX):
+            return "s3"
+        return "local"
+
+    @property
+    def location(self) -> str:
+        """The source without its scheme: the builtin's name, the hub repository, ``bucket/prefix`` or the path."""
+        for prefix in (BUILTIN_PREFIX, HUB_PREFIX, S3_PREFIX):
+            if self.source.startswith(prefix):
+                return self.source.removeprefix(prefix)
+        return self.source
+
+    @field_validator("schedulers")
+    @classmethod
+    def _known_schedulers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(ALL_SCHEDULERS))
+        if unknown:
+            raise ValueError(f"unknown schedulers {unknown}; expected some of {list(ALL_SCHEDULERS)}")
+        return value
+
+    @field_validator("checksums")
+    @classmethod
+    def _relative_paths(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            path = PurePosixPath(name)
+            if path.is_absolute() or ".." in path.parts or not path.parts:
+                raise ValueError(f"checksum paths are relative to the model folder, not {name!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _source_shape(self) -> ModelEntry:
+        kind = self.source_kind
+        if kind == "builtin" and self.location != TINY_MODEL:
+            raise ValueError(f"the only built-in model is {BUILTIN_PREFIX}{TINY_MODEL}")
+        if kind == "hub" and self.location.count("/") != 1:
+            raise ValueError("a hub source is hub:<org>/<name>")
+        if kind == "s3" and "/" not in self.location.strip("/"):
+            raise ValueError("an S3 source is s3://<bucket>/<prefix>")
+        if kind == "local" and not Path(self.source).is_absolute():
+            raise ValueError("a local source is an absolute path (or builtin:, hub:, s3://)")
+        # Built-in weights are built here from a seed; every other model's weights are checked before use.
+        if kind != "builtin" and not self.checksums:
+            raise ValueError("checksums must give the sha256 of every weight file of the model")
+        return self
+
+
+class ModelRegistry(BaseModel):
+    """Every model a deployment may serve, by id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: tuple[ModelEntry, ...] = Field(min_length=1)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_ids(cls, value: tuple[ModelEntry, ...]) -> tuple[ModelEntry, ...]:
+        ids = [entry.id for entry in value]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"model ids must be unique: {repeated}")
+        return value
+
+    @property
+    def ids(self) -> list[str]:
+        return [entry.id for entry in self.models]
+
+    def get(self, model_id: str) -> ModelEntry | None:
+        return next((entry for entry in self.models if entry.id == model_id), None)
+
+    def fleet(self, fleet: str) -> list[ModelEntry]:
+        """The entries the workers of ``fleet`` load."""
+        return [entry for entry in self.models if entry.fleet == fleet]
+
+
+BUILTIN_REGISTRY = ModelRegistry(
+    models=(
+        ModelEntry(
+            id=TINY_MODEL,
+            source=f"{BUILTIN_PREFIX}{TINY_MODEL}",
+            revision=TINY_MODEL_REVISION,
+            architecture="tiny",
+            default_width=256,
+            default_height=256,
+        ),
+    )
+)
+
+
+def parse_registry(value: str | dict[str, Any] | ModelRegistry) -> ModelRegistry:
+    """The registry from inline JSON (``{"models": [...]}``), the path of a JSON file, or its parsed form.
+
+    Raises ``ValueError`` (pydantic's ``ValidationError`` is one) naming what is wrong, or ``OSError`` when the
+    file cannot be read.
+    """
+    if isinstance(value, ModelRegistry):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        value = json.loads(text if text.startswith("{") else Path(text).expanduser().read_text(encoding="utf-8"))
+    return ModelRegistry.model_validate(value)
+
+
+def weight_files(folder: Path) -> Iterable[Path]:
+    """The weight files under ``folder`` (by suffix), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+def weight_checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every weight file under ``folder``, by its path inside it: an entry's ``checksums``."""
+    sums: dict[str, str] = {}
+    for path in weight_files(folder):
+        with path.open("rb") as f:
+            sums[path.relative_to(folder).as_posix()] = hashlib.file_digest(f, "sha256").hexdigest()
+    return sums

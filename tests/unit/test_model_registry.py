@@ -1,0 +1,153 @@
+"""The model registry: its contract, its setting, and a worker loading an entry only when its weights check out.
+
+Models are the built-in tiny model and copies of its folder served as local paths (no hub)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from shared.modelregistry import BUILTIN_REGISTRY, ModelRegistry, parse_registry, weight_checksums
+from shared.settings import Settings
+from workflows.generation.models import ChecksumMismatch, ModelNotFoundError, ensure_tiny_model, load_model
+from workflows.generation.pipeline import BatchShape, ImageJob, ModelNotServed, PipelineRunner
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_tiny_model(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def variant(tiny_folder: Path, tmp_path: Path) -> Path:
+    """A second local model: a copy of the tiny model's folder."""
+    return Path(shutil.copytree(tiny_folder, tmp_path / "variant"))
+
+
+def entry(folder: Path, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": "variant",
+        "source": str(folder),
+        "revision": "2026-12-06",
+        "checksums": weight_checksums(folder),
+        "architecture": "tiny",
+        "default_width": 256,
+        "default_height": 256,
+        "schedulers": ["euler", "ddim"],
+        **fields,
+    }
+
+
+def test_a_registry_is_read_from_inline_json_or_from_a_file(variant: Path, tmp_path: Path) -> None:
+    body = json.dumps({"models": [entry(variant)]})
+    path = tmp_path / "registry.json"
+    path.write_text(body)
+
+    for value in (body, str(path)):
+        registry = parse_registry(value)
+        [model] = registry.models
+        assert (model.id, model.source_kind, model.revision, model.schedulers) == (
+            "variant",
+            "local",
+            "2026-12-06",
+            ("euler", "ddim"),
+        )
+        assert set(model.checksums) == {
+            "text_encoder/model.safetensors",
+            "unet/diffusion_pytorch_model.safetensors",
+            "vae/diffusion_pytorch_model.safetensors",
+        }
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        ({"source": "relative/folder"}, "absolute path"),
+        ({"checksums": {}}, "checksums"),
+        ({"checksums": {"../unet.safetensors": "0" * 64}}, "relative to the model folder"),
+        ({"checksums": {"unet/x.safetensors": "not-a-sha"}}, "pattern"),
+        ({"schedulers": ["warp"]}, "unknown schedulers"),
+        ({"source": "hub:just-a-name"}, "hub:<org>/<name>"),
+        ({"source": "builtin:sd15"}, "only built-in model"),
+        ({"default_width": 500}, "multiple of 8"),
+        ({"revision": ""}, "revision"),
+    ],
+)
+def test_an_invalid_entry_is_refused_with_what_is_wrong(variant: Path, change: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(ValidationError, match=complaint):
+        ModelRegistry.model_validate({"models": [entry(variant, **change)]})
+
+
+def test_model_ids_are_unique(variant: Path) -> None:
+    with pytest.raises(ValidationError, match="unique"):
+        ModelRegistry.model_validate({"models": [entry(variant), entry(variant, revision="other")]})
+
+
+def test_the_setting_holds_the_registry_and_every_allowed_model_must_be_in_it(
+    variant: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert Settings().registry == BUILTIN_REGISTRY  # unset: the built-in tiny model alone
+    monkeypatch.setenv("SDQ_MODEL_REGISTRY", json.dumps({"models": [entry(variant)]}))
+    monkeypatch.setenv("SDQ_MODELS", '["variant"]')
+    monkeypatch.setenv("SDQ_DEFAULT_MODEL", "variant")
+    assert Settings().registry.ids == ["variant"]
+    monkeypatch.setenv("SDQ_MODELS", '["variant", "tiny"]')
+    with pytest.raises(ValidationError, match=r"\['tiny'\] are not in the model registry"):
+        Settings()
+
+
+def test_a_registered_model_loads_with_its_revision_once_its_checksums_match(variant: Path) -> None:
+    registry = ModelRegistry.model_validate({"models": [entry(variant)]})
+    loaded = load_model("variant", device="cpu", registry=registry)
+    assert (loaded.name, loaded.revision, loaded.source, loaded.is_noise_model) == (
+        "variant",
+        "2026-12-06",
+        str(variant),
+        False,
+    )
+    runner = PipelineRunner(loaded)
+    images = runner.generate([ImageJob("a", "a fox", "", 1, 1)], BatchShape(64, 64, 2, 7.5, "euler", "variant"))
+    assert images["a"][0].size == (64, 64)
+    # A batch for another model is refused, never generated with this one.
+    with pytest.raises(ModelNotServed):
+        runner.generate([ImageJob("b", "a fox", "", 1, 1)], BatchShape(64, 64, 2, 7.5, "euler", "tiny"))
+
+
+def test_a_changed_weight_file_refuses_the_model_naming_the_file(variant: Path) -> None:
+    registry = ModelRegistry.model_validate({"models": [entry(variant)]})
+    unet = variant / "unet" / "diffusion_pytorch_model.safetensors"
+    with unet.open("r+b") as f:  # one flipped byte near the end (in the tensor data, past the header)
+        f.seek(-3, 2)
+        byte = f.read(1)
+        f.seek(-3, 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ChecksumMismatch, match=r"unet/diffusion_pytorch_model\.safetensors: sha256") as caught:
+        load_model("variant", device="cpu", registry=registry)
+    assert caught.value.problems.keys() == {"unet/diffusion_pytorch_model.safetensors"}
+
+
+def test_a_missing_or_unlisted_weight_file_refuses_the_model(variant: Path) -> None:
+    registry = ModelRegistry.model_validate({"models": [entry(variant)]})
+    (variant / "vae" / "diffusion_pytorch_model.safetensors").rename(variant / "vae" / "extra.safetensors")
+    with pytest.raises(ChecksumMismatch) as caught:
+        load_model("variant", device="cpu", registry=registry)
+    assert caught.value.problems == {
+        "vae/diffusion_pytorch_model.safetensors": "missing",
+        "vae/extra.safetensors": "a weight file the registry entry does not list",
+    }
+
+
+def test_the_built_in_registry_loads_tiny_with_its_revision(tiny_folder: Path) -> None:
+    loaded = load_model("tiny", device="cpu", cache_root=tiny_folder.parent)
+    assert (loaded.revision, loaded.is_noise_model, loaded.source) == ("1", True, str(tiny_folder))
+
+
+def test_an_s3_source_is_not_fetched_yet(variant: Path) -> None:
+    registry = ModelRegistry.model_validate({"models": [entry(variant, source="s3://bucket/models/variant")]})
+    with pytest.raises(ModelNotFoundError, match="S3"):
+        load_model("variant", device="cpu", registry=registry)

@@ -616,6 +616,18 @@ def _service_error(exc: ServiceError) -> Response[Any]:
     return _json(exc.status, exc.body(), headers)
 
 
+# A 422 names at most this many errors, each of its path parts and messages cut to these lengths: a body of
+# thousands of unknown (or very long) keys would otherwise get an answer many times its own size.
+MAX_ERROR_DETAILS = 20
+MAX_ERROR_LOC_CHARS = 64
+MAX_ERROR_MSG_CHARS = 200
+
+
+def _cut(text: object, limit: int) -> str:
+    value = str(text)
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
 @app.exception_handler(RequestValidationError)
 def _validation_error(exc: RequestValidationError) -> Response[Any]:
     errors = exc.errors()
@@ -623,13 +635,15 @@ def _validation_error(exc: RequestValidationError) -> Response[Any]:
         return _service_error(BadRequest("The request body is not valid JSON."))
     details = [
         {
-            "loc": [str(part) for part in e.get("loc", ())],
-            "msg": str(e.get("msg", "")),
-            "type": str(e.get("type", "")),
+            "loc": [_cut(part, MAX_ERROR_LOC_CHARS) for part in e.get("loc", ())],
+            "msg": _cut(e.get("msg", ""), MAX_ERROR_MSG_CHARS),
+            "type": _cut(e.get("type", ""), MAX_ERROR_LOC_CHARS),
         }
-        for e in errors
+        for e in errors[:MAX_ERROR_DETAILS]
     ]
     fields = ", ".join(".".join(d["loc"][1:] or d["loc"]) for d in details)
+    if len(errors) > MAX_ERROR_DETAILS:
+        fields += f" and {len(errors) - MAX_ERROR_DETAILS} more"
     return _service_error(ValidationFailed(f"Invalid request: {fields}", details=details))
 
 

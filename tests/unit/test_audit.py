@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -12,6 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
+from cli.auditcommands import parse_since
 from handlers import api
 from localcloud.provision import load_sam_template
 from shared.audit import AuditAction, AuditEntry, AuditLog, AuditOutcome, _encode_cursor
@@ -169,3 +171,15 @@ def test_the_stack_keeps_the_log_append_only_for_its_retention_and_alarms_on_los
     assert (alarm["Namespace"], alarm["MetricName"]) == (api.metrics.namespace, "AuditWriteFailed")
     assert alarm["Dimensions"] == [{"Name": "service", "Value": api.metrics.service}]
     assert template["Outputs"]["AuditTableName"]["Value"] == {"Ref": "AuditTable"}
+
+
+def test_since_takes_an_iso_time_or_an_age() -> None:
+    now = utcnow()
+    assert parse_since("2026-12-01T09:00Z") == datetime(2026, 12, 1, 9, tzinfo=UTC)
+    assert parse_since("2026-12-01T09:00") == datetime(2026, 12, 1, 9, tzinfo=UTC)  # no zone: UTC
+    assert parse_since("2026-12-01T10:00+01:00") == datetime(2026, 12, 1, 9, tzinfo=UTC)
+    assert parse_since("30m", now=now) == now - timedelta(minutes=30)
+    assert parse_since("7d", now=now) == now - timedelta(days=7)
+    for bad in ("yesterday", "7w", "-3d", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_since(bad)

@@ -1,9 +1,10 @@
 """The model registry: the models an operator serves, each pinned to a revision, with its weights' checksums.
 
-A job's ``model`` is an entry's ``id``. The registry comes from the ``model_registry`` setting (a JSON file path
-or inline JSON, read once with the settings); unset, it holds only the built-in ``tiny`` model. Workers load the
-entries of their fleet and verify every weight file against its checksum before serving it
-(``workflows/generation/models.py``); docs/worker.md says how an operator adds, updates and retires a model.
+A job's ``model`` is an entry's ``id``, and the job records the entry's revision at submit. The registry comes
+from the ``model_registry`` setting (a JSON file path or inline JSON, read once with the settings); unset, it
+holds only the built-in ``tiny`` model. A worker loading an entry verifies every weight file against its checksum
+before serving it (``workflows/generation/models.py``); docs/worker.md says how an operator adds, updates and
+retires a model.
 """
 
 from __future__ import annotations
@@ -132,6 +133,11 @@ class ModelRegistry(BaseModel):
 
     def get(self, model_id: str) -> ModelEntry | None:
         return next((entry for entry in self.models if entry.id == model_id), None)
+
+    def revision(self, model_id: str | None) -> str | None:
+        """The pinned revision of ``model_id``, or None for a model outside the registry."""
+        entry = self.get(model_id) if model_id is not None else None
+        return entry.revision if entry is not None else None
 
     def fleet(self, fleet: str) -> list[ModelEntry]:
         """The entries the workers of ``fleet`` load."""

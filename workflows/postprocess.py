@@ -19,6 +19,8 @@ from shared.contracts import GenerationRequest, Job, JobError, JobStatus, Output
 from shared.errors import InvalidTransition, PermanentError
 from shared.jobs import Claim, JobsRepository
 from shared.media import MediaStore
+from shared.modelregistry import ModelRegistry
+from shared.settings import get_settings
 from shared.tinymodel import TINY_MODEL_NOTE
 
 THUMBNAIL_SIDE = 256
@@ -56,8 +58,9 @@ class Encoded:
     height: int
 
 
-def generation_parameters(job: Job, index: int) -> dict[str, Any]:
-    """What reproduces an image, embedded in the file itself."""
+def generation_parameters(job: Job, index: int, model_revision: str | None = None) -> dict[str, Any]:
+    """What reproduces an image, embedded in the file itself; ``model_revision``: the model's pinned revision
+    (its registry entry's), left out for a model outside the registry."""
     req = job.request
     params = {
         "job_id": job.job_id,
@@ -74,6 +77,8 @@ def generation_parameters(job: Job, index: int) -> dict[str, Any]:
         "model": req.model,
         "generator": "sdq",
     }
+    if model_revision is not None:
+        params["model_revision"] = model_revision
     if job.model_is_noise:
         params["note"] = TINY_MODEL_NOTE
     return params
@@ -108,7 +113,16 @@ def thumbnail(image: Image.Image) -> bytes:
 
 
 class Postprocessor:
-    def __init__(self, repo: JobsRepository, media: MediaStore, *, outputs_prefix: str = "outputs/") -> None:
+    def __init__(
+        self,
+        repo: JobsRepository,
+        media: MediaStore,
+        *,
+        outputs_prefix: str = "outputs/",
+        registry: ModelRegistry | None = None,
+    ) -> None:
+        """``registry`` names each model's revision in the images' metadata (default: the configured one)."""
+        self._registry = registry or get_settings().registry
         self._repo = repo
         self._media = media
         self._prefix = outputs_prefix
@@ -179,7 +193,8 @@ class Postprocessor:
             return self._describe(job, index, key, thumb_key, body, width, height)
         with Image.open(io.BytesIO(raw)) as image:
             image.load()
-            encoded = encode(image, job.request, generation_parameters(job, index))
+            revision = self._registry.revision(job.request.model)
+            encoded = encode(image, job.request, generation_parameters(job, index, revision))
             thumb = thumbnail(image)
         self._media.put(key, encoded.body, encoded.content_type)
         self._media.put(thumb_key, thumb, "image/webp")

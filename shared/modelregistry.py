@@ -1,6 +1,6 @@
 """The model registry: the models an operator serves, each pinned to a revision, with its weights' checksums.
 
-A job's ``model`` is an entry's ``id``, and the job records the entry's revision at submit. The registry comes
+A job's ``model`` is an entry's ``id``; its images' metadata record the entry's revision. The registry comes
 from the ``model_registry`` setting (a JSON file path or inline JSON, read once with the settings); unset, it
 holds only the built-in ``tiny`` model. A worker loading an entry verifies every weight file against its checksum
 before serving it (``workflows/generation/models.py``); docs/worker.md says how an operator adds, updates and

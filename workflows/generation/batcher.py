@@ -2,13 +2,13 @@
 into one call, and choose whose work goes next by the GPU work each tenant has had.
 
 Whose turn. Each tenant with jobs waiting has a work counter: the GPU work (:func:`pixel_steps`: width x height x
-steps x images) of its jobs batched so far, divided by its job's priority share (``low`` 1, ``normal`` 2,
-``high`` 4, over 2 for normal: a ``high`` job counts half its work, a ``low`` one twice). The next batch is led by
-the tenant with the lowest counter (ties: the one waiting longest), so under a backlog each tenant gets GPU work in
-proportion to its jobs' shares, whatever the number or size of its messages. A tenant that starts waiting again
-starts level with the last batch's leader, so idle time banks no credit. Within a tenant, jobs go by priority,
-oldest first; a waiting job rises one level every ``AGING_S`` seconds, so a tenant's own ``high`` jobs cannot hold
-its ``low`` ones back for ever (across tenants, shares do that: no counter grows while its tenant waits).
+steps x images) of its jobs batched so far, scaled by each job's priority share (``low`` 1, ``normal`` 2, ``high``
+4): a ``high`` job counts half its work, a ``low`` one twice. The next batch is led by the tenant with the lowest
+counter (ties: the one waiting longest), so under a backlog each tenant gets GPU work in proportion to its jobs'
+shares, whatever the number or size of its messages, and none starves: a waiting tenant's counter stands still
+while the others' grow. A tenant that starts waiting again starts level with the last batch's leader, so idle time
+banks no credit. Within a tenant, jobs go by priority, oldest first; a waiting job rises one level every
+``AGING_S`` seconds, so a tenant's own ``high`` jobs cannot hold its ``low`` ones back for ever.
 
 Forming the batch. The leading job's batch key picks the group; the rest of the batch is filled from that group's
 jobs of every tenant, lowest counter first. A batch is released when its group holds ``max_images`` images
@@ -93,10 +93,6 @@ class Batcher(Generic[T]):
 
     def images_waiting(self) -> int:
         return sum(p.images for p in self._pending)
-
-    def served(self) -> dict[str, float]:
-        """Each tenant's work counter (for tests and logs)."""
-        return dict(self._served)
 
     # -- the fair choice ---------------------------------------------------------------------------
 

@@ -17,11 +17,12 @@ from http import HTTPStatus
 from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, api_gateway
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn, Server, ServerVariable
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.shared.version import VERSION as POWERTOOLS_VERSION
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -88,8 +89,32 @@ SECURITY_SCHEMES: dict[str, Any] = {
 API_KEY: list[dict[str, list[str]]] = [{"apiKey": []}]
 DESCRIPTION = "Queue-based Stable Diffusion jobs."
 
+# /docs: the Swagger UI's script and styles (1.7 MB) are files of their own at a URL naming the Powertools version
+# that ships them, so browsers keep them for a year; the page itself (HTML and the schema) is cached for 5 minutes.
+# API Gateway compresses both for clients that accept it (the template's MinimumCompressionSize).
+SWAGGER_UI = pathlib.Path(api_gateway.__file__).resolve().parent / "openapi" / "swagger_ui"
+SWAGGER_ASSETS = {"swagger-ui-bundle.min.js": "text/javascript", "swagger-ui.min.css": "text/css"}
+DOCS_ASSETS = f"docs/assets/{POWERTOOLS_VERSION}"  # relative: right behind a stage path (/prod/docs) too
+DOCS_PAGE_CACHE = "public, max-age=300"
+DOCS_ASSET_CACHE = "public, max-age=31536000, immutable"
+
+
+def _docs_page_cached(router: Any, next_middleware: Any) -> Response[Any]:
+    response: Response[Any] = next_middleware(router)
+    response.headers["Cache-Control"] = DOCS_PAGE_CACHE
+    return response
+
+
 app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=_json_loads)
-app.enable_swagger(path="/docs", title="sdq", version="1", description=DESCRIPTION, security_schemes=SECURITY_SCHEMES)
+app.enable_swagger(
+    path="/docs",
+    title="sdq",
+    version="1",
+    description=DESCRIPTION,
+    security_schemes=SECURITY_SCHEMES,
+    swagger_base_url=DOCS_ASSETS,
+    middlewares=[_docs_page_cached],
+)
 
 # The API on AWS: API Gateway's default URL of the stage `prod` (a custom domain works the same way).
 AWS_SERVER = Server(
@@ -590,6 +615,24 @@ def playground_file(name: str) -> Response[Any]:
     )
 
 
+@lru_cache(maxsize=len(SWAGGER_ASSETS))
+def _swagger_asset(name: str) -> str:
+    return (SWAGGER_UI / name).read_text(encoding="utf-8")
+
+
+@app.get("/docs/assets/<version>/<name>", include_in_schema=False)
+def docs_asset(version: str, name: str) -> Response[Any]:
+    """The Swagger UI's script or styles, cached for a year (a new Powertools version is a new URL)."""
+    content_type = SWAGGER_ASSETS.get(name)
+    if version != POWERTOOLS_VERSION or content_type is None:
+        return _json(404, {"error": {"code": "not_found", "message": "No such file.", "details": None}})
+    etag = f'"{POWERTOOLS_VERSION}-{name}"'
+    headers = {"Cache-Control": DOCS_ASSET_CACHE, "ETag": etag, "X-Content-Type-Options": "nosniff"}
+    if app.current_event.get_header_value("If-None-Match") == etag:
+        return Response(status_code=304, body="", headers=headers)
+    return Response(status_code=200, content_type=content_type, body=_swagger_asset(name), headers=headers)
+
+
 @app.get("/openapi.json", include_in_schema=False)
 def openapi_json() -> Response[Any]:
     # The first server is where this document was fetched from (behind API Gateway's stage path too), so tools
@@ -656,6 +699,7 @@ ROUTE_METHODS: list[tuple[re.Pattern[str], set[str]]] = [
     (re.compile(r"^/v1/webhook-secret/rotate$"), {"POST"}),
     (re.compile(r"^/v1/audit$"), {"GET"}),
     (re.compile(r"^/(health|openapi\.json|docs)$"), {"GET"}),
+    (re.compile(r"^/docs/assets/[^/]+/[^/]+$"), {"GET"}),
     (re.compile(r"^/playground(/[^/]*)?$"), {"GET", "HEAD"}),
 ]
 

@@ -860,7 +860,8 @@ def test_local_filter_drops_outputs_and_parameters_only_aws_needs(cfn: dict[str,
     params = set(local.get("Parameters", {}))
     assert "GpuAmiId" not in params  # an SSM-typed parameter moto would try to resolve
     assert {"ModelId", "MaxReceiveCount", "VisibilityTimeoutSeconds", "RetentionDays"} <= params
-    assert "Conditions" not in local
+    # Only the conditions a kept resource uses (the Notify function's reserved concurrency) stay.
+    assert set(local.get("Conditions", {})) == {"HasNotifyReservation"}
 
 
 def test_local_filter_refuses_to_drop_something_a_kept_resource_needs() -> None:

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from shared.contracts import GenerationRequest, Priority, pixel_steps
+from tests.unit.workerfakes import RecordingQueue, received
 from workflows.generation.batcher import AGING_S, Batcher, Pending
+from workflows.generation.heldmessages import HeldMessages
 
 SMALL = {"width": 256, "height": 256, "num_inference_steps": 10}
 LARGE = {"width": 512, "height": 512, "num_inference_steps": 30}
@@ -140,3 +142,13 @@ def test_batches_group_only_compatible_jobs_whatever_the_tenant_or_priority() ->
         batch = jobs.batcher.take(100.0)
         assert batch
         assert len({jobs.requests[name].batch_key() for name in batch}) == 1
+
+
+def test_held_messages_queue_each_job_under_its_tenant_and_priority() -> None:
+    held = HeldMessages(RecordingQueue(), max_batch_images=2, max_batch_wait_s=60.0)
+    held.accept([received(tenant="a") for _ in range(6)])
+    assert {h.tenant for h in held.next_batch()} == {"a"}
+    held.accept([received(tenant="b", priority="low"), received(tenant="b")])
+    # b has had no GPU work: both its jobs go before a's older ones, its normal job first.
+    assert [(h.tenant, h.request.priority) for h in held.next_batch()] == [("b", Priority.NORMAL), ("b", Priority.LOW)]
+    assert {h.tenant for h in held.take_waiting()} == {"a"}

@@ -60,6 +60,7 @@ def worker_config() -> WorkerConfig:
         visibility_s=worker.visibility_timeout_s,
         heartbeat_s=worker.heartbeat_s,
         grace_s=worker.grace_s,
+        stall_s=worker.stall_timeout_s,
         progress_interval_s=worker.progress_interval_s,
         xray=worker.xray,
     )

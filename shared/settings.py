@@ -80,6 +80,14 @@ class WorkerSettings(SettingsGroup):
     visibility_timeout_s: int = Field(default=300, ge=5, description="Message invisibility and job lease length")
     heartbeat_s: float = Field(default=60.0, gt=0, description="How often held messages and job leases are extended")
     grace_s: float = Field(default=120.0, ge=0, description="Warm-stop budget after SIGTERM")
+    stall_timeout_s: float = Field(
+        default=1200.0,
+        gt=0,
+        description=(
+            "A pipeline call with no denoising step for this long is hung: the worker lets its jobs go and exits "
+            "with status 70 (its container is replaced). Longer than a first call's compilation"
+        ),
+    )
     encode_processes: int | None = Field(
         default=None,
         ge=0,

@@ -7,9 +7,11 @@ state machine's executions with boto3.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +20,8 @@ from cli.client import SdqClient
 from localcloud.receiver import ScriptedReceiver
 from shared.contracts import JobStatus, QueueMessage, utcnow
 from shared.jobs import JobsRepository
-from tests.integration.conftest import RunningService, service_fixture, store_queued_job
+from tests.integration.conftest import REPO, RunningService, service_fixture, store_queued_job
+from workflows.generation.watchdog import EXIT_HUNG
 
 FAST_WORKER = {
     "SDQ_VISIBILITY_TIMEOUT_S": "6",
@@ -360,3 +363,47 @@ def test_a_healthy_job_dead_lettered_by_crashes_runs_again_and_a_worn_out_one_fa
     assert error.code == "DEAD_LETTERED"
     assert repo.get(fresh.job_id).attempt == 1
     assert_one_failed_webhook(receiver, worn.job_id, "DEAD_LETTERED")
+
+
+# The hung worker's PYTHONPATH starts with a folder holding this as sitecustomize.py (Python imports it at start-up):
+# the first denoising step of a prompt containing HANG sleeps for an hour, as a wedged GPU call blocks. No test
+# branch in the worker itself.
+HANG_SITECUSTOMIZE = """
+from workflows.generation import pipeline
+
+_generate = pipeline.PipelineRunner.generate
+
+
+def generate(self, jobs, shape, on_step=None):
+    if any("HANG" in job.prompt for job in jobs):
+        import time
+
+        def on_step(step, total):
+            time.sleep(3600)
+
+    return _generate(self, jobs, shape, on_step)
+
+
+pipeline.PipelineRunner.generate = generate
+"""
+
+
+def test_a_hung_pipeline_call_makes_the_worker_exit_non_zero_and_its_job_runs_again(
+    service: RunningService, tmp_path: Path
+) -> None:
+    (tmp_path / "sitecustomize.py").write_text(HANG_SITECUSTOMIZE)
+    repo = JobsRepository(service.boto("dynamodb"), service.table)
+    job = store_queued_job(repo, "watchdog-tenant", prompt="HANG at the first step", **SMALL)
+    message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
+    service.boto("sqs").send_message(QueueUrl=service.queue_url, MessageBody=message.model_dump_json())
+    # The repository after the hook's folder: the hook imports the worker's own modules, before Python adds it.
+    hook = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    hung = service.start_worker(env={**FAST_WORKER, "SDQ_STALL_TIMEOUT_S": "3", **hook})
+    wait_until(lambda: repo.get(job.job_id).status == JobStatus.RUNNING, 120, "the job to be claimed")
+    started = time.monotonic()
+    assert hung.wait(timeout=60) == EXIT_HUNG  # the call never returns: only the watchdog ends the process
+    assert time.monotonic() - started < 30
+    # Its job goes back: another worker takes it over once the dead worker's lease lapses, and it succeeds.
+    service.start_worker(env=FAST_WORKER)
+    wait_until(lambda: repo.get(job.job_id).status == JobStatus.SUCCEEDED, 120, "the job to run again")
+    assert repo.get(job.job_id).attempt == 2

@@ -49,6 +49,7 @@ from workflows.generation.progress import ProgressRecorder
 from workflows.generation.progressevents import ProgressEvents
 from workflows.generation.receiver import Receiver
 from workflows.generation.throughput import StatsStore, Throughput
+from workflows.generation.watchdog import Watchdog, Watched
 from workflows.webhooks import start_finished_notice
 
 __all__ = ["Generator", "Worker", "WorkerConfig"]
@@ -68,6 +69,7 @@ class WorkerConfig:
     grace_s: float
     progress_interval_s: float
     xray: bool  # X-Ray segments around claim, generate and upload (the daemon runs beside the worker)
+    stall_s: float | None = None  # the watchdog's bound on a pipeline call without a step (None: none)
     finisher_threads: int = 4
     # PNG encoding in helper processes (0: in the finisher threads); the worker resolves SDQ_ENCODE_PROCESSES for
     # its device once the model is loaded.
@@ -164,7 +166,10 @@ class Worker:
             table_pool=self._table_pool,
             events=progress_events,  # previews and started/progress webhooks
         )
-        self._batch_runner = BatchRunner(generator, progress, self._handoff, self._hard_stop, xray=config.xray)
+        # A call that hangs (a wedged GPU) makes the process let its jobs go and exit, to be replaced.
+        self._watchdog = Watchdog(config.stall_s, self._give_up) if config.stall_s else None
+        watched = Watched(generator, self._watchdog) if self._watchdog else generator
+        self._batch_runner = BatchRunner(watched, progress, self._handoff, self._hard_stop, xray=config.xray)
         self._throughput = Throughput(
             worker_stats,
             worker_id=config.worker_id,
@@ -183,6 +188,8 @@ class Worker:
         receiver.start()
         heartbeat.start()
         self._throughput.start()
+        if self._watchdog is not None:
+            self._watchdog.start()
         logger.info("worker started", worker_id=self.config.worker_id, model=self._gen.model_name)
         try:
             while not self._stopping.is_set():
@@ -266,7 +273,15 @@ class Worker:
             refused = self._messages.let_go(unstarted, 0)
             logger.info("released unstarted messages", count=len(unstarted), refused=len(refused))
 
+    def _give_up(self, stalled_s: float) -> None:
+        """The watchdog's last act before the process exits: every held message visible now, so its jobs run again
+        elsewhere once their leases lapse (the heartbeat dies with the process)."""
+        self._hard_stop.set()
+        self._messages.let_go_all()
+
     def _shutdown(self, receiver: threading.Thread) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
         # The stop thread's claim releases first (within the grace period): a message made visible while its job
         # is still claimed here is hidden again by the next worker that receives it, until this worker's lease ends.
         while self._stop_thread is not None and self._stop_thread.is_alive() and not self._hard_stop.is_set():

@@ -1,24 +1,25 @@
 """Which worker generates which model: `sdq up --model X` refuses other models at submit, and a worker never
 generates a job for a model it has not loaded; it leaves the message for a worker that serves that model.
 
-Two small local models, no hub, in a model registry: the built-in tiny model and a copy of its folder served
-from a local path as ``variant``.
+Two small local models, no hub, in a model registry: the built-in tiny model, and ``variant``, a tiny model
+built from another seed (other weights, other images) and served from a local folder.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
+from cli.client import SdqClient
 from shared.aws import AwsClients
 from shared.contracts import QueueMessage, utcnow
 from shared.jobs import JobsRepository
@@ -28,18 +29,18 @@ from shared.orchestration import Orchestrator
 from shared.queue import WorkerQueue
 from shared.settings import Settings
 from tests.integration.conftest import RunningService, start_service, stop_service, store_queued_job
-from workflows.generation.models import ensure_tiny_model, load_model
-from workflows.generation.pipeline import PipelineRunner
-from workflows.generation.worker import Worker, WorkerConfig
+from workflows.generation.models import build_tiny_pipeline, load_model
+from workflows.generation.pipeline import BatchShape, ImageJob, ModelRunners, PipelineRunner
+from workflows.generation.worker import Generator, Worker, WorkerConfig
 
 SMALL: dict[str, Any] = {"width": 256, "height": 256, "num_inference_steps": 2}
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
-    """tiny, and ``variant``: a second local model, the tiny model's folder copied, pinned as revision r1."""
+    """tiny, and ``variant``: a second local model with other weights, pinned as revision r1."""
     folder = tmp_path_factory.mktemp("models") / "tiny-variant"
-    shutil.copytree(ensure_tiny_model(), folder)
+    build_tiny_pipeline(seed=7).save_pretrained(folder, safe_serialization=True)
     variant = {
         "id": "variant",
         "source": str(folder),
@@ -65,8 +66,8 @@ def service(tmp_path_factory: pytest.TempPathFactory, registry: ModelRegistry) -
 @pytest.fixture
 def run_worker(
     service: RunningService, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[[str], Worker]]:
-    """Start an in-process worker loop that has loaded one model of the registry; each is stopped warm at the end."""
+) -> Iterator[Callable[[str | Generator], Worker]]:
+    """Start an in-process worker loop that has loaded models of the registry; each is stopped warm at the end."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     env = service.env
@@ -80,14 +81,15 @@ def run_worker(
     )
     started: list[tuple[Worker, threading.Thread]] = []
 
-    def start(model: str) -> Worker:
+    def start(model: str | Generator) -> Worker:
         aws = AwsClients(settings)
+        generator = PipelineRunner(load_model(model, registry=registry)) if isinstance(model, str) else model
         worker = Worker(
             queue=WorkerQueue(aws.sqs(), settings.queue_url),
             repo=JobsRepository(aws.dynamodb(), settings.table_name),
             media=MediaStore(aws.s3(), settings.bucket),
             orchestrator=Orchestrator(aws.stepfunctions(), settings.state_machine_arn),
-            generator=PipelineRunner(load_model(model, registry=registry)),
+            generator=generator,
             config=WorkerConfig(
                 max_batch_images=4,
                 max_batch_wait_s=0.2,
@@ -111,6 +113,28 @@ def run_worker(
         assert not thread.is_alive()
 
 
+class RecordingRunners:
+    """Several models in one worker, recording each pipeline call: its model and its jobs."""
+
+    def __init__(self, runners: ModelRunners) -> None:
+        self._runners = runners
+        self.calls: list[tuple[str | None, list[str]]] = []
+
+    @property
+    def model_name(self) -> str:
+        return self._runners.model_name
+
+    @property
+    def models(self) -> frozenset[str]:
+        return self._runners.models
+
+    def generate(
+        self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: Callable[[int, int], None] | None = None
+    ) -> dict[str, list[Image.Image]]:
+        self.calls.append((shape.model, [job.key for job in jobs]))
+        return self._runners.generate(jobs, shape, on_step)
+
+
 def wait_for(read: Callable[[], dict[str, Any]], done: Callable[[dict[str, Any]], bool], timeout_s: float) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -121,10 +145,21 @@ def wait_for(read: Callable[[], dict[str, Any]], done: Callable[[dict[str, Any]]
     raise AssertionError(f"timed out after {timeout_s}s; last read: {value}")
 
 
+def output(url: str) -> Image.Image:
+    return Image.open(io.BytesIO(httpx.get(url, timeout=30).content))
+
+
 def image_parameters(url: str) -> dict[str, Any]:
     """The generation parameters embedded in an output PNG."""
-    image = Image.open(io.BytesIO(httpx.get(url, timeout=30).content))
-    return dict(json.loads(image.info["parameters"]))
+    return dict(json.loads(output(url).info["parameters"]))
+
+
+def send(service: RunningService, repo: JobsRepository, tenant: str, **fields: Any) -> str:
+    """A job stored and sent as the API would, for a model this API does not accept (other workers serve it)."""
+    job = store_queued_job(repo, tenant, **fields)
+    message = QueueMessage(job_id=job.job_id, tenant=tenant, request=job.request, enqueued_at=utcnow())
+    service.boto("sqs").send_message(QueueUrl=service.queue_url, MessageBody=message.model_dump_json())
+    return job.job_id
 
 
 def test_sdq_up_with_a_model_refuses_a_job_for_any_other_model_at_submit(service: RunningService) -> None:
@@ -139,18 +174,15 @@ def test_sdq_up_with_a_model_refuses_a_job_for_any_other_model_at_submit(service
 
 
 def test_a_worker_leaves_a_job_for_a_model_it_has_not_loaded_to_a_worker_that_has(
-    service: RunningService, run_worker: Callable[[str], Worker]
+    service: RunningService, run_worker: Callable[[str | Generator], Worker]
 ) -> None:
     tenant, client = service.new_named_tenant("models")
     repo = JobsRepository(service.boto("dynamodb"), service.table)
-    # A job for a model this deployment's other workers serve (not this API's allowlist): sent as the API would.
-    other = store_queued_job(repo, tenant, model="tiny", **SMALL)
-    message = QueueMessage(job_id=other.job_id, tenant=tenant, request=other.request, enqueued_at=utcnow())
-    service.boto("sqs").send_message(QueueUrl=service.queue_url, MessageBody=message.model_dump_json())
+    other = repo.get(send(service, repo, tenant, model="tiny", **SMALL))
     own = client.submit({"prompt": "a fox", **SMALL})["id"]
 
     run_worker("variant")
-    done = wait_for(lambda: client.get(own), lambda j: j["status"] == "SUCCEEDED", 120)
+    done = succeeded(client, own)
     parameters = image_parameters(done["outputs"][0]["url"])
     assert (parameters["model"], parameters["model_revision"]) == ("variant", "r1")
     # The variant worker has seen the tiny job's message come back several times by now and never claimed it.
@@ -159,7 +191,48 @@ def test_a_worker_leaves_a_job_for_a_model_it_has_not_loaded_to_a_worker_that_ha
     assert (untouched.status.value, untouched.attempt) == ("QUEUED", 0)
 
     run_worker("tiny")
-    finished = wait_for(lambda: client.get(other.job_id), lambda j: j["status"] == "SUCCEEDED", 120)
+    finished = succeeded(client, other.job_id)
     parameters = image_parameters(finished["outputs"][0]["url"])
     assert (parameters["model"], parameters["model_revision"]) == ("tiny", "1")
     assert repo.get(other.job_id).attempt == 1  # generated once, by the worker that has the model
+
+
+def test_one_worker_serves_two_models_and_never_mixes_them_in_a_batch(
+    service: RunningService, registry: ModelRegistry, run_worker: Callable[[str | Generator], Worker]
+) -> None:
+    tenant, client = service.new_named_tenant("two-models")
+    repo = JobsRepository(service.boto("dynamodb"), service.table)
+    same = {"prompt": "a red circle on a blue background", "seed": 5, **SMALL}
+    tiny_ids = [send(service, repo, tenant, model="tiny", **same) for _ in range(2)]
+    variant_ids = [client.submit({**same, "cache": False})["id"] for _ in range(2)]
+    runners = ModelRunners([PipelineRunner(load_model(m, registry=registry)) for m in ("tiny", "variant")])
+    gpu = RecordingRunners(runners)
+    run_worker(gpu)
+
+    jobs = {job_id: succeeded(client, job_id) for job_id in [*tiny_ids, *variant_ids]}
+    model_of = {**dict.fromkeys(tiny_ids, "tiny"), **dict.fromkeys(variant_ids, "variant")}
+    ran = [key for _, keys in gpu.calls for key in keys]
+    assert sorted(ran) == sorted(model_of)  # each job generated once
+    for model, keys in gpu.calls:
+        assert {model_of[key] for key in keys} == {model}  # a batch holds one model's jobs and runs on it
+    # Each job's image is its own model's: what that model draws alone for the same request, not the other's.
+    shape = BatchShape(256, 256, 2, 7.5, "euler_a")
+    alone = {
+        m: runners.runner(m).generate([ImageJob("x", same["prompt"], "", 5, 1)], shape)["x"][0]
+        for m in model_of.values()
+    }
+    assert _differs(alone["tiny"], alone["variant"]) > 8
+    for job_id, job in jobs.items():
+        image = output(job["outputs"][0]["url"])
+        assert image_parameters(job["outputs"][0]["url"])["model"] == model_of[job_id]
+        assert _differs(image.convert("RGB"), alone[model_of[job_id]]) <= 1
+
+
+def succeeded(client: SdqClient, job_id: str) -> dict[str, Any]:
+    return dict(wait_for(lambda: client.get(job_id), lambda j: j["status"] == "SUCCEEDED", 120))
+
+
+def _differs(a: Image.Image, b: Image.Image) -> int:
+    """The largest difference of one channel of one pixel."""
+    pixels = [np.asarray(image.convert("RGB"), dtype=np.int16) for image in (a, b)]
+    return int(np.abs(pixels[0] - pixels[1]).max())

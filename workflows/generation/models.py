@@ -178,15 +178,16 @@ def ensure_tiny_model(cache_root: Path | None = None) -> Path:
     return target
 
 
-def build_tiny_pipeline() -> Text2ImagePipeline:
-    """The tiny model in memory: SD 1.x classes, ~1.3 M parameters, deterministic random weights.
+def build_tiny_pipeline(seed: int = TINY_SEED) -> Text2ImagePipeline:
+    """The tiny model in memory: SD 1.x classes, ~1.3 M parameters, deterministic random weights (another
+    ``seed`` gives another model of the same shape).
 
     Latents are 1/8 of the image side like real SD (the VAE has four blocks), so request sizes map to the
     same latent shapes and code paths as a real model.
     """
     with torch.random.fork_rng(devices=[]):
         # Fixed seed in a forked RNG: the same weights on every machine, the caller's RNG untouched.
-        torch.manual_seed(TINY_SEED)
+        torch.manual_seed(seed)
         unet = UNet2DConditionModel(
             sample_size=32,
             in_channels=4,

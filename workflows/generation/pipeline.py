@@ -1,4 +1,5 @@
-"""The pipeline runner: one loaded model, one diffusers call per batch of compatible jobs.
+"""The pipeline runner: one loaded model, one diffusers call per batch of compatible jobs; ``ModelRunners`` holds
+several models on one device and runs each batch on its model's runner.
 
 Reproducibility: image ``i`` of a job is drawn from its own ``torch.Generator`` seeded ``seed + i``, and the
 pipeline gets the list of generators, so the initial latents (and any scheduler noise) of an image do not
@@ -427,6 +428,88 @@ class PipelineRunner:
             result[job.key] = images[start : start + job.num_images]
             start += job.num_images
         return result
+
+
+class ModelRunners:
+    """Several models loaded on one device, one :class:`PipelineRunner` each: a batch (always of one model) runs
+    on the runner of ``shape.model``. Memory is the sum of the models' (an SD 1.5 fp16 pipeline is about 2 GiB)."""
+
+    def __init__(self, runners: Sequence[PipelineRunner]) -> None:
+        if not runners:
+            raise ValueError("ModelRunners needs at least one runner")
+        self._runners = {runner.model_name: runner for runner in runners}
+        if len(self._runners) != len(runners):
+            raise ValueError(f"each model once: {[r.model_name for r in runners]}")
+        devices = {str(runner.device) for runner in runners}
+        if len(devices) != 1:
+            raise ValueError(f"every model on one device, not {sorted(devices)}")
+
+    @classmethod
+    def load(
+        cls,
+        model_names: Sequence[str],
+        *,
+        device: str | torch.device | None = None,
+        precision: Precision | None = None,
+        cache_root: Path | None = None,
+        cpu_max_batch_images: int = 4,
+        acceleration: AccelerationOptions | None = None,
+    ) -> ModelRunners:
+        """Load each of ``model_names`` (see :meth:`PipelineRunner.load`); raises what a load raises."""
+        return cls(
+            [
+                PipelineRunner.load(
+                    name,
+                    device=device,
+                    precision=precision,
+                    cache_root=cache_root,
+                    cpu_max_batch_images=cpu_max_batch_images,
+                    acceleration=acceleration,
+                )
+                for name in model_names
+            ]
+        )
+
+    @property
+    def models(self) -> frozenset[str]:
+        return frozenset(self._runners)
+
+    @property
+    def model_name(self) -> str:
+        """The loaded models' ids, comma-separated (for logs)."""
+        return ",".join(sorted(self._runners))
+
+    def runner(self, model: str | None) -> PipelineRunner:
+        """The runner of ``model`` (None: the only one); raises ``ModelNotServed`` for a model not loaded here."""
+        if model is None and len(self._runners) == 1:
+            return next(iter(self._runners.values()))
+        runner = self._runners.get(model) if model is not None else None
+        if runner is None:
+            raise ModelNotServed(model, self.models)
+        return runner
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self._runners.values())).device
+
+    def device_name(self) -> str | None:
+        return next(iter(self._runners.values())).device_name()
+
+    @property
+    def note(self) -> str | None:
+        """The notes of the noise models among them, one per line, else None."""
+        notes = [f"{name}: {r.note}" for name, r in sorted(self._runners.items()) if r.note]
+        return "\n".join(notes) or None
+
+    def max_batch_images(self, width: int | None = None, height: int | None = None) -> int:
+        """The smallest of the models' limits: each batch runs on one of them."""
+        return min(runner.max_batch_images(width, height) for runner in self._runners.values())
+
+    def generate(
+        self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: StepCallback | None = None
+    ) -> dict[str, list[Image.Image]]:
+        """:meth:`PipelineRunner.generate` on the runner of ``shape.model``; ``ModelNotServed`` if none."""
+        return self.runner(shape.model).generate(jobs, shape, on_step)
 
 
 def _fall_back_to_one_image_decodes(vae: Any) -> None:

@@ -168,6 +168,20 @@ def test_the_fingerprint_changes_with_what_the_code_depends_on(model_cache: Path
     assert fingerprint(unet.to(torch.bfloat16), "unet", {"fuse_qkv": False, "fp8": False}) not in {base, other_weights}
 
 
+def test_the_fingerprint_compiles_nothing(model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It is computed at every start: inductor's vector-ISA probe (a test program compiled and run per ISA) cost
+    # 28 s of a warm start on one H100 machine. The host's CPU flags are read from /proc/cpuinfo instead.
+    import torch._inductor.cpu_vec_isa as cpu_vec_isa
+
+    def no_compiler() -> None:
+        raise AssertionError("the fingerprint ran inductor's vector-ISA probe")
+
+    monkeypatch.setattr(cpu_vec_isa, "pick_vec_isa", no_compiler)
+    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", no_compiler)
+    unet = load_model("tiny", device="cpu", cache_root=model_cache).pipeline.unet
+    assert len(fingerprint(unet, "unet", {"fuse_qkv": False, "fp8": False})) == 16
+
+
 def test_the_startup_bench_reports_a_warm_start_from_packages(
     model_cache: Path, first_start: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

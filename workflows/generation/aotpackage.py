@@ -27,6 +27,7 @@ CUDA graphs are not used on this path (the package launches its kernels from C++
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -38,7 +39,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,10 +114,7 @@ class _DecoderCore(torch.nn.Module):
 
 def fingerprint(module: Any, kind: Kind, levers: dict[str, Any]) -> str:
     """What a package's code depends on besides its input shapes, hashed (16 hex digits)."""
-    import platform
-
     import diffusers
-    from torch._inductor.cpu_vec_isa import pick_vec_isa
 
     from workflows.generation import fp8
 
@@ -128,7 +126,7 @@ def fingerprint(module: Any, kind: Kind, levers: dict[str, Any]) -> str:
         "format": PACKAGE_FORMAT,
         "kind": kind,
         # Inductor builds the package's C++ for this host's CPU (-march=native): another CPU needs its own.
-        "host": [platform.machine(), str(pick_vec_isa())],
+        "host": host_cpu(),
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "device": device_name,
@@ -146,6 +144,22 @@ def fingerprint(module: Any, kind: Kind, levers: dict[str, Any]) -> str:
     data["weights"] = weights_checksum(module)
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@functools.cache
+def host_cpu() -> list[str]:
+    """This host's architecture and CPU feature flags, what ``-march=native`` builds for. Read from
+    ``/proc/cpuinfo`` rather than inductor's ``pick_vec_isa``, which compiles and runs a test program per vector
+    ISA: 28 s of a warm start on one H100 machine (2026-12-06), for a fingerprint computed at every start."""
+    import platform
+
+    flags = ""
+    with suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith(("flags", "Features")):  # x86 / Arm
+                flags = " ".join(sorted(line.split(":", 1)[-1].split()))
+                break
+    return [platform.machine(), hashlib.sha256(flags.encode()).hexdigest()[:16] if flags else platform.processor()]
 
 
 def weights_checksum(module: Any) -> str:

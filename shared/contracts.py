@@ -303,6 +303,16 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"width*height must be at most {lim.max_pixels} pixels")
         return self
 
+    @model_validator(mode="after")
+    def _scheduler_of_model(self, info: ValidationInfo) -> GenerationRequest:
+        if _trusted(info):
+            return self
+        settings = _settings(info)
+        entry = settings.registry.get(self.model or settings.default_model)
+        if entry is not None and entry.schedulers is not None and self.scheduler not in entry.schedulers:
+            raise ValueError(f"model {entry.id!r} takes the schedulers {', '.join(entry.schedulers)}")
+        return self
+
     def normalised(self, settings: Settings | None = None) -> GenerationRequest:
         """The request as it will run: seed drawn when absent, model defaulted."""
         settings = settings or get_settings()

@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -23,8 +23,6 @@ Architecture = Literal["tiny", "sd15", "sd2", "sdxl"]
 SourceKind = Literal["builtin", "hub", "s3", "local"]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
-# The schedulers a request may name (``GenerationRequest.scheduler``), all allowed unless an entry narrows them.
-ALL_SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "lms")
 # Files whose bytes are weights: each one in a model folder must have a checksum in the model's entry.
 WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".onnx", ".gguf", ".msgpack", ".h5"})
 DEFAULT_FLEET = "default"
@@ -54,7 +52,9 @@ class ModelEntry(BaseModel):
     architecture: Architecture
     default_width: int = Field(default=512, ge=8, multiple_of=8)
     default_height: int = Field(default=512, ge=8, multiple_of=8)
-    schedulers: tuple[str, ...] = Field(default=ALL_SCHEDULERS, min_length=1)
+    schedulers: tuple[str, ...] | None = Field(
+        default=None, min_length=1, description="The schedulers a job for it may name (unset: all of them)"
+    )
     fleet: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
         default=DEFAULT_FLEET, description="The workers that load it (`SDQ_FLEET`)"
     )
@@ -79,10 +79,16 @@ class ModelEntry(BaseModel):
 
     @field_validator("schedulers")
     @classmethod
-    def _known_schedulers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = sorted(set(value) - set(ALL_SCHEDULERS))
+    def _known_schedulers(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return value
+        # Imported here: the contracts import the settings, which import this module.
+        from shared.contracts import Scheduler
+
+        known = get_args(Scheduler)
+        unknown = sorted(set(value) - set(known))
         if unknown:
-            raise ValueError(f"unknown schedulers {unknown}; expected some of {list(ALL_SCHEDULERS)}")
+            raise ValueError(f"unknown schedulers {unknown}; expected some of {list(known)}")
         return value
 
     @field_validator("checksums")

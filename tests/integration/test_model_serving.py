@@ -47,6 +47,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
         "revision": "r1",
         "checksums": weight_checksums(folder),
         "architecture": "tiny",
+        "schedulers": ["euler_a", "euler"],
     }
     return ModelRegistry.model_validate({"models": [*BUILTIN_REGISTRY.model_dump()["models"], variant]})
 
@@ -162,12 +163,18 @@ def send(service: RunningService, repo: JobsRepository, tenant: str, **fields: A
     return job.job_id
 
 
-def test_sdq_up_with_a_model_refuses_a_job_for_any_other_model_at_submit(service: RunningService) -> None:
+def test_sdq_up_with_a_model_refuses_a_job_for_any_other_model_or_its_scheduler_at_submit(
+    service: RunningService,
+) -> None:
     with service.http() as http:
         headers = {"x-api-key": service.api_key}
         refused = http.post("/v1/jobs", json={"prompt": "a fox", "model": "tiny", **SMALL}, headers=headers)
         assert refused.status_code == 422
         assert "must be one of: variant" in json.dumps(refused.json())  # names the model that is served
+        # The registry entry's schedulers bound what a job for the model may name.
+        other_scheduler = http.post("/v1/jobs", json={"prompt": "a fox", "scheduler": "lms", **SMALL}, headers=headers)
+        assert other_scheduler.status_code == 422
+        assert "model 'variant' takes the schedulers euler_a, euler" in other_scheduler.text
         accepted = http.post("/v1/jobs", json={"prompt": "a fox", **SMALL}, headers=headers)
         assert accepted.status_code == 202
         assert accepted.json()["request"]["model"] == "variant"

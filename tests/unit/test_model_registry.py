@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from shared.contracts import GenerationRequest
 from shared.modelregistry import BUILTIN_REGISTRY, ModelRegistry, parse_registry, weight_checksums
 from shared.settings import Settings
 from workflows.generation.models import ChecksumMismatch, ModelNotFoundError, ensure_tiny_model, load_model
@@ -99,6 +100,16 @@ def test_the_setting_holds_the_registry_and_every_allowed_model_must_be_in_it(
     monkeypatch.setenv("SDQ_MODELS", '["variant", "tiny"]')
     with pytest.raises(ValidationError, match=r"\['tiny'\] are not in the model registry"):
         Settings()
+
+
+def test_a_request_may_name_only_the_schedulers_of_its_model(variant: Path) -> None:
+    settings = Settings(
+        model_registry=json.dumps({"models": [entry(variant)]}), models=["variant"], default_model="variant"
+    )
+    body = {"prompt": "a fox", "scheduler": "ddim"}
+    assert GenerationRequest.model_validate(body, context={"settings": settings}).scheduler == "ddim"
+    with pytest.raises(ValidationError, match="model 'variant' takes the schedulers euler, ddim"):
+        GenerationRequest.model_validate({**body, "scheduler": "lms"}, context={"settings": settings})
 
 
 def test_a_registered_model_loads_with_its_revision_once_its_checksums_match(variant: Path) -> None:

@@ -6,6 +6,7 @@ stops at once.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from shared.settings import get_settings
 from workflows.generation.encoding import encode_processes_for
 from workflows.generation.pipeline import PipelineRunner
 from workflows.generation.progressevents import progress_events_for
+from workflows.generation.protection import TaskProtection
 from workflows.generation.worker import Generator, Worker, WorkerConfig
 
 logger = Logger(service="sdq-worker")
@@ -45,6 +47,8 @@ def build_worker(
         batch_log_fields=batch_log_fields,
         worker_stats=QueueState(aws.dynamodb(), settings.table_name),
         progress_events=progress_events_for(aws, settings, worker_id=config.worker_id),
+        # Set by the ECS agent in every task (not an sdq setting): the task's own scale-in protection endpoint.
+        protection=TaskProtection(os.environ.get("ECS_AGENT_URI")),
     )
 
 

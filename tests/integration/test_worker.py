@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -407,3 +409,50 @@ def test_a_hung_pipeline_call_makes_the_worker_exit_non_zero_and_its_job_runs_ag
     service.start_worker(env=FAST_WORKER)
     wait_until(lambda: repo.get(job.job_id).status == JobStatus.SUCCEEDED, 120, "the job to run again")
     assert repo.get(job.job_id).attempt == 2
+
+
+class FakeEcsAgent(ThreadingHTTPServer):
+    """The ECS agent's task protection endpoint on 127.0.0.1, recording each PUT body."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, Any]] = []
+        agent = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                if self.path == "/task-protection/v1/state":
+                    agent.states.append(json.loads(self.rfile.read(length)))
+                    self.send_response(200)
+                else:
+                    self.send_response(404)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def test_a_worker_on_ecs_is_protected_from_scale_in_while_it_has_work_and_let_go_after(
+    service: RunningService,
+) -> None:
+    agent = FakeEcsAgent()
+    try:
+        client = service.new_tenant("protection-tenant")
+        service.start_worker(env={**FAST_WORKER, "ECS_AGENT_URI": agent.uri})
+        job = client.submit({"prompt": "protected", **SMALL})
+        wait_until(all_terminal(client, [job["id"]]), 120, "the job")
+        wait_until(lambda: len(agent.states) >= 2, 30, "the protection to be let go")
+        assert agent.states == [{"ProtectionEnabled": True, "ExpiresInMinutes": 60}, {"ProtectionEnabled": False}]
+        assert client.get(job["id"])["status"] == "SUCCEEDED"
+    finally:
+        agent.shutdown()
+        agent.server_close()

@@ -47,6 +47,7 @@ from workflows.generation.heartbeat import Heartbeat
 from workflows.generation.heldmessages import HeldMessages
 from workflows.generation.progress import ProgressRecorder
 from workflows.generation.progressevents import ProgressEvents
+from workflows.generation.protection import TaskProtection
 from workflows.generation.receiver import Receiver
 from workflows.generation.throughput import StatsStore, Throughput
 from workflows.generation.watchdog import Watchdog, Watched
@@ -96,7 +97,10 @@ class Worker:
         batch_log_fields: Callable[[], dict[str, Any]] | None = None,
         worker_stats: StatsStore | None = None,
         progress_events: ProgressEvents | None = None,
+        protection: TaskProtection | None = None,
     ) -> None:
+        """``protection``: the ECS task's scale-in protection, held while there is work (default: none)."""
+        self._protection = protection or TaskProtection(None)
         self.config = config
         self._gen = generator
         self._metrics = metrics or Metrics(namespace="sdq", service="worker")
@@ -197,6 +201,8 @@ class Worker:
                 if pending is None:
                     batch = self._messages.next_batch()
                     if not batch:
+                        if not len(self._messages):
+                            self._protection.idle()  # nothing held: a scale-in may stop this task again
                         continue
                     pending = self._claims.start(batch)
                 claimed = pending.result()
@@ -214,6 +220,7 @@ class Worker:
             self._shutdown(receiver)
 
     def _run_batch(self, claimed: ClaimedBatch) -> None:
+        self._protection.busy()  # no scale-in while a batch runs
         self._throughput.batch_started(claimed.jobs)
         report = self._batch_runner.run(claimed)
         self._throughput.batch_finished(claimed.jobs, report)
@@ -298,4 +305,6 @@ class Worker:
         # the lease lapses.
         self._messages.let_go_all()
         self._hard_stop.set()
+        self._protection.idle()
+        self._protection.close()
         receiver.join(timeout=0.1)

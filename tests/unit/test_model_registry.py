@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import boto3
 import pytest
+from moto import mock_aws
 from pydantic import ValidationError
 
 from shared.contracts import GenerationRequest
@@ -17,6 +20,9 @@ from shared.modelregistry import BUILTIN_REGISTRY, ModelRegistry, parse_registry
 from shared.settings import Settings
 from workflows.generation.models import ChecksumMismatch, ModelNotFoundError, ensure_tiny_model, load_model
 from workflows.generation.pipeline import BatchShape, ImageJob, ModelNotServed, PipelineRunner
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +164,42 @@ def test_the_built_in_registry_loads_tiny_with_its_revision(tiny_folder: Path) -
     assert (loaded.revision, loaded.is_noise_model, loaded.source) == ("1", True, str(tiny_folder))
 
 
-def test_an_s3_source_is_not_fetched_yet(variant: Path) -> None:
-    registry = ModelRegistry.model_validate({"models": [entry(variant, source="s3://bucket/models/variant")]})
-    with pytest.raises(ModelNotFoundError, match="S3"):
-        load_model("variant", device="cpu", registry=registry)
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Client]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="weights")
+        yield client
+
+
+def test_an_s3_model_is_fetched_once_per_revision_and_checked_at_every_load(
+    variant: Path, s3: S3Client, tmp_path: Path
+) -> None:
+    for path in variant.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), "weights", f"models/variant/r1/{path.relative_to(variant).as_posix()}")
+    registry = ModelRegistry.model_validate({"models": [entry(variant, source="s3://weights/models/variant/r1")]})
+    cache = tmp_path / "cache"
+
+    loaded = load_model("variant", device="cpu", registry=registry, cache_root=cache, s3=s3)
+    assert loaded.revision == "2026-12-06"
+    assert Path(loaded.source).parent == cache / "registry"
+    assert weight_checksums(Path(loaded.source)) == weight_checksums(variant)
+
+    # The copy is reused: the bucket is not read again ...
+    for obj in s3.list_objects_v2(Bucket="weights")["Contents"]:
+        s3.delete_object(Bucket="weights", Key=obj["Key"])
+    assert load_model("variant", device="cpu", registry=registry, cache_root=cache, s3=s3).source == loaded.source
+    # ... but checked again: a copy changed on disk is refused.
+    (Path(loaded.source) / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not the weights")
+    with pytest.raises(ChecksumMismatch):
+        load_model("variant", device="cpu", registry=registry, cache_root=cache, s3=s3)
+
+
+def test_an_s3_prefix_without_a_model_is_not_found(variant: Path, s3: S3Client, tmp_path: Path) -> None:
+    registry = ModelRegistry.model_validate({"models": [entry(variant, source="s3://weights/models/nothing")]})
+    with pytest.raises(ModelNotFoundError, match="no diffusers folder"):
+        load_model("variant", device="cpu", registry=registry, cache_root=tmp_path, s3=s3)
+    assert not list((tmp_path / "registry").iterdir())  # no half copy left behind

@@ -17,9 +17,11 @@ Nothing here downloads weights unless a hub id is asked for and ``HF_HUB_OFFLINE
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -28,11 +30,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import diffusers
 import torch
 import transformers
+from botocore.exceptions import BotoCoreError, ClientError
 from diffusers import (
     AutoencoderKL,
     AutoPipelineForText2Image,
@@ -48,10 +51,14 @@ from huggingface_hub.utils import HFValidationError
 from packaging.version import Version
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from shared.aws import AwsClients
 from shared.errors import PermanentError
 from shared.modelregistry import ModelEntry, ModelRegistry, weight_checksums
 from shared.settings import get_settings
 from shared.tinymodel import TINY_MODEL_NOTE, TINY_MODEL_REVISION
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 logger = logging.getLogger(__name__)
 
@@ -426,9 +433,11 @@ def load_model(
     precision: Precision | None = None,
     cache_root: Path | None = None,
     registry: ModelRegistry | None = None,
+    s3: S3Client | None = None,
 ) -> LoadedModel:
     """Load ``name`` onto ``device``: an id of ``registry`` (default: the configured one, which always knows
-    ``tiny``), else ``sd15``, ``sdxl``, a hub id or a local folder.
+    ``tiny``), else ``sd15``, ``sdxl``, a hub id or a local folder. ``s3`` fetches an S3-sourced entry (default: a
+    client from the settings).
 
     Raises ``ModelNotFoundError`` when a folder does not exist or a hub id cannot be found (including when
     ``HF_HUB_OFFLINE`` is set and the model is not in the local hub cache), ``ChecksumMismatch`` when a
@@ -440,7 +449,7 @@ def load_model(
     revision: str | None = None
     entry = (registry or get_settings().registry).get(name)
     if entry is not None:
-        folder = registered_folder(entry, cache_root)
+        folder = registered_folder(entry, cache_root, s3=s3)
         verify_weights(entry, folder)
         source, revision = str(folder), entry.revision
         pipe = _from_pretrained(name, source, dtype, local_only=True)
@@ -473,11 +482,12 @@ def load_model(
     )
 
 
-def registered_folder(entry: ModelEntry, cache_root: Path | None = None) -> Path:
-    """The local diffusers folder of a registry entry: the built tiny model, the local path, or the hub snapshot
-    of the pinned revision (only the listed weight files and the configs are fetched).
+def registered_folder(entry: ModelEntry, cache_root: Path | None = None, *, s3: S3Client | None = None) -> Path:
+    """The local diffusers folder of a registry entry: the built tiny model, the local path, the hub snapshot of
+    the pinned revision (only the listed weight files and the configs are fetched), or the S3 prefix's copy in
+    the model cache (fetched once per revision).
 
-    Raises ``ModelNotFoundError`` when it is missing or cannot be fetched (S3 sources are not fetched yet).
+    Raises ``ModelNotFoundError`` when it is missing or cannot be fetched.
     """
     kind = entry.source_kind
     if kind == "builtin":
@@ -499,7 +509,55 @@ def registered_folder(entry: ModelEntry, cache_root: Path | None = None) -> Path
         except (HFValidationError, OSError) as exc:  # hub errors are OSErrors (missing repo, revision, offline)
             raise ModelNotFoundError(entry.id, f"revision {entry.revision} not fetched from the hub: {exc}") from exc
         return Path(snapshot)
-    raise ModelNotFoundError(entry.id, f"{entry.source}: workers do not fetch S3 sources yet")
+    # Built here, when an S3 model is loaded, unless the caller brought one.
+    return fetch_s3_model(entry, s3 or AwsClients(get_settings()).s3(), cache_root)
+
+
+def s3_model_dir(entry: ModelEntry, cache_root: Path | None = None) -> Path:
+    """Where an S3-sourced entry's revision is copied: one folder per id and revision in the model cache."""
+    name = f"{entry.id}\0{entry.revision}"
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{entry.id}-{entry.revision}")[:80]
+    return (
+        (cache_root or model_cache_root()) / "registry" / f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    )
+
+
+def fetch_s3_model(entry: ModelEntry, s3: S3Client, cache_root: Path | None = None) -> Path:
+    """Copy every object under an entry's S3 prefix into :func:`s3_model_dir`, unless it is there already.
+
+    Written under a temporary name and renamed into place, like the tiny model, so a half copy is never used.
+    Raises ``ModelNotFoundError`` when the prefix holds no diffusers folder or S3 refuses.
+    """
+    target = s3_model_dir(entry, cache_root)
+    if (target / "model_index.json").is_file():
+        return target
+    bucket, _, prefix = entry.location.partition("/")
+    prefix = prefix.strip("/") + "/"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.fetching-", dir=target.parent))
+    try:
+        logger.info("fetching model %s revision %s from %s", entry.id, entry.revision, entry.source)
+        try:
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    relative = Path(obj["Key"][len(prefix) :])
+                    if not relative.parts or ".." in relative.parts or obj["Key"].endswith("/"):
+                        continue
+                    destination = staging / relative
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    s3.download_file(bucket, obj["Key"], str(destination))
+        except (ClientError, BotoCoreError) as exc:
+            raise ModelNotFoundError(entry.id, f"could not fetch {entry.source}: {exc}") from exc
+        if not (staging / "model_index.json").is_file():
+            raise ModelNotFoundError(entry.id, f"no diffusers folder (model_index.json) under {entry.source}")
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "model_index.json").is_file():  # another process renamed its copy first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def verify_weights(entry: ModelEntry, folder: Path) -> None:

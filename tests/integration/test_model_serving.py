@@ -243,3 +243,19 @@ def _differs(a: Image.Image, b: Image.Image) -> int:
     """The largest difference of one channel of one pixel."""
     pixels = [np.asarray(image.convert("RGB"), dtype=np.int16) for image in (a, b)]
     return int(np.abs(pixels[0] - pixels[1]).max())
+
+
+def test_a_worker_whose_weights_fail_their_checksums_refuses_to_start(
+    service: RunningService, registry: ModelRegistry
+) -> None:
+    variant = registry.get("variant")
+    assert variant is not None
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    wrong = variant.model_copy(update={"checksums": {**variant.checksums, unet: "0" * 64}})
+    tampered = registry.model_copy(update={"models": (registry.models[0], wrong)})
+    worker = service.start_worker(
+        "--model", "variant", env={"SDQ_MODEL_REGISTRY": tampered.model_dump_json()}, log_name="checksums"
+    )
+    assert worker.wait(timeout=120) != 0
+    log = "".join(path.read_text(errors="replace") for path in service.state_dir.glob("checksums-*.log"))
+    assert f"Model 'variant' revision 'r1' failed its checksums: {unet}: sha256" in log

@@ -25,7 +25,10 @@ from PIL import Image
 from cli.client import Endpoint, SdqClient
 from localcloud.receiver import ScriptedReceiver
 from shared.apikeys import ApiKeyStore
+from shared.settings import Settings
+from shared.tenants import TenantStore
 from tests.integration.conftest import REPO, RunningService, service_fixture
+from workflows.authorization import Authorizer
 
 WORKER = {
     "SDQ_VISIBILITY_TIMEOUT_S": "30",
@@ -302,8 +305,12 @@ class FakeRuntimeApi:
         return json.loads(prelude), body
 
 
-def proxy_event(job_id: str, key: str) -> dict[str, Any]:
-    """What API Gateway's streaming Lambda proxy integration sends the events function."""
+def proxy_event(service: RunningService, job_id: str, key: str) -> dict[str, Any]:
+    """What API Gateway's streaming Lambda proxy integration sends the events function: with the authorizer's
+    answer for a valid key; without one for a key the gateway would refuse (a call that bypassed it)."""
+    ddb = service.boto("dynamodb")
+    caller = Authorizer(ApiKeyStore(ddb, service.table), TenantStore(ddb, service.table, Settings())).authorize(key)
+    authorizer = {"authorizer": caller.context()} if caller is not None else {}
     return {
         "resource": "/v1/jobs/{job_id}/events",
         "path": f"/v1/jobs/{job_id}/events",
@@ -311,7 +318,7 @@ def proxy_event(job_id: str, key: str) -> dict[str, Any]:
         "headers": {"x-api-key": key, "Accept": "text/event-stream"},
         "pathParameters": {"job_id": job_id},
         "queryStringParameters": None,
-        "requestContext": {"stage": "prod", "path": f"/prod/v1/jobs/{job_id}/events"},
+        "requestContext": {"stage": "prod", "path": f"/prod/v1/jobs/{job_id}/events", **authorizer},
         "body": None,
         "isBase64Encoded": False,
     }
@@ -327,9 +334,9 @@ def test_the_aws_runtime_loop_streams_through_the_runtime_api(service: RunningSe
     client.cancel(cancelled["id"])
     runtime = FakeRuntimeApi(
         [
-            (proxy_event(waiting["id"], key), 16_000),  # 16 s: the stream gets 6 s, then ends itself
-            (proxy_event(cancelled["id"], key), 60_000),
-            (proxy_event(cancelled["id"], "not-a-key"), 60_000),
+            (proxy_event(service, waiting["id"], key), 16_000),  # 16 s: the stream gets 6 s, then ends itself
+            (proxy_event(service, cancelled["id"], key), 60_000),
+            (proxy_event(service, cancelled["id"], "not-a-key"), 60_000),
         ]
     )
     env = {

@@ -44,9 +44,15 @@ RUN useradd --uid 10001 --no-create-home --home-dir /models --shell /usr/sbin/no
     && chown 10001:10001 /models
 ENV HF_HOME=/models/hf \
     SDQ_MODEL_CACHE=/models/sdq \
+    SDQ_HEALTH_FILE=/tmp/sdq-worker-alive \
     HF_HUB_DISABLE_TELEMETRY=1
 USER 10001:10001
 WORKDIR /models
+
+# Unhealthy once the worker stops touching SDQ_HEALTH_FILE (a process too wedged for its own watchdog, which
+# exits with status 70 on a hung GPU call); ECS runs the task definition's HealthCheck, the same command.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=300s --retries=3 \
+    CMD ["python", "-m", "workflows.generation.health"]
 
 # SIGTERM (ECS stop, scale-in) is the worker's warm stop: it finishes the running batch within SDQ_GRACE_S.
 STOPSIGNAL SIGTERM

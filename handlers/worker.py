@@ -65,6 +65,7 @@ def worker_config() -> WorkerConfig:
         heartbeat_s=worker.heartbeat_s,
         grace_s=worker.grace_s,
         stall_s=worker.stall_timeout_s,
+        health_file=worker.health_file,
         progress_interval_s=worker.progress_interval_s,
         xray=worker.xray,
     )

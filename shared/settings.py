@@ -88,6 +88,13 @@ class WorkerSettings(SettingsGroup):
             "with status 70 (its container is replaced). Longer than a first call's compilation"
         ),
     )
+    health_file: str | None = Field(
+        default=None,
+        description=(
+            "A file the worker touches every second while healthy; the container health check "
+            "(`python -m workflows.generation.health`) fails once it is over 60 s old. Unset: none (the image sets it)"
+        ),
+    )
     encode_processes: int | None = Field(
         default=None,
         ge=0,

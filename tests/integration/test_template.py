@@ -194,6 +194,8 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("s3:GetObject", "MediaBucket.Arn/outputs/*/preview.jpg"),
         ("s3:DeleteObject", "MediaBucket.Arn/outputs/*/preview.jpg"),
         ("dynamodb:PutItem", "JobsTable.Arn"),
+        # Scale-in protection while it has work, through the ECS agent's endpoint (its own tasks only).
+        ("ecs:UpdateTaskProtection", "arn:AWS::Partition:ecs:AWS::Region:AWS::AccountId:task/*"),
     },
     "WorkerExecutionRole": _logs("WorkerLogGroup")
     | {
@@ -503,6 +505,18 @@ def test_worker_container_gets_everything_the_worker_reads(sam: dict[str, Any], 
     assert worker["Links"] == ["xray-daemon"]
     assert [r["Type"] for r in worker["ResourceRequirements"]] == ["GPU"]
     assert show(worker["Image"]) == "WorkerRepository.RepositoryUri:WorkerImageTag"
+
+
+def test_worker_container_is_health_checked_by_the_file_its_watchdog_keeps_fresh(resources: dict[str, Any]) -> None:
+    """ECS replaces a task whose worker stopped touching its health file; the image runs the same check, and its
+    environment names the file (ECS ignores a Dockerfile HEALTHCHECK, so the task definition carries its own)."""
+    check = container(resources, "worker")["HealthCheck"]
+    assert check["Command"] == ["CMD", "python", "-m", "workflows.generation.health"]
+    assert check["StartPeriod"] >= 120  # the model loads before the first touch; no file yet counts as healthy
+    assert check["Interval"] * check["Retries"] >= 60
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'CMD ["python", "-m", "workflows.generation.health"]' in dockerfile
+    assert re.search(r"SDQ_HEALTH_FILE=/tmp/\S+", dockerfile)
 
 
 def test_api_function_knows_the_models_and_the_state_machine(resources: dict[str, Any]) -> None:

@@ -5,7 +5,9 @@ no stop can reach it, while the heartbeat thread keeps renewing its jobs' leases
 worker that will never finish them. The watchdog thread sees the call's last sign of life (its start, or its
 latest denoising step) grow older than the bound, lets every held message go (visible now, so the jobs run again
 elsewhere once their leases lapse) and ends the process with :data:`EXIT_HUNG`: nothing in a wedged process can
-be trusted to stop cleanly, and the container's restart policy (ECS) replaces it.
+be trusted to stop cleanly, and the container's restart policy (ECS) replaces it. While no call hangs it touches
+the health file every second (:mod:`.health`), so a process too wedged for its own watchdog fails its container's
+health check instead.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 from PIL.Image import Image
 
 from workflows.generation.batchrun import Generator
+from workflows.generation.health import touch
 from workflows.generation.pipeline import BatchShape, ImageJob, LatentTap
 
 if TYPE_CHECKING:
@@ -41,7 +45,9 @@ class Watchdog:
         *,
         clock: Callable[[], float] = time.monotonic,
         exit_process: Callable[[int], Any] = os._exit,
+        alive_file: Path | None = None,
     ) -> None:
+        self._alive_file = alive_file
         self._stall_s = stall_s
         self._on_hang = on_hang
         self._clock = clock
@@ -68,6 +74,14 @@ class Watchdog:
         with self._lock:
             self._alive_at = None
 
+    def _mark_alive(self) -> None:
+        if self._alive_file is None:
+            return
+        try:
+            touch(self._alive_file)
+        except OSError as exc:
+            logger.warning("health file not touched", path=str(self._alive_file), error=str(exc))
+
     def stalled_for(self) -> float:
         """Seconds since the running call's last sign of life (0 between calls)."""
         with self._lock:
@@ -77,13 +91,15 @@ class Watchdog:
         interval = min(1.0, self._stall_s / 4)
         while not self._stop.wait(interval):
             stalled = self.stalled_for()
-            if stalled > self._stall_s:
-                logger.error("pipeline call hung; letting its jobs go and exiting", stalled_s=round(stalled, 1))
-                try:
-                    self._on_hang(stalled)
-                finally:
-                    self._exit(EXIT_HUNG)
-                return
+            if stalled <= self._stall_s:
+                self._mark_alive()
+                continue
+            logger.error("pipeline call hung; letting its jobs go and exiting", stalled_s=round(stalled, 1))
+            try:
+                self._on_hang(stalled)
+            finally:
+                self._exit(EXIT_HUNG)
+            return
 
 
 class _Step:

@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -71,6 +72,7 @@ class WorkerConfig:
     progress_interval_s: float
     xray: bool  # X-Ray segments around claim, generate and upload (the daemon runs beside the worker)
     stall_s: float | None = None  # the watchdog's bound on a pipeline call without a step (None: none)
+    health_file: str | None = None  # touched by the watchdog while healthy, for the container health check
     finisher_threads: int = 4
     # PNG encoding in helper processes (0: in the finisher threads); the worker resolves SDQ_ENCODE_PROCESSES for
     # its device once the model is loaded.
@@ -171,7 +173,8 @@ class Worker:
             events=progress_events,  # previews and started/progress webhooks
         )
         # A call that hangs (a wedged GPU) makes the process let its jobs go and exit, to be replaced.
-        self._watchdog = Watchdog(config.stall_s, self._give_up) if config.stall_s else None
+        alive = Path(config.health_file) if config.health_file else None
+        self._watchdog = Watchdog(config.stall_s, self._give_up, alive_file=alive) if config.stall_s else None
         watched = Watched(generator, self._watchdog) if self._watchdog else generator
         self._batch_runner = BatchRunner(watched, progress, self._handoff, self._hard_stop, xray=config.xray)
         self._throughput = Throughput(

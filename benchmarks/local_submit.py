@@ -195,13 +195,18 @@ def counting_calls() -> Iterator[Counter[str]]:
 
 def calls_per_submit(service: LocalService, samples: int = 5) -> dict[str, dict[str, float]]:
     """The AWS operations one submit makes, by operation: the API handler called here, in this process, with the
-    service's environment (the handler is the same code whichever process serves HTTP)."""
-    from handlers import api
+    service's environment (the handler is the same code whichever process serves HTTP), behind the gateway's
+    authorizer with its cache as the local API runs it. ``authorizer``: what the authorizer makes for a key it has
+    not seen within ``AuthorizerCacheSeconds`` (once per key and period, not per submit)."""
+    from handlers import api, authorizer
+    from localcloud.gateway import GatewayRules, LocalGateway
+    from localcloud.service import TEMPLATE
     from shared.settings import get_settings
 
     os.environ.update(service.env)
     get_settings.cache_clear()
     api.services.cache_clear()
+    authorizer.deps.cache_clear()
     key = new_tenant_key(service, "bench-count")
 
     def event(idempotency_key: str | None) -> dict[str, Any]:
@@ -225,12 +230,21 @@ def calls_per_submit(service: LocalService, samples: int = 5) -> dict[str, dict[
 
     from localcloud.api import LocalLambdaContext
 
+    gateway = LocalGateway(GatewayRules.from_template(TEMPLATE), authorizer.lambda_handler, LocalLambdaContext)
+
+    def call(request: dict[str, Any]) -> dict[str, Any]:
+        refusal = gateway.admit(request)
+        return refusal if refusal is not None else api.lambda_handler(request, LocalLambdaContext())
+
     found: dict[str, dict[str, float]] = {}
+    with counting_calls() as counts:
+        gateway.admit(event(None))  # the key's first call: the authorizer runs (then its answer is cached)
+    found["authorizer"] = {**dict(sorted(counts.items())), "total": sum(counts.values())}
     for name, idem in (("plain", lambda: None), ("idempotency_key", lambda: uuid.uuid4().hex)):
-        api.lambda_handler(event(idem()), LocalLambdaContext())  # warm: clients built, not counted
+        call(event(idem()))  # warm: clients built, not counted
         with counting_calls() as counts:
             for _ in range(samples):
-                answer = api.lambda_handler(event(idem()), LocalLambdaContext())
+                answer = call(event(idem()))
                 if answer["statusCode"] != 202:
                     raise RuntimeError(f"count submit answered {answer['statusCode']}: {answer['body']}")
         found[name] = {op: n / samples for op, n in sorted(counts.items())}

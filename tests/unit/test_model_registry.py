@@ -18,7 +18,13 @@ from pydantic import ValidationError
 from shared.contracts import GenerationRequest
 from shared.modelregistry import BUILTIN_REGISTRY, ModelRegistry, parse_registry, weight_checksums
 from shared.settings import Settings
-from workflows.generation.models import ChecksumMismatch, ModelNotFoundError, ensure_tiny_model, load_model
+from workflows.generation.models import (
+    ChecksumMismatch,
+    ModelNotFoundError,
+    WrongArchitecture,
+    ensure_tiny_model,
+    load_model,
+)
 from workflows.generation.pipeline import BatchShape, ImageJob, ModelNotServed, PipelineRunner
 
 if TYPE_CHECKING:
@@ -157,6 +163,12 @@ def test_a_missing_or_unlisted_weight_file_refuses_the_model(variant: Path) -> N
         "vae/diffusion_pytorch_model.safetensors": "missing",
         "vae/extra.safetensors": "a weight file the registry entry does not list",
     }
+
+
+def test_a_model_registered_as_another_architecture_is_refused(variant: Path) -> None:
+    registry = ModelRegistry.model_validate({"models": [entry(variant, architecture="sdxl")]})
+    with pytest.raises(WrongArchitecture, match="registered as 'sdxl' but its folder holds a StableDiffusionPipeline"):
+        load_model("variant", device="cpu", registry=registry)
 
 
 def test_the_built_in_registry_loads_tiny_with_its_revision(tiny_folder: Path) -> None:

@@ -95,6 +95,27 @@ class ChecksumMismatch(PermanentError):
         self.problems = problems
 
 
+class WrongArchitecture(PermanentError):
+    """A registered model's folder holds another pipeline than its entry's ``architecture``: it is not served."""
+
+    def __init__(self, model_id: str, architecture: str, pipeline_class: str) -> None:
+        super().__init__(
+            f"Model {model_id!r} is registered as {architecture!r} but its folder holds a {pipeline_class}"
+        )
+        self.model_id = model_id
+        self.architecture = architecture
+        self.pipeline_class = pipeline_class
+
+
+# The diffusers pipeline class (model_index.json's ``_class_name``) of each registry architecture.
+ARCHITECTURE_PIPELINES: dict[str, str] = {
+    "tiny": "StableDiffusionPipeline",
+    "sd15": "StableDiffusionPipeline",
+    "sd2": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+}
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A text-to-image pipeline placed on its device, with what the worker needs to know about it."""
@@ -441,7 +462,8 @@ def load_model(
 
     Raises ``ModelNotFoundError`` when a folder does not exist or a hub id cannot be found (including when
     ``HF_HUB_OFFLINE`` is set and the model is not in the local hub cache), ``ChecksumMismatch`` when a
-    registered model's weight files differ from its entry. Other load errors propagate.
+    registered model's weight files differ from its entry, ``WrongArchitecture`` when its folder holds another
+    pipeline than its entry's architecture. Other load errors propagate.
     """
     dev = resolve_device(device)
     dtype = resolve_dtype(dev, precision)
@@ -451,6 +473,7 @@ def load_model(
     if entry is not None:
         folder = registered_folder(entry, cache_root, s3=s3)
         verify_weights(entry, folder)
+        verify_architecture(entry, folder)
         source, revision = str(folder), entry.revision
         pipe = _from_pretrained(name, source, dtype, local_only=True)
         note = TINY_MODEL_NOTE if entry.source_kind == "builtin" else None
@@ -558,6 +581,16 @@ def fetch_s3_model(entry: ModelEntry, s3: S3Client, cache_root: Path | None = No
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def verify_architecture(entry: ModelEntry, folder: Path) -> None:
+    """Check that ``folder`` holds the pipeline of ``entry.architecture``; raises ``WrongArchitecture`` (logged)."""
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    found = str(index.get("_class_name"))
+    if found != ARCHITECTURE_PIPELINES[entry.architecture]:
+        error = WrongArchitecture(entry.id, entry.architecture, found)
+        logger.error("refusing to serve model %s: %s", entry.id, error)
+        raise error
 
 
 def verify_weights(entry: ModelEntry, folder: Path) -> None:

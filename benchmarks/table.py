@@ -85,6 +85,10 @@ def _startup_row(data: dict[str, Any]) -> tuple[str, str, str]:
     setup = f"{cfg['width']}x{cfg['height']}, {cfg['steps']} steps, {data['precision']}; "
     setup += ", ".join(applied) if applied else "eager"
     figure = f"first image {data['process_start_to_first_image_s']:.1f} s after process start"
+    every = data.get("process_start_to_every_size_s")
+    if every is not None:
+        sizes = ", ".join(["1", *(data.get("first_call_by_batch_size_s") or {})])  # the first image is batch 1
+        figure += f"; batch sizes {sizes} ready at {every:.1f} s"
     baseline = f"second image {phases['second_image']:.3f} s"
     return figure, baseline, setup
 

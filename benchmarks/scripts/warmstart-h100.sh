@@ -13,6 +13,9 @@
 #     torchvision, pandas: diffusers and transformers import them when present).
 # Before stage 1, on the idle machine: `python -X importtime` of the worker's entry point (handlers.worker) with
 # those packages hidden, its 25 slowest imports (cumulative) printed; the raw output goes to aux-logs.txt.
+# Ran on 2026-12-06 (results/2026-12-06-h100/README.md, call A). Stage 6 cannot work as written: the artefacts of
+# stage 1 were built with those packages present and refer to them. warmstart2-h100.sh builds and starts everything
+# in the worker image's environment.
 # QUICK=1 (a short call): only the warm starts (stages 1 without the probe's builds, 2 and 6), builds cut at
 # WARM_S seconds (default 200).
 set -u

@@ -56,7 +56,7 @@ from shared.queue import JobQueue
 from shared.queuestate import QueueState
 from shared.ratelimit import DailyGpuBudget, RateLimiter
 from shared.settings import Settings, get_settings
-from shared.webhooksecrets import WebhookSecrets
+from shared.webhooksecrets import WebhookSecrets, webhook_secrets
 from workflows import jobevents
 from workflows.authorization import Authorization
 from workflows.jobview import job_view
@@ -210,7 +210,7 @@ def services() -> Services:
             cache=ResultCache(repo, queue, settings, orchestrator=lambda: orchestrator),
         ),
         media=MediaStore(aws.s3(), settings.bucket),
-        secrets=WebhookSecrets(aws.dynamodb(), settings.table_name, overlap_s=settings.webhook_secret_overlap_s),
+        secrets=webhook_secrets(aws, settings),
         orchestrator=orchestrator,
         redeliveries=Redeliveries(orchestrator, RateLimiter(aws.dynamodb(), settings.table_name), settings),
         positions=QueuePositions(QueueState(aws.dynamodb(), settings.table_name)),

@@ -13,7 +13,7 @@ from shared.eventrecords import EventRecords
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.settings import get_settings
-from shared.webhooksecrets import WebhookSecrets
+from shared.webhooksecrets import webhook_secrets
 from workflows.webhooks import Notifier
 
 logger = Logger(service="sdq-notify")
@@ -27,7 +27,7 @@ def notifier() -> Notifier:
     return Notifier(
         JobsRepository(aws.dynamodb(), settings.table_name),
         MediaStore(aws.s3(), settings.bucket),
-        WebhookSecrets(aws.dynamodb(), settings.table_name, overlap_s=settings.webhook_secret_overlap_s),
+        webhook_secrets(aws, settings),
         settings,
         events=EventRecords(aws.dynamodb(), settings.table_name),
     )

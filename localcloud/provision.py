@@ -159,6 +159,7 @@ class LocalResources:
     bucket: str
     state_machine_arn: str
     audit_table_name: str
+    webhook_secrets_key: str
     functions: dict[str, str] = field(default_factory=dict)
     """Logical id (e.g. ``PostprocessFunction``) -> deployed function name."""
     event_sources: tuple[EventSource, ...] = ()
@@ -179,6 +180,7 @@ class LocalResources:
             "SDQ_BUCKET": self.bucket,
             "SDQ_STATE_MACHINE_ARN": self.state_machine_arn,
             "SDQ_AUDIT_TABLE_NAME": self.audit_table_name,
+            "SDQ_WEBHOOK_SECRETS_KEY": self.webhook_secrets_key,
         }
 
 
@@ -669,6 +671,7 @@ def provision(
             bucket=outputs["BucketName"],
             state_machine_arn=outputs["StateMachineArn"],
             audit_table_name=outputs["AuditTableName"],
+            webhook_secrets_key=outputs["WebhookSecretsKeyId"],
             functions=functions,
             event_sources=event_sources,
             schedules=schedules,

@@ -57,6 +57,8 @@ class AwsClients:
     def client(self, service: Literal["stepfunctions"]) -> SFNClient: ...
     @overload
     def client(self, service: Literal["lambda"]) -> LambdaClient: ...
+    @overload
+    def client(self, service: Literal["kms"]) -> Any: ...  # no KMS stubs among the dependencies
     def client(self, service: str) -> Any:
         """Return the cached client for ``service``, creating it on first use."""
         with self._lock:
@@ -86,3 +88,6 @@ class AwsClients:
 
     def stepfunctions(self) -> SFNClient:
         return self.client("stepfunctions")
+
+    def kms(self) -> Any:
+        return self.client("kms")

@@ -335,6 +335,13 @@ class Settings(BaseSettings):
         ge=0,
         description="After a webhook secret rotation, how long webhooks are signed with the replaced secret too",
     )
+    webhook_secrets_key: str | None = Field(
+        default=None,
+        description=(
+            "The KMS key (id, ARN or alias) that encrypts webhook signing secrets at rest (set by the template and the"
+            " local cloud); unset: they are stored in plain text"
+        ),
+    )
     webhook_redeliveries_per_job: int = Field(
         default=5,
         ge=1,

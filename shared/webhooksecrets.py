@@ -1,20 +1,26 @@
-"""Per-tenant webhook signing secrets: the ``TENANT#<tenant>`` items of the jobs table, rotatable with an overlap."""
+"""Per-tenant webhook signing secrets: the ``TENANT#<tenant>`` items of the jobs table, rotatable with an overlap,
+encrypted at rest with the stack's own KMS key where one is configured."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import Conflict
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+
+    from shared.aws import AwsClients
+    from shared.settings import Settings
 
 
 def new_secret() -> str:
@@ -39,6 +45,35 @@ class Rotation:
 
 
 ROTATE_ATTEMPTS = 5
+# The item attributes a secret may be stored in: ciphertext (KMS) or, before a key was configured, plain text.
+CURRENT, PREVIOUS = "webhook_secret", "previous_webhook_secret"
+ENCRYPTED = "_enc"
+NO_SECRET_YET = f"attribute_not_exists({CURRENT}) AND attribute_not_exists({CURRENT}{ENCRYPTED})"
+
+
+class SecretCipher:
+    """Encrypts a secret with a KMS key (``kms:Encrypt``) and decrypts it (``kms:Decrypt``), bound to its tenant by
+    the encryption context, so a ciphertext copied to another tenant's item does not decrypt. Only roles granted
+    the key can read a secret; the table alone (a backup, an export, a role with ``dynamodb:GetItem``) holds no
+    usable secret. A secret is 24 random bytes, far inside KMS's 4 KiB plaintext limit, so it is encrypted by KMS
+    directly rather than under a data key. Decryptions are remembered per process (a few hundred tenants)."""
+
+    def __init__(self, kms: Any, key_id: str) -> None:
+        self._kms = kms
+        self.key_id = key_id
+        self.decrypt = lru_cache(maxsize=512)(self._decrypt)
+
+    @staticmethod
+    def _context(tenant: str) -> dict[str, str]:
+        return {"sdq:tenant": tenant}
+
+    def encrypt(self, tenant: str, secret: str) -> bytes:
+        resp = self._kms.encrypt(KeyId=self.key_id, Plaintext=secret.encode(), EncryptionContext=self._context(tenant))
+        return bytes(resp["CiphertextBlob"])
+
+    def _decrypt(self, tenant: str, blob: bytes) -> str:
+        resp = self._kms.decrypt(CiphertextBlob=blob, EncryptionContext=self._context(tenant))
+        return bytes(resp["Plaintext"]).decode()
 
 
 class WebhookSecrets:
@@ -57,11 +92,50 @@ class WebhookSecrets:
         *,
         overlap_s: int,
         now: Callable[[], float] = time.time,
+        cipher: SecretCipher | None = None,
     ) -> None:
+        """``cipher``: where set, secrets are stored encrypted (``webhook_secret_enc``); a secret stored in plain
+        text before is encrypted the first time it is read."""
         self._ddb = dynamodb
         self._table = table_name
         self._overlap_s = overlap_s
         self._now = now
+        self._cipher = cipher
+
+    def _stored(self, tenant: str, secret: str) -> dict[str, Any]:
+        """How ``secret`` is written: its ciphertext, or plain text without a cipher."""
+        if self._cipher is None:
+            return {"S": secret}
+        return {"B": self._cipher.encrypt(tenant, secret)}
+
+    def _attr(self, name: str) -> str:
+        return name + ENCRYPTED if self._cipher is not None else name
+
+    def _read(self, tenant: str, item: dict[str, Any], name: str) -> str | None:
+        blob = item.get(name + ENCRYPTED, {}).get("B")
+        if blob is not None:
+            if self._cipher is None:
+                raise RuntimeError("webhook secrets are encrypted but no key is configured (SDQ_WEBHOOK_SECRETS_KEY)")
+            return self._cipher.decrypt(tenant, bytes(blob))
+        plain = item.get(name, {}).get("S")
+        return str(plain) if plain else None
+
+    def _encrypt_plaintext(self, tenant: str, item: dict[str, Any]) -> None:
+        """Rewrite ``item``, whose secrets are in plain text, with their ciphertext instead (once a key is
+        configured), unless a rotation changed it meanwhile. A whole-item put: the roles that sign may put
+        ``TENANT#`` items, never update them."""
+        new: dict[str, Any] = {**self._key(tenant), CURRENT + ENCRYPTED: self._stored(tenant, str(item[CURRENT]["S"]))}
+        if PREVIOUS in item:
+            new[PREVIOUS + ENCRYPTED] = self._stored(tenant, str(item[PREVIOUS]["S"]))
+        if "previous_valid_until" in item:
+            new["previous_valid_until"] = item["previous_valid_until"]
+        with contextlib.suppress(self._ddb.exceptions.ConditionalCheckFailedException):
+            self._ddb.put_item(
+                TableName=self._table,
+                Item=new,
+                ConditionExpression=f"{CURRENT} = :read",
+                ExpressionAttributeValues={":read": item[CURRENT]},
+            )
 
     def _key(self, tenant: str) -> dict[str, Any]:
         return {"pk": {"S": f"TENANT#{tenant}"}}
@@ -78,19 +152,21 @@ class WebhookSecrets:
         """The secrets a webhook is signed with now: the current one, then the previous one while its overlap
         lasts. Creates the current secret on first use."""
         item = self._item(tenant)
-        current = item.get("webhook_secret", {}).get("S")
+        current = self._read(tenant, item, CURRENT)
         if not current:
             candidate = new_secret()
             try:
                 self._ddb.put_item(
                     TableName=self._table,
-                    Item={**self._key(tenant), "webhook_secret": {"S": candidate}},
-                    ConditionExpression="attribute_not_exists(webhook_secret)",
+                    Item={**self._key(tenant), self._attr(CURRENT): self._stored(tenant, candidate)},
+                    ConditionExpression=NO_SECRET_YET,
                 )
             except self._ddb.exceptions.ConditionalCheckFailedException:
                 return self.signing_secrets(tenant)  # created concurrently: use the winner's
             return [candidate]
-        previous = item.get("previous_webhook_secret", {}).get("S")
+        if self._cipher is not None and CURRENT in item:
+            self._encrypt_plaintext(tenant, item)
+        previous = self._read(tenant, item, PREVIOUS)
         until = item.get("previous_valid_until", {}).get("N")
         if previous and until and self._now() < int(until):
             return [current, previous]
@@ -109,21 +185,24 @@ class WebhookSecrets:
         (409) when other rotations won every attempt.
         """
         for _ in range(ROTATE_ATTEMPTS):
-            current = self._item(tenant).get("webhook_secret", {}).get("S")
+            read = self._item(tenant)
+            current = self._read(tenant, read, CURRENT)
             secret = new_secret()
-            item: dict[str, Any] = {**self._key(tenant), "webhook_secret": {"S": secret}}
+            item: dict[str, Any] = {**self._key(tenant), self._attr(CURRENT): self._stored(tenant, secret)}
             valid_until: int | None = None
             if current and self._overlap_s > 0:
                 valid_until = math.ceil(self._now()) + self._overlap_s
-                item["previous_webhook_secret"] = {"S": current}
+                item[self._attr(PREVIOUS)] = self._stored(tenant, current)
                 item["previous_valid_until"] = {"N": str(valid_until)}
+            # The whole item is replaced only if its current secret is still the one read (as stored).
+            stored_as = CURRENT + ENCRYPTED if CURRENT + ENCRYPTED in read else CURRENT
             condition: dict[str, Any] = (
                 {
-                    "ConditionExpression": "webhook_secret = :read",
-                    "ExpressionAttributeValues": {":read": {"S": current}},
+                    "ConditionExpression": f"{stored_as} = :read",
+                    "ExpressionAttributeValues": {":read": read[stored_as]},
                 }
                 if current
-                else {"ConditionExpression": "attribute_not_exists(webhook_secret)"}
+                else {"ConditionExpression": NO_SECRET_YET}
             )
             try:
                 self._ddb.put_item(TableName=self._table, Item=item, **condition)
@@ -132,3 +211,15 @@ class WebhookSecrets:
             until = datetime.fromtimestamp(valid_until, UTC) if valid_until is not None else None
             return Rotation(secret, until)
         raise SecretRotationConflict()
+
+
+def webhook_secrets(aws: AwsClients, settings: Settings) -> WebhookSecrets:
+    """The secret store of every process that signs or hands out secrets (API, Notify, worker): on the jobs table,
+    encrypted with ``settings.webhook_secrets_key`` where it is set."""
+    key = settings.webhook_secrets_key
+    return WebhookSecrets(
+        aws.dynamodb(),
+        settings.table_name,
+        overlap_s=settings.webhook_secret_overlap_s,
+        cipher=SecretCipher(aws.kms(), key) if key else None,
+    )

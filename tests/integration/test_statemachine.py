@@ -26,7 +26,7 @@ from shared.contracts import Job, JobStatus
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.settings import Settings
-from shared.webhooksecrets import WebhookSecrets
+from shared.webhooksecrets import SecretCipher, WebhookSecrets
 from tests.integration.conftest import RunningService, service_fixture
 from tests.integration.executions import ServiceHarness as Harness
 from workflows.postprocess import PostprocessInput, Postprocessor
@@ -255,7 +255,8 @@ def rotate_via_api(service: RunningService, tenant: str) -> dict[str, Any]:
 
 def secrets_at(service: RunningService, at: float, overlap_s: int = 24 * 3600) -> WebhookSecrets:
     """The secret store the Notify task uses, on the same table, with its clock stopped at ``at``."""
-    return WebhookSecrets(service.boto("dynamodb"), service.table, overlap_s=overlap_s, now=lambda: at)
+    cipher = SecretCipher(service.boto("kms"), service.env["SDQ_WEBHOOK_SECRETS_KEY"])  # the stack's own key
+    return WebhookSecrets(service.boto("dynamodb"), service.table, overlap_s=overlap_s, now=lambda: at, cipher=cipher)
 
 
 def signatures(delivery: Any) -> list[str]:

@@ -92,9 +92,12 @@ def _logs(group: str) -> set[tuple[str, str]]:
 #   and the X-Ray daemon beside it.
 # The job workflow as the postprocess role names it: a reference would be a cycle (the workflow invokes it).
 JOB_STATE_MACHINE_PATTERN = "arn:AWS::Partition:states:AWS::Region:AWS::AccountId:stateMachine:*JobStateMachine*"
+# The webhook secrets' KMS key: only the roles that sign or hand out secrets (shared/webhooksecrets.py).
+SECRETS_KEY = {("kms:Encrypt", "WebhookSecretsKey.Arn"), ("kms:Decrypt", "WebhookSecretsKey.Arn")}
 EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
     "ApiFunctionRole": _logs("ApiFunctionLogGroup")
     | XRAY_WRITE
+    | SECRETS_KEY
     | {
         ("dynamodb:GetItem", "JobsTable.Arn"),
         ("dynamodb:Query", "JobsTable.Arn/index/*"),
@@ -138,6 +141,7 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
     },
     "NotifyFunctionRole": _logs("NotifyFunctionLogGroup")
     | XRAY_WRITE
+    | SECRETS_KEY
     | {
         ("dynamodb:GetItem", "JobsTable.Arn"),
         ("dynamodb:PutItem", "JobsTable.Arn"),
@@ -181,6 +185,7 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
     }
     | {(action, "*") for action in STAR_RESOURCE_ACTIONS if action.startswith("logs:")},
     "WorkerTaskRole": XRAY_DAEMON
+    | SECRETS_KEY
     | {
         ("sqs:ReceiveMessage", "JobsQueue.Arn"),
         ("sqs:DeleteMessage", "JobsQueue.Arn"),

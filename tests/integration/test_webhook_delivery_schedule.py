@@ -108,3 +108,19 @@ def test_redeliver_is_limited_per_job_and_per_tenant_with_retry_after(
     job = other.running_job(receiver.url)
     assert other.wait(other.start(job, other.stage(job))) == "SUCCEEDED"
     other_client.api.redeliver_webhook(job.job_id)
+
+
+def test_webhook_secrets_are_encrypted_at_rest_with_the_stacks_key(
+    harness: tuple[ServiceHarness, Any], service: RunningService
+) -> None:
+    h, client = harness
+    secret = client.webhook_secret()
+    item = service.boto("dynamodb").get_item(TableName=service.table, Key={"pk": {"S": f"TENANT#{h.tenant}"}})["Item"]
+    assert set(item) == {"pk", "webhook_secret_enc"}
+    assert secret.encode() not in bytes(item["webhook_secret_enc"]["B"])
+    key_id = service.env["SDQ_WEBHOOK_SECRETS_KEY"]
+    plain = service.boto("kms").decrypt(
+        CiphertextBlob=item["webhook_secret_enc"]["B"], EncryptionContext={"sdq:tenant": h.tenant}
+    )
+    assert plain["KeyId"].endswith(key_id)
+    assert plain["Plaintext"].decode() == secret

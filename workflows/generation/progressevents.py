@@ -20,7 +20,7 @@ from shared.contracts import Job
 from shared.eventrecords import EventRecords
 from shared.jobs import JobsRepository
 from shared.media import MediaStore, preview_key
-from shared.webhooksecrets import WebhookSecrets
+from shared.webhooksecrets import webhook_secrets
 from workflows.generation.previews import Captured, to_jpeg
 from workflows.jobevents import PROGRESS, STARTED
 from workflows.webhooks import EventNotifier
@@ -159,7 +159,7 @@ def progress_events_for(aws: AwsClients, settings: Settings, *, worker_id: str) 
     notifier = EventNotifier(
         EventRecords(aws.dynamodb(), settings.table_name),
         media,
-        WebhookSecrets(aws.dynamodb(), settings.table_name, overlap_s=settings.webhook_secret_overlap_s),
+        webhook_secrets(aws, settings),
         settings,
         worker_id=worker_id,
     )

@@ -1,4 +1,5 @@
-"""Scheduled task: send the queue message of jobs whose submission stored them but never sent it."""
+"""Scheduled task: send the queue message of jobs whose submission stored them but never sent it, and fail the
+jobs abandoned RUNNING with no message left."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from shared.aws import AwsClients
 from shared.errors import RetryableError
 from shared.jobs import JobsRepository
+from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
 from shared.settings import get_settings
 from workflows.requeue import RequeueSweeper
+from workflows.webhooks import start_finished_notice
 
 logger = Logger(service="sdq-requeue")
 
@@ -22,11 +25,14 @@ logger = Logger(service="sdq-requeue")
 def sweeper() -> RequeueSweeper:
     settings = get_settings()
     aws = AwsClients(settings)
+    orchestrator = Orchestrator(aws.stepfunctions(), settings.state_machine_arn)
     return RequeueSweeper(
         JobsRepository(aws.dynamodb(), settings.table_name),
         JobQueue(aws.sqs(), settings.queue_url),
         requeue_after_s=settings.requeue_after_s,
         budget_s=settings.requeue_budget_s,
+        abandoned_after_s=settings.abandoned_after_s,
+        notify=lambda job: start_finished_notice(orchestrator, job),
     )
 
 
@@ -36,5 +42,5 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, i
     if report.failed:
         # Counted by the function's Errors alarm (the template turns off Lambda's own retries of a failed run);
         # the jobs stay marked and the next scheduled run tries them again.
-        raise RetryableError(f"{report.failed} jobs could not be requeued this run")
+        raise RetryableError(f"{report.failed} jobs could not be requeued or failed this run")
     return report.as_dict()

@@ -54,6 +54,7 @@ from shared.errors import (
     JobExpired,
     JobNotFound,
 )
+from shared.queuestate import BY_STATUS_INDEX
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -599,11 +600,13 @@ class JobsRepository:
         error: JobError | None = None,
         claim: Claim | None = None,
         within_retention: bool = False,
+        lease_lapsed_before: float | None = None,
     ) -> Job:
         """Move a job to ``target`` in one conditional write and return the job as written.
 
         The write succeeds only if the job belongs to ``tenant`` and its current status may legally become
-        ``target`` (and is one of ``sources`` when given), and, with ``claim``, only for that claim of the job.
+        ``target`` (and is one of ``sources`` when given), and, with ``claim``, only for that claim of the job;
+        with ``lease_lapsed_before`` (epoch seconds), only if its lease ended before then.
         A change a client asks for (a cancel) passes ``within_retention``: past its retention the job is gone
         for clients, as ``get`` says. Raises JobNotFound (absent, another tenant's, or past its retention with
         ``within_retention``) or InvalidTransition (also when the job is at another claim).
@@ -629,6 +632,9 @@ class JobsRepository:
         if within_retention:
             condition += " AND expires_at > :now_epoch"
             values[":now_epoch"] = now
+        if lease_lapsed_before is not None:
+            condition += " AND lease_until < :lapsed"
+            values[":lapsed"] = _num(lease_lapsed_before)
         if claim is not None:
             condition += " AND attempt = :attempt"
             values[":attempt"] = claim.attempt
@@ -756,6 +762,35 @@ class JobsRepository:
         except self._ddb.exceptions.ConditionalCheckFailedException:
             return False
         return True
+
+    def running_ids(self, *, limit: int) -> list[str]:
+        """Ids of RUNNING jobs, oldest first (the ``by_status`` index), at most ``limit``."""
+        found: list[str] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": BY_STATUS_INDEX,
+            "KeyConditionExpression": "#s = :running",
+            "ExpressionAttributeNames": {"#s": "status"},
+            "ExpressionAttributeValues": {":running": {"S": JobStatus.RUNNING.value}},
+            "ProjectionExpression": "job_id",
+        }
+        while len(found) < limit:
+            kwargs["Limit"] = limit - len(found)
+            resp = self._ddb.query(**kwargs)
+            found += [str(item["job_id"]["S"]) for item in resp.get("Items", [])]
+            last = resp.get("LastEvaluatedKey")
+            if not last:
+                break
+            kwargs["ExclusiveStartKey"] = last
+        return found
+
+    def lease_until(self, job_id: str) -> float | None:
+        """When the job's lease ends (epoch seconds); None when it has none (not claimed, finished or gone)."""
+        resp = self._ddb.get_item(
+            TableName=self._table, Key={"pk": {"S": job_pk(job_id)}}, ProjectionExpression="lease_until"
+        )
+        lease = resp.get("Item", {}).get("lease_until", {}).get("N")
+        return float(lease) if lease else None
 
     def lease_remaining(self, job_id: str, now: float) -> float:
         """Seconds until another worker may take this job over (0 when free or gone)."""

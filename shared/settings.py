@@ -371,6 +371,15 @@ class Settings(BaseSettings):
             "timeout"
         ),
     )
+    abandoned_after_s: int = Field(
+        default=3600,
+        ge=60,
+        description=(
+            "How long after its lease lapsed a RUNNING job that no worker took over is failed `ABANDONED` (with its"
+            " webhook) by the requeue sweeper: its message is gone. Keep it above the longest a visible message"
+            " waits in the queue"
+        ),
+    )
     requeue_budget_s: float = Field(
         default=30.0,
         gt=0,

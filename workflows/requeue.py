@@ -7,6 +7,12 @@ schedule, finds jobs still marked unqueued ``requeue_after_s`` after their submi
 can live) and sends their message. A second message for a job whose first did go out is harmless: the claim is
 a conditional write, so only one of them runs the job, and the other is dropped. Delivery is at least once: a
 sweep that dies after a send and before clearing the mark sends that job again on its next pass.
+
+The same pass fails abandoned jobs: RUNNING, with a lease that lapsed more than ``abandoned_after_s`` ago. When a
+worker dies its job's message becomes visible as its lease lapses, and the next receiver claims the job at once;
+a job nobody claimed that long after has no message left (it was deleted or dead-lettered while the job was
+running elsewhere), so nothing would ever run or fail it. It is failed (``ABANDONED``, one conditional write at
+the attempt read and only while the lease is still lapsed) and its ``job.failed`` webhook started.
 """
 
 from __future__ import annotations
@@ -19,12 +25,16 @@ from dataclasses import dataclass
 from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.contracts import JobStatus, QueueMessage, utcnow
-from shared.errors import JobNotFound
-from shared.jobs import UNQUEUED_SHARDS, JobsRepository
+from shared.contracts import Job, JobError, JobStatus, QueueMessage, utcnow
+from shared.errors import InvalidTransition, JobNotFound
+from shared.jobs import UNQUEUED_SHARDS, Claim, JobsRepository
 from shared.queue import JobQueue
 
 logger = Logger(service="sdq-requeue", child=True)
+
+ABANDONED_ERROR = JobError(
+    code="ABANDONED", message="The job's worker stopped and no queue message was left to run it again."
+)
 
 
 @dataclass
@@ -34,6 +44,7 @@ class SweepReport:
     failed: int = 0
     deferred: int = 0  # found but left for the next pass: this one's time budget was spent
     deferred_shards: int = 0  # index shards not read this pass (budget spent or limit reached)
+    abandoned: int = 0  # RUNNING jobs with a long-lapsed lease, failed ABANDONED
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -42,6 +53,7 @@ class SweepReport:
             "failed": self.failed,
             "deferred": self.deferred,
             "deferred_shards": self.deferred_shards,
+            "abandoned": self.abandoned,
         }
 
 
@@ -56,7 +68,13 @@ class RequeueSweeper:
         limit: int = 500,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        abandoned_after_s: float | None = None,
+        notify: Callable[[Job], object] | None = None,
     ) -> None:
+        """``abandoned_after_s``: also fail RUNNING jobs whose lease lapsed that long ago (None: not swept);
+        ``notify`` starts a failed job's webhook (it may raise AWS errors: counted as failed, logged)."""
+        self._abandoned_after = abandoned_after_s
+        self._notify = notify
         self._repo = repo
         self._queue = queue
         self._after = requeue_after_s
@@ -88,7 +106,9 @@ class RequeueSweeper:
                 except (ClientError, BotoCoreError) as exc:
                     report.failed += 1
                     logger.warning("could not requeue a job; next pass", job_id=job_id, error=type(exc).__name__)
-        if report.requeued or report.failed or report.deferred or report.deferred_shards:
+        if self._abandoned_after is not None:
+            self._sweep_abandoned(report, deadline, self._clock() - self._abandoned_after)
+        if report.requeued or report.failed or report.deferred or report.deferred_shards or report.abandoned:
             logger.warning(
                 "requeue sweep",
                 requeued=report.requeued,
@@ -96,8 +116,52 @@ class RequeueSweeper:
                 failed=report.failed,
                 deferred=report.deferred,
                 deferred_shards=report.deferred_shards,
+                abandoned=report.abandoned,
             )
         return report
+
+    def _sweep_abandoned(self, report: SweepReport, deadline: float, lapsed_before: float) -> None:
+        try:
+            running = self._repo.running_ids(limit=self._limit)
+        except (ClientError, BotoCoreError) as exc:
+            report.failed += 1
+            logger.warning("could not list running jobs; next pass", error=type(exc).__name__)
+            return
+        for job_id in running:
+            if self._monotonic() >= deadline:
+                report.deferred += 1
+                continue
+            try:
+                self._fail_if_abandoned(job_id, lapsed_before, report)
+            except (ClientError, BotoCoreError) as exc:
+                report.failed += 1
+                logger.warning("could not check a running job; next pass", job_id=job_id, error=type(exc).__name__)
+
+    def _fail_if_abandoned(self, job_id: str, lapsed_before: float, report: SweepReport) -> None:
+        lease = self._repo.lease_until(job_id)
+        if lease is None or lease >= lapsed_before:
+            return  # held, or lapsed too recently: its message may still bring a worker
+        try:
+            job = self._repo.get(job_id)
+            failed = self._repo.transition(
+                job_id,
+                JobStatus.FAILED,
+                tenant=job.tenant,
+                sources=[JobStatus.RUNNING],
+                claim=Claim(attempt=job.attempt),
+                error=ABANDONED_ERROR,
+                lease_lapsed_before=lapsed_before,
+            )
+        except (InvalidTransition, JobNotFound):
+            return  # claimed again, handed off or finished since the read
+        report.abandoned += 1
+        logger.error("abandoned job failed: its lease lapsed long ago and nothing ran it", job_id=job_id)
+        if self._notify is not None:
+            try:
+                self._notify(failed)
+            except (ClientError, BotoCoreError) as exc:
+                report.failed += 1
+                logger.error("abandoned job's webhook not started", job_id=job_id, error=type(exc).__name__)
 
     def _one(self, job_id: str, report: SweepReport) -> None:
         try:

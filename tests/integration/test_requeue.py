@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from localcloud.receiver import ScriptedReceiver
 from shared.contracts import GenerationRequest, Job
 from shared.jobs import UNQUEUED_SHARDS, JobsRepository, job_pk
 from shared.queue import JobQueue
@@ -121,3 +122,39 @@ def test_a_sweep_whose_budget_is_spent_sends_nothing_more_and_leaves_the_jobs_ma
     assert (report.requeued, report.deferred_shards) == (0, UNQUEUED_SHARDS)
     assert service.queue_depth() == depth
     assert marked(repo, job.job_id)
+
+
+def test_a_job_abandoned_running_with_no_message_is_failed_by_the_schedule_with_its_webhook(
+    service: RunningService, receiver: ScriptedReceiver
+) -> None:
+    """A worker died holding a job whose message was gone (deleted or dead-lettered meanwhile): nothing would ever
+    run or fail it. The sweeper fails it (`ABANDONED`) once its lease lapsed `SDQ_ABANDONED_AFTER_S` ago (an hour),
+    and sends its webhook; a job held by a live worker, or whose lease lapsed a moment ago, is left be."""
+    repo = JobsRepository(service.boto("dynamodb"), service.table)
+    tenant, client = service.new_named_tenant("abandoned")
+    receiver.secret = client.webhook_secret()
+
+    def running(prompt: str, lease_s: float) -> Job:
+        job = store_queued_job(repo, tenant, prompt=prompt, callback_url=receiver.url, **SMALL)
+        return repo.claim(job.job_id, tenant, worker_id="gone", lease_s=lease_s, now=time.time())
+
+    abandoned = running("abandoned two hours ago", -7200)
+    lapsed_now = running("its message brings a worker soon", -60)
+    held = running("a live worker runs it", 600)
+    deadline = time.monotonic() + 60  # the local schedule sweeps every 5 s
+    while client.get(abandoned.job_id)["status"] != "FAILED":
+        assert time.monotonic() < deadline, "the sweeper never failed the abandoned job"
+        time.sleep(1)
+    view = client.get(abandoned.job_id)
+    assert view["error"]["code"] == "ABANDONED"
+    assert view["attempt"] == 1
+    assert {client.get(j.job_id)["status"] for j in (lapsed_now, held)} == {"RUNNING"}
+    deadline = time.monotonic() + 60
+    while not receiver.by_job(abandoned.job_id):
+        assert time.monotonic() < deadline, "no webhook for the abandoned job"
+        time.sleep(0.5)
+    time.sleep(6)  # another sweep: the job is no longer RUNNING, so no second webhook
+    [delivery] = receiver.by_job(abandoned.job_id)
+    assert delivery.verified
+    assert delivery.json()["type"] == "job.failed"
+    assert delivery.json()["data"]["error"]["code"] == "ABANDONED"

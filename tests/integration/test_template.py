@@ -176,6 +176,9 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:GetItem", "JobsTable.Arn"),
         ("dynamodb:UpdateItem", "JobsTable.Arn"),
         ("sqs:SendMessage", "JobsQueue.Arn"),
+        # Abandoned jobs: found among the RUNNING ones, failed, their job.failed webhook started.
+        ("dynamodb:Query", "JobsTable.Arn/index/by_status"),
+        ("states:StartExecution", "JobStateMachine"),
     },
     "JobStateMachineRole": XRAY_DAEMON
     | {
@@ -420,11 +423,13 @@ def test_who_may_do_what(resources: dict[str, Any]) -> None:
     assert {r for a, r in by_role["WorkerTaskRole"] if r.startswith("MediaBucket.Arn/outputs/")} == {
         "MediaBucket.Arn/outputs/*/preview.jpg"
     }
-    # The worker's hand-off, and the notices of the API (cancel, redeliver), dead letters and failed executions.
+    # The worker's hand-off, and the notices of the API (cancel, redeliver), dead letters, failed executions and
+    # abandoned jobs (the requeue sweeper).
     assert holders("states:StartExecution") == {
         "ApiFunctionRole",
         "WorkerTaskRole",
         "DlqFunctionRole",
+        "RequeueFunctionRole",
         "FailedExecutionFunctionRole",
         "PostprocessFunctionRole",  # joined jobs' job.succeeded notices
     }
@@ -559,9 +564,11 @@ def test_the_requeue_sweeper_runs_alone_each_minute_and_leaves_live_submissions_
         **{
             k.removeprefix("SDQ_").lower(): v
             for k, v in env_of(resources["RequeueFunction"]).items()
-            if k.startswith("SDQ_") and k not in {"SDQ_TABLE_NAME", "SDQ_QUEUE_URL", "SDQ_DLQ_URL", "SDQ_BUCKET"}
+            if k.startswith("SDQ_")
+            and k not in {"SDQ_TABLE_NAME", "SDQ_QUEUE_URL", "SDQ_DLQ_URL", "SDQ_BUCKET", "SDQ_STATE_MACHINE_ARN"}
         }
     )
+    assert show(env_of(resources["RequeueFunction"])["SDQ_STATE_MACHINE_ARN"]) == "JobStateMachine"
     # A job is requeued only once no API call that wrote it can still be sending its message.
     assert settings.requeue_after_s > sam["Globals"]["Function"]["Timeout"]
     assert "Timeout" not in sam["Resources"]["ApiFunction"]["Properties"]

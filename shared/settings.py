@@ -43,6 +43,20 @@ class RequestLimits(BaseModel):
     max_metadata_key_chars: int = Field(default=64, description="Longest `metadata` key, in characters")
     max_metadata_value_chars: int = Field(default=512, description="Longest `metadata` value, in characters")
     max_callback_url_chars: int = Field(default=2048, description="Longest `callback_url`, in characters")
+    max_input_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        description="Largest input image or mask, in bytes (an upload's presigned POST allows no more)",
+    )
+    max_data_url_chars: int = Field(
+        default=200_000,
+        description="Longest `image` or `mask` given as a data URL, in characters (larger ones go by upload)",
+    )
+    min_input_side: int = Field(default=64, description="Smallest width and height of an input image")
+    max_input_side: int = Field(default=4096, description="Largest width and height of an input image")
+    max_input_pixels: int = Field(
+        default=4096 * 4096,
+        description="Most pixels of an input image, checked before it is decoded (decompression-bomb guard)",
+    )
 
 
 class SettingsGroup(BaseSettings):
@@ -437,6 +451,16 @@ class Settings(BaseSettings):
             "Bucket prefix of final outputs; the template's IAM grants and lifecycle rules name it, so "
             "change both together"
         ),
+    )
+    uploads_prefix: str = Field(
+        default="uploads/",
+        description=(
+            "Bucket prefix of input images uploaded through `POST /v1/uploads` (one folder per tenant); the "
+            "template's IAM grants and lifecycle rule (1 day) name it, so change both together"
+        ),
+    )
+    upload_expiry_s: int = Field(
+        default=900, ge=1, description="How long an upload's presigned POST accepts the file, in seconds"
     )
 
     @field_validator("model_registry", mode="before")

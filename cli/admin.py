@@ -14,7 +14,7 @@ import secrets
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, get_args
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
@@ -22,10 +22,12 @@ from rich.console import Console
 
 from cli.auditcommands import add_audit_parser
 from cli.client import LOCAL_STATE_FILE, state_dir
+from cli.modelimport import RevisionExists, import_model, snapshot
 from shared.apikeys import ApiKey, ApiKeyStore
 from shared.audit import AuditAction, AuditEntry, AuditLog, AuditOutcome
 from shared.contracts import Priority, utcnow
 from shared.errors import ServiceError
+from shared.modelregistry import Architecture
 from shared.ratelimit import DailyGpuBudget
 from shared.settings import Settings
 from shared.tenants import PlanOverrides, Tenant, TenantStore
@@ -43,6 +45,7 @@ class AdminTarget:
     """The deployment the commands act on."""
 
     table: str
+    bucket: str
     audit_table: str | None
     usage_plan_id: str | None
     client_kwargs: dict[str, str]
@@ -58,13 +61,19 @@ class AdminTarget:
             stack = boto3.client("cloudformation", **region).describe_stacks(StackName=args.stack)["Stacks"][0]
             found = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
             return cls(
-                found["TableName"], found.get("AuditTableName"), found.get("ApiUsagePlanId"), region, args.stack
+                found["TableName"],
+                found["BucketName"],
+                found.get("AuditTableName"),
+                found.get("ApiUsagePlanId"),
+                region,
+                args.stack,
             )
         local = state_dir() / LOCAL_STATE_FILE
         if local.exists():
             env = json.loads(local.read_text()).get("env", {})
             return cls(
                 env["SDQ_TABLE_NAME"],
+                env["SDQ_BUCKET"],
                 env.get("SDQ_AUDIT_TABLE_NAME"),
                 None,  # the local stack has no API Gateway: its local API enforces the plan's limits itself
                 {
@@ -233,6 +242,27 @@ def cmd_keys_revoke(admin: Admin, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_import(admin: Admin, args: argparse.Namespace) -> int:
+    folder, revision = snapshot(args.source, args.revision)
+    entry = import_model(
+        admin.target.client("s3"),
+        admin.target.bucket,
+        model_id=args.model_id,
+        folder=folder,
+        revision=revision,
+        architecture=args.architecture,
+        schedulers=tuple(args.schedulers) if args.schedulers else None,
+        fleet=args.fleet,
+    )
+    data = entry.model_dump(mode="json", exclude_defaults=True)
+    if args.json:
+        print(json.dumps(data))
+    else:
+        err.print(f"copied to {entry.source}; add this entry to the model registry (SDQ_MODEL_REGISTRY):")
+        out.print_json(json.dumps(data))
+    return 0
+
+
 def add_admin_parser(sub: Any) -> None:
     admin = sub.add_parser("admin", help="tenants, plans, API keys and the audit log (an operator's commands)")
     groups = admin.add_subparsers(dest="admin_group", required=True)
@@ -273,6 +303,17 @@ def add_admin_parser(sub: Any) -> None:
     p = command(keys, "revoke", "revoke a key by its id, for good", cmd_keys_revoke)
     p.add_argument("key_id")
 
+    models = groups.add_parser("models", help="copy model weights into the stack's bucket").add_subparsers(
+        dest="models_command", required=True
+    )
+    p = command(models, "import", "copy a model into the bucket and print its registry entry", cmd_models_import)
+    p.add_argument("model_id", help="the id jobs will name")
+    p.add_argument("--from", dest="source", required=True, help="a local diffusers folder, or hub:<org>/<name>")
+    p.add_argument("--revision", help="a hub commit (default: the newest); for a folder, the label to pin it as")
+    p.add_argument("--architecture", required=True, choices=get_args(Architecture))
+    p.add_argument("--schedulers", nargs="+", help="the schedulers jobs for it may name (default: all)")
+    p.add_argument("--fleet", help="the workers that load it (default: the default fleet)")
+
     add_audit_parser(groups)
 
 
@@ -284,6 +325,9 @@ def run_admin(args: argparse.Namespace) -> int:
     except NoStack as exc:
         err.print(str(exc))
         return 2
+    except (RevisionExists, FileNotFoundError, ValueError) as exc:
+        err.print(str(exc))
+        return 1
     except ServiceError as exc:
         err.print(exc.message)
         return 4 if exc.status == 404 else 1

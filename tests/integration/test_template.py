@@ -204,6 +204,9 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:PutItem", "JobsTable.Arn"),
         # Scale-in protection while it has work, through the ECS agent's endpoint (its own tasks only).
         ("ecs:UpdateTaskProtection", "arn:AWS::Partition:ecs:AWS::Region:AWS::AccountId:task/*"),
+        # Imported models' weights (sdq admin models import), read only.
+        ("s3:GetObject", "MediaBucket.Arn/models/*"),
+        ("s3:ListBucket", "MediaBucket.Arn"),
     },
     "WorkerExecutionRole": _logs("WorkerLogGroup")
     | {
@@ -899,3 +902,19 @@ def test_local_filter_refuses_to_drop_something_a_kept_resource_needs() -> None:
     }
     with pytest.raises(ProvisionError, match="Fn"):
         filter_local_resources(template)
+
+
+def test_the_model_registry_reaches_each_reader_with_the_models_it_allows(resources: dict[str, Any]) -> None:
+    """The API (scheduler checks), Postprocess (revisions in the images' metadata) and the worker (what it loads and
+    verifies) read one registry, and every model they allow must be in it (the settings refuse otherwise)."""
+    worker = {v["Name"]: v["Value"] for v in container(resources, "worker")["Environment"]}
+    readers = {
+        "ApiFunction": env_of(resources["ApiFunction"]),
+        "PostprocessFunction": env_of(resources["PostprocessFunction"]),
+    }
+    for name, env in {**readers, "worker": worker}.items():
+        assert show(env["SDQ_MODEL_REGISTRY"]) == "ModelRegistry", name
+        assert show(env["SDQ_MODELS"]) == '["ModelId"]', name
+        assert show(env["SDQ_DEFAULT_MODEL"]) == "ModelId", name
+    worker_s3 = {(a, r) for a, r in grants(resources["WorkerTaskRole"]) if a.startswith("s3:") and "models" in r}
+    assert worker_s3 == {("s3:GetObject", "MediaBucket.Arn/models/*")}  # imported weights: read, never written

@@ -28,6 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from ulid import ULID
 
 from shared.netguard import UnsafeUrl, check_callback_url
 from shared.pricing import GpuPrice
@@ -51,6 +52,25 @@ OutputFormat = Literal["png", "jpeg", "webp"]
 # The webhook events a request may subscribe to; ``completed`` (succeeded, failed or cancelled) is the default.
 WebhookEvent = Literal["started", "progress", "completed"]
 DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("completed",)
+# What a job does, from the inputs it names: text-to-image, image-to-image (``image``), inpainting (``mask`` too).
+Mode = Literal["text", "image", "inpaint"]
+# ``strength`` of a request that gives none: diffusers' defaults (StableDiffusionImg2ImgPipeline 0.8,
+# StableDiffusionInpaintPipeline 1.0).
+DEFAULT_STRENGTH: dict[Mode, float] = {"image": 0.8, "inpaint": 1.0}
+# A stored job names each input by the digest of its normalised PNG (workflows/preprocessing.py).
+INPUT_DIGEST_PREFIX = "sha256:"
+INPUT_FIELDS = ("image", "mask", "strength")
+
+
+def is_upload_id(value: str) -> bool:
+    """Whether ``value`` has the form of an upload id (a ULID, ``POST /v1/uploads``)."""
+    if len(value) != 26:
+        return False
+    try:
+        ULID.from_str(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _settings(info: ValidationInfo | None) -> Settings:
@@ -116,6 +136,9 @@ def _request_schema_bounds(schema: dict[str, Any]) -> None:
         "quality": {"minimum": 1, "maximum": 100},
         "metadata": {"maxProperties": lim.max_metadata_entries},
         "callback_url": {"maxLength": lim.max_callback_url_chars},
+        "image": {"maxLength": lim.max_data_url_chars},
+        "mask": {"maxLength": lim.max_data_url_chars},
+        "strength": {"exclusiveMinimum": 0, "maximum": 1},
     }
     for name, extra in bounds.items():
         prop = props.get(name)
@@ -176,6 +199,21 @@ class GenerationRequest(BaseModel):
     webhook_events: list[WebhookEvent] = Field(
         default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS),
         description="Which events are sent to callback_url: started, progress, completed (the default).",
+    )
+    image: StrictStr | None = Field(
+        default=None,
+        description=(
+            "Image-to-image or inpainting input: the id of one of your uploads (POST /v1/uploads) or a data URL"
+            " (data:image/png;base64,...). A stored job names it by the sha256 of its normalised PNG."
+        ),
+    )
+    mask: StrictStr | None = Field(
+        default=None,
+        description="Inpainting mask (white is repainted), as image, of the same size as it; needs image.",
+    )
+    strength: StrictFloat | JsonInt | None = Field(
+        default=None,
+        description="How far to move from image: 0 < strength <= 1; default 0.8, or 1.0 with a mask. Needs image.",
     )
 
     @field_validator("prompt")
@@ -285,6 +323,29 @@ class GenerationRequest(BaseModel):
             _check_text(value, lim.max_metadata_value_chars, allow_empty=True)
         return v
 
+    @field_validator("image", "mask")
+    @classmethod
+    def _input(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None or _trusted(info):
+            return v
+        if v.startswith("data:"):
+            limit = _limits(info).max_data_url_chars
+            if len(v) > limit:
+                raise ValueError(f"a data URL must be at most {limit} characters; send larger images by upload")
+            return v
+        if not is_upload_id(v):
+            raise ValueError("must be an upload id (POST /v1/uploads) or a data URL")
+        return v
+
+    @field_validator("strength")
+    @classmethod
+    def _strength(cls, v: float | None) -> float | None:
+        if v is None:
+            return v
+        if not 0 < v <= 1:
+            raise ValueError("must be greater than 0 and at most 1")
+        return float(v)
+
     @field_validator("webhook_events")
     @classmethod
     def _webhook_events(cls, v: list[WebhookEvent]) -> list[WebhookEvent]:
@@ -304,6 +365,19 @@ class GenerationRequest(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _inputs_need_image(self) -> GenerationRequest:
+        if self.image is None and (self.mask is not None or self.strength is not None):
+            raise ValueError("mask and strength need an image")
+        return self
+
+    @property
+    def mode(self) -> Mode:
+        """text, image (image-to-image) or inpaint, from the inputs the request names."""
+        if self.image is None:
+            return "text"
+        return "inpaint" if self.mask is not None else "image"
+
+    @model_validator(mode="after")
     def _scheduler_of_model(self, info: ValidationInfo) -> GenerationRequest:
         if _trusted(info):
             return self
@@ -314,25 +388,36 @@ class GenerationRequest(BaseModel):
         return self
 
     def normalised(self, settings: Settings | None = None) -> GenerationRequest:
-        """The request as it will run: seed drawn when absent, model defaulted."""
+        """The request as it will run: seed drawn when absent, model defaulted, strength defaulted for its mode.
+        Its inputs stay as given: submission names them by their normalised PNG's digest."""
         settings = settings or get_settings()
+        mode = self.mode
+        strength = self.strength if self.strength is not None or mode == "text" else DEFAULT_STRENGTH[mode]
         return self.model_copy(
             update={
                 "seed": self.seed if self.seed is not None else secrets.randbelow(SEED_MAX + 1),
                 "model": self.model or settings.default_model,
                 "guidance_scale": float(self.guidance_scale),
+                "strength": strength,
             }
         )
 
+    def _canonical(self, data: dict[str, Any]) -> str:
+        # A text-to-image request leaves the input fields out: its keys stay those it had before they existed.
+        for name in INPUT_FIELDS:
+            if data.get(name, "absent") is None:
+                del data[name]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON of the request (idempotency body check)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return hashlib.sha256(self._canonical(self.model_dump(mode="json")).encode()).hexdigest()
 
     def cache_key(self, model_revision: str = "") -> str:
         """Identifies the stored images: same key, same files. The normalised request's model and the revision
         of its weights, prompt, negative prompt, size, steps, guidance, scheduler, seed, number of images,
-        output format and quality (quality only where the format uses it). Call it on :meth:`normalised`."""
+        output format and quality (quality only where the format uses it), and its inputs and strength. Call it
+        on :meth:`normalised` with its inputs named by digest (submission does)."""
         fields = self.model_dump(
             mode="json",
             include={
@@ -347,20 +432,21 @@ class GenerationRequest(BaseModel):
                 "num_images",
                 "scheduler",
                 "output_format",
+                *INPUT_FIELDS,
             },
         )
         fields["guidance_scale"] = float(self.guidance_scale)
         fields["quality"] = None if self.output_format == "png" else self.quality
         fields["model_revision"] = model_revision
-        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return hashlib.sha256(self._canonical(fields).encode()).hexdigest()
 
     def cacheable(self) -> bool:
         """Whether the result cache may answer it: it names its seed (a drawn one never repeats) and allows it."""
         return self.cache and self.seed is not None
 
-    def batch_key(self) -> tuple[str, int, int, int, float, str]:
-        """Jobs with equal batch keys can share one pipeline call."""
+    def batch_key(self) -> tuple[str, int, int, int, float, str, Mode, float]:
+        """Jobs with equal batch keys can share one pipeline call: same model, size, steps, guidance, scheduler,
+        mode and strength."""
         return (
             self.model or "",
             self.width,
@@ -368,6 +454,8 @@ class GenerationRequest(BaseModel):
             self.num_inference_steps,
             float(self.guidance_scale),
             self.scheduler,
+            self.mode,
+            float(self.strength or 0.0),
         )
 
 

@@ -757,6 +757,17 @@ class JobList(BaseModel):
     next_cursor: str | None
 
 
+class Upload(BaseModel):
+    """``POST /v1/uploads``: where to send one input image, and the id a job names it by."""
+
+    id: str = Field(description="Name it in a job's image or mask (yours only).")
+    url: str = Field(description="POST a multipart form here: every entry of fields, then the image as file.")
+    fields: dict[str, str] = Field(description="Form fields to send as they are, before the file.")
+    expires_at: datetime = Field(description="When the form stops being accepted.")
+    max_bytes: int = Field(description="The largest file accepted.")
+    content_type: str = Field(description="Send a Content-Type field starting with this (image/png, ...).")
+
+
 class WebhookSecret(BaseModel):
     secret: str = Field(description="Standard Webhooks signing secret (whsec_ + base64).")
 

@@ -127,7 +127,9 @@ class TenantStore:
 
     def get(self, tenant: str) -> Tenant:
         """The tenant with its effective plan; an unregistered tenant has the default plan."""
-        resp = self._ddb.get_item(TableName=self._table, Key={"pk": {"S": ACCOUNT_PREFIX + tenant}}, ConsistentRead=True)
+        resp = self._ddb.get_item(
+            TableName=self._table, Key={"pk": {"S": ACCOUNT_PREFIX + tenant}}, ConsistentRead=True
+        )
         item = resp.get("Item")
         if item is None or "created_at" not in item:
             return self._tenant(tenant, "", None, PlanOverrides(), registered=False)

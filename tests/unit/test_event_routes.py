@@ -83,9 +83,7 @@ def api_env(jobs_table: DynamoDBClient, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 
 def test_the_api_function_answers_the_events_route_with_the_current_state(api_env: DynamoDBClient) -> None:
-    from handlers import api
-
-    from handlers import authorizer
+    from handlers import api, authorizer
 
     key = ApiKeyStore(api_env, JOBS_TABLE).create("t-1").plaintext
     authorizer.deps.cache_clear()

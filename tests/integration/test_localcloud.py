@@ -432,6 +432,14 @@ def test_a_keys_only_index_query_counts_pages_and_projects_as_dynamodb_does(res:
         "ExpressionAttributeValues": {":t": {"S": tenant}},
     }
     assert ddb.query(**query, Select="COUNT")["Count"] == len(active) == 6
+    limited = ddb.query(**query, Select="COUNT", Limit=4)  # a count honours Limit and pages as a query does
+    assert limited["Count"] == 4
+    rest = ddb.query(**query, Select="COUNT", ExclusiveStartKey=limited["LastEvaluatedKey"])
+    assert rest["Count"] == 2
+    assert "LastEvaluatedKey" not in rest
+    # Outside a count, items are sized as before: one over DynamoDB's 400 KB is refused.
+    with pytest.raises(ddb.exceptions.ClientError, match="size"):
+        ddb.put_item(TableName=res.table_name, Item={"pk": {"S": f"BIG#{tenant}"}, "big": {"S": "x" * 410_000}})
     seen: list[dict[str, Any]] = []
     page: dict[str, Any] = {"Limit": 4}
     while True:

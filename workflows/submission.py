@@ -27,6 +27,7 @@ from shared.ratelimit import DailyGpuBudget, RateLimiter
 from shared.settings import Settings
 from shared.tenants import Plan
 from shared.tinymodel import TINY_MODEL
+from workflows.preprocessing import Inputs, InvalidInput, PreparedInputs
 from workflows.resultcache import ResultCache
 
 if TYPE_CHECKING:
@@ -68,12 +69,15 @@ class SubmissionService:
         rate_limiter: RateLimiter | None = None,
         budget: DailyGpuBudget | None = None,
         cache: ResultCache | None = None,
+        inputs: Inputs | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``cache`` answers cacheable requests (:mod:`workflows.resultcache`) while the setting is on; without
-        one every request generates."""
+        one every request generates. ``inputs`` reads, checks and stores the input images of image-to-image and
+        inpainting requests; without it they are refused."""
         self._rate = rate_limiter
+        self._inputs = inputs
         self._budget = budget
         self._cache = cache
         self._repo = repo
@@ -92,9 +96,10 @@ class SubmissionService:
     ) -> Submitted:
         """Record and enqueue a job within the tenant's ``plan`` (the settings' default plan when None).
 
-        Raises PriorityNotAllowed (a priority above the plan's), IdempotencyConflict (key reused with another
-        body), TooManyRequests (rate, unfinished-job cap or daily GPU budget) or EnqueueFailed
-        (queue unreachable after retries; the job is then FAILED, not stuck in QUEUED). When
+        Raises PriorityNotAllowed (a priority above the plan's), InvalidInput (an input image that cannot be used;
+        nothing is stored), IdempotencyConflict (key reused with another body), TooManyRequests (rate,
+        unfinished-job cap or daily GPU budget) or EnqueueFailed (queue unreachable after retries; the job is then
+        FAILED, not stuck in QUEUED). When
         the job cannot be marked FAILED either, it is accepted as it is: it stays marked unqueued and the requeue
         sweeper sends it.
         """
@@ -122,7 +127,12 @@ class SubmissionService:
                     retry_after_s=int(wait),
                 )
 
-        normalised = request.normalised(self._settings)
+        try:
+            prepared = self._prepare(tenant, request)
+        except InvalidInput:
+            self._give_back(tenant, charged_at)  # a refused request makes nothing, so it costs nothing
+            raise
+        normalised = prepared.named(request.normalised(self._settings))
         now = utcnow()
         job = Job(
             job_id=str(ULID()),
@@ -159,6 +169,7 @@ class SubmissionService:
             work = self._charge_work(tenant, normalised, plan, charged_at, idempotency_key, fingerprint)
         if isinstance(work, Submitted):
             return work
+        stored_inputs = self._store_inputs(prepared, job, charged_at, work)
         try:
             if cache is not None:
                 cached = cache.submit(job, fingerprint, probe)
@@ -168,8 +179,10 @@ class SubmissionService:
                 outcome = "plain"
         except (IdempotencyConflict, IdempotencyKeyInUse):
             self._give_back(tenant, charged_at, work)  # a refused request makes nothing, so it costs nothing
+            self._discard_inputs(stored_inputs)
             raise
         if not created:
+            self._discard_inputs(stored_inputs)  # the earlier job has its own
             # A replay (or a concurrent request with this key made the job): this one made nothing, so it costs no
             # rate slot and no GPU work.
             self._give_back(tenant, charged_at, work)
@@ -181,6 +194,32 @@ class SubmissionService:
         if outcome in ("hit", "joined"):
             return Submitted(stored, created=True)  # finished, or finishes with its source: no message
         return Submitted(self._enqueue(stored), created=True)
+
+    def _prepare(self, tenant: str, request: GenerationRequest) -> PreparedInputs:
+        if request.image is None:
+            return PreparedInputs()
+        if self._inputs is None:
+            raise InvalidInput("image", "inputs_not_served", "this service takes no input images")
+        return self._inputs.prepare(tenant, request)
+
+    def _store_inputs(self, prepared: PreparedInputs, job: Job, charged_at: float, work: int) -> list[str]:
+        """Write the job's normalised inputs before the job exists (a worker may take it at once)."""
+        if self._inputs is None or not prepared.inputs:
+            return []
+        try:
+            return self._inputs.store(prepared, job.tenant, job.job_id)
+        except (ClientError, BotoCoreError):
+            self._give_back(job.tenant, charged_at, work)
+            raise
+
+    def _discard_inputs(self, keys: list[str]) -> None:
+        """Best effort: inputs stored for a job that was not made (they expire with outputs anyway)."""
+        if self._inputs is None or not keys:
+            return
+        try:
+            self._inputs.discard(keys)
+        except (ClientError, BotoCoreError):
+            logger.warning("inputs of a job not made were left to expire", keys=len(keys))
 
     def result_cache(self) -> ResultCache | None:
         """The result cache, or None when the operator turned it off (or none was given)."""

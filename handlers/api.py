@@ -49,7 +49,6 @@ from shared.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
@@ -59,6 +58,7 @@ from shared.settings import Settings, get_settings
 from shared.webhooksecrets import WebhookSecrets, webhook_secrets
 from workflows import jobevents
 from workflows.authorization import Authorization
+from workflows.jobmetrics import MeteredJobsRepository
 from workflows.jobview import job_view
 from workflows.queueposition import QueuePositions
 from workflows.resultcache import ResultCache
@@ -196,7 +196,7 @@ def services() -> Services:
     """Built on the first request (never at import), then reused by the warm Lambda container."""
     settings = get_settings()
     aws = AwsClients(settings)
-    repo = JobsRepository(aws.dynamodb(), settings.table_name)
+    repo = MeteredJobsRepository(aws.dynamodb(), settings.table_name)
     queue = JobQueue(aws.sqs(), settings.queue_url)
     orchestrator = Orchestrator(aws.stepfunctions(), settings.state_machine_arn)
     return Services(

@@ -18,6 +18,7 @@ from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
 from shared.settings import get_settings
 from workflows.deadletter import handle_dead_letter
+from workflows.jobmetrics import MeteredJobsRepository
 from workflows.webhooks import start_finished_notice
 
 logger = Logger(service="sdq-dlq")
@@ -41,7 +42,7 @@ def deps() -> Deps:
     settings = get_settings()
     aws = AwsClients(settings)
     return Deps(
-        JobsRepository(aws.dynamodb(), settings.table_name),
+        MeteredJobsRepository(aws.dynamodb(), settings.table_name),
         JobQueue(aws.sqs(), settings.queue_url),
         Orchestrator(aws.stepfunctions(), settings.state_machine_arn),
         settings.max_generation_attempts,

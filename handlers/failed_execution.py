@@ -19,6 +19,7 @@ from shared.jobs import JobsRepository
 from shared.orchestration import Orchestrator
 from shared.settings import get_settings
 from workflows.failedexecution import handle_failed_execution
+from workflows.jobmetrics import MeteredJobsRepository
 from workflows.webhooks import start_finished_notice
 
 logger = Logger(service="sdq-failed-execution")
@@ -40,7 +41,7 @@ def deps() -> Deps:
     settings = get_settings()
     aws = AwsClients(settings)
     return Deps(
-        JobsRepository(aws.dynamodb(), settings.table_name),
+        MeteredJobsRepository(aws.dynamodb(), settings.table_name),
         Orchestrator(aws.stepfunctions(), settings.state_machine_arn),
     )
 

@@ -1,5 +1,6 @@
-"""Step Functions tasks: postprocess a generated job (formats, thumbnails, metadata, S3 outputs), and settle the
-jobs that joined it (the result cache's SettleJoined step, payload ``{"settle_joined": true, ...}``)."""
+"""Step Functions tasks: postprocess a generated job (formats, thumbnails, metadata, S3 outputs), settle the
+jobs that joined it (the result cache's SettleJoined step, payload ``{"settle_joined": true, ...}``), and count a
+job the state machine finished (CountSucceeded/CountFailed, payload ``{"count_finished": true, ...}``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
 from shared.settings import get_settings
+from workflows.jobmetrics import MeteredJobsRepository, record_marked
 from workflows.postprocess import PostprocessInput, Postprocessor
 from workflows.resultcache import ResultCache
 
@@ -43,7 +45,7 @@ def result_cache(state_machine_arn: str) -> ResultCache:
     settings = get_settings()
     aws = AwsClients(settings)
     return ResultCache(
-        JobsRepository(aws.dynamodb(), settings.table_name),
+        MeteredJobsRepository(aws.dynamodb(), settings.table_name),
         JobQueue(aws.sqs(), settings.queue_url),
         settings,
         orchestrator=lambda: Orchestrator(aws.stepfunctions(), state_machine_arn),
@@ -63,9 +65,11 @@ def settle_joined(event: dict[str, Any]) -> dict[str, Any]:
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Input: the worker's hand-off; output: ``{status, skipped, outputs, outputs_json}`` for MarkSucceeded. A
-    SettleJoined payload is settled instead (:func:`settle_joined`)."""
+    SettleJoined payload is settled instead (:func:`settle_joined`), a CountSucceeded/CountFailed one counted."""
     if event.get("settle_joined"):
         return settle_joined(event)
+    if event.get("count_finished"):
+        return record_marked(event)
     try:
         result = postprocessor().run(PostprocessInput.model_validate(event))
     except (BotoCoreError, ClientError) as exc:

@@ -11,10 +11,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared.aws import AwsClients
 from shared.errors import RetryableError
-from shared.jobs import JobsRepository
 from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
 from shared.settings import get_settings
+from workflows.jobmetrics import MeteredJobsRepository
 from workflows.requeue import RequeueSweeper
 from workflows.webhooks import start_finished_notice
 
@@ -27,7 +27,7 @@ def sweeper() -> RequeueSweeper:
     aws = AwsClients(settings)
     orchestrator = Orchestrator(aws.stepfunctions(), settings.state_machine_arn)
     return RequeueSweeper(
-        JobsRepository(aws.dynamodb(), settings.table_name),
+        MeteredJobsRepository(aws.dynamodb(), settings.table_name),
         JobQueue(aws.sqs(), settings.queue_url),
         requeue_after_s=settings.requeue_after_s,
         budget_s=settings.requeue_budget_s,

@@ -16,7 +16,6 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from shared.aws import AwsClients
-from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import WorkerQueue
@@ -27,6 +26,7 @@ from workflows.generation.pipeline import PipelineRunner
 from workflows.generation.progressevents import progress_events_for
 from workflows.generation.protection import TaskProtection
 from workflows.generation.worker import Generator, Worker, WorkerConfig
+from workflows.jobmetrics import MeteredJobsRepository
 
 logger = Logger(service="sdq-worker")
 
@@ -38,7 +38,7 @@ def build_worker(
     aws = AwsClients(settings)
     return Worker(
         queue=WorkerQueue(aws.sqs(), settings.queue_url),
-        repo=JobsRepository(aws.dynamodb(), settings.table_name),
+        repo=MeteredJobsRepository(aws.dynamodb(), settings.table_name),
         media=MediaStore(aws.s3(), settings.bucket),
         orchestrator=Orchestrator(aws.stepfunctions(), settings.state_machine_arn),
         generator=generator,

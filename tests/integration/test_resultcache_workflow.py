@@ -107,4 +107,12 @@ def test_a_job_nobody_joined_takes_no_extra_state(harness: tuple[ExecutionHarnes
     source = h.running_job(None, seed=13)
     arn = h.start(source, h.stage(source, 1))
     assert h.wait(arn) == "SUCCEEDED"
-    assert h.entered_states(arn) == ["Route", "Postprocess", "Postprocessed", "MarkSucceeded", "HasCallback", "Done"]
+    assert h.entered_states(arn) == [
+        "Route",
+        "Postprocess",
+        "Postprocessed",
+        "MarkSucceeded",
+        "CountSucceeded",
+        "HasCallback",
+        "Done",
+    ]

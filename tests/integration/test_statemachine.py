@@ -63,6 +63,7 @@ def test_happy_path_with_callback_delivers_one_signed_job_succeeded(
         "Postprocess",
         "Postprocessed",
         "MarkSucceeded",
+        "CountSucceeded",
         "HasCallback",
         "Notify",
         "WebhookRetryDue",
@@ -94,7 +95,15 @@ def test_happy_path_without_callback_sends_nothing(harness: tuple[Harness, Any],
     job = h.running_job(None)
     arn = h.start(job, h.stage(job))
     assert h.wait(arn) == "SUCCEEDED"
-    assert h.entered_states(arn) == ["Route", "Postprocess", "Postprocessed", "MarkSucceeded", "HasCallback", "Done"]
+    assert h.entered_states(arn) == [
+        "Route",
+        "Postprocess",
+        "Postprocessed",
+        "MarkSucceeded",
+        "CountSucceeded",
+        "HasCallback",
+        "Done",
+    ]
     assert client.get(job.job_id)["status"] == "SUCCEEDED"
     assert client.get(job.job_id)["webhook"] is None
     assert receiver.deliveries == []

@@ -1,0 +1,108 @@
+"""The metrics of finished jobs: ``JobsFinished`` (one per job) and ``JobLatency`` (submit to finished, seconds).
+
+One shape, written here: namespace ``sdq``, dimensions ``service=jobs`` and ``status`` (SUCCEEDED, FAILED or
+CANCELLED), one EMF line per finished job, so the job error rate alarm (FAILED over SUCCEEDED + FAILED) and the
+latency alarm count every job once, whichever writer finished it. Two kinds of writer emit it:
+
+- the state machine's own terminal writes (MarkSucceeded, MarkFailed), through its CountSucceeded and
+  CountFailed states (:func:`record_marked`, called by the Postprocess function);
+- every other terminal write (the DLQ, failed-execution and requeue handlers, a cancel, a job expired in the
+  queue, a job answered by the result cache), made through :class:`MeteredJobsRepository`.
+
+Every terminal write is one conditional write that lands once, so emitting after it lands counts each job once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+
+from shared.contracts import Job, JobError, JobStatus, Output, Usage
+from shared.jobs import Claim, JobsRepository
+
+NAMESPACE = "sdq"
+SERVICE = "jobs"
+FINISHED_METRIC = "JobsFinished"
+LATENCY_METRIC = "JobLatency"
+
+
+def record_finished(job_id: str, status: JobStatus, created_at: datetime, finished_at: datetime) -> None:
+    """Emit one finished job: an EMF line on stdout, which CloudWatch Logs turns into the metrics, with the job's
+    id as a property (not a dimension) to find it by in the logs."""
+    if not status.terminal:
+        raise ValueError(f"{status.value} is not a finished status")
+    metrics = EphemeralMetrics(namespace=NAMESPACE, service=SERVICE)
+    metrics.add_dimension(name="status", value=status.value)
+    metrics.add_metadata(key="job_id", value=job_id)
+    metrics.add_metric(name=FINISHED_METRIC, unit=MetricUnit.Count, value=1)
+    latency = max(0.0, (finished_at - created_at).total_seconds())
+    metrics.add_metric(name=LATENCY_METRIC, unit=MetricUnit.Seconds, value=latency)
+    metrics.flush_metrics()
+
+
+def record_job(job: Job) -> None:
+    """:func:`record_finished` for a job as written (its ``finished_at`` set by the terminal write)."""
+    if job.status.terminal and job.finished_at is not None:
+        record_finished(job.job_id, job.status, job.created_at, job.finished_at)
+
+
+def record_marked(event: Mapping[str, Any]) -> dict[str, str]:
+    """The state machine's CountSucceeded/CountFailed: ``{"job_id", "status", "created_at", "finished_at"}`` taken
+    from the item MarkSucceeded or MarkFailed wrote (times as ISO 8601 strings)."""
+    status = JobStatus(str(event["status"]))
+    record_finished(
+        str(event["job_id"]),
+        status,
+        datetime.fromisoformat(str(event["created_at"]).replace("Z", "+00:00")),
+        datetime.fromisoformat(str(event["finished_at"]).replace("Z", "+00:00")),
+    )
+    return {"counted": status.value}
+
+
+class MeteredJobsRepository(JobsRepository):
+    """The jobs repository of the Lambdas and the worker: every terminal write it makes emits the job's metrics
+    once it has landed."""
+
+    def create(self, job: Job, *, idempotency_fingerprint: str | None = None) -> tuple[Job, bool]:
+        stored, created = super().create(job, idempotency_fingerprint=idempotency_fingerprint)
+        if created:
+            record_job(stored)
+        return stored, created
+
+    def transition(
+        self,
+        job_id: str,
+        target: JobStatus,
+        *,
+        tenant: str,
+        sources: Iterable[JobStatus] | None = None,
+        error: JobError | None = None,
+        claim: Claim | None = None,
+        within_retention: bool = False,
+        lease_lapsed_before: float | None = None,
+    ) -> Job:
+        job = super().transition(
+            job_id,
+            target,
+            tenant=tenant,
+            sources=sources,
+            error=error,
+            claim=claim,
+            within_retention=within_retention,
+            lease_lapsed_before=lease_lapsed_before,
+        )
+        record_job(job)
+        return job
+
+    def complete_joined(
+        self, job_id: str, *, source_id: str, tenant: str, outputs: list[Output], expires_at: int, usage: Usage
+    ) -> Job | None:
+        job = super().complete_joined(
+            job_id, source_id=source_id, tenant=tenant, outputs=outputs, expires_at=expires_at, usage=usage
+        )
+        if job is not None:
+            record_job(job)
+        return job

@@ -35,6 +35,7 @@ from shared.contracts import (
     JobStatus,
     JobView,
     RotatedWebhookSecret,
+    Upload,
     WebhookSecret,
     utcnow,
 )
@@ -60,6 +61,7 @@ from workflows import jobevents
 from workflows.authorization import Authorization
 from workflows.jobmetrics import MeteredJobsRepository
 from workflows.jobview import job_view
+from workflows.preprocessing import Inputs
 from workflows.queueposition import QueuePositions
 from workflows.resultcache import ResultCache
 from workflows.submission import SubmissionService, is_valid_job_id
@@ -189,6 +191,7 @@ class Services:
     redeliveries: Redeliveries
     positions: QueuePositions
     audit: AuditLog
+    inputs: Inputs
 
 
 @lru_cache(maxsize=1)
@@ -199,6 +202,8 @@ def services() -> Services:
     repo = MeteredJobsRepository(aws.dynamodb(), settings.table_name)
     queue = JobQueue(aws.sqs(), settings.queue_url)
     orchestrator = Orchestrator(aws.stepfunctions(), settings.state_machine_arn)
+    media = MediaStore(aws.s3(), settings.bucket)
+    inputs = Inputs(media, settings)
     return Services(
         settings=settings,
         submissions=SubmissionService(
@@ -208,13 +213,15 @@ def services() -> Services:
             rate_limiter=RateLimiter(aws.dynamodb(), settings.table_name),
             budget=DailyGpuBudget(aws.dynamodb(), settings.table_name),
             cache=ResultCache(repo, queue, settings, orchestrator=lambda: orchestrator),
+            inputs=inputs,
         ),
-        media=MediaStore(aws.s3(), settings.bucket),
+        media=media,
         secrets=webhook_secrets(aws, settings),
         orchestrator=orchestrator,
         redeliveries=Redeliveries(orchestrator, RateLimiter(aws.dynamodb(), settings.table_name), settings),
         positions=QueuePositions(QueueState(aws.dynamodb(), settings.table_name)),
         audit=AuditLog(aws.dynamodb(), settings.audit_table_name, retention_days=settings.audit_retention_days),
+        inputs=inputs,
     )
 
 
@@ -419,6 +426,22 @@ def list_jobs(
         raise BadRequest(str(exc), details={"field": "cursor"}) from exc
     body = JobList(jobs=[_view(j) for j in page.jobs], next_cursor=page.next_cursor)
     return _json(200, body)
+
+
+@app.post(
+    "/v1/uploads",
+    summary="Upload an input image for image-to-image or inpainting",
+    description=(
+        "Answers a presigned POST for one image under your own uploads: send `fields`, a `Content-Type` field"
+        " starting with `image/` and then the file (as `file`) to `url` before `expires_at`, then name `id` in a"
+        " job's `image` or `mask`. No request body. The image is checked when a job names it (docs/api.md)."
+    ),
+    responses=_responses(201, "Where to send the image", Upload),
+    tags=["uploads"],
+    security=API_KEY,
+)
+def create_upload() -> Response[Upload]:
+    return _json(201, services().inputs.new_upload(_tenant()))
 
 
 @app.post(
@@ -698,6 +721,7 @@ ROUTE_METHODS: list[tuple[re.Pattern[str], set[str]]] = [
     (re.compile(r"^/v1/webhook-secret$"), {"GET"}),
     (re.compile(r"^/v1/webhook-secret/rotate$"), {"POST"}),
     (re.compile(r"^/v1/audit$"), {"GET"}),
+    (re.compile(r"^/v1/uploads$"), {"POST"}),
     (re.compile(r"^/(health|openapi\.json|docs)$"), {"GET"}),
     (re.compile(r"^/docs/assets/[^/]+/[^/]+$"), {"GET"}),
     (re.compile(r"^/playground(/[^/]*)?$"), {"GET", "HEAD"}),

@@ -52,7 +52,9 @@ _NO_METRICS = "the local cloud has no CloudWatch metrics or alarm notifications"
 LOCAL_SKIPPED_TYPES: Mapping[str, str] = {
     # API Gateway and the permissions that let it invoke the API Lambda.
     "AWS::ApiGateway::Account": _LOCAL_API,
+    "AWS::ApiGateway::BasePathMapping": _LOCAL_API,
     "AWS::ApiGateway::Deployment": _LOCAL_API,
+    "AWS::ApiGateway::DomainName": _LOCAL_API,
     "AWS::ApiGateway::RestApi": _LOCAL_API,
     "AWS::ApiGateway::Stage": _LOCAL_API,
     "AWS::ApiGateway::UsagePlan": _LOCAL_API,

@@ -726,6 +726,30 @@ def test_state_machine_logs_to_cloudwatch(resources: dict[str, Any]) -> None:
     assert show(destination["CloudWatchLogsLogGroup"]["LogGroupArn"]) == "StateMachineLogGroup.Arn"
 
 
+def test_a_custom_domain_serves_the_api_with_tls_1_2_or_newer_only(cfn: dict[str, Any]) -> None:
+    resources = cfn["Resources"]
+    assert cfn["Conditions"]["HasApiDomain"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ApiDomainName"}, ""]}]}
+    domain = resources["ApiDomain"]
+    assert domain["Condition"] == "HasApiDomain"
+    assert domain["Properties"] == {
+        "DomainName": {"Ref": "ApiDomainName"},
+        "RegionalCertificateArn": {"Ref": "ApiCertificateArn"},
+        "EndpointConfiguration": {"Types": ["REGIONAL"]},
+        "SecurityPolicy": "TLS_1_2",
+    }
+    mapping = resources["ApiDomainMapping"]
+    assert mapping["Condition"] == "HasApiDomain"
+    (stage,) = (k for k, r in resources.items() if r["Type"] == "AWS::ApiGateway::Stage")
+    # The whole stage at the domain's root: the same paths as the default endpoint (/v1/jobs).
+    assert {k: show(v) for k, v in mapping["Properties"].items()} == {
+        "DomainName": "ApiDomain",
+        "RestApiId": "Api",
+        "Stage": stage,
+    }
+    for output in ("ApiDomainUrl", "ApiDomainTarget", "ApiDomainHostedZoneId"):
+        assert cfn["Outputs"][output]["Condition"] == "HasApiDomain", output
+
+
 def test_api_needs_keys_is_throttled_per_key_and_logs_access(resources: dict[str, Any]) -> None:
     rest_api = resources["Api"]["Properties"]
     assert rest_api["EndpointConfiguration"] == {"Types": ["REGIONAL"]}
@@ -888,6 +912,8 @@ def test_local_filter_drops_outputs_and_parameters_only_aws_needs(cfn: dict[str,
         assert kept in local["Outputs"], kept
     params = set(local.get("Parameters", {}))
     assert "GpuAmiId" not in params  # an SSM-typed parameter moto would try to resolve
+    assert not {"ApiDomainName", "ApiCertificateArn"} & params  # the custom domain is API Gateway's
+    assert not {"ApiDomainUrl", "ApiDomainTarget", "ApiDomainHostedZoneId"} & set(local["Outputs"])
     assert {"ModelId", "MaxReceiveCount", "VisibilityTimeoutSeconds", "RetentionDays"} <= params
     # Only the conditions a kept resource uses (the Notify function's reserved concurrency) stay.
     assert set(local.get("Conditions", {})) == {"HasNotifyReservation"}

@@ -108,6 +108,12 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("s3:GetObject", "MediaBucket.Arn/outputs/*"),
         # A cancelled job's progress preview (handlers/api.py cancel_job).
         ("s3:DeleteObject", "MediaBucket.Arn/outputs/*/preview.jpg"),
+        # POST /v1/uploads' presigned POSTs and reading them at submit; a job's normalised inputs
+        # (workflows/preprocessing.py), deleted when the request made no job.
+        ("s3:PutObject", "MediaBucket.Arn/uploads/*"),
+        ("s3:GetObject", "MediaBucket.Arn/uploads/*"),
+        ("s3:PutObject", "MediaBucket.Arn/outputs/*/input-*.png"),
+        ("s3:DeleteObject", "MediaBucket.Arn/outputs/*/input-*.png"),
         # The audit log: appended to on every state-changing call, read by GET /v1/audit (shared/audit.py).
         ("dynamodb:PutItem", "AuditTable.Arn"),
         ("dynamodb:Query", "AuditTable.Arn"),
@@ -201,6 +207,8 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("s3:PutObject", "MediaBucket.Arn/outputs/*/preview.jpg"),
         ("s3:GetObject", "MediaBucket.Arn/outputs/*/preview.jpg"),
         ("s3:DeleteObject", "MediaBucket.Arn/outputs/*/preview.jpg"),
+        # Image-to-image and inpainting inputs, normalised at submit.
+        ("s3:GetObject", "MediaBucket.Arn/outputs/*/input-*.png"),
         ("dynamodb:PutItem", "JobsTable.Arn"),
         # Scale-in protection while it has work, through the ECS agent's endpoint (its own tasks only).
         ("ecs:UpdateTaskProtection", "arn:AWS::Partition:ecs:AWS::Region:AWS::AccountId:task/*"),
@@ -417,15 +425,15 @@ def test_who_may_do_what(resources: dict[str, Any]) -> None:
     assert holders("sqs:ReceiveMessage", "JobsQueue") == {"WorkerTaskRole"}
     assert holders("sqs:ReceiveMessage", "JobsDeadLetterQueue") == {"DlqFunctionRole"}
     assert holders("s3:DeleteObject") == {"PostprocessFunctionRole", "ApiFunctionRole", "WorkerTaskRole"}
-    # Only the postprocess step deletes staged images; the API and the worker delete progress previews, nothing else.
-    for role in ("ApiFunctionRole", "WorkerTaskRole"):
-        assert {r for a, r in by_role[role] if a == "s3:DeleteObject"} == {"MediaBucket.Arn/outputs/*/preview.jpg"}
-    assert holders("s3:PutObject") == {"PostprocessFunctionRole", "WorkerTaskRole"}
-    assert holders("s3:PutObject", "MediaBucket.Arn/outputs/") == {"PostprocessFunctionRole", "WorkerTaskRole"}
-    # The worker writes only its jobs' progress previews under outputs/, never an output.
-    assert {r for a, r in by_role["WorkerTaskRole"] if r.startswith("MediaBucket.Arn/outputs/")} == {
-        "MediaBucket.Arn/outputs/*/preview.jpg"
-    }
+    # Only the postprocess step deletes staged images; the worker deletes progress previews, the API those and the
+    # inputs of a request that made no job, nothing else.
+    previews, inputs = "MediaBucket.Arn/outputs/*/preview.jpg", "MediaBucket.Arn/outputs/*/input-*.png"
+    assert {r for a, r in by_role["WorkerTaskRole"] if a == "s3:DeleteObject"} == {previews}
+    assert {r for a, r in by_role["ApiFunctionRole"] if a == "s3:DeleteObject"} == {previews, inputs}
+    assert holders("s3:PutObject") == {"PostprocessFunctionRole", "WorkerTaskRole", "ApiFunctionRole"}
+    # The worker writes only its jobs' progress previews under outputs/ (and reads their inputs), never an output.
+    assert {r for a, r in by_role["WorkerTaskRole"] if r.startswith("MediaBucket.Arn/outputs/")} == {previews, inputs}
+    assert {(a, r) for a, r in by_role["WorkerTaskRole"] if r == inputs} == {("s3:GetObject", inputs)}
     # The worker's hand-off, and the notices of the API (cancel, redeliver), dead letters, failed executions and
     # abandoned jobs (the requeue sweeper).
     assert holders("states:StartExecution") == {
@@ -437,8 +445,8 @@ def test_who_may_do_what(resources: dict[str, Any]) -> None:
         "PostprocessFunctionRole",  # joined jobs' job.succeeded notices
     }
     assert holders("lambda:InvokeFunction") == {"JobStateMachineRole"}
-    # The API writes no object; the only one it deletes is a cancelled job's preview (asserted above).
-    assert "s3:PutObject" not in {a for a, _ in by_role["ApiFunctionRole"]}
+    # The API writes only uploads (through the POSTs it presigns) and a job's normalised inputs, never an output.
+    assert {r for a, r in by_role["ApiFunctionRole"] if a == "s3:PutObject"} == {"MediaBucket.Arn/uploads/*", inputs}
 
 
 def test_roles_are_trusted_by_their_service_and_used_by_their_component(resources: dict[str, Any]) -> None:
@@ -690,6 +698,7 @@ def test_bucket_is_private_encrypted_tls_only_and_expires_staging_and_outputs(
     settings = Settings()
     assert lifecycle[settings.staging_prefix]["ExpirationInDays"] == 1
     assert show(lifecycle[settings.outputs_prefix]["ExpirationInDays"]) == "RetentionDays"
+    assert lifecycle[settings.uploads_prefix]["ExpirationInDays"] == 1  # unused uploads
     assert all(r["Status"] == "Enabled" for r in bucket["LifecycleConfiguration"]["Rules"])
 
 

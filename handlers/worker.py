@@ -22,6 +22,7 @@ from shared.queue import WorkerQueue
 from shared.queuestate import QueueState
 from shared.settings import get_settings
 from workflows.generation.encoding import encode_processes_for
+from workflows.generation.gpumetrics import GpuMetrics
 from workflows.generation.pipeline import PipelineRunner
 from workflows.generation.progressevents import progress_events_for
 from workflows.generation.protection import TaskProtection
@@ -115,7 +116,11 @@ def main(model: str | None = None, *, batch_log_fields: Callable[[], dict[str, A
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    worker.run()
+    gpu_metrics = GpuMetrics().start()  # GpuUtilization, GpuMemoryUsed; nothing on CPU
+    try:
+        worker.run()
+    finally:
+        gpu_metrics.stop()
     logger.info("worker stopped", batches=len(worker.batches))
     return 0
 

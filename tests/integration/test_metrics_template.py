@@ -1,0 +1,96 @@
+"""The template's job alarms and dashboard read the metrics the code emits, under the names, dimensions and units
+it emits them with (workflows/jobmetrics.py, workflows/generation/gpumetrics.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localcloud.provision import load_sam_template
+from workflows import jobmetrics
+from workflows.generation import gpumetrics
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+
+
+@pytest.fixture(scope="module")
+def resources() -> dict[str, Any]:
+    return dict(load_sam_template(TEMPLATE)["Resources"])
+
+
+def ref(value: Any) -> str:
+    return str(value["Ref"]) if isinstance(value, dict) and "Ref" in value else str(value)
+
+
+def finished_metric(status: str) -> dict[str, Any]:
+    return {
+        "Namespace": jobmetrics.NAMESPACE,
+        "MetricName": jobmetrics.FINISHED_METRIC,
+        "Dimensions": [{"Name": "service", "Value": jobmetrics.SERVICE}, {"Name": "status", "Value": status}],
+    }
+
+
+def test_job_error_rate_is_failed_over_finished_in_five_minutes(resources: dict[str, Any]) -> None:
+    props = resources["JobErrorRateAlarm"]["Properties"]
+    queries = {q["Id"]: q for q in props["Metrics"]}
+    for query_id, status in (("failed", "FAILED"), ("succeeded", "SUCCEEDED")):
+        stat = queries[query_id]["MetricStat"]
+        assert stat["Metric"] == finished_metric(status)
+        assert (stat["Stat"], stat["Period"]) == ("Sum", 300)
+    [returned] = [q for q in props["Metrics"] if q["ReturnData"]]
+    assert returned["Id"] == "error_rate"
+    # The expression itself: a percentage of failures among SUCCEEDED + FAILED, quiet below 3 failures.
+    assert "100 * FILL(failed, 0) / (FILL(failed, 0) + FILL(succeeded, 0))" in returned["Expression"]
+    assert "FILL(failed, 0) >= 3" in returned["Expression"]
+    assert ref(props["Threshold"]) == "JobErrorRatePercent"
+    assert props["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert [ref(a) for a in props["AlarmActions"]] == ["AlarmTopic"]
+
+
+def test_end_to_end_latency_alarm_is_the_p95_of_succeeded_jobs(resources: dict[str, Any]) -> None:
+    props = resources["JobLatencyAlarm"]["Properties"]
+    assert (props["Namespace"], props["MetricName"]) == (jobmetrics.NAMESPACE, jobmetrics.LATENCY_METRIC)
+    assert props["Dimensions"] == finished_metric("SUCCEEDED")["Dimensions"]
+    assert props["ExtendedStatistic"] == "p95"
+    assert "Statistic" not in props
+    assert ref(props["Threshold"]) == "JobLatencyAlarmSeconds"
+    assert [ref(a) for a in props["AlarmActions"]] == ["AlarmTopic"]
+
+
+def dashboard(resources: dict[str, Any]) -> dict[str, Any]:
+    body = resources["Dashboard"]["Properties"]["DashboardBody"]
+    text = body["Fn::Sub"] if isinstance(body, dict) else body
+    return dict(json.loads(re.sub(r"\$\{[^}]+\}", "x", text)))
+
+
+def widget_metrics(board: dict[str, Any], title_part: str) -> list[list[Any]]:
+    [widget] = [w for w in board["widgets"] if title_part in w["properties"]["title"].lower()]
+    return list(widget["properties"]["metrics"])
+
+
+def test_dashboard_shows_gpu_utilisation_and_memory_as_the_worker_emits_them(resources: dict[str, Any]) -> None:
+    lines = widget_metrics(dashboard(resources), "gpu utilisation and memory")
+    shown = {tuple(line[:4]) for line in lines if isinstance(line[0], str)}
+    assert shown == {
+        ("sdq", gpumetrics.UTILIZATION_METRIC, "service", "worker"),
+        ("sdq", gpumetrics.MEMORY_METRIC, "service", "worker"),
+    }
+
+
+def test_dashboard_shows_finished_jobs_error_rate_latency_and_the_new_alarms(resources: dict[str, Any]) -> None:
+    board = dashboard(resources)
+    finished = widget_metrics(board, "jobs finished")
+    statuses = {line[5] for line in finished if isinstance(line[0], str)}
+    assert statuses == {"SUCCEEDED", "FAILED", "CANCELLED"}
+    assert any("expression" in line[0] for line in finished if isinstance(line[0], dict))
+    latency = widget_metrics(board, "end-to-end latency")
+    assert {line[1] for line in latency} == {jobmetrics.LATENCY_METRIC}
+    assert any(line[-1]["stat"] == "p95" and line[5] == "SUCCEEDED" for line in latency)
+    text = resources["Dashboard"]["Properties"]["DashboardBody"]
+    text = text["Fn::Sub"] if isinstance(text, dict) else text
+    for alarm in ("JobErrorRateAlarm", "JobLatencyAlarm"):
+        assert f"${{{alarm}.Arn}}" in text, alarm

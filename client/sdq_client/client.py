@@ -22,6 +22,7 @@ from sdq_client.models import (
     JobList,
     JobView,
     RotatedWebhookSecret,
+    Upload,
     WebhookSecret,
 )
 from sdq_client.sse import EventStreamParser, ServerSentEvent, aparse_lines, parse_lines
@@ -55,6 +56,14 @@ def request_body(request: RequestLike) -> dict[str, Any]:
     know included."""
     model = request if isinstance(request, GenerationRequest) else GenerationRequest.model_validate(dict(request))
     return model.model_dump(mode="json", exclude_unset=True)
+
+
+def _upload_form(ticket: Upload, data: bytes, content_type: str) -> dict[str, Any]:
+    """The presigned POST's form: its fields, the Content-Type it allows, then the file."""
+    return {
+        "data": {**ticket.fields, "Content-Type": content_type},
+        "files": {"file": ("input", data, content_type)},
+    }
 
 
 def _prefer(wait: float | None) -> dict[str, str]:
@@ -223,6 +232,14 @@ class Client:
         resp = self._plain.get(url)
         resp.raise_for_status()
         return resp.content
+
+    def upload(self, data: bytes, content_type: str = "image/png") -> Upload:
+        """Send an input image (PNG, JPEG or WebP) through a presigned POST; name the answer's ``id`` in a
+        request's ``image`` or ``mask``. The object store's refusal (too large, past expiry) is httpx's
+        HTTPStatusError; the image itself is checked when a job names it."""
+        ticket = self._call(Upload, "POST", "/v1/uploads")[0]
+        self._plain.post(ticket.url, **_upload_form(ticket, data, content_type)).raise_for_status()
+        return ticket
 
     # -- waiting -----------------------------------------------------------------------------------
 
@@ -410,6 +427,11 @@ class AsyncClient:
         resp = await self._plain.get(url)
         resp.raise_for_status()
         return resp.content
+
+    async def upload(self, data: bytes, content_type: str = "image/png") -> Upload:
+        ticket = (await self._call(Upload, "POST", "/v1/uploads"))[0]
+        (await self._plain.post(ticket.url, **_upload_form(ticket, data, content_type))).raise_for_status()
+        return ticket
 
     async def wait(self, job_id: str, *, timeout: float = 600.0) -> JobView:
         deadline = time.monotonic() + timeout

@@ -67,6 +67,10 @@ class GenerationRequest(_Answer):
     cache: bool = True
     priority: Priority = Priority.NORMAL
     webhook_events: list[WebhookEventName] = Field(default_factory=lambda: list[WebhookEventName](["completed"]))
+    # Image-to-image and inpainting: an upload id (Client.upload) or a data URL; strength 0 < s <= 1.
+    image: str | None = None
+    mask: str | None = None
+    strength: float | None = None
 
 
 class ProgressView(_Answer):
@@ -162,6 +166,17 @@ class JobView(_Answer):
 class JobList(_Answer):
     jobs: list[JobView]
     next_cursor: str | None
+
+
+class Upload(_Answer):
+    """Where to send one input image (``POST /v1/uploads``); name ``id`` in a request's image or mask."""
+
+    id: str
+    url: str
+    fields: dict[str, str]
+    expires_at: datetime
+    max_bytes: int
+    content_type: str
 
 
 class WebhookSecret(_Answer):

@@ -29,6 +29,7 @@ CLIENT_METHODS = {
     "GET /v1/webhook-secret": "webhook_secret",
     "POST /v1/webhook-secret/rotate": "rotate_webhook_secret",
     "GET /v1/audit": "audit",
+    "POST /v1/uploads": "upload",
     "GET /health": None,  # liveness: not a client's business
 }
 

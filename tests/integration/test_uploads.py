@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from sdq_client import Client
 
 from shared.apikeys import ApiKeyStore
 from shared.jobs import JobsRepository
@@ -31,8 +32,8 @@ class Tenant:
     def __init__(self, service: RunningService, name: str) -> None:
         self.service = service
         self.name = f"{name}-{time.monotonic_ns()}"
-        key = ApiKeyStore(service.boto("dynamodb"), service.table).create(self.name).plaintext
-        self.http = httpx.Client(base_url=service.api_url, headers={"x-api-key": key}, timeout=30)
+        self.key = ApiKeyStore(service.boto("dynamodb"), service.table).create(self.name).plaintext
+        self.http = httpx.Client(base_url=service.api_url, headers={"x-api-key": self.key}, timeout=30)
 
     def upload(self, data: bytes, content_type: str = "image/png") -> str:
         answer = self.http.post("/v1/uploads")
@@ -84,6 +85,17 @@ def test_an_uploaded_image_is_checked_and_stored_for_the_worker(service: Running
     image = Image.open(io.BytesIO(stored))
     assert (image.format, image.mode, image.size) == ("PNG", "RGB", (512, 384))
     assert tenant.http.get(f"/v1/jobs/{job['id']}").json()["request"]["image"] == job["request"]["image"]
+
+
+def test_the_client_uploads_and_submits_an_image_to_image_job(service: RunningService) -> None:
+    tenant = Tenant(service, "client")
+    with Client(service.api_url, tenant.key) as sdq:
+        upload = sdq.upload(encoded(Image.new("RGB", (256, 256), "blue")), "image/png")
+        job = sdq.submit({"prompt": "a fox", "image": upload.id, "width": 256, "height": 256})
+    assert job.request.strength == 0.8  # diffusers' image-to-image default
+    assert job.request.image is not None
+    stored = tenant.read(input_key("outputs/", tenant.name, job.id, "image"))
+    assert job.request.image == "sha256:" + hashlib.sha256(stored).hexdigest()
 
 
 def test_a_data_url_inpainting_job_stores_image_and_mask(service: RunningService) -> None:

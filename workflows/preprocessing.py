@@ -20,12 +20,13 @@ import base64
 import binascii
 import hashlib
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from ulid import ULID
 
 from shared.contracts import INPUT_DIGEST_PREFIX, GenerationRequest, Upload, utcnow
@@ -41,6 +42,8 @@ INPUT_FORMATS = ("PNG", "JPEG", "WEBP")
 UPLOAD_CONTENT_TYPE = "image/"
 # How far an input's aspect ratio may be from the job's and still be resized to it (relative).
 ASPECT_TOLERANCE = 0.02
+# What Pillow's parsers raise on hostile or damaged bytes (UnidentifiedImageError is an OSError).
+DECODE_ERRORS = (OSError, ValueError, TypeError, SyntaxError, EOFError, IndexError, struct.error)
 
 
 class InvalidInput(ValidationFailed):
@@ -87,7 +90,7 @@ def decode(data: bytes, field: InputName, limits: RequestLimits) -> Image.Image:
             image = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise InvalidInput(field, "input_dimensions", f"more than {limits.max_input_pixels} pixels") from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except DECODE_ERRORS as exc:
         raise InvalidInput(field, "not_an_image", f"not a {', '.join(INPUT_FORMATS)} image") from exc
     width, height = image.size
     if not (limits.min_input_side <= min(width, height) and max(width, height) <= limits.max_input_side):
@@ -101,7 +104,7 @@ def decode(data: bytes, field: InputName, limits: RequestLimits) -> Image.Image:
     try:
         image.load()
         upright = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data behind a valid header
+    except DECODE_ERRORS as exc:  # truncated or corrupt data behind a valid header
         raise InvalidInput(field, "not_an_image", "the image data is damaged") from exc
     return upright
 

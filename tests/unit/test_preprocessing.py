@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import random
 import struct
 import zlib
 from collections.abc import Iterator
@@ -185,3 +186,20 @@ def test_data_urls_must_be_base64() -> None:
         data_url_bytes("data:image/png,plain", "image")
     with refused("invalid_data_url", "mask"):
         data_url_bytes("data:image/png;base64,!!!", "mask")
+
+
+def test_damaged_images_are_refused_never_an_internal_error() -> None:
+    rng = random.Random(23)
+    codes: set[str] = set()
+    sources = [encoded(Image.effect_noise((256, 256), 50).convert("RGB"), fmt) for fmt in ("PNG", "JPEG", "WEBP")]
+    for _ in range(300):
+        data = bytearray(rng.choice(sources))
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(min(len(data), 400))] = rng.randrange(256)  # mostly headers and chunk tables
+        cut = bytes(data[: rng.randrange(1, len(data))] if rng.random() < 0.3 else data)
+        try:
+            normalise(cut, None, width=256, height=256, limits=LIMITS)
+        except InvalidInput as exc:  # anything else fails the test
+            codes.add(exc.code)
+    assert "not_an_image" in codes
+    assert codes <= {"not_an_image", "input_dimensions", "input_aspect_ratio"}

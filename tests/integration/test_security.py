@@ -1,6 +1,7 @@
-"""What the security scans rely on (docs/security.md): every checkov finding suppressed in template.yaml names its
-check and gives its reason, and every store the template declares is encrypted at rest, so a suppression can never
-hide a store left without encryption. The scans themselves run in `make scan` (part of `make test`).
+"""Evidence for docs/security.md's checklist that the scans do not give: every checkov finding suppressed in
+template.yaml names its check and gives its reason; every store the template declares is encrypted at rest, so a
+suppression can never hide a store left without encryption; the images travel over TLS 1.2 or newer only. The
+scans themselves run in `make scan` (part of `make test`).
 """
 
 from __future__ import annotations
@@ -78,3 +79,13 @@ def test_suppressed_encryption_checks_sit_only_on_stores_encrypted_another_way(r
         for skip in _skips(resource):
             if skip["id"] in encryption_checks:
                 assert _encryption(resource["Type"], resource["Properties"]) is not None, (name, skip["id"])
+
+
+def test_the_bucket_refuses_tls_older_than_1_2(resources: dict[str, Any]) -> None:
+    policy = resources["MediaBucketPolicy"]["Properties"]["PolicyDocument"]
+    (deny,) = (
+        st for st in policy["Statement"] if "s3:TlsVersion" in st.get("Condition", {}).get("NumericLessThan", {})
+    )
+    assert (deny["Effect"], deny["Principal"], deny["Action"]) == ("Deny", "*", "s3:*")
+    assert deny["Condition"]["NumericLessThan"]["s3:TlsVersion"] == "1.2"
+    assert deny["Resource"] == [{"Fn::GetAtt": ["MediaBucket", "Arn"]}, {"Fn::Sub": "${MediaBucket.Arn}/*"}]

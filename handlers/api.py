@@ -56,6 +56,7 @@ from shared.queue import JobQueue
 from shared.queuestate import QueueState
 from shared.ratelimit import DailyGpuBudget, RateLimiter
 from shared.settings import Settings, get_settings
+from shared.tracing import continued, current_header, request_header
 from shared.webhooksecrets import WebhookSecrets, webhook_secrets
 from workflows import jobevents
 from workflows.authorization import Authorization
@@ -822,7 +823,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         app.clear_context()
         result = _early_answer(problem)
     else:
-        result = app.resolve(event, context)
+        # The job's X-Ray trace: this invocation's, or (where no runtime set one) the request's own header.
+        with continued(current_header() or request_header(event.get("headers"))):
+            result = app.resolve(event, context)
     if who["tenant"]:
         _audit(event, result, **who)
     return result

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shared.contracts import QueueMessage
+from shared.tracing import current_header
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import SendMessageRequestTypeDef
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,7 @@ class Received:
     body: str
     receive_count: int
     message: QueueMessage | None
+    trace_header: str | None = None  # the sender's X-Ray trace (AWSTraceHeader), continued by the worker
 
 
 class JobQueue:
@@ -34,16 +37,21 @@ class JobQueue:
 
         The tenant is the message group: on a standard queue that makes it a fair queue, where SQS hands out
         other tenants' messages first while one tenant holds a disproportionate share of the messages in flight
-        (docs/worker.md, "Fair share and priority")."""
-        resp = self._sqs.send_message(
-            QueueUrl=self.url,
-            MessageBody=message.model_dump_json(),
-            MessageGroupId=message.tenant,
-            MessageAttributes={
+        (docs/worker.md, "Fair share and priority"). The current X-Ray trace header, when there is one, goes
+        with it as ``AWSTraceHeader``, so the job's trace continues in the worker (shared/tracing.py)."""
+        request: SendMessageRequestTypeDef = {
+            "QueueUrl": self.url,
+            "MessageBody": message.model_dump_json(),
+            "MessageGroupId": message.tenant,
+            "MessageAttributes": {
                 "job_id": {"DataType": "String", "StringValue": message.job_id},
                 "tenant": {"DataType": "String", "StringValue": message.tenant},
             },
-        )
+        }
+        trace = current_header()
+        if trace:
+            request["MessageSystemAttributes"] = {"AWSTraceHeader": {"DataType": "String", "StringValue": trace}}
+        resp = self._sqs.send_message(**request)
         return resp["MessageId"]
 
 
@@ -64,19 +72,21 @@ class WorkerQueue(JobQueue):
             MaxNumberOfMessages=max_messages,
             WaitTimeSeconds=wait_s,
             VisibilityTimeout=visibility_s,
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "AWSTraceHeader"],
             MessageAttributeNames=["All"],
         )
         received = []
         for msg in resp.get("Messages", []):
             body = msg.get("Body", "")
+            attributes = msg.get("Attributes", {})
             received.append(
                 Received(
                     message_id=msg["MessageId"],
                     receipt_handle=msg["ReceiptHandle"],
                     body=body,
-                    receive_count=int(msg.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
+                    receive_count=int(attributes.get("ApproximateReceiveCount", "1")),
                     message=parse_body(body),
+                    trace_header=attributes.get("AWSTraceHeader"),
                 )
             )
         return received

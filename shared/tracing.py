@@ -1,25 +1,89 @@
-"""X-Ray tracing for long-running processes (the worker); Lambdas use Powertools' Tracer instead.
+"""One X-Ray trace per job, from the submit to the state machine's Lambdas, and the worker's own segments.
 
-Off unless the caller turns it on (the worker passes its ``xray`` setting, ``SDQ_XRAY=true``, set where the ECS
-task runs the X-Ray daemon beside it), so local runs and tests send nothing anywhere.
+The trace header (``Root=...;Parent=...;Sampled=...``) travels with the job: the API's send puts it on the SQS
+message (the ``AWSTraceHeader`` system attribute), the worker reads it back from each received message and
+continues it, and its ``StartExecution`` passes it on (``traceHeader``), which Step Functions hands to the task
+Lambdas. :func:`current_header` is what the adapters attach (shared/queue.py, shared/orchestration.py): the header
+of the work in hand (set by :func:`continued` or by :func:`segment`), else the Lambda invocation's own (the
+runtime sets ``_X_AMZN_TRACE_ID`` per invocation), else none.
+
+The worker's segments are off unless the caller turns them on (the worker passes its ``xray`` setting,
+``SDQ_XRAY=true``, set where the ECS task runs the X-Ray daemon beside it); the header still travels without them,
+so local runs and tests send nothing anywhere and still carry the submit's trace id from stage to stage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
+
+from aws_xray_sdk.core.models.trace_header import TraceHeader
+
+# Set by the Lambda runtime for each invocation; the HTTP header API Gateway passes to the integration.
+LAMBDA_TRACE_ENV = "_X_AMZN_TRACE_ID"
+HTTP_TRACE_HEADER = "X-Amzn-Trace-Id"
+
+_current: ContextVar[str | None] = ContextVar("sdq_trace_header", default=None)
+
+
+def current_header() -> str | None:
+    """The trace header downstream calls should carry now, or None when there is no trace."""
+    return _current.get() or os.environ.get(LAMBDA_TRACE_ENV) or None
+
+
+def trace_id(header: str | None) -> str | None:
+    """The trace id (``Root``) of a trace header, or None when there is none."""
+    if not header:
+        return None
+    return TraceHeader.from_header_str(header).root or None
+
+
+def request_header(headers: Mapping[str, str] | None) -> str | None:
+    """The trace header of an API Gateway request (header names in any case), or None."""
+    for name, value in (headers or {}).items():
+        if name.lower() == HTTP_TRACE_HEADER.lower() and value:
+            return value
+    return None
 
 
 @contextmanager
-def segment(name: str, *, enabled: bool) -> Iterator[None]:
-    """A top-level segment (one per batch or hand-off), when tracing is on."""
-    if not enabled:
+def continued(header: str | None) -> Iterator[None]:
+    """Make ``header`` the current trace header for the calls made inside (when it is not None)."""
+    if not header:
         yield
+        return
+    token = _current.set(header)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+@contextmanager
+def segment(name: str, *, enabled: bool, trace_header: str | None = None) -> Iterator[str | None]:
+    """A top-level segment (one per batch or hand-off) continuing ``trace_header``'s trace, when tracing is on.
+
+    Yields the header the calls inside carry, and makes it current: the segment's own (its trace, itself as
+    parent) when tracing is on, else ``trace_header`` unchanged.
+    """
+    if not enabled:
+        with continued(trace_header):
+            yield trace_header
         return
     from aws_xray_sdk.core import xray_recorder
 
-    with xray_recorder.in_segment(name):
-        yield
+    parent = TraceHeader.from_header_str(trace_header) if trace_header else None
+    with xray_recorder.in_segment(
+        name,
+        traceid=parent.root if parent else None,
+        parent_id=parent.parent if parent else None,
+        sampling=parent.sampled if parent and parent.sampled is not None else None,
+    ) as entity:
+        header = TraceHeader(root=entity.trace_id, parent=entity.id, sampled=int(entity.sampled)).to_header_str()
+        with continued(header):
+            yield header
 
 
 @contextmanager

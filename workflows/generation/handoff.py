@@ -131,21 +131,23 @@ class HandOff:
         attempt = held.job.attempt
         keys = []
         try:
-            with segment("sdq-worker-handoff", enabled=self._xray), subsegment("upload", enabled=self._xray):
-                for i, image in enumerate(images):
-                    key = f"{self._staging}{held.job_id}/{attempt}/{i}.png"
-                    self._media.put(key, self._encoder.encode(image), "image/png")
-                    keys.append(key)
-            self._start(
-                held,
-                WorkflowInput.generated(
-                    held.job,
-                    staging_keys=keys,
-                    worker_id=self._worker_id,
-                    model=self._model_name,
-                    has_callback=bool(held.request.callback_url),
-                ),
-            )
+            # The job's trace, continued from its message: the execution started below joins it.
+            with segment("sdq-worker-handoff", enabled=self._xray, trace_header=held.received.trace_header):
+                with subsegment("upload", enabled=self._xray):
+                    for i, image in enumerate(images):
+                        key = f"{self._staging}{held.job_id}/{attempt}/{i}.png"
+                        self._media.put(key, self._encoder.encode(image), "image/png")
+                        keys.append(key)
+                self._start(
+                    held,
+                    WorkflowInput.generated(
+                        held.job,
+                        staging_keys=keys,
+                        worker_id=self._worker_id,
+                        model=self._model_name,
+                        has_callback=bool(held.request.callback_url),
+                    ),
+                )
         except Exception as exc:
             # Leave the message to reappear after its visibility timeout; the lease lapses with it and
             # the next receiver re-runs the job (attempt + 1).
@@ -204,15 +206,16 @@ class HandOff:
         """Hand a job that failed in generation to the state machine, which records the failure."""
         assert held.job is not None
         try:
-            self._start(
-                held,
-                WorkflowInput.worker_failed(
-                    held.job,
-                    error=WorkerError(code=code, message=message),
-                    worker_id=self._worker_id,
-                    has_callback=bool(held.request.callback_url),
-                ),
-            )
+            with segment("sdq-worker-handoff", enabled=self._xray, trace_header=held.received.trace_header):
+                self._start(
+                    held,
+                    WorkflowInput.worker_failed(
+                        held.job,
+                        error=WorkerError(code=code, message=message),
+                        worker_id=self._worker_id,
+                        has_callback=bool(held.request.callback_url),
+                    ),
+                )
         except Exception:
             logger.exception("failure hand-off failed; job will be retried", job_id=held.job_id)
             self._held.forget(held)

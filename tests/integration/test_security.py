@@ -67,10 +67,10 @@ def test_every_checkov_suppression_names_its_check_and_gives_its_reason(resource
     assert len(ids) == len(set(ids)), "a check suppressed twice on one resource"
 
 
-def test_every_store_is_encrypted_at_rest_except_the_alarm_topic(resources: dict[str, Any]) -> None:
+def test_every_store_is_encrypted_at_rest(resources: dict[str, Any]) -> None:
     stores = {name: r for name, r in resources.items() if r["Type"] in STORES}
     unencrypted = {name for name, r in stores.items() if _encryption(r["Type"], r.get("Properties", {})) is None}
-    assert unencrypted == {"AlarmTopic"}  # alarm names and states only (docs/security.md)
+    assert unencrypted == set()
 
 
 def test_suppressed_encryption_checks_sit_only_on_stores_encrypted_another_way(resources: dict[str, Any]) -> None:
@@ -89,3 +89,11 @@ def test_the_bucket_refuses_tls_older_than_1_2(resources: dict[str, Any]) -> Non
     assert (deny["Effect"], deny["Principal"], deny["Action"]) == ("Deny", "*", "s3:*")
     assert deny["Condition"]["NumericLessThan"]["s3:TlsVersion"] == "1.2"
     assert deny["Resource"] == [{"Fn::GetAtt": ["MediaBucket", "Arn"]}, {"Fn::Sub": "${MediaBucket.Arn}/*"}]
+
+
+def test_alarms_can_publish_to_their_encrypted_topic(resources: dict[str, Any]) -> None:
+    assert resources["AlarmTopic"]["Properties"]["KmsMasterKeyId"] == {"Ref": "AlarmTopicKey"}
+    policy = resources["AlarmTopicKey"]["Properties"]["KeyPolicy"]
+    (cloudwatch,) = (st for st in policy["Statement"] if st["Principal"] == {"Service": "cloudwatch.amazonaws.com"})
+    assert cloudwatch["Effect"] == "Allow"
+    assert set(cloudwatch["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}

@@ -757,6 +757,12 @@ def test_a_custom_domain_serves_the_api_with_tls_1_2_or_newer_only(cfn: dict[str
     }
     for output in ("ApiDomainUrl", "ApiDomainTarget", "ApiDomainHostedZoneId"):
         assert cfn["Outputs"][output]["Condition"] == "HasApiDomain", output
+    # The default endpoint (TLS 1.0 and up) can be turned off: SAM puts the switch in the OpenAPI body's servers.
+    assert cfn["Conditions"]["ApiDefaultEndpointOff"] == {"Fn::Equals": [{"Ref": "ApiDefaultEndpoint"}, "disabled"]}
+    (server,) = resources["Api"]["Properties"]["Body"]["servers"]
+    assert server["x-amazon-apigateway-endpoint-configuration"] == {
+        "disableExecuteApiEndpoint": {"Fn::If": ["ApiDefaultEndpointOff", True, False]}
+    }
 
 
 def test_api_needs_keys_is_throttled_per_key_and_logs_access(resources: dict[str, Any]) -> None:
@@ -921,7 +927,7 @@ def test_local_filter_drops_outputs_and_parameters_only_aws_needs(cfn: dict[str,
         assert kept in local["Outputs"], kept
     params = set(local.get("Parameters", {}))
     assert "GpuAmiId" not in params  # an SSM-typed parameter moto would try to resolve
-    assert not {"ApiDomainName", "ApiCertificateArn"} & params  # the custom domain is API Gateway's
+    assert not {"ApiDomainName", "ApiCertificateArn", "ApiDefaultEndpoint"} & params  # API Gateway's alone
     assert not {"ApiDomainUrl", "ApiDomainTarget", "ApiDomainHostedZoneId"} & set(local["Outputs"])
     assert {"ModelId", "MaxReceiveCount", "VisibilityTimeoutSeconds", "RetentionDays"} <= params
     # Only the conditions a kept resource uses (the Notify function's reserved concurrency) stay.

@@ -117,6 +117,17 @@ def test_a_data_url_inpainting_job_stores_image_and_mask(service: RunningService
     )
 
 
+def test_a_replayed_submission_keeps_the_first_jobs_inputs_only(service: RunningService) -> None:
+    tenant = Tenant(service, "replay")
+    body = {"image": tenant.upload(encoded(Image.new("RGB", (256, 256), "green"))), "width": 256, "height": 256}
+    first = tenant.http.post("/v1/jobs", json={"prompt": "a fox", **body}, headers={"Idempotency-Key": "k-1"})
+    again = tenant.http.post("/v1/jobs", json={"prompt": "a fox", **body}, headers={"Idempotency-Key": "k-1"})
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    assert tenant.stored() == [input_key("outputs/", tenant.name, first.json()["id"], "image")]
+
+
 def test_bad_inputs_are_422_naming_the_field_and_change_nothing(service: RunningService) -> None:
     tenant, other = Tenant(service, "bad"), Tenant(service, "other")
     repo = JobsRepository(service.boto("dynamodb"), service.table)

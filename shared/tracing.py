@@ -19,8 +19,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from aws_xray_sdk.core.models.trace_header import TraceHeader
-
 # Set by the Lambda runtime for each invocation; the HTTP header API Gateway passes to the integration.
 LAMBDA_TRACE_ENV = "_X_AMZN_TRACE_ID"
 HTTP_TRACE_HEADER = "X-Amzn-Trace-Id"
@@ -37,6 +35,10 @@ def trace_id(header: str | None) -> str | None:
     """The trace id (``Root``) of a trace header, or None when there is none."""
     if not header:
         return None
+    # Imported here: the X-Ray SDK's package opens its UDP emitter's socket on import, which the processes that
+    # only pass headers along (the API, the worker without SDQ_XRAY) have no use for.
+    from aws_xray_sdk.core.models.trace_header import TraceHeader
+
     return TraceHeader.from_header_str(header).root or None
 
 
@@ -73,6 +75,7 @@ def segment(name: str, *, enabled: bool, trace_header: str | None = None) -> Ite
             yield trace_header
         return
     from aws_xray_sdk.core import xray_recorder
+    from aws_xray_sdk.core.models.trace_header import TraceHeader
 
     parent = TraceHeader.from_header_str(trace_header) if trace_header else None
     with xray_recorder.in_segment(

@@ -25,18 +25,22 @@ def daemon() -> Iterator[socket.socket]:
     address = f"127.0.0.1:{sock.getsockname()[1]}"
     from aws_xray_sdk import global_sdk_config
     from aws_xray_sdk.core import xray_recorder
+    from aws_xray_sdk.core.emitters.udp_emitter import UDPEmitter
 
-    # A Powertools Tracer built outside Lambda turns the X-Ray SDK off process-wide; the worker builds none.
-    was_enabled = global_sdk_config.sdk_enabled()
+    # A Powertools Tracer built outside Lambda turns the X-Ray SDK off process-wide; the worker builds none. An
+    # emitter of its own: another test module may have closed the recorder's.
+    was_enabled, was_emitter = global_sdk_config.sdk_enabled(), xray_recorder.emitter
     global_sdk_config.set_sdk_enabled(True)
+    emitter = UDPEmitter(daemon_address=address)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AWS_XRAY_DAEMON_ADDRESS", address)
         patch.delenv("_X_AMZN_TRACE_ID", raising=False)
-        xray_recorder.configure(daemon_address=address, sampling=False, context_missing="LOG_ERROR")
+        xray_recorder.configure(emitter=emitter, sampling=False, context_missing="LOG_ERROR")
         yield sock
+    xray_recorder.configure(emitter=was_emitter)
     global_sdk_config.set_sdk_enabled(was_enabled)
+    emitter._socket.close()
     sock.close()
-    xray_recorder.emitter._socket.close()  # the SDK never closes its UDP socket
 
 
 def test_the_hand_off_segment_continues_the_message_trace(daemon: socket.socket) -> None:

@@ -17,7 +17,7 @@ from PIL.Image import Image
 from shared.jobs import JobsRepository
 from tests.unit.workerfakes import claimed, held
 from workflows.generation.batchreport import GpuUse
-from workflows.generation.batchrun import BatchRunner
+from workflows.generation.batchrun import MODE_NOT_SERVED, BatchRunner
 from workflows.generation.claims import ClaimedBatch
 from workflows.generation.heldmessages import Held
 from workflows.generation.pipeline import BatchShape, GenerationOOM, ImageJob
@@ -203,3 +203,15 @@ def test_a_job_that_ran_in_a_failed_call_is_charged_for_it_too(
     assert all(
         u.gpu_s > runner.gpu_seconds / 8 for u in uses
     )  # a quarter of the failed call each, plus half of its own
+
+
+def test_an_image_to_image_batch_fails_with_mode_not_served_and_is_never_run_as_text(
+    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    digest = "sha256:" + "0" * 64  # a stored input, as submit records it
+    jobs = [claimed(held(image=digest, strength=0.5)) for _ in range(2)]
+    gpu = FaultyGenerator(oom_above=8)
+    handoff, _ = run(gpu, jobs, pools)
+    assert gpu.calls == []
+    assert handoff.failed == [(h.job_id, MODE_NOT_SERVED) for h in jobs]
+    assert handoff.completed == []

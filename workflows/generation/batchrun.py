@@ -41,6 +41,10 @@ class ServesModels(Protocol):
     def models(self) -> frozenset[str]: ...
 
 
+# The error code of a job whose mode (image-to-image, inpainting) no pipeline of this worker runs.
+MODE_NOT_SERVED = "MODE_NOT_SERVED"
+
+
 def served_models(generator: Generator) -> frozenset[str]:
     """The model ids ``generator`` can generate for: its ``models``, else its one ``model_name``."""
     if isinstance(generator, ServesModels):
@@ -100,6 +104,13 @@ class BatchRunner:
         if not live:
             return
         req = live[0].request
+        if req.mode != "text":
+            # Batches never mix modes (the batch key holds it). Image-to-image and inpainting inputs are checked and
+            # stored at submit, but this worker has no pipeline for them yet: fail the jobs, never run them as text.
+            for h in live:
+                report.failed += 1
+                self._handoff.fail_later(h, MODE_NOT_SERVED, f"This worker does not run {req.mode} jobs yet.")
+            return
         # Batches never mix models (the batch key holds it): the runner refuses one it has not loaded.
         shape = BatchShape(
             req.width, req.height, req.num_inference_steps, float(req.guidance_scale), req.scheduler, req.model

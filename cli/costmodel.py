@@ -43,6 +43,7 @@ HAPPY_PATH_STATES = (
     "Postprocess",
     "Postprocessed",
     "MarkSucceeded",
+    "CountSucceeded",
     "HasCallback",
     "Notify",
     "WebhookRetryDue",
@@ -105,6 +106,7 @@ class Usage:
     api_ms: float = 60.0  # per API request
     postprocess_ms_base: float = 150.0  # per job
     postprocess_ms_per_image: float = 300.0  # encode + thumbnail + uploads
+    count_ms: float = 20.0  # CountSucceeded: the postprocess function emitting JobsFinished and JobLatency
     notify_ms: float = 250.0  # one webhook POST
     sqs_requests_per_job: float = 4.0  # send, receive, change visibility (heartbeat), delete
     sqs_idle_polls_per_worker_hour: float = 180.0  # 20 s long polls while a worker waits
@@ -123,9 +125,11 @@ class Usage:
     log_kb_per_job: float = 10.0  # all functions' and the worker's log lines for one job
     worker_disk_gib: float = 100.0  # the template's WorkerDiskGiB
     worker_image_gb: float = 8.0  # the worker image in ECR
-    custom_metrics: float = 8.0  # sdq namespace: worker EMF metrics, JobsSubmitted, 3 webhook metric filters
+    # sdq namespace: worker EMF metrics, JobsSubmitted, 3 webhook metric filters, JobsFinished and JobLatency by
+    # status (6), GpuUtilization and GpuMemoryUsed, AuditWriteFailed
+    custom_metrics: float = 17.0
     container_insights_metrics: float = 24.0  # cluster and service metrics (RunningTaskCount, ...)
-    alarm_metrics: float = 22.0  # metrics across the template's alarms (metric-math alarms count each metric)
+    alarm_metrics: float = 26.0  # metrics across the template's alarms (metric-math alarms count each metric)
     dashboards: float = 1.0
 
 
@@ -326,8 +330,10 @@ def estimate(
         * u.postprocess_memory_mb
         / 1024.0
         + notify_calls * u.notify_ms / 1000.0 * u.notify_memory_mb / 1024.0
+        # CountSucceeded: the postprocess function again, to emit the finished job's metrics (a few ms)
+        + generated_jobs * u.count_ms / 1000.0 * u.postprocess_memory_mb / 1024.0
     )
-    invocations = api_requests + generated_jobs + notify_calls
+    invocations = api_requests + 2 * generated_jobs + notify_calls
     callback_states = len(CALLBACK_ONLY_STATES)
     transitions = generated_jobs * (len(HAPPY_PATH_STATES) - callback_states + u.callback_share * callback_states)
     transitions += hits * u.callback_share * len(NOTICE_PATH_STATES)

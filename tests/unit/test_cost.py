@@ -95,11 +95,15 @@ def test_every_line_is_its_usage_times_its_price() -> None:
         ("ebs.gp3.gb_month", ""): u.worker_disk_gib * instance_h / 730,
         ("ecr.storage.gb_month", ""): u.worker_image_gb,
         ("apigateway.rest.requests.million", ""): api_requests / 1e6,
-        ("lambda.requests.million", ""): (api_requests + jobs + jobs * u.callback_share) / 1e6,
+        # postprocess twice a job: Postprocess, and CountSucceeded emitting its finished-job metrics
+        ("lambda.requests.million", ""): (api_requests + 2 * jobs + jobs * u.callback_share) / 1e6,
         ("lambda.x86.gb_second", ""): (
-            api_requests * 0.1 * 1.0 + jobs * (0.2 + 0.4 * u.images_per_job) * 2.0 + jobs * u.callback_share * 0.5 * 0.5
+            api_requests * 0.1 * 1.0
+            + jobs * (0.2 + 0.4 * u.images_per_job) * 2.0
+            + jobs * u.callback_share * 0.5 * 0.5
+            + jobs * u.count_ms / 1000 * 2.0
         ),
-        ("stepfunctions.standard.transitions.thousand", ""): jobs * (6 + 2 * u.callback_share) / 1e3,
+        ("stepfunctions.standard.transitions.thousand", ""): jobs * (7 + 2 * u.callback_share) / 1e3,
         ("sqs.standard.requests.million", ""): (jobs * 4 + instance_h * gpu.gpus * 100) / 1e6,
         ("dynamodb.ondemand.write_units.million", ""): jobs * (7 + 1) * math.ceil(1.5) * (1 + 2) / 1e6,
         ("dynamodb.ondemand.read_units.million", ""): (api_requests * 1 + jobs * 3) / 1e6,
@@ -122,7 +126,7 @@ def test_every_line_is_its_usage_times_its_price() -> None:
         assert got_cost == pytest.approx(quantity * p[key], rel=1e-12), key
     assert est.total == pytest.approx(sum(q * p[k] for (k, _), q in expected.items()), rel=1e-12)
     assert est.instance_hours == pytest.approx(instance_h)
-    assert est.by_group()["Step Functions"] == pytest.approx(jobs * 7 / 1e3 * p[key_of("stepfunctions")])
+    assert est.by_group()["Step Functions"] == pytest.approx(jobs * 8 / 1e3 * p[key_of("stepfunctions")])
 
 
 def key_of(prefix: str) -> str:

@@ -243,6 +243,13 @@ EXPECTED_LEADING_KEYS = {
     ("WorkerTaskRole", "dynamodb:UpdateItem"): {"JOB#*", "WORKER#*"},  # claims, leases, progress; its throughput
     ("WorkerTaskRole", "dynamodb:PutItem"): {"TENANT#*"},  # a progress webhook's signing secret, on first use
     ("EventsFunctionRole", "dynamodb:GetItem"): {"JOB#*"},
+    # The roles that sign no webhook read job items only (Postprocess also the result cache's entries), never a
+    # tenant's secret, key or plan.
+    ("PostprocessFunctionRole", "dynamodb:GetItem"): {"JOB#*", "CACHE#*"},
+    ("DlqFunctionRole", "dynamodb:GetItem"): {"JOB#*"},
+    ("RequeueFunctionRole", "dynamodb:GetItem"): {"JOB#*"},
+    ("FailedExecutionFunctionRole", "dynamodb:GetItem"): {"JOB#*"},
+    ("JobStateMachineRole", "dynamodb:UpdateItem"): {"JOB#*"},
 }
 
 TRUSTED_SERVICE = {
@@ -792,7 +799,7 @@ def test_api_needs_keys_is_throttled_per_key_and_logs_access(resources: dict[str
     plan = resources["ApiUsagePlan"]["Properties"]
     assert show(plan["Throttle"]["RateLimit"]) == "ApiKeyRateLimit"
     assert show(plan["Throttle"]["BurstLimit"]) == "ApiKeyBurstLimit"
-    (method,) = stage["MethodSettings"]
+    (method,) = [m for m in stage["MethodSettings"] if m["ResourcePath"] == "/*"]  # the whole stage's
     assert show(method["ThrottlingRateLimit"]) == "ApiStageRateLimit"
     # The gateway's own refusals keep the API's error shape.
     responses = rest_api["Body"]["x-amazon-apigateway-gateway-responses"]
@@ -959,3 +966,26 @@ def test_the_model_registry_reaches_each_reader_with_the_models_it_allows(resour
         assert show(env["SDQ_DEFAULT_MODEL"]) == "ModelId", name
     worker_s3 = {(a, r) for a, r in grants(resources["WorkerTaskRole"]) if a.startswith("s3:") and "models" in r}
     assert worker_s3 == {("s3:GetObject", "MediaBucket.Arn/models/*")}  # imported weights: read, never written
+
+
+def test_every_route_that_needs_no_key_has_a_throttle_of_its_own(sam: dict[str, Any]) -> None:
+    """A keyless route (the authorizer off) cannot be called without bound to run up the bill; keyed routes are
+    throttled per tenant by the usage plan."""
+    api = next(r for r in sam["Resources"].values() if r["Type"] == "AWS::Serverless::Api")["Properties"]
+    throttled = {
+        (s["ResourcePath"][1:].replace("~1", "/"), s["HttpMethod"])  # "/" + the path, its slashes as ~1
+        for s in api["MethodSettings"]
+        if show(s.get("ThrottlingRateLimit", "")) == "OpenRouteRateLimit"
+    }
+    open_routes = {
+        (
+            str(event["Properties"]["Path"]),
+            "*" if event["Properties"]["Method"] == "ANY" else event["Properties"]["Method"],
+        )
+        for resource in sam["Resources"].values()
+        if resource["Type"] == "AWS::Serverless::Function"
+        for event in resource["Properties"].get("Events", {}).values()
+        if event["Type"] == "Api" and event["Properties"].get("Auth", {}).get("Authorizer") == "NONE"
+    }
+    assert open_routes
+    assert open_routes == throttled

@@ -23,7 +23,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -306,9 +306,21 @@ def _decode_cursor(cursor: str, tenant: str, status: JobStatus | None) -> dict[s
 class JobsRepository:
     """Reads and writes jobs; every status change goes through :meth:`transition`."""
 
-    def __init__(self, dynamodb: DynamoDBClient, table_name: str) -> None:
+    def __init__(
+        self, dynamodb: DynamoDBClient, table_name: str, *, on_finished: Callable[[Job], object] | None = None
+    ) -> None:
+        """``on_finished`` is called with each job a write of this repository finished (a terminal transition,
+        a job created finished, a joined job completed), once that write has landed: the finished-job metrics
+        (``workflows.jobmetrics``)."""
         self._ddb = dynamodb
         self._table = table_name
+        self._on_finished = on_finished
+
+    def _landed(self, job: Job) -> Job:
+        """``job`` as a write of this repository left it; ``on_finished`` hears of it when it is finished."""
+        if self._on_finished is not None and job.status.terminal:
+            self._on_finished(job)
+        return job
 
     # -- create / read -------------------------------------------------------------------------
 
@@ -320,6 +332,8 @@ class JobsRepository:
         """
         created = self._create(job, idempotency_fingerprint, None)
         assert created is not None  # no condition of another item to fail
+        if created[1]:
+            self._landed(created[0])
         return created
 
     def create_cache_source(
@@ -676,7 +690,7 @@ class JobsRepository:
             if current.tenant != tenant or (within_retention and current.expires_at <= now):
                 raise JobNotFound(job_id) from None
             raise InvalidTransition(job_id, current.status.value, target.value) from None
-        return job_from_item(resp["Attributes"])
+        return self._landed(job_from_item(resp["Attributes"]))
 
     # -- worker side ---------------------------------------------------------------------------
 
@@ -948,7 +962,7 @@ class JobsRepository:
             )
         except self._ddb.exceptions.ConditionalCheckFailedException:
             return None
-        return job_from_item(resp["Attributes"])
+        return self._landed(job_from_item(resp["Attributes"]))
 
     def move_joined(self, job_id: str, *, source_id: str, to_source_id: str) -> bool:
         """Move a job joined to ``source_id`` (which failed or was cancelled) to ``to_source_id``, an identical job

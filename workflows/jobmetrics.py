@@ -14,14 +14,17 @@ Every terminal write is one conditional write that lands once, so emitting after
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
-from shared.contracts import Job, JobError, JobStatus, Output, Usage
-from shared.jobs import Claim, JobsRepository
+from shared.contracts import Job, JobStatus
+from shared.jobs import JobsRepository
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 NAMESPACE = "sdq"
 SERVICE = "jobs"
@@ -66,43 +69,5 @@ class MeteredJobsRepository(JobsRepository):
     """The jobs repository of the Lambdas and the worker: every terminal write it makes emits the job's metrics
     once it has landed."""
 
-    def create(self, job: Job, *, idempotency_fingerprint: str | None = None) -> tuple[Job, bool]:
-        stored, created = super().create(job, idempotency_fingerprint=idempotency_fingerprint)
-        if created:
-            record_job(stored)
-        return stored, created
-
-    def transition(
-        self,
-        job_id: str,
-        target: JobStatus,
-        *,
-        tenant: str,
-        sources: Iterable[JobStatus] | None = None,
-        error: JobError | None = None,
-        claim: Claim | None = None,
-        within_retention: bool = False,
-        lease_lapsed_before: float | None = None,
-    ) -> Job:
-        job = super().transition(
-            job_id,
-            target,
-            tenant=tenant,
-            sources=sources,
-            error=error,
-            claim=claim,
-            within_retention=within_retention,
-            lease_lapsed_before=lease_lapsed_before,
-        )
-        record_job(job)
-        return job
-
-    def complete_joined(
-        self, job_id: str, *, source_id: str, tenant: str, outputs: list[Output], expires_at: int, usage: Usage
-    ) -> Job | None:
-        job = super().complete_joined(
-            job_id, source_id=source_id, tenant=tenant, outputs=outputs, expires_at=expires_at, usage=usage
-        )
-        if job is not None:
-            record_job(job)
-        return job
+    def __init__(self, dynamodb: DynamoDBClient, table_name: str) -> None:
+        super().__init__(dynamodb, table_name, on_finished=record_job)

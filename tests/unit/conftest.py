@@ -74,20 +74,25 @@ def settings_read_per_test() -> Iterator[None]:
     get_settings.cache_clear()
 
 
-@pytest.fixture
-def jobs_table(monkeypatch: pytest.MonkeyPatch) -> Iterator[DynamoDBClient]:
-    """An in-memory DynamoDB (moto, in process) with a table named ``JOBS_TABLE`` keyed and indexed as
-    template.yaml declares the jobs table: for the repository's writes and queries without the local cloud."""
+def table_from_template(monkeypatch: pytest.MonkeyPatch, resource: str, name: str) -> Iterator[DynamoDBClient]:
+    """An in-memory DynamoDB (moto, in process) with a table ``name`` keyed and indexed as template.yaml declares
+    its ``resource``: for the adapters' writes and queries without the local cloud."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    props: dict[str, Any] = load_sam_template(REPO / "template.yaml")["Resources"]["JobsTable"]["Properties"]
+    props: dict[str, Any] = load_sam_template(REPO / "template.yaml")["Resources"][resource]["Properties"]
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
         client.create_table(
-            TableName=JOBS_TABLE,
+            TableName=name,
             KeySchema=props["KeySchema"],
             AttributeDefinitions=props["AttributeDefinitions"],
             GlobalSecondaryIndexes=props["GlobalSecondaryIndexes"],
             BillingMode="PAY_PER_REQUEST",
         )
         yield client
+
+
+@pytest.fixture
+def jobs_table(monkeypatch: pytest.MonkeyPatch) -> Iterator[DynamoDBClient]:
+    """The jobs table (``JOBS_TABLE``), as template.yaml declares it."""
+    yield from table_from_template(monkeypatch, "JobsTable", JOBS_TABLE)

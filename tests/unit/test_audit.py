@@ -8,10 +8,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
 from cli.auditcommands import parse_since
 from handlers import api
@@ -20,7 +18,7 @@ from shared.audit import AuditAction, AuditEntry, AuditLog, AuditOutcome, _encod
 from shared.contracts import utcnow
 from shared.errors import InvalidCursor
 from shared.settings import Settings
-from tests.unit.conftest import REPO
+from tests.unit.conftest import REPO, table_from_template
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -30,19 +28,7 @@ AUDIT_TABLE = "audit"
 
 @pytest.fixture
 def audit_table(monkeypatch: pytest.MonkeyPatch) -> Iterator[DynamoDBClient]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    props: dict[str, Any] = load_sam_template(REPO / "template.yaml")["Resources"]["AuditTable"]["Properties"]
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName=AUDIT_TABLE,
-            KeySchema=props["KeySchema"],
-            AttributeDefinitions=props["AttributeDefinitions"],
-            GlobalSecondaryIndexes=props["GlobalSecondaryIndexes"],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        yield client
+    yield from table_from_template(monkeypatch, "AuditTable", AUDIT_TABLE)
 
 
 def entry(tenant: str = "t-1", *, minutes_ago: float = 0, **fields: Any) -> AuditEntry:

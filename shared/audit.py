@@ -115,6 +115,22 @@ class AuditList(BaseModel):
     next_cursor: str | None
 
 
+@dataclass
+class PendingAudit:
+    """The entry an API call will have if it is accepted as expected (``entry``), for the workflow that can write
+    it together with a write of its own; ``recorded`` is the entry as it wrote it (None: not written, the API
+    records the call as answered)."""
+
+    entry: AuditEntry
+    recorded: AuditEntry | None = None
+
+    def answered_as(self, entry: AuditEntry) -> bool:
+        """Whether ``entry`` (the call as answered) is the one already recorded."""
+        return self.recorded is not None and self.recorded.model_dump(exclude={"id"}) == entry.model_dump(
+            exclude={"id"}
+        )
+
+
 @dataclass(frozen=True)
 class AuditPage:
     entries: list[AuditEntry]
@@ -161,6 +177,11 @@ class AuditLog:
     def record(self, entry: AuditEntry) -> None:
         """Append ``entry``. Raises botocore's ClientError/BotoCoreError when the write fails; the caller
         decides what a lost entry means (the API logs it and answers anyway)."""
+        self._ddb.put_item(**self.transact_item(entry)["Put"])
+
+    def transact_item(self, entry: AuditEntry) -> dict[str, Any]:
+        """The write that appends ``entry``, as a ``TransactWriteItems`` element (a submission writes it with its
+        job's sent mark, in one call)."""
         fields = entry.model_dump(mode="json", exclude_none=True, exclude={"details"} if not entry.details else None)
         item = {
             **{k: _ser.serialize(v) for k, v in fields.items()},
@@ -168,11 +189,7 @@ class AuditLog:
             "day": {"S": entry.at.astimezone(UTC).date().isoformat()},
             "expires_at": {"N": str(int((entry.at + self._retention).timestamp()))},
         }
-        self._ddb.put_item(
-            TableName=self._table,
-            Item=item,
-            ConditionExpression="attribute_not_exists(tenant)",
-        )
+        return {"Put": {"TableName": self._table, "Item": item, "ConditionExpression": "attribute_not_exists(tenant)"}}
 
     def page(self, tenant: str, *, limit: int, cursor: str | None = None, since: datetime | None = None) -> AuditPage:
         """The tenant's entries, newest first, at most ``limit``; ``since``: only entries made then or later.

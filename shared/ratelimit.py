@@ -4,6 +4,10 @@ The rate limit: a fixed-window counter (item ``RATE#<tenant>#<window>``).
 
 One conditional write per request; the counter items expire through the table's TTL. On AWS, API Gateway's
 usage plan throttles per key in front of this; this limit is what holds locally and across keys of a tenant.
+
+Each counter's write is also a :class:`Charge`, an element of a ``TransactWriteItems`` call, so that a submission
+counts the request, its GPU work and the job in one call (:meth:`shared.jobs.JobsRepository.create`); a charge
+whose condition fails cancels the call and is raised as :class:`ChargeRefused`.
 """
 
 from __future__ import annotations
@@ -11,10 +15,40 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+
+
+class Limit(StrEnum):
+    """The counter a charge is made against."""
+
+    RATE = "rate"
+    DAILY_GPU_BUDGET = "daily_gpu_budget"
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One counter's conditional write: ``update`` holds UpdateItem's arguments (a transaction's ``Update``
+    element as it is); ``retry_after_s`` is what to tell the caller when its condition fails."""
+
+    limit: Limit
+    update: dict[str, Any]
+    retry_after_s: float
+
+    def transact_item(self) -> dict[str, Any]:
+        return {"Update": self.update}
+
+
+class ChargeRefused(Exception):
+    """A write's transaction was cancelled because ``charge``'s condition failed (its limit is reached)."""
+
+    def __init__(self, charge: Charge) -> None:
+        super().__init__(f"{charge.limit} limit reached")
+        self.charge = charge
 
 
 class RateLimiter:
@@ -22,24 +56,30 @@ class RateLimiter:
         self._ddb = dynamodb
         self._table = table_name
 
-    def hit(self, tenant: str, *, limit: int, window_s: int, now: float) -> float | None:
-        """Count one request; None when it is allowed, else the seconds until the window resets."""
+    def charge(self, tenant: str, *, limit: int, window_s: int, now: float) -> Charge:
+        """The write that counts one request, allowed while fewer than ``limit`` were counted in its window."""
         window = int(now // window_s)
         window_end = (window + 1) * window_s
+        update = {
+            "TableName": self._table,
+            "Key": {"pk": {"S": f"RATE#{tenant}#{window_s}#{window}"}},
+            "UpdateExpression": "ADD hits :one SET expires_at = :exp",
+            "ConditionExpression": "attribute_not_exists(hits) OR hits < :limit",
+            "ExpressionAttributeValues": {
+                ":one": {"N": "1"},
+                ":limit": {"N": str(limit)},
+                ":exp": {"N": str(window_end + 3600)},
+            },
+        }
+        return Charge(Limit.RATE, update, max(1.0, math.ceil(window_end - now)))
+
+    def hit(self, tenant: str, *, limit: int, window_s: int, now: float) -> float | None:
+        """Count one request; None when it is allowed, else the seconds until the window resets."""
+        charge = self.charge(tenant, limit=limit, window_s=window_s, now=now)
         try:
-            self._ddb.update_item(
-                TableName=self._table,
-                Key={"pk": {"S": f"RATE#{tenant}#{window_s}#{window}"}},
-                UpdateExpression="ADD hits :one SET expires_at = :exp",
-                ConditionExpression="attribute_not_exists(hits) OR hits < :limit",
-                ExpressionAttributeValues={
-                    ":one": {"N": "1"},
-                    ":limit": {"N": str(limit)},
-                    ":exp": {"N": str(window_end + 3600)},
-                },
-            )
+            self._ddb.update_item(**charge.update)
         except self._ddb.exceptions.ConditionalCheckFailedException:
-            return max(1.0, math.ceil(window_end - now))
+            return charge.retry_after_s
         return None
 
     def release(self, tenant: str, *, window_s: int, now: float) -> None:
@@ -69,26 +109,33 @@ class DailyGpuBudget:
         day = int(now // 86400)
         return time.strftime("%Y-%m-%d", time.gmtime(day * 86400)), (day + 1) * 86400
 
+    def work_charge(self, tenant: str, work: int, *, budget: int, now: float) -> Charge:
+        """The write that counts ``work`` against ``budget``. Its condition holds for any ``work`` on a day with
+        nothing counted yet: a caller checks ``work <= budget`` itself (:meth:`charge` does)."""
+        date, day_end = self._day(now)
+        update = {
+            "TableName": self._table,
+            "Key": {"pk": {"S": f"BUDGET#{tenant}#{date}"}},
+            "UpdateExpression": "ADD used :work SET expires_at = :exp",
+            "ConditionExpression": "attribute_not_exists(used) OR used <= :room",
+            "ExpressionAttributeValues": {
+                ":work": {"N": str(work)},
+                ":room": {"N": str(budget - work)},
+                ":exp": {"N": str(day_end + 86400)},
+            },
+        }
+        return Charge(Limit.DAILY_GPU_BUDGET, update, max(1.0, math.ceil(day_end - now)))
+
     def charge(self, tenant: str, work: int, *, budget: int, now: float) -> float | None:
         """Count ``work`` against ``budget``; None when it fits, else the seconds until the day's budget resets."""
-        date, day_end = self._day(now)
+        charge = self.work_charge(tenant, work, budget=budget, now=now)
         try:
-            self._ddb.update_item(
-                TableName=self._table,
-                Key={"pk": {"S": f"BUDGET#{tenant}#{date}"}},
-                UpdateExpression="ADD used :work SET expires_at = :exp",
-                ConditionExpression="attribute_not_exists(used) OR used <= :room",
-                ExpressionAttributeValues={
-                    ":work": {"N": str(work)},
-                    ":room": {"N": str(budget - work)},
-                    ":exp": {"N": str(day_end + 86400)},
-                },
-            )
+            self._ddb.update_item(**charge.update)
         except self._ddb.exceptions.ConditionalCheckFailedException:
-            return max(1.0, math.ceil(day_end - now))
+            return charge.retry_after_s
         if work > budget:  # a first job larger than the whole budget passes the condition on a fresh day
             self.refund(tenant, work, now=now)
-            return max(1.0, math.ceil(day_end - now))
+            return charge.retry_after_s
         return None
 
     def refund(self, tenant: str, work: int, *, now: float) -> None:

@@ -23,7 +23,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -55,6 +55,7 @@ from shared.errors import (
     JobNotFound,
 )
 from shared.queuestate import BY_STATUS_INDEX
+from shared.ratelimit import Charge, ChargeRefused
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -104,6 +105,7 @@ JOB_ATTRIBUTES = frozenset(
         "idempotency_key",
         "expires_at",
         "model_is_noise",
+        "model_revision",
         "webhook_event",
         "webhook_id",
         "webhook_state",
@@ -127,6 +129,15 @@ JOB_ATTRIBUTES = frozenset(
 # The sparse index attributes of an unfinished job: every write that makes a job terminal removes them, so a
 # finished job counts as active for no one and is never sent again by the requeue sweeper.
 REMOVED_WHEN_FINISHED = ("active_tenant", "unqueued_shard")
+
+
+class RevisionPinned(Exception):
+    """A claim refused: the job is pinned to another revision of its model than the one the worker loaded."""
+
+    def __init__(self, job_id: str, revision: str) -> None:
+        super().__init__(f"job {job_id} is pinned to model revision {revision!r}")
+        self.job_id = job_id
+        self.revision = revision
 
 
 def job_pk(job_id: str) -> str:
@@ -187,6 +198,7 @@ def job_to_item(job: Job) -> dict[str, Any]:
         "idempotency_key": job.idempotency_key,
         "expires_at": job.expires_at,
         "model_is_noise": job.model_is_noise,
+        "model_revision": job.model_revision,
         "cache_source": job.cache_source,
         "usage": job.usage.model_dump_json() if job.usage else None,
         "preview_key": job.preview_key,
@@ -236,6 +248,7 @@ def job_from_item(item: Mapping[str, Any]) -> Job:
             "idempotency_key": raw.get("idempotency_key"),
             "expires_at": int(raw["expires_at"]),
             "model_is_noise": bool(raw.get("model_is_noise", False)),
+            "model_revision": raw.get("model_revision"),
             "webhook": webhook,
             "cache_source": raw.get("cache_source"),
             "usage": Usage.model_validate_json(raw["usage"]) if raw.get("usage") else None,
@@ -324,13 +337,17 @@ class JobsRepository:
 
     # -- create / read -------------------------------------------------------------------------
 
-    def create(self, job: Job, *, idempotency_fingerprint: str | None = None) -> tuple[Job, bool]:
-        """Store a new job, atomically with its Idempotency-Key record when it has one.
+    def create(
+        self, job: Job, *, idempotency_fingerprint: str | None = None, charges: Sequence[Charge] = ()
+    ) -> tuple[Job, bool]:
+        """Store a new job, atomically with its Idempotency-Key record when it has one and with ``charges`` (the
+        tenant's counters: the request, its GPU work), in one call.
 
         Returns ``(job, True)`` when written, or ``(existing_job, False)`` when the key was already used
-        with the same fingerprint. Raises IdempotencyConflict when it was used with another body.
+        with the same fingerprint (nothing charged). Raises IdempotencyConflict when it was used with another
+        body, ChargeRefused for the first charge whose limit is reached; then nothing is written.
         """
-        created = self._create(job, idempotency_fingerprint, None)
+        created = self._create(job, idempotency_fingerprint, None, charges)
         assert created is not None  # no condition of another item to fail
         if created[1]:
             self._landed(created[0])
@@ -382,10 +399,14 @@ class JobsRepository:
         return self._create(job, idempotency_fingerprint, join)
 
     def _create(
-        self, job: Job, idempotency_fingerprint: str | None, other: dict[str, Any] | None
+        self,
+        job: Job,
+        idempotency_fingerprint: str | None,
+        other: dict[str, Any] | None,
+        charges: Sequence[Charge] = (),
     ) -> tuple[Job, bool] | None:
-        """The job's put, with ``other`` (a conditional write of another item) and the Idempotency-Key's record in
-        one transaction when there are any. None when ``other``'s condition failed."""
+        """The job's put, with ``other`` (a conditional write of another item), the Idempotency-Key's record and
+        ``charges`` in one transaction when there are any. None when ``other``'s condition failed."""
         item = job_to_item(job)
         if job.status == JobStatus.QUEUED:
             item["unqueued_shard"] = {"S": unqueued_shard(job.job_id)}  # until mark_enqueued
@@ -396,7 +417,7 @@ class JobsRepository:
                 "ConditionExpression": "attribute_not_exists(pk)",
             }
         }
-        if job.idempotency_key is None and other is None:
+        if job.idempotency_key is None and other is None and not charges:
             # One item needs no transaction, which DynamoDB bills at twice the write units of a plain put.
             self._ddb.put_item(**put_job["Put"])
             return job, True
@@ -421,6 +442,8 @@ class JobsRepository:
                 }
             }
             items.append(put_idem)
+        first_charge = len(items)
+        items += [charge.transact_item() for charge in charges]
         for pause in (*CONFLICT_PAUSES_S, None):
             if put_idem is not None:
                 # A key freed meanwhile (its job could not be queued) is free as of now, not as of the first try.
@@ -432,6 +455,9 @@ class JobsRepository:
                     existing = self.find_by_idempotency_key(job.tenant, job.idempotency_key, idempotency_fingerprint)
                     if existing is not None:
                         return existing, False
+                for index, charge in enumerate(charges, start=first_charge):
+                    if _failed_condition(exc, index):
+                        raise ChargeRefused(charge) from exc
                 if other is not None and _failed_condition(exc, 1):
                     return None
                 if not _conflicted(exc):
@@ -480,15 +506,21 @@ class JobsRepository:
                 ExpressionAttributeValues={":now": {"N": str(int(time.time()))}, ":j": {"S": job_id}},
             )
 
-    def mark_enqueued(self, job_id: str) -> None:
-        """The job's queue message is sent: take it out of the ``unqueued`` index."""
+    def mark_enqueued(self, job_id: str, *, also: dict[str, Any] | None = None) -> None:
+        """The job's queue message is sent: take it out of the ``unqueued`` index. ``also``: a
+        ``TransactWriteItems`` element written in the same call (the submission's audit entry); the two land
+        together or not at all, and a job gone (swept by the TTL) takes neither."""
+        update: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": {"pk": {"S": job_pk(job_id)}},
+            "UpdateExpression": "REMOVE unqueued_shard",
+            "ConditionExpression": "attribute_exists(pk)",
+        }
+        if also is not None:
+            self._ddb.transact_write_items(TransactItems=[{"Update": update}, also])  # type: ignore[typeddict-item,list-item]
+            return
         with contextlib.suppress(self._ddb.exceptions.ConditionalCheckFailedException):  # swept by the TTL
-            self._ddb.update_item(
-                TableName=self._table,
-                Key={"pk": {"S": job_pk(job_id)}},
-                UpdateExpression="REMOVE unqueued_shard",
-                ConditionExpression="attribute_exists(pk)",
-            )
+            self._ddb.update_item(**update)
 
     def unqueued_before(self, epoch_s: float, *, limit: int, shards: Iterable[int] | None = None) -> list[str]:
         """Ids of jobs submitted before ``epoch_s`` whose queue message was never marked sent, oldest first per
@@ -694,14 +726,22 @@ class JobsRepository:
 
     # -- worker side ---------------------------------------------------------------------------
 
-    def claim(self, job_id: str, tenant: str, *, worker_id: str, lease_s: float, now: float) -> Job:
+    def claim(
+        self, job_id: str, tenant: str, *, worker_id: str, lease_s: float, now: float, revision: str | None = None
+    ) -> Job:
         """QUEUED -> RUNNING for this worker, in one conditional write, before any GPU time is spent.
 
         A RUNNING job whose lease ran out (its worker died) may be claimed again; the attempt count goes up.
-        Raises JobExpired (past its retention while queued), InvalidTransition (cancelled, finished, handed
-        off, or held by a live worker) or JobNotFound.
+        With ``revision`` (the model revision the worker loaded), only a job pinned to it, or to none, is claimed.
+        Raises JobExpired (past its retention while queued), RevisionPinned (claimable, but pinned to another
+        revision; nothing written), InvalidTransition (cancelled, finished, handed off, or held by a live worker)
+        or JobNotFound.
         """
         queued, running = JobStatus.QUEUED.value, JobStatus.RUNNING.value
+        pinned, pinned_values = "", {}
+        if revision is not None:
+            pinned = " AND (attribute_not_exists(model_revision) OR model_revision = :rev)"
+            pinned_values = {":rev": {"S": revision}}
         try:
             resp = self._ddb.update_item(
                 TableName=self._table,
@@ -713,7 +753,7 @@ class JobsRepository:
                 ),
                 ConditionExpression=(
                     "attribute_exists(pk) AND tenant = :t AND expires_at > :epoch AND "
-                    "(#s = :queued OR (#s = :running AND lease_until < :now))"
+                    "(#s = :queued OR (#s = :running AND lease_until < :now))" + pinned
                 ),
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues={
@@ -728,6 +768,7 @@ class JobsRepository:
                     ":zero": {"N": "0"},
                     ":one": {"N": "1"},
                     ":t": {"S": tenant},
+                    **pinned_values,
                 },
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
@@ -739,6 +780,11 @@ class JobsRepository:
                 raise JobNotFound(job_id) from None
             if current.expires_at <= int(now) and not current.status.terminal:
                 raise JobExpired(job_id) from None
+            if current.model_revision not in (None, revision) and (
+                current.status == JobStatus.QUEUED
+                or (current.status == JobStatus.RUNNING and (self.lease_until(job_id) or 0) < now)
+            ):
+                raise RevisionPinned(job_id, current.model_revision) from None
             raise InvalidTransition(job_id, current.status.value, running) from None
         return job_from_item(resp["Attributes"])
 

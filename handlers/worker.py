@@ -50,6 +50,7 @@ def build_worker(
         progress_events=progress_events_for(aws, settings, worker_id=config.worker_id),
         # Set by the ECS agent in every task (not an sdq setting): the task's own scale-in protection endpoint.
         protection=TaskProtection(os.environ.get("ECS_AGENT_URI")),
+        registry=settings.registry,  # its retired revisions fail the jobs pinned to them
     )
 
 

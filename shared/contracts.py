@@ -622,6 +622,8 @@ class Job(BaseModel):
     idempotency_key: str | None = None
     expires_at: int
     model_is_noise: bool = False
+    # The model's registry revision at submit: only a worker that loaded it generates the job (None: unpinned).
+    model_revision: str | None = None
     webhook: WebhookState | None = None
     cache_source: str | None = None  # the job whose images answer this one (a result-cache hit or join)
     joined_to: str | None = None  # while QUEUED: the identical running job whose images will answer this one
@@ -745,6 +747,10 @@ class JobView(BaseModel):
     outputs_expire_at: datetime | None = Field(description="When the URLs in outputs stop working.")
     error: JobError | None
     model_note: str | None = Field(description="Set when the model's images are noise (the built-in tiny model).")
+    model_revision: str | None = Field(
+        default=None,
+        description="The model's revision the job is pinned to (set at submit from the model registry).",
+    )
     metadata: dict[str, str]
     webhook: WebhookState | None = Field(default=None, description="Webhook delivery state, when a callback is set.")
     cache: CacheInfo = Field(default_factory=lambda: CacheInfo(hit=False))

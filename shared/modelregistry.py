@@ -1,10 +1,11 @@
 """The model registry: the models an operator serves, each pinned to a revision, with its weights' checksums.
 
-A job's ``model`` is an entry's ``id``; its images' metadata record the entry's revision. The registry comes
-from the ``model_registry`` setting (a JSON file path or inline JSON, read once with the settings); unset, it
-holds only the built-in ``tiny`` model. A worker loading an entry verifies every weight file against its checksum
-before serving it (``workflows/generation/models.py``); docs/worker.md says how an operator adds, updates and
-retires a model.
+A job's ``model`` is an entry's ``id``; the job is pinned at submit to the entry's revision (``Job.model_revision``),
+only a worker that loaded that revision generates it, and a revision the entry lists as retired fails its queued
+jobs. The registry comes from the ``model_registry`` setting (a JSON file path or inline JSON, read once with the
+settings); unset, it holds only the built-in ``tiny`` model. A worker loading an entry verifies every weight file
+against its checksum before serving it (``workflows/generation/models.py``); docs/models.md says how an operator
+adds, updates and retires a model.
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ class ModelEntry(BaseModel):
     )
     fleet: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
         default=DEFAULT_FLEET, description="The workers that load it (`SDQ_FLEET`)"
+    )
+    retired_revisions: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Earlier revisions no worker serves any more: a queued job pinned to one fails `MODEL_REVISION_GONE`."
+            " A revision neither pinned here nor listed may be newer than this registry (a rolling deployment):"
+            " its jobs are left for the workers that have it"
+        ),
     )
 
     @property
@@ -114,6 +123,8 @@ class ModelEntry(BaseModel):
         # Built-in weights are built here from a seed; every other model's weights are checked before use.
         if kind != "builtin" and not self.checksums:
             raise ValueError("checksums must give the sha256 of every weight file of the model")
+        if self.revision in self.retired_revisions:
+            raise ValueError(f"revision {self.revision!r} is pinned, so it cannot be retired too")
         return self
 
 
@@ -144,6 +155,12 @@ class ModelRegistry(BaseModel):
         """The pinned revision of ``model_id``, or None for a model outside the registry."""
         entry = self.get(model_id) if model_id is not None else None
         return entry.revision if entry is not None else None
+
+    def retired(self, model_id: str, revision: str | None) -> bool:
+        """Whether ``revision`` of ``model_id`` is gone: listed in the entry's ``retired_revisions``. A revision this
+        registry does not know is not gone: a newer registry may pin it (a rolling deployment)."""
+        entry = self.get(model_id)
+        return entry is not None and revision is not None and revision in entry.retired_revisions
 
     def fleet(self, fleet: str) -> list[ModelEntry]:
         """The entries the workers of ``fleet`` load."""

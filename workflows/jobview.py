@@ -58,6 +58,7 @@ def job_view(job: Job, media: MediaStore, presign_expiry_s: int, *, queue: Queue
         outputs_expire_at=(utcnow() + timedelta(seconds=presign_expiry_s)) if outputs else None,
         error=job.error,
         model_note=TINY_MODEL_NOTE if job.model_is_noise else None,
+        model_revision=job.model_revision,
         metadata=dict(job.request.metadata),
         webhook=job.webhook,
         cache=CacheInfo(

@@ -144,6 +144,7 @@ class SubmissionService:
             idempotency_key=idempotency_key,
             expires_at=expiry_epoch(now, self._settings.job_retention_days),
             model_is_noise=(normalised.model in NOISE_MODELS),
+            model_revision=self._settings.registry.revision(normalised.model),
         )
         cache = self.result_cache() if request.cacheable() else None
         # A hit is finished the moment it is made: it is answered before the unfinished-job cap, which it cannot

@@ -152,6 +152,7 @@ class JobView(_Answer):
     outputs_expire_at: datetime | None
     error: JobError | None
     model_note: str | None
+    model_revision: str | None = None
     metadata: dict[str, str]
     webhook: WebhookState | None = None
     cache: CacheInfo = Field(default_factory=lambda: CacheInfo(hit=False))

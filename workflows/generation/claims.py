@@ -1,21 +1,25 @@
 """Claims: a batch's jobs claimed in parallel, lost claims settled, the next batch claimed ahead (one at a time,
 while the current one generates) and claimed jobs handed back unstarted on a warm stop. A job for a model the
-worker has not loaded is never claimed: its message is left for a worker that serves it."""
+worker has not loaded is never claimed: its message is left for a worker that serves it. Nor is a job pinned to
+another revision of a model it has loaded: that job is left for the workers that loaded its revision (a rolling
+deployment), or failed ``MODEL_REVISION_GONE`` when the registry lists its revision as retired."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from functools import partial
 
 from aws_lambda_powertools import Logger
 
 from shared.contracts import Job, JobError, JobStatus
 from shared.errors import InvalidTransition, JobExpired, JobNotFound
-from shared.jobs import JobsRepository
+from shared.jobs import JobsRepository, RevisionPinned
+from shared.modelregistry import ModelRegistry
 from shared.tracing import segment
 from workflows.generation.heldmessages import AwsError, Held, HeldMessages
 
@@ -26,6 +30,14 @@ logger = Logger(service="sdq-worker")
 UNSERVED_VISIBILITY_S = 2
 
 EXPIRED_ERROR = JobError(code="EXPIRED", message="The job passed its retention before a worker ran it.")
+MODEL_REVISION_GONE = "MODEL_REVISION_GONE"
+
+
+def revision_gone(model: str | None, revision: str) -> JobError:
+    return JobError(
+        code=MODEL_REVISION_GONE,
+        message=f"Revision {revision!r} of model {model!r} is retired: no worker serves it any more.",
+    )
 
 
 @dataclass
@@ -47,15 +59,21 @@ class Claims:
         lease_s: int,
         clock: Callable[[], float],
         xray: bool = False,
-        on_expired: Callable[[Job], object] | None = None,
+        on_failed: Callable[[Job], object] | None = None,
         models: frozenset[str] | None = None,
+        revisions: Mapping[str, str | None] | None = None,
+        registry: ModelRegistry | None = None,
     ) -> None:
-        """``on_expired`` starts the webhook of a job failed here because it expired while queued; it may raise (the
-        message then comes back, and the job, found already failed ``EXPIRED``, gets it started again: it must be
-        idempotent). ``models``: the model ids this worker has loaded; a job naming another is not claimed (None:
-        any model)."""
-        self._on_expired = on_expired
+        """``on_failed`` starts the webhook of a job failed here before it ran (expired while queued, or pinned to a
+        retired revision); it may raise (the message then comes back, and the job, found already failed so, gets it
+        started again: it must be idempotent). ``models``: the model ids this worker has loaded; a job naming
+        another is not claimed (None: any model). ``revisions``: the revision loaded of each model (None: loaded
+        outside the registry); a job pinned to another is not claimed. ``registry``: which revisions are retired
+        (None: none known to be)."""
+        self._on_failed = on_failed
         self._models = models
+        self._revisions = revisions or {}
+        self._registry = registry
         self._held = held
         self._repo = repo
         # Per-job table writes are independent conditional writes: issued together, a batch's claims cost one
@@ -151,16 +169,36 @@ class Claims:
             return False
 
     def _claim_or_settle(self, held: Held) -> bool:
+        model = held.request.model
         try:
             held.job = self._repo.claim(
-                held.job_id, held.tenant, worker_id=self._worker_id, lease_s=self._lease_s, now=self._clock()
+                held.job_id,
+                held.tenant,
+                worker_id=self._worker_id,
+                lease_s=self._lease_s,
+                now=self._clock(),
+                revision=self._revisions.get(model) if model is not None else None,
             )
             held.claimed_at = time.monotonic()
             return True
         except JobExpired:
             logger.info("job expired while queued; failing it and deleting its message", job_id=held.job_id)
-            self._fail_expired(held)
+            self._fail_unrun(held, EXPIRED_ERROR)
             self._held.finish(held)
+        except RevisionPinned as exc:
+            retired = self._registry is not None and self._registry.retired(model or "", exc.revision)
+            if retired and self._fail_unrun(held, revision_gone(model, exc.revision)):
+                logger.info("job pinned to a retired model revision; failed", job_id=held.job_id, model=model)
+                self._held.finish(held)
+            else:
+                logger.info(
+                    "job pinned to another model revision; left for the workers that loaded it",
+                    job_id=held.job_id,
+                    model=model,
+                    pinned=exc.revision,
+                    loaded=self._revisions.get(model or ""),
+                )
+                self._held.let_go([held], UNSERVED_VISIBILITY_S)
         except JobNotFound:
             logger.info("job gone (expired or never stored); deleting its message", job_id=held.job_id)
             self._held.finish(held)
@@ -176,21 +214,30 @@ class Claims:
                 self._held.finish(held)
         return False
 
-    def _fail_expired(self, held: Held) -> None:
-        """FAILED ``EXPIRED``, then its webhook; a job already failed so (an earlier try) gets its webhook again."""
+    def _fail_unrun(self, held: Held, error: JobError) -> bool:
+        """FAILED with ``error`` before it ran, then its webhook; a job already failed so (an earlier try) gets its
+        webhook again. Returns whether the job is failed so."""
         job: Job | None = None
         with contextlib.suppress(JobNotFound):
             try:
-                job = self._repo.transition(
-                    held.job_id,
-                    JobStatus.FAILED,
-                    tenant=held.tenant,
-                    sources=[JobStatus.QUEUED, JobStatus.RUNNING],
-                    error=EXPIRED_ERROR,
-                )
+                job = self._fail(held, error)
             except InvalidTransition:
                 current = self._repo.get(held.job_id)
-                if current.status == JobStatus.FAILED and current.error and current.error.code == EXPIRED_ERROR.code:
+                if current.status == JobStatus.FAILED and current.error and current.error.code == error.code:
                     job = current
-        if job is not None and self._on_expired is not None:
-            self._on_expired(job)
+        if job is not None and self._on_failed is not None:
+            self._on_failed(job)
+        return job is not None
+
+    def _fail(self, held: Held, error: JobError) -> Job:
+        fail = partial(self._repo.transition, held.job_id, JobStatus.FAILED, tenant=held.tenant, error=error)
+        if error is EXPIRED_ERROR:  # past its retention: nobody may run it, whoever holds it
+            return fail(sources=[JobStatus.QUEUED, JobStatus.RUNNING])
+        # A pinned job only while no worker runs it: a RUNNING one with a live lease may be generating on a worker
+        # that still has its revision.
+        try:
+            return fail(sources=[JobStatus.QUEUED])
+        except InvalidTransition as exc:
+            if exc.current != JobStatus.RUNNING.value:
+                raise
+            return fail(sources=[JobStatus.RUNNING], lease_lapsed_before=self._clock())

@@ -37,6 +37,7 @@ from aws_lambda_powertools import Logger, Metrics
 
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
+from shared.modelregistry import ModelRegistry
 from shared.orchestration import Orchestrator
 from shared.queue import WorkerQueue
 from workflows.generation.batchreport import BatchReport, log_batch
@@ -46,6 +47,7 @@ from workflows.generation.encoding import PngEncoder
 from workflows.generation.handoff import HandOff
 from workflows.generation.heartbeat import Heartbeat
 from workflows.generation.heldmessages import HeldMessages
+from workflows.generation.pipeline import ModelRunners, PipelineRunner
 from workflows.generation.progress import ProgressRecorder
 from workflows.generation.progressevents import ProgressEvents
 from workflows.generation.protection import TaskProtection
@@ -81,6 +83,16 @@ class WorkerConfig:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
 
+def loaded_revisions(generator: Generator) -> dict[str, str | None]:
+    """The registry revision each model of ``generator`` was loaded at (None: loaded outside the registry); empty for
+    a generator that is neither a pipeline runner nor several (it claims any revision)."""
+    if isinstance(generator, ModelRunners):
+        return {model: generator.runner(model).revision for model in generator.models}
+    if isinstance(generator, PipelineRunner):
+        return {generator.model_name: generator.revision}
+    return {}
+
+
 class Worker:
     """One worker process's loop. ``run()`` returns when stopped; see ``request_stop``."""
 
@@ -100,8 +112,11 @@ class Worker:
         worker_stats: StatsStore | None = None,
         progress_events: ProgressEvents | None = None,
         protection: TaskProtection | None = None,
+        registry: ModelRegistry | None = None,
     ) -> None:
-        """``protection``: the ECS task's scale-in protection, held while there is work (default: none)."""
+        """``protection``: the ECS task's scale-in protection, held while there is work (default: none).
+        ``registry``: the model registry the worker's models came from, whose retired revisions fail the jobs pinned
+        to them (default: none known to be retired; jobs pinned to another revision are left for other workers)."""
         self._protection = protection or TaskProtection(None)
         self.config = config
         self._gen = generator
@@ -149,7 +164,9 @@ class Worker:
             clock=clock,
             xray=config.xray,
             models=served_models(generator),  # a job for another model is left for a worker that serves it
-            on_expired=lambda job: start_finished_notice(orchestrator, job),
+            revisions=loaded_revisions(generator),  # and one pinned to another revision, or failed if it is retired
+            registry=registry,
+            on_failed=lambda job: start_finished_notice(orchestrator, job),
         )
         self._handoff = HandOff(
             self._messages,

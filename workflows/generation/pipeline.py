@@ -24,6 +24,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
@@ -33,8 +35,12 @@ from diffusers import (
 )
 from PIL import Image
 
+from shared.contracts import DEFAULT_STRENGTH, LoraSet, Mode
 from shared.errors import PermanentError, RetryableError
+from shared.loraregistry import LoraRegistry
+from shared.settings import get_settings
 from workflows.generation.acceleration import AccelerationOptions, Accelerator, upcasts_vae_per_call
+from workflows.generation.loras import LoraAdapters
 from workflows.generation.models import LoadedModel, Precision, Text2ImagePipeline, load_model, quiet_logger
 from workflows.generation.previews import Captured, LatentFormat, capture, latent_format_for
 
@@ -103,19 +109,23 @@ class UnknownScheduler(ValueError):
 
 @dataclass(frozen=True)
 class ImageJob:
-    """One job's share of a batch: ``num_images`` images of one prompt, image ``i`` seeded ``seed + i``."""
+    """One job's share of a batch: ``num_images`` images of one prompt, image ``i`` seeded ``seed + i``; ``image``
+    (RGB) and ``mask`` (L, white repainted) at the batch's size for the image and inpaint modes."""
 
     key: str
     prompt: str
     negative_prompt: str
     seed: int
     num_images: int
+    image: Image.Image | None = None
+    mask: Image.Image | None = None
 
 
 @dataclass(frozen=True)
 class BatchShape:
     """What every job of a batch has in common (the batcher's grouping key). ``model`` is the id every job
-    names; None (benchmarks, warm-up) means the runner's own model."""
+    names; None (benchmarks, warm-up) means the runner's own model. ``loras``: the LoRA set every job applies
+    (``GenerationRequest.lora_set``)."""
 
     width: int
     height: int
@@ -123,6 +133,9 @@ class BatchShape:
     guidance_scale: float
     scheduler: str
     model: str | None = None
+    mode: Mode = "text"
+    strength: float | None = None  # image and inpaint (None: the mode's default)
+    loras: LoraSet = ()
 
 
 StepCallback = Callable[[int, int], None]
@@ -151,11 +164,21 @@ class PipelineRunner:
         cpu_max_batch_images: int = 4,
         max_batch_cap: int = 16,
         acceleration: AccelerationOptions | None = None,
+        lora_registry: LoraRegistry | None = None,
     ) -> None:
+        """``lora_registry``: the LoRAs its batches may apply (default: the configured registry)."""
         self._model = model
         self._pipe: Text2ImagePipeline = model.pipeline
+        self._mode_pipes: dict[Mode, Any] = {"text": self._pipe}
         self._base_scheduler_config = self._pipe.scheduler.config
         self._schedulers: dict[str, Any] = {}
+        settings = get_settings()
+        self._loras = LoraAdapters(
+            self._pipe,
+            model.name,
+            lora_registry or settings.lora_registry,
+            max_bytes=settings.worker.lora_cache_mb * 2**20,
+        )
         self._cpu_max_batch_images = cpu_max_batch_images
         self._max_batch_cap = max_batch_cap
         self._accel = Accelerator(self._pipe, model.device, acceleration, self.native_size)
@@ -241,6 +264,11 @@ class PipelineRunner:
         return frozenset({self._model.name})
 
     @property
+    def loras(self) -> LoraAdapters:
+        """The LoRA adapters loaded into its pipeline."""
+        return self._loras
+
+    @property
     def is_noise_model(self) -> bool:
         return self._model.is_noise_model
 
@@ -264,6 +292,18 @@ class PipelineRunner:
     @property
     def pipeline(self) -> Text2ImagePipeline:
         return self._pipe
+
+    def pipeline_for(self, mode: Mode) -> Any:
+        """The pipeline that runs ``mode``, built once with diffusers' ``from_pipe``: it shares every component of
+        the loaded one (same weights, same compiled or patched modules; no second copy). Inpainting takes
+        ``StableDiffusionInpaintPipeline`` (or SDXL's): a UNet with 9 input channels (an inpainting model) gets the
+        mask and masked image as inputs, a text-to-image UNet with 4 (tiny, SD 1.5) gets diffusers' blending path:
+        after each step the unmasked latents are replaced by the input's, noised to the next step's level."""
+        pipe = self._mode_pipes.get(mode)
+        if pipe is None:
+            auto: Any = AutoPipelineForInpainting if mode == "inpaint" else AutoPipelineForImage2Image
+            pipe = self._mode_pipes[mode] = auto.from_pipe(self._pipe)
+        return pipe
 
     @property
     def native_size(self) -> int:
@@ -346,9 +386,13 @@ class PipelineRunner:
         ``on_step(step, total)`` is called after every denoising step (1-based). If it raises
         ``GenerationCancelled`` the call stops at once (no VAE decode) and the exception propagates. An
         ``on_step`` that is a :class:`LatentTap` also gets each job's first latent row at the steps it asks for.
+        ``shape.mode`` picks the pipeline (:meth:`pipeline_for`); inpainting's results keep the input's pixels
+        where the mask is black (:func:`_keep_unmasked`).
+        ``shape.loras`` is made the active LoRA set first (:meth:`LoraAdapters.activate`, whose errors propagate).
         Raises ``ModelNotServed`` when ``shape.model`` names another model than this runner's, ``GenerationOOM``
         when the device runs out of memory, ``UnknownScheduler`` for a name outside ``SCHEDULERS``,
-        ``ValueError`` for an empty or inconsistent batch; other errors propagate.
+        ``ValueError`` for an empty or inconsistent batch (a job without its mode's inputs too); other errors
+        propagate.
         """
         if shape.model is not None and shape.model != self.model_name:
             raise ModelNotServed(shape.model, self.models)
@@ -378,15 +422,16 @@ class PipelineRunner:
             negatives.append(negatives[-1])
             generators.append(torch.Generator(self.device).manual_seed(i))
 
+        inputs = _mode_kwargs(shape, jobs, padded)
+        pipe = self.pipeline_for(shape.mode)
         # Assigning the attribute is diffusers' documented way to swap schedulers; the weights stay put.
-        self._pipe.scheduler = self.scheduler(shape.scheduler)
-        vae = self._pipe.vae
+        pipe.scheduler = self.scheduler(shape.scheduler)
+        vae = pipe.vae
         if hasattr(vae, "use_slicing"):  # VAEs without slicing (VQ, asymmetric) decode whole batches anyway
             vae.use_slicing = not self.decodes_in_one_call(padded, shape.width, shape.height)
         vae_dtype = vae.dtype
         kwargs: dict[str, Any] = {
-            "width": shape.width,
-            "height": shape.height,
+            **inputs,
             "num_inference_steps": shape.steps,
             "guidance_scale": shape.guidance_scale,
             "generator": generators,
@@ -396,7 +441,9 @@ class PipelineRunner:
             first_rows = [sum(j.num_images for j in jobs[:n]) for n in range(len(jobs))]
             kwargs["callback_on_step_end"] = _step_callback(on_step, first_rows, keys, self._latent_format)
 
-        cache = self._accel.prompt_cache
+        self._loras.activate(shape.loras)
+        # A LoRA may change the text encoder too: its batches encode their own prompts.
+        cache = self._accel.prompt_cache if not shape.loras else None
         try:
             # Text embeddings from the prompt cache when there is one (inside the try: encoding can run out of
             # memory too), else the pipeline encodes the prompts itself.
@@ -410,7 +457,7 @@ class PipelineRunner:
                 quiet_logger("diffusers.models.modeling_utils"),
                 self._accel.call_context(shape.width, shape.height, padded),
             ):
-                images: list[Image.Image] = self._pipe(**kwargs).images[:real]
+                images: list[Image.Image] = pipe(**kwargs).images[:real]
         except torch.cuda.OutOfMemoryError as exc:
             # Give the cached blocks back so a smaller retry starts from a clean allocator.
             torch.cuda.empty_cache()
@@ -421,6 +468,8 @@ class PipelineRunner:
             # that raised leaves it in fp32, and every later call would fail on mixed dtypes.
             if vae.dtype != vae_dtype:
                 vae.to(dtype=vae_dtype)
+        if shape.mode == "inpaint":
+            images = _keep_unmasked(pipe, images, inputs)
 
         result: dict[str, list[Image.Image]] = {}
         start = 0
@@ -510,6 +559,43 @@ class ModelRunners:
     ) -> dict[str, list[Image.Image]]:
         """:meth:`PipelineRunner.generate` on the runner of ``shape.model``; ``ModelNotServed`` if none."""
         return self.runner(shape.model).generate(jobs, shape, on_step)
+
+
+def _mode_kwargs(shape: BatchShape, jobs: Sequence[ImageJob], rows: int) -> dict[str, Any]:
+    """The size and input arguments of a call of ``rows`` images (padding included) in ``shape.mode``: text-to-image
+    takes the size; image-to-image each row's input and the strength (the size is the inputs'); inpainting the
+    masks and the size too. A job's input goes to each of its images, padding rows repeat the last row's.
+    ValueError for a job without an input its mode needs, or an input not of the batch's size."""
+    if shape.mode == "text":
+        return {"width": shape.width, "height": shape.height}
+    images: list[Image.Image] = []
+    masks: list[Image.Image] = []
+    for job in jobs:
+        if job.image is None or (shape.mode == "inpaint" and job.mask is None):
+            raise ValueError(f"job {job.key!r} lacks the inputs of a {shape.mode} batch")
+        for given in (job.image, job.mask):
+            if given is not None and given.size != (shape.width, shape.height):
+                raise ValueError(f"job {job.key!r}: an input of {given.size}, not the batch's size")
+        images += [job.image] * job.num_images
+        masks += [job.mask] * job.num_images if job.mask is not None else []
+    images += images[-1:] * (rows - len(images))
+    kwargs: dict[str, Any] = {
+        "image": images,
+        "strength": DEFAULT_STRENGTH[shape.mode] if shape.strength is None else shape.strength,
+    }
+    if shape.mode == "inpaint":
+        masks += masks[-1:] * (rows - len(masks))
+        kwargs.update(mask_image=masks, width=shape.width, height=shape.height)
+    return kwargs
+
+
+def _keep_unmasked(pipe: Any, images: list[Image.Image], inputs: dict[str, Any]) -> list[Image.Image]:
+    """Inpainted ``images`` with each row's input laid back over them through its mask (diffusers'
+    ``apply_overlay``): pixels the mask leaves black are the input's exactly, not its trip through the VAE."""
+    return [
+        pipe.image_processor.apply_overlay(mask, original, image)
+        for image, original, mask in zip(images, inputs["image"], inputs["mask_image"], strict=False)
+    ]
 
 
 def _fall_back_to_one_image_decodes(vae: Any) -> None:

@@ -65,6 +65,11 @@ class HandOff:
         self._xray = xray
         self._in_flight: list[Future[None]] = []  # submitted from the GPU thread only
 
+    @property
+    def media(self) -> MediaStore:
+        """The media bucket it uploads to; the batch run reads jobs' stored inputs from it too."""
+        return self._media
+
     # -- submitted from the GPU thread ---------------------------------------------------------------
 
     def complete_later(

@@ -11,6 +11,10 @@ endpoint. The interpreter's own calls (Lambda ``Invoke``, DynamoDB ``UpdateItem`
 
 The process (:mod:`localcloud.executionsprocess`) prints one line with its port once it serves; it exits when its
 stdin closes, so a parent that dies takes it along, and it ignores Ctrl-C (its parent stops it).
+
+An execution's X-Ray trace goes on as on AWS (:func:`carry_trace_headers`): ``StartExecution``'s ``traceHeader``
+is kept with the execution (``DescribeExecution`` answers it), and each Lambda task's ``Invoke`` carries it as its
+``X-Amzn-Trace-Id`` header, which the local Lambda runtime hands to the function (:mod:`localcloud.lambdas`).
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from localcloud.keepalive import KEEP_ALIVE_ENV
 
@@ -35,6 +41,7 @@ READY = "sdq-executions-ready"
 TARGET_PREFIX = "AWSStepFunctions."
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"})
 LOG = logging.getLogger("sdq.localcloud.executions")
+TRACE_HEADER = "X-Amzn-Trace-Id"
 
 
 class ExecutionsProcess:
@@ -157,3 +164,84 @@ class StatesForwarder:
             idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+
+
+# -- the execution's trace, carried to its Lambda tasks ----------------------------------------------------------
+
+_EXECUTIONS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()  # ARN -> moto's execution
+_INVOKING: ContextVar[str | None] = ContextVar("sdq_sfn_trace_header", default=None)
+_trace_saved: dict[str, Any] = {}
+
+
+def _start_execution(self: Any) -> Any:
+    """moto's StartExecution, with the request's ``traceHeader`` given to the execution (moto drops it)."""
+    from moto.core.responses import ActionResult
+
+    execution = self.stepfunction_backend.start_execution(
+        self._get_param("stateMachineArn"),
+        self._get_param("name"),
+        self._get_param("input", if_none="{}"),
+        trace_header=self._get_param("traceHeader"),
+    )
+    if getattr(execution, "trace_header", None):
+        _EXECUTIONS[execution.exec_arn] = execution
+    return ActionResult({"executionArn": execution.execution_arn, "startDate": execution.start_date})
+
+
+def _describe_execution(self: Any) -> Any:
+    result = _trace_saved["describe_execution"](self)
+    execution = _EXECUTIONS.get(self._get_param("executionArn"))
+    if execution is not None:
+        result.result["traceHeader"] = execution.trace_header
+    return result
+
+
+def _lambda_integration(original: Callable[..., None]) -> Callable[..., None]:
+    """A Lambda task's invocation, made while its execution's trace header is the one :func:`_add_trace_header`
+    puts on the request."""
+
+    def invoke(env: Any, *args: Any, **kwargs: Any) -> None:
+        execution = _EXECUTIONS.get(env.states.context_object.context_object_data["Execution"]["Id"])
+        token = _INVOKING.set(execution.trace_header if execution is not None else None)
+        try:
+            original(env, *args, **kwargs)
+        finally:
+            _INVOKING.reset(token)
+
+    return invoke
+
+
+def _add_trace_header(request: Any, **_: Any) -> None:
+    header = _INVOKING.get()
+    if header:
+        request.headers[TRACE_HEADER] = header
+
+
+def _traced_client_for(original: Callable[..., Any]) -> Callable[..., Any]:
+    def client_for(*args: Any, **kwargs: Any) -> Any:
+        client = original(*args, **kwargs)
+        client.meta.events.register("before-sign.lambda.Invoke", _add_trace_header, unique_id="sdq-trace-header")
+        return client
+
+    return client_for
+
+
+def carry_trace_headers() -> None:
+    """Keep each execution's ``traceHeader`` and send it with its Lambda tasks' invocations, as Step Functions
+    does for a traced state machine (on AWS the header's Parent is then the task's own segment; here it is the
+    starter's, which carries the same trace id)."""
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    if _trace_saved:
+        return
+    _trace_saved.update(
+        start_execution=StepFunctionResponse.start_execution,
+        describe_execution=StepFunctionResponse.describe_execution,
+        integration=lambda_eval_utils.execute_lambda_function_integration,
+        client_for=lambda_eval_utils.boto_client_for,
+    )
+    StepFunctionResponse.start_execution = _start_execution  # type: ignore[method-assign]
+    StepFunctionResponse.describe_execution = _describe_execution  # type: ignore[method-assign]
+    lambda_eval_utils.execute_lambda_function_integration = _lambda_integration(_trace_saved["integration"])
+    lambda_eval_utils.boto_client_for = _traced_client_for(_trace_saved["client_for"])

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from localcloud.executions import READY
+from localcloud.executions import READY, carry_trace_headers
 
 
 def _exit_when_orphaned() -> None:
@@ -30,6 +30,7 @@ def main(host: str) -> None:
 
     moto_api_backend.set_config({"stepfunctions": {"execute_state_machine": True}})
     aslparse.install()
+    carry_trace_headers()
     cache_moto_module_list()
     server = KeepAliveServer(
         host,

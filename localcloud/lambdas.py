@@ -4,6 +4,13 @@ A WSGI middleware placed in front of moto's application intercepts Lambda ``Invo
 (``POST /2015-03-31/functions/{name}/invocations``), whether they come from boto3 or from moto's ASL
 interpreter, and runs the function's stored ``Handler`` in this process with its stored ``Environment``.
 Errors are reported the way AWS Lambda reports them, so Step Functions Retry/Catch behave as on AWS.
+
+An ``Invoke`` that carries an X-Ray trace (its ``X-Amzn-Trace-Id`` header: the state machine's task Lambdas get
+their execution's) runs with it as ``_X_AMZN_TRACE_ID``, as the Lambda runtime sets it per invocation, so the
+handler's logs (Powertools' ``xray_trace_id``), tracer and outgoing calls join that trace. Invocations share this
+process, so the variable is the invocation's own: ``os.environ`` answers it from the calling context
+(:class:`_InvocationEnviron`). Each traced invocation ends with the platform's ``REPORT`` line, naming the
+function and the trace as the Lambda service logs them.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +37,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 LOG = logging.getLogger("sdq.localcloud.lambdas")
+TRACE_ENV = "_X_AMZN_TRACE_ID"  # what the Lambda runtime sets per invocation
 
 INVOKE_PATH = re.compile(r"^/2015-03-31/functions/(?P<function>[^/]+)/invocations/?$")
 _CREDENTIAL_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/(?P<region>[a-z0-9-]+)/")
@@ -147,18 +157,68 @@ class EnvJournal:
             self._saved.clear()
 
 
+# The trace header of the traced invocation running in this context.
+_invocation_trace: ContextVar[str | None] = ContextVar("sdq_invocation_trace", default=None)
+
+
+class _InvocationEnviron(os._Environ[str]):
+    """``os.environ`` whose ``_X_AMZN_TRACE_ID``, inside a traced invocation, is that invocation's; everything
+    else, and everything outside traced invocations, is the process's (which sets no trace)."""
+
+    def __getitem__(self, key: str) -> str:
+        header = _invocation_trace.get() if key == TRACE_ENV else None
+        return header if header is not None else str(super().__getitem__(key))
+
+
+@contextmanager
+def _traced(header: str | None) -> Iterator[None]:
+    """Run the code inside as one invocation with ``header`` as its trace (None: none)."""
+    if type(os.environ) is os._Environ:
+        os.environ.__class__ = _InvocationEnviron  # same layout, one more lookup rule
+    token = _invocation_trace.set(header)
+    try:
+        yield
+    finally:
+        _invocation_trace.reset(token)
+
+
+def _report(spec: FunctionSpec, request_id: str, started: float, header: str) -> None:
+    """The platform's end-of-invocation line for a traced invocation (on AWS, in the function's log group)."""
+    fields = dict(part.split("=", 1) for part in header.split(";") if "=" in part)
+    duration_ms = (time.monotonic() - started) * 1000
+    sampled = "true" if fields.get("Sampled") == "1" else "false"
+    print(
+        f"REPORT RequestId: {request_id}\tFunction: {spec.name}\tDuration: {duration_ms:.2f} ms\t"
+        f"XRAY TraceId: {fields.get('Root', '')}\tSegmentId: {fields.get('Parent', '')}\tSampled: {sampled}",
+        flush=True,
+    )
+
+
 def invoke(
     spec: FunctionSpec,
     event: Any,
     base_env: Mapping[str, str] | None = None,
     journal: EnvJournal | None = None,
+    trace_header: str | None = None,
 ) -> InvocationResult:
     """Run the function's handler in-process; exceptions become AWS-shaped function errors.
 
     The function's Environment holds the same values the whole local process uses, so it is applied
     to ``os.environ`` and left there (a per-call restore would race across concurrent invocations);
-    the journal undoes it when the local cloud stops.
+    the journal undoes it when the local cloud stops. ``trace_header``: the invocation's X-Ray trace, its
+    ``_X_AMZN_TRACE_ID`` while it runs.
     """
+    started = time.monotonic()
+    with _traced(trace_header):
+        result = _run(spec, event, base_env, journal)
+    if trace_header:
+        _report(spec, result.request_id, started, trace_header)
+    return result
+
+
+def _run(
+    spec: FunctionSpec, event: Any, base_env: Mapping[str, str] | None, journal: EnvJournal | None
+) -> InvocationResult:
     request_id = str(uuid.uuid4())
     (journal or EnvJournal()).apply({**(base_env or {}), **spec.environment})
     try:
@@ -260,18 +320,19 @@ class LambdaInvokeMiddleware:
                 {"x-amzn-ErrorType": "InvalidRequestContentException"},
             )
         invocation_type = environ.get("HTTP_X_AMZ_INVOCATION_TYPE", "RequestResponse")
+        trace_header = environ.get("HTTP_X_AMZN_TRACE_ID") or None
         if invocation_type == "DryRun":
             return _respond(start_response, "204 No Content", "", {})
         if invocation_type == "Event":
             thread = threading.Thread(
                 target=invoke,
-                args=(spec, event, self.base_env(), self.journal),
+                args=(spec, event, self.base_env(), self.journal, trace_header),
                 name=f"lambda-{spec.name}",
                 daemon=True,
             )
             thread.start()
             return _respond(start_response, "202 Accepted", "", {})
-        result = invoke(spec, event, self.base_env(), self.journal)
+        result = invoke(spec, event, self.base_env(), self.journal, trace_header)
         headers = {"X-Amz-Executed-Version": "$LATEST", "x-amzn-RequestId": result.request_id}
         if result.function_error:
             headers["X-Amz-Function-Error"] = result.function_error

@@ -9,7 +9,8 @@ runtime sets ``_X_AMZN_TRACE_ID`` per invocation), else none.
 
 The worker's segments are off unless the caller turns them on (the worker passes its ``xray`` setting,
 ``SDQ_XRAY=true``, set where the ECS task runs the X-Ray daemon beside it); the header still travels without them,
-so local runs and tests send nothing anywhere and still carry the submit's trace id from stage to stage.
+so local runs and tests send nothing anywhere and still carry the submit's trace id from stage to stage (the local
+cloud's Step Functions and Lambda runtime pass it on as AWS does: localcloud/executions.py, localcloud/lambdas.py).
 """
 
 from __future__ import annotations

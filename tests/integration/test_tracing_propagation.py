@@ -2,9 +2,8 @@
 (``AWSTraceHeader``), read back by the worker's own queue adapter, and on the ``StartExecution`` its hand-off
 sends (``traceHeader``), whose execution then runs to the end.
 
-The local stack runs with POWERTOOLS_TRACE_DISABLED and no X-Ray daemon, so no segment is sent, and moto neither
-records an execution's trace header nor hands it to the task Lambdas: that last hop (Step Functions passing the
-trace to Postprocess and Notify) and the segments themselves are only seen on AWS, in the X-Ray console.
+The local stack runs with POWERTOOLS_TRACE_DISABLED and no X-Ray daemon, so no segment is sent; the last hop (the
+execution passing the trace to Postprocess and Notify) is checked in test_tracing_lambdas.py.
 """
 
 from __future__ import annotations

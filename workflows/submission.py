@@ -11,6 +11,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 from ulid import ULID
 
+from shared.audit import AuditLog, PendingAudit
 from shared.contracts import GenerationRequest, Job, JobError, JobStatus, QueueMessage, pixel_steps, utcnow
 from shared.errors import (
     EnqueueFailed,
@@ -23,7 +24,7 @@ from shared.errors import (
 )
 from shared.jobs import JobsRepository, Page, expiry_epoch
 from shared.queue import JobQueue
-from shared.ratelimit import DailyGpuBudget, RateLimiter
+from shared.ratelimit import Charge, ChargeRefused, DailyGpuBudget, Limit, RateLimiter
 from shared.settings import Settings
 from shared.tenants import Plan
 from shared.tinymodel import TINY_MODEL
@@ -70,12 +71,15 @@ class SubmissionService:
         budget: DailyGpuBudget | None = None,
         cache: ResultCache | None = None,
         inputs: Inputs | None = None,
+        audit: AuditLog | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``cache`` answers cacheable requests (:mod:`workflows.resultcache`) while the setting is on; without
         one every request generates. ``inputs`` reads, checks and stores the input images of image-to-image and
-        inpainting requests; without it they are refused."""
+        inpainting requests; without it they are refused. ``audit``: where a submission's pending audit entry is
+        written, with the job's sent mark."""
+        self._audit = audit
         self._rate = rate_limiter
         self._inputs = inputs
         self._budget = budget
@@ -93,8 +97,15 @@ class SubmissionService:
         *,
         idempotency_key: str | None = None,
         plan: Plan | None = None,
+        audit: PendingAudit | None = None,
     ) -> Submitted:
         """Record and enqueue a job within the tenant's ``plan`` (the settings' default plan when None).
+
+        The AWS calls of a text request the result cache does not answer: the unfinished-job count, one
+        transaction (the rate limit's and the GPU budget's counters, the job, its Idempotency-Key), the queue
+        send, and one transaction taking the job out of the requeue sweeper's index with ``audit``'s entry
+        (the job's id as its target; ``audit.recorded`` says it was written). Refusals and the other requests
+        take a call or two more.
 
         Raises PriorityNotAllowed (a priority above the plan's), InvalidInput (an input image that cannot be used;
         nothing is stored), IdempotencyConflict (key reused with another body), TooManyRequests (rate,
@@ -110,22 +121,13 @@ class SubmissionService:
         # No read of the key first: the job's transaction writes the key only where it is free, and finds the job
         # it names otherwise. A refusal below looks it up, so a replay is answered whatever the limits say.
         charged_at = time.time()
-        if self._rate is not None:
-            wait = self._rate.hit(
-                tenant,
-                limit=plan.rate_limit_per_window,
-                window_s=self._settings.rate_limit_window_s,
-                now=charged_at,
-            )
-            if wait is not None:
-                replay = self._replay(tenant, idempotency_key, fingerprint)
-                if replay is not None:
-                    return replay
-                raise TooManyRequests(
-                    f"More than {plan.rate_limit_per_window} submissions in "
-                    f"{self._settings.rate_limit_window_s} s; slow down.",
-                    retry_after_s=int(wait),
-                )
+        # A plain text request's counters are charged in the job's own transaction, after the unfinished cap;
+        # the others' one by one, as they go (an input image is read only for a request within its rate).
+        in_one_write = self._in_one_write(request, plan)
+        if not in_one_write:
+            replay = self._count_request(tenant, plan, charged_at, idempotency_key, fingerprint)
+            if replay is not None:
+                return replay
 
         try:
             prepared = self._prepare(tenant, request)
@@ -153,6 +155,10 @@ class SubmissionService:
         if probe is None or not probe.hit:
             cap = plan.max_unfinished_jobs
             if self._repo.count_active(tenant) >= cap:
+                if in_one_write:  # refused: counted as a request first, as every other refusal is
+                    replay = self._count_request(tenant, plan, charged_at, idempotency_key, fingerprint)
+                    if replay is not None:
+                        return replay
                 try:
                     replay = self._replay(tenant, idempotency_key, fingerprint)
                 except IdempotencyConflict:
@@ -165,6 +171,8 @@ class SubmissionService:
                     f"Tenant has {cap} unfinished jobs, the most allowed; retry when some finish.",
                     retry_after_s=self._settings.unfinished_cap_retry_after_s,
                 )
+        if in_one_write:
+            return self._create_charged(job, plan, charged_at, fingerprint, audit)
         work: int | Submitted = 0
         if probe is None or not probe.hit:  # a hit uses no GPU
             work = self._charge_work(tenant, normalised, plan, charged_at, idempotency_key, fingerprint)
@@ -194,7 +202,76 @@ class SubmissionService:
             _count(outcome)
         if outcome in ("hit", "joined"):
             return Submitted(stored, created=True)  # finished, or finishes with its source: no message
-        return Submitted(self._enqueue(stored), created=True)
+        return Submitted(self._enqueue(stored, audit), created=True)
+
+    def _in_one_write(self, request: GenerationRequest, plan: Plan) -> bool:
+        """Whether the request's counters go in its job's transaction: a text request the result cache does not
+        answer, whose GPU work is within the whole daily budget (a larger one is refused by the budget's own
+        write, which cannot say so in a transaction's condition)."""
+        if request.image is not None or (request.cacheable() and self.result_cache() is not None):
+            return False
+        if self._budget is None or plan.daily_gpu_budget_mpx_steps == 0:
+            return True
+        return pixel_steps(request.normalised(self._settings)) <= plan.daily_gpu_budget_pixel_steps
+
+    def _count_request(
+        self, tenant: str, plan: Plan, charged_at: float, idempotency_key: str | None, fingerprint: str
+    ) -> Submitted | None:
+        """Count one request against the plan's rate limit on its own: None when it is allowed, the job of a
+        replayed Idempotency-Key, or TooManyRequests."""
+        if self._rate is None:
+            return None
+        wait = self._rate.hit(
+            tenant, limit=plan.rate_limit_per_window, window_s=self._settings.rate_limit_window_s, now=charged_at
+        )
+        if wait is None:
+            return None
+        replay = self._replay(tenant, idempotency_key, fingerprint)
+        if replay is not None:
+            return replay
+        raise self._refusal(Limit.RATE, wait, plan, 0)
+
+    def _create_charged(
+        self, job: Job, plan: Plan, charged_at: float, fingerprint: str, audit: PendingAudit | None
+    ) -> Submitted:
+        """Store ``job`` with its request and GPU work counted, in one transaction; send it."""
+        charges: list[Charge] = []
+        if self._rate is not None:
+            charges.append(
+                self._rate.charge(
+                    job.tenant,
+                    limit=plan.rate_limit_per_window,
+                    window_s=self._settings.rate_limit_window_s,
+                    now=charged_at,
+                )
+            )
+        work = pixel_steps(job.request)
+        if self._budget is not None and plan.daily_gpu_budget_mpx_steps:
+            charges.append(
+                self._budget.work_charge(job.tenant, work, budget=plan.daily_gpu_budget_pixel_steps, now=charged_at)
+            )
+        try:
+            # A replay (the key names a job) or a refusal writes nothing, so nothing is given back.
+            stored, created = self._repo.create(job, idempotency_fingerprint=fingerprint, charges=charges)
+        except ChargeRefused as refused:
+            raise self._refusal(refused.charge.limit, refused.charge.retry_after_s, plan, work) from None
+        if not created:
+            return Submitted(stored, created=False)
+        return Submitted(self._enqueue(stored, audit), created=True)
+
+    def _refusal(self, limit: Limit, retry_after_s: float, plan: Plan, work: int) -> TooManyRequests:
+        """The 429 of a request that ``limit`` refused (the rate limit, or the daily GPU budget for ``work``)."""
+        if limit is Limit.RATE:
+            message = (
+                f"More than {plan.rate_limit_per_window} submissions in "
+                f"{self._settings.rate_limit_window_s} s; slow down."
+            )
+        else:
+            message = (
+                f"This job's GPU work ({work / 1e6:.1f} megapixel steps) does not fit in what is left of the daily"
+                f" budget of {plan.daily_gpu_budget_mpx_steps} megapixel steps; it resets at 00:00 UTC."
+            )
+        return TooManyRequests(message, retry_after_s=int(retry_after_s))
 
     def _prepare(self, tenant: str, request: GenerationRequest) -> PreparedInputs:
         if request.image is None:
@@ -265,11 +342,7 @@ class SubmissionService:
         self._give_back(tenant, charged_at)
         if replay is not None:
             return replay
-        raise TooManyRequests(
-            f"This job's GPU work ({work / 1e6:.1f} megapixel steps) does not fit in what is left of the daily"
-            f" budget of {plan.daily_gpu_budget_mpx_steps} megapixel steps; it resets at 00:00 UTC.",
-            retry_after_s=int(wait),
-        )
+        raise self._refusal(Limit.DAILY_GPU_BUDGET, wait, plan, work)
 
     def _give_back_work(self, tenant: str, charged_at: float, work: int) -> None:
         if self._budget is None or work == 0:
@@ -290,8 +363,9 @@ class SubmissionService:
         except (ClientError, BotoCoreError):
             logger.warning("could not give back the rate slot of a request that made no job", tenant=tenant)
 
-    def _enqueue(self, job: Job) -> Job:
-        """Send the job's message; returns the job as the caller should see it, or raises EnqueueFailed."""
+    def _enqueue(self, job: Job, audit: PendingAudit | None = None) -> Job:
+        """Send the job's message; returns the job as the caller should see it, or raises EnqueueFailed. Once
+        sent, ``audit``'s entry is written with the job's sent mark."""
         message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
         attempts = max(1, self._settings.enqueue_attempts)
         # Bounded in time as well as in tries: the API answers within its Lambda's timeout, with the job FAILED
@@ -309,12 +383,7 @@ class SubmissionService:
                     break
                 self._sleep(pause)
                 continue
-            try:
-                self._repo.mark_enqueued(job.job_id)
-            except (ClientError, BotoCoreError):
-                # Harmless: the claim clears the mark too; at worst the requeue sweeper sends a second message,
-                # which the claim's condition turns into a no-op.
-                logger.warning("could not mark the job enqueued", job_id=job.job_id)
+            self._mark_sent(job, audit)
             return job
         reason = JobError(code="ENQUEUE_FAILED", message=f"The job could not be queued: {type(last).__name__}")
         try:
@@ -337,6 +406,23 @@ class SubmissionService:
             )
             return current if current is not None else job
         self._refuse(job, reason)
+
+    def _mark_sent(self, job: Job, audit: PendingAudit | None) -> None:
+        """Take the sent job out of the requeue sweeper's index, with ``audit``'s entry in the same call; when
+        that call fails the entry is left to the API, which records the call as answered."""
+        entry, also = None, None
+        if audit is not None and self._audit is not None:
+            entry = audit.entry.model_copy(update={"target": job.job_id})
+            also = self._audit.transact_item(entry)
+        try:
+            self._repo.mark_enqueued(job.job_id, also=also)
+        except (ClientError, BotoCoreError):
+            # Harmless: the claim clears the mark too; at worst the requeue sweeper sends a second message,
+            # which the claim's condition turns into a no-op.
+            logger.warning("could not mark the job enqueued", job_id=job.job_id)
+            return
+        if audit is not None:
+            audit.recorded = entry
 
     def _current(self, job: Job) -> Job | None:
         try:

@@ -26,7 +26,15 @@ from aws_lambda_powertools.shared.version import VERSION as POWERTOOLS_VERSION
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.audit import USER_AGENT_MAX_CHARS, AuditAction, AuditEntry, AuditList, AuditLog, AuditOutcome
+from shared.audit import (
+    USER_AGENT_MAX_CHARS,
+    AuditAction,
+    AuditEntry,
+    AuditList,
+    AuditLog,
+    AuditOutcome,
+    PendingAudit,
+)
 from shared.aws import AwsClients
 from shared.contracts import (
     ErrorBody,
@@ -205,6 +213,7 @@ def services() -> Services:
     orchestrator = Orchestrator(aws.stepfunctions(), settings.state_machine_arn)
     media = MediaStore(aws.s3(), settings.bucket)
     inputs = Inputs(media, settings)
+    audit = AuditLog(aws.dynamodb(), settings.audit_table_name, retention_days=settings.audit_retention_days)
     return Services(
         settings=settings,
         submissions=SubmissionService(
@@ -215,13 +224,14 @@ def services() -> Services:
             budget=DailyGpuBudget(aws.dynamodb(), settings.table_name),
             cache=ResultCache(repo, queue, settings, orchestrator=lambda: orchestrator),
             inputs=inputs,
+            audit=audit,
         ),
         media=media,
         secrets=webhook_secrets(aws, settings),
         orchestrator=orchestrator,
         redeliveries=Redeliveries(orchestrator, RateLimiter(aws.dynamodb(), settings.table_name), settings),
         positions=QueuePositions(QueueState(aws.dynamodb(), settings.table_name)),
-        audit=AuditLog(aws.dynamodb(), settings.audit_table_name, retention_days=settings.audit_retention_days),
+        audit=audit,
         inputs=inputs,
     )
 
@@ -356,11 +366,15 @@ def submit_job(
 ) -> Response[JobView]:
     caller = _caller()
     tenant = caller.tenant
-    result = services().submissions.submit(tenant, request, idempotency_key=idempotency_key, plan=caller.plan)
+    wait_s = wait_preference(prefer)
+    # Answered 202 unless it waits: the submission may write that answer's audit entry with a write of its own.
+    audit = app.context.get("audit") if wait_s is None else None
+    result = services().submissions.submit(
+        tenant, request, idempotency_key=idempotency_key, plan=caller.plan, audit=audit
+    )
     if result.created:
         metrics.add_metric(name="JobsSubmitted", unit="Count", value=1)
         metrics.flush_metrics()
-    wait_s = wait_preference(prefer)
     job = _hold(result.job, tenant, wait_s) if wait_s is not None else result.job
     status = 202
     if wait_s is not None and job.status.terminal:
@@ -817,7 +831,17 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             return _early_answer(Unauthorized())
         app.append_context(caller=caller, tenant=caller.tenant, key_id=caller.key_id)
     # Who called, read before the router clears its context; an unauthenticated call has no tenant to audit.
-    who = {"tenant": app.context.get("tenant"), "key_id": app.context.get("key_id"), "arrived": utcnow()}
+    who: dict[str, Any] = {
+        "tenant": app.context.get("tenant"),
+        "key_id": app.context.get("key_id"),
+        "arrived": utcnow(),
+    }
+    pending = None
+    if who["tenant"]:
+        accepted = audit_entry(event, {"statusCode": 202}, **who)
+        if accepted is not None and accepted.action is AuditAction.JOB_SUBMIT:
+            pending = PendingAudit(accepted)
+            app.append_context(audit=pending)
     problem = _precheck(event)
     if problem is not None:
         app.clear_context()
@@ -827,7 +851,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         with continued(current_header() or request_header(event.get("headers"))):
             result = app.resolve(event, context)
     if who["tenant"]:
-        _audit(event, result, **who)
+        _audit(event, result, pending, **who)
     return result
 
 
@@ -883,12 +907,13 @@ def audit_entry(
     )
 
 
-def _audit(event: dict[str, Any], result: dict[str, Any], **who: Any) -> None:
-    """Record an answered call. A failed write does not fail the call: what it asked was done (or refused)
-    already, and an error answer would make a client retry a submission that succeeded. The entry is logged
-    instead (CloudWatch keeps it) and counted (metric ``AuditWriteFailed``)."""
+def _audit(event: dict[str, Any], result: dict[str, Any], pending: PendingAudit | None, **who: Any) -> None:
+    """Record an answered call, unless ``pending`` says its entry is written already. A failed write does not
+    fail the call: what it asked was done (or refused) already, and an error answer would make a client retry a
+    submission that succeeded. The entry is logged instead (CloudWatch keeps it) and counted (metric
+    ``AuditWriteFailed``)."""
     entry = audit_entry(event, result, **who)
-    if entry is None:
+    if entry is None or (pending is not None and pending.answered_as(entry)):
         return
     try:
         services().audit.record(entry)

@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from cli.coldstart import StartPath, load_template_times, measured_first_image_s, start_paths
 from cli.costmodel import (
     BENCHMARK_REPORT,
     DEFAULT_PRICES,
@@ -104,6 +105,21 @@ def summary_table(estimates: list[Estimate], break_evens: list[float | None]) ->
     return table
 
 
+def start_table(paths: list[StartPath]) -> Table:
+    """From the first queued job to its image, step by step, for each way a worker can be there."""
+    table = Table(title="From the first queued job to its image (seconds; sources beside each step)")
+    table.add_column("path")
+    table.add_column("step")
+    table.add_column("s", justify="right")
+    table.add_column("source")
+    for path in paths:
+        for i, step in enumerate(path.steps):
+            table.add_row(path.name if i == 0 else "", step.name, f"{step.seconds:.1f}", step.source)
+        table.add_row("", f"[bold]total[/] (standing cost: {path.standing_cost})", f"[bold]{path.seconds:.0f}[/]", "")
+        table.add_section()
+    return table
+
+
 def prices_table(prices: dict[str, float]) -> Table:
     table = Table(title="Unit prices assumed (us-east-1 on-demand list prices; override with --price KEY=VALUE)")
     table.add_column("key")
@@ -131,6 +147,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
     try:
         prices = merge_prices(parse_overrides(args.price))
         usage = merge_usage(parse_overrides(args.assume))
+        paths = start_paths(usage, load_template_times(), measured_first_image_s())
+        saving_s = paths[0].seconds - paths[1].seconds  # a new instance against one from the warm pool
         estimates: list[Estimate] = []
         crossings: list[float | None] = []
         for instance in args.gpu or [DEFAULT_GPU]:
@@ -140,7 +158,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
             else:
                 benchmarks = Path(args.benchmarks) if args.benchmarks else None
                 throughput = gpu_throughput(gpu, usage.batch_size, benchmarks)
-            estimates.append(estimate(args.images_per_month, gpu, throughput, usage, prices))
+            estimates.append(estimate(args.images_per_month, gpu, throughput, usage, prices, saving_s))
             crossings.append(break_even_images(gpu, throughput, usage, prices))
     except CostError as exc:
         err.print(f"[red]sdq cost:[/] {exc}")
@@ -153,8 +171,10 @@ def cmd_cost(args: argparse.Namespace) -> int:
     console.print(summary_table(estimates, crossings))
     console.print(
         "Always-on: the GPU server(s) alone, sized for the volume, idle when there is no work; the stack bills GPU "
-        "time only while there are jobs. Neither includes free tiers, savings plans or spot."
+        "time only while there are jobs. Neither includes free tiers or savings plans; Spot only with "
+        "--assume spot_share=SHARE (its price is an assumption: --price ec2.<type>.spot.hour=VALUE)."
     )
+    console.print(start_table(paths))
     if args.show_assumptions:
         console.print(prices_table(prices))
         console.print(usage_table(usage))

@@ -11,8 +11,8 @@ Everything is a plain multiplication of a usage quantity by a unit price, so eve
   X-Ray, and the fixed monthly costs (dashboard, alarms, custom metrics, the worker image).
 
 Prices (:data:`shared.pricing.DEFAULT_PRICES`, the table a job's ``usage`` estimate uses too) are us-east-1
-on-demand list prices as known when this was written, without free
-tiers, savings plans or spot; every one can be overridden (``sdq cost --price KEY=VALUE``), as can every usage
+on-demand list prices as known when this was written, without free tiers or savings plans (Spot hours at an
+assumed share of on-demand); every one can be overridden (``sdq cost --price KEY=VALUE``), as can every usage
 assumption (``--assume NAME=VALUE``, the fields of :class:`Usage`).
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from shared.pricing import DEFAULT_PRICES
+from shared.pricing import DEFAULT_PRICES, spot_hour_key
 
 HOURS_PER_MONTH = 730.0
 DAYS_PER_MONTH = 30.0
@@ -82,6 +82,7 @@ GPUS: dict[str, GpuType] = {
 LAMBDA_REQUESTS = "lambda.requests.million"
 SQS_REQUESTS = "sqs.standard.requests.million"
 DDB_WRITES = "dynamodb.ondemand.write_units.million"
+EBS = "ebs.gp3.gb_month"
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,18 @@ class Usage:
     container_insights_metrics: float = 24.0  # cluster and service metrics (RunningTaskCount, ...)
     alarm_metrics: float = 26.0  # metrics across the template's alarms (metric-math alarms count each metric)
     dashboards: float = 1.0
+    # Spot and the warm pool (template: SpotWorkerWeight, WorkerWarmPoolSize).
+    spot_share: float = 0.0  # share of GPU instance-hours on Spot (SpotWorkerWeight / the weights' sum)
+    warm_pool_instances: float = 0.0  # stopped instances kept: their root volumes only
+    # A start from zero (cli/coldstart.py): assumptions, each replaceable by your own measurement.
+    ecs_scaling_s: float = 60.0  # ECS managed scaling's reaction to a pending task
+    instance_launch_s: float = 120.0  # EC2 launch, GPU AMI boot, ECS agent registration
+    instance_restart_s: float = 45.0  # a stopped warm-pool instance starting, agent registration
+    task_start_s: float = 10.0  # ECS placing and starting the task on a registered instance
+    image_pull_mb_s: float = 60.0  # pulling and extracting the worker image from ECR
+    model_gb: float = 2.1  # SD 1.5 fp16 weights (UNet 1.7, text encoder 0.25, VAE 0.17 GB)
+    s3_download_mb_s: float = 200.0  # the stack's bucket to the instance
+    warm_pool_reused: bool = True  # the pool's instances ran before (weights and compile caches on the volume)
 
 
 @dataclass(frozen=True)
@@ -296,8 +309,13 @@ def estimate(
     throughput: Throughput,
     usage: Usage | None = None,
     prices: Mapping[str, float] | None = None,
+    warm_start_saving_s: float = 0.0,
 ) -> Estimate:
-    """The monthly bill of the sdq stack for ``images_per_month``, and of always-on servers of the same type."""
+    """The monthly bill of the sdq stack for ``images_per_month``, and of always-on servers of the same type.
+
+    ``warm_start_saving_s``: instance time a start from the warm pool saves against a new instance (boot and image
+    pull, :func:`cli.coldstart.start_paths`); counted only when the usage keeps a warm pool.
+    """
     u = usage or Usage()
     p = dict(prices or DEFAULT_PRICES)
     if images_per_month < 0:
@@ -316,8 +334,14 @@ def estimate(
     # GPU fleet: busy hours at the measured rate, plus one instance's overhead per start from zero.
     instance_rate = throughput.images_per_s * u.worker_efficiency * gpu.gpus  # images/s per instance
     busy_hours = generated / instance_rate / 3600.0
-    overhead_hours = u.scale_ups_per_month * u.overhead_minutes_per_scale_up / 60.0
+    overhead_minutes = u.overhead_minutes_per_scale_up
+    if u.warm_pool_instances > 0:
+        overhead_minutes = max(0.0, overhead_minutes - warm_start_saving_s / 60.0)
+    overhead_hours = u.scale_ups_per_month * overhead_minutes / 60.0
     instance_hours = busy_hours + overhead_hours
+    if not 0.0 <= u.spot_share <= 1.0:
+        raise CostError("spot_share is a share of instance-hours: between 0 and 1")
+    spot_hours = instance_hours * u.spot_share
     worker_hours = instance_hours * gpu.gpus
 
     api_requests = jobs * (1.0 + u.polls_per_job)
@@ -364,7 +388,7 @@ def estimate(
         return Line(group, item, quantity, unit, p[key], key)
 
     lines = [
-        line("GPU workers", f"{gpu.instance} instance-hours", instance_hours, "hour", hourly_key),
+        line("GPU workers", f"{gpu.instance} instance-hours", instance_hours - spot_hours, "hour", hourly_key),
         line("GPU workers", "EBS gp3 root volumes", disk_gb_months, "GB-month", "ebs.gp3.gb_month"),
         line("GPU workers", "ECR worker image", u.worker_image_gb, "GB-month", "ecr.storage.gb_month"),
         line("API", "API Gateway REST requests", api_requests / 1e6, "million", "apigateway.rest.requests.million"),
@@ -405,6 +429,15 @@ def estimate(
         line("Observability", "X-Ray traces", traces / 1e6, "million", "xray.traces.million"),
     ]
 
+    if spot_hours:
+        spot = line(
+            "GPU workers", f"{gpu.instance} Spot instance-hours", spot_hours, "hour", spot_hour_key(gpu.instance)
+        )
+        lines.insert(1, spot)
+    if u.warm_pool_instances:
+        pool_gb = u.warm_pool_instances * u.worker_disk_gib
+        lines.insert(2, line("GPU workers", "warm pool: stopped instances' volumes", pool_gb, "GB-month", EBS))
+
     server_capacity = instance_rate * 3600.0 * HOURS_PER_MONTH
     servers = max(1, math.ceil(generated / server_capacity)) if server_capacity > 0 else 1
     always_on = [
@@ -417,6 +450,11 @@ def estimate(
         f"worker efficiency {u.worker_efficiency:g}: {instance_rate:.3f} images/s per instance, "
         f"{busy_hours:.1f} busy + {overhead_hours:.1f} start/idle instance-hours",
     ]
+    if spot_hours:
+        notes.append(
+            f"Spot: {u.spot_share:.0%} of instance-hours at {p[spot_hour_key(gpu.instance)]:g}/h (an assumed price); "
+            "an interruption costs at most the warm stop's grace and a restart elsewhere"
+        )
     if hits:
         notes.append(
             f"result cache: {u.cache_hit_rate:.0%} of jobs answered from earlier images ({generated:,.0f} generated)"

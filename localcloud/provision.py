@@ -65,6 +65,7 @@ LOCAL_SKIPPED_TYPES: Mapping[str, str] = {
     "AWS::ApplicationAutoScaling::ScalableTarget": _LOCAL_WORKER,
     "AWS::ApplicationAutoScaling::ScalingPolicy": _LOCAL_WORKER,
     "AWS::AutoScaling::AutoScalingGroup": _LOCAL_WORKER,
+    "AWS::AutoScaling::WarmPool": _LOCAL_WORKER,
     "AWS::EC2::InternetGateway": _LOCAL_WORKER,
     "AWS::EC2::LaunchTemplate": _LOCAL_WORKER,
     "AWS::EC2::Route": _LOCAL_WORKER,

@@ -1,7 +1,8 @@
 """The unit price table: what ``sdq cost`` prices the stack with and what a job's ``usage`` estimate uses.
 
-us-east-1 on-demand list prices as known when this was written, without free tiers, savings plans or spot. The
-service reads it (a job's estimated cost); the ``sdq cost`` tool imports it from here, never the other way round.
+us-east-1 on-demand list prices as known when this was written, without free tiers or savings plans (the Spot
+hours are an assumption, SPOT_SHARE_OF_ON_DEMAND). The service reads it (a job's estimated cost); the ``sdq cost``
+tool imports it from here, never the other way round.
 """
 
 from __future__ import annotations
@@ -37,11 +38,26 @@ DEFAULT_PRICES: dict[str, float] = {
     "cloudwatch.dashboard.month": 3.00,
     "xray.traces.million": 5.00,
 }
+# Spot: an assumption, not a list price (Spot prices move with supply, by hour and zone). Each GPU type's Spot hour
+# is taken as this share of its on-demand hour; set your own with --price ec2.<type>.spot.hour=VALUE.
+SPOT_SHARE_OF_ON_DEMAND = 0.35
+DEFAULT_PRICES.update(
+    {
+        key.removesuffix(".hour") + ".spot.hour": round(price * SPOT_SHARE_OF_ON_DEMAND, 4)
+        for key, price in list(DEFAULT_PRICES.items())
+        if key.startswith("ec2.")
+    }
+)
 
 
 def instance_hour_key(instance: str) -> str:
     """The price key of an EC2 instance type's on-demand hour (``ec2.<type>.hour``)."""
     return f"ec2.{instance}.hour"
+
+
+def spot_hour_key(instance: str) -> str:
+    """The price key of an EC2 instance type's Spot hour (``ec2.<type>.spot.hour``, an assumption)."""
+    return f"ec2.{instance}.spot.hour"
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,10 @@ def gpu_price(instance: str) -> GpuPrice:
     """The on-demand price of ``instance``; ValueError for a type the table does not list."""
     key = instance_hour_key(instance)
     if key not in DEFAULT_PRICES:
-        known = sorted(k.removeprefix("ec2.").removesuffix(".hour") for k in DEFAULT_PRICES if k.startswith("ec2."))
+        known = sorted(
+            k.removeprefix("ec2.").removesuffix(".hour")
+            for k in DEFAULT_PRICES
+            if k.startswith("ec2.") and not k.endswith(".spot.hour")
+        )
         raise ValueError(f"no price for instance type {instance!r}; known: {', '.join(known)}")
     return GpuPrice(instance, DEFAULT_PRICES[key])

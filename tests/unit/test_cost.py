@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cli.coldstart import STARTUP_REPORT, load_template_times, measured_first_image_s, start_paths, template_times
 from cli.cost import DEFAULT_GPU, add_cost_parser
 from cli.costmodel import (
     BENCHMARK_REPORT,
@@ -30,6 +32,7 @@ from cli.costmodel import (
     parse_overrides,
 )
 from localcloud.provision import load_sam_template
+from shared.pricing import gpu_price
 
 REPO = Path(__file__).resolve().parents[2]
 KB_PER_GB = 1024 * 1024
@@ -411,3 +414,77 @@ def test_the_cost_tool_and_the_service_price_from_one_table() -> None:
     assert pricing.gpu_price("g5.xlarge").usd_per_hour == DEFAULT_PRICES["ec2.g5.xlarge.hour"]
     for instance in GPUS:
         assert pricing.gpu_price(instance).cost(3600) == DEFAULT_PRICES[f"ec2.{instance}.hour"]
+
+
+# -- Spot, the warm pool and the start from zero --------------------------------------------------------------
+
+
+def test_spot_hours_are_priced_at_the_spot_key_and_the_rest_on_demand() -> None:
+    gpu, ips = gpu_type("g5.xlarge"), 2.0
+    plain = estimate(100_000, gpu, Throughput(ips, "t"), USAGE, PRICES)
+    mixed = estimate(100_000, gpu, Throughput(ips, "t"), replace(USAGE, spot_share=0.25), PRICES)
+    on_demand_h, _ = _cost(mixed, "ec2.g5.xlarge.hour", "instance-hours")
+    spot_h, spot_cost = _cost(mixed, "ec2.g5.xlarge.spot.hour", "Spot")
+    assert spot_h == pytest.approx(0.25 * plain.instance_hours)
+    assert on_demand_h == pytest.approx(0.75 * plain.instance_hours)
+    assert spot_cost == pytest.approx(spot_h * PRICES["ec2.g5.xlarge.spot.hour"])
+    gpu_bill = mixed.by_group()["GPU workers"] - plain.by_group()["GPU workers"]
+    assert gpu_bill == pytest.approx(spot_h * (PRICES["ec2.g5.xlarge.spot.hour"] - PRICES["ec2.g5.xlarge.hour"]))
+    with pytest.raises(CostError, match="spot_share"):
+        estimate(1, gpu, Throughput(ips, "t"), replace(USAGE, spot_share=1.5), PRICES)
+
+
+def test_every_gpu_has_an_assumed_spot_price_below_on_demand() -> None:
+    for instance in GPUS:
+        assert 0 < DEFAULT_PRICES[f"ec2.{instance}.spot.hour"] < DEFAULT_PRICES[f"ec2.{instance}.hour"]
+    with pytest.raises(ValueError, match=r"known: g4dn\.xlarge, g5\.xlarge") as excinfo:
+        gpu_price("g9.huge")
+    assert "spot" not in str(excinfo.value)
+
+
+def test_a_warm_pool_costs_its_volumes_and_saves_start_time_per_scale_up() -> None:
+    gpu, ips, saving_s = gpu_type("g6.xlarge"), 1.0, 300.0
+    without = estimate(50_000, gpu, Throughput(ips, "t"), USAGE, PRICES, saving_s)
+    pooled = estimate(50_000, gpu, Throughput(ips, "t"), replace(USAGE, warm_pool_instances=2), PRICES, saving_s)
+    saved_h = USAGE.scale_ups_per_month * saving_s / 3600
+    assert without.instance_hours - pooled.instance_hours == pytest.approx(saved_h)
+    volumes, cost = _cost(pooled, "ebs.gp3.gb_month", "warm pool")
+    assert volumes == pytest.approx(2 * USAGE.worker_disk_gib)
+    assert cost == pytest.approx(volumes * PRICES["ebs.gp3.gb_month"])
+
+
+def test_the_start_from_zero_is_modelled_step_by_step_from_the_template_and_the_measurement() -> None:
+    template = load_sam_template(REPO / "template.yaml")
+    times = template_times(template)
+    alarm = template["Resources"]["WorkerScaleFromZeroAlarm"]["Properties"]
+    assert times.scale_alarm_s == 60 * alarm["EvaluationPeriods"]
+    first = measured_first_image_s()
+    report = json.loads(STARTUP_REPORT.read_text())
+    assert first[0] == report["process_start_to_first_image_s"]
+    assert report["device"]["short"] == "H100"
+    assert "H100" in first[1]
+    cold, warm, always_on = start_paths(Usage(), times, first)
+    for path in (cold, warm, always_on):
+        assert path.seconds == pytest.approx(sum(step.seconds for step in path.steps))
+        assert all(step.source for step in path.steps)
+    assert always_on.seconds < warm.seconds < cold.seconds
+    pull = next(s for s in cold.steps if "image" in s.name)
+    assert pull.seconds == pytest.approx(Usage().worker_image_gb * 1024 / Usage().image_pull_mb_s)
+    # The warm pool skips the pull and the boot; a pool of instances that never ran still fetches the weights.
+    assert cold.seconds - warm.seconds == pytest.approx(
+        pull.seconds + Usage().instance_launch_s - Usage().instance_restart_s + Usage().model_gb * 1024 / 200.0
+    )
+    fresh = start_paths(replace(Usage(), warm_pool_reused=False), times, first)[1]
+    assert fresh.seconds - warm.seconds == pytest.approx(Usage().model_gb * 1024 / Usage().s3_download_mb_s)
+
+
+def test_cost_command_prints_the_start_from_zero_beside_always_on(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["cost", "--images-per-month", "1000", "--assume", "instance_launch_s=200"]) == 0
+    out = capsys.readouterr().out
+    times = load_template_times()
+    cold, warm, always_on = start_paths(merge_usage({"instance_launch_s": "200"}), times, measured_first_image_s())
+    assert "From the first queued job to its image" in out
+    for path in (cold, warm, always_on):
+        assert path.name.split(" (")[0] in out
+    assert f"{cold.seconds:.0f}" in out
+    assert f"{warm.seconds:.0f}" in out

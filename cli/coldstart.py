@@ -1,0 +1,162 @@
+"""The time from the first queued job to its image on AWS, step by step, for each way the template can start a
+worker: from zero with a new instance, from zero with a stopped instance of the warm pool, and always on.
+
+Each step names its source: the template (read from ``template.yaml``, the one owner of the alarm periods), a
+measurement of ours (the pinned H100 startup report, :data:`STARTUP_REPORT`), or an assumption of
+:class:`cli.costmodel.Usage` that ``sdq cost --assume NAME=VALUE`` replaces with your own figure.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cli.costmodel import REPO, Usage
+from shared.settings import WorkerSettings
+
+TEMPLATE = REPO / "template.yaml"
+# The warm start the figures rest on: process start to the first image on an H100 with the worker's speed levers
+# and the precompiled artefacts on the instance's volume (benchmarks/results/2026-12-06-h100/README.md, call B).
+STARTUP_REPORT = REPO / "benchmarks" / "results" / "2026-12-06-h100" / "startup-sd15-h100-warm-20261206-144239.json"
+
+
+@dataclass(frozen=True)
+class StartStep:
+    name: str
+    seconds: float
+    source: str
+
+
+@dataclass(frozen=True)
+class StartPath:
+    """One way a queued job reaches a worker, and the steps it waits through."""
+
+    name: str
+    steps: tuple[StartStep, ...]
+    standing_cost: str
+
+    @property
+    def seconds(self) -> float:
+        return sum(step.seconds for step in self.steps)
+
+
+@dataclass(frozen=True)
+class TemplateTimes:
+    """What the template (and the worker's defaults) decide about a start from zero."""
+
+    scale_alarm_s: float  # WorkerScaleFromZeroAlarm: period x evaluation periods
+    receive_wait_s: float  # a polling worker's long poll (SQS returns as soon as a message arrives)
+    batch_wait_s: float  # the worker's max_batch_wait_ms (its settings' default; the template does not set it)
+
+
+def template_times(template: dict[str, Any]) -> TemplateTimes:
+    """The scale-from-zero alarm's window and the worker's batch wait, from the decoded template."""
+    alarm = template["Resources"]["WorkerScaleFromZeroAlarm"]["Properties"]
+    periods = [int(m["MetricStat"]["Period"]) for m in alarm["Metrics"] if "MetricStat" in m]
+    batch_wait_ms = WorkerSettings.model_fields["max_batch_wait_ms"].default
+    return TemplateTimes(
+        scale_alarm_s=max(periods) * int(alarm["EvaluationPeriods"]),
+        receive_wait_s=0.0,
+        batch_wait_s=float(batch_wait_ms) / 1000.0,
+    )
+
+
+def load_template_times(path: Path = TEMPLATE) -> TemplateTimes:
+    from localcloud.provision import load_sam_template
+
+    return template_times(load_sam_template(path))
+
+
+def measured_first_image_s(report: Path = STARTUP_REPORT) -> tuple[float, str]:
+    data = json.loads(report.read_text())
+    seconds = float(data["process_start_to_first_image_s"])
+    device = data.get("device", {}).get("short", "GPU")
+    return seconds, f"measured: {report.name} ({device}, {data['date'][:10]}): imports, load, first image"
+
+
+def start_paths(usage: Usage, times: TemplateTimes, first_image: tuple[float, str]) -> list[StartPath]:
+    """The three paths, each a list of steps with their sources."""
+    u = usage
+    image_mb = u.worker_image_gb * 1024.0
+    model_mb = u.model_gb * 1024.0
+    signal = StartStep(
+        "the scale-from-zero alarm fires",
+        times.scale_alarm_s,
+        "template.yaml WorkerScaleFromZeroAlarm: period x evaluation periods (a 1-minute metric)",
+    )
+    capacity = StartStep(
+        "ECS managed scaling asks the Auto Scaling group for an instance",
+        u.ecs_scaling_s,
+        "assumption ecs_scaling_s: CapacityProviderReservation is a 1-minute metric behind its own alarm",
+    )
+    registered = StartStep(
+        "task placed and started",
+        u.task_start_s,
+        "assumption task_start_s: ECS places the pending task once the instance registers",
+    )
+    weights = StartStep(
+        "weights from the stack's bucket to the instance's volume",
+        model_mb / u.s3_download_mb_s,
+        f"assumption: model_gb {u.model_gb:g} at s3_download_mb_s {u.s3_download_mb_s:g}",
+    )
+    process = StartStep("worker process start to the first image", first_image[0], first_image[1])
+    batch = StartStep(
+        "the job's batch waits for company", times.batch_wait_s, "the worker's max_batch_wait_ms (default)"
+    )
+    cold = StartPath(
+        "from zero, new instance",
+        (
+            signal,
+            capacity,
+            StartStep(
+                "EC2 launches and boots the GPU AMI; the ECS agent registers",
+                u.instance_launch_s,
+                "assumption instance_launch_s",
+            ),
+            registered,
+            StartStep(
+                "worker image pulled and extracted",
+                image_mb / u.image_pull_mb_s,
+                f"assumption: worker_image_gb {u.worker_image_gb:g} at image_pull_mb_s {u.image_pull_mb_s:g}",
+            ),
+            weights,
+            process,
+            batch,
+        ),
+        "nothing while idle",
+    )
+    warm = StartPath(
+        "from zero, warm pool (WorkerWarmPoolSize > 0)",
+        (
+            signal,
+            capacity,
+            StartStep(
+                "a stopped warm-pool instance starts; the ECS agent registers",
+                u.instance_restart_s,
+                "assumption instance_restart_s",
+            ),
+            registered,
+            StartStep("worker image", 0.0, "already on the volume (pulled when the instance joined the pool)"),
+            StartStep(
+                "weights",
+                0.0 if u.warm_pool_reused else weights.seconds,
+                "on the volume of an instance that ran before (ReuseOnScaleIn)"
+                if u.warm_pool_reused
+                else weights.source,
+            ),
+            process,
+            batch,
+        ),
+        "each stopped instance's root volume (EBS), no instance-hours",
+    )
+    always_on = StartPath(
+        "always on (MinWorkers >= 1)",
+        (
+            StartStep("a polling worker receives the job", times.receive_wait_s, "SQS long poll returns on arrival"),
+            batch,
+        ),
+        "MinWorkers instances around the clock",
+    )
+    return [cold, warm, always_on]

@@ -366,6 +366,15 @@ class Settings(BaseSettings):
         ge=1,
         description="`POST /v1/jobs/{id}/webhook/redeliver` calls per tenant per hour, all jobs together, before `429`",
     )
+    webhook_deliveries_per_tenant: int = Field(
+        default=5,
+        ge=1,
+        description=(
+            "Terminal webhooks of one tenant being sent at once (the Notify function's reserved concurrency is"
+            " shared by all tenants); a delivery past it waits in the state machine and tries again, not counted"
+            " as an attempt"
+        ),
+    )
     webhook_retry_schedule_s: list[int] = Field(
         default=[5, 300, 1800, 7200, 18000, 36000, 36000],
         min_length=1,

@@ -1,5 +1,6 @@
-"""One claimed batch on the GPU thread: one pipeline call, split in halves on an error or out-of-memory until the
-bad job stands alone, cancelled jobs let go, every generated or failed job passed to the hand-off."""
+"""One claimed batch on the GPU thread: the inputs of image-to-image and inpainting jobs read first, one pipeline
+call, split in halves on an error or out-of-memory until the bad job stands alone, cancelled jobs let go, every
+generated or failed job passed to the hand-off."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ from typing import Protocol, runtime_checkable
 from aws_lambda_powertools import Logger
 from PIL.Image import Image
 
+from shared.media import MediaStore
+from shared.settings import get_settings
 from shared.tracing import segment, subsegment
 from workflows.generation.batchreport import BatchReport, GpuUse
 from workflows.generation.claims import ClaimedBatch
 from workflows.generation.heldmessages import Held
+from workflows.generation.inputs import InputReader, InputUnavailable, JobInputs
 from workflows.generation.pipeline import BatchShape, GenerationCancelled, GenerationOOM, ImageJob
 from workflows.generation.progress import ProgressRecorder
 
@@ -41,7 +45,7 @@ class ServesModels(Protocol):
     def models(self) -> frozenset[str]: ...
 
 
-# The error code of a job whose mode (image-to-image, inpainting) no pipeline of this worker runs.
+# The error code of an image-to-image or inpainting job on a batch runner that has no bucket to read inputs from.
 MODE_NOT_SERVED = "MODE_NOT_SERVED"
 
 
@@ -66,6 +70,15 @@ class BatchHandOff(Protocol):
     def drop(self, held: Held) -> None: ...
 
 
+@runtime_checkable
+class HasMedia(Protocol):
+    """A hand-off that names its media bucket (:class:`~workflows.generation.handoff.HandOff`): jobs' stored inputs
+    are read from it."""
+
+    @property
+    def media(self) -> MediaStore: ...
+
+
 class BatchRunner:
     def __init__(
         self,
@@ -75,7 +88,13 @@ class BatchRunner:
         hard_stop: threading.Event,
         *,
         xray: bool = False,
+        inputs: InputReader | None = None,
     ) -> None:
+        """``inputs`` reads jobs' stored inputs (default: from the hand-off's media bucket, under the configured
+        outputs prefix; without either, image-to-image and inpainting jobs fail ``MODE_NOT_SERVED``)."""
+        if inputs is None and isinstance(handoff, HasMedia):
+            inputs = InputReader(handoff.media, get_settings().outputs_prefix)
+        self._inputs = inputs
         self._gen = generator
         self._progress = progress
         self._handoff = handoff
@@ -92,33 +111,57 @@ class BatchRunner:
         report.claim_s = claimed.seconds
         started = time.monotonic()
         report.started_at = time.time()
-        with segment("sdq-worker-batch", enabled=self._xray), subsegment("generate", enabled=self._xray):
-            self._generate(jobs, report)
+        with segment("sdq-worker-batch", enabled=self._xray):
+            with subsegment("inputs", enabled=self._xray):
+                inputs = self._read_inputs(jobs, report)
+            with subsegment("generate", enabled=self._xray):
+                self._generate([h for h in jobs if h.request.mode == "text" or h.job_id in inputs], report, inputs)
         report.seconds = time.monotonic() - started
         report.ended_at = report.started_at + report.seconds
         return report
 
-    def _generate(self, jobs: list[Held], report: BatchReport) -> None:
-        """One pipeline call for ``jobs``; on OOM or an error, split and retry to isolate the bad job."""
+    def _read_inputs(self, jobs: list[Held], report: BatchReport) -> dict[str, JobInputs]:
+        """The stored inputs of the image-to-image and inpainting jobs among ``jobs``, read at once, by job id; a
+        job whose inputs cannot be read is failed here with the code of :mod:`~workflows.generation.inputs`."""
+        wanting = [h for h in jobs if h.request.mode != "text"]
+        if not wanting:
+            return {}
+        if self._inputs is None:
+            for h in wanting:
+                report.failed += 1
+                self._handoff.fail_later(h, MODE_NOT_SERVED, f"This worker cannot read {h.request.mode} jobs' inputs.")
+            return {}
+        read = self._inputs.read_all([(h.tenant, h.job_id, h.request) for h in wanting])
+        found: dict[str, JobInputs] = {}
+        for h, got in zip(wanting, read, strict=True):
+            if isinstance(got, InputUnavailable):
+                logger.error("job inputs unusable", job_id=h.job_id, code=got.code, error=str(got))
+                report.failed += 1
+                self._handoff.fail_later(h, got.code, str(got))
+            else:
+                found[h.job_id] = got
+        return found
+
+    def _generate(self, jobs: list[Held], report: BatchReport, inputs: dict[str, JobInputs]) -> None:
+        """One pipeline call for ``jobs`` (with ``inputs``, by job id, in the image modes); on OOM or an error,
+        split and retry to isolate the bad job."""
         live = [h for h in jobs if not h.dropped]
         if not live:
             return
         req = live[0].request
-        if req.mode != "text":
-            # Batches never mix modes (the batch key holds it). Image-to-image and inpainting inputs are checked and
-            # stored at submit, but this worker has no pipeline for them yet: fail the jobs, never run them as text.
-            for h in live:
-                report.failed += 1
-                self._handoff.fail_later(h, MODE_NOT_SERVED, f"This worker does not run {req.mode} jobs yet.")
-            return
-        # Batches never mix models (the batch key holds it): the runner refuses one it has not loaded.
+        # Batches never mix models, modes or strengths (the batch key holds them): the runner refuses a model it
+        # has not loaded.
         shape = BatchShape(
-            req.width, req.height, req.num_inference_steps, float(req.guidance_scale), req.scheduler, req.model
+            req.width,
+            req.height,
+            req.num_inference_steps,
+            float(req.guidance_scale),
+            req.scheduler,
+            req.model,
+            mode=req.mode,
+            strength=req.strength,
         )
-        work = [
-            ImageJob(h.job_id, h.request.prompt, h.request.negative_prompt, h.request.seed or 0, h.request.num_images)
-            for h in live
-        ]
+        work = [_image_job(h, inputs.get(h.job_id)) for h in live]
         progress = self._progress.writer(live)
         t0 = time.monotonic()
         try:
@@ -149,8 +192,8 @@ class BatchRunner:
             if len(live) > 1:
                 logger.warning("batch failed; splitting", jobs=len(live), oom=oom, error=type(exc).__name__)
                 half = len(live) // 2
-                self._generate(live[:half], report)
-                self._generate(live[half:], report)
+                self._generate(live[:half], report, inputs)
+                self._generate(live[half:], report, inputs)
                 return
             code = "OUT_OF_MEMORY" if oom else "GENERATION_FAILED"
             logger.error("job failed in generation", job_id=live[0].job_id, code=code, error=str(exc)[:500])
@@ -175,6 +218,12 @@ class BatchRunner:
             report.gpu_s_by_job[h.job_id] = (
                 report.gpu_s_by_job.get(h.job_id, 0.0) + seconds * h.request.num_images / images
             )
+
+
+def _image_job(held: Held, inputs: JobInputs | None) -> ImageJob:
+    req = held.request
+    image, mask = (inputs.image, inputs.mask) if inputs is not None else (None, None)
+    return ImageJob(held.job_id, req.prompt, req.negative_prompt, req.seed or 0, req.num_images, image, mask)
 
 
 def _wait(future: Future[None] | None) -> None:

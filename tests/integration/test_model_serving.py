@@ -1,5 +1,7 @@
 """Which worker generates which model: `sdq up --model X` refuses other models at submit, and a worker never
-generates a job for a model it has not loaded; it leaves the message for a worker that serves that model.
+generates a job for a model it has not loaded; it leaves the message for a worker that serves that model. A job
+is pinned to its model's registry revision at submit: a worker that loaded another revision leaves it for one
+that has it (a rolling deployment), and one whose registry retired it fails it ``MODEL_REVISION_GONE``.
 
 Two small local models, no hub, in a model registry: the built-in tiny model, and ``variant``, a tiny model
 built from another seed (other weights, other images) and served from a local folder.
@@ -20,6 +22,7 @@ import pytest
 from PIL import Image
 
 from cli.client import SdqClient
+from localcloud.receiver import ScriptedReceiver
 from shared.aws import AwsClients
 from shared.contracts import QueueMessage, utcnow
 from shared.jobs import JobsRepository
@@ -29,6 +32,7 @@ from shared.orchestration import Orchestrator
 from shared.queue import WorkerQueue
 from shared.settings import Settings
 from tests.integration.conftest import RunningService, start_service, stop_service, store_queued_job
+from tests.integration.test_worker import assert_one_failed_webhook
 from workflows.generation.models import build_tiny_pipeline, load_model
 from workflows.generation.pipeline import BatchShape, ImageJob, ModelRunners, PipelineRunner
 from workflows.generation.worker import Generator, Worker, WorkerConfig
@@ -67,8 +71,9 @@ def service(tmp_path_factory: pytest.TempPathFactory, registry: ModelRegistry) -
 @pytest.fixture
 def run_worker(
     service: RunningService, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[[str | Generator], Worker]]:
-    """Start an in-process worker loop that has loaded models of the registry; each is stopped warm at the end."""
+) -> Iterator[Callable[..., Worker]]:
+    """Start an in-process worker loop that has loaded models of the registry (or of ``registry=``, which also
+    says which revisions are retired); each is stopped warm at the end."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     env = service.env
@@ -82,7 +87,7 @@ def run_worker(
     )
     started: list[tuple[Worker, threading.Thread]] = []
 
-    def start(model: str | Generator) -> Worker:
+    def start(model: str | Generator, registry: ModelRegistry = registry) -> Worker:
         aws = AwsClients(settings)
         generator = PipelineRunner(load_model(model, registry=registry)) if isinstance(model, str) else model
         worker = Worker(
@@ -101,6 +106,7 @@ def run_worker(
                 progress_interval_s=1,
                 xray=False,
             ),
+            registry=registry,
         )
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
@@ -178,10 +184,14 @@ def test_sdq_up_with_a_model_refuses_a_job_for_any_other_model_or_its_scheduler_
         accepted = http.post("/v1/jobs", json={"prompt": "a fox", **SMALL}, headers=headers)
         assert accepted.status_code == 202
         assert accepted.json()["request"]["model"] == "variant"
+        # Pinned at submit to the registry's revision of the model, and shown so on every read.
+        assert accepted.json()["model_revision"] == "r1"
+        read = http.get(f"/v1/jobs/{accepted.json()['id']}", headers=headers)
+        assert read.json()["model_revision"] == "r1"
 
 
 def test_a_worker_leaves_a_job_for_a_model_it_has_not_loaded_to_a_worker_that_has(
-    service: RunningService, run_worker: Callable[[str | Generator], Worker]
+    service: RunningService, run_worker: Callable[..., Worker]
 ) -> None:
     tenant, client = service.new_named_tenant("models")
     repo = JobsRepository(service.boto("dynamodb"), service.table)
@@ -205,7 +215,7 @@ def test_a_worker_leaves_a_job_for_a_model_it_has_not_loaded_to_a_worker_that_ha
 
 
 def test_one_worker_serves_two_models_and_never_mixes_them_in_a_batch(
-    service: RunningService, registry: ModelRegistry, run_worker: Callable[[str | Generator], Worker]
+    service: RunningService, registry: ModelRegistry, run_worker: Callable[..., Worker]
 ) -> None:
     tenant, client = service.new_named_tenant("two-models")
     repo = JobsRepository(service.boto("dynamodb"), service.table)
@@ -233,6 +243,54 @@ def test_one_worker_serves_two_models_and_never_mixes_them_in_a_batch(
         image = output(job["outputs"][0]["url"])
         assert image_parameters(job["outputs"][0]["url"])["model"] == model_of[job_id]
         assert _differs(image.convert("RGB"), alone[model_of[job_id]]) <= 1
+
+
+def revised(registry: ModelRegistry, revision: str, *, retired: Sequence[str] = ()) -> ModelRegistry:
+    """``registry`` after an operator's update of ``variant`` to ``revision`` (same weights, a new label)."""
+    variant = registry.get("variant")
+    assert variant is not None
+    update = variant.model_copy(update={"revision": revision, "retired_revisions": tuple(retired)})
+    return registry.model_copy(update={"models": (registry.models[0], update)})
+
+
+def test_a_rolling_deployment_leaves_a_job_pinned_to_the_old_revision_to_a_worker_that_has_it(
+    service: RunningService, registry: ModelRegistry, run_worker: Callable[..., Worker]
+) -> None:
+    client = service.new_tenant("rolling")
+    repo = JobsRepository(service.boto("dynamodb"), service.table)
+    pinned = client.submit({"prompt": "a fox", "cache": False, **SMALL})
+    assert pinned["model_revision"] == "r1"
+
+    updated = revised(registry, "r2")  # r1 not retired: old workers still drain it
+    run_worker(PipelineRunner(load_model("variant", registry=updated)), registry=updated)
+    time.sleep(3)  # the r2 worker has seen the message come back by now, and never claimed it
+    untouched = repo.get(pinned["id"])
+    assert (untouched.status.value, untouched.attempt) == ("QUEUED", 0)
+
+    run_worker("variant")  # a worker of the old deployment, with r1
+    done = succeeded(client, pinned["id"])
+    assert image_parameters(done["outputs"][0]["url"])["model_revision"] == "r1"
+    assert repo.get(pinned["id"]).attempt == 1
+
+
+def test_a_job_pinned_to_a_retired_revision_fails_model_revision_gone_and_its_client_is_told(
+    service: RunningService,
+    registry: ModelRegistry,
+    run_worker: Callable[..., Worker],
+    receiver: ScriptedReceiver,
+) -> None:
+    _, client = service.new_named_tenant("retired")
+    receiver.secret = client.webhook_secret()
+    job = client.submit({"prompt": "a fox", "cache": False, "callback_url": receiver.url, **SMALL})
+    assert job["model_revision"] == "r1"
+
+    retiring = revised(registry, "r2", retired=["r1"])
+    run_worker(PipelineRunner(load_model("variant", registry=retiring)), registry=retiring)
+    failed = wait_for(lambda: client.get(job["id"]), lambda j: j["status"] == "FAILED", 60)
+    assert failed["error"]["code"] == "MODEL_REVISION_GONE"
+    assert failed["error"]["message"] == "Revision 'r1' of model 'variant' is retired: no worker serves it any more."
+    assert failed["attempt"] == 0  # never claimed: no GPU time spent
+    assert_one_failed_webhook(receiver, job["id"], "MODEL_REVISION_GONE")
 
 
 def succeeded(client: SdqClient, job_id: str) -> dict[str, Any]:

@@ -236,7 +236,7 @@ EXPECTED_LEADING_KEYS = {
     ("AuthorizerFunctionRole", "dynamodb:UpdateItem"): {"APIKEY#*"},  # a key's last use
     ("PostprocessFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("NotifyFunctionRole", "dynamodb:PutItem"): {"TENANT#*"},
-    ("NotifyFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
+    ("NotifyFunctionRole", "dynamodb:UpdateItem"): {"JOB#*", "WEBHOOKS#*"},  # attempts; its tenant's delivery leases
     ("DlqFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("RequeueFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("FailedExecutionFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},

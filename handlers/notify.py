@@ -9,12 +9,13 @@ from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared.aws import AwsClients
+from shared.deliveryslots import DeliverySlots
 from shared.eventrecords import EventRecords
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.settings import get_settings
 from shared.webhooksecrets import webhook_secrets
-from workflows.webhooks import Notifier
+from workflows.webhooks import WAITING, Notifier
 
 logger = Logger(service="sdq-notify")
 tracer = Tracer(service="sdq-notify")
@@ -30,20 +31,27 @@ def notifier() -> Notifier:
         webhook_secrets(aws, settings),
         settings,
         events=EventRecords(aws.dynamodb(), settings.table_name),
+        slots=DeliverySlots(aws.dynamodb(), settings.table_name),
     )
 
 
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Input ``{job_id, tenant, made?}`` (``made``: attempts this delivery made before; 0 when absent). Raises
-    WebhookRetryable for the state machine's Retry. A result with ``retry_at`` (and ``made``) has the state
-    machine wait until then and call again with that ``made``."""
-    made = int(event.get("made", 0))
-    attempt = notifier().deliver(str(event["job_id"]), str(event["tenant"]), made)
+    """Input ``{job_id, tenant, made?, waits?}`` (``made``: attempts this delivery made before, ``waits``: the
+    times it found its tenant's delivery slots taken since its last attempt; 0 when absent). Raises
+    WebhookRetryable for the state machine's Retry. A result with ``retry_at`` (and ``made``, ``waits``) has the
+    state machine wait until then and call again with those; a wait for a slot is not an attempt."""
+    made, waits = int(event.get("made", 0)), int(event.get("waits", 0))
+    attempt = notifier().deliver(str(event["job_id"]), str(event["tenant"]), made, waits)
     if attempt is None:
         return {"outcome": "nothing_to_send"}
     result: dict[str, Any] = {"outcome": attempt.outcome, "status": attempt.status, "error": attempt.error}
     if attempt.retry_at is not None:
-        result |= {"retry_at": attempt.retry_at.strftime("%Y-%m-%dT%H:%M:%SZ"), "made": made + 1}
+        waiting = attempt.outcome == WAITING
+        result |= {
+            "retry_at": attempt.retry_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "made": made if waiting else made + 1,
+            "waits": waits + 1 if waiting else 0,
+        }
     return result

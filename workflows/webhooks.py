@@ -5,6 +5,12 @@ records it on the job with when the next one is due, and returns that time; the 
 Wait state, so no Lambda runs meanwhile) and calls again with the attempt's number. ``WebhookRetryable`` is
 for the service's own trouble (the job table, a progress send in flight): the ASL ``Retry`` retries it soon.
 
+A tenant sends at most ``Settings.webhook_deliveries_per_tenant`` terminal webhooks at once (leases in the jobs
+table, :class:`shared.deliveryslots.DeliverySlots`), so one tenant's slow receiver and many finished jobs cannot
+fill Notify's reserved concurrency and hold up other tenants' webhooks. A delivery past the bound sends nothing:
+it returns a time to try again (:func:`slot_wait_s`, growing with each wait) through the same Wait state, with
+its attempt count unchanged.
+
 ``job.started`` and ``job.progress`` (for requests whose ``webhook_events`` name them) take another path: the
 worker sends them itself, one attempt each, off its GPU thread (:class:`EventNotifier`); a newer event replaces a
 failed one, so they are never retried. They are recorded apart from the terminal webhook (``event_webhook_*``
@@ -16,8 +22,10 @@ webhook waits (a state-machine retry) while such a mark stands.
 from __future__ import annotations
 
 import math
+import random
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -31,6 +39,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from standardwebhooks import Webhook
 
 from shared.contracts import Job, JobStatus, WorkflowInput
+from shared.deliveryslots import DeliverySlots
 from shared.errors import TooManyRequests
 from shared.eventrecords import EventRecords
 from shared.netguard import DNS_TIMEOUT_S, HostUnresolved, UnsafeUrl, check_callback_url, resolve_public
@@ -65,6 +74,14 @@ EVENT_TIMEOUT_S = 5.0
 # How long a send marks itself in flight: its timeout plus signing and the record's write.
 EVENT_IN_FLIGHT_S = EVENT_TIMEOUT_S + 3.0
 INTERIM_SUBSCRIPTIONS = frozenset({"started", "progress"})
+# A delivery's lease on one of its tenant's slots: past the Notify function's timeout (45 s), so a delivery that
+# died holding one frees it by then.
+SLOT_LEASE_S = 60
+# Waits of a delivery for a free slot: the first about 2 s, each next twice as long, up to 30 s, each drawn
+# between half and all of that (jitter, so waiting deliveries do not come back together).
+SLOT_WAIT_FIRST_S = 2
+SLOT_WAIT_MAX_S = 30
+WAITING = "waiting"  # the outcome of a delivery that found its tenant's slots taken (nothing was sent)
 
 
 class WebhookRetryable(Exception):
@@ -174,7 +191,7 @@ def guarded_client(allow_loopback: bool, timeout_s: float = TIMEOUT_S) -> httpx.
 
 @dataclass(frozen=True)
 class Attempt:
-    outcome: str  # delivered | retry | gave_up | blocked
+    outcome: str  # delivered | retry | gave_up | blocked | waiting (WAITING: nothing sent, not an attempt)
     status: int | None
     error: str | None
     retry_after_s: int | None = None
@@ -190,6 +207,12 @@ def next_attempt_at(schedule_s: list[int], made: int, retry_after_s: int | None,
     if retry_after_s is not None:
         wait = max(wait, min(retry_after_s, max(schedule_s)))
     return now.replace(microsecond=0) + timedelta(seconds=wait)  # whole seconds: the ASL Wait's timestamp
+
+
+def slot_wait_s(waits: int, rng: Callable[[], float] = random.random) -> int:
+    """Whole seconds before a delivery that found its tenant's slots taken ``waits`` times before tries again."""
+    ceiling = min(SLOT_WAIT_MAX_S, SLOT_WAIT_FIRST_S * 2 ** min(waits, 8))
+    return max(1, math.ceil(ceiling * (0.5 + rng() / 2)))
 
 
 def classify(status: int) -> str:
@@ -252,13 +275,18 @@ class Notifier:
         settings: Settings,
         *,
         events: EventRecords | None = None,
+        slots: DeliverySlots | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rng: Callable[[], float] = random.random,
     ) -> None:
         """``events``: where started/progress sends mark themselves in flight; with it, a job's terminal webhook
-        waits while one is in flight (see the module's docstring). ``now``: the clock the retry schedule counts
-        from."""
+        waits while one is in flight (see the module's docstring). ``slots``: the tenants' delivery leases; with
+        them, a tenant sends at most ``webhook_deliveries_per_tenant`` at once. ``now``: the clock the retry
+        schedule and the leases count from; ``rng``: the jitter of a wait for a slot."""
         self._events = events
+        self._slots = slots
         self._now = now
+        self._rng = rng
         self._repo = repo
         self._media = media
         self._secrets = secrets_store
@@ -267,7 +295,7 @@ class Notifier:
     def payload(self, job: Job, event: str) -> str:
         return event_body(event, job_view(job, self._media, self._settings.presign_expiry_s))
 
-    def deliver(self, job_id: str, tenant: str, made: int = 0) -> Attempt | None:
+    def deliver(self, job_id: str, tenant: str, made: int = 0, waits: int = 0) -> Attempt | None:
         """:meth:`notify`, with the table's own failures (throttling, 5xx, network, after botocore's retries)
         raised as WebhookRetryable too, so the state machine retries them like a receiver's 503.
 
@@ -276,18 +304,20 @@ class Notifier:
         is not left recorded as failed.
         """
         try:
-            return self.notify(job_id, tenant, made)
+            return self.notify(job_id, tenant, made, waits)
         except (BotoCoreError, ClientError) as exc:
             logger.warning("webhook bookkeeping failed; retrying", job_id=job_id, error=type(exc).__name__)
             raise WebhookRetryable(f"job store unavailable: {type(exc).__name__}") from exc
 
-    def notify(self, job_id: str, tenant: str, made: int = 0) -> Attempt | None:
+    def notify(self, job_id: str, tenant: str, made: int = 0, waits: int = 0) -> Attempt | None:
         """Send the job's terminal event once, record the attempt; None when there is nothing to send.
 
         ``made``: the attempts this delivery (one execution) made before this one. A retryable failure with the
         schedule not spent comes back with ``retry_at`` set (also recorded, and shown by GET); once it is spent
-        the attempt is recorded as given up (``failed``). Raises WebhookRetryable while a started/progress send
-        is in flight.
+        the attempt is recorded as given up (``failed``). With the tenant's delivery slots all taken nothing is
+        sent or recorded: the outcome is ``WAITING``, with ``retry_at`` after :func:`slot_wait_s` of ``waits``
+        (the waits this delivery made before). Raises WebhookRetryable while a started/progress send is in
+        flight.
         """
         # Past its retention too: a job that expired while queued is failed then, and its webhook says so.
         job = self._repo.get(job_id, tenant=tenant, within_retention=False)
@@ -303,10 +333,24 @@ class Notifier:
             # Never before a started/progress event still on its way to the same receiver: the state machine's
             # retry comes back after that send has ended (it is bounded by EVENT_IN_FLIGHT_S).
             raise WebhookRetryable("a job.progress webhook to this receiver is still in flight")
+        holder = f"{job.job_id}:{uuid.uuid4().hex}"
+        if self._slots is not None and not self._slots.acquire(
+            job.tenant,
+            holder,
+            limit=self._settings.webhook_deliveries_per_tenant,
+            lease_s=SLOT_LEASE_S,
+            now=self._now().timestamp(),
+        ):
+            due = self._now().replace(microsecond=0) + timedelta(seconds=slot_wait_s(waits, self._rng))
+            logger.info("webhook waits for a delivery slot", job_id=job.job_id, waits=waits + 1, due=due.isoformat())
+            return Attempt(WAITING, None, None, retry_at=due)
         msg_id = webhook_id(job.job_id, event)
         body = self.payload(job, event)
-        headers = signed_headers(self._secrets.signing_secrets(job.tenant), msg_id, body)
-        attempt = send_once(url, body, headers, allow_loopback=self._settings.allow_loopback_callbacks)
+        try:
+            headers = signed_headers(self._secrets.signing_secrets(job.tenant), msg_id, body)
+            attempt = send_once(url, body, headers, allow_loopback=self._settings.allow_loopback_callbacks)
+        finally:
+            self._release(job.tenant, holder)
         if attempt.outcome == "retry":
             retry_at = next_attempt_at(
                 self._settings.webhook_retry_schedule_s, made + 1, attempt.retry_after_s, self._now()
@@ -331,6 +375,15 @@ class Notifier:
             retry_at=attempt.retry_at.isoformat() if attempt.retry_at else None,
         )
         return attempt
+
+    def _release(self, tenant: str, holder: str) -> None:
+        """Give the delivery's slot back; a failure to is only logged (the lease ends by itself)."""
+        if self._slots is None:
+            return
+        try:
+            self._slots.release(tenant, holder)
+        except (BotoCoreError, ClientError) as exc:
+            logger.warning("webhook delivery slot not released; its lease ends it", error=type(exc).__name__)
 
 
 def start_notice(orchestrator: Orchestrator, job: Job, reason: str, *, once: bool = False) -> str | None:

@@ -370,6 +370,18 @@ class GenerationRequest(BaseModel):
             raise ValueError("mask and strength need an image")
         return self
 
+    @model_validator(mode="after")
+    def _strength_leaves_a_step(self, info: ValidationInfo) -> GenerationRequest:
+        # diffusers runs int(num_inference_steps x strength) steps from the input: none would fail on the GPU.
+        if _trusted(info) or self.image is None:
+            return self
+        strength = DEFAULT_STRENGTH[self.mode] if self.strength is None else self.strength
+        if int(self.num_inference_steps * strength) < 1:
+            raise ValueError(
+                f"num_inference_steps x strength must be at least 1 ({self.num_inference_steps} x {strength:g})"
+            )
+        return self
+
     @property
     def mode(self) -> Mode:
         """text, image (image-to-image) or inpaint, from the inputs the request names."""

@@ -13,7 +13,10 @@ import boto3
 import pytest
 from moto import mock_aws
 from PIL import Image
+from pydantic import ValidationError
+from ulid import ULID
 
+from shared.contracts import GenerationRequest
 from shared.jobs import JobsRepository
 from shared.media import MediaStore, input_key
 from shared.settings import RequestLimits, Settings
@@ -157,3 +160,19 @@ def test_stored_bytes_other_than_those_the_job_names_are_refused(media: MediaSto
     with pytest.raises(InputUnavailable) as caught:
         reader.read(job.tenant, job.job_id, job.request)
     assert (caught.value.name, caught.value.code) == ("mask", "INPUT_CORRUPT")
+
+
+@pytest.mark.parametrize(
+    ("steps", "strength", "accepted"), [(2, 0.3, False), (4, 0.3, True), (1, None, False), (1, 1.0, True)]
+)
+def test_a_strength_that_leaves_no_step_is_refused_at_submit(
+    steps: int, strength: float | None, accepted: bool
+) -> None:
+    """Image-to-image runs int(steps x strength) steps (diffusers): none would fail the job on the GPU."""
+    fields = {"prompt": "x", "image": str(ULID()), "num_inference_steps": steps, "strength": strength}
+    body = {k: v for k, v in fields.items() if v is not None}
+    if accepted:
+        GenerationRequest.model_validate(body)
+        return
+    with pytest.raises(ValidationError, match="num_inference_steps x strength must be at least 1"):
+        GenerationRequest.model_validate(body)

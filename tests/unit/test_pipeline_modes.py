@@ -8,9 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
+from tests.unit.test_pipeline import tiny_sdxl_pipeline
 from workflows.generation.acceleration import AccelerationOptions
+from workflows.generation.models import LoadedModel
 from workflows.generation.pipeline import BatchShape, ImageJob, PipelineRunner
 
 pytestmark = pytest.mark.slow
@@ -133,3 +136,23 @@ def test_text_batches_are_unchanged_by_the_mode_pipelines(runner: PipelineRunner
     fresh = PipelineRunner.load("tiny", device="cpu", cache_root=models).generate([job], text)["t"][0]
     runner.generate([ImageJob("i", "x", "", seed=1, num_images=1, image=picture(1))], IMAGE)
     assert max_diff(runner.generate([job], text)["t"][0], fresh) <= 1
+
+
+def test_sdxl_pipelines_run_both_modes_with_the_prompt_cache() -> None:
+    """SDXL's image-to-image and inpainting pipelines (two text encoders, pooled embeddings) from the same weights."""
+    runner = PipelineRunner(
+        LoadedModel("tiny-xl", tiny_sdxl_pipeline(), torch.device("cpu"), torch.float32, True, None, "memory"),
+        acceleration=AccelerationOptions(prompt_cache_size=8),
+    )
+    source, mask = picture(5).resize((64, 64)), centre_mask().resize((64, 64))
+    for mode in ("image", "inpaint"):
+        shape = BatchShape(64, 64, 2, 5.0, "euler", mode=mode, strength=1.0)
+        one = ImageJob("a", "a fox", "blur", seed=1, num_images=1, image=source, mask=mask)
+        alone = runner.generate([one], shape)["a"][0]
+        batched = runner.generate(
+            [ImageJob("b", "a cat", "", seed=2, num_images=2, image=source, mask=mask), one], shape
+        )
+        assert alone.size == (64, 64)
+        assert max_diff(batched["a"][0], alone) <= 1
+    assert type(runner.pipeline_for("inpaint")).__name__ == "StableDiffusionXLInpaintPipeline"
+    assert runner.acceleration["prompt_cache"]["hits"] > 0

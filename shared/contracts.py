@@ -10,6 +10,7 @@ import hashlib
 import json
 import secrets
 import unicodedata
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -139,6 +140,7 @@ def _request_schema_bounds(schema: dict[str, Any]) -> None:
         "image": {"maxLength": lim.max_data_url_chars},
         "mask": {"maxLength": lim.max_data_url_chars},
         "strength": {"exclusiveMinimum": 0, "maximum": 1},
+        "loras": {"maxItems": lim.max_loras},
     }
     for name, extra in bounds.items():
         prop = props.get(name)
@@ -164,6 +166,40 @@ class Priority(StrEnum):
     def rank(self) -> int:
         """0 for low, 1 for normal, 2 for high."""
         return list(Priority).index(self)
+
+
+class LoraRef(BaseModel):
+    """One LoRA a job applies: an id of the LoRA registry and how strongly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: StrictStr = Field(description="An id of the deployment's LoRA registry.")
+    scale: StrictFloat | JsonInt = Field(default=1.0, description="How strongly it applies; 0 turns it off.")
+
+    @field_validator("id")
+    @classmethod
+    def _registered(cls, v: str, info: ValidationInfo) -> str:
+        if _trusted(info):
+            return v
+        registry = _settings(info).loras
+        if registry.get(v) is None:
+            raise ValueError(f"unknown LoRA; this deployment allows: {', '.join(registry.ids) or 'none'}")
+        return v
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: float, info: ValidationInfo) -> float:
+        v = float(v)
+        if _trusted(info):
+            return v
+        limit = _limits(info).max_lora_scale
+        if not -limit <= v <= limit:
+            raise ValueError(f"must be between {-limit:g} and {limit:g}")
+        return v
+
+
+# A batch's LoRA set: (id, scale) pairs sorted by id, so that the same set in any order is one set.
+LoraSet = tuple[tuple[str, float], ...]
 
 
 class GenerationRequest(BaseModel):
@@ -214,6 +250,10 @@ class GenerationRequest(BaseModel):
     strength: StrictFloat | JsonInt | None = Field(
         default=None,
         description="How far to move from image: 0 < strength <= 1; default 0.8, or 1.0 with a mask. Needs image.",
+    )
+    loras: list[LoraRef] = Field(
+        default_factory=list,
+        description="LoRAs applied to the model, each an id of the deployment's LoRA registry made for the model.",
     )
 
     @field_validator("prompt")
@@ -346,6 +386,25 @@ class GenerationRequest(BaseModel):
             raise ValueError("must be greater than 0 and at most 1")
         return float(v)
 
+    @field_validator("loras")
+    @classmethod
+    def _loras(cls, v: list[LoraRef], info: ValidationInfo) -> list[LoraRef]:
+        if _trusted(info):
+            return v
+        settings = _settings(info)
+        if len(v) > settings.limits.max_loras:
+            raise ValueError(f"must have at most {settings.limits.max_loras} entries")
+        ids = [lora.id for lora in v]
+        if len(set(ids)) != len(ids):
+            raise ValueError("must not repeat a LoRA")
+        # ``model`` is validated before ``loras`` (field order); a job that names none gets the default.
+        model = info.data.get("model") or settings.default_model
+        for lora in v:
+            entry = settings.loras.get(lora.id)
+            if entry is not None and model not in entry.base_models:
+                raise ValueError(f"LoRA {lora.id!r} applies to {', '.join(entry.base_models)}, not model {model!r}")
+        return v
+
     @field_validator("webhook_events")
     @classmethod
     def _webhook_events(cls, v: list[WebhookEvent]) -> list[WebhookEvent]:
@@ -368,18 +427,6 @@ class GenerationRequest(BaseModel):
     def _inputs_need_image(self) -> GenerationRequest:
         if self.image is None and (self.mask is not None or self.strength is not None):
             raise ValueError("mask and strength need an image")
-        return self
-
-    @model_validator(mode="after")
-    def _strength_leaves_a_step(self, info: ValidationInfo) -> GenerationRequest:
-        # diffusers runs int(num_inference_steps x strength) steps from the input: none would fail on the GPU.
-        if _trusted(info) or self.image is None:
-            return self
-        strength = DEFAULT_STRENGTH[self.mode] if self.strength is None else self.strength
-        if int(self.num_inference_steps * strength) < 1:
-            raise ValueError(
-                f"num_inference_steps x strength must be at least 1 ({self.num_inference_steps} x {strength:g})"
-            )
         return self
 
     @property
@@ -415,21 +462,30 @@ class GenerationRequest(BaseModel):
         )
 
     def _canonical(self, data: dict[str, Any]) -> str:
-        # A text-to-image request leaves the input fields out: its keys stay those it had before they existed.
+        # A text-to-image request leaves the input fields out, one without LoRAs its loras: its keys stay those it
+        # had before they existed.
         for name in INPUT_FIELDS:
             if data.get(name, "absent") is None:
                 del data[name]
+        if data.get("loras", "absent") == []:
+            del data["loras"]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON of the request (idempotency body check)."""
         return hashlib.sha256(self._canonical(self.model_dump(mode="json")).encode()).hexdigest()
 
-    def cache_key(self, model_revision: str = "") -> str:
+    @property
+    def lora_set(self) -> LoraSet:
+        """The LoRAs it applies, as (id, scale) sorted by id: what its batch must share."""
+        return tuple(sorted((lora.id, float(lora.scale)) for lora in self.loras))
+
+    def cache_key(self, model_revision: str = "", lora_revisions: Mapping[str, str] | None = None) -> str:
         """Identifies the stored images: same key, same files. The normalised request's model and the revision
         of its weights, prompt, negative prompt, size, steps, guidance, scheduler, seed, number of images,
-        output format and quality (quality only where the format uses it), and its inputs and strength. Call it
-        on :meth:`normalised` with its inputs named by digest (submission does)."""
+        output format and quality (quality only where the format uses it), its inputs and strength, and its LoRAs
+        with their scales and revisions (``lora_revisions``, by id). Call it on :meth:`normalised` with its inputs
+        named by digest (submission does)."""
         fields = self.model_dump(
             mode="json",
             include={
@@ -450,15 +506,17 @@ class GenerationRequest(BaseModel):
         fields["guidance_scale"] = float(self.guidance_scale)
         fields["quality"] = None if self.output_format == "png" else self.quality
         fields["model_revision"] = model_revision
+        revisions = lora_revisions or {}
+        fields["loras"] = [{"id": i, "scale": scale, "revision": revisions.get(i, "")} for i, scale in self.lora_set]
         return hashlib.sha256(self._canonical(fields).encode()).hexdigest()
 
     def cacheable(self) -> bool:
         """Whether the result cache may answer it: it names its seed (a drawn one never repeats) and allows it."""
         return self.cache and self.seed is not None
 
-    def batch_key(self) -> tuple[str, int, int, int, float, str, Mode, float]:
+    def batch_key(self) -> tuple[str, int, int, int, float, str, Mode, float, LoraSet]:
         """Jobs with equal batch keys can share one pipeline call: same model, size, steps, guidance, scheduler,
-        mode and strength."""
+        mode, strength and LoRA set (ids and scales)."""
         return (
             self.model or "",
             self.width,
@@ -468,6 +526,7 @@ class GenerationRequest(BaseModel):
             self.scheduler,
             self.mode,
             float(self.strength or 0.0),
+            self.lora_set,
         )
 
 

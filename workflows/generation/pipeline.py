@@ -35,9 +35,12 @@ from diffusers import (
 )
 from PIL import Image
 
-from shared.contracts import DEFAULT_STRENGTH, Mode
+from shared.contracts import DEFAULT_STRENGTH, LoraSet, Mode
 from shared.errors import PermanentError, RetryableError
+from shared.loraregistry import LoraRegistry
+from shared.settings import get_settings
 from workflows.generation.acceleration import AccelerationOptions, Accelerator, upcasts_vae_per_call
+from workflows.generation.loras import LoraAdapters
 from workflows.generation.models import LoadedModel, Precision, Text2ImagePipeline, load_model, quiet_logger
 from workflows.generation.previews import Captured, LatentFormat, capture, latent_format_for
 
@@ -121,7 +124,8 @@ class ImageJob:
 @dataclass(frozen=True)
 class BatchShape:
     """What every job of a batch has in common (the batcher's grouping key). ``model`` is the id every job
-    names; None (benchmarks, warm-up) means the runner's own model."""
+    names; None (benchmarks, warm-up) means the runner's own model. ``loras``: the LoRA set every job applies
+    (``GenerationRequest.lora_set``)."""
 
     width: int
     height: int
@@ -131,6 +135,7 @@ class BatchShape:
     model: str | None = None
     mode: Mode = "text"
     strength: float | None = None  # image and inpaint (None: the mode's default)
+    loras: LoraSet = ()
 
 
 StepCallback = Callable[[int, int], None]
@@ -159,12 +164,21 @@ class PipelineRunner:
         cpu_max_batch_images: int = 4,
         max_batch_cap: int = 16,
         acceleration: AccelerationOptions | None = None,
+        lora_registry: LoraRegistry | None = None,
     ) -> None:
+        """``lora_registry``: the LoRAs its batches may apply (default: the configured registry)."""
         self._model = model
         self._pipe: Text2ImagePipeline = model.pipeline
         self._mode_pipes: dict[Mode, Any] = {"text": self._pipe}
         self._base_scheduler_config = self._pipe.scheduler.config
         self._schedulers: dict[str, Any] = {}
+        settings = get_settings()
+        self._loras = LoraAdapters(
+            self._pipe,
+            model.name,
+            lora_registry or settings.loras,
+            max_bytes=settings.worker.lora_cache_mb * 2**20,
+        )
         self._cpu_max_batch_images = cpu_max_batch_images
         self._max_batch_cap = max_batch_cap
         self._accel = Accelerator(self._pipe, model.device, acceleration, self.native_size)
@@ -248,6 +262,11 @@ class PipelineRunner:
     def models(self) -> frozenset[str]:
         """The model ids this runner generates for: its one model."""
         return frozenset({self._model.name})
+
+    @property
+    def loras(self) -> LoraAdapters:
+        """The LoRA adapters loaded into its pipeline."""
+        return self._loras
 
     @property
     def is_noise_model(self) -> bool:
@@ -369,6 +388,7 @@ class PipelineRunner:
         ``on_step`` that is a :class:`LatentTap` also gets each job's first latent row at the steps it asks for.
         ``shape.mode`` picks the pipeline (:meth:`pipeline_for`); inpainting's results keep the input's pixels
         where the mask is black (:func:`_keep_unmasked`).
+        ``shape.loras`` is made the active LoRA set first (:meth:`LoraAdapters.activate`, whose errors propagate).
         Raises ``ModelNotServed`` when ``shape.model`` names another model than this runner's, ``GenerationOOM``
         when the device runs out of memory, ``UnknownScheduler`` for a name outside ``SCHEDULERS``,
         ``ValueError`` for an empty or inconsistent batch (a job without its mode's inputs too); other errors
@@ -421,7 +441,9 @@ class PipelineRunner:
             first_rows = [sum(j.num_images for j in jobs[:n]) for n in range(len(jobs))]
             kwargs["callback_on_step_end"] = _step_callback(on_step, first_rows, keys, self._latent_format)
 
-        cache = self._accel.prompt_cache
+        self._loras.activate(shape.loras)
+        # A LoRA may change the text encoder too: its batches encode their own prompts.
+        cache = self._accel.prompt_cache if not shape.loras else None
         try:
             # Text embeddings from the prompt cache when there is one (inside the try: encoding can run out of
             # memory too), else the pipeline encodes the prompts itself.

@@ -1,0 +1,250 @@
+"""LoRAs per job: the registry's contract, a job's ``loras`` checked at submit, the batch key, and the worker's
+adapters (loaded once, verified, least recently used out past the memory bound, the same pixels alone or batched).
+
+The LoRAs are the project's own for the tiny model (tests/loraasset.py), served from local folders and S3 (moto)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import numpy as np
+import pytest
+from moto import mock_aws
+from PIL import Image
+from pydantic import ValidationError
+
+from shared.contracts import GenerationRequest
+from shared.loraregistry import LoraRegistry, parse_lora_registry
+from shared.modelregistry import weight_checksums
+from shared.settings import Settings
+from tests.loraasset import WEIGHT_FILE, build_tiny_lora, lora_entry
+from workflows.generation.loras import LoraAdapters, LoraChecksumMismatch, LoraNotFound, LoraNotServed, lora_folder
+from workflows.generation.models import load_model
+from workflows.generation.pipeline import BatchShape, ImageJob, PipelineRunner
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+SHAPE = BatchShape(64, 64, 2, 7.5, "euler")
+
+
+@pytest.fixture(scope="module")
+def ink(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_lora(tmp_path_factory.mktemp("loras") / "ink", seed=1)
+
+
+@pytest.fixture(scope="module")
+def wash(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_lora(tmp_path_factory.mktemp("loras") / "wash", seed=2)
+
+
+@pytest.fixture(scope="module")
+def registry(ink: Path, wash: Path) -> LoraRegistry:
+    return LoraRegistry.model_validate({"loras": [lora_entry(ink, "ink"), lora_entry(wash, "wash")]})
+
+
+@pytest.fixture(scope="module")
+def runner(registry: LoraRegistry) -> PipelineRunner:
+    return PipelineRunner(load_model("tiny", device="cpu"), lora_registry=registry)
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def differs(a: Image.Image, b: Image.Image) -> int:
+    """The largest difference of one channel of one pixel."""
+    return int(np.abs(pixels(a) - pixels(b)).max())
+
+
+def one(runner: PipelineRunner, loras: tuple[tuple[str, float], ...] = (), seed: int = 5) -> Image.Image:
+    shape = BatchShape(**{**SHAPE.__dict__, "loras": loras})
+    return runner.generate([ImageJob("a", "a red circle", "", seed, 1)], shape)["a"][0]
+
+
+# --- the registry -------------------------------------------------------------------------------------------
+
+
+def test_the_lora_is_built_the_same_byte_for_byte_from_its_seed(ink: Path, tmp_path: Path) -> None:
+    again = build_tiny_lora(tmp_path / "again", seed=1)
+    assert weight_checksums(again) == weight_checksums(ink)
+    assert weight_checksums(build_tiny_lora(tmp_path / "other", seed=3)) != weight_checksums(ink)
+
+
+def test_a_lora_registry_is_read_from_inline_json_or_a_file_and_checks_its_entries(ink: Path, tmp_path: Path) -> None:
+    body = json.dumps({"loras": [lora_entry(ink)]})
+    (tmp_path / "loras.json").write_text(body)
+    assert parse_lora_registry(body) == parse_lora_registry(str(tmp_path / "loras.json"))
+    assert Settings(lora_registry=body).loras.ids == ["ink"]
+    assert Settings().loras.ids == []  # unset: no LoRA is allowed
+    bad: dict[str, dict[str, Any]] = {
+        "relative source": {"source": "loras/ink"},
+        "no checksums": {"checksums": {}},
+        "not safetensors": {"checksums": {"ink.bin": "0" * 64}},
+        "several files, none named": {"checksums": {"a.safetensors": "0" * 64, "b.safetensors": "1" * 64}},
+        "no base model": {"base_models": []},
+    }
+    for case, fields in bad.items():
+        with pytest.raises(ValidationError):
+            parse_lora_registry({"loras": [lora_entry(ink, **fields)]})
+        assert case
+    with pytest.raises(ValidationError, match="unique"):
+        parse_lora_registry({"loras": [lora_entry(ink), lora_entry(ink)]})
+
+
+# --- a job's loras at submit --------------------------------------------------------------------------------
+
+
+def settings_with(ink: Path, **fields: Any) -> Settings:
+    entries = [lora_entry(ink, "ink"), lora_entry(ink, "other-model", base_models=["variant"])]
+    return Settings(lora_registry=json.dumps({"loras": entries}), **fields)
+
+
+def refusal(settings: Settings, **fields: Any) -> tuple[tuple[str | int, ...], str]:
+    with pytest.raises(ValidationError) as caught:
+        GenerationRequest.model_validate({"prompt": "a fox", **fields}, context={"settings": settings})
+    error = caught.value.errors()[0]
+    return tuple(error["loc"]), str(error["msg"])
+
+
+def test_a_jobs_loras_are_checked_at_submit_and_each_refusal_names_its_field(ink: Path) -> None:
+    settings = settings_with(ink)
+    ok = GenerationRequest.model_validate(
+        {"prompt": "a fox", "loras": [{"id": "ink", "scale": 0.8}]}, context={"settings": settings}
+    )
+    assert ok.lora_set == (("ink", 0.8),)
+    loc, msg = refusal(settings, loras=[{"id": "nope"}])
+    assert loc == ("loras", 0, "id")
+    assert "unknown LoRA" in msg
+    assert "ink" in msg
+    loc, msg = refusal(settings, loras=[{"id": "ink", "scale": 2.5}])
+    assert loc == ("loras", 0, "scale")
+    assert "between -2 and 2" in msg
+    loc, msg = refusal(settings, loras=[{"id": "other-model"}])
+    assert loc == ("loras",)
+    assert "applies to variant, not model 'tiny'" in msg
+    loc, msg = refusal(settings_with(ink, limits={"max_loras": 1}), loras=[{"id": "ink"}, {"id": "other-model"}])
+    assert loc == ("loras",)
+    assert "at most 1" in msg
+    loc, msg = refusal(settings, loras=[{"id": "ink"}, {"id": "ink", "scale": 0.5}])
+    assert loc == ("loras",)
+    assert "repeat" in msg
+
+
+def test_jobs_batch_only_with_the_same_lora_set_and_scales(ink: Path) -> None:
+    settings = settings_with(ink)
+
+    def request(*loras: dict[str, Any]) -> GenerationRequest:
+        return GenerationRequest.model_validate({"prompt": "a", "loras": list(loras)}, context={"settings": settings})
+
+    plain, inked = request(), request({"id": "ink", "scale": 0.5})
+    assert plain.batch_key() != inked.batch_key()
+    assert inked.batch_key() != request({"id": "ink", "scale": 0.6}).batch_key()
+    assert inked.batch_key() == request({"id": "ink", "scale": 0.5}).batch_key()
+    # The stored images of a LoRA job are another LoRA revision's no longer.
+    assert inked.cache_key("1", {"ink": "r1"}) != inked.cache_key("1", {"ink": "r2"})
+    assert inked.cache_key("1", {"ink": "r1"}) != plain.cache_key("1")
+
+
+# --- the worker's adapters ----------------------------------------------------------------------------------
+
+
+def test_a_lora_changes_the_image_and_a_batch_without_it_gets_the_models_own_pixels(runner: PipelineRunner) -> None:
+    before = one(runner)
+    inked = one(runner, (("ink", 1.0),))
+    assert differs(inked, before) > 8
+    assert differs(one(runner, (("ink", 0.5),)), inked) > 0  # the scale counts
+    assert differs(one(runner, (("ink", 1.0), ("wash", 1.0))), inked) > 0
+    assert differs(one(runner), before) == 0  # adapters loaded, but off for a batch without LoRAs
+    assert differs(one(runner, (("ink", 1.0),)), inked) == 0
+
+
+def test_a_lora_jobs_images_are_the_same_alone_or_batched_with_another_job_of_its_set(
+    runner: PipelineRunner,
+) -> None:
+    shape = BatchShape(**{**SHAPE.__dict__, "loras": (("ink", 0.7),)})
+    alone = runner.generate([ImageJob("a", "a red circle", "", 11, 2)], shape)["a"]
+    batched = runner.generate(
+        [ImageJob("b", "a green square", "blurry", 3, 1), ImageJob("a", "a red circle", "", 11, 2)], shape
+    )["a"]
+    # The runner's promise for any batch (workflows/generation/pipeline.py): within one level of rounding.
+    assert max(differs(x, y) for x, y in zip(alone, batched, strict=True)) <= 1
+
+
+def test_adapters_stay_loaded_and_the_least_recently_used_leave_past_the_memory_bound(
+    registry: LoraRegistry,
+) -> None:
+    pipe = load_model("tiny", device="cpu").pipeline
+    probe = LoraAdapters(pipe, "tiny", registry, max_bytes=2**30)
+    probe.activate((("ink", 1.0),))
+    size = probe.bytes
+    assert size > 0
+    probe.activate((("ink", 0.5),))
+    assert probe.loads == 1  # used again, not loaded again
+    pipe.delete_adapters([lora.adapter_name for lora in probe.loaded])
+
+    adapters = LoraAdapters(pipe, "tiny", registry, max_bytes=size)  # room for one
+    adapters.activate((("ink", 1.0),))
+    adapters.activate((("wash", 1.0),))
+    assert [lora.id for lora in adapters.loaded] == ["wash"]
+    assert adapters.evictions == 1
+    assert set(pipe.get_list_adapters()["unet"]) == {adapters.loaded[0].adapter_name}
+    # The batch's own set is never evicted for it, even past the bound.
+    adapters.activate((("ink", 1.0), ("wash", 1.0)))
+    assert sorted(lora.id for lora in adapters.loaded) == ["ink", "wash"]
+    adapters.activate((("ink", 1.0),))
+    assert [lora.id for lora in adapters.loaded] == ["ink"]
+
+
+def test_a_lora_whose_file_fails_its_checksum_or_is_not_served_is_refused(ink: Path, tmp_path: Path) -> None:
+    tampered = Path(shutil.copytree(ink, tmp_path / "tampered"))
+    data = bytearray((tampered / WEIGHT_FILE).read_bytes())
+    data[-1] ^= 1
+    (tampered / WEIGHT_FILE).write_bytes(bytes(data))
+    entries = [
+        {**lora_entry(tampered, "tampered"), "checksums": weight_checksums(ink)},
+        lora_entry(ink, "for-variant", base_models=["variant"]),
+    ]
+    registry = LoraRegistry.model_validate({"loras": entries})
+    runner = PipelineRunner(load_model("tiny", device="cpu"), lora_registry=registry)
+    before = one(runner)
+    with pytest.raises(LoraChecksumMismatch, match=WEIGHT_FILE):
+        one(runner, (("tampered", 1.0),))
+    with pytest.raises(LoraNotServed, match="applies to variant"):
+        one(runner, (("for-variant", 1.0),))
+    with pytest.raises(LoraNotServed, match="registry"):
+        one(runner, (("retired", 1.0),))
+    assert runner.loras.loaded == []
+    assert differs(one(runner), before) == 0
+
+
+@pytest.fixture
+def s3() -> Iterator[S3Client]:
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="stack-media")
+        yield client
+
+
+def test_a_lora_in_s3_is_fetched_once_per_revision_and_verified(ink: Path, s3: S3Client, tmp_path: Path) -> None:
+    s3.upload_file(str(ink / WEIGHT_FILE), "stack-media", f"loras/ink/r1/{WEIGHT_FILE}")
+    registry = LoraRegistry.model_validate({"loras": [{**lora_entry(ink), "source": "s3://stack-media/loras/ink/r1"}]})
+    entry = registry.loras[0]
+    folder = lora_folder(entry, tmp_path, s3=s3)
+    assert folder.is_relative_to(tmp_path)
+    assert weight_checksums(folder) == entry.checksums
+    s3.delete_object(Bucket="stack-media", Key=f"loras/ink/r1/{WEIGHT_FILE}")
+    assert lora_folder(entry, tmp_path, s3=s3) == folder  # the copy of this revision, not a second fetch
+    adapters = LoraAdapters(
+        load_model("tiny", device="cpu").pipeline, "tiny", registry, max_bytes=2**30, cache_root=tmp_path, s3=s3
+    )
+    adapters.activate((("ink", 1.0),))
+    assert [lora.id for lora in adapters.loaded] == ["ink"]
+    retired = entry.model_copy(update={"revision": "r2"})  # a revision not copied, and gone from the bucket
+    with pytest.raises(LoraNotFound, match="could not fetch"):
+        lora_folder(retired, tmp_path, s3=s3)

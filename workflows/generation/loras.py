@@ -1,0 +1,279 @@
+"""LoRA adapters per job: the registry's LoRAs fetched, verified, loaded into a pipeline and kept while used.
+
+A batch applies one LoRA set (the batch key holds its ids and scales: ``GenerationRequest.lora_set``), so before
+each pipeline call the runner asks :class:`LoraAdapters` to make exactly that set active: each LoRA is loaded
+once through diffusers' PEFT integration (``load_lora_weights(..., adapter_name=...)``), weighted with
+``set_adapters``, and a batch without LoRAs runs with the adapters disabled (the model's own weights, to the
+pixel). Loaded adapters stay for later batches, least recently used first out once their memory passes the bound
+(``SDQ_LORA_CACHE_MB``); the adapters of the batch at hand are never evicted for it.
+
+Files come from the entry's source at its pinned revision (a local folder, the hub snapshot of the revision, or
+the S3 prefix's copy in the model cache) and are checked against the entry's sha256 before loading: a mismatch
+raises :class:`LoraChecksumMismatch` and the batch's jobs fail; so do those naming a LoRA this worker's registry
+no longer has (:class:`LoraNotServed`).
+
+Not thread-safe: used from the runner's thread only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from huggingface_hub import snapshot_download
+from huggingface_hub.utils import HFValidationError
+
+from shared.aws import AwsClients
+from shared.contracts import LoraSet
+from shared.errors import PermanentError
+from shared.loraregistry import LoraEntry, LoraRegistry
+from shared.modelregistry import weight_checksums
+from shared.settings import get_settings
+from workflows.generation.models import _hub_offline, model_cache_root, quiet_logger
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+logger = logging.getLogger(__name__)
+
+# diffusers logs a warning for each pipeline component a LoRA file has no weights for (most have none for the
+# text encoder); nothing to act on in a worker's log.
+_LOADER_LOGGERS = ("diffusers.loaders.lora_base", "diffusers.loaders.peft", "diffusers.loaders.lora_pipeline")
+
+
+class LoraNotServed(PermanentError):
+    """A batch names a LoRA this worker's registry does not have, or one made for another model."""
+
+    def __init__(self, lora_id: str, model: str, reason: str) -> None:
+        super().__init__(f"LoRA {lora_id!r} is not served for model {model!r}: {reason}")
+        self.lora_id = lora_id
+        self.model = model
+
+
+class LoraNotFound(PermanentError):
+    """A registered LoRA's files could not be fetched from its source."""
+
+    def __init__(self, lora_id: str, reason: str) -> None:
+        super().__init__(f"LoRA {lora_id!r} could not be fetched: {reason}")
+        self.lora_id = lora_id
+
+
+class LoraChecksumMismatch(PermanentError):
+    """A registered LoRA's files are not those its entry lists: it is not loaded."""
+
+    def __init__(self, lora_id: str, revision: str, problems: dict[str, str]) -> None:
+        listed = "; ".join(f"{path}: {problem}" for path, problem in sorted(problems.items()))
+        super().__init__(f"LoRA {lora_id!r} revision {revision!r} failed its checksums: {listed}")
+        self.lora_id = lora_id
+        self.revision = revision
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class LoadedLora:
+    """One adapter inside the pipeline: its registry id and revision, its PEFT adapter name and its bytes."""
+
+    id: str
+    revision: str
+    adapter_name: str
+    bytes: int
+
+
+def adapter_name(entry: LoraEntry) -> str:
+    """The PEFT adapter name of an entry's revision: a new revision is another adapter, never the old one's."""
+    return "sdq_" + hashlib.sha256(f"{entry.id}\0{entry.revision}".encode()).hexdigest()[:16]
+
+
+def lora_folder(entry: LoraEntry, cache_root: Path | None = None, *, s3: S3Client | None = None) -> Path:
+    """The local folder holding an entry's files: the local path, the hub snapshot of the pinned revision (only
+    the listed files), or the S3 copy in the model cache (fetched once per revision). Raises ``LoraNotFound``."""
+    kind = entry.source_kind
+    if kind == "local":
+        folder = Path(entry.location)
+        if not folder.is_dir():
+            raise LoraNotFound(entry.id, f"no such folder: {folder}")
+        return folder
+    if kind == "hub":
+        try:
+            return Path(
+                snapshot_download(
+                    entry.location,
+                    revision=entry.revision,
+                    allow_patterns=list(entry.checksums),
+                    local_files_only=_hub_offline(),
+                )
+            )
+        except (HFValidationError, OSError) as exc:  # hub errors are OSErrors (missing repo, revision, offline)
+            raise LoraNotFound(entry.id, f"revision {entry.revision} not fetched from the hub: {exc}") from exc
+    # Built here, when an S3 LoRA is first used, unless the caller brought one.
+    return _fetch_s3(entry, s3 or AwsClients(get_settings()).s3(), cache_root)
+
+
+def _fetch_s3(entry: LoraEntry, s3: S3Client, cache_root: Path | None) -> Path:
+    """Copy the entry's listed files from its S3 prefix into the model cache, under a temporary name renamed into
+    place (a half copy is never used)."""
+    key = hashlib.sha256(f"{entry.id}\0{entry.revision}".encode()).hexdigest()[:16]
+    target = (cache_root or model_cache_root()) / "loras" / key
+    if all((target / name).is_file() for name in entry.checksums):
+        return target
+    bucket, _, prefix = entry.location.partition("/")
+    prefix = prefix.strip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}.fetching-", dir=target.parent))
+    try:
+        for name in entry.checksums:
+            destination = staging / name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                s3.download_file(bucket, f"{prefix}/{name}", str(destination))
+            except (ClientError, BotoCoreError) as exc:
+                raise LoraNotFound(entry.id, f"could not fetch {entry.source}/{name}: {exc}") from exc
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not all((target / name).is_file() for name in entry.checksums):  # another process won the rename
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def verify_lora(entry: LoraEntry, folder: Path) -> None:
+    """Check each file ``entry.checksums`` lists against its sha256; raises ``LoraChecksumMismatch`` (logged)."""
+    found = weight_checksums(folder)
+    problems: dict[str, str] = {}
+    for path, expected in entry.checksums.items():
+        actual = found.get(path)
+        if actual is None:
+            problems[path] = "missing"
+        elif actual != expected:
+            problems[path] = f"sha256 {actual}, the registry says {expected}"
+    if problems:
+        error = LoraChecksumMismatch(entry.id, entry.revision, problems)
+        logger.error("refusing to load LoRA %s: %s", entry.id, error)
+        raise error
+
+
+class LoraAdapters:
+    """The LoRAs loaded into one pipeline (of the model ``model_id``), least recently used first out past
+    ``max_bytes``."""
+
+    def __init__(
+        self,
+        pipeline: Any,
+        model_id: str,
+        registry: LoraRegistry,
+        *,
+        max_bytes: int,
+        cache_root: Path | None = None,
+        s3: S3Client | None = None,
+    ) -> None:
+        self._pipe = pipeline
+        self._model = model_id
+        self._registry = registry
+        self._max_bytes = max_bytes
+        self._cache_root = cache_root
+        self._s3 = s3
+        self._loaded: OrderedDict[str, LoadedLora] = OrderedDict()  # by LoRA id, least recently used first
+        self.loads = 0
+        self.evictions = 0
+
+    @property
+    def loaded(self) -> list[LoadedLora]:
+        """The adapters in the pipeline, least recently used first."""
+        return list(self._loaded.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(lora.bytes for lora in self._loaded.values())
+
+    def activate(self, loras: LoraSet) -> None:
+        """Make exactly ``loras`` (id, scale) active for the next pipeline call; none: the model's own weights.
+
+        Loads what is missing and evicts least recently used adapters outside ``loras`` past the memory bound.
+        Raises ``LoraNotServed``, ``LoraNotFound`` or ``LoraChecksumMismatch``; the pipeline is then left with
+        its adapters disabled.
+        """
+        if not loras:
+            self._disable()
+            return
+        try:
+            active = [self._ensure(lora_id) for lora_id, _scale in loras]
+        except Exception:
+            self._disable()
+            raise
+        self._evict(keep={lora.id for lora in active})
+        # set_adapters alone does not undo an earlier disable_lora.
+        self._pipe.enable_lora()
+        self._pipe.set_adapters([lora.adapter_name for lora in active], [scale for _id, scale in loras])
+
+    def _disable(self) -> None:
+        if self._loaded:
+            self._pipe.disable_lora()
+
+    def _ensure(self, lora_id: str) -> LoadedLora:
+        entry = self._registry.get(lora_id)
+        if entry is None:
+            raise LoraNotServed(lora_id, self._model, "not in this worker's LoRA registry (retired?)")
+        if self._model not in entry.base_models:
+            raise LoraNotServed(lora_id, self._model, f"it applies to {', '.join(entry.base_models)}")
+        loaded = self._loaded.get(lora_id)
+        if loaded is not None and loaded.revision == entry.revision:
+            self._loaded.move_to_end(lora_id)
+            return loaded
+        if loaded is not None:
+            self._unload(loaded)
+        folder = lora_folder(entry, self._cache_root, s3=self._s3)
+        verify_lora(entry, folder)
+        name = adapter_name(entry)
+        with (
+            quiet_logger(_LOADER_LOGGERS[0]),
+            quiet_logger(_LOADER_LOGGERS[1]),
+            quiet_logger(_LOADER_LOGGERS[2]),
+            warnings.catch_warnings(),
+        ):
+            # peft warns on every adapter after the first that a model holding several is unusual: here it is the
+            # design (one adapter per LoRA, the batch's set chosen with set_adapters).
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+            self._pipe.load_lora_weights(str(folder), weight_name=entry.weight_file, adapter_name=name)
+        loaded = LoadedLora(entry.id, entry.revision, name, _adapter_bytes(self._pipe, name))
+        self._loaded[lora_id] = loaded
+        self.loads += 1
+        logger.info(
+            "loaded LoRA %s (revision %s, %d bytes) into %s", entry.id, entry.revision, loaded.bytes, self._model
+        )
+        return loaded
+
+    def _evict(self, keep: set[str]) -> None:
+        for lora_id in list(self._loaded):
+            if self.bytes <= self._max_bytes:
+                return
+            if lora_id not in keep:
+                self._unload(self._loaded[lora_id])
+                self.evictions += 1
+
+    def _unload(self, lora: LoadedLora) -> None:
+        self._pipe.delete_adapters(lora.adapter_name)
+        del self._loaded[lora.id]
+        logger.info("unloaded LoRA %s (revision %s) from %s", lora.id, lora.revision, self._model)
+
+
+def _adapter_bytes(pipeline: Any, name: str) -> int:
+    """The memory of one adapter's weights across the pipeline's components (PEFT names them ``.<name>.``)."""
+    marker = f".{name}."
+    total = 0
+    for component in pipeline.components.values():
+        named = getattr(component, "named_parameters", None)
+        if named is None:
+            continue
+        total += sum(p.numel() * p.element_size() for n, p in named() if marker in n)
+    return total

@@ -36,6 +36,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from localcloud.service import LocalServiceConfig, start_local_service, wait_forever
 
     previous_key = None
+    models = list(dict.fromkeys(args.model or ["tiny"]))
     state = state_dir() / LOCAL_STATE_FILE
     if state.exists():
         previous_key = json.loads(state.read_text()).get("api_key")
@@ -46,7 +47,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         # when `sdq up` is restarted: the restarted stack keeps its names (see name_local_resources).
         cloud_port=args.cloud_port if args.cloud_port is not None else (args.port + 1 if args.port else 0),
         with_worker=not args.no_worker,
-        model=args.model,
+        model=models[0],
+        extra_models=tuple(models[1:]),
         api_key=previous_key,
     )
     if args.api_processes is not None:
@@ -77,8 +79,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         out.print(f"playground {service.api_url}/playground/")
         out.print(f"API key    {service.api_key}   (saved in {state})")
         out.print(f"AWS        {service.resources.endpoint_url}   (local cloud, region {service.resources.region})")
-        out.print(f"worker     {'model ' + args.model if service.worker else 'not started (--no-worker)'}")
-        if args.model == "tiny":
+        served = f"model{'s' if len(models) > 1 else ''} {', '.join(models)}"
+        out.print(f"worker     {served if service.worker else 'not started (--no-worker)'}")
+        if "tiny" in models:
             out.print(f"note       {TINY_MODEL_NOTE}")
         out.print('try        sdq submit "a red fox" --wait')
         out.print("Ctrl-C (or SIGTERM) stops everything.")
@@ -310,7 +313,7 @@ def _refusal(args: argparse.Namespace, exc: ApiError) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from handlers.worker import main as worker_main
 
-    return worker_main(args.model)
+    return worker_main(args.model or (), fleet=args.fleet)
 
 
 def cmd_bench_worker(args: argparse.Namespace) -> int:
@@ -379,7 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--cloud-port", type=int, help="local cloud port (default: API port + 1; a free one when --port is 0)"
     )
-    up.add_argument("--model", default="tiny", help="model for the local worker (default: tiny, offline)")
+    up.add_argument(
+        "--model",
+        action="append",
+        help="a model for the local worker, repeated for several on it; the first is the default (default: tiny)",
+    )
     up.add_argument("--no-worker", action="store_true", help="control plane only")
     up.add_argument(
         "--api-processes",
@@ -460,8 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     api_args(jobs)
     jobs.set_defaults(func=cmd_jobs)
 
-    worker = sub.add_parser("worker", help="run a GPU worker (loads the model once, drains the queue)")
-    worker.add_argument("--model", help="default: $SDQ_MODEL or 'tiny'")
+    worker = sub.add_parser("worker", help="run a GPU worker (loads its models once, drains the queue)")
+    worker_models = worker.add_mutually_exclusive_group()
+    worker_models.add_argument(
+        "--model", action="append", help="a model to load, repeated for several (default: $SDQ_FLEET's or $SDQ_MODEL)"
+    )
+    worker_models.add_argument("--fleet", help="load every model the model registry assigns this fleet")
     worker.set_defaults(func=cmd_worker)
 
     bench = sub.add_parser("bench", help="benchmarks (numbers go to JSON under benchmarks/results/)")

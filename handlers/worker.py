@@ -1,7 +1,7 @@
 """The worker process entry point (``python -m handlers.worker``, the container's command; ``sdq worker``).
 
-Loads the model once, then runs the loop until SIGTERM/SIGINT: the first signal is a warm stop, the second
-stops at once.
+Loads its models once (those named, else its fleet's in the model registry, else ``SDQ_MODEL``'s), then runs the
+loop until SIGTERM/SIGINT: the first signal is a warm stop, the second stops at once.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from types import FrameType
 from typing import Any
 
@@ -20,10 +21,10 @@ from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import WorkerQueue
 from shared.queuestate import QueueState
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 from workflows.generation.encoding import encode_processes_for
 from workflows.generation.gpumetrics import GpuMetrics
-from workflows.generation.pipeline import PipelineRunner
+from workflows.generation.pipeline import ModelRunners, PipelineRunner
 from workflows.generation.progressevents import progress_events_for
 from workflows.generation.protection import TaskProtection
 from workflows.generation.worker import Generator, Worker, WorkerConfig
@@ -73,29 +74,53 @@ def worker_config() -> WorkerConfig:
     )
 
 
-def load_generator(model: str) -> PipelineRunner:
-    """Load the pipeline once; exits with a clear message when the model cannot be found."""
+def models_to_load(settings: Settings, models: Sequence[str] = (), fleet: str | None = None) -> list[str]:
+    """The models a worker loads: ``models`` when given, else every registry entry of ``fleet`` (default
+    ``SDQ_FLEET``), else ``SDQ_MODEL``'s. Exits with a clear message for a fleet the registry has no model in."""
+    if models:
+        return list(dict.fromkeys(models))
+    fleet = fleet or settings.worker.fleet
+    if fleet is None:
+        return list(dict.fromkeys(settings.worker.model))
+    entries = settings.registry.fleet(fleet)
+    if not entries:
+        print(f"sdq worker: the model registry assigns no model to fleet {fleet!r}", file=sys.stderr)
+        raise SystemExit(2)
+    return [entry.id for entry in entries]
+
+
+def load_generator(models: Sequence[str]) -> PipelineRunner | ModelRunners:
+    """Load each model's pipeline once (several share the device, one runner each); exits with a clear message
+    when a model cannot be found."""
     from workflows.generation.acceleration import options_from_settings
     from workflows.generation.models import ModelNotFoundError
 
     settings = get_settings()
+    load = partial(
+        PipelineRunner.load,
+        cpu_max_batch_images=settings.worker.max_batch_images,
+        precision=settings.acceleration.precision,
+        acceleration=options_from_settings(settings.acceleration),
+    )
     try:
-        return PipelineRunner.load(
-            model,
-            cpu_max_batch_images=settings.worker.max_batch_images,
-            precision=settings.acceleration.precision,
-            acceleration=options_from_settings(settings.acceleration),
-        )
+        runners = [load(model) for model in models]
     except ModelNotFoundError as exc:
-        logger.error("model not found", model=model, reason=str(exc))
-        print(f"sdq worker: cannot load model {model!r}: {exc}", file=sys.stderr)
+        logger.error("model not found", model=exc.name, reason=exc.reason)
+        print(f"sdq worker: cannot load model {exc.name!r}: {exc.reason}", file=sys.stderr)
         raise SystemExit(2) from exc
+    return runners[0] if len(runners) == 1 else ModelRunners(runners)
 
 
-def main(model: str | None = None, *, batch_log_fields: Callable[[], dict[str, Any]] | None = None) -> int:
-    """Run one worker until it is stopped; ``batch_log_fields`` adds fields to each batch's log line."""
+def main(
+    models: Sequence[str] = (),
+    *,
+    fleet: str | None = None,
+    batch_log_fields: Callable[[], dict[str, Any]] | None = None,
+) -> int:
+    """Run one worker until it is stopped: ``models`` (else ``fleet``'s, else the settings'; see
+    :func:`models_to_load`); ``batch_log_fields`` adds fields to each batch's log line."""
     settings = get_settings()
-    generator = load_generator(model or settings.worker.model)
+    generator = load_generator(models_to_load(settings, models, fleet))
     config = worker_config()
     # On a GPU the limit also comes from free memory (the runner's estimate); on CPU the setting rules.
     config.max_batch_images = max(1, min(config.max_batch_images, generator.max_batch_images()))

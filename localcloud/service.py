@@ -41,6 +41,7 @@ class LocalServiceConfig:
     cloud_port: int = 0
     with_worker: bool = True
     model: str = "tiny"
+    extra_models: tuple[str, ...] = ()  # more models the local worker loads beside ``model`` (the API's default)
     api_key: str | None = None
     tenant: str = "local-dev"
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -103,10 +104,10 @@ def service_env(resources: LocalResources, config: LocalServiceConfig) -> dict[s
     profile's defaults unless the caller's environment sets them, then ``config.extra_env``."""
     defaults = {
         "SDQ_ALLOW_LOOPBACK_CALLBACKS": "true",
-        # Only the model the local worker loads: a request for another is refused (422), never run with this one.
-        "SDQ_MODELS": json.dumps([config.model]),
+        # Only the models the local worker loads: a request for another is refused (422), never run with these.
+        "SDQ_MODELS": json.dumps([config.model, *config.extra_models]),
         "SDQ_DEFAULT_MODEL": config.model,
-        "SDQ_MODEL": config.model,
+        "SDQ_MODEL": ",".join([config.model, *config.extra_models]),
         "SDQ_REQUEUE_AFTER_S": "15",
         # The webhook retry schedule in seconds instead of hours, like the compressed ASL retries above.
         "SDQ_WEBHOOK_RETRY_SCHEDULE_S": "[1, 1, 1, 2, 2, 3, 3]",

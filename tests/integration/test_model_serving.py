@@ -58,11 +58,12 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory, registry: ModelRegistry) -> Iterator[RunningService]:
-    """`sdq up --model variant` with the registry (control plane only: the tests run their own workers)."""
+    """`sdq up --model variant --model tiny` with the registry (control plane only: the tests run their own
+    workers); variant is the default model."""
     running = start_service(
         tmp_path_factory.mktemp("sdq-models"),
         {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000", "SDQ_MODEL_REGISTRY": registry.model_dump_json()},
-        args=("--model", "variant"),
+        args=("--model", "variant", "--model", "tiny"),
     )
     yield running
     stop_service(running)
@@ -169,14 +170,14 @@ def send(service: RunningService, repo: JobsRepository, tenant: str, **fields: A
     return job.job_id
 
 
-def test_sdq_up_with_a_model_refuses_a_job_for_any_other_model_or_its_scheduler_at_submit(
+def test_sdq_up_with_models_refuses_a_job_for_any_other_model_or_its_scheduler_at_submit(
     service: RunningService,
 ) -> None:
     with service.http() as http:
         headers = {"x-api-key": service.api_key}
-        refused = http.post("/v1/jobs", json={"prompt": "a fox", "model": "tiny", **SMALL}, headers=headers)
+        refused = http.post("/v1/jobs", json={"prompt": "a fox", "model": "sd15", **SMALL}, headers=headers)
         assert refused.status_code == 422
-        assert "must be one of: variant" in json.dumps(refused.json())  # names the model that is served
+        assert "must be one of: variant, tiny" in json.dumps(refused.json())  # names the models that are served
         # The registry entry's schedulers bound what a job for the model may name.
         other_scheduler = http.post("/v1/jobs", json={"prompt": "a fox", "scheduler": "lms", **SMALL}, headers=headers)
         assert other_scheduler.status_code == 422
@@ -243,6 +244,29 @@ def test_one_worker_serves_two_models_and_never_mixes_them_in_a_batch(
         image = output(job["outputs"][0]["url"])
         assert image_parameters(job["outputs"][0]["url"])["model"] == model_of[job_id]
         assert _differs(image.convert("RGB"), alone[model_of[job_id]]) <= 1
+
+
+def test_sdq_up_with_two_models_runs_one_worker_that_serves_both(service: RunningService) -> None:
+    """`sdq up --model variant --model tiny`: its worker (here `sdq worker` with the stack's environment, as
+    `sdq up` starts it) loads both and generates each job with its own model and revision."""
+    client = service.new_tenant("both")
+    jobs = {model: client.submit({"prompt": "a fox", "model": model, **SMALL})["id"] for model in ("variant", "tiny")}
+    worker = service.start_worker(log_name="both")
+    try:
+        for model, job_id in jobs.items():
+            done = succeeded(client, job_id)
+            parameters = image_parameters(done["outputs"][0]["url"])
+            revision = {"variant": "r1", "tiny": "1"}[model]
+            assert (parameters["model"], parameters["model_revision"], done["model_revision"]) == (
+                model,
+                revision,
+                revision,
+            )
+    finally:
+        worker.terminate()  # a warm stop; the tests after this one run workers of their own
+        assert worker.wait(timeout=60) == 0
+    log = "".join(path.read_text(errors="replace") for path in service.state_dir.glob("both-*.log"))
+    assert '"model":"tiny,variant"' in log  # one worker process, both models loaded
 
 
 def revised(registry: ModelRegistry, revision: str, *, retired: Sequence[str] = ()) -> ModelRegistry:

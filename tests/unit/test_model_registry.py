@@ -15,6 +15,7 @@ import pytest
 from moto import mock_aws
 from pydantic import ValidationError
 
+from handlers.worker import models_to_load
 from shared.contracts import GenerationRequest
 from shared.modelregistry import BUILTIN_REGISTRY, ModelRegistry, parse_registry, weight_checksums
 from shared.settings import Settings
@@ -89,6 +90,7 @@ def test_a_registry_is_read_from_inline_json_or_from_a_file(variant: Path, tmp_p
         ({"source": "builtin:sd15"}, "only built-in model"),
         ({"default_width": 500}, "multiple of 8"),
         ({"revision": ""}, "revision"),
+        ({"retired_revisions": ["2026-12-06"]}, "pinned, so it cannot be retired too"),
     ],
 )
 def test_an_invalid_entry_is_refused_with_what_is_wrong(variant: Path, change: dict[str, Any], complaint: str) -> None:
@@ -215,3 +217,20 @@ def test_an_s3_prefix_without_a_model_is_not_found(variant: Path, s3: S3Client, 
     with pytest.raises(ModelNotFoundError, match="no diffusers folder"):
         load_model("variant", device="cpu", registry=registry, cache_root=tmp_path, s3=s3)
     assert not list((tmp_path / "registry").iterdir())  # no half copy left behind
+
+
+def test_a_worker_loads_the_models_named_else_its_fleets_else_sdq_models(
+    variant: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    large = entry(variant, id="large", fleet="large")
+    monkeypatch.setenv("SDQ_MODEL_REGISTRY", json.dumps({"models": [entry(variant), large, entry(variant, id="tiny")]}))
+    monkeypatch.setenv("SDQ_MODEL", "tiny, variant")
+    settings = Settings()
+    assert models_to_load(settings) == ["tiny", "variant"]  # SDQ_MODEL, comma-separated
+    assert models_to_load(settings, ["large", "large"]) == ["large"]  # named (sdq worker --model ...)
+    assert models_to_load(settings, fleet="default") == ["variant", "tiny"]
+    monkeypatch.setenv("SDQ_FLEET", "large")  # the template sets it for each fleet's workers
+    assert models_to_load(Settings()) == ["large"]
+    with pytest.raises(SystemExit):
+        models_to_load(settings, fleet="none")
+    assert "the model registry assigns no model to fleet 'none'" in capsys.readouterr().err

@@ -3,7 +3,11 @@
 A WSGI middleware placed in front of moto's application intercepts Lambda ``Invoke`` requests
 (``POST /2015-03-31/functions/{name}/invocations``), whether they come from boto3 or from moto's ASL
 interpreter, and runs the function's stored ``Handler`` in this process with its stored ``Environment``.
-Errors are reported the way AWS Lambda reports them, so Step Functions Retry/Catch behave as on AWS.
+Errors are reported the way AWS Lambda reports them, so Step Functions Retry/Catch behave as on AWS. A function
+with reserved concurrency (the template's ``ReservedConcurrentExecutions``, or ``PutFunctionConcurrency``) runs at
+most that many invocations at once: a synchronous one past it is refused with Lambda's throttling error
+(``TooManyRequestsException``, 429), which callers retry as on AWS; an asynchronous one runs anyway (AWS queues
+it).
 
 An ``Invoke`` that carries an X-Ray trace (its ``X-Amzn-Trace-Id`` header: the state machine's task Lambdas get
 their execution's) runs with it as ``_X_AMZN_TRACE_ID``, as the Lambda runtime sets it per invocation, so the
@@ -60,6 +64,7 @@ class FunctionSpec:
     timeout_s: int = 3
     memory_mb: int = 128
     code_root: Path | None = None
+    reserved_concurrency: int | None = None  # None: none reserved (no bound but the account's)
 
 
 @dataclass(frozen=True)
@@ -272,6 +277,7 @@ def moto_function_resolver(ref: FunctionRef) -> FunctionSpec | None:
         environment=dict(fn.environment_vars or {}),
         timeout_s=int(fn.timeout or 3),
         memory_mb=int(fn.memory_size or 128),
+        reserved_concurrency=None if fn.reserved_concurrency is None else int(fn.reserved_concurrency),
     )
 
 
@@ -292,6 +298,8 @@ class LambdaInvokeMiddleware:
         self.resolver = resolver
         self.base_env = base_env or dict
         self.journal = journal or EnvJournal()
+        self._running: dict[str, int] = {}  # function name -> invocations running now
+        self._running_lock = threading.Lock()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Dispatch one WSGI request."""
@@ -325,18 +333,46 @@ class LambdaInvokeMiddleware:
             return _respond(start_response, "204 No Content", "", {})
         if invocation_type == "Event":
             thread = threading.Thread(
-                target=invoke,
-                args=(spec, event, self.base_env(), self.journal, trace_header),
+                target=self._counted,
+                args=(spec, event, trace_header, False),
                 name=f"lambda-{spec.name}",
                 daemon=True,
             )
             thread.start()
             return _respond(start_response, "202 Accepted", "", {})
-        result = invoke(spec, event, self.base_env(), self.journal, trace_header)
+        result = self._counted(spec, event, trace_header, True)
+        if result is None:
+            body = {
+                "Type": "User",
+                "message": "Rate Exceeded.",
+                "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded",
+            }
+            return _respond(
+                start_response,
+                "429 Too Many Requests",
+                json.dumps(body),
+                {"x-amzn-ErrorType": "TooManyRequestsException", "x-amzn-RequestId": str(uuid.uuid4())},
+            )
         headers = {"X-Amz-Executed-Version": "$LATEST", "x-amzn-RequestId": result.request_id}
         if result.function_error:
             headers["X-Amz-Function-Error"] = result.function_error
         return _respond(start_response, "200 OK", result.payload, headers)
+
+    def _counted(
+        self, spec: FunctionSpec, event: Any, trace_header: str | None, refuse: bool
+    ) -> InvocationResult | None:
+        """:func:`invoke`, counted against the function's reserved concurrency; None (nothing ran) when it is all
+        in use and ``refuse`` is set."""
+        with self._running_lock:
+            running = self._running.get(spec.name, 0)
+            if refuse and spec.reserved_concurrency is not None and running >= spec.reserved_concurrency:
+                return None
+            self._running[spec.name] = running + 1
+        try:
+            return invoke(spec, event, self.base_env(), self.journal, trace_header)
+        finally:
+            with self._running_lock:
+                self._running[spec.name] -= 1
 
 
 def _respond(start_response: StartResponse, status: str, body: bytes | str, headers: Mapping[str, str]) -> list[bytes]:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.loraregistry import EMPTY_LORA_REGISTRY, LoraRegistry, parse_lora_registry
 from shared.modelregistry import BUILTIN_REGISTRY, ModelRegistry, parse_registry
 from shared.pricing import gpu_price
 
@@ -40,6 +41,8 @@ class RequestLimits(BaseModel):
     max_guidance: float = Field(default=20.0, description="Largest `guidance_scale`")
     default_guidance: float = Field(default=7.5, description="`guidance_scale` of a request that gives none")
     max_images: int = Field(default=4, description="Most `num_images` per job")
+    max_loras: int = Field(default=3, ge=0, description="Most `loras` per job")
+    max_lora_scale: float = Field(default=2.0, gt=0, description="Largest absolute `loras[].scale`")
     max_metadata_entries: int = Field(default=16, description="Most `metadata` entries")
     max_metadata_key_chars: int = Field(default=64, description="Longest `metadata` key, in characters")
     max_metadata_value_chars: int = Field(default=512, description="Longest `metadata` value, in characters")
@@ -143,6 +146,15 @@ class WorkerSettings(SettingsGroup):
                 else [m.strip() for m in value.split(",") if m.strip()]
             )
         return value
+
+    lora_cache_mb: int = Field(
+        default=1024,
+        ge=0,
+        description=(
+            "Memory the LoRA adapters a worker keeps loaded may hold, in MiB; past it the least recently used are"
+            " unloaded (an adapter larger than it is still loaded, for its batch alone)"
+        ),
+    )
 
     model_cache: str | None = Field(
         default=None, description="Where the built-in tiny model is saved (unset: ~/.cache/sdq/models)"
@@ -276,6 +288,13 @@ class Settings(BaseSettings):
         description=(
             'The model registry (docs/worker.md): the path of a JSON file, or inline JSON `{"models": [...]}`;'
             " every model of `SDQ_MODELS` must be in it. Unset: the built-in `tiny` model alone"
+        ),
+    )
+    lora_registry: Annotated[LoraRegistry | None, NoDecode] = Field(
+        default=None,
+        description=(
+            'The LoRAs a job may name (docs/models.md#loras): the path of a JSON file, or inline JSON `{"loras":'
+            " [...]}`. Unset: none"
         ),
     )
     limits: RequestLimits = Field(
@@ -500,6 +519,11 @@ class Settings(BaseSettings):
     def _read_registry(cls, value: Any) -> Any:
         return None if value is None or value == "" else parse_registry(value)
 
+    @field_validator("lora_registry", mode="before")
+    @classmethod
+    def _read_lora_registry(cls, value: Any) -> Any:
+        return None if value is None or value == "" else parse_lora_registry(value)
+
     @model_validator(mode="after")
     def _models_registered(self) -> Settings:
         if self.model_registry is not None:
@@ -512,6 +536,11 @@ class Settings(BaseSettings):
     def registry(self) -> ModelRegistry:
         """The model registry: the configured one, else the built-in tiny model alone."""
         return self.model_registry or BUILTIN_REGISTRY
+
+    @property
+    def loras(self) -> LoraRegistry:
+        """The LoRA registry: the configured one, else none at all."""
+        return self.lora_registry or EMPTY_LORA_REGISTRY
 
     @field_validator("gpu_instance_type")
     @classmethod

@@ -205,9 +205,10 @@ def test_a_job_that_ran_in_a_failed_call_is_charged_for_it_too(
     )  # a quarter of the failed call each, plus half of its own
 
 
-def test_an_image_to_image_batch_fails_with_mode_not_served_and_is_never_run_as_text(
+def test_an_image_batch_on_a_runner_with_no_bucket_fails_mode_not_served_and_never_runs_as_text(
     pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
 ) -> None:
+    """This hand-off names no media bucket and no input reader is given: the inputs cannot be read."""
     digest = "sha256:" + "0" * 64  # a stored input, as submit records it
     jobs = [claimed(held(image=digest, strength=0.5)) for _ in range(2)]
     gpu = FaultyGenerator(oom_above=8)

@@ -112,8 +112,7 @@ class BatchRunner:
         started = time.monotonic()
         report.started_at = time.time()
         with segment("sdq-worker-batch", enabled=self._xray):
-            with subsegment("inputs", enabled=self._xray):
-                inputs = self._read_inputs(jobs, report)
+            inputs = self._read_inputs(jobs, report)
             with subsegment("generate", enabled=self._xray):
                 self._generate([h for h in jobs if h.request.mode == "text" or h.job_id in inputs], report, inputs)
         report.seconds = time.monotonic() - started
@@ -131,7 +130,8 @@ class BatchRunner:
                 report.failed += 1
                 self._handoff.fail_later(h, MODE_NOT_SERVED, f"This worker cannot read {h.request.mode} jobs' inputs.")
             return {}
-        read = self._inputs.read_all([(h.tenant, h.job_id, h.request) for h in wanting])
+        with subsegment("inputs", enabled=self._xray):
+            read = self._inputs.read_all([(h.tenant, h.job_id, h.request) for h in wanting])
         found: dict[str, JobInputs] = {}
         for h, got in zip(wanting, read, strict=True):
             if isinstance(got, InputUnavailable):

@@ -209,7 +209,7 @@ def services() -> Services:
     settings = get_settings()
     aws = AwsClients(settings)
     repo = MeteredJobsRepository(aws.dynamodb(), settings.table_name)
-    queue = JobQueue(aws.sqs(), settings.queue_url)
+    queue = JobQueue(aws.sqs(), settings.queue_url, settings.queue_routes)
     orchestrator = Orchestrator(aws.stepfunctions(), settings.state_machine_arn)
     media = MediaStore(aws.s3(), settings.bucket)
     inputs = Inputs(media, settings)

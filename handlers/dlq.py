@@ -43,7 +43,7 @@ def deps() -> Deps:
     aws = AwsClients(settings)
     return Deps(
         MeteredJobsRepository(aws.dynamodb(), settings.table_name),
-        JobQueue(aws.sqs(), settings.queue_url),
+        JobQueue(aws.sqs(), settings.queue_url, settings.queue_routes),
         Orchestrator(aws.stepfunctions(), settings.state_machine_arn),
         settings.max_generation_attempts,
     )

@@ -46,7 +46,7 @@ def result_cache(state_machine_arn: str) -> ResultCache:
     aws = AwsClients(settings)
     return ResultCache(
         MeteredJobsRepository(aws.dynamodb(), settings.table_name),
-        JobQueue(aws.sqs(), settings.queue_url),
+        JobQueue(aws.sqs(), settings.queue_url, settings.queue_routes),
         settings,
         orchestrator=lambda: Orchestrator(aws.stepfunctions(), state_machine_arn),
     )

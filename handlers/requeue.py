@@ -28,7 +28,7 @@ def sweeper() -> RequeueSweeper:
     orchestrator = Orchestrator(aws.stepfunctions(), settings.state_machine_arn)
     return RequeueSweeper(
         MeteredJobsRepository(aws.dynamodb(), settings.table_name),
-        JobQueue(aws.sqs(), settings.queue_url),
+        JobQueue(aws.sqs(), settings.queue_url, settings.queue_routes),
         requeue_after_s=settings.requeue_after_s,
         budget_s=settings.requeue_budget_s,
         abandoned_after_s=settings.abandoned_after_s,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,11 +27,17 @@ class Received:
 
 
 class JobQueue:
-    """Thin adapter over one SQS queue."""
+    """Thin adapter over the jobs queues: ``queue_url``, and the queue of each model that ``routes`` names (its
+    fleet's, ``Settings.queue_routes``)."""
 
-    def __init__(self, sqs: SQSClient, queue_url: str) -> None:
+    def __init__(self, sqs: SQSClient, queue_url: str, routes: Mapping[str, str] | None = None) -> None:
         self._sqs = sqs
         self.url = queue_url
+        self._routes = dict(routes or {})
+
+    def url_for(self, message: QueueMessage) -> str:
+        """The queue of the message's model: its fleet's, else the default one."""
+        return self._routes.get(message.request.model or "", self.url)
 
     def send(self, message: QueueMessage) -> str:
         """Send one job message; returns the SQS message id. Raises botocore errors after its retries.
@@ -40,7 +47,7 @@ class JobQueue:
         (docs/worker.md, "Fair share and priority"). The current X-Ray trace header, when there is one, goes
         with it as ``AWSTraceHeader``, so the job's trace continues in the worker (shared/tracing.py)."""
         request: SendMessageRequestTypeDef = {
-            "QueueUrl": self.url,
+            "QueueUrl": self.url_for(message),
             "MessageBody": message.model_dump_json(),
             "MessageGroupId": message.tenant,
             "MessageAttributes": {

@@ -468,6 +468,13 @@ class Settings(BaseSettings):
             " (`global`; a hit then tells one tenant what another generated)"
         ),
     )
+    fleet_queue_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "The jobs queue of each fleet with one of its own, by fleet name (a JSON map; set by the template): a"
+            " job is sent to the queue of its model's fleet (the registry entry's `fleet`), else to `SDQ_QUEUE_URL`"
+        ),
+    )
     model_revisions: dict[str, str] = Field(
         default_factory=dict,
         description=(
@@ -536,6 +543,13 @@ class Settings(BaseSettings):
     def registry(self) -> ModelRegistry:
         """The model registry: the configured one, else the built-in tiny model alone."""
         return self.model_registry or BUILTIN_REGISTRY
+
+    @property
+    def queue_routes(self) -> dict[str, str]:
+        """The jobs queue of each model whose fleet has a queue of its own, by model id (the others use
+        ``queue_url``)."""
+        urls = self.fleet_queue_urls
+        return {entry.id: urls[entry.fleet] for entry in self.registry.models if entry.fleet in urls}
 
     @property
     def loras(self) -> LoraRegistry:

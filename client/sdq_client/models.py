@@ -46,6 +46,13 @@ class Priority(StrEnum):
     HIGH = "high"
 
 
+class LoraRef(_Answer):
+    """One LoRA a job applies: an id of the deployment's LoRA registry, and how strongly (0 turns it off)."""
+
+    id: str
+    scale: float = 1.0
+
+
 class GenerationRequest(_Answer):
     """What to generate. Only the fields you set are sent; the server fills the rest (and draws a seed). Fields
     this client does not know are sent as given (the server refuses those it does not know either)."""
@@ -71,6 +78,8 @@ class GenerationRequest(_Answer):
     image: str | None = None
     mask: str | None = None
     strength: float | None = None
+    # LoRAs of the deployment's registry made for the model (GET /openapi.json lists the bounds).
+    loras: list[LoraRef] = Field(default_factory=list)
 
 
 class ProgressView(_Answer):

@@ -6,7 +6,8 @@ Why a job's inputs cannot be used, each the job's error code:
 
 - ``INPUT_NOT_FOUND``: the stored PNG is gone (it expires with the job's outputs);
 - ``INPUT_CORRUPT``: its bytes are not those the job names (sha256), or not a PNG of the job's size;
-- ``INPUT_UNAVAILABLE``: the bucket refused the read (after the S3 client's own retries).
+- ``INPUT_UNAVAILABLE``: the bucket refused the read (after the S3 client's own retries). On AWS a missing object
+  reads as this too: the worker's role may not list the bucket, so S3 answers ``AccessDenied`` for it.
 """
 
 from __future__ import annotations

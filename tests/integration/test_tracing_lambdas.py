@@ -1,8 +1,8 @@
-"""The trace's last hop on the local stack: the execution a worker starts with the submit's trace keeps it, and
-every Lambda task of that execution (Postprocess, CountSucceeded, Notify) runs in it: the local runtime hands the
-``Invoke``'s ``X-Amzn-Trace-Id`` to the function as ``_X_AMZN_TRACE_ID``, as the Lambda runtime does, so the
-handlers' structured logs carry its ``xray_trace_id``, and each traced invocation ends with the platform's
-``REPORT`` line naming the trace."""
+"""One trace through every stage on the local stack: the submit's trace rides the message to the worker, which
+starts the execution with it; the execution keeps it, and every Lambda task of that execution (Postprocess,
+CountSucceeded, Notify) runs in it: the local runtime hands the ``Invoke``'s ``X-Amzn-Trace-Id`` to the function
+as ``_X_AMZN_TRACE_ID``, as the Lambda runtime does, so the handlers' structured logs carry its ``xray_trace_id``,
+and each traced invocation ends with the platform's ``REPORT`` line naming the trace."""
 
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ service = service_fixture("sdq-tracing-lambdas", {"SDQ_MAX_UNFINISHED_JOBS_PER_T
 REPORT = re.compile(r"^REPORT RequestId: \S+\tFunction: (?P<function>\S+)\t.*\tXRAY TraceId: (?P<root>\S+)\t")
 
 
-def hand_off(service: RunningService, tenant: str, job_id: str) -> str:
+def hand_off(service: RunningService, tenant: str, job_id: str) -> tuple[str | None, dict[str, Any]]:
     """The worker's real hand-off of the job's message (the job claimed, an image instead of a generation);
-    returns the ARN of the execution it started."""
+    returns the trace header the message brought and the StartExecution call it made."""
     queue = WorkerQueue(service.boto("sqs"), service.queue_url)
     received = receive_job(queue, job_id)
     repo = JobsRepository(service.boto("dynamodb"), service.table)
@@ -59,8 +59,7 @@ def hand_off(service: RunningService, tenant: str, job_id: str) -> str:
         handoff.complete_later(None, held, [Image.new("RGB", (256, 256), (200, 80, 40))])
         handoff.wait()
     [start] = starts
-    machine = service.env["SDQ_STATE_MACHINE_ARN"]
-    return f"{machine.replace(':stateMachine:', ':execution:')}:{start['name']}"
+    return received.trace_header, start
 
 
 def log_records(service: RunningService) -> list[str]:
@@ -82,7 +81,10 @@ def test_every_lambda_of_the_execution_runs_in_the_submits_trace(
     assert resp.status_code == 202, resp.text
     job_id = str(resp.json()["id"])
 
-    arn = hand_off(service, tenant, job_id)
+    message_trace, start = hand_off(service, tenant, job_id)
+    assert trace_id(message_trace) == trace_id(start["traceHeader"]) == root
+    machine = service.env["SDQ_STATE_MACHINE_ARN"]
+    arn = f"{machine.replace(':stateMachine:', ':execution:')}:{start['name']}"
     sfn = service.boto("stepfunctions")
     deadline = time.monotonic() + 60
     while sfn.describe_execution(executionArn=arn)["status"] == "RUNNING" and time.monotonic() < deadline:

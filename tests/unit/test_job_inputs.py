@@ -8,6 +8,7 @@ import io
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import boto3
 import pytest
@@ -21,6 +22,7 @@ from shared.jobs import JobsRepository
 from shared.media import MediaStore, input_key
 from shared.settings import RequestLimits, Settings
 from tests.unit.workerfakes import claimed, held
+from workflows.generation.batcher import Batcher, Pending
 from workflows.generation.batchreport import GpuUse
 from workflows.generation.batchrun import BatchRunner
 from workflows.generation.claims import ClaimedBatch
@@ -176,3 +178,23 @@ def test_a_strength_that_leaves_no_step_is_refused_at_submit(
         return
     with pytest.raises(ValidationError, match="num_inference_steps x strength must be at least 1"):
         GenerationRequest.model_validate(body)
+
+
+def test_the_batcher_groups_jobs_by_mode_and_strength() -> None:
+    """Same size, steps and model: text, image at two strengths and inpaint still make four batches."""
+    digest = "sha256:" + "0" * 64
+    kinds: dict[str, dict[str, Any]] = {
+        "text": {},
+        "image": {"image": digest, "strength": 0.6},
+        "image-0.9": {"image": digest, "strength": 0.9},
+        "inpaint": {"image": digest, "mask": digest, "strength": 1.0},
+    }
+    batcher: Batcher[str] = Batcher(max_images=16, max_wait_s=0.0)
+    for n in range(2):
+        for name, fields in kinds.items():
+            request = held(**fields).request
+            batcher.add(Pending.of(request, tenant="t", arrived_at=float(n), item=f"{name}#{n}"))
+    batches = []
+    while batch := batcher.take(now=10.0):
+        batches.append(sorted(batch))
+    assert sorted(batches) == sorted([f"{name}#0", f"{name}#1"] for name in kinds)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from localcloud.keepalive import KEEP_ALIVE_ENV
+from shared.tracing import HTTP_TRACE_HEADER
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -41,7 +42,6 @@ READY = "sdq-executions-ready"
 TARGET_PREFIX = "AWSStepFunctions."
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"})
 LOG = logging.getLogger("sdq.localcloud.executions")
-TRACE_HEADER = "X-Amzn-Trace-Id"
 
 
 class ExecutionsProcess:
@@ -214,7 +214,7 @@ def _lambda_integration(original: Callable[..., None]) -> Callable[..., None]:
 def _add_trace_header(request: Any, **_: Any) -> None:
     header = _INVOKING.get()
     if header:
-        request.headers[TRACE_HEADER] = header
+        request.headers[HTTP_TRACE_HEADER] = header
 
 
 def _traced_client_for(original: Callable[..., Any]) -> Callable[..., Any]:

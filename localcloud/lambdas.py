@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
+from shared.tracing import LAMBDA_TRACE_ENV
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 LOG = logging.getLogger("sdq.localcloud.lambdas")
-TRACE_ENV = "_X_AMZN_TRACE_ID"  # what the Lambda runtime sets per invocation
 
 INVOKE_PATH = re.compile(r"^/2015-03-31/functions/(?P<function>[^/]+)/invocations/?$")
 _CREDENTIAL_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/(?P<region>[a-z0-9-]+)/")
@@ -171,7 +172,7 @@ class _InvocationEnviron(os._Environ[str]):
     else, and everything outside traced invocations, is the process's (which sets no trace)."""
 
     def __getitem__(self, key: str) -> str:
-        header = _invocation_trace.get() if key == TRACE_ENV else None
+        header = _invocation_trace.get() if key == LAMBDA_TRACE_ENV else None
         return header if header is not None else str(super().__getitem__(key))
 
 

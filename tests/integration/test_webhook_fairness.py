@@ -25,7 +25,7 @@ from workflows.webhooks import start_notice
 BOUND = 2  # A's deliveries at once
 NOTIFY_CONCURRENCY = 3  # Notify's reserved concurrency here: fewer than A's jobs
 A_JOBS = 4
-A_RECEIVER_S = 5.0  # how long A's receiver takes to answer each webhook
+A_RECEIVER_S = 6.0  # how long A's receiver takes to answer each webhook
 
 service = service_fixture("sdq-webhook-fairness", {"SDQ_WEBHOOK_DELIVERIES_PER_TENANT": str(BOUND)})
 

@@ -345,8 +345,8 @@ class Notifier:
             logger.info("webhook waits for a delivery slot", job_id=job.job_id, waits=waits + 1, due=due.isoformat())
             return Attempt(WAITING, None, None, retry_at=due)
         msg_id = webhook_id(job.job_id, event)
-        body = self.payload(job, event)
         try:
+            body = self.payload(job, event)
             headers = signed_headers(self._secrets.signing_secrets(job.tenant), msg_id, body)
             attempt = send_once(url, body, headers, allow_loopback=self._settings.allow_loopback_callbacks)
         finally:

@@ -79,8 +79,8 @@ def models_to_load(settings: Settings, models: Sequence[str] = (), fleet: str | 
     ``SDQ_FLEET``), else ``SDQ_MODEL``'s. Exits with a clear message for a fleet the registry has no model in."""
     if models:
         return list(dict.fromkeys(models))
-    fleet = fleet or settings.worker.fleet
-    if fleet is None:
+    fleet = fleet or settings.worker.fleet  # empty (the template's default fleet without a second one): unset
+    if not fleet:
         return list(dict.fromkeys(settings.worker.model))
     entries = settings.registry.fleet(fleet)
     if not entries:

@@ -163,6 +163,7 @@ class LocalResources:
     state_machine_arn: str
     audit_table_name: str
     webhook_secrets_key: str
+    fleet_queue_urls: str = "{}"  # the template's FleetQueueUrls: each fleet with a queue of its own (JSON)
     functions: dict[str, str] = field(default_factory=dict)
     """Logical id (e.g. ``PostprocessFunction``) -> deployed function name."""
     event_sources: tuple[EventSource, ...] = ()
@@ -184,6 +185,7 @@ class LocalResources:
             "SDQ_STATE_MACHINE_ARN": self.state_machine_arn,
             "SDQ_AUDIT_TABLE_NAME": self.audit_table_name,
             "SDQ_WEBHOOK_SECRETS_KEY": self.webhook_secrets_key,
+            "SDQ_FLEET_QUEUE_URLS": self.fleet_queue_urls,
         }
 
 
@@ -675,6 +677,7 @@ def provision(
             state_machine_arn=outputs["StateMachineArn"],
             audit_table_name=outputs["AuditTableName"],
             webhook_secrets_key=outputs["WebhookSecretsKeyId"],
+            fleet_queue_urls=outputs["FleetQueueUrls"],
             functions=functions,
             event_sources=event_sources,
             schedules=schedules,

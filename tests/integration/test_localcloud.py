@@ -21,7 +21,7 @@ import boto3
 import pytest
 
 from localcloud import LocalCloud, LocalResources, ProvisionError
-from localcloud.provision import load_sam_template
+from localcloud.provision import load_sam_template, provision
 from shared.errors import RetryableError
 
 pytestmark = pytest.mark.integration
@@ -203,6 +203,8 @@ def test_queue_and_dead_letter_queue_match_template(res: LocalResources, templat
     assert redrive["deadLetterTargetArn"] == dlq_attrs["QueueArn"]
     dlq_props = template["Resources"]["JobsDeadLetterQueue"]["Properties"]
     assert int(dlq_attrs["MessageRetentionPeriod"]) == int(dlq_props["MessageRetentionPeriod"]) == 14 * 86400
+    # No second fleet by default: every job goes to this queue.
+    assert json.loads(res.as_env()["SDQ_FLEET_QUEUE_URLS"]) == {}
 
 
 def test_table_keys_indexes_ttl_and_pitr_match_template(res: LocalResources, template: dict[str, Any]) -> None:
@@ -482,3 +484,27 @@ def test_queue_attributes_count_visible_in_flight_and_delayed_messages(res: Loca
         QueueUrl=fifo, AttributeNames=["ApproximateNumberOfMessages", "ContentBasedDeduplication"]
     )["Attributes"]
     assert fifo_attrs == {"ApproximateNumberOfMessages": "1", "ContentBasedDeduplication": "true"}
+
+
+# Last: its stack beside the module's would show in the stack listing the tests above check.
+def test_a_second_fleet_is_provisioned_with_its_own_queue_and_its_route(res: LocalResources) -> None:
+    """SecondFleet=large: the local cloud makes the fleet's queue as the template declares it (the same attributes
+    as the jobs queue, dead letters to the same queue), and the processes' environment routes to it."""
+    stack = provision(
+        res.endpoint_url, res.region, TEMPLATE, ASL, parameters={"SecondFleet": "large"}, stack_name="fleets"
+    )
+    fleets = stack.resources
+    routes = json.loads(fleets.as_env()["SDQ_FLEET_QUEUE_URLS"])
+    assert list(routes) == ["large"]
+    sqs = _client(res, "sqs")
+    attributes = [
+        "VisibilityTimeout",
+        "ReceiveMessageWaitTimeSeconds",
+        "MessageRetentionPeriod",
+        "SqsManagedSseEnabled",
+    ]
+    jobs = sqs.get_queue_attributes(QueueUrl=fleets.queue_url, AttributeNames=["All"])["Attributes"]
+    large = sqs.get_queue_attributes(QueueUrl=routes["large"], AttributeNames=["All"])["Attributes"]
+    assert {a: large[a] for a in attributes} == {a: jobs[a] for a in attributes}
+    dlq = sqs.get_queue_attributes(QueueUrl=fleets.dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    assert json.loads(large["RedrivePolicy"])["deadLetterTargetArn"] == dlq

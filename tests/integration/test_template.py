@@ -104,6 +104,7 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:PutItem", "JobsTable.Arn"),
         ("dynamodb:UpdateItem", "JobsTable.Arn"),
         ("sqs:SendMessage", "JobsQueue.Arn"),
+        ("sqs:SendMessage", "SecondFleetQueue.Arn"),
         ("states:StartExecution", "JobStateMachine"),
         ("s3:GetObject", "MediaBucket.Arn/outputs/*"),
         # A cancelled job's progress preview (handlers/api.py cancel_job).
@@ -130,6 +131,7 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("s3:ListBucket", "MediaBucket.Arn"),
         # SettleJoined (workflows/resultcache.py): joined jobs sent to run, or their job.succeeded notices.
         ("sqs:SendMessage", "JobsQueue.Arn"),
+        ("sqs:SendMessage", "SecondFleetQueue.Arn"),
         ("states:StartExecution", JOB_STATE_MACHINE_PATTERN),
     },
     # Events: handlers/events.py -> ApiKeyStore.resolve and JobsRepository.get (get), presign outputs and previews.
@@ -164,6 +166,7 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("sqs:DeleteMessage", "JobsDeadLetterQueue.Arn"),
         ("sqs:GetQueueAttributes", "JobsDeadLetterQueue.Arn"),
         ("sqs:SendMessage", "JobsQueue.Arn"),
+        ("sqs:SendMessage", "SecondFleetQueue.Arn"),
     },
     "FailedExecutionFunctionRole": _logs("FailedExecutionFunctionLogGroup")
     | XRAY_WRITE
@@ -182,6 +185,7 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:GetItem", "JobsTable.Arn"),
         ("dynamodb:UpdateItem", "JobsTable.Arn"),
         ("sqs:SendMessage", "JobsQueue.Arn"),
+        ("sqs:SendMessage", "SecondFleetQueue.Arn"),
         # Abandoned jobs: found among the RUNNING ones, failed, their job.failed webhook started.
         ("dynamodb:Query", "JobsTable.Arn/index/by_status"),
         ("states:StartExecution", "JobStateMachine"),
@@ -197,8 +201,11 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
     | SECRETS_KEY
     | {
         ("sqs:ReceiveMessage", "JobsQueue.Arn"),
+        ("sqs:ReceiveMessage", "SecondFleetQueue.Arn"),
         ("sqs:DeleteMessage", "JobsQueue.Arn"),
+        ("sqs:DeleteMessage", "SecondFleetQueue.Arn"),
         ("sqs:ChangeMessageVisibility", "JobsQueue.Arn"),
+        ("sqs:ChangeMessageVisibility", "SecondFleetQueue.Arn"),
         ("dynamodb:GetItem", "JobsTable.Arn"),
         ("dynamodb:UpdateItem", "JobsTable.Arn"),
         ("s3:PutObject", "MediaBucket.Arn/staging/*"),
@@ -300,6 +307,8 @@ def show(value: Any) -> str:
     if isinstance(value, dict) and "Fn::Sub" in value:
         text = value["Fn::Sub"] if isinstance(value["Fn::Sub"], str) else value["Fn::Sub"][0]
         return re.sub(r"\$\{([^}]+)\}", r"\1", text)
+    if isinstance(value, dict) and "Fn::If" in value:
+        return show(value["Fn::If"][1])  # what its condition turns on (the second fleet's queue, AllowedModels)
     raise AssertionError(f"unexpected intrinsic {value!r}")
 
 
@@ -550,7 +559,9 @@ def test_worker_container_is_health_checked_by_the_file_its_watchdog_keeps_fresh
 def test_api_function_knows_the_models_and_the_state_machine(resources: dict[str, Any]) -> None:
     env = env_of(resources["ApiFunction"])
     assert show(env["SDQ_STATE_MACHINE_ARN"]) == "JobStateMachine"
-    assert show(env["SDQ_MODELS"]) == '["ModelId"]'
+    # AllowedModels as a JSON list (the models of both fleets), else ModelId alone.
+    condition, allowed, alone = env["SDQ_MODELS"]["Fn::If"]
+    assert (condition, show(allowed), show(alone)) == ("HasAllowedModels", '["Ids"]', '["ModelId"]')
     assert show(env["SDQ_DEFAULT_MODEL"]) == "ModelId"
     assert show(env["SDQ_JOB_RETENTION_DAYS"]) == "RetentionDays"
     for fn in FUNCTIONS:
@@ -583,7 +594,15 @@ def test_the_requeue_sweeper_runs_alone_each_minute_and_leaves_live_submissions_
             k.removeprefix("SDQ_").lower(): v
             for k, v in env_of(resources["RequeueFunction"]).items()
             if k.startswith("SDQ_")
-            and k not in {"SDQ_TABLE_NAME", "SDQ_QUEUE_URL", "SDQ_DLQ_URL", "SDQ_BUCKET", "SDQ_STATE_MACHINE_ARN"}
+            and k
+            not in {
+                "SDQ_TABLE_NAME",
+                "SDQ_QUEUE_URL",
+                "SDQ_FLEET_QUEUE_URLS",
+                "SDQ_DLQ_URL",
+                "SDQ_BUCKET",
+                "SDQ_STATE_MACHINE_ARN",
+            }
         }
     )
     assert show(env_of(resources["RequeueFunction"])["SDQ_STATE_MACHINE_ARN"]) == "JobStateMachine"
@@ -839,7 +858,7 @@ def test_alarms_cover_dead_letters_queue_age_errors_failed_executions_and_webhoo
     dlq_alarm = json.dumps(alarms["DeadLettersAlarm"])
     assert "JobsDeadLetterQueue" in dlq_alarm
     for name, alarm in alarms.items():
-        if name != "WorkerScaleFromZeroAlarm":
+        if name not in ("WorkerScaleFromZeroAlarm", "SecondFleetScaleFromZeroAlarm"):  # scaling triggers
             assert [show(a) for a in alarm["Properties"]["AlarmActions"]] == ["AlarmTopic"], name
 
 
@@ -937,8 +956,12 @@ def test_local_filter_drops_outputs_and_parameters_only_aws_needs(cfn: dict[str,
     assert not {"ApiDomainName", "ApiCertificateArn", "ApiDefaultEndpoint"} & params  # API Gateway's alone
     assert not {"ApiDomainUrl", "ApiDomainTarget", "ApiDomainHostedZoneId"} & set(local["Outputs"])
     assert {"ModelId", "MaxReceiveCount", "VisibilityTimeoutSeconds", "RetentionDays"} <= params
-    # Only the conditions a kept resource uses (the Notify function's reserved concurrency) stay.
-    assert set(local.get("Conditions", {})) == {"HasNotifyReservation"}
+    # Only the conditions a kept resource uses stay: the Notify function's reserved concurrency, the models the
+    # Lambdas allow, and the second fleet's queue (its workers and scaling are ECS's, left out).
+    assert set(local.get("Conditions", {})) == {"HasNotifyReservation", "HasAllowedModels", "HasSecondFleet"}
+    assert local["Resources"]["SecondFleetQueue"]["Condition"] == "HasSecondFleet"
+    assert "FleetQueueUrls" in local["Outputs"]
+    assert "SecondFleetService" not in local["Resources"]
 
 
 def test_local_filter_refuses_to_drop_something_a_kept_resource_needs() -> None:
@@ -962,7 +985,8 @@ def test_the_model_registry_reaches_each_reader_with_the_models_it_allows(resour
     }
     for name, env in {**readers, "worker": worker}.items():
         assert show(env["SDQ_MODEL_REGISTRY"]) == "ModelRegistry", name
-        assert show(env["SDQ_MODELS"]) == '["ModelId"]', name
+        condition, allowed, alone = env["SDQ_MODELS"]["Fn::If"]  # AllowedModels, else ModelId alone
+        assert (condition, show(allowed), show(alone)) == ("HasAllowedModels", '["Ids"]', '["ModelId"]'), name
         assert show(env["SDQ_DEFAULT_MODEL"]) == "ModelId", name
     worker_s3 = {(a, r) for a, r in grants(resources["WorkerTaskRole"]) if a.startswith("s3:") and "models" in r}
     assert worker_s3 == {("s3:GetObject", "MediaBucket.Arn/models/*")}  # imported weights: read, never written
@@ -989,3 +1013,36 @@ def test_every_route_that_needs_no_key_has_a_throttle_of_its_own(sam: dict[str, 
     }
     assert open_routes
     assert open_routes == throttled
+
+
+def test_a_second_fleet_has_its_own_queue_workers_and_scaling_from_zero(resources: dict[str, Any]) -> None:
+    """SecondFleet: the default fleet's queue, workers and scaling, copied for the fleet's models. The Lambdas send
+    its models' jobs to its queue (SDQ_FLEET_QUEUE_URLS), its workers drain that queue and load the registry's
+    models of the fleet (SDQ_FLEET), and its own backlog scales its service from zero."""
+    second = {name: r for name, r in resources.items() if name.startswith("SecondFleet")}
+    assert set(second) == {
+        "SecondFleetQueue",
+        "SecondFleetTaskDefinition",
+        "SecondFleetService",
+        "SecondFleetScalableTarget",
+        "SecondFleetBacklogScaling",
+        "SecondFleetScaleFromZero",
+        "SecondFleetScaleFromZeroAlarm",
+    }
+    assert {r["Condition"] for r in second.values()} == {"HasSecondFleet"}
+    assert second["SecondFleetQueue"]["Properties"] == resources["JobsQueue"]["Properties"]
+    workers = second["SecondFleetTaskDefinition"]["Properties"]["ContainerDefinitions"]
+    env = {e["Name"]: show(e["Value"]) for e in next(c for c in workers if c["Name"] == "worker")["Environment"]}
+    assert (env["SDQ_QUEUE_URL"], env["SDQ_FLEET"]) == ("SecondFleetQueue", "SecondFleet")
+    default = {e["Name"]: e["Value"] for e in container(resources, "worker")["Environment"]}
+    assert default["SDQ_FLEET"] == {"Fn::If": ["HasSecondFleet", "default", ""]}  # else SDQ_MODEL: ModelId
+    assert show(second["SecondFleetService"]["Properties"]["TaskDefinition"]) == "SecondFleetTaskDefinition"
+    assert "SecondFleetService.Name" in show(second["SecondFleetScalableTarget"]["Properties"]["ResourceId"])
+    for name in ("SecondFleetBacklogScaling", "SecondFleetScaleFromZeroAlarm"):
+        measured = json.dumps(second[name])
+        assert "SecondFleetQueue" in measured, name
+        assert "SecondFleetService" in measured, name
+        assert "JobsQueue" not in measured, name
+    routes = {"Fn::If": ["HasSecondFleet", {"Fn::Sub": '{"${SecondFleet}": "${SecondFleetQueue}"}'}, "{}"]}
+    for fn in ("ApiFunction", "RequeueFunction", "DlqFunction", "PostprocessFunction"):
+        assert env_of(resources[fn])["SDQ_FLEET_QUEUE_URLS"] == routes, fn

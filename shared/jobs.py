@@ -38,6 +38,7 @@ from shared.contracts import (
     Job,
     JobError,
     JobStatus,
+    LoraRef,
     Output,
     Priority,
     Progress,
@@ -217,6 +218,8 @@ def job_from_item(item: Mapping[str, Any]) -> Job:
     fields = json.loads(raw["request"])
     if "priority" in fields:  # construct skips validation: the enum is not made from its value by itself
         fields["priority"] = Priority(fields["priority"])
+    if "loras" in fields:  # nor are the LoRA references
+        fields["loras"] = [LoraRef.model_construct(**lora) for lora in fields["loras"]]
     request = GenerationRequest.model_construct(**fields)
     webhook = None
     if raw.get("webhook_id"):

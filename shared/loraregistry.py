@@ -114,6 +114,11 @@ class LoraRegistry(BaseModel):
     def get(self, lora_id: str) -> LoraEntry | None:
         return next((entry for entry in self.loras if entry.id == lora_id), None)
 
+    @property
+    def revisions(self) -> dict[str, str]:
+        """Each LoRA's pinned revision, by id."""
+        return {entry.id: entry.revision for entry in self.loras}
+
     def revision(self, lora_id: str) -> str | None:
         """The pinned revision of ``lora_id``, or None for a LoRA outside the registry (retired since)."""
         entry = self.get(lora_id)

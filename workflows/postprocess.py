@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from shared.contracts import GenerationRequest, Job, JobError, JobStatus, Output
 from shared.errors import InvalidTransition, PermanentError
 from shared.jobs import Claim, JobsRepository
+from shared.loraregistry import LoraRegistry
 from shared.media import MediaStore
 from shared.modelregistry import ModelRegistry
 from shared.settings import get_settings
@@ -58,9 +59,12 @@ class Encoded:
     height: int
 
 
-def generation_parameters(job: Job, index: int, model_revision: str | None = None) -> dict[str, Any]:
+def generation_parameters(
+    job: Job, index: int, model_revision: str | None = None, loras: LoraRegistry | None = None
+) -> dict[str, Any]:
     """What reproduces an image, embedded in the file itself; ``model_revision``: the model's pinned revision
-    (its registry entry's), left out for a model outside the registry."""
+    (its registry entry's), left out for a model outside the registry; a job's LoRAs with their scales and their
+    revisions in ``loras`` (None for one retired since)."""
     req = job.request
     params = {
         "job_id": job.job_id,
@@ -79,6 +83,9 @@ def generation_parameters(job: Job, index: int, model_revision: str | None = Non
     }
     if model_revision is not None:
         params["model_revision"] = model_revision
+    if req.loras:
+        revision = (loras or LoraRegistry()).revision
+        params["loras"] = [{"id": lora.id, "revision": revision(lora.id), "scale": lora.scale} for lora in req.loras]
     if job.model_is_noise:
         params["note"] = TINY_MODEL_NOTE
     return params
@@ -120,9 +127,12 @@ class Postprocessor:
         *,
         outputs_prefix: str = "outputs/",
         registry: ModelRegistry | None = None,
+        loras: LoraRegistry | None = None,
     ) -> None:
-        """``registry`` names each model's revision in the images' metadata (default: the configured one)."""
+        """``registry`` and ``loras`` name each model's and LoRA's revision in the images' metadata (default: the
+        configured ones)."""
         self._registry = registry or get_settings().registry
+        self._loras = loras or get_settings().loras
         self._repo = repo
         self._media = media
         self._prefix = outputs_prefix
@@ -194,7 +204,7 @@ class Postprocessor:
         with Image.open(io.BytesIO(raw)) as image:
             image.load()
             revision = self._registry.revision(job.request.model)
-            encoded = encode(image, job.request, generation_parameters(job, index, revision))
+            encoded = encode(image, job.request, generation_parameters(job, index, revision, self._loras))
             thumb = thumbnail(image)
         self._media.put(key, encoded.body, encoded.content_type)
         self._media.put(thumb_key, thumb, "image/webp")

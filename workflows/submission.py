@@ -142,7 +142,9 @@ class SubmissionService:
             status=JobStatus.QUEUED,
             request=normalised,
             created_at=now,
-            cache_key=normalised.cache_key(self._settings.model_revisions.get(normalised.model or "", "")),
+            cache_key=normalised.cache_key(
+                self._settings.model_revisions.get(normalised.model or "", ""), self._settings.loras.revisions
+            ),
             idempotency_key=idempotency_key,
             expires_at=expiry_epoch(now, self._settings.job_retention_days),
             model_is_noise=(normalised.model in NOISE_MODELS),

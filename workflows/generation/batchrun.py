@@ -149,8 +149,8 @@ class BatchRunner:
         if not live:
             return
         req = live[0].request
-        # Batches never mix models, modes or strengths (the batch key holds them): the runner refuses a model it
-        # has not loaded.
+        # Batches never mix models, modes, strengths or LoRA sets (the batch key holds them): the runner refuses a
+        # model it has not loaded.
         shape = BatchShape(
             req.width,
             req.height,
@@ -160,6 +160,7 @@ class BatchRunner:
             req.model,
             mode=req.mode,
             strength=req.strength,
+            loras=req.lora_set,
         )
         work = [_image_job(h, inputs.get(h.job_id)) for h in live]
         progress = self._progress.writer(live)

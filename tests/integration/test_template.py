@@ -985,6 +985,7 @@ def test_the_model_registry_reaches_each_reader_with_the_models_it_allows(resour
     }
     for name, env in {**readers, "worker": worker}.items():
         assert show(env["SDQ_MODEL_REGISTRY"]) == "ModelRegistry", name
+        assert show(env["SDQ_LORA_REGISTRY"]) == "LoraRegistry", name  # the LoRAs, checked, recorded and loaded
         condition, allowed, alone = env["SDQ_MODELS"]["Fn::If"]  # AllowedModels, else ModelId alone
         assert (condition, show(allowed), show(alone)) == ("HasAllowedModels", '["Ids"]', '["ModelId"]'), name
         assert show(env["SDQ_DEFAULT_MODEL"]) == "ModelId", name

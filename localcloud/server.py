@@ -184,10 +184,11 @@ class LocalCloud:
             os.environ["MOTO_PORT"] = self._saved_moto_port
         moto_api_backend.set_config({"stepfunctions": self._saved_sfn_config})
         moto_api_backend.reset()
-        transactions.uninstall()
-        aslparse.uninstall()
-        hotpaths.uninstall()
+        # In the reverse order of install(): a later patch may wrap an earlier one's method.
         fairqueues.uninstall()
+        hotpaths.uninstall()
+        aslparse.uninstall()
+        transactions.uninstall()
         self._env_journal.restore()
         self._code_roots.clear()
         self.resources = None

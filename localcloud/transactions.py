@@ -1,23 +1,40 @@
-"""DynamoDB ``TransactWriteItems`` for the local cloud: moto's, less its copy of every table a transaction touches.
+"""DynamoDB writes for the local cloud: ``TransactWriteItems`` as moto's, less its copy of every table a transaction
+touches, and every write atomic.
 
 moto backs up each table a transaction writes (``copy.deepcopy`` of the whole table, every job ever submitted) so
 that it can roll back; a submission's transaction then costs time in proportion to the table, and a rollback puts
 back the copy, losing what other requests wrote meanwhile. Here only the touched items are backed up and restored,
 and transactions run one at a time, so that they are atomic towards each other as on AWS.
 
-Two differences from AWS remain: a plain write that lands between a transaction's write and its rollback is
-overwritten by the rollback (AWS would refuse it with ``TransactionConflict``), and ``TransactionConflict`` itself
-never happens here, so the submission's conflict retry is tested with DynamoDB's answer stubbed on the client.
+Single-item writes (``PutItem``, ``UpdateItem``, ``DeleteItem``) take the same lock: moto checks a write's
+condition apart from the write it guards, and its server answers each request on a thread, so two conditional
+writes racing for one item could both pass (``tests/integration/test_localcloud_atomic.py``).
+
+One difference from AWS remains: writes wait for each other here, so ``TransactionConflict`` never happens, and
+the submission's conflict retry is tested with DynamoDB's answer stubbed on the client.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import threading
+from collections.abc import Callable
 from typing import Any
 
 _LOCK = threading.RLock()
 _saved: Any = None
+_SINGLE_WRITES = ("put_item", "update_item", "delete_item")
+_saved_writes: dict[str, Callable[..., Any]] = {}
+
+
+def _atomic(write: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(write)
+    def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with _LOCK:
+            return write(self, *args, **kwargs)
+
+    return locked
 
 
 def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
@@ -128,6 +145,9 @@ def install() -> None:
     if _saved is None:
         _saved = DynamoDBBackend.transact_write_items
         DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+        for name in _SINGLE_WRITES:
+            _saved_writes[name] = getattr(DynamoDBBackend, name)
+            setattr(DynamoDBBackend, name, _atomic(_saved_writes[name]))
 
 
 def uninstall() -> None:
@@ -137,3 +157,6 @@ def uninstall() -> None:
     if _saved is not None:
         DynamoDBBackend.transact_write_items = _saved  # type: ignore[method-assign]
         _saved = None
+        for name, write in _saved_writes.items():
+            setattr(DynamoDBBackend, name, write)
+        _saved_writes.clear()

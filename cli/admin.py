@@ -22,6 +22,7 @@ from rich.console import Console
 
 from cli.auditcommands import add_audit_parser
 from cli.client import LOCAL_STATE_FILE, state_dir
+from cli.loraimport import add_loras_parser
 from cli.modelimport import RevisionExists, import_model, snapshot
 from shared.apikeys import ApiKey, ApiKeyStore
 from shared.audit import AuditAction, AuditEntry, AuditLog, AuditOutcome
@@ -314,6 +315,7 @@ def add_admin_parser(sub: Any) -> None:
     p.add_argument("--schedulers", nargs="+", help="the schedulers jobs for it may name (default: all)")
     p.add_argument("--fleet", help="the workers that load it (default: the default fleet)")
 
+    add_loras_parser(groups, command)
     add_audit_parser(groups)
 
 

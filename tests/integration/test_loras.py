@@ -19,15 +19,18 @@ import pytest
 from PIL import Image
 
 from cli.client import SdqClient
+from cli.main import main
 from shared.aws import AwsClients
 from shared.jobs import JobsRepository
-from shared.loraregistry import LoraRegistry
+from shared.loraregistry import LoraEntry, LoraRegistry
 from shared.media import MediaStore
+from shared.modelregistry import weight_checksums
 from shared.orchestration import Orchestrator
 from shared.queue import WorkerQueue
 from shared.settings import Settings
 from tests.integration.conftest import RunningService, start_service, stop_service
 from tests.loraasset import build_tiny_lora, lora_entry
+from workflows.generation.loras import lora_folder, verify_lora
 from workflows.generation.models import load_model
 from workflows.generation.pipeline import BatchShape, ImageJob, PipelineRunner
 from workflows.generation.worker import Worker, WorkerConfig
@@ -170,6 +173,34 @@ def test_a_lora_job_succeeds_with_the_adapter_batched_only_with_its_own_lora_set
     assert parameters["loras"] == [{"id": "ink", "revision": "r1", "scale": 0.8}]
     assert "loras" not in json.loads(without.info["parameters"])
     assert jobs[lora_job]["request"]["loras"] == [{"id": "ink", "scale": 0.8}]
+
+
+def test_sdq_admin_imports_a_lora_into_the_bucket_that_a_worker_fetches_and_verifies(
+    service: RunningService,
+    registry: LoraRegistry,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ink = registry.get("ink")
+    assert ink is not None
+    folder = Path(ink.source)
+    lora_id = f"ink-copy-{time.monotonic_ns()}"
+    monkeypatch.setenv("SDQ_STATE_DIR", str(service.state_dir))
+    args = ["admin", "loras", "import", lora_id, "--from", str(folder), "--revision", "r1", "--base-model", "tiny"]
+    capsys.readouterr()
+    assert main([*args, "--json"]) == 0
+    entry = LoraEntry.model_validate(json.loads(capsys.readouterr().out))
+    bucket = service.env["SDQ_BUCKET"]
+    assert entry.source == f"s3://{bucket}/models/loras/{lora_id}/r1"
+    assert (entry.revision, entry.base_models) == ("r1", ("tiny",))
+    assert entry.checksums == weight_checksums(folder)
+
+    # The worker's loader takes it from the bucket and accepts its checksum.
+    fetched = lora_folder(entry, tmp_path / "cache", s3=service.boto("s3"))
+    verify_lora(entry, fetched)
+    # A revision is never overwritten.
+    assert main([*args, "--json"]) == 1
 
 
 def succeeded(client: SdqClient, job_id: str) -> dict[str, Any]:

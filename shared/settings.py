@@ -151,8 +151,8 @@ class WorkerSettings(SettingsGroup):
         default=1024,
         ge=0,
         description=(
-            "Memory the LoRA adapters a worker keeps loaded may hold, in MiB; past it the least recently used are"
-            " unloaded (an adapter larger than it is still loaded, for its batch alone)"
+            "Memory the LoRA adapters kept loaded into each of a worker's models may hold, in MiB; past it the least"
+            " recently used are unloaded (never one of the running batch's, so one batch may pass it)"
         ),
     )
 

@@ -47,3 +47,21 @@ def lora_entry(folder: Path, lora_id: str = "ink", **fields: Any) -> dict[str, A
         "base_models": [TINY_MODEL],
         **fields,
     }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tests.loraasset FOLDER [ID]``: build the LoRA into FOLDER and print a registry for it."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("id", nargs="?", default="ink")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    folder = build_tiny_lora(args.folder.resolve(), seed=args.seed)
+    print(json.dumps({"loras": [lora_entry(folder, args.id)]}))
+
+
+if __name__ == "__main__":
+    main()

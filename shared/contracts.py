@@ -189,13 +189,11 @@ class LoraRef(BaseModel):
     @field_validator("scale")
     @classmethod
     def _scale(cls, v: float, info: ValidationInfo) -> float:
-        v = float(v)
-        if _trusted(info):
-            return v
+        # Compared before the conversion: an integer too large for a float is out of range, not an OverflowError.
         limit = _limits(info).max_lora_scale
-        if not -limit <= v <= limit:
+        if not _trusted(info) and not -limit <= v <= limit:
             raise ValueError(f"must be between {-limit:g} and {limit:g}")
-        return v
+        return float(v)
 
 
 # A batch's LoRA set: (id, scale) pairs sorted by id, so that the same set in any order is one set.

@@ -125,6 +125,8 @@ def test_a_jobs_loras_are_checked_at_submit_and_each_refusal_names_its_field(ink
     loc, msg = refusal(settings, loras=[{"id": "ink", "scale": 2.5}])
     assert loc == ("loras", 0, "scale")
     assert "between -2 and 2" in msg
+    loc, msg = refusal(settings, loras=[{"id": "ink", "scale": 10**400}])  # too large for a float
+    assert loc == ("loras", 0, "scale")
     loc, msg = refusal(settings, loras=[{"id": "other-model"}])
     assert loc == ("loras",)
     assert "applies to variant, not model 'tiny'" in msg

@@ -251,7 +251,8 @@ def test_sdq_up_with_two_models_runs_one_worker_that_serves_both(service: Runnin
     `sdq up` starts it) loads both and generates each job with its own model and revision."""
     client = service.new_tenant("both")
     jobs = {model: client.submit({"prompt": "a fox", "model": model, **SMALL})["id"] for model in ("variant", "tiny")}
-    worker = service.start_worker(log_name="both")
+    # A short long poll: one still open at the local cloud when this worker stops would take the next test's job.
+    worker = service.start_worker(env={"SDQ_RECEIVE_WAIT_S": "1"}, log_name="both")
     try:
         for model, job_id in jobs.items():
             done = succeeded(client, job_id)

@@ -291,6 +291,8 @@ def test_defaults_match_the_template() -> None:
     # Alarm metrics: each alarm's metrics, plus the two alarms target tracking creates (same metrics as its query).
     alarm_metrics = 0
     for resource in resources.values():
+        if resource.get("Condition") == "HasSecondFleet":
+            continue  # no second fleet by default (SecondFleet empty)
         if resource["Type"] == "AWS::CloudWatch::Alarm":
             queries = resource["Properties"].get("Metrics")
             alarm_metrics += len([q for q in queries if "MetricStat" in q]) if queries else 1

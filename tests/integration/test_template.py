@@ -1029,6 +1029,7 @@ def test_a_second_fleet_has_its_own_queue_workers_and_scaling_from_zero(resource
         "SecondFleetBacklogScaling",
         "SecondFleetScaleFromZero",
         "SecondFleetScaleFromZeroAlarm",
+        "SecondFleetOldestJobAgeAlarm",
     }
     assert {r["Condition"] for r in second.values()} == {"HasSecondFleet"}
     assert second["SecondFleetQueue"]["Properties"] == resources["JobsQueue"]["Properties"]
@@ -1044,6 +1045,10 @@ def test_a_second_fleet_has_its_own_queue_workers_and_scaling_from_zero(resource
         assert "SecondFleetQueue" in measured, name
         assert "SecondFleetService" in measured, name
         assert "JobsQueue" not in measured, name
+    # Its oldest job's age pages as the default queue's does.
+    age = second["SecondFleetOldestJobAgeAlarm"]["Properties"]
+    assert show(age["Dimensions"][0]["Value"]) == "SecondFleetQueue.QueueName"
+    assert age["MetricName"] == resources["OldestJobAgeAlarm"]["Properties"]["MetricName"]
     routes = {"Fn::If": ["HasSecondFleet", {"Fn::Sub": '{"${SecondFleet}": "${SecondFleetQueue}"}'}, "{}"]}
     for fn in ("ApiFunction", "RequeueFunction", "DlqFunction", "PostprocessFunction"):
         assert env_of(resources[fn])["SDQ_FLEET_QUEUE_URLS"] == routes, fn

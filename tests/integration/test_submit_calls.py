@@ -4,13 +4,18 @@ transaction with its sent mark and audit entry), refusals keep their typed answe
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from botocore.awsrequest import AWSResponse
 
+from shared.apikeys import ApiKeyStore
 from shared.audit import AuditAction, AuditEntry, AuditLog, AuditOutcome, PendingAudit
+from shared.aws import AwsClients
 from shared.contracts import GenerationRequest, JobStatus, pixel_steps
 from shared.errors import IdempotencyConflict, TooManyRequests
 from shared.jobs import JobsRepository
@@ -32,7 +37,13 @@ class Calls:
 
     def __init__(self, *clients: Any) -> None:
         self.made: list[tuple[str, dict[str, Any]]] = []
+        self._watched: set[int] = set()
         for client in clients:
+            self.watch(client)
+
+    def watch(self, client: Any) -> None:
+        if id(client) not in self._watched:
+            self._watched.add(id(client))
             client.meta.events.register("before-parameter-build", self._seen)
 
     def _seen(self, model: Any, params: dict[str, Any], **_: Any) -> None:
@@ -242,3 +253,97 @@ def test_a_sent_job_whose_mark_and_entry_cannot_be_written_is_accepted_and_its_e
     assert stack.audit.page(tenant, limit=10).entries == []
     assert stack.repo.get(submitted.job.job_id).status == JobStatus.QUEUED
     assert _marked(stack.repo, submitted.job.job_id)
+
+
+@pytest.fixture
+def api_in_process(service: RunningService, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Calls]]:
+    """The API's handler, called here with the running service's settings, behind the gateway's authorizer as the
+    local API runs it; the calls of the clients it builds are counted (botocore's hooks on each real client)."""
+    from handlers import api, authorizer
+    from localcloud.api import LocalLambdaContext
+    from localcloud.gateway import GatewayRules, LocalGateway
+    from localcloud.service import TEMPLATE
+    from shared.settings import get_settings
+
+    calls = Calls()
+
+    class CountedClients(AwsClients):
+        def client(self, service: str) -> Any:
+            made = super().client(service)  # type: ignore[call-overload]
+            calls.watch(made)
+            return made
+
+    for name, value in service.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(api, "AwsClients", CountedClients)
+    caches = (get_settings, api.services, authorizer.deps)
+    for cache in caches:
+        cache.cache_clear()
+    gateway = LocalGateway(GatewayRules.from_template(TEMPLATE), authorizer.lambda_handler, LocalLambdaContext)
+
+    def call(event: dict[str, Any]) -> dict[str, Any]:
+        refusal = gateway.admit(event)
+        return refusal if refusal is not None else api.lambda_handler(event, LocalLambdaContext())
+
+    yield call, calls
+    for cache in caches:  # later callers build theirs from their own settings
+        cache.cache_clear()
+
+
+def _submit_event(key: str, body: dict[str, Any]) -> dict[str, Any]:
+    headers = {"x-api-key": key, "content-type": "application/json", "user-agent": "calls-test/1.0"}
+    return {
+        "resource": "/v1/jobs",
+        "path": "/v1/jobs",
+        "httpMethod": "POST",
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": None,
+        "stageVariables": None,
+        "requestContext": {
+            "requestId": str(uuid.uuid4()),
+            "stage": "local",
+            "path": "/v1/jobs",
+            "identity": {"sourceIp": "127.0.0.1"},
+        },
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
+
+
+def test_the_api_answers_a_submit_with_four_calls_and_records_it_once(
+    service: RunningService, api_in_process: tuple[Any, Calls]
+) -> None:
+    call, calls = api_in_process
+    tenant = f"tenant-api-calls-{time.monotonic_ns()}"
+    key = ApiKeyStore(service.boto("dynamodb"), service.table).create(tenant).plaintext
+    body = {"prompt": "counted at the API", **SMALL}
+    assert call(_submit_event(key, {**body, "prompt": "warm"}))["statusCode"] == 202  # clients built, key cached
+    calls.made.clear()
+
+    answer = call(_submit_event(key, body))
+
+    assert answer["statusCode"] == 202, answer["body"]
+    assert calls.names == ACCEPTED_CALLS
+    job_id = json.loads(answer["body"])["id"]
+    entries = AuditLog(service.boto("dynamodb"), service.env["SDQ_AUDIT_TABLE_NAME"], retention_days=1).page(
+        tenant, limit=10
+    )
+    assert [(e.target, e.status, e.outcome, e.user_agent, e.source_ip) for e in entries.entries] == [
+        (job_id, 202, AuditOutcome.ACCEPTED, "calls-test/1.0", "127.0.0.1"),
+        (entries.entries[1].target, 202, AuditOutcome.ACCEPTED, "calls-test/1.0", "127.0.0.1"),
+    ]
+    # A refusal is recorded by the API's own write, as answered.
+    calls.made.clear()
+    refused = call(_submit_event(key, {**body, "width": 7}))
+    assert refused["statusCode"] == 422
+    assert calls.names == ["dynamodb.PutItem"]
+    assert (
+        AuditLog(service.boto("dynamodb"), service.env["SDQ_AUDIT_TABLE_NAME"], retention_days=1)
+        .page(tenant, limit=1)
+        .entries[0]
+        .status
+        == 422
+    )

@@ -82,6 +82,9 @@ def models_to_load(settings: Settings, models: Sequence[str] = (), fleet: str | 
     fleet = fleet or settings.worker.fleet  # empty (the template's default fleet without a second one): unset
     if not fleet:
         return list(dict.fromkeys(settings.worker.model))
+    if settings.model_registry is None:  # the built-in registry would load tiny in place of the fleet's models
+        print(f"sdq worker: fleet {fleet!r} needs the model registry (SDQ_MODEL_REGISTRY)", file=sys.stderr)
+        raise SystemExit(2)
     entries = settings.registry.fleet(fleet)
     if not entries:
         print(f"sdq worker: the model registry assigns no model to fleet {fleet!r}", file=sys.stderr)

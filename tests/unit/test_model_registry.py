@@ -222,6 +222,11 @@ def test_an_s3_prefix_without_a_model_is_not_found(variant: Path, s3: S3Client, 
 def test_a_worker_loads_the_models_named_else_its_fleets_else_sdq_models(
     variant: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    monkeypatch.setenv("SDQ_FLEET", "default")
+    with pytest.raises(SystemExit):  # never the built-in registry's tiny in place of a fleet's models
+        models_to_load(Settings())
+    assert "fleet 'default' needs the model registry (SDQ_MODEL_REGISTRY)" in capsys.readouterr().err
+    monkeypatch.delenv("SDQ_FLEET")
     large = entry(variant, id="large", fleet="large")
     monkeypatch.setenv("SDQ_MODEL_REGISTRY", json.dumps({"models": [entry(variant), large, entry(variant, id="tiny")]}))
     monkeypatch.setenv("SDQ_MODEL", "tiny, variant")

@@ -203,7 +203,8 @@ class Postprocessor:
             return self._describe(job, index, key, thumb_key, body, width, height)
         with Image.open(io.BytesIO(raw)) as image:
             image.load()
-            revision = self._registry.revision(job.request.model)
+            # The revision the job is pinned to, which its worker loaded; a job from before pinning: the registry's.
+            revision = job.model_revision or self._registry.revision(job.request.model)
             encoded = encode(image, job.request, generation_parameters(job, index, revision, self._loras))
             thumb = thumbnail(image)
         self._media.put(key, encoded.body, encoded.content_type)

@@ -20,12 +20,13 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from ulid import ULID
 
 from cli.client import SdqClient
 from localcloud.receiver import ScriptedReceiver
 from shared.aws import AwsClients
-from shared.contracts import QueueMessage, utcnow
-from shared.jobs import JobsRepository
+from shared.contracts import GenerationRequest, Job, JobStatus, QueueMessage, utcnow
+from shared.jobs import JobsRepository, expiry_epoch
 from shared.media import MediaStore
 from shared.modelregistry import BUILTIN_REGISTRY, ModelRegistry, weight_checksums
 from shared.orchestration import Orchestrator
@@ -296,6 +297,38 @@ def test_a_rolling_deployment_leaves_a_job_pinned_to_the_old_revision_to_a_worke
     done = succeeded(client, pinned["id"])
     assert image_parameters(done["outputs"][0]["url"])["model_revision"] == "r1"
     assert repo.get(pinned["id"]).attempt == 1
+
+
+def test_an_image_records_the_revision_its_job_ran_with_while_the_registry_names_another(
+    service: RunningService, registry: ModelRegistry, run_worker: Callable[..., Worker]
+) -> None:
+    """A rolling deployment the other way round: Postprocess (the service's registry, r1) already pins new jobs to r1
+    while a job pinned to r0 runs on a worker that still has r0; its images say r0, the revision they were made with.
+    """
+    tenant, client = service.new_named_tenant("older")
+    repo = JobsRepository(service.boto("dynamodb"), service.table)
+    body = {"prompt": "a fox", "model": "variant", "cache": False, **SMALL}
+    request = GenerationRequest.model_validate(body, context={"trusted": True}).normalised()
+    job = Job(
+        job_id=str(ULID()),
+        tenant=tenant,
+        status=JobStatus.QUEUED,
+        request=request,
+        created_at=utcnow(),
+        cache_key=request.cache_key("r0"),
+        expires_at=expiry_epoch(utcnow(), 1),
+        model_revision="r0",
+    )
+    repo.create(job)
+    repo.mark_enqueued(job.job_id)
+    message = QueueMessage(job_id=job.job_id, tenant=tenant, request=job.request, enqueued_at=utcnow())
+    service.boto("sqs").send_message(QueueUrl=service.queue_url, MessageBody=message.model_dump_json())
+
+    older = revised(registry, "r0")
+    run_worker(PipelineRunner(load_model("variant", registry=older)), registry=older)
+    done = succeeded(client, job.job_id)
+    assert done["model_revision"] == "r0"
+    assert image_parameters(done["outputs"][0]["url"])["model_revision"] == "r0"
 
 
 def test_a_job_pinned_to_a_retired_revision_fails_model_revision_gone_and_its_client_is_told(

@@ -23,7 +23,14 @@ from shared.loraregistry import LoraRegistry, parse_lora_registry
 from shared.modelregistry import weight_checksums
 from shared.settings import Settings
 from tests.loraasset import WEIGHT_FILE, build_tiny_lora, lora_entry
-from workflows.generation.loras import LoraAdapters, LoraChecksumMismatch, LoraNotFound, LoraNotServed, lora_folder
+from workflows.generation.loras import (
+    LoraAdapters,
+    LoraChecksumMismatch,
+    LoraNotFound,
+    LoraNotServed,
+    LorasNotSupported,
+    lora_folder,
+)
 from workflows.generation.models import load_model
 from workflows.generation.pipeline import BatchShape, ImageJob, PipelineRunner
 
@@ -223,6 +230,19 @@ def test_a_lora_whose_file_fails_its_checksum_or_is_not_served_is_refused(ink: P
         one(runner, (("retired", 1.0),))
     assert runner.loras.loaded == []
     assert differs(one(runner), before) == 0
+
+
+def test_a_lora_batch_on_a_model_with_fused_projections_fails_instead_of_running_without_it(
+    registry: LoraRegistry,
+) -> None:
+    # The runner passes the levers its accelerator applied (on CUDA only: a CPU runner skips them all).
+    adapters = LoraAdapters(load_model("tiny", device="cpu").pipeline, "tiny", registry, max_bytes=2**30)
+    with pytest.raises(LorasNotSupported, match="fuse_qkv"):
+        adapters.activate((("ink", 1.0),), ["prompt_cache", "fuse_qkv"])
+    assert adapters.loaded == []
+    adapters.activate((), ["prompt_cache", "fuse_qkv"])  # jobs without LoRAs still run
+    adapters.activate((("ink", 1.0),), ["prompt_cache", "channels_last"])  # a layout change leaves the modules
+    assert [lora.id for lora in adapters.loaded] == ["ink"]
 
 
 @pytest.fixture

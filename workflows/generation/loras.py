@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,21 @@ logger = logging.getLogger(__name__)
 # diffusers logs a warning for each pipeline component a LoRA file has no weights for (most have none for the
 # text encoder); nothing to act on in a worker's log.
 _LOADER_LOGGERS = ("diffusers.loaders.lora_base", "diffusers.loaders.peft", "diffusers.loaders.lora_pipeline")
+
+
+# Speed levers that rewrite the UNet's modules or its forward pass. With fused projections an adapter's to_q, to_k
+# and to_v weights are skipped without an error (measured on the tiny model: the LoRA changed nothing); FP8 replaces
+# the Linear layers PEFT wraps; compiled graphs, AOTInductor packages and feature reuse were not tried with adapters.
+# A LoRA batch on such a model fails rather than being generated without its LoRA and labelled with it.
+LEVERS_WITHOUT_LORAS = ("fuse_qkv", "fp8", "compile", "aot_packages", "feature_reuse")
+
+
+class LorasNotSupported(PermanentError):
+    """The model runs with speed levers that LoRA adapters do not work under (``LEVERS_WITHOUT_LORAS``)."""
+
+    def __init__(self, levers: list[str]) -> None:
+        super().__init__(f"this worker's speed levers {levers} do not run LoRAs; serve LoRA jobs from workers without")
+        self.levers = levers
 
 
 class LoraNotServed(PermanentError):
@@ -196,16 +212,21 @@ class LoraAdapters:
     def bytes(self) -> int:
         return sum(lora.bytes for lora in self._loaded.values())
 
-    def activate(self, loras: LoraSet) -> None:
+    def activate(self, loras: LoraSet, levers: Sequence[str] = ()) -> None:
         """Make exactly ``loras`` (id, scale) active for the next pipeline call; none: the model's own weights.
+        ``levers``: the speed levers applied to the model.
 
         Loads what is missing and evicts least recently used adapters outside ``loras`` past the memory bound.
-        Raises ``LoraNotServed``, ``LoraNotFound`` or ``LoraChecksumMismatch``; the pipeline is then left with
-        its adapters disabled.
+        Raises ``LorasNotSupported`` (a lever of ``LEVERS_WITHOUT_LORAS``), ``LoraNotServed``, ``LoraNotFound`` or
+        ``LoraChecksumMismatch``; the pipeline is then left with its adapters disabled.
         """
         if not loras:
             self._disable()
             return
+        blocking = [lever for lever in levers if lever in LEVERS_WITHOUT_LORAS]
+        if blocking:
+            self._disable()
+            raise LorasNotSupported(blocking)
         try:
             active = [self._ensure(lora_id) for lora_id, _scale in loras]
         except Exception:

@@ -441,7 +441,7 @@ class PipelineRunner:
             first_rows = [sum(j.num_images for j in jobs[:n]) for n in range(len(jobs))]
             kwargs["callback_on_step_end"] = _step_callback(on_step, first_rows, keys, self._latent_format)
 
-        self._loras.activate(shape.loras)
+        self._loras.activate(shape.loras, self._accel.report.applied)
         # A LoRA may change the text encoder too: its batches encode their own prompts.
         cache = self._accel.prompt_cache if not shape.loras else None
         try:

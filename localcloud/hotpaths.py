@@ -15,12 +15,15 @@ cloud's GIL time, both in proportion to the data rather than to the request:
   jobs) paid for this in proportion to the tenant's queue.
 - **DynamoDB Query with ``Select=COUNT``** still sized every matching item (for the 1 MB page limit) and projected
   it, only for the answer to keep their number: 37 % of the cloud's CPU under 4 clients' submits (py-spy,
-  2026-12-06). A count neither sizes nor projects them.
+  2026-12-06). A count neither sizes nor projects them, and a whole count (no ``Limit``, no start key: every
+  page is one) does not sort them either.
 - **DynamoDB Query** starts from ``Table.all_items()``, which sorts every item of the table by its key, in Python
   comparisons of moto's types, and then sorts the matches again by the query's own key (an index's keys and the
   table's hash key, or the partition's sort key): a total order that the first sort cannot change. With thousands
   of jobs the first sort was a quarter of the cloud's GIL time under 4 clients' submits (py-spy, 2026-12-06,
   after the count fix). A query takes the items unsorted; a scan, whose pages follow that order, still sorts.
+  An index query then compares every item's key with the query's through moto's types (a cast per comparison):
+  here the items whose string hash key differs are left out first, by plain string comparison.
 - **DynamoDB UpdateItem** deep-copies the item it updates before the update, for the table's stream only (the old
   image of a change record): 5 % of the cloud's GIL time under submits (each makes two transactions of updates),
   and the worker's claims, progress and leases pay it too. A table without a stream skips the copy.
@@ -44,7 +47,12 @@ _LOCK = threading.Lock()
 _saved: dict[str, Any] = {}
 _SKIP_RESULT_COPY: contextvars.ContextVar[bool] = contextvars.ContextVar("sdq_skip_result_copy", default=False)
 _COUNT_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("sdq_count_only", default=False)
+_WHOLE_COUNT: contextvars.ContextVar[bool] = contextvars.ContextVar("sdq_whole_count", default=False)
 _UNSORTED: contextvars.ContextVar[bool] = contextvars.ContextVar("sdq_unsorted_items", default=False)
+# An index query's hash key conditions, as (attribute, string value): the items it can match.
+_HASH_STRINGS: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
+    "sdq_hash_strings", default=()
+)
 _NO_STREAM: contextvars.ContextVar[bool] = contextvars.ContextVar("sdq_no_stream", default=False)
 
 
@@ -128,31 +136,49 @@ def _query(self: Any, *args: Any, **kwargs: Any) -> Any:
     if index_name:
         index = next((i for i in self.all_indexes() if i.name == index_name), None)
         projection = (index.projection or {}).get("ProjectionType") if index is not None else None
+    conditions = (kwargs.get("hash_key_conditions") or []) if index_name else []
     unsorted = _UNSORTED.set(True)
     skip_copy = _SKIP_RESULT_COPY.set(projection in ("KEYS_ONLY", "INCLUDE"))
+    strings = _HASH_STRINGS.set(tuple((name, value.value) for name, value in conditions if value.type == "S"))
     try:
         return _saved["query"](self, *args, **kwargs)
     finally:
+        _HASH_STRINGS.reset(strings)
         _SKIP_RESULT_COPY.reset(skip_copy)
         _UNSORTED.reset(unsorted)
 
 
 def _all_items(self: Any) -> Any:
-    """``Table.all_items``; inside a query, not sorted (the query sorts its matches by its own key)."""
+    """``Table.all_items``; inside a query, not sorted (the query sorts its matches by its own key), and for an
+    index query only the items its string hash key conditions can match."""
     if not _UNSORTED.get():
         return _saved["all_items"](self)
     if self.range_key_attr:
-        return [item for partition in self.items.values() for item in partition.values()]
-    return list(self.items.values())
+        items = [item for partition in self.items.values() for item in partition.values()]
+    else:
+        items = list(self.items.values())
+    for name, value in _HASH_STRINGS.get():  # moto checks the rest with its own comparison
+        items = [i for i in items if (v := i.attrs.get(name)) is not None and v.type == "S" and v.value == value]
+    return items
 
 
 def _count_aware_query(self: Any) -> Any:
     """``DynamoHandler.query``: a ``Select=COUNT`` runs with its items neither sized nor projected."""
-    token = _COUNT_ONLY.set(self.body.get("Select") == "COUNT")
+    count = self.body.get("Select") == "COUNT"
+    token = _COUNT_ONLY.set(count)
+    whole = _WHOLE_COUNT.set(count and "Limit" not in self.body and "ExclusiveStartKey" not in self.body)
     try:
         return _saved["handler_query"](self)
     finally:
+        _WHOLE_COUNT.reset(whole)
         _COUNT_ONLY.reset(token)
+
+
+def _sorted_items(self: Any, *args: Any) -> Any:
+    """``Table.sorted_items``; a whole count takes its matches in any order."""
+    if _WHOLE_COUNT.get():
+        return args[-1]
+    return _saved["sorted_items"](self, *args)
 
 
 def _item_size(self: Any) -> int:
@@ -205,6 +231,7 @@ def install() -> None:
             sqs_unix_time_millis=sqs_models.unix_time_millis,
             query=table.Table.query,
             all_items=table.Table.all_items,
+            sorted_items=table.Table.sorted_items,
             update_item=models.DynamoDBBackend.update_item,
             models_copy=models.copy,
             project=table.SecondaryIndex.project,
@@ -218,6 +245,7 @@ def install() -> None:
         sqs_models.unix_time_millis = _unix_time_millis
         table.Table.query = _query  # type: ignore[method-assign]
         table.Table.all_items = _all_items  # type: ignore[method-assign]
+        table.Table.sorted_items = _sorted_items  # type: ignore[method-assign,assignment]
         models.DynamoDBBackend.update_item = _update_item  # type: ignore[method-assign]
         models.copy = types.SimpleNamespace(**{**vars(copy), "deepcopy": _old_item_copy})  # type: ignore[assignment]
         table.SecondaryIndex.project = _project  # type: ignore[method-assign]
@@ -238,6 +266,7 @@ def uninstall() -> None:
         sqs_models.unix_time_millis = _saved["sqs_unix_time_millis"]
         table.Table.query = _saved["query"]  # type: ignore[method-assign]
         table.Table.all_items = _saved["all_items"]  # type: ignore[method-assign]
+        table.Table.sorted_items = _saved["sorted_items"]  # type: ignore[method-assign]
         models.DynamoDBBackend.update_item = _saved["update_item"]  # type: ignore[method-assign]
         models.copy = _saved["models_copy"]
         table.SecondaryIndex.project = _saved["project"]  # type: ignore[method-assign]

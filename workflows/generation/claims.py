@@ -183,7 +183,7 @@ class Claims:
             return True
         except JobExpired:
             logger.info("job expired while queued; failing it and deleting its message", job_id=held.job_id)
-            self._fail_unrun(held, EXPIRED_ERROR)
+            self._fail_unrun(held, EXPIRED_ERROR, expired=True)
             self._held.finish(held)
         except RevisionPinned as exc:
             retired = self._registry is not None and self._registry.retired(model or "", exc.revision)
@@ -214,13 +214,14 @@ class Claims:
                 self._held.finish(held)
         return False
 
-    def _fail_unrun(self, held: Held, error: JobError) -> bool:
+    def _fail_unrun(self, held: Held, error: JobError, *, expired: bool = False) -> bool:
         """FAILED with ``error`` before it ran, then its webhook; a job already failed so (an earlier try) gets its
-        webhook again. Returns whether the job is failed so."""
+        webhook again. Returns whether the job is failed so. ``expired``: past its retention, failed whoever holds
+        it; otherwise only while no worker holds it (QUEUED, or RUNNING with its lease lapsed)."""
         job: Job | None = None
         with contextlib.suppress(JobNotFound):
             try:
-                job = self._fail(held, error)
+                job = self._fail(held, error, expired=expired)
             except InvalidTransition:
                 current = self._repo.get(held.job_id)
                 if current.status == JobStatus.FAILED and current.error and current.error.code == error.code:
@@ -229,9 +230,9 @@ class Claims:
             self._on_failed(job)
         return job is not None
 
-    def _fail(self, held: Held, error: JobError) -> Job:
+    def _fail(self, held: Held, error: JobError, *, expired: bool) -> Job:
         fail = partial(self._repo.transition, held.job_id, JobStatus.FAILED, tenant=held.tenant, error=error)
-        if error is EXPIRED_ERROR:  # past its retention: nobody may run it, whoever holds it
+        if expired:  # past its retention: nobody may run it, whoever holds it
             return fail(sources=[JobStatus.QUEUED, JobStatus.RUNNING])
         # A pinned job only while no worker runs it: a RUNNING one with a live lease may be generating on a worker
         # that still has its revision.

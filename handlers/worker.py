@@ -27,7 +27,7 @@ from workflows.generation.gpumetrics import GpuMetrics
 from workflows.generation.pipeline import ModelRunners, PipelineRunner
 from workflows.generation.progressevents import progress_events_for
 from workflows.generation.protection import TaskProtection
-from workflows.generation.worker import Generator, Worker, WorkerConfig
+from workflows.generation.worker import Generator, Worker, WorkerConfig, loaded_revisions
 from workflows.jobmetrics import MeteredJobsRepository
 
 logger = Logger(service="sdq-worker")
@@ -132,6 +132,7 @@ def main(
         "batch limit",
         max_batch_images=config.max_batch_images,
         model=generator.model_name,
+        revisions=loaded_revisions(generator),  # which jobs it takes during a rolling deployment
         device=str(generator.device),
         gpu=generator.device_name(),
         note=generator.note,

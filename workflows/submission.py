@@ -136,19 +136,21 @@ class SubmissionService:
             raise
         normalised = prepared.named(request.normalised(self._settings))
         now = utcnow()
+        model_revision = self._settings.registry.revision(normalised.model)
+        # The images a cached job answers with were made by its model's pinned registry revision, with the speed
+        # levers its SDQ_MODEL_REVISIONS entry names: a change of either makes earlier images stop answering.
+        weights = [model_revision or "", self._settings.model_revisions.get(normalised.model or "", "")]
         job = Job(
             job_id=str(ULID()),
             tenant=tenant,
             status=JobStatus.QUEUED,
             request=normalised,
             created_at=now,
-            cache_key=normalised.cache_key(
-                self._settings.model_revisions.get(normalised.model or "", ""), self._settings.loras.revisions
-            ),
+            cache_key=normalised.cache_key("|".join(w for w in weights if w), self._settings.loras.revisions),
             idempotency_key=idempotency_key,
             expires_at=expiry_epoch(now, self._settings.job_retention_days),
             model_is_noise=(normalised.model in NOISE_MODELS),
-            model_revision=self._settings.registry.revision(normalised.model),
+            model_revision=model_revision,
         )
         cache = self.result_cache() if request.cacheable() else None
         # A hit is finished the moment it is made: it is answered before the unfinished-job cap, which it cannot

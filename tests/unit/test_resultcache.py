@@ -3,6 +3,7 @@ which generates; settling; the requeue sweeper's view of joined jobs; the key; t
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -217,6 +218,21 @@ def test_a_model_revision_is_part_of_the_key(table: DynamoDBClient) -> None:
     after = World(table, model_revisions={"tiny": "v2"})
     assert after.submit().status == JobStatus.QUEUED
     assert before.submit().status == JobStatus.SUCCEEDED
+
+
+def test_the_model_registry_revision_is_part_of_the_key(table: DynamoDBClient) -> None:
+    """A model updated to a new registry revision makes new images: its earlier ones no longer answer."""
+
+    def registry(revision: str) -> str:
+        entry = {"id": "tiny", "source": "builtin:tiny", "revision": revision, "architecture": "tiny"}
+        return json.dumps({"models": [entry]})
+
+    r1 = World(table, model_registry=registry("r1"))
+    r1.succeed(r1.submit())
+    assert r1.submit().status == JobStatus.SUCCEEDED
+    r2 = World(table, model_registry=registry("r2"))
+    assert r2.submit().status == JobStatus.QUEUED
+    assert r2.submit(tenant="other").model_revision == "r2"
 
 
 def test_the_sweeper_leaves_a_joined_job_to_its_source_until_the_source_finished_unsettled(world: World) -> None:

@@ -17,6 +17,7 @@ import pytest
 from moto import mock_aws
 from PIL import Image
 from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
 
 from shared.contracts import GenerationRequest
 from shared.loraregistry import LoraRegistry, parse_lora_registry
@@ -215,7 +216,13 @@ def test_a_lora_whose_file_fails_its_checksum_or_is_not_served_is_refused(ink: P
     data = bytearray((tampered / WEIGHT_FILE).read_bytes())
     data[-1] ^= 1
     (tampered / WEIGHT_FILE).write_bytes(bytes(data))
+    # A LoRA for layers the model does not have (here its attn1.to_q weights): diffusers would load the rest.
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    weights = load_file(ink / WEIGHT_FILE)
+    save_file({k.replace("attn1.to_q.", "attn1.to_qq."): v for k, v in weights.items()}, partial / WEIGHT_FILE)
     entries = [
+        lora_entry(partial, "partial"),
         {**lora_entry(tampered, "tampered"), "checksums": weight_checksums(ink)},
         lora_entry(ink, "for-variant", base_models=["variant"]),
     ]
@@ -228,6 +235,8 @@ def test_a_lora_whose_file_fails_its_checksum_or_is_not_served_is_refused(ink: P
         one(runner, (("for-variant", 1.0),))
     with pytest.raises(LoraNotServed, match="registry"):
         one(runner, (("retired", 1.0),))
+    with pytest.raises(LoraNotServed, match="weights match its layers"):
+        one(runner, (("partial", 1.0),))
     assert runner.loras.loaded == []
     assert differs(one(runner), before) == 0
 

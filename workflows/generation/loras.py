@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import shutil
 import tempfile
 import warnings
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 from huggingface_hub import snapshot_download
 from huggingface_hub.utils import HFValidationError
+from safetensors import safe_open
 
 from shared.aws import AwsClients
 from shared.contracts import LoraSet
@@ -266,7 +268,13 @@ class LoraAdapters:
             # design (one adapter per LoRA, the batch's set chosen with set_adapters).
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
             self._pipe.load_lora_weights(str(folder), weight_name=entry.weight_file, adapter_name=name)
-        loaded = LoadedLora(entry.id, entry.revision, name, _adapter_bytes(self._pipe, name))
+        elements, size = _adapter_size(self._pipe, name)
+        expected = _file_elements(folder / entry.weight_file)
+        if elements < expected:
+            # diffusers loads the weights that match a layer and only logs the rest: the LoRA would run in part.
+            self._pipe.delete_adapters(name)
+            raise LoraNotServed(lora_id, self._model, f"only {elements} of its {expected} weights match its layers")
+        loaded = LoadedLora(entry.id, entry.revision, name, size)
         self._loaded[lora_id] = loaded
         self.loads += 1
         logger.info(
@@ -288,13 +296,23 @@ class LoraAdapters:
         logger.info("unloaded LoRA %s (revision %s) from %s", lora.id, lora.revision, self._model)
 
 
-def _adapter_bytes(pipeline: Any, name: str) -> int:
-    """The memory of one adapter's weights across the pipeline's components (PEFT names them ``.<name>.``)."""
+def _adapter_size(pipeline: Any, name: str) -> tuple[int, int]:
+    """One adapter's weights across the pipeline's components (PEFT names them ``.<name>.``): elements, bytes."""
     marker = f".{name}."
-    total = 0
+    elements = size = 0
     for component in pipeline.components.values():
         named = getattr(component, "named_parameters", None)
         if named is None:
             continue
-        total += sum(p.numel() * p.element_size() for n, p in named() if marker in n)
-    return total
+        for n, p in named():
+            if marker in n:
+                elements += p.numel()
+                size += p.numel() * p.element_size()
+    return elements, size
+
+
+def _file_elements(path: Path) -> int:
+    """The weights a LoRA file holds, in elements; scalars (alphas, ranks) become settings, not weights."""
+    with safe_open(str(path), framework="pt") as f:
+        shapes = [f.get_slice(key).get_shape() for key in f.keys()]  # noqa: SIM118 (a safetensors handle)
+    return sum(n for n in (math.prod(shape) for shape in shapes) if n > 1)

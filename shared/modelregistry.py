@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from shared.shapesmodel import SHAPES_MODEL, SHAPES_MODEL_CHECKSUMS, SHAPES_MODEL_REVISION
 from shared.tinymodel import TINY_MODEL, TINY_MODEL_REVISION
 
 Architecture = Literal["tiny", "sd15", "sd2", "sdxl"]
@@ -30,6 +31,8 @@ DEFAULT_FLEET = "default"
 BUILTIN_PREFIX = "builtin:"
 HUB_PREFIX = "hub:"
 S3_PREFIX = "s3://"
+# The models that come with sdq: tiny is built from a seed, shapes is shipped in the repository (models/shapes).
+BUILTIN_MODELS = (TINY_MODEL, SHAPES_MODEL)
 
 
 class ModelEntry(BaseModel):
@@ -112,15 +115,15 @@ class ModelEntry(BaseModel):
     @model_validator(mode="after")
     def _source_shape(self) -> ModelEntry:
         kind = self.source_kind
-        if kind == "builtin" and self.location != TINY_MODEL:
-            raise ValueError(f"the only built-in model is {BUILTIN_PREFIX}{TINY_MODEL}")
+        if kind == "builtin" and self.location not in BUILTIN_MODELS:
+            raise ValueError(f"the only built-in models are {', '.join(BUILTIN_PREFIX + m for m in BUILTIN_MODELS)}")
         if kind == "hub" and self.location.count("/") != 1:
             raise ValueError("a hub source is hub:<org>/<name>")
         if kind == "s3" and "/" not in self.location.strip("/"):
             raise ValueError("an S3 source is s3://<bucket>/<prefix>")
         if kind == "local" and not Path(self.source).is_absolute():
             raise ValueError("a local source is an absolute path (or builtin:, hub:, s3://)")
-        # Built-in weights are built here from a seed; every other model's weights are checked before use.
+        # The tiny model's weights are built here from a seed; every other model's are checked before use.
         if kind != "builtin" and not self.checksums:
             raise ValueError("checksums must give the sha256 of every weight file of the model")
         if self.revision in self.retired_revisions:
@@ -173,6 +176,15 @@ BUILTIN_REGISTRY = ModelRegistry(
             id=TINY_MODEL,
             source=f"{BUILTIN_PREFIX}{TINY_MODEL}",
             revision=TINY_MODEL_REVISION,
+            architecture="tiny",
+            default_width=256,
+            default_height=256,
+        ),
+        ModelEntry(
+            id=SHAPES_MODEL,
+            source=f"{BUILTIN_PREFIX}{SHAPES_MODEL}",
+            revision=SHAPES_MODEL_REVISION,
+            checksums=SHAPES_MODEL_CHECKSUMS,
             architecture="tiny",
             default_width=256,
             default_height=256,

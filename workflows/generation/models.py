@@ -8,6 +8,8 @@ Every model ends up as a diffusers text-to-image pipeline on one device:
 
 - ``tiny``: real Stable Diffusion classes with small random weights from a fixed seed, saved once as a normal
   diffusers folder in the model cache and loaded with ``from_pretrained`` like any downloaded model. Offline.
+- ``shapes``: a small Stable Diffusion pipeline trained by ``training/train_shapes.py``, shipped as a diffusers
+  folder in the repository (``models/shapes``) and checked against its registry entry's checksums. Offline.
 - ``sd15`` / ``sdxl``: the real architectures with random weights, built from config in memory (benchmarks:
   the compute of a random-weight network equals that of the trained one).
 - anything else: a hub id or a local folder, loaded with ``AutoPipelineForText2Image.from_pretrained``.
@@ -55,7 +57,8 @@ from shared.aws import AwsClients
 from shared.errors import PermanentError
 from shared.modelregistry import ModelEntry, ModelRegistry, weight_checksums
 from shared.settings import get_settings
-from shared.tinymodel import TINY_MODEL_NOTE, TINY_MODEL_REVISION
+from shared.shapesmodel import SHAPES_MODEL, SHAPES_MODEL_NOTE
+from shared.tinymodel import TINY_MODEL, TINY_MODEL_NOTE, TINY_MODEL_REVISION
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -66,6 +69,11 @@ RANDOM_WEIGHTS_NOTE = "sdq random-weight '{arch}' architecture (benchmarks only)
 TINY_SEED = 20240601
 RANDOM_ARCHITECTURES = ("sd15", "sdxl")
 _BUILD_LOCK = threading.Lock()
+# What each built-in model's outputs say about it; only tiny's images are noise.
+BUILTIN_NOTES = {TINY_MODEL: TINY_MODEL_NOTE, SHAPES_MODEL: SHAPES_MODEL_NOTE}
+# The shipped shapes model: a data folder at the repository root, beside the service packages and out of their
+# Lambda bundles (15 MB of weights only a worker reads).
+SHAPES_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / SHAPES_MODEL
 
 Precision = Literal["fp16", "bf16", "fp32"]
 _DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -468,6 +476,7 @@ def load_model(
     dev = resolve_device(device)
     dtype = resolve_dtype(dev, precision)
     note: str | None = None
+    noise = False
     revision: str | None = None
     entry = (registry or get_settings().registry).get(name)
     if entry is not None:
@@ -476,11 +485,12 @@ def load_model(
         verify_architecture(entry, folder)
         source, revision = str(folder), entry.revision
         pipe = _from_pretrained(name, source, dtype, local_only=True)
-        note = TINY_MODEL_NOTE if entry.source_kind == "builtin" else None
+        if entry.source_kind == "builtin":
+            note, noise = BUILTIN_NOTES[entry.location], entry.location == TINY_MODEL
     elif name in RANDOM_ARCHITECTURES:
         source = f"random:{name}"
         pipe = build_random_pipeline(name, dev, dtype)  # type: ignore[arg-type]
-        note = RANDOM_WEIGHTS_NOTE.format(arch=name)
+        note, noise = RANDOM_WEIGHTS_NOTE.format(arch=name), True
     else:
         source = _local_or_hub(name)
         pipe = _from_pretrained(name, source, dtype, local_only=_hub_offline())
@@ -498,7 +508,7 @@ def load_model(
         pipeline=pipe,
         device=dev,
         dtype=dtype,
-        is_noise_model=note is not None,
+        is_noise_model=noise,
         note=note,
         source=source,
         revision=revision,
@@ -513,6 +523,10 @@ def registered_folder(entry: ModelEntry, cache_root: Path | None = None, *, s3: 
     Raises ``ModelNotFoundError`` when it is missing or cannot be fetched.
     """
     kind = entry.source_kind
+    if kind == "builtin" and entry.location == SHAPES_MODEL:
+        if not (SHAPES_MODEL_DIR / "model_index.json").is_file():
+            raise ModelNotFoundError(entry.id, f"the shipped folder {SHAPES_MODEL_DIR} is missing")
+        return SHAPES_MODEL_DIR
     if kind == "builtin":
         return ensure_tiny_model(cache_root)
     if kind == "local":

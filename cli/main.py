@@ -23,6 +23,7 @@ from cli.admin import add_admin_parser
 from cli.client import LOCAL_STATE_FILE, NoEndpoint, resolve_endpoint, state_dir
 from cli.cost import add_cost_parser
 from cli.leverflags import add_acceleration_arguments
+from shared.shapesmodel import SHAPES_MODEL, SHAPES_MODEL_NOTE, shapes_caption
 from shared.tinymodel import TINY_MODEL_NOTE
 
 console = Console(stderr=True)
@@ -83,7 +84,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         out.print(f"worker     {served if service.worker else 'not started (--no-worker)'}")
         if "tiny" in models:
             out.print(f"note       {TINY_MODEL_NOTE}")
-        out.print('try        sdq submit "a red fox" --wait')
+        if SHAPES_MODEL in models:
+            out.print(f"note       {SHAPES_MODEL_NOTE}")
+        prompt = shapes_caption("red", "circle", "blue") if models[0] == SHAPES_MODEL else "a red fox"
+        out.print(f'try        sdq submit "{prompt}" --wait')
         out.print("Ctrl-C (or SIGTERM) stops everything.")
         wait_forever(service)
     except KeyboardInterrupt:
@@ -385,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--model",
         action="append",
-        help="a model for the local worker, repeated for several on it; the first is the default (default: tiny)",
+        help="a model for the local worker, repeated for several on it; the first is the default (default: tiny;"
+        " the built-in shapes model draws what it is told)",
     )
     up.add_argument("--no-worker", action="store_true", help="control plane only")
     up.add_argument(

@@ -296,10 +296,10 @@ class GenerationRequest(BaseModel):
         if _trusted(info):
             return float(v)
         lim = _limits(info)
-        v = float(v)
+        # Compared before the conversion: an integer too large for a float is out of range, not an OverflowError.
         if not 0 <= v <= lim.max_guidance:
             raise ValueError(f"must be between 0 and {lim.max_guidance:g}")
-        return v
+        return float(v)
 
     @field_validator("num_images")
     @classmethod
@@ -425,6 +425,18 @@ class GenerationRequest(BaseModel):
     def _inputs_need_image(self) -> GenerationRequest:
         if self.image is None and (self.mask is not None or self.strength is not None):
             raise ValueError("mask and strength need an image")
+        return self
+
+    @model_validator(mode="after")
+    def _strength_leaves_a_step(self, info: ValidationInfo) -> GenerationRequest:
+        # diffusers runs int(num_inference_steps x strength) steps from the input: none would fail on the GPU.
+        if _trusted(info) or self.image is None:
+            return self
+        strength = DEFAULT_STRENGTH[self.mode] if self.strength is None else self.strength
+        if int(self.num_inference_steps * strength) < 1:
+            raise ValueError(
+                f"num_inference_steps x strength must be at least 1 ({self.num_inference_steps} x {strength:g})"
+            )
         return self
 
     @property

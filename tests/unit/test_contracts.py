@@ -50,6 +50,7 @@ def test_defaults_are_documented_values() -> None:
         ("num_inference_steps", 100, 101),
         ("guidance_scale", 0.0, -0.1),
         ("guidance_scale", 20, 20.01),
+        ("guidance_scale", 20, 10**400),  # too large for a float: out of range, not an OverflowError
         ("seed", 0, -1),
         ("seed", SEED_MAX, SEED_MAX + 1),
         ("num_images", 1, 0),

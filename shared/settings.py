@@ -287,7 +287,7 @@ class Settings(BaseSettings):
         default=None,
         description=(
             'The model registry (docs/worker.md): the path of a JSON file, or inline JSON `{"models": [...]}`;'
-            " every model of `SDQ_MODELS` must be in it. Unset: the built-in `tiny` model alone"
+            " every model of `SDQ_MODELS` must be in it. Unset: the built-in `tiny` and `shapes` models"
         ),
     )
     lora_registry: Annotated[LoraRegistry | None, NoDecode] = Field(
@@ -541,7 +541,7 @@ class Settings(BaseSettings):
 
     @property
     def registry(self) -> ModelRegistry:
-        """The model registry: the configured one, else the built-in tiny model alone."""
+        """The model registry: the configured one, else the built-in tiny and shapes models."""
         return self.model_registry or BUILTIN_REGISTRY
 
     @property

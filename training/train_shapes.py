@@ -17,6 +17,7 @@ import argparse
 import json
 import random
 import shutil
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -100,8 +101,12 @@ class Run:
         self.token_ids: dict[str, list[int]] = {}
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        # The runs that made the weights this run starts from (a resumed run adds itself to them).
+        self.earlier_runs: list[dict[str, Any]] = []
         if args.resume:
             src = Path(args.resume)
+            if (src / "training.json").is_file():
+                self.earlier_runs = json.loads((src / "training.json").read_text(encoding="utf-8"))["runs"]
             self.vae = AutoencoderKL.from_pretrained(src / "vae")
             self.unet = UNet2DConditionModel.from_pretrained(src / "unet")
             self.text_encoder = CLIPTextModel.from_pretrained(src / "text_encoder")
@@ -237,21 +242,18 @@ class Run:
         shutil.rmtree(folder, ignore_errors=True)
         pipe = _sd_pipeline(self.vae, self.text_encoder, self.tokenizer, self.unet)
         pipe.save_pretrained(folder, safe_serialization=True)
-        (folder / "training.json").write_text(
-            json.dumps(
-                {
-                    "seed": self.args.seed,
-                    "vae_steps": self.vae_steps_done,
-                    "unet_steps": self.unet_steps_done,
-                    "stopped_early": self.stopped_early,
-                    "final": final,
-                    "device": torch.cuda.get_device_name() if self.device.type == "cuda" else "cpu",
-                    "seconds": round(time.monotonic() - self.started, 1),
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        this_run = {
+            "command": self.args.command,
+            "seed": self.args.seed,
+            "vae_steps": self.vae_steps_done,
+            "unet_steps": self.unet_steps_done,
+            "stopped_early": self.stopped_early,
+            "final": final,
+            "device": torch.cuda.get_device_name() if self.device.type == "cuda" else "cpu",
+            "seconds": round(time.monotonic() - self.started, 1),
+        }
+        runs = {"runs": [*self.earlier_runs, this_run]}
+        (folder / "training.json").write_text(json.dumps(runs, indent=2) + "\n", encoding="utf-8")
         # Two archives, each under the device tool's 16 MiB a file: the UNet, and the rest.
         with tarfile.open(self.out / "shapes-unet.tar", "w") as tar:
             tar.add(folder / "unet", arcname="shapes/unet")
@@ -306,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-s", type=float, default=540)
     parser.add_argument("--checkpoint-s", type=float, default=90)
     args = parser.parse_args(argv)
+    args.command = " ".join(["python -m training.train_shapes", *(argv if argv is not None else sys.argv[1:])])
     run = Run(args)
     run.log("start", device=str(run.device), args=vars(args))
     if not args.resume:

@@ -39,6 +39,6 @@ def shapes_caption(colour: str, shape: str, background: str) -> str:
 SHAPES_MODEL_NOTE = (
     "Built-in 'shapes' model, a small model trained on synthetic pictures: it draws one "
     f"{', '.join(SHAPES_SHAPES[:-1])} or {SHAPES_SHAPES[-1]} in the middle of a plain background, in "
-    f"{', '.join(SHAPES_COLOURS)} (prompt: '{shapes_caption('red', 'circle', 'blue')}'; about four prompts in five"
+    f"{', '.join(SHAPES_COLOURS)} (prompt: '{shapes_caption('red', 'circle', 'blue')}'; about five prompts in six"
     " come out exactly as asked, docs/models.md), and nothing else."
 )

@@ -26,6 +26,9 @@ from cli.leverflags import add_acceleration_arguments
 from shared.shapesmodel import SHAPES_MODEL, SHAPES_MODEL_NOTE, shapes_caption
 from shared.tinymodel import TINY_MODEL_NOTE
 
+# The model `sdq up` serves when given none: the built-in one whose pictures show what the prompt asks for.
+LOCAL_DEFAULT_MODEL = SHAPES_MODEL
+
 console = Console(stderr=True)
 out = Console()
 
@@ -37,7 +40,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from localcloud.service import LocalServiceConfig, start_local_service, wait_forever
 
     previous_key = None
-    models = list(dict.fromkeys(args.model or ["tiny"]))
+    models = list(dict.fromkeys(args.model or [LOCAL_DEFAULT_MODEL]))
     state = state_dir() / LOCAL_STATE_FILE
     if state.exists():
         previous_key = json.loads(state.read_text()).get("api_key")
@@ -389,8 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--model",
         action="append",
-        help="a model for the local worker, repeated for several on it; the first is the default (default: tiny;"
-        " the built-in shapes model draws what it is told)",
+        help="a model for the local worker, repeated for several on it; the first is the default (default:"
+        f" {LOCAL_DEFAULT_MODEL}, the built-in model that draws what it is told; tiny, random weights, is faster)",
     )
     up.add_argument("--no-worker", action="store_true", help="control plane only")
     up.add_argument(

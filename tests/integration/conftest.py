@@ -102,6 +102,8 @@ def start_service(
     log = open(log_path, "wb")  # noqa: SIM115
     # A short authorizer cache: a revoked key is refused within it (test_abuse), and the cache still works.
     up = ["up", "--port", "0", "--no-worker", "--authorizer-cache-seconds", "2"]
+    if "--model" not in args:  # the suite's jobs run on the fast random-weight model unless a test names others
+        up += ["--model", "tiny"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli.main", *up, *args],
         env=env,

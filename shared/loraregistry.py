@@ -10,13 +10,21 @@ record each LoRA's id, revision and scale (``workflows/postprocess.py``).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from shared.modelregistry import HUB_PREFIX, S3_PREFIX, Sha256, SourceKind
+from shared.modelregistry import (
+    Sha256,
+    SourceKind,
+    check_relative_paths,
+    check_source_shape,
+    check_unique_ids,
+    read_json_or_file,
+    source_kind,
+    source_location,
+)
 
 LoraId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$")]
 ADAPTER_SUFFIX = ".safetensors"
@@ -45,19 +53,12 @@ class LoraEntry(BaseModel):
 
     @property
     def source_kind(self) -> SourceKind:
-        if self.source.startswith(HUB_PREFIX):
-            return "hub"
-        if self.source.startswith(S3_PREFIX):
-            return "s3"
-        return "local"
+        return source_kind(self.source)
 
     @property
     def location(self) -> str:
         """The source without its scheme: the hub repository, ``bucket/prefix`` or the path."""
-        for prefix in (HUB_PREFIX, S3_PREFIX):
-            if self.source.startswith(prefix):
-                return self.source.removeprefix(prefix)
-        return self.source
+        return source_location(self.source)
 
     @property
     def weight_file(self) -> str:
@@ -67,23 +68,17 @@ class LoraEntry(BaseModel):
     @field_validator("checksums")
     @classmethod
     def _safetensors_paths(cls, value: dict[str, str]) -> dict[str, str]:
+        check_relative_paths(value, "the LoRA's folder")
         for name in value:
-            path = PurePosixPath(name)
-            if path.is_absolute() or ".." in path.parts or not path.parts:
-                raise ValueError(f"checksum paths are relative to the LoRA's folder, not {name!r}")
-            if path.suffix != ADAPTER_SUFFIX:
+            if PurePosixPath(name).suffix != ADAPTER_SUFFIX:
                 raise ValueError(f"a LoRA is loaded from safetensors files only, not {name!r}")
         return value
 
     @model_validator(mode="after")
     def _source_shape(self) -> LoraEntry:
-        kind = self.source_kind
-        if kind == "hub" and self.location.count("/") != 1:
-            raise ValueError("a hub source is hub:<org>/<name>")
-        if kind == "s3" and "/" not in self.location.strip("/"):
-            raise ValueError("an S3 source is s3://<bucket>/<prefix>")
-        if kind == "local" and not Path(self.source).is_absolute():
-            raise ValueError("a local source is an absolute path (or hub:, s3://)")
+        if self.source_kind == "builtin":
+            raise ValueError("a LoRA has no built-in source: hub:, s3:// or an absolute path")
+        check_source_shape(self.source, "hub:, s3://")
         if self.weight_name is None and len(self.checksums) != 1:
             raise ValueError("weight_name must name the file to load when checksums list several")
         if self.weight_name is not None and self.weight_name not in self.checksums:
@@ -101,10 +96,7 @@ class LoraRegistry(BaseModel):
     @field_validator("loras")
     @classmethod
     def _unique_ids(cls, value: tuple[LoraEntry, ...]) -> tuple[LoraEntry, ...]:
-        ids = [entry.id for entry in value]
-        repeated = sorted({i for i in ids if ids.count(i) > 1})
-        if repeated:
-            raise ValueError(f"LoRA ids must be unique: {repeated}")
+        check_unique_ids([entry.id for entry in value], "LoRA")
         return value
 
     @property
@@ -136,7 +128,4 @@ def parse_lora_registry(value: str | dict[str, Any] | LoraRegistry) -> LoraRegis
     """
     if isinstance(value, LoraRegistry):
         return value
-    if isinstance(value, str):
-        text = value.strip()
-        value = json.loads(text if text.startswith("{") else Path(text).expanduser().read_text(encoding="utf-8"))
-    return LoraRegistry.model_validate(value)
+    return LoraRegistry.model_validate(read_json_or_file(value) if isinstance(value, str) else value)

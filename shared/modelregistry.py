@@ -35,6 +35,59 @@ S3_PREFIX = "s3://"
 BUILTIN_MODELS = (TINY_MODEL, SHAPES_MODEL)
 
 
+# -- what a model entry and a LoRA entry (shared/loraregistry.py) share: a pinned, checksummed source -----------
+
+
+def source_kind(source: str) -> SourceKind:
+    """Which kind of source ``source`` names, by its scheme (no scheme: a local path)."""
+    if source.startswith(BUILTIN_PREFIX):
+        return "builtin"
+    if source.startswith(HUB_PREFIX):
+        return "hub"
+    if source.startswith(S3_PREFIX):
+        return "s3"
+    return "local"
+
+
+def source_location(source: str) -> str:
+    """The source without its scheme: the builtin's name, the hub repository, ``bucket/prefix`` or the path."""
+    for prefix in (BUILTIN_PREFIX, HUB_PREFIX, S3_PREFIX):
+        if source.startswith(prefix):
+            return source.removeprefix(prefix)
+    return source
+
+
+def check_source_shape(source: str, schemes: str) -> None:
+    """ValueError unless a hub, S3 or local ``source`` is well formed (``schemes``: those allowed, for the text)."""
+    kind, location = source_kind(source), source_location(source)
+    if kind == "hub" and location.count("/") != 1:
+        raise ValueError("a hub source is hub:<org>/<name>")
+    if kind == "s3" and "/" not in location.strip("/"):
+        raise ValueError("an S3 source is s3://<bucket>/<prefix>")
+    if kind == "local" and not Path(source).is_absolute():
+        raise ValueError(f"a local source is an absolute path (or {schemes})")
+
+
+def check_relative_paths(paths: Iterable[str], folder: str) -> None:
+    """ValueError unless every checksum path is relative to ``folder`` and stays inside it."""
+    for name in paths:
+        path = PurePosixPath(name)
+        if path.is_absolute() or ".." in path.parts or not path.parts:
+            raise ValueError(f"checksum paths are relative to {folder}, not {name!r}")
+
+
+def check_unique_ids(ids: list[str], what: str) -> None:
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise ValueError(f"{what} ids must be unique: {repeated}")
+
+
+def read_json_or_file(value: str) -> Any:
+    """Inline JSON (it starts with ``{``), else the JSON file that ``value`` names."""
+    text = value.strip()
+    return json.loads(text if text.startswith("{") else Path(text).expanduser().read_text(encoding="utf-8"))
+
+
 class ModelEntry(BaseModel):
     """One servable model.
 
@@ -73,21 +126,12 @@ class ModelEntry(BaseModel):
 
     @property
     def source_kind(self) -> SourceKind:
-        if self.source.startswith(BUILTIN_PREFIX):
-            return "builtin"
-        if self.source.startswith(HUB_PREFIX):
-            return "hub"
-        if self.source.startswith(S3_PREFIX):
-            return "s3"
-        return "local"
+        return source_kind(self.source)
 
     @property
     def location(self) -> str:
         """The source without its scheme: the builtin's name, the hub repository, ``bucket/prefix`` or the path."""
-        for prefix in (BUILTIN_PREFIX, HUB_PREFIX, S3_PREFIX):
-            if self.source.startswith(prefix):
-                return self.source.removeprefix(prefix)
-        return self.source
+        return source_location(self.source)
 
     @field_validator("schedulers")
     @classmethod
@@ -106,10 +150,7 @@ class ModelEntry(BaseModel):
     @field_validator("checksums")
     @classmethod
     def _relative_paths(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            path = PurePosixPath(name)
-            if path.is_absolute() or ".." in path.parts or not path.parts:
-                raise ValueError(f"checksum paths are relative to the model folder, not {name!r}")
+        check_relative_paths(value, "the model folder")
         return value
 
     @model_validator(mode="after")
@@ -117,12 +158,7 @@ class ModelEntry(BaseModel):
         kind = self.source_kind
         if kind == "builtin" and self.location not in BUILTIN_MODELS:
             raise ValueError(f"the only built-in models are {', '.join(BUILTIN_PREFIX + m for m in BUILTIN_MODELS)}")
-        if kind == "hub" and self.location.count("/") != 1:
-            raise ValueError("a hub source is hub:<org>/<name>")
-        if kind == "s3" and "/" not in self.location.strip("/"):
-            raise ValueError("an S3 source is s3://<bucket>/<prefix>")
-        if kind == "local" and not Path(self.source).is_absolute():
-            raise ValueError("a local source is an absolute path (or builtin:, hub:, s3://)")
+        check_source_shape(self.source, "builtin:, hub:, s3://")
         # The tiny model's weights are built here from a seed; every other model's are checked before use.
         if kind != "builtin" and not self.checksums:
             raise ValueError("checksums must give the sha256 of every weight file of the model")
@@ -141,10 +177,7 @@ class ModelRegistry(BaseModel):
     @field_validator("models")
     @classmethod
     def _unique_ids(cls, value: tuple[ModelEntry, ...]) -> tuple[ModelEntry, ...]:
-        ids = [entry.id for entry in value]
-        repeated = sorted({i for i in ids if ids.count(i) > 1})
-        if repeated:
-            raise ValueError(f"model ids must be unique: {repeated}")
+        check_unique_ids([entry.id for entry in value], "model")
         return value
 
     @property
@@ -201,10 +234,7 @@ def parse_registry(value: str | dict[str, Any] | ModelRegistry) -> ModelRegistry
     """
     if isinstance(value, ModelRegistry):
         return value
-    if isinstance(value, str):
-        text = value.strip()
-        value = json.loads(text if text.startswith("{") else Path(text).expanduser().read_text(encoding="utf-8"))
-    return ModelRegistry.model_validate(value)
+    return ModelRegistry.model_validate(read_json_or_file(value) if isinstance(value, str) else value)
 
 
 def weight_files(folder: Path) -> Iterable[Path]:

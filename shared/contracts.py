@@ -207,8 +207,12 @@ class GenerationRequest(BaseModel):
 
     prompt: StrictStr = Field(description="What to draw.")
     negative_prompt: StrictStr = Field(default="", description="What to steer away from.")
-    width: JsonInt = Field(default=512, description="Pixels; a multiple of 8.")
-    height: JsonInt = Field(default=512, description="Pixels; a multiple of 8.")
+    width: JsonInt = Field(
+        default=512, description="Pixels; a multiple of 8. Absent: the model's default (its registry entry's)."
+    )
+    height: JsonInt = Field(
+        default=512, description="Pixels; a multiple of 8. Absent: the model's default (its registry entry's)."
+    )
     num_inference_steps: JsonInt = Field(default=30)
     guidance_scale: StrictFloat | JsonInt = Field(default=7.5)
     seed: JsonInt | None = Field(default=None, ge=0, le=SEED_MAX, description="Drawn and stored when absent.")
@@ -457,19 +461,27 @@ class GenerationRequest(BaseModel):
         return self
 
     def normalised(self, settings: Settings | None = None) -> GenerationRequest:
-        """The request as it will run: seed drawn when absent, model defaulted, strength defaulted for its mode.
+        """The request as it will run: seed drawn when absent, model defaulted, size defaulted to the model's,
+        strength defaulted for its mode.
         Its inputs stay as given: submission names them by their normalised PNG's digest."""
         settings = settings or get_settings()
         mode = self.mode
         strength = self.strength if self.strength is not None or mode == "text" else DEFAULT_STRENGTH[mode]
-        return self.model_copy(
-            update={
-                "seed": self.seed if self.seed is not None else secrets.randbelow(SEED_MAX + 1),
-                "model": self.model or settings.default_model,
-                "guidance_scale": float(self.guidance_scale),
-                "strength": strength,
-            }
-        )
+        model = self.model or settings.default_model
+        update: dict[str, Any] = {
+            "seed": self.seed if self.seed is not None else secrets.randbelow(SEED_MAX + 1),
+            "model": model,
+            "guidance_scale": float(self.guidance_scale),
+            "strength": strength,
+        }
+        # A size the request leaves out is its model's (the settings check each entry's against the limits).
+        entry = settings.registry.get(model)
+        if entry is not None:
+            if "width" not in self.model_fields_set:
+                update["width"] = entry.default_width
+            if "height" not in self.model_fields_set:
+                update["height"] = entry.default_height
+        return self.model_copy(update=update)
 
     def _canonical(self, data: dict[str, Any]) -> str:
         # A text-to-image request leaves the input fields out, one without LoRAs its loras: its keys stay those it

@@ -210,8 +210,6 @@ BUILTIN_REGISTRY = ModelRegistry(
             source=f"{BUILTIN_PREFIX}{TINY_MODEL}",
             revision=TINY_MODEL_REVISION,
             architecture="tiny",
-            default_width=256,
-            default_height=256,
         ),
         ModelEntry(
             id=SHAPES_MODEL,

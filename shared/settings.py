@@ -537,6 +537,16 @@ class Settings(BaseSettings):
             missing = [m for m in {*self.models, self.default_model} if self.model_registry.get(m) is None]
             if missing:
                 raise ValueError(f"models {sorted(missing)} are not in the model registry {self.model_registry.ids}")
+        lim = self.limits
+        for entry in self.registry.models:  # a request without a size takes its model's: it must be one allowed
+            sides = (entry.default_width, entry.default_height)
+            if not all(lim.min_side <= side <= lim.max_side and side % lim.side_multiple == 0 for side in sides) or (
+                entry.default_width * entry.default_height > lim.max_pixels
+            ):
+                raise ValueError(
+                    f"model {entry.id!r}: default size {entry.default_width}x{entry.default_height} is outside the"
+                    f" request limits ({lim.min_side} to {lim.max_side} a side, at most {lim.max_pixels} pixels)"
+                )
         return self
 
     @property

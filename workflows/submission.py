@@ -129,12 +129,13 @@ class SubmissionService:
             if replay is not None:
                 return replay
 
+        normalised = request.normalised(self._settings)
         try:
-            prepared = self._prepare(tenant, request)
+            prepared = self._prepare(tenant, normalised)  # inputs are fitted to the size the job will have
         except InvalidInput:
             self._give_back(tenant, charged_at)  # a refused request makes nothing, so it costs nothing
             raise
-        normalised = prepared.named(request.normalised(self._settings))
+        normalised = prepared.named(normalised)
         now = utcnow()
         model_revision = self._settings.registry.revision(normalised.model)
         # The images a cached job answers with were made by its model's pinned registry revision, with the speed

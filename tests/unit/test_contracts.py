@@ -158,6 +158,30 @@ def test_normalised_draws_and_keeps_seed_and_defaults_model() -> None:
     assert (fixed.seed, fixed.model) == (42, "sd15")
 
 
+def test_a_size_left_out_is_the_models_default_from_its_registry_entry() -> None:
+    settings = Settings(models=["shapes", "tiny"], default_model="shapes")
+    default = validate(settings).normalised(settings)
+    assert (default.width, default.height) == (256, 256)  # the built-in shapes model's entry
+    asked = validate(settings, width=512, height=384).normalised(settings)
+    assert (asked.width, asked.height) == (512, 384)
+    one_side = validate(settings, width=320).normalised(settings)
+    assert (one_side.width, one_side.height) == (320, 256)
+    tiny = validate(settings, model="tiny").normalised(settings)
+    assert (tiny.width, tiny.height) == (512, 512)
+
+
+def test_a_registry_default_size_outside_the_request_limits_is_refused() -> None:
+    entry = {"id": "big", "source": "builtin:tiny", "revision": "1", "architecture": "tiny"}
+    for size, ok in [({"default_width": 1024, "default_height": 1024}, True), ({"default_width": 128}, False),
+                     ({"default_width": 1024, "default_height": 1032}, False)]:  # fmt: skip
+        registry = {"models": [entry | size]}
+        if ok:
+            Settings(model_registry=registry, models=["big"], default_model="big")
+        else:
+            with pytest.raises(ValidationError, match="default size"):
+                Settings(model_registry=registry, models=["big"], default_model="big")
+
+
 def test_fingerprint_and_batch_key() -> None:
     a, b = validate(seed=1), validate(seed=1)
     assert a.fingerprint() == b.fingerprint()

@@ -47,7 +47,6 @@ class TemplateTimes:
     """What the template (and the worker's defaults) decide about a start from zero."""
 
     scale_alarm_s: float  # WorkerScaleFromZeroAlarm: period x evaluation periods
-    receive_wait_s: float  # a polling worker's long poll (SQS returns as soon as a message arrives)
     batch_wait_s: float  # the worker's max_batch_wait_ms (its settings' default; the template does not set it)
 
 
@@ -58,7 +57,6 @@ def template_times(template: dict[str, Any]) -> TemplateTimes:
     batch_wait_ms = WorkerSettings.model_fields["max_batch_wait_ms"].default
     return TemplateTimes(
         scale_alarm_s=max(periods) * int(alarm["EvaluationPeriods"]),
-        receive_wait_s=0.0,
         batch_wait_s=float(batch_wait_ms) / 1000.0,
     )
 
@@ -154,7 +152,7 @@ def start_paths(usage: Usage, times: TemplateTimes, first_image: tuple[float, st
     always_on = StartPath(
         "always on (MinWorkers >= 1)",
         (
-            StartStep("a polling worker receives the job", times.receive_wait_s, "SQS long poll returns on arrival"),
+            StartStep("a polling worker receives the job", 0.0, "SQS long poll returns on arrival"),
             batch,
         ),
         "MinWorkers instances around the clock",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, get_args
 
@@ -238,6 +238,25 @@ def parse_registry(value: str | dict[str, Any] | ModelRegistry) -> ModelRegistry
 def weight_files(folder: Path) -> Iterable[Path]:
     """The weight files under ``folder`` (by suffix), sorted."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+def checksum_problems(
+    expected: Mapping[str, str], found: Mapping[str, str], *, unlisted: str | None = None
+) -> dict[str, str]:
+    """What is wrong with the files ``found`` (sha256 by path) against an entry's ``expected`` checksums: each
+    listed file missing or with another digest, and, given ``unlisted`` (the text to say), each file found that the
+    entry does not list. Empty when they agree."""
+    problems: dict[str, str] = {}
+    for path, digest in expected.items():
+        actual = found.get(path)
+        if actual is None:
+            problems[path] = "missing"
+        elif actual != digest:
+            problems[path] = f"sha256 {actual}, the registry says {digest}"
+    if unlisted is not None:
+        for path in sorted(found.keys() - expected.keys()):
+            problems[path] = unlisted
+    return problems
 
 
 def weight_checksums(folder: Path) -> dict[str, str]:

@@ -38,7 +38,7 @@ from shared.aws import AwsClients
 from shared.contracts import LoraSet
 from shared.errors import PermanentError
 from shared.loraregistry import LoraEntry, LoraRegistry
-from shared.modelregistry import weight_checksums
+from shared.modelregistry import checksum_problems, weight_checksums
 from shared.settings import get_settings
 from workflows.generation.models import _hub_offline, model_cache_root, quiet_logger
 
@@ -105,9 +105,14 @@ class LoadedLora:
     bytes: int
 
 
+def _revision_key(entry: LoraEntry) -> str:
+    """A short name of an entry's id and revision: its S3 copy's folder, and (prefixed) its adapter's name."""
+    return hashlib.sha256(f"{entry.id}\0{entry.revision}".encode()).hexdigest()[:16]
+
+
 def adapter_name(entry: LoraEntry) -> str:
     """The PEFT adapter name of an entry's revision: a new revision is another adapter, never the old one's."""
-    return "sdq_" + hashlib.sha256(f"{entry.id}\0{entry.revision}".encode()).hexdigest()[:16]
+    return "sdq_" + _revision_key(entry)
 
 
 def lora_folder(entry: LoraEntry, cache_root: Path | None = None, *, s3: S3Client | None = None) -> Path:
@@ -138,7 +143,7 @@ def lora_folder(entry: LoraEntry, cache_root: Path | None = None, *, s3: S3Clien
 def _fetch_s3(entry: LoraEntry, s3: S3Client, cache_root: Path | None) -> Path:
     """Copy the entry's listed files from its S3 prefix into the model cache, under a temporary name renamed into
     place (a half copy is never used)."""
-    key = hashlib.sha256(f"{entry.id}\0{entry.revision}".encode()).hexdigest()[:16]
+    key = _revision_key(entry)
     target = (cache_root or model_cache_root()) / "loras" / key
     if all((target / name).is_file() for name in entry.checksums):
         return target
@@ -167,14 +172,7 @@ def _fetch_s3(entry: LoraEntry, s3: S3Client, cache_root: Path | None) -> Path:
 
 def verify_lora(entry: LoraEntry, folder: Path) -> None:
     """Check each file ``entry.checksums`` lists against its sha256; raises ``LoraChecksumMismatch`` (logged)."""
-    found = weight_checksums(folder)
-    problems: dict[str, str] = {}
-    for path, expected in entry.checksums.items():
-        actual = found.get(path)
-        if actual is None:
-            problems[path] = "missing"
-        elif actual != expected:
-            problems[path] = f"sha256 {actual}, the registry says {expected}"
+    problems = checksum_problems(entry.checksums, weight_checksums(folder))
     if problems:
         error = LoraChecksumMismatch(entry.id, entry.revision, problems)
         logger.error("refusing to load LoRA %s: %s", entry.id, error)

@@ -55,7 +55,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from shared.aws import AwsClients
 from shared.errors import PermanentError
-from shared.modelregistry import ModelEntry, ModelRegistry, weight_checksums
+from shared.modelregistry import ModelEntry, ModelRegistry, checksum_problems, weight_checksums
 from shared.settings import get_settings
 from shared.shapesmodel import SHAPES_MODEL, SHAPES_MODEL_NOTE
 from shared.tinymodel import TINY_MODEL, TINY_MODEL_NOTE, TINY_MODEL_REVISION
@@ -615,16 +615,8 @@ def verify_weights(entry: ModelEntry, folder: Path) -> None:
     """
     if not entry.checksums:
         return
-    found = weight_checksums(folder)
-    problems: dict[str, str] = {}
-    for path, expected in entry.checksums.items():
-        actual = found.get(path)
-        if actual is None:
-            problems[path] = "missing"
-        elif actual != expected:
-            problems[path] = f"sha256 {actual}, the registry says {expected}"
-    for path in sorted(found.keys() - entry.checksums.keys()):
-        problems[path] = "a weight file the registry entry does not list"
+    unlisted = "a weight file the registry entry does not list"
+    problems = checksum_problems(entry.checksums, weight_checksums(folder), unlisted=unlisted)
     if problems:
         error = ChecksumMismatch(entry.id, entry.revision, problems)
         logger.error("refusing to serve model %s: %s", entry.id, error)

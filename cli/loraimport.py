@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cli.modelimport import MODELS_PREFIX, RevisionExists
+from cli.modelimport import MODELS_PREFIX, hub_snapshot, refuse_existing
 from shared.loraregistry import ADAPTER_SUFFIX, LoraEntry
 from shared.modelregistry import HUB_PREFIX, S3_PREFIX, weight_checksums
 
@@ -35,11 +35,7 @@ def lora_snapshot(source: str, revision: str | None) -> tuple[Path, str]:
         if not revision:
             raise ValueError("--revision is required for a local folder: the label its copy is pinned as")
         return folder, revision
-    from huggingface_hub import HfApi, snapshot_download
-
-    repo = source.removeprefix(HUB_PREFIX)
-    commit = HfApi().model_info(repo, revision=revision).sha or revision or "main"
-    return Path(snapshot_download(repo, revision=commit, allow_patterns=[f"*{ADAPTER_SUFFIX}"])), commit
+    return hub_snapshot(source, revision, allow_patterns=[f"*{ADAPTER_SUFFIX}"])
 
 
 def import_lora(
@@ -57,8 +53,7 @@ def import_lora(
     Raises ``RevisionExists`` when that prefix holds files already, ``ValueError`` (pydantic's) for an entry the
     registry would refuse (several files and no ``weight_name``, no base model)."""
     prefix = f"{LORAS_PREFIX}{lora_id}/{revision}/"
-    if s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0):
-        raise RevisionExists(f"s3://{bucket}/{prefix} exists: import under a new --revision")
+    refuse_existing(s3, bucket, prefix)
     checksums = {path: digest for path, digest in weight_checksums(folder).items() if path.endswith(ADAPTER_SUFFIX)}
     entry = LoraEntry.model_validate(
         {

@@ -31,11 +31,23 @@ def snapshot(source: str, revision: str | None) -> tuple[Path, str]:
         if not revision:
             raise ValueError("--revision is required for a local folder: the label its copy is pinned as")
         return folder, revision
+    return hub_snapshot(source, revision)
+
+
+def hub_snapshot(source: str, revision: str | None, allow_patterns: list[str] | None = None) -> tuple[Path, str]:
+    """A ``hub:<org>/<name>`` repository downloaded at ``revision`` (only ``allow_patterns``, when given), and the
+    commit it resolved to (recorded as the entry's revision)."""
     from huggingface_hub import HfApi, snapshot_download
 
     repo = source.removeprefix(HUB_PREFIX)
     commit = HfApi().model_info(repo, revision=revision).sha or revision or "main"
-    return Path(snapshot_download(repo, revision=commit)), commit
+    return Path(snapshot_download(repo, revision=commit, allow_patterns=allow_patterns)), commit
+
+
+def refuse_existing(s3: Any, bucket: str, prefix: str) -> None:
+    """RevisionExists when ``prefix`` holds files already: a revision is imported once, never overwritten."""
+    if s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0):
+        raise RevisionExists(f"s3://{bucket}/{prefix} exists: import under a new --revision")
 
 
 def import_model(
@@ -51,8 +63,7 @@ def import_model(
 ) -> ModelEntry:
     """Upload ``folder`` under ``models/<id>/<revision>/`` and return its registry entry."""
     prefix = f"{MODELS_PREFIX}{model_id}/{revision}/"
-    if s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0):
-        raise RevisionExists(f"s3://{bucket}/{prefix} exists: import under a new --revision")
+    refuse_existing(s3, bucket, prefix)
     checksums = weight_checksums(folder)
     entry = ModelEntry.model_validate(
         {

@@ -520,6 +520,14 @@ class Settings(BaseSettings):
     upload_expiry_s: int = Field(
         default=900, ge=1, description="How long an upload's presigned POST accepts the file, in seconds"
     )
+    compile_artefacts_prefix: str = Field(
+        default="compile-artefacts/",
+        description=(
+            "Bucket prefix where workers with `SDQ_COMPILE` share their compile cache folder and precompiled forwards"
+            " (docs/worker.md#compile-artefacts-in-s3): fetched at start, what is new uploaded without replacing"
+            " another worker's files; empty: off. The template's IAM grants name it, so change both together"
+        ),
+    )
 
     @field_validator("model_registry", mode="before")
     @classmethod

@@ -1,7 +1,9 @@
 """The worker process entry point (``python -m handlers.worker``, the container's command; ``sdq worker``).
 
 Loads its models once (those named, else its fleet's in the model registry, else ``SDQ_MODEL``'s), then runs the
-loop until SIGTERM/SIGINT: the first signal is a warm stop, the second stops at once.
+loop until SIGTERM/SIGINT: the first signal is a warm stop, the second stops at once. With compile on, the compile
+artefacts other workers stored are fetched before the models load, and what this one compiles is uploaded
+(``workflows/generation/compileartefacts.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from shared.orchestration import Orchestrator
 from shared.queue import WorkerQueue
 from shared.queuestate import QueueState
 from shared.settings import Settings, get_settings
+from workflows.generation.compileartefacts import CompileArtefactStore, store_for
 from workflows.generation.encoding import encode_processes_for
 from workflows.generation.gpumetrics import GpuMetrics
 from workflows.generation.pipeline import ModelRunners, PipelineRunner
@@ -92,6 +95,15 @@ def models_to_load(settings: Settings, models: Sequence[str] = (), fleet: str | 
     return [entry.id for entry in entries]
 
 
+def fetch_compile_artefacts(settings: Settings, models: Sequence[str]) -> CompileArtefactStore | None:
+    """The worker's compile artefact store with what other workers stored fetched into its folders (before the
+    levers are applied, so they find their caches filled), or None when it shares none (compile off)."""
+    store = store_for(settings, AwsClients(settings).s3(), models)
+    if store is not None:
+        store.fetch()  # never raises: a failure means compiling, as without the store
+    return store
+
+
 def load_generator(models: Sequence[str]) -> PipelineRunner | ModelRunners:
     """Load each model's pipeline once (several share the device, one runner each); exits with a clear message
     when a model cannot be found."""
@@ -123,7 +135,11 @@ def main(
     """Run one worker until it is stopped: ``models`` (else ``fleet``'s, else the settings'; see
     :func:`models_to_load`); ``batch_log_fields`` adds fields to each batch's log line."""
     settings = get_settings()
-    generator = load_generator(models_to_load(settings, models, fleet))
+    to_load = models_to_load(settings, models, fleet)
+    artefacts = fetch_compile_artefacts(settings, to_load)
+    generator = load_generator(to_load)
+    if artefacts is not None:
+        artefacts.start_uploads()  # the warm-up's compile now, later buckets' as they compile
     config = worker_config()
     # On a GPU the limit also comes from free memory (the runner's estimate); on CPU the setting rules.
     config.max_batch_images = max(1, min(config.max_batch_images, generator.max_batch_images()))
@@ -151,6 +167,8 @@ def main(
         worker.run()
     finally:
         gpu_metrics.stop()
+        if artefacts is not None:
+            artefacts.stop()  # what compiled since the last upload
     logger.info("worker stopped", batches=len(worker.batches))
     return 0
 

@@ -2,8 +2,14 @@
 worker: from zero with a new instance, from zero with a stopped instance of the warm pool, and always on.
 
 Each step names its source: the template (read from ``template.yaml``, the one owner of the alarm periods), a
-measurement of ours (the pinned H100 startup report, :data:`STARTUP_REPORT`), or an assumption of
-:class:`cli.costmodel.Usage` that ``sdq cost --assume NAME=VALUE`` replaces with your own figure.
+measurement of ours (the pinned H100 startup report, :data:`STARTUP_REPORT`; the compile artefacts' size,
+:data:`ARTEFACTS_REPORT`), or an assumption of :class:`cli.costmodel.Usage` that ``sdq cost --assume NAME=VALUE``
+replaces with your own figure.
+
+The paths assume ``WorkerCompile=true`` (the measured start is the precompiled one): a new instance fetches the
+compile artefacts an earlier worker stored in the stack's bucket instead of compiling (the first instance of a kind
+compiles, 41 to 60 s per bucket on an H100). The image is pulled whole: ECS lazy-loads images (SOCI) on Fargate
+only, which has no GPUs (docs/deploy.md#start-from-zero).
 """
 
 from __future__ import annotations
@@ -15,11 +21,15 @@ from typing import Any
 
 from cli.costmodel import REPO, Usage
 from shared.settings import WorkerSettings
+from workflows.generation.acceleration.options import DEFAULT_BUCKETS
 
 TEMPLATE = REPO / "template.yaml"
 # The warm start the figures rest on: process start to the first image on an H100 with the worker's speed levers
 # and the precompiled artefacts on the instance's volume (benchmarks/results/2026-12-06-h100/README.md, call B).
 STARTUP_REPORT = REPO / "benchmarks" / "results" / "2026-12-06-h100" / "startup-sd15-h100-warm-20261206-144239.json"
+# The compile artefacts' size: the portable file of every compile artefact (torch.compiler.save_cache_artifacts) a
+# worker bench wrote after compiling the SD 1.5 UNet at three batch sizes on an H100 (2026-11-25).
+ARTEFACTS_REPORT = REPO / "benchmarks" / "results" / "2026-11-25-h100" / "worker-sd15-h100-20261125-095825.json"
 
 
 @dataclass(frozen=True)
@@ -74,9 +84,31 @@ def measured_first_image_s(report: Path = STARTUP_REPORT) -> tuple[float, str]:
     return seconds, f"measured: {report.name} ({device}, {data['date'][:10]}): imports, load, first image"
 
 
-def start_paths(usage: Usage, times: TemplateTimes, first_image: tuple[float, str]) -> list[StartPath]:
-    """The three paths, each a list of steps with their sources."""
+def measured_artefacts_mb(report: Path = ARTEFACTS_REPORT) -> tuple[float, str]:
+    """The compile artefacts a worker with the template's buckets stores, in MB, and where the figure comes from:
+    the measured compile cache of a run's batch sizes, per size times the default buckets, twice (the precompiled
+    forwards hold each shape's compiled graph as well: an assumption, not measured yet)."""
+    data = json.loads(report.read_text())
+    saved = int(data["acceleration"]["mega_cache_saved_bytes"])
+    sizes = len(data["config"]["batch_sizes"])
+    megabytes = 2 * saved / 2**20 / sizes * len(DEFAULT_BUCKETS)
+    source = (
+        f"measured: {report.name}: {saved / 2**20:.1f} MB of compile cache for {sizes} batch sizes, scaled to the"
+        f" {len(DEFAULT_BUCKETS)} buckets and doubled for the precompiled forwards (assumed)"
+    )
+    return megabytes, source
+
+
+def start_paths(
+    usage: Usage,
+    times: TemplateTimes,
+    first_image: tuple[float, str],
+    artefacts: tuple[float, str] | None = None,
+) -> list[StartPath]:
+    """The three paths, each a list of steps with their sources; ``artefacts`` is the compile artefacts' size in
+    MB with its source (default: :func:`measured_artefacts_mb`)."""
     u = usage
+    artefacts_mb, artefacts_source = artefacts or measured_artefacts_mb()
     image_mb = u.worker_image_gb * 1024.0
     model_mb = u.model_gb * 1024.0
     signal = StartStep(
@@ -99,6 +131,11 @@ def start_paths(usage: Usage, times: TemplateTimes, first_image: tuple[float, st
         model_mb / u.s3_download_mb_s,
         f"assumption: model_gb {u.model_gb:g} at s3_download_mb_s {u.s3_download_mb_s:g}",
     )
+    compiled = StartStep(
+        "compile artefacts from the stack's bucket, instead of compiling",
+        artefacts_mb / u.s3_download_mb_s,
+        f"{artefacts_source}; {artefacts_mb:.0f} MB at s3_download_mb_s {u.s3_download_mb_s:g}",
+    )
     process = StartStep("worker process start to the first image", first_image[0], first_image[1])
     batch = StartStep(
         "the job's batch waits for company", times.batch_wait_s, "the worker's max_batch_wait_ms (default)"
@@ -117,9 +154,11 @@ def start_paths(usage: Usage, times: TemplateTimes, first_image: tuple[float, st
             StartStep(
                 "worker image pulled and extracted",
                 image_mb / u.image_pull_mb_s,
-                f"assumption: worker_image_gb {u.worker_image_gb:g} at image_pull_mb_s {u.image_pull_mb_s:g}",
+                f"assumption: worker_image_gb {u.worker_image_gb:g} at image_pull_mb_s {u.image_pull_mb_s:g}"
+                " (whole: no lazy loading on ECS with EC2 instances)",
             ),
             weights,
+            compiled,
             process,
             batch,
         ),
@@ -143,6 +182,11 @@ def start_paths(usage: Usage, times: TemplateTimes, first_image: tuple[float, st
                 "on the volume of an instance that ran before (ReuseOnScaleIn)"
                 if u.warm_pool_reused
                 else weights.source,
+            ),
+            StartStep(
+                "compile artefacts",
+                0.0 if u.warm_pool_reused else compiled.seconds,
+                "on the volume of an instance that ran before" if u.warm_pool_reused else compiled.source,
             ),
             process,
             batch,

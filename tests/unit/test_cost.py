@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from cli.coldstart import STARTUP_REPORT, load_template_times, measured_first_image_s, start_paths, template_times
+from cli.coldstart import (
+    ARTEFACTS_REPORT,
+    STARTUP_REPORT,
+    load_template_times,
+    measured_artefacts_mb,
+    measured_first_image_s,
+    start_paths,
+    template_times,
+)
 from cli.cost import DEFAULT_GPU, add_cost_parser
 from cli.costmodel import (
     BENCHMARK_REPORT,
@@ -472,12 +480,43 @@ def test_the_start_from_zero_is_modelled_step_by_step_from_the_template_and_the_
     assert always_on.seconds < warm.seconds < cold.seconds
     pull = next(s for s in cold.steps if "image" in s.name)
     assert pull.seconds == pytest.approx(Usage().worker_image_gb * 1024 / Usage().image_pull_mb_s)
-    # The warm pool skips the pull and the boot; a pool of instances that never ran still fetches the weights.
+    fetched = measured_artefacts_mb()[0] / Usage().s3_download_mb_s
+    # The warm pool skips the pull and the boot; a pool of instances that never ran still fetches the weights and
+    # the compile artefacts.
     assert cold.seconds - warm.seconds == pytest.approx(
-        pull.seconds + Usage().instance_launch_s - Usage().instance_restart_s + Usage().model_gb * 1024 / 200.0
+        pull.seconds
+        + Usage().instance_launch_s
+        - Usage().instance_restart_s
+        + Usage().model_gb * 1024 / 200.0
+        + fetched
     )
     fresh = start_paths(replace(Usage(), warm_pool_reused=False), times, first)[1]
-    assert fresh.seconds - warm.seconds == pytest.approx(Usage().model_gb * 1024 / Usage().s3_download_mb_s)
+    assert fresh.seconds - warm.seconds == pytest.approx(
+        (Usage().model_gb * 1024 + measured_artefacts_mb()[0]) / Usage().s3_download_mb_s
+    )
+
+
+def test_a_new_instance_fetches_the_compile_artefacts_from_s3_at_the_bucket_throughput() -> None:
+    report = json.loads(ARTEFACTS_REPORT.read_text())
+    saved_mb = report["acceleration"]["mega_cache_saved_bytes"] / 2**20
+    assert report["device"]["short"] == "H100"
+    assert report["acceleration"]["options"]["compile"] is True
+    megabytes, source = measured_artefacts_mb()
+    # Per compiled batch size of the run, for each of the five default buckets, twice (the precompiled forwards).
+    assert megabytes == pytest.approx(2 * saved_mb / len(report["config"]["batch_sizes"]) * 5)
+    assert ARTEFACTS_REPORT.name in source
+    assert "assumed" in source
+    times = template_times(load_sam_template(REPO / "template.yaml"))
+    slow = replace(Usage(), s3_download_mb_s=50.0)
+    cold = start_paths(slow, times, (15.0, "t"), (400.0, "src"))[0]
+    [step] = [s for s in cold.steps if "compile artefacts" in s.name]
+    assert step.seconds == pytest.approx(400.0 / 50.0)  # 8 s, where the first instance compiles for minutes
+    assert "src" in step.source
+    assert "s3_download_mb_s 50" in step.source
+    # After the weights (the levers need the model), before the process's own start measurement.
+    names = [s.name for s in cold.steps]
+    assert names.index(step.name) == names.index("weights from the stack's bucket to the instance's volume") + 1
+    assert names.index(step.name) + 1 == names.index("worker process start to the first image")
 
 
 def test_cost_command_prints_the_start_from_zero_beside_always_on(capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,14 +21,14 @@ T0 = time.perf_counter()
 
 def cuda_first_work() -> None:
     import torch
-    import torch.nn.functional as F
+    from torch.nn import functional
 
     x = torch.randn(1024, 1024, device="cuda", dtype=torch.float16)
     (x @ x).sum().item()
     img = torch.randn(1, 4, 64, 64, device="cuda", dtype=torch.float16)
-    F.conv2d(img, torch.randn(320, 4, 3, 3, device="cuda", dtype=torch.float16), padding=1).sum().item()
+    functional.conv2d(img, torch.randn(320, 4, 3, 3, device="cuda", dtype=torch.float16), padding=1).sum().item()
     q = torch.randn(2, 8, 4096, 40, device="cuda", dtype=torch.float16)
-    F.scaled_dot_product_attention(q, q, q).sum().item()
+    functional.scaled_dot_product_attention(q, q, q).sum().item()
     torch.cuda.synchronize()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from shared.settings import Settings
-from workflows.generation.compileartefacts import artefact_key, environment_facts, shared_folders
+from workflows.generation.compileartefacts import artefact_key, environment_facts, installed_packages, shared_folders
 
 
 def key(models: list[str] | None = None, **settings: object) -> str:
@@ -22,6 +22,9 @@ def test_the_key_holds_the_versions_the_device_the_models_and_their_revisions() 
     registry = Settings().registry
     assert facts["models"] == {m: registry.get(m).revision for m in ("shapes", "tiny")}  # type: ignore[union-attr]
     assert facts["python"].count(".") == 2
+    # The whole image's packages: an artefact may refer to any of them (peft, in one H100 run).
+    assert facts["packages"] == installed_packages()
+    assert artefact_key({**facts, "packages": "another image"}) != artefact_key(facts)
 
 
 def test_levers_that_change_the_compiled_code_change_the_key_and_folders_do_not() -> None:

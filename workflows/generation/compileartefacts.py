@@ -4,8 +4,9 @@ another worker compiled instead of compiling for minutes (issue 24, "start from 
 Two folders are shared, each under its own name: ``cache`` (the inductor cache folder, ``SDQ_COMPILE_CACHE_DIR``:
 FX graphs, AOTAutograd entries, Triton kernels, the mega-cache file) and ``precompile`` (the precompiled forwards,
 ``SDQ_PRECOMPILE_DIR``). Their files live at ``<SDQ_COMPILE_ARTEFACTS_PREFIX><key>/<folder>/<path>``, where the key
-hashes what makes them valid (:func:`environment_facts`): the Python, torch, CUDA and diffusers versions, the GPU,
-the host CPU, the models with their pinned revisions, the precision and the levers that change the compiled code.
+hashes what makes them valid (:func:`environment_facts`): the Python, torch, CUDA and diffusers versions and every
+installed package's, the GPU, the host CPU, the models with their pinned revisions, the precision and the levers
+that change the compiled code.
 Inside a key each file is still checked by what reads it (inductor's cache keys, the fingerprint in a precompiled
 artefact's name), so a file that no longer fits costs a compile, never a wrong image.
 
@@ -81,6 +82,9 @@ def environment_facts(settings: Settings, models: Sequence[str]) -> dict[str, An
         "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda else None,
         "diffusers": metadata.version("diffusers"),
+        # Every installed distribution: an artefact can refer to any package present where it was built (one
+        # built beside peft failed to load without it, benchmarks/results/2026-12-06-h100), so one image, one key.
+        "packages": installed_packages(),
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "host": aotpackage.host_cpu(),  # inductor builds host code for this CPU (-march=native)
         "models": {m: getattr(registry.get(m), "revision", None) for m in sorted(models)},
@@ -88,6 +92,12 @@ def environment_facts(settings: Settings, models: Sequence[str]) -> dict[str, An
         "levers": {k: v for k, v in sorted(levers.items()) if k not in _NOT_IN_KEY},
         "artefact_formats": {"precompile": PRECOMPILE_FORMAT, "package": aotpackage.PACKAGE_FORMAT},
     }
+
+
+def installed_packages() -> str:
+    """A digest of every installed distribution's name and version (what a worker image holds)."""
+    names = sorted({f"{d.metadata['Name']}=={d.version}".lower() for d in metadata.distributions()})
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
 
 def artefact_key(facts: Mapping[str, Any]) -> str:

@@ -9,7 +9,7 @@ replaces with your own figure.
 The paths assume ``WorkerCompile=true`` (the measured start is the precompiled one): a new instance fetches the
 compile artefacts an earlier worker stored in the stack's bucket instead of compiling (the first instance of a kind
 compiles, 41 to 60 s per bucket on an H100). The image is pulled whole: ECS lazy-loads images (SOCI) on Fargate
-only, which has no GPUs (docs/deploy.md#start-from-zero).
+only, which has no GPUs (docs/deploy.md, "No lazy image loading").
 """
 
 from __future__ import annotations

@@ -51,6 +51,9 @@ class LocalServiceConfig:
     api_processes: int = field(default_factory=default_api_processes)
     # How long the local gateway reuses the authorizer's answer per key; None: the template's default.
     authorizer_cache_s: int | None = None
+    # The worker's scheduling niceness (``nice``): on a machine of few cores its generation yields the CPU to the
+    # local cloud and the API, so that submits and reads are answered while it generates (0: equal footing).
+    worker_nice: int = 10
 
 
 @dataclass
@@ -77,12 +80,14 @@ class LocalService:
         # Its AWS clients live as long as it does: the cloud keeps their connections open between calls.
         proc_env = {**KEEP_ALIVE_ENV, **proc_env}
         out = self.config.worker_log
+        nice = self.config.worker_nice
         return subprocess.Popen(
             [sys.executable, "-m", module],
             env=proc_env,
             cwd=str(REPO_ROOT),
             stdout=out or None,
             stderr=subprocess.STDOUT if out else None,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )
 
     def stop(self) -> None:

@@ -90,7 +90,12 @@ def stops_with_its_worker(proc: subprocess.Popen[bytes], worker: int, log_path: 
 def test_sigterm_stops_the_stack_and_its_worker(tmp_path: Path) -> None:
     up_log = tmp_path / "up.log"
     proc, worker = start_up(up_log)
+    # Its generation yields the CPU to what answers clients (the cloud in `sdq up`'s process, the API processes).
+    own = os.getpriority(os.PRIO_PROCESS, proc.pid)
+    priorities = {child: os.getpriority(os.PRIO_PROCESS, child) for child in children(proc.pid)}
     stops_with_its_worker(proc, worker, up_log, signal.SIGTERM)
+    assert priorities.pop(worker) == min(19, own + 10)
+    assert set(priorities.values()) == {own}
 
 
 def test_ctrl_c_stops_it_when_a_shell_started_it_in_the_background(tmp_path: Path) -> None:

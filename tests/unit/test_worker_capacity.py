@@ -1,4 +1,5 @@
-"""The template's worker capacity: the warm pool and Spot, and the Spot notice's path to the worker's warm stop.
+"""The template's worker capacity: the warm pool and Spot, the Spot notice's path to the worker's warm stop, and the
+compile artefacts a new instance fetches from the bucket instead of compiling.
 
 The notice's last hop (SIGTERM to a worker in a batch: it finishes the batch and hands the rest back) runs on the
 local stack in ``tests/integration/test_worker.py::test_sigterm_finishes_the_running_batch_and_releases_the_rest``;
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from localcloud.provision import load_sam_template
+from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 SPOT_NOTICE_S = 120  # EC2's Spot interruption notice
@@ -90,3 +92,29 @@ def test_the_warm_pool_keeps_stopped_instances_that_pulled_the_image_and_come_ba
     # The pulled image is used: the agent prefers the cached image to a new pull.
     assert "ECS_IMAGE_PULL_BEHAVIOR=prefer-cached" in user_data
     assert template["Parameters"]["WorkerWarmPoolSize"]["Default"] == 0
+
+
+def test_workers_with_compile_share_both_compile_folders_under_the_prefix_their_role_alone_may_use(
+    template: dict[str, Any],
+) -> None:
+    resources = template["Resources"]
+    prefix = Settings.model_fields["compile_artefacts_prefix"].default
+    for name in ("WorkerTaskDefinition", "SecondFleetTaskDefinition"):
+        [worker] = [c for c in resources[name]["Properties"]["ContainerDefinitions"] if c["Name"] == "worker"]
+        env = {e["Name"]: e["Value"] for e in worker["Environment"]}
+        volume = next(m["ContainerPath"] for m in worker["MountPoints"] if m["SourceVolume"] == "model-cache")
+        # Both folders the store shares live on the instance's volume (a restarted task finds them there too).
+        assert env["SDQ_COMPILE_CACHE_DIR"].startswith(volume + "/"), name
+        assert env["SDQ_PRECOMPILE_DIR"].startswith(volume + "/"), name
+        assert env["SDQ_COMPILE_ARTEFACTS_PREFIX"] == prefix, name
+        assert env["SDQ_COMPILE"] == {"Ref": "WorkerCompile"}, name  # the store acts only with compile on
+    statements = resources["WorkerTaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    shared = [st for st in statements if prefix in str(st)]
+    actions = [(a, str(st["Resource"])) for st in shared for a in st["Action"] if isinstance(st["Action"], list)]
+    assert set(actions) == {
+        ("s3:GetObject", str({"Fn::Sub": f"${{MediaBucket.Arn}}/{prefix}*"})),
+        ("s3:PutObject", str({"Fn::Sub": f"${{MediaBucket.Arn}}/{prefix}*"})),
+    }
+    [listing] = [st for st in shared if st["Action"] == "s3:ListBucket"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": [f"{prefix}*"]}}
+    assert not any("Delete" in str(st["Action"]) for st in shared)  # an artefact is never removed by a worker

@@ -233,9 +233,15 @@ def test_a_worker_with_compile_on_fetches_before_it_loads_and_uploads_at_its_war
         service.boto("s3"), settings.bucket, PREFIX, expected.root.removeprefix(PREFIX).strip("/"), folders(seeded)
     ).upload_new()
 
+    # What this instance's volume already held (a warm-pool instance's last run) goes up once the model is loaded.
+    on_volume = tmp_path / "inductor" / "aotautograd" / "av1" / "entry"
+    on_volume.parent.mkdir(parents=True)
+    on_volume.write_bytes(b"compiled on this instance before")
+
     worker = service.start_worker(env=env)
     log = service.state_dir / f"worker-{len(service.workers) - 1}.log"
     wait_until(lambda: b"worker started" in log.read_bytes(), 120, "the worker to start")
+    wait_until(lambda: "cache/aotautograd/av1/entry" in stored(service, expected.root), 30, "the upload after load")
     for relative, data in COMPILED["cache"].items():
         assert (tmp_path / "inductor" / relative).read_bytes() == data
     text = log.read_text()
@@ -249,4 +255,5 @@ def test_a_worker_with_compile_on_fetches_before_it_loads_and_uploads_at_its_war
 
     files = stored(service, expected.root)
     assert files["cache/fxgraph/b16/fxb16/entry"] == b"bucket 16, compiled by a batch"
-    assert len(files) == len(COMPILED["cache"]) + 1
+    assert files["cache/aotautograd/av1/entry"] == b"compiled on this instance before"
+    assert len(files) == len(COMPILED["cache"]) + 2

@@ -436,12 +436,22 @@ class GenerationRequest(BaseModel):
         # diffusers runs int(num_inference_steps x strength) steps from the input: none would fail on the GPU.
         if _trusted(info) or self.image is None:
             return self
-        strength = DEFAULT_STRENGTH[self.mode] if self.strength is None else self.strength
-        if int(self.num_inference_steps * strength) < 1:
+        if self.denoising_steps < 1:
+            strength = DEFAULT_STRENGTH[self.mode] if self.strength is None else self.strength
             raise ValueError(
                 f"num_inference_steps x strength must be at least 1 ({self.num_inference_steps} x {strength:g})"
             )
         return self
+
+    @property
+    def denoising_steps(self) -> int:
+        """The UNet steps the request runs: every one of ``num_inference_steps`` from noise; from an input image,
+        diffusers' ``int(num_inference_steps x strength)`` (strength defaulted for the mode), the rest of the
+        schedule being skipped."""
+        if self.image is None:
+            return self.num_inference_steps
+        strength = DEFAULT_STRENGTH[self.mode] if self.strength is None else self.strength
+        return int(self.num_inference_steps * strength)
 
     @property
     def mode(self) -> Mode:
@@ -613,7 +623,9 @@ class Usage(BaseModel):
     gpu_s: float = Field(description="GPU seconds this job's share of its batches took (0 for a cache hit).")
     batch_jobs: int = Field(description="Jobs in the batch it shared (0 for a cache hit).")
     batch_images: int = Field(description="Images in the batch it shared (0 for a cache hit).")
-    pixel_steps: int = Field(description="width x height x steps x images this job asked for.")
+    pixel_steps: int = Field(
+        description="width x height x steps run x images this job asked for (from an input image: steps x strength)."
+    )
     estimated_cost_usd: float = Field(description="gpu_s at the price in price_basis.")
     price_basis: str = Field(description="The instance and hourly price the estimate uses.")
 
@@ -638,8 +650,9 @@ class Usage(BaseModel):
 
 
 def pixel_steps(request: GenerationRequest) -> int:
-    """width x height x steps x images: the work a request asks for."""
-    return request.width * request.height * request.num_inference_steps * request.num_images
+    """width x height x steps run x images: the work a request asks for (an image-to-image or inpainting
+    request runs ``denoising_steps`` of its ``num_inference_steps``)."""
+    return request.width * request.height * request.denoising_steps * request.num_images
 
 
 class CacheInfo(BaseModel):

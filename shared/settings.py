@@ -323,9 +323,9 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description=(
-            "GPU work a tenant may submit per UTC day, in megapixel steps (width x height x steps x images /"
-            " 10^6; a 512x512 image of 30 steps is 7.9), before a submission gets `429`; 0: no budget (the default"
-            " plan's)"
+            "GPU work a tenant may submit per UTC day, in megapixel steps (width x height x steps run x images"
+            " / 10^6; a 512x512 image of 30 steps is 7.9; from an input image, steps x strength run), before a"
+            " submission gets `429`; 0: no budget (the default plan's)"
         ),
     )
     max_priority: Literal["low", "normal", "high"] = Field(

@@ -1,7 +1,7 @@
 """Tenants and their plans: what each tenant may submit (items ``ACCOUNT#<tenant>`` in the jobs table).
 
 A plan is four limits: the submission rate, the unfinished-job cap, a daily GPU budget counted in work (megapixel
-steps: width x height x steps x images / 10^6, :func:`shared.contracts.pixel_steps`) and the highest priority.
+steps: width x height x steps run x images / 10^6, :func:`shared.contracts.pixel_steps`) and the highest priority.
 The defaults are the settings' (:meth:`Plan.defaults`); a tenant's item stores only the limits an operator set for
 it, so changing a default changes every tenant that has no override. A tenant that was never created (its item,
 if any, only lists keys made for it directly: tests, the local development key) has the default plan.
@@ -41,8 +41,8 @@ class Plan(BaseModel):
     daily_gpu_budget_mpx_steps: int = Field(
         ge=0,
         description=(
-            "GPU work a tenant may submit per UTC day, in megapixel steps (width x height x steps x images / 10^6;"
-            " a 512x512 image of 30 steps is 7.9); 0: no budget"
+            "GPU work a tenant may submit per UTC day, in megapixel steps (width x height x steps run x images /"
+            " 10^6; a 512x512 image of 30 steps is 7.9); 0: no budget"
         ),
     )
     max_priority: Priority = Field(description="The highest `priority` a job of this tenant may ask for")

@@ -79,11 +79,14 @@ def test_image_to_image_and_inpainting_jobs_succeed_and_inpainting_keeps_the_unm
     assert done["status"] == "SUCCEEDED", done.get("error")
     [output] = [Image.open(io.BytesIO(client.download(o["url"]))) for o in done["outputs"]]
     assert output.size == (320, 256)
+    # Image-to-image runs int(4 x 0.8) = 3 of the schedule's 4 steps (the default strength), and is counted so.
+    assert done["usage"]["pixel_steps"] == 320 * 256 * 3
 
     done = finished(client, inpaint_job["id"])
     assert done["status"] == "SUCCEEDED", done.get("error")
     outputs = [Image.open(io.BytesIO(client.download(o["url"]))).convert("RGB") for o in done["outputs"]]
     assert [o.size for o in outputs] == [(256, 256)] * 2
+    assert done["usage"]["pixel_steps"] == 256 * 256 * 2 * 2  # inpainting's default strength 1.0: every step
     kept = np.asarray(mask) == 0
     want = np.asarray(square).astype(np.int16)
     for out in outputs:

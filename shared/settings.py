@@ -232,6 +232,15 @@ class AccelerationSettings(SettingsGroup):
             "features reused in between (0: off; 1 is refused; changes the images)"
         ),
     )
+    cfg_truncation: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description=(
+            "Quality-trading: the share of the denoising steps, at the end of the schedule, run without "
+            "classifier-free guidance's unconditional pass (text-to-image; 0: off; changes the images)"
+        ),
+    )
     fp8: bool = Field(
         default=False,
         description=(

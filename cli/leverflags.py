@@ -56,6 +56,8 @@ def add_acceleration_arguments(parser: argparse.ArgumentParser) -> None:
             kind["action"] = "store_true" if off else argparse.BooleanOptionalAction
         elif hints[f.name] is int:
             kind.update(type=int, metavar="N")
+        elif hints[f.name] is float:
+            kind.update(type=float, metavar="SHARE")
         group.add_argument(flag_name(f.name), **kind)
     group.add_argument("--levers", action="store_true", help="measure eager, then levers, even with defaults")
 

@@ -39,7 +39,7 @@ from shared.contracts import DEFAULT_STRENGTH, LoraSet, Mode
 from shared.errors import PermanentError, RetryableError
 from shared.loraregistry import LoraRegistry
 from shared.settings import get_settings
-from workflows.generation.acceleration import AccelerationOptions, Accelerator, upcasts_vae_per_call
+from workflows.generation.acceleration import AccelerationOptions, Accelerator, cfgtruncation, upcasts_vae_per_call
 from workflows.generation.loras import LoraAdapters
 from workflows.generation.models import LoadedModel, Precision, Text2ImagePipeline, load_model, quiet_logger
 from workflows.generation.previews import Captured, LatentFormat, capture, latent_format_for
@@ -437,9 +437,16 @@ class PipelineRunner:
             "generator": generators,
             "output_type": "pil",
         }
+        step_callback = None
         if on_step is not None:
             first_rows = [sum(j.num_images for j in jobs[:n]) for n in range(len(jobs))]
-            kwargs["callback_on_step_end"] = _step_callback(on_step, first_rows, keys, self._latent_format)
+            step_callback = _step_callback(on_step, first_rows, keys, self._latent_format)
+        share = self._accel.cfg_truncation if shape.mode == "text" and shape.guidance_scale > 1 else 0.0
+        if share:
+            kwargs["callback_on_step_end"] = _cutting_guidance(share, step_callback)
+            kwargs["callback_on_step_end_tensor_inputs"] = ["latents", *cfgtruncation.tensor_inputs(pipe)]
+        elif step_callback is not None:
+            kwargs["callback_on_step_end"] = step_callback
 
         self._loras.activate(shape.loras, self._accel.report.applied)
         # A LoRA may change the text encoder too: its batches encode their own prompts.
@@ -628,6 +635,18 @@ def _fall_back_to_one_image_decodes(vae: Any) -> None:
 def fits_in_one_decode(images: int, bytes_per_image: int, free_bytes: int) -> bool:
     """Whether ``images`` VAE decodes of ``bytes_per_image`` each fit at once in ``free_bytes`` (less headroom)."""
     return images * bytes_per_image <= free_bytes - _CUDA_HEADROOM_BYTES
+
+
+def _cutting_guidance(share: float, then: Callable[..., dict[str, Any]] | None) -> Callable[..., dict[str, Any]]:
+    """A ``callback_on_step_end`` that runs ``then`` (if any) and drops guidance for the last ``share`` of the
+    steps (:mod:`~workflows.generation.acceleration.cfgtruncation`)."""
+
+    def callback(pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        if then is not None:
+            callback_kwargs = then(pipe, i, t, callback_kwargs)
+        return cfgtruncation.stop_guidance_after(pipe, i, share, callback_kwargs)
+
+    return callback
 
 
 def _step_callback(

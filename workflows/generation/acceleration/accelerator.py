@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workflows.generation import featurereuse
+from workflows.generation.acceleration import cfgtruncation
 from workflows.generation.acceleration.cachefiles import load_compile_cache, save_compile_cache
 from workflows.generation.acceleration.options import DEFAULT_BUCKETS, AccelerationOptions
 from workflows.generation.acceleration.promptcache import PromptEmbeddingCache
@@ -60,6 +61,7 @@ class Accelerator:
         self.cuda_graphs = False
         self.prompt_cache: PromptEmbeddingCache | None = None
         self.feature_reuse: FeatureReuse | None = None
+        self.cfg_truncation = 0.0  # the share of steps run without guidance's unconditional pass (0: exact)
         self.buckets: tuple[int, ...] = ()
         self.resolutions: tuple[tuple[int, int], ...] = ()
         self._compiled_call = False  # inside call_context: whether this call's shape is a compiled one
@@ -98,6 +100,13 @@ class Accelerator:
                 self.report.applied.append("feature_reuse")
             else:
                 self.report.skipped["feature_reuse"] = reason
+        if opts.cfg_truncation:
+            reason = cfgtruncation.supports(pipe)  # any device: it skips work anywhere
+            if reason is None:
+                self.cfg_truncation = opts.cfg_truncation
+                self.report.applied.append("cfg_truncation")
+            else:
+                self.report.skipped["cfg_truncation"] = reason
         if opts.vae_bf16:
             # Any device (CPUs have bf16 convolutions; the tests use them). Before compile: the decoder then no
             # longer upcasts per call, so it compiles like SD 1.5's.

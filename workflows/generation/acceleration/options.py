@@ -67,6 +67,8 @@ class AccelerationOptions:
     prompt_cache_size: int = _default("prompt_cache_size")
     # Quality-trading: run the whole UNet every N-th step only, the outer level in between (0: off, exact).
     feature_reuse: int = _default("feature_reuse")
+    # Quality-trading: the last share of the steps without CFG's unconditional pass (0: off, exact; cfgtruncation.py).
+    cfg_truncation: float = _default("cfg_truncation")
     # Quality-trading: FP8 (e4m3) matrix products in the UNet's attention blocks (Hopper/Ada tensor cores).
     fp8: bool = _default("fp8")
     # With compile: a folder of AOTInductor packages (torch.export), used instead of torch.compile for the UNet
@@ -86,6 +88,8 @@ class AccelerationOptions:
             raise ValueError(f"bucket sizes must be positive, got {self.buckets}")
         if self.prompt_cache_size < 0:
             raise ValueError("prompt_cache_size must be >= 0")
+        if not 0 <= self.cfg_truncation < 1:
+            raise ValueError(f"cfg_truncation is a share of the steps, 0 (off) to below 1, got {self.cfg_truncation}")
         if self.feature_reuse == 1 or self.feature_reuse < 0:
             raise ValueError(f"feature_reuse is 0 (off) or an interval of at least 2, got {self.feature_reuse}")
 

@@ -1,0 +1,23 @@
+"""What a worker leaves out of its start, decided before it imports torch and diffusers (issue 24).
+
+diffusers and transformers import peft at their own import whenever it is installed, and the worker image has it
+for per-job LoRAs (``workflows/generation/loras.py``). diffusers fixes its PEFT backend at that import, in every
+module that copies its flag, so peft cannot be imported later, on a first LoRA: a process either has it from the
+start or never. A worker that serves no LoRA leaves it out (measured in ``docs/performance.md``, issue 24).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def keep_peft_off(serves_loras: bool) -> bool:
+    """Mark peft as not installed for this process unless it serves LoRAs; call before diffusers is imported.
+
+    Returns whether peft was kept off: False when LoRAs are served, or when diffusers or peft is already imported
+    (too late to matter; nothing changes then).
+    """
+    if serves_loras or "diffusers" in sys.modules or "peft" in sys.modules:
+        return False
+    sys.modules["peft"] = None  # the import system's "not installed": find_spec gives None, import raises
+    return True

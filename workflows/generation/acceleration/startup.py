@@ -19,5 +19,6 @@ def keep_peft_off(serves_loras: bool) -> bool:
     """
     if serves_loras or "diffusers" in sys.modules or "peft" in sys.modules:
         return False
-    sys.modules["peft"] = None  # the import system's "not installed": find_spec gives None, import raises
+    # The import system's "not installed" (typeshed types the values as modules): find_spec gives None.
+    sys.modules["peft"] = None  # type: ignore[assignment]
     return True

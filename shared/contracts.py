@@ -730,6 +730,8 @@ class Job(BaseModel):
     model_is_noise: bool = False
     # The model's registry revision at submit: only a worker that loaded it generates the job (None: unpinned).
     model_revision: str | None = None
+    # Each LoRA's registry revision at submit, by id: only a worker whose registry pins the same applies them.
+    lora_revisions: dict[str, str] = Field(default_factory=dict)
     webhook: WebhookState | None = None
     cache_source: str | None = None  # the job whose images answer this one (a result-cache hit or join)
     joined_to: str | None = None  # while QUEUED: the identical running job whose images will answer this one
@@ -856,6 +858,11 @@ class JobView(BaseModel):
     model_revision: str | None = Field(
         default=None,
         description="The model's revision the job is pinned to (set at submit from the model registry).",
+    )
+    lora_revisions: dict[str, str] = Field(
+        default_factory=dict,
+        description="The revision of each of its LoRAs, by id, the job is pinned to (set at submit from the LoRA"
+        " registry).",
     )
     metadata: dict[str, str]
     webhook: WebhookState | None = Field(default=None, description="Webhook delivery state, when a callback is set.")

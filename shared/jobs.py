@@ -107,6 +107,7 @@ JOB_ATTRIBUTES = frozenset(
         "expires_at",
         "model_is_noise",
         "model_revision",
+        "lora_revisions",
         "webhook_event",
         "webhook_id",
         "webhook_state",
@@ -133,12 +134,21 @@ REMOVED_WHEN_FINISHED = ("active_tenant", "unqueued_shard")
 
 
 class RevisionPinned(Exception):
-    """A claim refused: the job is pinned to another revision of its model than the one the worker loaded."""
+    """A claim refused: the job is pinned to another revision of its model than the one the worker loaded, or of
+    one of its LoRAs (``lora``: its id) than the worker's LoRA registry pins."""
 
-    def __init__(self, job_id: str, revision: str) -> None:
-        super().__init__(f"job {job_id} is pinned to model revision {revision!r}")
+    def __init__(self, job_id: str, revision: str, lora: str | None = None) -> None:
+        what = f"LoRA {lora!r}" if lora is not None else "model"
+        super().__init__(f"job {job_id} is pinned to {what} revision {revision!r}")
         self.job_id = job_id
         self.revision = revision
+        self.lora = lora
+
+
+def lora_pin(revisions: Mapping[str, str]) -> str | None:
+    """The item's ``lora_revisions``: the LoRA revisions a job is pinned to, as one canonical string (a claim's
+    condition compares it whole); None for a job without LoRAs."""
+    return json.dumps(sorted(revisions.items()), separators=(",", ":")) if revisions else None
 
 
 def job_pk(job_id: str) -> str:
@@ -200,6 +210,7 @@ def job_to_item(job: Job) -> dict[str, Any]:
         "expires_at": job.expires_at,
         "model_is_noise": job.model_is_noise,
         "model_revision": job.model_revision,
+        "lora_revisions": lora_pin(job.lora_revisions),
         "cache_source": job.cache_source,
         "usage": job.usage.model_dump_json() if job.usage else None,
         "preview_key": job.preview_key,
@@ -252,6 +263,7 @@ def job_from_item(item: Mapping[str, Any]) -> Job:
             "expires_at": int(raw["expires_at"]),
             "model_is_noise": bool(raw.get("model_is_noise", False)),
             "model_revision": raw.get("model_revision"),
+            "lora_revisions": dict(json.loads(raw["lora_revisions"])) if raw.get("lora_revisions") else {},
             "webhook": webhook,
             "cache_source": raw.get("cache_source"),
             "usage": Usage.model_validate_json(raw["usage"]) if raw.get("usage") else None,
@@ -730,12 +742,22 @@ class JobsRepository:
     # -- worker side ---------------------------------------------------------------------------
 
     def claim(
-        self, job_id: str, tenant: str, *, worker_id: str, lease_s: float, now: float, revision: str | None = None
+        self,
+        job_id: str,
+        tenant: str,
+        *,
+        worker_id: str,
+        lease_s: float,
+        now: float,
+        revision: str | None = None,
+        loras: Mapping[str, str] | None = None,
     ) -> Job:
         """QUEUED -> RUNNING for this worker, in one conditional write, before any GPU time is spent.
 
         A RUNNING job whose lease ran out (its worker died) may be claimed again; the attempt count goes up.
-        With ``revision`` (the model revision the worker loaded), only a job pinned to it, or to none, is claimed.
+        With ``revision`` (the model revision the worker loaded), only a job pinned to it, or to none, is claimed;
+        with ``loras`` (the revisions the worker's LoRA registry pins for the job's LoRAs, by id), only a job
+        pinned to those, or to none.
         Raises JobExpired (past its retention while queued), RevisionPinned (claimable, but pinned to another
         revision; nothing written), InvalidTransition (cancelled, finished, handed off, or held by a live worker)
         or JobNotFound.
@@ -745,6 +767,10 @@ class JobsRepository:
         if revision is not None:
             pinned = " AND (attribute_not_exists(model_revision) OR model_revision = :rev)"
             pinned_values = {":rev": {"S": revision}}
+        lora_revisions = lora_pin(loras) if loras is not None else None
+        if lora_revisions is not None:
+            pinned += " AND (attribute_not_exists(lora_revisions) OR lora_revisions = :loras)"
+            pinned_values[":loras"] = {"S": lora_revisions}
         try:
             resp = self._ddb.update_item(
                 TableName=self._table,
@@ -783,11 +809,14 @@ class JobsRepository:
                 raise JobNotFound(job_id) from None
             if current.expires_at <= int(now) and not current.status.terminal:
                 raise JobExpired(job_id) from None
-            if current.model_revision not in (None, revision) and (
-                current.status == JobStatus.QUEUED
-                or (current.status == JobStatus.RUNNING and (self.lease_until(job_id) or 0) < now)
-            ):
+            claimable = current.status == JobStatus.QUEUED or (
+                current.status == JobStatus.RUNNING and (self.lease_until(job_id) or 0) < now
+            )
+            if claimable and revision is not None and current.model_revision not in (None, revision):
                 raise RevisionPinned(job_id, current.model_revision) from None
+            differs = [i for i, r in sorted(current.lora_revisions.items()) if loras is not None and loras.get(i) != r]
+            if claimable and differs:
+                raise RevisionPinned(job_id, current.lora_revisions[differs[0]], lora=differs[0]) from None
             raise InvalidTransition(job_id, current.status.value, running) from None
         return job_from_item(resp["Attributes"])
 

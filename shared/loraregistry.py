@@ -10,6 +10,7 @@ record each LoRA's id, revision and scale (``workflows/postprocess.py``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 
@@ -50,6 +51,14 @@ class LoraEntry(BaseModel):
     )
     weight_name: str | None = Field(default=None, description="The safetensors file loaded (unset: the only one)")
     base_models: tuple[LoraId, ...] = Field(min_length=1, description="The model ids (registry ids) it applies to")
+    retired_revisions: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Earlier revisions no worker serves any more: a queued job pinned to one fails `LORA_REVISION_GONE`."
+            " A revision neither pinned here nor listed may be newer than this registry (a rolling deployment):"
+            " its jobs are left for the workers that have it"
+        ),
+    )
 
     @property
     def source_kind(self) -> SourceKind:
@@ -83,6 +92,8 @@ class LoraEntry(BaseModel):
             raise ValueError("weight_name must name the file to load when checksums list several")
         if self.weight_name is not None and self.weight_name not in self.checksums:
             raise ValueError(f"weight_name {self.weight_name!r} must be one of the files in checksums")
+        if self.revision in self.retired_revisions:
+            raise ValueError(f"revision {self.revision!r} is pinned, so it cannot be retired too")
         return self
 
 
@@ -115,6 +126,17 @@ class LoraRegistry(BaseModel):
         """The pinned revision of ``lora_id``, or None for a LoRA outside the registry (retired since)."""
         entry = self.get(lora_id)
         return entry.revision if entry is not None else None
+
+    def pins(self, lora_ids: Iterable[str]) -> dict[str, str] | None:
+        """The pinned revision of each of ``lora_ids``, or None when one is outside the registry."""
+        pins = {lora_id: self.revision(lora_id) for lora_id in lora_ids}
+        return {i: r for i, r in pins.items() if r is not None} if None not in pins.values() else None
+
+    def retired(self, lora_id: str, revision: str) -> bool:
+        """Whether ``revision`` of ``lora_id`` is gone: listed in the entry's ``retired_revisions``. A revision this
+        registry does not know is not gone: a newer registry may pin it (a rolling deployment)."""
+        entry = self.get(lora_id)
+        return entry is not None and revision in entry.retired_revisions
 
 
 EMPTY_LORA_REGISTRY = LoraRegistry()

@@ -59,6 +59,7 @@ def job_view(job: Job, media: MediaStore, presign_expiry_s: int, *, queue: Queue
         error=job.error,
         model_note=TINY_MODEL_NOTE if job.model_is_noise else None,
         model_revision=job.model_revision,
+        lora_revisions=job.lora_revisions,
         metadata=dict(job.request.metadata),
         webhook=job.webhook,
         cache=CacheInfo(

@@ -63,8 +63,8 @@ def generation_parameters(
     job: Job, index: int, model_revision: str | None = None, loras: LoraRegistry | None = None
 ) -> dict[str, Any]:
     """What reproduces an image, embedded in the file itself; ``model_revision``: the model's pinned revision
-    (its registry entry's), left out for a model outside the registry; a job's LoRAs with their scales and their
-    revisions in ``loras`` (None for one retired since)."""
+    (its registry entry's), left out for a model outside the registry; a job's LoRAs with their scales and the
+    revisions it is pinned to (a job from before pinning: those in ``loras``, None for one retired since)."""
     req = job.request
     params = {
         "job_id": job.job_id,
@@ -84,8 +84,15 @@ def generation_parameters(
     if model_revision is not None:
         params["model_revision"] = model_revision
     if req.loras:
-        revision = (loras or LoraRegistry()).revision
-        params["loras"] = [{"id": lora.id, "revision": revision(lora.id), "scale": lora.scale} for lora in req.loras]
+        registry = loras or LoraRegistry()
+        params["loras"] = [
+            {
+                "id": lora.id,
+                "revision": job.lora_revisions.get(lora.id) or registry.revision(lora.id),
+                "scale": lora.scale,
+            }
+            for lora in req.loras
+        ]
     if job.model_is_noise:
         params["note"] = TINY_MODEL_NOTE
     return params

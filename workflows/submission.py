@@ -152,6 +152,7 @@ class SubmissionService:
             expires_at=expiry_epoch(now, self._settings.job_retention_days),
             model_is_noise=(normalised.model in NOISE_MODELS),
             model_revision=model_revision,
+            lora_revisions=self._settings.loras.pins(lora.id for lora in normalised.loras) or {},
         )
         cache = self.result_cache() if request.cacheable() else None
         # A hit is finished the moment it is made: it is answered before the unfinished-job cap, which it cannot

@@ -162,6 +162,7 @@ class JobView(_Answer):
     error: JobError | None
     model_note: str | None
     model_revision: str | None = None
+    lora_revisions: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, str]
     webhook: WebhookState | None = None
     cache: CacheInfo = Field(default_factory=lambda: CacheInfo(hit=False))

@@ -30,7 +30,7 @@ from shared.queue import WorkerQueue
 from shared.settings import Settings
 from tests.integration.conftest import RunningService, start_service, stop_service
 from tests.loraasset import build_tiny_lora, lora_entry
-from workflows.generation.loras import lora_folder, verify_lora
+from workflows.generation.loras import LoraAdapters, lora_folder, verify_lora
 from workflows.generation.models import load_model
 from workflows.generation.pipeline import BatchShape, ImageJob, PipelineRunner
 from workflows.generation.worker import Worker, WorkerConfig
@@ -68,6 +68,10 @@ class RecordingRunner:
     def model_name(self) -> str:
         return self.runner.model_name
 
+    @property
+    def loras(self) -> LoraAdapters:
+        return self.runner.loras
+
     def generate(
         self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: Callable[[int, int], None] | None = None
     ) -> dict[str, list[Image.Image]]:
@@ -78,7 +82,7 @@ class RecordingRunner:
 @pytest.fixture
 def worker(
     service: RunningService, registry: LoraRegistry, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[[], RecordingRunner]]:
+) -> Iterator[Callable[..., RecordingRunner]]:
     """Start an in-process worker loop on the tiny model with the LoRA registry; stopped warm at the end."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -93,9 +97,10 @@ def worker(
     )
     started: list[tuple[Worker, threading.Thread]] = []
 
-    def start() -> RecordingRunner:
+    def start(loras: LoraRegistry | None = None) -> RecordingRunner:
+        """``loras``: the worker's LoRA registry, when not the API's."""
         aws = AwsClients(settings)
-        gpu = RecordingRunner(PipelineRunner(load_model("tiny"), lora_registry=registry))
+        gpu = RecordingRunner(PipelineRunner(load_model("tiny"), lora_registry=loras or registry))
         loop = Worker(
             queue=WorkerQueue(aws.sqs(), settings.queue_url),
             repo=JobsRepository(aws.dynamodb(), settings.table_name),
@@ -173,6 +178,34 @@ def test_a_lora_job_succeeds_with_the_adapter_batched_only_with_its_own_lora_set
     assert parameters["loras"] == [{"id": "ink", "revision": "r1", "scale": 0.8}]
     assert "loras" not in json.loads(without.info["parameters"])
     assert jobs[lora_job]["request"]["loras"] == [{"id": "ink", "scale": 0.8}]
+
+
+def test_a_job_runs_only_at_the_lora_revision_it_was_submitted_at_and_fails_once_that_is_retired(
+    service: RunningService, registry: LoraRegistry, worker: Callable[..., RecordingRunner]
+) -> None:
+    client = service.new_tenant("lora-pins")
+    job = client.submit({"prompt": "a fox", "seed": 3, "loras": [{"id": "ink"}], "cache": False, **SMALL})
+    assert job["lora_revisions"] == {"ink": "r1"}
+    plain = client.submit({"prompt": "a fox", "seed": 3, "cache": False, **SMALL})["id"]
+
+    def at(revision: str, *retired: str) -> LoraRegistry:
+        ink = registry.get("ink")
+        assert ink is not None
+        return LoraRegistry(loras=(ink.model_copy(update={"revision": revision, "retired_revisions": retired}),))
+
+    # A worker whose registry pins ink's next revision (a rolling deployment) leaves the job for one that has r1.
+    worker(at("r2"))
+    succeeded(client, plain)
+    time.sleep(3)  # the pinned job's message came round again meanwhile (it is hidden 2 s each time)
+    assert client.get(job["id"])["status"] == "QUEUED"
+    # Once a registry retires r1, its worker fails the job, with the code that says why.
+    worker(at("r2", "r1"))
+    deadline = time.monotonic() + 60
+    while (found := client.get(job["id"], wait=5))["status"] == "QUEUED" and time.monotonic() < deadline:
+        pass
+    assert found["status"] == "FAILED", found
+    assert found["error"]["code"] == "LORA_REVISION_GONE"
+    assert found["lora_revisions"] == {"ink": "r1"}
 
 
 def test_sdq_admin_imports_a_lora_into_the_bucket_that_a_worker_fetches_and_verifies(

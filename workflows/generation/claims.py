@@ -2,7 +2,8 @@
 while the current one generates) and claimed jobs handed back unstarted on a warm stop. A job for a model the
 worker has not loaded is never claimed: its message is left for a worker that serves it. Nor is a job pinned to
 another revision of a model it has loaded: that job is left for the workers that loaded its revision (a rolling
-deployment), or failed ``MODEL_REVISION_GONE`` when the registry lists its revision as retired."""
+deployment), or failed ``MODEL_REVISION_GONE`` when the registry lists its revision as retired. The same holds for a
+job's LoRAs against the worker's LoRA registry (``LORA_REVISION_GONE``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from aws_lambda_powertools import Logger
 from shared.contracts import Job, JobError, JobStatus
 from shared.errors import InvalidTransition, JobExpired, JobNotFound
 from shared.jobs import JobsRepository, RevisionPinned
+from shared.loraregistry import LoraRegistry
 from shared.modelregistry import ModelRegistry
 from shared.tracing import segment
 from workflows.generation.heldmessages import AwsError, Held, HeldMessages
@@ -31,12 +33,20 @@ UNSERVED_VISIBILITY_S = 2
 
 EXPIRED_ERROR = JobError(code="EXPIRED", message="The job passed its retention before a worker ran it.")
 MODEL_REVISION_GONE = "MODEL_REVISION_GONE"
+LORA_REVISION_GONE = "LORA_REVISION_GONE"
 
 
 def revision_gone(model: str | None, revision: str) -> JobError:
     return JobError(
         code=MODEL_REVISION_GONE,
         message=f"Revision {revision!r} of model {model!r} is retired: no worker serves it any more.",
+    )
+
+
+def lora_revision_gone(lora: str, revision: str) -> JobError:
+    return JobError(
+        code=LORA_REVISION_GONE,
+        message=f"Revision {revision!r} of LoRA {lora!r} is retired: no worker serves it any more.",
     )
 
 
@@ -63,17 +73,20 @@ class Claims:
         models: frozenset[str] | None = None,
         revisions: Mapping[str, str | None] | None = None,
         registry: ModelRegistry | None = None,
+        loras: LoraRegistry | None = None,
     ) -> None:
         """``on_failed`` starts the webhook of a job failed here before it ran (expired while queued, or pinned to a
         retired revision); it may raise (the message then comes back, and the job, found already failed so, gets it
         started again: it must be idempotent). ``models``: the model ids this worker has loaded; a job naming
         another is not claimed (None: any model). ``revisions``: the revision loaded of each model (None: loaded
         outside the registry); a job pinned to another is not claimed. ``registry``: which revisions are retired
-        (None: none known to be)."""
+        (None: none known to be). ``loras``: the LoRA registry the worker applies adapters from; a job pinned to
+        other revisions of its LoRAs is not claimed, and fails when the registry retired one (None: any)."""
         self._on_failed = on_failed
         self._models = models
         self._revisions = revisions or {}
         self._registry = registry
+        self._loras = loras
         self._held = held
         self._repo = repo
         # Per-job table writes are independent conditional writes: issued together, a batch's claims cost one
@@ -178,6 +191,8 @@ class Claims:
                 lease_s=self._lease_s,
                 now=self._clock(),
                 revision=self._revisions.get(model) if model is not None else None,
+                # A LoRA outside this worker's registry fails at generation (LoraNotServed), as before pinning.
+                loras=self._loras.pins(lora.id for lora in held.request.loras) if self._loras is not None else None,
             )
             held.claimed_at = time.monotonic()
             return True
@@ -186,15 +201,21 @@ class Claims:
             self._fail_unrun(held, EXPIRED_ERROR, expired=True)
             self._held.finish(held)
         except RevisionPinned as exc:
-            retired = self._registry is not None and self._registry.retired(model or "", exc.revision)
-            if retired and self._fail_unrun(held, revision_gone(model, exc.revision)):
-                logger.info("job pinned to a retired model revision; failed", job_id=held.job_id, model=model)
+            if exc.lora is not None:
+                retired = self._loras is not None and self._loras.retired(exc.lora, exc.revision)
+                gone = lora_revision_gone(exc.lora, exc.revision)
+            else:
+                retired = self._registry is not None and self._registry.retired(model or "", exc.revision)
+                gone = revision_gone(model, exc.revision)
+            if retired and self._fail_unrun(held, gone):
+                logger.info("job pinned to a retired revision; failed", job_id=held.job_id, model=model, lora=exc.lora)
                 self._held.finish(held)
             else:
                 logger.info(
-                    "job pinned to another model revision; left for the workers that loaded it",
+                    "job pinned to another revision; left for the workers that have it",
                     job_id=held.job_id,
                     model=model,
+                    lora=exc.lora,
                     pinned=exc.revision,
                     loaded=self._revisions.get(model or ""),
                 )

@@ -204,6 +204,11 @@ class LoraAdapters:
         self.evictions = 0
 
     @property
+    def registry(self) -> LoraRegistry:
+        """The LoRAs this pipeline may apply, each at its pinned revision."""
+        return self._registry
+
+    @property
     def loaded(self) -> list[LoadedLora]:
         """The adapters in the pipeline, least recently used first."""
         return list(self._loaded.values())

@@ -36,6 +36,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 
 from shared.jobs import JobsRepository
+from shared.loraregistry import LoraRegistry
 from shared.media import MediaStore
 from shared.modelregistry import ModelRegistry
 from shared.orchestration import Orchestrator
@@ -47,6 +48,7 @@ from workflows.generation.encoding import PngEncoder
 from workflows.generation.handoff import HandOff
 from workflows.generation.heartbeat import Heartbeat
 from workflows.generation.heldmessages import HeldMessages
+from workflows.generation.loras import LoraAdapters
 from workflows.generation.pipeline import ModelRunners, PipelineRunner
 from workflows.generation.progress import ProgressRecorder
 from workflows.generation.progressevents import ProgressEvents
@@ -91,6 +93,15 @@ def loaded_revisions(generator: Generator) -> dict[str, str | None]:
     if isinstance(generator, PipelineRunner):
         return {generator.model_name: generator.revision}
     return {}
+
+
+def loaded_loras(generator: Generator) -> LoraRegistry | None:
+    """The LoRA registry ``generator``'s pipelines apply adapters from (one per process: the settings'); None for a
+    generator without LoRA adapters (it claims a job pinned to any LoRA revision)."""
+    if isinstance(generator, ModelRunners):
+        generator = generator.runner(next(iter(sorted(generator.models))))
+    adapters = getattr(generator, "loras", None)
+    return adapters.registry if isinstance(adapters, LoraAdapters) else None
 
 
 class Worker:
@@ -165,6 +176,7 @@ class Worker:
             xray=config.xray,
             models=served_models(generator),  # a job for another model is left for a worker that serves it
             revisions=loaded_revisions(generator),  # and one pinned to another revision, or failed if it is retired
+            loras=loaded_loras(generator),  # the same for the revisions of its LoRAs
             registry=registry,
             on_failed=lambda job: start_finished_notice(orchestrator, job),
         )

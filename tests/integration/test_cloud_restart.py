@@ -13,8 +13,8 @@ import json
 import socket
 from pathlib import Path
 
-from tests.integration.conftest import start_service, stop_service
-from tests.integration.test_worker import FAST_WORKER, SMALL, wait_until
+from tests.integration.conftest import start_service, stop_service, wait_until
+from tests.integration.test_worker import FAST_WORKER, SMALL
 
 STACK_NAMES = ("SDQ_QUEUE_URL", "SDQ_DLQ_URL", "SDQ_TABLE_NAME", "SDQ_BUCKET", "SDQ_STATE_MACHINE_ARN")
 

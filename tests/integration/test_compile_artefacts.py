@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import pytest
 
 from handlers.worker import models_to_load
 from shared.settings import Settings
-from tests.integration.conftest import RunningService, service_fixture
+from tests.integration.conftest import RunningService, service_fixture, wait_until
 from workflows.generation.compileartefacts import (
     FAILED_METRIC,
     FETCHED_METRIC,
@@ -206,15 +204,6 @@ def test_an_unreadable_store_means_compiling_as_before_never_a_failed_worker(
     assert metrics[MISSED_METRIC] == 1
     # Its own files are untouched: the worker compiles and runs with them as it would without a store.
     assert (tmp_path / "w" / "cache" / "mega-cache.bin").read_bytes() == COMPILED["cache"]["mega-cache.bin"]
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def test_a_worker_with_compile_on_fetches_before_it_loads_and_uploads_at_its_warm_stop(

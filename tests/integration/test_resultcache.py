@@ -18,8 +18,8 @@ import pytest
 
 from cli.client import SdqClient
 from localcloud.receiver import ScriptedReceiver
-from tests.integration.conftest import RunningService, service_fixture
-from tests.integration.test_worker import FAST_WORKER, batch_lines, clear_worker_logs, executions_per_job, wait_until
+from tests.integration.conftest import RunningService, service_fixture, wait_until
+from tests.integration.test_worker import FAST_WORKER, batch_lines, clear_worker_logs, executions_per_job
 
 SMALL = {"width": 256, "height": 256, "num_inference_steps": 2}
 

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from shared.shapesmodel import SHAPES_MODEL_REVISION, shapes_caption
-from tests.integration.conftest import RunningService, start_service, stop_service
-from tests.integration.test_worker import all_terminal, statuses, wait_until
+from tests.integration.conftest import RunningService, start_service, stop_service, wait_until
+from tests.integration.test_worker import all_terminal, statuses
 from training.shapes_measure import read_picture
 
 # The service's default scheduler and guidance; 20 steps, where the model was measured (fewer blur its colours).

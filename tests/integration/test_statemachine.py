@@ -11,7 +11,6 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +26,7 @@ from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.settings import Settings
 from shared.webhooksecrets import SecretCipher, WebhookSecrets
-from tests.integration.conftest import RunningService, service_fixture
+from tests.integration.conftest import RunningService, service_fixture, wait_until
 from tests.integration.executions import ServiceHarness as Harness
 from workflows.postprocess import PostprocessInput, Postprocessor
 from workflows.webhooks import Notifier
@@ -39,15 +38,6 @@ service = service_fixture("sdq-sfn", {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "100
 def harness(service: RunningService) -> tuple[Harness, Any]:
     tenant, client = service.new_named_tenant("sfn")
     return Harness(service, tenant), client
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_happy_path_with_callback_delivers_one_signed_job_succeeded(

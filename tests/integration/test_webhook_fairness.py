@@ -19,7 +19,7 @@ from localcloud.receiver import ScriptedReceiver
 from shared.contracts import Job, JobStatus
 from shared.jobs import JobsRepository
 from shared.orchestration import Orchestrator
-from tests.integration.conftest import RunningService, service_fixture, store_queued_job
+from tests.integration.conftest import RunningService, service_fixture, store_queued_job, wait_until
 from workflows.webhooks import start_notice
 
 BOUND = 2  # A's deliveries at once
@@ -76,13 +76,6 @@ def cancelled_job(repo: JobsRepository, tenant: str, url: str) -> Job:
     return job
 
 
-def wait_until(check: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 def test_a_tenant_with_a_slow_receiver_does_not_hold_up_another_tenants_webhook(
     service: RunningService, slow_receiver: SlowReceiver, receiver: ScriptedReceiver
 ) -> None:
@@ -98,13 +91,13 @@ def test_a_tenant_with_a_slow_receiver_does_not_hold_up_another_tenants_webhook(
     # All of A's deliveries at once: their leases race for the tenant's slots (the local cloud's conditional writes
     # are atomic, as DynamoDB's are).
     a_runs = [start_notice(orchestrator, job, "cancel") for job in a_jobs]
-    wait_until(lambda: len(slow_receiver.arrivals) >= BOUND, 30, "A's webhooks never arrived")
+    wait_until(lambda: len(slow_receiver.arrivals) >= BOUND, 30, "A's webhooks", poll_s=0.05)
     time.sleep(0.5)  # A's other deliveries have come to Notify by now
 
     b_job = cancelled_job(repo, b, receiver.url)
     b_sent = time.monotonic()
     b_run = start_notice(orchestrator, b_job, "cancel")
-    wait_until(lambda: receiver.by_job(b_job.job_id), 30, "B's webhook never arrived")
+    wait_until(lambda: bool(receiver.by_job(b_job.job_id)), 30, "B's webhook", poll_s=0.05)
     assert time.monotonic() - b_sent < A_RECEIVER_S / 2, "B's webhook waited for A's receiver"
 
     for arn in [*a_runs, b_run]:

@@ -22,7 +22,7 @@ from cli.client import SdqClient
 from localcloud.receiver import ScriptedReceiver
 from shared.contracts import JobStatus, QueueMessage, utcnow
 from shared.jobs import JobsRepository
-from tests.integration.conftest import REPO, RunningService, service_fixture, store_queued_job
+from tests.integration.conftest import REPO, RunningService, service_fixture, store_queued_job, wait_until
 from workflows.generation.watchdog import EXIT_HUNG
 
 FAST_WORKER = {
@@ -54,15 +54,6 @@ def drained(service: RunningService) -> Iterator[None]:
         if worker.poll() is None:
             worker.kill()
             worker.wait(timeout=10)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.3) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def statuses(client: SdqClient, ids: list[str]) -> dict[str, str]:

@@ -171,20 +171,24 @@ class StatesForwarder:
 _EXECUTIONS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()  # ARN -> moto's execution
 _INVOKING: ContextVar[str | None] = ContextVar("sdq_sfn_trace_header", default=None)
 _trace_saved: dict[str, Any] = {}
+# Held while an execution starts and is registered: its thread may reach its first Lambda task before
+# StartExecution returns, and that task waits here until the execution's trace header can be found.
+_STARTING = threading.Lock()
 
 
 def _start_execution(self: Any) -> Any:
     """moto's StartExecution, with the request's ``traceHeader`` given to the execution (moto drops it)."""
     from moto.core.responses import ActionResult
 
-    execution = self.stepfunction_backend.start_execution(
-        self._get_param("stateMachineArn"),
-        self._get_param("name"),
-        self._get_param("input", if_none="{}"),
-        trace_header=self._get_param("traceHeader"),
-    )
-    if getattr(execution, "trace_header", None):
-        _EXECUTIONS[execution.exec_arn] = execution
+    with _STARTING:
+        execution = self.stepfunction_backend.start_execution(
+            self._get_param("stateMachineArn"),
+            self._get_param("name"),
+            self._get_param("input", if_none="{}"),
+            trace_header=self._get_param("traceHeader"),
+        )
+        if getattr(execution, "trace_header", None):
+            _EXECUTIONS[execution.exec_arn] = execution
     return ActionResult({"executionArn": execution.execution_arn, "startDate": execution.start_date})
 
 
@@ -201,6 +205,8 @@ def _lambda_integration(original: Callable[..., None]) -> Callable[..., None]:
     puts on the request."""
 
     def invoke(env: Any, *args: Any, **kwargs: Any) -> None:
+        with _STARTING:  # an execution started a moment ago is registered by now
+            pass
         execution = _EXECUTIONS.get(env.states.context_object.context_object_data["Execution"]["Id"])
         token = _INVOKING.set(execution.trace_header if execution is not None else None)
         try:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 24, the evening of 2026-12-06, everything in one device call (the machines were scarce): the warm start
-# with peft in the worker image (warmstart3-h100.sh's questions, trimmed) and CFG truncation (cfgtrunc-h100.sh's,
-# with fewer shares). SD 1.5 architecture, random weights, 512x512, 30 steps, euler, CFG 7.5, fp16.
+# Issue 24, the evening of 2026-12-06, everything in one H100 device call (the machines were scarce): the warm
+# start with peft in the worker image, the overlap probe, and CFG truncation alone and with feature reuse beside
+# the exact path, plain diffusers and stock torch.compile. SD 1.5 architecture, random weights, 512x512, 30 steps,
+# euler, CFG 7.5, fp16. A second call ran feature reuse every 3rd step the same way, inline (its results README).
 # IMG: the worker image's packages (scikit-learn, torchvision, pandas hidden; peft present). GATE: peft hidden too,
 # as a worker serving no LoRA now starts (workflows/generation/acceleration/startup.py).
 #  0. import floors on the quiet machine, IMG and GATE alternating; the overlap probe (scripts/overlap_probe.py);

@@ -15,6 +15,8 @@
 - ``prompt_cache_size``: an LRU of text embeddings per prompt string (positive and negative alike).
 - ``feature_reuse``: DeepCache-style reuse of the UNet's deep features between full steps (``featurereuse.py``);
   it changes the images, so it is off by default and reported beside its pixel difference from the exact path.
+- ``cfg_truncation``: the last share of the denoising steps without classifier-free guidance's unconditional pass
+  (``cfgtruncation.py``); quality-trading, off by default, an image the same alone or batched.
 - ``fp8``: the UNet's attention-block linears as FP8 products with per-row scales (``fp8.py``); quality-trading
   too, off by default. It runs on CPU as well (slowly), so the tests check its arithmetic.
 - ``aot_dir``: with ``compile``, the UNet and VAE decoder run ``torch.export`` + AOTInductor packages from this
@@ -32,7 +34,8 @@ compiled kernels for another bucket may round differently, like eager kernels fo
 
 Modules: ``options`` (the options, their defaults from the service's Settings, their parsing), ``accelerator``
 (applies them to a pipeline; per-batch decisions), ``torchcompile`` (compiled forwards, CUDA-graph hooks,
-inductor config), ``precompile``, ``promptcache``, ``vae`` and ``cachefiles``; ``featurereuse.py``, ``fp8.py`` and
+inductor config), ``precompile``, ``promptcache``, ``vae``, ``cachefiles``, ``cfgtruncation`` and ``startup`` (what a
+worker leaves out of its start); ``featurereuse.py``, ``fp8.py`` and
 ``aotpackage.py`` are beside this package, in ``workflows/generation/``. The command-line flags are the CLI's
 (``cli/leverflags.py``), derived from ``AccelerationOptions``.
 """

@@ -8,27 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from cli.leverflags import acceleration_from_args, add_acceleration_arguments
+from tests.unit.test_featurereuse import FOX, SHAPE, levels
 from workflows.generation.acceleration import AccelerationOptions
 from workflows.generation.acceleration.cfgtruncation import unguided_steps
 from workflows.generation.pipeline import BatchShape, ImageJob, PipelineRunner
 
 pytestmark = pytest.mark.slow
 
-SHAPE = BatchShape(width=256, height=256, steps=6, guidance_scale=7.5, scheduler="euler")
-FOX = ImageJob("fox", "a red fox in snow", "blurry", seed=7, num_images=1)
-
 
 def fresh_runner(model_cache: Path, share: float = 0.0) -> PipelineRunner:
     return PipelineRunner.load(
         "tiny", device="cpu", cache_root=model_cache, acceleration=AccelerationOptions(cfg_truncation=share)
     )
-
-
-def levels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image).astype(np.int16)
 
 
 def test_the_last_share_of_the_steps_runs_the_prompts_half_alone(model_cache: Path) -> None:

@@ -37,6 +37,7 @@ from botocore.client import BaseClient
 
 from benchmarks.reports import run_folder
 from benchmarks.stack import bench_stack_config
+from localcloud.api import proxy_event
 from localcloud.service import LocalService, start_local_service
 
 LOOSE_LIMITS = "100000"  # the rate limit and unfinished cap stay out of the way: accepted submits are measured
@@ -213,20 +214,7 @@ def calls_per_submit(service: LocalService, samples: int = 5) -> dict[str, dict[
         headers = {"x-api-key": key, "content-type": "application/json"}
         if idempotency_key is not None:
             headers["idempotency-key"] = idempotency_key
-        return {
-            "resource": "/v1/jobs",
-            "path": "/v1/jobs",
-            "httpMethod": "POST",
-            "headers": headers,
-            "multiValueHeaders": {k: [v] for k, v in headers.items()},
-            "queryStringParameters": None,
-            "multiValueQueryStringParameters": None,
-            "pathParameters": None,
-            "stageVariables": None,
-            "requestContext": {"requestId": str(uuid.uuid4()), "stage": "local", "path": "/v1/jobs"},
-            "body": json.dumps(BODY),
-            "isBase64Encoded": False,
-        }
+        return proxy_event("POST", "/v1/jobs", headers=headers, body=json.dumps(BODY))
 
     from localcloud.api import LocalLambdaContext
 

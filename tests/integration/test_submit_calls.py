@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from botocore.awsrequest import AWSResponse
 
+from localcloud.api import proxy_event
 from shared.apikeys import ApiKeyStore
 from shared.audit import AuditAction, AuditEntry, AuditLog, AuditOutcome, PendingAudit
 from shared.aws import AwsClients
@@ -292,25 +292,7 @@ def api_in_process(service: RunningService, monkeypatch: pytest.MonkeyPatch) -> 
 
 def _submit_event(key: str, body: dict[str, Any]) -> dict[str, Any]:
     headers = {"x-api-key": key, "content-type": "application/json", "user-agent": "calls-test/1.0"}
-    return {
-        "resource": "/v1/jobs",
-        "path": "/v1/jobs",
-        "httpMethod": "POST",
-        "headers": headers,
-        "multiValueHeaders": {k: [v] for k, v in headers.items()},
-        "queryStringParameters": None,
-        "multiValueQueryStringParameters": None,
-        "pathParameters": None,
-        "stageVariables": None,
-        "requestContext": {
-            "requestId": str(uuid.uuid4()),
-            "stage": "local",
-            "path": "/v1/jobs",
-            "identity": {"sourceIp": "127.0.0.1"},
-        },
-        "body": json.dumps(body),
-        "isBase64Encoded": False,
-    }
+    return proxy_event("POST", "/v1/jobs", headers=headers, body=json.dumps(body))
 
 
 def test_the_api_answers_a_submit_with_four_calls_and_records_it_once(

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from cli.leverflags import acceleration_from_args, add_acceleration_arguments
-from tests.unit.test_featurereuse import FOX, SHAPE, levels
+from tests.unit.test_featurereuse import FOX, SHAPE, alone_against_batched, levels
 from workflows.generation.acceleration import AccelerationOptions
 from workflows.generation.acceleration.cfgtruncation import unguided_steps
-from workflows.generation.pipeline import BatchShape, ImageJob, PipelineRunner
+from workflows.generation.pipeline import BatchShape, PipelineRunner
 
 pytestmark = pytest.mark.slow
 
@@ -51,13 +51,7 @@ def test_without_guidance_or_in_other_modes_nothing_changes(model_cache: Path) -
 
 
 def test_an_image_is_the_same_alone_or_batched(model_cache: Path) -> None:
-    runner = fresh_runner(model_cache, share=0.3)
-    alone = runner.generate([FOX], SHAPE)["fox"][0]
-    batched = runner.generate(
-        [ImageJob("a", "another prompt", "", seed=1, num_images=2), FOX, ImageJob("b", "z", "", seed=9, num_images=1)],
-        SHAPE,
-    )["fox"][0]
-    assert np.abs(levels(alone) - levels(batched)).max() <= 1
+    assert alone_against_batched(fresh_runner(model_cache, share=0.3)) <= 1
 
 
 def test_the_share_is_bounded_and_has_a_flag() -> None:

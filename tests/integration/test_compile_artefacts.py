@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import pytest
 
 from handlers.worker import models_to_load
 from shared.settings import Settings
-from tests.integration.conftest import RunningService, service_fixture, wait_until
+from tests.integration.conftest import REPO, RunningService, service_fixture, wait_until
 from workflows.generation.compileartefacts import (
     FAILED_METRIC,
     FETCHED_METRIC,
@@ -206,6 +208,17 @@ def test_an_unreadable_store_means_compiling_as_before_never_a_failed_worker(
     assert (tmp_path / "w" / "cache" / "mega-cache.bin").read_bytes() == COMPILED["cache"]["mega-cache.bin"]
 
 
+def key_of_a_fresh_worker() -> str:
+    """The artefact key a worker started now with this process's environment computes."""
+    code = (
+        "from handlers.worker import models_to_load; from shared.settings import Settings; "
+        "from workflows.generation.compileartefacts import artefact_key, environment_facts; "
+        "s = Settings(); print(artefact_key(environment_facts(s, models_to_load(s))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    return done.stdout.split()[-1]
+
+
 def test_a_worker_with_compile_on_fetches_before_it_loads_and_uploads_at_its_warm_stop(
     service: RunningService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -214,13 +227,15 @@ def test_a_worker_with_compile_on_fetches_before_it_loads_and_uploads_at_its_war
     for name, value in {**service.env, **env}.items():
         monkeypatch.setenv(name, value)
     settings = Settings()  # what the worker process reads from the same variables
-    expected = store_for(settings, service.boto("s3"), models_to_load(settings))
-    assert expected is not None
+    assert store_for(settings, service.boto("s3"), models_to_load(settings)) is not None  # compile on: it shares
+    # Another worker of this image uploaded under the key that worker processes compute (a fresh interpreter with
+    # the worker's environment: this test's process may have been changed by the tests before it).
     seeded = tmp_path / "another-worker"
     write_compiled(seeded, {"cache": COMPILED["cache"]})
-    CompileArtefactStore(
-        service.boto("s3"), settings.bucket, PREFIX, expected.root.removeprefix(PREFIX).strip("/"), folders(seeded)
-    ).upload_new()
+    expected = CompileArtefactStore(
+        service.boto("s3"), settings.bucket, PREFIX, key_of_a_fresh_worker(), folders(seeded)
+    )
+    expected.upload_new()
 
     # What this instance's volume already held (a warm-pool instance's last run) goes up once the model is loaded.
     on_volume = tmp_path / "inductor" / "aotautograd" / "av1" / "entry"

@@ -814,9 +814,10 @@ class JobsRepository:
             )
             if claimable and revision is not None and current.model_revision not in (None, revision):
                 raise RevisionPinned(job_id, current.model_revision) from None
-            differs = [i for i, r in sorted(current.lora_revisions.items()) if loras is not None and loras.get(i) != r]
-            if claimable and differs:
-                raise RevisionPinned(job_id, current.lora_revisions[differs[0]], lora=differs[0]) from None
+            if claimable and loras is not None:
+                for lora, pinned_to in sorted(current.lora_revisions.items()):
+                    if loras.get(lora) != pinned_to:
+                        raise RevisionPinned(job_id, pinned_to, lora=lora) from None
             raise InvalidTransition(job_id, current.status.value, running) from None
         return job_from_item(resp["Attributes"])
 

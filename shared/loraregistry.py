@@ -129,8 +129,13 @@ class LoraRegistry(BaseModel):
 
     def pins(self, lora_ids: Iterable[str]) -> dict[str, str] | None:
         """The pinned revision of each of ``lora_ids``, or None when one is outside the registry."""
-        pins = {lora_id: self.revision(lora_id) for lora_id in lora_ids}
-        return {i: r for i, r in pins.items() if r is not None} if None not in pins.values() else None
+        pins: dict[str, str] = {}
+        for lora_id in lora_ids:
+            entry = self.get(lora_id)
+            if entry is None:
+                return None
+            pins[lora_id] = entry.revision
+        return pins
 
     def retired(self, lora_id: str, revision: str) -> bool:
         """Whether ``revision`` of ``lora_id`` is gone: listed in the entry's ``retired_revisions``. A revision this

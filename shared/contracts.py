@@ -437,11 +437,16 @@ class GenerationRequest(BaseModel):
         if _trusted(info) or self.image is None:
             return self
         if self.denoising_steps < 1:
-            strength = DEFAULT_STRENGTH[self.mode] if self.strength is None else self.strength
             raise ValueError(
-                f"num_inference_steps x strength must be at least 1 ({self.num_inference_steps} x {strength:g})"
+                "num_inference_steps x strength must be at least 1"
+                f" ({self.num_inference_steps} x {self._input_strength:g})"
             )
         return self
+
+    @property
+    def _input_strength(self) -> float:
+        """The strength an image-to-image or inpainting request runs at: its own, else its mode's default."""
+        return DEFAULT_STRENGTH[self.mode] if self.strength is None else float(self.strength)
 
     @property
     def denoising_steps(self) -> int:
@@ -450,8 +455,7 @@ class GenerationRequest(BaseModel):
         schedule being skipped."""
         if self.image is None:
             return self.num_inference_steps
-        strength = DEFAULT_STRENGTH[self.mode] if self.strength is None else self.strength
-        return int(self.num_inference_steps * strength)
+        return int(self.num_inference_steps * self._input_strength)
 
     @property
     def mode(self) -> Mode:

@@ -2,10 +2,11 @@
 each share timed beside the exact path in one process and its images compared with the eager exact path's.
 
     python3 benchmarks/scripts/cfgtrunc_probe.py --out DIR --cache-dir DIR [--feature-reuse N]
-        [--shares 0,0.2,0.3,0.4,0.5] [--batch 16] [--plain] [--warm-only]
+        [--shares 0,0.2,0.3,0.4,0.5] [--batch 16] [--plain] [--warm-only] [--arch sdxl --size 1024 --vae-bf16]
     python3 benchmarks/scripts/cfgtrunc_probe.py --out DIR --cache-dir DIR --stock [--batch 16]
 
-SD 1.5 architecture, random weights, 512x512, 30 steps, euler, CFG 7.5, fp16 (the bench's model and shapes).
+SD 1.5 architecture (or SDXL with ``--arch sdxl``), random weights, 512x512 (``--size``), 30 steps, euler, CFG 7.5,
+fp16 (the bench's model and shapes). ``--vae-bf16``: the SDXL decode lever (bf16 instead of fp32).
 The runner's levers (compile, CUDA graphs, channels_last, fused QKV, compiled decoder, bucket = the batch) are
 applied once; the share is then set per row (every share runs the same two UNet shapes, so one compile serves
 all). Each row: 2 first calls, 3 timed calls (median), the batch's 16 images against the same 16 jobs run eagerly
@@ -65,21 +66,25 @@ def main() -> int:
     parser.add_argument("--plain", action="store_true")
     parser.add_argument("--stock", action="store_true")
     parser.add_argument("--warm-only", action="store_true")
+    parser.add_argument("--arch", default="sd15")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--vae-bf16", action="store_true")
     args = parser.parse_args()
     started = datetime.now(UTC)
     t0 = time.perf_counter()
-    runner = PipelineRunner.load("sd15")
+    runner = PipelineRunner.load(args.arch)
     dev = runner.device
-    shape = BatchShape(512, 512, 3 if args.warm_only else 30, GUIDANCE_SCALE, "euler")
+    shape = BatchShape(args.size, args.size, 3 if args.warm_only else 30, GUIDANCE_SCALE, "euler")
     report: dict[str, Any] = {
         "kind": "cfgtrunc-probe",
         "started": started.isoformat(),
         "device": _describe_device(dev),
         "versions": _versions(),
         "config": {
-            "arch": "sd15",
-            "width": 512,
-            "height": 512,
+            "arch": args.arch,
+            "width": args.size,
+            "height": args.size,
+            "vae_bf16": args.vae_bf16,
             "steps": shape.steps,
             "guidance_scale": GUIDANCE_SCALE,
             "scheduler": "euler",
@@ -89,7 +94,7 @@ def main() -> int:
     }
     if args.stock:
         report["variant"] = "stock"
-        report["stock_compile"] = _bench_stock_compile("sd15", runner, shape, [args.batch], 3, None)
+        report["stock_compile"] = _bench_stock_compile(args.arch, runner, shape, [args.batch], 3, None)
         return write(report, args, "warm" if args.warm_only else "stock", started, t0)
     jobs = [ImageJob(f"job{i}", _PROMPTS[i % len(_PROMPTS)], "", seed=i, num_images=1) for i in range(args.batch)]
     probe = ImageJob("probe", _PROMPTS[1], "", seed=1234, num_images=1)
@@ -109,6 +114,7 @@ def main() -> int:
             cache_dir=args.cache_dir,
             feature_reuse=args.feature_reuse,
             cfg_truncation=max(shares) or 0.0,
+            vae_bf16=args.vae_bf16,
         )
     )
     report["acceleration"] = runner.acceleration
@@ -158,7 +164,7 @@ def write(report: dict[str, Any], args: argparse.Namespace, variant: str, starte
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"cfgtrunc-{variant}-sd15-{report['device']['short']}-{started:%Y%m%d-%H%M%S}.json"
+    path = out / f"cfgtrunc-{variant}-{args.arch}-{report['device']['short']}-{started:%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"written: {path}", flush=True)
     return 0

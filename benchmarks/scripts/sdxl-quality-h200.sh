@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue 24, the night of 2026-12-06: SDXL's target (>= 1.3 img/s, 1024x1024, 30 steps, best batch, with levers) on
+# an H200, with CFG truncation and feature reuse on top of the levers and the bf16 decode, beside plain diffusers
+# and stock torch.compile in the same call, PSNR against the eager exact path. SDXL architecture, random weights,
+# euler, CFG 7.5, fp16, batch 4 (scripts/cfgtrunc_probe.py).
+#  1. cold compiles in parallel: the levers with the bf16 decode, the same with feature reuse 3, stock;
+#  2. timed, one fresh process after another: levers (shares 0, 0.3, 0.5) with plain diffusers; feature reuse 3
+#     (0, 0.5); stock.
+set -u
+BUDGET=${BUDGET:-585}
+source "$(dirname "$0")/device-prelude.sh" sdxl-quality
+byte_compile_repo
+export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-4}
+gpu_clocks
+P=benchmarks/scripts/cfgtrunc_probe.py
+X="--arch sdxl --size 1024 --batch 4"
+echo "== 1. cold compiles in parallel at ${SECONDS}s" | log
+pids=()
+bg() { local name=$1; shift; "$@" >"/tmp/warm-$name.log" 2>&1 & pids+=($!); }
+bg e python3 $P $X --vae-bf16 --warm-only --shares 0,0.5 --out "$OUT" --cache-dir /tmp/cx-e
+bg r3 python3 $P $X --vae-bf16 --warm-only --shares 0,0.5 --out "$OUT" --cache-dir /tmp/cx-r3 --feature-reuse 3
+TORCHINDUCTOR_CACHE_DIR=/tmp/cx-s bg s python3 $P $X --warm-only --stock --out "$OUT" --cache-dir /tmp/cx-s
+( sleep ${WARM_S:-230}; kill "${pids[@]}" 2>/dev/null ) & killer=$!
+wait "${pids[@]}" 2>/dev/null
+kill $killer 2>/dev/null
+for f in /tmp/warm-*.log; do echo "$(basename "$f"): $(grep -E '^warm|Error|failed|could not' "$f" | tail -3 | cut -c1-300)"; done | log
+for f in /tmp/warm-*.log; do echo "=== $f"; cat "$f"; done >"$OUT/aux-logs.txt"
+echo "== 2a. levers + bf16 decode, plain diffusers at ${SECONDS}s" | log
+timeout $(( $(left) - 170 )) python3 $P $X --vae-bf16 --shares 0,0.3,0.5 --out "$OUT" --cache-dir /tmp/cx-e --plain 2>&1 | log
+echo "== 2b. feature reuse 3 at ${SECONDS}s" | log
+timeout $(( $(left) - 75 )) python3 $P $X --vae-bf16 --shares 0,0.5 --out "$OUT" --cache-dir /tmp/cx-r3 --feature-reuse 3 2>&1 | log
+echo "== 2c. stock torch.compile at ${SECONDS}s" | log
+TORCHINDUCTOR_CACHE_DIR=/tmp/cx-s timeout $(( $(left) - 2 )) python3 $P $X --stock --out "$OUT" --cache-dir /tmp/cx-s 2>&1 | log
+echo "== done at ${SECONDS}s" | log

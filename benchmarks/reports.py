@@ -37,7 +37,7 @@ class Report:
     """One results file, read: what it measured, on which card, when."""
 
     path: Path
-    kind: str  # worker, loop, startup
+    kind: str  # worker, loop, startup, quality (a CFG-truncation / feature-reuse probe)
     model: str
     card: str
     date: str  # ISO 8601, UTC
@@ -52,6 +52,9 @@ def read_report(path: Path) -> Report | None:
     kind = data.get("kind")
     if kind in ("worker", "startup"):
         return Report(path, kind, str(data["arch"]), card_slug(data["device"]["short"]), str(data["date"]), data)
+    if kind == "cfgtrunc-probe":
+        arch = str(data["config"]["arch"])
+        return Report(path, "quality", arch, card_slug(data["device"]["short"]), str(data["started"]), data)
     if kind == "worker-loop":
         return Report(path, "loop", str(data["model"]), card_slug(data.get("gpu_name")), str(data["date"]), data)
     return None

@@ -20,7 +20,7 @@ def test_the_readme_table_is_what_the_generator_makes_from_the_results() -> None
 
 def test_every_report_sits_in_the_folder_of_its_date_and_card() -> None:
     reports = all_reports()
-    assert {r.kind for r in reports} == {"worker", "loop", "startup"}
+    assert {r.kind for r in reports} == {"worker", "loop", "startup", "quality"}
     for report in reports:
         assert report.path.parent.name == f"{report.date[:10]}-{report.card}", report.path
         assert report.card in {"h100", "h200"}
@@ -59,3 +59,41 @@ def test_current_means_the_newest_report_per_benchmark_model_and_card(tmp_path: 
 def test_the_table_needs_both_markers() -> None:
     with pytest.raises(ValueError, match="markers"):
         with_table("# no markers here\n", "| table |")
+
+
+def _probe(
+    folder: Path, name: str, started: str, reuse: int, rows: list[tuple[float, float, float]], **extra: object
+) -> None:
+    """A CFG-truncation probe's report: ``rows`` of (share, img/s, PSNR dB)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"arch": "sd15", "width": 512, "height": 512, "steps": 30, "scheduler": "euler", "batch_size": 16}
+    data = {
+        "kind": "cfgtrunc-probe",
+        "started": started,
+        "device": {"name": "NVIDIA H100 80GB HBM3", "short": "H100"},
+        "config": {**config, "feature_reuse": reuse},
+        "rows": [
+            {"cfg_truncation": s, "images_per_s": ips, "vs_eager_exact": {"psnr_db": db, "worst_image_psnr_db": db}}
+            for s, ips, db in rows
+        ],
+        **extra,
+    }
+    (folder / name).write_text(json.dumps(data))
+
+
+def test_a_quality_trading_figure_is_the_fastest_row_of_its_call_that_keeps_40_db(tmp_path: Path) -> None:
+    day = tmp_path / "2026-12-06-h100"
+    plain = {"plain_diffusers": {"images_per_s": 0.9, "batch_size": 1}}
+    _probe(day, "exact.json", "2026-12-06T23:20:00+00:00", 0, [(0, 6.6, 59.0), (0.5, 8.6, 52.0)], **plain)
+    _probe(day, "reuse.json", "2026-12-06T23:22:00+00:00", 3, [(0.5, 12.4, 42.7), (0.7, 13.8, 41.1), (0.9, 15.0, 38.0)])
+    _probe(day, "stock.json", "2026-12-06T23:25:00+00:00", 0, [], stock_compile={"results": [{"images_per_s": 6.2}]})
+    # An earlier call's faster row (same day, folder, model and card) is not this call's figure.
+    _probe(day, "earlier.json", "2026-12-06T20:00:00+00:00", 5, [(0.5, 14.2, 40.5)])
+    table = render_table(all_reports(tmp_path), relative_to=tmp_path)
+    (row,) = [line for line in table.splitlines() if line.startswith("| quality-trading")]
+    assert "13.80 img/s at batch 16, PSNR 41.1 dB" in row
+    assert "exact levers 6.60 img/s" in row
+    assert "stock torch.compile 6.20 img/s" in row
+    assert "plain diffusers 0.90 img/s" in row
+    assert "feature_reuse 3, cfg_truncation 0.7" in row
+    assert "(2026-12-06-h100/reuse.json)" in row

@@ -24,3 +24,19 @@ byte_compile_repo() { python3 -m compileall -q -j 16 workflows shared >/dev/null
 keep_worker_logs() {
   for d in /tmp/sdq-loopbench-*; do cp "$d/worker.log" "$OUT/worker-$(basename "$d").log" 2>/dev/null; done
 }
+# Cold compiles in parallel: `bg NAME CMD...` starts one with its output in /tmp/warm-NAME.log; `wait_warm SECONDS`
+# waits for them, kills what is still running after SECONDS, logs each one's last lines and keeps the whole logs
+# in $OUT/aux-logs.txt. Logs of an earlier script on the same machine are removed first.
+rm -f /tmp/warm-*.log
+WARM_PIDS=()
+bg() { local name=$1; shift; "$@" >"/tmp/warm-$name.log" 2>&1 & WARM_PIDS+=($!); }
+wait_warm() {
+  ( sleep "$1"; kill "${WARM_PIDS[@]}" 2>/dev/null ) & local killer=$!
+  wait "${WARM_PIDS[@]}" 2>/dev/null
+  kill $killer 2>/dev/null
+  WARM_PIDS=()
+  for f in /tmp/warm-*.log; do
+    echo "$(basename "$f"): $(grep -E '^warm|Error|failed|could not' "$f" | tail -3 | cut -c1-300)"
+  done | log
+  for f in /tmp/warm-*.log; do echo "=== $f"; cat "$f"; done >>"$OUT/aux-logs.txt"
+}

@@ -29,17 +29,11 @@ for s, c, d, n in sorted((r for r in rows if r[2] <= 9), key=lambda r: -r[1])[:3
 PY
 echo "== 1. cold compiles in parallel at ${SECONDS}s" | log
 P=benchmarks/scripts/cfgtrunc_probe.py
-pids=()
-bg() { local name=$1; shift; "$@" >"/tmp/warm-$name.log" 2>&1 & pids+=($!); }
 bg e python3 $P --warm-only --shares 0,0.5 --out "$OUT" --cache-dir /tmp/cq-e
 bg r3 python3 $P --warm-only --shares 0.5,0.6,0.7 --out "$OUT" --cache-dir /tmp/cq-r3 --feature-reuse 3
 bg r4 python3 $P --warm-only --shares 0.5,0.6 --out "$OUT" --cache-dir /tmp/cq-r4 --feature-reuse 4
 TORCHINDUCTOR_CACHE_DIR=/tmp/cq-s bg s python3 $P --warm-only --stock --out "$OUT" --cache-dir /tmp/cq-s
-( sleep ${WARM_S:-200}; kill "${pids[@]}" 2>/dev/null ) & killer=$!
-wait "${pids[@]}" 2>/dev/null
-kill $killer 2>/dev/null
-for f in /tmp/warm-*.log; do echo "$(basename "$f"): $(grep -E '^warm|Error|failed|could not' "$f" | tail -3 | cut -c1-300)"; done | log
-for f in /tmp/warm-*.log; do echo "=== $f"; cat "$f"; done >"$OUT/aux-logs.txt"
+wait_warm ${WARM_S:-200}
 echo "== 2a. exact levers, plain diffusers at ${SECONDS}s" | log
 timeout $(( $(left) - 200 )) python3 $P --shares 0,0.5 --out "$OUT" --cache-dir /tmp/cq-e --plain 2>&1 | log
 echo "== 2b. feature reuse 3 at ${SECONDS}s" | log

@@ -1,5 +1,6 @@
 """The worker's entry point (``python -m handlers.worker``, the container's command) imports peft only when its
-worker serves LoRAs: diffusers would import it at its own import, and only LoRAs use it."""
+worker serves LoRAs: diffusers would import it at its own import, and only LoRAs use it. Its start says nothing
+of torchvision, which the worker image leaves out."""
 
 from __future__ import annotations
 
@@ -23,13 +24,16 @@ print("peft", "imported" if sys.modules.get("peft") is not None else "off")
 """
 
 
-def start_worker(**env: str) -> list[str]:
+def run_entry(**env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k != "SDQ_LORA_REGISTRY"}
     environ.update(SDQ_MODEL="/nonexistent/model", **env)
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", ENTRY], env=environ, capture_output=True, text=True, timeout=300, check=True
     )
-    return done.stdout.split("\n")[-3:-1]
+
+
+def start_worker(**env: str) -> list[str]:
+    return run_entry(**env).stdout.split("\n")[-3:-1]
 
 
 def test_a_worker_without_loras_starts_without_peft() -> None:
@@ -38,3 +42,12 @@ def test_a_worker_without_loras_starts_without_peft() -> None:
 
 def test_a_worker_serving_loras_has_peft() -> None:
     assert start_worker(SDQ_LORA_REGISTRY='{"loras": []}') == ["exit 2", "peft imported"]
+
+
+def test_a_worker_start_does_not_warn_of_the_torchvision_it_has_no_use_for() -> None:
+    # Without torchvision (as in the worker image and here) transformers serves its PIL image processors and said
+    # so in three warnings while diffusers imported; the start's own lines are all that is left.
+    done = run_entry()
+    assert done.stdout.split("\n")[-3] == "exit 2"
+    assert "model not found" in done.stdout + done.stderr
+    assert "torchvision" not in done.stderr

@@ -4,11 +4,32 @@ diffusers and transformers import peft at their own import whenever it is instal
 for per-job LoRAs (``workflows/generation/loras.py``). diffusers fixes its PEFT backend at that import, in every
 module that copies its flag, so peft cannot be imported later, on a first LoRA: a process either has it from the
 start or never. A worker that serves no LoRA leaves it out (measured in ``docs/performance.md``, issue 24).
+
+The worker image has no torchvision either (nothing the service runs needs it): transformers then serves its PIL
+image processors, as it should, but says so in three warnings as diffusers imports. They are dropped at their
+source, so a worker's first lines say what the worker does.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+
+# transformers' logger of the fallback, and the fallback's warning (the PIL processors are the ones a worker uses).
+_FALLBACK_LOGGER = "transformers.utils.import_utils"
+_FALLBACK_WARNING = "requires torchvision (not installed); falling back to"
+
+
+class _NoTorchvisionFallbackWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _FALLBACK_WARNING not in record.getMessage()
+
+
+def quiet_torchvision_fallback() -> None:
+    """Drop transformers' warning that it uses its PIL image processors for want of torchvision; nothing else."""
+    logger = logging.getLogger(_FALLBACK_LOGGER)
+    if not any(isinstance(f, _NoTorchvisionFallbackWarning) for f in logger.filters):
+        logger.addFilter(_NoTorchvisionFallbackWarning())
 
 
 def keep_peft_off(serves_loras: bool) -> bool:

@@ -24,11 +24,10 @@ from shared.orchestration import Orchestrator
 from shared.queue import WorkerQueue
 from shared.queuestate import QueueState
 from shared.settings import Settings, get_settings
-from workflows.generation.acceleration.startup import keep_peft_off, quiet_torchvision_fallback
+from workflows.generation.acceleration.startup import before_worker_imports
 
 if __name__ == "__main__":  # the container's command: decided before the imports below bring in diffusers
-    keep_peft_off(serves_loras=get_settings().lora_registry is not None)
-    quiet_torchvision_fallback()
+    before_worker_imports(serves_loras=get_settings().lora_registry is not None)
 
 from workflows.generation.compileartefacts import CompileArtefactStore, store_for
 from workflows.generation.encoding import encode_processes_for

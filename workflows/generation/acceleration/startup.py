@@ -43,3 +43,10 @@ def keep_peft_off(serves_loras: bool) -> bool:
     # The import system's "not installed" (typeshed types the values as modules): find_spec gives None.
     sys.modules["peft"] = None  # type: ignore[assignment]
     return True
+
+
+def before_worker_imports(serves_loras: bool) -> None:
+    """What a worker process decides before it imports diffusers (``python -m handlers.worker``, ``sdq worker``):
+    peft off unless it serves LoRAs, and no torchvision warnings."""
+    keep_peft_off(serves_loras)
+    quiet_torchvision_fallback()

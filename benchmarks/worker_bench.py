@@ -221,6 +221,17 @@ def image_difference(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     }
 
 
+def batch_psnr(got: list[np.ndarray], want: list[np.ndarray]) -> dict[str, float]:
+    """PSNR of a batch of 8-bit images against the same jobs' reference images, in dB: over the batch (its mean
+    squared error) and of its worst image (inf where equal)."""
+    mses = [float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)) for a, b in zip(got, want, strict=True)]
+    mse = statistics.fmean(mses)
+    return {
+        "psnr_db": 10 * float(np.log10(255.0**2 / mse)) if mse > 0 else float("inf"),
+        "worst_image_psnr_db": 10 * float(np.log10(255.0**2 / max(mses))) if max(mses) > 0 else float("inf"),
+    }
+
+
 def profile_call(runner: PipelineRunner, shape: BatchShape, size: int) -> dict[str, Any]:
     """GPU kernel time of one ``size``-image call, by kernel family and top kernels, against wall time."""
     from torch.profiler import ProfilerActivity, profile

@@ -36,19 +36,11 @@ from benchmarks.worker_bench import (
     _describe_device,
     _timed,
     _versions,
+    batch_psnr,
     image_difference,
 )
 from workflows.generation.acceleration import AccelerationOptions
 from workflows.generation.pipeline import BatchShape, ImageJob, PipelineRunner
-
-
-def batch_psnr(got: list[np.ndarray], want: list[np.ndarray]) -> dict[str, float]:
-    mses = [float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)) for a, b in zip(got, want, strict=True)]
-    mse = statistics.fmean(mses)
-    return {
-        "psnr_db": 10 * float(np.log10(255.0**2 / mse)) if mse > 0 else float("inf"),
-        "worst_image_psnr_db": 10 * float(np.log10(255.0**2 / max(mses))) if max(mses) > 0 else float("inf"),
-    }
 
 
 def images(runner: PipelineRunner, jobs: list[ImageJob], shape: BatchShape) -> list[np.ndarray]:

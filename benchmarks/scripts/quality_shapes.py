@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.worker_bench import batch_psnr
 from workflows.generation.acceleration import AccelerationOptions
 from workflows.generation.pipeline import BatchShape, ImageJob, PipelineRunner
 
@@ -38,15 +39,14 @@ def images(**levers: Any) -> list[np.ndarray]:
     side = runner.native_size
     jobs = [ImageJob(f"j{i}", prompt, "", seed=i, num_images=1) for i, prompt in enumerate(PROMPTS)]
     out = runner.generate(jobs, BatchShape(side, side, 30, 7.5, "euler"))
-    return [np.asarray(out[job.key][0]).astype(np.float64) for job in jobs]
+    return [np.asarray(out[job.key][0]) for job in jobs]
 
 
 def main() -> int:
     exact = images()
     for levers in LEVERS:
-        mses = [float(np.mean((a - b) ** 2)) for a, b in zip(images(**levers), exact, strict=True)]
-        mean, worst = (10 * np.log10(255.0**2 / m) for m in (np.mean(mses), max(mses)))
-        print(f"{levers}: PSNR {mean:.1f} dB (worst image {worst:.1f})", flush=True)
+        psnr = batch_psnr(images(**levers), exact)
+        print(f"{levers}: PSNR {psnr['psnr_db']:.1f} dB (worst image {psnr['worst_image_psnr_db']:.1f})", flush=True)
     return 0
 
 

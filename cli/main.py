@@ -321,7 +321,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from shared.settings import get_settings
     from workflows.generation.acceleration.startup import before_worker_imports
 
-    before_worker_imports(serves_loras=get_settings().lora_registry is not None)  # as the container's command does
+    before_worker_imports(get_settings())  # as the container's command does
     from handlers.worker import main as worker_main
 
     return worker_main(args.model or (), fleet=args.fleet)

@@ -27,7 +27,7 @@ from shared.settings import Settings, get_settings
 from workflows.generation.acceleration.startup import before_worker_imports
 
 if __name__ == "__main__":  # the container's command: decided before the imports below bring in diffusers
-    before_worker_imports(serves_loras=get_settings().lora_registry is not None)
+    before_worker_imports(get_settings())
 
 from workflows.generation.compileartefacts import CompileArtefactStore, store_for
 from workflows.generation.encoding import encode_processes_for

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from shared.settings import Settings
+
 # transformers' logger of the fallback, and the fallback's warning (the PIL processors are the ones a worker uses).
 _FALLBACK_LOGGER = "transformers.utils.import_utils"
 _FALLBACK_WARNING = "requires torchvision (not installed); falling back to"
@@ -45,8 +47,8 @@ def keep_peft_off(serves_loras: bool) -> bool:
     return True
 
 
-def before_worker_imports(serves_loras: bool) -> None:
+def before_worker_imports(settings: Settings) -> None:
     """What a worker process decides before it imports diffusers (``python -m handlers.worker``, ``sdq worker``):
-    peft off unless it serves LoRAs, and no torchvision warnings."""
-    keep_peft_off(serves_loras)
+    peft off unless ``settings`` name a LoRA registry, and no torchvision warnings."""
+    keep_peft_off(serves_loras=settings.lora_registry is not None)
     quiet_torchvision_fallback()

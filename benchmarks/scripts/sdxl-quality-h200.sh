@@ -7,16 +7,38 @@
 #  2. timed, one fresh process after another: levers (shares 0, 0.3, 0.5) with plain diffusers; feature reuse 3
 #     (0, 0.5); stock.
 # Its first run (2026-12-06, on the H100 the session held) needed more: the cold compiles did not finish in 230 s
-# and the levers' process ran out of time in its timed rows; run it twice on one machine (the second from the
-# cache folders the first filled), or give WARM_S and BUDGET more.
+# and the levers' process ran out of time in its timed rows. So it runs in two calls on one warm machine:
+#   STAGE=warm   the cold compiles of the levers (shares up to 0.6) and stock, in parallel, then the levers' timed
+#                rows and stock's if time is left (on the H100, 2026-12-07, all of it fits in about 460 s);
+#   STAGE=timed  (the next call, from the cache folders the first filled) the levers' timed rows with plain
+#                diffusers, then stock, then feature reuse 3 if time is left.
+# STAGE unset runs the night's single-call order (section 1 and 2 below).
 set -u
 BUDGET=${BUDGET:-585}
 source "$(dirname "$0")/device-prelude.sh" sdxl-quality
 byte_compile_repo
-export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-4}
 gpu_clocks
 P=benchmarks/scripts/cfgtrunc_probe.py
 X="--arch sdxl --size 1024 --batch 4"
+E="$X --vae-bf16 --out $OUT --cache-dir /tmp/cx-e"
+levers() { timeout $(( $(left) - $1 )) python3 $P $E --shares 0,0.5,0.6 --plain 2>&1 | log; }
+stock() { TORCHINDUCTOR_CACHE_DIR=/tmp/cx-s timeout $(( $(left) - $1 )) python3 $P $X --stock --out "$OUT" --cache-dir /tmp/cx-s 2>&1 | log; }
+case "${STAGE:-}" in
+warm)
+  export TORCHINDUCTOR_COMPILE_THREADS=8
+  echo "== warm: cold compiles in parallel at ${SECONDS}s" | log
+  bg e python3 $P $E --warm-only --shares 0,0.5,0.6
+  TORCHINDUCTOR_CACHE_DIR=/tmp/cx-s bg s python3 $P $X --warm-only --stock --out "$OUT" --cache-dir /tmp/cx-s
+  wait_warm $(( $(left) - 20 ))
+  if [ "$(left)" -gt 260 ]; then echo "== levers + bf16 decode, plain diffusers at ${SECONDS}s" | log; levers 95; fi
+  if [ "$(left)" -gt 90 ]; then echo "== stock torch.compile at ${SECONDS}s" | log; stock 2; fi
+  echo "== done at ${SECONDS}s" | log; exit 0 ;;
+timed)
+  echo "== levers + bf16 decode, plain diffusers at ${SECONDS}s" | log; levers 150
+  echo "== stock torch.compile at ${SECONDS}s" | log; stock 2
+  echo "== done at ${SECONDS}s" | log; exit 0 ;;
+esac
+export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-4}
 echo "== 1. cold compiles in parallel at ${SECONDS}s" | log
 bg e python3 $P $X --vae-bf16 --warm-only --shares 0,0.5 --out "$OUT" --cache-dir /tmp/cx-e
 bg r3 python3 $P $X --vae-bf16 --warm-only --shares 0,0.5 --out "$OUT" --cache-dir /tmp/cx-r3 --feature-reuse 3

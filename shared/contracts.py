@@ -681,8 +681,28 @@ class QueueInfo(BaseModel):
     reason: str = Field(description="What the job waits for, in words a client can show.")
 
 
+class JobErrorCode(StrEnum):
+    """Why a FAILED job failed: the stable ``error.code`` clients branch on. docs/api.md lists each one (a test
+    holds the two together); the state machine writes ``POSTPROCESS_FAILED`` itself."""
+
+    GENERATION_FAILED = "GENERATION_FAILED"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    INPUT_NOT_FOUND = "INPUT_NOT_FOUND"
+    INPUT_CORRUPT = "INPUT_CORRUPT"
+    INPUT_UNAVAILABLE = "INPUT_UNAVAILABLE"
+    MODE_NOT_SERVED = "MODE_NOT_SERVED"
+    POSTPROCESS_FAILED = "POSTPROCESS_FAILED"
+    DEAD_LETTERED = "DEAD_LETTERED"
+    ENQUEUE_FAILED = "ENQUEUE_FAILED"
+    EXPIRED = "EXPIRED"
+    ABANDONED = "ABANDONED"
+    MODEL_REVISION_GONE = "MODEL_REVISION_GONE"
+    LORA_REVISION_GONE = "LORA_REVISION_GONE"
+    WORKFLOW_FAILED = "WORKFLOW_FAILED"
+
+
 class JobError(BaseModel):
-    code: str
+    code: str  # a JobErrorCode's value
     message: str
 
 

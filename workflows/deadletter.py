@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from aws_lambda_powertools import Logger
 
-from shared.contracts import Job, JobError, JobStatus, QueueMessage, utcnow
+from shared.contracts import Job, JobError, JobErrorCode, JobStatus, QueueMessage, utcnow
 from shared.errors import InvalidTransition, JobNotFound, RetryableError
 from shared.jobs import Claim, JobsRepository
 from shared.queue import JobQueue, parse_body
@@ -24,7 +24,7 @@ from shared.queue import JobQueue, parse_body
 logger = Logger(service="sdq-dlq", child=True)
 
 DEAD_LETTER_ERROR = JobError(
-    code="DEAD_LETTERED",
+    code=JobErrorCode.DEAD_LETTERED,
     message="The job's queue message could not be processed after repeated deliveries and was dead-lettered.",
 )
 

@@ -22,20 +22,21 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from shared.contracts import WORKFLOW_SOURCES, Job, JobError, JobStatus
+from shared.contracts import WORKFLOW_SOURCES, Job, JobError, JobErrorCode, JobStatus
 from shared.errors import InvalidTransition, JobNotFound
 from shared.jobs import Claim, JobsRepository
 
 logger = Logger(service="sdq-failed-execution", child=True)
 
 FAILED_STATUSES = frozenset({"FAILED", "TIMED_OUT", "ABORTED"})
-WORKFLOW_FAILED = "WORKFLOW_FAILED"
 
 
 def workflow_error(status: str, error: str | None) -> JobError:
     ended = {"FAILED": "failed", "TIMED_OUT": "timed out", "ABORTED": "was stopped"}.get(status, status.lower())
     cause = f" ({error})" if error else ""
-    return JobError(code=WORKFLOW_FAILED, message=f"The job's workflow {ended}{cause} before it recorded a result.")
+    return JobError(
+        code=JobErrorCode.WORKFLOW_FAILED, message=f"The job's workflow {ended}{cause} before it recorded a result."
+    )
 
 
 # A job run's execution is named ``<job id>-<attempt>`` by the worker (notices are ``<job id>-<reason>[-<ulid>]``).
@@ -122,5 +123,5 @@ def handle_failed_execution(
 def _finished_here_without_webhook(job: Job, run: JobRun) -> bool:
     if job.attempt != run.attempt or job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         return False
-    failed_here = job.error is not None and job.error.code == WORKFLOW_FAILED
+    failed_here = job.error is not None and job.error.code == JobErrorCode.WORKFLOW_FAILED
     return failed_here or job.webhook is None

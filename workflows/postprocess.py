@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 from pydantic import BaseModel, Field
 
-from shared.contracts import GenerationRequest, Job, JobError, JobStatus, Output
+from shared.contracts import GenerationRequest, Job, JobError, JobErrorCode, JobStatus, Output
 from shared.errors import InvalidTransition, PermanentError
 from shared.jobs import Claim, JobsRepository
 from shared.loraregistry import LoraRegistry
@@ -38,9 +38,6 @@ class PostprocessInput(BaseModel):
     tenant: str
     attempt: int
     staging_keys: list[str] = Field(default_factory=list)
-
-
-POSTPROCESS_FAILED = "POSTPROCESS_FAILED"
 
 
 class PostprocessResult(BaseModel):
@@ -162,7 +159,7 @@ class Postprocessor:
             return PostprocessResult(
                 status=JobStatus.POSTPROCESSING.value,
                 outputs=[],
-                failure=JobError(code=POSTPROCESS_FAILED, message=str(exc)),
+                failure=JobError(code=JobErrorCode.POSTPROCESS_FAILED, message=str(exc)),
             )
 
     def _run(self, event: PostprocessInput) -> PostprocessResult:

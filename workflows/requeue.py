@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.contracts import Job, JobError, JobStatus, QueueMessage, utcnow
+from shared.contracts import Job, JobError, JobErrorCode, JobStatus, QueueMessage, utcnow
 from shared.errors import InvalidTransition, JobNotFound
 from shared.jobs import UNQUEUED_SHARDS, Claim, JobsRepository
 from shared.queue import JobQueue
@@ -33,7 +33,7 @@ from shared.queue import JobQueue
 logger = Logger(service="sdq-requeue", child=True)
 
 ABANDONED_ERROR = JobError(
-    code="ABANDONED", message="The job's worker stopped and no queue message was left to run it again."
+    code=JobErrorCode.ABANDONED, message="The job's worker stopped and no queue message was left to run it again."
 )
 
 

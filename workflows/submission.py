@@ -12,7 +12,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ulid import ULID
 
 from shared.audit import AuditLog, PendingAudit
-from shared.contracts import GenerationRequest, Job, JobError, JobStatus, QueueMessage, pixel_steps, utcnow
+from shared.contracts import (
+    GenerationRequest,
+    Job,
+    JobError,
+    JobErrorCode,
+    JobStatus,
+    QueueMessage,
+    pixel_steps,
+    utcnow,
+)
 from shared.errors import (
     EnqueueFailed,
     IdempotencyConflict,
@@ -391,7 +400,9 @@ class SubmissionService:
                 continue
             self._mark_sent(job, audit)
             return job
-        reason = JobError(code="ENQUEUE_FAILED", message=f"The job could not be queued: {type(last).__name__}")
+        reason = JobError(
+            code=JobErrorCode.ENQUEUE_FAILED, message=f"The job could not be queued: {type(last).__name__}"
+        )
         try:
             # Only from QUEUED: a job the requeue sweeper sent meanwhile and a worker claimed is running.
             self._repo.transition(

@@ -14,10 +14,11 @@ import pytest
 from PIL import Image as PILImage
 from PIL.Image import Image
 
+from shared.contracts import JobErrorCode
 from shared.jobs import JobsRepository
 from tests.unit.workerfakes import claimed, held
 from workflows.generation.batchreport import GpuUse
-from workflows.generation.batchrun import MODE_NOT_SERVED, BatchRunner
+from workflows.generation.batchrun import BatchRunner
 from workflows.generation.claims import ClaimedBatch
 from workflows.generation.heldmessages import Held
 from workflows.generation.pipeline import BatchShape, GenerationOOM, ImageJob
@@ -214,5 +215,5 @@ def test_an_image_batch_on_a_runner_with_no_bucket_fails_mode_not_served_and_nev
     gpu = FaultyGenerator(oom_above=8)
     handoff, _ = run(gpu, jobs, pools)
     assert gpu.calls == []
-    assert handoff.failed == [(h.job_id, MODE_NOT_SERVED) for h in jobs]
+    assert handoff.failed == [(h.job_id, JobErrorCode.MODE_NOT_SERVED) for h in jobs]
     assert handoff.completed == []

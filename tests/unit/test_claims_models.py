@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from shared.contracts import Job, JobStatus, utcnow
+from shared.contracts import Job, JobErrorCode, JobStatus, utcnow
 from shared.jobs import JobsRepository
 from shared.modelregistry import ModelRegistry
 from tests.unit.conftest import JOBS_TABLE
 from tests.unit.workerfakes import RecordingQueue, held
-from workflows.generation.claims import MODEL_REVISION_GONE, UNSERVED_VISIBILITY_S, Claims
+from workflows.generation.claims import UNSERVED_VISIBILITY_S, Claims
 from workflows.generation.heldmessages import Held, HeldMessages
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ def test_a_worker_claims_only_jobs_pinned_to_its_revision_leaves_others_and_fail
     gone = repo.get(retired.job_id)
     assert gone.status == JobStatus.FAILED
     assert gone.error is not None
-    assert gone.error.code == MODEL_REVISION_GONE
+    assert gone.error.code == JobErrorCode.MODEL_REVISION_GONE
     assert "Revision 'r0' of model 'sd15' is retired" in gone.error.message
     assert [job.job_id for job in failed] == [retired.job_id]
     assert queue.deleted == [retired.received.message_id]

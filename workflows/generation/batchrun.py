@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 from aws_lambda_powertools import Logger
 from PIL.Image import Image
 
+from shared.contracts import JobErrorCode
 from shared.media import MediaStore
 from shared.settings import get_settings
 from shared.tracing import segment, subsegment
@@ -43,10 +44,6 @@ class ServesModels(Protocol):
 
     @property
     def models(self) -> frozenset[str]: ...
-
-
-# The error code of an image-to-image or inpainting job on a batch runner that has no bucket to read inputs from.
-MODE_NOT_SERVED = "MODE_NOT_SERVED"
 
 
 def served_models(generator: Generator) -> frozenset[str]:
@@ -128,7 +125,9 @@ class BatchRunner:
         if self._inputs is None:
             for h in wanting:
                 report.failed += 1
-                self._handoff.fail_later(h, MODE_NOT_SERVED, f"This worker cannot read {h.request.mode} jobs' inputs.")
+                self._handoff.fail_later(
+                    h, JobErrorCode.MODE_NOT_SERVED, f"This worker cannot read {h.request.mode} jobs' inputs."
+                )
             return {}
         with subsegment("inputs", enabled=self._xray):
             read = self._inputs.read_all([(h.tenant, h.job_id, h.request) for h in wanting])
@@ -196,7 +195,7 @@ class BatchRunner:
                 self._generate(live[:half], report, inputs)
                 self._generate(live[half:], report, inputs)
                 return
-            code = "OUT_OF_MEMORY" if oom else "GENERATION_FAILED"
+            code = JobErrorCode.OUT_OF_MEMORY if oom else JobErrorCode.GENERATION_FAILED
             logger.error("job failed in generation", job_id=live[0].job_id, code=code, error=str(exc)[:500])
             report.failed += 1
             self._handoff.fail_later(live[0], code, f"{type(exc).__name__}: {exc}"[:1000])

@@ -17,7 +17,7 @@ from functools import partial
 
 from aws_lambda_powertools import Logger
 
-from shared.contracts import Job, JobError, JobStatus
+from shared.contracts import Job, JobError, JobErrorCode, JobStatus
 from shared.errors import InvalidTransition, JobExpired, JobNotFound
 from shared.jobs import JobsRepository, RevisionPinned
 from shared.loraregistry import LoraRegistry
@@ -31,21 +31,19 @@ logger = Logger(service="sdq-worker")
 # the model receives it soon, and long enough that this worker does not take it straight back.
 UNSERVED_VISIBILITY_S = 2
 
-EXPIRED_ERROR = JobError(code="EXPIRED", message="The job passed its retention before a worker ran it.")
-MODEL_REVISION_GONE = "MODEL_REVISION_GONE"
-LORA_REVISION_GONE = "LORA_REVISION_GONE"
+EXPIRED_ERROR = JobError(code=JobErrorCode.EXPIRED, message="The job passed its retention before a worker ran it.")
 
 
 def revision_gone(model: str | None, revision: str) -> JobError:
     return JobError(
-        code=MODEL_REVISION_GONE,
+        code=JobErrorCode.MODEL_REVISION_GONE,
         message=f"Revision {revision!r} of model {model!r} is retired: no worker serves it any more.",
     )
 
 
 def lora_revision_gone(lora: str, revision: str) -> JobError:
     return JobError(
-        code=LORA_REVISION_GONE,
+        code=JobErrorCode.LORA_REVISION_GONE,
         message=f"Revision {revision!r} of LoRA {lora!r} is retired: no worker serves it any more.",
     )
 

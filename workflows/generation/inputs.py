@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image
 
-from shared.contracts import INPUT_DIGEST_PREFIX, GenerationRequest
+from shared.contracts import INPUT_DIGEST_PREFIX, GenerationRequest, JobErrorCode
 from shared.errors import PermanentError
 from shared.media import InputName, MediaStore, input_key
 
@@ -34,7 +34,7 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
 class InputUnavailable(PermanentError):
     """A job's stored input that cannot be used; ``code`` is the job's error code (see the module docstring)."""
 
-    def __init__(self, name: InputName, code: str, message: str) -> None:
+    def __init__(self, name: InputName, code: JobErrorCode, message: str) -> None:
         super().__init__(f"{name}: {message}")
         self.name = name
         self.code = code
@@ -82,18 +82,24 @@ class InputReader:
         try:
             data = self._media.get(key)
         except self._media.missing_errors() as exc:
-            raise InputUnavailable(name, "INPUT_NOT_FOUND", "the stored input is gone (expired or deleted)") from exc
+            raise InputUnavailable(
+                name, JobErrorCode.INPUT_NOT_FOUND, "the stored input is gone (expired or deleted)"
+            ) from exc
         except (ClientError, BotoCoreError) as exc:
-            raise InputUnavailable(name, "INPUT_UNAVAILABLE", f"the stored input could not be read: {exc}") from exc
+            raise InputUnavailable(
+                name, JobErrorCode.INPUT_UNAVAILABLE, f"the stored input could not be read: {exc}"
+            ) from exc
         if INPUT_DIGEST_PREFIX + hashlib.sha256(data).hexdigest() != digest:
-            raise InputUnavailable(name, "INPUT_CORRUPT", "the stored input is not the one the job names")
+            raise InputUnavailable(name, JobErrorCode.INPUT_CORRUPT, "the stored input is not the one the job names")
         try:
             with Image.open(io.BytesIO(data), formats=("PNG",)) as opened:
                 image = opened.convert("RGB" if name == "image" else "L")
         except _DECODE_ERRORS as exc:
-            raise InputUnavailable(name, "INPUT_CORRUPT", "the stored input is not a PNG") from exc
+            raise InputUnavailable(name, JobErrorCode.INPUT_CORRUPT, "the stored input is not a PNG") from exc
         if image.size != (request.width, request.height):
             raise InputUnavailable(
-                name, "INPUT_CORRUPT", f"the stored input is {image.width}x{image.height}, not the job's size"
+                name,
+                JobErrorCode.INPUT_CORRUPT,
+                f"the stored input is {image.width}x{image.height}, not the job's size",
             )
         return image

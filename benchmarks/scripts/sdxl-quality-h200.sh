@@ -12,8 +12,9 @@
 #                rows and stock's if time is left (on the H100, 2026-12-07, all of it fits in about 460 s);
 #   STAGE=timed  (the next call, from the cache folders the first filled) the levers' timed rows with plain
 #                diffusers, then stock, then feature reuse 3 if time is left.
-# PLAIN= (empty) leaves plain diffusers out of the levers' process. STAGE unset runs the night's single-call order
-# (section 1 and 2 below).
+# PLAIN= (empty) leaves plain diffusers out of the levers' process; SHARES (at most 0.6, the compiled share) times
+# fewer rows; LEVERS_MIN_S is the time the levers' rows need (260 s). STAGE unset runs the night's single-call
+# order (section 1 and 2 below).
 set -u
 BUDGET=${BUDGET:-585}
 source "$(dirname "$0")/device-prelude.sh" sdxl-quality
@@ -22,7 +23,7 @@ gpu_clocks
 P=benchmarks/scripts/cfgtrunc_probe.py
 X="--arch sdxl --size 1024 --batch 4"
 E="$X --vae-bf16 --out $OUT --cache-dir /tmp/cx-e"
-levers() { timeout $(( $(left) - $1 )) python3 $P $E --shares 0,0.5,0.6 ${PLAIN---plain} 2>&1 | log; }
+levers() { timeout $(( $(left) - $1 )) python3 $P $E --shares ${SHARES:-0,0.5,0.6} ${PLAIN---plain} 2>&1 | log; }
 stock() { TORCHINDUCTOR_CACHE_DIR=/tmp/cx-s timeout $(( $(left) - $1 )) python3 $P $X --stock --out "$OUT" --cache-dir /tmp/cx-s 2>&1 | log; }
 case "${STAGE:-}" in
 warm)
@@ -31,7 +32,7 @@ warm)
   bg e python3 $P $E --warm-only --shares 0,0.5,0.6
   TORCHINDUCTOR_CACHE_DIR=/tmp/cx-s bg s python3 $P $X --warm-only --stock --out "$OUT" --cache-dir /tmp/cx-s
   wait_warm $(( $(left) - 20 ))
-  if [ "$(left)" -gt 260 ]; then echo "== levers + bf16 decode, plain diffusers at ${SECONDS}s" | log; levers 95; fi
+  if [ "$(left)" -gt "${LEVERS_MIN_S:-260}" ]; then echo "== levers + bf16 decode, plain diffusers at ${SECONDS}s" | log; levers 95; fi
   if [ "$(left)" -gt 90 ]; then echo "== stock torch.compile at ${SECONDS}s" | log; stock 2; fi
   echo "== done at ${SECONDS}s" | log; exit 0 ;;
 timed)

@@ -66,7 +66,7 @@ class RecordingHandOff:
         assert use is not None
         self.uses[held.job_id] = use
 
-    def fail_later(self, held: Held, code: str, message: str) -> None:
+    def fail_later(self, held: Held, code: JobErrorCode, message: str) -> None:
         self.failed.append((held.job_id, code))
 
     def drop_later(self, held: Held) -> None:

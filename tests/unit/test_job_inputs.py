@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import ValidationError
 from ulid import ULID
 
-from shared.contracts import GenerationRequest
+from shared.contracts import GenerationRequest, JobErrorCode
 from shared.jobs import JobsRepository
 from shared.media import MediaStore, input_key
 from shared.settings import RequestLimits, Settings
@@ -93,7 +93,7 @@ class RecordingHandOff:
     ) -> None:
         self.completed.append(held.job_id)
 
-    def fail_later(self, held: Held, code: str, message: str) -> None:
+    def fail_later(self, held: Held, code: JobErrorCode, message: str) -> None:
         self.failed.append((held.job_id, code))
 
     def drop_later(self, held: Held) -> None:

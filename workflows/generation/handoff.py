@@ -12,7 +12,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from PIL.Image import Image
 
-from shared.contracts import JobStatus, Usage, WorkerError, WorkflowInput
+from shared.contracts import JobErrorCode, JobStatus, Usage, WorkerError, WorkflowInput
 from shared.errors import InvalidTransition, JobNotFound
 from shared.jobs import Claim, JobsRepository
 from shared.media import MediaStore
@@ -79,7 +79,7 @@ class HandOff:
         part of the batch, recorded as the job's ``usage``."""
         self._submit(self._complete, last_write, held, images, use)
 
-    def fail_later(self, held: Held, code: str, message: str) -> None:
+    def fail_later(self, held: Held, code: JobErrorCode, message: str) -> None:
         self._submit(self.fail, held, code, message)
 
     def drop_later(self, held: Held) -> None:
@@ -207,7 +207,7 @@ class HandOff:
         except AwsError as exc:
             logger.warning("could not mark the hand-off; the lease covers it", job_id=held.job_id, error=str(exc))
 
-    def fail(self, held: Held, code: str, message: str) -> None:
+    def fail(self, held: Held, code: JobErrorCode, message: str) -> None:
         """Hand a job that failed in generation to the state machine, which records the failure."""
         assert held.job is not None
         try:

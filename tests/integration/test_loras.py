@@ -97,8 +97,18 @@ def worker(
     )
     started: list[tuple[Worker, threading.Thread]] = []
 
-    def start(loras: LoraRegistry | None = None) -> RecordingRunner:
-        """``loras``: the worker's LoRA registry, when not the API's."""
+    def stop_all() -> None:
+        while started:
+            loop, thread = started.pop()
+            loop.request_stop()
+            thread.join(timeout=60)
+            assert not thread.is_alive()
+
+    def start(loras: LoraRegistry | None = None, *, replacing: bool = False) -> RecordingRunner:
+        """``loras``: the worker's LoRA registry, when not the API's. ``replacing``: the workers started so far stop
+        (warm) first, as a deployment's new workers replace the old ones."""
+        if replacing:
+            stop_all()
         aws = AwsClients(settings)
         gpu = RecordingRunner(PipelineRunner(load_model("tiny"), lora_registry=loras or registry))
         loop = Worker(
@@ -125,10 +135,7 @@ def worker(
         return gpu
 
     yield start
-    for loop, thread in started:
-        loop.request_stop()
-        thread.join(timeout=60)
-        assert not thread.is_alive()
+    stop_all()
 
 
 def test_a_jobs_loras_are_refused_at_submit_with_the_field_named(service: RunningService) -> None:
@@ -198,8 +205,9 @@ def test_a_job_runs_only_at_the_lora_revision_it_was_submitted_at_and_fails_once
     succeeded(client, plain)
     time.sleep(3)  # the pinned job's message came round again meanwhile (it is hidden 2 s each time)
     assert client.get(job["id"])["status"] == "QUEUED"
-    # Once a registry retires r1, its worker fails the job, with the code that says why.
-    worker(at("r2", "r1"))
+    # Once a registry retires r1, its workers fail the job, with the code that says why. They replace the r2 worker,
+    # which would otherwise keep taking the message back in turn with them (it leaves the job, as it should).
+    worker(at("r2", "r1"), replacing=True)
     deadline = time.monotonic() + 60
     while (found := client.get(job["id"], wait=5))["status"] == "QUEUED" and time.monotonic() < deadline:
         pass

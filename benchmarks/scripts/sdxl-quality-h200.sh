@@ -11,7 +11,7 @@
 #   STAGE=warm   the cold compiles of the levers (shares up to 0.6) and stock, in parallel, then the levers' timed
 #                rows and stock's if time is left (on the H100, 2026-12-07, all of it fits in about 460 s);
 #   STAGE=timed  (the next call, from the cache folders the first filled) the levers' timed rows with plain
-#                diffusers, then stock, then feature reuse 3 if time is left.
+#                diffusers, then stock.
 # PLAIN= (empty) leaves plain diffusers out of the levers' process; SHARES (at most 0.6, the compiled share) times
 # fewer rows; LEVERS_MIN_S is the time the levers' rows need (260 s). STAGE unset runs the night's single-call
 # order (section 1 and 2 below).
@@ -32,11 +32,11 @@ warm)
   bg e python3 $P $E --warm-only --shares 0,0.5,0.6
   TORCHINDUCTOR_CACHE_DIR=/tmp/cx-s bg s python3 $P $X --warm-only --stock --out "$OUT" --cache-dir /tmp/cx-s
   wait_warm $(( $(left) - 20 ))
-  if [ "$(left)" -gt "${LEVERS_MIN_S:-260}" ]; then echo "== levers + bf16 decode, plain diffusers at ${SECONDS}s" | log; levers 95; fi
+  if [ "$(left)" -gt "${LEVERS_MIN_S:-260}" ]; then echo "== levers + bf16 decode${PLAIN-, plain diffusers} at ${SECONDS}s" | log; levers 95; fi
   if [ "$(left)" -gt 90 ]; then echo "== stock torch.compile at ${SECONDS}s" | log; stock 2; fi
   echo "== done at ${SECONDS}s" | log; exit 0 ;;
 timed)
-  echo "== levers + bf16 decode, plain diffusers at ${SECONDS}s" | log; levers 150
+  echo "== levers + bf16 decode${PLAIN-, plain diffusers} at ${SECONDS}s" | log; levers 150
   echo "== stock torch.compile at ${SECONDS}s" | log; stock 2
   echo "== done at ${SECONDS}s" | log; exit 0 ;;
 esac
@@ -51,5 +51,5 @@ timeout $(( $(left) - 170 )) python3 $P $X --vae-bf16 --shares 0,0.3,0.5 --out "
 echo "== 2b. feature reuse 3 at ${SECONDS}s" | log
 timeout $(( $(left) - 75 )) python3 $P $X --vae-bf16 --shares 0,0.5 --out "$OUT" --cache-dir /tmp/cx-r3 --feature-reuse 3 2>&1 | log
 echo "== 2c. stock torch.compile at ${SECONDS}s" | log
-TORCHINDUCTOR_CACHE_DIR=/tmp/cx-s timeout $(( $(left) - 2 )) python3 $P $X --stock --out "$OUT" --cache-dir /tmp/cx-s 2>&1 | log
+stock 2
 echo "== done at ${SECONDS}s" | log

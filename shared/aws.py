@@ -74,6 +74,10 @@ class AwsClients:
                 # Path-style keeps presigned URLs valid against a local endpoint without DNS tricks.
                 kwargs["config"] = self._config.merge(Config(s3={"addressing_style": "path"}))
             created = self._session.client(service, **kwargs)  # type: ignore[call-overload]
+            # botocore builds a client's modelled exception classes on first use, unguarded: two threads that race
+            # there get two sets of classes, and `except client.exceptions.X` in one misses the X the other raised
+            # (a ConditionalCheckFailed escaped this way once). Build them here, under the lock.
+            _ = created.exceptions
             self._clients[service] = created
             return created
 

@@ -121,7 +121,10 @@ class ProgressWriter:
         if self._recorder.must_stop_now():
             raise GenerationCancelled()
         now = time.monotonic()
-        if now - self._last >= self._recorder.interval_s and (self._pending is None or self._pending.done()):
+        # One lane: a progress write and a preview both record the step, on writer threads that run side by side,
+        # so neither starts while the other is in flight (a preview of step 10 landing after the write of step 12
+        # would take the job's progress backwards).
+        if now - self._last >= self._recorder.interval_s and _idle(self._pending) and _idle(self._preview):
             self._last = now
             self._pending = self._recorder.write_later(self._jobs, step, total)
         if all(h.dropped for h in self._jobs):
@@ -133,7 +136,7 @@ class ProgressWriter:
         events = self._recorder.events
         if events is None or step >= total or step - self._last_preview_step < PREVIEW_EVERY_STEPS:
             return False
-        if self._preview is not None and not self._preview.done():
+        if not (_idle(self._preview) and _idle(self._pending)):  # one lane (see __call__)
             return False
         return time.monotonic() - self._last_preview >= events.preview_interval_s
 
@@ -144,3 +147,7 @@ class ProgressWriter:
     def close(self) -> Future[None] | None:
         """The write still in flight, if any (not waited for here)."""
         return self._pending
+
+
+def _idle(work: Future[None] | None) -> bool:
+    return work is None or work.done()

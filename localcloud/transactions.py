@@ -10,6 +10,10 @@ Single-item writes (``PutItem``, ``UpdateItem``, ``DeleteItem``) take the same l
 condition apart from the write it guards, and its server answers each request on a thread, so two conditional
 writes racing for one item could both pass (``tests/integration/test_localcloud_atomic.py``).
 
+Every DynamoDB request is answered under that lock too, reads included: moto applies an update action by action
+to the stored item, and a read returns that same item, turned into JSON after the backend call; a read between two
+actions saw a job SUCCEEDED with its outputs still empty (``test_a_read_sees_an_update_whole_or_not_at_all``).
+
 One difference from AWS remains: writes wait for each other here, so ``TransactionConflict`` never happens, and
 the submission's conflict retry is tested with DynamoDB's answer stubbed on the client.
 """
@@ -26,6 +30,7 @@ _LOCK = threading.RLock()
 _saved: Any = None
 _SINGLE_WRITES = ("put_item", "update_item", "delete_item")
 _saved_writes: dict[str, Callable[..., Any]] = {}
+_saved_call_action: Callable[..., Any] | None = None
 
 
 def _atomic(write: Callable[..., Any]) -> Callable[..., Any]:
@@ -139,10 +144,13 @@ def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> Non
 
 def install() -> None:
     """Serve transactions with :func:`transact_write_items` until :func:`uninstall`."""
-    global _saved
+    global _saved, _saved_call_action
     from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.responses import DynamoHandler
 
     if _saved is None:
+        _saved_call_action = DynamoHandler.call_action
+        DynamoHandler.call_action = _atomic(_saved_call_action)  # type: ignore[method-assign]
         _saved = DynamoDBBackend.transact_write_items
         DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
         for name in _SINGLE_WRITES:
@@ -151,9 +159,13 @@ def install() -> None:
 
 
 def uninstall() -> None:
-    global _saved
+    global _saved, _saved_call_action
     from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.responses import DynamoHandler
 
+    if _saved_call_action is not None:
+        DynamoHandler.call_action = _saved_call_action  # type: ignore[method-assign]
+        _saved_call_action = None
     if _saved is not None:
         DynamoDBBackend.transact_write_items = _saved  # type: ignore[method-assign]
         _saved = None

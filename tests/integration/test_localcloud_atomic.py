@@ -104,3 +104,35 @@ def test_a_put_if_absent_has_one_winner(dynamodb: Any) -> None:
         assert sum(won) == 1, f"round {round_}"
         item = dynamodb.get_item(TableName="race", Key={"pk": {"S": f"claim-{round_}"}}, ConsistentRead=True)
         assert won[int(item["Item"]["owner"]["N"])]  # the stored owner is the one that was told it won
+
+
+def test_a_read_sees_an_update_whole_or_not_at_all(dynamodb: Any) -> None:
+    """An UpdateItem of several attributes (a job's status with its outputs, say) is applied action by action;
+    a GetItem answered meanwhile must not see some of them set and the others not."""
+    key = {"pk": {"S": "torn"}}
+    names = [f"a{i}" for i in range(20)]
+    update = "SET " + ", ".join(f"{name} = :v" for name in names)
+    dynamodb.put_item(TableName="race", Item={**key, **{name: {"N": "0"} for name in names}})
+    done = threading.Event()
+    torn: list[set[str]] = []
+
+    def write() -> None:
+        for value in range(1, 150):
+            dynamodb.update_item(
+                TableName="race", Key=key, UpdateExpression=update, ExpressionAttributeValues={":v": {"N": str(value)}}
+            )
+        done.set()
+
+    def read() -> None:
+        while not done.is_set():
+            item = dynamodb.get_item(TableName="race", Key=key, ConsistentRead=True)["Item"]
+            values = {item[name]["N"] for name in names}
+            if len(values) > 1:
+                torn.append(values)
+
+    threads = [threading.Thread(target=write)] + [threading.Thread(target=read) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert torn == []

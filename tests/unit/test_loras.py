@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import boto3
 import numpy as np
@@ -279,3 +279,37 @@ def test_a_lora_in_s3_is_fetched_once_per_revision_and_verified(ink: Path, s3: S
     retired = entry.model_copy(update={"revision": "r2"})  # a revision not copied, and gone from the bucket
     with pytest.raises(LoraNotFound, match="could not fetch"):
         lora_folder(retired, tmp_path, s3=s3)
+
+
+class _FetchingAlongside:
+    """An S3 client whose first download waits while another worker sharing the model cache fetches the same
+    revision and starts using its copy (two workers of one instance taking jobs of one new LoRA at once)."""
+
+    def __init__(self, s3: S3Client, other_worker: Callable[[], None]) -> None:
+        self._s3 = s3
+        self._other_worker: Callable[[], None] | None = other_worker
+
+    def download_file(self, bucket: str, key: str, filename: str) -> None:
+        if self._other_worker is not None:
+            other, self._other_worker = self._other_worker, None
+            other()
+        self._s3.download_file(bucket, key, filename)
+
+
+def test_a_second_fetch_of_a_revision_leaves_the_copy_another_worker_is_loading(
+    ink: Path, s3: S3Client, tmp_path: Path
+) -> None:
+    s3.upload_file(str(ink / WEIGHT_FILE), "stack-media", f"loras/ink/r1/{WEIGHT_FILE}")
+    registry = LoraRegistry.model_validate({"loras": [{**lora_entry(ink), "source": "s3://stack-media/loras/ink/r1"}]})
+    entry = registry.loras[0]
+    in_use: list[tuple[Path, int]] = []
+
+    def other_worker() -> None:
+        folder = lora_folder(entry, tmp_path, s3=s3)
+        in_use.append((folder, (folder / WEIGHT_FILE).stat().st_ino))
+
+    folder = lora_folder(entry, tmp_path, s3=cast("S3Client", _FetchingAlongside(s3, other_worker)))
+    assert [path for path, _ in in_use] == [folder]
+    assert (folder / WEIGHT_FILE).stat().st_ino == in_use[0][1]  # the other worker's file, not replaced under it
+    assert weight_checksums(folder) == entry.checksums
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # this fetch's own copy is gone

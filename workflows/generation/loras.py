@@ -159,12 +159,15 @@ def _fetch_s3(entry: LoraEntry, s3: S3Client, cache_root: Path | None) -> Path:
                 s3.download_file(bucket, f"{prefix}/{name}", str(destination))
             except (ClientError, BotoCoreError) as exc:
                 raise LoraNotFound(entry.id, f"could not fetch {entry.source}/{name}: {exc}") from exc
-        shutil.rmtree(target, ignore_errors=True)
+        # A complete copy is never removed: another worker sharing the cache may be loading it. Renaming onto a
+        # folder fails unless it is empty, so only a leftover partial one (no longer made, but perhaps on an old
+        # volume) is cleared first.
         try:
             staging.rename(target)
         except OSError:
-            if not all((target / name).is_file() for name in entry.checksums):  # another process won the rename
-                raise
+            if not all((target / name).is_file() for name in entry.checksums):
+                shutil.rmtree(target, ignore_errors=True)
+                staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -169,3 +169,34 @@ def test_a_preview_stored_for_a_job_cancelled_meanwhile_is_deleted(repo: JobsRep
     # The next preview is uploaded, its record refused (the job is no longer RUNNING), and the object removed.
     assert not events.store_preview(job, latents, 0, worker_id="w-1", step=4, total=10)
     assert s3.list_objects_v2(Bucket="media")["KeyCount"] == 0
+
+
+def test_a_receiver_that_hangs_holds_back_neither_other_jobs_events_nor_its_own_order() -> None:
+    """One tenant's callback host that takes the whole send timeout to answer must not delay another job's
+    webhooks; its own job's events still go one at a time, in order."""
+    hung = threading.Event()
+    release = threading.Event()
+    sent: list[tuple[str, str, int]] = []
+
+    def send(job: Job, event: str) -> None:
+        if job.job_id == slow.job_id and event == STARTED:
+            hung.set()
+            release.wait(5)
+        sent.append((job.job_id, event, job.progress.step))
+
+    sender = EventSender(send, interval_s=0.0)
+    slow, other = new_job(), new_job()
+    sender.offer(at_step(slow, 0), STARTED)
+    assert hung.wait(3)
+    sender.offer(at_step(slow, 5), PROGRESS)  # waits behind the slow job's own hung send
+    sender.offer(at_step(other, 0), STARTED)
+    sender.offer(at_step(other, 5), PROGRESS)
+    deadline = time.monotonic() + 3
+    while len(sent) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sent == [(other.job_id, STARTED, 0), (other.job_id, PROGRESS, 5)]
+    release.set()
+    deadline = time.monotonic() + 3
+    while len(sent) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sent[2:] == [(slow.job_id, STARTED, 0), (slow.job_id, PROGRESS, 5)]

@@ -1,9 +1,10 @@
 """What the worker adds to a job's progress, off the GPU thread: previews (a JPEG in S3 and the job's
 ``preview_key``) and the ``job.started`` / ``job.progress`` webhooks of requests that subscribe to them.
 
-Webhook events go through one sender thread per worker that keeps only the newest pending event per job and
-sends a job's progress at most once every ``interval_s`` (``job.started`` at once): a slow receiver delays only
-its own later events, never generation, and a burst of steps costs one webhook.
+Webhook events go through a few sender threads per worker that keep only the newest pending event per job and
+send a job's progress at most once every ``interval_s`` (``job.started`` at once), one event of a job at a time and
+in order: a slow receiver holds one thread (a send is bounded, 5 s) and delays its own later events, never
+generation or the other jobs' events while a thread is free, and a burst of steps costs one webhook.
 """
 
 from __future__ import annotations
@@ -36,10 +37,14 @@ EVENT_INTERVAL_S = 3.0
 # A preview at most this often per batch, and at least this many steps after the previous one.
 PREVIEW_INTERVAL_S = 1.0
 PREVIEW_EVERY_STEPS = 2
+# Sender threads per worker: receivers that hang (each send is bounded) hold back the others' events only when
+# this many hang at once.
+EVENT_SENDERS = 4
 
 
 class EventSender:
-    """One thread that sends the newest pending event of each job, started first, progress rate-limited."""
+    """Threads that send the newest pending event of each job, started first, progress rate-limited, one event
+    of a job at a time."""
 
     def __init__(
         self,
@@ -47,14 +52,17 @@ class EventSender:
         *,
         interval_s: float = EVENT_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        threads: int = EVENT_SENDERS,
     ) -> None:
         self._send = send
         self._interval_s = interval_s
         self._clock = clock
+        self._threads = threads
         self._cond = threading.Condition()
         self._pending: dict[str, dict[str, Job]] = {}  # job id -> event -> the job as it stood
+        self._sending: set[str] = set()  # jobs with an event being sent: their next one waits for it
         self._last_progress: dict[str, float] = {}
-        self._thread: threading.Thread | None = None
+        self._started = False
         self.sent = 0
 
     def offer(self, job: Job, event: str) -> None:
@@ -62,15 +70,18 @@ class EventSender:
         snapshot = job.model_copy(deep=True)
         with self._cond:
             self._pending.setdefault(job.job_id, {})[event] = snapshot
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="sdq-events", daemon=True)
-                self._thread.start()
+            if not self._started:
+                self._started = True
+                for i in range(self._threads):
+                    threading.Thread(target=self._run, name=f"sdq-events-{i}", daemon=True).start()
             self._cond.notify()
 
     def _next(self) -> tuple[Job, str] | None:
         """The next event that is due (under the lock), or None; prunes old rate-limit entries."""
         now = self._clock()
         for job_id, events in list(self._pending.items()):
+            if job_id in self._sending:
+                continue
             if STARTED in events:
                 event = STARTED
             elif now - self._last_progress.get(job_id, -1e9) >= self._interval_s:
@@ -81,6 +92,7 @@ class EventSender:
             job = events.pop(event)
             if not events:
                 del self._pending[job_id]
+            self._sending.add(job_id)
             return job, event
         for job_id, at in list(self._last_progress.items()):
             if now - at > 600 and job_id not in self._pending:
@@ -97,11 +109,16 @@ class EventSender:
             job, event = item
             try:
                 self._send(job, event)
-                self.sent += 1
+                with self._cond:
+                    self.sent += 1
             except (BotoCoreError, ClientError) as exc:
                 logger.warning("event webhook not sent", job_id=job.job_id, event=event, error=type(exc).__name__)
             except Exception:
                 logger.exception("event webhook failed", job_id=job.job_id, event=event)
+            finally:
+                with self._cond:
+                    self._sending.discard(job.job_id)
+                    self._cond.notify_all()  # the job's next event, if one is waiting, is free to go
 
 
 class ProgressEvents:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import lru_cache
+from typing import Any
 from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -119,6 +121,30 @@ def _resolver() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=4, thread_name_prefix="sdq-dns")
 
 
+_running: dict[tuple[str, int], Future[list[Any]]] = {}
+_running_lock = threading.Lock()
+
+
+def _lookup(host: str, port: int) -> Future[list[Any]]:
+    """The lookup of ``host`` under way, or a new one: a host whose DNS hangs holds one resolver thread however
+    many deliveries ask for it, so it cannot take the threads other hosts' lookups need."""
+    key = (host, port)
+    with _running_lock:
+        running = _running.get(key)
+        if running is not None and not running.done():
+            return running
+        lookup = _resolver().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+        _running[key] = lookup
+    lookup.add_done_callback(lambda done: _forget(key, done))
+    return lookup
+
+
+def _forget(key: tuple[str, int], lookup: Future[list[Any]]) -> None:
+    with _running_lock:
+        if _running.get(key) is lookup:
+            del _running[key]
+
+
 def resolve_public(host: str, port: int, *, allow_loopback: bool, timeout_s: float = DNS_TIMEOUT_S) -> list[str]:
     """Resolve ``host`` and return its addresses, refusing the lot if any of them is not public.
 
@@ -126,10 +152,10 @@ def resolve_public(host: str, port: int, *, allow_loopback: bool, timeout_s: flo
     is caught. Raises UnsafeUrl for a non-public address, HostUnresolved when DNS gives no answer now or
     none within ``timeout_s``.
     """
-    lookup = _resolver().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    lookup = _lookup(host, port)
     try:
         infos = lookup.result(timeout=max(0.0, timeout_s))
-    except FutureTimeout as exc:
+    except (FutureTimeout, CancelledError) as exc:  # cancelled: a caller sharing it gave up before it started
         lookup.cancel()
         raise HostUnresolved(f"callback host {host!r} did not resolve within {timeout_s:.0f}s") from exc
     except socket.gaierror as exc:

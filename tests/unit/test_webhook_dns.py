@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+import threading
 from typing import Any
 
 import pytest
 
+from shared.netguard import HostUnresolved, resolve_public
 from workflows.webhooks import send_once
 
 URL = "https://hooks.example.com/sdq"
@@ -47,3 +49,29 @@ def test_a_host_that_resolves_to_a_private_address_is_still_blocked(monkeypatch:
     assert attempt.outcome == "blocked"
     assert attempt.error is not None
     assert "non-public" in attempt.error
+
+
+def test_a_host_whose_dns_hangs_holds_one_resolver_thread_not_the_other_hosts_lookups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tenant's callback host whose name server never answers: every delivery to it gives up after the DNS
+    timeout, and the lookups of other tenants' hosts still run at once."""
+    release = threading.Event()
+    hung_lookups: list[str] = []
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        if host == "hangs.example.com":
+            hung_lookups.append(host)
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    try:
+        for _ in range(8):
+            with pytest.raises(HostUnresolved, match="did not resolve within"):
+                resolve_public("hangs.example.com", 443, allow_loopback=False, timeout_s=0.1)
+        assert resolve_public("ok.example.com", 443, allow_loopback=False, timeout_s=2.0) == ["93.184.216.34"]
+        assert hung_lookups == ["hangs.example.com"]
+    finally:
+        release.set()

@@ -163,6 +163,23 @@ class LocalApiServer:
         # One invocation at a time, as in one Lambda execution environment: the handler's router keeps the
         # current event on a module-level object, so concurrent calls would answer each other's requests.
         self._invoke_lock = threading.Lock()
+        if fd is not None:
+            self._accept_only_when_idle()
+
+    def _accept_only_when_idle(self) -> None:
+        """On a socket shared by several API processes, take a connection only while no invocation runs here, as
+        API Gateway hands a request only to an idle Lambda environment: a request held by `Prefer: wait` would
+        otherwise stall every connection this process accepted meanwhile, for up to 25 s. Non-blocking, so that a
+        process that loses the race for a connection to another gets EAGAIN (which the server ignores)."""
+        self._server.socket.setblocking(False)
+        accept = self._server.get_request
+
+        def get_request() -> tuple[Any, Any]:
+            with self._invoke_lock:  # wait until this process is idle
+                pass
+            return accept()
+
+        self._server.get_request = get_request  # type: ignore[method-assign]
 
     @property
     def url(self) -> str:

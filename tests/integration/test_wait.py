@@ -156,6 +156,24 @@ def test_a_wait_ends_within_a_second_of_the_job_finishing(service: RunningServic
     assert answered_after < 2.5, answered_after  # the backoff re-reads at least once a second
 
 
+def test_while_one_request_waits_the_other_requests_are_answered_at_once(service: RunningService) -> None:
+    """A wait holds one of the 2 API processes, as it holds one Lambda environment on AWS; every request meanwhile
+    goes to the idle one, none queues behind the wait."""
+    job_id = stuck_job(service)
+    with service.http() as waiting, ThreadPoolExecutor(1) as pool:
+        held = pool.submit(timed, lambda: waiting.get(f"/v1/jobs/{job_id}", headers=auth(service, Prefer="wait=8")))
+        time.sleep(1.0)  # the wait has begun
+        took = []
+        for _ in range(8):
+            with service.http() as http:  # a connection of its own each time, as separate clients would open
+                resp, seconds = timed(lambda http=http: http.get(f"/v1/jobs/{job_id}", headers=auth(service)))
+            assert resp.status_code == 200
+            took.append(seconds)
+        assert not held.done()  # all of them answered while the wait still ran
+        assert held.result(timeout=30)[0].status_code == 200
+    assert max(took) < 2.0, took
+
+
 @pytest.mark.parametrize(
     ("prefer", "applied"),
     [

@@ -95,6 +95,11 @@ def check_callback_url(url: str, *, allow_loopback: bool) -> str:
     host = (parts.hostname or "").rstrip(".").lower()
     if not host:
         raise UnsafeUrl("callback_url has no host")
+    if parse_ip_literal(host) is None:
+        try:  # what the resolver and the TLS handshake will need: an empty or over-long label fails here
+            host.encode("idna")
+        except UnicodeError as exc:
+            raise UnsafeUrl("callback_url has an invalid host name") from exc
     try:
         _ = parts.port
     except ValueError as exc:

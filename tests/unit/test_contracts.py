@@ -123,6 +123,10 @@ def test_callback_url_refuses_internal_targets(url: str) -> None:
         # In range, but not a port receivers use (443, 8443): a callback never probes other services' ports.
         "https://hooks.example.com:1/x",
         "https://hooks.example.com:65535/x?a=b#c",
+        # Host names no resolver takes (an empty label, a label over 63 characters): a 422 now, not a webhook
+        # that fails at every attempt.
+        "https://hooks..example.com/",
+        "https://" + "a" * 64 + ".example.com/",
     ],
 )
 def test_callback_url_refuses_whitespace_controls_surrogates_and_bad_ports(url: str) -> None:

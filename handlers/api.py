@@ -58,6 +58,7 @@ from shared.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from shared.jobs import is_valid_job_id
 from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
@@ -73,7 +74,7 @@ from workflows.jobview import job_view
 from workflows.preprocessing import Inputs
 from workflows.queueposition import QueuePositions
 from workflows.resultcache import ResultCache
-from workflows.submission import SubmissionService, is_valid_job_id
+from workflows.submission import SubmissionService
 from workflows.waiting import MAX_WAIT_S, wait_until_finished
 from workflows.webhooks import Redeliveries, start_notice_retrying
 

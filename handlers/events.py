@@ -22,13 +22,12 @@ from aws_lambda_powertools import Logger
 from shared.aws import AwsClients
 from shared.contracts import Job, JobView
 from shared.errors import JobNotFound, ServiceError, Unauthorized
-from shared.jobs import JobsRepository
+from shared.jobs import JobsRepository, is_valid_job_id
 from shared.media import MediaStore
 from shared.settings import Settings, get_settings
 from workflows import jobevents
 from workflows.authorization import Authorization
 from workflows.jobview import job_view
-from workflows.submission import is_valid_job_id
 
 logger = Logger(service="sdq-events")
 

@@ -155,6 +155,17 @@ def job_pk(job_id: str) -> str:
     return f"JOB#{job_id}"
 
 
+def is_valid_job_id(job_id: str) -> bool:
+    """ULIDs only: anything else cannot name a job, so it is a 404 without a table read."""
+    if len(job_id) != 26:
+        return False
+    try:
+        ULID.from_str(job_id)
+    except ValueError:
+        return False
+    return True
+
+
 def cache_entry_pk(scope: str, cache_key: str) -> str:
     """The result cache's entry for ``cache_key`` in ``scope`` (a tenant's own, or ``*`` for every tenant)."""
     return f"CACHE#{scope}#{cache_key}"
@@ -327,6 +338,8 @@ def _decode_cursor(cursor: str, tenant: str, status: JobStatus | None) -> dict[s
         expected = {"pk", "job_id", "tenant_status"}
         partition = ("tenant_status", tenant_status(tenant, status))
     if set(plain) != expected or plain[partition[0]] != partition[1] or plain["pk"] != job_pk(plain["job_id"]):
+        raise invalid
+    if not is_valid_job_id(plain["job_id"]):  # DynamoDB refuses an empty key value in a start key (a 500)
         raise invalid
     return {k: _ser.serialize(v) for k, v in plain.items()}
 

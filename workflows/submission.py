@@ -31,7 +31,7 @@ from shared.errors import (
     PriorityNotAllowed,
     TooManyRequests,
 )
-from shared.jobs import JobsRepository, Page, expiry_epoch
+from shared.jobs import JobsRepository, Page, expiry_epoch, is_valid_job_id
 from shared.queue import JobQueue
 from shared.ratelimit import Charge, ChargeRefused, DailyGpuBudget, Limit, RateLimiter
 from shared.settings import Settings
@@ -48,17 +48,6 @@ logger = Logger(service="sdq", child=True)
 metrics = Metrics(namespace="sdq", service="api")
 
 NOISE_MODELS = frozenset({TINY_MODEL})
-
-
-def is_valid_job_id(job_id: str) -> bool:
-    """ULIDs only: anything else cannot name a job, so it is a 404 without a table read."""
-    if len(job_id) != 26:
-        return False
-    try:
-        ULID.from_str(job_id)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,9 @@ STREAM_TIMEOUT_MS = 15 * 60 * 1000
 
 # API Gateway's own hard limit on payloads; larger bodies never reach the Lambda.
 APIGW_MAX_BODY = 10 * 1024 * 1024
+# An invocation running longer than this (a `Prefer: wait`) holds its process's accepting back (see
+# LocalApiServer._accept_only_when_idle); a shorter one does not.
+LONG_INVOCATION_S = 0.25
 
 
 class LocalLambdaContext:
@@ -163,20 +166,24 @@ class LocalApiServer:
         # One invocation at a time, as in one Lambda execution environment: the handler's router keeps the
         # current event on a module-level object, so concurrent calls would answer each other's requests.
         self._invoke_lock = threading.Lock()
+        self._invoking_since: float | None = None
         if fd is not None:
             self._accept_only_when_idle()
 
     def _accept_only_when_idle(self) -> None:
-        """On a socket shared by several API processes, take a connection only while no invocation runs here, as
+        """On a socket shared by several API processes, take no connection while a long invocation runs here, as
         API Gateway hands a request only to an idle Lambda environment: a request held by `Prefer: wait` would
-        otherwise stall every connection this process accepted meanwhile, for up to 25 s. Non-blocking, so that a
+        otherwise stall every connection this process accepted meanwhile, for up to 25 s. A short invocation
+        does not hold accepting back (the next request would wait milliseconds for it). Non-blocking, so that a
         process that loses the race for a connection to another gets EAGAIN (which the server ignores)."""
         self._server.socket.setblocking(False)
         accept = self._server.get_request
 
         def get_request() -> tuple[Any, Any]:
-            with self._invoke_lock:  # wait until this process is idle
-                pass
+            since = self._invoking_since
+            if since is not None and time.monotonic() - since > LONG_INVOCATION_S:
+                with self._invoke_lock:  # wait until this process is idle
+                    pass
             return accept()
 
         self._server.get_request = get_request  # type: ignore[method-assign]
@@ -203,7 +210,11 @@ class LocalApiServer:
         if stream_match is not None and self._stream_handler is not None:
             return self._stream(event)(environ, start_response)
         with self._invoke_lock:
-            result = self._handler(event, LocalLambdaContext())
+            self._invoking_since = time.monotonic()
+            try:
+                result = self._handler(event, LocalLambdaContext())
+            finally:
+                self._invoking_since = None
         return response_from_result(result)(environ, start_response)
 
     def _stream(self, event: dict[str, Any]) -> Response:

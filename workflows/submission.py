@@ -126,6 +126,17 @@ class SubmissionService:
             replay = self._count_request(tenant, plan, charged_at, idempotency_key, fingerprint)
             if replay is not None:
                 return replay
+            if request.image is not None and idempotency_key is not None:
+                # A retry answers with its job before its inputs are read: uploads live a day, a key as long as its
+                # job, and a replay need not fetch and store the images again.
+                try:
+                    replay = self._replay(tenant, idempotency_key, fingerprint)
+                except IdempotencyConflict:
+                    self._give_back(tenant, charged_at)
+                    raise
+                if replay is not None:
+                    self._give_back(tenant, charged_at)
+                    return replay
 
         normalised = request.normalised(self._settings)
         try:
@@ -159,7 +170,10 @@ class SubmissionService:
         if probe is None or not probe.hit:
             cap = plan.max_unfinished_jobs
             if self._repo.count_active(tenant) >= cap:
-                if in_one_write:  # refused: counted as a request first, as every other refusal is
+                # A cap refusal counts as a submission for the rate limit, as a rate refusal does: a client retrying
+                # into a full cap is slowed like any other. Only a request refused for itself (a bad input, a reused
+                # key, a budget it does not fit) gives its slot back.
+                if in_one_write:
                     replay = self._count_request(tenant, plan, charged_at, idempotency_key, fingerprint)
                     if replay is not None:
                         return replay

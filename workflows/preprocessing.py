@@ -47,10 +47,11 @@ DECODE_ERRORS = (OSError, ValueError, TypeError, SyntaxError, EOFError, IndexErr
 
 
 class InvalidInput(ValidationFailed):
-    """An input image or mask that a job cannot use: a 422 whose ``code`` names the rule, ``details`` the field."""
+    """An input image or mask that a job cannot use: a 422 whose ``code`` names the rule and whose ``details`` name
+    the field the way every other validation error does (``details[].loc``)."""
 
     def __init__(self, field: InputName, code: str, message: str) -> None:
-        super().__init__(f"{field}: {message}", details={"field": field})
+        super().__init__(f"{field}: {message}", details=[{"loc": ["body", field], "msg": message, "type": code}])
         self.code = code
         self.field = field
 

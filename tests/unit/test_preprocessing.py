@@ -58,7 +58,7 @@ def refused(code: str, field: str = "image") -> Iterator[None]:
         yield
     exc = caught.value
     assert (exc.code, exc.field, exc.status) == (code, field, 422)
-    assert exc.body()["error"]["details"] == {"field": field}
+    assert [d["loc"] for d in exc.body()["error"]["details"]] == [["body", field]]
 
 
 # -- the request -------------------------------------------------------------------------------------

@@ -361,7 +361,10 @@ class Settings(BaseSettings):
         default=90, ge=1, description="DynamoDB TTL of audit log entries (`GET /v1/audit`, `sdq admin audit`)"
     )
     page_size_default: int = Field(default=20, description="`GET /v1/jobs` page size when `limit` is absent")
-    page_size_max: int = Field(default=100, description="Cap on `GET /v1/jobs`'s `limit` (a larger `limit` gets `422`)")
+    page_size_max: int = Field(
+        default=100,
+        description="Cap on `GET /v1/jobs`'s page size: a larger `limit` is cut to it (above 100 it is a `422`)",
+    )
     enqueue_attempts: int = Field(default=3, description="Queue sends before a job is marked FAILED (`ENQUEUE_FAILED`)")
     enqueue_budget_s: float = Field(
         default=6.0,

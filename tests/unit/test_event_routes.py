@@ -104,13 +104,13 @@ def test_the_api_function_answers_the_events_route_with_the_current_state(api_en
     repo.claim(stored.job_id, "t-1", worker_id="w", lease_s=60, now=time.time())
     repo.record_progress(stored.job_id, worker_id="w", step=3, total=30)
 
-    def call(job_id: str, **headers: str) -> dict[str, Any]:
+    def call(job_id: str, query: dict[str, str] | None = None, **headers: str) -> dict[str, Any]:
         event = {
             "path": f"/v1/jobs/{job_id}/events",
             "httpMethod": "GET",
             "headers": {"x-api-key": key, **headers},
             "multiValueHeaders": {},
-            "queryStringParameters": None,
+            "queryStringParameters": query,
             "requestContext": {"stage": "prod", "path": f"/prod/v1/jobs/{job_id}/events"},
             "body": None,
             "isBase64Encoded": False,
@@ -128,4 +128,6 @@ def test_the_api_function_answers_the_events_route_with_the_current_state(api_en
     assert "id: 1.3\nevent: job.progress\ndata: " in now["body"]
     seen = call(stored.job_id, **{"Last-Event-ID": "1.3"})
     assert seen["body"] == "retry: 2000\n\n"  # nothing newer: EventSource reconnects after `retry`
+    # A client that cannot set the header says it in the query, as the streaming route takes it.
+    assert call(stored.job_id, {"last_event_id": "1.3"})["body"] == "retry: 2000\n\n"
     assert call("01KB0000000000000000000001")["statusCode"] == 404

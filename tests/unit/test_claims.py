@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from shared.contracts import Job, JobStatus, utcnow
 from shared.jobs import JobsRepository
@@ -159,3 +160,39 @@ def test_once_stopping_a_batch_is_let_go_instead_of_claimed_ahead(repo: JobsRepo
     assert repo.get(batch[0].job_id).status == JobStatus.QUEUED  # never claimed
     assert loop.queue.visibility == [(batch[0].received.message_id, 0)]
     assert len(loop.held) == 0
+
+
+def test_an_expired_jobs_webhook_whose_start_failed_is_started_when_its_message_comes_back(
+    repo: JobsRepository, loop: Loop
+) -> None:
+    """The worker fails a job that expired while queued and starts its `job.failed` webhook; a throttled start
+    lets the message go so that the next receive retries it, and that receive finds the job FAILED already."""
+    started: list[tuple[str, str]] = []
+    tries: list[str] = []
+
+    def start_webhook(job: Job) -> None:
+        tries.append(job.job_id)
+        if len(tries) == 1:
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "StartExecution")
+        assert job.error is not None
+        started.append((job.job_id, job.error.code))
+
+    claims = Claims(
+        loop.held,
+        repo,
+        table_pool=loop.pools[0],
+        prefetch=loop.pools[1],
+        stopping=loop.stopping,
+        worker_id=WORKER,
+        lease_s=60,
+        clock=time.time,
+        on_failed=start_webhook,
+    )
+    expired = stored(repo, expires_in_s=-10)
+    assert claims.claim_batch(loop.receive(expired)).jobs == []
+    assert repo.get(expired.job_id).status == JobStatus.FAILED
+    assert loop.queue.visibility == [(expired.received.message_id, 5)]  # back soon, for the webhook
+    assert loop.queue.deleted == []
+    assert claims.claim_batch(loop.receive(expired)).jobs == []
+    assert started == [(expired.job_id, "EXPIRED")]
+    assert loop.queue.deleted == [expired.received.message_id]

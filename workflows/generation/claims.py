@@ -31,6 +31,10 @@ logger = Logger(service="sdq-worker")
 # the model receives it soon, and long enough that this worker does not take it straight back.
 UNSERVED_VISIBILITY_S = 2
 
+# The errors a worker writes on a job it never ran (the claims below); their webhook is started by the worker.
+FAILED_BEFORE_RUNNING = frozenset(
+    {JobErrorCode.EXPIRED, JobErrorCode.MODEL_REVISION_GONE, JobErrorCode.LORA_REVISION_GONE}
+)
 EXPIRED_ERROR = JobError(code=JobErrorCode.EXPIRED, message="The job passed its retention before a worker ran it.")
 
 
@@ -229,9 +233,23 @@ class Claims:
                 logger.info("job held by another worker", job_id=held.job_id, lease_remaining_s=remaining)
                 self._held.let_go([held], int(remaining) + 1)
             else:
+                if exc.current == JobStatus.FAILED.value:
+                    self._notify_failed_here(held)
                 logger.info("job needs no work; deleting its message", job_id=held.job_id, status=exc.current)
                 self._held.finish(held)
         return False
+
+    def _notify_failed_here(self, held: Held) -> None:
+        """Start the webhook of a job an earlier receive of this message failed before it ran (expired, or pinned
+        to a retired revision): that start may have failed (a throttled StartExecution), which let the message go
+        so that this receive would retry it. The notice is started once by name, so a start that had landed is
+        not repeated. Raises AWS errors (the claim lets the message go again)."""
+        if self._on_failed is None:
+            return
+        with contextlib.suppress(JobNotFound):
+            job = self._repo.get(held.job_id)
+            if job.error is not None and job.error.code in FAILED_BEFORE_RUNNING:
+                self._on_failed(job)
 
     def _fail_unrun(self, held: Held, error: JobError, *, expired: bool = False) -> bool:
         """FAILED with ``error`` before it ran, then its webhook; a job already failed so (an earlier try) gets its

@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 from PIL import Image as PILImage
 
-from shared.contracts import Job, JobStatus, WorkflowInput
+from shared.contracts import Job, JobErrorCode, JobStatus, WorkflowInput
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.orchestration import Orchestrator
@@ -143,3 +143,38 @@ def test_a_dropped_job_cancelled_loses_its_message_and_one_taken_over_keeps_it(s
     assert setup.queue.deleted == ([h.received.message_id] if status == JobStatus.CANCELLED else [])
     assert setup.queue.visibility == []
     assert len(setup.held) == 0
+
+
+def taken_over_and_handed_back(setup: Setup, h: Held) -> None:
+    """This worker's lease lapsed mid-generation; another worker claimed the job (attempt 2), then handed it back
+    unstarted on a warm stop: QUEUED again, its message needed to run it."""
+    other: Job = setup.repo.claim(h.job_id, h.tenant, worker_id="worker-b", lease_s=60, now=time.time() + 3600)
+    assert setup.repo.release_claim(h.job_id, h.tenant, worker_id="worker-b", attempt=other.attempt)
+    assert setup.repo.get(h.job_id).status == JobStatus.QUEUED
+
+
+def test_a_hand_off_after_the_claim_was_lost_keeps_the_message_the_job_needs(setup: Setup) -> None:
+    setup.sfn.failures = 0
+    h = setup.stored(JobStatus.RUNNING)
+    taken_over_and_handed_back(setup, h)
+    setup.handoff.complete_later(None, h, [PILImage.new("RGB", (8, 8))])
+    setup.handoff.wait()
+    assert setup.queue.deleted == []  # deleting it would leave a QUEUED job that nothing ever sends
+    assert setup.queue.visibility == [(h.received.message_id, 0)]
+    assert setup.repo.get(h.job_id).status == JobStatus.QUEUED
+
+
+def test_a_failure_hand_off_after_the_claim_was_lost_keeps_the_message_too(setup: Setup) -> None:
+    setup.sfn.failures = 0
+    h = setup.stored(JobStatus.RUNNING)
+    taken_over_and_handed_back(setup, h)
+    setup.handoff.fail(h, JobErrorCode.GENERATION_FAILED, "out of memory")
+    assert setup.queue.deleted == []
+    assert setup.queue.visibility == [(h.received.message_id, 0)]
+
+
+def test_a_failure_hand_off_of_a_job_still_claimed_deletes_its_message(setup: Setup) -> None:
+    setup.sfn.failures = 0
+    h = setup.stored(JobStatus.RUNNING)
+    setup.handoff.fail(h, JobErrorCode.GENERATION_FAILED, "out of memory")
+    assert setup.queue.deleted == [h.received.message_id]  # the execution records the failure at this attempt

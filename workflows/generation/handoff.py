@@ -159,8 +159,13 @@ class HandOff:
             logger.exception("hand-off failed; job will be retried", job_id=held.job_id, error=str(exc))
             self._held.forget(held)
             return
-        self._mark_handed_off(held, use)
-        self._held.finish(held)
+        if self._mark_handed_off(held, use):
+            self._held.finish(held)
+        else:
+            # The job stopped being this claim's while it generated (its lease lapsed and another worker took it
+            # over, perhaps handing it back): the execution just started settles nothing, so the message is kept
+            # or shown again as a drop would.
+            self.drop(held)
 
     def _start(self, held: Held, workflow_input: WorkflowInput) -> None:
         """Start the job's execution, retrying AWS errors ``START_ATTEMPTS`` times with a doubling backoff; raises
@@ -178,9 +183,10 @@ class HandOff:
                 )
                 self._sleep(START_BACKOFF_S * 2 ** (attempt - 1))
 
-    def _mark_handed_off(self, held: Held, use: GpuUse | None = None) -> None:
+    def _mark_handed_off(self, held: Held, use: GpuUse | None = None) -> bool:
         """RUNNING -> POSTPROCESSING once the execution is started, while this worker's lease still holds, with
-        the job's usage (its GPU share, batch, estimated cost) in the same claim-bound write.
+        the job's usage (its GPU share, batch, estimated cost) in the same claim-bound write. Returns whether the
+        job is this claim's, handed off (False: it is not, or the write could not say).
 
         The state machine makes the same move when its postprocessing starts, but that can come after the
         lease lapses (a slow or throttled first task). Until then a duplicate delivery of the job's message
@@ -192,7 +198,7 @@ class HandOff:
                 self._repo.transition(
                     held.job_id, JobStatus.POSTPROCESSING, tenant=held.tenant, sources=[JobStatus.RUNNING], claim=claim
                 )
-                return
+                return True
             usage = Usage.measured(
                 held.request,
                 gpu_s=use.gpu_s,
@@ -200,12 +206,14 @@ class HandOff:
                 batch_images=use.batch_images,
                 price=self._price,
             )
-            # False: the job is no longer this claim's (cancelled meanwhile); nothing to record.
-            self._repo.mark_handed_off(held.job_id, tenant=held.tenant, claim=claim, usage=usage)
+            # False: the job is no longer this claim's (cancelled, handed back, taken over) or the state machine
+            # moved it first; the caller reads which.
+            return self._repo.mark_handed_off(held.job_id, tenant=held.tenant, claim=claim, usage=usage)
         except (InvalidTransition, JobNotFound):
-            pass  # the state machine got there first, or the job was cancelled
+            return False  # the state machine got there first, or the job was cancelled or taken over
         except AwsError as exc:
             logger.warning("could not mark the hand-off; the lease covers it", job_id=held.job_id, error=str(exc))
+            return False
 
     def fail(self, held: Held, code: JobErrorCode, message: str) -> None:
         """Hand a job that failed in generation to the state machine, which records the failure."""
@@ -225,4 +233,17 @@ class HandOff:
             logger.exception("failure hand-off failed; job will be retried", job_id=held.job_id)
             self._held.forget(held)
             return
-        self._held.finish(held)
+        if self._still_claimed(held):
+            self._held.finish(held)  # the execution records the failure at this attempt
+        else:
+            self.drop(held)
+
+    def _still_claimed(self, held: Held) -> bool:
+        """Whether the job is RUNNING at this worker's attempt: every claim adds one to it, and one handed back
+        is QUEUED, so no other claim runs at that attempt (an error reading it counts as no)."""
+        assert held.job is not None
+        try:
+            current = self._repo.get(held.job_id)
+        except (JobNotFound, *AwsError):
+            return False
+        return current.status == JobStatus.RUNNING and current.attempt == held.job.attempt

@@ -469,9 +469,13 @@ def create_upload() -> Response[Upload]:
 )
 def cancel_job(job_id: JobId) -> Response[JobView]:
     tenant = _tenant()
-    job = services().submissions.cancel(tenant, job_id)
-    # The job is CANCELLED now: the answer says so whatever happens to its webhook's start or its preview.
-    start_notice_retrying(services().orchestrator, job, "cancelled", log=logger)
+    # The job is CANCELLED once this returns: the answer says so whatever happens to its webhook's start (made
+    # before the jobs that joined it are settled, so a long settle cannot cost it) or its preview.
+    job = services().submissions.cancel(
+        tenant,
+        job_id,
+        notify=lambda cancelled: start_notice_retrying(services().orchestrator, cancelled, "cancelled", log=logger),
+    )
     # A preview recorded before the cancel is deleted here; one stored after it is deleted by the worker, whose
     # record of it the cancel refuses.
     if job.preview_key:

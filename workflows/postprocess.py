@@ -163,7 +163,8 @@ class Postprocessor:
             )
 
     def _run(self, event: PostprocessInput) -> PostprocessResult:
-        job = self._repo.get(event.job_id, tenant=event.tenant)
+        # Whatever its retention: a job that crosses it mid-execution still gets its outcome.
+        job = self._repo.get(event.job_id, tenant=event.tenant, within_retention=False)
         if job.status == JobStatus.RUNNING and job.attempt == event.attempt:
             try:
                 job = self._repo.transition(

@@ -467,11 +467,15 @@ class SubmissionService:
     def list(self, tenant: str, *, status: JobStatus | None, limit: int, cursor: str | None) -> Page:
         return self._repo.list_for_tenant(tenant, status=status, limit=limit, cursor=cursor)
 
-    def cancel(self, tenant: str, job_id: str) -> Job:
-        """Cancel a job that has not finished. Raises JobNotFound or InvalidTransition (already terminal)."""
+    def cancel(self, tenant: str, job_id: str, *, notify: Callable[[Job], object] | None = None) -> Job:
+        """Cancel a job that has not finished; ``notify`` (its webhook's start) runs right after the write, before
+        the jobs that joined it are settled, which may take long. Raises JobNotFound or InvalidTransition (already
+        terminal)."""
         if not is_valid_job_id(job_id):
             raise JobNotFound(job_id)
         job = self._repo.transition(job_id, JobStatus.CANCELLED, tenant=tenant, within_retention=True)
+        if notify is not None:
+            notify(job)
         if job.request.cacheable():
             self._settle_followers(job_id)  # jobs that joined it are not cancelled: they run themselves
         return job

@@ -353,8 +353,8 @@ class _WorkerMarksDuringRead(JobsRepository):
     """The race from the soak: the worker marks its hand-off POSTPROCESSING just after Postprocess read the
     job as RUNNING, so Postprocess's own RUNNING -> POSTPROCESSING write loses."""
 
-    def get(self, job_id: str, *, tenant: str | None = None) -> Job:
-        job = super().get(job_id, tenant=tenant)
+    def get(self, job_id: str, *, tenant: str | None = None, within_retention: bool = True) -> Job:
+        job = super().get(job_id, tenant=tenant, within_retention=within_retention)
         if job.status == JobStatus.RUNNING:
             self.transition(job_id, JobStatus.POSTPROCESSING, tenant=job.tenant, sources=[JobStatus.RUNNING])
         return job
@@ -374,6 +374,25 @@ def test_postprocess_finishes_a_job_the_worker_marked_postprocessing_meanwhile(h
         body = h.s3.get_object(Bucket=h.bucket, Key=output.key)["Body"].read()
         assert hashlib.sha256(body).hexdigest() == output.sha256
     assert h.repo.get(job.job_id).status == JobStatus.POSTPROCESSING
+
+
+def test_postprocess_finishes_a_job_whose_retention_ends_mid_execution(harness: tuple[Harness, Any]) -> None:
+    """A job past its retention is gone for its client, but one that crosses it while its execution runs still
+    gets its outputs (not POSTPROCESS_FAILED)."""
+    h, _client = harness
+    job = h.running_job(None, num_images=1)
+    keys = h.stage(job, 1)
+    h.service.boto("dynamodb").update_item(
+        TableName=h.service.table,
+        Key={"pk": {"S": f"JOB#{job.job_id}"}},
+        UpdateExpression="SET expires_at = :past",
+        ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}},
+    )
+    result = Postprocessor(h.repo, MediaStore(h.s3, h.bucket)).run(
+        PostprocessInput(job_id=job.job_id, tenant=job.tenant, attempt=job.attempt, staging_keys=keys)
+    )
+    assert result.failure is None
+    assert [o.index for o in result.outputs] == [0]
 
 
 def test_a_skipped_postprocess_never_records_success(harness: tuple[Harness, Any]) -> None:

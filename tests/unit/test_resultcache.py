@@ -156,6 +156,24 @@ def test_cancelling_a_joined_job_leaves_its_source_alone(world: World) -> None:
     assert world.repo.get(follower.job_id).status == JobStatus.CANCELLED
 
 
+def test_a_cancelled_sources_webhook_starts_before_its_followers_are_settled(world: World) -> None:
+    """Settling many joined jobs can take long (a Lambda timeout mid-way): the cancel's own webhook comes first, so
+    it is never the part left undone."""
+    source = world.submit()
+    follower = world.submit()
+    order: list[str] = []
+    sent = world.queue.send
+
+    def send(message: QueueMessage) -> str:
+        order.append(f"send {message.job_id}")
+        return sent(message)
+
+    world.queue.send = send  # type: ignore[method-assign]
+    cancelled = world.api.cancel("t1", source.job_id, notify=lambda job: order.append(f"notify {job.status}"))
+    assert cancelled.status == JobStatus.CANCELLED
+    assert order == ["notify CANCELLED", f"send {follower.job_id}"]
+
+
 def test_a_source_that_finishes_before_the_join_lands_is_a_hit_instead(world: World) -> None:
     """The join is conditional on the source being unfinished: a source that succeeded between the read and the
     join's write refuses it, and the request is read again and answered."""

@@ -718,6 +718,13 @@ def _cut(text: object, limit: int) -> str:
     return value if len(value) <= limit else value[: limit - 3] + "..."
 
 
+def _loc(error: Any) -> tuple[Any, ...]:
+    """The error's path; a check across fields (shared.contracts._invalid) names its field in the context."""
+    loc = tuple(error.get("loc", ()))
+    field = (error.get("ctx") or {}).get("field")
+    return (*loc, field) if isinstance(field, str) and loc == ("body",) else loc
+
+
 @app.exception_handler(RequestValidationError)
 def _validation_error(exc: RequestValidationError) -> Response[Any]:
     errors = exc.errors()
@@ -725,7 +732,7 @@ def _validation_error(exc: RequestValidationError) -> Response[Any]:
         return _service_error(BadRequest("The request body is not valid JSON."))
     details = [
         {
-            "loc": [_cut(part, MAX_ERROR_LOC_CHARS) for part in e.get("loc", ())],
+            "loc": [_cut(part, MAX_ERROR_LOC_CHARS) for part in _loc(e)],
             "msg": _cut(e.get("msg", ""), MAX_ERROR_MSG_CHARS),
             "type": _cut(e.get("type", ""), MAX_ERROR_LOC_CHARS),
         }

@@ -29,6 +29,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from ulid import ULID
 
 from shared.netguard import UnsafeUrl, check_callback_url
@@ -198,6 +199,12 @@ class LoraRef(BaseModel):
 
 # A batch's LoRA set: (id, scale) pairs sorted by id, so that the same set in any order is one set.
 LoraSet = tuple[tuple[str, float], ...]
+
+
+def _invalid(field: str, message: str) -> PydanticCustomError:
+    """The refusal of a check across fields, naming the field to change: the API puts it at the end of the
+    error's path (``details[].loc``), as a field's own check would be."""
+    return PydanticCustomError("value_error", message, {"field": field})
 
 
 class GenerationRequest(BaseModel):
@@ -422,13 +429,13 @@ class GenerationRequest(BaseModel):
             return self
         lim = _limits(info)
         if self.width * self.height > lim.max_pixels:
-            raise ValueError(f"width*height must be at most {lim.max_pixels} pixels")
+            raise _invalid("width", f"width*height must be at most {lim.max_pixels} pixels")
         return self
 
     @model_validator(mode="after")
     def _inputs_need_image(self) -> GenerationRequest:
         if self.image is None and (self.mask is not None or self.strength is not None):
-            raise ValueError("mask and strength need an image")
+            raise _invalid("mask" if self.mask is not None else "strength", "mask and strength need an image")
         return self
 
     @model_validator(mode="after")
@@ -437,9 +444,10 @@ class GenerationRequest(BaseModel):
         if _trusted(info) or self.image is None:
             return self
         if self.denoising_steps < 1:
-            raise ValueError(
+            raise _invalid(
+                "strength",
                 "num_inference_steps x strength must be at least 1"
-                f" ({self.num_inference_steps} x {self._input_strength:g})"
+                f" ({self.num_inference_steps} x {self._input_strength:g})",
             )
         return self
 
@@ -471,7 +479,7 @@ class GenerationRequest(BaseModel):
         settings = _settings(info)
         entry = settings.registry.get(self.model or settings.default_model)
         if entry is not None and entry.schedulers is not None and self.scheduler not in entry.schedulers:
-            raise ValueError(f"model {entry.id!r} takes the schedulers {', '.join(entry.schedulers)}")
+            raise _invalid("scheduler", f"model {entry.id!r} takes the schedulers {', '.join(entry.schedulers)}")
         return self
 
     def normalised(self, settings: Settings | None = None) -> GenerationRequest:

@@ -265,6 +265,9 @@ INVALID_BODIES: list[tuple[str, Any, int, str]] = [
     ("wrong type", {"prompt": "x", "width": "512"}, 422, "width"),
     ("wrong type seed", {"prompt": "x", "seed": 1.5}, 422, "seed"),
     ("metadata service callback", {"prompt": "x", "callback_url": "https://169.254.169.254/"}, 422, "callback_url"),
+    # Checks across fields name the one to change, like a field's own check.
+    ("strength without an image", {"prompt": "x", "strength": 0.5}, 422, "strength"),
+    ("mask without an image", {"prompt": "x", "mask": "01KB0000000000000000000000"}, 422, "mask"),
     ("not an object", [1, 2, 3], 422, ""),
 ]
 

@@ -66,6 +66,11 @@ INPUT_FIELDS = ("image", "mask", "strength")
 
 def is_upload_id(value: str) -> bool:
     """Whether ``value`` has the form of an upload id (a ULID, ``POST /v1/uploads``)."""
+    return is_ulid(value)
+
+
+def is_ulid(value: str) -> bool:
+    """Whether ``value`` is a ULID as sdq writes them (26 characters): the form of every job and upload id."""
     if len(value) != 26:
         return False
     try:

@@ -45,6 +45,7 @@ from shared.contracts import (
     Usage,
     WebhookState,
     allowed_sources,
+    is_ulid,
     utcnow,
 )
 from shared.errors import (
@@ -157,13 +158,7 @@ def job_pk(job_id: str) -> str:
 
 def is_valid_job_id(job_id: str) -> bool:
     """ULIDs only: anything else cannot name a job, so it is a 404 without a table read."""
-    if len(job_id) != 26:
-        return False
-    try:
-        ULID.from_str(job_id)
-    except ValueError:
-        return False
-    return True
+    return is_ulid(job_id)
 
 
 def cache_entry_pk(scope: str, cache_key: str) -> str:

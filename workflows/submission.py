@@ -129,13 +129,8 @@ class SubmissionService:
             if request.image is not None and idempotency_key is not None:
                 # A retry answers with its job before its inputs are read: uploads live a day, a key as long as its
                 # job, and a replay need not fetch and store the images again.
-                try:
-                    replay = self._replay(tenant, idempotency_key, fingerprint)
-                except IdempotencyConflict:
-                    self._give_back(tenant, charged_at)
-                    raise
+                replay = self._replay_charged(tenant, idempotency_key, fingerprint, charged_at)
                 if replay is not None:
-                    self._give_back(tenant, charged_at)
                     return replay
 
         normalised = request.normalised(self._settings)
@@ -177,13 +172,8 @@ class SubmissionService:
                     replay = self._count_request(tenant, plan, charged_at, idempotency_key, fingerprint)
                     if replay is not None:
                         return replay
-                try:
-                    replay = self._replay(tenant, idempotency_key, fingerprint)
-                except IdempotencyConflict:
-                    self._give_back(tenant, charged_at)
-                    raise
+                replay = self._replay_charged(tenant, idempotency_key, fingerprint, charged_at)
                 if replay is not None:
-                    self._give_back(tenant, charged_at)
                     return replay
                 raise TooManyRequests(
                     f"Tenant has {cap} unfinished jobs, the most allowed; retry when some finish.",
@@ -331,6 +321,18 @@ class SubmissionService:
             cache.settle(job_id)
         except (ClientError, BotoCoreError) as exc:
             logger.warning("joined jobs not settled; the sweeper sends them", job_id=job_id, error=type(exc).__name__)
+
+    def _replay_charged(self, tenant: str, key: str | None, fingerprint: str, charged_at: float) -> Submitted | None:
+        """:meth:`_replay` for a request whose rate slot is charged: a replay (or a conflict) makes nothing, so its
+        slot is given back."""
+        try:
+            replay = self._replay(tenant, key, fingerprint)
+        except IdempotencyConflict:
+            self._give_back(tenant, charged_at)
+            raise
+        if replay is not None:
+            self._give_back(tenant, charged_at)
+        return replay
 
     def _replay(self, tenant: str, key: str | None, fingerprint: str) -> Submitted | None:
         """The job an earlier request with this Idempotency-Key made, if any; IdempotencyConflict for another body."""

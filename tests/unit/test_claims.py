@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -36,7 +36,7 @@ def repo(jobs_table: DynamoDBClient) -> JobsRepository:
 class Loop:
     """The claims' collaborators as the worker wires them."""
 
-    def __init__(self, repo: JobsRepository) -> None:
+    def __init__(self, repo: JobsRepository, on_failed: Callable[[Job], object] | None = None) -> None:
         self.queue = RecordingQueue()
         self.held = HeldMessages(self.queue, max_batch_images=8, max_batch_wait_s=0.0)
         self.stopping = threading.Event()
@@ -50,6 +50,7 @@ class Loop:
             worker_id=WORKER,
             lease_s=60,
             clock=time.time,
+            on_failed=on_failed,
         )
 
     def receive(self, *jobs: Held) -> list[Held]:
@@ -163,7 +164,7 @@ def test_once_stopping_a_batch_is_let_go_instead_of_claimed_ahead(repo: JobsRepo
 
 
 def test_an_expired_jobs_webhook_whose_start_failed_is_started_when_its_message_comes_back(
-    repo: JobsRepository, loop: Loop
+    repo: JobsRepository,
 ) -> None:
     """The worker fails a job that expired while queued and starts its `job.failed` webhook; a throttled start
     lets the message go so that the next receive retries it, and that receive finds the job FAILED already."""
@@ -177,17 +178,8 @@ def test_an_expired_jobs_webhook_whose_start_failed_is_started_when_its_message_
         assert job.error is not None
         started.append((job.job_id, job.error.code))
 
-    claims = Claims(
-        loop.held,
-        repo,
-        table_pool=loop.pools[0],
-        prefetch=loop.pools[1],
-        stopping=loop.stopping,
-        worker_id=WORKER,
-        lease_s=60,
-        clock=time.time,
-        on_failed=start_webhook,
-    )
+    loop = Loop(repo, on_failed=start_webhook)
+    claims = loop.claims
     expired = stored(repo, expires_in_s=-10)
     assert claims.claim_batch(loop.receive(expired)).jobs == []
     assert repo.get(expired.job_id).status == JobStatus.FAILED
@@ -196,3 +188,5 @@ def test_an_expired_jobs_webhook_whose_start_failed_is_started_when_its_message_
     assert claims.claim_batch(loop.receive(expired)).jobs == []
     assert started == [(expired.job_id, "EXPIRED")]
     assert loop.queue.deleted == [expired.received.message_id]
+    for pool in loop.pools:
+        pool.shutdown()

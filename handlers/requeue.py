@@ -16,7 +16,7 @@ from shared.queue import JobQueue
 from shared.settings import get_settings
 from workflows.jobmetrics import MeteredJobsRepository
 from workflows.requeue import RequeueSweeper
-from workflows.webhooks import start_finished_notice
+from workflows.webhooks import start_notice_retrying
 
 logger = Logger(service="sdq-requeue")
 
@@ -32,7 +32,8 @@ def sweeper() -> RequeueSweeper:
         requeue_after_s=settings.requeue_after_s,
         budget_s=settings.requeue_budget_s,
         abandoned_after_s=settings.abandoned_after_s,
-        notify=lambda job: start_finished_notice(orchestrator, job),
+        # Retried within the run: the job is FAILED already, so no later sweep finds it to try again.
+        notify=lambda job: start_notice_retrying(orchestrator, job, job.status.value.lower(), log=logger, once=True),
     )
 
 

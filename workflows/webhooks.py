@@ -467,16 +467,19 @@ def start_notice_retrying(
     log: Logger = logger,
     attempts: int = NOTICE_START_ATTEMPTS,
     sleep: Callable[[float], None] = time.sleep,
+    once: bool = False,
 ) -> str | None:
-    """:func:`start_notice` for a caller whose outcome must not depend on it (the cancel is already written).
+    """:func:`start_notice` for a caller whose outcome must not depend on it (the cancel is already written, an
+    abandoned job already failed).
 
     Retries AWS errors ``attempts`` times with a short doubling backoff and never raises them. Returns the
     execution ARN, or None when the job has no callback URL or every attempt failed; the latter is logged as
-    an error on ``log`` (the webhook can still be sent with ``POST /v1/jobs/{id}/webhook/redeliver``).
+    an error on ``log`` (the webhook can still be sent with ``POST /v1/jobs/{id}/webhook/redeliver``). ``once``:
+    as :func:`start_notice`'s, every attempt under one name.
     """
     for attempt in range(1, max(1, attempts) + 1):
         try:
-            return start_notice(orchestrator, job, reason)
+            return start_notice(orchestrator, job, reason, once=once)
         except (ClientError, BotoCoreError) as exc:
             if attempt >= attempts:
                 log.error(

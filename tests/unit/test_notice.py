@@ -56,3 +56,13 @@ def test_a_start_that_keeps_failing_returns_none_instead_of_raising() -> None:
     assert arn is None
     assert len(orchestrator.names) == 3
     assert pauses == [0.1, 0.2]
+
+
+def test_a_notice_started_once_by_name_retries_under_that_one_name() -> None:
+    """An abandoned job's `job.failed` notice: a retried start whose first try did land (its answer lost) must
+    find the same execution, not start a second webhook."""
+    orchestrator, pauses = FlakyOrchestrator(failures=2), list[float]()
+    job = cancelled_job().model_copy(update={"status": JobStatus.FAILED})
+    arn = start_notice_retrying(cast("Orchestrator", orchestrator), job, "failed", sleep=pauses.append, once=True)
+    assert arn is not None
+    assert orchestrator.names == [f"{job.job_id}-failed"] * 3

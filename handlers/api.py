@@ -554,13 +554,12 @@ def job_events(
     last_event_id: Annotated[
         str | None, Header(alias="Last-Event-ID", description="The last event's id seen: only newer ones come.")
     ] = None,
-    last_event_id_query: Annotated[
-        str | None,
-        Query(alias="last_event_id", description="`Last-Event-ID` for clients that cannot set a header."),
-    ] = None,
 ) -> Response[Any]:
     job = services().submissions.get(_tenant(), job_id)
-    body = jobevents.snapshot(job, _view, last_event_id or last_event_id_query).decode()
+    # `?last_event_id=` for clients that cannot set the header, read as the streaming function reads it (left out
+    # of the schema, like the stream's own handling of it).
+    last_event_id = last_event_id or (app.current_event.query_string_parameters or {}).get("last_event_id")
+    body = jobevents.snapshot(job, _view, last_event_id).decode()
     return Response(status_code=200, content_type="text/event-stream", body=body, headers=dict(jobevents.SSE_HEADERS))
 
 

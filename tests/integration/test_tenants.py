@@ -45,11 +45,24 @@ def test_an_operator_creates_a_tenant_and_a_key_lists_and_revokes_it(
     service: RunningService, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tenant = f"acme-{time.monotonic_ns()}"
+    # Room for the submits made while the gateway still answers from its cached authorization (2 s here), so the
+    # revocation below is what refuses them, not the service's unfinished-job cap of 5.
     created = admin(
-        service, capsys, monkeypatch, "tenants", "create", tenant, "--name", "Acme", "--max-priority", "high"
+        service,
+        capsys,
+        monkeypatch,
+        "tenants",
+        "create",
+        tenant,
+        "--name",
+        "Acme",
+        "--max-priority",
+        "high",
+        "--max-unfinished",
+        "100",
     )
     assert created["plan"]["max_priority"] == "high"
-    assert created["overrides"] == {"max_priority": "high"}
+    assert created["overrides"] == {"max_priority": "high", "max_unfinished_jobs": 100}
     issued = admin(service, capsys, monkeypatch, "keys", "create", "--tenant", tenant, "--name", "ci")
     key, key_id = issued["plaintext"], issued["key_id"]
     client = SdqClient(Endpoint(service.api_url, key))

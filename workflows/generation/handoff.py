@@ -185,8 +185,10 @@ class HandOff:
 
     def _mark_handed_off(self, held: Held, use: GpuUse | None = None) -> bool:
         """RUNNING -> POSTPROCESSING once the execution is started, while this worker's lease still holds, with
-        the job's usage (its GPU share, batch, estimated cost) in the same claim-bound write. Returns whether the
-        job is this claim's, handed off (False: it is not, or the write could not say).
+        the job's usage (its GPU share, batch, estimated cost) in the same claim-bound write. Returns False when the
+        write found the job no longer this claim's RUNNING job (handed off by the state machine, cancelled, taken
+        over or handed back: the caller reads which); True when it landed, or could not be made (an AWS error:
+        the lease covers the job until the state machine moves it, as before the mark existed).
 
         The state machine makes the same move when its postprocessing starts, but that can come after the
         lease lapses (a slow or throttled first task). Until then a duplicate delivery of the job's message
@@ -213,7 +215,7 @@ class HandOff:
             return False  # the state machine got there first, or the job was cancelled or taken over
         except AwsError as exc:
             logger.warning("could not mark the hand-off; the lease covers it", job_id=held.job_id, error=str(exc))
-            return False
+            return True
 
     def fail(self, held: Held, code: JobErrorCode, message: str) -> None:
         """Hand a job that failed in generation to the state machine, which records the failure."""
@@ -233,17 +235,20 @@ class HandOff:
             logger.exception("failure hand-off failed; job will be retried", job_id=held.job_id)
             self._held.forget(held)
             return
-        if self._still_claimed(held):
-            self._held.finish(held)  # the execution records the failure at this attempt
-        else:
+        if self._claim_lost(held):
             self.drop(held)
+        else:
+            self._held.finish(held)  # the execution records the failure at this attempt
 
-    def _still_claimed(self, held: Held) -> bool:
-        """Whether the job is RUNNING at this worker's attempt: every claim adds one to it, and one handed back
-        is QUEUED, so no other claim runs at that attempt (an error reading it counts as no)."""
+    def _claim_lost(self, held: Held) -> bool:
+        """Whether the job is known to be no longer RUNNING at this worker's attempt (every claim adds one to it,
+        and one handed back is QUEUED, so no other claim runs at that attempt). A read that fails says nothing:
+        the lease covers the job, as before this check existed."""
         assert held.job is not None
         try:
             current = self._repo.get(held.job_id)
-        except (JobNotFound, *AwsError):
+        except JobNotFound:
+            return True
+        except AwsError:
             return False
-        return current.status == JobStatus.RUNNING and current.attempt == held.job.attempt
+        return current.status != JobStatus.RUNNING or current.attempt != held.job.attempt

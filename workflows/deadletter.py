@@ -6,7 +6,7 @@ count, which only a claim (real GPU work) raises: a job with attempts left is se
 a fresh message; an unreadable message, or a job that used up its attempts, ends FAILED (``DEAD_LETTERED``),
 with its ``job.failed`` webhook when it has a callback. A job some worker holds (RUNNING under a live lease) or
 has handed off (POSTPROCESSING) is never failed here, and the failure is one conditional write at the attempt
-that was read, so a claim in between wins.
+and status that were read (for RUNNING, with the lease still lapsed), so a claim or a renewal in between wins.
 """
 
 from __future__ import annotations
@@ -83,18 +83,21 @@ def handle_dead_letter(
         queue.send(message.model_copy(update={"enqueued_at": utcnow()}))
         logger.warning("dead-lettered job requeued", job_id=job.job_id, attempt=job.attempt)
         return "requeued"
-    return _fail(repo, job, notify)
+    return _fail(repo, job, notify, now=clock())
 
 
-def _fail(repo: JobsRepository, job: Job, notify: Callable[[Job], object] | None) -> str:
-    """Mark the job FAILED (``DEAD_LETTERED``) if it is still QUEUED or RUNNING at the attempt it was read at."""
+def _fail(repo: JobsRepository, job: Job, notify: Callable[[Job], object] | None, *, now: float) -> str:
+    """Mark the job FAILED (``DEAD_LETTERED``) if it is still as it was read: QUEUED, or RUNNING with its lease
+    lapsed (its worker may have renewed it since), at the attempt read."""
+    running = job.status == JobStatus.RUNNING
     try:
         failed = repo.transition(
             job.job_id,
             JobStatus.FAILED,
             tenant=job.tenant,
-            sources=[JobStatus.QUEUED, JobStatus.RUNNING],
+            sources=[job.status],
             claim=Claim(attempt=job.attempt),
+            lease_lapsed_before=now if running else None,
             error=DEAD_LETTER_ERROR,
         )
     except InvalidTransition as exc:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 MAX_ATTEMPTS = 3
+LAST_WORKER = f"w{MAX_ATTEMPTS - 1}"
 
 
 class Setup:
@@ -99,4 +100,25 @@ def test_a_job_claimed_again_after_it_was_read_is_not_failed(setup: Setup, jobs_
     assert setup.dead_letter(job, ClaimedAfterRead(jobs_table, JOBS_TABLE)) == "moved_on"
     current = setup.repo.get(job.job_id)
     assert (current.status, current.attempt) == (JobStatus.RUNNING, MAX_ATTEMPTS + 1)
+    assert setup.notified == []
+
+
+class RenewedAfterRead(JobsRepository):
+    """The table as the handler sees it when the job's own worker, late with its heartbeat, renews the lease right
+    after the handler read it as lapsed."""
+
+    def lease_remaining(self, job_id: str, now: float) -> float:
+        remaining = super().lease_remaining(job_id, now)
+        assert self.renew_lease(job_id, worker_id=LAST_WORKER, lease_until=time.time() + 60)
+        return remaining
+
+
+def test_a_job_whose_worker_renewed_its_lease_after_it_was_read_is_not_failed(
+    setup: Setup, jobs_table: DynamoDBClient
+) -> None:
+    job = setup.worn_out(lease_s=-1)
+    assert setup.dead_letter(job, RenewedAfterRead(jobs_table, JOBS_TABLE)) == "moved_on"
+    current = setup.repo.get(job.job_id)
+    assert (current.status, current.attempt) == (JobStatus.RUNNING, MAX_ATTEMPTS)
+    assert setup.repo.lease_remaining(job.job_id, time.time()) > 0
     assert setup.notified == []

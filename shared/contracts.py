@@ -732,6 +732,19 @@ class Output(BaseModel):
     thumbnail_key: str | None = None
 
 
+# The terminal webhook's event type for each final status (webhooks and the events stream send these names).
+TERMINAL_EVENTS = {
+    JobStatus.SUCCEEDED: "job.succeeded",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELLED: "job.cancelled",
+}
+
+
+def webhook_id(job_id: str, event: str) -> str:
+    """Stable per job and event, identical across retries and redeliveries, so receivers can dedupe."""
+    return f"msg_{job_id}_{event.replace('.', '_')}"
+
+
 class WebhookState(BaseModel):
     """Delivery record of the job's terminal webhook (all attempts, retries and redeliveries)."""
 

@@ -34,6 +34,7 @@ from botocore.exceptions import ClientError
 from ulid import ULID
 
 from shared.contracts import (
+    TERMINAL_EVENTS,
     GenerationRequest,
     Job,
     JobError,
@@ -47,6 +48,7 @@ from shared.contracts import (
     allowed_sources,
     is_ulid,
     utcnow,
+    webhook_id,
 )
 from shared.errors import (
     IdempotencyConflict,
@@ -239,10 +241,13 @@ def job_from_item(item: Mapping[str, Any]) -> Job:
         fields["loras"] = [LoraRef.model_construct(**lora) for lora in fields["loras"]]
     request = GenerationRequest.model_construct(**fields)
     webhook = None
-    if raw.get("webhook_id"):
+    event = raw.get("webhook_event") or TERMINAL_EVENTS.get(JobStatus(raw["status"]), "")
+    if raw.get("webhook_id") or (raw.get("webhook_state") and event):
+        # Without an id, the state machine gave the delivery up before its first attempt was recorded (its
+        # Lambda throttled or failing throughout): the record says so, under the id the attempts would have had.
         webhook = WebhookState(
-            event=str(raw.get("webhook_event", "")),
-            webhook_id=str(raw["webhook_id"]),
+            event=str(event),
+            webhook_id=str(raw.get("webhook_id") or webhook_id(str(raw["job_id"]), str(event))),
             state=raw.get("webhook_state", "pending"),
             attempts=int(raw.get("webhook_attempts", 0)),
             last_status=int(raw["webhook_last_status"]) if raw.get("webhook_last_status") is not None else None,

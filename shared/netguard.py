@@ -11,6 +11,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
@@ -96,9 +98,10 @@ def check_callback_url(url: str, *, allow_loopback: bool) -> str:
     if not host:
         raise UnsafeUrl("callback_url has no host")
     if parse_ip_literal(host) is None:
-        try:  # what the resolver and the TLS handshake will need: an empty or over-long label fails here
-            host.encode("idna")
-        except UnicodeError as exc:
+        try:  # what the resolver, the TLS handshake and the HTTP client will need: an empty or over-long label,
+            host.encode("idna")  # or an xn-- label that is no valid punycode, fails here
+            _ = httpx.URL(url).host
+        except (UnicodeError, httpx.InvalidURL) as exc:
             raise UnsafeUrl("callback_url has an invalid host name") from exc
     try:
         _ = parts.port

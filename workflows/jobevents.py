@@ -21,17 +21,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from shared.contracts import Job, JobStatus, JobView
+from shared.contracts import TERMINAL_EVENTS, Job, JobStatus, JobView
 from shared.errors import JobNotFound
 from workflows.waiting import Backoff
 
 STARTED = "job.started"
 PROGRESS = "job.progress"
-TERMINAL_EVENTS = {
-    JobStatus.SUCCEEDED: "job.succeeded",
-    JobStatus.FAILED: "job.failed",
-    JobStatus.CANCELLED: "job.cancelled",
-}
 # The webhook_events subscription each event type belongs to.
 SUBSCRIPTION = {STARTED: "started", PROGRESS: "progress"} | {event: "completed" for event in TERMINAL_EVENTS.values()}
 FINAL_ID = "final"

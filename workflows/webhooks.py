@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import socket
 import time
 import uuid
@@ -38,7 +39,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError, ClientError
 from standardwebhooks import Webhook
 
-from shared.contracts import Job, JobStatus, WorkflowInput
+from shared.contracts import TERMINAL_EVENTS, Job, WorkflowInput, webhook_id
 from shared.deliveryslots import DeliverySlots
 from shared.errors import TooManyRequests
 from shared.eventrecords import EventRecords
@@ -56,11 +57,6 @@ if TYPE_CHECKING:
 
 logger = Logger(service="sdq-notify", child=True)
 
-EVENTS = {
-    JobStatus.SUCCEEDED: "job.succeeded",
-    JobStatus.FAILED: "job.failed",
-    JobStatus.CANCELLED: "job.cancelled",
-}
 # One attempt's wall-clock deadline: DNS, connect, TLS, sending and the response, all together.
 TIMEOUT_S = 10.0
 # At most this much of a receiver's response body is read (the rest is never downloaded).
@@ -71,26 +67,26 @@ NOTICE_START_ATTEMPTS = 3
 NOTICE_START_BACKOFF_S = 0.1
 # started/progress events: a short timeout (the terminal webhook waits for a send in flight), one attempt.
 EVENT_TIMEOUT_S = 5.0
-# How long a send marks itself in flight: its timeout plus signing and the record's write.
+# How long a send marks itself in flight (signed before): its timeout plus the mark's write and clock skew.
 EVENT_IN_FLIGHT_S = EVENT_TIMEOUT_S + 3.0
+# Less time than this left for a started/progress POST inside its in-flight mark: it is not sent at all.
+MIN_EVENT_SEND_S = 1.0
 INTERIM_SUBSCRIPTIONS = frozenset({"started", "progress"})
 # A delivery's lease on one of its tenant's slots: past the Notify function's timeout (45 s), so a delivery that
 # died holding one frees it by then.
 SLOT_LEASE_S = 60
-# Waits of a delivery for a free slot: the first about 2 s, each next twice as long, up to 30 s, each drawn
-# between half and all of that (jitter, so waiting deliveries do not come back together).
+# Waits of a delivery for a free slot: the first about 2 s, each next twice as long, up to 2 min, each drawn
+# between half and all of that (jitter, so waiting deliveries do not come back together). The ceiling bounds
+# what a backlog costs: each waiting delivery wakes Notify about once in 90 s, so 5,000 of them take about 55
+# invocations a second, a few of the reserved concurrency's 20 (at 30 s they took about 220, enough to throttle
+# other tenants' deliveries); while few wait, a freed slot is taken again within seconds.
 SLOT_WAIT_FIRST_S = 2
-SLOT_WAIT_MAX_S = 30
+SLOT_WAIT_MAX_S = 120
 WAITING = "waiting"  # the outcome of a delivery that found its tenant's slots taken (nothing was sent)
 
 
 class WebhookRetryable(Exception):
     """The receiver may accept a later attempt (429, 5xx, timeout, connection error)."""
-
-
-def webhook_id(job_id: str, event: str) -> str:
-    """Stable per job and event, identical across retries and redeliveries, so receivers can dedupe."""
-    return f"msg_{job_id}_{event.replace('.', '_')}"
 
 
 # -- signing ---------------------------------------------------------------------------------------
@@ -223,13 +219,23 @@ def classify(status: int) -> str:
     return "gave_up"  # 410 Gone, redirects (never followed), other 4xx
 
 
+def retry_after_s(value: str | None) -> int | None:
+    """A ``Retry-After`` of delta-seconds (ASCII digits, at most 9 of them); None for anything else (an HTTP date,
+    other digits, a number too long to mean anything)."""
+    return int(value) if value and _RETRY_AFTER.fullmatch(value) else None
+
+
+_RETRY_AFTER = re.compile(r"[0-9]{1,9}")
+
+
 def send_once(
     url: str, body: str, headers: dict[str, str], *, allow_loopback: bool, timeout_s: float = TIMEOUT_S
 ) -> Attempt:
     """One POST of a signed payload, all of it within ``timeout_s``; never raises for receiver problems.
 
     The URL is checked again first (:func:`check_callback_url`: scheme, port, literal addresses), so a job stored
-    before a rule changed is held to today's rules.
+    before a rule changed is held to today's rules. The outcome is the response's status: a body that breaks off
+    or cannot be decoded after the status line does not change it.
     """
     host = urlsplit(url).hostname or ""
     try:
@@ -238,11 +244,6 @@ def send_once(
             guarded_client(allow_loopback, timeout_s) as client,
             client.stream("POST", url, content=body, headers=headers) as r,
         ):
-            read = 0
-            for chunk in r.iter_bytes():
-                read += len(chunk)
-                if read >= MAX_RESPONSE_BYTES:
-                    break
             outcome = classify(r.status_code)
             retry_after = r.headers.get("retry-after")
             error = None if outcome == "delivered" else f"HTTP {r.status_code}"
@@ -250,16 +251,22 @@ def send_once(
                 error = f"{error} (Retry-After: {retry_after[:40]})"
             if 300 <= r.status_code < 400:
                 error = f"HTTP {r.status_code} redirect not followed"
-            return Attempt(
-                outcome, r.status_code, error, int(retry_after) if retry_after and retry_after.isdigit() else None
-            )
+            try:
+                read = 0
+                for chunk in r.iter_bytes():
+                    read += len(chunk)
+                    if read >= MAX_RESPONSE_BYTES:
+                        break
+            except httpx.HTTPError:  # the status decided; only the body (ignored) broke off or did not decode
+                pass
+            return Attempt(outcome, r.status_code, error, retry_after_s(retry_after))
     except UnsafeUrl as exc:
         return Attempt("blocked", None, f"blocked: {exc}")
     except HostUnresolved as exc:
         return Attempt("retry", None, str(exc)[:200])
     except httpx.TimeoutException:
         return Attempt("retry", None, f"timeout after {timeout_s:.0f}s")
-    except (httpx.TransportError, socket.gaierror) as exc:
+    except (httpx.HTTPError, socket.gaierror) as exc:
         return Attempt("retry", None, f"{type(exc).__name__}: {str(exc)[:200] or host}")
 
 
@@ -321,7 +328,7 @@ class Notifier:
         """
         # Past its retention too: a job that expired while queued is failed then, and its webhook says so.
         job = self._repo.get(job_id, tenant=tenant, within_retention=False)
-        event = EVENTS.get(job.status)
+        event = TERMINAL_EVENTS.get(job.status)
         url = job.request.callback_url
         if event is None or not url:
             return None
@@ -517,7 +524,9 @@ class EventNotifier:
         settings: Settings,
         *,
         worker_id: str,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._clock = clock
         self._records = records
         self._media = media
         self._secrets = secrets_store
@@ -533,18 +542,23 @@ class EventNotifier:
         """Send ``event`` for the job as it stood in ``job`` (a snapshot); None when it was not wanted or the job
         is no longer RUNNING under this worker. Raises AWS errors (the caller logs them)."""
         url = job.request.callback_url
-        if (
-            not url
-            or not self.wanted(job, event)
-            or not self._records.begin(job.job_id, self._worker_id, in_flight_s=EVENT_IN_FLIGHT_S)
-        ):
+        if not url or not self.wanted(job, event):
             return None
+        # Signed before the in-flight mark: the mark covers the POST alone, so a slow secret read cannot push the
+        # POST past the mark, after which the job's terminal webhook may already have gone.
         msg_id = event_webhook_id(job, event)
         body = event_body(event, job_view(job, self._media, self._settings.presign_expiry_s))
         headers = signed_headers(self._secrets.signing_secrets(job.tenant), msg_id, body)
-        attempt = send_once(
-            url, body, headers, allow_loopback=self._settings.allow_loopback_callbacks, timeout_s=EVENT_TIMEOUT_S
-        )
+        marked_at = self._clock()
+        if not self._records.begin(job.job_id, self._worker_id, in_flight_s=EVENT_IN_FLIGHT_S):
+            return None
+        left_s = marked_at + EVENT_TIMEOUT_S - self._clock()  # the mark lasts EVENT_IN_FLIGHT_S from marked_at
+        if left_s < MIN_EVENT_SEND_S:
+            attempt = Attempt("gave_up", None, "not sent: marking it in flight took too long")
+        else:
+            attempt = send_once(
+                url, body, headers, allow_loopback=self._settings.allow_loopback_callbacks, timeout_s=left_s
+            )
         self._records.finish(
             job.job_id, event, msg_id, outcome=attempt.outcome, status=attempt.status, error=attempt.error
         )

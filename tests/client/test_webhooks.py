@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sdq_client import JobStatus, WebhookVerificationError, verify_webhook
 
+from shared.contracts import webhook_id
 from shared.webhooksecrets import new_secret
 from tests.client.test_stream import job
-from workflows.webhooks import signature_header, webhook_id
+from workflows.webhooks import signature_header
 
 SECRET, PREVIOUS = new_secret(), new_secret()
 

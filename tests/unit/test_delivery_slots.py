@@ -74,9 +74,9 @@ def test_a_delivery_that_loses_the_race_for_the_last_slot_reads_again_and_waits(
 
 
 def test_the_wait_for_a_slot_grows_with_each_wait_up_to_its_ceiling() -> None:
-    assert [slot_wait_s(w, lambda: 1.0) for w in range(6)] == [2, 4, 8, 16, 30, 30]
-    assert [slot_wait_s(w, lambda: 0.0) for w in range(6)] == [1, 2, 4, 8, 15, 15]
-    assert slot_wait_s(10**6, lambda: 0.5) <= 30
+    assert [slot_wait_s(w, lambda: 1.0) for w in range(8)] == [2, 4, 8, 16, 32, 64, 120, 120]
+    assert [slot_wait_s(w, lambda: 0.0) for w in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert slot_wait_s(10**6, lambda: 0.5) <= 120
 
 
 class Receiver:

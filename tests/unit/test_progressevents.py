@@ -22,7 +22,14 @@ from tests.unit.conftest import JOBS_TABLE, TENANT, make_job
 from workflows.generation.previews import SD15_FACTORS, Captured, LatentFormat
 from workflows.generation.progressevents import EventSender, ProgressEvents
 from workflows.jobevents import PROGRESS, STARTED
-from workflows.webhooks import EVENT_IN_FLIGHT_S, Notifier, WebhookRetryable, event_webhook_id
+from workflows.webhooks import (
+    EVENT_IN_FLIGHT_S,
+    EVENT_TIMEOUT_S,
+    EventNotifier,
+    Notifier,
+    WebhookRetryable,
+    event_webhook_id,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -200,3 +207,63 @@ def test_a_receiver_that_hangs_holds_back_neither_other_jobs_events_nor_its_own_
     while len(sent) < 4 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert sent[2:] == [(slow.job_id, STARTED, 0), (slow.job_id, PROGRESS, 5)]
+
+
+class MarkWatchingSecrets(WebhookSecrets):
+    """The tenant's real secrets, read the way the sender reads them, noting whether the send was already marked
+    in flight at that moment (a slow read there would have eaten the mark's time)."""
+
+    def __init__(self, jobs_table: DynamoDBClient, records: EventRecords, job_id: str) -> None:
+        super().__init__(jobs_table, JOBS_TABLE, overlap_s=0)
+        self._records, self._job_id = records, job_id
+        self.marked_when_read: list[bool] = []
+
+    def signing_secrets(self, tenant: str) -> list[str]:
+        self.marked_when_read.append(self._records.in_flight_until(self._job_id) > time.time())
+        return super().signing_secrets(tenant)
+
+
+def event_notifier(
+    jobs_table: DynamoDBClient, records: EventRecords, secrets: WebhookSecrets, **kwargs: object
+) -> EventNotifier:
+    return EventNotifier(
+        records,
+        MediaStore(boto3.client("s3", region_name="us-east-1"), "media"),
+        secrets,
+        Settings(allow_loopback_callbacks=True),
+        worker_id="w-1",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_a_progress_webhook_is_signed_before_its_in_flight_mark_so_the_mark_covers_only_the_post(
+    jobs_table: DynamoDBClient, repo: JobsRepository
+) -> None:
+    records = EventRecords(jobs_table, JOBS_TABLE)
+    job = at_step(running(repo, "w-1", webhook_events=["progress", "completed"]), 3)
+    secrets = MarkWatchingSecrets(jobs_table, records, job.job_id)
+    attempt = event_notifier(jobs_table, records, secrets).send(job, PROGRESS)
+    assert attempt is not None
+    assert attempt.outcome == "retry"  # port 9 refuses: the POST was made
+    assert secrets.marked_when_read == [False]
+    assert records.in_flight_until(job.job_id) == 0  # and the mark is lifted after it
+
+
+def test_a_progress_webhook_whose_mark_came_too_late_is_not_sent(
+    jobs_table: DynamoDBClient, repo: JobsRepository
+) -> None:
+    """Marking the send in flight took the whole send timeout (a throttled table): the POST could outlast the
+    mark, and the job's terminal webhook may go meanwhile, so it is not made."""
+    records = EventRecords(jobs_table, JOBS_TABLE)
+    job = at_step(running(repo, "w-1", webhook_events=["progress", "completed"]), 3)
+    ticks = itertools.chain([1000.0], itertools.repeat(1000.0 + EVENT_TIMEOUT_S))
+    notifier = event_notifier(
+        jobs_table, records, WebhookSecrets(jobs_table, JOBS_TABLE, overlap_s=0), clock=lambda: next(ticks)
+    )
+    attempt = notifier.send(job, PROGRESS)
+    assert attempt is not None
+    assert (attempt.outcome, attempt.status) == ("gave_up", None)
+    last = records.last(job.job_id)
+    assert last is not None
+    assert (last["event"], last["outcome"]) == (PROGRESS, "gave_up")
+    assert records.in_flight_until(job.job_id) == 0

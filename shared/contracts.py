@@ -148,6 +148,9 @@ def _request_schema_bounds(schema: dict[str, Any]) -> None:
         "strength": {"exclusiveMinimum": 0, "maximum": 1},
         "loras": {"maxItems": lim.max_loras},
     }
+    for name, default in [("num_inference_steps", lim.default_steps), ("guidance_scale", lim.default_guidance)]:
+        if name in props:
+            props[name]["default"] = default
     for name, extra in bounds.items():
         prop = props.get(name)
         if prop is None:
@@ -501,6 +504,11 @@ class GenerationRequest(BaseModel):
             "guidance_scale": float(self.guidance_scale),
             "strength": strength,
         }
+        # Steps and guidance a request leaves out are the operator's (SDQ_LIMITS__DEFAULT_STEPS, ..._GUIDANCE).
+        if "num_inference_steps" not in self.model_fields_set:
+            update["num_inference_steps"] = settings.limits.default_steps
+        if "guidance_scale" not in self.model_fields_set:
+            update["guidance_scale"] = float(settings.limits.default_guidance)
         # A size the request leaves out is its model's (the settings check each entry's against the limits).
         entry = settings.registry.get(model)
         if entry is not None:

@@ -37,9 +37,14 @@ class RequestLimits(BaseModel):
     max_pixels: int = Field(default=1024 * 1024, description="Largest `width * height`")
     side_multiple: int = Field(default=8, description="`width` and `height` must be multiples of this")
     max_steps: int = Field(default=100, description="Most `num_inference_steps`")
-    default_steps: int = Field(default=30, description="`num_inference_steps` of a request that gives none")
+    default_steps: int = Field(
+        default=30,
+        description="`num_inference_steps` of a request that gives none (lowered to `max_steps` if above it)",
+    )
     max_guidance: float = Field(default=20.0, description="Largest `guidance_scale`")
-    default_guidance: float = Field(default=7.5, description="`guidance_scale` of a request that gives none")
+    default_guidance: float = Field(
+        default=7.5, description="`guidance_scale` of a request that gives none (lowered to `max_guidance` if above it)"
+    )
     max_images: int = Field(default=4, description="Most `num_images` per job")
     max_loras: int = Field(default=3, ge=0, description="Most `loras` per job")
     max_lora_scale: float = Field(default=2.0, gt=0, description="Largest absolute `loras[].scale`")
@@ -61,6 +66,19 @@ class RequestLimits(BaseModel):
         default=4096 * 4096,
         description="Most pixels of an input image, checked before it is decoded (decompression-bomb guard)",
     )
+
+    @model_validator(mode="after")
+    def _defaults_within_bounds(self) -> RequestLimits:
+        # A bound lowered below the default's default lowers that default with it; one set outside is refused.
+        if "default_steps" not in self.model_fields_set:
+            self.default_steps = min(self.default_steps, self.max_steps)
+        if "default_guidance" not in self.model_fields_set:
+            self.default_guidance = min(self.default_guidance, self.max_guidance)
+        if not 1 <= self.default_steps <= self.max_steps:
+            raise ValueError(f"default_steps must be between 1 and max_steps ({self.max_steps})")
+        if not 0 <= self.default_guidance <= self.max_guidance:
+            raise ValueError(f"default_guidance must be between 0 and max_guidance ({self.max_guidance})")
+        return self
 
 
 class SettingsGroup(BaseSettings):

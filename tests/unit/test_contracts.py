@@ -206,3 +206,17 @@ def test_published_schema_shows_configured_bounds() -> None:
     assert schema["properties"]["width"]["maximum"] == 1024
     assert schema["properties"]["width"]["multipleOf"] == 8
     assert schema["additionalProperties"] is False
+
+
+def test_steps_and_guidance_a_request_leaves_out_are_the_operators_defaults() -> None:
+    settings = Settings(limits=RequestLimits(default_steps=12, default_guidance=3))
+    left_out = GenerationRequest.model_validate({"prompt": "a fox"}).normalised(settings)
+    assert (left_out.num_inference_steps, left_out.guidance_scale) == (12, 3.0)
+    given = GenerationRequest.model_validate(
+        {"prompt": "a fox", "num_inference_steps": 30, "guidance_scale": 7.5}
+    ).normalised(settings)
+    assert (given.num_inference_steps, given.guidance_scale) == (30, 7.5)
+    with pytest.raises(ValidationError, match="default_steps"):
+        RequestLimits(default_steps=101)
+    assert RequestLimits(max_steps=10, max_guidance=5).default_steps == 10
+    assert RequestLimits(max_steps=10, max_guidance=5).default_guidance == 5

@@ -6,12 +6,13 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pydantic
 from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -530,6 +531,10 @@ def _version() -> str:
         return "unknown"
 
 
+def _field_error(error: Mapping[str, Any]) -> str:
+    return f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -537,6 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except (UsageError, NoEndpoint) as exc:
         parser.error(str(exc))  # usage on stderr, exit code 2
+    except pydantic.ValidationError as exc:  # the client's own check of a request, before it is sent
+        parser.error("invalid request: " + "; ".join(_field_error(e) for e in exc.errors()))
     except ApiError as exc:
         return _refusal(args, exc)
     except WaitTimeout as exc:

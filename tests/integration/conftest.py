@@ -23,6 +23,7 @@ from localcloud.receiver import ScriptedReceiver
 from shared.apikeys import ApiKeyStore
 from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
 from shared.jobs import JobsRepository, expiry_epoch
+from shared.queue import Received, WorkerQueue
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -206,3 +207,17 @@ def store_queued_job(
     if enqueued:
         repo.mark_enqueued(job.job_id)
     return job
+
+
+class RecordingQueue(WorkerQueue):
+    """The real queue, recording the job id of every message received (into ``into`` when given, so several
+    workers' queues can share one record)."""
+
+    def __init__(self, sqs: Any, url: str, into: list[str] | None = None) -> None:
+        super().__init__(sqs, url)
+        self.job_ids: list[str] = into if into is not None else []
+
+    def receive(self, *, max_messages: int, wait_s: int, visibility_s: int) -> list[Received]:
+        received = super().receive(max_messages=max_messages, wait_s=wait_s, visibility_s=visibility_s)
+        self.job_ids += [r.message.job_id for r in received if r.message is not None]
+        return received

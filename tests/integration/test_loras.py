@@ -26,9 +26,8 @@ from shared.loraregistry import LoraEntry, LoraRegistry
 from shared.media import MediaStore
 from shared.modelregistry import weight_checksums
 from shared.orchestration import Orchestrator
-from shared.queue import WorkerQueue
 from shared.settings import Settings
-from tests.integration.conftest import RunningService, start_service, stop_service
+from tests.integration.conftest import RecordingQueue, RunningService, start_service, stop_service, wait_until
 from tests.loraasset import build_tiny_lora, lora_entry
 from workflows.generation.loras import LoraAdapters, lora_folder, verify_lora
 from workflows.generation.models import load_model
@@ -80,8 +79,14 @@ class RecordingRunner:
 
 
 @pytest.fixture
+def received() -> list[str]:
+    """The job id of every message the test's workers received, in order."""
+    return []
+
+
+@pytest.fixture
 def worker(
-    service: RunningService, registry: LoraRegistry, monkeypatch: pytest.MonkeyPatch
+    service: RunningService, registry: LoraRegistry, monkeypatch: pytest.MonkeyPatch, received: list[str]
 ) -> Iterator[Callable[..., RecordingRunner]]:
     """Start an in-process worker loop on the tiny model with the LoRA registry; stopped warm at the end."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -112,7 +117,7 @@ def worker(
         aws = AwsClients(settings)
         gpu = RecordingRunner(PipelineRunner(load_model("tiny"), lora_registry=loras or registry))
         loop = Worker(
-            queue=WorkerQueue(aws.sqs(), settings.queue_url),
+            queue=RecordingQueue(aws.sqs(), settings.queue_url, into=received),
             repo=JobsRepository(aws.dynamodb(), settings.table_name),
             media=MediaStore(aws.s3(), settings.bucket),
             orchestrator=Orchestrator(aws.stepfunctions(), settings.state_machine_arn),
@@ -188,7 +193,7 @@ def test_a_lora_job_succeeds_with_the_adapter_batched_only_with_its_own_lora_set
 
 
 def test_a_job_runs_only_at_the_lora_revision_it_was_submitted_at_and_fails_once_that_is_retired(
-    service: RunningService, registry: LoraRegistry, worker: Callable[..., RecordingRunner]
+    service: RunningService, registry: LoraRegistry, worker: Callable[..., RecordingRunner], received: list[str]
 ) -> None:
     client = service.new_tenant("lora-pins")
     job = client.submit({"prompt": "a fox", "seed": 3, "loras": [{"id": "ink"}], "cache": False, **SMALL})
@@ -203,7 +208,8 @@ def test_a_job_runs_only_at_the_lora_revision_it_was_submitted_at_and_fails_once
     # A worker whose registry pins ink's next revision (a rolling deployment) leaves the job for one that has r1.
     worker(at("r2"))
     succeeded(client, plain)
-    time.sleep(3)  # the pinned job's message came round again meanwhile (it is hidden 2 s each time)
+    # The pinned job's message came round again meanwhile (it is hidden 2 s each time), and stayed unclaimed.
+    wait_until(lambda: received.count(job["id"]) >= 2, 30, "the pinned job's message to come back")
     assert client.get(job["id"])["status"] == "QUEUED"
     # Once a registry retires r1, its workers fail the job, with the code that says why. They replace the r2 worker,
     # which would otherwise keep taking the message back in turn with them (it leaves the job, as it should).

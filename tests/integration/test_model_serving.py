@@ -30,9 +30,15 @@ from shared.jobs import JobsRepository, expiry_epoch
 from shared.media import MediaStore
 from shared.modelregistry import BUILTIN_REGISTRY, ModelRegistry, weight_checksums
 from shared.orchestration import Orchestrator
-from shared.queue import WorkerQueue
 from shared.settings import Settings
-from tests.integration.conftest import RunningService, start_service, stop_service, store_queued_job
+from tests.integration.conftest import (
+    RecordingQueue,
+    RunningService,
+    start_service,
+    stop_service,
+    store_queued_job,
+    wait_until,
+)
 from tests.integration.test_worker import assert_one_failed_webhook
 from workflows.generation.models import build_tiny_pipeline, load_model
 from workflows.generation.pipeline import BatchShape, ImageJob, ModelRunners, PipelineRunner
@@ -71,8 +77,14 @@ def service(tmp_path_factory: pytest.TempPathFactory, registry: ModelRegistry) -
 
 
 @pytest.fixture
+def received() -> list[str]:
+    """The job id of every message the test's workers received, in order."""
+    return []
+
+
+@pytest.fixture
 def run_worker(
-    service: RunningService, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+    service: RunningService, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch, received: list[str]
 ) -> Iterator[Callable[..., Worker]]:
     """Start an in-process worker loop that has loaded models of the registry (or of ``registry=``, which also
     says which revisions are retired); each is stopped warm at the end."""
@@ -93,7 +105,7 @@ def run_worker(
         aws = AwsClients(settings)
         generator = PipelineRunner(load_model(model, registry=registry)) if isinstance(model, str) else model
         worker = Worker(
-            queue=WorkerQueue(aws.sqs(), settings.queue_url),
+            queue=RecordingQueue(aws.sqs(), settings.queue_url, into=received),
             repo=JobsRepository(aws.dynamodb(), settings.table_name),
             media=MediaStore(aws.s3(), settings.bucket),
             orchestrator=Orchestrator(aws.stepfunctions(), settings.state_machine_arn),
@@ -193,7 +205,7 @@ def test_sdq_up_with_models_refuses_a_job_for_any_other_model_or_its_scheduler_a
 
 
 def test_a_worker_leaves_a_job_for_a_model_it_has_not_loaded_to_a_worker_that_has(
-    service: RunningService, run_worker: Callable[..., Worker]
+    service: RunningService, run_worker: Callable[..., Worker], received: list[str]
 ) -> None:
     tenant, client = service.new_named_tenant("models")
     repo = JobsRepository(service.boto("dynamodb"), service.table)
@@ -204,8 +216,8 @@ def test_a_worker_leaves_a_job_for_a_model_it_has_not_loaded_to_a_worker_that_ha
     done = succeeded(client, own)
     parameters = image_parameters(done["outputs"][0]["url"])
     assert (parameters["model"], parameters["model_revision"]) == ("variant", "r1")
-    # The variant worker has seen the tiny job's message come back several times by now and never claimed it.
-    time.sleep(3)
+    # The variant worker has seen the tiny job's message come back and never claimed it.
+    wait_until(lambda: received.count(other.job_id) >= 2, 30, "the tiny job's message to come back")
     untouched = repo.get(other.job_id)
     assert (untouched.status.value, untouched.attempt) == ("QUEUED", 0)
 
@@ -280,7 +292,7 @@ def revised(registry: ModelRegistry, revision: str, *, retired: Sequence[str] = 
 
 
 def test_a_rolling_deployment_leaves_a_job_pinned_to_the_old_revision_to_a_worker_that_has_it(
-    service: RunningService, registry: ModelRegistry, run_worker: Callable[..., Worker]
+    service: RunningService, registry: ModelRegistry, run_worker: Callable[..., Worker], received: list[str]
 ) -> None:
     client = service.new_tenant("rolling")
     repo = JobsRepository(service.boto("dynamodb"), service.table)
@@ -289,7 +301,8 @@ def test_a_rolling_deployment_leaves_a_job_pinned_to_the_old_revision_to_a_worke
 
     updated = revised(registry, "r2")  # r1 not retired: old workers still drain it
     run_worker(PipelineRunner(load_model("variant", registry=updated)), registry=updated)
-    time.sleep(3)  # the r2 worker has seen the message come back by now, and never claimed it
+    # The r2 worker has seen the message come back, and never claimed it.
+    wait_until(lambda: received.count(pinned["id"]) >= 2, 30, "the pinned job's message to come back")
     untouched = repo.get(pinned["id"])
     assert (untouched.status.value, untouched.attempt) == ("QUEUED", 0)
 

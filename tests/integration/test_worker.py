@@ -264,7 +264,12 @@ def test_cancel_during_generation_leaves_the_job_cancelled_without_outputs(servi
     service.start_worker(env=FAST_WORKER)
     wait_until(lambda: client.get(job["id"])["progress"]["step"] > 0, 120, "generation to start", poll_s=0.1)
     client.cancel(job["id"])
-    time.sleep(3)
+    # The worker stops the job's pipeline call at its next step and logs the batch with the job let go.
+    wait_until(
+        lambda: any(job["id"] in line["job_ids"] and line["cancelled"] == 1 for line in batch_lines(service)),
+        60,
+        "the worker to let the cancelled job go",
+    )
     final = client.get(job["id"])
     assert final["status"] == "CANCELLED"
     assert final["outputs"] == []

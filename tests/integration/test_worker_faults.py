@@ -18,7 +18,7 @@ from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import Received, WorkerQueue
 from shared.settings import Settings
-from tests.integration.conftest import RunningService, start_service, stop_service
+from tests.integration.conftest import RecordingQueue, RunningService, start_service, stop_service
 from workflows.generation.pipeline import BatchShape, GenerationOOM, ImageJob, PipelineRunner
 from workflows.generation.worker import Worker, WorkerConfig
 
@@ -91,19 +91,6 @@ class LostExtensionsQueue(WorkerQueue):
         rest = [m for m in messages if m not in lost]
         self.refused += len(lost)
         return [m.message_id for m in lost] + (super().set_visibility(rest, visibility_s) if rest else [])
-
-
-class RecordingQueue(WorkerQueue):
-    """The real queue, recording the job id of every message received."""
-
-    def __init__(self, sqs: Any, url: str) -> None:
-        super().__init__(sqs, url)
-        self.job_ids: list[str] = []
-
-    def receive(self, *, max_messages: int, wait_s: int, visibility_s: int) -> list[Received]:
-        received = super().receive(max_messages=max_messages, wait_s=wait_s, visibility_s=visibility_s)
-        self.job_ids += [r.message.job_id for r in received if r.message is not None]
-        return received
 
 
 class DeleteRecordingQueue(WorkerQueue):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +42,7 @@ def tiny_cpu_bench(tmp_path: Path, batch_sizes: list[int], steps: int, **options
 
 
 def test_bench_smoke_on_cpu_writes_the_report(tmp_path: Path) -> None:
-    started = time.monotonic()
     report = tiny_cpu_bench(tmp_path, [1, 2], steps=2, out_dir=tmp_path / "benchmarks")
-    assert time.monotonic() - started < 60
 
     path = Path(report["path"])
     assert path.parent == tmp_path / "benchmarks"

@@ -17,12 +17,16 @@ from xml.etree import ElementTree
 import httpx
 import pytest
 
+from localcloud.api import STREAM_TIMEOUT_VARIABLE
 from tests.integration.conftest import RunningService, start_service, stop_service
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    running = start_service(tmp_path_factory.mktemp("sdq-fuzz"), {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "100000"})
+    # No worker runs here, so no job finishes: each events stream the fuzzer opens would run its whole 15 minutes
+    # (held about 30 s each by schemathesis's timeouts). 12 s leaves each a 2 s stream (10 s is the end margin).
+    env = {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "100000", STREAM_TIMEOUT_VARIABLE: "12"}
+    running = start_service(tmp_path_factory.mktemp("sdq-fuzz"), env)
     yield running
     stop_service(running)
 

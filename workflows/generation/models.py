@@ -40,7 +40,6 @@ import transformers
 from botocore.exceptions import BotoCoreError, ClientError
 from diffusers import (
     AutoencoderKL,
-    AutoPipelineForText2Image,
     EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
@@ -647,6 +646,8 @@ _DTYPE_KWARG = "dtype" if Version(diffusers.__version__).release >= (0, 42) else
 
 
 def _from_pretrained(name: str, source: str, dtype: torch.dtype, *, local_only: bool) -> Text2ImagePipeline:
+    from diffusers import AutoPipelineForText2Image  # every pipeline family: imported by the loads that need it
+
     try:
         with _quiet_progress_bars(), warnings.catch_warnings():
             # diffusers 0.42 still passes this argument to huggingface_hub 1.x, which warns on every hub load.

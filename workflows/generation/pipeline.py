@@ -24,8 +24,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from diffusers import (
-    AutoPipelineForImage2Image,
-    AutoPipelineForInpainting,
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
@@ -301,6 +299,10 @@ class PipelineRunner:
         after each step the unmasked latents are replaced by the input's, noised to the next step's level."""
         pipe = self._mode_pipes.get(mode)
         if pipe is None:
+            # Imported on a first image job: diffusers' auto pipelines import every pipeline family it has
+            # (ControlNet, Kandinsky, ...), seconds of a worker's start that a text-to-image worker never needs.
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
             auto: Any = AutoPipelineForInpainting if mode == "inpaint" else AutoPipelineForImage2Image
             pipe = self._mode_pipes[mode] = auto.from_pipe(self._pipe)
         return pipe

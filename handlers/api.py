@@ -457,7 +457,9 @@ def list_jobs(
     security=API_KEY,
 )
 def create_upload() -> Response[Upload]:
-    return _json(201, services().inputs.new_upload(_tenant()))
+    caller = _caller()
+    services().submissions.count_upload(caller.tenant, caller.plan)  # 429 past the plan's rate, as a submission
+    return _json(201, services().inputs.new_upload(caller.tenant))
 
 
 @app.post(

@@ -267,6 +267,19 @@ class SubmissionService:
             return Submitted(stored, created=False)
         return Submitted(self._enqueue(stored, audit), created=True)
 
+    def count_upload(self, tenant: str, plan: Plan | None = None) -> None:
+        """Count an upload ticket against the plan's rate limit, as a submission: a ticket lets the tenant store
+        up to an input's size in the bucket, so it is metered like the request it prepares. Raises
+        TooManyRequests."""
+        plan = plan or Plan.defaults(self._settings)
+        if self._rate is None:
+            return
+        wait = self._rate.hit(
+            tenant, limit=plan.rate_limit_per_window, window_s=self._settings.rate_limit_window_s, now=time.time()
+        )
+        if wait is not None:
+            raise self._refusal(Limit.RATE, wait, plan, 0)
+
     def _refusal(self, limit: Limit, retry_after_s: float, plan: Plan, work: int) -> TooManyRequests:
         """The 429 of a request that ``limit`` refused (the rate limit, or the daily GPU budget for ``work``)."""
         if limit is Limit.RATE:

@@ -210,3 +210,19 @@ def test_an_idempotency_key_whose_job_was_swept_by_the_ttl_makes_a_new_job(servi
     new = client.submit({"prompt": "swept"}, idempotency_key="sweep")
     assert new["id"] != old["id"]
     assert client.get(new["id"])["status"] == "QUEUED"
+
+
+def test_upload_tickets_count_against_the_rate_limit_like_submissions(service: RunningService) -> None:
+    """A ticket lets a tenant store up to an input's size in the bucket: it is metered like a submission, in the
+    same window, so tickets cannot be drawn without limit."""
+    key = ApiKeyStore(service.boto("dynamodb"), service.table).create(f"uploads-{time.monotonic_ns()}").plaintext
+    headers = {"x-api-key": key}
+    with service.http() as http:
+        issued = [http.post("/v1/uploads", headers=headers).status_code for _ in range(RATE_LIMIT)]
+        assert issued == [201] * RATE_LIMIT
+        over = http.post("/v1/uploads", headers=headers)
+        assert over.status_code == 429, over.text
+        assert 1 <= int(over.headers["Retry-After"]) <= RATE_WINDOW_S
+        depth = service.queue_depth()
+        assert http.post("/v1/jobs", json={"prompt": "a fox"}, headers=headers).status_code == 429
+        assert service.queue_depth() == depth

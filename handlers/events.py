@@ -19,6 +19,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from shared.apikeys import ApiKeyStore
 from shared.aws import AwsClients
 from shared.contracts import Job, JobView
 from shared.errors import JobNotFound, ServiceError, Unauthorized
@@ -26,7 +27,7 @@ from shared.jobs import JobsRepository, is_valid_job_id
 from shared.media import MediaStore
 from shared.settings import Settings, get_settings
 from workflows import jobevents
-from workflows.authorization import Authorization
+from workflows.authorization import Authorization, KeyCheck
 from workflows.jobview import job_view
 
 logger = Logger(service="sdq-events")
@@ -52,6 +53,7 @@ class EventServices:
     settings: Settings
     repo: JobsRepository
     media: MediaStore
+    keys: ApiKeyStore
 
 
 @lru_cache(maxsize=1)
@@ -62,6 +64,7 @@ def services() -> EventServices:
         settings=settings,
         repo=JobsRepository(aws.dynamodb(), settings.table_name),
         media=MediaStore(aws.s3(), settings.bucket),
+        keys=ApiKeyStore(aws.dynamodb(), settings.table_name),
     )
 
 
@@ -69,10 +72,9 @@ def _headers(event: dict[str, Any]) -> dict[str, str]:
     return {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
 
 
-def _tenant(event: dict[str, Any]) -> str | None:
-    """The caller's tenant from the authorizer's answer (API Gateway runs it before this function), or None."""
-    caller = Authorization.from_context((event.get("requestContext") or {}).get("authorizer"))
-    return caller.tenant if caller is not None else None
+def _caller(event: dict[str, Any]) -> Authorization | None:
+    """The caller from the authorizer's answer (API Gateway runs it before this function), or None."""
+    return Authorization.from_context((event.get("requestContext") or {}).get("authorizer"))
 
 
 def _error(error: ServiceError, headers: dict[str, str] | None = None) -> StreamedResponse:
@@ -104,9 +106,10 @@ def stream_handler(event: dict[str, Any], context: Any) -> StreamedResponse:
     The stream ends after the job's terminal event or shortly before the invocation runs out of time.
     """
     headers = _headers(event)
-    tenant = _tenant(event)
-    if tenant is None:
+    caller = _caller(event)
+    if caller is None:
         return _error(Unauthorized())
+    tenant = caller.tenant
     job_id = _job_id(event)
     s = services()
     try:
@@ -122,9 +125,19 @@ def stream_handler(event: dict[str, Any], context: Any) -> StreamedResponse:
     def view(current: Job) -> JobView:
         return job_view(current, s.media, s.settings.presign_expiry_s)
 
+    key = KeyCheck(s.keys, caller.key_id)
+
+    def read() -> Job:
+        # A stream outlives the authorizer's cached answer: its key is re-read as often as that answer lasts, and a
+        # revoked or expired key ends the stream as a job gone does (the client's reconnect is then refused).
+        if not key.still_active():
+            logger.info("event stream ended: its API key is no longer active", job_id=job.job_id)
+            raise JobNotFound(job.job_id)
+        return s.repo.get(job.job_id, tenant=tenant)
+
     body: Iterator[bytes] = jobevents.stream(
         job,
-        lambda: s.repo.get(job.job_id, tenant=tenant),
+        read,
         view,
         last_event_id=_last_event_id(event, headers),
         deadline=deadline,

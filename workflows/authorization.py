@@ -8,12 +8,15 @@ handler the same way, with the same cache period, so a test of either sees what 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
-from shared.apikeys import ApiKeyStore
+from shared.apikeys import ApiKeyStore, KeyNotFound
+from shared.contracts import utcnow
 from shared.tenants import Plan, TenantStore
 
 # Keys of the authorizer context (strings only: API Gateway passes strings, numbers and booleans).
@@ -54,3 +57,33 @@ class Authorizer:
             return None
         tenant = self.tenants.get(caller.tenant)
         return Authorization(tenant=caller.tenant, key_id=caller.key_id, plan=tenant.plan, usage_key=tenant.usage_key)
+
+
+# How often a long answer (an events stream, up to 15 minutes) re-reads the key it was opened with: the template's
+# default AuthorizerCacheSeconds, so a stream learns of a revocation about as soon as a new request does.
+KEY_RECHECK_S = 60.0
+
+
+class KeyCheck:
+    """Whether the key an answer was opened with is still active, re-read at most once every ``every_s``."""
+
+    def __init__(
+        self,
+        keys: ApiKeyStore,
+        key_id: str,
+        *,
+        every_s: float = KEY_RECHECK_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._keys, self._key_id, self._every_s, self._clock = keys, key_id, every_s, clock
+        self._due = clock() + every_s
+
+    def still_active(self) -> bool:
+        now = self._clock()
+        if now < self._due:
+            return True
+        self._due = now + self._every_s
+        try:
+            return self._keys.get(self._key_id).active(utcnow())
+        except KeyNotFound:
+            return False

@@ -959,9 +959,14 @@ def test_local_filter_drops_outputs_and_parameters_only_aws_needs(cfn: dict[str,
     assert not {"ApiDomainName", "ApiCertificateArn", "ApiDefaultEndpoint"} & params  # API Gateway's alone
     assert not {"ApiDomainUrl", "ApiDomainTarget", "ApiDomainHostedZoneId"} & set(local["Outputs"])
     assert {"ModelId", "MaxReceiveCount", "VisibilityTimeoutSeconds", "RetentionDays"} <= params
-    # Only the conditions a kept resource uses stay: the Notify function's reserved concurrency, the models the
-    # Lambdas allow, and the second fleet's queue (its workers and scaling are ECS's, left out).
-    assert set(local.get("Conditions", {})) == {"HasNotifyReservation", "HasAllowedModels", "HasSecondFleet"}
+    # Only the conditions a kept resource uses stay: the Notify and events functions' reserved concurrency, the
+    # models the Lambdas allow, and the second fleet's queue (its workers and scaling are ECS's, left out).
+    assert set(local.get("Conditions", {})) == {
+        "HasNotifyReservation",
+        "HasEventsReservation",
+        "HasAllowedModels",
+        "HasSecondFleet",
+    }
     assert local["Resources"]["SecondFleetQueue"]["Condition"] == "HasSecondFleet"
     assert "FleetQueueUrls" in local["Outputs"]
     assert "SecondFleetService" not in local["Resources"]

@@ -32,6 +32,7 @@ if __name__ == "__main__":  # the container's command: decided before the import
 from workflows.generation.compileartefacts import CompileArtefactStore, store_for
 from workflows.generation.encoding import encode_processes_for
 from workflows.generation.gpumetrics import GpuMetrics
+from workflows.generation.models import GpuUnavailable, require_gpu
 from workflows.generation.pipeline import ModelRunners, PipelineRunner
 from workflows.generation.progressevents import progress_events_for
 from workflows.generation.protection import TaskProtection
@@ -39,6 +40,8 @@ from workflows.generation.worker import Generator, Worker, WorkerConfig, loaded_
 from workflows.jobmetrics import MeteredJobsRepository
 
 logger = Logger(service="sdq-worker")
+# The exit status of a worker that must run on a GPU and finds none (SDQ_REQUIRE_GPU).
+EXIT_NO_GPU = 3
 
 
 def build_worker(
@@ -140,6 +143,12 @@ def main(
     """Run one worker until it is stopped: ``models`` (else ``fleet``'s, else the settings'; see
     :func:`models_to_load`); ``batch_log_fields`` adds fields to each batch's log line."""
     settings = get_settings()
+    if settings.worker.require_gpu:
+        try:
+            require_gpu()
+        except GpuUnavailable as exc:
+            logger.error("worker cannot start", error=str(exc))
+            return EXIT_NO_GPU
     to_load = models_to_load(settings, models, fleet)
     artefacts = fetch_compile_artefacts(settings, to_load)
     generator = load_generator(to_load)

@@ -106,6 +106,13 @@ class WorkerSettings(SettingsGroup):
             " ids, else `tiny`, a hub id or a local diffusers folder"
         ),
     )
+    require_gpu: bool = Field(
+        default=False,
+        description=(
+            "Exit at start when no CUDA GPU is usable (the template sets it for its workers: a host whose driver the"
+            " image cannot use fails the task instead of generating on CPU)"
+        ),
+    )
     fleet: str | None = Field(
         default=None,
         description=(

@@ -60,3 +60,12 @@ def test_a_worker_start_does_not_warn_of_the_torchvision_it_has_no_use_for(modul
     assert done.stdout.split("\n")[-3:-1] == ["exit 2", "peft off"]
     assert "model not found" in done.stdout + done.stderr
     assert "torchvision" not in done.stderr
+
+
+def test_a_worker_that_must_have_a_gpu_and_finds_none_exits_at_once_saying_why() -> None:
+    """The template's workers set SDQ_REQUIRE_GPU: on a host whose driver the image's CUDA cannot use, the task
+    fails at start (and ECS says so) instead of generating on CPU. This machine has no GPU."""
+    done = run_entry(SDQ_REQUIRE_GPU="true")
+    assert done.stdout.split("\n")[-3:-1] == ["exit 3", "peft off"]
+    assert "no CUDA GPU is usable" in done.stdout + done.stderr
+    assert "model not found" not in done.stdout + done.stderr  # it stopped before loading anything

@@ -143,6 +143,19 @@ class LoadedModel:
 # --- device and precision -------------------------------------------------------------------------------
 
 
+class GpuUnavailable(PermanentError):
+    """A worker that must run on a GPU finds none CUDA can use (no GPU, or a driver older than the image's CUDA)."""
+
+
+def require_gpu() -> None:
+    """Raise GpuUnavailable unless CUDA can use a GPU here."""
+    if not torch.cuda.is_available():
+        raise GpuUnavailable(
+            f"no CUDA GPU is usable (torch {torch.__version__}, built for CUDA {torch.version.cuda}): the host's driver"
+            " may be older than this CUDA needs, or the task was given no GPU"
+        )
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """The requested device, or CUDA when available, else CPU."""
     if device is not None:

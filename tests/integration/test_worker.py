@@ -295,13 +295,42 @@ def test_second_sigterm_stops_at_once_and_releases_the_running_jobs(service: Run
     assert int(attrs["ApproximateNumberOfMessages"]) == 1  # released now, not after 120 s
 
 
-def test_a_job_longer_than_the_visibility_timeout_is_kept_by_the_heartbeat(service: RunningService) -> None:
+# A slow worker's PYTHONPATH starts with a folder holding this as sitecustomize.py: each denoising step of a prompt
+# containing SLOW takes at least half a second more, as a big job on a busy GPU does, while the 2 CPU cores stay
+# free for the rest of the suite (a 768 px job of 60 steps kept them busy for a minute).
+SLOW_SITECUSTOMIZE = """
+from workflows.generation import pipeline
+
+_generate = pipeline.PipelineRunner.generate
+
+
+def generate(self, jobs, shape, on_step=None):
+    if any("SLOW" in job.prompt for job in jobs):
+        import time
+
+        inner = on_step
+
+        def on_step(step, total):
+            time.sleep(0.5)
+            return inner(step, total) if inner is not None else None
+
+    return _generate(self, jobs, shape, on_step)
+
+
+pipeline.PipelineRunner.generate = generate
+"""
+
+
+def test_a_job_longer_than_the_visibility_timeout_is_kept_by_the_heartbeat(
+    service: RunningService, tmp_path: Path
+) -> None:
     clear_worker_logs(service)
     client = service.new_tenant("long")
-    # About 2.5 times the 5 s visibility timeout on a 2-core CPU (50 steps at 512 px took 4.8 s on one CI run,
-    # under the 6 s the test used then, so the premise below failed, not the heartbeat).
-    job = client.submit({"prompt": "long one", "width": 768, "height": 768, "num_inference_steps": 60})
-    env = {**FAST_WORKER, "SDQ_VISIBILITY_TIMEOUT_S": "5"}
+    # 30 steps of at least 0.5 s: three times the 5 s visibility timeout, however fast the CPU.
+    (tmp_path / "sitecustomize.py").write_text(SLOW_SITECUSTOMIZE)
+    job = client.submit({"prompt": "SLOW long one", **SMALL, "num_inference_steps": 30})
+    hook = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    env = {**FAST_WORKER, "SDQ_VISIBILITY_TIMEOUT_S": "5", **hook}
     # Two workers: had the message become visible again, the idle one would have received it.
     for _ in range(2):
         service.start_worker(env=env)

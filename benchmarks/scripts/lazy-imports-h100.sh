@@ -25,7 +25,7 @@ floor() {
 }
 echo "== 0. import floors at ${SECONDS}s" | log
 floor .snapold old >/dev/null; floor . new >/dev/null
-for i in 1 2 3 4; do floor .snapold old | log; floor . new | log; done
+for _ in $(seq "${FLOORS:-4}"); do floor .snapold old | log; floor . new | log; done
 echo "== 1. cold builds in parallel at ${SECONDS}s" | log
 bg p1 "${HIDDEN_SCRIPT[@]}" benchmarks/scripts/warm_compile.py --size 1 --cache-dir /tmp/cc-p --precompile-dir /tmp/pc
 bg p16 "${HIDDEN_SCRIPT[@]}" benchmarks/scripts/warm_compile.py --size 16 --no-compile-vae --cache-dir /tmp/cc-p \

@@ -175,13 +175,43 @@ def test_duplicate_delivery_and_two_workers_run_each_job_once(service: RunningSe
         assert worker.wait(timeout=60) == 0
 
 
-def test_sigkill_mid_batch_then_restart_completes_every_job_once(service: RunningService) -> None:
+# A slow worker's PYTHONPATH starts with a folder holding this as sitecustomize.py: each denoising step of a prompt
+# containing SLOW takes at least half a second more, as a big job on a busy GPU does, while the 2 CPU cores stay
+# free for the rest of the suite (a 768 px job of 60 steps kept them busy for a minute).
+SLOW_SITECUSTOMIZE = """
+from workflows.generation import pipeline
+
+_generate = pipeline.PipelineRunner.generate
+
+
+def generate(self, jobs, shape, on_step=None):
+    if any("SLOW" in job.prompt for job in jobs):
+        import time
+
+        inner = on_step
+
+        def on_step(step, total):
+            time.sleep(0.5)
+            return inner(step, total) if inner is not None else None
+
+    return _generate(self, jobs, shape, on_step)
+
+
+pipeline.PipelineRunner.generate = generate
+"""
+
+
+def slow_hook(folder: Path) -> dict[str, str]:
+    """A worker's environment that makes each step of a SLOW job last at least 0.5 s (SLOW_SITECUSTOMIZE)."""
+    (folder / "sitecustomize.py").write_text(SLOW_SITECUSTOMIZE)
+    # The repository after the hook's folder: the hook imports the worker's own modules, before Python adds it.
+    return {"PYTHONPATH": os.pathsep.join([str(folder), str(REPO)])}
+
+
+def test_sigkill_mid_batch_then_restart_completes_every_job_once(service: RunningService, tmp_path: Path) -> None:
     client = service.new_tenant("kill")
-    ids = [
-        client.submit({"prompt": f"kill {i}", "width": 512, "height": 512, "num_inference_steps": 40})["id"]
-        for i in range(3)
-    ]
-    worker = service.start_worker(env={**FAST_WORKER, "SDQ_MAX_BATCH_IMAGES": "3"})
+    ids = [client.submit({"prompt": f"SLOW kill {i}", **SMALL, "num_inference_steps": 20})["id"] for i in range(3)]
+    worker = service.start_worker(env={**FAST_WORKER, "SDQ_MAX_BATCH_IMAGES": "3", **slow_hook(tmp_path)})
     wait_until(lambda: any(client.get(i)["progress"]["step"] > 0 for i in ids), 120, "generation to start", poll_s=0.1)
     worker.kill()
     worker.wait(timeout=10)
@@ -193,13 +223,14 @@ def test_sigkill_mid_batch_then_restart_completes_every_job_once(service: Runnin
     assert max(client.get(i)["attempt"] for i in ids) == 2  # taken over once the dead worker's lease ran out
 
 
-def test_sigterm_finishes_the_running_batch_and_releases_the_rest(service: RunningService) -> None:
+def test_sigterm_finishes_the_running_batch_and_releases_the_rest(service: RunningService, tmp_path: Path) -> None:
     client = service.new_tenant("term")
-    # Long enough to be running while the stop hands the rest back (milliseconds), short enough to finish within
-    # the 60 s grace on 2 busy cores (make test runs two test files at once).
-    slow = {"width": 512, "height": 512, "num_inference_steps": 40}
-    ids = [client.submit({"prompt": f"term {i}", **slow})["id"] for i in range(4)]
+    # Long enough to be running while the stop hands the rest back (milliseconds: 20 steps of at least 0.5 s), short
+    # enough to finish within the 60 s grace.
+    slow = {**SMALL, "num_inference_steps": 20}
+    ids = [client.submit({"prompt": f"SLOW term {i}", **slow})["id"] for i in range(4)]
     env = {**FAST_WORKER, "SDQ_MAX_BATCH_IMAGES": "1", "SDQ_MAX_BATCH_WAIT_MS": "0", "SDQ_VISIBILITY_TIMEOUT_S": "120"}
+    env |= slow_hook(tmp_path)
     log_path = service.state_dir / f"worker-{len(service.workers)}.log"
     worker = service.start_worker(env=env)
     wait_until(lambda: any(client.get(i)["progress"]["step"] > 0 for i in ids), 120, "the first batch", poll_s=0.1)
@@ -295,42 +326,14 @@ def test_second_sigterm_stops_at_once_and_releases_the_running_jobs(service: Run
     assert int(attrs["ApproximateNumberOfMessages"]) == 1  # released now, not after 120 s
 
 
-# A slow worker's PYTHONPATH starts with a folder holding this as sitecustomize.py: each denoising step of a prompt
-# containing SLOW takes at least half a second more, as a big job on a busy GPU does, while the 2 CPU cores stay
-# free for the rest of the suite (a 768 px job of 60 steps kept them busy for a minute).
-SLOW_SITECUSTOMIZE = """
-from workflows.generation import pipeline
-
-_generate = pipeline.PipelineRunner.generate
-
-
-def generate(self, jobs, shape, on_step=None):
-    if any("SLOW" in job.prompt for job in jobs):
-        import time
-
-        inner = on_step
-
-        def on_step(step, total):
-            time.sleep(0.5)
-            return inner(step, total) if inner is not None else None
-
-    return _generate(self, jobs, shape, on_step)
-
-
-pipeline.PipelineRunner.generate = generate
-"""
-
-
 def test_a_job_longer_than_the_visibility_timeout_is_kept_by_the_heartbeat(
     service: RunningService, tmp_path: Path
 ) -> None:
     clear_worker_logs(service)
     client = service.new_tenant("long")
     # 30 steps of at least 0.5 s: three times the 5 s visibility timeout, however fast the CPU.
-    (tmp_path / "sitecustomize.py").write_text(SLOW_SITECUSTOMIZE)
     job = client.submit({"prompt": "SLOW long one", **SMALL, "num_inference_steps": 30})
-    hook = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    env = {**FAST_WORKER, "SDQ_VISIBILITY_TIMEOUT_S": "5", **hook}
+    env = {**FAST_WORKER, "SDQ_VISIBILITY_TIMEOUT_S": "5", **slow_hook(tmp_path)}
     # Two workers: had the message become visible again, the idle one would have received it.
     for _ in range(2):
         service.start_worker(env=env)

@@ -234,8 +234,9 @@ def send_once(
     """One POST of a signed payload, all of it within ``timeout_s``; never raises for receiver problems.
 
     The URL is checked again first (:func:`check_callback_url`: scheme, port, literal addresses), so a job stored
-    before a rule changed is held to today's rules. The outcome is the response's status: a body that breaks off
-    or cannot be decoded after the status line does not change it.
+    before a rule changed is held to today's rules. The outcome is the response's status, unless the attempt times
+    out or the connection breaks before the body is read (a retry, as for any timeout): a body that cannot be
+    decoded does not change it.
     """
     host = urlsplit(url).hostname or ""
     try:
@@ -257,7 +258,7 @@ def send_once(
                     read += len(chunk)
                     if read >= MAX_RESPONSE_BYTES:
                         break
-            except httpx.HTTPError:  # the status decided; only the body (ignored) broke off or did not decode
+            except httpx.DecodingError:  # the status decided; only the body (ignored) did not decode
                 pass
             return Attempt(outcome, r.status_code, error, retry_after_s(retry_after))
     except UnsafeUrl as exc:

@@ -227,11 +227,7 @@ class SubmissionService:
     ) -> Submitted | None:
         """Count one request against the plan's rate limit on its own: None when it is allowed, the job of a
         replayed Idempotency-Key, or TooManyRequests."""
-        if self._rate is None:
-            return None
-        wait = self._rate.hit(
-            tenant, limit=plan.rate_limit_per_window, window_s=self._settings.rate_limit_window_s, now=charged_at
-        )
+        wait = self._rate_wait(tenant, plan, charged_at)
         if wait is None:
             return None
         replay = self._replay(tenant, idempotency_key, fingerprint)
@@ -272,13 +268,17 @@ class SubmissionService:
         up to an input's size in the bucket, so it is metered like the request it prepares. Raises
         TooManyRequests."""
         plan = plan or Plan.defaults(self._settings)
-        if self._rate is None:
-            return
-        wait = self._rate.hit(
-            tenant, limit=plan.rate_limit_per_window, window_s=self._settings.rate_limit_window_s, now=time.time()
-        )
+        wait = self._rate_wait(tenant, plan, time.time())
         if wait is not None:
             raise self._refusal(Limit.RATE, wait, plan, 0)
+
+    def _rate_wait(self, tenant: str, plan: Plan, now: float) -> float | None:
+        """Count one request against the plan's rate limit: None when allowed, else the seconds to wait."""
+        if self._rate is None:
+            return None
+        return self._rate.hit(
+            tenant, limit=plan.rate_limit_per_window, window_s=self._settings.rate_limit_window_s, now=now
+        )
 
     def _refusal(self, limit: Limit, retry_after_s: float, plan: Plan, work: int) -> TooManyRequests:
         """The 429 of a request that ``limit`` refused (the rate limit, or the daily GPU budget for ``work``)."""

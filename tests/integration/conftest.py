@@ -167,6 +167,12 @@ service = service_fixture("sdq", {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "5"})
 
 
 @pytest.fixture
+def received() -> list[str]:
+    """The job id of every message a test's workers received, in order (``RecordingQueue(..., into=received)``)."""
+    return []
+
+
+@pytest.fixture
 def receiver() -> Iterator[ScriptedReceiver]:
     """A webhook receiver on 127.0.0.1, stopped when the test ends."""
     r = ScriptedReceiver().start()

@@ -79,12 +79,6 @@ class RecordingRunner:
 
 
 @pytest.fixture
-def received() -> list[str]:
-    """The job id of every message the test's workers received, in order."""
-    return []
-
-
-@pytest.fixture
 def worker(
     service: RunningService, registry: LoraRegistry, monkeypatch: pytest.MonkeyPatch, received: list[str]
 ) -> Iterator[Callable[..., RecordingRunner]]:

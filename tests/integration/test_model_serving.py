@@ -77,12 +77,6 @@ def service(tmp_path_factory: pytest.TempPathFactory, registry: ModelRegistry) -
 
 
 @pytest.fixture
-def received() -> list[str]:
-    """The job id of every message the test's workers received, in order."""
-    return []
-
-
-@pytest.fixture
 def run_worker(
     service: RunningService, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch, received: list[str]
 ) -> Iterator[Callable[..., Worker]]:

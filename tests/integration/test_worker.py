@@ -201,11 +201,16 @@ pipeline.PipelineRunner.generate = generate
 """
 
 
-def slow_hook(folder: Path) -> dict[str, str]:
-    """A worker's environment that makes each step of a SLOW job last at least 0.5 s (SLOW_SITECUSTOMIZE)."""
-    (folder / "sitecustomize.py").write_text(SLOW_SITECUSTOMIZE)
+def worker_hook(folder: Path, source: str) -> dict[str, str]:
+    """A worker's environment whose Python runs ``source`` at start-up (as sitecustomize.py in ``folder``)."""
+    (folder / "sitecustomize.py").write_text(source)
     # The repository after the hook's folder: the hook imports the worker's own modules, before Python adds it.
     return {"PYTHONPATH": os.pathsep.join([str(folder), str(REPO)])}
+
+
+def slow_hook(folder: Path) -> dict[str, str]:
+    """A worker's environment that makes each step of a SLOW job last at least 0.5 s (SLOW_SITECUSTOMIZE)."""
+    return worker_hook(folder, SLOW_SITECUSTOMIZE)
 
 
 def test_sigkill_mid_batch_then_restart_completes_every_job_once(service: RunningService, tmp_path: Path) -> None:
@@ -421,13 +426,11 @@ pipeline.PipelineRunner.generate = generate
 def test_a_hung_pipeline_call_makes_the_worker_exit_non_zero_and_its_job_runs_again(
     service: RunningService, tmp_path: Path
 ) -> None:
-    (tmp_path / "sitecustomize.py").write_text(HANG_SITECUSTOMIZE)
     repo = JobsRepository(service.boto("dynamodb"), service.table)
     job = store_queued_job(repo, "watchdog-tenant", prompt="HANG at the first step", **SMALL)
     message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
     service.boto("sqs").send_message(QueueUrl=service.queue_url, MessageBody=message.model_dump_json())
-    # The repository after the hook's folder: the hook imports the worker's own modules, before Python adds it.
-    hook = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    hook = worker_hook(tmp_path, HANG_SITECUSTOMIZE)
     hung = service.start_worker(env={**FAST_WORKER, "SDQ_STALL_TIMEOUT_S": "3", **hook})
     wait_until(lambda: repo.get(job.job_id).status == JobStatus.RUNNING, 120, "the job to be claimed")
     started = time.monotonic()

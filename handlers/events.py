@@ -125,7 +125,7 @@ def stream_handler(event: dict[str, Any], context: Any) -> StreamedResponse:
     def view(current: Job) -> JobView:
         return job_view(current, s.media, s.settings.presign_expiry_s)
 
-    key = KeyCheck(s.keys, caller.key_id)
+    key = KeyCheck(s.keys, caller.key_id, every_s=s.settings.authorizer_cache_s)
 
     def read() -> Job:
         # A stream outlives the authorizer's cached answer: its key is re-read as often as that answer lasts, and a

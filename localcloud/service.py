@@ -121,6 +121,8 @@ def service_env(resources: LocalResources, config: LocalServiceConfig) -> dict[s
     }
     env = dict(resources.as_env())
     env.update({k: os.environ.get(k, v) for k, v in defaults.items()})
+    if config.authorizer_cache_s is not None:  # the gateway's cache period, which a stream's key re-read follows
+        env["SDQ_AUTHORIZER_CACHE_S"] = str(config.authorizer_cache_s)
     env.update(config.extra_env)
     return env
 

@@ -365,6 +365,16 @@ class Settings(BaseSettings):
     max_priority: Literal["low", "normal", "high"] = Field(
         default="normal", description="The highest `priority` a tenant's jobs may ask for (the default plan's)"
     )
+    authorizer_cache_s: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description=(
+            "How long API Gateway reuses the authorizer's answer per API key (the template sets it from"
+            " `AuthorizerCacheSeconds`); an events stream re-reads its key this often, so a revocation ends a"
+            " stream as soon as it refuses a new request"
+        ),
+    )
     api_key_last_used_every_s: int = Field(
         default=300,
         ge=1,

@@ -59,20 +59,17 @@ class Authorizer:
         return Authorization(tenant=caller.tenant, key_id=caller.key_id, plan=tenant.plan, usage_key=tenant.usage_key)
 
 
-# How often a long answer (an events stream, up to 15 minutes) re-reads the key it was opened with: the template's
-# default AuthorizerCacheSeconds, so a stream learns of a revocation about as soon as a new request does.
-KEY_RECHECK_S = 60.0
-
-
 class KeyCheck:
-    """Whether the key an answer was opened with is still active, re-read at most once every ``every_s``."""
+    """Whether the key a long answer (an events stream, up to 15 minutes) was opened with is still active, re-read
+    at most once every ``every_s``: the authorizer's cache period, so a stream learns of a revocation about as soon
+    as a new request does."""
 
     def __init__(
         self,
         keys: ApiKeyStore,
         key_id: str,
         *,
-        every_s: float = KEY_RECHECK_S,
+        every_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._keys, self._key_id, self._every_s, self._clock = keys, key_id, every_s, clock

@@ -189,6 +189,21 @@ def test_the_event_stream_needs_the_key_and_hides_other_tenants_jobs(service: Ru
         assert unknown.status_code == 404
 
 
+def test_a_revoked_key_ends_its_open_stream_within_the_authorizer_cache_period(service: RunningService) -> None:
+    """The suite's stack caches the authorizer's answer for 2 s (`sdq up --authorizer-cache-seconds 2`); a stream
+    re-reads its key as often, so revoking the key ends it about as soon as a new request with it is refused."""
+    store = ApiKeyStore(service.boto("dynamodb"), service.table)
+    issued = store.create(f"revoked-stream-{time.monotonic_ns()}")
+    job = SdqClient(Endpoint(service.api_url, issued.plaintext)).submit({"prompt": "never mind", "width": 256})
+    stream = open_stream(service, issued.plaintext, job["id"])
+    wait_for(lambda: any(line.startswith("retry:") for _, line in stream.lines), 20, "the stream's first line")
+    assert not stream.done.wait(3), "the stream ended while its key was still active"
+    store.revoke(issued.key_id)
+    # 2 s and one poll after it, with room for a loaded machine; far inside the 60 s of the setting's default.
+    assert stream.done.wait(12), "the stream outlived its revoked key"
+    assert stream.events() == []
+
+
 def test_started_and_progress_webhooks_are_signed_spaced_and_come_before_the_terminal_one(
     service: RunningService,
 ) -> None:

@@ -682,6 +682,23 @@ def test_queue_visibility_is_the_worker_lease_and_outlasts_a_heartbeat(
     assert sam["Parameters"]["MaxReceiveCount"]["Default"] == 3
 
 
+def test_an_events_stream_rereads_its_key_as_often_as_the_gateway_caches_the_authorizer(
+    sam: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    """A revoked key ends an open stream within the period a new request with it is still let through: the stream
+    function's period is the template's parameter, whose default is the setting's."""
+    param = sam["Parameters"]["AuthorizerCacheSeconds"]
+    field = Settings.model_fields["authorizer_cache_s"]
+    assert param["Default"] == Settings().authorizer_cache_s
+    assert (param["MinValue"], param["MaxValue"]) == (0, 3600)
+    assert [m.ge for m in field.metadata if hasattr(m, "ge")] == [0]
+    assert [m.le for m in field.metadata if hasattr(m, "le")] == [3600]
+    variables = resources["EventsFunction"]["Properties"]["Environment"]["Variables"]
+    assert show(variables["SDQ_AUTHORIZER_CACHE_S"]) == "AuthorizerCacheSeconds"
+    authorizer = sam["Resources"]["Api"]["Properties"]["Auth"]["Authorizers"]["KeyAuthorizer"]
+    assert show(authorizer["Identity"]["ReauthorizeEvery"]) == "AuthorizerCacheSeconds"
+
+
 def test_a_job_message_outlives_the_job_retention_and_its_dead_letter_outlives_it(
     sam: dict[str, Any], resources: dict[str, Any]
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import time
 from collections.abc import Iterator
@@ -90,6 +91,18 @@ def test_control_and_non_characters_in_prompts_are_422(service: RunningService, 
     assert status == 422
     assert body["error"]["details"][0]["loc"] == ["body", "prompt"]  # type: ignore[index]
     assert service.table_items() == items
+
+
+def test_a_compressed_body_is_read_as_the_json_it_holds(service: RunningService) -> None:
+    """As API Gateway does for an API with compression enabled: it decompresses before the function sees it."""
+    with service.http() as http:
+        resp = http.post(
+            "/v1/jobs",
+            content=gzip.compress(b'{"prompt": "squeezed", "width": 7}'),
+            headers={"x-api-key": service.api_key, "Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"]["details"][0]["loc"] == ["body", "width"]
 
 
 def test_a_revoked_key_is_401_like_any_wrong_key(service: RunningService) -> None:

@@ -124,6 +124,26 @@ def test_every_state_changing_call_is_recorded_for_its_tenant_as_answered(
     assert len(_operator(service, monkeypatch, "--limit", "3")) == 3
 
 
+def test_no_other_spelling_of_a_state_changing_route_gets_past_the_audit(service: RunningService) -> None:
+    """A trailing slash or an encoded one is no route: 404, nothing done, and so nothing to record."""
+    me = Caller(service, "slashed")
+    status, job = me.call("POST", "/v1/jobs", json=REQUEST)
+    assert status == 202
+    secret = me.call("GET", "/v1/webhook-secret")[1]["secret"]
+    items, depth = service.table_items(), service.queue_depth()
+    for path in ["/v1/jobs/", "/v1/jobs%2F", f"/v1/jobs/{job['id']}/cancel/", "/v1/webhook-secret/rotate/"]:
+        status, body = me.call("POST", path, json=REQUEST)
+        assert status == 404, (path, body)
+        assert body["error"]["code"] == "not_found"
+    assert (service.table_items(), service.queue_depth()) == (items, depth)
+    assert me.call("GET", f"/v1/jobs/{job['id']}")[1]["status"] == "QUEUED"
+    assert me.call("GET", "/v1/webhook-secret")[1]["secret"] == secret
+    assert [e["action"] for e in me.audit_pages(limit=100)] == ["job.submit"]
+    # A route that exists for another method is 405 with its methods, the events stream's included.
+    status, body = me.call("POST", f"/v1/jobs/{job['id']}/events")
+    assert (status, body["error"]["code"]) == (405, "method_not_allowed")
+
+
 def test_nothing_secret_is_recorded(service: RunningService) -> None:
     me = Caller(service, "secretive")
     first = me.call("GET", "/v1/webhook-secret")[1]["secret"]

@@ -152,7 +152,7 @@ def _decode_cursor(cursor: str, *expected: set[str]) -> dict[str, Any]:
     invalid = InvalidCursor("cursor is not valid")
     try:
         plain = json.loads(base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: [[[[...
         raise invalid from exc
     if not isinstance(plain, dict) or set(plain) not in expected or not all(isinstance(v, str) for v in plain.values()):
         raise invalid

@@ -96,10 +96,17 @@ def _limits(info: ValidationInfo | None) -> RequestLimits:
     return _settings(info).limits
 
 
+# Fields whose value, when a request leaves them out, is the deployment's (see GenerationRequest.normalised).
+DEPLOYMENT_DEFAULTS = frozenset({"model", "width", "height", "num_inference_steps", "guidance_scale", "strength"})
+
+# What shows nothing: separators, whitespace controls and format characters (a zero-width space, a byte order mark).
+_BLANK_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})
+
+
 def _check_text(value: str, max_chars: int, *, allow_empty: bool) -> str:
     if len(value) > max_chars:
         raise ValueError(f"must be at most {max_chars} characters")
-    if not allow_empty and not value.strip():
+    if not allow_empty and not any(unicodedata.category(ch) not in _BLANK_CATEGORIES for ch in value):
         raise ValueError("must not be blank")
     for ch in value:
         # Control and unassigned/surrogate code points break tokenizers and logs; newlines and tabs are fine.
@@ -529,8 +536,14 @@ class GenerationRequest(BaseModel):
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def fingerprint(self) -> str:
-        """sha256 of the canonical JSON of the request (idempotency body check)."""
-        return hashlib.sha256(self._canonical(self.model_dump(mode="json")).encode()).hexdigest()
+        """sha256 of the canonical JSON of the request (idempotency body check). A field whose default the
+        deployment decides (the model's size, the operator's steps and guidance, the default model) counts as
+        sent or left out, not as its value: `{"prompt": "x"}` and `{"prompt": "x", "width": 512}` may run
+        different jobs, so the one key cannot name both."""
+        data = self.model_dump(mode="json")
+        for name in DEPLOYMENT_DEFAULTS - self.model_fields_set:
+            data.pop(name, None)
+        return hashlib.sha256(self._canonical(data).encode()).hexdigest()
 
     @property
     def lora_set(self) -> LoraSet:

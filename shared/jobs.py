@@ -327,7 +327,7 @@ def _decode_cursor(cursor: str, tenant: str, status: JobStatus | None) -> dict[s
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         plain = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: [[[[...
         raise invalid from exc
     if not isinstance(plain, dict) or not all(isinstance(v, str) for v in plain.values()):
         raise invalid
@@ -342,6 +342,10 @@ def _decode_cursor(cursor: str, tenant: str, status: JobStatus | None) -> dict[s
     if not is_valid_job_id(plain["job_id"]):  # DynamoDB refuses an empty key value in a start key (a 500)
         raise invalid
     return {k: _ser.serialize(v) for k, v in plain.items()}
+
+
+# A value no job id has: the Idempotency-Key's condition names no stale job with it.
+NO_JOB = "-"
 
 
 class JobsRepository:
@@ -465,17 +469,23 @@ class JobsRepository:
                         }
                     ),
                     # A key lives as long as its job: past the job's retention it may name a new job. ``:now`` is
-                    # set on each attempt below.
-                    "ConditionExpression": "attribute_not_exists(pk) OR expires_at <= :now",
+                    # set on each attempt below; ``:stale``, a job that is gone although its key's record is not.
+                    "ConditionExpression": "attribute_not_exists(pk) OR expires_at <= :now OR job_id = :stale",
                 }
             }
             items.append(put_idem)
         first_charge = len(items)
         items += [charge.transact_item() for charge in charges]
-        for pause in (*CONFLICT_PAUSES_S, None):
+        stale = NO_JOB
+        pauses = [*CONFLICT_PAUSES_S, None]
+        while pauses:
+            pause = pauses.pop(0)
             if put_idem is not None:
                 # A key freed meanwhile (its job could not be queued) is free as of now, not as of the first try.
-                put_idem["Put"]["ExpressionAttributeValues"] = {":now": {"N": str(int(time.time()))}}
+                put_idem["Put"]["ExpressionAttributeValues"] = {
+                    ":now": {"N": str(int(time.time()))},
+                    ":stale": {"S": stale},
+                }
             try:
                 self._ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
             except self._ddb.exceptions.TransactionCanceledException as exc:
@@ -483,6 +493,12 @@ class JobsRepository:
                     existing = self.find_by_idempotency_key(job.tenant, job.idempotency_key, idempotency_fingerprint)
                     if existing is not None:
                         return existing, False
+                    if stale == NO_JOB and _failed_condition(exc, first_charge - 1):
+                        # The key's record outlived its job: take it over, once, from exactly that job.
+                        stale = self._stale_key_job(job.tenant, job.idempotency_key) or NO_JOB
+                        if stale != NO_JOB:
+                            pauses.insert(0, pause)
+                            continue
                 for index, charge in enumerate(charges, start=first_charge):
                     if _failed_condition(exc, index):
                         raise ChargeRefused(charge) from exc
@@ -514,12 +530,23 @@ class JobsRepository:
         expires_at = record.get("expires_at")
         if expires_at is not None and int(expires_at) <= time.time():
             return None
-        if record.get("fingerprint") != (fingerprint or ""):
-            raise IdempotencyConflict()
         try:
-            return self.get(str(record["job_id"]), tenant=tenant)
+            # A job can end its retention before its key's record does (a joined job takes its source's): the key
+            # is then free as well, whatever body it came with.
+            job = self.get(str(record["job_id"]), tenant=tenant)
         except JobNotFound:
             return None
+        if record.get("fingerprint") != (fingerprint or ""):
+            raise IdempotencyConflict()
+        return job
+
+    def _stale_key_job(self, tenant: str, key: str) -> str | None:
+        """The job id a live key record still names although that job is gone, or None."""
+        resp = self._ddb.get_item(
+            TableName=self._table, Key={"pk": {"S": self._idem_pk(tenant, key)}}, ConsistentRead=True
+        )
+        job_id = _from_item(resp["Item"]).get("job_id") if "Item" in resp else None
+        return str(job_id) if job_id else None
 
     def release_idempotency_key(self, tenant: str, key: str, job_id: str) -> None:
         """Free the key of a job that was never queued (ENQUEUE_FAILED), so that a retry with it, as the 503

@@ -225,6 +225,28 @@ def test_an_idempotency_key_whose_job_was_swept_by_the_ttl_makes_a_new_job(servi
     assert client.get(new["id"])["status"] == "QUEUED"
 
 
+@pytest.mark.parametrize("body", [{"prompt": "joined"}, {"prompt": "another body"}])
+def test_an_idempotency_key_whose_job_ended_its_retention_before_the_key_makes_a_new_job(
+    service: RunningService, body: dict[str, str]
+) -> None:
+    """A job that joined an identical one takes that one's retention, sooner than its key's record: once the job
+    is past it, its key is free, with the same body or another (as when both expire together)."""
+    _, client = service.new_named_tenant("idem-outlived")
+    old = client.submit({"prompt": "joined"}, idempotency_key="outlived")
+    service.boto("dynamodb").update_item(
+        TableName=service.table,
+        Key={"pk": {"S": f"JOB#{old['id']}"}},
+        UpdateExpression="SET expires_at = :past",
+        ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 5)}},
+    )
+    depth = service.queue_depth()
+    new = client.submit(body, idempotency_key="outlived")
+    assert new["id"] != old["id"]
+    assert client.get(new["id"])["status"] == "QUEUED"
+    assert service.queue_depth() == depth + 1
+    assert client.submit(body, idempotency_key="outlived")["id"] == new["id"]  # the key names the new job now
+
+
 def test_upload_tickets_count_against_the_rate_limit_like_submissions(service: RunningService) -> None:
     """A ticket lets a tenant store up to an input's size in the bucket: it is metered like a submission, in the
     same window, so tickets cannot be drawn without limit."""

@@ -93,6 +93,21 @@ def test_idempotent_replay_returns_same_job_and_one_message(service: RunningServ
     assert service.queue_depth() == before + 1
 
 
+def test_a_field_left_out_and_the_same_field_sent_are_different_bodies_for_a_key(service: RunningService) -> None:
+    """A size, steps or guidance left out is the deployment's (the model's size, the operator's defaults): sending
+    the value that is today's default is another request, which the key cannot name too."""
+    client = service.new_tenant("idem-defaults")
+    first = client.submit({"prompt": "a default fox"}, idempotency_key="d-1")
+    for sent in (
+        {"width": first["request"]["width"]},
+        {"num_inference_steps": first["request"]["num_inference_steps"]},
+    ):
+        with pytest.raises(ApiError) as info:
+            client.submit({"prompt": "a default fox", **sent}, idempotency_key="d-1")
+        assert info.value.code == "idempotency_key_reused", sent
+    assert client.submit({"prompt": "a default fox"}, idempotency_key="d-1")["id"] == first["id"]
+
+
 def test_concurrent_replays_make_one_job(service: RunningService) -> None:
     client = service.new_tenant("idem-race")
     before = service.queue_depth()

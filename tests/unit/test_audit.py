@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -89,7 +90,8 @@ def test_a_tenant_reads_only_its_own_entries_newest_first_page_by_page(audit_tab
     other = log.page("t-2", limit=1)
     assert other.next_cursor is not None
     crafted = [{"tenant": "t-1", "sk": sk} for sk in ("", "x" * 2000, mine[0].sort_key + "x")]
-    for bad in (other.next_cursor, "garbage", "e30", *map(_encode_cursor, crafted)):
+    nested = base64.urlsafe_b64encode(b"[" * 1500).decode()  # a nesting bomb: RecursionError in the parser
+    for bad in (other.next_cursor, "garbage", "e30", nested, *map(_encode_cursor, crafted)):
         with pytest.raises(InvalidCursor):
             log.page("t-1", limit=2, cursor=bad)
 

@@ -37,6 +37,8 @@ def test_defaults_are_documented_values() -> None:
         ("prompt", "x", ""),
         ("prompt", "x" * 2000, "x" * 2001),
         ("prompt", "a\nb\tc", "   "),
+        ("prompt", "\u200bfox", "\u200b"),  # a zero-width space shows nothing
+        ("prompt", "\ufefffox", "\ufeff \u2060"),  # nor does a byte order mark or a word joiner
         ("prompt", "fox", "fox\x00"),
         ("prompt", "fox", "fox\x1b[31m"),
         ("negative_prompt", "n" * 2000, "n" * 2001),
@@ -220,3 +222,13 @@ def test_steps_and_guidance_a_request_leaves_out_are_the_operators_defaults() ->
         RequestLimits(default_steps=101)
     assert RequestLimits(max_steps=10, max_guidance=5).default_steps == 10
     assert RequestLimits(max_steps=10, max_guidance=5).default_guidance == 5
+
+
+def test_a_field_the_deployment_defaults_counts_as_sent_or_left_out_in_the_fingerprint() -> None:
+    left_out = GenerationRequest.model_validate({"prompt": "a fox"})
+    for field, value in [("width", 512), ("height", 512), ("num_inference_steps", 30), ("guidance_scale", 7.5)]:
+        sent = GenerationRequest.model_validate({"prompt": "a fox", field: value})
+        assert getattr(sent, field) == getattr(left_out, field)  # the same value on the model...
+        assert sent.fingerprint() != left_out.fingerprint(), field  # ...but another body
+        assert sent.fingerprint() == GenerationRequest.model_validate({"prompt": "a fox", field: value}).fingerprint()
+    assert left_out.fingerprint() == GenerationRequest.model_validate({"prompt": "a fox"}).fingerprint()

@@ -83,7 +83,11 @@ def test_every_attribute_the_repository_writes_is_in_the_item_layout(ddb: Dynamo
 EMPTY_ID_CURSOR = base64.urlsafe_b64encode(json.dumps({"job_id": "", "pk": "JOB#", "tenant": TENANT}).encode()).decode()
 
 
-@pytest.mark.parametrize("cursor", ["%%%garbage", "e30", "eyJwayI6IngifQ", EMPTY_ID_CURSOR])
+# A nesting bomb under the length limit: the JSON parser's recursion, not the cursor's shape, would refuse it.
+NESTED_CURSOR = base64.urlsafe_b64encode(b"[" * 1500).decode()
+
+
+@pytest.mark.parametrize("cursor", ["%%%garbage", "e30", "eyJwayI6IngifQ", EMPTY_ID_CURSOR, NESTED_CURSOR])
 def test_a_bad_cursor_is_its_own_error_not_an_http_one(ddb: DynamoDBClient, cursor: str) -> None:
     repo = JobsRepository(ddb, TABLE)
     with pytest.raises(InvalidCursor) as info:

@@ -148,27 +148,46 @@ def _request_schema_bounds(schema: dict[str, Any]) -> None:
         "guidance_scale": {"minimum": 0, "maximum": lim.max_guidance},
         "num_images": {"minimum": 1, "maximum": lim.max_images},
         "quality": {"minimum": 1, "maximum": 100},
-        "metadata": {"maxProperties": lim.max_metadata_entries},
+        "metadata": {
+            "maxProperties": lim.max_metadata_entries,
+            "propertyNames": {"minLength": 1, "maxLength": lim.max_metadata_key_chars},
+            "additionalProperties": {"type": "string", "maxLength": lim.max_metadata_value_chars},
+        },
+        "seed": {"minimum": 0, "maximum": SEED_MAX},
+        "webhook_events": {"minItems": 1, "uniqueItems": True},
         "callback_url": {"maxLength": lim.max_callback_url_chars},
         "image": {"maxLength": lim.max_data_url_chars},
         "mask": {"maxLength": lim.max_data_url_chars},
         "strength": {"exclusiveMinimum": 0, "maximum": 1},
         "loras": {"maxItems": lim.max_loras},
     }
-    for name, default in [("num_inference_steps", lim.default_steps), ("guidance_scale", lim.default_guidance)]:
+    defaults: dict[str, Any] = {"num_inference_steps": lim.default_steps, "guidance_scale": lim.default_guidance}
+    entry = settings.registry.get(settings.default_model)
+    if entry is not None:  # the default model's size: what a request that names no model and no size gets
+        defaults |= {"width": entry.default_width, "height": entry.default_height}
+    for name, default in defaults.items():
         if name in props:
             props[name]["default"] = default
     for name, extra in bounds.items():
-        prop = props.get(name)
-        if prop is None:
-            continue
-        target = prop
-        for option in prop.get("anyOf", []):
-            if option.get("type") != "null":
-                target = option
-        target.update(extra)
+        if name in props:
+            _bound(props[name], extra)
     if "model" in props:
         props["model"]["description"] = f"One of: {', '.join(settings.models)} (default {settings.default_model})"
+
+
+def _bound(prop: dict[str, Any], extra: dict[str, Any]) -> None:
+    """``extra`` on a property, or on each of its options but null (a float's `number` and `integer` alike)."""
+    options = [option for option in prop.get("anyOf", []) if option.get("type") != "null"]
+    for target in options or [prop]:
+        for keyword in ("ge", "le"):  # pydantic's names for the bounds of a custom type, not JSON Schema's
+            target.pop(keyword, None)
+        target.update(extra)
+
+
+def _lora_schema_bounds(schema: dict[str, Any]) -> None:
+    """Publish the configured LoRA scale bound (pydantic hook)."""
+    limit = get_settings().limits.max_lora_scale
+    _bound(schema["properties"]["scale"], {"minimum": -limit, "maximum": limit})
 
 
 class Priority(StrEnum):
@@ -187,7 +206,7 @@ class Priority(StrEnum):
 class LoraRef(BaseModel):
     """One LoRA a job applies: an id of the LoRA registry and how strongly."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_lora_schema_bounds)
 
     id: StrictStr = Field(description="An id of the deployment's LoRA registry.")
     scale: StrictFloat | JsonInt = Field(default=1.0, description="How strongly it applies; 0 turns it off.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema
 import pytest
 from pydantic import ValidationError
 
@@ -232,3 +233,38 @@ def test_a_field_the_deployment_defaults_counts_as_sent_or_left_out_in_the_finge
         assert sent.fingerprint() != left_out.fingerprint(), field  # ...but another body
         assert sent.fingerprint() == GenerationRequest.model_validate({"prompt": "a fox", field: value}).fingerprint()
     assert left_out.fingerprint() == GenerationRequest.model_validate({"prompt": "a fox"}).fingerprint()
+
+
+# Bounds a client reads from /openapi.json (the playground's form, schemathesis, generated clients): each value here
+# is accepted or refused by the published schema exactly as by the model.
+SCHEMA_CASES: list[tuple[str, Any, Any]] = [
+    ("guidance_scale", 20, 25.5),
+    ("guidance_scale", 0.0, -1),
+    ("seed", SEED_MAX, SEED_MAX + 1),
+    ("seed", 0, -1),
+    ("num_inference_steps", 100, 101),
+    ("width", 1024, 1032),
+    ("webhook_events", ["started", "completed"], []),
+    ("webhook_events", ["progress"], ["progress", "progress"]),
+    ("metadata", {"k" * 64: "v" * 512}, {"k" * 65: "v"}),
+    ("metadata", {"k": "v" * 512}, {"k": "v" * 513}),
+    ("metadata", {"k": ""}, {"": "v"}),
+]
+
+
+@pytest.mark.parametrize(("field", "ok", "bad"), SCHEMA_CASES)
+def test_the_published_schema_bounds_each_field_as_the_model_does(field: str, ok: Any, bad: Any) -> None:
+    schema = GenerationRequest.model_json_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    assert validator.is_valid({"prompt": "x", field: ok})
+    GenerationRequest.model_validate({"prompt": "x", field: ok})
+    assert not validator.is_valid({"prompt": "x", field: bad})
+    with pytest.raises(ValidationError):
+        GenerationRequest.model_validate({"prompt": "x", field: bad})
+
+
+def test_the_published_schema_bounds_a_lora_scale_by_the_setting() -> None:
+    limit = Settings().limits.max_lora_scale
+    validator = jsonschema.Draft202012Validator(GenerationRequest.model_json_schema())
+    assert validator.is_valid({"prompt": "x", "loras": [{"id": "a", "scale": -limit}]})
+    assert not validator.is_valid({"prompt": "x", "loras": [{"id": "a", "scale": limit + 0.5}]})

@@ -50,8 +50,9 @@ lock: install
 	# The scanners' own lock: not constrained by dev's pins (checkov needs an older boto3 than the project's).
 	$(PIP_COMPILE) -o requirements/scan.txt requirements/scan.in
 
+# `make up PORT=8100`: the API on another port (the local cloud on the next one).
 up: install
-	$(VENV)/bin/sdq up
+	$(VENV)/bin/sdq up $(if $(PORT),--port $(PORT))
 
 demo: install
 	$(VENV)/bin/sdq demo

@@ -73,7 +73,7 @@ from workflows.authorization import Authorization
 from workflows.jobmetrics import MeteredJobsRepository
 from workflows.jobview import job_view
 from workflows.preprocessing import Inputs
-from workflows.queueposition import QueuePositions
+from workflows.queueposition import QueuePositions, QueueRules
 from workflows.resultcache import ResultCache
 from workflows.submission import SubmissionService
 from workflows.waiting import MAX_WAIT_S, wait_until_finished
@@ -232,7 +232,10 @@ def services() -> Services:
         secrets=webhook_secrets(aws, settings),
         orchestrator=orchestrator,
         redeliveries=Redeliveries(orchestrator, RateLimiter(aws.dynamodb(), settings.table_name), settings),
-        positions=QueuePositions(QueueState(aws.dynamodb(), settings.table_name)),
+        positions=QueuePositions(
+            QueueState(aws.dynamodb(), settings.table_name),
+            rules=QueueRules(scales_from_zero=settings.workers_scale_from_zero),
+        ),
         audit=audit,
         inputs=inputs,
     )

@@ -86,10 +86,10 @@
       });
     } catch (err) {
       const where = state.base || window.location.origin;
-      throw new ApiError(0, {
-        code: "network",
-        message: `Cannot reach the API at ${where}. A different origin needs CORS on the API.`,
-      });
+      const cors = new URL(where, window.location.href).origin === window.location.origin
+        ? " Is it running?"
+        : " Is it running? A different origin also needs CORS on the API.";
+      throw new ApiError(0, { code: "network", message: `Cannot reach the API at ${where}.${cors}` });
     }
     const text = await resp.text();
     let data = null;
@@ -241,6 +241,8 @@
       if (!hint) continue;
       if (name === "width" || name === "height") {
         hint.textContent = `${range(b)}${b.multipleOf ? `, ×${+b.multipleOf}` : ""}`;
+        // Left empty, a size is the chosen model's (the schema's default is the default model's).
+        if (b.default !== undefined) input.placeholder = `${+b.default} (the model's)`;
       } else if (name === "quality") {
         hint.textContent = `${range(b)}, jpeg/webp`;
       } else if (name !== "seed" && range(b)) {
@@ -350,7 +352,8 @@
     try {
       const view = await api("POST", "/v1/jobs", { body, headers: { "Idempotency-Key": idempotencyKey() } });
       remember(view);
-      $("form-status").textContent = `Queued ${view.id} · seed ${view.request.seed}`;
+      const cached = view.status === "SUCCEEDED" ? "Done (from the result cache)" : "Queued";
+      $("form-status").textContent = `${cached} ${view.id} · seed ${view.request.seed}`;
       render();
     } catch (err) {
       $("form-status").textContent = "";
@@ -498,7 +501,9 @@
       case "POSTPROCESSING":
         return "storing images";
       case "SUCCEEDED":
-        return `${job.outputs.length} image${job.outputs.length === 1 ? "" : "s"} · ${total} steps`;
+        return `${job.outputs.length} image${job.outputs.length === 1 ? "" : "s"} · ${
+          job.cache && job.cache.hit ? "from the result cache" : `${total || job.request.num_inference_steps} steps`
+        }`;
       case "CANCELLED":
         if (total) return `cancelled at step ${step} / ${total}`;
         return job.started_at ? "cancelled while starting" : "cancelled before it started";

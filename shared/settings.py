@@ -365,6 +365,13 @@ class Settings(BaseSettings):
     max_priority: Literal["low", "normal", "high"] = Field(
         default="normal", description="The highest `priority` a tenant's jobs may ask for (the default plan's)"
     )
+    workers_scale_from_zero: bool = Field(
+        default=True,
+        description=(
+            "Whether a fleet with no worker running starts one for a queued job (the template's fleets do): a"
+            " queued job's `queue.reason` and `eta_s` say so; `sdq up` sets it false"
+        ),
+    )
     authorizer_cache_s: int = Field(
         default=60,
         ge=0,

@@ -56,6 +56,7 @@ class QueueRules:
     max_running: int = 400
     stale_after_s: float = 30.0  # a worker item older than this is a worker no longer running
     scale_up_s: float = SCALE_UP_S
+    scales_from_zero: bool = True  # whether a fleet with no worker starts one for a queued job (not `sdq up`'s)
     default_max_batch_images: int = 8  # before any worker published its own
     default_window_images: int = 16
 
@@ -116,10 +117,12 @@ def estimate(
 
     if live:
         lanes = _lanes(live, running, rates, now, max_batch)
-    else:
+    elif rules.scales_from_zero:
         lanes = [_Lane(free_at=now + rules.scale_up_s, last_start=None)]
+    else:
+        lanes = []  # no worker will come on its own: no time to estimate
     claim_at: float | None = None
-    if rates.known:
+    if rates.known and lanes:
         for batch in batches_of([*ahead.jobs, job], max_batch_images=max_batch, window_images=window):
             lane = min(lanes, key=lambda x: x.free_at)
             start = lane.free_at
@@ -134,7 +137,7 @@ def estimate(
         images_ahead=images_ahead,
         workers=len(live),
         eta_s=eta,
-        reason=_reason(job, ahead, images_ahead, live, running, rates.known),
+        reason=_reason(job, ahead, images_ahead, live, running, rates.known, rules.scales_from_zero),
     )
 
 
@@ -247,13 +250,18 @@ def _reason(
     live: Sequence[WorkerStats],
     running: Sequence[QueuedWork],
     rates_known: bool,
+    scales_from_zero: bool = True,
 ) -> str:
     jobs_ahead = len(ahead.jobs)
     count = f"more than {jobs_ahead} jobs" if ahead.more else _plural(jobs_ahead, "job")
     yours = sum(1 for j in ahead.jobs if j.tenant == job.tenant)
     of_yours = f" ({yours} of them yours)" if yours else ""
     if not live:
-        start = f"No worker is running: the fleet is scaling up from zero ({SCALE_UP_WORDS})"
+        start = (
+            f"No worker is running: the fleet is scaling up from zero ({SCALE_UP_WORDS})"
+            if scales_from_zero
+            else "No worker is running, and none starts on its own: this job waits until one does"
+        )
         if jobs_ahead:
             return f"{start}; then {count}{of_yours} with {_plural(images_ahead, 'image')} run before this one."
         return f"{start}; this job is next."

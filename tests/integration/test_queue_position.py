@@ -74,13 +74,13 @@ def test_position_and_eta_fall_with_the_backlog_and_the_eta_meets_the_real_wait(
     other = service.new_tenant("queue-other")
     submit = {"prompt": "a red fox", **SHAPE}
 
-    # No worker yet: the job waits for the fleet to start, and nothing has been measured.
+    # No worker yet, and on the local stack none starts on its own (no fleet scales up here).
     first = client.submit(submit)["id"]
     queue = client.get(first)["queue"]
     assert queue["position"] == 1
     assert queue["workers"] == 0
     assert queue["eta_s"] is None
-    assert queue["reason"].startswith("No worker is running: the fleet is scaling up from zero")
+    assert queue["reason"].startswith("No worker is running, and none starts on its own")
 
     # A worker starts and measures the shape on a few batches.
     worker = service.start_worker(env=WORKER_ENV)

@@ -106,6 +106,17 @@ def test_no_worker_running_waits_for_the_scale_up_and_says_so() -> None:
     assert "2 jobs with 2 images run before this one" in info.reason
 
 
+def test_where_no_fleet_scales_up_no_worker_running_is_no_time_and_says_so() -> None:
+    """The local stack started with `--no-worker`: nothing will start a worker on its own."""
+    stale = worker(seen_ago_s=600)
+    rules = QueueRules(scale_up_s=450, scales_from_zero=False)
+    info = estimate(MINE, Ahead(queue(2), more=False), [], [stale], now=NOW, rules=rules)
+    assert info.workers == 0
+    assert info.eta_s is None
+    assert info.reason.startswith("No worker is running, and none starts on its own")
+    assert "scaling up" not in info.reason
+
+
 def test_a_stopping_worker_is_not_counted() -> None:
     info = estimate(MINE, Ahead([], more=False), [], [worker(stopping=True)], now=NOW)
     assert info.workers == 0

@@ -1031,6 +1031,22 @@ class JobsRepository:
 
     # -- result cache ----------------------------------------------------------------------------
 
+    def repoint_cache_entry(self, entry_pk: str, *, previous: str, job: Job) -> bool:
+        """Point the result cache's entry ``entry_pk`` at ``job`` where it still names ``previous``; False, with
+        nothing written, where it names another job or is gone."""
+        try:
+            self._ddb.put_item(
+                TableName=self._table,
+                Item=_to_item(
+                    {"pk": entry_pk, "job_id": job.job_id, "source_tenant": job.tenant, "expires_at": job.expires_at}
+                ),
+                ConditionExpression="job_id = :previous",
+                ExpressionAttributeValues={":previous": {"S": previous}},
+            )
+        except self._ddb.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
     def cached_job_id(self, entry_pk: str) -> str | None:
         """The job the result cache's entry names, or None (no entry)."""
         resp = self._ddb.get_item(TableName=self._table, Key={"pk": {"S": entry_pk}}, ConsistentRead=True)

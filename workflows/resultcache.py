@@ -242,6 +242,10 @@ class ResultCache:
             report.skipped += 1
             return None
         report.released += 1
+        # The entry names the source, which did not succeed: the job that now generates for the others is what a
+        # later identical request should find (a hit once it succeeds, a join before).
+        entry = cache_entry_pk(self.scope(released.tenant), released.cache_key)
+        self._repo.repoint_cache_entry(entry, previous=source_id, job=released)
         try:
             self._queue.send(
                 QueueMessage(

@@ -139,11 +139,11 @@ def test_a_failed_or_cancelled_source_is_no_hit_and_its_followers_run_themselves
     assert released.status == JobStatus.QUEUED
     assert released.joined_to is None
     assert world.queue.sent == [source.job_id, follower.job_id]
-    # The entry named a cancelled job: the next request generates and becomes the source.
+    # The entry named the cancelled job; now it names the follower that generates: the next request joins it.
+    assert world.repo.cached_job_id(cache_entry_pk("t:t1", follower.cache_key)) == follower.job_id
     fresh = world.submit()
-    assert fresh.status == JobStatus.QUEUED
-    assert fresh.joined_to is None
-    assert world.repo.cached_job_id(cache_entry_pk("t:t1", fresh.cache_key)) == fresh.job_id
+    assert (fresh.status, fresh.joined_to) == (JobStatus.QUEUED, follower.job_id)
+    assert world.queue.sent == [source.job_id, follower.job_id]
 
 
 def test_cancelling_a_joined_job_leaves_its_source_alone(world: World) -> None:
@@ -363,6 +363,14 @@ def test_after_a_failed_source_one_joined_job_generates_and_the_others_join_it(w
     assert world.repo.followers(runner.job_id) == sorted(j.job_id for j in jobs if j is not runner)
     # Settling the failed source again moves nothing; the runner's success answers the other two.
     assert world.cache.settle(source.job_id).moved == 0
+    # A later identical request joins the runner, not the failed source: the entry names the job generating.
+    late = world.submit()
+    assert late.joined_to == runner.job_id
     world.succeed(runner)
-    assert world.cache.settle(runner.job_id).completed == 2
-    assert {world.repo.get(j.job_id).cache_source for j in jobs if j is not runner} == {runner.job_id}
+    assert world.cache.settle(runner.job_id).completed == 3
+    assert {world.repo.get(j.job_id).cache_source for j in [*jobs, late] if j is not runner} == {runner.job_id}
+    # And once it succeeded, the same request is a hit on its images, not another generation.
+    sent = list(world.queue.sent)
+    hit = world.submit()
+    assert (hit.status, hit.cache_source) == (JobStatus.SUCCEEDED, runner.job_id)
+    assert world.queue.sent == sent

@@ -636,10 +636,20 @@ TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 
 # The only legal moves. QUEUED -> FAILED covers jobs that never reach a worker (enqueue failure, poison
 # message); RUNNING -> SUCCEEDED lets the state machine finish a job whose worker skipped POSTPROCESSING.
+# Two moves belong to the worker's claims alone (shared/jobs.py): RUNNING -> QUEUED hands a claimed job back to the
+# queue (``release_claim``: a batch claimed ahead that a warm stop never started), and RUNNING -> RUNNING is a
+# takeover (``claim`` of a job whose worker's lease lapsed: a new attempt, another worker).
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.RUNNING: frozenset(
-        {JobStatus.POSTPROCESSING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+        {
+            JobStatus.QUEUED,
+            JobStatus.RUNNING,
+            JobStatus.POSTPROCESSING,
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+        }
     ),
     JobStatus.POSTPROCESSING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.SUCCEEDED: frozenset(),

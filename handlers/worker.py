@@ -1,7 +1,8 @@
 """The worker process entry point (``python -m handlers.worker``, the container's command; ``sdq worker``).
 
 Loads its models once (those named, else its fleet's in the model registry, else ``SDQ_MODEL``'s), then runs the
-loop until SIGTERM/SIGINT: the first signal is a warm stop, the second stops at once. With compile on, the compile
+loop until SIGTERM/SIGINT: the first signal is a warm stop, the second stops at once. A worker that stopped as faulty
+(jobs failing one after another) exits with status 70. With compile on, the compile
 artefacts other workers stored are fetched before the models load, and what this one compiles is uploaded
 (``workflows/generation/compileartefacts.py``).
 """
@@ -36,7 +37,7 @@ from workflows.generation.models import GpuUnavailable, require_gpu
 from workflows.generation.pipeline import ModelRunners, PipelineRunner
 from workflows.generation.progressevents import progress_events_for
 from workflows.generation.protection import TaskProtection
-from workflows.generation.worker import Generator, Worker, WorkerConfig, loaded_revisions
+from workflows.generation.worker import EXIT_FAULTY, Generator, Worker, WorkerConfig, loaded_revisions
 from workflows.jobmetrics import MeteredJobsRepository
 
 logger = Logger(service="sdq-worker")
@@ -72,6 +73,7 @@ def worker_config() -> WorkerConfig:
     worker = settings.worker
     return WorkerConfig(
         max_batch_images=worker.max_batch_images,
+        max_consecutive_failures=worker.max_consecutive_failures,
         max_batch_wait_s=worker.max_batch_wait_ms / 1000,
         # A long poll must end before the client's read timeout, or every empty receive would fail as an outage.
         receive_wait_s=max(0, min(worker.receive_wait_s, int(settings.aws_read_timeout_s) - 5)),
@@ -183,8 +185,9 @@ def main(
         gpu_metrics.stop()
         if artefacts is not None:
             artefacts.stop()  # what compiled since the last upload
-    logger.info("worker stopped", batches=len(worker.batches))
-    return 0
+    logger.info("worker stopped", batches=len(worker.batches), faulty=worker.faulty)
+    # A faulty worker exits non-zero, like the watchdog's, so that its container is replaced.
+    return EXIT_FAULTY if worker.faulty else 0
 
 
 if __name__ == "__main__":  # the container's command: python -m handlers.worker

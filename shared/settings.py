@@ -142,6 +142,15 @@ class WorkerSettings(SettingsGroup):
             "with status 70 (its container is replaced). Longer than a first call's compilation"
         ),
     )
+    max_consecutive_failures: int = Field(
+        default=3,
+        ge=2,
+        description=(
+            "Jobs failing alone one after another, with no successful pipeline call between, after which the worker"
+            " counts its device faulty: it hands back what it holds and exits with status 70 (its container is"
+            " replaced). From the second such job on, a job is handed back (attempt counted) instead of failed"
+        ),
+    )
     health_file: str | None = Field(
         default=None,
         description=(

@@ -385,3 +385,42 @@ def test_a_job_cancelled_in_a_batch_that_fails_is_let_go_when_the_batch_is_split
         time.sleep(0.2)
     assert worker.held_count() == 0  # the cancelled job's message is not held ...
     assert set(ids) <= set(queue.deleted)  # ... but deleted, like the two finished jobs' messages
+
+
+class BrokenGpu(FaultyGpu):
+    """A GPU after a sticky CUDA error (an illegal memory access, an Xid): every call fails at once."""
+
+    def generate(
+        self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: Callable[[int, int], None] | None = None
+    ) -> dict[str, list[Image]]:
+        self.calls.append(sum(j.num_images for j in jobs))
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_a_broken_device_hands_its_jobs_back_and_its_worker_stops_as_faulty(
+    service: RunningService, runner: PipelineRunner, run_worker: Callable[..., tuple[Worker, FaultyGpu]]
+) -> None:
+    """The worker cannot tell a bad job from a broken device until jobs fail one after another: at most the first
+    job fails; the rest go back to the queue for another worker (their messages visible), and the worker stops on
+    its own, marked faulty (``sdq worker`` then exits with status 70 and the container is replaced)."""
+    client = service.new_tenant("broken-gpu")
+    ids = [client.submit({"prompt": f"doomed fox {i}", **SMALL})["id"] for i in range(6)]
+    worker, _gpu = run_worker(8, gpu=BrokenGpu(runner, oom_above=8))
+    deadline = time.monotonic() + 60
+    while not (worker.faulty and worker.held_count() == 0) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert worker.faulty
+    assert worker.held_count() == 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        jobs = {i: client.get(i) for i in ids}
+        if all(j["status"] in {"QUEUED", "FAILED"} for j in jobs.values()):
+            break
+        time.sleep(0.3)
+    statuses = [j["status"] for j in jobs.values()]
+    assert statuses.count("FAILED") <= 1, statuses
+    assert statuses.count("QUEUED") >= len(ids) - 1, statuses  # each to run again elsewhere, at once
+    attrs = service.boto("sqs").get_queue_attributes(
+        QueueUrl=service.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    assert int(attrs["ApproximateNumberOfMessages"]) == statuses.count("QUEUED")  # their messages visible now

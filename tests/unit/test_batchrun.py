@@ -1,6 +1,7 @@
 """The batch run's error handling: a batch that runs out of memory (or fails) is split in halves until the bad
 job stands alone; that job fails with the right code, the others are handed off; jobs cancelled during a failed
-call are let go, never retried; a batch cancelled whole is dropped."""
+call are let go, never retried; a batch cancelled whole is dropped; a device that fails job after job (not a job
+that fails alone) hands the jobs back for other workers and counts itself faulty."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class RecordingHandOff:
         self.completed: list[str] = []
         self.failed: list[tuple[str, str]] = []
         self.dropped: list[str] = []
+        self.released: list[str] = []
         self.uses: dict[str, GpuUse] = {}
 
     def complete_later(
@@ -74,6 +76,9 @@ class RecordingHandOff:
 
     def drop(self, held: Held) -> None:
         self.dropped.append(held.job_id)
+
+    def release_later(self, held: Held) -> None:
+        self.released.append(held.job_id)
 
 
 @pytest.fixture
@@ -217,3 +222,78 @@ def test_an_image_batch_on_a_runner_with_no_bucket_fails_mode_not_served_and_nev
     assert gpu.calls == []
     assert handoff.failed == [(h.job_id, JobErrorCode.MODE_NOT_SERVED) for h in jobs]
     assert handoff.completed == []
+
+
+class BrokenDevice(FaultyGenerator):
+    """A GPU after a sticky CUDA error (an illegal memory access, an Xid): every call fails at once."""
+
+    def generate(
+        self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: Callable[[int, int], None] | None = None
+    ) -> dict[str, list[Image]]:
+        self.calls.append([j.key for j in jobs])
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def runner_for(
+    generator: FaultyGenerator, pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor]
+) -> tuple[RecordingHandOff, BatchRunner]:
+    progress = ProgressRecorder(
+        JobsRepository(boto3.client("dynamodb", region_name="us-east-1"), "unused"),
+        worker_id="w",
+        interval_s=1.0,
+        hard_stop=threading.Event(),
+        writers=pools[0],
+        table_pool=pools[1],
+    )
+    handoff = RecordingHandOff()
+    runner = BatchRunner(generator, progress, handoff, threading.Event(), max_failures_in_a_row=3, max_attempts=3)
+    return handoff, runner
+
+
+def test_a_broken_device_does_not_fail_the_backlog_and_counts_itself_faulty(
+    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    gpu = BrokenDevice(oom_above=8)
+    handoff, runner = runner_for(gpu, pools)
+    batches = [[claimed(held()) for _ in range(8)] for _ in range(3)]
+    for jobs in batches:
+        runner.run(ClaimedBatch(jobs, seconds=0.0))
+    every = [h.job_id for jobs in batches for h in jobs]
+    # The first job to fail alone cannot be told from a bad job (the device had worked until then) and fails; the
+    # next ones fail alone right after it, so they go back to the queue for other workers, attempt counted.
+    assert handoff.failed == [(every[0], JobErrorCode.GENERATION_FAILED)]
+    assert sorted(handoff.released) == sorted(every[1:])
+    assert handoff.completed == handoff.dropped == []
+    # Three jobs failed alone in a row: the device is faulty, and nothing more is run on it.
+    assert runner.faulty
+    assert len([c for c in gpu.calls if len(c) == 1]) == 3
+    assert not any(set(c) & set(ids(*batches[1], *batches[2])) for c in gpu.calls)
+
+
+def test_a_success_between_two_jobs_failing_alone_blames_each_job(
+    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    handoff, runner = runner_for(FaultyGenerator(oom_above=8), pools)
+    for _ in range(4):  # a bad job in each batch, with good ones: the device works between the failures
+        bad, good = claimed(held(prompt="poison")), claimed(held())
+        runner.run(ClaimedBatch([bad, good], seconds=0.0))
+    assert [code for _, code in handoff.failed] == [JobErrorCode.GENERATION_FAILED] * 4
+    assert handoff.released == []
+    assert not runner.faulty
+
+
+def test_two_bad_jobs_in_a_row_hand_the_second_back_unless_it_has_no_attempt_left(
+    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    handoff, runner = runner_for(FaultyGenerator(oom_above=8), pools)
+    first, second, good = claimed(held(prompt="poison")), claimed(held(prompt="poison")), claimed(held())
+    runner.run(ClaimedBatch([first, second, good], seconds=0.0))
+    assert handoff.failed == [(first.job_id, "GENERATION_FAILED")]
+    assert handoff.released == [second.job_id]  # failed right after the first: this worker's fault as likely
+    assert handoff.completed == [good.job_id]
+    # A job on its last claim fails for good, even right after another: no other worker would try it again.
+    first, last_try = claimed(held(prompt="poison")), claimed(held(prompt="poison"), attempt=3)
+    runner.run(ClaimedBatch([first, last_try, claimed(held())], seconds=0.0))
+    assert handoff.failed[1:] == [(first.job_id, "GENERATION_FAILED"), (last_try.job_id, "GENERATION_FAILED")]
+    assert handoff.released == [second.job_id]
+    assert not runner.faulty

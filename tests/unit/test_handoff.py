@@ -178,3 +178,25 @@ def test_a_failure_hand_off_of_a_job_still_claimed_deletes_its_message(setup: Se
     h = setup.stored(JobStatus.RUNNING)
     setup.handoff.fail(h, JobErrorCode.GENERATION_FAILED, "out of memory")
     assert setup.queue.deleted == [h.received.message_id]  # the execution records the failure at this attempt
+
+
+def test_a_job_handed_back_runs_again_elsewhere_with_its_attempt_counted(setup: Setup) -> None:
+    h = setup.stored(JobStatus.RUNNING)
+    setup.handoff.release_later(h)
+    setup.handoff.wait()
+    job = setup.repo.get(h.job_id)
+    assert (job.status, job.attempt) == (JobStatus.QUEUED, 1)
+    assert setup.queue.visibility == [(h.received.message_id, 0)]  # visible now: no lease to wait for
+    assert setup.queue.deleted == []
+    assert len(setup.held) == 0
+    again = setup.repo.claim(h.job_id, h.tenant, worker_id="worker-b", lease_s=60, now=time.time())
+    assert again.attempt == 2
+
+
+def test_a_job_handed_back_after_it_was_cancelled_is_dropped(setup: Setup) -> None:
+    h = setup.stored(JobStatus.RUNNING)
+    setup.repo.transition(h.job_id, JobStatus.CANCELLED, tenant=h.tenant)
+    setup.handoff.release(h)
+    assert setup.repo.get(h.job_id).status == JobStatus.CANCELLED
+    assert setup.queue.deleted == [h.received.message_id]
+    assert len(setup.held) == 0

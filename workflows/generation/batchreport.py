@@ -35,6 +35,7 @@ class BatchReport:
     ended_at: float = 0.0
     failed: int = 0
     cancelled: int = 0
+    released: int = 0  # failed here, but handed back to the queue for another worker (the device is suspect)
     gpu_s_by_job: dict[str, float] = field(default_factory=dict)  # each job's share of the pipeline calls
 
 
@@ -65,6 +66,7 @@ def log_batch(
         queue_wait_s=round(max(waits), 3) if waits else 0.0,
         failed=report.failed,
         cancelled=report.cancelled,
+        released=report.released,
         job_gpu_s={job_id: round(s, 4) for job_id, s in report.gpu_s_by_job.items()},
         **(extra_fields() if extra_fields else {}),
     )

@@ -1,6 +1,12 @@
 """One claimed batch on the GPU thread: the inputs of image-to-image and inpainting jobs read first, one pipeline
 call, split in halves on an error or out-of-memory until the bad job stands alone, cancelled jobs let go, every
-generated or failed job passed to the hand-off."""
+generated or failed job passed to the hand-off.
+
+A job that fails alone is failed, unless the job failed alone before it did too, with no successful call between:
+then the worker is as likely at fault as the job (a sticky CUDA error fails every call), and the job goes back to the
+queue with its attempt counted, for another worker (failed once it has used its attempts). After
+``max_failures_in_a_row`` such jobs the runner counts its device faulty: the batch's other jobs go back unrun, and
+the worker stops and exits to be replaced (``faulty``)."""
 
 from __future__ import annotations
 
@@ -66,6 +72,8 @@ class BatchHandOff(Protocol):
 
     def drop(self, held: Held) -> None: ...
 
+    def release_later(self, held: Held) -> None: ...
+
 
 @runtime_checkable
 class HasMedia(Protocol):
@@ -86,11 +94,17 @@ class BatchRunner:
         *,
         xray: bool = False,
         inputs: InputReader | None = None,
+        max_failures_in_a_row: int | None = None,
+        max_attempts: int | None = None,
     ) -> None:
         """``inputs`` reads jobs' stored inputs (default: from the hand-off's media bucket, under the configured
-        outputs prefix; without either, image-to-image and inpainting jobs fail ``MODE_NOT_SERVED``)."""
+        outputs prefix; without either, image-to-image and inpainting jobs fail ``MODE_NOT_SERVED``).
+        ``max_failures_in_a_row``: jobs failed alone with no successful call between, after which the device is
+        counted faulty (default: ``SDQ_MAX_CONSECUTIVE_FAILURES``); ``max_attempts``: a job handed back for another
+        worker is failed instead once it has used this many claims (default: ``SDQ_MAX_GENERATION_ATTEMPTS``)."""
+        settings = get_settings()
         if inputs is None and isinstance(handoff, HasMedia):
-            inputs = InputReader(handoff.media, get_settings().outputs_prefix)
+            inputs = InputReader(handoff.media, settings.outputs_prefix)
         self._inputs = inputs
         self._gen = generator
         self._progress = progress
@@ -98,6 +112,14 @@ class BatchRunner:
         self._hard_stop = hard_stop
         self._xray = xray
         self.gpu_seconds = 0.0  # inside pipeline calls, failed ones included
+        if max_failures_in_a_row is None:
+            max_failures_in_a_row = settings.worker.max_consecutive_failures
+        self._max_failures_in_a_row = max_failures_in_a_row
+        self._max_attempts = max_attempts if max_attempts is not None else settings.max_generation_attempts
+        # Jobs failed alone since the last successful pipeline call (a split's own failed calls are not counted:
+        # they are the isolation of a job that may be at fault).
+        self.failed_in_a_row = 0
+        self.faulty = False  # the device failed job after job: nothing more runs here
 
     def run(self, claimed: ClaimedBatch) -> BatchReport | None:
         """Generate a claimed batch and hand its jobs off (on the finisher threads); None when no claim was won."""
@@ -147,6 +169,11 @@ class BatchRunner:
         live = [h for h in jobs if not h.dropped]
         if not live:
             return
+        if self.faulty:
+            for h in live:  # never run: another worker runs them (the claim stays counted)
+                report.released += 1
+                self._handoff.release_later(h)
+            return
         req = live[0].request
         # Batches never mix models, modes, strengths or LoRA sets (the batch key holds them): the runner refuses a
         # model it has not loaded.
@@ -195,11 +222,9 @@ class BatchRunner:
                 self._generate(live[:half], report, inputs)
                 self._generate(live[half:], report, inputs)
                 return
-            code = JobErrorCode.OUT_OF_MEMORY if oom else JobErrorCode.GENERATION_FAILED
-            logger.error("job failed in generation", job_id=live[0].job_id, code=code, error=str(exc)[:500])
-            report.failed += 1
-            self._handoff.fail_later(live[0], code, f"{type(exc).__name__}: {exc}"[:1000])
+            self._failed_alone(live[0], exc, report)
             return
+        self.failed_in_a_row = 0
         self._spent(live, time.monotonic() - t0, report)
         # The last progress write may still be in flight: the finishers wait for it (it can reveal a cancel),
         # the GPU thread does not.
@@ -209,6 +234,33 @@ class BatchRunner:
         for h in live:
             use = GpuUse(report.gpu_s_by_job[h.job_id], len(live), batch_images)
             self._handoff.complete_later(last_write, h, images[h.job_id], use=use)
+
+    def _failed_alone(self, held: Held, exc: Exception, report: BatchReport) -> None:
+        """A job failed a call of its own: the job's fault, unless the job failed alone before it did too (no
+        successful call between), when the worker is as likely at fault: then it goes back to the queue for another
+        worker, attempt counted (failed once its attempts are used). Enough of those in a row: the device is faulty."""
+        assert held.job is not None
+        self.failed_in_a_row += 1
+        code = JobErrorCode.OUT_OF_MEMORY if isinstance(exc, GenerationOOM) else JobErrorCode.GENERATION_FAILED
+        attempts_left = held.job.attempt < self._max_attempts
+        if self.failed_in_a_row > 1 and attempts_left:
+            logger.warning(
+                "job failed after another one did; handing it back for another worker",
+                job_id=held.job_id,
+                code=code,
+                attempt=held.job.attempt,
+                failed_in_a_row=self.failed_in_a_row,
+                error=str(exc)[:500],
+            )
+            report.released += 1
+            self._handoff.release_later(held)
+        else:
+            logger.error("job failed in generation", job_id=held.job_id, code=code, error=str(exc)[:500])
+            report.failed += 1
+            self._handoff.fail_later(held, code, f"{type(exc).__name__}: {exc}"[:1000])
+        if self.failed_in_a_row >= self._max_failures_in_a_row:
+            logger.error("jobs failed one after another: the device is faulty", failed_in_a_row=self.failed_in_a_row)
+            self.faulty = True
 
     def _spent(self, jobs: list[Held], seconds: float, report: BatchReport) -> None:
         """``seconds`` of one pipeline call over ``jobs``, shared by their images (the steps are the batch's)."""

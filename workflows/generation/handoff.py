@@ -85,6 +85,9 @@ class HandOff:
     def drop_later(self, held: Held) -> None:
         self._submit(self.drop, held)
 
+    def release_later(self, held: Held) -> None:
+        self._submit(self.release, held)
+
     def wait(self) -> None:
         """Wait for every hand-off submitted so far (a warm stop), raising what one raised."""
         for future in list(self._in_flight):
@@ -130,6 +133,24 @@ class HandOff:
             self._held.let_go([held], 0)
         else:
             self._held.finish(held)
+
+    def release(self, held: Held) -> None:
+        """Hand a claimed job back to the queue for another worker, its attempt counted (this worker's device is
+        suspect): QUEUED again at this claim, message visible now. A job no longer this claim's is dropped; when
+        the write cannot be made, the message is let go all the same and the next claim waits for the lease."""
+        assert held.job is not None
+        claim = Claim(attempt=held.job.attempt, worker_id=self._worker_id)
+        try:
+            self._repo.transition(
+                held.job_id, JobStatus.QUEUED, tenant=held.tenant, sources=[JobStatus.RUNNING], claim=claim
+            )
+        except (InvalidTransition, JobNotFound):
+            self.drop(held)  # cancelled or taken over meanwhile
+            return
+        except AwsError as exc:
+            logger.warning("could not hand the job back; its lease will lapse", job_id=held.job_id, error=str(exc))
+        logger.info("job handed back for another worker", job_id=held.job_id, attempt=held.job.attempt)
+        self._held.let_go([held], 0)
 
     def _hand_off(self, held: Held, images: list[Image], use: GpuUse | None = None) -> None:
         assert held.job is not None

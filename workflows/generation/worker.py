@@ -8,7 +8,8 @@
 - claims (:mod:`.claims`): a batch's claims in parallel, lost claims settled, the next batch claimed ahead on the
   prefetch thread while this one generates;
 - batch run (:mod:`.batchrun`, progress in :mod:`.progress`), on the main (GPU) thread: one pipeline call per
-  batch, split to isolate a job that fails it;
+  batch, split to isolate a job that fails it; jobs failing alone one after another make the worker stop as faulty
+  (its jobs handed back) and exit with :data:`EXIT_FAULTY`, to be replaced;
 - hand-off (:mod:`.handoff`), on the finisher threads: encode PNGs, upload to staging, start executions, delete
   messages, overlapping the next batch;
 - stop thread (on a warm stop only): hands back the batch claimed ahead and the waiting messages at once;
@@ -55,12 +56,16 @@ from workflows.generation.progressevents import ProgressEvents
 from workflows.generation.protection import TaskProtection
 from workflows.generation.receiver import Receiver
 from workflows.generation.throughput import StatsStore, Throughput
-from workflows.generation.watchdog import Watchdog, Watched
+from workflows.generation.watchdog import EXIT_HUNG, Watchdog, Watched
 from workflows.webhooks import start_finished_notice
 
-__all__ = ["Generator", "Worker", "WorkerConfig"]
+__all__ = ["EXIT_FAULTY", "Generator", "Worker", "WorkerConfig"]
 
 logger = Logger(service="sdq-worker")
+
+# The exit status of a worker that stopped as faulty (jobs failing alone one after another): the watchdog's, since
+# the process gave up on itself in both cases and its container is to be replaced.
+EXIT_FAULTY = EXIT_HUNG
 
 
 @dataclass
@@ -82,6 +87,8 @@ class WorkerConfig:
     # its device once the model is loaded.
     encode_processes: int = 0
     backlog_factor: int = 2
+    # Jobs failed alone in a row after which the worker stops as faulty (None: SDQ_MAX_CONSECUTIVE_FAILURES).
+    max_consecutive_failures: int | None = None
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
 
@@ -205,7 +212,14 @@ class Worker:
         alive = Path(config.health_file) if config.health_file else None
         self._watchdog = Watchdog(config.stall_s, self._give_up, alive_file=alive) if config.stall_s else None
         watched = Watched(generator, self._watchdog) if self._watchdog else generator
-        self._batch_runner = BatchRunner(watched, progress, self._handoff, self._hard_stop, xray=config.xray)
+        self._batch_runner = BatchRunner(
+            watched,
+            progress,
+            self._handoff,
+            self._hard_stop,
+            xray=config.xray,
+            max_failures_in_a_row=config.max_consecutive_failures,
+        )
         self._throughput = Throughput(
             worker_stats,
             worker_id=config.worker_id,
@@ -214,6 +228,7 @@ class Worker:
         )
         self.batches: list[BatchReport] = []
         self.started_at = time.monotonic()
+        self.faulty = False  # stopped because its jobs kept failing: the caller exits with EXIT_FAULTY
 
     # -- the loop ------------------------------------------------------------------------------------
 
@@ -247,6 +262,8 @@ class Worker:
                 if following:
                     self._claims.claim_ahead(following)
                 self._run_batch(claimed)
+                if self._batch_runner.faulty:
+                    self._stop_as_faulty()
         finally:
             self._claims.hand_back_claimed_ahead()  # stopping (or failing) with a batch claimed but not started
             self._shutdown(receiver)
@@ -311,6 +328,13 @@ class Worker:
         if unstarted:
             refused = self._messages.let_go(unstarted, 0)
             logger.info("released unstarted messages", count=len(unstarted), refused=len(refused))
+
+    def _stop_as_faulty(self) -> None:
+        """Jobs failed alone one after another: the device, not the jobs, is at fault. Stop as a warm stop does
+        (the hand-offs finish; every job still held goes back, visible now) and leave ``faulty`` set."""
+        logger.error("worker faulty: its jobs kept failing; handing back what it holds and stopping")
+        self.faulty = True
+        self._stopping.set()
 
     def _give_up(self, stalled_s: float) -> None:
         """The watchdog's last act before the process exits: every held message visible now, so its jobs run again

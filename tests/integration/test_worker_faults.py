@@ -181,7 +181,7 @@ def run_worker(
                 xray=False,
             ),
         )
-        thread = threading.Thread(target=worker.run, daemon=True)
+        thread = threading.Thread(target=worker.run, daemon=True, name=f"run-{worker.config.worker_id}")
         thread.start()
         started.append((worker, thread))
         return worker, gpu
@@ -387,6 +387,56 @@ def test_a_job_cancelled_in_a_batch_that_fails_is_let_go_when_the_batch_is_split
     assert set(ids) <= set(queue.deleted)  # ... but deleted, like the two finished jobs' messages
 
 
+def take_visible(service: RunningService) -> list[str]:
+    """The job ids of the messages visible in the queue now, deleted (the test's own clean-up)."""
+    sqs = service.boto("sqs")
+    got = sqs.receive_message(QueueUrl=service.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+    messages = got.get("Messages", [])
+    for m in messages:
+        sqs.delete_message(QueueUrl=service.queue_url, ReceiptHandle=m["ReceiptHandle"])
+    return [json.loads(m["Body"])["job_id"] for m in messages]
+
+
+class PollInFlightQueue(WorkerQueue):
+    """SQS with a long poll's answer still on its way: the receive that gets a message holds it (invisible, as SQS
+    does once it hands a message to a poll) until ``answer`` is set."""
+
+    def __init__(self, sqs: Any, url: str) -> None:
+        super().__init__(sqs, url)
+        self.caught = threading.Event()
+        self.answer = threading.Event()
+
+    def receive(self, *, max_messages: int, wait_s: int, visibility_s: int) -> list[Received]:
+        received = super().receive(max_messages=max_messages, wait_s=wait_s, visibility_s=visibility_s)
+        if received:
+            self.caught.set()
+            self.answer.wait(timeout=30)
+        return received
+
+
+def test_a_message_a_stopping_workers_poll_was_handed_is_visible_again_once_it_exits(
+    service: RunningService, run_worker: Callable[..., tuple[Worker, FaultyGpu]]
+) -> None:
+    """An idle worker stopped while its long poll is open: the job sent meanwhile is handed to that poll. The
+    worker waits for the poll to return and makes the message visible again before it exits, instead of leaving it
+    hidden for the whole visibility timeout."""
+    client = service.new_tenant("stop-mid-poll")
+    queue = PollInFlightQueue(service.boto("sqs"), service.queue_url)
+    worker, gpu = run_worker(8, queue=queue, visibility_s=300)
+    (thread,) = [t for t in threading.enumerate() if t.name == f"run-{worker.config.worker_id}"]
+    job_id = client.submit({"prompt": "sent during the stop", **SMALL})["id"]
+    assert queue.caught.wait(timeout=30)
+    worker.request_stop()
+    threading.Timer(1.0, queue.answer.set).start()  # the poll's answer arrives after the stop
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert queue.answer.is_set()  # the worker waited for its poll ...
+    assert client.get(job_id)["status"] == "QUEUED"
+    assert gpu.calls == []
+    assert take_visible(service) == [job_id]  # ... and the message is visible again as it exits
+    client.cancel(job_id)
+
+
 class BrokenGpu(FaultyGpu):
     """A GPU after a sticky CUDA error (an illegal memory access, an Xid): every call fails at once."""
 
@@ -420,7 +470,7 @@ def test_a_broken_device_hands_its_jobs_back_and_its_worker_stops_as_faulty(
     statuses = [j["status"] for j in jobs.values()]
     assert statuses.count("FAILED") <= 1, statuses
     assert statuses.count("QUEUED") >= len(ids) - 1, statuses  # each to run again elsewhere, at once
-    attrs = service.boto("sqs").get_queue_attributes(
-        QueueUrl=service.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
-    )["Attributes"]
-    assert int(attrs["ApproximateNumberOfMessages"]) == statuses.count("QUEUED")  # their messages visible now
+    queued = {i for i, j in jobs.items() if j["status"] == "QUEUED"}
+    assert queued <= set(take_visible(service))  # their messages are visible now: another worker runs them at once
+    for job_id in queued:
+        client.cancel(job_id)

@@ -42,6 +42,7 @@ from shared.media import MediaStore
 from shared.modelregistry import ModelRegistry
 from shared.orchestration import Orchestrator
 from shared.queue import WorkerQueue
+from shared.settings import get_settings
 from workflows.generation.batchreport import BatchReport, log_batch
 from workflows.generation.batchrun import BatchRunner, Generator, served_models
 from workflows.generation.claims import ClaimedBatch, Claims
@@ -352,6 +353,7 @@ class Worker:
         self._release_waiting()  # what arrived after the stop's first hand-back
         if not self._hard_stop.is_set():
             self._handoff.wait()
+            self._end_receiving(receiver)
         self._finishers.shutdown(wait=not self._hard_stop.is_set(), cancel_futures=self._hard_stop.is_set())
         self._prefetch.shutdown(wait=False, cancel_futures=True)
         self._table_pool.shutdown(wait=False, cancel_futures=True)
@@ -363,4 +365,14 @@ class Worker:
         self._hard_stop.set()
         self._protection.idle()
         self._protection.close()
-        receiver.join(timeout=0.1)
+
+    def _end_receiving(self, receiver: threading.Thread) -> None:
+        """Wait for the receiver's long poll to return (at most its wait plus the client's read timeout), so that
+        what SQS handed it after the stop is made visible again by the receiver, or let go below with the rest:
+        a process that exits mid-poll leaves whatever the poll was handed invisible for the visibility timeout."""
+        self._stopping.set()  # also when the loop ended on an error: the receiver polls no more
+        deadline = time.monotonic() + self.config.receive_wait_s + get_settings().aws_read_timeout_s
+        while receiver.is_alive() and not self._hard_stop.is_set() and time.monotonic() < deadline:
+            receiver.join(timeout=0.1)  # a second stop (or the grace period's end) stops waiting
+        if receiver.is_alive():
+            logger.warning("the receiver's poll did not return; what it receives stays hidden until it times out")

@@ -9,13 +9,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from types import SimpleNamespace
+from typing import cast
 
 import boto3
 import pytest
 from PIL import Image as PILImage
 from PIL.Image import Image
 
-from shared.contracts import JobErrorCode
+from shared.contracts import Job, JobErrorCode
 from shared.jobs import JobsRepository
 from tests.unit.workerfakes import claimed, held
 from workflows.generation.batchreport import GpuUse
@@ -23,7 +25,9 @@ from workflows.generation.batchrun import BatchRunner
 from workflows.generation.claims import ClaimedBatch
 from workflows.generation.heldmessages import Held
 from workflows.generation.pipeline import BatchShape, GenerationOOM, ImageJob
-from workflows.generation.progress import ProgressRecorder
+from workflows.generation.previews import Captured
+from workflows.generation.progress import ProgressRecorder, ProgressWriter
+from workflows.generation.progressevents import ProgressEvents
 
 
 class FaultyGenerator:
@@ -297,3 +301,87 @@ def test_two_bad_jobs_in_a_row_hand_the_second_back_unless_it_has_no_attempt_lef
     assert handoff.failed[1:] == [(first.job_id, "GENERATION_FAILED"), (last_try.job_id, "GENERATION_FAILED")]
     assert handoff.released == [second.job_id]
     assert not runner.faulty
+
+
+class PreviewEvents:
+    """Previews whose store (an encode, an upload, a conditional write) takes 0.2 s and finds the jobs in
+    ``cancelled`` no longer this worker's."""
+
+    preview_interval_s = 0.0
+
+    def __init__(self, cancelled: set[str]) -> None:
+        self.cancelled = cancelled
+
+    def started(self, job: object) -> None:
+        pass
+
+    def progressed(self, job: object) -> None:
+        pass
+
+    def store_preview(self, job: Job, latents: object, row: int, **_: object) -> bool:
+        time.sleep(0.2)
+        return job.job_id not in self.cancelled
+
+
+class PreviewThenOom(FaultyGenerator):
+    """The first call hands out a preview of every job at step 2, then runs out of memory; later calls work."""
+
+    def generate(
+        self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: Callable[[int, int], None] | None = None
+    ) -> dict[str, list[Image]]:
+        if not self.calls:
+            self.calls.append([j.key for j in jobs])
+            assert isinstance(on_step, ProgressWriter)
+            on_step.take_latents(2, 4, cast(Captured, SimpleNamespace(keys=[j.key for j in jobs])))
+            raise GenerationOOM(len(jobs), shape.width, shape.height, "injected")
+        return super().generate(jobs, shape, on_step)
+
+
+def test_a_job_a_failed_calls_preview_finds_cancelled_is_let_go_not_left_held(
+    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    """The preview lands after the call failed: the split must wait for it, or the job is skipped by the halves
+    and never let go (its message held, and hidden, for as long as the worker lives)."""
+    kept, cancelled = claimed(held()), claimed(held())
+    progress = ProgressRecorder(
+        JobsRepository(boto3.client("dynamodb", region_name="us-east-1"), "unused"),
+        worker_id="w",
+        interval_s=1e9,  # no progress write: only the preview
+        hard_stop=threading.Event(),
+        writers=pools[0],
+        table_pool=pools[1],
+        events=cast(ProgressEvents, PreviewEvents({cancelled.job_id})),
+    )
+    handoff = RecordingHandOff()
+    gpu = PreviewThenOom(oom_above=8)
+    BatchRunner(gpu, progress, handoff, threading.Event()).run(ClaimedBatch([kept, cancelled], seconds=0.0))
+    assert handoff.dropped == [cancelled.job_id]  # let go once
+    assert gpu.calls == [ids(kept, cancelled), ids(kept)]  # never generated again
+    assert handoff.completed == [kept.job_id]
+
+
+class DropsTheOtherHalf(FaultyGenerator):
+    """Runs out of memory above 2 images; the first half's call finds a job of the other half cancelled (as a
+    write left in flight by the failed call would)."""
+
+    def __init__(self, late: Held) -> None:
+        super().__init__(oom_above=2)
+        self.late = late
+
+    def generate(
+        self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: Callable[[int, int], None] | None = None
+    ) -> dict[str, list[Image]]:
+        if len(self.calls) == 1:
+            self.late.dropped = True
+        return super().generate(jobs, shape, on_step)
+
+
+def test_a_job_dropped_before_its_half_starts_is_let_go_once(
+    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    jobs = [claimed(held()) for _ in range(4)]
+    gpu = DropsTheOtherHalf(late=jobs[3])
+    handoff, _ = run(gpu, jobs, pools)
+    assert gpu.calls == [ids(*jobs), ids(*jobs[:2]), ids(jobs[2])]
+    assert handoff.dropped == [jobs[3].job_id]
+    assert handoff.completed == ids(*jobs[:3])

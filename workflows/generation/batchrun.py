@@ -166,7 +166,13 @@ class BatchRunner:
     def _generate(self, jobs: list[Held], report: BatchReport, inputs: dict[str, JobInputs]) -> None:
         """One pipeline call for ``jobs`` (with ``inputs``, by job id, in the image modes); on OOM or an error,
         split and retry to isolate the bad job."""
-        live = [h for h in jobs if not h.dropped]
+        live = []
+        for h in jobs:
+            if h.dropped:  # cancelled or taken over since the call that split them: let go, never generated
+                report.cancelled += 1
+                self._handoff.drop_later(h)
+            else:
+                live.append(h)
         if not live:
             return
         if self.faulty:
@@ -205,7 +211,7 @@ class BatchRunner:
             return
         except Exception as exc:
             self._spent(live, time.monotonic() - t0, report)
-            _wait(progress.close())
+            _wait(progress.close())  # the call's last write, progress or preview: it may find a job cancelled
             oom = isinstance(exc, GenerationOOM)
             # Jobs cancelled (or taken over) during the failed call are let go now: the retries below skip them,
             # and nothing else would delete or forget their messages.
@@ -213,12 +219,12 @@ class BatchRunner:
                 if h.dropped:
                     report.cancelled += 1
                     self._handoff.drop_later(h)
-            live = [h for h in live if not h.dropped]
+            called, live = live, [h for h in live if not h.dropped]
             if not live:
                 return
-            if len(live) > 1:
+            if len(called) > 1:  # not yet any one job's fault, even with one job left: retry the rest in halves
                 logger.warning("batch failed; splitting", jobs=len(live), oom=oom, error=type(exc).__name__)
-                half = len(live) // 2
+                half = max(1, len(live) // 2)
                 self._generate(live[:half], report, inputs)
                 self._generate(live[half:], report, inputs)
                 return

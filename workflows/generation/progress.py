@@ -116,6 +116,7 @@ class ProgressWriter:
         self._last_preview = 0.0
         self._last_preview_step = 0
         self._preview: Future[None] | None = None
+        self._lane: Future[None] | None = None  # the latest of the two: it started after the other was done
 
     def __call__(self, step: int, total: int) -> None:
         if self._recorder.must_stop_now():
@@ -126,7 +127,7 @@ class ProgressWriter:
         # would take the job's progress backwards).
         if now - self._last >= self._recorder.interval_s and _idle(self._pending) and _idle(self._preview):
             self._last = now
-            self._pending = self._recorder.write_later(self._jobs, step, total)
+            self._pending = self._lane = self._recorder.write_later(self._jobs, step, total)
         if all(h.dropped for h in self._jobs):
             raise GenerationCancelled()
 
@@ -142,11 +143,12 @@ class ProgressWriter:
 
     def take_latents(self, step: int, total: int, latents: Captured) -> None:
         self._last_preview, self._last_preview_step = time.monotonic(), step
-        self._preview = self._recorder.preview_later(self._jobs, step, total, latents)
+        self._preview = self._lane = self._recorder.preview_later(self._jobs, step, total, latents)
 
     def close(self) -> Future[None] | None:
-        """The write still in flight, if any (not waited for here)."""
-        return self._pending
+        """The last write of the call, a progress write or a preview, if any (not waited for here): either can find
+        a job cancelled or taken over, and one lane means the others were done before it started."""
+        return self._lane
 
 
 def _idle(work: Future[None] | None) -> bool:

@@ -800,13 +800,15 @@ class JobsRepository:
         pinned to those, or to none.
         Raises JobExpired (past its retention while queued), RevisionPinned (claimable, but pinned to another
         revision; nothing written), InvalidTransition (cancelled, finished, handed off, or held by a live worker)
-        or JobNotFound.
+        or JobNotFound. A claim that finds its own write (this worker, this very lease: botocore re-sent the request
+        after the answer to the first send was lost) returns the job that write made: it was won.
         """
         queued, running = JobStatus.QUEUED.value, JobStatus.RUNNING.value
         pinned, pinned_values = "", {}
         if revision is not None:
             pinned = " AND (attribute_not_exists(model_revision) OR model_revision = :rev)"
             pinned_values = {":rev": {"S": revision}}
+        lease = _num(now + lease_s)
         lora_revisions = lora_pin(loras) if loras is not None else None
         if lora_revisions is not None:
             pinned += " AND (attribute_not_exists(lora_revisions) OR lora_revisions = :loras)"
@@ -830,7 +832,7 @@ class JobsRepository:
                     ":queued": {"S": queued},
                     ":ts": {"S": tenant_status(tenant, JobStatus.RUNNING)},
                     ":w": {"S": worker_id},
-                    ":lease": _ser.serialize(_num(now + lease_s)),
+                    ":lease": _ser.serialize(lease),
                     ":now": _ser.serialize(_num(now)),
                     ":epoch": {"N": str(int(now))},
                     ":iso": {"S": _iso(utcnow()) or ""},
@@ -844,7 +846,21 @@ class JobsRepository:
             )
         except self._ddb.exceptions.ConditionalCheckFailedException as exc:
             old = _old_item(exc)
-            current = job_from_item(old) if old else self.get(job_id)
+            if old is None:
+                old = self._ddb.get_item(
+                    TableName=self._table, Key={"pk": {"S": job_pk(job_id)}}, ConsistentRead=True
+                ).get("Item")
+                if old is None:
+                    raise JobNotFound(job_id) from None
+            current = job_from_item(old)
+            if (
+                current.status == JobStatus.RUNNING
+                and current.tenant == tenant
+                and old.get("worker_id", {}).get("S") == worker_id
+                and old.get("lease_until", {}).get("N") is not None
+                and Decimal(old["lease_until"]["N"]) == lease
+            ):
+                return current  # this request's own write: its answer was lost and botocore sent it again
             if current.tenant != tenant:
                 raise JobNotFound(job_id) from None
             if current.expires_at <= int(now) and not current.status.terminal:

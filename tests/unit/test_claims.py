@@ -8,13 +8,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
 
 from shared.contracts import Job, JobStatus, utcnow
+from shared.errors import InvalidTransition
 from shared.jobs import JobsRepository
 from tests.unit.conftest import JOBS_TABLE
 from tests.unit.workerfakes import RecordingQueue, held
@@ -190,3 +191,43 @@ def test_an_expired_jobs_webhook_whose_start_failed_is_started_when_its_message_
     assert loop.queue.deleted == [expired.received.message_id]
     for pool in loop.pools:
         pool.shutdown()
+
+
+class LostAnswerOnce:
+    """The DynamoDB client as botocore's standard retries make it look when a claim's answer is lost (a 500 or a
+    read timeout after the write landed): the identical request is sent again, and its answer is the caller's."""
+
+    def __init__(self, inner: DynamoDBClient) -> None:
+        self._inner = inner
+        self.lost = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def update_item(self, **kwargs: Any) -> Any:
+        if not self.lost and "ADD attempt :one" in kwargs.get("UpdateExpression", ""):
+            self.lost += 1
+            self._inner.update_item(**kwargs)  # landed; its answer never arrives
+        return self._inner.update_item(**kwargs)
+
+
+def test_a_claim_whose_answer_was_lost_and_was_sent_again_is_won(jobs_table: DynamoDBClient) -> None:
+    flaky = LostAnswerOnce(jobs_table)
+    repo = JobsRepository(cast("DynamoDBClient", flaky), TABLE)
+    loop = Loop(repo)
+    try:
+        h = stored(repo)
+        batch = loop.receive(h)
+        claimed = loop.claims.claim_batch(batch)
+        assert flaky.lost == 1  # the retry found the job RUNNING under its own fresh lease ...
+        assert claimed.jobs == batch  # ... and took it for the claim it is: won, not another worker's
+        assert claimed.jobs[0].job is not None
+        assert claimed.jobs[0].job.attempt == 1
+        assert loop.queue.visibility == []  # not hidden for a lease as if another worker held it
+        assert len(loop.held) == 1
+        # The same worker claiming again (a duplicate message of the job) is refused: its lease is another.
+        with pytest.raises(InvalidTransition):
+            repo.claim(h.job_id, h.tenant, worker_id=WORKER, lease_s=60, now=time.time() + 1)
+    finally:
+        for pool in loop.pools:
+            pool.shutdown()

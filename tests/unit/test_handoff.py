@@ -50,8 +50,10 @@ class FlakyOrchestrator(Orchestrator):
 
 
 class Setup:
-    def __init__(self, table: DynamoDBClient, failures: int = 0) -> None:
-        self.repo = JobsRepository(table, JOBS_TABLE)
+    def __init__(
+        self, table: DynamoDBClient, failures: int = 0, repository: type[JobsRepository] = JobsRepository
+    ) -> None:
+        self.repo = repository(table, JOBS_TABLE)
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
         self.s3 = s3
@@ -200,3 +202,30 @@ def test_a_job_handed_back_after_it_was_cancelled_is_dropped(setup: Setup) -> No
     assert setup.repo.get(h.job_id).status == JobStatus.CANCELLED
     assert setup.queue.deleted == [h.received.message_id]
     assert len(setup.held) == 0
+
+
+class BrokenRepo(JobsRepository):
+    """A repository whose reads fail in a way the hand-off does not expect."""
+
+    def get(self, job_id: str, *, tenant: str | None = None, within_retention: bool = True) -> Job:
+        raise RuntimeError(f"unexpected: {job_id}")
+
+
+def test_every_hand_off_that_raises_is_logged_and_waiting_for_them_does_not_raise(
+    jobs_table: DynamoDBClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A warm stop waits for the hand-offs, then finishes its shutdown (finishers, letting go, scale-in protection):
+    one hand-off's error must not cut it short, and none may go unlogged."""
+    setup = Setup(jobs_table, repository=BrokenRepo)
+    try:
+        jobs = [setup.stored(JobStatus.RUNNING) for _ in range(3)]
+        with caplog.at_level("ERROR"):
+            for h in jobs:
+                setup.handoff.drop_later(h)
+            setup.handoff.wait()  # raises nothing
+        logged = [r.getMessage() for r in caplog.records if r.getMessage() == "hand-off failed"]
+        assert len(logged) == 3
+        assert all(f"unexpected: {h.job_id}" in caplog.text for h in jobs)
+        assert len(setup.held) == 3  # still held: the worker lets them go with the rest
+    finally:
+        setup.finishers.shutdown()

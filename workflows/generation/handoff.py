@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, wait
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -89,12 +89,13 @@ class HandOff:
         self._submit(self.release, held)
 
     def wait(self) -> None:
-        """Wait for every hand-off submitted so far (a warm stop), raising what one raised."""
-        for future in list(self._in_flight):
-            future.result()
+        """Wait for every hand-off submitted so far (a warm stop). One that raised was logged when it ended; its
+        message is still held, and goes with the rest when the worker lets go."""
+        wait(list(self._in_flight))
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
         future = self._finishers.submit(fn, *args)
+        future.add_done_callback(_log_failure)
         self._in_flight = [f for f in self._in_flight if not f.done()] + [future]
 
     # -- on the finisher threads ------------------------------------------------------------------------
@@ -273,3 +274,9 @@ class HandOff:
         except AwsError:
             return False
         return current.status != JobStatus.RUNNING or current.attempt != held.job.attempt
+
+
+def _log_failure(future: Future[None]) -> None:
+    """Log a hand-off that raised (each one, once: nothing else reads its result)."""
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        logger.error("hand-off failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)

@@ -50,3 +50,32 @@ def test_a_receive_asks_for_the_room_left_and_each_batch_taken_opens_room() -> N
     finally:
         stopping.set()
         thread.join(timeout=5)
+
+
+class FourImageQueue(AskedQueue):
+    """Answers every receive with as many four-image messages as asked for."""
+
+    def receive(self, *, max_messages: int, wait_s: int, visibility_s: int) -> list[Received]:
+        self.asked.append(max_messages)
+        return [received(num_images=4) for _ in range(max_messages)]
+
+
+def test_a_receive_asks_for_fewer_messages_when_the_jobs_have_more_images() -> None:
+    """Room for 8 images is room for two four-image jobs, not eight (which would bring 32 images into a window
+    of 16 and keep it closed for two more batches)."""
+    queue = FourImageQueue()
+    held = HeldMessages(queue, max_batch_images=8, max_batch_wait_s=60.0)
+    held.accept([received(num_images=4), received(num_images=4)])  # 8 of a 16-image window
+    stopping = threading.Event()
+    receiver = Receiver(held, stopping, backlog_images=16, receive_wait_s=0, visibility_s=30)
+    thread = threading.Thread(target=receiver.run, daemon=True)
+    thread.start()
+    try:
+        eventually(lambda: queue.asked == [2], "a receive for two jobs of four images")
+        assert held.images_waiting() == 16  # full, not overfilled
+        assert len(held.ready_batch()) == 2
+        eventually(lambda: queue.asked == [2, 2], "a receive for the two jobs the batch made room for")
+        assert held.images_waiting() == 16
+    finally:
+        stopping.set()
+        thread.join(timeout=5)

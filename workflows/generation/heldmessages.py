@@ -104,6 +104,11 @@ class HeldMessages:
         with self._lock:
             return self._batcher.images_waiting()
 
+    def waiting(self) -> tuple[int, int]:
+        """The jobs and the images waiting to form a batch, read together."""
+        with self._lock:
+            return len(self._batcher), self._batcher.images_waiting()
+
     def next_batch(self) -> list[Held]:
         """The next ready batch, or [] after waiting (at most a second) for one to become ready or a wake-up."""
         with self._lock:

@@ -29,6 +29,14 @@ class Receiver:
         self._backlog_images = backlog_images  # images waiting at which the receiver stops asking for more
         self._receive_wait_s = receive_wait_s
         self._visibility_s = visibility_s
+        self._images_per_job = 1.0  # what the last receive's jobs averaged: the estimate while none wait
+
+    def _asked(self, jobs: int, images: int) -> int:
+        """How many messages the next receive asks for: as many as the window has room for at what a job weighs
+        now (the average of the jobs waiting, else of the last receive's), from 1 to SQS's 10. A message's images
+        are known only once received, so a receive can still overfill the window by a job's worth or so."""
+        per_job = images / jobs if jobs else self._images_per_job
+        return max(1, min(10, int((self._backlog_images - images) / per_job)))
 
     def run(self) -> None:
         """Receive until a stop is requested (the thread's target)."""
@@ -36,17 +44,19 @@ class Receiver:
         outage_since: float | None = None
         failures = 0
         while not self._stopping.is_set():
-            room = self._backlog_images - self._held.images_waiting()
-            if room <= 0:
+            jobs, images = self._held.waiting()
+            if images >= self._backlog_images:
                 # Enough work on hand: leave the rest in the queue for other workers.
                 time.sleep(0.05)
                 continue
             try:
-                # No more messages than there is room for (a job has at least one image): a receive that overfills
-                # the window would leave the next batch's room closed, and a newly arrived tenant's message (which
-                # a fair queue hands out first) would wait in the queue for another batch.
+                # No more messages than there is room for: a receive that overfills the window would leave the next
+                # batch's room closed, and a newly arrived tenant's message (which a fair queue hands out first)
+                # would wait in the queue for another batch.
                 received = self._held.queue.receive(
-                    max_messages=min(10, room), wait_s=self._receive_wait_s, visibility_s=self._visibility_s
+                    max_messages=self._asked(jobs, images),
+                    wait_s=self._receive_wait_s,
+                    visibility_s=self._visibility_s,
                 )
                 backoff = 0.5
             except AwsError as exc:
@@ -69,4 +79,7 @@ class Receiver:
             if self._stopping.is_set():
                 self._held.set_visibility(received, 0)
                 return
+            sizes = [r.message.request.num_images for r in received if r.message is not None]
+            if sizes:
+                self._images_per_job = sum(sizes) / len(sizes)
             self._held.accept(received)

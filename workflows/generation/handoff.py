@@ -89,13 +89,12 @@ class HandOff:
         self._submit(self.release, held)
 
     def wait(self) -> None:
-        """Wait for every hand-off submitted so far (a warm stop). One that raised was logged when it ended; its
+        """Wait for every hand-off submitted so far (a warm stop). One that raised was logged on its thread; its
         message is still held, and goes with the rest when the worker lets go."""
         wait(list(self._in_flight))
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
-        future = self._finishers.submit(fn, *args)
-        future.add_done_callback(_log_failure)
+        future = self._finishers.submit(_logging_errors, fn, *args)
         self._in_flight = [f for f in self._in_flight if not f.done()] + [future]
 
     # -- on the finisher threads ------------------------------------------------------------------------
@@ -276,7 +275,9 @@ class HandOff:
         return current.status != JobStatus.RUNNING or current.attempt != held.job.attempt
 
 
-def _log_failure(future: Future[None]) -> None:
-    """Log a hand-off that raised (each one, once: nothing else reads its result)."""
-    if not future.cancelled() and (exc := future.exception()) is not None:
-        logger.error("hand-off failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+def _logging_errors(fn: Callable[..., None], *args: Any) -> None:
+    """Run one hand-off, logging what it raised (each error, once: nothing reads a hand-off's result)."""
+    try:
+        fn(*args)
+    except Exception as exc:
+        logger.exception("hand-off failed", error=f"{type(exc).__name__}: {exc}")

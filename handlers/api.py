@@ -234,7 +234,7 @@ def services() -> Services:
         redeliveries=Redeliveries(orchestrator, RateLimiter(aws.dynamodb(), settings.table_name), settings),
         positions=QueuePositions(
             QueueState(aws.dynamodb(), settings.table_name),
-            rules=QueueRules(scales_from_zero=settings.workers_scale_from_zero),
+            rules=QueueRules(scales_from_zero=settings.fleet_scales_from_zero),
         ),
         audit=audit,
         inputs=inputs,

@@ -115,7 +115,7 @@ def service_env(resources: LocalResources, config: LocalServiceConfig) -> dict[s
         "SDQ_MODEL": ",".join([config.model, *config.extra_models]),
         "SDQ_REQUEUE_AFTER_S": "15",
         # No fleet scales up here: a job queued while no worker runs (`--no-worker`) waits for one started by hand.
-        "SDQ_WORKERS_SCALE_FROM_ZERO": "false",
+        "SDQ_FLEET_SCALES_FROM_ZERO": "false",
         # The webhook retry schedule in seconds instead of hours, like the compressed ASL retries above.
         "SDQ_WEBHOOK_RETRY_SCHEDULE_S": "[1, 1, 1, 2, 2, 3, 3]",
         "POWERTOOLS_TRACE_DISABLED": "true",

@@ -374,7 +374,7 @@ class Settings(BaseSettings):
     max_priority: Literal["low", "normal", "high"] = Field(
         default="normal", description="The highest `priority` a tenant's jobs may ask for (the default plan's)"
     )
-    workers_scale_from_zero: bool = Field(
+    fleet_scales_from_zero: bool = Field(
         default=True,
         description=(
             "Whether a fleet with no worker running starts one for a queued job (the template's fleets do): a"

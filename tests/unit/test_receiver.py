@@ -71,11 +71,15 @@ def test_a_receive_asks_for_fewer_messages_when_the_jobs_have_more_images() -> N
     thread = threading.Thread(target=receiver.run, daemon=True)
     thread.start()
     try:
-        eventually(lambda: queue.asked == [2], "a receive for two jobs of four images")
-        assert held.images_waiting() == 16  # full, not overfilled
+        # A receive is counted when asked and its messages held once it returns: wait for both.
+        eventually(lambda: held.images_waiting() == 16, "a receive for two jobs of four images")
+        assert queue.asked == [2]  # full, not overfilled
         assert len(held.ready_batch()) == 2
-        eventually(lambda: queue.asked == [2, 2], "a receive for the two jobs the batch made room for")
-        assert held.images_waiting() == 16
+        eventually(
+            lambda: len(queue.asked) == 2 and held.images_waiting() == 16,
+            "a receive for the two jobs the batch made room for",
+        )
+        assert queue.asked == [2, 2]
     finally:
         stopping.set()
         thread.join(timeout=5)

@@ -25,7 +25,7 @@ from sdq_client.models import (
     Upload,
     WebhookSecret,
 )
-from sdq_client.sse import EventStreamParser, ServerSentEvent, aparse_lines, parse_lines
+from sdq_client.sse import EventStreamParser, ServerSentEvent
 
 # The longest `Prefer: wait` the API honours (a longer one is cut to this).
 MAX_WAIT_S = 25
@@ -103,19 +103,35 @@ def _job_event(sse: ServerSentEvent) -> JobEvent:
     return event
 
 
-def _stream_args(job_id: str, parser: EventStreamParser, timeout: float) -> tuple[str, dict[str, Any]]:
-    """The path and options of one connection to a job's event stream, resuming after the last event seen."""
+def _time_left(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def _passed(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _stream_args(
+    job_id: str, parser: EventStreamParser, timeout: float, deadline: float | None
+) -> tuple[str, dict[str, Any]]:
+    """The path and options of one connection to a job's event stream, resuming after the last event seen. With a
+    deadline, no single wait of the connection (to connect, for the next line) lasts past it."""
     headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
     if parser.last_event_id:
         headers["Last-Event-ID"] = parser.last_event_id
+    left = _time_left(deadline)
+    cap = float("inf") if left is None else max(left, 0.001)
     return f"/v1/jobs/{job_id}/events", {
         "headers": headers,
-        "timeout": httpx.Timeout(timeout, read=STREAM_READ_TIMEOUT_S),
+        "timeout": httpx.Timeout(min(timeout, cap), read=min(STREAM_READ_TIMEOUT_S, cap)),
     }
 
 
-def _reconnect_pause(parser: EventStreamParser) -> float:
-    return (parser.retry_ms if parser.retry_ms is not None else 1000) / 1000
+def _reconnect_pause(parser: EventStreamParser, deadline: float | None) -> float:
+    """The stream's ``retry:`` delay (1 s when it gave none), ending at the deadline at the latest."""
+    pause = (parser.retry_ms if parser.retry_ms is not None else 1000) / 1000
+    left = _time_left(deadline)
+    return pause if left is None else max(0.0, min(pause, left))
 
 
 def _check_stream(resp: httpx.Response) -> None:
@@ -300,7 +316,8 @@ class Client:
         A stream the server ends early (its time is up, or it answered with a snapshot) is reopened after its
         ``retry:`` delay with ``Last-Event-ID``, so no event comes twice; a connection that fails is retried the
         same way, ``reconnects`` times in a row at most, then SdqError. With ``timeout`` (seconds), WaitTimeout
-        once it passes with the job unfinished.
+        once it passes with the job unfinished: it is checked at every line the stream sends (keep-alive comments
+        included) and no read waits past it, so a stream the server holds open cannot outlast it.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         parser = EventStreamParser()
@@ -310,25 +327,35 @@ class Client:
         while True:
             parser.restart()
             try:
-                path, options = _stream_args(job_id, parser, self.timeout)
+                path, options = _stream_args(job_id, parser, self.timeout, deadline)
                 with self._http.stream("GET", path, **options) as resp:
                     if resp.status_code >= 400:
                         resp.read()
                         _decoded(resp)
                     _check_stream(resp)
-                    for sse in parse_lines(resp.iter_lines(), parser):
+                    lines = resp.iter_lines()
+                    # The deadline is checked before every line (a keep-alive comment too), and each read waits
+                    # no longer than the time left when the connection opened (_stream_args).
+                    while not _passed(deadline):
+                        line = next(lines, None)
+                        if line is None:
+                            break
+                        sse = parser.feed(line)
+                        if sse is None:
+                            continue
                         event = _job_event(sse)
                         failures, last = 0, event.data
                         yield event
                         if event.data.finished:
                             return
             except httpx.TransportError:
-                failures += 1
-                if failures > reconnects:
-                    raise SdqError(f"the event stream of job {job_id} failed {failures} times in a row") from None
-            if deadline is not None and time.monotonic() >= deadline:
+                if not _passed(deadline):  # a read cut short by the deadline is the timeout, not a failure
+                    failures += 1
+                    if failures > reconnects:
+                        raise SdqError(f"the event stream of job {job_id} failed {failures} times in a row") from None
+            if _passed(deadline):
                 raise WaitTimeout(last or self.get(job_id), timeout or 0.0)
-            time.sleep(_reconnect_pause(parser))
+            time.sleep(_reconnect_pause(parser, deadline))
 
 
 class AsyncClient:
@@ -483,22 +510,33 @@ class AsyncClient:
         while True:
             parser.restart()
             try:
-                path, options = _stream_args(job_id, parser, self.timeout)
+                path, options = _stream_args(job_id, parser, self.timeout, deadline)
                 async with self._http.stream("GET", path, **options) as resp:
                     if resp.status_code >= 400:
                         await resp.aread()
                         _decoded(resp)
                     _check_stream(resp)
-                    async for sse in aparse_lines(resp.aiter_lines(), parser):
+                    lines = resp.aiter_lines()
+                    while not _passed(deadline):
+                        try:
+                            # Only the read is bounded: the caller's code between events runs outside it.
+                            async with asyncio.timeout(_time_left(deadline)):
+                                line = await anext(lines)
+                        except (StopAsyncIteration, TimeoutError):
+                            break
+                        sse = parser.feed(line)
+                        if sse is None:
+                            continue
                         event = _job_event(sse)
                         failures, last = 0, event.data
                         yield event
                         if event.data.finished:
                             return
             except httpx.TransportError:
-                failures += 1
-                if failures > reconnects:
-                    raise SdqError(f"the event stream of job {job_id} failed {failures} times in a row") from None
-            if deadline is not None and time.monotonic() >= deadline:
+                if not _passed(deadline):
+                    failures += 1
+                    if failures > reconnects:
+                        raise SdqError(f"the event stream of job {job_id} failed {failures} times in a row") from None
+            if _passed(deadline):
                 raise WaitTimeout(last or await self.get(job_id), timeout or 0.0)
-            await asyncio.sleep(_reconnect_pause(parser))
+            await asyncio.sleep(_reconnect_pause(parser, deadline))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +52,11 @@ class EventServer(BaseHTTPRequestHandler):
     requests: ClassVar[list[dict[str, str]]] = []
     drop_after: ClassVar[int | None] = None
     fail_connections: ClassVar[int] = 0  # this many connections are closed before any answer
+    # After the script: hold the connection this long, sending a keep-alive comment every `keepalive_s` (None: silent),
+    # as the API does for a job that is still queued (its comments come every 15 s, for up to 15 minutes).
+    hold_s: ClassVar[float] = 0.0
+    keepalive_s: ClassVar[float | None] = None
+    stop: ClassVar[threading.Event] = threading.Event()
 
     def log_message(self, *args: Any) -> None:  # quiet
         pass
@@ -84,7 +90,20 @@ class EventServer(BaseHTTPRequestHandler):
                 # Half of the next event, then the line drops: that event must not be dispatched.
                 self.wfile.write(cls.script[index + 1][:20])
                 return
+        self._hold()
         self.close_connection = True
+
+    def _hold(self) -> None:
+        cls = type(self)
+        until = time.monotonic() + cls.hold_s
+        while time.monotonic() < until and not cls.stop.is_set():
+            cls.stop.wait(cls.keepalive_s or 0.05)
+            if cls.keepalive_s is not None:
+                try:
+                    self.wfile.write(b": keep-alive\n\n")
+                    self.wfile.flush()
+                except OSError:  # the client has gone
+                    return
 
 
 @pytest.fixture
@@ -99,10 +118,13 @@ def server() -> Iterator[str]:
     EventServer.requests = []
     EventServer.drop_after = None
     EventServer.fail_connections = 0
+    EventServer.hold_s, EventServer.keepalive_s = 0.0, None
+    EventServer.stop = threading.Event()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), EventServer)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    EventServer.stop.set()
     httpd.shutdown()
     httpd.server_close()
 
@@ -139,6 +161,41 @@ def test_a_stream_the_server_ends_early_is_reopened_until_the_timeout(server: st
     # The server's `retry: 50` paces the reconnects: a second's worth, each resuming after event 1.
     assert len(EventServer.requests) > 5
     assert {r.get("last-event-id") for r in EventServer.requests[1:]} == {"1"}
+
+
+@pytest.mark.parametrize("keepalive_s", [0.05, None], ids=["keep-alives", "silence"])
+def test_the_timeout_bounds_a_stream_the_server_holds_open(server: str, keepalive_s: float | None) -> None:
+    """A queued job's stream stays open (keep-alive comments, or nothing at all) far longer than the timeout: the
+    timeout still ends it, with the job as last seen."""
+    EventServer.script = EventServer.script[:1]
+    EventServer.hold_s, EventServer.keepalive_s = 60.0, keepalive_s
+    events: list[JobEvent] = []
+    started = time.monotonic()
+    with Client(server, "key") as client, pytest.raises(WaitTimeout) as timed_out:
+        events.extend(client.stream(JOB_ID, timeout=1.0))
+    assert time.monotonic() - started < 20  # the server would have held it for 60 s
+    assert [e.event_id for e in events] == ["1"]
+    assert timed_out.value.job.status is JobStatus.RUNNING
+    assert len(EventServer.requests) == 1  # one connection, ended by the client
+
+
+@pytest.mark.parametrize("keepalive_s", [0.05, None], ids=["keep-alives", "silence"])
+def test_the_timeout_bounds_an_async_stream_the_server_holds_open(server: str, keepalive_s: float | None) -> None:
+    EventServer.script = EventServer.script[:1]
+    EventServer.hold_s, EventServer.keepalive_s = 60.0, keepalive_s
+    events: list[JobEvent] = []
+
+    async def read() -> None:
+        async with AsyncClient(server, "key") as client:
+            async for event in client.stream(JOB_ID, timeout=1.0):
+                events.append(event)
+
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout) as timed_out:
+        asyncio.run(read())
+    assert time.monotonic() - started < 20
+    assert [e.event_id for e in events] == ["1"]
+    assert timed_out.value.job.status is JobStatus.RUNNING
 
 
 def test_failed_connections_are_retried_then_given_up(server: str) -> None:

@@ -17,7 +17,17 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sdq_client import MAX_WAIT_S, ApiError, Client, InvalidRequest, JobStatus, JobView, RateLimited, WaitTimeout
+from sdq_client import (
+    MAX_WAIT_S,
+    ApiError,
+    Client,
+    InvalidRequest,
+    JobStatus,
+    JobView,
+    RateLimited,
+    WaitTimeout,
+    new_idempotency_key,
+)
 from sdq_client import __version__ as client_version
 
 from cli.admin import add_admin_parser
@@ -225,6 +235,8 @@ def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     request = _request_from_args(args)
+    # The client would make a key of its own; made here, it can be named if no answer comes (main()).
+    args.idempotency_key = args.idempotency_key or new_idempotency_key()
     with _client(args) as client:
         if not args.wait:
             job = client.submit(request, idempotency_key=args.idempotency_key)
@@ -313,6 +325,26 @@ def _refusal(args: argparse.Namespace, exc: ApiError) -> int:
     if isinstance(exc, RateLimited) and exc.retry_after is not None:
         console.print(f"  retry after {exc.retry_after:g} s")
     return EXIT_API_FAILED if exc.status >= 500 else EXIT_REFUSED
+
+
+def _no_answer(args: argparse.Namespace, exc: httpx.TransportError) -> int:
+    """No answer from the API, after the client's retries. Only a connection that was never made proves the
+    request did not arrive; a submit names its Idempotency-Key, with which repeating it makes no second job."""
+    try:
+        url: object = exc.request.url
+    except RuntimeError:  # an error raised without its request
+        url = "the API"
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        console.print(f"[red]cannot reach {url}[/]: {type(exc).__name__}. Is `sdq up` running (or SDQ_API_URL right)?")
+    else:
+        console.print(f"[red]no answer from {url}[/]: {type(exc).__name__} (the request may have arrived)")
+    if getattr(args, "command", None) == "submit":
+        console.print(
+            "  whether the job was made is unknown: run the same command again with"
+            f" --idempotency-key {args.idempotency_key} to make it at most once (or get the one made)",
+            soft_wrap=True,
+        )
+    return EXIT_UNREACHABLE
 
 
 # -- worker and benchmarks -------------------------------------------------------------------------
@@ -552,9 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]timed out[/] {exc}")
         return EXIT_TIMEOUT
     except httpx.TransportError as exc:
-        url = getattr(getattr(exc, "request", None), "url", "the API")
-        console.print(f"[red]cannot reach {url}[/]: {type(exc).__name__}. Is `sdq up` running (or SDQ_API_URL right)?")
-        return EXIT_UNREACHABLE
+        return _no_answer(args, exc)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return EXIT_USAGE  # not reached: parser.error exits

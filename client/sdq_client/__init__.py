@@ -6,7 +6,7 @@
 """
 
 from sdq_client._version import __version__
-from sdq_client.client import DEFAULT_POLL_S, MAX_WAIT_S, AsyncClient, Client
+from sdq_client.client import DEFAULT_POLL_S, MAX_WAIT_S, AsyncClient, Client, RetryPolicy, new_idempotency_key
 from sdq_client.errors import (
     ApiError,
     BadRequest,
@@ -86,6 +86,7 @@ __all__ = [
     "ProgressView",
     "QueueInfo",
     "RateLimited",
+    "RetryPolicy",
     "RotatedWebhookSecret",
     "SdqError",
     "ServerError",
@@ -99,5 +100,6 @@ __all__ = [
     "WebhookState",
     "WebhookVerificationError",
     "__version__",
+    "new_idempotency_key",
     "verify_webhook",
 ]

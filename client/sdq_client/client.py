@@ -5,15 +5,28 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
 from sdq_client._version import __version__
-from sdq_client.errors import ConfigurationError, SdqError, WaitTimeout, error_for, retry_after
+from sdq_client.errors import (
+    ApiError,
+    ConfigurationError,
+    Conflict,
+    RateLimited,
+    SdqError,
+    ServerError,
+    WaitTimeout,
+    error_for,
+    retry_after,
+)
 from sdq_client.models import (
     AuditEvent,
     AuditList,
@@ -33,6 +46,17 @@ MAX_WAIT_S = 25
 DEFAULT_POLL_S = 1.0
 # An event stream sends a comment at least this often while a job runs; silence longer than this is a dead line.
 STREAM_READ_TIMEOUT_S = 90.0
+# Retries of a request that is safe to repeat (a GET, a submit with its Idempotency-Key): how many after the first
+# try, the first pause (doubled after each try, at most MAX_RETRY_BACKOFF_S, with jitter), and the longest
+# `Retry-After` of a 429 (or 503) waited for: one asking longer is raised at once.
+DEFAULT_RETRIES = 3
+DEFAULT_RETRY_BACKOFF_S = 0.5
+MAX_RETRY_BACKOFF_S = 8.0
+DEFAULT_MAX_RETRY_AFTER_S = 30.0
+# Answers that say nothing about the request itself: a gateway's or a load balancer's failure, or no room now.
+RETRY_STATUSES = frozenset({502, 503, 504})
+# Failures of the connection: the request may not have arrived, or its answer may have been lost.
+RETRYABLE_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 RequestLike = GenerationRequest | Mapping[str, Any]
 Model = TypeVar("Model", bound=BaseModel)
@@ -49,6 +73,52 @@ def _endpoint(base_url: str | None, api_key: str | None) -> tuple[str, str]:
 def _auth_headers(api_key: str) -> dict[str, str]:
     # x-api-key: the header API Gateway's authorizer reads (a key sent any other way is refused).
     return {"x-api-key": api_key, "User-Agent": f"sdq-client/{__version__}"}
+
+
+def new_idempotency_key() -> str:
+    """A fresh Idempotency-Key: what ``submit()`` sends when it is given none."""
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a failed request is tried again, and after how long."""
+
+    retries: int = DEFAULT_RETRIES
+    backoff_s: float = DEFAULT_RETRY_BACKOFF_S
+    max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S
+
+    def pause(self, exc: Exception, attempt: int, *, keyed: bool, deadline: float | None) -> float | None:
+        """Seconds to wait before trying again after ``attempt`` tries failed with ``exc``; None: raise it."""
+        if attempt > self.retries:
+            return None
+        backoff = min(MAX_RETRY_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+        if isinstance(exc, RateLimited | ServerError):
+            if isinstance(exc, ServerError) and exc.status not in RETRY_STATUSES:
+                return None
+            asked = retry_after(exc.headers)
+            if asked is not None and asked > self.max_retry_after_s:
+                return None
+            pause = backoff if asked is None else asked
+        elif isinstance(exc, Conflict):
+            # A request with the same key is still being written: its job is about to exist. Nothing else is.
+            if not (keyed and exc.code == "idempotency_key_in_use"):
+                return None
+            pause = backoff
+        elif isinstance(exc, RETRYABLE_TRANSPORT_ERRORS):
+            pause = backoff
+        else:
+            return None
+        left = _time_left(deadline)
+        if left is not None and pause >= left:
+            return None
+        return pause
+
+
+def _retryable(method: str, headers: Mapping[str, str]) -> tuple[bool, bool]:
+    """Whether a request may be sent again (a GET; a POST carrying an Idempotency-Key), and whether it is keyed."""
+    keyed = any(name.lower() == "idempotency-key" for name in headers)
+    return method.upper() == "GET" or keyed, keyed
 
 
 def request_body(request: RequestLike) -> dict[str, Any]:
@@ -87,7 +157,8 @@ def _decoded(resp: httpx.Response) -> Any:
 
 
 def _poll_pause(headers: Mapping[str, str], remaining: float) -> float:
-    return max(0.0, min(retry_after(headers) or DEFAULT_POLL_S, remaining))
+    asked = retry_after(headers)
+    return max(0.0, min(DEFAULT_POLL_S if asked is None else asked, remaining))
 
 
 def _next_wait(remaining: float) -> int:
@@ -144,6 +215,11 @@ class Client:
 
     Every method raises a subclass of :class:`~sdq_client.ApiError` for a refused request (NotFound,
     InvalidRequest, RateLimited, ...) and httpx's errors when the API cannot be reached.
+
+    Requests that are safe to repeat (every GET, and a submit, which always carries an Idempotency-Key) are tried
+    again after a failed connection, a timeout, a 502, 503 or 504, or a 429 whose ``Retry-After`` is at most
+    ``max_retry_after`` seconds: ``retries`` times after the first try, pausing ``retry_backoff`` seconds, doubled
+    after each try (``retries=0``: never).
     """
 
     def __init__(
@@ -153,9 +229,13 @@ class Client:
         *,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        retries: int = DEFAULT_RETRIES,
+        retry_backoff: float = DEFAULT_RETRY_BACKOFF_S,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER_S,
     ) -> None:
         self.base_url, api_key = _endpoint(base_url, api_key)
         self.timeout = timeout
+        self.retry_policy = RetryPolicy(max(0, retries), retry_backoff, max_retry_after)
         self._http = httpx.Client(
             base_url=self.base_url, headers=_auth_headers(api_key), timeout=timeout, transport=transport
         )
@@ -181,19 +261,38 @@ class Client:
         _decoded(resp)
         return resp
 
+    def _send(self, method: str, path: str, *, deadline: float | None = None, **kwargs: Any) -> httpx.Response:
+        """``request()``, tried again as the retry policy allows where that is safe (no later than ``deadline``)."""
+        retry, keyed = _retryable(method, kwargs.get("headers") or {})
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self.request(method, path, **kwargs)
+            except (ApiError, *RETRYABLE_TRANSPORT_ERRORS) as exc:
+                pause = self.retry_policy.pause(exc, attempt, keyed=keyed, deadline=deadline) if retry else None
+                if pause is None:
+                    raise
+            time.sleep(pause)
+
     def _call(self, model: type[Model], method: str, path: str, **kwargs: Any) -> tuple[Model, httpx.Headers]:
-        resp = self.request(method, path, **kwargs)
+        resp = self._send(method, path, **kwargs)
         return model.model_validate_json(resp.content), resp.headers
 
     def submit(self, request: RequestLike, *, idempotency_key: str | None = None, wait: float | None = None) -> JobView:
-        """Submit a job; with ``wait`` (seconds, at most 25) the answer comes once it has finished or then."""
+        """Submit a job; with ``wait`` (seconds, at most 25) the answer comes once it has finished or then.
+
+        It carries ``idempotency_key``, or a fresh one, so a submit tried again after a lost answer answers with the
+        job the first try made instead of making another. Pass your own key to be able to repeat the call itself
+        (after a crash, or once the retries gave up) without a duplicate."""
         return self._submit(request, idempotency_key, wait)[0]
 
     def _submit(
-        self, request: RequestLike, idempotency_key: str | None, wait: float | None
+        self, request: RequestLike, idempotency_key: str | None, wait: float | None, deadline: float | None = None
     ) -> tuple[JobView, httpx.Headers]:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._call(JobView, "POST", "/v1/jobs", json=request_body(request), headers=headers, wait=wait)
+        body = request_body(request)
+        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        return self._call(JobView, "POST", "/v1/jobs", json=body, headers=headers, wait=wait, deadline=deadline)
 
     def get(self, job_id: str, *, wait: float | None = None) -> JobView:
         """The job; with ``wait`` (seconds, at most 25) once it has finished or that time has passed."""
@@ -263,14 +362,15 @@ class Client:
         """The job once it has finished, asking the API to hold each answer (``Prefer: wait``) so that a long
         job costs one request per 25 s. Raises WaitTimeout (with the job as last seen) after ``timeout`` s."""
         deadline = time.monotonic() + timeout
-        job, headers = self._call(JobView, "GET", f"/v1/jobs/{job_id}", wait=_next_wait(timeout))
+        job, headers = self._call(JobView, "GET", f"/v1/jobs/{job_id}", wait=_next_wait(timeout), deadline=deadline)
         while not job.finished:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise WaitTimeout(job, timeout)
             if "preference-applied" not in headers:  # an API that did not wait: poll at its pace
                 time.sleep(_poll_pause(headers, remaining))
-            job, headers = self._call(JobView, "GET", f"/v1/jobs/{job_id}", wait=_next_wait(remaining))
+            path = f"/v1/jobs/{job_id}"
+            job, headers = self._call(JobView, "GET", path, wait=_next_wait(remaining), deadline=deadline)
         return job
 
     def run(
@@ -290,7 +390,7 @@ class Client:
         after ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
-        job, headers = self._submit(request, idempotency_key, _next_wait(min(hold, timeout)))
+        job, headers = self._submit(request, idempotency_key, _next_wait(min(hold, timeout)), deadline)
         while True:
             if on_update is not None:
                 on_update(job)
@@ -300,7 +400,7 @@ class Client:
             if remaining <= 0:
                 raise WaitTimeout(job, timeout)
             time.sleep(_poll_pause(headers, remaining))
-            job, headers = self._call(JobView, "GET", f"/v1/jobs/{job.id}")
+            job, headers = self._call(JobView, "GET", f"/v1/jobs/{job.id}", deadline=deadline)
 
     def stream(
         self,
@@ -368,9 +468,13 @@ class AsyncClient:
         *,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        retries: int = DEFAULT_RETRIES,
+        retry_backoff: float = DEFAULT_RETRY_BACKOFF_S,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER_S,
     ) -> None:
         self.base_url, api_key = _endpoint(base_url, api_key)
         self.timeout = timeout
+        self.retry_policy = RetryPolicy(max(0, retries), retry_backoff, max_retry_after)
         self._http = httpx.AsyncClient(
             base_url=self.base_url, headers=_auth_headers(api_key), timeout=timeout, transport=transport
         )
@@ -392,8 +496,21 @@ class AsyncClient:
         _decoded(resp)
         return resp
 
+    async def _send(self, method: str, path: str, *, deadline: float | None = None, **kwargs: Any) -> httpx.Response:
+        retry, keyed = _retryable(method, kwargs.get("headers") or {})
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self.request(method, path, **kwargs)
+            except (ApiError, *RETRYABLE_TRANSPORT_ERRORS) as exc:
+                pause = self.retry_policy.pause(exc, attempt, keyed=keyed, deadline=deadline) if retry else None
+                if pause is None:
+                    raise
+            await asyncio.sleep(pause)
+
     async def _call(self, model: type[Model], method: str, path: str, **kwargs: Any) -> tuple[Model, httpx.Headers]:
-        resp = await self.request(method, path, **kwargs)
+        resp = await self._send(method, path, **kwargs)
         return model.model_validate_json(resp.content), resp.headers
 
     async def submit(
@@ -402,10 +519,11 @@ class AsyncClient:
         return (await self._submit(request, idempotency_key, wait))[0]
 
     async def _submit(
-        self, request: RequestLike, idempotency_key: str | None, wait: float | None
+        self, request: RequestLike, idempotency_key: str | None, wait: float | None, deadline: float | None = None
     ) -> tuple[JobView, httpx.Headers]:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return await self._call(JobView, "POST", "/v1/jobs", json=request_body(request), headers=headers, wait=wait)
+        body = request_body(request)
+        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        return await self._call(JobView, "POST", "/v1/jobs", json=body, headers=headers, wait=wait, deadline=deadline)
 
     async def get(self, job_id: str, *, wait: float | None = None) -> JobView:
         return (await self._call(JobView, "GET", f"/v1/jobs/{job_id}", wait=wait))[0]
@@ -462,14 +580,15 @@ class AsyncClient:
 
     async def wait(self, job_id: str, *, timeout: float = 600.0) -> JobView:
         deadline = time.monotonic() + timeout
-        job, headers = await self._call(JobView, "GET", f"/v1/jobs/{job_id}", wait=_next_wait(timeout))
+        path = f"/v1/jobs/{job_id}"
+        job, headers = await self._call(JobView, "GET", path, wait=_next_wait(timeout), deadline=deadline)
         while not job.finished:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise WaitTimeout(job, timeout)
             if "preference-applied" not in headers:
                 await asyncio.sleep(_poll_pause(headers, remaining))
-            job, headers = await self._call(JobView, "GET", f"/v1/jobs/{job_id}", wait=_next_wait(remaining))
+            job, headers = await self._call(JobView, "GET", path, wait=_next_wait(remaining), deadline=deadline)
         return job
 
     async def run(
@@ -482,7 +601,7 @@ class AsyncClient:
         hold: float = MAX_WAIT_S,
     ) -> JobView:
         deadline = time.monotonic() + timeout
-        job, headers = await self._submit(request, idempotency_key, _next_wait(min(hold, timeout)))
+        job, headers = await self._submit(request, idempotency_key, _next_wait(min(hold, timeout)), deadline)
         while True:
             if on_update is not None:
                 on_update(job)
@@ -492,7 +611,7 @@ class AsyncClient:
             if remaining <= 0:
                 raise WaitTimeout(job, timeout)
             await asyncio.sleep(_poll_pause(headers, remaining))
-            job, headers = await self._call(JobView, "GET", f"/v1/jobs/{job.id}")
+            job, headers = await self._call(JobView, "GET", f"/v1/jobs/{job.id}", deadline=deadline)
 
     async def stream(
         self,

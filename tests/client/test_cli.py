@@ -1,0 +1,58 @@
+"""The `sdq` client commands (cli/main.py) against a scripted API on loopback (tests/client/fakeapi.py): what
+they print on stdout and stderr and the exit codes docs/cli.md promises, where the local stack cannot produce the
+answer (a lost answer, a gateway's 502, a job that never finishes). tests/integration/test_client.py runs them
+against the local stack."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+from tests.client.fakeapi import LOST, FakeApi, running
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeApi]:
+    with running() as fake:
+        monkeypatch.setenv("SDQ_API_URL", fake.url)
+        monkeypatch.setenv("SDQ_API_KEY", "sdq_test")
+        monkeypatch.setenv("SDQ_STATE_DIR", str(tmp_path / "state"))
+        yield fake
+
+
+def words(text: str) -> str:
+    """stderr as one line: rich wraps long messages at the console's width."""
+    return " ".join(text.split())
+
+
+def test_a_submit_that_got_no_answer_says_so_and_how_to_repeat_it_without_a_duplicate(
+    api: FakeApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.fault("POST", "/v1/jobs", LOST, times=100)  # the API makes the job each time; no answer ever comes back
+    assert main(["submit", "a red fox"]) == 3
+    err = words(capsys.readouterr().err)
+    sent = {s.headers.get("idempotency-key") for s in api.requests("POST")}
+    (key,) = sent  # every try carried the same key: one job, however many tries
+    assert len(api.jobs) == 1
+    assert "cannot reach" not in err  # it was reached: only the answer was lost
+    assert "no answer from" in err
+    assert f"--idempotency-key {key}" in err
+    api.faults.clear()
+    assert main(["submit", "a red fox", "--idempotency-key", str(key)]) == 0
+    assert capsys.readouterr().out.strip() == next(iter(api.jobs))  # the job the first command made
+    assert len(api.jobs) == 1
+
+
+def test_an_api_that_is_not_there_cannot_be_reached(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running() as gone:
+        url = gone.url
+    monkeypatch.setenv("SDQ_API_URL", url)
+    monkeypatch.setenv("SDQ_API_KEY", "sdq_test")
+    monkeypatch.setenv("SDQ_STATE_DIR", str(tmp_path))
+    assert main(["status", "01KAXAAAAAAAAAAAAAAAAAAAAA"]) == 3
+    assert "cannot reach" in words(capsys.readouterr().err)

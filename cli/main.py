@@ -9,11 +9,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pydantic
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -29,6 +29,8 @@ from sdq_client import (
     new_idempotency_key,
 )
 from sdq_client import __version__ as client_version
+from sdq_client.errors import invalid_request
+from sdq_client.models import OutputFormat, Scheduler
 
 from cli.admin import add_admin_parser
 from cli.client import LOCAL_STATE_FILE, NoEndpoint, resolve_endpoint, state_dir
@@ -225,12 +227,35 @@ def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "callback_url": args.callback_url,
     }
     request.update({k: v for k, v in optional.items() if v is not None})
+    _check_choices(request)
     if args.metadata:
         pairs = [item.partition("=") for item in args.metadata]
         if any(not sep for _, sep, _ in pairs):
             raise UsageError("--metadata takes KEY=VALUE")
         request["metadata"] = {k: v for k, _, v in pairs}
     return request
+
+
+# The request fields whose flags take one of a fixed set of values: the client's Literal types, listed in --help.
+CHOICES: dict[str, Any] = {"scheduler": Scheduler, "output_format": OutputFormat}
+
+
+def _choices(field: str) -> str:
+    return "{" + ",".join(get_args(CHOICES[field])) + "}"
+
+
+def _check_choices(request: dict[str, Any]) -> None:
+    """A flag value outside its choices is a refused field, as the API would refuse it: InvalidRequest (exit 4, and
+    the 422 body on stdout with --json), not a usage error."""
+    errors: list[dict[str, Any]] = []
+    for field, allowed in CHOICES.items():
+        if field in request:
+            try:
+                TypeAdapter(allowed).validate_python(request[field])
+            except pydantic.ValidationError as exc:
+                errors += [{**e, "loc": (field, *e["loc"])} for e in exc.errors()]
+    if errors:
+        raise invalid_request(errors)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -473,8 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--guidance", type=float)
     submit.add_argument("--seed", type=int)
     submit.add_argument("--images", type=int)
-    submit.add_argument("--scheduler")
-    submit.add_argument("--format", choices=["png", "jpeg", "webp"])
+    # Not argparse's choices (a usage error, exit 2): a value outside them is a refused field (exit 4; with --json,
+    # the 422 line on stdout), as it is when the API refuses it.
+    submit.add_argument("--scheduler", metavar=_choices("scheduler"))
+    submit.add_argument("--format", metavar=_choices("output_format"))
     submit.add_argument("--quality", type=int)
     submit.add_argument("--model")
     submit.add_argument("--callback-url")

@@ -23,6 +23,7 @@ from sdq_client.errors import (
     UnsupportedMediaType,
     WaitTimeout,
     WebhookVerificationError,
+    invalid_request,
 )
 from sdq_client.models import (
     AuditAction,
@@ -100,6 +101,7 @@ __all__ = [
     "WebhookState",
     "WebhookVerificationError",
     "__version__",
+    "invalid_request",
     "new_idempotency_key",
     "verify_webhook",
 ]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from sdq_client._version import __version__
 from sdq_client.errors import (
@@ -25,6 +25,7 @@ from sdq_client.errors import (
     ServerError,
     WaitTimeout,
     error_for,
+    invalid_request,
     retry_after,
 )
 from sdq_client.models import (
@@ -123,8 +124,15 @@ def _retryable(method: str, headers: Mapping[str, str]) -> tuple[bool, bool]:
 
 def request_body(request: RequestLike) -> dict[str, Any]:
     """The JSON body of a submit: only the fields set (the server fills the rest), fields this client does not
-    know included."""
-    model = request if isinstance(request, GenerationRequest) else GenerationRequest.model_validate(dict(request))
+    know included. A mapping is checked first, with the API's types and no coercion: InvalidRequest (the API's
+    422 shape, nothing sent) for a field the API would refuse as well."""
+    if isinstance(request, GenerationRequest):
+        model = request
+    else:
+        try:
+            model = GenerationRequest.model_validate(dict(request) if isinstance(request, Mapping) else request)
+        except ValidationError as exc:
+            raise invalid_request(exc.errors()) from None
     return model.model_dump(mode="json", exclude_unset=True)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +72,8 @@ class FieldError:
 
 
 class InvalidRequest(ApiError):
-    """422: the request broke a rule; ``fields`` says which field and why."""
+    """422: the request broke a rule; ``fields`` says which field and why. Also raised before sending, with the
+    API's own body shape, for a request whose fields do not have the API's JSON types (``headers`` then empty)."""
 
     @property
     def fields(self) -> list[FieldError]:
@@ -119,6 +120,36 @@ ERRORS: dict[int, type[ApiError]] = {
     422: InvalidRequest,
     429: RateLimited,
 }
+
+
+# As the API's 422 has them: at most this many errors, each path part and message cut to these lengths.
+MAX_ERROR_DETAILS = 20
+MAX_ERROR_LOC_CHARS = 64
+MAX_ERROR_MSG_CHARS = 200
+
+
+def _cut(text: object, limit: int) -> str:
+    value = str(text)
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def invalid_request(errors: Iterable[Mapping[str, Any]], where: str = "body") -> InvalidRequest:
+    """The InvalidRequest of a request the client refuses before sending, shaped as the API's 422 is: ``errors``
+    as pydantic gives them (``loc``, ``msg``, ``type``), each path under ``where``."""
+    found = list(errors)
+    details = [
+        {
+            "loc": [_cut(part, MAX_ERROR_LOC_CHARS) for part in (where, *e.get("loc", ()))],
+            "msg": _cut(e.get("msg", ""), MAX_ERROR_MSG_CHARS),
+            "type": _cut(e.get("type", ""), MAX_ERROR_LOC_CHARS),
+        }
+        for e in found[:MAX_ERROR_DETAILS]
+    ]
+    fields = ", ".join(".".join(d["loc"][1:] or d["loc"]) for d in details)
+    if len(found) > MAX_ERROR_DETAILS:
+        fields += f" and {len(found) - MAX_ERROR_DETAILS} more"
+    body = {"error": {"code": "validation_error", "message": f"Invalid request: {fields}", "details": details}}
+    return InvalidRequest(422, body, {})
 
 
 def error_for(status: int, body: Any, headers: Mapping[str, str]) -> ApiError:

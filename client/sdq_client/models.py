@@ -9,9 +9,22 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+
+def _json_int(value: Any) -> Any:
+    """JSON integers, as the API reads them: 4 and 4.0 are the same number; "4" and true are not integers."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# The request's types are the API's own (shared/contracts.py): nothing is coerced that the API would refuse, so a
+# value the API refuses ("256" for a width, "no" for a boolean) is refused before it is sent, not changed.
+JsonInt = Annotated[StrictInt, BeforeValidator(_json_int)]
+JsonNumber = StrictFloat | JsonInt
 
 Scheduler = Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "lms"]
 OutputFormat = Literal["png", "jpeg", "webp"]
@@ -49,35 +62,38 @@ class Priority(StrEnum):
 class LoraRef(_Answer):
     """One LoRA a job applies: an id of the deployment's LoRA registry, and how strongly (0 turns it off)."""
 
-    id: str
-    scale: float = 1.0
+    id: StrictStr
+    scale: JsonNumber = 1.0
 
 
 class GenerationRequest(_Answer):
     """What to generate. Only the fields you set are sent; the server fills the rest (and draws a seed). Fields
-    this client does not know are sent as given (the server refuses those it does not know either)."""
+    this client does not know are sent as given (the server refuses those it does not know either).
 
-    prompt: str
-    negative_prompt: str = ""
-    width: int = 512
-    height: int = 512
-    num_inference_steps: int = 30
-    guidance_scale: float = 7.5
-    seed: int | None = None
-    num_images: int = 1
+    Each field takes the JSON type the API takes, without coercion (an integral float is an integer, as in JSON;
+    a string is never a number or a boolean); the bounds are the API's to check."""
+
+    prompt: StrictStr
+    negative_prompt: StrictStr = ""
+    width: JsonInt = 512
+    height: JsonInt = 512
+    num_inference_steps: JsonInt = 30
+    guidance_scale: JsonNumber = 7.5
+    seed: JsonInt | None = None
+    num_images: JsonInt = 1
     scheduler: Scheduler = "euler_a"
     output_format: OutputFormat = "png"
-    quality: int = 90
-    model: str | None = None
-    callback_url: str | None = None
-    metadata: dict[str, str] = Field(default_factory=dict)
-    cache: bool = True
+    quality: JsonInt = 90
+    model: StrictStr | None = None
+    callback_url: StrictStr | None = None
+    metadata: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    cache: StrictBool = True
     priority: Priority = Priority.NORMAL
     webhook_events: list[WebhookEventName] = Field(default_factory=lambda: list[WebhookEventName](["completed"]))
     # Image-to-image and inpainting: an upload id (Client.upload) or a data URL; strength 0 < s <= 1.
-    image: str | None = None
-    mask: str | None = None
-    strength: float | None = None
+    image: StrictStr | None = None
+    mask: StrictStr | None = None
+    strength: JsonNumber | None = None
     # LoRAs of the deployment's registry made for the model (GET /openapi.json lists the bounds).
     loras: list[LoraRef] = Field(default_factory=list)
 

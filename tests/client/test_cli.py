@@ -5,6 +5,7 @@ against the local stack."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,3 +57,30 @@ def test_an_api_that_is_not_there_cannot_be_reached(
     monkeypatch.setenv("SDQ_STATE_DIR", str(tmp_path))
     assert main(["status", "01KAXAAAAAAAAAAAAAAAAAAAAA"]) == 3
     assert "cannot reach" in words(capsys.readouterr().err)
+
+
+def test_a_refused_scheduler_is_a_refused_field_with_the_422_line_on_stdout(
+    api: FakeApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["submit", "a red fox", "--scheduler", "foo", "--json"]) == 4  # docs/cli.md: a refused field
+    out, err = capsys.readouterr()
+    (line,) = out.splitlines()  # --json: one line of JSON on stdout, nothing else
+    refusal = json.loads(line)
+    assert refusal["status"] == 422
+    assert refusal["body"]["error"]["code"] == "validation_error"
+    assert [d["loc"] for d in refusal["body"]["error"]["details"]] == [["body", "scheduler"]]
+    assert "scheduler" in err
+    assert "Traceback" not in err
+    assert api.seen == []
+
+
+def test_the_choices_are_listed_and_a_listed_one_is_sent(api: FakeApi, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["submit", "--help"])
+    assert "{ddim,euler,euler_a,dpmpp_2m,pndm,lms}" in capsys.readouterr().out
+    assert main(["submit", "a red fox", "--scheduler", "dpmpp_2m", "--format", "webp"]) == 0
+    assert api.requests("POST")[0].json() == {
+        "prompt": "a red fox",
+        "scheduler": "dpmpp_2m",
+        "output_format": "webp",
+    }

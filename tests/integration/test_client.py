@@ -195,9 +195,9 @@ def test_cli_submit_wait_json_prints_the_finished_job_and_saves_its_images(
 def test_cli_exit_codes_tell_usage_errors_refusals_and_failed_jobs_apart(service: RunningService) -> None:
     usage = sdq(service, "submit")
     assert usage.returncode == 2
-    # A value the client refuses before sending: a usage error naming the field, no traceback.
+    # A flag value outside its choices: refused before sending as the API refuses a field (exit 4), no traceback.
     bad_choice = sdq(service, "submit", "a fox", "--scheduler", "nope")
-    assert bad_choice.returncode == 2
+    assert bad_choice.returncode == 4
     assert "scheduler" in bad_choice.stderr
     assert "Traceback" not in bad_choice.stderr
     refused = sdq(service, "submit", "a fox", "--width", "513", "--json")

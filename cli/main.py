@@ -207,7 +207,7 @@ class ProgressBar:
     def update(self, job: JobView) -> None:
         total = max(job.progress.total, 1)
         done = total if job.status in {JobStatus.POSTPROCESSING, JobStatus.SUCCEEDED} else job.progress.step
-        self._bar.update(self._task, total=total, completed=done, status=job.status.value)
+        self._bar.update(self._task, total=total, completed=done, status=str(job.status))
 
 
 def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:

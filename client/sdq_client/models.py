@@ -3,6 +3,12 @@
 Names, fields, types and required-ness match the server's `/openapi.json` (the service's tests compare them, so
 a field the server adds must be added here). Answers are read leniently (``extra="allow"``): a newer server's
 extra fields reach you in ``model_extra`` instead of failing the call.
+
+The same goes for the values of the API's enumerations (a job's ``status``, a request's ``scheduler``,
+``output_format``, ``priority`` and ``webhook_events``, a webhook's ``state``, an audit entry's ``action`` and
+``outcome``): each is typed ``Known | str``. A value this client knows is its enum member or Literal string
+(``job.status is JobStatus.SUCCEEDED``); one a newer server added arrives as the plain string instead of failing
+the call. Code that branches on them keeps a default branch.
 """
 
 from __future__ import annotations
@@ -29,6 +35,12 @@ JsonNumber = StrictFloat | JsonInt
 Scheduler = Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "lms"]
 OutputFormat = Literal["png", "jpeg", "webp"]
 WebhookEventName = Literal["started", "progress", "completed"]
+WebhookDeliveryState = Literal["pending", "retrying", "delivered", "failed", "blocked"]
+# Open enumerations: a known value first (its enum member, its Literal string), else any string (a newer server's).
+OpenScheduler = Annotated[Scheduler | StrictStr, Field(union_mode="left_to_right")]
+OpenOutputFormat = Annotated[OutputFormat | StrictStr, Field(union_mode="left_to_right")]
+OpenWebhookEventName = Annotated[WebhookEventName | StrictStr, Field(union_mode="left_to_right")]
+OpenWebhookDeliveryState = Annotated[WebhookDeliveryState | StrictStr, Field(union_mode="left_to_right")]
 
 
 class _Answer(BaseModel):
@@ -51,12 +63,18 @@ class JobStatus(StrEnum):
         return self in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
 
 
+OpenJobStatus = Annotated[JobStatus | StrictStr, Field(union_mode="left_to_right")]
+
+
 class Priority(StrEnum):
     """Which queued work workers take first; your plan sets the highest you may ask for."""
 
     LOW = "low"
     NORMAL = "normal"
     HIGH = "high"
+
+
+OpenPriority = Annotated[Priority | StrictStr, Field(union_mode="left_to_right")]
 
 
 class LoraRef(_Answer):
@@ -81,15 +99,15 @@ class GenerationRequest(_Answer):
     guidance_scale: JsonNumber = 7.5
     seed: JsonInt | None = None
     num_images: JsonInt = 1
-    scheduler: Scheduler = "euler_a"
-    output_format: OutputFormat = "png"
+    scheduler: OpenScheduler = "euler_a"
+    output_format: OpenOutputFormat = "png"
     quality: JsonInt = 90
     model: StrictStr | None = None
     callback_url: StrictStr | None = None
     metadata: dict[StrictStr, StrictStr] = Field(default_factory=dict)
     cache: StrictBool = True
-    priority: Priority = Priority.NORMAL
-    webhook_events: list[WebhookEventName] = Field(default_factory=lambda: list[WebhookEventName](["completed"]))
+    priority: OpenPriority = Priority.NORMAL
+    webhook_events: list[OpenWebhookEventName] = Field(default_factory=lambda: list[str](["completed"]))
     # Image-to-image and inpainting: an upload id (Client.upload) or a data URL; strength 0 < s <= 1.
     image: StrictStr | None = None
     mask: StrictStr | None = None
@@ -129,7 +147,7 @@ class JobError(_Answer):
 class WebhookState(_Answer):
     event: str
     webhook_id: str
-    state: Literal["pending", "retrying", "delivered", "failed", "blocked"]
+    state: OpenWebhookDeliveryState
     attempts: int = 0
     last_status: int | None = None
     last_error: str | None = None
@@ -165,7 +183,7 @@ class JobView(_Answer):
     """A job as ``GET /v1/jobs/{id}`` shows it; output URLs are presigned afresh on every answer."""
 
     id: str
-    status: JobStatus
+    status: OpenJobStatus
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -187,7 +205,11 @@ class JobView(_Answer):
 
     @property
     def finished(self) -> bool:
-        return self.status.terminal
+        """SUCCEEDED, FAILED or CANCELLED; a status this client does not know counts as finished once the job has a
+        ``finished_at``."""
+        if isinstance(self.status, JobStatus):
+            return self.status.terminal
+        return self.finished_at is not None
 
 
 class JobList(_Answer):
@@ -235,10 +257,16 @@ class AuditAction(StrEnum):
     KEY_REVOKE = "key.revoke"
 
 
+OpenAuditAction = Annotated[AuditAction | StrictStr, Field(union_mode="left_to_right")]
+
+
 class AuditOutcome(StrEnum):
     ACCEPTED = "accepted"
     REFUSED = "refused"
     FAILED = "failed"
+
+
+OpenAuditOutcome = Annotated[AuditOutcome | StrictStr, Field(union_mode="left_to_right")]
 
 
 class AuditEvent(_Answer):
@@ -248,11 +276,11 @@ class AuditEvent(_Answer):
     at: datetime
     tenant: str
     key_id: str | None = None
-    action: AuditAction
+    action: OpenAuditAction
     target: str | None = None
     source_ip: str | None = None
     user_agent: str | None = None
-    outcome: AuditOutcome
+    outcome: OpenAuditOutcome
     status: int | None = None
     error_code: str | None = None
     details: dict[str, str] = Field(default_factory=dict)

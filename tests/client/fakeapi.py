@@ -162,7 +162,7 @@ class FakeApi:
 
     def _get(self, job: dict[str, Any], seen: Seen) -> Reply:
         headers = {}
-        if job["status"] not in TERMINAL:
+        if job["status"] in {"QUEUED", "RUNNING"}:
             self.polls[job["id"]] = polls = self.polls.get(job["id"], 0) + 1
             if self.gets_until_done is not None and polls > self.gets_until_done:
                 job.update(status="SUCCEEDED", finished_at=datetime.now(UTC).isoformat())

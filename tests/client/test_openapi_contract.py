@@ -75,35 +75,42 @@ def used_schemas(doc: dict[str, Any]) -> set[str]:
     return seen
 
 
-def signature(schema: dict[str, Any]) -> str:
-    """A field's type in a form both sides can be compared in: `integer|null`, `array[ref:OutputView]`, ..."""
+def signature(schema: dict[str, Any], enums: frozenset[str] = frozenset()) -> str:
+    """A field's type in a form both sides can be compared in: `integer|null`, `array[ref:OutputView]`, ...
+
+    ``enums``: the names of the side's enum schemas. The client reads an enumeration's values leniently (its
+    known values, or any string a newer server sends: `JobStatus | str`); that open enumeration compares equal
+    to the server's closed one, so its known values must still be the server's."""
     if "$ref" in schema:
         return f"ref:{schema['$ref'].rsplit('/', 1)[-1]}"
     options = schema.get("anyOf") or schema.get("oneOf")
     if options:
-        kinds = {signature(o) for o in options}
+        kinds = {signature(o, enums) for o in options}
         if {"number", "integer"} <= kinds:  # a float field that also takes JSON integers is a number
             kinds.discard("integer")
+        known = {k for k in kinds if k.startswith("enum:") or k.removeprefix("ref:") in enums}
+        if known and "string" in kinds:  # an open enumeration
+            kinds.discard("string")
         return "|".join(sorted(kinds))
     if "enum" in schema or "const" in schema:
         values = schema.get("enum", [schema.get("const")])
         return "enum:" + ",".join(sorted(map(str, values)))
     kind = schema.get("type")
     if kind == "array":
-        return f"array[{signature(schema.get('items', {}))}]"
+        return f"array[{signature(schema.get('items', {}), enums)}]"
     if kind == "object" and isinstance(schema.get("additionalProperties"), dict):
-        return f"map[{signature(schema['additionalProperties'])}]"
+        return f"map[{signature(schema['additionalProperties'], enums)}]"
     if kind == "string" and schema.get("format") in {"date-time", "date"}:
         return f"string:{schema['format']}"
     return str(kind or "any")
 
 
-def shape(schema: dict[str, Any]) -> dict[str, Any]:
+def shape(schema: dict[str, Any], enums: frozenset[str] = frozenset()) -> dict[str, Any]:
     if "enum" in schema:
         return {"enum": sorted(map(str, schema["enum"]))}
     props = schema.get("properties", {})
     return {
-        "fields": {name: signature(prop) for name, prop in props.items()},
+        "fields": {name: signature(prop, enums) for name, prop in props.items()},
         "required": sorted(schema.get("required", [])),
     }
 
@@ -165,7 +172,8 @@ def test_every_schema_the_api_uses_has_a_matching_client_model(openapi: dict[str
     missing = sorted(used - client.keys())
     assert not missing, f"add these models to client/sdq_client/models.py: {missing}"
     for name in sorted(used):
-        assert shape(client[name]) == shape(server[name]), f"client model {name} differs from the API's schema"
+        enums = frozenset(n for n, schema in client.items() if "enum" in schema)
+        assert shape(client[name], enums) == shape(server[name]), f"client model {name} differs from the API's schema"
 
 
 def test_the_comparison_catches_a_field_the_client_lacks(openapi: dict[str, Any]) -> None:
@@ -175,6 +183,17 @@ def test_the_comparison_catches_a_field_the_client_lacks(openapi: dict[str, Any]
     assert shape(client_schemas()["JobView"]) != shape(grown)
     retyped = {**job, "properties": {**job["properties"], "attempt": {"type": "string"}}}
     assert shape(client_schemas()["JobView"]) != shape(retyped)
+    # An open enumeration (known values, or any string) still differs when the server's values do.
+    request = openapi["components"]["schemas"]["GenerationRequest"]
+    scheduler = request["properties"]["scheduler"]
+    more = {
+        **request,
+        "properties": {**request["properties"], "scheduler": {**scheduler, "enum": [*scheduler["enum"], "heun"]}},
+    }
+    client = client_schemas()
+    enums = frozenset(n for n, schema in client.items() if "enum" in schema)
+    assert shape(client["GenerationRequest"], enums) == shape(request)
+    assert shape(client["GenerationRequest"], enums) != shape(more)
 
 
 def test_every_operation_has_a_client_method(openapi: dict[str, Any]) -> None:

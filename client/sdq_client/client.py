@@ -422,8 +422,9 @@ class Client:
         that finishes it.
 
         A stream the server ends early (its time is up, or it answered with a snapshot) is reopened after its
-        ``retry:`` delay with ``Last-Event-ID``, so no event comes twice; a connection that fails is retried the
-        same way, ``reconnects`` times in a row at most, then SdqError. With ``timeout`` (seconds), WaitTimeout
+        ``retry:`` delay with ``Last-Event-ID``, so no event comes twice; a connection that fails (or is answered
+        502, 503 or 504) is retried the same way, ``reconnects`` times in a row at most (a stream that opens starts
+        the count again), then SdqError. With ``timeout`` (seconds), WaitTimeout
         once it passes with the job unfinished: it is checked at every line the stream sends (keep-alive comments
         included) and no read waits past it, so a stream the server holds open cannot outlast it.
         """
@@ -441,6 +442,7 @@ class Client:
                         resp.read()
                         _decoded(resp)
                     _check_stream(resp)
+                    failures = 0  # the failures counted are those in a row: this connection opened
                     lines = resp.iter_lines()
                     # The deadline is checked before every line (a keep-alive comment too), and each read waits
                     # no longer than the time left when the connection opened (_stream_args).
@@ -452,11 +454,13 @@ class Client:
                         if sse is None:
                             continue
                         event = _job_event(sse)
-                        failures, last = 0, event.data
+                        last = event.data
                         yield event
                         if event.data.finished:
                             return
-            except httpx.TransportError:
+            except (httpx.TransportError, ServerError) as exc:
+                if isinstance(exc, ServerError) and exc.status not in RETRY_STATUSES:
+                    raise
                 if not _passed(deadline):  # a read cut short by the deadline is the timeout, not a failure
                     failures += 1
                     if failures > reconnects:
@@ -643,6 +647,7 @@ class AsyncClient:
                         await resp.aread()
                         _decoded(resp)
                     _check_stream(resp)
+                    failures = 0
                     lines = resp.aiter_lines()
                     while not _passed(deadline):
                         try:
@@ -655,11 +660,13 @@ class AsyncClient:
                         if sse is None:
                             continue
                         event = _job_event(sse)
-                        failures, last = 0, event.data
+                        last = event.data
                         yield event
                         if event.data.finished:
                             return
-            except httpx.TransportError:
+            except (httpx.TransportError, ServerError) as exc:
+                if isinstance(exc, ServerError) and exc.status not in RETRY_STATUSES:
+                    raise
                 if not _passed(deadline):
                     failures += 1
                     if failures > reconnects:

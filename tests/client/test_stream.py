@@ -52,6 +52,9 @@ class EventServer(BaseHTTPRequestHandler):
     requests: ClassVar[list[dict[str, str]]] = []
     drop_after: ClassVar[int | None] = None
     fail_connections: ClassVar[int] = 0  # this many connections are closed before any answer
+    # Then, one connection each: "drop" (closed before any answer), a status ("503": a gateway's answer), or
+    # "empty" (a stream that ends before any event, as one the server ends early does).
+    plan: ClassVar[list[str]] = []
     # After the script: hold the connection this long, sending a keep-alive comment every `keepalive_s` (None: silent),
     # as the API does for a job that is still queued (its comments come every 15 s, for up to 15 minutes).
     hold_s: ClassVar[float] = 0.0
@@ -66,6 +69,25 @@ class EventServer(BaseHTTPRequestHandler):
         cls.requests.append({k.lower(): v for k, v in self.headers.items()} | {"path": self.path})
         if cls.fail_connections > 0:
             cls.fail_connections -= 1
+            self.close_connection = True
+            return
+        step = cls.plan.pop(0) if cls.plan else None
+        if step == "drop":
+            self.close_connection = True
+            return
+        if step is not None and step.isdigit():
+            body = json.dumps({"message": "Service Unavailable"}).encode()
+            self.send_response(int(step))
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if step == "empty":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(b"retry: 50\n\n: reconnect\n\n")
             self.close_connection = True
             return
         if self.path != f"/v1/jobs/{JOB_ID}/events":
@@ -118,6 +140,7 @@ def server() -> Iterator[str]:
     EventServer.requests = []
     EventServer.drop_after = None
     EventServer.fail_connections = 0
+    EventServer.plan = []
     EventServer.hold_s, EventServer.keepalive_s = 0.0, None
     EventServer.stop = threading.Event()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), EventServer)
@@ -207,6 +230,27 @@ def test_failed_connections_are_retried_then_given_up(server: str) -> None:
     with Client(server, "key") as client, pytest.raises(SdqError, match="failed 3 times in a row"):
         list(client.stream(JOB_ID, reconnects=2))
     assert len(EventServer.requests) == 3
+
+
+def test_a_gateway_failure_on_a_reconnect_is_retried_like_a_dropped_connection(server: str) -> None:
+    EventServer.plan = ["drop", "503", "502", "504"]
+    with Client(server, "key") as client:
+        assert [e.event_id for e in client.stream(JOB_ID, reconnects=4)] == ["1", "2", "3", "4"]
+    assert len(EventServer.requests) == 5
+
+
+def test_a_connection_that_opens_resets_the_count_of_failures_in_a_row(server: str) -> None:
+    """Failures in a row are counted: each stream that opens (even one that ends before any event) resets it."""
+    EventServer.plan = ["drop", "empty", "503", "empty", "drop", "empty", "drop"]
+    with Client(server, "key") as client:
+        assert [e.event_id for e in client.stream(JOB_ID, reconnects=1)] == ["1", "2", "3", "4"]
+
+    async def read() -> list[str | None]:
+        async with AsyncClient(server, "key") as client:
+            return [e.event_id async for e in client.stream(JOB_ID, reconnects=1)]
+
+    EventServer.plan = ["drop", "empty", "503", "empty", "drop", "empty", "drop"]
+    assert asyncio.run(read()) == ["1", "2", "3", "4"]
 
 
 def test_a_refused_stream_raises_the_typed_error(server: str) -> None:

@@ -317,21 +317,32 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.json:
         _emit(args, page)
         return EXIT_OK
-    table = Table("id", "status", "created", "size", "steps", "images", "prompt")
-    for job in page.jobs:
-        req = job.request
-        table.add_row(
+    rows = [
+        [
             job.id,
-            job.status,
+            str(job.status),
             job.created_at.isoformat()[:19],
-            f"{req.width}x{req.height}",
-            str(req.num_inference_steps),
-            str(req.num_images),
-            req.prompt[:40],
-        )
-    out.print(table)
+            f"{job.request.width}x{job.request.height}",
+            str(job.request.num_inference_steps),
+            str(job.request.num_images),
+            job.request.prompt,
+        ]
+        for job in page.jobs
+    ]
+    if out.is_terminal:
+        table = Table("id", "status", "created", "size", "steps", "images", "prompt")
+        table.columns[0].no_wrap = True  # an id is copied whole: the prompt gives way on a narrow terminal
+        table.columns[0].min_width = max((len(row[0]) for row in rows), default=0)
+        for row in rows:
+            table.add_row(*row[:-1], row[-1][:40])
+        out.print(table)
+    else:
+        # Piped: the table's columns, tab-separated, each value whole on one line (none cut at 80 columns).
+        for row in [["id", "status", "created", "size", "steps", "images", "prompt"], *rows]:
+            print("\t".join(" ".join(value.split()) for value in row))
     if page.next_cursor:
-        out.print(f"more: sdq jobs --cursor {page.next_cursor}")
+        # One line, never wrapped, so that it can be copied or cut from a pipe.
+        out.print(f"more: sdq jobs --cursor {page.next_cursor}", soft_wrap=True, markup=False, highlight=False)
     return EXIT_OK
 
 

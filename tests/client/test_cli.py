@@ -5,14 +5,17 @@ against the local stack."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+import cli.main
 from cli.main import main
-from tests.client.fakeapi import LOST, FakeApi, running
+from tests.client.fakeapi import LOST, FakeApi, Reply, running
 
 
 @pytest.fixture
@@ -84,3 +87,37 @@ def test_the_choices_are_listed_and_a_listed_one_is_sent(api: FakeApi, capsys: p
         "scheduler": "dpmpp_2m",
         "output_format": "webp",
     }
+
+
+def listed(api: FakeApi, cursor: str) -> list[str]:
+    prompts = [f"a fox\tnumber {n}, " + "very " * 20 + "red" for n in range(3)]
+    ids = [api.add_job("SUCCEEDED", request={"prompt": prompt}) for prompt in prompts]
+    api.route("GET", "/v1/jobs", lambda _: Reply(200, {"jobs": [api.jobs[i] for i in ids], "next_cursor": cursor}))
+    return ids
+
+
+CURSOR = "eyJqb2JfaWQiOiAiMDFNOTdaWEtZNEQ2QUdBNVg1QjI1NEZNWjciLCAicGsiOiAiSk9CIzAxTTk3WlhL" * 3
+
+
+def test_jobs_piped_prints_whole_ids_and_an_unwrapped_cursor_line(
+    api: FakeApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = listed(api, CURSOR)
+    assert main(["jobs", "--limit", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split("\t")[:2] == ["id", "status"]
+    assert [line.split("\t")[0] for line in lines[1:4]] == ids  # whole, 26 characters each
+    assert lines[1].split("\t")[-1] == "a fox number 0, " + "very " * 20 + "red"  # one line, not cut
+    assert lines[4:] == [f"more: sdq jobs --cursor {CURSOR}"]
+
+
+def test_jobs_on_a_narrow_terminal_keeps_ids_and_the_cursor_line_whole(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    screen = io.StringIO()
+    monkeypatch.setattr(cli.main, "out", Console(file=screen, force_terminal=True, width=60, color_system=None))
+    ids = listed(api, CURSOR)
+    assert main(["jobs"]) == 0
+    text = screen.getvalue()
+    assert all(job_id in text for job_id in ids)
+    assert f"more: sdq jobs --cursor {CURSOR}\n" in text  # the terminal may fold it on screen; a copy is one line

@@ -6,7 +6,7 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, get_args
@@ -15,6 +15,7 @@ import httpx
 import pydantic
 from pydantic import BaseModel, TypeAdapter
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sdq_client import (
@@ -134,7 +135,8 @@ def cmd_soak(args: argparse.Namespace) -> int:
 #
 # Exit codes (docs/cli.md): 0 done (with --wait: the job SUCCEEDED); 1 the job finished FAILED or CANCELLED;
 # 2 a usage error (bad flags, no endpoint); 3 the API could not be reached; 4 the API refused the request (4xx);
-# 5 the API failed (5xx); 6 the wait ran out with the job unfinished; 130 interrupted.
+# 5 the API failed (5xx); 6 the wait ran out with the job unfinished; 7 the job SUCCEEDED but its images could not
+# be saved; 130 interrupted.
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_API_FAILED, EXIT_TIMEOUT = (
     0,
     1,
@@ -144,6 +146,7 @@ EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_API_F
     5,
     6,
 )
+EXIT_NOT_SAVED = 7
 EXIT_INTERRUPTED = 130
 # How long `submit --wait` lets the API hold its first answer while a progress bar is shown.
 PROGRESS_HOLD_S = 5
@@ -163,24 +166,33 @@ def _emit(args: argparse.Namespace, body: BaseModel | dict[str, Any]) -> None:
         out.print_json(json.dumps(data))
 
 
-def _save_outputs(client: Client, job: JobView, folder: Path) -> list[Path]:
+def _save_outputs(client: Client, job: JobView, folder: Path) -> Iterator[Path]:
+    """Each image of the job, saved under ``folder`` (made if missing), as it is saved."""
     folder.mkdir(parents=True, exist_ok=True)
-    saved = []
     for output in job.outputs:
         ext = output.content_type.split("/")[-1].replace("jpeg", "jpg")
         path = folder / f"{job.id}-{output.index}.{ext}"
         path.write_bytes(client.download(output.url))
-        saved.append(path)
-    return saved
+        yield path
 
 
 def _finished(args: argparse.Namespace, client: Client, job: JobView) -> int:
-    """Print a finished job (and save its images), and the exit code its status means."""
-    saved = _save_outputs(client, job, Path(args.out)) if job.status == JobStatus.SUCCEEDED else []
+    """Print a finished job, then save its images, and the exit code that means. The job is printed first: an image
+    that cannot be saved (a bad --out, a failed download) is reported after it, on stderr, with an exit code of
+    its own."""
     _emit(args, job)
-    for path in saved:
-        console.print(f"saved {path}")
-    return EXIT_OK if job.status == JobStatus.SUCCEEDED else EXIT_JOB_FAILED
+    if job.status != JobStatus.SUCCEEDED:
+        return EXIT_JOB_FAILED
+    try:
+        for path in _save_outputs(client, job, Path(args.out)):
+            console.print(f"saved {path}", soft_wrap=True, highlight=False)
+    except (OSError, httpx.HTTPError) as exc:
+        console.print(f"[red]not saved[/]: the job SUCCEEDED, but its images could not be saved under {args.out}:"
+                      f" {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True, highlight=False)  # fmt: skip
+        until = f" (its URLs last until {job.outputs_expire_at:%Y-%m-%d %H:%M} UTC)" if job.outputs_expire_at else ""
+        console.print(f"  `sdq wait {job.id} --out FOLDER` saves them again{until}", soft_wrap=True, highlight=False)
+        return EXIT_NOT_SAVED
+    return EXIT_OK
 
 
 class ProgressBar:
@@ -452,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sdq",
         description="Queue-based Stable Diffusion service.",
         epilog="Exit codes: 0 done, 1 job FAILED or CANCELLED, 2 usage error, 3 API unreachable, 4 API refused the"
-        " request, 5 API error, 6 wait timed out, 130 interrupted (docs/cli.md).",
+        " request, 5 API error, 6 wait timed out, 7 job SUCCEEDED but its images not saved, 130 interrupted"
+        " (docs/cli.md).",
     )
     parser.add_argument("--version", action="version", version=f"sdq {_version()} (sdq-client {client_version})")
     sub = parser.add_subparsers(dest="command", required=True)

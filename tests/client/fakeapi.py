@@ -92,6 +92,8 @@ class FakeApi:
         self.polls: dict[str, int] = {}
         # A job's GETs answered with it unfinished (RUNNING) before it SUCCEEDED; None: it never finishes.
         self.gets_until_done: int | None = 1
+        # The outputs a job has once it SUCCEEDED (see output()).
+        self.outputs: list[dict[str, Any]] = []
         self.routes: dict[tuple[str, str], Callable[[Seen], Reply]] = {}
         self.url = ""
         self._lock = threading.Lock()
@@ -107,6 +109,11 @@ class FakeApi:
 
     def requests(self, method: str | None = None, prefix: str = "") -> list[Seen]:
         return [s for s in self.seen if (method is None or s.method == method) and s.path.startswith(prefix)]
+
+    def output(self, index: int, path: str) -> dict[str, Any]:
+        """An output whose URL is ``path`` on this server (a route serves it, or it is a 404)."""
+        return {"index": index, "url": self.url + path, "content_type": "image/png", "width": 256, "height": 256,
+                "bytes": 8, "sha256": "0" * 64}  # fmt: skip
 
     def add_job(self, status: str = "RUNNING", **kwargs: Any) -> str:
         job_id = self._new_id()
@@ -165,7 +172,7 @@ class FakeApi:
         if job["status"] in {"QUEUED", "RUNNING"}:
             self.polls[job["id"]] = polls = self.polls.get(job["id"], 0) + 1
             if self.gets_until_done is not None and polls > self.gets_until_done:
-                job.update(status="SUCCEEDED", finished_at=datetime.now(UTC).isoformat())
+                job.update(status="SUCCEEDED", finished_at=datetime.now(UTC).isoformat(), outputs=self.outputs)
             else:
                 job.update(status="RUNNING")
                 headers["Retry-After"] = "0"

@@ -121,3 +121,34 @@ def test_jobs_on_a_narrow_terminal_keeps_ids_and_the_cursor_line_whole(
     text = screen.getvalue()
     assert all(job_id in text for job_id in ids)
     assert f"more: sdq jobs --cursor {CURSOR}\n" in text  # the terminal may fold it on screen; a copy is one line
+
+
+@pytest.mark.parametrize("failure", ["out-is-a-file", "download-refused"])
+def test_images_that_cannot_be_saved_come_after_the_job_with_their_own_exit_code(
+    api: FakeApi, capsys: pytest.CaptureFixture[str], tmp_path: Path, failure: str
+) -> None:
+    api.route("GET", "/files/0.png", lambda _: Reply(200, b"\x89PNG0000", {"Content-Type": "image/png"}))
+    api.outputs = [api.output(0, "/files/0.png"), api.output(1, "/files/expired.png")]  # the second is a 404
+    out = tmp_path / "images"
+    if failure == "out-is-a-file":
+        out.write_text("not a folder")
+    code = main(["submit", "a red fox", "--wait", "--json", "--out", str(out), "--timeout", "30"])
+    stdout, stderr = capsys.readouterr()
+    assert code == 7  # docs/cli.md: SUCCEEDED, images not saved
+    job = json.loads(stdout)  # the finished job is printed all the same
+    assert job["status"] == "SUCCEEDED"
+    assert "Traceback" not in stderr
+    assert "not saved" in words(stderr)
+    assert f"sdq wait {job['id']} --out FOLDER" in words(stderr)
+    if failure == "download-refused":
+        assert (out / f"{job['id']}-0.png").read_bytes() == b"\x89PNG0000"  # what could be saved was
+        assert "404" in stderr
+
+
+def test_a_job_whose_images_are_saved_exits_0(api: FakeApi, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    api.route("GET", "/files/0.png", lambda _: Reply(200, b"\x89PNG0000", {"Content-Type": "image/png"}))
+    api.outputs = [api.output(0, "/files/0.png")]
+    assert main(["submit", "a red fox", "--wait", "--out", str(tmp_path)]) == 0
+    job_id = next(iter(api.jobs))
+    assert (tmp_path / f"{job_id}-0.png").exists()
+    assert f"saved {tmp_path / f'{job_id}-0.png'}" in words(capsys.readouterr().err)

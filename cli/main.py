@@ -288,17 +288,44 @@ def cmd_submit(args: argparse.Namespace) -> int:
         # at the pace the API's Retry-After asks, with the progress bar following each answer (so a shown bar
         # asks for a shorter hold: it moves sooner).
         show = not args.json and console.is_terminal
-        with ProgressBar(show=show) as bar:
-            job = client.run(
-                request,
-                timeout=args.timeout,
-                idempotency_key=args.idempotency_key,
-                on_update=bar.update,
-                hold=PROGRESS_HOLD_S if show else MAX_WAIT_S,
-            )
+        seen: list[JobView] = []
+
+        def update(job: JobView) -> None:
+            seen[:] = [job]
+            bar.update(job)
+
+        try:
+            with ProgressBar(show=show) as bar:
+                job = client.run(
+                    request,
+                    timeout=args.timeout,
+                    idempotency_key=args.idempotency_key,
+                    on_update=update,
+                    hold=PROGRESS_HOLD_S if show else MAX_WAIT_S,
+                )
+        except KeyboardInterrupt:
+            return _interrupted(args, seen[0] if seen else None)
         if job.model_note and not args.json:
             console.print(f"[yellow]note[/] {job.model_note}")
         return _finished(args, client, job)
+
+
+def _interrupted(args: argparse.Namespace, job: JobView | None) -> int:
+    """Ctrl-C while waiting: the job goes on without us, so say which one it is and how to follow or cancel it."""
+    if job is None:
+        console.print(
+            "[yellow]interrupted[/] before the API answered: the job may have been made. The same command with"
+            f" --idempotency-key {args.idempotency_key} answers with it (or makes it, once).",
+            soft_wrap=True,
+        )
+    else:
+        console.print(
+            f"[yellow]interrupted[/]: job {job.id} ({job.status} when last seen) goes on without this command.\n"
+            f"  follow it: sdq wait {job.id}\n  cancel it: sdq cancel {job.id}",
+            soft_wrap=True,
+            highlight=False,
+        )
+    return EXIT_INTERRUPTED
 
 
 def cmd_wait(args: argparse.Namespace) -> int:

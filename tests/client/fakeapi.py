@@ -94,6 +94,8 @@ class FakeApi:
         self.gets_until_done: int | None = 1
         # The outputs a job has once it SUCCEEDED (see output()).
         self.outputs: list[dict[str, Any]] = []
+        # The Retry-After of an unfinished job: poll again at once by default.
+        self.poll_after = "0"
         self.routes: dict[tuple[str, str], Callable[[Seen], Reply]] = {}
         self.url = ""
         self._lock = threading.Lock()
@@ -175,7 +177,7 @@ class FakeApi:
                 job.update(status="SUCCEEDED", finished_at=datetime.now(UTC).isoformat(), outputs=self.outputs)
             else:
                 job.update(status="RUNNING")
-                headers["Retry-After"] = "0"
+                headers["Retry-After"] = self.poll_after
         if "wait" in seen.headers.get("prefer", ""):
             headers["Preference-Applied"] = "wait=1"
         return Reply(200, job, headers)

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +20,7 @@ from rich.console import Console
 
 import cli.main
 from cli.main import main
-from tests.client.fakeapi import LOST, FakeApi, Reply, running
+from tests.client.fakeapi import LOST, FakeApi, Reply, Slow, running
 
 
 @pytest.fixture
@@ -152,3 +157,51 @@ def test_a_job_whose_images_are_saved_exits_0(api: FakeApi, capsys: pytest.Captu
     job_id = next(iter(api.jobs))
     assert (tmp_path / f"{job_id}-0.png").exists()
     assert f"saved {tmp_path / f'{job_id}-0.png'}" in words(capsys.readouterr().err)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def interrupted_submit(api: FakeApi, tmp_path: Path, *, once: Callable[[], bool]) -> tuple[int, str, str]:
+    """``sdq submit --wait --json`` in a process of its own, sent SIGINT (Ctrl-C) once ``once()`` holds."""
+    env = {
+        "SDQ_API_URL": api.url,
+        "SDQ_API_KEY": "sdq_test",
+        "SDQ_STATE_DIR": str(tmp_path),
+        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'client'}",
+        "PATH": "/usr/bin:/bin",
+    }
+    # Ctrl-C as an interactive shell delivers it (a shell's background job would inherit SIGINT ignored).
+    start = "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+    start += "sys.argv = ['sdq', *sys.argv[1:]]; runpy.run_module('cli.main', run_name='__main__')"
+    command = [sys.executable, "-c", start, "submit", "a red fox", "--wait", "--json", "--timeout", "120"]
+    with subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as sdq:
+        deadline = time.monotonic() + 60
+        while not once() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sdq.send_signal(signal.SIGINT)
+        stdout, stderr = sdq.communicate(timeout=60)
+    return sdq.returncode, stdout, stderr
+
+
+def test_ctrl_c_while_waiting_names_the_job_and_how_to_follow_or_cancel_it(api: FakeApi, tmp_path: Path) -> None:
+    api.gets_until_done, api.poll_after = None, "1"  # the job runs on and on
+    code, stdout, stderr = interrupted_submit(api, tmp_path, once=lambda: bool(api.requests("GET")))
+    (job_id,) = api.jobs
+    assert code == 130
+    assert stdout == ""
+    assert "Traceback" not in stderr
+    assert f"job {job_id}" in stderr
+    assert f"sdq wait {job_id}" in stderr
+    assert f"sdq cancel {job_id}" in stderr
+
+
+def test_ctrl_c_before_the_submit_was_answered_names_its_idempotency_key(api: FakeApi, tmp_path: Path) -> None:
+    api.fault("POST", "/v1/jobs", Slow(30))
+    code, _, stderr = interrupted_submit(api, tmp_path, once=lambda: bool(api.requests("POST")))
+    (sent,) = api.requests("POST")
+    assert code == 130
+    assert "Traceback" not in stderr
+    assert f"--idempotency-key {sent.headers['idempotency-key']}" in words(stderr)

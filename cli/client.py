@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdq_client import ApiError, Client, ConfigurationError
+from sdq_client import ApiError, Client, ConfigurationError, job_path
 
 LOCAL_STATE_FILE = "local.json"
 
@@ -84,17 +84,17 @@ class SdqClient:
         return self._send("POST", "/v1/jobs", json=request, headers=headers, wait=wait)
 
     def get(self, job_id: str, *, wait: float | None = None) -> dict[str, Any]:
-        return self._send("GET", f"/v1/jobs/{job_id}", wait=wait)
+        return self._send("GET", job_path(job_id), wait=wait)
 
     def list(self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
         params = {k: v for k, v in {"status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
         return self._send("GET", "/v1/jobs", params=params)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._send("POST", f"/v1/jobs/{job_id}/cancel")
+        return self._send("POST", job_path(job_id, "cancel"))
 
     def redeliver(self, job_id: str) -> dict[str, Any]:
-        return self._send("POST", f"/v1/jobs/{job_id}/webhook/redeliver")
+        return self._send("POST", job_path(job_id, "webhook", "redeliver"))
 
     def webhook_secret(self) -> str:
         return str(self._send("GET", "/v1/webhook-secret")["secret"])

@@ -6,7 +6,7 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, get_args
@@ -22,10 +22,12 @@ from sdq_client import (
     MAX_WAIT_S,
     ApiError,
     Client,
+    InvalidArgument,
     InvalidRequest,
     JobStatus,
     JobView,
     RateLimited,
+    UnexpectedAnswer,
     WaitTimeout,
     new_idempotency_key,
 )
@@ -641,8 +643,11 @@ def _version() -> str:
         return "unknown"
 
 
-def _field_error(error: Mapping[str, Any]) -> str:
-    return f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}"
+def _api_url(args: argparse.Namespace) -> str:
+    try:
+        return resolve_endpoint(getattr(args, "api_url", None), getattr(args, "api_key", None)).url
+    except NoEndpoint:
+        return "the API"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -652,10 +657,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except (UsageError, NoEndpoint) as exc:
         parser.error(str(exc))  # usage on stderr, exit code 2
-    except pydantic.ValidationError as exc:  # the client's own check of a request, before it is sent
-        parser.error("invalid request: " + "; ".join(_field_error(e) for e in exc.errors()))
+    except InvalidArgument as exc:  # refused by the client before sending: an empty job id
+        parser.error(str(exc))
     except ApiError as exc:
         return _refusal(args, exc)
+    except UnexpectedAnswer as exc:  # the request went out; what came back is not the API's answer
+        console.print(f"[red]unexpected answer[/] from {_api_url(args)}: {escape(str(exc))}", highlight=False)
+        console.print("  is SDQ_API_URL (or --api-url) the sdq API's URL?")
+        return EXIT_API_FAILED
     except WaitTimeout as exc:
         if getattr(args, "json", False):
             print(exc.job.model_dump_json())

@@ -6,13 +6,22 @@
 """
 
 from sdq_client._version import __version__
-from sdq_client.client import DEFAULT_POLL_S, MAX_WAIT_S, AsyncClient, Client, RetryPolicy, new_idempotency_key
+from sdq_client.client import (
+    DEFAULT_POLL_S,
+    MAX_WAIT_S,
+    AsyncClient,
+    Client,
+    RetryPolicy,
+    job_path,
+    new_idempotency_key,
+)
 from sdq_client.errors import (
     ApiError,
     BadRequest,
     ConfigurationError,
     Conflict,
     FieldError,
+    InvalidArgument,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -20,6 +29,7 @@ from sdq_client.errors import (
     SdqError,
     ServerError,
     Unauthorized,
+    UnexpectedAnswer,
     UnsupportedMediaType,
     WaitTimeout,
     WebhookVerificationError,
@@ -72,6 +82,7 @@ __all__ = [
     "ErrorInfo",
     "FieldError",
     "GenerationRequest",
+    "InvalidArgument",
     "InvalidRequest",
     "Job",
     "JobError",
@@ -93,6 +104,7 @@ __all__ = [
     "ServerError",
     "Timings",
     "Unauthorized",
+    "UnexpectedAnswer",
     "UnsupportedMediaType",
     "Upload",
     "Usage",
@@ -102,6 +114,7 @@ __all__ = [
     "WebhookVerificationError",
     "__version__",
     "invalid_request",
+    "job_path",
     "new_idempotency_key",
     "verify_webhook",
 ]

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -20,9 +21,11 @@ from sdq_client.errors import (
     ApiError,
     ConfigurationError,
     Conflict,
+    InvalidArgument,
     RateLimited,
     SdqError,
     ServerError,
+    UnexpectedAnswer,
     WaitTimeout,
     error_for,
     invalid_request,
@@ -136,6 +139,25 @@ def request_body(request: RequestLike) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_unset=True)
 
 
+def job_path(job_id: str, *rest: str) -> str:
+    """The path of a job's route, its id one path segment whatever it holds (``a/b``, ``?status=...``, ``..`` reach
+    no other route: they are a job id the API does not know, a 404). An empty id is refused (InvalidArgument)."""
+    if not isinstance(job_id, str) or not job_id:
+        raise InvalidArgument(f"a job id is a non-empty string, not {job_id!r}")
+    segment = quote(job_id, safe="")
+    if segment in {".", ".."}:  # dot segments are resolved away by URL joining; encoded, they are plain text
+        segment = segment.replace(".", "%2E")
+    return "/".join(["/v1/jobs", segment, *rest])
+
+
+def _parsed(model: type[Model], resp: httpx.Response) -> Model:
+    """The answer as ``model``, or UnexpectedAnswer when it is not one."""
+    try:
+        return model.model_validate_json(resp.content)
+    except ValidationError as exc:
+        raise UnexpectedAnswer(f"a {model.__name__}", resp.status_code, resp.content, exc.errors()) from None
+
+
 def _upload_form(ticket: Upload, data: bytes, content_type: str) -> dict[str, Any]:
     """The presigned POST's form: its fields, the Content-Type it allows, then the file."""
     return {
@@ -174,10 +196,14 @@ def _next_wait(remaining: float) -> int:
 
 
 def _job_event(sse: ServerSentEvent) -> JobEvent:
-    payload = json.loads(sse.data)
-    if isinstance(payload, dict):
-        payload.setdefault("type", sse.event)
-    event = JobEvent.model_validate(payload)
+    try:
+        payload = json.loads(sse.data)
+        if isinstance(payload, dict):
+            payload.setdefault("type", sse.event)
+        event = JobEvent.model_validate(payload)
+    except ValueError as exc:  # not JSON, or not a job event (pydantic's ValidationError is a ValueError)
+        errors = exc.errors() if isinstance(exc, ValidationError) else None
+        raise UnexpectedAnswer("a job event", 200, sse.data, errors) from None
     event.event_id = sse.id
     return event
 
@@ -200,7 +226,7 @@ def _stream_args(
         headers["Last-Event-ID"] = parser.last_event_id
     left = _time_left(deadline)
     cap = float("inf") if left is None else max(left, 0.001)
-    return f"/v1/jobs/{job_id}/events", {
+    return job_path(job_id, "events"), {
         "headers": headers,
         "timeout": httpx.Timeout(min(timeout, cap), read=min(STREAM_READ_TIMEOUT_S, cap)),
     }
@@ -214,8 +240,9 @@ def _reconnect_pause(parser: EventStreamParser, deadline: float | None) -> float
 
 
 def _check_stream(resp: httpx.Response) -> None:
-    if not resp.headers.get("content-type", "").startswith("text/event-stream"):
-        raise SdqError(f"expected an event stream, got {resp.headers.get('content-type')!r}")
+    content_type = resp.headers.get("content-type", "")
+    if not content_type.startswith("text/event-stream"):
+        raise UnexpectedAnswer(f"an event stream (Content-Type {content_type!r})", resp.status_code, "")
 
 
 class Client:
@@ -285,7 +312,7 @@ class Client:
 
     def _call(self, model: type[Model], method: str, path: str, **kwargs: Any) -> tuple[Model, httpx.Headers]:
         resp = self._send(method, path, **kwargs)
-        return model.model_validate_json(resp.content), resp.headers
+        return _parsed(model, resp), resp.headers
 
     def submit(self, request: RequestLike, *, idempotency_key: str | None = None, wait: float | None = None) -> JobView:
         """Submit a job; with ``wait`` (seconds, at most 25) the answer comes once it has finished or then.
@@ -304,7 +331,7 @@ class Client:
 
     def get(self, job_id: str, *, wait: float | None = None) -> JobView:
         """The job; with ``wait`` (seconds, at most 25) once it has finished or that time has passed."""
-        return self._call(JobView, "GET", f"/v1/jobs/{job_id}", wait=wait)[0]
+        return self._call(JobView, "GET", job_path(job_id), wait=wait)[0]
 
     def list(self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None) -> JobList:
         """One page of your jobs, newest first; pass ``next_cursor`` back for the next page."""
@@ -323,11 +350,11 @@ class Client:
 
     def cancel(self, job_id: str) -> JobView:
         """Cancel a job that has not finished (Conflict when it has)."""
-        return self._call(JobView, "POST", f"/v1/jobs/{job_id}/cancel")[0]
+        return self._call(JobView, "POST", job_path(job_id, "cancel"))[0]
 
     def redeliver_webhook(self, job_id: str) -> JobView:
         """Send a finished job's webhook again (same webhook-id)."""
-        return self._call(JobView, "POST", f"/v1/jobs/{job_id}/webhook/redeliver")[0]
+        return self._call(JobView, "POST", job_path(job_id, "webhook", "redeliver"))[0]
 
     def webhook_secret(self) -> WebhookSecret:
         return self._call(WebhookSecret, "GET", "/v1/webhook-secret")[0]
@@ -370,14 +397,14 @@ class Client:
         """The job once it has finished, asking the API to hold each answer (``Prefer: wait``) so that a long
         job costs one request per 25 s. Raises WaitTimeout (with the job as last seen) after ``timeout`` s."""
         deadline = time.monotonic() + timeout
-        job, headers = self._call(JobView, "GET", f"/v1/jobs/{job_id}", wait=_next_wait(timeout), deadline=deadline)
+        path = job_path(job_id)
+        job, headers = self._call(JobView, "GET", path, wait=_next_wait(timeout), deadline=deadline)
         while not job.finished:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise WaitTimeout(job, timeout)
             if "preference-applied" not in headers:  # an API that did not wait: poll at its pace
                 time.sleep(_poll_pause(headers, remaining))
-            path = f"/v1/jobs/{job_id}"
             job, headers = self._call(JobView, "GET", path, wait=_next_wait(remaining), deadline=deadline)
         return job
 
@@ -408,7 +435,7 @@ class Client:
             if remaining <= 0:
                 raise WaitTimeout(job, timeout)
             time.sleep(_poll_pause(headers, remaining))
-            job, headers = self._call(JobView, "GET", f"/v1/jobs/{job.id}", deadline=deadline)
+            job, headers = self._call(JobView, "GET", job_path(job.id), deadline=deadline)
 
     def stream(
         self,
@@ -523,7 +550,7 @@ class AsyncClient:
 
     async def _call(self, model: type[Model], method: str, path: str, **kwargs: Any) -> tuple[Model, httpx.Headers]:
         resp = await self._send(method, path, **kwargs)
-        return model.model_validate_json(resp.content), resp.headers
+        return _parsed(model, resp), resp.headers
 
     async def submit(
         self, request: RequestLike, *, idempotency_key: str | None = None, wait: float | None = None
@@ -538,7 +565,7 @@ class AsyncClient:
         return await self._call(JobView, "POST", "/v1/jobs", json=body, headers=headers, wait=wait, deadline=deadline)
 
     async def get(self, job_id: str, *, wait: float | None = None) -> JobView:
-        return (await self._call(JobView, "GET", f"/v1/jobs/{job_id}", wait=wait))[0]
+        return (await self._call(JobView, "GET", job_path(job_id), wait=wait))[0]
 
     async def list(self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None) -> JobList:
         params = {k: v for k, v in {"status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
@@ -555,10 +582,10 @@ class AsyncClient:
             cursor = page.next_cursor
 
     async def cancel(self, job_id: str) -> JobView:
-        return (await self._call(JobView, "POST", f"/v1/jobs/{job_id}/cancel"))[0]
+        return (await self._call(JobView, "POST", job_path(job_id, "cancel")))[0]
 
     async def redeliver_webhook(self, job_id: str) -> JobView:
-        return (await self._call(JobView, "POST", f"/v1/jobs/{job_id}/webhook/redeliver"))[0]
+        return (await self._call(JobView, "POST", job_path(job_id, "webhook", "redeliver")))[0]
 
     async def webhook_secret(self) -> WebhookSecret:
         return (await self._call(WebhookSecret, "GET", "/v1/webhook-secret"))[0]
@@ -592,7 +619,7 @@ class AsyncClient:
 
     async def wait(self, job_id: str, *, timeout: float = 600.0) -> JobView:
         deadline = time.monotonic() + timeout
-        path = f"/v1/jobs/{job_id}"
+        path = job_path(job_id)
         job, headers = await self._call(JobView, "GET", path, wait=_next_wait(timeout), deadline=deadline)
         while not job.finished:
             remaining = deadline - time.monotonic()
@@ -623,7 +650,7 @@ class AsyncClient:
             if remaining <= 0:
                 raise WaitTimeout(job, timeout)
             await asyncio.sleep(_poll_pause(headers, remaining))
-            job, headers = await self._call(JobView, "GET", f"/v1/jobs/{job.id}", deadline=deadline)
+            job, headers = await self._call(JobView, "GET", job_path(job.id), deadline=deadline)
 
     async def stream(
         self,

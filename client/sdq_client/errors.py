@@ -6,6 +6,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# How much of an unexpected body an error quotes.
+SNIPPET_CHARS = 200
+
 
 class SdqError(Exception):
     """Everything this client raises on purpose."""
@@ -13,6 +16,22 @@ class SdqError(Exception):
 
 class ConfigurationError(SdqError):
     """No API URL or key: pass them, or set SDQ_API_URL and SDQ_API_KEY."""
+
+
+class InvalidArgument(SdqError, ValueError):
+    """An argument refused before anything is sent: an empty job id."""
+
+
+class UnexpectedAnswer(SdqError):
+    """A successful answer that is not what the API answers there (another service at that URL, a proxy's page,
+    a broken body): ``status``, ``snippet`` (the body's start) and ``errors`` (what did not fit, pydantic's)."""
+
+    def __init__(self, what: str, status: int, body: bytes | str, errors: Any = None) -> None:
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        self.status = status
+        self.snippet = text[:SNIPPET_CHARS]
+        self.errors = errors
+        super().__init__(f"the API's {status} answer is not {what}: {self.snippet!r}")
 
 
 class ApiError(SdqError):

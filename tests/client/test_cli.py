@@ -205,3 +205,23 @@ def test_ctrl_c_before_the_submit_was_answered_names_its_idempotency_key(api: Fa
     assert code == 130
     assert "Traceback" not in stderr
     assert f"--idempotency-key {sent.headers['idempotency-key']}" in words(stderr)
+
+
+def test_an_answer_that_is_not_the_apis_is_an_api_failure_not_a_usage_error(
+    api: FakeApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job_id = api.add_job("SUCCEEDED")
+    api.route("GET", f"/v1/jobs/{job_id}", lambda _: Reply(200, b"<html>a proxy's page</html>"))
+    assert main(["status", job_id]) == 5
+    err = words(capsys.readouterr().err)
+    assert "unexpected answer" in err
+    assert "invalid request" not in err
+    assert "Traceback" not in err
+
+
+def test_an_empty_job_id_is_a_usage_error(api: FakeApi, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["status", ""])
+    assert exited.value.code == 2
+    assert "job id" in capsys.readouterr().err
+    assert api.seen == []

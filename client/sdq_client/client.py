@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -636,14 +637,17 @@ class AsyncClient:
         *,
         timeout: float = 600.0,
         idempotency_key: str | None = None,
-        on_update: Callable[[JobView], None] | None = None,
+        on_update: Callable[[JobView], Awaitable[None] | None] | None = None,
         hold: float = MAX_WAIT_S,
     ) -> JobView:
+        """:meth:`Client.run`, awaitable; ``on_update`` may be a plain function or an async one (awaited)."""
         deadline = time.monotonic() + timeout
         job, headers = await self._submit(request, idempotency_key, _next_wait(min(hold, timeout)), deadline)
         while True:
             if on_update is not None:
-                on_update(job)
+                update = on_update(job)
+                if inspect.isawaitable(update):  # an async callback: awaited before the next poll
+                    await update
             if job.finished:
                 return job
             remaining = deadline - time.monotonic()

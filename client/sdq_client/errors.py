@@ -129,6 +129,10 @@ class WebhookVerificationError(SdqError):
     """A webhook whose signature, timestamp or headers do not verify: do not trust its body."""
 
 
+class UnusableWebhookSecret(WebhookVerificationError):
+    """None of the secrets given to verify_webhook() can be used (empty, not base64): fix the configuration."""
+
+
 ERRORS: dict[int, type[ApiError]] = {
     400: BadRequest,
     401: Unauthorized,

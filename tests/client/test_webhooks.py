@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sdq_client import JobStatus, WebhookVerificationError, verify_webhook
+from sdq_client import JobStatus, UnusableWebhookSecret, WebhookVerificationError, verify_webhook
 
 from shared.contracts import webhook_id
 from shared.webhooksecrets import new_secret
@@ -84,3 +84,22 @@ def test_a_signed_body_that_is_not_a_job_event_is_refused() -> None:
     }
     with pytest.raises(WebhookVerificationError, match="not a job event"):
         verify_webhook(body, headers, SECRET)
+
+
+@pytest.mark.parametrize("broken", ["whsec_!!!", "", "whsec_", "whsec_A"])
+def test_a_secret_that_cannot_be_used_is_skipped_for_the_others(broken: str) -> None:
+    body, headers = signed([SECRET])
+    assert verify_webhook(body, headers, [broken, SECRET]).type == "job.succeeded"
+    assert verify_webhook(body, headers, [SECRET, broken]).type == "job.succeeded"
+    with pytest.raises(WebhookVerificationError, match="No matching signature") as refused:
+        verify_webhook(body, headers, [broken, PREVIOUS])  # the usable one decides: not signed with it
+    assert not isinstance(refused.value, UnusableWebhookSecret)
+
+
+def test_only_unusable_secrets_is_a_configuration_error_that_names_no_secret() -> None:
+    body, headers = signed([SECRET])
+    with pytest.raises(UnusableWebhookSecret, match="no usable secret") as refused:
+        verify_webhook(body, headers, ["whsec_!!!", ""])
+    assert "!!!" not in str(refused.value)
+    with pytest.raises(UnusableWebhookSecret):
+        verify_webhook(body, headers, [])

@@ -34,21 +34,35 @@ def state_dir() -> Path:
 
 
 def resolve_endpoint(url: str | None = None, api_key: str | None = None) -> Endpoint:
-    """Flags, then ``SDQ_API_URL``/``SDQ_API_KEY``, then the file ``sdq up`` writes in ``.sdq/``."""
+    """Flags, then ``SDQ_API_URL``/``SDQ_API_KEY``, then the file ``sdq up`` writes in ``.sdq/``.
+
+    The local stack's key goes only to the local stack: with a URL given elsewhere and no key, NoEndpoint names
+    that URL rather than sending it the key of ``.sdq/local.json``."""
     url = url or os.environ.get("SDQ_API_URL")
     api_key = api_key or os.environ.get("SDQ_API_KEY")
+    local_url: str | None = None
     if not (url and api_key):
         local = state_dir() / LOCAL_STATE_FILE
         if local.exists():
             data = json.loads(local.read_text())
-            url = url or data.get("api_url")
-            api_key = api_key or data.get("api_key")
-    if not url or not api_key:
+            local_url, local_key = data.get("api_url"), data.get("api_key")
+            if not url:
+                url = local_url
+            if not api_key and local_url and _same_api(url, local_url):
+                api_key = local_key
+    if not url:
         raise NoEndpoint(
             "No API endpoint: run `sdq up` in this folder, or set SDQ_API_URL and SDQ_API_KEY (or pass "
             "--api-url/--api-key)."
         )
+    if not api_key:
+        local_note = f" (the key in {state_dir() / LOCAL_STATE_FILE} is for {local_url} only)" if local_url else ""
+        raise NoEndpoint(f"No API key for {url}: set SDQ_API_KEY or pass --api-key{local_note}.")
     return Endpoint(url.rstrip("/"), api_key)
+
+
+def _same_api(url: str | None, other: str) -> bool:
+    return url is not None and url.rstrip("/").lower() == other.rstrip("/").lower()
 
 
 class SdqClient:

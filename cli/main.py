@@ -395,7 +395,8 @@ def _refusal(args: argparse.Namespace, exc: ApiError) -> int:
     """An API refusal on stderr (and as JSON on stdout with --json); no traceback."""
     if getattr(args, "json", False):
         print(json.dumps({"status": exc.status, "body": exc.body}, separators=(",", ":")))
-    console.print(f"[red]refused[/] {exc}", highlight=False)
+    # A 5xx is the API failing, not refusing: nothing about the request was wrong.
+    console.print(f"[red]{'server error' if exc.status >= 500 else 'refused'}[/] {escape(str(exc))}", highlight=False)
     if isinstance(exc, InvalidRequest):
         for field in exc.fields:
             console.print(f"  {field.field or '(body)'}: {field.msg}", highlight=False)

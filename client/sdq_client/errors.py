@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 # How much of an unexpected body an error quotes.
@@ -36,14 +38,16 @@ class UnexpectedAnswer(SdqError):
 
 class ApiError(SdqError):
     """An answer of 400 or above. ``code``, ``message`` and ``details`` come from the body
-    ``{"error": {"code", "message", "details"}}``; ``body`` is the whole parsed body (text if it was not JSON)."""
+    ``{"error": {"code", "message", "details"}}``; ``body`` is the whole parsed body (text if it was not JSON).
+    A body of another shape (a gateway's ``{"message": ...}``, a proxy's page) gives ``message`` the status's
+    reason and the start of the body instead."""
 
     def __init__(self, status: int, body: Any, headers: Mapping[str, str]) -> None:
         err = body.get("error") if isinstance(body, dict) else None
         err = err if isinstance(err, dict) else {}
         self.status = status
         self.code = str(err.get("code", "") or "")
-        self.message = str(err.get("message", "") or (body if isinstance(body, str) else ""))
+        self.message = str(err.get("message", "") or "") or _other_message(status, body)
         self.details = err.get("details")
         self.body = body
         self.headers = headers
@@ -143,6 +147,23 @@ ERRORS: dict[int, type[ApiError]] = {
     422: InvalidRequest,
     429: RateLimited,
 }
+
+
+def _other_message(status: int, body: Any) -> str:
+    """What an answer not in the API's error shape says: its reason phrase and the start of its body."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    if isinstance(body, dict) and isinstance(body.get("message"), str):  # API Gateway's own answers
+        said = body["message"]
+    elif isinstance(body, str):
+        said = body
+    else:
+        said = json.dumps(body) if body not in (None, "") else ""
+    said = " ".join(said.split())
+    said = said if len(said) <= SNIPPET_CHARS else said[: SNIPPET_CHARS - 3] + "..."
+    return f"{reason}: {said}" if reason and said else reason or said
 
 
 # As the API's 422 has them: at most this many errors, each path part and message cut to these lengths.

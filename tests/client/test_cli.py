@@ -20,7 +20,7 @@ from rich.console import Console
 
 import cli.main
 from cli.main import main
-from tests.client.fakeapi import LOST, FakeApi, Reply, Slow, running
+from tests.client.fakeapi import LOST, FakeApi, Reply, Slow, gateway_502, running
 
 
 @pytest.fixture
@@ -225,3 +225,43 @@ def test_an_empty_job_id_is_a_usage_error(api: FakeApi, capsys: pytest.CaptureFi
     assert exited.value.code == 2
     assert "job id" in capsys.readouterr().err
     assert api.seen == []
+
+
+def local_stack(state: Path, url: str, key: str = "sdq_local_key") -> None:
+    """The file `sdq up` writes: where the local stack's API is, and its development key."""
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "local.json").write_text(json.dumps({"api_url": url, "api_key": key}))
+
+
+def test_the_local_key_goes_only_to_the_local_stack(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job_id = api.add_job("SUCCEEDED")
+    monkeypatch.delenv("SDQ_API_KEY")
+    with running() as local:
+        local_stack(tmp_path / "state", local.url)
+        # SDQ_API_URL names another deployment (api): the local stack's key is not sent there.
+        with pytest.raises(SystemExit) as exited:
+            main(["status", job_id])
+        assert exited.value.code == 2  # a usage error: no key for that URL
+        assert f"No API key for {api.url}" in words(capsys.readouterr().err)
+        assert api.seen == []
+        # The local stack's own URL (however written) gets its key.
+        monkeypatch.setenv("SDQ_API_URL", local.url + "/")
+        local.jobs = api.jobs
+        assert main(["status", job_id]) == 0
+        monkeypatch.delenv("SDQ_API_URL")
+        assert main(["status", job_id]) == 0
+    assert [s.headers["x-api-key"] for s in local.seen] == ["sdq_local_key", "sdq_local_key"]
+
+
+def test_a_gateway_failure_is_a_server_error_that_says_what_the_gateway_said(
+    api: FakeApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job_id = api.add_job("SUCCEEDED")
+    api.fault("GET", "/v1/jobs/", gateway_502(), times=100)
+    assert main(["status", job_id, "--json"]) == 5
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"status": 502, "body": {"message": "Internal server error"}}
+    assert "server error 502: Bad Gateway: Internal server error" in words(err)
+    assert "refused" not in err

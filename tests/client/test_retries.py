@@ -122,3 +122,24 @@ def test_what_is_not_safe_to_repeat_is_sent_once(api: FakeApi) -> None:
     assert failed.value.status == 500
     assert len(api.requests("GET")) == 1
     assert len(api.requests("POST")) == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (gateway_502(), "Bad Gateway: Internal server error"),
+        (Reply(503, b"<html><body>\n<h1>503 Service Unavailable</h1>\n" + b"x" * 5000), "Service Unavailable: <html>"),
+        (Reply(504, b""), "Gateway Timeout"),
+    ],
+    ids=["gateway-json", "html-page", "empty"],
+)
+def test_an_error_answer_not_in_the_apis_shape_still_says_what_it_was(
+    api: FakeApi, answer: Reply, message: str
+) -> None:
+    job_id = api.add_job()
+    api.fault("GET", "/v1/jobs/", answer, times=100)
+    with Client(api.url, "key", retries=0) as client, pytest.raises(ServerError) as failed:
+        client.get(job_id)
+    assert failed.value.message.startswith(message)
+    assert len(failed.value.message) < 250  # the start of the body, not all of it
+    assert str(failed.value).startswith(f"{answer.status}: {message}")

@@ -452,9 +452,10 @@ class Client:
         A stream the server ends early (its time is up, or it answered with a snapshot) is reopened after its
         ``retry:`` delay with ``Last-Event-ID``, so no event comes twice; a connection that fails (or is answered
         502, 503 or 504) is retried the same way, ``reconnects`` times in a row at most (a stream that opens starts
-        the count again), then SdqError. With ``timeout`` (seconds), WaitTimeout
-        once it passes with the job unfinished: it is checked at every line the stream sends (keep-alive comments
-        included) and no read waits past it, so a stream the server holds open cannot outlast it.
+        the count again), then SdqError. With ``timeout`` (seconds), WaitTimeout once it passes with the job
+        unfinished: it is checked at every line the stream sends (keep-alive comments included), and a read waits
+        at most the time that was left when its connection opened, so a stream the server holds open ends at the
+        next line after the timeout (the API sends one every 15 s), or when that read gives up.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         parser = EventStreamParser()

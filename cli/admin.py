@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any, get_args
 
 import boto3
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 from rich.console import Console
 
 from cli.auditcommands import add_audit_parser
@@ -320,7 +320,8 @@ def add_admin_parser(sub: Any) -> None:
 
 
 def run_admin(args: argparse.Namespace) -> int:
-    """Exit 0; 2 when no deployment is found; 4 for an unknown tenant or key; 1 for another refusal."""
+    """Exit 0; 2 when no deployment is found; 3 when its AWS endpoint cannot be reached (a stopped local stack);
+    4 for an unknown tenant or key; 1 for another refusal."""
     try:
         admin = Admin.connect(AdminTarget.resolve(args))
         return int(args.admin_func(admin, args))
@@ -333,6 +334,9 @@ def run_admin(args: argparse.Namespace) -> int:
     except ServiceError as exc:
         err.print(exc.message)
         return 4 if exc.status == 404 else 1
+    except EndpointConnectionError as exc:
+        err.print(f"cannot reach {exc.kwargs.get('endpoint_url', 'the AWS endpoint')}: is `sdq up` running?")
+        return 3
     except (BotoCoreError, ClientError) as exc:
         print(f"AWS error: {exc}", file=sys.stderr)
         return 1

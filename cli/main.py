@@ -88,7 +88,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, hold)
     signal.signal(signal.SIGTERM, hold)
-    console.print("[bold]sdq[/] starting the local cloud (moto), the API and a worker ...")
+    worker = " and a worker" if config.with_worker else " (no worker)"
+    console.print(f"[bold]sdq[/] starting the local cloud (moto), the API{worker} ...")
     service = start_local_service(config)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -150,8 +151,9 @@ EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_API_F
 )
 EXIT_NOT_SAVED = 7
 EXIT_INTERRUPTED = 130
-# How long `submit --wait` lets the API hold its first answer while a progress bar is shown.
-PROGRESS_HOLD_S = 5
+# How long `submit --wait` lets the API hold its first answer while a progress bar is shown: the bar shows the
+# job's state from the first second on (a longer hold leaves it at its first state until the answer comes).
+PROGRESS_HOLD_S = 1
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -209,7 +211,7 @@ class ProgressBar:
             TimeElapsedColumn(),
         )
         self._bar = Progress(*columns, console=console, disable=not show, transient=False)
-        self._task = self._bar.add_task("job", total=1, status="QUEUED")
+        self._task = self._bar.add_task("job", total=1, status="submitting")
 
     def __enter__(self) -> ProgressBar:
         self._bar.__enter__()
@@ -383,7 +385,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             print("\t".join(" ".join(value.split()) for value in row))
     if page.next_cursor:
         # One line, never wrapped, so that it can be copied or cut from a pipe.
-        out.print(f"more: sdq jobs --cursor {page.next_cursor}", soft_wrap=True, markup=False, highlight=False)
+        # The same listing's options: a cursor continues only the listing (status filter) that gave it.
+        same = "".join(
+            f" --{name} {value}" for name, value in (("status", args.status), ("limit", args.limit)) if value
+        )
+        out.print(f"more: sdq jobs{same} --cursor {page.next_cursor}", soft_wrap=True, markup=False, highlight=False)
     return EXIT_OK
 
 

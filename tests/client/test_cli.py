@@ -9,11 +9,13 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from rich.console import Console
@@ -108,12 +110,16 @@ def test_jobs_piped_prints_whole_ids_and_an_unwrapped_cursor_line(
     api: FakeApi, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ids = listed(api, CURSOR)
-    assert main(["jobs", "--limit", "3"]) == 0
+    assert main(["jobs", "--status", "SUCCEEDED", "--limit", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split("\t")[:2] == ["id", "status"]
     assert [line.split("\t")[0] for line in lines[1:4]] == ids  # whole, 26 characters each
     assert lines[1].split("\t")[-1] == "a fox number 0, " + "very " * 20 + "red"  # one line, not cut
-    assert lines[4:] == [f"more: sdq jobs --cursor {CURSOR}"]
+    assert lines[4:] == [f"more: sdq jobs --status SUCCEEDED --limit 3 --cursor {CURSOR}"]
+    # The command it names continues the same listing: a cursor is valid only with its status filter.
+    assert main(lines[4].split()[2:]) == 0
+    query = parse_qs(urlsplit(api.requests("GET")[-1].path).query)
+    assert query == {"status": ["SUCCEEDED"], "limit": ["3"], "cursor": [CURSOR]}
 
 
 def test_jobs_on_a_narrow_terminal_keeps_ids_and_the_cursor_line_whole(
@@ -265,3 +271,35 @@ def test_a_gateway_failure_is_a_server_error_that_says_what_the_gateway_said(
     assert json.loads(out) == {"status": 502, "body": {"message": "Internal server error"}}
     assert "server error 502: Bad Gateway: Internal server error" in words(err)
     assert "refused" not in err
+
+
+def test_admin_against_a_local_stack_that_stopped_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The state file `sdq up` left behind names a local cloud no longer running: the operator is told that, with
+    the exit code of an unreachable API, not an AWS error of a refusal's code."""
+    (tmp_path / "local.json").write_text(
+        json.dumps(
+            {
+                "env": {
+                    "SDQ_TABLE_NAME": "sdq-jobs",
+                    "SDQ_BUCKET": "sdq-media",
+                    "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}",
+                    "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_ACCESS_KEY_ID": "testing",
+                    "AWS_SECRET_ACCESS_KEY": "testing",
+                }
+            }
+        )
+    )
+    monkeypatch.setenv("SDQ_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    assert main(["admin", "tenants", "show", "acme"]) == 3
+    assert "is `sdq up` running?" in capsys.readouterr().err
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -114,6 +114,9 @@ def service_env(resources: LocalResources, config: LocalServiceConfig) -> dict[s
         "SDQ_DEFAULT_MODEL": config.model,
         "SDQ_MODEL": ",".join([config.model, *config.extra_models]),
         "SDQ_REQUEUE_AFTER_S": "15",
+        # A stopping worker lets its open long poll return first (so no message handed to it stays hidden): a
+        # shorter poll than SQS's 20 s keeps Ctrl-C quick; a job still arrives the moment it is sent.
+        "SDQ_RECEIVE_WAIT_S": "5",
         # No fleet scales up here: a job queued while no worker runs (`--no-worker`) waits for one started by hand.
         "SDQ_FLEET_SCALES_FROM_ZERO": "false",
         # The webhook retry schedule in seconds instead of hours, like the compressed ASL retries above.

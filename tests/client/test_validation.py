@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from sdq_client import AsyncClient, Client, InvalidRequest, SdqError
+from sdq_client import errors as client_errors
 
+from handlers import api as api_handler
 from shared.contracts import GenerationRequest as ServerRequest
 from tests.client.fakeapi import FakeApi, running
 
@@ -75,3 +77,10 @@ def test_what_the_api_accepts_is_sent_as_the_same_json(api: FakeApi) -> None:
     # 7.0 is the JSON integer 7 to the API too; a field this client does not know goes as given.
     assert sent.json() == {"prompt": "x", "seed": 7, "guidance_scale": 7, "cache": False, "metadata": {"k": "v"},
                            "new_field": 1}  # fmt: skip
+
+
+def test_the_clients_422_is_cut_as_the_apis_is() -> None:
+    """The client shapes its own refusals as the API's 422: the same limits, owned by the API and checked here
+    (the client is a distribution of its own and cannot import them)."""
+    for name in ("MAX_ERROR_DETAILS", "MAX_ERROR_LOC_CHARS", "MAX_ERROR_MSG_CHARS"):
+        assert getattr(client_errors, name) == getattr(api_handler, name), name

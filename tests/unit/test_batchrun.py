@@ -24,6 +24,7 @@ from workflows.generation.batchreport import GpuUse
 from workflows.generation.batchrun import BatchRunner
 from workflows.generation.claims import ClaimedBatch
 from workflows.generation.heldmessages import Held
+from workflows.generation.loras import LoraNotServed
 from workflows.generation.pipeline import BatchShape, GenerationOOM, ImageJob
 from workflows.generation.previews import Captured
 from workflows.generation.progress import ProgressRecorder, ProgressWriter
@@ -272,6 +273,36 @@ def test_a_broken_device_does_not_fail_the_backlog_and_counts_itself_faulty(
     assert runner.faulty
     assert len([c for c in gpu.calls if len(c) == 1]) == 3
     assert not any(set(c) & set(ids(*batches[1], *batches[2])) for c in gpu.calls)
+
+
+class LoraMissing(FaultyGenerator):
+    """A worker whose registry lacks the LoRA that jobs with ``lora`` in their prompt name: those fail at once."""
+
+    def generate(
+        self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: Callable[[int, int], None] | None = None
+    ) -> dict[str, list[Image]]:
+        if any("lora" in j.prompt for j in jobs):
+            self.calls.append([j.key for j in jobs])
+            raise LoraNotServed("style-x", "fake", "not in this worker's registry")
+        return super().generate(jobs, shape, on_step)
+
+
+def test_jobs_failing_for_their_own_reason_never_count_the_device_faulty(
+    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    """A tenant's jobs that fail by themselves (a LoRA this worker does not serve, a job too large for the card)
+    fail, one by one; the good jobs beside them run, and the worker goes on."""
+    handoff, runner = runner_for(LoraMissing(oom_above=4), pools)
+    bad = [claimed(held(prompt="lora")) for _ in range(3)]
+    too_big = claimed(held(num_images=6))
+    good = [claimed(held()) for _ in range(3)]
+    runner.run(ClaimedBatch([*bad, too_big, *good], seconds=0.0))
+    assert sorted(handoff.failed) == sorted(
+        [*((h.job_id, JobErrorCode.GENERATION_FAILED) for h in bad), (too_big.job_id, JobErrorCode.OUT_OF_MEMORY)]
+    )
+    assert sorted(handoff.completed) == sorted(ids(*good))
+    assert handoff.released == []
+    assert not runner.faulty
 
 
 def test_a_success_between_two_jobs_failing_alone_blames_each_job(

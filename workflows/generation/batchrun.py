@@ -20,6 +20,7 @@ from aws_lambda_powertools import Logger
 from PIL.Image import Image
 
 from shared.contracts import JobErrorCode
+from shared.errors import PermanentError
 from shared.media import MediaStore
 from shared.settings import get_settings
 from shared.tracing import segment, subsegment
@@ -82,6 +83,11 @@ class HasMedia(Protocol):
 
     @property
     def media(self) -> MediaStore: ...
+
+
+# A job's own failures: a permanent error of its request (a LoRA not served here), a request the pipeline refuses,
+# or a job too large for the card. The others (a CUDA error, an error of the runtime) may be the device's.
+JOBS_OWN_ERRORS: tuple[type[Exception], ...] = (PermanentError, ValueError, GenerationOOM)
 
 
 class BatchRunner:
@@ -246,8 +252,15 @@ class BatchRunner:
         successful call between), when the worker is as likely at fault: then it goes back to the queue for another
         worker, attempt counted (failed once its attempts are used). Enough of those in a row: the device is faulty."""
         assert held.job is not None
-        self.failed_in_a_row += 1
         code = JobErrorCode.OUT_OF_MEMORY if isinstance(exc, GenerationOOM) else JobErrorCode.GENERATION_FAILED
+        if isinstance(exc, JOBS_OWN_ERRORS):
+            # Says nothing of the device (a LoRA this worker cannot serve, inputs the job lacks, a job too large
+            # for the card): the job fails, and neither counts towards a faulty device nor clears the count.
+            logger.error("job failed in generation", job_id=held.job_id, code=code, error=str(exc)[:500])
+            report.failed += 1
+            self._handoff.fail_later(held, code, f"{type(exc).__name__}: {exc}"[:1000])
+            return
+        self.failed_in_a_row += 1
         attempts_left = held.job.attempt < self._max_attempts
         if self.failed_in_a_row > 1 and attempts_left:
             logger.warning(

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import random
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -100,6 +101,7 @@ JOB_ATTRIBUTES = frozenset(
         "attempt",
         "worker_id",
         "lease_until",
+        "claim_token",  # the claim that set the lease (JobsRepository.claim)
         "progress_step",
         "progress_total",
         "outputs",
@@ -809,6 +811,9 @@ class JobsRepository:
             pinned = " AND (attribute_not_exists(model_revision) OR model_revision = :rev)"
             pinned_values = {":rev": {"S": revision}}
         lease = _num(now + lease_s)
+        # This request's own mark: a re-sent request whose first send landed finds it; a duplicate message's claim
+        # by the same worker in the same millisecond (the same lease) does not.
+        token = secrets.token_hex(8)
         lora_revisions = lora_pin(loras) if loras is not None else None
         if lora_revisions is not None:
             pinned += " AND (attribute_not_exists(lora_revisions) OR lora_revisions = :loras)"
@@ -819,7 +824,7 @@ class JobsRepository:
                 Key={"pk": {"S": job_pk(job_id)}},
                 UpdateExpression=(
                     "SET #s = :running, tenant_status = :ts, worker_id = :w, lease_until = :lease, "
-                    "started_at = if_not_exists(started_at, :iso), progress_step = :zero "
+                    "claim_token = :token, started_at = if_not_exists(started_at, :iso), progress_step = :zero "
                     "REMOVE unqueued_shard, joined_to ADD attempt :one"
                 ),
                 ConditionExpression=(
@@ -833,6 +838,7 @@ class JobsRepository:
                     ":ts": {"S": tenant_status(tenant, JobStatus.RUNNING)},
                     ":w": {"S": worker_id},
                     ":lease": _ser.serialize(lease),
+                    ":token": {"S": token},
                     ":now": _ser.serialize(_num(now)),
                     ":epoch": {"N": str(int(now))},
                     ":iso": {"S": _iso(utcnow()) or ""},
@@ -857,8 +863,7 @@ class JobsRepository:
                 current.status == JobStatus.RUNNING
                 and current.tenant == tenant
                 and old.get("worker_id", {}).get("S") == worker_id
-                and old.get("lease_until", {}).get("N") is not None
-                and Decimal(old["lease_until"]["N"]) == lease
+                and old.get("claim_token", {}).get("S") == token
             ):
                 return current  # this request's own write: its answer was lost and botocore sent it again
             if current.tenant != tenant:

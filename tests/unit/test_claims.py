@@ -225,9 +225,14 @@ def test_a_claim_whose_answer_was_lost_and_was_sent_again_is_won(jobs_table: Dyn
         assert claimed.jobs[0].job.attempt == 1
         assert loop.queue.visibility == []  # not hidden for a lease as if another worker held it
         assert len(loop.held) == 1
-        # The same worker claiming again (a duplicate message of the job) is refused: its lease is another.
+        # The same worker claiming again (a duplicate message of the job) is refused, even at the very instant
+        # of the first claim (one batch's claims run at once, with one clock reading): it is another request.
         with pytest.raises(InvalidTransition):
             repo.claim(h.job_id, h.tenant, worker_id=WORKER, lease_s=60, now=time.time() + 1)
+        lease = repo.lease_until(h.job_id)
+        assert lease is not None
+        with pytest.raises(InvalidTransition):  # the very lease the first claim wrote
+            repo.claim(h.job_id, h.tenant, worker_id=WORKER, lease_s=60, now=lease - 60)
     finally:
         for pool in loop.pools:
             pool.shutdown()

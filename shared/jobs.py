@@ -492,12 +492,13 @@ class JobsRepository:
                 self._ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
             except self._ddb.exceptions.TransactionCanceledException as exc:
                 if job.idempotency_key is not None:
-                    existing = self.find_by_idempotency_key(job.tenant, job.idempotency_key, idempotency_fingerprint)
+                    existing, gone = self._look_up_key(job.tenant, job.idempotency_key, idempotency_fingerprint)
                     if existing is not None:
                         return existing, False
-                    if stale == NO_JOB and _failed_condition(exc, first_charge - 1):
-                        # The key's record outlived its job: take it over, once, from exactly that job.
-                        stale = self._stale_key_job(job.tenant, job.idempotency_key) or NO_JOB
+                    if stale == NO_JOB and gone is not None and _failed_condition(exc, first_charge - 1):
+                        # The key's record outlived its job: take it over, once, from exactly the job found gone
+                        # (a concurrent request that took it over first makes this write's condition fail).
+                        stale = gone
                         if stale != NO_JOB:
                             pauses.insert(0, pause)
                             continue
@@ -522,33 +523,30 @@ class JobsRepository:
 
         A key whose job is past its retention (or already swept by the TTL) is no record: the key is free.
         """
+        return self._look_up_key(tenant, key, fingerprint)[0]
+
+    def _look_up_key(self, tenant: str, key: str, fingerprint: str | None) -> tuple[Job | None, str | None]:
+        """:meth:`find_by_idempotency_key`, and the id of the job a live record still names although that job is
+        gone (a stale key, free to take over from exactly that job), or None."""
         resp = self._ddb.get_item(
             TableName=self._table, Key={"pk": {"S": self._idem_pk(tenant, key)}}, ConsistentRead=True
         )
         item = resp.get("Item")
         if item is None:
-            return None
+            return None, None
         record = _from_item(item)
         expires_at = record.get("expires_at")
         if expires_at is not None and int(expires_at) <= time.time():
-            return None
+            return None, None
         try:
             # A job can end its retention before its key's record does (a joined job takes its source's): the key
             # is then free as well, whatever body it came with.
             job = self.get(str(record["job_id"]), tenant=tenant)
         except JobNotFound:
-            return None
+            return None, str(record["job_id"])
         if record.get("fingerprint") != (fingerprint or ""):
             raise IdempotencyConflict()
-        return job
-
-    def _stale_key_job(self, tenant: str, key: str) -> str | None:
-        """The job id a live key record still names although that job is gone, or None."""
-        resp = self._ddb.get_item(
-            TableName=self._table, Key={"pk": {"S": self._idem_pk(tenant, key)}}, ConsistentRead=True
-        )
-        job_id = _from_item(resp["Item"]).get("job_id") if "Item" in resp else None
-        return str(job_id) if job_id else None
+        return job, None
 
     def release_idempotency_key(self, tenant: str, key: str, job_id: str) -> None:
         """Free the key of a job that was never queued (ENQUEUE_FAILED), so that a retry with it, as the 503

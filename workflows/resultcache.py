@@ -242,10 +242,6 @@ class ResultCache:
             report.skipped += 1
             return None
         report.released += 1
-        # The entry names the source, which did not succeed: the job that now generates for the others is what a
-        # later identical request should find (a hit once it succeeds, a join before).
-        entry = cache_entry_pk(self.scope(released.tenant), released.cache_key)
-        self._repo.repoint_cache_entry(entry, previous=source_id, job=released)
         try:
             self._queue.send(
                 QueueMessage(
@@ -257,5 +253,15 @@ class ResultCache:
             # Still marked unqueued: the requeue sweeper sends it.
             logger.warning(
                 "released job not sent; the sweeper sends it", job_id=released.job_id, error=type(exc).__name__
+            )
+        # The entry names the source, which did not succeed: the job that now generates for the others is what a
+        # later identical request should find (a hit once it succeeds, a join before). Best effort, after the send:
+        # without it a later request generates once more, nothing worse.
+        entry = cache_entry_pk(self.scope(released.tenant), released.cache_key)
+        try:
+            self._repo.repoint_cache_entry(entry, previous=source_id, job=released)
+        except (ClientError, BotoCoreError) as exc:
+            logger.warning(
+                "cache entry not moved to the released job", job_id=released.job_id, error=type(exc).__name__
             )
         return released

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import gzip
 import os
 import re
 import threading
@@ -78,7 +77,16 @@ class LocalStreamContext(LocalLambdaContext):
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
-CONTENT_CODINGS: dict[str, Callable[[bytes], bytes]] = {"gzip": gzip.decompress, "deflate": zlib.decompress}
+# API Gateway's largest request payload: a body decompressed past it is cut there (the API then answers 413 for
+# anything over its own, smaller cap), so a small bomb of a body cannot fill the local API's memory.
+MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
+# zlib's window bits for each content coding: gzip's header and trailer, deflate's zlib wrapper.
+CONTENT_CODINGS: dict[str, int] = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _decompressed(raw: bytes, wbits: int) -> bytes:
+    """``raw`` decoded, at most MAX_PAYLOAD_BYTES + 1 bytes of it; raises zlib.error for data not so encoded."""
+    return zlib.decompressobj(wbits).decompress(raw, MAX_PAYLOAD_BYTES + 1)
 
 
 def request_to_event(request: Request) -> dict[str, Any]:
@@ -88,8 +96,8 @@ def request_to_event(request: Request) -> dict[str, Any]:
     if raw and coding in CONTENT_CODINGS:
         # API Gateway decompresses a request body in a coding it supports before the integration sees it (the
         # template enables compression); a body that does not decompress reaches the handler as sent.
-        with contextlib.suppress(OSError, EOFError, zlib.error):
-            raw = CONTENT_CODINGS[coding](raw)
+        with contextlib.suppress(zlib.error):
+            raw = _decompressed(raw, CONTENT_CODINGS[coding])
     try:
         body: str | None = raw.decode("utf-8") if raw else None
         is_b64 = False

@@ -101,6 +101,10 @@ class RetryPolicy:
         if isinstance(exc, RateLimited | ServerError):
             if isinstance(exc, ServerError) and exc.status not in RETRY_STATUSES:
                 return None
+            if isinstance(exc, RateLimited) and keyed:
+                # A refused submit counts against the plan's rate as a submission does: retrying it by itself would
+                # spend the window's slots. The caller decides (RateLimited.retry_after says when).
+                return None
             asked = retry_after(exc.headers)
             if asked is not None and asked > self.max_retry_after_s:
                 return None
@@ -451,11 +455,12 @@ class Client:
 
         A stream the server ends early (its time is up, or it answered with a snapshot) is reopened after its
         ``retry:`` delay with ``Last-Event-ID``, so no event comes twice; a connection that fails (or is answered
-        502, 503 or 504) is retried the same way, ``reconnects`` times in a row at most (a stream that opens starts
-        the count again), then SdqError. With ``timeout`` (seconds), WaitTimeout once it passes with the job
-        unfinished: it is checked at every line the stream sends (keep-alive comments included), and a read waits
-        at most the time that was left when its connection opened, so a stream the server holds open ends at the
-        next line after the timeout (the API sends one every 15 s), or when that read gives up.
+        502, 503 or 504, or breaks before the server ends it) is retried the same way, ``reconnects`` times in a
+        row at most (an event, or a stream the server ends, starts the count again), then SdqError. With
+        ``timeout`` (seconds), WaitTimeout once it passes with the job unfinished: it is checked at every line the
+        stream sends (keep-alive comments included), and a read waits at most the time that was left when its
+        connection opened, so a stream the server holds open ends at the next line after the timeout (the API
+        sends one every 15 s), or when that read gives up.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         parser = EventStreamParser()
@@ -471,18 +476,19 @@ class Client:
                         resp.read()
                         _decoded(resp)
                     _check_stream(resp)
-                    failures = 0  # the failures counted are those in a row: this connection opened
                     lines = resp.iter_lines()
                     # The deadline is checked before every line (a keep-alive comment too), and each read waits
                     # no longer than the time left when the connection opened (_stream_args).
                     while not _passed(deadline):
                         line = next(lines, None)
                         if line is None:
+                            failures = 0  # ended by the server, cleanly: the failures counted are those in a row
                             break
                         sse = parser.feed(line)
                         if sse is None:
                             continue
                         event = _job_event(sse)
+                        failures = 0  # an event came: so does the stream
                         last = event.data
                         yield event
                         if event.data.finished:
@@ -679,19 +685,22 @@ class AsyncClient:
                         await resp.aread()
                         _decoded(resp)
                     _check_stream(resp)
-                    failures = 0
                     lines = resp.aiter_lines()
                     while not _passed(deadline):
                         try:
                             # Only the read is bounded: the caller's code between events runs outside it.
                             async with asyncio.timeout(_time_left(deadline)):
                                 line = await anext(lines)
-                        except (StopAsyncIteration, TimeoutError):
+                        except StopAsyncIteration:
+                            failures = 0  # ended by the server, cleanly
+                            break
+                        except TimeoutError:
                             break
                         sse = parser.feed(line)
                         if sse is None:
                             continue
                         event = _job_event(sse)
+                        failures = 0
                         last = event.data
                         yield event
                         if event.data.finished:

@@ -85,17 +85,29 @@ def test_the_async_client_tries_again_too(api: FakeApi) -> None:
     assert len(set(keys(api))) == 1
 
 
-def test_a_429_is_tried_again_after_its_retry_after_unless_that_is_too_long(api: FakeApi) -> None:
-    limited = {"error": {"code": "rate_limited", "message": "Slow down.", "details": None}}
-    api.fault("POST", "/v1/jobs", Reply(429, limited, {"Retry-After": "0"}))
+def test_a_reads_429_is_tried_again_after_its_retry_after_unless_that_is_too_long(api: FakeApi) -> None:
+    limited = {"error": {"code": "too_many_requests", "message": "Slow down.", "details": None}}
+    job_id = api.add_job("RUNNING")
+    api.fault("GET", f"/v1/jobs/{job_id}", Reply(429, limited, {"Retry-After": "0"}))
     with Client(api.url, "key", retry_backoff=FAST) as client:
-        client.submit({"prompt": "a fox"})
-        assert len(api.requests("POST")) == 2
-        api.fault("POST", "/v1/jobs", Reply(429, limited, {"Retry-After": "3600"}))
+        assert client.get(job_id).id == job_id
+        assert len(api.requests("GET")) == 2
+        api.fault("GET", f"/v1/jobs/{job_id}", Reply(429, limited, {"Retry-After": "3600"}))
         with pytest.raises(RateLimited) as refused:
-            client.submit({"prompt": "a fox"})
+            client.get(job_id)
     assert refused.value.retry_after == 3600
-    assert len(api.requests("POST")) == 3  # an hour is the caller's decision: raised at once
+    assert len(api.requests("GET")) == 3  # an hour is the caller's decision: raised at once
+
+
+def test_a_submits_429_is_raised_at_once_since_each_refusal_spends_the_rate(api: FakeApi) -> None:
+    """The API counts a refused submit against the plan's rate as it counts a submission: a client that retried
+    by itself would spend the window's slots on its own refusals."""
+    limited = {"error": {"code": "too_many_requests", "message": "Slow down.", "details": None}}
+    api.fault("POST", "/v1/jobs", Reply(429, limited, {"Retry-After": "0"}))
+    with Client(api.url, "key", retry_backoff=FAST) as client, pytest.raises(RateLimited) as refused:
+        client.submit({"prompt": "a fox"})
+    assert refused.value.retry_after == 0
+    assert len(api.requests("POST")) == 1
 
 
 def test_retries_are_bounded_and_configurable(api: FakeApi) -> None:

@@ -83,6 +83,16 @@ class EventServer(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             return
+        if step == "broken":  # opens, then breaks off mid-body (a chunked answer never finished)
+            self.protocol_version = "HTTP/1.1"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = b"retry: 50\n\n"
+            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            self.close_connection = True
+            return
         if step == "empty":
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
@@ -239,8 +249,8 @@ def test_a_gateway_failure_on_a_reconnect_is_retried_like_a_dropped_connection(s
     assert len(EventServer.requests) == 5
 
 
-def test_a_connection_that_opens_resets_the_count_of_failures_in_a_row(server: str) -> None:
-    """Failures in a row are counted: each stream that opens (even one that ends before any event) resets it."""
+def test_a_stream_the_server_ends_resets_the_count_of_failures_in_a_row(server: str) -> None:
+    """Failures in a row are counted: each stream the server ends (even one that ends before any event) resets it."""
     EventServer.plan = ["drop", "empty", "503", "empty", "drop", "empty", "drop"]
     with Client(server, "key") as client:
         assert [e.event_id for e in client.stream(JOB_ID, reconnects=1)] == ["1", "2", "3", "4"]
@@ -251,6 +261,25 @@ def test_a_connection_that_opens_resets_the_count_of_failures_in_a_row(server: s
 
     EventServer.plan = ["drop", "empty", "503", "empty", "drop", "empty", "drop"]
     assert asyncio.run(read()) == ["1", "2", "3", "4"]
+
+
+def test_streams_that_open_and_break_off_count_as_failures_in_a_row(server: str) -> None:
+    """A stream that opens and breaks before any event (a proxy cutting it, a crashed events function) is a failed
+    connection: without that, an unending stream would be reopened for ever."""
+    EventServer.plan = ["broken"] * 5
+    with Client(server, "key") as client, pytest.raises(SdqError, match="failed 3 times in a row"):
+        list(client.stream(JOB_ID, reconnects=2))
+    assert len(EventServer.requests) == 3
+
+    async def read() -> list[str | None]:
+        async with AsyncClient(server, "key") as client:
+            return [e.event_id async for e in client.stream(JOB_ID, reconnects=2)]
+
+    EventServer.requests.clear()
+    EventServer.plan = ["broken"] * 5
+    with pytest.raises(SdqError, match="failed 3 times in a row"):
+        asyncio.run(read())
+    assert len(EventServer.requests) == 3
 
 
 def test_a_refused_stream_raises_the_typed_error(server: str) -> None:

@@ -105,6 +105,19 @@ def test_a_compressed_body_is_read_as_the_json_it_holds(service: RunningService)
     assert resp.json()["error"]["details"][0]["loc"] == ["body", "width"]
 
 
+def test_a_compressed_body_too_large_once_decompressed_is_413(service: RunningService) -> None:
+    """20 KB of gzip that would be 20 MB: cut where API Gateway's payload limit is, then over the API's cap."""
+    items, depth = service.table_items(), service.queue_depth()
+    with service.http() as http:
+        resp = http.post(
+            "/v1/jobs",
+            content=gzip.compress(b'{"prompt": "' + b"x" * (20 * 1024 * 1024) + b'"}'),
+            headers={"x-api-key": service.api_key, "Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+    assert resp.status_code == 413, resp.text
+    assert (service.table_items(), service.queue_depth()) == (items, depth)
+
+
 def test_a_revoked_key_is_401_like_any_wrong_key(service: RunningService) -> None:
     """Within the authorizer's cache period (2 s for this service; the template's AuthorizerCacheSeconds on AWS)."""
     store = ApiKeyStore(service.boto("dynamodb"), service.table)

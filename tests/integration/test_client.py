@@ -130,8 +130,7 @@ def test_stream_follows_a_job_to_its_end(service: RunningService) -> None:
 
 
 def test_every_refusal_is_its_typed_error(service: RunningService) -> None:
-    # No retries: each refusal as the API answers it (the client would wait out the cap's 429 Retry-After first).
-    tenant, client = tenant_client(service, "refusals", retries=0)
+    tenant, client = tenant_client(service, "refusals")
     with client, Client(service.api_url, "sdq_not_a_key") as stranger:
         with pytest.raises(Unauthorized) as unauthorized:
             stranger.get("01KAXAAAAAAAAAAAAAAAAAAAAA")

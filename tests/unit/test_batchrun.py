@@ -24,7 +24,7 @@ from workflows.generation.batchreport import GpuUse
 from workflows.generation.batchrun import BatchRunner
 from workflows.generation.claims import ClaimedBatch
 from workflows.generation.heldmessages import Held
-from workflows.generation.loras import LoraNotServed
+from workflows.generation.loras import LoraNotServed, LoraUnavailable
 from workflows.generation.pipeline import BatchShape, GenerationOOM, ImageJob
 from workflows.generation.previews import Captured
 from workflows.generation.progress import ProgressRecorder, ProgressWriter
@@ -303,6 +303,32 @@ def test_jobs_failing_for_their_own_reason_never_count_the_device_faulty(
     assert sorted(handoff.completed) == sorted(ids(*good))
     assert handoff.released == []
     assert not runner.faulty
+
+
+class LoraFetchFailing(FaultyGenerator):
+    """A worker whose LoRA fetch fails for a passing reason (S3 throttling): every call with the LoRA fails."""
+
+    def generate(
+        self, jobs: Sequence[ImageJob], shape: BatchShape, on_step: Callable[[int, int], None] | None = None
+    ) -> dict[str, list[Image]]:
+        self.calls.append([j.key for j in jobs])
+        raise LoraUnavailable("style-x", "SlowDown (503)")
+
+
+def test_a_lora_that_cannot_be_fetched_now_sends_the_batch_back_whole(
+    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    """No job is failed for a passing outage, no split fetches again, and the device is not blamed; a job on its
+    last claim fails (no other try would come)."""
+    gpu = LoraFetchFailing(oom_above=16)
+    handoff, runner = runner_for(gpu, pools)
+    jobs = [claimed(held()) for _ in range(3)]
+    last_try = claimed(held(), attempt=3)
+    runner.run(ClaimedBatch([*jobs, last_try], seconds=0.0))
+    assert len(gpu.calls) == 1
+    assert sorted(handoff.released) == sorted(ids(*jobs))
+    assert handoff.failed == [(last_try.job_id, JobErrorCode.GENERATION_FAILED)]
+    assert (runner.faulty, runner.failed_in_a_row) == (False, 0)
 
 
 def test_a_success_between_two_jobs_failing_alone_blames_each_job(

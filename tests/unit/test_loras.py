@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 import boto3
 import numpy as np
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 from PIL import Image
 from pydantic import ValidationError
@@ -30,6 +31,7 @@ from workflows.generation.loras import (
     LoraNotFound,
     LoraNotServed,
     LorasNotSupported,
+    LoraUnavailable,
     lora_folder,
 )
 from workflows.generation.models import load_model
@@ -279,6 +281,27 @@ def test_a_lora_in_s3_is_fetched_once_per_revision_and_verified(ink: Path, s3: S
     retired = entry.model_copy(update={"revision": "r2"})  # a revision not copied, and gone from the bucket
     with pytest.raises(LoraNotFound, match="could not fetch"):
         lora_folder(retired, tmp_path, s3=s3)
+
+
+class _Throttled:
+    """An S3 client whose downloads are refused for a passing reason, as S3 answers under load."""
+
+    def download_file(self, bucket: str, key: str, filename: str) -> None:
+        raise ClientError(
+            {
+                "Error": {"Code": "SlowDown", "Message": "Reduce your request rate."},
+                "ResponseMetadata": {"HTTPStatusCode": 503},
+            },
+            "GetObject",
+        )
+
+
+def test_a_lora_s3_refuses_for_now_is_unavailable_not_missing(ink: Path, tmp_path: Path) -> None:
+    """A throttled fetch is worth another try (the worker hands the batch back); a missing key is not."""
+    registry = LoraRegistry.model_validate({"loras": [{**lora_entry(ink), "source": "s3://stack-media/loras/ink/r1"}]})
+    with pytest.raises(LoraUnavailable, match="SlowDown") as refused:
+        lora_folder(registry.loras[0], tmp_path, s3=cast("S3Client", _Throttled()))
+    assert not isinstance(refused.value, LoraNotFound)
 
 
 class _FetchingAlongside:

@@ -28,6 +28,7 @@ from workflows.generation.batchreport import BatchReport, GpuUse
 from workflows.generation.claims import ClaimedBatch
 from workflows.generation.heldmessages import Held
 from workflows.generation.inputs import InputReader, InputUnavailable, JobInputs
+from workflows.generation.loras import LoraUnavailable
 from workflows.generation.pipeline import BatchShape, GenerationCancelled, GenerationOOM, ImageJob
 from workflows.generation.progress import ProgressRecorder
 
@@ -228,6 +229,14 @@ class BatchRunner:
             called, live = live, [h for h in live if not h.dropped]
             if not live:
                 return
+            if isinstance(exc, LoraUnavailable):
+                # The batch's LoRA set could not be fetched now (S3 throttling, a dropped connection): neither a
+                # job's fault nor the device's, and a split would only fetch again. Every job goes back for a later
+                # try, attempt counted; one on its last claim fails.
+                logger.warning("LoRA not fetched; handing the batch back", jobs=len(live), error=str(exc)[:500])
+                for h in live:
+                    self._hand_back_or_fail(h, JobErrorCode.GENERATION_FAILED, exc, report)
+                return
             if len(called) > 1:  # not yet any one job's fault, even with one job left: retry the rest in halves
                 logger.warning("batch failed; splitting", jobs=len(live), oom=oom, error=type(exc).__name__)
                 half = max(1, len(live) // 2)
@@ -246,6 +255,16 @@ class BatchRunner:
         for h in live:
             use = GpuUse(report.gpu_s_by_job[h.job_id], len(live), batch_images)
             self._handoff.complete_later(last_write, h, images[h.job_id], use=use)
+
+    def _hand_back_or_fail(self, held: Held, code: JobErrorCode, exc: Exception, report: BatchReport) -> None:
+        """Send ``held`` back to the queue for another try, attempt counted; fail it if that was its last."""
+        assert held.job is not None
+        if held.job.attempt < self._max_attempts:
+            report.released += 1
+            self._handoff.release_later(held)
+        else:
+            report.failed += 1
+            self._handoff.fail_later(held, code, f"{type(exc).__name__}: {exc}"[:1000])
 
     def _failed_alone(self, held: Held, exc: Exception, report: BatchReport) -> None:
         """A job failed a call of its own: the job's fault, unless the job failed alone before it did too (no

@@ -36,7 +36,7 @@ from safetensors import safe_open
 
 from shared.aws import AwsClients
 from shared.contracts import LoraSet
-from shared.errors import PermanentError
+from shared.errors import PermanentError, RetryableError
 from shared.loraregistry import LoraEntry, LoraRegistry
 from shared.modelregistry import checksum_problems, weight_checksums
 from shared.settings import get_settings
@@ -82,6 +82,19 @@ class LoraNotFound(PermanentError):
     def __init__(self, lora_id: str, reason: str) -> None:
         super().__init__(f"LoRA {lora_id!r} could not be fetched: {reason}")
         self.lora_id = lora_id
+
+
+class LoraUnavailable(RetryableError):
+    """A registered LoRA's files could not be fetched for a passing reason (S3 throttling, a 5xx, a dropped
+    connection): its jobs go back to the queue instead of failing (``workflows.generation.batchrun``)."""
+
+    def __init__(self, lora_id: str, reason: str) -> None:
+        super().__init__(f"LoRA {lora_id!r} could not be fetched now: {reason}")
+        self.lora_id = lora_id
+
+
+# S3's answers for a key, bucket or permission that is not there: retrying does not help.
+_MISSING_STATUSES = frozenset({403, 404})
 
 
 class LoraChecksumMismatch(PermanentError):
@@ -157,8 +170,13 @@ def _fetch_s3(entry: LoraEntry, s3: S3Client, cache_root: Path | None) -> Path:
             destination.parent.mkdir(parents=True, exist_ok=True)
             try:
                 s3.download_file(bucket, f"{prefix}/{name}", str(destination))
-            except (ClientError, BotoCoreError) as exc:
-                raise LoraNotFound(entry.id, f"could not fetch {entry.source}/{name}: {exc}") from exc
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status in _MISSING_STATUSES:
+                    raise LoraNotFound(entry.id, f"could not fetch {entry.source}/{name}: {exc}") from exc
+                raise LoraUnavailable(entry.id, f"{entry.source}/{name}: {exc}") from exc
+            except BotoCoreError as exc:  # a connection or a read that failed on the way
+                raise LoraUnavailable(entry.id, f"{entry.source}/{name}: {exc}") from exc
         # A complete copy is never removed: another worker sharing the cache may be loading it. Renaming onto a
         # folder fails unless it is empty, so only a leftover partial one (no longer made, but perhaps on an old
         # volume) is cleared first.

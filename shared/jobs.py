@@ -346,6 +346,10 @@ def _decode_cursor(cursor: str, tenant: str, status: JobStatus | None) -> dict[s
     return {k: _ser.serialize(v) for k, v in plain.items()}
 
 
+# What a claim and its run wrote, which a job handed back to the queue no longer has: no worker, no lease, no
+# progress (a client would otherwise see a QUEUED job at the step its last worker reached).
+CLEARED_WHEN_QUEUED = ("worker_id", "lease_until", "claim_token", "progress_step", "progress_total", "preview_key")
+
 # A value no job id has: the Idempotency-Key's condition names no stale job with it.
 NO_JOB = "-"
 
@@ -755,6 +759,8 @@ class JobsRepository:
         expression = "SET " + ", ".join(sets)
         if target.terminal:
             expression += " REMOVE " + ", ".join(REMOVED_WHEN_FINISHED)
+        elif target == JobStatus.QUEUED:
+            expression += " REMOVE " + ", ".join(CLEARED_WHEN_QUEUED)
         try:
             resp = self._ddb.update_item(
                 TableName=self._table,

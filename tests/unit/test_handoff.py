@@ -184,10 +184,14 @@ def test_a_failure_hand_off_of_a_job_still_claimed_deletes_its_message(setup: Se
 
 def test_a_job_handed_back_runs_again_elsewhere_with_its_attempt_counted(setup: Setup) -> None:
     h = setup.stored(JobStatus.RUNNING)
+    assert setup.repo.record_preview(h.job_id, worker_id=WORKER, key="previews/p.jpg", step=12, total=30)
     setup.handoff.release_later(h)
     setup.handoff.wait()
     job = setup.repo.get(h.job_id)
     assert (job.status, job.attempt) == (JobStatus.QUEUED, 1)
+    # Queued again as if never run: no worker, no lease, no progress for a client to read.
+    assert (job.progress.step, job.progress.total, job.preview_key) == (0, 0, None)
+    assert setup.repo.lease_until(h.job_id) is None
     assert setup.queue.visibility == [(h.received.message_id, 0)]  # visible now: no lease to wait for
     assert setup.queue.deleted == []
     assert len(setup.held) == 0

@@ -219,15 +219,37 @@ def _write_state(api_url: str, api_key: str, tenant: str, env: dict[str, str]) -
     tmp.replace(state)
 
 
+# A worker that fails is started again, as ECS replaces a failed task, at most this many times in this many seconds
+# (a worker that cannot start at all, a missing GPU say, is then left down and said so).
+WORKER_RESTARTS = 3
+WORKER_RESTART_WINDOW_S = 600.0
+
+
 def wait_forever(service: LocalService) -> None:
-    """Block until Ctrl-C, restarting nothing; report a worker or an API process that died."""
+    """Block until Ctrl-C. A worker that exits non-zero (killed, a stalled pipeline call, a faulty device) is
+    started again, as ECS would, within limits; one that stops cleanly (exit 0) and an API process that died are
+    reported."""
     reported = False
     api_dead = 0
+    restarts: list[float] = []
     while True:
         time.sleep(1.0)
         if service.worker is not None and service.worker.poll() is not None and not reported:
-            print(f"worker exited with code {service.worker.returncode}", file=sys.stderr)
-            reported = True
+            code = service.worker.returncode
+            print(f"worker exited with code {code}", file=sys.stderr)
+            now = time.monotonic()
+            restarts = [at for at in restarts if at > now - WORKER_RESTART_WINDOW_S]
+            if code != 0 and len(restarts) < WORKER_RESTARTS:
+                print("starting another worker, as ECS replaces a failed one", file=sys.stderr)
+                restarts.append(now)
+                service.worker = service.start_worker()
+            else:
+                reported = True
+                if code != 0:
+                    print(
+                        f"not restarting it: {len(restarts)} restarts in {WORKER_RESTART_WINDOW_S:.0f} s",
+                        file=sys.stderr,
+                    )
         dead = service._api_server.dead() if service._api_server is not None else []
         if len(dead) > api_dead:
             print(f"an API process exited with code {dead[-1]}", file=sys.stderr)

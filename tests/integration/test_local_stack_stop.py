@@ -87,6 +87,19 @@ def stops_with_its_worker(proc: subprocess.Popen[bytes], worker: int, log_path: 
                 os.kill(child, signal.SIGKILL)
 
 
+def test_a_worker_that_dies_is_replaced_as_ecs_would_and_stops_with_the_stack(tmp_path: Path) -> None:
+    log_path = tmp_path / "up.log"
+    proc, worker = start_up(log_path)
+    os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while not (workers(proc.pid) - {worker}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    replacements = workers(proc.pid) - {worker}
+    assert len(replacements) == 1, log_path.read_text()[-3000:]
+    assert "starting another worker" in log_path.read_text()
+    stops_with_its_worker(proc, replacements.pop(), log_path, signal.SIGTERM)
+
+
 def test_sigterm_stops_the_stack_and_its_worker(tmp_path: Path) -> None:
     up_log = tmp_path / "up.log"
     proc, worker = start_up(up_log)

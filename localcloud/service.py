@@ -12,6 +12,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -223,6 +224,7 @@ def _write_state(api_url: str, api_key: str, tenant: str, env: dict[str, str]) -
 # (a worker that cannot start at all, a missing GPU say, is then left down and said so).
 WORKER_RESTARTS = 3
 WORKER_RESTART_WINDOW_S = 600.0
+STOPPED_ON_PURPOSE = frozenset({0, -signal.SIGTERM, -signal.SIGINT})
 
 
 def wait_forever(service: LocalService) -> None:
@@ -239,13 +241,14 @@ def wait_forever(service: LocalService) -> None:
             print(f"worker exited with code {code}", file=sys.stderr)
             now = time.monotonic()
             restarts = [at for at in restarts if at > now - WORKER_RESTART_WINDOW_S]
-            if code != 0 and len(restarts) < WORKER_RESTARTS:
+            # Exit 0 is a warm stop, and a worker stopped by a signal sent from outside was stopped on purpose.
+            if code not in STOPPED_ON_PURPOSE and len(restarts) < WORKER_RESTARTS:
                 print("starting another worker, as ECS replaces a failed one", file=sys.stderr)
                 restarts.append(now)
                 service.worker = service.start_worker()
             else:
                 reported = True
-                if code != 0:
+                if code not in STOPPED_ON_PURPOSE:
                     print(
                         f"not restarting it: {len(restarts)} restarts in {WORKER_RESTART_WINDOW_S:.0f} s",
                         file=sys.stderr,

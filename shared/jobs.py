@@ -896,7 +896,7 @@ class JobsRepository:
         """
         queued, running = JobStatus.QUEUED.value, JobStatus.RUNNING.value
         # The first claim set started_at; a job handed back before any attempt ran has not started.
-        removed = "worker_id, lease_until" + (", started_at" if attempt == 1 else "")
+        removed = ", ".join(CLEARED_WHEN_QUEUED) + (", started_at" if attempt == 1 else "")
         try:
             self._ddb.update_item(
                 TableName=self._table,

@@ -62,6 +62,8 @@ DEFAULT_MAX_RETRY_AFTER_S = 30.0
 RETRY_STATUSES = frozenset({502, 503, 504})
 # Failures of the connection: the request may not have arrived, or its answer may have been lost.
 RETRYABLE_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+# An event stream that broke after serving this long was healthy: its break starts the count of failures again.
+HEALTHY_STREAM_S = 30.0
 
 RequestLike = GenerationRequest | Mapping[str, Any]
 Model = TypeVar("Model", bound=BaseModel)
@@ -93,17 +95,22 @@ class RetryPolicy:
     backoff_s: float = DEFAULT_RETRY_BACKOFF_S
     max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S
 
-    def pause(self, exc: Exception, attempt: int, *, keyed: bool, deadline: float | None) -> float | None:
-        """Seconds to wait before trying again after ``attempt`` tries failed with ``exc``; None: raise it."""
+    def pause(
+        self, exc: Exception, attempt: int, *, keyed: bool, deadline: float | None, landed: bool = False
+    ) -> float | None:
+        """Seconds to wait before trying again after ``attempt`` tries failed with ``exc``; None: raise it.
+        ``landed``: an earlier try of this request may have been carried out (its answer was lost)."""
         if attempt > self.retries:
             return None
         backoff = min(MAX_RETRY_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
         if isinstance(exc, RateLimited | ServerError):
             if isinstance(exc, ServerError) and exc.status not in RETRY_STATUSES:
                 return None
-            if isinstance(exc, RateLimited) and keyed:
+            if isinstance(exc, RateLimited) and keyed and not landed:
                 # A refused submit counts against the plan's rate as a submission does: retrying it by itself would
-                # spend the window's slots. The caller decides (RateLimited.retry_after says when).
+                # spend the window's slots. The caller decides (RateLimited.retry_after says when). Unless an earlier
+                # try may have made the job: then only its key's replay answers with it (the caller, who may hold no
+                # key, would make a second job).
                 return None
             asked = retry_after(exc.headers)
             if asked is not None and asked > self.max_retry_after_s:
@@ -122,6 +129,14 @@ class RetryPolicy:
         if left is not None and pause >= left:
             return None
         return pause
+
+
+def _may_have_landed(exc: Exception) -> bool:
+    """Whether a failed try may have been carried out: its answer was lost or was a gateway's 5xx (a connection
+    that was never made carried nothing)."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return False
+    return isinstance(exc, ServerError | httpx.TransportError)
 
 
 def _retryable(method: str, headers: Mapping[str, str]) -> tuple[bool, bool]:
@@ -304,15 +319,17 @@ class Client:
     def _send(self, method: str, path: str, *, deadline: float | None = None, **kwargs: Any) -> httpx.Response:
         """``request()``, tried again as the retry policy allows where that is safe (no later than ``deadline``)."""
         retry, keyed = _retryable(method, kwargs.get("headers") or {})
-        attempt = 0
+        attempt, landed = 0, False
         while True:
             attempt += 1
             try:
                 return self.request(method, path, **kwargs)
             except (ApiError, *RETRYABLE_TRANSPORT_ERRORS) as exc:
-                pause = self.retry_policy.pause(exc, attempt, keyed=keyed, deadline=deadline) if retry else None
+                policy = self.retry_policy
+                pause = policy.pause(exc, attempt, keyed=keyed, deadline=deadline, landed=landed) if retry else None
                 if pause is None:
                     raise
+                landed = landed or _may_have_landed(exc)
             time.sleep(pause)
 
     def _call(self, model: type[Model], method: str, path: str, **kwargs: Any) -> tuple[Model, httpx.Headers]:
@@ -456,7 +473,8 @@ class Client:
         A stream the server ends early (its time is up, or it answered with a snapshot) is reopened after its
         ``retry:`` delay with ``Last-Event-ID``, so no event comes twice; a connection that fails (or is answered
         502, 503 or 504, or breaks before the server ends it) is retried the same way, ``reconnects`` times in a
-        row at most (an event, or a stream the server ends, starts the count again), then SdqError. With
+        row at most (an event, a stream the server ends, or one that served ``HEALTHY_STREAM_S`` before it broke, starts
+        the count again), then SdqError. With
         ``timeout`` (seconds), WaitTimeout once it passes with the job unfinished: it is checked at every line the
         stream sends (keep-alive comments included), and a read waits at most the time that was left when its
         connection opened, so a stream the server holds open ends at the next line after the timeout (the API
@@ -469,6 +487,7 @@ class Client:
         last: JobView | None = None
         while True:
             parser.restart()
+            opened_at: float | None = None
             try:
                 path, options = _stream_args(job_id, parser, self.timeout, deadline)
                 with self._http.stream("GET", path, **options) as resp:
@@ -476,6 +495,7 @@ class Client:
                         resp.read()
                         _decoded(resp)
                     _check_stream(resp)
+                    opened_at = time.monotonic()
                     lines = resp.iter_lines()
                     # The deadline is checked before every line (a keep-alive comment too), and each read waits
                     # no longer than the time left when the connection opened (_stream_args).
@@ -497,6 +517,8 @@ class Client:
                 if isinstance(exc, ServerError) and exc.status not in RETRY_STATUSES:
                     raise
                 if not _passed(deadline):  # a read cut short by the deadline is the timeout, not a failure
+                    if opened_at is not None and time.monotonic() - opened_at >= HEALTHY_STREAM_S:
+                        failures = 0  # it served a while (a queued job's stream sends keep-alives only)
                     failures += 1
                     if failures > reconnects:
                         raise SdqError(f"the event stream of job {job_id} failed {failures} times in a row") from None
@@ -545,15 +567,17 @@ class AsyncClient:
 
     async def _send(self, method: str, path: str, *, deadline: float | None = None, **kwargs: Any) -> httpx.Response:
         retry, keyed = _retryable(method, kwargs.get("headers") or {})
-        attempt = 0
+        attempt, landed = 0, False
         while True:
             attempt += 1
             try:
                 return await self.request(method, path, **kwargs)
             except (ApiError, *RETRYABLE_TRANSPORT_ERRORS) as exc:
-                pause = self.retry_policy.pause(exc, attempt, keyed=keyed, deadline=deadline) if retry else None
+                policy = self.retry_policy
+                pause = policy.pause(exc, attempt, keyed=keyed, deadline=deadline, landed=landed) if retry else None
                 if pause is None:
                     raise
+                landed = landed or _may_have_landed(exc)
             await asyncio.sleep(pause)
 
     async def _call(self, model: type[Model], method: str, path: str, **kwargs: Any) -> tuple[Model, httpx.Headers]:
@@ -678,6 +702,7 @@ class AsyncClient:
         last: JobView | None = None
         while True:
             parser.restart()
+            opened_at: float | None = None
             try:
                 path, options = _stream_args(job_id, parser, self.timeout, deadline)
                 async with self._http.stream("GET", path, **options) as resp:
@@ -685,6 +710,7 @@ class AsyncClient:
                         await resp.aread()
                         _decoded(resp)
                     _check_stream(resp)
+                    opened_at = time.monotonic()
                     lines = resp.aiter_lines()
                     while not _passed(deadline):
                         try:
@@ -709,6 +735,8 @@ class AsyncClient:
                 if isinstance(exc, ServerError) and exc.status not in RETRY_STATUSES:
                     raise
                 if not _passed(deadline):
+                    if opened_at is not None and time.monotonic() - opened_at >= HEALTHY_STREAM_S:
+                        failures = 0
                     failures += 1
                     if failures > reconnects:
                         raise SdqError(f"the event stream of job {job_id} failed {failures} times in a row") from None

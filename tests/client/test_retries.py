@@ -110,6 +110,19 @@ def test_a_submits_429_is_raised_at_once_since_each_refusal_spends_the_rate(api:
     assert len(api.requests("POST")) == 1
 
 
+def test_a_throttled_retry_of_a_submit_that_may_have_landed_is_tried_again(api: FakeApi) -> None:
+    """The first try made the job but its answer was lost; the gateway throttles the retry before the API sees it.
+    Raising then would leave a caller without the key to make a second job: the key's replay must answer."""
+    limited = {"message": "Too Many Requests"}  # the gateway's own 429: the API never ran
+    api.fault("POST", "/v1/jobs", LOST)
+    api.fault("POST", "/v1/jobs", Reply(429, limited, {"Retry-After": "0"}))
+    with Client(api.url, "key", timeout=0.5, retry_backoff=FAST) as client:
+        job = client.submit({"prompt": "a fox"})
+    assert len(api.requests("POST")) == 3
+    assert len(set(keys(api))) == 1
+    assert list(api.jobs) == [job.id]  # one job, answered by the key's replay
+
+
 def test_retries_are_bounded_and_configurable(api: FakeApi) -> None:
     job_id = api.add_job()
     api.fault("GET", "/v1/jobs/", gateway_502(), times=100)

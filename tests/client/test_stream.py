@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
+import sdq_client.client
 from sdq_client import AsyncClient, Client, JobEvent, JobStatus, NotFound, SdqError, WaitTimeout
 from sdq_client.sse import EventStreamParser, parse_lines
 
@@ -91,6 +92,18 @@ class EventServer(BaseHTTPRequestHandler):
             self.end_headers()
             chunk = b"retry: 50\n\n"
             self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            self.close_connection = True
+            return
+        if step == "broken-late":  # serves keep-alives a while, then breaks off (a proxy cutting a long stream)
+            self.protocol_version = "HTTP/1.1"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for chunk in (b"retry: 50\n\n", b": keep-alive\n\n"):
+                self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                self.wfile.flush()
+                time.sleep(0.3)
             self.close_connection = True
             return
         if step == "empty":
@@ -280,6 +293,18 @@ def test_streams_that_open_and_break_off_count_as_failures_in_a_row(server: str)
     with pytest.raises(SdqError, match="failed 3 times in a row"):
         asyncio.run(read())
     assert len(EventServer.requests) == 3
+
+
+def test_a_stream_that_served_a_while_before_it_broke_starts_the_count_again(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queued job's stream sends keep-alives only: breaks far apart, each after a healthy while, are not failures
+    in a row (30 s in the client, shortened here)."""
+    monkeypatch.setattr(sdq_client.client, "HEALTHY_STREAM_S", 0.2)
+    EventServer.plan = ["broken-late"] * 4
+    with Client(server, "key") as client:
+        assert [e.event_id for e in client.stream(JOB_ID, reconnects=1)] == ["1", "2", "3", "4"]
+    assert len(EventServer.requests) == 5
 
 
 def test_a_refused_stream_raises_the_typed_error(server: str) -> None:

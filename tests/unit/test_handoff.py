@@ -150,9 +150,14 @@ def test_a_dropped_job_cancelled_loses_its_message_and_one_taken_over_keeps_it(s
 def taken_over_and_handed_back(setup: Setup, h: Held) -> None:
     """This worker's lease lapsed mid-generation; another worker claimed the job (attempt 2), then handed it back
     unstarted on a warm stop: QUEUED again, its message needed to run it."""
+    assert setup.repo.record_preview(h.job_id, worker_id=WORKER, key="previews/p.jpg", step=12, total=30)
     other: Job = setup.repo.claim(h.job_id, h.tenant, worker_id="worker-b", lease_s=60, now=time.time() + 3600)
     assert setup.repo.release_claim(h.job_id, h.tenant, worker_id="worker-b", attempt=other.attempt)
-    assert setup.repo.get(h.job_id).status == JobStatus.QUEUED
+    queued = setup.repo.get(h.job_id)
+    assert queued.status == JobStatus.QUEUED
+    # Nothing of either attempt's run is left on it: no preview, no step, no lease.
+    assert (queued.progress.step, queued.progress.total, queued.preview_key) == (0, 0, None)
+    assert setup.repo.lease_until(h.job_id) is None
 
 
 def test_a_hand_off_after_the_claim_was_lost_keeps_the_message_the_job_needs(setup: Setup) -> None:

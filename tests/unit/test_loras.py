@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 import boto3
 import numpy as np
 import pytest
+from boto3.exceptions import RetriesExceededError
 from botocore.exceptions import ClientError
 from moto import mock_aws
 from PIL import Image
@@ -296,11 +297,19 @@ class _Throttled:
         )
 
 
-def test_a_lora_s3_refuses_for_now_is_unavailable_not_missing(ink: Path, tmp_path: Path) -> None:
-    """A throttled fetch is worth another try (the worker hands the batch back); a missing key is not."""
+class _BodyKeepsBreaking:
+    """An S3 client whose transfer gave up after its own retries of a body read that kept breaking off."""
+
+    def download_file(self, bucket: str, key: str, filename: str) -> None:
+        raise RetriesExceededError(ConnectionResetError("reset by peer"))
+
+
+@pytest.mark.parametrize("client", [_Throttled(), _BodyKeepsBreaking()], ids=["throttled", "body-broke"])
+def test_a_lora_s3_cannot_serve_now_is_unavailable_not_missing(ink: Path, tmp_path: Path, client: object) -> None:
+    """A throttled or broken fetch is worth another try (the worker hands the batch back); a missing key is not."""
     registry = LoraRegistry.model_validate({"loras": [{**lora_entry(ink), "source": "s3://stack-media/loras/ink/r1"}]})
-    with pytest.raises(LoraUnavailable, match="SlowDown") as refused:
-        lora_folder(registry.loras[0], tmp_path, s3=cast("S3Client", _Throttled()))
+    with pytest.raises(LoraUnavailable) as refused:
+        lora_folder(registry.loras[0], tmp_path, s3=cast("S3Client", client))
     assert not isinstance(refused.value, LoraNotFound)
 
 

@@ -74,7 +74,7 @@ class BatchHandOff(Protocol):
 
     def drop(self, held: Held) -> None: ...
 
-    def release_later(self, held: Held) -> None: ...
+    def release_later(self, held: Held, delay_s: int = 0) -> None: ...
 
 
 @runtime_checkable
@@ -86,9 +86,13 @@ class HasMedia(Protocol):
     def media(self) -> MediaStore: ...
 
 
-# A job's own failures: a permanent error of its request (a LoRA not served here), a request the pipeline refuses,
-# or a job too large for the card. The others (a CUDA error, an error of the runtime) may be the device's.
-JOBS_OWN_ERRORS: tuple[type[Exception], ...] = (PermanentError, ValueError, GenerationOOM)
+# A job's own failures: a permanent error of its request (a LoRA not served here), a request the pipeline refuses.
+# The others may be the device's: a CUDA error, an error of the runtime, and out of memory alone too (requests are
+# bounded and the batch limit is sized from the card's memory at start, so a lone job that no longer fits says that
+# the card has less free memory than it had).
+JOBS_OWN_ERRORS: tuple[type[Exception], ...] = (PermanentError, ValueError)
+# A batch handed back because its LoRA could not be fetched comes back after this many seconds per attempt used.
+LORA_RETRY_DELAY_S = 30
 
 
 class BatchRunner:
@@ -235,7 +239,9 @@ class BatchRunner:
                 # try, attempt counted; one on its last claim fails.
                 logger.warning("LoRA not fetched; handing the batch back", jobs=len(live), error=str(exc)[:500])
                 for h in live:
-                    self._hand_back_or_fail(h, JobErrorCode.GENERATION_FAILED, exc, report)
+                    # Not at once: this worker (and S3) would likely take it back into the same outage.
+                    delay = LORA_RETRY_DELAY_S * (h.job.attempt if h.job is not None else 1)
+                    self._hand_back_or_fail(h, JobErrorCode.GENERATION_FAILED, exc, report, delay_s=delay)
                 return
             if len(called) > 1:  # not yet any one job's fault, even with one job left: retry the rest in halves
                 logger.warning("batch failed; splitting", jobs=len(live), oom=oom, error=type(exc).__name__)
@@ -256,12 +262,15 @@ class BatchRunner:
             use = GpuUse(report.gpu_s_by_job[h.job_id], len(live), batch_images)
             self._handoff.complete_later(last_write, h, images[h.job_id], use=use)
 
-    def _hand_back_or_fail(self, held: Held, code: JobErrorCode, exc: Exception, report: BatchReport) -> None:
-        """Send ``held`` back to the queue for another try, attempt counted; fail it if that was its last."""
+    def _hand_back_or_fail(
+        self, held: Held, code: JobErrorCode, exc: Exception, report: BatchReport, *, delay_s: int = 0
+    ) -> None:
+        """Send ``held`` back to the queue for another try after ``delay_s``, attempt counted; fail it if that was
+        its last."""
         assert held.job is not None
         if held.job.attempt < self._max_attempts:
             report.released += 1
-            self._handoff.release_later(held)
+            self._handoff.release_later(held, delay_s)
         else:
             report.failed += 1
             self._handoff.fail_later(held, code, f"{type(exc).__name__}: {exc}"[:1000])
@@ -273,8 +282,8 @@ class BatchRunner:
         assert held.job is not None
         code = JobErrorCode.OUT_OF_MEMORY if isinstance(exc, GenerationOOM) else JobErrorCode.GENERATION_FAILED
         if isinstance(exc, JOBS_OWN_ERRORS):
-            # Says nothing of the device (a LoRA this worker cannot serve, inputs the job lacks, a job too large
-            # for the card): the job fails, and neither counts towards a faulty device nor clears the count.
+            # Says nothing of the device (a LoRA this worker cannot serve, inputs the job lacks): the job fails,
+            # and neither counts towards a faulty device nor clears the count.
             logger.error("job failed in generation", job_id=held.job_id, code=code, error=str(exc)[:500])
             report.failed += 1
             self._handoff.fail_later(held, code, f"{type(exc).__name__}: {exc}"[:1000])

@@ -85,8 +85,8 @@ class HandOff:
     def drop_later(self, held: Held) -> None:
         self._submit(self.drop, held)
 
-    def release_later(self, held: Held) -> None:
-        self._submit(self.release, held)
+    def release_later(self, held: Held, delay_s: int = 0) -> None:
+        self._submit(self.release, held, delay_s)
 
     def wait(self) -> None:
         """Wait for every hand-off submitted so far (a warm stop). One that raised was logged on its thread; its
@@ -134,9 +134,10 @@ class HandOff:
         else:
             self._held.finish(held)
 
-    def release(self, held: Held) -> None:
+    def release(self, held: Held, delay_s: int = 0) -> None:
         """Hand a claimed job back to the queue for another worker, its attempt counted (this worker's device is
-        suspect): QUEUED again at this claim, message visible now. A job no longer this claim's is dropped; when
+        suspect, or a LoRA cannot be fetched now): QUEUED again at this claim, message visible after ``delay_s``
+        seconds (0: now). A job no longer this claim's is dropped; when
         the write cannot be made, the message is let go all the same and the next claim waits for the lease."""
         assert held.job is not None
         claim = Claim(attempt=held.job.attempt, worker_id=self._worker_id)
@@ -150,7 +151,7 @@ class HandOff:
         except AwsError as exc:
             logger.warning("could not hand the job back; its lease will lapse", job_id=held.job_id, error=str(exc))
         logger.info("job handed back for another worker", job_id=held.job_id, attempt=held.job.attempt)
-        self._held.let_go([held], 0)
+        self._held.let_go([held], delay_s)
 
     def _hand_off(self, held: Held, images: list[Image], use: GpuUse | None = None) -> None:
         assert held.job is not None

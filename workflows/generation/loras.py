@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from boto3.exceptions import Boto3Error
 from botocore.exceptions import BotoCoreError, ClientError
 from huggingface_hub import snapshot_download
 from huggingface_hub.utils import HFValidationError
@@ -175,7 +176,7 @@ def _fetch_s3(entry: LoraEntry, s3: S3Client, cache_root: Path | None) -> Path:
                 if status in _MISSING_STATUSES:
                     raise LoraNotFound(entry.id, f"could not fetch {entry.source}/{name}: {exc}") from exc
                 raise LoraUnavailable(entry.id, f"{entry.source}/{name}: {exc}") from exc
-            except BotoCoreError as exc:  # a connection or a read that failed on the way
+            except (BotoCoreError, Boto3Error) as exc:  # a connection, or a body read that kept failing (s3transfer)
                 raise LoraUnavailable(entry.id, f"{entry.source}/{name}: {exc}") from exc
         # A complete copy is never removed: another worker sharing the cache may be loading it. Renaming onto a
         # folder fails unless it is empty, so only a leftover partial one (no longer made, but perhaps on an old

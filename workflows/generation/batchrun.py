@@ -272,39 +272,35 @@ class BatchRunner:
             report.released += 1
             self._handoff.release_later(held, delay_s)
         else:
-            report.failed += 1
-            self._handoff.fail_later(held, code, f"{type(exc).__name__}: {exc}"[:1000])
+            self._fail(held, code, exc, report)
+
+    def _fail(self, held: Held, code: JobErrorCode, exc: Exception, report: BatchReport) -> None:
+        logger.error("job failed in generation", job_id=held.job_id, code=code, error=str(exc)[:500])
+        report.failed += 1
+        self._handoff.fail_later(held, code, f"{type(exc).__name__}: {exc}"[:1000])
 
     def _failed_alone(self, held: Held, exc: Exception, report: BatchReport) -> None:
         """A job failed a call of its own: the job's fault, unless the job failed alone before it did too (no
         successful call between), when the worker is as likely at fault: then it goes back to the queue for another
         worker, attempt counted (failed once its attempts are used). Enough of those in a row: the device is faulty."""
-        assert held.job is not None
         code = JobErrorCode.OUT_OF_MEMORY if isinstance(exc, GenerationOOM) else JobErrorCode.GENERATION_FAILED
         if isinstance(exc, JOBS_OWN_ERRORS):
             # Says nothing of the device (a LoRA this worker cannot serve, inputs the job lacks): the job fails,
             # and neither counts towards a faulty device nor clears the count.
-            logger.error("job failed in generation", job_id=held.job_id, code=code, error=str(exc)[:500])
-            report.failed += 1
-            self._handoff.fail_later(held, code, f"{type(exc).__name__}: {exc}"[:1000])
+            self._fail(held, code, exc, report)
             return
         self.failed_in_a_row += 1
-        attempts_left = held.job.attempt < self._max_attempts
-        if self.failed_in_a_row > 1 and attempts_left:
+        if self.failed_in_a_row > 1:
             logger.warning(
                 "job failed after another one did; handing it back for another worker",
                 job_id=held.job_id,
                 code=code,
-                attempt=held.job.attempt,
                 failed_in_a_row=self.failed_in_a_row,
                 error=str(exc)[:500],
             )
-            report.released += 1
-            self._handoff.release_later(held)
+            self._hand_back_or_fail(held, code, exc, report)
         else:
-            logger.error("job failed in generation", job_id=held.job_id, code=code, error=str(exc)[:500])
-            report.failed += 1
-            self._handoff.fail_later(held, code, f"{type(exc).__name__}: {exc}"[:1000])
+            self._fail(held, code, exc, report)
         if self.failed_in_a_row >= self._max_failures_in_a_row:
             logger.error("jobs failed one after another: the device is faulty", failed_in_a_row=self.failed_in_a_row)
             self.faulty = True

@@ -503,9 +503,8 @@ class JobsRepository:
                         # The key's record outlived its job: take it over, once, from exactly the job found gone
                         # (a concurrent request that took it over first makes this write's condition fail).
                         stale = gone
-                        if stale != NO_JOB:
-                            pauses.insert(0, pause)
-                            continue
+                        pauses.insert(0, pause)  # this same try again, now with the take-over's condition
+                        continue
                 for index, charge in enumerate(charges, start=first_charge):
                     if _failed_condition(exc, index):
                         raise ChargeRefused(charge) from exc

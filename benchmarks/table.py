@@ -92,9 +92,12 @@ def _startup_row(data: dict[str, Any]) -> tuple[str, str, str]:
     setup = f"{cfg['width']}x{cfg['height']}, {cfg['steps']} steps, {data['precision']}; "
     setup += ", ".join(applied) if applied else "eager"
     figure = f"first image {data['process_start_to_first_image_s']:.1f} s after process start"
+    sizes = ", ".join(["1", *(data.get("first_call_by_batch_size_s") or {})])  # the first image is batch 1
+    ready = data.get("process_start_to_every_bucket_ready_s")
     every = data.get("process_start_to_every_size_s")
-    if every is not None:
-        sizes = ", ".join(["1", *(data.get("first_call_by_batch_size_s") or {})])  # the first image is batch 1
+    if ready is not None:  # warmed as an idle worker warms them (3 steps a bucket)
+        figure += f"; every bucket ready at {ready:.1f} s (warm-up), batch sizes {sizes} first run at {every:.1f} s"
+    elif every is not None:  # reports before 2026-12-07's idle warm-up: each size's first full call
         figure += f"; batch sizes {sizes} ready at {every:.1f} s"
     baseline = f"second image {phases['second_image']:.3f} s"
     return figure, baseline, setup

@@ -235,12 +235,15 @@ class AccelerationSettings(SettingsGroup):
     mega_cache: str | None = Field(
         validation_alias="SDQ_COMPILE_MEGA_CACHE",
         default=None,
-        description="Compile-artifacts file: loaded before the first compile, written after warm-up when absent",
+        description="Compile-artifacts file: loaded before the first compile, written once all shapes are warm",
     )
     warmup: bool = Field(
         validation_alias="SDQ_COMPILE_WARMUP",
         default=True,
-        description="Compile every bucket at every compiled size before the first job",
+        description=(
+            "Compile the smallest bucket before the first job, and each other bucket at every compiled size while "
+            "the worker holds no job (false: each shape compiles at its first batch)"
+        ),
     )
     prompt_cache_size: int = Field(default=256, ge=0, description="Prompt-embedding LRU entries (0: off)")
     vae_bf16: bool = Field(

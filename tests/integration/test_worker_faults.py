@@ -1,5 +1,6 @@
 """Worker fault handling with the loop run in-process around the real tiny pipeline, so a fault can be injected
-where a GPU would raise it: out-of-memory above a batch size, and an error confined to one job."""
+where a GPU would raise it: out-of-memory above a batch size, and an error confined to one job; and the idle
+worker's warm-up of the shapes it has not compiled yet."""
 
 from __future__ import annotations
 
@@ -474,3 +475,52 @@ def test_a_broken_device_hands_its_jobs_back_and_its_worker_stops_as_faulty(
     assert queued <= set(take_visible(service))  # their messages are visible now: another worker runs them at once
     for job_id in queued:
         client.cancel(job_id)
+
+
+class ColdGpu(FaultyGpu):
+    """The real runner with ``cold`` compiled shapes left to warm. A compile takes minutes on a CPU, so each warm-up
+    here is one short real call, as the runner's is (``PipelineRunner.warm_next``: three steps at the shape). It
+    records how many messages the worker held as each warm-up began, and how often it was asked with none left."""
+
+    def __init__(self, runner: PipelineRunner, cold: int) -> None:
+        super().__init__(runner, oom_above=8)
+        self.cold = cold
+        self.held_at_warm_ups: list[int] = []
+        self.asked_with_none_left = 0
+        self.worker: Worker | None = None
+
+    def warm_next(self) -> bool:
+        if self.cold == 0:
+            self.asked_with_none_left += 1
+            return False
+        deadline = time.monotonic() + 5
+        while self.worker is None and time.monotonic() < deadline:  # set as soon as run_worker returns
+            time.sleep(0.01)
+        assert self.worker is not None
+        self.held_at_warm_ups.append(self.worker.held_count())
+        warm_up = ImageJob("warm-up", "warm-up", "", seed=0, num_images=1)
+        self._runner.generate([warm_up], BatchShape(256, 256, 1, 7.5, "euler"))
+        self.cold -= 1
+        return True
+
+
+def test_an_idle_worker_warms_its_cold_shapes_one_at_a_time_and_never_while_it_holds_a_job(
+    service: RunningService, runner: PipelineRunner, run_worker: Callable[..., tuple[Worker, FaultyGpu]]
+) -> None:
+    """The runner warms its smallest bucket before the worker starts; the worker warms the other buckets on turns
+    when it holds no message, so a job is never kept waiting behind a warm-up it could have run before, and it
+    stops asking once the runner says every shape is warm."""
+    client = service.new_tenant("cold-shapes")
+    ids = [client.submit({"prompt": f"fox {i}", **SMALL})["id"] for i in range(3)]
+    cold = ColdGpu(runner, cold=2)
+    worker, _ = run_worker(8, gpu=cold)
+    cold.worker = worker
+    jobs = wait_terminal(client, ids)
+    assert {j["status"] for j in jobs.values()} == {"SUCCEEDED"}
+    deadline = time.monotonic() + 30
+    while not (cold.cold == 0 and cold.asked_with_none_left) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cold.cold == 0, "the idle worker did not warm every cold shape"
+    time.sleep(2.5)  # two more idle turns (the batch wait is at most a second)
+    assert cold.asked_with_none_left == 1  # told none was left, it stopped asking
+    assert cold.held_at_warm_ups == [0, 0]

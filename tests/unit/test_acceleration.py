@@ -291,6 +291,6 @@ def test_every_option_has_a_flag_with_the_settings_help() -> None:
         assert flag_name(f.name) in flags, f.name
     assert {"--prompt-cache", "--compile-cache-dir", "--no-compile-vae", "--no-cuda-graphs", "--levers"} <= flags
     assert "--no-fp8" not in flags  # off by default: switched on only
-    assert "Compile every bucket" in parser.format_help()
+    assert "Compile the smallest bucket before the first job" in parser.format_help()
     with pytest.raises(SystemExit):
         parser.parse_args(["--precision", "fp64"])

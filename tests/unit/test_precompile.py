@@ -97,6 +97,33 @@ def test_the_first_start_writes_the_artefacts_and_the_next_loads_them(model_cach
     assert second.acceleration["precompile"]["built"] == 0
 
 
+@pytest.mark.slow
+def test_a_runner_warms_its_smallest_bucket_at_load_and_the_others_one_call_at_a_time(
+    model_cache: Path, tmp_path: Path
+) -> None:
+    # The worker's start: the smallest bucket before its first job, each other bucket on a turn with no job held
+    # (``Worker._warm_next_shape``), so a batch of that size never waits for its compile.
+    options = AccelerationOptions(compile=True, precompile_dir=str(tmp_path), buckets=(1, 2), warmup=True)
+    runner = PipelineRunner.load("tiny", device="cpu", cache_root=model_cache, acceleration=options)
+    side = runner.native_size
+    assert runner.cold_shapes == [(2, side, side)]
+    assert runner.acceleration["precompile"]["built"] == 2  # bucket 1's UNet and the decoder
+    assert set(runner.acceleration["warmup_s"]) == {f"1@{side}x{side}"}
+
+    assert runner.warm_next() is True
+    assert runner.cold_shapes == []
+    built = runner.acceleration["precompile"]["built"]
+    assert built > 2  # bucket 2's UNet (and on CPU its two-image decode)
+    assert set(runner.acceleration["warmup_s"]) == {f"1@{side}x{side}", f"2@{side}x{side}"}
+    assert runner.warm_next() is False  # nothing left: the worker stops asking
+
+    # The first batch of two finds its shape compiled: nothing is built for it.
+    owl = ImageJob("owl", "an owl", "", seed=3, num_images=1)
+    images = runner.generate([FOX, owl], BatchShape(side, side, 2, 7.5, "euler"))
+    assert set(images) == {"fox", "owl"}
+    assert runner.acceleration["precompile"]["built"] == built
+
+
 def test_the_startup_bench_tells_a_cold_precompile_folder_from_a_warm_one(tmp_path: Path) -> None:
     from benchmarks.worker_bench import _cache_state
 

@@ -54,6 +54,16 @@ class ServesModels(Protocol):
     def models(self) -> frozenset[str]: ...
 
 
+@runtime_checkable
+class WarmsUp(Protocol):
+    """A generator that compiles its shapes ahead of their first batch
+    (:class:`~workflows.generation.pipeline.PipelineRunner`)."""
+
+    def warm_next(self) -> bool:
+        """Compile (and record) the next shape no call has run yet; False when none is left."""
+        ...
+
+
 def served_models(generator: Generator) -> frozenset[str]:
     """The model ids ``generator`` can generate for: its ``models``, else its one ``model_name``."""
     if isinstance(generator, ServesModels):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -184,7 +185,7 @@ class PipelineRunner:
         if hasattr(self._pipe.vae, "use_slicing"):
             _fall_back_to_one_image_decodes(self._pipe.vae)
         if self._accel.options.warmup:
-            self.warmup()
+            self.warm_next()  # the smallest bucket now; the worker warms the others while it holds no job
 
     @classmethod
     def load(
@@ -214,7 +215,7 @@ class PipelineRunner:
             raise RuntimeError("this runner's model is already accelerated; load a fresh one")
         self._accel = Accelerator(self._pipe, self.device, options, self.native_size)
         if options.warmup:
-            self.warmup()
+            self.warm_next()
         return self.acceleration
 
     @property
@@ -239,13 +240,22 @@ class PipelineRunner:
 
         Nothing happens without a compiled model. Three steps: the compile, then the CUDA graph recording.
         """
-
-        def generate(size: int, width: int, height: int) -> None:
-            jobs = [ImageJob(f"warmup{i}", "warm-up", "", seed=i, num_images=1) for i in range(size)]
-            self.generate(jobs, BatchShape(width, height, steps, 7.5, "euler"))
-
-        self._accel.warmup(generate, sizes)
+        self._accel.warmup(partial(self._warm_call, steps), sizes)
         return dict(self._accel.report.warmup_s)
+
+    def warm_next(self, steps: int = 3) -> bool:
+        """Compile (and record) the smallest compiled shape no call has run yet, as :meth:`warmup` does; False
+        when every one has run (or nothing is compiled)."""
+        return self._accel.warm_next(partial(self._warm_call, steps))
+
+    @property
+    def cold_shapes(self) -> list[tuple[int, int, int]]:
+        """The compiled ``(images, width, height)`` shapes no call has run yet (``warm_next`` warms them)."""
+        return self._accel.cold_shapes()
+
+    def _warm_call(self, steps: int, size: int, width: int, height: int) -> None:
+        jobs = [ImageJob(f"warmup{i}", "warm-up", "", seed=i, num_images=1) for i in range(size)]
+        self.generate(jobs, BatchShape(width, height, steps, 7.5, "euler"))
 
     @property
     def model_name(self) -> str:
@@ -568,6 +578,10 @@ class ModelRunners:
     ) -> dict[str, list[Image.Image]]:
         """:meth:`PipelineRunner.generate` on the runner of ``shape.model``; ``ModelNotServed`` if none."""
         return self.runner(shape.model).generate(jobs, shape, on_step)
+
+    def warm_next(self) -> bool:
+        """Warm the next cold shape of the first model that has one (:meth:`PipelineRunner.warm_next`)."""
+        return any(runner.warm_next() for runner in self._runners.values())
 
 
 def _mode_kwargs(shape: BatchShape, jobs: Sequence[ImageJob], rows: int) -> dict[str, Any]:

@@ -17,12 +17,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aws_lambda_powertools import Logger
 from PIL.Image import Image
 
-from workflows.generation.batchrun import Generator
+from workflows.generation.batchrun import Generator, WarmsUp
 from workflows.generation.health import touch
 from workflows.generation.pipeline import BatchShape, ImageJob, LatentTap
 
@@ -144,5 +144,13 @@ class Watched:
         self._watchdog.beat()
         try:
             return self._generator.generate(jobs, shape, _Step(self._watchdog, on_step))
+        finally:
+            self._watchdog.idle()
+
+    def warm_next(self) -> bool:
+        """The generator's ``warm_next`` (a compile and a short call), watched as a batch's call is."""
+        self._watchdog.beat()
+        try:
+            return cast(WarmsUp, self._generator).warm_next()
         finally:
             self._watchdog.idle()

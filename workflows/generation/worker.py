@@ -32,7 +32,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aws_lambda_powertools import Logger, Metrics
 
@@ -44,7 +44,7 @@ from shared.orchestration import Orchestrator
 from shared.queue import WorkerQueue
 from shared.settings import get_settings
 from workflows.generation.batchreport import BatchReport, log_batch
-from workflows.generation.batchrun import BatchRunner, Generator, served_models
+from workflows.generation.batchrun import BatchRunner, Generator, WarmsUp, served_models
 from workflows.generation.claims import ClaimedBatch, Claims
 from workflows.generation.encoding import PngEncoder
 from workflows.generation.handoff import HandOff
@@ -213,6 +213,8 @@ class Worker:
         alive = Path(config.health_file) if config.health_file else None
         self._watchdog = Watchdog(config.stall_s, self._give_up, alive_file=alive) if config.stall_s else None
         watched = Watched(generator, self._watchdog) if self._watchdog else generator
+        # The runner warmed its smallest bucket at load; the other compiled shapes are warmed while no job is held.
+        self._warmer: WarmsUp | None = cast(WarmsUp, watched) if isinstance(generator, WarmsUp) else None
         self._batch_runner = BatchRunner(
             watched,
             progress,
@@ -251,6 +253,7 @@ class Worker:
                     if not batch:
                         if not len(self._messages):
                             self._protection.idle()  # nothing held: a scale-in may stop this task again
+                            self._warm_next_shape()
                         continue
                     pending = self._claims.start(batch)
                 claimed = pending.result()
@@ -278,6 +281,19 @@ class Worker:
             return
         self.batches.append(report)
         log_batch(len(self.batches), claimed.jobs, report, self._metrics, self._batch_log_fields)
+
+    def _warm_next_shape(self) -> None:
+        """Holding no job: compile (and record) the next batch size no call has run yet, one per idle turn, so the
+        first batch of that size does not wait for it. A failure ends the warm-up: that shape then compiles at its
+        first batch, whose failure the batch run handles."""
+        if self._warmer is None:
+            return
+        try:
+            if not self._warmer.warm_next():
+                self._warmer = None
+        except Exception:
+            logger.exception("warm-up failed: the shapes still cold compile at their first batch")
+            self._warmer = None
 
     # -- control -----------------------------------------------------------------------------------
 

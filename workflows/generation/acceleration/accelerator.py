@@ -64,6 +64,8 @@ class Accelerator:
         self.cfg_truncation = 0.0  # the share of steps run without guidance's unconditional pass (0: exact)
         self.buckets: tuple[int, ...] = ()
         self.resolutions: tuple[tuple[int, int], ...] = ()
+        self._warm: set[tuple[int, int, int]] = set()  # compiled (images, width, height) shapes a call has run
+        self._all_warm = False  # warm_next found no cold shape (and wrote the mega-cache file)
         self._compiled_call = False  # inside call_context: whether this call's shape is a compiled one
         started = time.perf_counter()
         self._apply()
@@ -358,6 +360,8 @@ class Accelerator:
         try:
             if not self.compiled or compiled_call or self.report.aot_packages is not None:
                 yield
+                if compiled_call:
+                    self._warm.add((images, width, height))  # compiled (or loaded) and recorded from now on
                 return
             import torch
 
@@ -368,16 +372,44 @@ class Accelerator:
 
     # -- warm-up and caches --------------------------------------------------------------------------------
 
+    def cold_shapes(self) -> list[tuple[int, int, int]]:
+        """The compiled ``(images, width, height)`` shapes no call has run yet, smallest batch first."""
+        if not self.compiled:
+            return []
+        shapes = [(size, w, h) for size in self.buckets or (1,) for (w, h) in self.resolutions]
+        return [shape for shape in shapes if shape not in self._warm]
+
+    def warm_next(self, generate: Callable[[int, int, int], None]) -> bool:
+        """Compile (and record) the first of ``cold_shapes`` by calling ``generate(n, w, h)``; False when none is
+        left (the first such call logs the warm-up and writes the mega-cache file). The worker warms its smallest
+        bucket this way before its first job, and the others while it holds no job."""
+        cold = self.cold_shapes()
+        if cold:
+            self._warm_shape(generate, *cold[0])
+            return True
+        if self.compiled and not self._all_warm:
+            self._all_warm = True
+            logger.info("compile warm-up done: %s", self.report.warmup_s)
+            self._after_warmup()
+        return False
+
     def warmup(self, generate: Callable[[int, int, int], None], sizes: Sequence[int] | None = None) -> None:
-        """Compile (and record) each bucket at each compiled resolution by calling ``generate(n, w, h)``."""
+        """Compile (and record) each bucket (or each of ``sizes``) at each compiled resolution, warm or not."""
         if not self.compiled:
             return
         for width, height in self.resolutions:
             for size in sizes or self.buckets or (1,):
-                started = time.perf_counter()
-                generate(size, width, height)
-                self.report.warmup_s[f"{size}@{width}x{height}"] = time.perf_counter() - started
+                self._warm_shape(generate, size, width, height)
         logger.info("compile warm-up done: %s", self.report.warmup_s)
-        if self.options.mega_cache and self.report.mega_cache_loaded_bytes is None:
+        self._after_warmup()
+
+    def _warm_shape(self, generate: Callable[[int, int, int], None], size: int, width: int, height: int) -> None:
+        started = time.perf_counter()
+        generate(size, width, height)
+        self.report.warmup_s[f"{size}@{width}x{height}"] = time.perf_counter() - started
+
+    def _after_warmup(self) -> None:
+        loaded, saved = self.report.mega_cache_loaded_bytes, self.report.mega_cache_saved_bytes
+        if self.options.mega_cache and loaded is None and saved is None:
             # First start without the file: write it, for the next start (or the next machine image).
             self.report.mega_cache_saved_bytes = save_compile_cache(Path(self.options.mega_cache))

@@ -22,7 +22,7 @@ _MODES = {
 }
 
 # Where a runner built in code (tests, ``sdq bench worker``, which times each shape's first calls) differs from
-# the service worker: it compiles a shape on its first batch instead of every shape before the first job.
+# the service worker: it compiles a shape on its first batch instead of warming the smallest before the first job.
 RUNNER_PROFILE: dict[str, Any] = {"warmup": False}
 
 
@@ -62,7 +62,8 @@ class AccelerationOptions:
     cache_dir: str | None = _default("cache_dir")
     # A file of torch.compiler cache artifacts: loaded before the first compile, written by save_compile_cache.
     mega_cache: str | None = _default("mega_cache")
-    # Compile (and record) every bucket at the native size at load time, not on the first matching batch.
+    # Compile (and record) the smallest bucket at load time; the other shapes through the runner's warm_next, which
+    # the worker calls while it holds no job (not on the first matching batch).
     warmup: bool = _default("warmup")
     prompt_cache_size: int = _default("prompt_cache_size")
     # Quality-trading: run the whole UNet every N-th step only, the outer level in between (0: off, exact).

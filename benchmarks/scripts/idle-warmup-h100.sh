@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Issue 24, 2026-12-07 on one H100: the worker warms its smallest bucket before its first job and each other bucket
+# on a loop turn that finds it holding no job (a 3-step call), instead of every bucket before its first job. A/B in
+# one call, in the worker image's environment (peft, scikit-learn, torchvision and pandas hidden), old = f57fd99
+# (copied to .snapold), new = the working tree. SD 1.5 architecture, random weights, 512x512, 30 steps, euler,
+# CFG 7.5, fp16, buckets 1 and 16, from precompiled forwards.
+#  1. cold builds of the precompiled forwards (buckets 1 and 16) in parallel, by the new code;
+#  2. warm starts, one fresh process each, old and new in turn, twice each. The old bench counts bucket 16 ready at
+#     the end of its first full call; the new one at the end of the idle warm-up, then times that full call;
+#  3. the new code once more with --warmup: the worker's own order (bucket 1 warmed at load, then the first image).
+set -u
+BUDGET=${BUDGET:-540}
+source "$(dirname "$0")/device-prelude.sh" idle-warmup
+byte_compile_repo
+(cd .snapold && python3 -m compileall -q -j 16 workflows shared handlers >/dev/null 2>&1)
+export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-4}
+gpu_clocks
+HIDE="import sys, runpy; sys.modules.update(dict.fromkeys(['peft', 'sklearn', 'torchvision', 'pandas']))"
+HIDDEN=(python3 -c "$HIDE; sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__')")
+HIDDEN_SCRIPT=(python3 -c "$HIDE; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+echo "== 1. cold builds in parallel at ${SECONDS}s" | log
+bg p1 "${HIDDEN_SCRIPT[@]}" benchmarks/scripts/warm_compile.py --size 1 --cache-dir /tmp/cc-p --precompile-dir /tmp/pc
+bg p16 "${HIDDEN_SCRIPT[@]}" benchmarks/scripts/warm_compile.py --size 16 --no-compile-vae --cache-dir /tmp/cc-p \
+  --precompile-dir /tmp/pc
+wait_warm ${WARM_S:-200}
+S="--arch sd15 --steps 30 --width 512 --height 512 --compile --buckets 1,16 --then-batch-sizes 16"
+S="$S --compile-cache-dir /tmp/cc-p --precompile-dir /tmp/pc"
+start() {  # start SIDE DIR OUTNAME [extra flags]
+  local side=$1 dir=$2 name=$3; shift 3
+  echo "== warm start, precompiled, $side at ${SECONDS}s" | log
+  (cd "$dir" && PYTHONPATH=/tmp/site:$PWD timeout $(( $(left) - 5 )) "${HIDDEN[@]}" benchmarks.worker_bench startup $S \
+    "$@" --out "$OUT/$name" 2>&1) | log
+  sleep 1  # the reports' names carry the second they started
+}
+for run in 1 2; do
+  [ "$(left)" -gt 45 ] || break
+  start "old ($run)" .snapold old
+  [ "$(left)" -gt 45 ] || break
+  start "new ($run)" . new
+done
+[ "$(left)" -gt 45 ] && start "new, --warmup" . new-warmup --warmup
+echo "== done at ${SECONDS}s" | log

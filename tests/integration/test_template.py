@@ -134,7 +134,7 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("sqs:SendMessage", "SecondFleetQueue.Arn"),
         ("states:StartExecution", JOB_STATE_MACHINE_PATTERN),
     },
-    # Events: handlers/events.py -> ApiKeyStore.resolve and JobsRepository.get (get), presign outputs and previews.
+    # Events: handlers/events.py -> JobsRepository.get and KeyCheck's ApiKeyStore.get, presign outputs and previews.
     "AuthorizerFunctionRole": _logs("AuthorizerFunctionLogGroup")
     | XRAY_WRITE
     | {
@@ -252,7 +252,9 @@ EXPECTED_LEADING_KEYS = {
     ("FailedExecutionFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("WorkerTaskRole", "dynamodb:UpdateItem"): {"JOB#*", "WORKER#*"},  # claims, leases, progress; its throughput
     ("WorkerTaskRole", "dynamodb:PutItem"): {"TENANT#*"},  # a progress webhook's signing secret, on first use
-    ("EventsFunctionRole", "dynamodb:GetItem"): {"JOB#*"},
+    # The job it streams, and the caller's key, re-read as often as the authorizer's answer is cached (KeyCheck):
+    # tests/unit/test_event_routes.py runs a stream and checks every item it reads is one this grant allows.
+    ("EventsFunctionRole", "dynamodb:GetItem"): {"JOB#*", "APIKEY#*"},
     # The roles that sign no webhook read job items only (Postprocess also the result cache's entries), never a
     # tenant's secret, key or plan.
     ("PostprocessFunctionRole", "dynamodb:GetItem"): {"JOB#*", "CACHE#*"},
@@ -914,6 +916,36 @@ def test_dashboard_is_valid_json_with_the_operational_widgets(resources: dict[st
     titles = " | ".join(w["properties"]["title"] for w in dashboard["widgets"]).lower()
     for needle in ("queue depth", "images per second", "batch size", "latency", "workers"):
         assert needle in titles, needle
+
+
+# Functions whose unhandled errors LambdaErrorsAlarm leaves out, each with the reason.
+ERRORS_NOT_ALARMED = {
+    "NotifyFunction": "raises WebhookRetryable on purpose when its table fails, for the state machine's retries",
+    "AuthorizerFunction": "an error answers the call 500, which Api5xxAlarm counts",
+}
+
+
+def _dashboard(resources: dict[str, Any]) -> dict[str, Any]:
+    body = resources["Dashboard"]["Properties"]["DashboardBody"]
+    text = body if isinstance(body, str) else body["Fn::Sub"]
+    return dict(json.loads(re.sub(r"\$\{([^}.]+)(\.[^}]+)?\}", r"\1", text)))
+
+
+def test_every_functions_errors_page_and_show_on_the_dashboard(resources: dict[str, Any]) -> None:
+    """An unhandled error of any function but the explained ones (an events stream refused by its role, say)
+    pages through LambdaErrorsAlarm, and the dashboard's Lambda errors widget shows each function the alarm counts."""
+    queries = resources["LambdaErrorsAlarm"]["Properties"]["Metrics"]
+    counted = {
+        show(q["MetricStat"]["Metric"]["Dimensions"][0]["Value"]): q["Id"]
+        for q in queries
+        if "MetricStat" in q and q["MetricStat"]["Metric"]["MetricName"] == "Errors"
+    }
+    assert set(counted) == set(FUNCTIONS) - set(ERRORS_NOT_ALARMED)
+    (total,) = [q for q in queries if q.get("ReturnData")]
+    assert set(re.findall(r"FILL\((\w+), 0\)", total["Expression"])) == set(counted.values())
+    (widget,) = [w for w in _dashboard(resources)["widgets"] if w["properties"]["title"].startswith("Lambda errors")]
+    shown = {m[3] for m in widget["properties"]["metrics"] if m[:2] == ["AWS/Lambda", "Errors"]}
+    assert set(counted) <= shown
 
 
 def test_outputs_name_the_api_and_the_data(cfn: dict[str, Any]) -> None:

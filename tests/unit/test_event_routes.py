@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import boto3
 import httpx
 import pytest
 
@@ -19,7 +20,12 @@ from localcloud.service import TEMPLATE
 from shared.apikeys import ApiKeyStore
 from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
 from shared.jobs import JobsRepository
-from tests.unit.conftest import JOBS_TABLE
+from shared.media import MediaStore
+from shared.settings import get_settings
+from shared.tenants import TenantStore
+from tests.tablegrants import TableCalls, refused
+from tests.unit.conftest import JOBS_TABLE, make_job
+from workflows.authorization import Authorizer
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -131,3 +137,42 @@ def test_the_api_function_answers_the_events_route_with_the_current_state(api_en
     # A client that cannot set the header says it in the query, as the streaming route takes it.
     assert call(stored.job_id, {"last_event_id": "1.3"})["body"] == "retry: 2000\n\n"
     assert call("01KB0000000000000000000001")["statusCode"] == 404
+
+
+class ShortStream:
+    """A Lambda context whose invocation ends 11.5 s from now: the stream's own end comes 1.5 s from now."""
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 11_500
+
+
+def test_an_events_stream_reads_only_items_its_role_may_read(
+    api_env: DynamoDBClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On AWS the stream function's role limits its reads to item kinds (dynamodb:LeadingKeys). A stream reads its
+    job and re-reads the caller's key as often as the authorizer's answer is cached: each item it reads must be one
+    the template lets it read, or AWS ends every stream at its first key check."""
+    from handlers import events
+
+    monkeypatch.setenv("SDQ_AUTHORIZER_CACHE_S", "0")  # the key re-read at each of the stream's reads
+    settings = get_settings()
+    keys = ApiKeyStore(api_env, JOBS_TABLE)
+    issued = keys.create("t-1")
+    caller = Authorizer(keys, TenantStore(api_env, JOBS_TABLE, settings)).authorize(issued.plaintext)
+    assert caller is not None
+    repo = JobsRepository(api_env, JOBS_TABLE)
+    job, _ = repo.create(make_job())
+    media = MediaStore(boto3.client("s3", region_name="us-east-1"), "media")
+    services = events.EventServices(settings=settings, repo=repo, media=media, keys=keys)
+    monkeypatch.setattr(events, "services", lambda: services)
+    reads = TableCalls(api_env)
+    answer = events.stream_handler(
+        {"path": f"/v1/jobs/{job.job_id}/events", "requestContext": {"authorizer": caller.context()}}, ShortStream()
+    )
+    assert answer.status == 200
+    body = b"".join(answer.body)
+    assert b"reconnect with Last-Event-ID" in body  # it ran to its end, reading all along
+    assert ("dynamodb:GetItem", f"APIKEY#{issued.key_id}") in reads.calls
+    assert ("dynamodb:GetItem", f"JOB#{job.job_id}") in reads.calls
+    assert refused("EventsFunctionRole", reads.calls) == []

@@ -349,6 +349,54 @@ def container(resources: dict[str, Any], name: str) -> dict[str, Any]:
     return next(c for c in containers if c["Name"] == name)
 
 
+def resolve(value: Any, given: dict[str, str], conditions: dict[str, bool], sam: dict[str, Any]) -> Any:
+    """An environment value of the translated template as a deploy with ``given`` parameter and resource values
+    (the others' defaults, or their names) and ``conditions`` would set it."""
+    if isinstance(value, str | int):
+        return str(value)
+
+    def ref(name: str) -> str:
+        default = sam["Parameters"].get(name, {}).get("Default", name)
+        return given.get(name, str(default))
+
+    ((function, arg),) = value.items()
+    if function == "Ref":
+        return ref(arg)
+    if function == "Fn::GetAtt":
+        return ref(arg if isinstance(arg, str) else ".".join(arg))
+    if function == "Fn::If":
+        condition, yes, no = arg
+        return resolve(yes if conditions[condition] else no, given, conditions, sam)
+    if function == "Fn::Sub":
+        text, names = (arg, {}) if isinstance(arg, str) else arg
+        local = {k: resolve(v, given, conditions, sam) for k, v in names.items()}
+        return re.sub(r"\$\{([^}]+)\}", lambda m: local[m[1]] if m[1] in local else ref(m[1]), text)
+    if function == "Fn::Join":
+        separator, parts = arg
+        return separator.join(resolve(parts, given, conditions, sam))
+    if function == "Fn::Split":
+        separator, text = arg
+        return resolve(text, given, conditions, sam).split(separator)
+    raise AssertionError(f"unexpected intrinsic {value!r}")
+
+
+def deployed_settings(
+    function: str,
+    sam: dict[str, Any],
+    resources: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    given: dict[str, str] | None = None,
+    conditions: dict[str, bool] | None = None,
+) -> Settings:
+    """The settings ``function`` reads from its environment in a deploy with ``given`` values (else the defaults)."""
+    conditions = conditions or {"HasSecondFleet": False, "HasAllowedModels": False}
+    with monkeypatch.context() as env:
+        for name, value in env_of(resources[function]).items():
+            if name.startswith("SDQ_"):
+                env.setenv(name, resolve(value, given or {}, conditions, sam))
+        return Settings()
+
+
 # --- lint and substitutions -----------------------------------------------------------------------------------
 
 
@@ -579,7 +627,7 @@ def test_api_function_knows_the_models_and_the_state_machine(resources: dict[str
 
 
 def test_the_requeue_sweeper_runs_alone_each_minute_and_leaves_live_submissions_be(
-    sam: dict[str, Any], resources: dict[str, Any]
+    sam: dict[str, Any], resources: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     props = sam["Resources"]["RequeueFunction"]["Properties"]
     assert props["Events"]["Sweep"] == {
@@ -594,22 +642,7 @@ def test_the_requeue_sweeper_runs_alone_each_minute_and_leaves_live_submissions_
     assert props["Timeout"] <= 60
     # No reserved concurrency: Lambda refuses one that leaves an account under 100 unreserved.
     assert "ReservedConcurrentExecutions" not in props
-    settings = Settings(
-        **{
-            k.removeprefix("SDQ_").lower(): v
-            for k, v in env_of(resources["RequeueFunction"]).items()
-            if k.startswith("SDQ_")
-            and k
-            not in {
-                "SDQ_TABLE_NAME",
-                "SDQ_QUEUE_URL",
-                "SDQ_FLEET_QUEUE_URLS",
-                "SDQ_DLQ_URL",
-                "SDQ_BUCKET",
-                "SDQ_STATE_MACHINE_ARN",
-            }
-        }
-    )
+    settings = deployed_settings("RequeueFunction", sam, resources, monkeypatch)
     assert show(env_of(resources["RequeueFunction"])["SDQ_STATE_MACHINE_ARN"]) == "JobStateMachine"
     # A job is requeued only once no API call that wrote it can still be sending its message.
     assert settings.requeue_after_s > sam["Globals"]["Function"]["Timeout"]
@@ -1048,6 +1081,42 @@ def test_the_model_registry_reaches_each_reader_with_the_models_it_allows(resour
         assert show(env["SDQ_DEFAULT_MODEL"]) == "ModelId", name
     worker_s3 = {(a, r) for a, r in grants(resources["WorkerTaskRole"]) if a.startswith("s3:") and "models" in r}
     assert worker_s3 == {("s3:GetObject", "MediaBucket.Arn/models/*")}  # imported weights: read, never written
+
+
+def test_every_function_that_sends_jobs_sends_a_second_fleet_model_to_that_fleets_queue(
+    sam: dict[str, Any], resources: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's queue is its model's fleet's (the registry's ``fleet``, SDQ_FLEET_QUEUE_URLS): a function that may send
+    to the second fleet's queue but lacks the registry finds no route and sends that fleet's jobs to JobsQueue, where
+    no worker loads their model (the DLQ's and the requeue sweeper's requeues did)."""
+    registry = {
+        "models": [
+            {"id": "sd", "source": "builtin:tiny", "revision": "1", "architecture": "tiny"},
+            {
+                "id": "xl",
+                "source": "/models/xl",
+                "revision": "r1",
+                "checksums": {"unet/w.safetensors": "0" * 64},
+                "architecture": "sdxl",
+                "fleet": "large",
+            },
+        ]
+    }
+    given = {
+        "ModelId": "sd",
+        "AllowedModels": "sd,xl",
+        "ModelRegistry": json.dumps(registry),
+        "SecondFleet": "large",
+        "JobsQueue": "https://sqs.example/jobs",
+        "SecondFleetQueue": "https://sqs.example/large",
+    }
+    conditions = {"HasSecondFleet": True, "HasAllowedModels": True}
+    senders = {fn for fn in FUNCTIONS if ("sqs:SendMessage", "SecondFleetQueue.Arn") in grants(resources[f"{fn}Role"])}
+    assert {"ApiFunction", "PostprocessFunction", "DlqFunction", "RequeueFunction"} <= senders
+    for fn in sorted(senders):
+        settings = deployed_settings(fn, sam, resources, monkeypatch, given, conditions)
+        assert settings.queue_url == given["JobsQueue"], fn
+        assert settings.queue_routes == {"xl": given["SecondFleetQueue"]}, fn
 
 
 def test_every_route_that_needs_no_key_has_a_throttle_of_its_own(sam: dict[str, Any]) -> None:

@@ -16,6 +16,11 @@ DEFAULT_PRICES: dict[str, float] = {
     "ec2.g5.xlarge.hour": 1.006,
     "ec2.g6.xlarge.hour": 0.8048,
     "ec2.g6e.xlarge.hour": 1.861,
+    # The 2xlarge sizes the template also allows (GpuInstanceType): us-east-1 Linux on-demand list prices
+    # (aws.amazon.com/ec2/pricing/on-demand) as known on 2026-12-07.
+    "ec2.g5.2xlarge.hour": 1.212,
+    "ec2.g6.2xlarge.hour": 0.9776,
+    "ec2.g6e.2xlarge.hour": 2.24208,
     "ec2.p5.48xlarge.hour": 55.04,  # after AWS's June 2025 P5 price cut (was 98.32)
     "ebs.gp3.gb_month": 0.08,
     "ecr.storage.gb_month": 0.10,

@@ -23,6 +23,7 @@ from localcloud.provision import (
     localize_template,
     translate_sam,
 )
+from shared.pricing import gpu_price
 from shared.settings import Settings, environment_variables
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -595,6 +596,24 @@ def test_worker_container_gets_everything_the_worker_reads(sam: dict[str, Any], 
     assert worker["Links"] == ["xray-daemon"]
     assert [r["Type"] for r in worker["ResourceRequirements"]] == ["GPU"]
     assert show(worker["Image"]) == "WorkerRepository.RepositoryUri:WorkerImageTag"
+
+
+def test_jobs_are_priced_at_the_deployed_instance_type(
+    sam: dict[str, Any], resources: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's usage.estimated_cost_usd is its GPU seconds at the price of the instance type the stack runs
+    (GpuInstanceType): every type the template allows has a price, and the workers of both fleets and every
+    function (the API and Postprocess price result-cache answers) are told the deployed one, not the default."""
+    for instance in sam["Parameters"]["GpuInstanceType"]["AllowedValues"]:
+        assert gpu_price(instance).usd_per_hour > 0, instance
+        given = {"GpuInstanceType": instance}
+        for fn in FUNCTIONS:
+            assert deployed_settings(fn, sam, resources, monkeypatch, given).gpu_instance_type == instance, fn
+        for task in ("WorkerTaskDefinition", "SecondFleetTaskDefinition"):
+            containers = resources[task]["Properties"]["ContainerDefinitions"]
+            worker = next(c for c in containers if c["Name"] == "worker")
+            env = {e["Name"]: e["Value"] for e in worker["Environment"]}
+            assert resolve(env["SDQ_GPU_INSTANCE_TYPE"], given, {}, sam) == instance, task
 
 
 def test_worker_container_is_health_checked_by_the_file_its_watchdog_keeps_fresh(resources: dict[str, Any]) -> None:

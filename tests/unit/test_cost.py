@@ -447,7 +447,7 @@ def test_spot_hours_are_priced_at_the_spot_key_and_the_rest_on_demand() -> None:
 def test_every_gpu_has_an_assumed_spot_price_below_on_demand() -> None:
     for instance in GPUS:
         assert 0 < DEFAULT_PRICES[f"ec2.{instance}.spot.hour"] < DEFAULT_PRICES[f"ec2.{instance}.hour"]
-    with pytest.raises(ValueError, match=r"known: g4dn\.xlarge, g5\.xlarge") as excinfo:
+    with pytest.raises(ValueError, match=r"known: g4dn\.xlarge, g5\.2xlarge, g5\.xlarge") as excinfo:
         gpu_price("g9.huge")
     assert "spot" not in str(excinfo.value)
 

@@ -65,6 +65,7 @@ LOCAL_SKIPPED_TYPES: Mapping[str, str] = {
     "AWS::ApplicationAutoScaling::ScalableTarget": _LOCAL_WORKER,
     "AWS::ApplicationAutoScaling::ScalingPolicy": _LOCAL_WORKER,
     "AWS::AutoScaling::AutoScalingGroup": _LOCAL_WORKER,
+    "AWS::AutoScaling::LifecycleHook": _LOCAL_WORKER,
     "AWS::AutoScaling::WarmPool": _LOCAL_WORKER,
     "AWS::EC2::InternetGateway": _LOCAL_WORKER,
     "AWS::EC2::LaunchTemplate": _LOCAL_WORKER,
@@ -81,6 +82,8 @@ LOCAL_SKIPPED_TYPES: Mapping[str, str] = {
     "AWS::ECS::ClusterCapacityProviderAssociations": _LOCAL_WORKER,
     "AWS::ECS::Service": _LOCAL_WORKER,
     "AWS::ECS::TaskDefinition": _LOCAL_WORKER,
+    # A policy attached apart from its role: the GPU instances' grant on their Auto Scaling group, left out above.
+    "AWS::IAM::Policy": _LOCAL_WORKER,
     # Monitoring.
     "AWS::CloudWatch::Alarm": _NO_METRICS,
     "AWS::CloudWatch::Dashboard": _NO_METRICS,

@@ -5,6 +5,7 @@ decoder and translated with aws-sam-translator exactly as the local cloud does (
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -234,7 +235,14 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("ecr:GetDownloadUrlForLayer", "WorkerRepository.Arn"),
         ("ecr:BatchGetImage", "WorkerRepository.Arn"),
     },
-    "WorkerInstanceRole": set(),
+    # The warm pool's launch hook, completed by the user data once a warming instance pulled the image.
+    "WorkerInstanceRole": {
+        (
+            "autoscaling:CompleteLifecycleAction",
+            "arn:AWS::Partition:autoscaling:AWS::Region:AWS::AccountId:autoScalingGroup:*:"
+            "autoScalingGroupName/WorkerAutoScalingGroup",
+        )
+    },
     "ApiGatewayCloudWatchRole": set(),
 }
 
@@ -298,7 +306,16 @@ def cfn(sam: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def resources(cfn: dict[str, Any]) -> dict[str, Any]:
-    return dict(cfn["Resources"])
+    """The translated resources, each role with the policies attached to it apart (``AWS::IAM::Policy``) among its
+    own, so that a role's grants are all in one place."""
+    found = copy.deepcopy(dict(cfn["Resources"]))
+    for resource in found.values():
+        if resource["Type"] == "AWS::IAM::Policy":
+            props = resource["Properties"]
+            for role in props["Roles"]:
+                policies = found[show(role)]["Properties"].setdefault("Policies", [])
+                policies.append({"PolicyName": props["PolicyName"], "PolicyDocument": props["PolicyDocument"]})
+    return found
 
 
 def show(value: Any) -> str:
@@ -720,6 +737,49 @@ def test_warm_stop_fits_inside_the_stop_timeout(sam: dict[str, Any], resources: 
     assert grace["MaxValue"] < worker["StopTimeout"]
     user_data = show(resources["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"])
     assert f"ECS_CONTAINER_STOP_TIMEOUT={worker['StopTimeout']}s" in user_data
+
+
+def test_a_warming_instance_is_stopped_only_once_it_pulled_the_image_and_a_start_is_let_go_at_once(
+    resources: dict[str, Any],
+) -> None:
+    """Without a launch hook the warm pool stops an instance as soon as it runs, before its user data pulled the
+    worker image, and a start from the pool pulls it after all. The hook holds each launch into the pool until the
+    user data completed it after the pull; a start out of the pool boots again and completes it at once."""
+    from cli.costmodel import Usage
+
+    hook = resources["WorkerLaunchHook"]
+    props = hook["Properties"]
+    assert hook["Condition"] == resources["WorkerWarmPool"]["Condition"] == "HasWarmPool"
+    assert show(props["AutoScalingGroupName"]) == show(
+        resources["WorkerWarmPool"]["Properties"]["AutoScalingGroupName"]
+    )
+    assert props["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_LAUNCHING"
+    assert props["DefaultResult"] == "CONTINUE"  # a hook never completed delays an instance, never loses it
+    usage = Usage()
+    modelled_pull_s = usage.worker_image_gb * 1000 / usage.image_pull_mb_s
+    assert props["HeartbeatTimeout"] >= 3 * modelled_pull_s
+    # The pool launches its first instances once the hook and the instances' grant to complete it exist.
+    assert {"WorkerLaunchHook", "WorkerLaunchHookPolicy"} <= set(_as_list(resources["WorkerWarmPool"]["DependsOn"]))
+    # The instances learn the hook's name and their group from their tags (the group's, propagated at launch).
+    template = resources["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    assert template["MetadataOptions"]["InstanceMetadataTags"] == {"Fn::If": ["HasWarmPool", "enabled", "disabled"]}
+    tags = [
+        t for t in resources["WorkerAutoScalingGroup"]["Properties"]["Tags"] if isinstance(t, dict) and "Fn::If" in t
+    ]
+    ((condition, tag, _),) = [t["Fn::If"] for t in tags]
+    assert (condition, tag) == (
+        "HasWarmPool",
+        {"Key": "sdq:launch-hook", "Value": props["LifecycleHookName"], "PropagateAtLaunch": True},
+    )
+    user_data = show(template["UserData"]["Fn::Base64"])
+    script = user_data[user_data.index("<<'SCRIPT'") : user_data.index("\nSCRIPT\n")]
+    assert "tags/instance/sdq:launch-hook" in script
+    assert "tags/instance/aws:autoscaling:groupName" in script
+    # Pulled first, then let go; at every boot (a per-boot script), and at the first one from the user data.
+    assert script.index("docker pull") < script.index("complete-lifecycle-action")
+    assert "--lifecycle-action-result CONTINUE" in script
+    assert "cat > /var/lib/cloud/scripts/per-boot/sdq-launch-hook.sh" in user_data
+    assert "\n/var/lib/cloud/scripts/per-boot/sdq-launch-hook.sh" in user_data
 
 
 def test_queue_visibility_is_the_worker_lease_and_outlasts_a_heartbeat(

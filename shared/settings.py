@@ -507,8 +507,9 @@ class Settings(BaseSettings):
         ge=60,
         description=(
             "How long after its lease lapsed a RUNNING job that no worker took over is failed `ABANDONED` (with its"
-            " webhook) by the requeue sweeper: its message is gone. Keep it above the longest a visible message"
-            " waits in the queue"
+            " webhook) by the requeue sweeper, taken for a job whose message is gone (the template's"
+            " `AbandonedAfterSeconds`). Keep it above the longest a visible message waits in the queue: a job whose"
+            " message still waits that long is failed all the same"
         ),
     )
     requeue_budget_s: float = Field(

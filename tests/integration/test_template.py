@@ -688,6 +688,20 @@ def test_the_requeue_sweeper_runs_alone_each_minute_and_leaves_live_submissions_
     assert settings.requeue_budget_s + 3 * longest_call < props["Timeout"]
 
 
+def test_an_operator_sets_how_long_a_lapsed_running_job_waits_before_it_is_failed_abandoned(
+    sam: dict[str, Any], resources: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweeper cannot see whether a lapsed job's message still waits in the queue: a deploy expecting workers to
+    be missing longer than the default hour (a GPU capacity outage) raises AbandonedAfterSeconds, and the sweeper
+    waits that long."""
+    param = sam["Parameters"]["AbandonedAfterSeconds"]
+    field = Settings.model_fields["abandoned_after_s"]
+    assert param["Default"] == Settings().abandoned_after_s
+    assert [param["MinValue"]] == [m.ge for m in field.metadata if hasattr(m, "ge")]
+    given = {"AbandonedAfterSeconds": "21600"}
+    assert deployed_settings("RequeueFunction", sam, resources, monkeypatch, given).abandoned_after_s == 21600
+
+
 def test_every_failed_timed_out_or_aborted_execution_of_the_job_workflow_reaches_its_handler(
     sam: dict[str, Any],
 ) -> None:

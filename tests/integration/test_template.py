@@ -126,6 +126,8 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
     | {
         ("dynamodb:GetItem", "JobsTable.Arn"),
         ("dynamodb:UpdateItem", "JobsTable.Arn"),
+        # SettleJoined moves a failed source's cache entry to the joined job sent to run (CACHE# items only).
+        ("dynamodb:PutItem", "JobsTable.Arn"),
         ("s3:GetObject", "MediaBucket.Arn/staging/*"),
         ("s3:GetObject", "MediaBucket.Arn/outputs/*"),
         ("s3:PutObject", "MediaBucket.Arn/outputs/*"),
@@ -254,6 +256,8 @@ EXPECTED_LEADING_KEYS = {
     ("AuthorizerFunctionRole", "dynamodb:GetItem"): {"APIKEY#*", "ACCOUNT#*"},  # keys and plans, nothing else
     ("AuthorizerFunctionRole", "dynamodb:UpdateItem"): {"APIKEY#*"},  # a key's last use
     ("PostprocessFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
+    # A cache entry moved to the job that now generates: tests/unit/test_resultcache.py settles and checks each write.
+    ("PostprocessFunctionRole", "dynamodb:PutItem"): {"CACHE#*"},
     ("NotifyFunctionRole", "dynamodb:PutItem"): {"TENANT#*"},
     ("NotifyFunctionRole", "dynamodb:UpdateItem"): {"JOB#*", "WEBHOOKS#*"},  # attempts; its tenant's delivery leases
     ("DlqFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},

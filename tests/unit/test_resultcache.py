@@ -15,6 +15,7 @@ from shared.contracts import GenerationRequest, Job, JobStatus, Output, QueueMes
 from shared.errors import JobNotFound, TooManyRequests
 from shared.jobs import JobsRepository, cache_entry_pk, expiry_epoch
 from shared.settings import Settings
+from tests.tablegrants import TableCalls, refused
 from tests.unit.conftest import JOBS_TABLE
 from workflows.resultcache import ResultCache
 from workflows.submission import SubmissionService
@@ -374,3 +375,23 @@ def test_after_a_failed_source_one_joined_job_generates_and_the_others_join_it(w
     hit = world.submit()
     assert (hit.status, hit.cache_source) == (JobStatus.SUCCEEDED, runner.job_id)
     assert world.queue.sent == sent
+
+
+def test_settling_writes_only_items_the_postprocess_role_may_write(world: World, table: DynamoDBClient) -> None:
+    """SettleJoined runs in the postprocess function, whose role limits its writes to item kinds. A settle after a
+    failed source sends one follower to run, joins the others to it and points the cache entry at it; a settle after
+    a success answers the followers. Each write must be one the template allows: on AWS a refused entry write is
+    logged and skipped, the entry keeps naming the failed job, and the next identical request generates again
+    instead of joining the job that runs."""
+    source = world.submit()
+    followers = [world.submit() for _ in range(3)]
+    world.repo.transition(source.job_id, JobStatus.FAILED, tenant="t1")
+    calls = TableCalls(table)
+    assert world.cache.settle(source.job_id).released == 1
+    (runner,) = [f for f in followers if world.repo.get(f.job_id).joined_to is None]
+    assert ("dynamodb:PutItem", cache_entry_pk("t:t1", source.cache_key)) in calls.calls
+    settled_failure = list(calls.calls)
+    world.succeed(world.repo.get(runner.job_id))
+    before_success = len(calls.calls)
+    assert world.cache.settle(runner.job_id).completed == 2
+    assert refused("PostprocessFunctionRole", settled_failure + calls.calls[before_success:]) == []

@@ -706,6 +706,20 @@ def test_an_operator_sets_how_long_a_lapsed_running_job_waits_before_it_is_faile
     assert deployed_settings("RequeueFunction", sam, resources, monkeypatch, given).abandoned_after_s == 21600
 
 
+def test_an_operator_sets_how_many_webhooks_a_tenant_sends_at_once(
+    sam: dict[str, Any], resources: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NotifyThrottlesAlarm's runbook lowers the per-tenant delivery bound: a deploy parameter reaches Notify, the
+    function that holds the slots, with the setting's default and floor."""
+    param = sam["Parameters"]["WebhookDeliveriesPerTenant"]
+    field = Settings.model_fields["webhook_deliveries_per_tenant"]
+    assert param["Default"] == Settings().webhook_deliveries_per_tenant
+    assert [param["MinValue"]] == [m.ge for m in field.metadata if hasattr(m, "ge")]
+    given = {"WebhookDeliveriesPerTenant": "2"}
+    assert deployed_settings("NotifyFunction", sam, resources, monkeypatch, given).webhook_deliveries_per_tenant == 2
+    assert sam["Parameters"]["NotifyReservedConcurrency"]["Default"] > param["Default"]
+
+
 def test_every_failed_timed_out_or_aborted_execution_of_the_job_workflow_reaches_its_handler(
     sam: dict[str, Any],
 ) -> None:
@@ -746,6 +760,24 @@ def test_every_failed_timed_out_or_aborted_execution_of_the_job_workflow_reaches
     assert show(statement["Condition"]["ArnEquals"]["aws:SourceArn"]) == "FailedExecutionRule.Arn"
     alarm = json.dumps(resources["FailedExecutionsAlarm"]["Properties"]["Metrics"])
     assert "FailedExecutionEventsDeadLetterQueue" in alarm
+
+
+def test_a_queue_a_function_reads_hides_a_message_six_times_its_timeout(
+    sam: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    """Lambda's advice for an SQS event source: a taken message stays hidden at least six times the function's timeout,
+    so one still being handled (or its batch retried) is not handed to a second invocation meanwhile."""
+    readers = 0
+    for name, function in sam["Resources"].items():
+        if function["Type"] != "AWS::Serverless::Function":
+            continue
+        timeout = function["Properties"].get("Timeout", sam["Globals"]["Function"]["Timeout"])
+        for event in function["Properties"].get("Events", {}).values():
+            if event["Type"] == "SQS":
+                queue = show(event["Properties"]["Queue"]).removesuffix(".Arn")
+                assert resources[queue]["Properties"].get("VisibilityTimeout", 30) >= 6 * timeout, (name, queue)
+                readers += 1
+    assert readers >= 2  # the DLQ function and the failed-execution function
 
 
 def test_warm_stop_fits_inside_the_stop_timeout(sam: dict[str, Any], resources: dict[str, Any]) -> None:

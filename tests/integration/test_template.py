@@ -477,6 +477,24 @@ def test_managed_policies_are_only_the_explained_ones(resources: dict[str, Any])
         assert names == set(MANAGED_POLICIES.get(name, {})), name
 
 
+# Roles whose item reads (GetItem) of the jobs table may read any item kind: their reads span many kinds, never
+# each traced to one, and a condition that missed one would refuse it on AWS. Every other item read, and every
+# write, is limited by dynamodb:LeadingKeys (docs/deploy.md and docs/security.md say so).
+UNLIMITED_ITEM_READERS = ("ApiFunctionRole", "NotifyFunctionRole", "WorkerTaskRole")
+
+
+def test_every_jobs_table_write_and_all_but_the_explained_reads_are_limited_to_item_kinds(
+    resources: dict[str, Any],
+) -> None:
+    for name, role in roles(resources).items():
+        for action, resource in grants(role):
+            if resource != "JobsTable.Arn" or not action.startswith("dynamodb:"):
+                continue
+            if action == "dynamodb:GetItem" and name in UNLIMITED_ITEM_READERS:
+                continue
+            assert (name, action) in EXPECTED_LEADING_KEYS, (name, action)
+
+
 def test_dynamodb_writes_are_limited_to_their_item_kinds(resources: dict[str, Any]) -> None:
     for (role, action), prefixes in EXPECTED_LEADING_KEYS.items():
         conditions = [

@@ -176,8 +176,9 @@ class Postprocessor:
                 )
             except InvalidTransition:
                 # Most often the worker's own hand-off mark (POSTPROCESSING, same attempt) got there first: the
-                # job is still ours to finish. Read again to tell that from a cancel or a new claim.
-                job = self._repo.get(event.job_id, tenant=event.tenant)
+                # job is still ours to finish. Read again to tell that from a cancel or a new claim (past its
+                # retention too, as the first read).
+                job = self._repo.get(event.job_id, tenant=event.tenant, within_retention=False)
         if job.status != JobStatus.POSTPROCESSING or job.attempt != event.attempt:
             # Cancelled, finished, handed back, or claimed again by another worker (another attempt's
             # execution finishes it): nothing here is this execution's to write.

@@ -395,6 +395,29 @@ def test_postprocess_finishes_a_job_whose_retention_ends_mid_execution(harness: 
     assert [o.index for o in result.outputs] == [0]
 
 
+def test_postprocess_finishes_a_job_past_its_retention_after_losing_the_race_to_the_worker(
+    harness: tuple[Harness, Any],
+) -> None:
+    """The two above at once: a job past its retention whose worker marked it POSTPROCESSING between
+    Postprocess's read and its write still gets its outputs; the re-read does not take it for gone."""
+    h, _client = harness
+    job = h.running_job(None, num_images=1)
+    keys = h.stage(job, 1)
+    h.service.boto("dynamodb").update_item(
+        TableName=h.service.table,
+        Key={"pk": {"S": f"JOB#{job.job_id}"}},
+        UpdateExpression="SET expires_at = :past",
+        ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}},
+    )
+    racing = _WorkerMarksDuringRead(h.service.boto("dynamodb"), h.service.table)
+    result = Postprocessor(racing, MediaStore(h.s3, h.bucket)).run(
+        PostprocessInput(job_id=job.job_id, tenant=job.tenant, attempt=job.attempt, staging_keys=keys)
+    )
+    assert (result.failure, result.skipped) == (None, False)
+    assert [o.index for o in result.outputs] == [0]
+    assert h.repo.get(job.job_id).status == JobStatus.POSTPROCESSING
+
+
 def test_a_skipped_postprocess_never_records_success(harness: tuple[Harness, Any]) -> None:
     h, _client = harness
     job = h.running_job(None)

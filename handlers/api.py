@@ -476,11 +476,15 @@ def create_upload() -> Response[Upload]:
 def cancel_job(job_id: JobId) -> Response[JobView]:
     tenant = _tenant()
     # The job is CANCELLED once this returns: the answer says so whatever happens to its webhook's start (made
-    # before the jobs that joined it are settled, so a long settle cannot cost it) or its preview.
+    # before the jobs that joined it are settled, so a long settle cannot cost it) or its preview. CANCELLED is
+    # final, so the notice is named after the job alone: a retried start whose first answer was lost finds the
+    # execution it made instead of sending the webhook a second time.
     job = services().submissions.cancel(
         tenant,
         job_id,
-        notify=lambda cancelled: start_notice_retrying(services().orchestrator, cancelled, "cancelled", log=logger),
+        notify=lambda cancelled: start_notice_retrying(
+            services().orchestrator, cancelled, "cancelled", log=logger, once=True
+        ),
     )
     # A preview recorded before the cancel is deleted here; one stored after it is deleted by the worker, whose
     # record of it the cancel refuses.

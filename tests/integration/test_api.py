@@ -171,6 +171,21 @@ def test_cancel_then_cancel_again_is_409(service: RunningService) -> None:
     assert client.get(job["id"])["status"] == "CANCELLED"
 
 
+def test_a_cancels_webhook_execution_is_named_after_the_job_alone(service: RunningService) -> None:
+    """CANCELLED is final: the cancel's notice is started under one name, so a start retried after its first
+    answer was lost finds that execution (ExecutionAlreadyExists) instead of sending the webhook again."""
+    client = service.new_tenant("cancel-name")
+    job = client.submit({"prompt": "to cancel", "callback_url": "https://hooks.example.com/cancel"})
+    client.cancel(job["id"])
+    sfn = service.boto("stepfunctions")
+    names = [
+        e["name"]
+        for e in sfn.list_executions(stateMachineArn=service.env["SDQ_STATE_MACHINE_ARN"])["executions"]
+        if e["name"].startswith(job["id"])
+    ]
+    assert names == [f"{job['id']}-cancelled"]
+
+
 @contextmanager
 def state_machine_missing(service: RunningService) -> Iterator[None]:
     """StartExecution fails (StateMachineDoesNotExist) inside the block; the machine is put back after it,

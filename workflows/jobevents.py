@@ -30,6 +30,7 @@ PROGRESS = "job.progress"
 # The webhook_events subscription each event type belongs to.
 SUBSCRIPTION = {STARTED: "started", PROGRESS: "progress"} | {event: "completed" for event in TERMINAL_EVENTS.values()}
 FINAL_ID = "final"
+TERMINAL_EVENT_TYPES = frozenset(TERMINAL_EVENTS.values())
 
 # Re-reads: every 0.5 s while the job moves (the worker writes progress at most once a second), stretching to 3 s
 # while it stands still (a queued job); back to 0.5 s after each event.
@@ -80,13 +81,23 @@ def is_newer(event_id: str, last_event_id: str | None) -> bool:
     return _order(event_id) > _order(last_event_id)
 
 
+def event_time(event_type: str, view: JobView) -> datetime:
+    """When the event happened: a terminal event's is the job's ``finished_at``, so every attempt and redelivery
+    of its webhook (one ``webhook-id``) carries the same body; ``job.started`` and ``job.progress``, each sent once
+    under an id of its own, are stamped when their body is made."""
+    if event_type in TERMINAL_EVENT_TYPES and view.finished_at is not None:
+        return view.finished_at
+    return datetime.now(UTC)
+
+
 def event_body(event_type: str, view: JobView) -> str:
     """The JSON body of an event, for webhooks and the stream alike: ``{"type", "timestamp", "data"}`` where
-    ``data`` is the job as ``GET /v1/jobs/{id}`` shows it (without the webhook delivery record)."""
+    ``timestamp`` is :func:`event_time` and ``data`` is the job as ``GET /v1/jobs/{id}`` shows it (without the
+    webhook delivery record)."""
     return json.dumps(
         {
             "type": event_type,
-            "timestamp": datetime.now(UTC).isoformat(),
+            "timestamp": event_time(event_type, view).isoformat(),
             "data": json.loads(view.model_dump_json(exclude={"webhook"})),
         },
         separators=(",", ":"),

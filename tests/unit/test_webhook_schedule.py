@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -79,11 +80,12 @@ class Failing:
 
     def __init__(self) -> None:
         self.requests = 0
+        self.bodies: list[bytes] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length", "0")))
+                receiver.bodies.append(self.rfile.read(int(self.headers.get("content-length", "0"))))
                 receiver.requests += 1
                 self.send_response(503)
                 self.send_header("content-length", "0")
@@ -138,3 +140,24 @@ def test_each_failed_attempt_records_when_the_next_is_due_and_the_last_gives_up(
     assert (record.state, record.attempts, record.next_attempt_at) == ("failed", 3, None)
     assert record.last_error == "HTTP 503"
     assert failing.requests == 3
+
+
+def test_every_attempt_of_one_event_sends_the_same_body_stamped_when_the_job_finished(
+    jobs_table: DynamoDBClient, failing: Failing
+) -> None:
+    repo = JobsRepository(jobs_table, JOBS_TABLE)
+    job, _ = repo.create(make_job(request={"callback_url": failing.url}))
+    cancelled = repo.transition(job.job_id, JobStatus.CANCELLED, tenant=TENANT)
+    notifier = Notifier(
+        repo,
+        MediaStore(boto3.client("s3", region_name="us-east-1"), "media"),
+        WebhookSecrets(jobs_table, JOBS_TABLE, overlap_s=0),
+        Settings(allow_loopback_callbacks=True, webhook_retry_schedule_s=[5, 300]),
+    )
+    notifier.deliver(job.job_id, TENANT)
+    time.sleep(0.01)  # the clock moves between the attempts
+    notifier.deliver(job.job_id, TENANT, made=1)
+    first, second = failing.bodies
+    assert first == second
+    assert cancelled.finished_at is not None
+    assert datetime.fromisoformat(json.loads(first)["timestamp"]) == cancelled.finished_at

@@ -39,6 +39,7 @@ from shared.contracts import (
     GenerationRequest,
     Job,
     JobError,
+    JobErrorCode,
     JobStatus,
     LoraRef,
     Output,
@@ -284,6 +285,13 @@ def job_from_item(item: Mapping[str, Any]) -> Job:
             "joined_to": raw.get("joined_to"),
         }
     )
+
+
+def past_retention(job: Job, now: float) -> bool:
+    """Whether ``job`` is gone for its client: its retention ended (``expires_at``), or it failed ``EXPIRED`` (its
+    retention ended while it was queued: its TTL was pushed on only so that its ``job.failed`` webhook can still
+    read it, see :meth:`JobsRepository.transition`'s ``retain_until``)."""
+    return job.expires_at <= now or (job.error is not None and job.error.code == JobErrorCode.EXPIRED)
 
 
 def _failed_condition(exc: ClientError, index: int) -> bool:
@@ -643,7 +651,7 @@ class JobsRepository:
         if item is None:
             raise JobNotFound(job_id)
         job = job_from_item(item)
-        if tenant is not None and (job.tenant != tenant or (within_retention and job.expires_at <= time.time())):
+        if tenant is not None and (job.tenant != tenant or (within_retention and past_retention(job, time.time()))):
             # Past its retention a job is gone for clients, even before DynamoDB's TTL sweep deletes it.
             raise JobNotFound(job_id)
         return job
@@ -670,7 +678,7 @@ class JobsRepository:
             kwargs["ExclusiveStartKey"] = _decode_cursor(cursor, tenant, status)
         resp = self._ddb.query(**kwargs)
         now = time.time()
-        jobs = [j for j in (job_from_item(item) for item in resp.get("Items", [])) if j.expires_at > now]
+        jobs = [j for j in (job_from_item(item) for item in resp.get("Items", [])) if not past_retention(j, now)]
         last = resp.get("LastEvaluatedKey")
         return Page(jobs=jobs, next_cursor=_encode_cursor(last) if last else None)
 
@@ -705,6 +713,7 @@ class JobsRepository:
         claim: Claim | None = None,
         within_retention: bool = False,
         lease_lapsed_before: float | None = None,
+        retain_until: int | None = None,
     ) -> Job:
         """Move a job to ``target`` in one conditional write and return the job as written.
 
@@ -713,7 +722,9 @@ class JobsRepository:
         with ``lease_lapsed_before`` (epoch seconds), only if its lease ended before then.
         A change a client asks for (a cancel) passes ``within_retention``: past its retention the job is gone
         for clients, as ``get`` says. Raises JobNotFound (absent, another tenant's, or past its retention with
-        ``within_retention``) or InvalidTransition (also when the job is at another claim).
+        ``within_retention``) or InvalidTransition (also when the job is at another claim). ``retain_until``
+        (epoch seconds) sets the job's TTL in the same write: a job failed past its retention is kept until its
+        webhook has been sent.
         """
         allowed = allowed_sources(target)
         if sources is not None:
@@ -751,6 +762,8 @@ class JobsRepository:
             fields["error_message"] = error.message
         if target.terminal:
             fields["finished_at"] = _iso(utcnow())
+        if retain_until is not None:
+            fields["expires_at"] = retain_until
         for i, (name, value) in enumerate(fields.items()):
             names[f"#f{i}"] = name
             values[f":f{i}"] = value
@@ -779,7 +792,7 @@ class JobsRepository:
                     current = self.get(job_id)
                 except JobNotFound:
                     raise JobNotFound(job_id) from None
-            if current.tenant != tenant or (within_retention and current.expires_at <= now):
+            if current.tenant != tenant or (within_retention and past_retention(current, now)):
                 raise JobNotFound(job_id) from None
             raise InvalidTransition(job_id, current.status.value, target.value) from None
         return self._landed(job_from_item(resp["Attributes"]))

@@ -22,9 +22,12 @@ from shared.modelregistry import BUILTIN_REGISTRY, ModelRegistry, parse_registry
 from shared.pricing import gpu_price
 
 PREFIX = "SDQ_"
-# The longest a webhook's retry schedule may span: the state machine's execution timeout (48 h) leaves the rest
-# of an execution 8 h beside it (tests/unit/test_webhook_schedule.py checks the two together).
-MAX_WEBHOOK_RETRY_SPAN_S = 40 * 3600
+# The state machine's execution timeout (``TimeoutSeconds`` of statemachine.asl.json, which
+# tests/unit/test_webhook_schedule.py holds equal to it): no execution, and so no webhook delivery, lasts longer.
+WORKFLOW_TIMEOUT_S = 48 * 3600
+# The longest a webhook's retry schedule may span: the execution's timeout leaves the rest of an execution 8 h
+# beside it.
+MAX_WEBHOOK_RETRY_SPAN_S = WORKFLOW_TIMEOUT_S - 8 * 3600
 
 
 class RequestLimits(BaseModel):

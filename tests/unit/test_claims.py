@@ -15,8 +15,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from shared.contracts import Job, JobStatus, utcnow
-from shared.errors import InvalidTransition
+from shared.errors import InvalidTransition, JobNotFound
 from shared.jobs import JobsRepository
+from shared.settings import WORKFLOW_TIMEOUT_S
 from tests.unit.conftest import JOBS_TABLE
 from tests.unit.workerfakes import RecordingQueue, held
 from workflows.generation.claims import Claims
@@ -115,6 +116,14 @@ def test_lost_claims_are_settled_and_only_won_ones_run(repo: JobsRepository, loo
     assert failed.status == JobStatus.FAILED
     assert failed.error is not None
     assert failed.error.code == "EXPIRED"
+    # Kept (its TTL pushed on in the same write) for as long as its job.failed webhook may take, yet gone for its
+    # client as any job past its retention.
+    assert failed.expires_at >= time.time() + WORKFLOW_TIMEOUT_S
+    with pytest.raises(JobNotFound):
+        repo.get(expired.job_id, tenant=expired.tenant)
+    assert expired.job_id not in [j.job_id for j in repo.list_for_tenant(expired.tenant).jobs]
+    with pytest.raises(JobNotFound):
+        repo.transition(expired.job_id, JobStatus.CANCELLED, tenant=expired.tenant, within_retention=True)
     # Held by a live worker: kept (if that worker dies, the message is the way back), hidden past its lease.
     ((message_id, visibility),) = loop.queue.visibility
     assert message_id == elsewhere.received.message_id

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from shared.contracts import JobStatus
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
-from shared.settings import MAX_WEBHOOK_RETRY_SPAN_S, Settings
+from shared.settings import MAX_WEBHOOK_RETRY_SPAN_S, WORKFLOW_TIMEOUT_S, Settings
 from shared.webhooksecrets import WebhookSecrets
 from tests.unit.conftest import JOBS_TABLE, TENANT, make_job
 from workflows.webhooks import Notifier, next_attempt_at
@@ -55,7 +55,7 @@ def test_the_schedule_is_one_setting_bounded_by_the_execution_timeout() -> None:
             Settings(webhook_retry_schedule_s=bad)
     # The longest schedule allowed, its attempts (each within its task timeout and retries) and the rest of
     # an execution fit in the state machine's timeout.
-    assert ASL["TimeoutSeconds"] >= MAX_WEBHOOK_RETRY_SPAN_S + 8 * 3600
+    assert ASL["TimeoutSeconds"] == WORKFLOW_TIMEOUT_S >= MAX_WEBHOOK_RETRY_SPAN_S + 8 * 3600
 
 
 def test_the_state_machine_waits_between_attempts_without_a_lambda() -> None:

@@ -22,6 +22,7 @@ from shared.errors import InvalidTransition, JobExpired, JobNotFound
 from shared.jobs import JobsRepository, RevisionPinned
 from shared.loraregistry import LoraRegistry
 from shared.modelregistry import ModelRegistry
+from shared.settings import WORKFLOW_TIMEOUT_S
 from shared.tracing import segment
 from workflows.generation.heldmessages import AwsError, Held, HeldMessages
 
@@ -36,6 +37,10 @@ FAILED_BEFORE_RUNNING = frozenset(
     {JobErrorCode.EXPIRED, JobErrorCode.MODEL_REVISION_GONE, JobErrorCode.LORA_REVISION_GONE}
 )
 EXPIRED_ERROR = JobError(code=JobErrorCode.EXPIRED, message="The job passed its retention before a worker ran it.")
+# A job failed EXPIRED is past its TTL: the fail pushes the TTL on by this much, so that DynamoDB's sweep cannot
+# delete the job before its job.failed webhook has read it (the notice's execution lasts at most its timeout; the
+# hour is for a notice start that waits for the message to come back). Clients still find it gone (past_retention).
+EXPIRED_NOTICE_RETENTION_S = WORKFLOW_TIMEOUT_S + 3600
 
 
 def revision_gone(model: str | None, revision: str) -> JobError:
@@ -269,8 +274,9 @@ class Claims:
 
     def _fail(self, held: Held, error: JobError, *, expired: bool) -> Job:
         fail = partial(self._repo.transition, held.job_id, JobStatus.FAILED, tenant=held.tenant, error=error)
-        if expired:  # past its retention: nobody may run it, whoever holds it
-            return fail(sources=[JobStatus.QUEUED, JobStatus.RUNNING])
+        if expired:  # past its retention: nobody may run it, whoever holds it; kept until its webhook is sent
+            retain_until = int(self._clock()) + EXPIRED_NOTICE_RETENTION_S
+            return fail(sources=[JobStatus.QUEUED, JobStatus.RUNNING], retain_until=retain_until)
         # A pinned job only while no worker runs it: a RUNNING one with a live lease may be generating on a worker
         # that still has its revision.
         try:

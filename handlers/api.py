@@ -510,6 +510,11 @@ def redeliver_webhook(job_id: JobId) -> Response[JobView]:
         raise Conflict("The job has not finished; its webhook is sent when it does.", details={"status": job.status})
     if not job.request.callback_url:
         raise Conflict("The job has no callback_url.")
+    if not job.request.wants_webhook("completed"):
+        raise Conflict(
+            "The job's webhook_events leave out completed: it has no terminal webhook to send.",
+            details={"webhook_events": job.request.webhook_events},
+        )
     services().redeliveries.start(job)
     return _json(202, _view(job))
 

@@ -277,7 +277,10 @@ class GenerationRequest(BaseModel):
     )
     webhook_events: list[WebhookEvent] = Field(
         default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS),
-        description="Which events are sent to callback_url: started, progress, completed (the default).",
+        description=(
+            "Which events are sent to callback_url (needs it): started, progress, completed (the default); without"
+            " completed the job sends no terminal webhook."
+        ),
     )
     image: StrictStr | None = Field(
         default=None,
@@ -456,6 +459,24 @@ class GenerationRequest(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError("must not repeat an event")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _events_need_a_callback(cls, data: Any, info: ValidationInfo) -> Any:
+        # On the body as sent (a stored request, re-read as a model, holds every field with its default).
+        if (
+            isinstance(data, dict)
+            and not _trusted(info)
+            and "webhook_events" in data
+            and data.get("callback_url") is None
+        ):
+            raise _invalid("webhook_events", "webhook_events needs a callback_url to send the events to")
+        return data
+
+    def wants_webhook(self, subscription: WebhookEvent) -> bool:
+        """Whether this request has webhooks of ``subscription`` sent (a callback URL, and the subscription named in
+        ``webhook_events``): ``completed`` is the terminal webhook's."""
+        return bool(self.callback_url) and subscription in self.webhook_events
 
     @model_validator(mode="after")
     def _area(self, info: ValidationInfo) -> GenerationRequest:
@@ -965,7 +986,13 @@ class JobView(BaseModel):
         " registry).",
     )
     metadata: dict[str, str]
-    webhook: WebhookState | None = Field(default=None, description="Webhook delivery state, when a callback is set.")
+    webhook: WebhookState | None = Field(
+        default=None,
+        description=(
+            "The terminal webhook's delivery record; null until its first attempt, and for good when none was asked"
+            " for (no callback_url, or webhook_events without completed)."
+        ),
+    )
     cache: CacheInfo = Field(default_factory=lambda: CacheInfo(hit=False))
     queue: QueueInfo | None = Field(default=None, description="Set while QUEUED: position, ETA and why it waits.")
     usage: Usage | None = Field(default=None, description="What the job used and cost, once it ran (or hit).")

@@ -21,14 +21,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from shared.contracts import TERMINAL_EVENTS, Job, JobStatus, JobView
+from shared.contracts import TERMINAL_EVENTS, Job, JobStatus, JobView, WebhookEvent
 from shared.errors import JobNotFound
 from workflows.waiting import Backoff
 
 STARTED = "job.started"
 PROGRESS = "job.progress"
 # The webhook_events subscription each event type belongs to.
-SUBSCRIPTION = {STARTED: "started", PROGRESS: "progress"} | {event: "completed" for event in TERMINAL_EVENTS.values()}
+COMPLETED: WebhookEvent = "completed"
+SUBSCRIPTION: dict[str, WebhookEvent] = {STARTED: "started", PROGRESS: "progress"}
+SUBSCRIPTION |= dict.fromkeys(TERMINAL_EVENTS.values(), COMPLETED)
 FINAL_ID = "final"
 TERMINAL_EVENT_TYPES = frozenset(TERMINAL_EVENTS.values())
 

@@ -169,7 +169,7 @@ class ResultCache:
     def _notify(self, job: Job) -> None:
         """The job's ``job.succeeded`` webhook, through the state machine's notice path, once per job (the
         execution is named after the job and event). Never raises: the webhook can be redelivered."""
-        if not job.request.callback_url:
+        if not job.request.wants_webhook("completed"):
             return
         for attempt in range(3):
             try:

@@ -331,7 +331,7 @@ class Notifier:
         job = self._repo.get(job_id, tenant=tenant, within_retention=False)
         event = TERMINAL_EVENTS.get(job.status)
         url = job.request.callback_url
-        if event is None or not url:
+        if event is None or not url or not job.request.wants_webhook("completed"):
             return None
         if (
             self._events is not None
@@ -401,9 +401,10 @@ def start_notice(orchestrator: Orchestrator, job: Job, reason: str, *, once: boo
     ``once`` names the execution after the job and reason alone, so a retried start cannot send the webhook
     twice: Step Functions refuses a second execution of that name, which counts as started. Without it every
     call is a new execution (a redelivery the client asks for). Raises AWS errors. Returns the execution ARN,
-    or None when the job has no callback URL.
+    or None when the job sends no terminal webhook (no callback URL, or ``completed`` not in its
+    ``webhook_events``).
     """
-    if not job.request.callback_url:
+    if not job.request.wants_webhook("completed"):
         return None
     from ulid import ULID
 
@@ -537,7 +538,8 @@ class EventNotifier:
     @staticmethod
     def wanted(job: Job, event: str) -> bool:
         """Whether ``job``'s request subscribed to ``event`` (and has somewhere to send it)."""
-        return bool(job.request.callback_url) and SUBSCRIPTION.get(event, "") in job.request.webhook_events
+        subscription = SUBSCRIPTION.get(event)
+        return subscription is not None and job.request.wants_webhook(subscription)
 
     def send(self, job: Job, event: str) -> Attempt | None:
         """Send ``event`` for the job as it stood in ``job`` (a snapshot); None when it was not wanted or the job

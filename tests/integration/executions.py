@@ -48,7 +48,7 @@ class ExecutionHarness:
             "tenant": job.tenant,
             "attempt": job.attempt,
             "staging_keys": keys,
-            "has_callback": bool(job.request.callback_url),
+            "has_callback": job.request.wants_webhook("completed"),  # as the worker sets it
             **extra,
         }
         # The contract's fields in the shape the worker sends them, checked; a test's own marker passes as it is.

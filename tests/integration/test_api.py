@@ -298,6 +298,7 @@ INVALID_BODIES: list[tuple[str, Any, int, str]] = [
     # Checks across fields name the one to change, like a field's own check.
     ("strength without an image", {"prompt": "x", "strength": 0.5}, 422, "strength"),
     ("mask without an image", {"prompt": "x", "mask": "01KB0000000000000000000000"}, 422, "mask"),
+    ("events without a callback", {"prompt": "x", "webhook_events": ["completed"]}, 422, "webhook_events"),
     ("not an object", [1, 2, 3], 422, ""),
 ]
 

@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from sdq_client import ApiError
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from localcloud.receiver import ScriptedReceiver
 from shared.apikeys import ApiKeyStore
-from shared.contracts import Job, JobStatus
+from shared.contracts import Job, JobStatus, WorkflowInput
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.settings import Settings
@@ -197,6 +198,31 @@ def test_receiver_down_for_the_whole_schedule_then_redeliver_works(
     ids = {d.webhook_id for d in receiver.deliveries}
     assert ids == {f"msg_{job.job_id}_job_succeeded"}
     assert receiver.deliveries[-1].verified
+
+
+def test_a_job_whose_webhook_events_leave_out_completed_gets_no_terminal_webhook(
+    harness: tuple[Harness, Any], receiver: ScriptedReceiver
+) -> None:
+    """A request names the events it wants: one that asked only for started/progress is never sent its terminal
+    event, by its own execution or by a notice (a cancel's, a redelivery's), and its record says none was asked."""
+    h, client = harness
+    job = h.running_job(receiver.url, webhook_events=["started"])
+    arn = h.start(job, h.stage(job))
+    assert h.wait(arn) == "SUCCEEDED"
+    assert "Notify" not in h.entered_states(arn)  # the worker's has_callback says no terminal webhook is wanted
+    notice = h.sfn.start_execution(
+        stateMachineArn=h.machine,
+        name=f"{job.job_id}-succeeded",
+        input=json.dumps(WorkflowInput.notice(job, reason="succeeded").payload()),
+    )["executionArn"]
+    assert h.wait(notice) == "SUCCEEDED"
+    view = client.get(job.job_id)
+    assert (view["status"], view["webhook"]) == ("SUCCEEDED", None)
+    with pytest.raises(ApiError) as refused:
+        client.redeliver(job.job_id)
+    assert refused.value.status == 409
+    assert "completed" in refused.value.message
+    assert receiver.deliveries == []
 
 
 def test_metadata_service_callback_is_blocked_at_send_time(harness: tuple[Harness, Any]) -> None:

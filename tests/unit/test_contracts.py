@@ -256,11 +256,27 @@ SCHEMA_CASES: list[tuple[str, Any, Any]] = [
 def test_the_published_schema_bounds_each_field_as_the_model_does(field: str, ok: Any, bad: Any) -> None:
     schema = GenerationRequest.model_json_schema()
     validator = jsonschema.Draft202012Validator(schema)
-    assert validator.is_valid({"prompt": "x", field: ok})
-    GenerationRequest.model_validate({"prompt": "x", field: ok})
-    assert not validator.is_valid({"prompt": "x", field: bad})
+    # The events go to a callback_url (a check across fields, as strength's need of an image: not in the schema,
+    # which also describes the request as a job echoes it, every field filled in).
+    base = {"prompt": "x", **({"callback_url": "https://hooks.example.com/x"} if field == "webhook_events" else {})}
+    assert validator.is_valid({**base, field: ok})
+    GenerationRequest.model_validate({**base, field: ok})
+    assert not validator.is_valid({**base, field: bad})
     with pytest.raises(ValidationError):
-        GenerationRequest.model_validate({"prompt": "x", field: bad})
+        GenerationRequest.model_validate({**base, field: bad})
+
+
+@pytest.mark.parametrize("callback", [{}, {"callback_url": None}])
+def test_webhook_events_without_a_callback_url_are_refused_naming_the_field(callback: dict[str, Any]) -> None:
+    body = {"prompt": "x", "webhook_events": ["completed"], **callback}
+    with pytest.raises(ValidationError) as info:
+        GenerationRequest.model_validate(body)
+    [error] = info.value.errors()
+    assert error["ctx"] == {"field": "webhook_events"}
+    assert "callback_url" in error["msg"]
+    # A stored request holds every field (webhook_events with its default, callback_url null): it reads back.
+    stored = GenerationRequest.model_validate({"prompt": "x"}).model_dump(mode="json")
+    assert GenerationRequest.model_validate(stored, context={"trusted": True}).webhook_events == ["completed"]
 
 
 def test_the_published_schema_bounds_a_lora_scale_by_the_setting() -> None:

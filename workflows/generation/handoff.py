@@ -172,7 +172,7 @@ class HandOff:
                         staging_keys=keys,
                         worker_id=self._worker_id,
                         model=self._model_name,
-                        has_callback=bool(held.request.callback_url),
+                        has_callback=held.request.wants_webhook("completed"),
                     ),
                 )
         except Exception as exc:
@@ -250,7 +250,7 @@ class HandOff:
                         held.job,
                         error=WorkerError(code=code, message=message),
                         worker_id=self._worker_id,
-                        has_callback=bool(held.request.callback_url),
+                        has_callback=held.request.wants_webhook("completed"),
                     ),
                 )
         except Exception:

@@ -58,6 +58,19 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class WebhookDeliveryInProgress(Conflict):
+    """A redelivery asked for while the job's webhook is still being retried on its schedule."""
+
+    code = "webhook_delivery_in_progress"
+
+    def __init__(self, next_attempt_at: str) -> None:
+        super().__init__(
+            "The job's webhook is still being delivered: its next attempt is due at"
+            f" {next_attempt_at}. Redeliver it once it is delivered or has failed.",
+            details={"state": "retrying", "next_attempt_at": next_attempt_at},
+        )
+
+
 class TenantExists(Conflict):
     """``sdq admin tenants create`` for a tenant that is registered already."""
 

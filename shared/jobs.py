@@ -1209,13 +1209,17 @@ class JobsRepository:
         next_attempt_at: datetime | None = None,
     ) -> None:
         """Count one delivery attempt and its result on the job (shown by GET), with when the next one is due
-        (``next_attempt_at``; None: no other attempt is scheduled)."""
+        (``next_attempt_at``; None: no other attempt is scheduled).
+
+        A webhook once ``delivered`` stays so: a later attempt that did not deliver (a redelivery's, or one of a
+        delivery racing another) is counted with its status and error, and changes neither the state nor when it
+        was delivered (one conditional write, then, only if it finds the record delivered, a second that counts).
+        """
         state = {"delivered": "delivered", "retry": "retrying", "gave_up": "failed", "blocked": "blocked"}[outcome]
         now = _iso(utcnow())
-        sets = [
+        counted = [
             "webhook_event = :event",
             "webhook_id = :wid",
-            "webhook_state = :state",
             "webhook_last_attempt_at = :now",
             "webhook_last_status = :status",
             "webhook_last_error = :error",
@@ -1223,26 +1227,44 @@ class JobsRepository:
         values: dict[str, Any] = {
             ":event": {"S": event},
             ":wid": {"S": webhook_id},
-            ":state": {"S": state},
             ":now": {"S": now or ""},
             ":status": {"N": str(status)} if status is not None else {"NULL": True},
             ":error": {"S": error} if error else {"NULL": True},
             ":one": {"N": "1"},
         }
+        sets = [*counted, "webhook_state = :state"]
+        state_values = {":state": {"S": state}}
         if outcome == "delivered":
             sets.append("webhook_delivered_at = :now")
         next_attempt = " REMOVE webhook_next_attempt_at"
         if next_attempt_at is not None:
             sets.append("webhook_next_attempt_at = :next")
-            values[":next"] = {"S": _iso(next_attempt_at) or ""}
+            state_values[":next"] = {"S": _iso(next_attempt_at) or ""}
             next_attempt = ""
-        self._ddb.update_item(
-            TableName=self._table,
-            Key={"pk": {"S": job_pk(job_id)}},
-            UpdateExpression="SET " + ", ".join(sets) + " ADD webhook_attempts :one" + next_attempt,
-            ConditionExpression="attribute_exists(pk)",
-            ExpressionAttributeValues=values,
-        )
+        condition, condition_values = "attribute_exists(pk)", {}
+        if outcome != "delivered":
+            condition += " AND (attribute_not_exists(webhook_state) OR webhook_state <> :delivered)"
+            condition_values = {":delivered": {"S": "delivered"}}
+        key = {"pk": {"S": job_pk(job_id)}}
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key=key,
+                UpdateExpression="SET " + ", ".join(sets) + " ADD webhook_attempts :one" + next_attempt,
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values | state_values | condition_values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except self._ddb.exceptions.ConditionalCheckFailedException as exc:
+            if _old_item(exc) is None:  # the job is gone
+                raise
+            self._ddb.update_item(  # delivered already: the attempt is counted, the state kept
+                TableName=self._table,
+                Key=key,
+                UpdateExpression="SET " + ", ".join(counted) + " ADD webhook_attempts :one",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues=values,
+            )
 
     @staticmethod
     def _idem_pk(tenant: str, key: str) -> str:

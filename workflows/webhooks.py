@@ -41,7 +41,7 @@ from standardwebhooks import Webhook
 
 from shared.contracts import TERMINAL_EVENTS, Job, WorkflowInput, webhook_id
 from shared.deliveryslots import DeliverySlots
-from shared.errors import TooManyRequests
+from shared.errors import TooManyRequests, WebhookDeliveryInProgress
 from shared.eventrecords import EventRecords
 from shared.netguard import DNS_TIMEOUT_S, HostUnresolved, UnsafeUrl, check_callback_url, resolve_public
 from shared.settings import Settings
@@ -416,6 +416,10 @@ def start_notice(orchestrator: Orchestrator, job: Job, reason: str, *, once: boo
 
 # The window both redelivery limits count in (Settings.webhook_redeliveries_per_job, ..._per_tenant).
 REDELIVERY_WINDOW_S = 3600
+# A delivery recorded ``retrying`` whose next attempt is this overdue is taken for stopped (its execution was
+# aborted): a redelivery may replace it. Until then the attempt may still be on its way (waiting for a free slot
+# of its tenant, or for the state machine's retries of a throttled or failing Notify).
+OVERDUE_RETRY_S = 3600
 
 
 class Redeliveries:
@@ -437,9 +441,19 @@ class Redeliveries:
         self._now = now
 
     def start(self, job: Job) -> str | None:
-        """Start the redelivery; raises TooManyRequests (429, with Retry-After) past a limit, AWS errors as they
-        come. Returns the execution ARN, or None when the job has no callback URL."""
+        """Start the redelivery; raises WebhookDeliveryInProgress (409) while the job's webhook is still being
+        retried on its schedule (a second delivery would only race it), TooManyRequests (429, with Retry-After)
+        past a limit, AWS errors as they come. Returns the execution ARN, or None when the job has no callback
+        URL."""
         now = self._now()
+        record = job.webhook
+        if (
+            record is not None
+            and record.state == "retrying"
+            and record.next_attempt_at is not None
+            and record.next_attempt_at.timestamp() + OVERDUE_RETRY_S > now
+        ):
+            raise WebhookDeliveryInProgress(record.next_attempt_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
         per_job, per_tenant = (
             self._settings.webhook_redeliveries_per_job,
             self._settings.webhook_redeliveries_per_tenant,

@@ -9,10 +9,10 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from sdq_client import RateLimited
+from sdq_client import ApiError, RateLimited
 
 from localcloud.receiver import ScriptedReceiver
-from tests.integration.conftest import RunningService, service_fixture
+from tests.integration.conftest import RunningService, service_fixture, wait_until
 from tests.integration.executions import ServiceHarness
 
 # A shortened schedule (the default spans hours): waits of 1 s, 4 s, 1 s; 2 redeliveries a job, 3 a tenant.
@@ -75,6 +75,27 @@ def test_a_receiver_down_for_the_whole_schedule_is_given_up_after_its_last_retry
     view = client.get(job.job_id)
     assert view["status"] == "SUCCEEDED"
     assert (view["webhook"]["state"], view["webhook"]["next_attempt_at"]) == ("failed", None)
+
+
+def test_redeliver_is_409_while_the_delivery_is_still_retrying_and_202_once_it_ended(
+    harness: tuple[ServiceHarness, Any], receiver: ScriptedReceiver
+) -> None:
+    h, client = harness
+    receiver.script = [503, 503]
+    job = h.running_job(receiver.url)
+    arn = h.start(job, h.stage(job))
+    # During the 4 s wait after the second attempt, a redelivery would only race the delivery under way.
+    wait_until(lambda: len(receiver.deliveries) >= 2, 30, "the second attempt")
+    wait_until(lambda: client.get(job.job_id)["webhook"]["attempts"] == 2, 5, "the second attempt's record")
+    with pytest.raises(ApiError) as refused:
+        client.api.redeliver_webhook(job.job_id)
+    assert (refused.value.status, refused.value.code) == (409, "webhook_delivery_in_progress")
+    next_attempt_at = client.get(job.job_id)["webhook"]["next_attempt_at"]
+    assert next_attempt_at in refused.value.message
+    assert h.wait(arn, timeout_s=60) == "SUCCEEDED"
+    assert [d.answered for d in receiver.deliveries] == [503, 503, 200]  # the refused one sent nothing
+    assert client.get(job.job_id)["webhook"]["state"] == "delivered"
+    client.api.redeliver_webhook(job.job_id)  # ended: a redelivery is taken (and counted against the limits)
 
 
 def test_redeliver_is_limited_per_job_and_per_tenant_with_retry_after(

@@ -6,11 +6,14 @@ from __future__ import annotations
 import base64
 import json
 import time
+from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from botocore.exceptions import ClientError
 
-from shared.contracts import Job, JobError, JobStatus, Usage
+from shared.contracts import Job, JobError, JobStatus, Usage, utcnow
 from shared.errors import InvalidCursor, InvalidTransition, ServiceError
 from shared.jobs import JOB_ATTRIBUTES, REMOVED_WHEN_FINISHED, Claim, JobsRepository, job_pk, job_to_item
 from shared.pricing import gpu_price
@@ -76,6 +79,29 @@ def test_every_attribute_the_repository_writes_is_in_the_item_layout(ddb: Dynamo
     assert written <= JOB_ATTRIBUTES, written - JOB_ATTRIBUTES
     fresh, _ = repo.create(make_job())
     assert set(raw_item(ddb, fresh.job_id)) <= JOB_ATTRIBUTES
+
+
+@pytest.mark.parametrize("outcome", ["retry", "gave_up", "blocked"])
+def test_a_delivered_webhook_stays_delivered_whatever_a_later_attempt_found(ddb: DynamoDBClient, outcome: str) -> None:
+    """A redelivery (or a delivery racing another) that fails after one delivered is counted, never recorded as
+    retrying, failed or blocked."""
+    repo = JobsRepository(ddb, TABLE)
+    job, _ = repo.create(make_job())
+    repo.transition(job.job_id, JobStatus.CANCELLED, tenant=TENANT)
+    attempt = partial(repo.record_webhook_attempt, job.job_id, event="job.cancelled", webhook_id="msg")
+    attempt(outcome="delivered", status=200, error=None)
+    delivered = repo.get(job.job_id).webhook
+    assert delivered is not None
+    attempt(outcome=outcome, status=503, error="HTTP 503", next_attempt_at=utcnow() + timedelta(seconds=5))
+    after = repo.get(job.job_id).webhook
+    assert after is not None
+    assert (after.state, after.delivered_at, after.next_attempt_at) == ("delivered", delivered.delivered_at, None)
+    assert (after.attempts, after.last_status, after.last_error) == (2, 503, "HTTP 503")
+    # A job that is gone is not written back into being.
+    ddb.delete_item(TableName=TABLE, Key={"pk": {"S": f"JOB#{job.job_id}"}})
+    with pytest.raises(ClientError):
+        attempt(outcome=outcome, status=503, error="HTTP 503")
+    assert "Item" not in ddb.get_item(TableName=TABLE, Key={"pk": {"S": f"JOB#{job.job_id}"}})
 
 
 # Not base64; {}; {"pk": "x"}; the caller's own listing's keys with an empty job id (DynamoDB refuses an empty

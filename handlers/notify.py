@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -35,15 +36,26 @@ def notifier() -> Notifier:
     )
 
 
+def execution_start(value: object) -> datetime | None:
+    """The execution's start as Step Functions gives it (ISO 8601, ``...Z``), in UTC; None when absent (an
+    execution started before the state machine passed it)."""
+    if value is None:
+        return None
+    start = datetime.fromisoformat(str(value))
+    return start if start.tzinfo is not None else start.replace(tzinfo=UTC)
+
+
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Input ``{job_id, tenant, made?, waits?}`` (``made``: attempts this delivery made before, ``waits``: the
-    times it found its tenant's delivery slots taken since its last attempt; 0 when absent). Raises
-    WebhookRetryable for the state machine's Retry. A result with ``retry_at`` (and ``made``, ``waits``) has the
-    state machine wait until then and call again with those; a wait for a slot is not an attempt."""
+    """Input ``{job_id, tenant, started_at?, made?, waits?}`` (``started_at``: when the execution began, its
+    ``$$.Execution.StartTime``; ``made``: attempts this delivery made before, ``waits``: the times it found its
+    tenant's delivery slots taken since its last attempt; 0 when absent). Raises WebhookRetryable for the state
+    machine's Retry. A result with ``retry_at`` (and ``made``, ``waits``) has the state machine wait until then
+    and call again with those; a wait for a slot is not an attempt."""
     made, waits = int(event.get("made", 0)), int(event.get("waits", 0))
-    attempt = notifier().deliver(str(event["job_id"]), str(event["tenant"]), made, waits)
+    started_at = execution_start(event.get("started_at"))
+    attempt = notifier().deliver(str(event["job_id"]), str(event["tenant"]), made, waits, started_at)
     if attempt is None:
         return {"outcome": "nothing_to_send"}
     result: dict[str, Any] = {"outcome": attempt.outcome, "status": attempt.status, "error": attempt.error}

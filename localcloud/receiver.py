@@ -32,11 +32,13 @@ class Delivery:
 @dataclass
 class ScriptedReceiver:
     """Answers requests with ``script`` in order (an int status, ``"hang"`` for 12 s of silence, or
-    ``"redirect"`` for a 302 to a loopback URL), then with ``default``."""
+    ``"redirect"`` for a 302 to a loopback URL), then with ``default``; a status other than 2xx carries
+    ``retry_after`` as its ``Retry-After`` header when set."""
 
     secret: str | None = None
     script: list[int | str] = field(default_factory=list)
     default: int = 200
+    retry_after: str | None = None
     deliveries: list[Delivery] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -67,6 +69,8 @@ class ScriptedReceiver:
                     return
                 assert isinstance(answer, int)
                 self.send_response(answer)
+                if receiver.retry_after is not None and not 200 <= answer < 300:
+                    self.send_header("retry-after", receiver.retry_after)
                 self.send_header("content-type", "application/json")
                 self.end_headers()
                 self.wfile.write(b'{"ok": true}')

@@ -28,6 +28,9 @@ WORKFLOW_TIMEOUT_S = 48 * 3600
 # The longest a webhook's retry schedule may span: the execution's timeout leaves the rest of an execution 8 h
 # beside it.
 MAX_WEBHOOK_RETRY_SPAN_S = WORKFLOW_TIMEOUT_S - 8 * 3600
+# The longest a terminal webhook's delivery may last from its execution's start (workflows/webhooks.py's
+# delivery_span_s): no attempt is scheduled later, so the last one and the execution's end fit in its timeout.
+MAX_WEBHOOK_DELIVERY_S = WORKFLOW_TIMEOUT_S - 4 * 3600
 
 
 class RequestLimits(BaseModel):
@@ -492,7 +495,8 @@ class Settings(BaseSettings):
         description=(
             "Seconds before each retry of a terminal webhook that failed with 429, 5xx, a timeout or a connection"
             " error (a JSON list; one retry per entry, about 27.6 h in all by default, as Standard Webhooks"
-            " senders do); a longer `Retry-After` from the receiver, up to the longest entry, delays a retry."
+            " senders do); a longer `Retry-After` from the receiver, up to the longest entry, delays a retry, but"
+            " no retry is made later than the sum and the longest entry again after the delivery began (at most 44 h)."
             " The state machine waits between attempts; its execution timeout (48 h) bounds the sum"
         ),
     )

@@ -44,7 +44,7 @@ from shared.deliveryslots import DeliverySlots
 from shared.errors import TooManyRequests, WebhookDeliveryInProgress
 from shared.eventrecords import EventRecords
 from shared.netguard import DNS_TIMEOUT_S, HostUnresolved, UnsafeUrl, check_callback_url, resolve_public
-from shared.settings import Settings
+from shared.settings import MAX_WEBHOOK_DELIVERY_S, Settings
 from shared.webhooksecrets import WebhookSecrets
 from workflows.jobevents import SUBSCRIPTION, event_body
 from workflows.jobview import job_view
@@ -194,15 +194,29 @@ class Attempt:
     retry_at: datetime | None = None  # when the retry schedule sends the next attempt (outcome retry)
 
 
-def next_attempt_at(schedule_s: list[int], made: int, retry_after_s: int | None, now: datetime) -> datetime | None:
+def delivery_span_s(schedule_s: list[int]) -> int:
+    """How long after its execution's start a delivery may still schedule an attempt: the schedule's waits, and
+    its longest wait again for what the receiver's ``Retry-After``s add and the attempts' own time, at most
+    ``MAX_WEBHOOK_DELIVERY_S`` (the last attempt and the execution's end then fit in its timeout)."""
+    return min(sum(schedule_s) + max(schedule_s), MAX_WEBHOOK_DELIVERY_S)
+
+
+def next_attempt_at(
+    schedule_s: list[int], made: int, retry_after_s: int | None, now: datetime, started_at: datetime | None = None
+) -> datetime | None:
     """When the attempt after the ``made``-th of a delivery is due, or None when the schedule is spent. A
-    receiver's ``Retry-After`` longer than the scheduled wait is honoured up to the schedule's longest wait."""
+    receiver's ``Retry-After`` longer than the scheduled wait is honoured up to the schedule's longest wait; an
+    attempt that would then be due more than :func:`delivery_span_s` after ``started_at`` (when the delivery's
+    execution began) is not made either, so the delivery always ends before its execution's timeout."""
     if made > len(schedule_s):
         return None
     wait = schedule_s[made - 1]
     if retry_after_s is not None:
         wait = max(wait, min(retry_after_s, max(schedule_s)))
-    return now.replace(microsecond=0) + timedelta(seconds=wait)  # whole seconds: the ASL Wait's timestamp
+    due = now.replace(microsecond=0) + timedelta(seconds=wait)  # whole seconds: the ASL Wait's timestamp
+    if started_at is not None and due > started_at + timedelta(seconds=delivery_span_s(schedule_s)):
+        return None
+    return due
 
 
 def slot_wait_s(waits: int, rng: Callable[[], float] = random.random) -> int:
@@ -303,7 +317,9 @@ class Notifier:
     def payload(self, job: Job, event: str) -> str:
         return event_body(event, job_view(job, self._media, self._settings.presign_expiry_s))
 
-    def deliver(self, job_id: str, tenant: str, made: int = 0, waits: int = 0) -> Attempt | None:
+    def deliver(
+        self, job_id: str, tenant: str, made: int = 0, waits: int = 0, started_at: datetime | None = None
+    ) -> Attempt | None:
         """:meth:`notify`, with the table's own failures (throttling, 5xx, network, after botocore's retries)
         raised as WebhookRetryable too, so the state machine retries them like a receiver's 503.
 
@@ -312,20 +328,23 @@ class Notifier:
         is not left recorded as failed.
         """
         try:
-            return self.notify(job_id, tenant, made, waits)
+            return self.notify(job_id, tenant, made, waits, started_at)
         except (BotoCoreError, ClientError) as exc:
             logger.warning("webhook bookkeeping failed; retrying", job_id=job_id, error=type(exc).__name__)
             raise WebhookRetryable(f"job store unavailable: {type(exc).__name__}") from exc
 
-    def notify(self, job_id: str, tenant: str, made: int = 0, waits: int = 0) -> Attempt | None:
+    def notify(
+        self, job_id: str, tenant: str, made: int = 0, waits: int = 0, started_at: datetime | None = None
+    ) -> Attempt | None:
         """Send the job's terminal event once, record the attempt; None when there is nothing to send.
 
-        ``made``: the attempts this delivery (one execution) made before this one. A retryable failure with the
-        schedule not spent comes back with ``retry_at`` set (also recorded, and shown by GET); once it is spent
-        the attempt is recorded as given up (``failed``). With the tenant's delivery slots all taken nothing is
-        sent or recorded: the outcome is ``WAITING``, with ``retry_at`` after :func:`slot_wait_s` of ``waits``
-        (the waits this delivery made before). Raises WebhookRetryable while a started/progress send is in
-        flight.
+        ``made``: the attempts this delivery (one execution) made before this one; ``started_at``: when that
+        execution began. A retryable failure with the schedule not spent comes back with ``retry_at`` set (also
+        recorded, and shown by GET); once it is spent, or the next attempt would be due past the delivery's span
+        from ``started_at`` (:func:`next_attempt_at`), the attempt is recorded as given up (``failed``). With the
+        tenant's delivery slots all taken nothing is sent or recorded: the outcome is ``WAITING``, with
+        ``retry_at`` after :func:`slot_wait_s` of ``waits`` (the waits this delivery made before). Raises
+        WebhookRetryable while a started/progress send is in flight.
         """
         # Past its retention too: a job that expired while queued is failed then, and its webhook says so.
         job = self._repo.get(job_id, tenant=tenant, within_retention=False)
@@ -360,10 +379,12 @@ class Notifier:
         finally:
             self._release(job.tenant, holder)
         if attempt.outcome == "retry":
-            retry_at = next_attempt_at(
-                self._settings.webhook_retry_schedule_s, made + 1, attempt.retry_after_s, self._now()
-            )
-            attempt = replace(attempt, outcome="retry" if retry_at else "gave_up", retry_at=retry_at)
+            schedule = self._settings.webhook_retry_schedule_s
+            retry_at = next_attempt_at(schedule, made + 1, attempt.retry_after_s, self._now(), started_at)
+            error = attempt.error
+            if retry_at is None and made + 1 <= len(schedule):
+                error = f"{error}; not retried: the next attempt would come after the delivery's time ran out"
+            attempt = replace(attempt, outcome="retry" if retry_at else "gave_up", retry_at=retry_at, error=error)
         self._repo.record_webhook_attempt(
             job.job_id,
             event=event,

@@ -77,6 +77,29 @@ def test_a_receiver_down_for_the_whole_schedule_is_given_up_after_its_last_retry
     assert (view["webhook"]["state"], view["webhook"]["next_attempt_at"]) == ("failed", None)
 
 
+def test_a_receivers_retry_after_cannot_keep_a_delivery_past_its_span(
+    harness: tuple[ServiceHarness, Any], receiver: ScriptedReceiver
+) -> None:
+    """Retry-After stretches each wait to the longest (4 s): the schedule's 4 attempts would span 12 s, past the
+    delivery's span (its 6 s and its longest wait again: 10 s from the execution's start). The delivery gives up
+    on the attempt whose retry would fall past it, and its record ends `failed` (on AWS the waits would have
+    outlasted the execution's timeout and left it `retrying` for ever)."""
+    h, client = harness
+    receiver.default, receiver.retry_after = 503, "100"
+    job = h.running_job(receiver.url)
+    arn = h.start(job, h.stage(job))
+    assert h.wait(arn, timeout_s=60) == "SUCCEEDED"
+    started = h.sfn.describe_execution(executionArn=arn)["startDate"]
+    assert 2 <= len(receiver.deliveries) <= 3  # not the schedule's 4
+    webhook = client.get(job.job_id)["webhook"]
+    assert (webhook["state"], webhook["next_attempt_at"]) == ("failed", None)
+    assert webhook["attempts"] == len(receiver.deliveries)
+    assert "Retry-After: 100" in webhook["last_error"]
+    assert "not retried" in webhook["last_error"]
+    ended = datetime.fromisoformat(webhook["last_attempt_at"])
+    assert (ended - started).total_seconds() <= 10 + 2  # the last attempt was due within the span
+
+
 def test_redeliver_is_409_while_the_delivery_is_still_retrying_and_202_once_it_ended(
     harness: tuple[ServiceHarness, Any], receiver: ScriptedReceiver
 ) -> None:

@@ -19,10 +19,10 @@ from pydantic import ValidationError
 from shared.contracts import JobStatus
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
-from shared.settings import MAX_WEBHOOK_RETRY_SPAN_S, WORKFLOW_TIMEOUT_S, Settings
+from shared.settings import MAX_WEBHOOK_DELIVERY_S, MAX_WEBHOOK_RETRY_SPAN_S, WORKFLOW_TIMEOUT_S, Settings
 from shared.webhooksecrets import WebhookSecrets
 from tests.unit.conftest import JOBS_TABLE, TENANT, make_job
-from workflows.webhooks import Notifier, next_attempt_at
+from workflows.webhooks import Notifier, delivery_span_s, next_attempt_at
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -56,6 +56,37 @@ def test_the_schedule_is_one_setting_bounded_by_the_execution_timeout() -> None:
     # The longest schedule allowed, its attempts (each within its task timeout and retries) and the rest of
     # an execution fit in the state machine's timeout.
     assert ASL["TimeoutSeconds"] == WORKFLOW_TIMEOUT_S >= MAX_WEBHOOK_RETRY_SPAN_S + 8 * 3600
+    # No attempt is scheduled later than MAX_WEBHOOK_DELIVERY_S after the execution began: the last one (its
+    # task's timeout and retries) and the execution's end fit in the hours left.
+    assert delivery_span_s([MAX_WEBHOOK_RETRY_SPAN_S]) == MAX_WEBHOOK_DELIVERY_S <= WORKFLOW_TIMEOUT_S - 4 * 3600
+
+
+def schedule_from(started: datetime, schedule: list[int], retry_after: int | None, took_s: int) -> list[datetime]:
+    """The attempts of one delivery whose every attempt fails (``retry_after`` from the receiver), each taking
+    ``took_s`` (the first made ``took_s`` after the execution began, as after its postprocessing)."""
+    attempts, at = [], started + timedelta(seconds=took_s)
+    while True:
+        attempts.append(at)
+        due = next_attempt_at(schedule, len(attempts), retry_after, at, started)
+        if due is None:
+            return attempts
+        at = due + timedelta(seconds=took_s)
+
+
+def test_a_receivers_retry_after_cannot_stretch_a_delivery_past_its_span() -> None:
+    """Each wait stretched to 10 h would have the 8 attempts span 70 h, past the execution's 48 h timeout: its
+    record would stay `retrying` for ever. The delivery gives up instead once an attempt would be due past the
+    schedule's span and its longest wait from the execution's start."""
+    schedule = Settings().webhook_retry_schedule_s
+    span = timedelta(seconds=delivery_span_s(schedule))
+    assert span == timedelta(seconds=sum(schedule) + 36000)  # about 37.25 h
+    attempts = schedule_from(NOW, schedule, 36000, took_s=60)
+    assert len(attempts) == 4  # 0 h, 10 h, 20 h, 30 h: a 40 h one would be past the span
+    assert attempts[-1] - NOW <= span < timedelta(seconds=WORKFLOW_TIMEOUT_S)
+    # A receiver's shorter Retry-After, or none, is never cut short: every attempt of the schedule is made, even
+    # with a slow first attempt (10 min of postprocessing) and each taking a minute.
+    for retry_after in (None, 600):
+        assert len(schedule_from(NOW, schedule, retry_after, took_s=600)) == len(schedule) + 1
 
 
 def test_the_state_machine_waits_between_attempts_without_a_lambda() -> None:
@@ -73,6 +104,8 @@ def test_the_state_machine_waits_between_attempts_without_a_lambda() -> None:
         "Next": "RetryNotify",
     }
     assert states["RetryNotify"]["Parameters"]["Payload"]["made.$"] == "$.notify.result.made"
+    for notify in ("Notify", "NotifyFailed", "RetryNotify"):  # the delivery's span counts from the start
+        assert states[notify]["Parameters"]["Payload"]["started_at.$"] == "$$.Execution.StartTime", notify
 
 
 class Failing:

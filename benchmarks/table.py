@@ -92,6 +92,7 @@ def _startup_row(data: dict[str, Any]) -> tuple[str, str, str]:
     setup = f"{cfg['width']}x{cfg['height']}, {cfg['steps']} steps, {data['precision']}; "
     setup += ", ".join(applied) if applied else "eager"
     figure = f"first image {data['process_start_to_first_image_s']:.1f} s after process start"
+    figure += f" ({phases['process_start_to_bench']:.1f} s of it interpreter and imports)"
     sizes = ", ".join(["1", *(data.get("first_call_by_batch_size_s") or {})])  # the first image is batch 1
     ready = data.get("process_start_to_every_bucket_ready_s")
     every = data.get("process_start_to_every_size_s")

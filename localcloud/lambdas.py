@@ -275,7 +275,9 @@ def moto_function_resolver(ref: FunctionRef) -> FunctionSpec | None:
         name=fn.function_name,
         arn=fn.function_arn,
         handler=fn.handler,
-        environment=dict(fn.environment_vars or {}),
+        # Strings, as Lambda has them: CloudFormation turns a Number parameter's Ref into a string, moto keeps it
+        # a number (and a number in os.environ fails the invocation).
+        environment={k: str(v) for k, v in (fn.environment_vars or {}).items()},
         timeout_s=int(fn.timeout or 3),
         memory_mb=int(fn.memory_size or 128),
         reserved_concurrency=None if fn.reserved_concurrency is None else int(fn.reserved_concurrency),

@@ -216,6 +216,7 @@ def services() -> Services:
     media = MediaStore(aws.s3(), settings.bucket)
     inputs = Inputs(media, settings)
     audit = AuditLog(aws.dynamodb(), settings.audit_table_name, retention_days=settings.audit_retention_days)
+    budget = DailyGpuBudget(aws.dynamodb(), settings.table_name)
     return Services(
         settings=settings,
         submissions=SubmissionService(
@@ -223,8 +224,8 @@ def services() -> Services:
             queue,
             settings,
             rate_limiter=RateLimiter(aws.dynamodb(), settings.table_name),
-            budget=DailyGpuBudget(aws.dynamodb(), settings.table_name),
-            cache=ResultCache(repo, queue, settings, orchestrator=lambda: orchestrator),
+            budget=budget,
+            cache=ResultCache(repo, queue, settings, orchestrator=lambda: orchestrator, budget=budget),
             inputs=inputs,
             audit=audit,
         ),

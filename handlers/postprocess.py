@@ -18,6 +18,7 @@ from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
+from shared.ratelimit import DailyGpuBudget
 from shared.settings import get_settings
 from workflows.jobmetrics import MeteredJobsRepository, record_marked
 from workflows.postprocess import PostprocessInput, Postprocessor
@@ -49,6 +50,7 @@ def result_cache(state_machine_arn: str) -> ResultCache:
         JobQueue(aws.sqs(), settings.queue_url, settings.queue_routes),
         settings,
         orchestrator=lambda: Orchestrator(aws.stepfunctions(), state_machine_arn),
+        budget=DailyGpuBudget(aws.dynamodb(), settings.table_name),
     )
 
 

@@ -13,6 +13,7 @@ from shared.aws import AwsClients
 from shared.errors import RetryableError
 from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
+from shared.ratelimit import DailyGpuBudget
 from shared.settings import get_settings
 from workflows.jobmetrics import MeteredJobsRepository
 from workflows.requeue import RequeueSweeper
@@ -33,6 +34,7 @@ def sweeper() -> RequeueSweeper:
         budget_s=settings.requeue_budget_s,
         abandoned_after_s=settings.abandoned_after_s,
         # Retried within the run: the job is FAILED already, so no later sweep finds it to try again.
+        budget=DailyGpuBudget(aws.dynamodb(), settings.table_name),
         notify=lambda job: start_notice_retrying(orchestrator, job, job.status.value.lower(), log=logger, once=True),
     )
 

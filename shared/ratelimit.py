@@ -98,7 +98,11 @@ class RateLimiter:
 
 class DailyGpuBudget:
     """Per-tenant GPU work per UTC day: a counter item ``BUDGET#<tenant>#<date>`` in the jobs table, charged by one
-    conditional write per accepted job (``pixel_steps`` of its request) and expiring through the table's TTL."""
+    conditional write per accepted job (``pixel_steps`` of its request) and expiring through the table's TTL.
+
+    A job that joins an identical running one (the result cache) gets its work back, and owes it
+    (``BUDGET#<tenant>#owed#<job>``, :meth:`defer`): should it be sent to run itself after all (its source was
+    cancelled or failed), its work is counted again, once (:meth:`collect`)."""
 
     def __init__(self, dynamodb: DynamoDBClient, table_name: str) -> None:
         self._ddb = dynamodb
@@ -148,6 +152,77 @@ class DailyGpuBudget:
             ConditionExpression="attribute_exists(used)",
             ExpressionAttributeValues={":minus": {"N": str(-work)}},
         )
+
+    @staticmethod
+    def owed_key(tenant: str, job_id: str) -> dict[str, dict[str, str]]:
+        """The item that records the work ``job_id`` was given back when it joined an identical job."""
+        return {"pk": {"S": f"BUDGET#{tenant}#owed#{job_id}"}}
+
+    def defer(self, tenant: str, job_id: str, work: int, *, now: float, keep_until: int) -> None:
+        """Give back the ``work`` counted at ``now`` for a job that joined an identical one (its images answer it:
+        no GPU work of its own), and record that it owes that work should it run itself after all
+        (:meth:`collect`). One transaction; the record is kept until ``keep_until`` (the job's retention). Raises
+        AWS errors: then nothing is given back and nothing is owed."""
+        date, _ = self._day(now)
+        self._ddb.transact_write_items(
+            TransactItems=[
+                {
+                    "Update": {
+                        "TableName": self._table,
+                        "Key": {"pk": {"S": f"BUDGET#{tenant}#{date}"}},
+                        "UpdateExpression": "ADD used :minus",
+                        "ConditionExpression": "attribute_exists(used)",
+                        "ExpressionAttributeValues": {":minus": {"N": str(-work)}},
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self._table,
+                        "Key": self.owed_key(tenant, job_id),
+                        "UpdateExpression": "SET owed = :yes, expires_at = :keep",
+                        "ExpressionAttributeValues": {":yes": {"BOOL": True}, ":keep": {"N": str(keep_until)}},
+                    }
+                },
+            ]
+        )
+
+    def collect(self, tenant: str, job_id: str, work: int, *, now: float) -> bool:
+        """Count the ``work`` that ``job_id`` owes (:meth:`defer`) on ``now``'s day, now that it runs itself: once
+        per job however often it is sent, and never refused (the job was accepted; later submissions see the
+        spend). True when counted; False when the job owed nothing (counted already, or never given back: a
+        plan without a budget). Raises AWS errors."""
+        date, day_end = self._day(now)
+        try:
+            self._ddb.transact_write_items(
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": self._table,
+                            "Key": self.owed_key(tenant, job_id),
+                            "UpdateExpression": "REMOVE owed",
+                            "ConditionExpression": "owed = :yes",
+                            "ExpressionAttributeValues": {":yes": {"BOOL": True}},
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self._table,
+                            "Key": {"pk": {"S": f"BUDGET#{tenant}#{date}"}},
+                            "UpdateExpression": "ADD used :work SET expires_at = :exp",
+                            "ExpressionAttributeValues": {
+                                ":work": {"N": str(work)},
+                                ":exp": {"N": str(day_end + 86400)},
+                            },
+                        }
+                    },
+                ]
+            )
+        except self._ddb.exceptions.TransactionCanceledException as exc:
+            reasons = exc.response.get("CancellationReasons") or []
+            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                return False
+            raise
+        return True
 
     def used(self, tenant: str, *, now: float) -> int:
         """The work counted today (for ``sdq admin tenants show``)."""

@@ -29,6 +29,8 @@ from shared.contracts import Job, JobError, JobErrorCode, JobStatus, QueueMessag
 from shared.errors import InvalidTransition, JobNotFound
 from shared.jobs import UNQUEUED_SHARDS, Claim, JobsRepository
 from shared.queue import JobQueue
+from shared.ratelimit import DailyGpuBudget
+from workflows.resultcache import collect_owed_work
 
 logger = Logger(service="sdq-requeue", child=True)
 
@@ -70,9 +72,12 @@ class RequeueSweeper:
         monotonic: Callable[[], float] = time.monotonic,
         abandoned_after_s: float | None = None,
         notify: Callable[[Job], object] | None = None,
+        budget: DailyGpuBudget | None = None,
     ) -> None:
         """``abandoned_after_s``: also fail RUNNING jobs whose lease lapsed that long ago (None: not swept);
-        ``notify`` starts a failed job's webhook (it may raise AWS errors: counted as failed, logged)."""
+        ``notify`` starts a failed job's webhook (it may raise AWS errors: counted as failed, logged); ``budget``:
+        where a job that joined an identical one and is sent here has its GPU work counted again."""
+        self._budget = budget
         self._abandoned_after = abandoned_after_s
         self._notify = notify
         self._repo = repo
@@ -170,6 +175,9 @@ class RequeueSweeper:
             report.cleared += 1  # deleted by the TTL meanwhile; its index entry went with it
             return
         if job.status == JobStatus.QUEUED:
+            # A joined job its source never settled runs itself now (or one released by a settle that died before
+            # counting it): the work it was given back when it joined is counted, once.
+            collect_owed_work(self._budget, job)
             self._queue.send(
                 QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
             )

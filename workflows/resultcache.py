@@ -14,7 +14,9 @@ the job whose images answer it, its *source*. A new cacheable job finds the entr
   machine's SettleJoined step, or the cancel) completes each follower from its images, or, when the source failed or
   was cancelled, hands the first back to the queue to generate, and moves the others to join that one (one
   transaction each, conditioned like a join). A follower is a job of its own: cancelling it changes nothing for the
-  source, and cancelling the source only sends its followers to run.
+  source, and cancelling the source only sends its followers to run. A joined job's GPU work is given back to the
+  tenant's daily budget when it joins, and counted again when it is sent to run itself (once per job:
+  :meth:`shared.ratelimit.DailyGpuBudget.collect`), so identical jobs and cancels spend the budget like any jobs.
 - no entry, or one naming a job that failed, was cancelled or expired: the job becomes the source, written in one
   transaction with the entry (conditioned on the entry being as read), then queued as usual.
 
@@ -34,12 +36,13 @@ from typing import Literal
 from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.contracts import Job, JobStatus, QueueMessage, Usage, utcnow
+from shared.contracts import Job, JobStatus, QueueMessage, Usage, pixel_steps, utcnow
 from shared.errors import JobNotFound
 from shared.jobs import JOINABLE, JobsRepository, cache_entry_pk
 from shared.orchestration import Orchestrator
 from shared.pricing import gpu_price
 from shared.queue import JobQueue
+from shared.ratelimit import DailyGpuBudget
 from shared.settings import Settings
 from workflows.webhooks import start_notice
 
@@ -86,8 +89,11 @@ class ResultCache:
         settings: Settings,
         *,
         orchestrator: Callable[[], Orchestrator],
+        budget: DailyGpuBudget | None = None,
     ) -> None:
-        """``orchestrator`` is a factory: a submission that is no hit never builds its client."""
+        """``orchestrator`` is a factory: a submission that is no hit never builds its client. ``budget``: where a
+        joined job sent to run itself has its GPU work counted again (without one it is not)."""
+        self._budget = budget
         self._repo = repo
         self._queue = queue
         self._settings = settings
@@ -242,6 +248,7 @@ class ResultCache:
             report.skipped += 1
             return None
         report.released += 1
+        collect_owed_work(self._budget, released)
         try:
             self._queue.send(
                 QueueMessage(
@@ -265,3 +272,16 @@ class ResultCache:
                 "cache entry not moved to the released job", job_id=released.job_id, error=type(exc).__name__
             )
         return released
+
+
+def collect_owed_work(budget: DailyGpuBudget | None, job: Job) -> None:
+    """Count the GPU work ``job`` was given back when it joined an identical job, now that it is sent to run itself
+    (by a settle, or by the requeue sweeper): once per job, never refusing it (it was accepted). A job that owes
+    nothing costs one refused write. Best effort: an AWS error is logged and the job is sent all the same."""
+    if budget is None:
+        return
+    try:
+        if budget.collect(job.tenant, job.job_id, pixel_steps(job.request), now=time.time()):
+            logger.info("joined job runs itself: its GPU work is counted", job_id=job.job_id)
+    except (ClientError, BotoCoreError) as exc:
+        logger.warning("GPU work of a released job not counted", job_id=job.job_id, error=type(exc).__name__)

@@ -204,8 +204,10 @@ class SubmissionService:
             # rate slot and no GPU work.
             self._give_back(tenant, charged_at, work)
             return Submitted(stored, created=False)
-        if outcome in ("hit", "joined"):
+        if outcome == "hit":
             self._give_back_work(tenant, charged_at, work)  # answered by another job's images: no GPU work
+        elif outcome == "joined":
+            self._defer_work(stored, charged_at, work)
         if cache is not None:
             _count(outcome)
         if outcome in ("hit", "joined"):
@@ -384,6 +386,16 @@ class SubmissionService:
             self._budget.refund(tenant, work, now=charged_at)
         except (ClientError, BotoCoreError):
             logger.warning("could not give back the GPU work of a request that made none", tenant=tenant)
+
+    def _defer_work(self, job: Job, charged_at: float, work: int) -> None:
+        """A joined job does no GPU work while its source generates for it: its work is given back, and owed should
+        it be sent to run itself (the result cache counts it then: :meth:`DailyGpuBudget.collect`)."""
+        if self._budget is None or work == 0:
+            return
+        try:
+            self._budget.defer(job.tenant, job.job_id, work, now=charged_at, keep_until=job.expires_at)
+        except (ClientError, BotoCoreError):
+            logger.warning("could not give back the GPU work of a joined job; it stays counted", job_id=job.job_id)
 
     def _give_back(self, tenant: str, charged_at: float, work: int = 0) -> None:
         """Return the rate slot charged at ``charged_at`` (and the GPU work counted) to a request that made no

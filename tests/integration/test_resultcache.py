@@ -16,8 +16,11 @@ from typing import Any
 
 import pytest
 
-from cli.client import SdqClient
+from cli.client import ApiError, SdqClient
 from localcloud.receiver import ScriptedReceiver
+from shared.ratelimit import DailyGpuBudget
+from shared.settings import Settings
+from shared.tenants import PlanOverrides, TenantStore
 from tests.integration.conftest import RunningService, service_fixture, wait_until
 from tests.integration.test_worker import FAST_WORKER, batch_lines, clear_worker_logs, executions_per_job
 
@@ -189,6 +192,37 @@ def test_a_cancelled_source_sends_its_joined_jobs_to_generate_themselves(
     assert done["cache"]["hit"] is False
     assert done["usage"]["gpu_s"] > 0
     assert generated_images(service) == 1
+
+
+def test_identical_jobs_and_cancels_spend_the_daily_gpu_budget_like_any_jobs(service: RunningService) -> None:
+    """The budget bypass: a copy joins a job (its GPU work given back), the job is cancelled, and the copy runs;
+    repeated, any number of jobs ran on one job's budget. The copy sent to run is counted, so the tenant's budget
+    sees both jobs and refuses a third that does not fit; the copy itself is never refused: it was accepted."""
+    name, client = service.new_named_tenant("budget")
+    ddb = service.boto("dynamodb")
+    TenantStore(ddb, service.table, Settings()).create(name, overrides=PlanOverrides(daily_gpu_budget_mpx_steps=2))
+    budget = DailyGpuBudget(ddb, service.table)
+    request = {"prompt": "a kestrel", "seed": 11, "width": 256, "height": 256, "num_inference_steps": 12}
+    work = 256 * 256 * 12  # 0.79 megapixel steps: two fit in the budget of 2, three do not
+    try:
+        source = client.submit(request)
+        copy = client.submit(request)
+        assert copy["cache"]["joined_job"] == source["id"]
+        assert budget.used(name, now=time.time()) == work
+        assert client.cancel(source["id"])["status"] == "CANCELLED"
+        assert client.get(copy["id"])["cache"]["joined_job"] is None  # sent to generate itself
+        assert budget.used(name, now=time.time()) == 2 * work
+        with pytest.raises(ApiError) as refused:
+            client.submit(request | {"seed": 12})
+        assert refused.value.status == 429
+        assert "megapixel steps" in refused.value.body["error"]["message"]
+        service.start_worker(env=FAST_WORKER)
+        done = finished(client, copy["id"])
+        assert done["status"] == "SUCCEEDED"
+        assert done["usage"]["gpu_s"] > 0
+        assert budget.used(name, now=time.time()) == 2 * work
+    finally:
+        client.close()
 
 
 def _epoch(iso: str) -> float:

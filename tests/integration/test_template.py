@@ -255,13 +255,14 @@ EXPECTED_LEADING_KEYS = {
     ("ApiFunctionRole", "dynamodb:UpdateItem"): {"JOB#*", "RATE#*", "BUDGET#*", "IDEM#*"},
     ("AuthorizerFunctionRole", "dynamodb:GetItem"): {"APIKEY#*", "ACCOUNT#*"},  # keys and plans, nothing else
     ("AuthorizerFunctionRole", "dynamodb:UpdateItem"): {"APIKEY#*"},  # a key's last use
-    ("PostprocessFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
+    # transitions; a released joined job's GPU work (shared/ratelimit.py DailyGpuBudget.collect)
+    ("PostprocessFunctionRole", "dynamodb:UpdateItem"): {"JOB#*", "BUDGET#*"},
     # A cache entry moved to the job that now generates: tests/unit/test_resultcache.py settles and checks each write.
     ("PostprocessFunctionRole", "dynamodb:PutItem"): {"CACHE#*"},
     ("NotifyFunctionRole", "dynamodb:PutItem"): {"TENANT#*"},
     ("NotifyFunctionRole", "dynamodb:UpdateItem"): {"JOB#*", "WEBHOOKS#*"},  # attempts; its tenant's delivery leases
     ("DlqFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
-    ("RequeueFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
+    ("RequeueFunctionRole", "dynamodb:UpdateItem"): {"JOB#*", "BUDGET#*"},  # sent marks; a released job's work
     ("FailedExecutionFunctionRole", "dynamodb:UpdateItem"): {"JOB#*"},
     ("WorkerTaskRole", "dynamodb:UpdateItem"): {"JOB#*", "WORKER#*"},  # claims, leases, progress; its throughput
     ("WorkerTaskRole", "dynamodb:PutItem"): {"TENANT#*"},  # a progress webhook's signing secret, on first use

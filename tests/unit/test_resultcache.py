@@ -14,9 +14,11 @@ from ulid import ULID
 from shared.contracts import GenerationRequest, Job, JobStatus, Output, QueueMessage, WorkflowInput, utcnow
 from shared.errors import JobNotFound, TooManyRequests
 from shared.jobs import JobsRepository, cache_entry_pk, expiry_epoch
+from shared.ratelimit import DailyGpuBudget
 from shared.settings import Settings
 from tests.tablegrants import TableCalls, refused
 from tests.unit.conftest import JOBS_TABLE
+from workflows.requeue import RequeueSweeper
 from workflows.resultcache import ResultCache
 from workflows.submission import SubmissionService
 
@@ -50,8 +52,19 @@ class World:
         self.repo = JobsRepository(ddb, JOBS_TABLE)
         self.queue = Queue()
         self.sfn = Orchestrator()
-        self.cache = ResultCache(self.repo, self.queue, self.settings, orchestrator=lambda: self.sfn)  # type: ignore[arg-type]
-        self.api = SubmissionService(self.repo, self.queue, self.settings, cache=self.cache)  # type: ignore[arg-type]
+        self.budget = DailyGpuBudget(ddb, JOBS_TABLE)
+        self.cache = ResultCache(
+            self.repo,
+            self.queue,  # type: ignore[arg-type]
+            self.settings,
+            orchestrator=lambda: self.sfn,  # type: ignore[arg-type,return-value]
+            budget=self.budget,
+        )
+        self.api = SubmissionService(self.repo, self.queue, self.settings, cache=self.cache, budget=self.budget)  # type: ignore[arg-type]
+
+    def used(self, tenant: str = "t1") -> int:
+        """The tenant's GPU work counted today."""
+        return self.budget.used(tenant, now=time.time())
 
     def submit(self, tenant: str = "t1", **changes: Any) -> Job:
         return self.api.submit(tenant, GenerationRequest.model_validate(REQUEST | changes)).job
@@ -395,3 +408,63 @@ def test_settling_writes_only_items_the_postprocess_role_may_write(world: World,
     before_success = len(calls.calls)
     assert world.cache.settle(runner.job_id).completed == 2
     assert refused("PostprocessFunctionRole", settled_failure + calls.calls[before_success:]) == []
+
+
+# 12 steps of 256x256: 0.79 megapixel steps. A budget of 2 holds two such jobs counted at once, not three.
+COSTLY: dict[str, Any] = {"num_inference_steps": 12}
+WORK = 256 * 256 * 12
+
+
+def test_a_joined_job_sent_to_run_itself_spends_the_daily_budget(table: DynamoDBClient) -> None:
+    """Identical copies join a job and get their GPU work back; cancelling the source sends one copy to generate.
+    Were it not counted then, copies and cancels would run any number of jobs on one job's budget: it is counted
+    when it is sent (the copies that join it instead are not: one generation), and later submissions see it."""
+    world = World(table, daily_gpu_budget_mpx_steps=2)
+    source = world.submit(**COSTLY)
+    copies = [world.submit(**COSTLY) for _ in range(2)]
+    assert {c.joined_to for c in copies} == {source.job_id}
+    assert world.used() == WORK  # the copies' work given back while the source generates for them
+    world.api.cancel("t1", source.job_id)
+    [runner] = [c for c in copies if world.repo.get(c.job_id).joined_to is None]
+    assert world.queue.sent == [source.job_id, runner.job_id]
+    assert world.used() == 2 * WORK
+    # Settling again (a retried SettleJoined) counts nothing more.
+    world.cache.settle(source.job_id)
+    assert world.used() == 2 * WORK
+    # The spend is seen: a third job of that size does not fit what is left of the day's budget.
+    with pytest.raises(TooManyRequests, match="megapixel steps"):
+        world.submit(prompt="another", **COSTLY)
+    # The runner generates for the other copy, which is answered from its images at no charge.
+    world.succeed(world.repo.get(runner.job_id))
+    assert world.cache.settle(runner.job_id).completed == 1
+    assert world.used() == 2 * WORK
+
+
+def test_a_joined_job_the_sweeper_sends_is_counted_once_however_often_it_is_sent(table: DynamoDBClient) -> None:
+    """A source that finished without settling its copies (a dead letter): the requeue sweeper sends the copy, and
+    a settle that comes late sends it once more. Its work is counted once."""
+    world = World(table, daily_gpu_budget_mpx_steps=2)
+    source = world.submit(**COSTLY)
+    copy = world.submit(**COSTLY)
+    world.repo.transition(source.job_id, JobStatus.FAILED, tenant="t1")
+    sweeper = RequeueSweeper(
+        world.repo,
+        world.queue,  # type: ignore[arg-type]
+        requeue_after_s=0,
+        clock=lambda: time.time() + 5,
+        budget=world.budget,
+    )
+    assert sweeper.sweep().requeued == 1
+    assert world.queue.sent == [source.job_id, copy.job_id]
+    assert world.used() == 2 * WORK
+    assert world.cache.settle(source.job_id).released == 1  # still joined: sent again, not counted again
+    assert world.queue.sent == [source.job_id, copy.job_id, copy.job_id]
+    assert world.used() == 2 * WORK
+
+
+def test_without_a_budget_a_released_job_counts_nothing(world: World) -> None:
+    source = world.submit()
+    copy = world.submit()
+    world.api.cancel("t1", source.job_id)
+    assert world.repo.get(copy.job_id).joined_to is None
+    assert world.used() == 0

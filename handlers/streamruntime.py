@@ -86,6 +86,10 @@ def post_stream(
             f"Lambda-Runtime-Function-Error-Type: {type(exc).__name__}\r\n"
             f"Lambda-Runtime-Function-Error-Body: {base64.b64encode(error).decode()}\r\n"
         ).encode()
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()  # as a WSGI server does: a body that holds something (a stream's slot) gives it back
     conn.send(b"0\r\n" + trailers + b"\r\n")
     conn.getresponse().read()
 

@@ -1,35 +1,40 @@
-"""Per-tenant leases on webhook deliveries, in the jobs table: one item per tenant (``WEBHOOKS#<tenant>``) whose
-``leases`` map names each delivery being sent and when its lease ends.
+"""Per-tenant leases, in the jobs table: one item per tenant and kind whose ``leases`` map names each holder and when
+its lease ends. :class:`DeliverySlots` bounds a tenant's webhook deliveries in flight (``WEBHOOKS#<tenant>``),
+:class:`StreamSlots` its open event streams (``STREAMS#<tenant>``).
 
-A delivery takes a lease before it sends and gives it back after; one that dies meanwhile (a Lambda timeout)
-holds it until it ends, so the lease outlives the longest attempt. Taking a lease is one strongly consistent read
-and, when a lease is free, one write conditional on the item's ``version`` being the one read (so two deliveries
-cannot take the last free lease together); a tenant at its bound costs the read alone. Ended leases are removed
-by the next write. The item expires through the table's TTL once its tenant sends nothing for a day.
+A holder takes a lease before it starts and gives it back after; one that dies meanwhile (a Lambda timeout)
+holds it until it ends, so the lease outlives the longest attempt or stream. Taking a lease is one strongly
+consistent read and, when a lease is free, one write conditional on the item's ``version`` being the one read (so
+two holders cannot take the last free lease together); a tenant at its bound costs the read alone. Ended leases are
+removed by the next write. The item expires through the table's TTL once its tenant takes none for a day.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-# Tries of a write that lost to another delivery's (the item changed since it was read) before giving up.
+# Tries of a write that lost to another holder's (the item changed since it was read) before giving up.
 _WRITE_TRIES = 3
 _KEEP_S = 24 * 3600  # the item's TTL after its last write
 
 
-class DeliverySlots:
+class TenantLeases:
+    """A tenant's leases of one kind (the item's key prefix, ``PREFIX``)."""
+
+    PREFIX: ClassVar[str]
+
     def __init__(self, dynamodb: DynamoDBClient, table_name: str) -> None:
         self._ddb = dynamodb
         self._table = table_name
 
-    @staticmethod
-    def key(tenant: str) -> dict[str, dict[str, str]]:
-        return {"pk": {"S": f"WEBHOOKS#{tenant}"}}
+    @classmethod
+    def key(cls, tenant: str) -> dict[str, dict[str, str]]:
+        return {"pk": {"S": f"{cls.PREFIX}{tenant}"}}
 
     def _read(self, tenant: str, now: float) -> tuple[dict[str, float], int | None, list[str]]:
         """The tenant's leases that have not ended (holder -> end), the item's version (None: no item yet) and
@@ -43,7 +48,7 @@ class DeliverySlots:
 
     def acquire(self, tenant: str, holder: str, *, limit: int, lease_s: float, now: float) -> bool:
         """Take one of the tenant's ``limit`` leases for ``holder`` until ``now + lease_s``; False when all are
-        held (or other deliveries kept winning the write). Raises AWS errors."""
+        held (or other holders kept winning the write). Raises AWS errors."""
         until = str(math.ceil(now + lease_s))
         for _ in range(_WRITE_TRIES):
             live, version, ended = self._read(tenant, now)
@@ -70,7 +75,7 @@ class DeliverySlots:
             try:
                 self._ddb.update_item(**request, ExpressionAttributeValues=values)
             except self._ddb.exceptions.ConditionalCheckFailedException:
-                continue  # another delivery wrote since the read: read again
+                continue  # another holder wrote since the read: read again
             return True
         return False
 
@@ -84,3 +89,16 @@ class DeliverySlots:
                 ConditionExpression="attribute_exists(leases.#me)",
                 ExpressionAttributeNames={"#me": holder},
             )
+
+
+class DeliverySlots(TenantLeases):
+    """A tenant's terminal webhooks being sent (``Settings.webhook_deliveries_per_tenant``)."""
+
+    PREFIX = "WEBHOOKS#"
+
+
+class StreamSlots(TenantLeases):
+    """A tenant's open event streams (``Settings.event_streams_per_tenant``): each holds an execution of the events
+    function for up to 15 minutes."""
+
+    PREFIX = "STREAMS#"

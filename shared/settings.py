@@ -400,6 +400,15 @@ class Settings(BaseSettings):
             " stream as soon as it refuses a new request"
         ),
     )
+    event_streams_per_tenant: int = Field(
+        default=20,
+        ge=1,
+        description=(
+            "Event streams (`GET /v1/jobs/{id}/events`) one tenant may hold open at once, each an execution of the"
+            " events function for up to 15 minutes (the template sets it from `EventStreamsPerTenant`); one more"
+            " is refused with `429` and `Retry-After` until one ends"
+        ),
+    )
     api_key_last_used_every_s: int = Field(
         default=300,
         ge=1,

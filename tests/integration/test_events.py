@@ -41,7 +41,10 @@ WORKER = {
 SLOW = {"width": 512, "height": 512, "num_inference_steps": 50}
 
 
-service = service_fixture("sdq-events", {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000"})
+# Three streams per tenant: every test opens its streams for a tenant of its own, one at a time but the bound's.
+service = service_fixture(
+    "sdq-events", {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "1000", "SDQ_EVENT_STREAMS_PER_TENANT": "3"}
+)
 
 
 @pytest.fixture(autouse=True)
@@ -187,6 +190,51 @@ def test_the_event_stream_needs_the_key_and_hides_other_tenants_jobs(service: Ru
         assert foreign.json()["error"]["code"] == "not_found"
         unknown = http.get("/v1/jobs/not-a-job/events", headers={"x-api-key": other_key})
         assert unknown.status_code == 404
+
+
+def opens(http: httpx.Client, path: str, key: str) -> int:
+    """The status of a stream opened and left at once (a 200 stream goes on server-side until it notices)."""
+    with http.stream("GET", path, headers={"x-api-key": key}) as resp:
+        return resp.status_code
+
+
+def test_a_tenant_holds_at_most_its_bound_of_open_streams(service: RunningService) -> None:
+    """Each open stream holds a Lambda execution for up to 15 minutes: one tenant holds at most
+    SDQ_EVENT_STREAMS_PER_TENANT (3 here) at once, over real HTTP and across the local API's processes; one more is
+    429 with Retry-After before anything streams, until a stream ends or its client leaves. Another tenant's are its
+    own."""
+    key, client = new_tenant(service, "streams")
+    small = {"width": 256, "height": 256, "num_inference_steps": 2}
+    waiting, ending = (client.submit({"prompt": f"held open {i}", **small}) for i in range(2))
+    streams = [open_stream(service, key, waiting["id"]) for _ in range(2)] + [open_stream(service, key, ending["id"])]
+    for stream in streams:
+        wait_for(lambda s=stream: any(line.startswith("retry:") for _, line in s.lines), 20, "a stream's first line")
+        assert stream.status == 200
+    with httpx.Client(base_url=service.api_url, timeout=10) as http:
+        path = f"/v1/jobs/{waiting['id']}/events"
+        refused = http.get(path, headers={"x-api-key": key})
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) > 0
+        assert refused.json()["error"]["code"] == "too_many_requests"
+        assert "3 event streams open" in refused.json()["error"]["message"]
+        other_key, other = new_tenant(service, "other-streams")
+        theirs = other.submit({"prompt": "theirs", **small})
+        assert opens(http, f"/v1/jobs/{theirs['id']}/events", other_key) == 200
+
+        # A stream that ends (its job cancelled) gives its place back.
+        client.cancel(ending["id"])
+        assert streams[2].done.wait(20), "the cancelled job's stream did not end"
+        with http.stream("GET", path, headers={"x-api-key": key}) as leaving:
+            assert leaving.status_code == 200
+            assert next(leaving.iter_lines()).startswith("retry:")
+        # That client left: its place comes back once the stream notices, at its next write (15 s keep-alive).
+        deadline = time.monotonic() + 40
+        while (status := opens(http, path, key)) == 429:
+            assert time.monotonic() < deadline, "a stream whose client left kept its place"
+            time.sleep(1)
+        assert status == 200
+    client.cancel(waiting["id"])  # the two streams still open end with their job
+    assert all(stream.done.wait(20) for stream in streams[:2])
 
 
 def test_a_revoked_key_ends_its_open_stream_within_the_authorizer_cache_period(service: RunningService) -> None:

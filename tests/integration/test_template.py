@@ -149,6 +149,7 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
     | XRAY_WRITE
     | {
         ("dynamodb:GetItem", "JobsTable.Arn"),
+        ("dynamodb:UpdateItem", "JobsTable.Arn"),  # its tenant's stream slots (STREAMS# only)
         ("s3:GetObject", "MediaBucket.Arn/outputs/*"),
     },
     "NotifyFunctionRole": _logs("NotifyFunctionLogGroup")
@@ -268,7 +269,8 @@ EXPECTED_LEADING_KEYS = {
     ("WorkerTaskRole", "dynamodb:PutItem"): {"TENANT#*"},  # a progress webhook's signing secret, on first use
     # The job it streams, and the caller's key, re-read as often as the authorizer's answer is cached (KeyCheck):
     # tests/unit/test_event_routes.py runs a stream and checks every item it reads is one this grant allows.
-    ("EventsFunctionRole", "dynamodb:GetItem"): {"JOB#*", "APIKEY#*"},
+    ("EventsFunctionRole", "dynamodb:GetItem"): {"JOB#*", "APIKEY#*", "STREAMS#*"},
+    ("EventsFunctionRole", "dynamodb:UpdateItem"): {"STREAMS#*"},  # its tenant's open streams (StreamSlots)
     # The roles that sign no webhook read job items only (Postprocess also the result cache's entries), never a
     # tenant's secret, key or plan.
     ("PostprocessFunctionRole", "dynamodb:GetItem"): {"JOB#*", "CACHE#*"},
@@ -737,6 +739,19 @@ def test_an_operator_sets_how_many_webhooks_a_tenant_sends_at_once(
     given = {"WebhookDeliveriesPerTenant": "2"}
     assert deployed_settings("NotifyFunction", sam, resources, monkeypatch, given).webhook_deliveries_per_tenant == 2
     assert sam["Parameters"]["NotifyReservedConcurrency"]["Default"] > param["Default"]
+
+
+def test_an_operator_sets_how_many_event_streams_a_tenant_holds_open(
+    sam: dict[str, Any], resources: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each open stream holds an execution of the events function for up to 15 minutes: the per-tenant bound is a
+    deploy parameter that reaches that function, with the setting's default and floor."""
+    param = sam["Parameters"]["EventStreamsPerTenant"]
+    field = Settings.model_fields["event_streams_per_tenant"]
+    assert param["Default"] == Settings().event_streams_per_tenant
+    assert [param["MinValue"]] == [m.ge for m in field.metadata if hasattr(m, "ge")]
+    given = {"EventStreamsPerTenant": "3"}
+    assert deployed_settings("EventsFunction", sam, resources, monkeypatch, given).event_streams_per_tenant == 3
 
 
 def test_every_failed_timed_out_or_aborted_execution_of_the_job_workflow_reaches_its_handler(

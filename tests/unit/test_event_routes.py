@@ -4,6 +4,7 @@ current state at once."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from localcloud.gateway import GatewayRules, LocalGateway
 from localcloud.service import TEMPLATE
 from shared.apikeys import ApiKeyStore
 from shared.contracts import GenerationRequest, Job, JobStatus, utcnow
+from shared.deliveryslots import StreamSlots
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.settings import get_settings
@@ -164,7 +166,9 @@ def test_an_events_stream_reads_only_items_its_role_may_read(
     repo = JobsRepository(api_env, JOBS_TABLE)
     job, _ = repo.create(make_job())
     media = MediaStore(boto3.client("s3", region_name="us-east-1"), "media")
-    services = events.EventServices(settings=settings, repo=repo, media=media, keys=keys)
+    services = events.EventServices(
+        settings=settings, repo=repo, media=media, keys=keys, slots=StreamSlots(api_env, JOBS_TABLE)
+    )
     monkeypatch.setattr(events, "services", lambda: services)
     reads = TableCalls(api_env)
     answer = events.stream_handler(
@@ -176,3 +180,58 @@ def test_an_events_stream_reads_only_items_its_role_may_read(
     assert ("dynamodb:GetItem", f"APIKEY#{issued.key_id}") in reads.calls
     assert ("dynamodb:GetItem", f"JOB#{job.job_id}") in reads.calls
     assert refused("EventsFunctionRole", reads.calls) == []
+
+
+def test_a_tenant_holds_at_most_its_bound_of_open_streams_and_each_gives_its_place_back(
+    api_env: DynamoDBClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each open stream holds an execution for up to 15 minutes: past the tenant's bound one more is refused with 429
+    and Retry-After before anything streams; a stream that ends, fails or is closed (its client gone) gives its
+    place back; other tenants are not counted."""
+    from handlers import events
+
+    monkeypatch.setenv("SDQ_EVENT_STREAMS_PER_TENANT", "2")
+    settings = get_settings()
+    keys = ApiKeyStore(api_env, JOBS_TABLE)
+    tenants = TenantStore(api_env, JOBS_TABLE, settings)
+    repo = JobsRepository(api_env, JOBS_TABLE)
+    media = MediaStore(boto3.client("s3", region_name="us-east-1"), "media")
+    slots = StreamSlots(api_env, JOBS_TABLE)
+    services = events.EventServices(settings=settings, repo=repo, media=media, keys=keys, slots=slots)
+    monkeypatch.setattr(events, "services", lambda: services)
+
+    def opener(tenant: str) -> Any:
+        caller = Authorizer(keys, tenants).authorize(keys.create(tenant).plaintext)
+        assert caller is not None
+        job, _ = repo.create(make_job(tenant=tenant))
+
+        def open_one() -> StreamedResponse:
+            event = {"path": f"/v1/jobs/{job.job_id}/events", "requestContext": {"authorizer": caller.context()}}
+            return events.stream_handler(event, ShortStream())
+
+        return open_one
+
+    mine, theirs = opener("t-1"), opener("t-2")
+    first, second = mine(), mine()
+    assert (first.status, second.status) == (200, 200)
+    refused = mine()
+    assert refused.status == 429
+    assert refused.headers["Retry-After"] == str(events.STREAMS_RETRY_AFTER_S)
+    error = json.loads(b"".join(refused.body))["error"]
+    assert error["code"] == "too_many_requests"
+    assert "2 event streams open" in error["message"]
+    assert theirs().status == 200  # another tenant's streams are its own
+    # A client that leaves: the server closes the body (as werkzeug does), before or after its first bytes.
+    next(iter(first.body))
+    first.body.close()  # type: ignore[attr-defined]
+    third = mine()
+    assert third.status == 200
+    assert mine().status == 429
+    second.body.close()  # type: ignore[attr-defined]  # never read at all
+    fourth = mine()
+    assert fourth.status == 200
+    # A stream that runs to its end (here its deadline, 1.5 s) gives its place back too.
+    assert b"reconnect with Last-Event-ID" in b"".join(third.body)
+    assert mine().status == 200
+    assert mine().status == 429
+    assert not slots.acquire("t-1", "check", limit=2, lease_s=60, now=time.time())  # the two open ones hold both

@@ -26,19 +26,19 @@ def main(host: str) -> None:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     from localcloud import aslparse
+    from localcloud.hostguard import LoopbackHostGuard
     from localcloud.keepalive import KeepAliveServer, cache_moto_module_list, moto_request_handler
 
     moto_api_backend.set_config({"stepfunctions": {"execute_state_machine": True}})
     aslparse.install()
     carry_trace_headers()
     cache_moto_module_list()
-    server = KeepAliveServer(
-        host,
-        0,
-        DomainDispatcherApplication(create_backend_app),
-        handler=moto_request_handler(),
-        keep_alive_for_all=True,
+    # The local cloud forwards its Step Functions requests with their Host (its own port) unchanged.
+    guard = LoopbackHostGuard(
+        DomainDispatcherApplication(create_backend_app), bound_host=host, ports=[int(os.environ["MOTO_PORT"])]
     )
+    server = KeepAliveServer(host, 0, guard, handler=moto_request_handler(), keep_alive_for_all=True)
+    guard.ports.add(server.server_port)
     threading.Thread(target=_exit_when_orphaned, name="orphan-watch", daemon=True).start()
     print(f"{READY} {server.server_port}", flush=True)
     server.serve_forever(poll_interval=0.1)

@@ -4,7 +4,8 @@ Lambda ``Invoke`` is served in-process by :class:`~localcloud.lambdas.LambdaInvo
 executes definitions for real (moto's ``stepfunctions.execute_state_machine``) in a process of its own
 (:mod:`localcloud.executions`), to which this server forwards every Step Functions request; its interpreter's
 AWS calls come back here (``MOTO_PORT``). Connections are kept alive for the stack's own processes
-(:mod:`localcloud.keepalive`).
+(:mod:`localcloud.keepalive`). Both servers answer only requests for their loopback address and port
+(:mod:`localcloud.hostguard`: no web page can reach them by rebinding a name of its own).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 
 from localcloud import aslparse, fairqueues, hotpaths, transactions
 from localcloud.executions import ExecutionsProcess, StatesForwarder
+from localcloud.hostguard import LoopbackHostGuard
 from localcloud.keepalive import KeepAliveServer, cache_moto_module_list, moto_request_handler
 from localcloud.lambdas import (
     EnvJournal,
@@ -106,7 +108,10 @@ class LocalCloud:
         )
         app = self._forwarder = StatesForwarder(lambdas)
         handler = moto_request_handler()
-        self._server = KeepAliveServer(self.host, self.requested_port, app, handler=handler)
+        # Only requests for this loopback address and port (no page rebinding a name of its own to it).
+        guard = LoopbackHostGuard(app, bound_host=self.host)
+        self._server = KeepAliveServer(self.host, self.requested_port, guard, handler=handler)
+        guard.ports.add(self.port)
         try:
             # Step Functions runs beside this process; its interpreter calls back here.
             self._executions = app.target = ExecutionsProcess(host=self.host, cloud_port=self.port)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 
 from localcloud import LocalCloud, LocalResources, ProvisionError
@@ -293,6 +294,50 @@ def test_unknown_override_fails_before_anything_is_created(cloud: tuple[LocalClo
     stacks = _client(res, "cloudformation").list_stacks()["StackSummaries"]
     assert [s["StackName"] for s in stacks] == [res.stack_name]
     assert local.resources == res
+
+
+def test_a_request_for_another_host_is_refused_so_no_page_can_rebind_a_name_to_the_cloud(
+    cloud: tuple[LocalCloud, LocalResources],
+) -> None:
+    """DNS rebinding: a web page points a name of its own at 127.0.0.1 and has the browser send it unsigned AWS
+    calls (moto checks no signature). The request names the page's host; the local cloud, and the Step Functions
+    process it forwards to, answer only their loopback address and port, while boto3 goes on working."""
+    local, res = cloud
+    port = local.port
+
+    def forged(service: str, target: str) -> dict[str, str]:
+        """Headers a page can set on its own origin's requests; the signature is made up (moto checks none)."""
+        credential = f"Credential=testing/20260101/us-east-1/{service}/aws4_request"
+        return {
+            "X-Amz-Target": target,
+            "Content-Type": "application/x-amz-json-1.0",
+            "Authorization": f"AWS4-HMAC-SHA256 {credential}, SignedHeaders=host, Signature=00",
+        }
+
+    scan = forged("dynamodb", "DynamoDB_20120810.Scan")
+    executions = forged("states", "AWSStepFunctions.ListStateMachines")
+    body = json.dumps({"TableName": res.table_name}).encode()
+    url = f"http://127.0.0.1:{port}/"
+    with httpx.Client(timeout=10) as http:
+        for host in (f"rebind.attacker.example:{port}", f"localhost.attacker.example:{port}", "127.0.0.1:1", ""):
+            for target in (scan, executions):
+                refused = http.post(url, content=body, headers={**target, "Host": host})
+                assert refused.status_code == 403, (host, target)
+                assert b"Items" not in refused.content
+                assert b"stateMachines" not in refused.content
+        # The same unsigned call for the cloud's own address is answered: the guard is all that stood between.
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}"):
+            answered = http.post(url, content=body, headers={**scan, "Host": host})
+            assert answered.status_code == 200
+            assert "Items" in answered.json()
+        assert http.post(url, content=b"{}", headers={**executions, "Host": f"127.0.0.1:{port}"}).status_code == 200
+        # The Step Functions process, on a port of its own, refuses other hosts too.
+        sfn_port = local._executions.wait_ready()  # type: ignore[union-attr]
+        sfn = f"http://127.0.0.1:{sfn_port}/"
+        foreign = http.post(sfn, content=b"{}", headers={**executions, "Host": f"rebind.attacker.example:{sfn_port}"})
+        assert foreign.status_code == 403
+    assert _client(res, "dynamodb").describe_table(TableName=res.table_name)["Table"]["TableName"] == res.table_name
+    assert _client(res, "stepfunctions").describe_state_machine(stateMachineArn=res.state_machine_arn)
 
 
 # --- in-process Lambda ---------------------------------------------------------------------------------

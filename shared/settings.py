@@ -548,7 +548,8 @@ class Settings(BaseSettings):
         default="tenant",
         description=(
             "Whose jobs answer a request from the result cache: the tenant's own (`tenant`), or every tenant's"
-            " (`global`; a hit then tells one tenant what another generated)"
+            " (`global`; a hit then tells one tenant what another generated, its image URLs naming that tenant and"
+            " job, and a job's `cache` leaves out `source_job` and `joined_job`). Set it alike on every function"
         ),
     )
     fleet_queue_urls: dict[str, str] = Field(

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 from shared.contracts import CacheInfo, Job, JobStatus, JobView, OutputView, ProgressView, QueueInfo, Timings, utcnow
 from shared.media import MediaStore
+from shared.settings import get_settings
 from shared.tinymodel import TINY_MODEL_NOTE
 
 
@@ -13,6 +14,18 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     if start is not None and end is not None:
         return round((end - start).total_seconds(), 3)
     return None
+
+
+def _cache_info(job: Job) -> CacheInfo:
+    """Whether the result cache answers ``job``, and by which job. Under a global cache
+    (``SDQ_RESULT_CACHE_SCOPE=global``) that job may be another tenant's, and which tenant's is not on this one's
+    record: its id (which also tells when it was submitted) is left out, for every job alike."""
+    shared = get_settings().result_cache_scope == "global"
+    return CacheInfo(
+        hit=job.cache_source is not None,
+        source_job=None if shared else job.cache_source,
+        joined_job=job.joined_to if job.status == JobStatus.QUEUED and not shared else None,
+    )
 
 
 def job_view(job: Job, media: MediaStore, presign_expiry_s: int, *, queue: QueueInfo | None = None) -> JobView:
@@ -62,11 +75,7 @@ def job_view(job: Job, media: MediaStore, presign_expiry_s: int, *, queue: Queue
         lora_revisions=job.lora_revisions,
         metadata=dict(job.request.metadata),
         webhook=job.webhook,
-        cache=CacheInfo(
-            hit=job.cache_source is not None,
-            source_job=job.cache_source,
-            joined_job=job.joined_to if job.status == JobStatus.QUEUED else None,
-        ),
+        cache=_cache_info(job),
         queue=queue if job.status == JobStatus.QUEUED else None,
         usage=job.usage,
     )

@@ -32,11 +32,12 @@ start() {  # start SIDE DIR OUTNAME [extra flags]
     "$@" --out "$OUT/$name" 2>&1) | log
   sleep 1  # the reports' names carry the second they started
 }
+# SIDES: which code to start, in turn (default both); WARMUP_RUN=0 leaves out step 3.
 for run in 1 2; do
-  [ "$(left)" -gt 45 ] || break
-  start "old ($run)" .snapold old
-  [ "$(left)" -gt 45 ] || break
-  start "new ($run)" . new
+  for side in ${SIDES:-old new}; do
+    [ "$(left)" -gt 45 ] || break 2
+    if [ "$side" = old ]; then start "old ($run)" .snapold old; else start "new ($run)" . new; fi
+  done
 done
-[ "$(left)" -gt 45 ] && start "new, --warmup" . new-warmup --warmup
+[ "${WARMUP_RUN:-1}" = 1 ] && [ "$(left)" -gt 45 ] && start "new, --warmup" . new-warmup --warmup
 echo "== done at ${SECONDS}s" | log

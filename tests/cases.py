@@ -16,3 +16,18 @@ INTERNAL_CALLBACK_URLS = [
     "file:///etc/passwd",
     "gopher://example.com:70/_",
 ]
+
+# A model registry with a second fleet: the default fleet's builtin "tiny", and "xl" on the fleet "large".
+TWO_FLEET_REGISTRY = {
+    "models": [
+        {"id": "tiny", "source": "builtin:tiny", "revision": "1", "architecture": "tiny"},
+        {
+            "id": "xl",
+            "source": "/models/xl",
+            "revision": "r1",
+            "checksums": {"unet/w.safetensors": "0" * 64},
+            "architecture": "sdxl",
+            "fleet": "large",
+        },
+    ]
+}

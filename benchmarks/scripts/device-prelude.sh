@@ -5,7 +5,8 @@
 #   BUDGET    seconds the script may take (default 540; a script may set its own before sourcing);
 #   LOG_HIDE  an extra grep -E pattern of lines to keep out of the printed log (log.txt keeps everything);
 # and the functions log (tee to $OUT/log.txt, warnings filtered), left (seconds of BUDGET left),
-# gpu_clocks (the card's name, clocks and power), byte_compile_repo and keep_worker_logs.
+# gpu_clocks (the card's name, clocks and power), byte_compile_repo and keep_worker_logs; and HIDE, HIDDEN and
+# HIDDEN_SCRIPT, the worker image's environment (the packages it does not ship hidden from Python).
 OUT=${OUT:-out/$1}
 mkdir -p "$OUT"
 # PYTHONPATH: the probe scripts run as files, not modules, and import the service packages.
@@ -40,3 +41,9 @@ wait_warm() {
   done | log
   for f in /tmp/warm-*.log; do echo "=== $f"; cat "$f"; done >>"$OUT/aux-logs.txt"
 }
+# The worker image's environment: peft, scikit-learn, torchvision and pandas hidden (the image lacks them).
+# python3 -c "$HIDE; CODE" runs CODE there; "${HIDDEN[@]}" MODULE ARGS... is python -m MODULE (an array, so that
+# timeout runs it); "${HIDDEN_SCRIPT[@]}" PATH ARGS... a script.
+HIDE="import sys, runpy; sys.modules.update(dict.fromkeys(['peft', 'sklearn', 'torchvision', 'pandas']))"
+HIDDEN=(python3 -c "$HIDE; sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__')")
+HIDDEN_SCRIPT=(python3 -c "$HIDE; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")

@@ -14,9 +14,6 @@ byte_compile_repo
 (cd .snapold && python3 -m compileall -q -j 16 workflows shared handlers >/dev/null 2>&1)
 export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-4}
 gpu_clocks
-HIDE="import sys, runpy; sys.modules.update(dict.fromkeys(['peft', 'sklearn', 'torchvision', 'pandas']))"
-HIDDEN=(python3 -c "$HIDE; sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__')")
-HIDDEN_SCRIPT=(python3 -c "$HIDE; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 # floor DIR: one fresh `import handlers.worker` from DIR's code, timed.
 floor() {
   local t0=$EPOCHREALTIME

@@ -27,7 +27,6 @@ source "$(dirname "$0")/device-prelude.sh" warmstart
 byte_compile_repo
 export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-4}
 gpu_clocks
-HIDE="import sys; sys.modules.update(dict.fromkeys(['peft', 'sklearn', 'torchvision', 'pandas']))"
 echo "== 0. imports of the worker's entry point at ${SECONDS}s" | log
 python3 -X importtime -c "$HIDE; import handlers.worker" 2>/tmp/importtime.txt
 sort -t'|' -k2 -n -r /tmp/importtime.txt | head -25 | log

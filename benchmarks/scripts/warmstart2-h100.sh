@@ -16,11 +16,6 @@ source "$(dirname "$0")/device-prelude.sh" warmstart2
 byte_compile_repo
 export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-4}
 gpu_clocks
-HIDE="import sys, runpy; sys.modules.update(dict.fromkeys(['peft', 'sklearn', 'torchvision', 'pandas']))"
-# "${HIDDEN[@]}" MODULE ARGS...: python -m MODULE in the worker image's environment (an array, so that timeout
-# runs it); "${HIDDEN_SCRIPT[@]}" PATH ARGS...: a script.
-HIDDEN=(python3 -c "$HIDE; sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__')")
-HIDDEN_SCRIPT=(python3 -c "$HIDE; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 floor() { local t0=$EPOCHREALTIME; python3 -c "$HIDE; $1" 2>/dev/null; echo "$1: $(python3 -c "print(f'{$EPOCHREALTIME - $t0:.2f}')") s"; }
 echo "== 0. import floors at ${SECONDS}s" | log
 python3 -c "$HIDE; import handlers.worker" >/dev/null 2>&1

@@ -402,18 +402,23 @@ def test_postprocess_finishes_a_job_the_worker_marked_postprocessing_meanwhile(h
     assert h.repo.get(job.job_id).status == JobStatus.POSTPROCESSING
 
 
-def test_postprocess_finishes_a_job_whose_retention_ends_mid_execution(harness: tuple[Harness, Any]) -> None:
-    """A job past its retention is gone for its client, but one that crosses it while its execution runs still
-    gets its outputs (not POSTPROCESS_FAILED)."""
-    h, _client = harness
-    job = h.running_job(None, num_images=1)
-    keys = h.stage(job, 1)
+def end_retention(h: Harness, job: Job) -> None:
+    """The job's retention ends now (its TTL a second ago), before DynamoDB's sweep removes it."""
     h.service.boto("dynamodb").update_item(
         TableName=h.service.table,
         Key={"pk": {"S": f"JOB#{job.job_id}"}},
         UpdateExpression="SET expires_at = :past",
         ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}},
     )
+
+
+def test_postprocess_finishes_a_job_whose_retention_ends_mid_execution(harness: tuple[Harness, Any]) -> None:
+    """A job past its retention is gone for its client, but one that crosses it while its execution runs still
+    gets its outputs (not POSTPROCESS_FAILED)."""
+    h, _client = harness
+    job = h.running_job(None, num_images=1)
+    keys = h.stage(job, 1)
+    end_retention(h, job)
     result = Postprocessor(h.repo, MediaStore(h.s3, h.bucket)).run(
         PostprocessInput(job_id=job.job_id, tenant=job.tenant, attempt=job.attempt, staging_keys=keys)
     )
@@ -429,12 +434,7 @@ def test_postprocess_finishes_a_job_past_its_retention_after_losing_the_race_to_
     h, _client = harness
     job = h.running_job(None, num_images=1)
     keys = h.stage(job, 1)
-    h.service.boto("dynamodb").update_item(
-        TableName=h.service.table,
-        Key={"pk": {"S": f"JOB#{job.job_id}"}},
-        UpdateExpression="SET expires_at = :past",
-        ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}},
-    )
+    end_retention(h, job)
     racing = _WorkerMarksDuringRead(h.service.boto("dynamodb"), h.service.table)
     result = Postprocessor(racing, MediaStore(h.s3, h.bucket)).run(
         PostprocessInput(job_id=job.job_id, tenant=job.tenant, attempt=job.attempt, staging_keys=keys)

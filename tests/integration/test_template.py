@@ -26,6 +26,7 @@ from localcloud.provision import (
 )
 from shared.pricing import gpu_price
 from shared.settings import Settings, environment_variables
+from tests.cases import TWO_FLEET_REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -713,45 +714,40 @@ def test_the_requeue_sweeper_runs_alone_each_minute_and_leaves_live_submissions_
     assert settings.requeue_budget_s + 3 * longest_call < props["Timeout"]
 
 
-def test_an_operator_sets_how_long_a_lapsed_running_job_waits_before_it_is_failed_abandoned(
-    sam: dict[str, Any], resources: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+# Bounds an operator sets at deploy time, each a parameter that reaches the function using it with the setting's
+# default and floor: (parameter, setting, function, a value given), and why the runbook turns it.
+OPERATOR_BOUNDS = [
+    # The sweeper cannot see whether a lapsed job's message still waits in the queue: a deploy expecting workers to
+    # be missing longer than the default hour (a GPU capacity outage) raises it, and the sweeper waits that long.
+    ("AbandonedAfterSeconds", "abandoned_after_s", "RequeueFunction", 21600),
+    # NotifyThrottlesAlarm's runbook lowers the per-tenant delivery bound; Notify holds the slots.
+    ("WebhookDeliveriesPerTenant", "webhook_deliveries_per_tenant", "NotifyFunction", 2),
+    # Each open stream holds an execution of the events function for up to 15 minutes.
+    ("EventStreamsPerTenant", "event_streams_per_tenant", "EventsFunction", 3),
+]
+
+
+@pytest.mark.parametrize(("parameter", "setting", "function", "value"), OPERATOR_BOUNDS)
+def test_an_operator_sets_a_bound_with_a_parameter_that_reaches_its_function(
+    sam: dict[str, Any],
+    resources: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    parameter: str,
+    setting: str,
+    function: str,
+    value: int,
 ) -> None:
-    """The sweeper cannot see whether a lapsed job's message still waits in the queue: a deploy expecting workers to
-    be missing longer than the default hour (a GPU capacity outage) raises AbandonedAfterSeconds, and the sweeper
-    waits that long."""
-    param = sam["Parameters"]["AbandonedAfterSeconds"]
-    field = Settings.model_fields["abandoned_after_s"]
-    assert param["Default"] == Settings().abandoned_after_s
+    param = sam["Parameters"][parameter]
+    field = Settings.model_fields[setting]
+    assert param["Default"] == getattr(Settings(), setting)
     assert [param["MinValue"]] == [m.ge for m in field.metadata if hasattr(m, "ge")]
-    given = {"AbandonedAfterSeconds": "21600"}
-    assert deployed_settings("RequeueFunction", sam, resources, monkeypatch, given).abandoned_after_s == 21600
+    deployed = deployed_settings(function, sam, resources, monkeypatch, {parameter: str(value)})
+    assert getattr(deployed, setting) == value
 
 
-def test_an_operator_sets_how_many_webhooks_a_tenant_sends_at_once(
-    sam: dict[str, Any], resources: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """NotifyThrottlesAlarm's runbook lowers the per-tenant delivery bound: a deploy parameter reaches Notify, the
-    function that holds the slots, with the setting's default and floor."""
-    param = sam["Parameters"]["WebhookDeliveriesPerTenant"]
-    field = Settings.model_fields["webhook_deliveries_per_tenant"]
-    assert param["Default"] == Settings().webhook_deliveries_per_tenant
-    assert [param["MinValue"]] == [m.ge for m in field.metadata if hasattr(m, "ge")]
-    given = {"WebhookDeliveriesPerTenant": "2"}
-    assert deployed_settings("NotifyFunction", sam, resources, monkeypatch, given).webhook_deliveries_per_tenant == 2
-    assert sam["Parameters"]["NotifyReservedConcurrency"]["Default"] > param["Default"]
-
-
-def test_an_operator_sets_how_many_event_streams_a_tenant_holds_open(
-    sam: dict[str, Any], resources: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each open stream holds an execution of the events function for up to 15 minutes: the per-tenant bound is a
-    deploy parameter that reaches that function, with the setting's default and floor."""
-    param = sam["Parameters"]["EventStreamsPerTenant"]
-    field = Settings.model_fields["event_streams_per_tenant"]
-    assert param["Default"] == Settings().event_streams_per_tenant
-    assert [param["MinValue"]] == [m.ge for m in field.metadata if hasattr(m, "ge")]
-    given = {"EventStreamsPerTenant": "3"}
-    assert deployed_settings("EventsFunction", sam, resources, monkeypatch, given).event_streams_per_tenant == 3
+def test_notify_may_run_more_deliveries_at_once_than_one_tenant_may_hold(sam: dict[str, Any]) -> None:
+    notify = sam["Parameters"]["NotifyReservedConcurrency"]["Default"]
+    assert notify > sam["Parameters"]["WebhookDeliveriesPerTenant"]["Default"]
 
 
 def test_every_failed_timed_out_or_aborted_execution_of_the_job_workflow_reaches_its_handler(
@@ -1252,23 +1248,10 @@ def test_every_function_that_sends_jobs_sends_a_second_fleet_model_to_that_fleet
     """A job's queue is its model's fleet's (the registry's ``fleet``, SDQ_FLEET_QUEUE_URLS): a function that may send
     to the second fleet's queue but lacks the registry finds no route and sends that fleet's jobs to JobsQueue, where
     no worker loads their model (the DLQ's and the requeue sweeper's requeues did)."""
-    registry = {
-        "models": [
-            {"id": "sd", "source": "builtin:tiny", "revision": "1", "architecture": "tiny"},
-            {
-                "id": "xl",
-                "source": "/models/xl",
-                "revision": "r1",
-                "checksums": {"unet/w.safetensors": "0" * 64},
-                "architecture": "sdxl",
-                "fleet": "large",
-            },
-        ]
-    }
     given = {
-        "ModelId": "sd",
-        "AllowedModels": "sd,xl",
-        "ModelRegistry": json.dumps(registry),
+        "ModelId": "tiny",
+        "AllowedModels": "tiny,xl",
+        "ModelRegistry": json.dumps(TWO_FLEET_REGISTRY),
         "SecondFleet": "large",
         "JobsQueue": "https://sqs.example/jobs",
         "SecondFleetQueue": "https://sqs.example/large",

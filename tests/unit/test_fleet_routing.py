@@ -14,23 +14,12 @@ from moto import mock_aws
 from shared.contracts import GenerationRequest, QueueMessage, utcnow
 from shared.queue import JobQueue, parse_body
 from shared.settings import Settings
+from tests.cases import TWO_FLEET_REGISTRY
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
-REGISTRY = {
-    "models": [
-        {"id": "tiny", "source": "builtin:tiny", "revision": "1", "architecture": "tiny"},
-        {
-            "id": "xl",
-            "source": "/models/xl",
-            "revision": "r1",
-            "checksums": {"unet/w.safetensors": "0" * 64},
-            "architecture": "sdxl",
-            "fleet": "large",
-        },
-    ]
-}
+REGISTRY = TWO_FLEET_REGISTRY
 
 
 @pytest.fixture

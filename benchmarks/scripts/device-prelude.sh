@@ -47,3 +47,17 @@ wait_warm() {
 HIDE="import sys, runpy; sys.modules.update(dict.fromkeys(['peft', 'sklearn', 'torchvision', 'pandas']))"
 HIDDEN=(python3 -c "$HIDE; sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__')")
 HIDDEN_SCRIPT=(python3 -c "$HIDE; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+# An A/B of old and new code: the old is a copy of a commit in .snapold, byte-compiled as an image ships it.
+byte_compile_snapold() { (cd .snapold && python3 -m compileall -q -j 16 workflows shared handlers >/dev/null 2>&1); }
+# `build_precompiled SECONDS`: SD 1.5's precompiled forwards for buckets 1 and 16 (cache folder /tmp/cc-p,
+# artefacts /tmp/pc), cold builds in parallel by the working tree's code; PRECOMPILED_STARTUP: the startup bench's
+# flags that start from them (512x512, 30 steps, bucket 16 timed after the first images).
+build_precompiled() {
+  echo "== cold builds of the precompiled forwards in parallel at ${SECONDS}s" | log
+  bg p1 "${HIDDEN_SCRIPT[@]}" benchmarks/scripts/warm_compile.py --size 1 --cache-dir /tmp/cc-p --precompile-dir /tmp/pc
+  bg p16 "${HIDDEN_SCRIPT[@]}" benchmarks/scripts/warm_compile.py --size 16 --no-compile-vae --cache-dir /tmp/cc-p \
+    --precompile-dir /tmp/pc
+  wait_warm "$1"
+}
+PRECOMPILED_STARTUP="--arch sd15 --steps 30 --width 512 --height 512 --compile --buckets 1,16 --then-batch-sizes 16"
+PRECOMPILED_STARTUP="$PRECOMPILED_STARTUP --compile-cache-dir /tmp/cc-p --precompile-dir /tmp/pc"

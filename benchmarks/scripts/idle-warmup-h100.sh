@@ -12,16 +12,11 @@ set -u
 BUDGET=${BUDGET:-540}
 source "$(dirname "$0")/device-prelude.sh" idle-warmup
 byte_compile_repo
-(cd .snapold && python3 -m compileall -q -j 16 workflows shared handlers >/dev/null 2>&1)
+byte_compile_snapold
 export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-4}
 gpu_clocks
-echo "== 1. cold builds in parallel at ${SECONDS}s" | log
-bg p1 "${HIDDEN_SCRIPT[@]}" benchmarks/scripts/warm_compile.py --size 1 --cache-dir /tmp/cc-p --precompile-dir /tmp/pc
-bg p16 "${HIDDEN_SCRIPT[@]}" benchmarks/scripts/warm_compile.py --size 16 --no-compile-vae --cache-dir /tmp/cc-p \
-  --precompile-dir /tmp/pc
-wait_warm ${WARM_S:-200}
-S="--arch sd15 --steps 30 --width 512 --height 512 --compile --buckets 1,16 --then-batch-sizes 16"
-S="$S --compile-cache-dir /tmp/cc-p --precompile-dir /tmp/pc"
+build_precompiled "${WARM_S:-200}"
+S=$PRECOMPILED_STARTUP
 start() {  # start SIDE DIR OUTNAME [extra flags]
   local side=$1 dir=$2 name=$3; shift 3
   echo "== warm start, precompiled, $side at ${SECONDS}s" | log

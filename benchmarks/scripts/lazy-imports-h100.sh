@@ -11,7 +11,7 @@ set -u
 BUDGET=${BUDGET:-540}
 source "$(dirname "$0")/device-prelude.sh" lazy-imports
 byte_compile_repo
-(cd .snapold && python3 -m compileall -q -j 16 workflows shared handlers >/dev/null 2>&1)
+byte_compile_snapold
 export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-4}
 gpu_clocks
 # floor DIR: one fresh `import handlers.worker` from DIR's code, timed.
@@ -23,13 +23,8 @@ floor() {
 echo "== 0. import floors at ${SECONDS}s" | log
 floor .snapold old >/dev/null; floor . new >/dev/null
 for _ in $(seq "${FLOORS:-4}"); do floor .snapold old | log; floor . new | log; done
-echo "== 1. cold builds in parallel at ${SECONDS}s" | log
-bg p1 "${HIDDEN_SCRIPT[@]}" benchmarks/scripts/warm_compile.py --size 1 --cache-dir /tmp/cc-p --precompile-dir /tmp/pc
-bg p16 "${HIDDEN_SCRIPT[@]}" benchmarks/scripts/warm_compile.py --size 16 --no-compile-vae --cache-dir /tmp/cc-p \
-  --precompile-dir /tmp/pc
-wait_warm ${WARM_S:-220}
-S="--arch sd15 --steps 30 --width 512 --height 512 --compile --buckets 1,16 --then-batch-sizes 16"
-S="$S --compile-cache-dir /tmp/cc-p --precompile-dir /tmp/pc"
+build_precompiled "${WARM_S:-220}"
+S=$PRECOMPILED_STARTUP
 for run in 1 2; do
   for side in old new; do
     [ "$(left)" -gt 45 ] || break 2

@@ -65,7 +65,7 @@ class Accelerator:
         self.buckets: tuple[int, ...] = ()
         self.resolutions: tuple[tuple[int, int], ...] = ()
         self._warm: set[tuple[int, int, int]] = set()  # compiled (images, width, height) shapes a call has run
-        self._all_warm = False  # warm_next found no cold shape (and wrote the mega-cache file)
+        self._warmup_noted = False  # the warm-up's end was logged (and the mega-cache file written)
         self._compiled_call = False  # inside call_context: whether this call's shape is a compiled one
         started = time.perf_counter()
         self._apply()
@@ -387,9 +387,7 @@ class Accelerator:
         if cold:
             self._warm_shape(generate, *cold[0])
             return True
-        if self.compiled and not self._all_warm:
-            self._all_warm = True
-            logger.info("compile warm-up done: %s", self.report.warmup_s)
+        if self.compiled and not self._warmup_noted:
             self._after_warmup()
         return False
 
@@ -400,7 +398,6 @@ class Accelerator:
         for width, height in self.resolutions:
             for size in sizes or self.buckets or (1,):
                 self._warm_shape(generate, size, width, height)
-        logger.info("compile warm-up done: %s", self.report.warmup_s)
         self._after_warmup()
 
     def _warm_shape(self, generate: Callable[[int, int, int], None], size: int, width: int, height: int) -> None:
@@ -409,6 +406,9 @@ class Accelerator:
         self.report.warmup_s[f"{size}@{width}x{height}"] = time.perf_counter() - started
 
     def _after_warmup(self) -> None:
+        """The warm-up's end: logged once, and the mega-cache file written when the start found none."""
+        self._warmup_noted = True
+        logger.info("compile warm-up done: %s", self.report.warmup_s)
         loaded, saved = self.report.mega_cache_loaded_bytes, self.report.mega_cache_saved_bytes
         if self.options.mega_cache and loaded is None and saved is None:
             # First start without the file: write it, for the next start (or the next machine image).

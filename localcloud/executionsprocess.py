@@ -25,12 +25,13 @@ def main(host: str) -> None:
     from moto.moto_api._internal.models import moto_api_backend
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-    from localcloud import aslparse
+    from localcloud import aslparse, aslwaits
     from localcloud.hostguard import LoopbackHostGuard
     from localcloud.keepalive import KeepAliveServer, cache_moto_module_list, moto_request_handler
 
     moto_api_backend.set_config({"stepfunctions": {"execute_state_machine": True}})
     aslparse.install()
+    aslwaits.install()
     carry_trace_headers()
     cache_moto_module_list()
     # The local cloud forwards its Step Functions requests with their Host (its own port) unchanged.

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
 
-from localcloud import aslparse, fairqueues, hotpaths, transactions
+from localcloud import aslparse, aslwaits, fairqueues, hotpaths, transactions
 from localcloud.executions import ExecutionsProcess, StatesForwarder
 from localcloud.hostguard import LoopbackHostGuard
 from localcloud.keepalive import KeepAliveServer, cache_moto_module_list, moto_request_handler
@@ -125,6 +125,7 @@ class LocalCloud:
         moto_api_backend.set_config({"stepfunctions": {"execute_state_machine": True}})
         transactions.install()
         aslparse.install()
+        aslwaits.install()
         hotpaths.install()
         fairqueues.install()  # standard queues hand out messages as SQS fair queues do
         cache_moto_module_list()
@@ -193,6 +194,7 @@ class LocalCloud:
         fairqueues.uninstall()
         hotpaths.uninstall()
         aslparse.uninstall()
+        aslwaits.uninstall()
         transactions.uninstall()
         self._env_journal.restore()
         self._code_roots.clear()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import time
 import uuid
 import zipfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -553,3 +555,26 @@ def test_a_second_fleet_is_provisioned_with_its_own_queue_and_its_route(res: Loc
     assert {a: large[a] for a in attributes} == {a: jobs[a] for a in attributes}
     dlq = sqs.get_queue_attributes(QueueUrl=fleets.dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     assert json.loads(large["RedrivePolicy"])["deadLetterTargetArn"] == dlq
+
+
+def test_a_wait_until_a_timestamp_ends_at_that_time_not_before(res: LocalResources) -> None:
+    """The webhook retries wait for a whole-second ``retry_at`` (a TimestampPath): as on AWS, the Wait state may not
+    end before it (moto waited the seconds to it rounded down, up to one second early)."""
+    sfn = _client(res, "stepfunctions")
+    role = sfn.describe_state_machine(stateMachineArn=res.state_machine_arn)["roleArn"]
+    definition = {
+        "StartAt": "Until",
+        "States": {"Until": {"Type": "Wait", "TimestampPath": "$.until", "End": True}},
+    }
+    machine = sfn.create_state_machine(name="wait-until", definition=json.dumps(definition), roleArn=role)
+    # A whole second between 2 and 3 s ahead: rounded down, the wait would end up to a second early.
+    until = datetime.fromtimestamp(math.floor(time.time()) + 3, UTC)
+    arn = sfn.start_execution(
+        stateMachineArn=machine["stateMachineArn"], input=json.dumps({"until": until.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    )["executionArn"]
+    deadline = time.monotonic() + 15
+    while sfn.describe_execution(executionArn=arn)["status"] == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    events = sfn.get_execution_history(executionArn=arn)["events"]
+    [exited] = [e["timestamp"] for e in events if e["type"] == "WaitStateExited"]
+    assert exited >= until

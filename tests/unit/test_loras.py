@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -16,6 +19,7 @@ import numpy as np
 import pytest
 from boto3.exceptions import RetriesExceededError
 from botocore.exceptions import ClientError
+from huggingface_hub import constants as hub_constants
 from moto import mock_aws
 from PIL import Image
 from pydantic import ValidationError
@@ -345,3 +349,77 @@ def test_a_second_fetch_of_a_revision_leaves_the_copy_another_worker_is_loading(
     assert (folder / WEIGHT_FILE).stat().st_ino == in_use[0][1]  # the other worker's file, not replaced under it
     assert weight_checksums(folder) == entry.checksums
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # this fetch's own copy is gone
+
+
+class _Hub:
+    """A hub on 127.0.0.1 that answers every request with one status (and the hub's error code header)."""
+
+    def __init__(self, status: int, error_code: str | None = None) -> None:
+        answer = (status, error_code)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(answer[0])
+                if answer[1]:
+                    self.send_header("X-Error-Code", answer[1])
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def do_HEAD(self) -> None:
+                self.do_GET()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+def _closed_port() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+@pytest.fixture
+def online_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[str], None]:
+    """Points huggingface_hub at a given endpoint (as HF_ENDPOINT does) with an empty cache and online mode."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    return lambda url: monkeypatch.setattr(hub_constants, "ENDPOINT", url)
+
+
+@pytest.mark.parametrize(
+    ("hub", "error"),
+    [
+        (lambda: _Hub(503).url, LoraUnavailable),
+        (lambda: _Hub(429).url, LoraUnavailable),
+        (_closed_port, LoraUnavailable),
+        (lambda: _Hub(404, "RepoNotFound").url, LoraNotFound),
+        (lambda: _Hub(404, "RevisionNotFound").url, LoraNotFound),
+        (lambda: _Hub(401).url, LoraNotFound),
+    ],
+    ids=["hub-down", "throttled", "unreachable", "no-repository", "no-revision", "token-refused"],
+)
+def test_a_hub_lora_the_hub_cannot_serve_now_is_unavailable_and_a_missing_one_not_found(
+    ink: Path, online_hub: Callable[[str], None], hub: Callable[[], str], error: type[Exception]
+) -> None:
+    """A hub that is down, throttling or out of reach hands the batch back for a later try (``LoraUnavailable``);
+    a repository, revision or token the hub refuses fails the jobs (``LoraNotFound``)."""
+    online_hub(hub())
+    registry = LoraRegistry.model_validate({"loras": [{**lora_entry(ink), "source": "hub:sdq-tests/ink-lora"}]})
+    with pytest.raises((LoraUnavailable, LoraNotFound)) as refused:
+        lora_folder(registry.loras[0])
+    assert type(refused.value) is error
+
+
+def test_a_hub_lora_offline_without_a_cached_copy_is_not_found(ink: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF_HUB_OFFLINE without the revision in the cache is the deployment's choice: another try would not help."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    registry = LoraRegistry.model_validate({"loras": [{**lora_entry(ink), "source": "hub:sdq-tests/ink-lora"}]})
+    with pytest.raises(LoraNotFound):
+        lora_folder(registry.loras[0])

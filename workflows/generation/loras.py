@@ -10,7 +10,9 @@ pixel). Loaded adapters stay for later batches, least recently used first out on
 Files come from the entry's source at its pinned revision (a local folder, the hub snapshot of the revision, or
 the S3 prefix's copy in the model cache) and are checked against the entry's sha256 before loading: a mismatch
 raises :class:`LoraChecksumMismatch` and the batch's jobs fail; so do those naming a LoRA this worker's registry
-no longer has (:class:`LoraNotServed`).
+no longer has (:class:`LoraNotServed`) and those whose files are not at their source (:class:`LoraNotFound`). A
+fetch that may succeed later (S3 or the hub throttling, erroring or out of reach) raises :class:`LoraUnavailable`,
+and the batch goes back to the queue.
 
 Not thread-safe: used from the runner's thread only.
 """
@@ -29,9 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx2
 from boto3.exceptions import Boto3Error
 from botocore.exceptions import BotoCoreError, ClientError
 from huggingface_hub import snapshot_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from huggingface_hub.utils import HFValidationError
 from safetensors import safe_open
 
@@ -97,6 +108,27 @@ class LoraUnavailable(RetryableError):
 # S3's answers for a key, bucket or permission that is not there: retrying does not help.
 _MISSING_STATUSES = frozenset({403, 404})
 
+# The hub's answers that may pass: a timeout, throttling and its own errors.
+_HUB_PASSING_STATUSES = frozenset({408, 429})
+
+
+def _hub_failure_passes(exc: BaseException) -> bool:
+    """Whether a hub fetch failed for a reason that may pass: the hub unreachable (a connection, a timeout) or
+    answering 408, 429 or 5xx. A missing repository, revision or file, a refused token, an invalid id and
+    ``HF_HUB_OFFLINE`` without a cached copy do not pass.
+
+    huggingface_hub turns an unreachable or failing hub into ``LocalEntryNotFoundError`` (no cached copy to fall
+    back on) raised from the hub's own error; with no such cause the fetch was offline by configuration."""
+    reason = exc.__cause__ if isinstance(exc, LocalEntryNotFoundError) else exc
+    if reason is None or isinstance(
+        reason, (OfflineModeIsEnabled, EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
+    ):
+        return False
+    if isinstance(reason, HfHubHTTPError):
+        status = reason.response.status_code if reason.response is not None else None
+        return status is None or status in _HUB_PASSING_STATUSES or status >= 500
+    return isinstance(reason, httpx2.TransportError)
+
 
 class LoraChecksumMismatch(PermanentError):
     """A registered LoRA's files are not those its entry lists: it is not loaded."""
@@ -148,7 +180,9 @@ def lora_folder(entry: LoraEntry, cache_root: Path | None = None, *, s3: S3Clien
                     local_files_only=_hub_offline(),
                 )
             )
-        except (HFValidationError, OSError) as exc:  # hub errors are OSErrors (missing repo, revision, offline)
+        except (HFValidationError, OSError, httpx2.TransportError) as exc:  # the hub's errors are OSErrors
+            if _hub_failure_passes(exc):
+                raise LoraUnavailable(entry.id, f"the hub did not serve revision {entry.revision} now: {exc}") from exc
             raise LoraNotFound(entry.id, f"revision {entry.revision} not fetched from the hub: {exc}") from exc
     # Built here, when an S3 LoRA is first used, unless the caller brought one.
     return _fetch_s3(entry, s3 or AwsClients(get_settings()).s3(), cache_root)

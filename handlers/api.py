@@ -899,6 +899,7 @@ AUDITED_ROUTES: list[tuple[str, re.Pattern[str], AuditAction]] = [
     ("POST", re.compile(r"^/v1/jobs/(?P<job_id>[^/]+)/cancel$"), AuditAction.JOB_CANCEL),
     ("POST", re.compile(r"^/v1/jobs/(?P<job_id>[^/]+)/webhook/redeliver$"), AuditAction.WEBHOOK_REDELIVER),
     ("POST", re.compile(r"^/v1/webhook-secret/rotate$"), AuditAction.WEBHOOK_SECRET_ROTATE),
+    ("POST", re.compile(r"^/v1/uploads$"), AuditAction.UPLOAD_CREATE),
 ]
 
 

@@ -38,12 +38,13 @@ _de = TypeDeserializer()
 
 
 class AuditAction(StrEnum):
-    """What was asked. API calls: the job and webhook-secret routes; admin commands: keys and plans."""
+    """What was asked. API calls: the job, upload and webhook-secret routes; admin commands: keys and plans."""
 
     JOB_SUBMIT = "job.submit"
     JOB_CANCEL = "job.cancel"
     WEBHOOK_REDELIVER = "webhook.redeliver"
     WEBHOOK_SECRET_ROTATE = "webhook_secret.rotate"  # noqa: S105 an action name, not a secret
+    UPLOAD_CREATE = "upload.create"
     TENANT_CREATE = "tenant.create"
     TENANT_SET_PLAN = "tenant.set_plan"
     KEY_CREATE = "key.create"

@@ -251,6 +251,7 @@ class AuditAction(StrEnum):
     JOB_CANCEL = "job.cancel"
     WEBHOOK_REDELIVER = "webhook.redeliver"
     WEBHOOK_SECRET_ROTATE = "webhook_secret.rotate"  # noqa: S105 an action name
+    UPLOAD_CREATE = "upload.create"
     TENANT_CREATE = "tenant.create"
     TENANT_SET_PLAN = "tenant.set_plan"
     KEY_CREATE = "key.create"

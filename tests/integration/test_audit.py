@@ -81,6 +81,7 @@ def test_every_state_changing_call_is_recorded_for_its_tenant_as_answered(
     assert me.call("POST", f"/v1/jobs/{job_id}/cancel")[0] == 409  # already CANCELLED
     assert me.call("POST", f"/v1/jobs/{job_id}/webhook/redeliver")[0] == 409  # no callback_url
     assert me.call("POST", "/v1/webhook-secret/rotate")[0] == 200
+    assert me.call("POST", "/v1/uploads")[0] == 201
     assert me.call("POST", "/v1/jobs", json={**REQUEST, "width": 7})[0] == 422
     assert me.call("POST", "/v1/jobs/not-a-job/cancel")[0] == 404
     # Reads change nothing and are not recorded.
@@ -93,6 +94,7 @@ def test_every_state_changing_call_is_recorded_for_its_tenant_as_answered(
     assert [(e["action"], e["target"], e["outcome"], e["status"], e["error_code"]) for e in entries] == [
         ("job.cancel", None, "refused", 404, "not_found"),
         ("job.submit", None, "refused", 422, "validation_error"),
+        ("upload.create", None, "accepted", 201, None),
         ("webhook_secret.rotate", None, "accepted", 200, None),
         ("webhook.redeliver", job_id, "refused", 409, "conflict"),
         ("job.cancel", job_id, "refused", 409, "invalid_transition"),

@@ -1266,6 +1266,30 @@ class JobsRepository:
                 ExpressionAttributeValues=values,
             )
 
+    def stop_webhook_retries(self, job_id: str, *, attempts: int, error: str) -> bool:
+        """Record a ``retrying`` webhook as ``failed`` because no attempt will come: the execution that was retrying
+        it ended outright (an operator's StopExecution, its timeout, a broken state). Only the record as read
+        (still ``retrying`` after ``attempts`` attempts) is changed, so an attempt that landed since keeps its own
+        outcome. Returns whether it was changed."""
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": job_pk(job_id)}},
+                UpdateExpression=(
+                    "SET webhook_state = :failed, webhook_last_error = :error REMOVE webhook_next_attempt_at"
+                ),
+                ConditionExpression="webhook_state = :retrying AND webhook_attempts = :attempts",
+                ExpressionAttributeValues={
+                    ":failed": {"S": "failed"},
+                    ":retrying": {"S": "retrying"},
+                    ":attempts": {"N": str(attempts)},
+                    ":error": {"S": error},
+                },
+            )
+        except self._ddb.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
     @staticmethod
     def _idem_pk(tenant: str, key: str) -> str:
         return f"IDEM#{tenant}#{hashlib.sha256(key.encode()).hexdigest()}"

@@ -9,7 +9,8 @@ stay RUNNING or POSTPROCESSING, counted against its tenant's cap, with no webhoo
 EventBridge reports each such execution (``Step Functions Execution Status Change``); this marks its job FAILED
 (``WORKFLOW_FAILED``), only from RUNNING or POSTPROCESSING at the execution's own attempt, and starts the job's
 ``job.failed`` webhook through the notice-only path, once. A job the execution did finish before it failed (its
-terminal write landed, its Notify never ran) gets its webhook the same way.
+terminal write landed, its Notify never ran) gets its webhook the same way. A webhook such an execution (a job run
+or a notice alone) left ``retrying`` is recorded ``failed``: no attempt will come, and a redelivery may be asked.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def workflow_error(status: str, error: str | None) -> JobError:
 
 # A job run's execution is named ``<job id>-<attempt>`` by the worker (notices are ``<job id>-<reason>[-<ulid>]``).
 JOB_RUN_NAME = re.compile(r"^(?P<job_id>[0-9A-HJKMNP-TV-Z]{26})-(?P<attempt>[0-9]+)$")
+NOTICE_NAME = re.compile(r"^(?P<job_id>[0-9A-HJKMNP-TV-Z]{26})-(?P<reason>[a-z_]+)(-[0-9A-HJKMNP-TV-Z]{26})?$")
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,40 @@ def job_run(repo: JobsRepository, detail: Mapping[str, Any]) -> JobRun | None:
     return JobRun(job.job_id, job.tenant, int(match["attempt"]))
 
 
+def notice_job(detail: Mapping[str, Any]) -> str | None:
+    """The job id of a notice-only execution (``webhooks.start_notice``), from its input or its name; None for
+    anything else."""
+    try:
+        payload = json.loads(detail.get("input") or "null")
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        job_id = payload.get("job_id")
+        return job_id if payload.get("notify_only") and isinstance(job_id, str) else None
+    match = NOTICE_NAME.match(str(detail.get("name", "")))
+    return match["job_id"] if match else None
+
+
+def stop_stranded_delivery(repo: JobsRepository, job: Job, status: str) -> bool:
+    """Record the job's webhook ``failed`` if it is ``retrying``: the execution retrying it ended outright."""
+    webhook = job.webhook
+    if webhook is None or webhook.state != "retrying":
+        return False
+    ended = {"FAILED": "failed", "TIMED_OUT": "timed out", "ABORTED": "was stopped"}.get(status, status.lower())
+    error = f"no further attempt: the delivery's execution {ended}; POST /v1/jobs/{job.job_id}/webhook/redeliver"
+    stopped = repo.stop_webhook_retries(job.job_id, attempts=webhook.attempts, error=error)
+    if stopped:
+        logger.warning("webhook retries stopped with their execution", job_id=job.job_id, status=status)
+    return stopped
+
+
 def handle_failed_execution(
     repo: JobsRepository, detail: Mapping[str, Any], *, notify: Callable[[Job], object] | None = None
 ) -> str:
     """Fail the job of one failed execution; returns ``failed``, ``not_a_job_run`` (a notice-only execution or
     an execution that names no job), ``already_moved_on`` (finished, cancelled, handed back or claimed again)
-    or ``unknown`` (no such job).
+    or ``unknown`` (no such job). A notice-only execution, or a job run that had finished its job, stops the
+    retries of the webhook it left ``retrying`` (:func:`stop_stranded_delivery`; ``delivery_stopped``).
 
     ``notify`` starts a finished job's webhook, named after the job and its status so that it is sent once
     (``start_notice(..., once=True)``); it may raise, and the event is then retried. It is called for the job
@@ -89,6 +119,13 @@ def handle_failed_execution(
     status = str(detail.get("status", ""))
     if status not in FAILED_STATUSES:
         return "not_a_job_run"
+    notice = notice_job(detail)
+    if notice is not None:
+        try:
+            stopped = stop_stranded_delivery(repo, repo.get(notice), status)
+        except JobNotFound:
+            stopped = False
+        return "delivery_stopped" if stopped else "not_a_job_run"
     run = job_run(repo, detail)
     if run is None:
         logger.warning("a failed execution was not a job run", execution=detail.get("executionArn"), status=status)
@@ -107,6 +144,8 @@ def handle_failed_execution(
         current = repo.get(run.job_id)
         if notify is not None and _finished_here_without_webhook(current, run):
             notify(current)
+        elif current.attempt == run.attempt and stop_stranded_delivery(repo, current, status):
+            return "delivery_stopped"
         logger.info("failed execution's job already moved on", job_id=run.job_id, status=exc.current)
         return "already_moved_on"
     except JobNotFound:

@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -333,6 +334,59 @@ def test_an_execution_stopped_before_it_recorded_a_result_fails_its_job_and_send
     assert delivery.verified
     assert delivery.json()["type"] == "job.failed"
     assert delivery.json()["data"]["error"]["code"] == "WORKFLOW_FAILED"
+
+
+def test_a_webhook_whose_execution_was_stopped_while_retrying_is_failed_and_can_be_sent_again(
+    h: Harness, receiver: ScriptedReceiver
+) -> None:
+    """An operator stops the execution while the job's webhook waits for its next try: no attempt will ever come,
+    so the record does not stay ``retrying``: it is ``failed``, saying why, and a redelivery sends it."""
+    receiver.secret = h.client.webhook_secret()
+    receiver.default = 500
+    job = h.running_job(receiver.url)
+    arn = h.start(job, h.stage(job))
+
+    def webhook() -> dict[str, Any]:
+        return h.client.get(job.job_id)["webhook"] or {}
+
+    _until(lambda: webhook().get("state") == "retrying", 60, "a retry to be scheduled")
+    h.sfn.stop_execution(executionArn=arn, error="Operator", cause="stopped by hand")
+    assert h.wait(arn) == "ABORTED"
+    _until(lambda: webhook().get("state") == "failed", 60, "the delivery to be recorded failed")
+    stopped = webhook()
+    assert "execution was stopped" in stopped["last_error"]
+    assert stopped.get("next_attempt_at") is None
+    assert h.client.get(job.job_id)["status"] == "SUCCEEDED"
+    attempts = len(receiver.deliveries)
+    receiver.default = 200
+    h.client.redeliver(job.job_id)
+    _until(lambda: webhook().get("state") == "delivered", 60, "the redelivery")
+    assert [d.answered for d in receiver.deliveries[attempts:]] == [200]
+
+
+def test_a_stopped_notice_fails_the_webhook_it_left_retrying_once(h: Harness) -> None:
+    """A notice alone (a redelivery, a cancel's webhook) stopped between its tries: its record is ``failed``."""
+    job = h.running_job(None)
+    h.repo.transition(job.job_id, JobStatus.POSTPROCESSING, tenant=job.tenant)
+    h.repo.transition(job.job_id, JobStatus.SUCCEEDED, tenant=job.tenant)
+    h.repo.record_webhook_attempt(
+        job.job_id,
+        event="job.succeeded",
+        webhook_id=f"msg_{job.job_id}_job_succeeded",
+        outcome="retry",
+        status=503,
+        error="HTTP 503",
+        next_attempt_at=datetime.now(UTC) + timedelta(hours=1),
+    )
+    notice = {"status": "TIMED_OUT", "name": f"{job.job_id}-redeliver-01M91VNE54H9XGDASE0M8TVYCD"}
+    assert handle_failed_execution(h.repo, notice) == "delivery_stopped"
+    webhook = h.repo.get(job.job_id).webhook
+    assert webhook is not None
+    assert (webhook.state, webhook.attempts, webhook.next_attempt_at) == ("failed", 1, None)
+    assert webhook.last_error is not None
+    assert "execution timed out" in webhook.last_error
+    assert handle_failed_execution(h.repo, notice) == "not_a_job_run"  # nothing left to stop
+    assert h.repo.get(job.job_id).status == JobStatus.SUCCEEDED
 
 
 def test_a_failed_execution_of_a_notice_of_another_attempt_or_a_finished_run_changes_nothing(h: Harness) -> None:

@@ -4,6 +4,7 @@ images), batch independence, progress still reported per step, and the option's 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from cli.leverflags import acceleration_from_args, add_acceleration_arguments
 from tests.unit.test_featurereuse import FOX, SHAPE, alone_against_batched, levels
+from tests.unit.test_pipeline_modes import IMAGE, picture
 from workflows.generation.acceleration import AccelerationOptions
 from workflows.generation.acceleration.cfgtruncation import unguided_steps
 from workflows.generation.pipeline import BatchShape, PipelineRunner
@@ -48,6 +50,16 @@ def test_without_guidance_or_in_other_modes_nothing_changes(model_cache: Path) -
     assert np.array_equal(
         levels(fresh_runner(model_cache, share=0.5).generate([FOX], unguided)["fox"][0]), levels(exact)
     )
+    # Image-to-image with guidance: the lever is for text-to-image only, so every step stays guided.
+    image_shape = replace(IMAGE, strength=1.0)  # every one of the 4 steps runs
+    fox = replace(FOX, image=picture(1))
+    exact_image = fresh_runner(model_cache).generate([fox], image_shape)["fox"][0]
+    runner = fresh_runner(model_cache, share=0.5)
+    batch_rows: list[int] = []
+    runner.pipeline.unet.register_forward_pre_hook(lambda _m, args: batch_rows.append(args[0].shape[0]))
+    approx_image = runner.generate([fox], image_shape)["fox"][0]
+    assert batch_rows == [2, 2, 2, 2]  # [negative, prompt] at every step
+    assert np.array_equal(levels(approx_image), levels(exact_image))
 
 
 def test_an_image_is_the_same_alone_or_batched(model_cache: Path) -> None:

@@ -41,12 +41,16 @@ def test_a_receive_asks_for_the_room_left_and_each_batch_taken_opens_room() -> N
     thread = threading.Thread(target=receiver.run, daemon=True)
     thread.start()
     try:
-        eventually(lambda: queue.asked == [1], "a receive for the one image of room")
+        # A receive is counted when asked and its messages held once it returns: wait for both.
+        eventually(lambda: held.images_waiting() == 4, "a receive for the one image of room")
         time.sleep(0.2)
         assert queue.asked == [1]  # the window is full: no more receives
         assert len(held.ready_batch()) == 2
-        eventually(lambda: queue.asked == [1, 2], "a receive for the room the batch left")
-        assert held.images_waiting() == 4
+        eventually(
+            lambda: len(queue.asked) == 2 and held.images_waiting() == 4,
+            "a receive for the room the batch left",
+        )
+        assert queue.asked == [1, 2]
     finally:
         stopping.set()
         thread.join(timeout=5)

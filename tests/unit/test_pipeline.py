@@ -276,10 +276,14 @@ def test_the_prompt_cache_gives_the_same_images(runner: PipelineRunner, tmp_path
     plain = uncached.generate(jobs, SHAPE)
     for key in ("a", "b"):
         assert max(max_diff(x, y) for x, y in zip(cached[key], plain[key], strict=True)) <= 1
-    runner.generate(jobs, SHAPE)
+    between = dict(runner.acceleration["prompt_cache"])
+    read_back = runner.generate(jobs, SHAPE)  # every text from the cache now
     stats = runner.acceleration["prompt_cache"]
     assert stats["hits"] - before["hits"] >= 3  # the second call found all three texts
+    assert (stats["hits"] - between["hits"], stats["misses"] - between["misses"]) == (3, 0)
     assert stats["entries"] <= 256
+    for key in ("a", "b"):  # the embeddings read back are the ones the pipeline would have encoded
+        assert max(max_diff(x, y) for x, y in zip(read_back[key], plain[key], strict=True)) <= 1
 
 
 def test_the_prompt_cache_evicts_the_least_recently_used(tmp_path: Path) -> None:
@@ -323,6 +327,11 @@ def test_the_prompt_cache_works_for_sdxl_pipelines() -> None:
     assert runner.acceleration["applied"] == ["prompt_cache"]
     for key in ("a", "b"):
         assert max_diff(cached[key][0], plain[key][0]) <= 1
+    assert runner.acceleration["prompt_cache"] == {"entries": 4, "hits": 0, "misses": 4}
+    read_back = runner.generate(jobs, shape)  # all four texts (two prompts, two negatives) from the cache
+    assert runner.acceleration["prompt_cache"] == {"entries": 4, "hits": 4, "misses": 4}
+    for key in ("a", "b"):  # pooled embeddings and all, the same as the pipeline's own encoding
+        assert max_diff(read_back[key][0], plain[key][0]) <= 1
 
 
 def tiny_sdxl_pipeline() -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,32 +29,68 @@ class Ended:
         self.done.set()
 
 
+class Clock:
+    """The watchdog's clock, moved by the test: how long a call stalls is what the test says, however slowly the
+    machine runs the threads."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def eventually(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 5
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def judged_twice(alive: Path, ended: Ended) -> None:
+    """Wait until the watchdog has judged the clock as it is now: two touches of the health file (the second one's
+    judgment began after the first touch, so after anything the test did before), or its exit."""
+    for _ in range(2):
+        os.utime(alive, (0, 0))
+        eventually(lambda: ended.done.is_set() or alive.stat().st_mtime != 0, "a watchdog round")
+        if ended.done.is_set():
+            return
+
+
 def test_a_call_without_a_step_past_the_bound_lets_go_and_exits_70_and_the_health_file_stops(tmp_path: Path) -> None:
-    alive, ended = tmp_path / "alive", Ended()
-    dog = Watchdog(0.4, ended.on_hang, exit_process=ended.exit, alive_file=alive)
+    alive, ended, clock = tmp_path / "alive", Ended(), Clock()
+    dog = Watchdog(0.4, ended.on_hang, clock=clock, exit_process=ended.exit, alive_file=alive)
     dog.start()
-    time.sleep(0.3)
-    assert alive.exists()  # idle between calls: healthy
+    eventually(alive.exists, "the health file written")  # idle between calls: healthy
+    clock.now += 5
+    judged_twice(alive, ended)
+    assert ended.codes == []  # however long the worker idles
     dog.beat()  # a call starts
     for _ in range(3):  # steps keep it alive
-        time.sleep(0.2)
+        clock.now += 0.3
+        judged_twice(alive, ended)
+        assert ended.codes == []
         dog.beat()
     assert ended.codes == []
-    assert ended.done.wait(5)  # then no step for longer than 0.4 s
+    clock.now += 0.5  # then no step for longer than 0.4 s
+    assert ended.done.wait(5)
     assert ended.codes == [EXIT_HUNG]
     assert ended.hangs[0] > 0.4
+    assert ended.hangs == [pytest.approx(0.5)]  # once, with the stall as the clock saw it
     touched = alive.stat().st_mtime
     time.sleep(0.3)
     assert alive.stat().st_mtime == touched  # no longer marked alive
 
 
 def test_a_call_that_returns_is_never_taken_for_a_hang(tmp_path: Path) -> None:
-    ended = Ended()
-    dog = Watchdog(0.3, ended.on_hang, exit_process=ended.exit)
+    alive, ended, clock = tmp_path / "alive", Ended(), Clock()
+    dog = Watchdog(0.3, ended.on_hang, clock=clock, exit_process=ended.exit, alive_file=alive)
     dog.start()
+    eventually(alive.exists, "the health file written")
     dog.beat()
     dog.idle()
-    time.sleep(0.8)
+    clock.now += 10
+    judged_twice(alive, ended)
     dog.stop()
     assert ended.codes == []
 

@@ -133,7 +133,9 @@ def test_the_hand_off_mark_records_the_usage_of_its_own_claim_once(ddb: DynamoDB
     marked = repo.get(job.job_id)
     assert marked.status == JobStatus.POSTPROCESSING
     assert marked.usage == usage
-    assert usage.estimated_cost_usd == round(1.5 * 1.006 / 3600, 6)
+    hourly = gpu_price("g5.xlarge").usd_per_hour  # the price table's, not a copy of it
+    assert usage.estimated_cost_usd == round(1.5 * hourly / 3600, 6)
+    assert usage.price_basis == gpu_price("g5.xlarge").basis
     assert usage.pixel_steps == 512 * 512 * 30
     # Once recorded, a repeated mark changes nothing.
     again = usage.model_copy(update={"gpu_s": 9.0})

@@ -4,14 +4,18 @@ images do not change, and the latents become a small JPEG through the fixed late
 from __future__ import annotations
 
 import io
+from pathlib import PurePosixPath
 from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from shared.contracts import JobStatus
 from shared.media import preview_key
+from tests.unit.conftest import make_job
 from workflows.generation.pipeline import BatchShape, ImageJob, LatentTap, PipelineRunner
 from workflows.generation.previews import (
     MAX_LATENT_SIDE,
@@ -23,6 +27,7 @@ from workflows.generation.previews import (
     latent_format_for,
     to_jpeg,
 )
+from workflows.postprocess import Postprocessor
 
 SHAPE = BatchShape(width=256, height=256, steps=6, guidance_scale=7.5, scheduler="euler")
 
@@ -118,4 +123,14 @@ def test_the_map_follows_the_vae() -> None:
 
 
 def test_the_preview_lives_beside_the_jobs_outputs() -> None:
-    assert preview_key("outputs/", "t1", "01J") == "outputs/t1/01J/preview.jpg"
+    """Same folder as the job's images and thumbnails (so the outputs' lifecycle expiry and a cancel's clean-up
+    reach it), under a name no output takes."""
+    job = make_job(JobStatus.RUNNING, tenant="t1")
+    post = Postprocessor(cast(Any, None), cast(Any, None), outputs_prefix="outputs/")
+    preview = PurePosixPath(preview_key("outputs/", job.tenant, job.job_id))
+    for index in range(3):
+        output, thumb = PurePosixPath(post.output_key(job, index)), PurePosixPath(post.thumbnail_key(job, index))
+        assert preview.parent == output.parent == thumb.parent
+        assert preview.name not in (output.name, thumb.name)
+    assert preview.name == "preview.jpg"
+    assert PurePosixPath(preview_key("outputs/", "t2", job.job_id)).parent != preview.parent  # a tenant's own

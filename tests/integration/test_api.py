@@ -77,6 +77,10 @@ def test_seed_is_drawn_and_stored_when_absent(service: RunningService) -> None:
     job = client.submit({"prompt": "a red fox"})
     assert isinstance(job["request"]["seed"], int)
     assert client.get(job["id"])["request"]["seed"] == job["request"]["seed"]
+    others = [client.submit({"prompt": "a red fox"}) for _ in range(3)]
+    seeds = {job["request"]["seed"], *(other["request"]["seed"] for other in others)}
+    assert len(seeds) > 1  # each request draws its own: the same prompt is not the same image
+    assert all(client.get(other["id"])["request"]["seed"] == other["request"]["seed"] for other in others)
 
 
 def test_idempotent_replay_returns_same_job_and_one_message(service: RunningService) -> None:

@@ -167,6 +167,9 @@ def test_normalised_draws_and_keeps_seed_and_defaults_model() -> None:
     drawn = validate().normalised(SETTINGS)
     assert drawn.seed is not None
     assert 0 <= drawn.seed <= SEED_MAX
+    seeds = {validate().normalised(SETTINGS).seed for _ in range(8)}
+    assert len(seeds) > 1  # drawn afresh for each request, not a fixed default
+    assert all(seed is not None and 0 <= seed <= SEED_MAX for seed in seeds)
     assert drawn.model == "tiny"
     fixed = validate(seed=42, model="sd15").normalised(SETTINGS)
     assert (fixed.seed, fixed.model) == (42, "sd15")

@@ -16,6 +16,7 @@ import pytest
 
 from cli.client import ApiError
 from shared.apikeys import ApiKeyStore
+from shared.settings import Settings
 from tests.integration.conftest import RunningService
 
 
@@ -419,7 +420,8 @@ def test_rotating_the_webhook_secret_says_until_when_the_replaced_one_still_sign
     assert current == {"secret": body["secret"]}  # GET keeps answering with the current secret alone
     until = datetime.fromisoformat(body["previous_secret_valid_until"])
     assert until.utcoffset() == timedelta(0)
-    overlap = 24 * 3600  # the default SDQ_WEBHOOK_SECRET_OVERLAP_S
+    # The setting's default: the stack sets no SDQ_WEBHOOK_SECRET_OVERLAP_S.
+    overlap = Settings.model_fields["webhook_secret_overlap_s"].default
     assert math.ceil(before) + overlap <= until.timestamp() <= math.ceil(after) + overlap
 
     # The schema says so: the rotation's answer has the time (a date-time, or null), the secret's does not.

@@ -278,8 +278,11 @@ def rotate_via_api(service: RunningService, tenant: str) -> dict[str, Any]:
     return dict(resp.json())
 
 
-def secrets_at(service: RunningService, at: float, overlap_s: int = 24 * 3600) -> WebhookSecrets:
-    """The secret store the Notify task uses, on the same table, with its clock stopped at ``at``."""
+def secrets_at(
+    service: RunningService, at: float, overlap_s: int = Settings.model_fields["webhook_secret_overlap_s"].default
+) -> WebhookSecrets:
+    """The secret store the Notify task uses, on the same table, with its clock stopped at ``at`` (by default with
+    the overlap the stack runs with: the setting's default)."""
     cipher = SecretCipher(service.boto("kms"), service.env["SDQ_WEBHOOK_SECRETS_KEY"])  # the stack's own key
     return WebhookSecrets(service.boto("dynamodb"), service.table, overlap_s=overlap_s, now=lambda: at, cipher=cipher)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -19,7 +20,11 @@ def test_on_cpu_nothing_is_read_emitted_or_started(capsys: pytest.CaptureFixture
     if torch.cuda.is_available():
         pytest.fail("this test is about CPU runs: the CI and local runs use torch's CPU build")
     assert read_gpu() is None
+    before = set(threading.enumerate())
     sampler = GpuMetrics().start()
+    started = [t.name for t in set(threading.enumerate()) - before]
+    assert "sdq-gpu-metrics" not in started  # no sampler thread running on CPU
+    assert sampler._thread.ident is None  # nor one that started and ended already
     sampler.stop()
     assert emf(capsys.readouterr().out) == []
 

@@ -480,11 +480,14 @@ class GenerationRequest(BaseModel):
 
     @model_validator(mode="after")
     def _area(self, info: ValidationInfo) -> GenerationRequest:
+        # The size as it will run: a side the request leaves out is its model's (``normalised``).
         if _trusted(info):
             return self
         lim = _limits(info)
-        if self.width * self.height > lim.max_pixels:
-            raise _invalid("width", f"width*height must be at most {lim.max_pixels} pixels")
+        defaults = self._deployment_defaults(_settings(info))
+        width, height = defaults.get("width", self.width), defaults.get("height", self.height)
+        if width * height > lim.max_pixels:
+            raise _invalid("width", f"width*height must be at most {lim.max_pixels} pixels (here {width}x{height})")
         return self
 
     @model_validator(mode="after")
@@ -496,13 +499,14 @@ class GenerationRequest(BaseModel):
     @model_validator(mode="after")
     def _strength_leaves_a_step(self, info: ValidationInfo) -> GenerationRequest:
         # diffusers runs int(num_inference_steps x strength) steps from the input: none would fail on the GPU.
+        # With the steps it will run: the operator's default where the request leaves them out (``normalised``).
         if _trusted(info) or self.image is None:
             return self
-        if self.denoising_steps < 1:
+        steps = self._deployment_defaults(_settings(info)).get("num_inference_steps", self.num_inference_steps)
+        if int(steps * self._input_strength) < 1:
             raise _invalid(
                 "strength",
-                "num_inference_steps x strength must be at least 1"
-                f" ({self.num_inference_steps} x {self._input_strength:g})",
+                f"num_inference_steps x strength must be at least 1 ({steps} x {self._input_strength:g})",
             )
         return self
 
@@ -551,19 +555,24 @@ class GenerationRequest(BaseModel):
             "guidance_scale": float(self.guidance_scale),
             "strength": strength,
         }
-        # Steps and guidance a request leaves out are the operator's (SDQ_LIMITS__DEFAULT_STEPS, ..._GUIDANCE).
+        return self.model_copy(update=update | self._deployment_defaults(settings))
+
+    def _deployment_defaults(self, settings: Settings) -> dict[str, Any]:
+        """The values the deployment gives the fields this request leaves out: steps and guidance are the
+        operator's (SDQ_LIMITS__DEFAULT_STEPS, ..._GUIDANCE), a side is its model's (the settings check each
+        entry's against the limits). The validators check the request with them, as it will run."""
+        defaults: dict[str, Any] = {}
         if "num_inference_steps" not in self.model_fields_set:
-            update["num_inference_steps"] = settings.limits.default_steps
+            defaults["num_inference_steps"] = settings.limits.default_steps
         if "guidance_scale" not in self.model_fields_set:
-            update["guidance_scale"] = float(settings.limits.default_guidance)
-        # A size the request leaves out is its model's (the settings check each entry's against the limits).
-        entry = settings.registry.get(model)
+            defaults["guidance_scale"] = float(settings.limits.default_guidance)
+        entry = settings.registry.get(self.model or settings.default_model)
         if entry is not None:
             if "width" not in self.model_fields_set:
-                update["width"] = entry.default_width
+                defaults["width"] = entry.default_width
             if "height" not in self.model_fields_set:
-                update["height"] = entry.default_height
-        return self.model_copy(update=update)
+                defaults["height"] = entry.default_height
+        return defaults
 
     def _canonical(self, data: dict[str, Any]) -> str:
         # A text-to-image request leaves the input fields out, one without LoRAs its loras: its keys stay those it

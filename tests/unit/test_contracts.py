@@ -287,3 +287,17 @@ def test_the_published_schema_bounds_a_lora_scale_by_the_setting() -> None:
     validator = jsonschema.Draft202012Validator(GenerationRequest.model_json_schema())
     assert validator.is_valid({"prompt": "x", "loras": [{"id": "a", "scale": -limit}]})
     assert not validator.is_valid({"prompt": "x", "loras": [{"id": "a", "scale": limit + 0.5}]})
+
+
+def test_the_area_is_checked_with_the_models_default_side_for_a_side_left_out() -> None:
+    """A side the request leaves out is its model's: 1024 wide with the model's 1024 high is past the cap, though
+    the field's own default (512) would pass; both sides given, or the other side small, pass."""
+    entry = {"id": "big", "source": "builtin:tiny", "revision": "1", "architecture": "tiny"}
+    registry = {"models": [entry | {"default_width": 512, "default_height": 1024}]}
+    limits = RequestLimits(max_pixels=640 * 1024)
+    settings = Settings(model_registry=registry, models=["big"], default_model="big", limits=limits)
+    with pytest.raises(ValidationError, match="1024x1024") as refused:
+        validate(settings, width=1024)
+    assert [e["ctx"]["field"] for e in refused.value.errors()] == ["width"]
+    assert (validate(settings, width=1024, height=512).normalised(settings).height) == 512
+    assert validate(settings, width=640).normalised(settings).height == 1024

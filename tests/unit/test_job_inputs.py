@@ -198,3 +198,14 @@ def test_the_batcher_groups_jobs_by_mode_and_strength() -> None:
     while batch := batcher.take(now=10.0):
         batches.append(sorted(batch))
     assert sorted(batches) == sorted([f"{name}#0", f"{name}#1"] for name in kinds)
+
+
+def test_a_strength_is_checked_with_the_operators_default_steps_when_steps_are_left_out() -> None:
+    """The request runs the operator's default steps (SDQ_LIMITS__DEFAULT_STEPS): 4 x 0.2 leaves no step, though
+    the field's own default (30) would; the refusal names the steps it will run."""
+    settings = Settings(limits=RequestLimits(default_steps=4))
+    body = {"prompt": "x", "image": str(ULID()), "strength": 0.2}
+    with pytest.raises(ValidationError, match=r"at least 1 \(4 x 0.2\)"):
+        GenerationRequest.model_validate(body, context={"settings": settings})
+    GenerationRequest.model_validate({**body, "num_inference_steps": 5}, context={"settings": settings})
+    GenerationRequest.model_validate({**body, "strength": 0.25}, context={"settings": settings})

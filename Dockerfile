@@ -18,8 +18,11 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/venv/bin:$PATH \
     NVIDIA_DISABLE_REQUIRE=1
 
+# A C and C++ compiler and Python's headers: the speed levers need them at run time (Triton builds its launcher
+# module on first use; AOTInductor packages are C++ libraries). Ubuntu's g++ links libstdc++ dynamically, as a
+# package must: one linked statically crashes at load (docs/performance.md, AOTInductor packages).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc g++ libc6-dev ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 

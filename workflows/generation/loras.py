@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx2
 from boto3.exceptions import Boto3Error
 from botocore.exceptions import BotoCoreError, ClientError
 from huggingface_hub import snapshot_download
@@ -53,6 +52,11 @@ from shared.loraregistry import LoraEntry, LoraRegistry
 from shared.modelregistry import checksum_problems, weight_checksums
 from shared.settings import get_settings
 from workflows.generation.models import _hub_offline, model_cache_root, quiet_logger
+
+try:  # the transport errors of huggingface_hub's HTTP client: httpx2 from huggingface_hub 2, httpx before
+    from httpx2 import TransportError as HubTransportError
+except ImportError:  # pragma: no cover - an older huggingface_hub (the device benchmarks' wheels)
+    from httpx import TransportError as HubTransportError  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -127,7 +131,7 @@ def _hub_failure_passes(exc: BaseException) -> bool:
     if isinstance(reason, HfHubHTTPError):
         status = reason.response.status_code if reason.response is not None else None
         return status is None or status in _HUB_PASSING_STATUSES or status >= 500
-    return isinstance(reason, httpx2.TransportError)
+    return isinstance(reason, HubTransportError)
 
 
 class LoraChecksumMismatch(PermanentError):
@@ -180,7 +184,7 @@ def lora_folder(entry: LoraEntry, cache_root: Path | None = None, *, s3: S3Clien
                     local_files_only=_hub_offline(),
                 )
             )
-        except (HFValidationError, OSError, httpx2.TransportError) as exc:  # the hub's errors are OSErrors
+        except (HFValidationError, OSError, HubTransportError) as exc:  # the hub's errors are OSErrors
             if _hub_failure_passes(exc):
                 raise LoraUnavailable(entry.id, f"the hub did not serve revision {entry.revision} now: {exc}") from exc
             raise LoraNotFound(entry.id, f"revision {entry.revision} not fetched from the hub: {exc}") from exc

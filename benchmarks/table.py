@@ -49,7 +49,10 @@ def _is_probe(report: Report) -> bool:
 
 def _benchmark(report: Report) -> str:
     if report.kind == "startup":
-        return f"startup ({report.data['cache_state']} cache)"
+        # A start from AOTInductor packages is another path than the compiled one: its own row, not the current one.
+        applied = (report.data.get("acceleration") or {}).get("applied") or []
+        via = ", AOT packages" if "aot_packages" in applied else ""
+        return f"startup ({report.data['cache_state']} cache{via})"
     if report.kind == "quality":
         return "quality-trading"
     return report.kind

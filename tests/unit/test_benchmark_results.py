@@ -97,3 +97,13 @@ def test_a_quality_trading_figure_is_the_fastest_row_of_its_call_that_keeps_40_d
     assert "plain diffusers 0.90 img/s" in row
     assert "feature_reuse 3, cfg_truncation 0.7" in row
     assert "(2026-12-06-h100/reuse.json)" in row
+
+
+def test_a_start_from_aot_packages_has_its_own_row_and_leaves_the_compiled_start_current(tmp_path: Path) -> None:
+    folder = tmp_path / "2026-12-07-h100"
+    compiled = _report(folder, "startup-a.json", "2026-12-07T10:00:00+00:00", device="NVIDIA H100")
+    aot = _report(folder, "startup-b.json", "2026-12-07T11:00:00+00:00", device="NVIDIA H100")
+    for path, applied in ((compiled, ["compile", "precompile"]), (aot, ["aot_packages"])):
+        data = json.loads(path.read_text()) | {"kind": "startup", "cache_state": "warm"}
+        path.write_text(json.dumps(data | {"acceleration": {"applied": applied}}))
+    assert {r.path for r in current_reports(all_reports(tmp_path))} == {compiled, aot}

@@ -103,6 +103,7 @@ JOB_ATTRIBUTES = frozenset(
         "worker_id",
         "lease_until",
         "claim_token",  # the claim that set the lease (JobsRepository.claim)
+        "transition_token",  # the last status change made by transition() or complete_joined()
         "progress_step",
         "progress_total",
         "outputs",
@@ -465,7 +466,7 @@ class JobsRepository:
         }
         if job.idempotency_key is None and other is None and not charges:
             # One item needs no transaction, which DynamoDB bills at twice the write units of a plain put.
-            self._ddb.put_item(**put_job["Put"])
+            self._put_new(put_job["Put"], job)
             return job, True
         items = [put_job] + ([other] if other is not None else [])
         put_idem: dict[str, Any] | None = None
@@ -528,6 +529,17 @@ class JobsRepository:
                 continue
             return job, True
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _put_new(self, put: dict[str, Any], job: Job) -> None:
+        """The plain put of a new job. A put whose first send landed but whose answer was lost (a 500, a read
+        timeout) is sent again by botocore and fails its ``attribute_not_exists(pk)``: the item it finds is this
+        very job (its id is a fresh ULID, its tenant the same), so the job was created, not refused."""
+        try:
+            self._ddb.put_item(**put, ReturnValuesOnConditionCheckFailure="ALL_OLD")
+        except self._ddb.exceptions.ConditionalCheckFailedException as exc:
+            old = _old_item(exc) or {}
+            if old.get("job_id", {}).get("S") != job.job_id or old.get("tenant", {}).get("S") != job.tenant:
+                raise
 
     def find_by_idempotency_key(self, tenant: str, key: str, fingerprint: str | None) -> Job | None:
         """The job an Idempotency-Key created, or None. Raises IdempotencyConflict on a different body.
@@ -725,6 +737,11 @@ class JobsRepository:
         ``within_retention``) or InvalidTransition (also when the job is at another claim). ``retain_until``
         (epoch seconds) sets the job's TTL in the same write: a job failed past its retention is kept until its
         webhook has been sent.
+
+        A write that landed but whose answer was lost (a 500, a read timeout) is sent again by botocore, and that
+        send fails the condition the first one's write no longer meets. The write carries a token of its own
+        (``transition_token``) so that this is told from a refusal: the job as it stands is returned, the change
+        made, as :meth:`claim` does with its ``claim_token``.
         """
         allowed = allowed_sources(target)
         if sources is not None:
@@ -737,7 +754,10 @@ class JobsRepository:
             ":tenant": tenant,
             ":ts": tenant_status(tenant, target),
         }
-        sets = ["#s = :target", "tenant_status = :ts"]
+        # This call's own mark: a re-sent request whose first send landed finds it; no other call writes it.
+        token = secrets.token_hex(8)
+        values[":token"] = token
+        sets = ["#s = :target", "tenant_status = :ts", "transition_token = :token"]
         allowed_placeholders = []
         for i, src in enumerate(sorted(allowed)):
             values[f":src{i}"] = src.value
@@ -786,6 +806,8 @@ class JobsRepository:
             )
         except self._ddb.exceptions.ConditionalCheckFailedException as exc:
             old = _old_item(exc)
+            if old is not None and old.get("transition_token", {}).get("S") == token:
+                return self._landed(job_from_item(old))  # this call's own write: its answer was lost, then re-sent
             current = job_from_item(old) if old else None
             if current is None:
                 try:
@@ -1106,16 +1128,18 @@ class JobsRepository:
         """QUEUED -> SUCCEEDED for a job that joined ``source_id``, answered with ``outputs`` (the source's
         images) and retained until ``expires_at`` (no later than they are): one conditional write, only while it
         is QUEUED and still joined to that source. None when it is not (cancelled, handed back to run itself, or
-        completed already)."""
+        completed already). A write whose answer was lost and that botocore sent again finds its own
+        ``transition_token`` (see :meth:`transition`): the job it completed is returned."""
         now = _iso(utcnow())
+        token = secrets.token_hex(8)
         try:
             resp = self._ddb.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": job_pk(job_id)}},
                 UpdateExpression=(
                     "SET #s = :succ, tenant_status = :ts, finished_at = :now, started_at = if_not_exists(started_at,"
-                    " :now), outputs = :outputs, cache_source = :src, #u = :usage, expires_at = :exp "
-                    "REMOVE joined_to, " + ", ".join(REMOVED_WHEN_FINISHED)
+                    " :now), outputs = :outputs, cache_source = :src, #u = :usage, expires_at = :exp,"
+                    " transition_token = :token REMOVE joined_to, " + ", ".join(REMOVED_WHEN_FINISHED)
                 ),
                 ConditionExpression="#s = :queued AND joined_to = :src AND tenant = :t",
                 ExpressionAttributeNames={"#s": "status", "#u": "usage"},
@@ -1129,10 +1153,15 @@ class JobsRepository:
                     ":usage": {"S": usage.model_dump_json()},
                     ":t": {"S": tenant},
                     ":exp": {"N": str(expires_at)},
+                    ":token": {"S": token},
                 },
                 ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except self._ddb.exceptions.ConditionalCheckFailedException:
+        except self._ddb.exceptions.ConditionalCheckFailedException as exc:
+            old = _old_item(exc)
+            if old is not None and old.get("transition_token", {}).get("S") == token:
+                return self._landed(job_from_item(old))  # this call's own write: its answer was lost, then re-sent
             return None
         return self._landed(job_from_item(resp["Attributes"]))
 

@@ -2,8 +2,8 @@
 Lambdas, API on 127.0.0.1), so a fault can be injected where the cloud answers a request.
 
 DynamoDB faults are raised by moto's table backend for one job's writes, as a real error response (400
-ThrottlingException, 500 InternalServerError), before or after the write is applied; the ASL interpreter and
-the Notify Lambda see them as they would see DynamoDB's. botocore's own retries are cut off here
+ThrottlingException, 500 InternalServerError), before or after the write is applied (tests/dynamofaults.py); the
+ASL interpreter and the Notify Lambda see them as they would see DynamoDB's. botocore's own retries are cut off here
 (``SDQ_AWS_MAX_ATTEMPTS=1``: one try per call), so one fault reaches the code as it would after botocore
 gave up.
 """
@@ -15,15 +15,12 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
 import pytest
 from aws_xray_sdk import global_sdk_config as xray_sdk_config
-from moto.core.exceptions import JsonRESTError
-from moto.dynamodb.models import DynamoDBBackend
 
 from cli.client import Endpoint, SdqClient
 from localcloud.receiver import ScriptedReceiver
@@ -31,6 +28,7 @@ from localcloud.service import LocalService, LocalServiceConfig, start_local_ser
 from shared.apikeys import ApiKeyStore
 from shared.contracts import Job, JobStatus
 from shared.jobs import JobsRepository
+from tests.dynamofaults import DynamoFaults, Fault
 from tests.integration.executions import ExecutionHarness
 from workflows.failedexecution import handle_failed_execution
 from workflows.postprocess import Postprocessor
@@ -63,57 +61,6 @@ def local() -> Iterator[LocalService]:
         os.environ.update(saved)
         _clear_caches()
         xray_sdk_config.set_sdk_enabled(xray_was_enabled)
-
-
-class InjectedError(JsonRESTError):
-    def __init__(self, code: str, status: int) -> None:
-        super().__init__(f"com.amazonaws.dynamodb.v20120810#{code}", "injected fault")
-        self.code = status
-
-
-@dataclass
-class Fault:
-    """Fail the next ``times`` UpdateItems of job ``job_id`` whose expression starts with ``expression``."""
-
-    job_id: str
-    expression: str
-    times: int
-    code: str = "ThrottlingException"
-    status: int = 400
-    after_write: bool = False  # apply the write, then answer the error (a response lost on the way back)
-    hits: int = 0
-
-
-class DynamoFaults:
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.faults: list[Fault] = []
-        original = DynamoDBBackend.update_item
-
-        def update_item(backend: Any, table_name: str, key: Any, update_expression: str, *a: Any, **kw: Any) -> Any:
-            fault = self._take(key, update_expression)
-            if fault is not None and not fault.after_write:
-                raise InjectedError(fault.code, fault.status)
-            result = original(backend, table_name, key, update_expression, *a, **kw)
-            if fault is not None:
-                raise InjectedError(fault.code, fault.status)
-            return result
-
-        monkeypatch.setattr(DynamoDBBackend, "update_item", update_item)
-
-    def add(self, fault: Fault) -> Fault:
-        self.faults.append(fault)
-        return fault
-
-    def _take(self, key: Any, update_expression: str) -> Fault | None:
-        for fault in self.faults:
-            if (
-                key.get("pk", {}).get("S") == f"JOB#{fault.job_id}"
-                and update_expression.startswith(fault.expression)
-                and fault.hits < fault.times
-            ):
-                fault.hits += 1
-                return fault
-        return None
 
 
 @pytest.fixture

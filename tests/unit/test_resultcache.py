@@ -16,6 +16,7 @@ from shared.errors import JobNotFound, TooManyRequests
 from shared.jobs import JobsRepository, cache_entry_pk, expiry_epoch
 from shared.ratelimit import DailyGpuBudget
 from shared.settings import Settings
+from tests.dynamofaults import DynamoFaults, Fault
 from tests.tablegrants import TableCalls, refused
 from tests.unit.conftest import JOBS_TABLE
 from workflows.requeue import RequeueSweeper
@@ -468,3 +469,24 @@ def test_without_a_budget_a_released_job_counts_nothing(world: World) -> None:
     world.api.cancel("t1", source.job_id)
     assert world.repo.get(copy.job_id).joined_to is None
     assert world.used() == 0
+
+
+def test_a_joined_job_completed_with_its_answer_lost_is_answered_and_gets_its_webhook(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The follower's completion lands, its answer is lost (a 500) and botocore sends it again: the resend finds the
+    job SUCCEEDED by that very write, which is the completion made, with its job.succeeded notice (not a follower
+    taken for cancelled meanwhile and skipped)."""
+    hook = {"callback_url": "https://example.com/hook"}
+    source = world.submit(**hook)
+    follower = world.submit(**hook)
+    world.succeed(source)
+    faults = DynamoFaults(monkeypatch)
+    fault = faults.add(
+        Fault(follower.job_id, "SET #s = :succ", times=1, code="InternalServerError", status=500, after_write=True)
+    )
+    report = world.cache.settle(source.job_id)
+    assert fault.hits == 1
+    assert (report.completed, report.skipped) == (1, 0)
+    assert world.repo.get(follower.job_id).status == JobStatus.SUCCEEDED
+    assert f"{follower.job_id}-succeeded" in world.sfn.started

@@ -50,6 +50,7 @@ from shared.contracts import (
 from shared.errors import (
     BadRequest,
     Conflict,
+    IdempotencyKeyInUse,
     InvalidCursor,
     NotFound,
     PayloadTooLarge,
@@ -184,6 +185,12 @@ ERROR_RESPONSES: dict[int, Any] = {
 }
 ERROR_RESPONSES[429]["headers"] = {
     "Retry-After": _header("Seconds until a retry can succeed.", {"type": "integer", "minimum": 0}, required=True)
+}
+ERROR_RESPONSES[409]["headers"] = {
+    "Retry-After": _header(
+        "With `idempotency_key_in_use` when the key's job is written but not yet queued: seconds before a retry.",
+        {"type": "integer", "minimum": 0},
+    )
 }
 
 
@@ -716,7 +723,7 @@ def openapi_json() -> Response[Any]:
 @app.exception_handler(ServiceError)
 def _service_error(exc: ServiceError) -> Response[Any]:
     headers = {}
-    if isinstance(exc, TooManyRequests):
+    if isinstance(exc, TooManyRequests | IdempotencyKeyInUse) and exc.retry_after_s is not None:
         headers["Retry-After"] = str(exc.retry_after_s)
     return _json(exc.status, exc.body(), headers)
 

@@ -87,12 +87,15 @@ class IdempotencyConflict(Conflict):
 
 
 class IdempotencyKeyInUse(Conflict):
-    """Another request with the same Idempotency-Key was still being written after the retries: retry it."""
+    """Another request with the same Idempotency-Key is still in progress: its job was still being written after the
+    retries, or is written and not yet sent to the queue (that request may yet fail it and free the key). Retry it,
+    after ``retry_after_s`` seconds when given (the answer's ``Retry-After``)."""
 
     code = "idempotency_key_in_use"
 
-    def __init__(self) -> None:
+    def __init__(self, *, retry_after_s: int | None = None) -> None:
         super().__init__("A request with this Idempotency-Key is in progress; retry it in a moment.")
+        self.retry_after_s = retry_after_s
 
 
 class InvalidTransition(Conflict):

@@ -62,6 +62,7 @@ from shared.errors import (
 )
 from shared.queuestate import BY_STATUS_INDEX
 from shared.ratelimit import Charge, ChargeRefused
+from shared.settings import API_TIMEOUT_S
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -73,6 +74,10 @@ _de = TypeDeserializer()
 # flight on the same item (TransactionConflict); it is tried again after these pauses, by when the other has
 # committed and this one finds its job.
 CONFLICT_PAUSES_S = (0.05, 0.1, 0.2, 0.4)
+
+# The Retry-After of a replay that finds its key's job written but not yet sent: the submission that wrote it is
+# still sending it (or failing it, which frees the key), for at most the API's timeout after it began.
+IN_FLIGHT_RETRY_AFTER_S = 1
 
 # The statuses of a job another identical one may join (it has not finished).
 JOINABLE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.POSTPROCESSING)
@@ -293,6 +298,20 @@ def past_retention(job: Job, now: float) -> bool:
     retention ended while it was queued: its TTL was pushed on only so that its ``job.failed`` webhook can still
     read it, see :meth:`JobsRepository.transition`'s ``retain_until``)."""
     return job.expires_at <= now or (job.error is not None and job.error.code == JobErrorCode.EXPIRED)
+
+
+def _sending(job: Job, item: Mapping[str, Any], now: float) -> bool:
+    """Whether the submission that wrote ``job`` may still be sending it to the queue: it is QUEUED, still marked
+    unqueued (never sent), joined to no other job (a joined job is sent by its source's settling, not its
+    submission), and younger than the API's timeout. That submission may yet fail it ``ENQUEUE_FAILED`` and free
+    its key, so a replay must not answer with it; past the timeout the submission is over, and a job still unsent
+    is the requeue sweeper's to send."""
+    return (
+        job.status == JobStatus.QUEUED
+        and "unqueued_shard" in item
+        and "joined_to" not in item
+        and job.created_at.timestamp() + API_TIMEOUT_S > now
+    )
 
 
 def _failed_condition(exc: ClientError, index: int) -> bool:
@@ -542,7 +561,8 @@ class JobsRepository:
                 raise
 
     def find_by_idempotency_key(self, tenant: str, key: str, fingerprint: str | None) -> Job | None:
-        """The job an Idempotency-Key created, or None. Raises IdempotencyConflict on a different body.
+        """The job an Idempotency-Key created, or None. Raises IdempotencyConflict on a different body, and
+        IdempotencyKeyInUse while the request that wrote the job may still be sending it to the queue.
 
         A key whose job is past its retention (or already swept by the TTL) is no record: the key is free.
         """
@@ -564,11 +584,13 @@ class JobsRepository:
         try:
             # A job can end its retention before its key's record does (a joined job takes its source's): the key
             # is then free as well, whatever body it came with.
-            job = self.get(str(record["job_id"]), tenant=tenant)
+            job, item = self._read(str(record["job_id"]), tenant=tenant)
         except JobNotFound:
             return None, str(record["job_id"])
         if record.get("fingerprint") != (fingerprint or ""):
             raise IdempotencyConflict()
+        if _sending(job, item, time.time()):
+            raise IdempotencyKeyInUse(retry_after_s=IN_FLIGHT_RETRY_AFTER_S)
         return job, None
 
     def release_idempotency_key(self, tenant: str, key: str, job_id: str) -> None:
@@ -658,6 +680,12 @@ class JobsRepository:
         """The job, or JobNotFound (also when it belongs to another tenant: indistinguishable). With ``tenant``, a
         job past its retention is not found either, unless ``within_retention`` is False (the webhook of a job
         that expired while queued is still sent)."""
+        return self._read(job_id, tenant=tenant, within_retention=within_retention)[0]
+
+    def _read(
+        self, job_id: str, *, tenant: str | None = None, within_retention: bool = True
+    ) -> tuple[Job, dict[str, Any]]:
+        """:meth:`get`, and the item as stored (its index attributes, which the job leaves out)."""
         resp = self._ddb.get_item(TableName=self._table, Key={"pk": {"S": job_pk(job_id)}}, ConsistentRead=True)
         item = resp.get("Item")
         if item is None:
@@ -666,7 +694,7 @@ class JobsRepository:
         if tenant is not None and (job.tenant != tenant or (within_retention and past_retention(job, time.time()))):
             # Past its retention a job is gone for clients, even before DynamoDB's TTL sweep deletes it.
             raise JobNotFound(job_id)
-        return job
+        return job, dict(item)
 
     def list_for_tenant(
         self, tenant: str, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None

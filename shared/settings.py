@@ -31,6 +31,9 @@ MAX_WEBHOOK_RETRY_SPAN_S = WORKFLOW_TIMEOUT_S - 8 * 3600
 # The longest a terminal webhook's delivery may last from its execution's start (workflows/webhooks.py's
 # delivery_span_s): no attempt is scheduled later, so the last one and the execution's end fit in its timeout.
 MAX_WEBHOOK_DELIVERY_S = WORKFLOW_TIMEOUT_S - 4 * 3600
+# The API function's timeout (template.yaml's Globals ``Timeout``, which tests/integration/test_template.py holds
+# equal to it): no submission is still writing or sending its job longer than this after it began.
+API_TIMEOUT_S = 30
 
 
 class RequestLimits(BaseModel):

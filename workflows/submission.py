@@ -106,7 +106,8 @@ class SubmissionService:
         take a call or two more.
 
         Raises PriorityNotAllowed (a priority above the plan's), InvalidInput (an input image that cannot be used;
-        nothing is stored), IdempotencyConflict (key reused with another body), TooManyRequests (rate,
+        nothing is stored), IdempotencyConflict (key reused with another body), IdempotencyKeyInUse (the key's
+        job is being written, or written and not yet sent by the request that made it), TooManyRequests (rate,
         unfinished-job cap or daily GPU budget) or EnqueueFailed (queue unreachable after retries; the job is then
         FAILED, not stuck in QUEUED). When
         the job cannot be marked FAILED either, it is accepted as it is: it stays marked unqueued and the requeue
@@ -342,7 +343,7 @@ class SubmissionService:
         slot is given back."""
         try:
             replay = self._replay(tenant, key, fingerprint)
-        except IdempotencyConflict:
+        except (IdempotencyConflict, IdempotencyKeyInUse):
             self._give_back(tenant, charged_at)
             raise
         if replay is not None:
@@ -350,7 +351,8 @@ class SubmissionService:
         return replay
 
     def _replay(self, tenant: str, key: str | None, fingerprint: str) -> Submitted | None:
-        """The job an earlier request with this Idempotency-Key made, if any; IdempotencyConflict for another body."""
+        """The job an earlier request with this Idempotency-Key made, if any; IdempotencyConflict for another body,
+        IdempotencyKeyInUse while that request may still be sending it (or failing it and freeing the key)."""
         if key is None:
             return None
         existing = self._repo.find_by_idempotency_key(tenant, key, fingerprint)
@@ -373,8 +375,8 @@ class SubmissionService:
         wait = self._budget.charge(tenant, work, budget=plan.daily_gpu_budget_pixel_steps, now=charged_at)
         if wait is None:
             return work
+        self._give_back(tenant, charged_at)  # refused, a replay or a key in use: this request makes nothing
         replay = self._replay(tenant, idempotency_key, fingerprint)
-        self._give_back(tenant, charged_at)
         if replay is not None:
             return replay
         raise self._refusal(Limit.DAILY_GPU_BUDGET, wait, plan, work)

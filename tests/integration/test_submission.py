@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from botocore.awsrequest import AWSResponse
 
+from cli.client import ApiError
 from shared.aws import AwsClients
 from shared.contracts import GenerationRequest, JobStatus
 from shared.errors import EnqueueFailed, IdempotencyKeyInUse
@@ -245,8 +246,9 @@ def test_a_job_that_can_be_neither_queued_nor_failed_is_accepted_and_queued_by_t
     job = repo.get(accepted.job.job_id)
     assert job.status == JobStatus.QUEUED
     assert job.job_id in repo.unqueued_before(time.time() + 60, limit=1000)
-    replay = submissions.submit("tenant-neither", request, idempotency_key="order-neither")
-    assert (replay.created, replay.job.job_id) == (False, job.job_id)  # the key still names it
+    # Unsent and younger than the API's timeout, it reads as a submission still sending it: retry.
+    with pytest.raises(IdempotencyKeyInUse):
+        submissions.submit("tenant-neither", request, idempotency_key="order-neither")
     depth = service.queue_depth()
     report = RequeueSweeper(
         repo, JobQueue(service.boto("sqs"), service.queue_url), requeue_after_s=0, clock=lambda: time.time() + 60
@@ -254,6 +256,8 @@ def test_a_job_that_can_be_neither_queued_nor_failed_is_accepted_and_queued_by_t
     assert report.requeued >= 1
     assert service.queue_depth() >= depth + 1
     assert job.job_id not in repo.unqueued_before(time.time() + 60, limit=1000)
+    replay = submissions.submit("tenant-neither", request, idempotency_key="order-neither")
+    assert (replay.created, replay.job.job_id) == (False, job.job_id)  # the key still names it
 
 
 @pytest.mark.parametrize("retry_reaches_the_table", [True, False])
@@ -335,3 +339,42 @@ def test_a_submit_that_finds_a_concurrent_one_made_its_job_gives_back_its_rate_s
         ExpressionAttributeValues={":p": {"S": f"RATE#{tenant}#"}},
     )["Items"]
     assert sum(int(c["hits"]["N"]) for c in counters) == 1
+
+
+def test_a_replay_while_the_first_submit_still_sends_its_job_is_a_409_not_a_job_it_may_fail(
+    service: RunningService,
+) -> None:
+    """Submit A writes its job and key, then its queue send fails and is retried. Meanwhile its client, the answer
+    late, retries through the API with the same key. Answering with A's job (202) would promise a job that A then
+    fails ENQUEUE_FAILED, with no webhook. So the retry is 409 idempotency_key_in_use with a Retry-After; after A's
+    503 the key is free, and the next retry makes a new job, queued."""
+    tenant, client = service.new_named_tenant("replay-sending")
+    body, key = {"prompt": "still sending"}, "order-sending"
+    repo = JobsRepository(service.boto("dynamodb"), service.table)
+    sqs = service.boto("sqs")
+    missing_queue = service.queue_url.rsplit("/", 1)[0] + "/no-such-queue"
+    first = SubmissionService(repo, JobQueue(sqs, missing_queue), Settings(enqueue_attempts=2), sleep=lambda _: None)
+    retries: list[Any] = []
+
+    def client_retries_meanwhile(**_: Any) -> None:
+        if not retries:
+            try:
+                retries.append(client.submit(body, idempotency_key=key))
+            except ApiError as exc:
+                retries.append(exc)
+
+    sqs.meta.events.register("before-send.sqs.SendMessage", client_retries_meanwhile)
+    request = GenerationRequest.model_validate(body, context={"settings": Settings()})
+    with pytest.raises(EnqueueFailed) as info:
+        first.submit(tenant, request, idempotency_key=key)
+    [answer] = retries
+    assert isinstance(answer, ApiError), answer
+    assert (answer.status, answer.code) == (409, "idempotency_key_in_use")
+    assert int(answer.headers["Retry-After"]) >= 1
+    failed_id = info.value.details["job_id"]
+    assert repo.get(failed_id).status == JobStatus.FAILED
+    depth = service.queue_depth()
+    retried = client.submit(body, idempotency_key=key)
+    assert retried["id"] != failed_id
+    assert retried["status"] == "QUEUED"
+    assert service.queue_depth() == depth + 1

@@ -25,7 +25,7 @@ from localcloud.provision import (
     translate_sam,
 )
 from shared.pricing import gpu_price
-from shared.settings import Settings, environment_variables
+from shared.settings import API_TIMEOUT_S, Settings, environment_variables
 from tests.cases import TWO_FLEET_REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -709,6 +709,8 @@ def test_the_requeue_sweeper_runs_alone_each_minute_and_leaves_live_submissions_
     # A job is requeued only once no API call that wrote it can still be sending its message.
     assert settings.requeue_after_s > sam["Globals"]["Function"]["Timeout"]
     assert "Timeout" not in sam["Resources"]["ApiFunction"]["Properties"]
+    # A replay of a job still unsent is answered 409 for as long as the API call that wrote it may be sending it.
+    assert sam["Globals"]["Function"]["Timeout"] == API_TIMEOUT_S
     # A sweep stops taking jobs well inside its function's timeout, even with every call at its longest.
     longest_call = settings.aws_max_attempts * (settings.aws_connect_timeout_s + settings.aws_read_timeout_s)
     assert settings.requeue_budget_s + 3 * longest_call < props["Timeout"]

@@ -564,13 +564,15 @@ class JobsRepository:
         """The job an Idempotency-Key created, or None. Raises IdempotencyConflict on a different body, and
         IdempotencyKeyInUse while the request that wrote the job may still be sending it to the queue.
 
-        A key whose job is past its retention (or already swept by the TTL) is no record: the key is free.
+        A key whose job is past its retention (or already swept by the TTL) is no record: the key is free. So is
+        a key whose job could not be queued (FAILED ``ENQUEUE_FAILED``): its submission answered 503, inviting a
+        retry with it, and frees it, but that write may have failed.
         """
         return self._look_up_key(tenant, key, fingerprint)[0]
 
     def _look_up_key(self, tenant: str, key: str, fingerprint: str | None) -> tuple[Job | None, str | None]:
         """:meth:`find_by_idempotency_key`, and the id of the job a live record still names although that job is
-        gone (a stale key, free to take over from exactly that job), or None."""
+        gone or was never queued (a stale key, free to take over from exactly that job), or None."""
         resp = self._ddb.get_item(
             TableName=self._table, Key={"pk": {"S": self._idem_pk(tenant, key)}}, ConsistentRead=True
         )
@@ -587,6 +589,8 @@ class JobsRepository:
             job, item = self._read(str(record["job_id"]), tenant=tenant)
         except JobNotFound:
             return None, str(record["job_id"])
+        if job.status == JobStatus.FAILED and job.error is not None and job.error.code == JobErrorCode.ENQUEUE_FAILED:
+            return None, job.job_id
         if record.get("fingerprint") != (fingerprint or ""):
             raise IdempotencyConflict()
         if _sending(job, item, time.time()):

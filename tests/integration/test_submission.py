@@ -378,3 +378,45 @@ def test_a_replay_while_the_first_submit_still_sends_its_job_is_a_409_not_a_job_
     assert retried["id"] != failed_id
     assert retried["status"] == "QUEUED"
     assert service.queue_depth() == depth + 1
+
+
+def test_a_key_left_naming_a_job_that_could_not_be_queued_is_free(service: RunningService) -> None:
+    """The queue send fails, the job is FAILED (ENQUEUE_FAILED) and the 503 invites a retry with the key, but the
+    write that frees the key fails too (only logged). The key still names a job that was never queued: a retry
+    with it makes a new job, not a 202 with the FAILED one for the key's whole retention."""
+    ddb = service.boto("dynamodb")
+    repo = JobsRepository(ddb, service.table)
+    tenant, key = f"tenant-unfreed-key-{time.monotonic_ns()}", "order-unfreed"
+    missing_queue = service.queue_url.rsplit("/", 1)[0] + "/no-such-queue"
+    broken = SubmissionService(
+        repo, JobQueue(service.boto("sqs"), missing_queue), Settings(enqueue_attempts=1), sleep=lambda _: None
+    )
+    refused_releases = 0
+
+    def key_release_fails(request: Any, **_: Any) -> AWSResponse | None:
+        nonlocal refused_releases
+        if not json.loads(request.body)["Key"]["pk"]["S"].startswith("IDEM#"):
+            return None
+        refused_releases += 1
+        return _internal_error(request.url)
+
+    request = GenerationRequest.model_validate({"prompt": "unfreed"}, context={"settings": Settings()})
+    ddb.meta.events.register("before-send.dynamodb.UpdateItem", key_release_fails)
+    with pytest.raises(EnqueueFailed) as info:
+        broken.submit(tenant, request, idempotency_key=key)
+    ddb.meta.events.unregister("before-send.dynamodb.UpdateItem", key_release_fails)
+    assert refused_releases >= 1
+    failed_id = info.value.details["job_id"]
+    record = ddb.get_item(TableName=service.table, Key={"pk": {"S": JobsRepository._idem_pk(tenant, key)}})["Item"]
+    assert record["job_id"]["S"] == failed_id  # the key was not freed
+    assert int(record["expires_at"]["N"]) > time.time()
+    working = SubmissionService(repo, JobQueue(service.boto("sqs"), service.queue_url), Settings())
+    depth = service.queue_depth()
+    retried = working.submit(tenant, request, idempotency_key=key)
+    assert retried.created
+    assert retried.job.job_id != failed_id
+    assert retried.job.status == JobStatus.QUEUED
+    assert service.queue_depth() == depth + 1
+    replay = working.submit(tenant, request, idempotency_key=key)
+    assert (replay.created, replay.job.job_id) == (False, retried.job.job_id)  # from now on the key is the new job's
+    assert repo.get(failed_id).status == JobStatus.FAILED

@@ -440,11 +440,21 @@ class JobsRepository:
         return self._create(job, idempotency_fingerprint, entry)
 
     def create_joined(
-        self, job: Job, *, source_id: str, idempotency_fingerprint: str | None = None
+        self,
+        job: Job,
+        *,
+        source_id: str,
+        idempotency_fingerprint: str | None = None,
+        also: Sequence[dict[str, Any]] = (),
     ) -> tuple[Job, bool] | None:
         """:meth:`create` for a job that joins ``source_id`` (an identical job not yet finished): ``job`` is stored
         with ``joined_to`` and added to the source's ``followers`` in one transaction, only while the source is
-        QUEUED, RUNNING or POSTPROCESSING and within its retention. None, with nothing written, when it is not."""
+        QUEUED, RUNNING or POSTPROCESSING and within its retention. None, with nothing written, when it is not.
+
+        ``also``: ``TransactWriteItems`` elements written in the same transaction (the GPU work the join gives back
+        and the record that it is owed: :meth:`shared.ratelimit.DailyGpuBudget.deferral`). Written apart, after the
+        join, they could land after the source was cancelled and the job sent to run itself, which found nothing
+        owed: its work would be given back for good."""
         if job.joined_to != source_id:
             raise ValueError("a joining job names its source in joined_to")
         values: dict[str, Any] = {":f": {"SS": [job.job_id]}, ":now": {"N": str(int(time.time()))}}
@@ -462,7 +472,7 @@ class JobsRepository:
                 "ExpressionAttributeValues": values,
             }
         }
-        return self._create(job, idempotency_fingerprint, join)
+        return self._create(job, idempotency_fingerprint, join, also=also)
 
     def _create(
         self,
@@ -470,9 +480,12 @@ class JobsRepository:
         idempotency_fingerprint: str | None,
         other: dict[str, Any] | None,
         charges: Sequence[Charge] = (),
+        *,
+        also: Sequence[dict[str, Any]] = (),
     ) -> tuple[Job, bool] | None:
-        """The job's put, with ``other`` (a conditional write of another item), the Idempotency-Key's record and
-        ``charges`` in one transaction when there are any. None when ``other``'s condition failed."""
+        """The job's put, with ``other`` (a conditional write of another item), the Idempotency-Key's record,
+        ``charges`` and ``also`` (writes that land with the job) in one transaction when there are any. None when
+        ``other``'s condition failed."""
         item = job_to_item(job)
         if job.status == JobStatus.QUEUED:
             item["unqueued_shard"] = {"S": unqueued_shard(job.job_id)}  # until mark_enqueued
@@ -483,7 +496,7 @@ class JobsRepository:
                 "ConditionExpression": "attribute_not_exists(pk)",
             }
         }
-        if job.idempotency_key is None and other is None and not charges:
+        if job.idempotency_key is None and other is None and not charges and not also:
             # One item needs no transaction, which DynamoDB bills at twice the write units of a plain put.
             self._put_new(put_job["Put"], job)
             return job, True
@@ -510,6 +523,7 @@ class JobsRepository:
             items.append(put_idem)
         first_charge = len(items)
         items += [charge.transact_item() for charge in charges]
+        items += list(also)
         stale = NO_JOB
         pauses = [*CONFLICT_PAUSES_S, None]
         while pauses:

@@ -101,8 +101,8 @@ class DailyGpuBudget:
     conditional write per accepted job (``pixel_steps`` of its request) and expiring through the table's TTL.
 
     A job that joins an identical running one (the result cache) gets its work back, and owes it
-    (``BUDGET#<tenant>#owed#<job>``, :meth:`defer`): should it be sent to run itself after all (its source was
-    cancelled or failed), its work is counted again, once (:meth:`collect`)."""
+    (``BUDGET#<tenant>#owed#<job>``, :meth:`deferral`, written with the join): should it be sent to run itself after
+    all (its source was cancelled or failed), its work is counted again, once (:meth:`collect`)."""
 
     def __init__(self, dynamodb: DynamoDBClient, table_name: str) -> None:
         self._ddb = dynamodb
@@ -158,36 +158,35 @@ class DailyGpuBudget:
         """The item that records the work ``job_id`` was given back when it joined an identical job."""
         return {"pk": {"S": f"BUDGET#{tenant}#owed#{job_id}"}}
 
-    def defer(self, tenant: str, job_id: str, work: int, *, now: float, keep_until: int) -> None:
-        """Give back the ``work`` counted at ``now`` for a job that joined an identical one (its images answer it:
-        no GPU work of its own), and record that it owes that work should it run itself after all
-        (:meth:`collect`). One transaction; the record is kept until ``keep_until`` (the job's retention). Raises
-        AWS errors: then nothing is given back and nothing is owed."""
+    def deferral(self, tenant: str, job_id: str, work: int, *, now: float, keep_until: int) -> list[dict[str, Any]]:
+        """The writes that give back the ``work`` counted at ``now`` for a job that joins an identical one (its
+        images answer it: no GPU work of its own), and record that it owes that work should it run itself after
+        all (:meth:`collect`; the record is kept until ``keep_until``, the job's retention): ``TransactWriteItems``
+        elements, for the join's own transaction (:meth:`shared.jobs.JobsRepository.create_joined`), so that they
+        land with the join or not at all, and always before the job can be sent to run itself."""
         date, _ = self._day(now)
-        self._ddb.transact_write_items(
-            TransactItems=[
-                {
-                    "Update": {
-                        "TableName": self._table,
-                        "Key": {"pk": {"S": f"BUDGET#{tenant}#{date}"}},
-                        "UpdateExpression": "ADD used :minus",
-                        "ConditionExpression": "attribute_exists(used)",
-                        "ExpressionAttributeValues": {":minus": {"N": str(-work)}},
-                    }
-                },
-                {
-                    "Update": {
-                        "TableName": self._table,
-                        "Key": self.owed_key(tenant, job_id),
-                        "UpdateExpression": "SET owed = :yes, expires_at = :keep",
-                        "ExpressionAttributeValues": {":yes": {"BOOL": True}, ":keep": {"N": str(keep_until)}},
-                    }
-                },
-            ]
-        )
+        return [
+            {
+                "Update": {
+                    "TableName": self._table,
+                    "Key": {"pk": {"S": f"BUDGET#{tenant}#{date}"}},
+                    "UpdateExpression": "ADD used :minus",
+                    "ConditionExpression": "attribute_exists(used)",
+                    "ExpressionAttributeValues": {":minus": {"N": str(-work)}},
+                }
+            },
+            {
+                "Update": {
+                    "TableName": self._table,
+                    "Key": self.owed_key(tenant, job_id),
+                    "UpdateExpression": "SET owed = :yes, expires_at = :keep",
+                    "ExpressionAttributeValues": {":yes": {"BOOL": True}, ":keep": {"N": str(keep_until)}},
+                }
+            },
+        ]
 
     def collect(self, tenant: str, job_id: str, work: int, *, now: float) -> bool:
-        """Count the ``work`` that ``job_id`` owes (:meth:`defer`) on ``now``'s day, now that it runs itself: once
+        """Count the ``work`` that ``job_id`` owes (:meth:`deferral`) on ``now``'s day, now that it runs itself: once
         per job however often it is sent, and never refused (the job was accepted; later submissions see the
         spend). True when counted; False when the job owed nothing (counted already, or never given back: a
         plan without a budget). Raises AWS errors."""

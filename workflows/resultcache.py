@@ -15,8 +15,9 @@ the job whose images answer it, its *source*. A new cacheable job finds the entr
   was cancelled, hands the first back to the queue to generate, and moves the others to join that one (one
   transaction each, conditioned like a join). A follower is a job of its own: cancelling it changes nothing for the
   source, and cancelling the source only sends its followers to run. A joined job's GPU work is given back to the
-  tenant's daily budget when it joins, and counted again when it is sent to run itself (once per job:
-  :meth:`shared.ratelimit.DailyGpuBudget.collect`), so identical jobs and cancels spend the budget like any jobs.
+  tenant's daily budget when it joins (in the join's own transaction), and counted again when it is sent to run
+  itself (once per job: :meth:`shared.ratelimit.DailyGpuBudget.collect`), so identical jobs and cancels spend the
+  budget like any jobs.
 - no entry, or one naming a job that failed, was cancelled or expired: the job becomes the source, written in one
   transaction with the entry (conditioned on the entry being as read), then queued as usual.
 
@@ -29,9 +30,9 @@ expiry, a broken execution) is sent by the requeue sweeper ``requeue_after_s`` a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError, ClientError
@@ -120,10 +121,19 @@ class ResultCache:
         )
         return Probe(source_id, source, hit)
 
-    def submit(self, job: Job, fingerprint: str | None, probe: Probe | None = None) -> Cached:
+    def submit(
+        self,
+        job: Job,
+        fingerprint: str | None,
+        probe: Probe | None = None,
+        *,
+        deferral: Sequence[dict[str, Any]] = (),
+    ) -> Cached:
         """Store ``job`` (QUEUED, its request cacheable and normalised) as a hit, a join, or the source of its
         entry; ``probe`` is a first look already taken. The caller queues it when the outcome is ``source`` or
-        ``plain`` and ``created``."""
+        ``plain`` and ``created``. ``deferral``: the writes that give back a joined job's GPU work and record it
+        owed (:meth:`shared.ratelimit.DailyGpuBudget.deferral`), made in the join's own transaction, only if it
+        joins."""
         entry = cache_entry_pk(self.scope(job.tenant), job.cache_key)
         for _ in range(MAX_ROUNDS):
             seen = probe or self.probe(job)
@@ -133,7 +143,9 @@ class ResultCache:
                 return self._hit(job, source, fingerprint)
             if source is not None and source.status in JOINABLE and source.expires_at > now:
                 joined = job.model_copy(update={"joined_to": source.job_id})
-                stored = self._repo.create_joined(joined, source_id=source.job_id, idempotency_fingerprint=fingerprint)
+                stored = self._repo.create_joined(
+                    joined, source_id=source.job_id, idempotency_fingerprint=fingerprint, also=deferral
+                )
                 if stored is not None:
                     return Cached(stored[0], stored[1], "joined")
                 continue  # the source finished meanwhile: read again

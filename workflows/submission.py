@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
@@ -190,7 +190,7 @@ class SubmissionService:
         stored_inputs = self._store_inputs(prepared, job, charged_at, work)
         try:
             if cache is not None:
-                cached = cache.submit(job, fingerprint, probe)
+                cached = cache.submit(job, fingerprint, probe, deferral=self._deferral(job, charged_at, work))
                 stored, created, outcome = cached.job, cached.created, cached.outcome
             else:
                 stored, created = self._repo.create(job, idempotency_fingerprint=fingerprint)
@@ -207,8 +207,6 @@ class SubmissionService:
             return Submitted(stored, created=False)
         if outcome == "hit":
             self._give_back_work(tenant, charged_at, work)  # answered by another job's images: no GPU work
-        elif outcome == "joined":
-            self._defer_work(stored, charged_at, work)
         if cache is not None:
             _count(outcome)
         if outcome in ("hit", "joined"):
@@ -389,15 +387,14 @@ class SubmissionService:
         except (ClientError, BotoCoreError):
             logger.warning("could not give back the GPU work of a request that made none", tenant=tenant)
 
-    def _defer_work(self, job: Job, charged_at: float, work: int) -> None:
+    def _deferral(self, job: Job, charged_at: float, work: int) -> list[dict[str, Any]]:
         """A joined job does no GPU work while its source generates for it: its work is given back, and owed should
-        it be sent to run itself (the result cache counts it then: :meth:`DailyGpuBudget.collect`)."""
+        it be sent to run itself (the result cache counts it then: :meth:`DailyGpuBudget.collect`). The writes that
+        say so, for the join's own transaction: written after it, they could land once a cancel of the source had
+        already sent the job to run, owing nothing."""
         if self._budget is None or work == 0:
-            return
-        try:
-            self._budget.defer(job.tenant, job.job_id, work, now=charged_at, keep_until=job.expires_at)
-        except (ClientError, BotoCoreError):
-            logger.warning("could not give back the GPU work of a joined job; it stays counted", job_id=job.job_id)
+            return []
+        return self._budget.deferral(job.tenant, job.job_id, work, now=charged_at, keep_until=job.expires_at)
 
     def _give_back(self, tenant: str, charged_at: float, work: int = 0) -> None:
         """Return the rate slot charged at ``charged_at`` (and the GPU work counted) to a request that made no

@@ -8,6 +8,7 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import boto3
 import pytest
 from ulid import ULID
 
@@ -490,3 +491,29 @@ def test_a_joined_job_completed_with_its_answer_lost_is_answered_and_gets_its_we
     assert (report.completed, report.skipped) == (1, 0)
     assert world.repo.get(follower.job_id).status == JobStatus.SUCCEEDED
     assert f"{follower.job_id}-succeeded" in world.sfn.started
+
+
+def test_a_join_whose_source_is_cancelled_at_once_still_owes_its_work(table: DynamoDBClient) -> None:
+    """The join lands; before its submission goes on, a cancel of the source settles it and sends the joined job
+    to run itself, collecting whatever it owes. The work the join gives back and the record that it is owed are
+    written with the join, so that collect finds them: the job that runs is counted, once."""
+    world = World(table, daily_gpu_budget_mpx_steps=2)
+    # The concurrent cancel: another API call, with its own client of the same table.
+    other = World(boto3.client("dynamodb", region_name="us-east-1"), daily_gpu_budget_mpx_steps=2)
+    source = world.submit(**COSTLY)
+    cancels: list[Job] = []
+
+    def cancel_source_once_the_join_landed(model: Any, **_: Any) -> None:
+        if model.name == "TransactWriteItems" and not cancels:
+            cancels.append(other.api.cancel("t1", source.job_id))
+
+    world.repo._ddb.meta.events.register("after-call.dynamodb.TransactWriteItems", cancel_source_once_the_join_landed)
+    copy = world.submit(**COSTLY)
+    assert cancels
+    assert copy.joined_to == source.job_id  # it joined, and was then sent to run itself by the cancel's settle
+    ran = world.repo.get(copy.job_id)
+    assert (ran.status, ran.joined_to) == (JobStatus.QUEUED, None)
+    assert other.queue.sent == [copy.job_id]
+    assert world.used() == 2 * WORK  # the source's work and the copy's, which runs: no GPU work for free
+    owed = table.get_item(TableName=JOBS_TABLE, Key=DailyGpuBudget.owed_key("t1", copy.job_id)).get("Item", {})
+    assert "owed" not in owed  # collected; nothing left owed for a job that already runs

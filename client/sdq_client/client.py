@@ -117,10 +117,14 @@ class RetryPolicy:
                 return None
             pause = backoff if asked is None else asked
         elif isinstance(exc, Conflict):
-            # A request with the same key is still being written: its job is about to exist. Nothing else is.
+            # A request with the same key is still being written or sent: its answer is about to exist. Nothing
+            # else is. Its Retry-After says when to ask again.
             if not (keyed and exc.code == "idempotency_key_in_use"):
                 return None
-            pause = backoff
+            asked = retry_after(exc.headers)
+            if asked is not None and asked > self.max_retry_after_s:
+                return None
+            pause = backoff if asked is None else asked
         elif isinstance(exc, RETRYABLE_TRANSPORT_ERRORS):
             pause = backoff
         else:

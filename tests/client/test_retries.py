@@ -8,6 +8,7 @@ produces them."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -168,3 +169,17 @@ def test_an_error_answer_not_in_the_apis_shape_still_says_what_it_was(
     assert failed.value.message.startswith(message)
     assert len(failed.value.message) < 250  # the start of the body, not all of it
     assert str(failed.value).startswith(f"{answer.status}: {message}")
+
+
+def test_a_submit_whose_key_is_in_use_waits_as_its_retry_after_says_and_gets_the_job(api: FakeApi) -> None:
+    """The first request with this key is still sending its job to the queue (409 idempotency_key_in_use): the
+    client asks again after the answer's Retry-After, with the same key, and gets the job."""
+    in_use = {"error": {"code": "idempotency_key_in_use", "message": "Still in progress.", "details": None}}
+    api.fault("POST", "/v1/jobs", Reply(409, in_use, {"Retry-After": "1"}), times=2)
+    started = time.monotonic()
+    with Client(api.url, "key", retry_backoff=FAST) as client:
+        job = client.submit({"prompt": "a fox"})
+    assert time.monotonic() - started >= 2.0  # two pauses of the asked second, not the 0.01 s backoff
+    assert len(api.requests("POST")) == 3
+    assert len(set(keys(api))) == 1
+    assert list(api.jobs) == [job.id]

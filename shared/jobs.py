@@ -853,7 +853,10 @@ class JobsRepository:
         except self._ddb.exceptions.ConditionalCheckFailedException as exc:
             old = _old_item(exc)
             if old is not None and old.get("transition_token", {}).get("S") == token:
-                return self._landed(job_from_item(old))  # this call's own write: its answer was lost, then re-sent
+                # This call's own write: its answer was lost, then re-sent. Others may have moved the job on since
+                # (a claim, the state machine's terminal write): only the status it wrote is this call's to report.
+                landed = job_from_item(old)
+                return self._landed(landed) if landed.status == target else landed
             current = job_from_item(old) if old else None
             if current is None:
                 try:
@@ -1207,7 +1210,8 @@ class JobsRepository:
         except self._ddb.exceptions.ConditionalCheckFailedException as exc:
             old = _old_item(exc)
             if old is not None and old.get("transition_token", {}).get("S") == token:
-                return self._landed(job_from_item(old))  # this call's own write: its answer was lost, then re-sent
+                # This call's own write, its answer lost and re-sent: the follower it completed (SUCCEEDED, final).
+                return self._landed(job_from_item(old))
             return None
         return self._landed(job_from_item(resp["Attributes"]))
 

@@ -5,6 +5,7 @@ a fault after the write is an answer lost on the way back, and botocore's retry 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,6 +32,8 @@ class Fault:
     status: int = 400
     after_write: bool = False  # apply the write, then answer the error (a response lost on the way back)
     operation: Literal["update_item", "put_item"] = "update_item"
+    # With after_write: what others do between the write and the re-sent request (a claim, the state machine's write).
+    meanwhile: Callable[[], None] | None = None
     hits: int = 0
 
 
@@ -61,6 +64,8 @@ class DynamoFaults:
             raise InjectedError(fault.code, fault.status)
         result = write(*args, **kwargs)
         if fault is not None:
+            if fault.meanwhile is not None:
+                fault.meanwhile()
             raise InjectedError(fault.code, fault.status)
         return result
 

@@ -89,10 +89,15 @@ def notice_job(detail: Mapping[str, Any]) -> str | None:
     return match["job_id"] if match else None
 
 
-def stop_stranded_delivery(repo: JobsRepository, job: Job, status: str) -> bool:
-    """Record the job's webhook ``failed`` if it is ``retrying``: the execution retrying it ended outright."""
+def stop_stranded_delivery(repo: JobsRepository, job: Job, status: str, stopped_ms: object = None) -> bool:
+    """Record the job's webhook ``failed`` if it is ``retrying``: the execution retrying it ended outright (at
+    ``stopped_ms``, the event's ``stopDate``). A record with an attempt after that is another execution's, alive
+    (a redelivery, a late duplicate of the event): it is left alone."""
     webhook = job.webhook
     if webhook is None or webhook.state != "retrying":
+        return False
+    last = webhook.last_attempt_at
+    if isinstance(stopped_ms, int | float) and last is not None and last.timestamp() * 1000 > stopped_ms:
         return False
     ended = {"FAILED": "failed", "TIMED_OUT": "timed out", "ABORTED": "was stopped"}.get(status, status.lower())
     error = f"no further attempt: the delivery's execution {ended}; POST /v1/jobs/{job.job_id}/webhook/redeliver"
@@ -122,7 +127,7 @@ def handle_failed_execution(
     notice = notice_job(detail)
     if notice is not None:
         try:
-            stopped = stop_stranded_delivery(repo, repo.get(notice), status)
+            stopped = stop_stranded_delivery(repo, repo.get(notice), status, detail.get("stopDate"))
         except JobNotFound:
             stopped = False
         return "delivery_stopped" if stopped else "not_a_job_run"
@@ -144,7 +149,11 @@ def handle_failed_execution(
         current = repo.get(run.job_id)
         if notify is not None and _finished_here_without_webhook(current, run):
             notify(current)
-        elif current.attempt == run.attempt and stop_stranded_delivery(repo, current, status):
+        elif (
+            current.attempt == run.attempt
+            and current.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)  # its own outcome: a cancel's is its notice's
+            and stop_stranded_delivery(repo, current, status, detail.get("stopDate"))
+        ):
             return "delivery_stopped"
         logger.info("failed execution's job already moved on", job_id=run.job_id, status=exc.current)
         return "already_moved_on"

@@ -87,6 +87,12 @@ def new_idempotency_key() -> str:
     return str(uuid.uuid4())
 
 
+# A submit whose key's first request is still sending its job is answered 409 idempotency_key_in_use for at most the
+# API's timeout (30 s), asking to retry after a second: asked again that long, whatever ``retries`` says, while each
+# answer says when (Retry-After).
+IN_USE_MAX_ATTEMPTS = 40
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """When a failed request is tried again, and after how long."""
@@ -100,7 +106,13 @@ class RetryPolicy:
     ) -> float | None:
         """Seconds to wait before trying again after ``attempt`` tries failed with ``exc``; None: raise it.
         ``landed``: an earlier try of this request may have been carried out (its answer was lost)."""
-        if attempt > self.retries:
+        in_use = (
+            isinstance(exc, Conflict)
+            and keyed
+            and exc.code == "idempotency_key_in_use"
+            and retry_after(exc.headers) is not None  # the API says when: a second at a time
+        )
+        if attempt > (max(self.retries, IN_USE_MAX_ATTEMPTS) if in_use and self.retries else self.retries):
             return None
         backoff = min(MAX_RETRY_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
         if isinstance(exc, RateLimited | ServerError):

@@ -183,3 +183,15 @@ def test_a_submit_whose_key_is_in_use_waits_as_its_retry_after_says_and_gets_the
     assert len(api.requests("POST")) == 3
     assert len(set(keys(api))) == 1
     assert list(api.jobs) == [job.id]
+
+
+def test_a_key_in_use_is_asked_again_for_as_long_as_the_first_request_may_send_whatever_the_retries(
+    api: FakeApi,
+) -> None:
+    """The first request's queue send can take the API's whole timeout: more in-use answers than ``retries``."""
+    in_use = {"error": {"code": "idempotency_key_in_use", "message": "Still in progress.", "details": None}}
+    api.fault("POST", "/v1/jobs", Reply(409, in_use, {"Retry-After": "0"}), times=6)
+    with Client(api.url, "key", retries=2, retry_backoff=FAST) as client:
+        job = client.submit({"prompt": "a fox"})
+    assert len(api.requests("POST")) == 7
+    assert list(api.jobs) == [job.id]

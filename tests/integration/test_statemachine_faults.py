@@ -326,7 +326,12 @@ def test_a_stopped_notice_fails_the_webhook_it_left_retrying_once(h: Harness) ->
         next_attempt_at=datetime.now(UTC) + timedelta(hours=1),
     )
     notice = {"status": "TIMED_OUT", "name": f"{job.job_id}-redeliver-01M91VNE54H9XGDASE0M8TVYCD"}
-    assert handle_failed_execution(h.repo, notice) == "delivery_stopped"
+    # An execution that ended before the record's last attempt did not make it: that delivery is alive.
+    ended_before = {**notice, "stopDate": int((datetime.now(UTC) - timedelta(minutes=5)).timestamp() * 1000)}
+    assert handle_failed_execution(h.repo, ended_before) == "not_a_job_run"
+    assert h.repo.get(job.job_id).webhook.state == "retrying"  # type: ignore[union-attr]
+    ended_now = {**notice, "stopDate": int(datetime.now(UTC).timestamp() * 1000) + 1000}
+    assert handle_failed_execution(h.repo, ended_now) == "delivery_stopped"
     webhook = h.repo.get(job.job_id).webhook
     assert webhook is not None
     assert (webhook.state, webhook.attempts, webhook.next_attempt_at) == ("failed", 1, None)
@@ -334,6 +339,25 @@ def test_a_stopped_notice_fails_the_webhook_it_left_retrying_once(h: Harness) ->
     assert "execution timed out" in webhook.last_error
     assert handle_failed_execution(h.repo, notice) == "not_a_job_run"  # nothing left to stop
     assert h.repo.get(job.job_id).status == JobStatus.SUCCEEDED
+
+
+def test_a_failed_run_leaves_alone_the_webhook_of_a_cancel_that_overtook_it(h: Harness) -> None:
+    """The client cancelled the job while its run was failing: the retrying webhook is the cancel notice's, alive."""
+    job = h.running_job(None)
+    h.repo.transition(job.job_id, JobStatus.CANCELLED, tenant=job.tenant)
+    h.repo.record_webhook_attempt(
+        job.job_id,
+        event="job.cancelled",
+        webhook_id=f"msg_{job.job_id}_job_cancelled",
+        outcome="retry",
+        status=503,
+        error="HTTP 503",
+        next_attempt_at=datetime.now(UTC) + timedelta(minutes=1),
+    )
+    run = {"job_id": job.job_id, "tenant": job.tenant, "attempt": job.attempt}
+    detail = {"status": "FAILED", "name": f"{job.job_id}-{job.attempt}", "input": json.dumps(run)}
+    assert handle_failed_execution(h.repo, detail) == "already_moved_on"
+    assert h.repo.get(job.job_id).webhook.state == "retrying"  # type: ignore[union-attr]
 
 
 def test_a_failed_execution_of_a_notice_of_another_attempt_or_a_finished_run_changes_nothing(h: Harness) -> None:

@@ -100,6 +100,41 @@ def test_a_hand_back_whose_answer_was_lost_is_made(repo: JobsRepository, faults:
     assert queued.status == JobStatus.QUEUED
 
 
+def test_a_re_sent_change_reports_no_finish_it_did_not_write(
+    repo: JobsRepository, jobs_table: DynamoDBClient, faults: DynamoFaults
+) -> None:
+    """The hand-back landed, its answer was lost, and before the re-send another worker claimed and finished the
+    job: the re-send finds its own token but a status it did not write, so it reports no finish (metrics count the
+    job once, where it finished)."""
+    finished: list[Job] = []
+    metered = JobsRepository(jobs_table, JOBS_TABLE, on_finished=finished.append)
+    job, _ = repo.create(make_job())
+    claimed = repo.claim(job.job_id, TENANT, worker_id="w-1", lease_s=60, now=time.time())
+
+    def another_worker_finishes_it() -> None:
+        # A claim, then the state machine's MarkSucceeded: neither writes a transition token.
+        repo.claim(job.job_id, TENANT, worker_id="w-2", lease_s=60, now=time.time())
+        jobs_table.update_item(
+            TableName=JOBS_TABLE,
+            Key={"pk": {"S": f"JOB#{job.job_id}"}},
+            UpdateExpression="SET #s = :succ",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={":succ": {"S": "SUCCEEDED"}},
+        )
+
+    fault = faults.add(Fault(**{**lost_answer(job.job_id).__dict__, "meanwhile": another_worker_finishes_it}))
+    answered = metered.transition(
+        job.job_id,
+        JobStatus.QUEUED,
+        tenant=TENANT,
+        sources=[JobStatus.RUNNING],
+        claim=Claim(attempt=claimed.attempt, worker_id="w-1"),
+    )
+    assert fault.hits == 1
+    assert answered.status == JobStatus.SUCCEEDED  # the job as it stands
+    assert finished == []
+
+
 def test_an_abandoned_job_failed_with_its_answer_lost_gets_its_webhook(
     repo: JobsRepository, faults: DynamoFaults
 ) -> None:

@@ -311,20 +311,25 @@ def test_a_webhook_whose_execution_was_stopped_while_retrying_is_failed_and_can_
     assert [d.answered for d in receiver.deliveries[attempts:]] == [200]
 
 
-def test_a_stopped_notice_fails_the_webhook_it_left_retrying_once(h: Harness) -> None:
-    """A notice alone (a redelivery, a cancel's webhook) stopped between its tries: its record is ``failed``."""
-    job = h.running_job(None)
-    h.repo.transition(job.job_id, JobStatus.POSTPROCESSING, tenant=job.tenant)
-    h.repo.transition(job.job_id, JobStatus.SUCCEEDED, tenant=job.tenant)
-    h.repo.record_webhook_attempt(
-        job.job_id,
-        event="job.succeeded",
-        webhook_id=f"msg_{job.job_id}_job_succeeded",
+def retrying(repo: JobsRepository, job_id: str, event: str) -> None:
+    """One attempt of the job's ``event`` webhook answered 503, the next due in an hour."""
+    repo.record_webhook_attempt(
+        job_id,
+        event=event,
+        webhook_id=f"msg_{job_id}_{event.replace('.', '_')}",
         outcome="retry",
         status=503,
         error="HTTP 503",
         next_attempt_at=datetime.now(UTC) + timedelta(hours=1),
     )
+
+
+def test_a_stopped_notice_fails_the_webhook_it_left_retrying_once(h: Harness) -> None:
+    """A notice alone (a redelivery, a cancel's webhook) stopped between its tries: its record is ``failed``."""
+    job = h.running_job(None)
+    h.repo.transition(job.job_id, JobStatus.POSTPROCESSING, tenant=job.tenant)
+    h.repo.transition(job.job_id, JobStatus.SUCCEEDED, tenant=job.tenant)
+    retrying(h.repo, job.job_id, "job.succeeded")
     notice = {"status": "TIMED_OUT", "name": f"{job.job_id}-redeliver-01M91VNE54H9XGDASE0M8TVYCD"}
     # An execution that ended before the record's last attempt did not make it: that delivery is alive.
     ended_before = {**notice, "stopDate": int((datetime.now(UTC) - timedelta(minutes=5)).timestamp() * 1000)}
@@ -345,15 +350,7 @@ def test_a_failed_run_leaves_alone_the_webhook_of_a_cancel_that_overtook_it(h: H
     """The client cancelled the job while its run was failing: the retrying webhook is the cancel notice's, alive."""
     job = h.running_job(None)
     h.repo.transition(job.job_id, JobStatus.CANCELLED, tenant=job.tenant)
-    h.repo.record_webhook_attempt(
-        job.job_id,
-        event="job.cancelled",
-        webhook_id=f"msg_{job.job_id}_job_cancelled",
-        outcome="retry",
-        status=503,
-        error="HTTP 503",
-        next_attempt_at=datetime.now(UTC) + timedelta(minutes=1),
-    )
+    retrying(h.repo, job.job_id, "job.cancelled")
     run = {"job_id": job.job_id, "tenant": job.tenant, "attempt": job.attempt}
     detail = {"status": "FAILED", "name": f"{job.job_id}-{job.attempt}", "input": json.dumps(run)}
     assert handle_failed_execution(h.repo, detail) == "already_moved_on"

@@ -83,19 +83,24 @@ def test_a_cancel_whose_answer_was_lost_is_made_and_starts_its_webhook(
         submissions.cancel(TENANT, job.job_id)
 
 
+def hand_back(repo: JobsRepository, claimed: Job) -> Job:
+    """Worker w-1 hands its claim back (RUNNING -> QUEUED)."""
+    return repo.transition(
+        claimed.job_id,
+        JobStatus.QUEUED,
+        tenant=TENANT,
+        sources=[JobStatus.RUNNING],
+        claim=Claim(attempt=claimed.attempt, worker_id="w-1"),
+    )
+
+
 def test_a_hand_back_whose_answer_was_lost_is_made(repo: JobsRepository, faults: DynamoFaults) -> None:
     """A worker handing its claim back (RUNNING -> QUEUED): read as refused, the worker would drop the job's
     message, and the QUEUED job would have none."""
     job, _ = repo.create(make_job())
     claimed = repo.claim(job.job_id, TENANT, worker_id="w-1", lease_s=60, now=time.time())
     fault = faults.add(lost_answer(job.job_id))
-    queued = repo.transition(
-        job.job_id,
-        JobStatus.QUEUED,
-        tenant=TENANT,
-        sources=[JobStatus.RUNNING],
-        claim=Claim(attempt=claimed.attempt, worker_id="w-1"),
-    )
+    queued = hand_back(repo, claimed)
     assert fault.hits == 1
     assert queued.status == JobStatus.QUEUED
 
@@ -123,13 +128,7 @@ def test_a_re_sent_change_reports_no_finish_it_did_not_write(
         )
 
     fault = faults.add(Fault(**{**lost_answer(job.job_id).__dict__, "meanwhile": another_worker_finishes_it}))
-    answered = metered.transition(
-        job.job_id,
-        JobStatus.QUEUED,
-        tenant=TENANT,
-        sources=[JobStatus.RUNNING],
-        claim=Claim(attempt=claimed.attempt, worker_id="w-1"),
-    )
+    answered = hand_back(metered, claimed)
     assert fault.hits == 1
     assert answered.status == JobStatus.SUCCEEDED  # the job as it stands
     assert finished == []

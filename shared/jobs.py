@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -852,7 +852,7 @@ class JobsRepository:
             )
         except self._ddb.exceptions.ConditionalCheckFailedException as exc:
             old = _old_item(exc)
-            if old is not None and old.get("transition_token", {}).get("S") == token:
+            if _written_by(old, token):
                 # This call's own write: its answer was lost, then re-sent. Others may have moved the job on since
                 # (a claim, the state machine's terminal write): only the status it wrote is this call's to report.
                 landed = job_from_item(old)
@@ -1209,7 +1209,7 @@ class JobsRepository:
             )
         except self._ddb.exceptions.ConditionalCheckFailedException as exc:
             old = _old_item(exc)
-            if old is not None and old.get("transition_token", {}).get("S") == token:
+            if _written_by(old, token):
                 # This call's own write, its answer lost and re-sent: the follower it completed (SUCCEEDED, final).
                 return self._landed(job_from_item(old))
             return None
@@ -1372,6 +1372,12 @@ class JobsRepository:
     @staticmethod
     def _idem_pk(tenant: str, key: str) -> str:
         return f"IDEM#{tenant}#{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _written_by(old: Mapping[str, Any] | None, token: str) -> TypeGuard[Mapping[str, Any]]:
+    """Whether the item a failed condition returned carries ``token``: the status change of the call that made
+    it landed (:meth:`JobsRepository.transition`, :meth:`JobsRepository.complete_joined`)."""
+    return old is not None and old.get("transition_token", {}).get("S") == token
 
 
 def _old_item(exc: ClientError) -> dict[str, Any] | None:

@@ -32,12 +32,27 @@ logger = Logger(service="sdq-failed-execution", child=True)
 FAILED_STATUSES = frozenset({"FAILED", "TIMED_OUT", "ABORTED"})
 
 
+def how_it_ended(status: str) -> str:
+    """An execution's end in words: ``failed``, ``timed out``, ``was stopped``."""
+    return {"FAILED": "failed", "TIMED_OUT": "timed out", "ABORTED": "was stopped"}.get(status, status.lower())
+
+
 def workflow_error(status: str, error: str | None) -> JobError:
-    ended = {"FAILED": "failed", "TIMED_OUT": "timed out", "ABORTED": "was stopped"}.get(status, status.lower())
     cause = f" ({error})" if error else ""
     return JobError(
-        code=JobErrorCode.WORKFLOW_FAILED, message=f"The job's workflow {ended}{cause} before it recorded a result."
+        code=JobErrorCode.WORKFLOW_FAILED,
+        message=f"The job's workflow {how_it_ended(status)}{cause} before it recorded a result.",
     )
+
+
+def execution_input(detail: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The execution's input as an object, or None when the event leaves it out (an input near the size limit)
+    or it is not one."""
+    try:
+        payload = json.loads(detail.get("input") or "null")
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) else None
 
 
 # A job run's execution is named ``<job id>-<attempt>`` by the worker (notices are ``<job id>-<reason>[-<ulid>]``).
@@ -55,11 +70,8 @@ class JobRun:
 def job_run(repo: JobsRepository, detail: Mapping[str, Any]) -> JobRun | None:
     """The job run an execution was, from its input, or from its name when the event leaves the input out (an
     input near the size limit); None for a notice or anything else."""
-    try:
-        payload = json.loads(detail.get("input") or "null")
-    except ValueError:
-        payload = None
-    if isinstance(payload, dict):
+    payload = execution_input(detail)
+    if payload is not None:
         if payload.get("notify_only"):
             return None
         job_id, tenant, attempt = payload.get("job_id"), payload.get("tenant"), payload.get("attempt")
@@ -78,11 +90,8 @@ def job_run(repo: JobsRepository, detail: Mapping[str, Any]) -> JobRun | None:
 def notice_job(detail: Mapping[str, Any]) -> str | None:
     """The job id of a notice-only execution (``webhooks.start_notice``), from its input or its name; None for
     anything else."""
-    try:
-        payload = json.loads(detail.get("input") or "null")
-    except ValueError:
-        payload = None
-    if isinstance(payload, dict):
+    payload = execution_input(detail)
+    if payload is not None:
         job_id = payload.get("job_id")
         return job_id if payload.get("notify_only") and isinstance(job_id, str) else None
     match = NOTICE_NAME.match(str(detail.get("name", "")))
@@ -99,7 +108,7 @@ def stop_stranded_delivery(repo: JobsRepository, job: Job, status: str, stopped_
     last = webhook.last_attempt_at
     if isinstance(stopped_ms, int | float) and last is not None and last.timestamp() * 1000 > stopped_ms:
         return False
-    ended = {"FAILED": "failed", "TIMED_OUT": "timed out", "ABORTED": "was stopped"}.get(status, status.lower())
+    ended = how_it_ended(status)
     error = f"no further attempt: the delivery's execution {ended}; POST /v1/jobs/{job.job_id}/webhook/redeliver"
     stopped = repo.stop_webhook_retries(job.job_id, attempts=webhook.attempts, error=error)
     if stopped:

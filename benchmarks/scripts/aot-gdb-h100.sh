@@ -2,9 +2,7 @@
 # Issue 24: why AOTInductor packages segfault at load on the lent machines' torch 2.11.0+cu130
 # (benchmarks/results/2026-11-29-h200/README.md): the two-layer package of aot_minimal.py built and loaded once,
 # then, if the load crashes, the CUDA libraries the package's library links against beside torch's own, and the
-# load's native backtrace under cuda-gdb (the device image has no gdb). If the load works on this machine, a
-# worker's start from AOT packages instead (SD 1.5, bucket 1: cold build, then twice from the packages), in the
-# worker image's environment.
+# load's native backtrace under cuda-gdb (the device image has no gdb).
 set -u
 source "$(dirname "$0")/device-prelude.sh" aot-gdb
 probe=benchmarks/scripts/aot_minimal.py
@@ -13,21 +11,8 @@ python3 -c "import torch, os; print(torch.__version__, torch.version.cuda, os.pa
 for step in build load; do
   echo "== $step at ${SECONDS}s" | log
   timeout 150 python3 -X faulthandler $probe $step 2>&1 | grep -v "^Extension modules" | tail -25 | log
-  load_status=${PIPESTATUS[0]}
-  echo "== $step exit status $load_status" | log
+  echo "== $step exit status ${PIPESTATUS[0]}" | log
 done
-if [ "$load_status" = 0 ]; then
-  byte_compile_repo
-  rm -rf /tmp/sdq-aot
-  COMMON="--arch sd15 --steps 30 --width 512 --height 512 --out $OUT --compile --aot-dir /tmp/sdq-aot --buckets 1"
-  gpu_clocks
-  for run in cold warm warm; do
-    echo "== startup from AOT packages ($run) at ${SECONDS}s" | log
-    timeout $(left) "${HIDDEN[@]}" benchmarks.worker_bench startup $COMMON 2>&1 | tail -40 | log
-  done
-  echo "== done at ${SECONDS}s" | log
-  exit 0
-fi
 # Which libcudart/libcuda the package's wrapper needs and which ones resolve, against the ones torch loads.
 mkdir -p /tmp/aot-x && (cd /tmp/aot-x && python3 -m zipfile -e /tmp/aot-minimal.pt2 .)
 for lib in $(find /tmp/aot-x -name "*.so"); do

@@ -393,6 +393,38 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        listing = client.models()
+    if args.json:
+        _emit(args, listing)
+        return EXIT_OK
+    header = ["model", "default", "architecture", "size", "steps", "guidance", "schedulers", "loras", "note"]
+    rows = [
+        [
+            model.id,
+            "yes" if model.default else "",
+            str(model.architecture),
+            f"{model.default_width}x{model.default_height}",
+            str(model.default_num_inference_steps),
+            f"{model.default_guidance_scale:g}",
+            ",".join(map(str, model.schedulers)),
+            ",".join(model.loras),
+            model.note or "",
+        ]
+        for model in listing.models
+    ]
+    if out.is_terminal:
+        table = Table(*header)
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+    else:  # piped: tab-separated lines, every value whole, as `sdq jobs` prints them
+        for row in [header, *rows]:
+            print("\t".join(" ".join(value.split()) for value in row))
+    return EXIT_OK
+
+
 class UsageError(Exception):
     """A command line the command cannot run (exit code 2, like argparse's own)."""
 
@@ -598,6 +630,10 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--cursor")
     api_args(jobs)
     jobs.set_defaults(func=cmd_jobs)
+
+    models = sub.add_parser("models", help="the models you may name, with their default size, steps and LoRAs")
+    api_args(models)
+    models.set_defaults(func=cmd_models)
 
     worker = sub.add_parser("worker", help="run a GPU worker (loads its models once, drains the queue)")
     worker_models = worker.add_mutually_exclusive_group()

@@ -42,6 +42,7 @@ from shared.contracts import (
     JobList,
     JobStatus,
     JobView,
+    ModelList,
     RotatedWebhookSecret,
     Upload,
     WebhookSecret,
@@ -73,6 +74,7 @@ from workflows import jobevents
 from workflows.authorization import Authorization
 from workflows.jobmetrics import MeteredJobsRepository
 from workflows.jobview import job_view
+from workflows.modelcatalog import model_catalog
 from workflows.preprocessing import Inputs
 from workflows.queueposition import QueuePositions, QueueRules
 from workflows.resultcache import ResultCache
@@ -111,6 +113,7 @@ SWAGGER_ASSETS = {"swagger-ui-bundle.min.js": "text/javascript", "swagger-ui.min
 DOCS_ASSETS = f"docs/assets/{POWERTOOLS_VERSION}"  # relative: right behind a stage path (/prod/docs) too
 DOCS_PAGE_CACHE = "public, max-age=300"
 DOCS_ASSET_CACHE = "public, max-age=31536000, immutable"
+MODELS_MAX_AGE_S = 300  # the model list changes only with a deployment
 
 
 def _docs_page_cached(router: Any, next_middleware: Any) -> Response[Any]:
@@ -210,6 +213,7 @@ class Services:
     positions: QueuePositions
     audit: AuditLog
     inputs: Inputs
+    models: ModelList
 
 
 @lru_cache(maxsize=1)
@@ -246,6 +250,7 @@ def services() -> Services:
         ),
         audit=audit,
         inputs=inputs,
+        models=model_catalog(settings),
     )
 
 
@@ -587,6 +592,22 @@ def job_events(
 
 
 @app.get(
+    "/v1/models",
+    summary="The models you may name, and what a job of each runs with where the request says nothing",
+    description=(
+        "The same for every caller; it changes only with a deployment (the model allowlist and registries)."
+        " Each model's default size, steps and guidance are what a request that leaves them out runs with."
+    ),
+    responses=_responses(200, "The models, the default first", ModelList),
+    tags=["models"],
+    security=API_KEY,
+)
+def list_models() -> Response[ModelList]:
+    _tenant()
+    return _json(200, services().models, {"Cache-Control": f"private, max-age={MODELS_MAX_AGE_S}"})
+
+
+@app.get(
     "/v1/webhook-secret",
     summary="The signing secret of your webhooks (Standard Webhooks, whsec_...)",
     responses=_responses(200, "The secret", WebhookSecret),
@@ -775,6 +796,7 @@ ROUTE_METHODS: list[tuple[re.Pattern[str], set[str]]] = [
     (re.compile(r"^/v1/webhook-secret$"), {"GET"}),
     (re.compile(r"^/v1/webhook-secret/rotate$"), {"POST"}),
     (re.compile(r"^/v1/audit$"), {"GET"}),
+    (re.compile(r"^/v1/models$"), {"GET"}),
     (re.compile(r"^/v1/uploads$"), {"POST"}),
     (re.compile(r"^/(health|openapi\.json|docs)$"), {"GET"}),
     (re.compile(r"^/docs/assets/[^/]+/[^/]+$"), {"GET"}),

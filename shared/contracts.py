@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from ulid import ULID
 
+from shared.modelregistry import Architecture
 from shared.netguard import UnsafeUrl, check_callback_url
 from shared.pricing import GpuPrice
 from shared.settings import RequestLimits, Settings, get_settings
@@ -1032,6 +1033,27 @@ class RotatedWebhookSecret(WebhookSecret):
         description="Until when (UTC) webhooks are also signed with the replaced secret; null when it no longer"
         " signs at all (no overlap configured, or there was no secret before)."
     )
+
+
+class ModelInfo(BaseModel):
+    """``GET /v1/models``: one model a job may name, and what a job of it runs with when the request leaves a
+    field out."""
+
+    id: str = Field(description="What a job's model names.")
+    default: bool = Field(description="The model of a request that names none.")
+    architecture: Architecture = Field(description="Its pipeline's family.")
+    revision: str = Field(description="The weights served now (a job shows it as model_revision).")
+    default_width: int = Field(description="A request's width when it gives none.")
+    default_height: int = Field(description="A request's height when it gives none.")
+    default_num_inference_steps: int = Field(description="A request's num_inference_steps when it gives none.")
+    default_guidance_scale: float = Field(description="A request's guidance_scale when it gives none.")
+    schedulers: list[Scheduler] = Field(description="The schedulers a job of it may name.")
+    loras: list[str] = Field(description="The LoRA ids a job of it may name in loras.")
+    note: str | None = Field(description="What a built-in model's images are (the tiny model's are noise).")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo] = Field(description="Every model this deployment accepts, the default first.")
 
 
 class ErrorInfo(BaseModel):

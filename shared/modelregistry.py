@@ -18,8 +18,8 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from shared.shapesmodel import SHAPES_MODEL, SHAPES_MODEL_CHECKSUMS, SHAPES_MODEL_REVISION
-from shared.tinymodel import TINY_MODEL, TINY_MODEL_REVISION
+from shared.shapesmodel import SHAPES_MODEL, SHAPES_MODEL_CHECKSUMS, SHAPES_MODEL_NOTE, SHAPES_MODEL_REVISION
+from shared.tinymodel import TINY_MODEL, TINY_MODEL_NOTE, TINY_MODEL_REVISION
 
 Architecture = Literal["tiny", "sd15", "sd2", "sdxl"]
 SourceKind = Literal["builtin", "hub", "s3", "local"]
@@ -33,6 +33,8 @@ HUB_PREFIX = "hub:"
 S3_PREFIX = "s3://"
 # The models that come with sdq: tiny is built from a seed, shapes is shipped in the repository (models/shapes).
 BUILTIN_MODELS = (TINY_MODEL, SHAPES_MODEL)
+# What each built-in model's images are, said wherever they are shown: only tiny's are noise.
+BUILTIN_NOTES = {TINY_MODEL: TINY_MODEL_NOTE, SHAPES_MODEL: SHAPES_MODEL_NOTE}
 
 
 # -- what a model entry and a LoRA entry (shared/loraregistry.py) share: a pinned, checksummed source -----------
@@ -132,6 +134,16 @@ class ModelEntry(BaseModel):
     def location(self) -> str:
         """The source without its scheme: the builtin's name, the hub repository, ``bucket/prefix`` or the path."""
         return source_location(self.source)
+
+    @property
+    def note(self) -> str | None:
+        """What a built-in model's images are (noise, or the shapes it draws); None for weights of your own."""
+        return BUILTIN_NOTES[self.location] if self.source_kind == "builtin" else None
+
+    @property
+    def makes_noise(self) -> bool:
+        """The built-in tiny model's random weights: its images are noise, and every job of it says so."""
+        return self.source_kind == "builtin" and self.location == TINY_MODEL
 
     @field_validator("schedulers")
     @classmethod

@@ -36,7 +36,6 @@ from shared.queue import JobQueue
 from shared.ratelimit import Charge, ChargeRefused, DailyGpuBudget, Limit, RateLimiter
 from shared.settings import Settings
 from shared.tenants import Plan
-from shared.tinymodel import TINY_MODEL
 from workflows.preprocessing import Inputs, InvalidInput, PreparedInputs
 from workflows.resultcache import ResultCache
 
@@ -46,8 +45,6 @@ if TYPE_CHECKING:
 logger = Logger(service="sdq", child=True)
 # The result cache's hit rate: ResultCacheHit is 1 or 0 per cacheable job created, so its average is the rate.
 metrics = Metrics(namespace="sdq", service="api")
-
-NOISE_MODELS = frozenset({TINY_MODEL})
 
 
 @dataclass(frozen=True)
@@ -155,7 +152,7 @@ class SubmissionService:
             cache_key=normalised.cache_key("|".join(w for w in weights if w), self._settings.loras.revisions),
             idempotency_key=idempotency_key,
             expires_at=expiry_epoch(now, self._settings.job_retention_days),
-            model_is_noise=(normalised.model in NOISE_MODELS),
+            model_is_noise=self._makes_noise(normalised.model),
             model_revision=model_revision,
             lora_revisions=self._settings.loras.pins(lora.id for lora in normalised.loras) or {},
         )
@@ -212,6 +209,10 @@ class SubmissionService:
         if outcome in ("hit", "joined"):
             return Submitted(stored, created=True)  # finished, or finishes with its source: no message
         return Submitted(self._enqueue(stored, audit), created=True)
+
+    def _makes_noise(self, model: str | None) -> bool:
+        entry = self._settings.registry.get(model or self._settings.default_model)
+        return entry is not None and entry.makes_noise
 
     def _in_one_write(self, request: GenerationRequest, plan: Plan) -> bool:
         """Whether the request's counters go in its job's transaction: a text request the result cache does not

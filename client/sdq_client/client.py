@@ -39,6 +39,7 @@ from sdq_client.models import (
     JobEvent,
     JobList,
     JobView,
+    ModelList,
     RotatedWebhookSecret,
     Upload,
     WebhookSecret,
@@ -397,6 +398,10 @@ class Client:
     def webhook_secret(self) -> WebhookSecret:
         return self._call(WebhookSecret, "GET", "/v1/webhook-secret")[0]
 
+    def models(self) -> ModelList:
+        """The models you may name, the default first, each with what a job of it runs with by default."""
+        return self._call(ModelList, "GET", "/v1/models")[0]
+
     def audit(self, *, limit: int | None = None, cursor: str | None = None) -> AuditList:
         """One page of your audit log (every state-changing call made for you), newest first."""
         params = {k: v for k, v in {"limit": limit, "cursor": cursor}.items() if v is not None}
@@ -637,6 +642,10 @@ class AsyncClient:
 
     async def webhook_secret(self) -> WebhookSecret:
         return (await self._call(WebhookSecret, "GET", "/v1/webhook-secret"))[0]
+
+    async def models(self) -> ModelList:
+        """The models you may name, the default first, each with what a job of it runs with by default."""
+        return (await self._call(ModelList, "GET", "/v1/models"))[0]
 
     async def audit(self, *, limit: int | None = None, cursor: str | None = None) -> AuditList:
         params = {k: v for k, v in {"limit": limit, "cursor": cursor}.items() if v is not None}

@@ -6,9 +6,9 @@ extra fields reach you in ``model_extra`` instead of failing the call.
 
 The same goes for the values of the API's enumerations (a job's ``status``, a request's ``scheduler``,
 ``output_format``, ``priority`` and ``webhook_events``, a webhook's ``state``, an audit entry's ``action`` and
-``outcome``): each is typed ``Known | str``. A value this client knows is its enum member or Literal string
-(``job.status is JobStatus.SUCCEEDED``); one a newer server added arrives as the plain string instead of failing
-the call. Code that branches on them keeps a default branch.
+``outcome``, a model's ``architecture`` and ``schedulers``): each is typed ``Known | str``. A value this client
+knows is its enum member or Literal string (``job.status is JobStatus.SUCCEEDED``); one a newer server added
+arrives as the plain string instead of failing the call. Code that branches on them keeps a default branch.
 """
 
 from __future__ import annotations
@@ -234,6 +234,31 @@ class WebhookSecret(_Answer):
 
 class RotatedWebhookSecret(WebhookSecret):
     previous_secret_valid_until: datetime | None
+
+
+Architecture = Literal["tiny", "sd15", "sd2", "sdxl"]
+OpenArchitecture = Annotated[Architecture | StrictStr, Field(union_mode="left_to_right")]
+
+
+class ModelInfo(_Answer):
+    """One model a job may name (``GET /v1/models``), and what a job of it runs with where the request says
+    nothing."""
+
+    id: str
+    default: bool
+    architecture: OpenArchitecture
+    revision: str
+    default_width: int
+    default_height: int
+    default_num_inference_steps: int
+    default_guidance_scale: float
+    schedulers: list[OpenScheduler]
+    loras: list[str]
+    note: str | None
+
+
+class ModelList(_Answer):
+    models: list[ModelInfo]
 
 
 class ErrorInfo(_Answer):

@@ -27,6 +27,7 @@ CLIENT_METHODS = {
     "POST /v1/jobs/{job_id}/cancel": "cancel",
     "POST /v1/jobs/{job_id}/webhook/redeliver": "redeliver_webhook",
     "GET /v1/webhook-secret": "webhook_secret",
+    "GET /v1/models": "models",
     "POST /v1/webhook-secret/rotate": "rotate_webhook_secret",
     "GET /v1/audit": "audit",
     "POST /v1/uploads": "upload",

@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from sdq_client import Client
 
 from cli.client import SdqClient
 from cli.main import main
@@ -152,6 +153,13 @@ def test_a_jobs_loras_are_refused_at_submit_with_the_field_named(service: Runnin
             details = answer.json()["error"]["details"]
             assert [d["loc"] for d in details] == [[str(part) for part in loc]], (case, details)
             assert message in details[0]["msg"], case
+
+
+def test_the_model_list_names_the_loras_a_job_of_each_model_may_name(service: RunningService) -> None:
+    """A LoRA is listed under the models its entry applies to: tiny takes ink, not for-variant (whose model this
+    stack does not serve)."""
+    with Client(service.api_url, service.api_key) as client:
+        assert [(model.id, model.loras) for model in client.models().models] == [("tiny", ["ink"])]
 
 
 def test_a_lora_job_succeeds_with_the_adapter_batched_only_with_its_own_lora_set(

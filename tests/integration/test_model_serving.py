@@ -14,23 +14,26 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from sdq_client import Client
 from ulid import ULID
 
 from cli.client import SdqClient
+from cli.main import main
 from localcloud.receiver import ScriptedReceiver
 from shared.aws import AwsClients
-from shared.contracts import GenerationRequest, Job, JobStatus, QueueMessage, utcnow
+from shared.contracts import GenerationRequest, Job, JobStatus, QueueMessage, Scheduler, utcnow
 from shared.jobs import JobsRepository, expiry_epoch
 from shared.media import MediaStore
 from shared.modelregistry import BUILTIN_REGISTRY, ModelRegistry, weight_checksums
 from shared.orchestration import Orchestrator
 from shared.settings import Settings
+from shared.tinymodel import TINY_MODEL_NOTE
 from tests.integration.conftest import (
     RecordingQueue,
     RunningService,
@@ -196,6 +199,33 @@ def test_sdq_up_with_models_refuses_a_job_for_any_other_model_or_its_scheduler_a
         assert accepted.json()["model_revision"] == "r1"
         read = http.get(f"/v1/jobs/{accepted.json()['id']}", headers=headers)
         assert read.json()["model_revision"] == "r1"
+
+
+def test_the_model_list_says_what_a_job_of_each_model_runs_with(
+    service: RunningService, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``GET /v1/models`` (the Python client's ``models()``): the served models, the default first, each with the
+    values a job that leaves them out gets, which a job of each then shows."""
+    with Client(service.api_url, service.api_key) as client:
+        variant, tiny = client.models().models
+        assert (variant.id, variant.default, variant.revision, variant.note) == ("variant", True, "r1", None)
+        assert variant.schedulers == ["euler_a", "euler"]  # its registry entry's, in their order
+        assert (tiny.id, tiny.default, tiny.note) == ("tiny", False, TINY_MODEL_NOTE)
+        assert tiny.schedulers == list(get_args(Scheduler))  # an entry that names none takes them all
+        assert variant.loras == tiny.loras == []  # no LoRA registry here
+        for model in (variant, tiny):
+            job = client.submit({"prompt": "a fox", "model": model.id})
+            request = job.request
+            assert (request.width, request.height) == (model.default_width, model.default_height)
+            assert request.num_inference_steps == model.default_num_inference_steps
+            assert request.guidance_scale == model.default_guidance_scale
+            assert job.model_revision == model.revision
+            client.cancel(job.id)
+    # `sdq models`, piped: a header, then one tab-separated line per model, the default first.
+    assert main(["models", "--api-url", service.api_url, "--api-key", service.api_key]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [(row[0], row[1]) for row in lines] == [("model", "default"), ("variant", "yes"), ("tiny", "")]
+    assert lines[1][6] == "euler_a,euler"
 
 
 def test_a_worker_leaves_a_job_for_a_model_it_has_not_loaded_to_a_worker_that_has(

@@ -56,8 +56,8 @@ from shared.aws import AwsClients
 from shared.errors import PermanentError
 from shared.modelregistry import ModelEntry, ModelRegistry, checksum_problems, weight_checksums
 from shared.settings import get_settings
-from shared.shapesmodel import SHAPES_MODEL, SHAPES_MODEL_NOTE
-from shared.tinymodel import TINY_MODEL, TINY_MODEL_NOTE, TINY_MODEL_REVISION
+from shared.shapesmodel import SHAPES_MODEL
+from shared.tinymodel import TINY_MODEL_REVISION
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -68,8 +68,6 @@ RANDOM_WEIGHTS_NOTE = "sdq random-weight '{arch}' architecture (benchmarks only)
 TINY_SEED = 20240601
 RANDOM_ARCHITECTURES = ("sd15", "sdxl")
 _BUILD_LOCK = threading.Lock()
-# What each built-in model's outputs say about it; only tiny's images are noise.
-BUILTIN_NOTES = {TINY_MODEL: TINY_MODEL_NOTE, SHAPES_MODEL: SHAPES_MODEL_NOTE}
 # The shipped shapes model: a data folder at the repository root, beside the service packages and out of their
 # Lambda bundles (15 MB of weights only a worker reads).
 SHAPES_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / SHAPES_MODEL
@@ -498,7 +496,7 @@ def load_model(
         source, revision = str(folder), entry.revision
         pipe = _from_pretrained(name, source, dtype, local_only=True)
         if entry.source_kind == "builtin":
-            note, noise = BUILTIN_NOTES[entry.location], entry.location == TINY_MODEL
+            note, noise = entry.note, entry.makes_noise
     elif name in RANDOM_ARCHITECTURES:
         source = f"random:{name}"
         pipe = build_random_pipeline(name, dev, dtype)  # type: ignore[arg-type]

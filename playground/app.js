@@ -37,6 +37,7 @@
     tileEls: new Map(),
     cancelling: new Set(),
     defaultModel: null,
+    models: new Map(), // GET /v1/models, by id
   };
 
   // -- storage (may be unavailable: private modes, sandboxed frames) ---------------------------------
@@ -173,7 +174,7 @@
     state.jobs.clear();
     state.overrides.clear();
     showApp();
-    loadSchema();
+    loadSchema().then(loadModels, loadModels); // the models' sizes replace the schema's default
     poll();
   }
 
@@ -241,8 +242,6 @@
       if (!hint) continue;
       if (name === "width" || name === "height") {
         hint.textContent = `${range(b)}${b.multipleOf ? `, ×${+b.multipleOf}` : ""}`;
-        // Left empty, a size is the chosen model's (the schema's default is the default model's).
-        if (b.default !== undefined) input.placeholder = `${+b.default} (the model's)`;
       } else if (name === "quality") {
         hint.textContent = `${range(b)}, jpeg/webp`;
       } else if (name !== "seed" && range(b)) {
@@ -264,13 +263,32 @@
         if (b.default !== undefined && !state.touched) $(`f-${name}`).value = b.default;
       }
     }
-    const desc = (schema.model && schema.model.description) || "";
-    const m = /One of: (.*?) \(default ([^)]*)\)/.exec(desc);
-    if (m) {
-      const models = m[1].split(",").map((s) => s.trim()).filter(Boolean);
-      state.defaultModel = m[2].trim();
-      setOptions($("f-model"), ["", ...models], [`server default (${state.defaultModel})`, ...models]);
+  }
+
+  // -- the models this deployment serves (GET /v1/models) ---------------------------------------------
+  async function loadModels() {
+    let listing;
+    try {
+      listing = await api("GET", "/v1/models");
+    } catch (_) {
+      return; // the built-in list stays
     }
+    const models = listing.models || [];
+    const fallback = models.find((m) => m.default) || models[0];
+    if (!fallback) return;
+    state.models = new Map(models.map((m) => [m.id, m]));
+    state.defaultModel = fallback.id;
+    const ids = models.map((m) => m.id);
+    setOptions($("f-model"), ["", ...ids], [`server default (${fallback.id})`, ...ids]);
+    showModelDefaults();
+  }
+
+  // Left empty, a size is the chosen model's: its size shows as the placeholder.
+  function showModelDefaults() {
+    const model = state.models.get($("f-model").value || state.defaultModel);
+    if (!model) return;
+    $("f-width").placeholder = `${model.default_width} (the model's)`;
+    $("f-height").placeholder = `${model.default_height} (the model's)`;
   }
 
   // -- the job form -----------------------------------------------------------------------------------
@@ -779,6 +797,7 @@
       state.touched = true;
     });
     $("f-output_format").addEventListener("change", syncQuality);
+    $("f-model").addEventListener("change", showModelDefaults);
     $("lightbox-close").addEventListener("click", closeLightbox);
     $("lightbox").addEventListener("click", (e) => {
       if (e.target === e.currentTarget) closeLightbox();

@@ -65,8 +65,13 @@ def _require_browser() -> None:
 
 @pytest.fixture(scope="package")
 def playground(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    """`sdq up` (local cloud + API + the playground) and one fast worker, for the whole package."""
-    running = start_service(tmp_path_factory.mktemp("sdq-playground"), {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "20"})
+    """`sdq up` (local cloud + API + the playground) and one fast worker, for the whole package; it serves the
+    tiny model (the default: the tests' jobs) and the shapes model (another default size for the model list)."""
+    running = start_service(
+        tmp_path_factory.mktemp("sdq-playground"),
+        {"SDQ_MAX_UNFINISHED_JOBS_PER_TENANT": "20"},
+        args=("--model", "tiny", "--model", "shapes"),
+    )
     try:
         running.start_worker(env=FAST_WORKER)
         yield running

@@ -118,9 +118,12 @@ def test_playground_submit_watch_open_cancel_and_validate(
     assert page.evaluate("sessionStorage.getItem('sdq.apiKey')") == key
     page.reload()
     expect(page.locator("#app")).to_be_visible()  # still connected from session storage
-    # Bounds and the model list come from the published schema.
-    expect(page.locator("#f-model option[value='tiny']")).to_have_count(1)
+    # Bounds come from the published schema, the models from GET /v1/models: an empty size is the model's.
     expect(page.locator("#hint-width")).to_have_text("256\u20131024, \u00d78")  # en dash, multiplication sign
+    expect(page.locator("#f-model option")).to_have_text(["server default (tiny)", "tiny", "shapes"])
+    expect(page.locator("#f-width")).to_have_attribute("placeholder", "512 (the model's)")
+    page.select_option("#f-model", "shapes")
+    expect(page.locator("#f-height")).to_have_attribute("placeholder", "256 (the model's)")
 
     # 1. A small job with the tiny model: QUEUED -> RUNNING (bar moving) -> SUCCEEDED, labelled as noise.
     fill_job(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from localcloud.provision import load_sam_template
+from tests.integration.test_template import dashboard_text
 from workflows import jobmetrics
 from workflows.generation import gpumetrics
 
@@ -62,9 +63,7 @@ def test_end_to_end_latency_alarm_is_the_p95_of_succeeded_jobs(resources: dict[s
 
 
 def dashboard(resources: dict[str, Any]) -> dict[str, Any]:
-    body = resources["Dashboard"]["Properties"]["DashboardBody"]
-    text = body["Fn::Sub"] if isinstance(body, dict) else body
-    return dict(json.loads(re.sub(r"\$\{[^}]+\}", "x", text)))
+    return dict(json.loads(re.sub(r"\$\{[^}]+\}", "x", dashboard_text(resources))))
 
 
 def widget_metrics(board: dict[str, Any], title_part: str) -> list[list[Any]]:
@@ -90,7 +89,6 @@ def test_dashboard_shows_finished_jobs_error_rate_latency_and_the_new_alarms(res
     latency = widget_metrics(board, "end-to-end latency")
     assert {line[1] for line in latency} == {jobmetrics.LATENCY_METRIC}
     assert any(line[-1]["stat"] == "p95" and line[5] == "SUCCEEDED" for line in latency)
-    text = resources["Dashboard"]["Properties"]["DashboardBody"]
-    text = text["Fn::Sub"] if isinstance(text, dict) else text
+    text = dashboard_text(resources)
     for alarm in ("JobErrorRateAlarm", "JobLatencyAlarm"):
         assert f"${{{alarm}.Arn}}" in text, alarm

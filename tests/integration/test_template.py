@@ -1104,9 +1104,7 @@ def test_webhook_metric_filter_matches_what_notify_logs(resources: dict[str, Any
 
 
 def test_dashboard_is_valid_json_with_the_operational_widgets(resources: dict[str, Any]) -> None:
-    body = resources["Dashboard"]["Properties"]["DashboardBody"]
-    text = re.sub(r"\$\{[^}]+\}", "x", show(body) if isinstance(body, str) else body["Fn::Sub"])
-    dashboard = json.loads(text)
+    dashboard = _dashboard(resources)
     titles = " | ".join(w["properties"]["title"] for w in dashboard["widgets"]).lower()
     for needle in ("queue depth", "images per second", "batch size", "latency", "workers"):
         assert needle in titles, needle
@@ -1119,10 +1117,21 @@ ERRORS_NOT_ALARMED = {
 }
 
 
-def _dashboard(resources: dict[str, Any]) -> dict[str, Any]:
+def dashboard_text(resources: dict[str, Any], *, spot: bool = True) -> str:
+    """The dashboard's body as deployed with (or without) the Spot group: its own variables filled in, the stack's
+    references (``${Res.Arn}``) left as they are."""
     body = resources["Dashboard"]["Properties"]["DashboardBody"]
-    text = body if isinstance(body, str) else body["Fn::Sub"]
-    return dict(json.loads(re.sub(r"\$\{([^}.]+)(\.[^}]+)?\}", r"\1", text)))
+    sub = body if isinstance(body, str) else body["Fn::Sub"]
+    text, variables = (sub, {}) if isinstance(sub, str) else (sub[0], sub[1])
+    for name, value in variables.items():
+        condition, with_it, without = value["Fn::If"]
+        assert condition == "UseSpot", name
+        text = text.replace(f"${{{name}}}", show(with_it if spot else without))
+    return str(text)
+
+
+def _dashboard(resources: dict[str, Any], *, spot: bool = True) -> dict[str, Any]:
+    return dict(json.loads(re.sub(r"\$\{([^}.]+)(\.[^}]+)?\}", r"\1", dashboard_text(resources, spot=spot))))
 
 
 def test_every_functions_errors_page_and_show_on_the_dashboard(resources: dict[str, Any]) -> None:
@@ -1140,6 +1149,22 @@ def test_every_functions_errors_page_and_show_on_the_dashboard(resources: dict[s
     (widget,) = [w for w in _dashboard(resources)["widgets"] if w["properties"]["title"].startswith("Lambda errors")]
     shown = {m[3] for m in widget["properties"]["metrics"] if m[:2] == ["AWS/Lambda", "Errors"]}
     assert set(counted) <= shown
+
+
+def test_the_workers_widget_shows_the_spot_groups_instances_when_there_is_one(resources: dict[str, Any]) -> None:
+    """Both GPU groups collect their in-service count, and the Workers widget plots the Spot group's beside the
+    on-demand one's only when the stack has a Spot group (its reference would not resolve without one)."""
+    for group in ("WorkerAutoScalingGroup", "WorkerSpotAutoScalingGroup"):
+        [collected] = resources[group]["Properties"]["MetricsCollection"]
+        assert "GroupInServiceInstances" in collected["Metrics"], group
+    assert resources["WorkerSpotAutoScalingGroup"]["Condition"] == "UseSpot"
+    for spot, groups in (
+        (True, ["WorkerAutoScalingGroup", "WorkerSpotAutoScalingGroup"]),
+        (False, ["WorkerAutoScalingGroup"]),
+    ):
+        (widget,) = [w for w in _dashboard(resources, spot=spot)["widgets"] if w["properties"]["title"] == "Workers"]
+        lines = [m for m in widget["properties"]["metrics"] if m[:2] == ["AWS/AutoScaling", "GroupInServiceInstances"]]
+        assert [m[3] for m in lines] == groups, spot
 
 
 def test_outputs_name_the_api_and_the_data(cfn: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import boto3
 from botocore.config import Config
 
+from shared.conflicts import retry_transaction_conflicts
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -78,6 +79,8 @@ class AwsClients:
             # there get two sets of classes, and `except client.exceptions.X` in one misses the X the other raised
             # (a ConditionalCheckFailed escaped this way once). Build them here, under the lock.
             _ = created.exceptions
+            if service == "dynamodb":
+                retry_transaction_conflicts(created)
             self._clients[service] = created
             return created
 

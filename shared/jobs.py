@@ -34,6 +34,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 from ulid import ULID
 
+from shared.conflicts import CONFLICT_PAUSES_S
 from shared.contracts import (
     TERMINAL_EVENTS,
     GenerationRequest,
@@ -69,11 +70,6 @@ if TYPE_CHECKING:
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()
-
-# Writes of one Idempotency-Key racing each other: DynamoDB cancels a transaction that meets another one in
-# flight on the same item (TransactionConflict); it is tried again after these pauses, by when the other has
-# committed and this one finds its job.
-CONFLICT_PAUSES_S = (0.05, 0.1, 0.2, 0.4)
 
 # The Retry-After of a replay that finds its key's job written but not yet sent: the submission that wrote it is
 # still sending it (or failing it, which frees the key), for at most the API's timeout after it began.

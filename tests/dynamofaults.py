@@ -22,8 +22,9 @@ class InjectedError(JsonRESTError):
 
 @dataclass
 class Fault:
-    """Fail the next ``times`` writes of job ``job_id``: UpdateItems whose expression starts with ``expression``
-    (``operation`` "update_item"), or PutItems of the job's item (``operation`` "put_item")."""
+    """Fail the next ``times`` writes of job ``job_id`` (or of the item whose key is ``pk``, when given): UpdateItems
+    whose expression starts with ``expression`` (``operation`` "update_item"), or PutItems of the item
+    (``operation`` "put_item")."""
 
     job_id: str
     expression: str
@@ -34,7 +35,12 @@ class Fault:
     operation: Literal["update_item", "put_item"] = "update_item"
     # With after_write: what others do between the write and the re-sent request (a claim, the state machine's write).
     meanwhile: Callable[[], None] | None = None
+    pk: str = ""  # another item than a job's: a counter (RATE#..., BUDGET#...)
     hits: int = 0
+
+    @property
+    def item_pk(self) -> str:
+        return self.pk or f"JOB#{self.job_id}"
 
 
 class DynamoFaults:
@@ -73,7 +79,7 @@ class DynamoFaults:
         for fault in self.faults:
             if (
                 fault.operation == operation
-                and key.get("pk", {}).get("S") == f"JOB#{fault.job_id}"
+                and key.get("pk", {}).get("S") == fault.item_pk
                 and update_expression.startswith(fault.expression)
                 and fault.hits < fault.times
             ):

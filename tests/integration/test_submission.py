@@ -15,9 +15,10 @@ from botocore.awsrequest import AWSResponse
 
 from cli.client import ApiError
 from shared.aws import AwsClients
+from shared.conflicts import CONFLICT_PAUSES_S
 from shared.contracts import GenerationRequest, JobStatus
 from shared.errors import EnqueueFailed, IdempotencyKeyInUse
-from shared.jobs import CONFLICT_PAUSES_S, JobsRepository
+from shared.jobs import JobsRepository
 from shared.queue import JobQueue
 from shared.ratelimit import RateLimiter
 from shared.settings import Settings

@@ -14,6 +14,10 @@ Every DynamoDB request is answered under that lock too, reads included: moto app
 to the stored item, and a read returns that same item, turned into JSON after the backend call; a read between two
 actions saw a job SUCCEEDED with its outputs still empty (``test_a_read_sees_an_update_whole_or_not_at_all``).
 
+A transaction's ``ClientRequestToken`` makes it idempotent, as on AWS: the same request sent again within ten
+minutes of its success (botocore's retry after an answer lost on the way back) answers success and writes nothing
+again; the token with other items is ``IdempotentParameterMismatchException``.
+
 One difference from AWS remains: writes wait for each other here, so ``TransactionConflict`` never happens, and
 the submission's conflict retry is tested with DynamoDB's answer stubbed on the client.
 """
@@ -22,7 +26,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +37,9 @@ _saved: Any = None
 _SINGLE_WRITES = ("put_item", "update_item", "delete_item")
 _saved_writes: dict[str, Callable[..., Any]] = {}
 _saved_call_action: Callable[..., Any] | None = None
+_saved_answer: Callable[..., Any] | None = None
+TOKEN_WINDOW_S = 600  # how long DynamoDB keeps a transaction's ClientRequestToken after its success
+_tokens: dict[str, tuple[str, float]] = {}  # token -> (the request's items, as JSON; when it succeeded)
 
 
 def _atomic(write: Callable[..., Any]) -> Callable[..., Any]:
@@ -142,15 +151,45 @@ def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> Non
             raise TransactionCanceledException(errors)
 
 
+def answer_transaction(handler: Any) -> Any:
+    """``DynamoHandler.transact_write_items`` with ``ClientRequestToken`` honoured: a token that succeeded within
+    :data:`TOKEN_WINDOW_S` answers success again without writing, or refuses other items under it."""
+    from moto.core.responses import ActionResult
+    from moto.dynamodb.exceptions import DynamodbException
+
+    assert _saved_answer is not None
+    token = handler.body.get("ClientRequestToken")
+    if token is None:
+        return _saved_answer(handler)
+    items = json.dumps(handler.body["TransactItems"], sort_keys=True)
+    with _LOCK:
+        now = time.monotonic()
+        for old in [t for t, (_, at) in _tokens.items() if now - at > TOKEN_WINDOW_S]:
+            del _tokens[old]
+        seen = _tokens.get(token)
+        if seen is not None:
+            if seen[0] != items:
+                raise DynamodbException(
+                    "com.amazonaws.dynamodb.v20120810#IdempotentParameterMismatchException",
+                    "The request uses the same client token as a previous, but non-identical request.",
+                )
+            return ActionResult({"ConsumedCapacity": [], "ItemCollectionMetrics": {}})
+        answer = _saved_answer(handler)
+        _tokens[token] = (items, now)
+        return answer
+
+
 def install() -> None:
     """Serve transactions with :func:`transact_write_items` until :func:`uninstall`."""
-    global _saved, _saved_call_action
+    global _saved, _saved_call_action, _saved_answer
     from moto.dynamodb.models import DynamoDBBackend
     from moto.dynamodb.responses import DynamoHandler
 
     if _saved is None:
         _saved_call_action = DynamoHandler.call_action
         DynamoHandler.call_action = _atomic(_saved_call_action)  # type: ignore[method-assign]
+        _saved_answer = DynamoHandler.transact_write_items
+        DynamoHandler.transact_write_items = answer_transaction  # type: ignore[method-assign,assignment]
         _saved = DynamoDBBackend.transact_write_items
         DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
         for name in _SINGLE_WRITES:
@@ -159,13 +198,17 @@ def install() -> None:
 
 
 def uninstall() -> None:
-    global _saved, _saved_call_action
+    global _saved, _saved_call_action, _saved_answer
     from moto.dynamodb.models import DynamoDBBackend
     from moto.dynamodb.responses import DynamoHandler
 
     if _saved_call_action is not None:
         DynamoHandler.call_action = _saved_call_action  # type: ignore[method-assign]
         _saved_call_action = None
+    if _saved_answer is not None:
+        DynamoHandler.transact_write_items = _saved_answer  # type: ignore[method-assign]
+        _saved_answer = None
+        _tokens.clear()
     if _saved is not None:
         DynamoDBBackend.transact_write_items = _saved  # type: ignore[method-assign]
         _saved = None

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import boto3
 from botocore.config import Config
 
-from shared.conflicts import retry_transaction_conflicts
+from shared.dynamoretries import resend_writes_safely
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class AwsClients:
             # (a ConditionalCheckFailed escaped this way once). Build them here, under the lock.
             _ = created.exceptions
             if service == "dynamodb":
-                retry_transaction_conflicts(created)
+                resend_writes_safely(created)
             self._clients[service] = created
             return created
 

@@ -34,7 +34,6 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 from ulid import ULID
 
-from shared.conflicts import CONFLICT_PAUSES_S
 from shared.contracts import (
     TERMINAL_EVENTS,
     GenerationRequest,
@@ -53,6 +52,7 @@ from shared.contracts import (
     utcnow,
     webhook_id,
 )
+from shared.dynamoretries import CONFLICT_PAUSES_S
 from shared.errors import (
     IdempotencyConflict,
     IdempotencyKeyInUse,

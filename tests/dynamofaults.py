@@ -12,6 +12,7 @@ from typing import Any, Literal
 import pytest
 from moto.core.exceptions import JsonRESTError
 from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.responses import DynamoHandler
 
 
 class InjectedError(JsonRESTError):
@@ -23,8 +24,9 @@ class InjectedError(JsonRESTError):
 @dataclass
 class Fault:
     """Fail the next ``times`` writes of job ``job_id`` (or of the item whose key is ``pk``, when given): UpdateItems
-    whose expression starts with ``expression`` (``operation`` "update_item"), or PutItems of the item
-    (``operation`` "put_item")."""
+    whose expression starts with ``expression`` (``operation`` "update_item"), PutItems of the item (``operation``
+    "put_item"), or transactions that put or update it (``operation`` "transact_write_items": faulted where
+    DynamoDB answers, so a ``ClientRequestToken`` the local cloud honours was recorded before an after-write fault)."""
 
     job_id: str
     expression: str
@@ -32,7 +34,7 @@ class Fault:
     code: str = "ThrottlingException"
     status: int = 400
     after_write: bool = False  # apply the write, then answer the error (a response lost on the way back)
-    operation: Literal["update_item", "put_item"] = "update_item"
+    operation: Literal["update_item", "put_item", "transact_write_items"] = "update_item"
     # With after_write: what others do between the write and the re-sent request (a claim, the state machine's write).
     meanwhile: Callable[[], None] | None = None
     pk: str = ""  # another item than a job's: a counter (RATE#..., BUDGET#...)
@@ -57,8 +59,20 @@ class DynamoFaults:
             fault = self._take("put_item", item_attrs, "")
             return self._apply(fault, original_put, backend, table_name, item_attrs, *a, **kw)
 
+        original_answer = DynamoHandler.transact_write_items  # the local cloud's, when installed
+
+        def transact_write_items(handler: Any) -> Any:
+            fault = None
+            for element in handler.body["TransactItems"]:
+                op = element.get("Put") or element.get("Update")
+                if op is not None and fault is None:
+                    key = op.get("Item") or op.get("Key")
+                    fault = self._take("transact_write_items", key, op.get("UpdateExpression", ""))
+            return self._apply(fault, original_answer, handler)
+
         monkeypatch.setattr(DynamoDBBackend, "update_item", update_item)
         monkeypatch.setattr(DynamoDBBackend, "put_item", put_item)
+        monkeypatch.setattr(DynamoHandler, "transact_write_items", transact_write_items)
 
     def add(self, fault: Fault) -> Fault:
         self.faults.append(fault)

@@ -15,8 +15,8 @@ from botocore.awsrequest import AWSResponse
 
 from cli.client import ApiError
 from shared.aws import AwsClients
-from shared.conflicts import CONFLICT_PAUSES_S
 from shared.contracts import GenerationRequest, JobStatus
+from shared.dynamoretries import CONFLICT_PAUSES_S
 from shared.errors import EnqueueFailed, IdempotencyKeyInUse
 from shared.jobs import JobsRepository
 from shared.queue import JobQueue

@@ -6,15 +6,18 @@ status changed, with the webhook that change starts."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from botocore.exceptions import ClientError
 
+from localcloud import transactions
 from shared.contracts import Job, JobError, JobStatus
 from shared.errors import InvalidTransition
 from shared.jobs import Claim, JobsRepository
 from shared.queue import JobQueue
+from shared.ratelimit import RateLimiter
 from shared.settings import Settings
 from tests.dynamofaults import DynamoFaults, Fault
 from tests.unit.conftest import JOBS_TABLE, TENANT, make_job
@@ -66,6 +69,54 @@ def test_a_plain_create_whose_answer_was_lost_is_created_not_refused(
     # An item under that id that this put did not write (another tenant's) is still refused.
     with pytest.raises(ClientError, match="ConditionalCheckFailed"):
         repo.create(job.model_copy(update={"tenant": "someone-else"}))
+
+
+@pytest.fixture
+def local_cloud_faults() -> Iterator[DynamoFaults]:
+    """Faults over the local cloud's transactions (localcloud/transactions.py), which honour ``ClientRequestToken``
+    as AWS does (plain moto ignores it): an after-write fault comes once the token is recorded. The faults are
+    undone before the local cloud's patches are."""
+    transactions.install()
+    try:
+        with pytest.MonkeyPatch.context() as patches:
+            yield DynamoFaults(patches)
+    finally:
+        transactions.uninstall()
+
+
+def test_a_charged_create_whose_answer_was_lost_is_created_once_and_counted_once(
+    jobs_table: DynamoDBClient, local_cloud_faults: DynamoFaults
+) -> None:
+    """A job's transaction (its Idempotency-Key, its rate charge) commits, then the answer is lost: botocore sends it
+    again with the call's ClientRequestToken, which DynamoDB answers with success, writing nothing. Without the
+    token the resend would fail on the job it wrote and the job be taken for a replay, never sent to the queue."""
+    faults = local_cloud_faults
+    repo = JobsRepository(jobs_table, JOBS_TABLE)
+    rate = RateLimiter(jobs_table, JOBS_TABLE)
+    job = make_job(idempotency_key="order-1")
+    fault = faults.add(lost_answer(job.job_id, "", operation="transact_write_items"))
+    now = time.time()
+    charge = rate.charge(TENANT, limit=10, window_s=60, now=now)
+    stored, created = repo.create(job, idempotency_fingerprint="fp", charges=[charge])
+    assert fault.hits == 1
+    assert (stored.job_id, created) == (job.job_id, True)
+    pk = charge.update["Key"]
+    assert jobs_table.get_item(TableName=JOBS_TABLE, Key=pk)["Item"]["hits"]["N"] == "1"  # counted once
+    # The same items under one token again write nothing; other items under it are refused.
+    item: Any = {
+        "Update": {
+            "TableName": JOBS_TABLE,
+            "Key": pk,
+            "UpdateExpression": "ADD hits :one",
+            "ExpressionAttributeValues": {":one": {"N": "1"}},
+        }
+    }
+    for _ in range(2):
+        jobs_table.transact_write_items(TransactItems=[item], ClientRequestToken="reused")
+    assert jobs_table.get_item(TableName=JOBS_TABLE, Key=pk)["Item"]["hits"]["N"] == "2"
+    other: Any = {"Update": {**item["Update"], "ExpressionAttributeValues": {":one": {"N": "5"}}}}
+    with pytest.raises(ClientError, match="IdempotentParameterMismatch"):
+        jobs_table.transact_write_items(TransactItems=[other], ClientRequestToken="reused")
 
 
 def test_a_cancel_whose_answer_was_lost_is_made_and_starts_its_webhook(

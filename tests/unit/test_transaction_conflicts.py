@@ -14,8 +14,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from shared.aws import AwsClients
-from shared.conflicts import CONFLICT_PAUSES_S
 from shared.contracts import JobStatus
+from shared.dynamoretries import CONFLICT_PAUSES_S
 from shared.jobs import JobsRepository
 from shared.ratelimit import DailyGpuBudget, RateLimiter
 from shared.settings import Settings

@@ -8,11 +8,13 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared.aws import AwsClients
 from shared.contracts import Job
+from shared.errors import RetryableError
 from shared.jobs import JobsRepository
 from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
@@ -22,7 +24,8 @@ from workflows.jobmetrics import MeteredJobsRepository
 from workflows.webhooks import start_finished_notice
 
 logger = Logger(service="sdq-dlq")
-processor = BatchProcessor(event_type=EventType.SQS)
+# A whole batch that failed is raised below only when one of its records failed for a reason of this function's.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 @dataclass(frozen=True)
@@ -57,5 +60,12 @@ def record_handler(record: SQSRecord) -> str:
 
 @logger.inject_lambda_context(log_event=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
-    """Partial batch response: only the records that raised are retried."""
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+    """Partial batch response: only the records that raised are retried. The invocation fails (an error that
+    pages through LambdaErrorsAlarm) when every record failed, unless each was only a live job's dead letter, kept
+    for later (RetryableError): that job is fine."""
+    answer = process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+    errors = [info[1] for info in processor.exceptions]
+    ours = [e for e in errors if not isinstance(e, RetryableError)]
+    if ours and len(errors) == len(event.get("Records", [])):
+        raise BatchProcessingError(f"All {len(errors)} records failed processing.", list(processor.exceptions))
+    return answer

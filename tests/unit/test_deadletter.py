@@ -8,11 +8,15 @@ from typing import TYPE_CHECKING
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
+from handlers import dlq
+from localcloud.api import LocalLambdaContext
 from shared.contracts import Job, JobStatus, QueueMessage, utcnow
 from shared.errors import RetryableError
 from shared.jobs import JobsRepository
 from shared.queue import JobQueue
+from shared.settings import get_settings
 from tests.unit.conftest import JOBS_TABLE, make_job
 from workflows.deadletter import handle_dead_letter
 
@@ -74,6 +78,44 @@ def test_a_job_a_live_worker_runs_is_not_failed_its_dead_letter_comes_back_later
         setup.dead_letter(job)
     assert setup.repo.get(job.job_id).status == JobStatus.RUNNING
     assert setup.notified == []
+
+
+def test_the_dlq_function_hands_back_a_live_jobs_dead_letter_without_failing_its_invocation(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the function's own handler: a batch whose only record is a live job's dead letter answers that
+    record as a batch-item failure (SQS keeps it for later), not an invocation error, which would page through
+    LambdaErrorsAlarm for a job that is fine."""
+    job = setup.worn_out(lease_s=60)
+    monkeypatch.setenv("SDQ_TABLE_NAME", JOBS_TABLE)
+    monkeypatch.setenv("SDQ_QUEUE_URL", setup.queue.url)
+    monkeypatch.setenv("SDQ_REGION", "us-east-1")
+    get_settings.cache_clear()  # read again with the function's environment
+    dlq.deps.cache_clear()
+    message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
+    record = {
+        "messageId": "m-1",
+        "receiptHandle": "r-1",
+        "body": message.model_dump_json(),
+        "attributes": {"ApproximateReceiveCount": "1"},
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:jobs-dlq",
+        "awsRegion": "us-east-1",
+    }
+    try:
+        answer = dlq.lambda_handler({"Records": [record]}, LocalLambdaContext())
+        assert answer == {"batchItemFailures": [{"itemIdentifier": "m-1"}]}
+        assert setup.repo.get(job.job_id).status == JobStatus.RUNNING
+        # A batch that failed for the function's own reason (here, no such table) still fails the invocation.
+        monkeypatch.setenv("SDQ_TABLE_NAME", "no-such-table")
+        get_settings.cache_clear()
+        dlq.deps.cache_clear()
+        with pytest.raises(BatchProcessingError):
+            dlq.lambda_handler({"Records": [record]}, LocalLambdaContext())
+    finally:
+        dlq.deps.cache_clear()
 
 
 def test_a_job_handed_off_to_its_execution_is_left_to_it(setup: Setup) -> None:

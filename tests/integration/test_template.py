@@ -116,6 +116,7 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         # (workflows/preprocessing.py), deleted when the request made no job.
         ("s3:PutObject", "MediaBucket.Arn/uploads/*"),
         ("s3:GetObject", "MediaBucket.Arn/uploads/*"),
+        ("s3:ListBucket", "MediaBucket.Arn"),  # a missing upload reads as NoSuchKey (below)
         ("s3:PutObject", "MediaBucket.Arn/outputs/*/input-*.png"),
         ("s3:DeleteObject", "MediaBucket.Arn/outputs/*/input-*.png"),
         # The audit log: appended to on every state-changing call, read by GET /v1/audit (shared/audit.py).
@@ -560,6 +561,25 @@ def test_who_may_do_what(resources: dict[str, Any]) -> None:
     assert holders("lambda:InvokeFunction") == {"JobStateMachineRole"}
     # The API writes only uploads (through the POSTs it presigns) and a job's normalised inputs, never an output.
     assert {r for a, r in by_role["ApiFunctionRole"] if a == "s3:PutObject"} == {"MediaBucket.Arn/uploads/*", inputs}
+
+
+# The roles whose code tells an absent object by S3's NoSuchKey, and the keys it reads so: the API a job's upload
+# (422 upload_not_found, workflows/preprocessing.py), Postprocess a staged image a retried run already finished.
+# S3 answers NoSuchKey only to a caller that may list the bucket, AccessDenied to any other: for the API, a 500.
+READS_ABSENT_KEYS = {
+    "ApiFunctionRole": "MediaBucket.Arn/uploads/*",
+    "PostprocessFunctionRole": "MediaBucket.Arn/staging/*",
+}
+
+
+def test_a_role_that_tells_a_missing_object_by_nosuchkey_may_list_the_bucket(resources: dict[str, Any]) -> None:
+    for name, keys in READS_ABSENT_KEYS.items():
+        role = resources[name]
+        assert ("s3:GetObject", keys) in grants(role), name
+        listing = [st for st in statements(role) if "s3:ListBucket" in _as_list(st["Action"])]
+        assert [show(st["Resource"]) for st in listing] == ["MediaBucket.Arn"], name
+        # Unconditioned: a GetObject carries no s3:prefix, so a grant conditioned on one would not count for it.
+        assert all("Condition" not in st for st in listing), name
 
 
 def test_roles_are_trusted_by_their_service_and_used_by_their_component(resources: dict[str, Any]) -> None:

@@ -440,12 +440,14 @@ class JobsRepository:
         job: Job,
         *,
         source_id: str,
+        alive_until: int,
         idempotency_fingerprint: str | None = None,
         also: Sequence[dict[str, Any]] = (),
     ) -> tuple[Job, bool] | None:
         """:meth:`create` for a job that joins ``source_id`` (an identical job not yet finished): ``job`` is stored
         with ``joined_to`` and added to the source's ``followers`` in one transaction, only while the source is
-        QUEUED, RUNNING or POSTPROCESSING and within its retention. None, with nothing written, when it is not.
+        QUEUED, RUNNING or POSTPROCESSING and retained past ``alive_until`` (epoch seconds: the joined job is kept
+        no longer than its source). None, with nothing written, when it is not.
 
         ``also``: ``TransactWriteItems`` elements written in the same transaction (the GPU work the join gives back
         and the record that it is owed: :meth:`shared.ratelimit.DailyGpuBudget.deferral`). Written apart, after the
@@ -453,7 +455,7 @@ class JobsRepository:
         owed: its work would be given back for good."""
         if job.joined_to != source_id:
             raise ValueError("a joining job names its source in joined_to")
-        values: dict[str, Any] = {":f": {"SS": [job.job_id]}, ":now": {"N": str(int(time.time()))}}
+        values: dict[str, Any] = {":f": {"SS": [job.job_id]}, ":alive": {"N": str(alive_until)}}
         placeholders = []
         for i, status in enumerate(JOINABLE):
             values[f":j{i}"] = {"S": status.value}
@@ -463,7 +465,7 @@ class JobsRepository:
                 "TableName": self._table,
                 "Key": {"pk": {"S": job_pk(source_id)}},
                 "UpdateExpression": "ADD followers :f",
-                "ConditionExpression": f"#s IN ({', '.join(placeholders)}) AND expires_at > :now",
+                "ConditionExpression": f"#s IN ({', '.join(placeholders)}) AND expires_at > :alive",
                 "ExpressionAttributeNames": {"#s": "status"},
                 "ExpressionAttributeValues": values,
             }
@@ -1211,11 +1213,12 @@ class JobsRepository:
             return None
         return self._landed(job_from_item(resp["Attributes"]))
 
-    def move_joined(self, job_id: str, *, source_id: str, to_source_id: str) -> bool:
+    def move_joined(self, job_id: str, *, source_id: str, to_source_id: str, alive_until: int) -> bool:
         """Move a job joined to ``source_id`` (which failed or was cancelled) to ``to_source_id``, an identical job
         that will generate instead: one transaction, only while it is QUEUED and joined to ``source_id`` and the
-        new source is unfinished and within its retention. False, with nothing written, otherwise."""
-        values: dict[str, Any] = {":f": {"SS": [job_id]}, ":now": {"N": str(int(time.time()))}}
+        new source is unfinished and retained past ``alive_until`` (as :meth:`create_joined`). False, with nothing
+        written, otherwise."""
+        values: dict[str, Any] = {":f": {"SS": [job_id]}, ":alive": {"N": str(alive_until)}}
         placeholders = []
         for i, status in enumerate(JOINABLE):
             values[f":j{i}"] = {"S": status.value}
@@ -1240,7 +1243,7 @@ class JobsRepository:
                     "TableName": self._table,
                     "Key": {"pk": {"S": job_pk(to_source_id)}},
                     "UpdateExpression": "ADD followers :f",
-                    "ConditionExpression": f"#s IN ({', '.join(placeholders)}) AND expires_at > :now",
+                    "ConditionExpression": f"#s IN ({', '.join(placeholders)}) AND expires_at > :alive",
                     "ExpressionAttributeNames": {"#s": "status"},
                     "ExpressionAttributeValues": values,
                 }

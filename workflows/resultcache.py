@@ -8,18 +8,21 @@ the job whose images answer it, its *source*. A new cacheable job finds the entr
   source's, so its references live exactly as long as it does: past it, it is gone for its client like any other
   job), zero GPU seconds, and its ``job.succeeded`` webhook started through the normal notice path. Its presigned
   URLs are its own, issued on each read. No worker sees it.
-- the source is QUEUED, RUNNING or POSTPROCESSING: a **join**. The job is stored QUEUED with ``joined_to`` and added
-  to the source's ``followers`` in one transaction, conditioned on the source being unfinished, so the join lands
-  before the source's terminal write or not at all. When the source finishes, :meth:`ResultCache.settle` (the state
-  machine's SettleJoined step, or the cancel) completes each follower from its images, or, when the source failed or
-  was cancelled, hands the first back to the queue to generate, and moves the others to join that one (one
-  transaction each, conditioned like a join). A follower is a job of its own: cancelling it changes nothing for the
+- the source is QUEUED, RUNNING or POSTPROCESSING with at least half its retention left: a **join**. The job is
+  stored QUEUED with ``joined_to`` and added to the source's ``followers`` in one transaction, conditioned on the
+  source being unfinished and that much retention left, so the join lands before the source's terminal write or
+  not at all (a joined job is kept no longer than its source: with less left, it could be 404 once answered, or
+  before). When the source finishes, :meth:`ResultCache.settle` (the state machine's SettleJoined step, or the
+  cancel) completes each follower from its images, or, when the source failed or was cancelled, hands the first
+  back to the queue to generate, and moves the others to join that one (one transaction each, conditioned like a
+  join). A follower is a job of its own: cancelling it changes nothing for the
   source, and cancelling the source only sends its followers to run. A joined job's GPU work is given back to the
   tenant's daily budget when it joins (in the join's own transaction), and counted again when it is sent to run
   itself (once per job: :meth:`shared.ratelimit.DailyGpuBudget.collect`), so identical jobs and cancels spend the
   budget like any jobs.
-- no entry, or one naming a job that failed, was cancelled or expired: the job becomes the source, written in one
-  transaction with the entry (conditioned on the entry being as read), then queued as usual.
+- no entry, or one naming a job that failed, was cancelled, expired or has under half its retention left: the job
+  becomes the source, written in one transaction with the entry (conditioned on the entry being as read), then
+  queued as usual.
 
 Every write is conditional, so racing requests resolve to one source, and a follower is completed or released once.
 A follower whose source never settled it (a crash, or a terminal path that does not settle: a dead letter, an
@@ -100,14 +103,18 @@ class ResultCache:
         self._settings = settings
         self._orchestrator = orchestrator
         self.price = gpu_price(settings.gpu_instance_type)
-        # A hit lives as long as its source's objects: a source with less than half its retention left answers
-        # nothing (a new job generates and becomes the source).
+        # A hit, or a joined job once completed, lives as long as its source's objects: a source with less than half
+        # its retention left answers nothing and is joined by nothing (a new job generates and becomes the source).
         self.min_life_s = settings.job_retention_days * 86400 // 2
 
     # -- submit ----------------------------------------------------------------------------------
 
     def scope(self, tenant: str) -> str:
         return "*" if self._settings.result_cache_scope == "global" else f"t:{tenant}"
+
+    def alive_until(self) -> int:
+        """The ``expires_at`` a source must pass to answer or be joined now (epoch seconds)."""
+        return int(time.time() + self.min_life_s)
 
     def probe(self, job: Job) -> Probe:
         """Read the entry of ``job``'s request and the job it names (two consistent reads)."""
@@ -117,7 +124,7 @@ class ResultCache:
             source is not None
             and source.status == JobStatus.SUCCEEDED
             and bool(source.outputs)
-            and source.expires_at > time.time() + self.min_life_s
+            and source.expires_at > self.alive_until()
         )
         return Probe(source_id, source, hit)
 
@@ -138,17 +145,21 @@ class ResultCache:
         for _ in range(MAX_ROUNDS):
             seen = probe or self.probe(job)
             probe = None
-            source, now = seen.source, time.time()
+            source, alive_until = seen.source, self.alive_until()
             if seen.hit and source is not None:
                 return self._hit(job, source, fingerprint)
-            if source is not None and source.status in JOINABLE and source.expires_at > now:
+            if source is not None and source.status in JOINABLE and source.expires_at > alive_until:
                 joined = job.model_copy(update={"joined_to": source.job_id})
                 stored = self._repo.create_joined(
-                    joined, source_id=source.job_id, idempotency_fingerprint=fingerprint, also=deferral
+                    joined,
+                    source_id=source.job_id,
+                    alive_until=alive_until,
+                    idempotency_fingerprint=fingerprint,
+                    also=deferral,
                 )
                 if stored is not None:
                     return Cached(stored[0], stored[1], "joined")
-                continue  # the source finished meanwhile: read again
+                continue  # the source finished (or its retention was cut) meanwhile: read again
             created = self._repo.create_cache_source(
                 job, entry_pk=entry, replaces=seen.source_id, idempotency_fingerprint=fingerprint
             )
@@ -228,7 +239,7 @@ class ResultCache:
             elif source.status == JobStatus.SUCCEEDED and source.outputs:
                 self._complete(follower, source, report)
             elif runner is not None and self._repo.move_joined(
-                follower.job_id, source_id=source_id, to_source_id=runner.job_id
+                follower.job_id, source_id=source_id, to_source_id=runner.job_id, alive_until=self.alive_until()
             ):
                 report.moved += 1
             else:

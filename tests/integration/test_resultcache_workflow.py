@@ -42,7 +42,7 @@ def join(h: ExecutionHarness, source: Job, callback_url: str | None) -> Job:
         expires_at=expiry_epoch(now + timedelta(0), 7),
         joined_to=source.job_id,
     )
-    stored = h.repo.create_joined(follower, source_id=source.job_id)
+    stored = h.repo.create_joined(follower, source_id=source.job_id, alive_until=int(time.time()))
     assert stored is not None
     return stored[0]
 

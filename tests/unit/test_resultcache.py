@@ -211,17 +211,66 @@ def test_a_source_that_finishes_before_the_join_lands_is_a_hit_instead(world: Wo
     assert world.repo.followers(source.job_id) == []
 
 
-def test_an_expiring_source_is_no_hit(world: World) -> None:
-    source = world.succeed(world.submit())
+def leave_an_hour(world: World, job: Job) -> None:
+    """Cut ``job``'s retention to an hour from now: under half of it left (a job queued for days)."""
     world.repo._ddb.update_item(
         TableName=JOBS_TABLE,
-        Key={"pk": {"S": f"JOB#{source.job_id}"}},
+        Key={"pk": {"S": f"JOB#{job.job_id}"}},
         UpdateExpression="SET expires_at = :e",
-        ExpressionAttributeValues={":e": {"N": str(int(time.time()) + 3600)}},  # under half the retention left
+        ExpressionAttributeValues={":e": {"N": str(int(time.time()) + 3600)}},
     )
+
+
+def test_an_expiring_source_is_no_hit(world: World) -> None:
+    source = world.succeed(world.submit())
+    leave_an_hour(world, source)
     fresh = world.submit()
     assert fresh.status == JobStatus.QUEUED
     assert fresh.cache_source is None
+
+
+def test_an_expiring_unfinished_source_is_not_joined_and_the_new_job_keeps_its_retention(world: World) -> None:
+    """A joined job is kept no longer than the job it joined: joining one with an hour left would have it 404 an
+    hour after it was answered (or before). It generates instead, and later identical requests join it."""
+    source = world.submit()
+    leave_an_hour(world, source)
+    fresh = world.submit()
+    assert (fresh.status, fresh.joined_to) == (JobStatus.QUEUED, None)
+    assert world.queue.sent == [source.job_id, fresh.job_id]
+    assert world.repo.followers(source.job_id) == []
+    assert fresh.expires_at > time.time() + 6 * 86400  # its own seven days
+    assert world.repo.cached_job_id(cache_entry_pk("t:t1", fresh.cache_key)) == fresh.job_id
+    assert world.submit().joined_to == fresh.job_id
+
+
+def test_a_join_is_refused_by_a_source_whose_retention_was_cut_after_it_was_read(world: World) -> None:
+    """The join's write is conditioned on the source's retention, not only the read before it."""
+    source = world.submit()
+    real_get = world.repo.get
+
+    def get_then_cut(job_id: str, **kw: Any) -> Job:
+        job = real_get(job_id, **kw)
+        if job_id == source.job_id:
+            leave_an_hour(world, source)  # after the read saw its full retention
+        return job
+
+    world.repo.get = get_then_cut  # type: ignore[method-assign]
+    fresh = world.submit()
+    assert fresh.joined_to is None
+    assert world.repo.followers(source.job_id) == []
+    assert world.queue.sent == [source.job_id, fresh.job_id]
+
+
+def test_after_a_failed_source_no_joined_job_is_moved_to_one_with_little_retention_left(world: World) -> None:
+    source = world.submit()
+    followers = [world.submit() for _ in range(2)]
+    first, second = world.repo.followers(source.job_id)  # the first released generates; the other would join it
+    leave_an_hour(world, world.repo.get(first))
+    world.repo.transition(source.job_id, JobStatus.FAILED, tenant="t1")
+    report = world.cache.settle(source.job_id)
+    assert (report.released, report.moved) == (2, 0)
+    assert world.repo.get(second).joined_to is None
+    assert sorted(world.queue.sent[1:]) == sorted(f.job_id for f in followers)
 
 
 def test_cache_false_a_drawn_seed_and_another_tenant_generate(world: World) -> None:
@@ -295,7 +344,7 @@ def test_a_join_refused_by_a_finished_source_writes_nothing(world: World) -> Non
         expires_at=expiry_epoch(now + timedelta(0), 7),
         joined_to=source.job_id,
     )
-    assert world.repo.create_joined(job, source_id=source.job_id) is None
+    assert world.repo.create_joined(job, source_id=source.job_id, alive_until=int(time.time())) is None
     with pytest.raises(JobNotFound):
         world.repo.get(job.job_id)
 

@@ -876,19 +876,23 @@ class JobsRepository:
         worker_id: str,
         lease_s: float,
         now: float,
+        min_life_s: float = 0.0,
         revision: str | None = None,
         loras: Mapping[str, str] | None = None,
     ) -> Job:
-        """QUEUED -> RUNNING for this worker, in one conditional write, before any GPU time is spent.
+        """QUEUED -> RUNNING for this worker, in one conditional write, before any GPU time is spent, only while
+        the job has more than ``min_life_s`` of its retention left (``expires_at``): its run must end, and its
+        webhook read it, before DynamoDB's TTL may remove it.
 
         A RUNNING job whose lease ran out (its worker died) may be claimed again; the attempt count goes up.
         With ``revision`` (the model revision the worker loaded), only a job pinned to it, or to none, is claimed;
         with ``loras`` (the revisions the worker's LoRA registry pins for the job's LoRAs, by id), only a job
         pinned to those, or to none.
-        Raises JobExpired (past its retention while queued), RevisionPinned (claimable, but pinned to another
-        revision; nothing written), InvalidTransition (cancelled, finished, handed off, or held by a live worker)
-        or JobNotFound. A claim that finds its own write (this worker, this very lease: botocore re-sent the request
-        after the answer to the first send was lost) returns the job that write made: it was won.
+        Raises JobExpired (past its retention while queued, or claimable with no more than ``min_life_s`` of it
+        left), RevisionPinned (claimable, but pinned to another revision; nothing written), InvalidTransition
+        (cancelled, finished, handed off, or held by a live worker) or JobNotFound. A claim that finds its own
+        write (this worker, this very lease: botocore re-sent the request after the answer to the first send was
+        lost) returns the job that write made: it was won.
         """
         queued, running = JobStatus.QUEUED.value, JobStatus.RUNNING.value
         pinned, pinned_values = "", {}
@@ -925,7 +929,7 @@ class JobsRepository:
                     ":lease": _ser.serialize(lease),
                     ":token": {"S": token},
                     ":now": _ser.serialize(_num(now)),
-                    ":epoch": {"N": str(int(now))},
+                    ":epoch": {"N": str(int(now + min_life_s))},
                     ":iso": {"S": _iso(utcnow()) or ""},
                     ":zero": {"N": "0"},
                     ":one": {"N": "1"},
@@ -954,10 +958,12 @@ class JobsRepository:
             if current.tenant != tenant:
                 raise JobNotFound(job_id) from None
             if current.expires_at <= int(now) and not current.status.terminal:
-                raise JobExpired(job_id) from None
+                raise JobExpired(job_id) from None  # whoever holds it: nobody may run it
             claimable = current.status == JobStatus.QUEUED or (
                 current.status == JobStatus.RUNNING and (self.lease_until(job_id) or 0) < now
             )
+            if claimable and current.expires_at <= int(now + min_life_s):
+                raise JobExpired(job_id) from None  # too little retention left for a run; a live worker's is its own
             if claimable and revision is not None and current.model_revision not in (None, revision):
                 raise RevisionPinned(job_id, current.model_revision) from None
             if claimable and loras is not None:

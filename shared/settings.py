@@ -424,7 +424,10 @@ class Settings(BaseSettings):
     presign_expiry_s: int = Field(default=3600, description="Lifetime of output URLs, in seconds")
     job_retention_days: int = Field(
         default=7,
-        description=("DynamoDB TTL of job records; past it a job is 404, and a worker skips it (FAILED `EXPIRED`)"),
+        description=(
+            "DynamoDB TTL of job records; past it a job is 404, and a worker skips it (FAILED `EXPIRED`), as it does"
+            " a job with under 3 h and its lease left"
+        ),
     )
     audit_table_name: str = Field(
         default="sdq-audit", description="The audit log table (set by the template / local cloud)"

@@ -352,18 +352,21 @@ def test_a_job_longer_than_the_visibility_timeout_is_kept_by_the_heartbeat(
     assert "held by another worker" not in logs
 
 
+@pytest.mark.parametrize("left_s", [2, 600], ids=["passed", "too-little-for-a-run"])
 def test_a_job_that_expired_while_queued_is_skipped_and_marked_expired(
-    service: RunningService, receiver: ScriptedReceiver
+    service: RunningService, receiver: ScriptedReceiver, left_s: int
 ) -> None:
+    """Also a job with minutes left: run, it could finish after DynamoDB's TTL removed it, losing its webhook."""
     clear_worker_logs(service)
     repo = JobsRepository(service.boto("dynamodb"), service.table)
     tenant, client = service.new_named_tenant("expired-tenant")
     receiver.secret = client.webhook_secret()
-    expires_at = int(time.time()) + 2
+    expires_at = int(time.time()) + left_s
     job = store_queued_job(repo, tenant, prompt="stale", expires_at=expires_at, callback_url=receiver.url, **SMALL)
     message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
     service.boto("sqs").send_message(QueueUrl=service.queue_url, MessageBody=message.model_dump_json())
-    time.sleep(3)  # its retention passes while it waits in the queue
+    if left_s < 3:
+        time.sleep(3)  # its retention passes while it waits in the queue
     service.start_worker(env=FAST_WORKER)
     wait_until(lambda: repo.get(job.job_id).status == JobStatus.FAILED, 120, "the expired job to be skipped")
     error = repo.get(job.job_id).error

@@ -4,10 +4,12 @@ back on a stop."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import boto3
@@ -20,7 +22,7 @@ from shared.jobs import JobsRepository
 from shared.settings import WORKFLOW_TIMEOUT_S
 from tests.unit.conftest import JOBS_TABLE
 from tests.unit.workerfakes import RecordingQueue, held
-from workflows.generation.claims import Claims
+from workflows.generation.claims import RUN_RETENTION_S, Claims
 from workflows.generation.heldmessages import Held, HeldMessages
 
 if TYPE_CHECKING:
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
 TABLE = JOBS_TABLE
 WORKER = "worker-a"
+ASL = json.loads((Path(__file__).resolve().parents[2] / "statemachine.asl.json").read_text())
 
 
 @pytest.fixture
@@ -69,7 +72,7 @@ def loop(repo: JobsRepository) -> Iterator[Loop]:
         pool.shutdown()
 
 
-def stored(repo: JobsRepository, *, expires_in_s: int = 3600) -> Held:
+def stored(repo: JobsRepository, *, expires_in_s: int = 86400) -> Held:
     h = held()
     repo.create(
         Job(
@@ -200,6 +203,86 @@ def test_an_expired_jobs_webhook_whose_start_failed_is_started_when_its_message_
     assert loop.queue.deleted == [expired.received.message_id]
     for pool in loop.pools:
         pool.shutdown()
+
+
+def test_a_job_without_retention_left_for_its_run_is_failed_expired_and_kept_for_its_webhook(
+    repo: JobsRepository,
+) -> None:
+    """Claimed with minutes of retention left, a job could finish after DynamoDB's TTL removed it: its webhook
+    would find no job. It takes the expired path instead: failed EXPIRED, kept for its webhook, which starts."""
+    started: list[tuple[str, str]] = []
+
+    def start_webhook(job: Job) -> None:
+        assert job.error is not None
+        started.append((job.job_id, job.error.code))
+
+    loop = Loop(repo, on_failed=start_webhook)
+    try:
+        lease = 60  # Loop's
+        enough = stored(repo, expires_in_s=RUN_RETENTION_S + lease + 30)
+        short = stored(repo, expires_in_s=RUN_RETENTION_S + lease - 30)  # a run's worth, but not with its lease
+        minutes = stored(repo, expires_in_s=600)
+        claimed = loop.claims.claim_batch(loop.receive(enough, short, minutes))
+        assert [h.job_id for h in claimed.jobs] == [enough.job_id]
+        for h in (short, minutes):
+            failed = repo.get(h.job_id)
+            assert failed.status == JobStatus.FAILED
+            assert failed.error is not None
+            assert failed.error.code == "EXPIRED"
+            assert failed.expires_at >= time.time() + WORKFLOW_TIMEOUT_S  # its webhook finds it
+            with pytest.raises(JobNotFound):
+                repo.get(h.job_id, tenant=h.tenant)  # gone for its client, as any expired job
+        assert sorted(started) == sorted((h.job_id, "EXPIRED") for h in (short, minutes))
+        assert sorted(loop.queue.deleted) == sorted(h.received.message_id for h in (short, minutes))
+    finally:
+        for pool in loop.pools:
+            pool.shutdown()
+
+
+def test_a_job_a_live_worker_runs_is_left_to_it_however_little_retention_it_has_left(
+    repo: JobsRepository, loop: Loop
+) -> None:
+    """Another receive of its message (a duplicate) fails nothing: the worker that claimed it in time finishes it."""
+    h = stored(repo, expires_in_s=600)
+    repo.claim(h.job_id, h.tenant, worker_id="worker-b", lease_s=100, now=time.time())
+    assert loop.claims.claim_batch(loop.receive(h)).jobs == []
+    job = repo.get(h.job_id)
+    assert (job.status, job.attempt) == (JobStatus.RUNNING, 1)
+    assert [m for m, _ in loop.queue.visibility] == [h.received.message_id]  # hidden past the other's lease
+    assert loop.queue.deleted == []
+
+
+def _worst_case_s(state: dict[str, Any]) -> float:
+    """The longest a task state can take: every try times out and every retry waits its longest."""
+    if state["Type"] != "Task":
+        return 0.0
+    tries, waits = 1, 0.0
+    for retry in state.get("Retry", []):
+        attempts = retry.get("MaxAttempts", 3)
+        tries += attempts
+        for k in range(attempts):
+            wait = retry.get("IntervalSeconds", 1) * retry.get("BackoffRate", 2.0) ** k
+            waits += min(wait, retry.get("MaxDelaySeconds", wait))
+    return tries * state["TimeoutSeconds"] + waits
+
+
+def _longest_to_first_notice_s(name: str) -> float | None:
+    """The longest path from ``name`` through the end of the execution's first notice task (None: none reached)."""
+    state = ASL["States"][name]
+    if name in ("Notify", "NotifyFailed"):
+        return _worst_case_s(state)
+    following = [state[k] for k in ("Next", "Default") if k in state]
+    following += [c["Next"] for c in state.get("Choices", []) + state.get("Catch", [])]
+    reached = [t for t in map(_longest_to_first_notice_s, following) if t is not None]
+    return _worst_case_s(state) + max(reached) if reached else None
+
+
+def test_the_retention_a_claim_needs_covers_the_workflow_up_to_its_first_notice() -> None:
+    """A claimed job's execution reads it until its first notice ends: the claim's margin must outlast that path
+    even when every task on it times out and is retried to the last."""
+    longest = _longest_to_first_notice_s(ASL["StartAt"])
+    assert longest is not None
+    assert longest < RUN_RETENTION_S
 
 
 class LostAnswerOnce:

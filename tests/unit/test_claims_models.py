@@ -48,7 +48,7 @@ def stored(repo: JobsRepository, model: str, revision: str | None = None) -> Hel
             request=h.request,
             created_at=utcnow(),
             cache_key=h.request.cache_key(),
-            expires_at=int(time.time()) + 3600,
+            expires_at=int(time.time()) + 86400,
             model_revision=revision,
         )
     )

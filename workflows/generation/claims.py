@@ -36,10 +36,18 @@ UNSERVED_VISIBILITY_S = 2
 FAILED_BEFORE_RUNNING = frozenset(
     {JobErrorCode.EXPIRED, JobErrorCode.MODEL_REVISION_GONE, JobErrorCode.LORA_REVISION_GONE}
 )
-EXPIRED_ERROR = JobError(code=JobErrorCode.EXPIRED, message="The job passed its retention before a worker ran it.")
-# A job failed EXPIRED is past its TTL: the fail pushes the TTL on by this much, so that DynamoDB's sweep cannot
-# delete the job before its job.failed webhook has read it (the notice's execution lasts at most its timeout; the
-# hour is for a notice start that waits for the message to come back). Clients still find it gone (past_retention).
+EXPIRED_ERROR = JobError(code=JobErrorCode.EXPIRED, message="The job's retention ran out before a worker could run it.")
+# The retention a job must have left, beyond one lease (its generation; a longer one renews it), for a worker to claim
+# it. Its hand-off, the job workflow and its first notice read the job, and DynamoDB's TTL may remove it once its
+# retention ends: the notice would be lost. The workflow reaches the end of its first notice task within 2.4 h even
+# when every task before it times out and is retried to the last (statemachine.asl.json's timeouts and retries;
+# tests/unit/test_claims.py adds them up). A job with less left is failed EXPIRED instead, which keeps it for its
+# webhook.
+RUN_RETENTION_S = 3 * 3600
+# A job failed EXPIRED is past its TTL, or close to it: the fail pushes the TTL on by this much, so that DynamoDB's
+# sweep cannot delete the job before its job.failed webhook has read it (the notice's execution lasts at most its
+# timeout; the hour is for a notice start that waits for the message to come back). Clients still find it gone
+# (past_retention).
 EXPIRED_NOTICE_RETENTION_S = WORKFLOW_TIMEOUT_S + 3600
 
 
@@ -103,6 +111,7 @@ class Claims:
         self._stopping = stopping
         self._worker_id = worker_id
         self._lease_s = lease_s
+        self._min_life_s = lease_s + RUN_RETENTION_S
         self._clock = clock
         self._xray = xray
         # The next batch's claim, running while the current batch generates; a warm stop hands it back at once.
@@ -197,6 +206,7 @@ class Claims:
                 worker_id=self._worker_id,
                 lease_s=self._lease_s,
                 now=self._clock(),
+                min_life_s=self._min_life_s,
                 revision=self._revisions.get(model) if model is not None else None,
                 # A LoRA outside this worker's registry fails at generation (LoraNotServed), as before pinning.
                 loras=self._loras.pins(lora.id for lora in held.request.loras) if self._loras is not None else None,

@@ -77,6 +77,12 @@ IN_FLIGHT_RETRY_AFTER_S = 1
 
 # The statuses of a job another identical one may join (it has not finished).
 JOINABLE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.POSTPROCESSING)
+# Most jobs joined to one source. The state machine's MarkSucceeded and MarkFailed return the whole job item into
+# the execution's state, which Step Functions caps at 256 KiB (States.DataLimitExceeded fails the execution, and no
+# Catch takes it): at about 30 bytes a follower, ten thousand would pass it. Past this, an identical job runs itself.
+MAX_FOLLOWERS = 1000
+ROOM = "(attribute_not_exists(followers) OR size(followers) < :most)"  # a join's condition on its source
+ROOM_VALUES = {":most": {"N": str(MAX_FOLLOWERS)}}
 
 UNQUEUED_INDEX = "unqueued"
 UNQUEUED_SHARDS = 8  # the index's partitions: new jobs' writes spread over them, the sweeper reads each
@@ -455,7 +461,7 @@ class JobsRepository:
         owed: its work would be given back for good."""
         if job.joined_to != source_id:
             raise ValueError("a joining job names its source in joined_to")
-        values: dict[str, Any] = {":f": {"SS": [job.job_id]}, ":alive": {"N": str(alive_until)}}
+        values: dict[str, Any] = {":f": {"SS": [job.job_id]}, ":alive": {"N": str(alive_until)}, **ROOM_VALUES}
         placeholders = []
         for i, status in enumerate(JOINABLE):
             values[f":j{i}"] = {"S": status.value}
@@ -465,7 +471,7 @@ class JobsRepository:
                 "TableName": self._table,
                 "Key": {"pk": {"S": job_pk(source_id)}},
                 "UpdateExpression": "ADD followers :f",
-                "ConditionExpression": f"#s IN ({', '.join(placeholders)}) AND expires_at > :alive",
+                "ConditionExpression": f"#s IN ({', '.join(placeholders)}) AND expires_at > :alive AND {ROOM}",
                 "ExpressionAttributeNames": {"#s": "status"},
                 "ExpressionAttributeValues": values,
             }
@@ -1224,7 +1230,7 @@ class JobsRepository:
         that will generate instead: one transaction, only while it is QUEUED and joined to ``source_id`` and the
         new source is unfinished and retained past ``alive_until`` (as :meth:`create_joined`). False, with nothing
         written, otherwise."""
-        values: dict[str, Any] = {":f": {"SS": [job_id]}, ":alive": {"N": str(alive_until)}}
+        values: dict[str, Any] = {":f": {"SS": [job_id]}, ":alive": {"N": str(alive_until)}, **ROOM_VALUES}
         placeholders = []
         for i, status in enumerate(JOINABLE):
             values[f":j{i}"] = {"S": status.value}
@@ -1249,7 +1255,7 @@ class JobsRepository:
                     "TableName": self._table,
                     "Key": {"pk": {"S": job_pk(to_source_id)}},
                     "UpdateExpression": "ADD followers :f",
-                    "ConditionExpression": f"#s IN ({', '.join(placeholders)}) AND expires_at > :alive",
+                    "ConditionExpression": f"#s IN ({', '.join(placeholders)}) AND expires_at > :alive AND {ROOM}",
                     "ExpressionAttributeNames": {"#s": "status"},
                     "ExpressionAttributeValues": values,
                 }

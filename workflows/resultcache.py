@@ -142,13 +142,15 @@ class ResultCache:
         owed (:meth:`shared.ratelimit.DailyGpuBudget.deferral`), made in the join's own transaction, only if it
         joins."""
         entry = cache_entry_pk(self.scope(job.tenant), job.cache_key)
-        for _ in range(MAX_ROUNDS):
+        full: str | None = None  # a source that refused the join while unfinished and retained: it has the most
+        for _ in range(MAX_ROUNDS):  # followers (shared.jobs.MAX_FOLLOWERS), so this job takes its place
             seen = probe or self.probe(job)
             probe = None
             source, alive_until = seen.source, self.alive_until()
             if seen.hit and source is not None:
                 return self._hit(job, source, fingerprint)
-            if source is not None and source.status in JOINABLE and source.expires_at > alive_until:
+            joinable = source is not None and source.status in JOINABLE and source.expires_at > alive_until
+            if source is not None and joinable and source.job_id != full:
                 joined = job.model_copy(update={"joined_to": source.job_id})
                 stored = self._repo.create_joined(
                     joined,
@@ -159,7 +161,8 @@ class ResultCache:
                 )
                 if stored is not None:
                     return Cached(stored[0], stored[1], "joined")
-                continue  # the source finished (or its retention was cut) meanwhile: read again
+                full = source.job_id
+                continue  # the source finished, its retention was cut, or it is full: read again
             created = self._repo.create_cache_source(
                 job, entry_pk=entry, replaces=seen.source_id, idempotency_fingerprint=fingerprint
             )

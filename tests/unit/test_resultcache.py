@@ -14,7 +14,7 @@ from ulid import ULID
 
 from shared.contracts import GenerationRequest, Job, JobStatus, Output, QueueMessage, WorkflowInput, utcnow
 from shared.errors import JobNotFound, TooManyRequests
-from shared.jobs import JobsRepository, cache_entry_pk, expiry_epoch
+from shared.jobs import MAX_FOLLOWERS, JobsRepository, cache_entry_pk, expiry_epoch
 from shared.ratelimit import DailyGpuBudget
 from shared.settings import Settings
 from tests.dynamofaults import DynamoFaults, Fault
@@ -259,6 +259,26 @@ def test_a_join_is_refused_by_a_source_whose_retention_was_cut_after_it_was_read
     assert fresh.joined_to is None
     assert world.repo.followers(source.job_id) == []
     assert world.queue.sent == [source.job_id, fresh.job_id]
+
+
+def test_a_source_with_the_most_followers_is_not_joined_and_the_new_job_runs_itself(world: World) -> None:
+    """A source's followers are bounded (the state machine carries the whole job item): one more identical job
+    generates itself, and the next ones join it."""
+    source = world.submit()
+    others = [f"01JOINED{i:018d}" for i in range(MAX_FOLLOWERS - 2)]  # jobs that joined it before
+    world.repo._ddb.update_item(
+        TableName=JOBS_TABLE,
+        Key={"pk": {"S": f"JOB#{source.job_id}"}},
+        UpdateExpression="ADD followers :f",
+        ExpressionAttributeValues={":f": {"SS": others}},
+    )
+    first, second = world.submit(), world.submit()
+    assert first.joined_to == second.joined_to == source.job_id
+    third = world.submit()
+    assert third.joined_to is None
+    assert world.queue.sent == [source.job_id, third.job_id]
+    assert len(world.repo.followers(source.job_id)) == MAX_FOLLOWERS
+    assert world.submit().joined_to == third.job_id
 
 
 def test_after_a_failed_source_no_joined_job_is_moved_to_one_with_little_retention_left(world: World) -> None:

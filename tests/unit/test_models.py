@@ -11,9 +11,9 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from shared.settings import get_settings
+from shared.tinymodel import TINY_MODEL_NOTE
 from workflows.generation import models
 from workflows.generation.models import (
-    TINY_MODEL_NOTE,
     ModelNotFoundError,
     build_random_pipeline,
     build_tiny_pipeline,

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from shared.tinymodel import TINY_MODEL_NOTE
 from workflows.generation.acceleration import AccelerationOptions
-from workflows.generation.models import TINY_MODEL_NOTE, LoadedModel
+from workflows.generation.models import LoadedModel
 from workflows.generation.pipeline import (
     SCHEDULERS,
     BatchShape,

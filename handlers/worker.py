@@ -21,6 +21,7 @@ from aws_lambda_powertools import Logger
 
 from shared.aws import AwsClients
 from shared.media import MediaStore
+from shared.observability import share_lock_with_logging
 from shared.orchestration import Orchestrator
 from shared.queue import WorkerQueue
 from shared.queuestate import QueueState
@@ -144,6 +145,7 @@ def main(
 ) -> int:
     """Run one worker until it is stopped: ``models`` (else ``fleet``'s, else the settings'; see
     :func:`models_to_load`); ``batch_log_fields`` adds fields to each batch's log line."""
+    share_lock_with_logging()  # before any thread logs: log and metric lines are written whole, one at a time
     settings = get_settings()
     if settings.worker.require_gpu:
         try:

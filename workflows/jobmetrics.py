@@ -22,6 +22,7 @@ from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from shared.contracts import Job, JobStatus
 from shared.jobs import JobsRepository
+from shared.observability import emit_metrics
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -43,7 +44,7 @@ def record_finished(job_id: str, status: JobStatus, created_at: datetime, finish
     metrics.add_metric(name=FINISHED_METRIC, unit=MetricUnit.Count, value=1)
     latency = max(0.0, (finished_at - created_at).total_seconds())
     metrics.add_metric(name=LATENCY_METRIC, unit=MetricUnit.Seconds, value=latency)
-    metrics.flush_metrics()
+    emit_metrics(metrics)
 
 
 def record_job(job: Job) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
+from shared.observability import emit_metrics
 from workflows.generation.heldmessages import Held
 
 logger = Logger(service="sdq-worker")
@@ -74,4 +75,4 @@ def log_batch(
     metrics.add_metric(name="BatchImages", unit=MetricUnit.Count, value=report.images)
     metrics.add_metric(name="QueueWait", unit=MetricUnit.Seconds, value=max(waits) if waits else 0.0)
     metrics.add_metric(name="JobFailures", unit=MetricUnit.Count, value=report.failed)
-    metrics.flush_metrics()
+    emit_metrics(metrics)

@@ -39,6 +39,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 
+from shared.observability import emit_metrics
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -284,7 +285,7 @@ class CompileArtefactStore:
                 logger.info("no compile artefacts stored for this key yet: compiling", root=self.root)
         else:
             logger.info("compile artefacts fetched", root=self.root, files=report.files, bytes=report.bytes)
-        metrics.flush_metrics()
+        emit_metrics(metrics)
 
     def _emit_upload(self, report: TransferReport) -> None:
         if report.files == 0 and report.error is None:
@@ -296,7 +297,7 @@ class CompileArtefactStore:
             metrics.add_metric(name=FAILED_METRIC, unit=MetricUnit.Count, value=1)
         else:
             logger.info("compile artefacts uploaded", root=self.root, files=report.files, bytes=report.bytes)
-        metrics.flush_metrics()
+        emit_metrics(metrics)
 
 
 def store_for(settings: Settings, s3: S3Client, models: Sequence[str]) -> CompileArtefactStore | None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
+from shared.observability import emit_metrics
+
 logger = Logger(service="sdq-worker")
 
 UTILIZATION_METRIC = "GpuUtilization"
@@ -51,7 +53,7 @@ def emit(sample: GpuSample) -> None:
     if sample.utilization_pct is not None:
         metrics.add_metric(name=UTILIZATION_METRIC, unit=MetricUnit.Percent, value=sample.utilization_pct)
     metrics.add_metric(name=MEMORY_METRIC, unit=MetricUnit.Percent, value=round(sample.memory_used_pct, 2))
-    metrics.flush_metrics()
+    emit_metrics(metrics)
 
 
 class GpuMetrics:

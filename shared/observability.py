@@ -1,0 +1,55 @@
+"""What this code writes to stdout for CloudWatch: EMF metric lines (:func:`emit_metrics`), whole.
+
+Powertools' own ``flush_metrics`` prints a metric line in two writes, the JSON and then its newline. The worker
+runs with stdout unbuffered (``PYTHONUNBUFFERED=1`` in its image) and writes metrics from several threads (the
+GPU sampler, the batch loop, the claim and hand-off threads) while others log, so another thread's line could
+land between the two: neither line then parses, and CloudWatch drops the metric line's datapoints. Here a metric
+line is one write of the line and its newline, made under :data:`LINE_LOCK`, which the worker's logging handlers
+hold while they write too (:func:`share_lock_with_logging`): a line longer than the pipe's buffer is not split by
+another thread's either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from typing import TYPE_CHECKING
+
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.metrics import EphemeralMetrics, Metrics
+
+LINE_LOCK = threading.RLock()
+
+
+def write_line(line: str) -> None:
+    """Write ``line`` and its newline to stdout in one write, under :data:`LINE_LOCK`."""
+    with LINE_LOCK:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def emit_metrics(metrics: Metrics | EphemeralMetrics) -> None:
+    """Write what ``metrics`` holds as one EMF line (:func:`write_line`) and clear it, in place of Powertools'
+    ``flush_metrics``. Nothing is written when it holds no metric or metrics are off
+    (``POWERTOOLS_METRICS_DISABLED``), and it is cleared all the same."""
+    if metrics.metric_set and not is_metrics_disabled():
+        line = json.dumps(metrics.serialize_metric_set(), separators=(",", ":"))
+    else:
+        line = None
+    metrics.clear_metrics()
+    if line is not None:
+        write_line(line)
+
+
+def share_lock_with_logging() -> None:
+    """Make every logging handler that writes to stdout take :data:`LINE_LOCK` as its lock. Call it once, at the
+    start of a process, before other threads log: a handler's lock must not change while a thread holds it."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for each in loggers:
+        for handler in getattr(each, "handlers", ()):
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+                handler.lock = LINE_LOCK

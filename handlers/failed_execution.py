@@ -16,9 +16,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from shared.aws import AwsClients
 from shared.contracts import Job
 from shared.jobs import JobsRepository
+from shared.observability import job_keys
 from shared.orchestration import Orchestrator
 from shared.settings import get_settings
-from workflows.failedexecution import handle_failed_execution
+from workflows.failedexecution import execution_job, handle_failed_execution
 from workflows.jobmetrics import MeteredJobsRepository
 from workflows.webhooks import start_finished_notice
 
@@ -56,8 +57,11 @@ def record_handler(record: SQSRecord) -> str:
         logger.error("not an EventBridge event; dropped", body_prefix=record.body[:200])
         return "not_a_job_run"
     detail = event.get("detail") if isinstance(event, dict) else None
+    detail = detail if isinstance(detail, dict) else {}
+    job_id, tenant = execution_job(detail)
     d = deps()
-    return handle_failed_execution(d.repo, detail if isinstance(detail, dict) else {}, notify=d.notify)
+    with job_keys(logger, job_id=job_id, tenant=tenant):
+        return handle_failed_execution(d.repo, detail, notify=d.notify)
 
 
 @logger.inject_lambda_context(log_event=False)

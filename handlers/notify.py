@@ -14,6 +14,7 @@ from shared.deliveryslots import DeliverySlots
 from shared.eventrecords import EventRecords
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
+from shared.observability import job_keys
 from shared.settings import get_settings
 from shared.webhooksecrets import webhook_secrets
 from workflows.webhooks import WAITING, Notifier
@@ -55,7 +56,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     and call again with those; a wait for a slot is not an attempt."""
     made, waits = int(event.get("made", 0)), int(event.get("waits", 0))
     started_at = execution_start(event.get("started_at"))
-    attempt = notifier().deliver(str(event["job_id"]), str(event["tenant"]), made, waits, started_at)
+    with job_keys(logger, job_id=event.get("job_id"), tenant=event.get("tenant")):
+        attempt = notifier().deliver(str(event["job_id"]), str(event["tenant"]), made, waits, started_at)
     if attempt is None:
         return {"outcome": "nothing_to_send"}
     result: dict[str, Any] = {"outcome": attempt.outcome, "status": attempt.status, "error": attempt.error}

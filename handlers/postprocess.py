@@ -16,6 +16,7 @@ from shared.aws import AwsClients
 from shared.errors import RetryableError
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
+from shared.observability import job_keys
 from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
 from shared.ratelimit import DailyGpuBudget
@@ -67,17 +68,30 @@ def settle_joined(event: dict[str, Any]) -> dict[str, Any]:
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Input: the worker's hand-off; output: ``{status, skipped, outputs, outputs_json}`` for MarkSucceeded. A
-    SettleJoined payload is settled instead (:func:`settle_joined`), a CountSucceeded/CountFailed one counted."""
-    if event.get("settle_joined"):
-        return settle_joined(event)
-    if event.get("count_finished"):
-        return record_marked(event)
+    SettleJoined payload is settled instead (:func:`settle_joined`), a CountSucceeded/CountFailed one counted.
+    Its log lines name the job (and its tenant, where the payload has it)."""
+    with job_keys(logger, job_id=event.get("job_id"), tenant=event.get("tenant")):
+        if event.get("settle_joined"):
+            return settle_joined(event)
+        if event.get("count_finished"):
+            return record_marked(event)
+        return postprocess(event)
+
+
+def postprocess(event: dict[str, Any]) -> dict[str, Any]:
+    """The worker's hand-off: the job's outputs written, and one ``"job postprocessed"`` line."""
     try:
         result = postprocessor().run(PostprocessInput.model_validate(event))
     except (BotoCoreError, ClientError) as exc:
         # S3/DynamoDB trouble that outlived botocore's own retries: the state machine retries RetryableError
         # with backoff (idempotent: outputs have fixed keys), then fails the job.
         raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
+    logger.info(
+        "job postprocessed",
+        outputs=len(result.outputs),
+        skipped=result.skipped,
+        error_code=result.failure.code if result.failure is not None else None,
+    )
     body = result.model_dump(mode="json")
     # MarkSucceeded stores this string as the job's ``outputs`` attribute as is.
     body["outputs_json"] = json.dumps(body["outputs"], separators=(",", ":"))

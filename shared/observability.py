@@ -1,4 +1,5 @@
-"""What this code writes to stdout for CloudWatch: EMF metric lines (:func:`emit_metrics`), whole.
+"""What this code writes to stdout for CloudWatch: EMF metric lines (:func:`emit_metrics`), whole, and the job a
+log line is about (:func:`job_keys`).
 
 Powertools' own ``flush_metrics`` prints a metric line in two writes, the JSON and then its newline. The worker
 runs with stdout unbuffered (``PYTHONUNBUFFERED=1`` in its image) and writes metrics from several threads (the
@@ -15,11 +16,14 @@ import json
 import logging
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 if TYPE_CHECKING:
+    from aws_lambda_powertools import Logger
     from aws_lambda_powertools.metrics import EphemeralMetrics, Metrics
 
 LINE_LOCK = threading.RLock()
@@ -53,3 +57,16 @@ def share_lock_with_logging() -> None:
         for handler in getattr(each, "handlers", ()):
             if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
                 handler.lock = LINE_LOCK
+
+
+@contextmanager
+def job_keys(logger: Logger, *, job_id: object = None, tenant: object = None) -> Iterator[None]:
+    """Name the job (``job_id``) and its ``tenant`` on every Powertools log line this thread writes until the
+    block ends; a value that is not a non-empty string is left out. The keys are the thread's own (Powertools'
+    thread-safe keys): the local stack runs Lambda invocations at once, in one process."""
+    keys = {name: value for name, value in (("job_id", job_id), ("tenant", tenant)) if isinstance(value, str) and value}
+    logger.thread_safe_append_keys(**keys)
+    try:
+        yield
+    finally:
+        logger.thread_safe_remove_keys(keys)

@@ -98,6 +98,17 @@ def notice_job(detail: Mapping[str, Any]) -> str | None:
     return match["job_id"] if match else None
 
 
+def execution_job(detail: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The job id and tenant an execution names, for its log lines: from its input (a job run's or a notice's),
+    else the job id alone from its name (an input the event left out); ``(None, None)`` for anything else."""
+    payload = execution_input(detail)
+    if payload is not None:
+        job_id, tenant = payload.get("job_id"), payload.get("tenant")
+        return (job_id if isinstance(job_id, str) else None), (tenant if isinstance(tenant, str) else None)
+    match = JOB_RUN_NAME.match(str(detail.get("name", ""))) or NOTICE_NAME.match(str(detail.get("name", "")))
+    return (match["job_id"] if match else None), None
+
+
 def stop_stranded_delivery(repo: JobsRepository, job: Job, status: str, stopped_ms: object = None) -> bool:
     """Record the job's webhook ``failed`` if it is ``retrying``: the execution retrying it ended outright (at
     ``stopped_ms``, the event's ``stopDate``). A record with an attempt after that is another execution's, alive

@@ -107,3 +107,8 @@ def test_every_lambda_of_the_execution_runs_in_the_submits_trace(
     records = [json.loads(line) for line in lines if line.startswith("{")]
     [attempt] = [r for r in records if r.get("message") == "webhook attempt" and r.get("job_id") == job_id]
     assert attempt["xray_trace_id"] == root
+    # Each stage's line names the job and its tenant, so a job can be followed through the logs: Notify's from
+    # its invocation's keys (its attempt line names no tenant itself), Postprocess's on success.
+    assert attempt["tenant"] == tenant
+    [done] = [r for r in records if r.get("message") == "job postprocessed" and r.get("job_id") == job_id]
+    assert (done["tenant"], done["outputs"], done["skipped"], done["xray_trace_id"]) == (tenant, 1, False, root)

@@ -92,6 +92,11 @@ class Setup:
         return [o["Key"] for o in listed.get("Contents", [])]
 
 
+def handed_off(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """The fields of the worker's ``"job handed off"`` lines: one per job the state machine now has."""
+    return [vars(r) for r in caplog.records if r.getMessage() == "job handed off"]
+
+
 @pytest.fixture
 def setup(jobs_table: DynamoDBClient) -> Iterator[Setup]:
     running = Setup(jobs_table, failures=START_ATTEMPTS - 1)
@@ -99,11 +104,14 @@ def setup(jobs_table: DynamoDBClient) -> Iterator[Setup]:
     running.finishers.shutdown()
 
 
-def test_a_start_that_fails_after_the_upload_is_retried_with_the_same_images(setup: Setup) -> None:
+def test_a_start_that_fails_after_the_upload_is_retried_with_the_same_images(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
     h = setup.stored(JobStatus.RUNNING)
     image = PILImage.new("RGB", (8, 8))
-    setup.handoff.complete_later(None, h, [image, image])
-    setup.handoff.wait()
+    with caplog.at_level("INFO"):
+        setup.handoff.complete_later(None, h, [image, image])
+        setup.handoff.wait()
     name = f"{h.job_id}-1"
     assert setup.sfn.names == [name] * START_ATTEMPTS  # one execution name: the same hand-off each time
     assert setup.pauses == [1.0, 2.0, 4.0, 8.0]
@@ -113,6 +121,8 @@ def test_a_start_that_fails_after_the_upload_is_retried_with_the_same_images(set
     assert setup.repo.get(h.job_id).status == JobStatus.POSTPROCESSING
     assert setup.queue.deleted == [h.received.message_id]
     assert len(setup.held) == 0
+    [line] = handed_off(caplog)  # once, after the retried start: the job can be followed into its execution
+    assert (line["job_id"], line["tenant"], line["attempt"], line["images"]) == (h.job_id, h.tenant, 1, 2)
 
 
 def test_a_start_that_keeps_failing_leaves_the_job_to_run_again(setup: Setup) -> None:
@@ -160,12 +170,16 @@ def taken_over_and_handed_back(setup: Setup, h: Held) -> None:
     assert setup.repo.lease_until(h.job_id) is None
 
 
-def test_a_hand_off_after_the_claim_was_lost_keeps_the_message_the_job_needs(setup: Setup) -> None:
+def test_a_hand_off_after_the_claim_was_lost_keeps_the_message_the_job_needs(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
     setup.sfn.failures = 0
     h = setup.stored(JobStatus.RUNNING)
     taken_over_and_handed_back(setup, h)
-    setup.handoff.complete_later(None, h, [PILImage.new("RGB", (8, 8))])
-    setup.handoff.wait()
+    with caplog.at_level("INFO"):
+        setup.handoff.complete_later(None, h, [PILImage.new("RGB", (8, 8))])
+        setup.handoff.wait()
+    assert handed_off(caplog) == []  # not this worker's any more: its execution settles nothing
     assert setup.queue.deleted == []  # deleting it would leave a QUEUED job that nothing ever sends
     assert setup.queue.visibility == [(h.received.message_id, 0)]
     assert setup.repo.get(h.job_id).status == JobStatus.QUEUED
@@ -180,11 +194,16 @@ def test_a_failure_hand_off_after_the_claim_was_lost_keeps_the_message_too(setup
     assert setup.queue.visibility == [(h.received.message_id, 0)]
 
 
-def test_a_failure_hand_off_of_a_job_still_claimed_deletes_its_message(setup: Setup) -> None:
+def test_a_failure_hand_off_of_a_job_still_claimed_deletes_its_message(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
     setup.sfn.failures = 0
     h = setup.stored(JobStatus.RUNNING)
-    setup.handoff.fail(h, JobErrorCode.GENERATION_FAILED, "out of memory")
+    with caplog.at_level("INFO"):
+        setup.handoff.fail(h, JobErrorCode.GENERATION_FAILED, "out of memory")
     assert setup.queue.deleted == [h.received.message_id]  # the execution records the failure at this attempt
+    [line] = handed_off(caplog)
+    assert (line["job_id"], line["tenant"], line["error_code"]) == (h.job_id, h.tenant, "GENERATION_FAILED")
 
 
 def test_a_job_handed_back_runs_again_elsewhere_with_its_attempt_counted(setup: Setup) -> None:

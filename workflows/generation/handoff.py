@@ -182,6 +182,7 @@ class HandOff:
             self._held.forget(held)
             return
         if self._mark_handed_off(held, use):
+            logger.info("job handed off", job_id=held.job_id, tenant=held.tenant, attempt=attempt, images=len(keys))
             self._held.finish(held)
         else:
             # The job stopped being this claim's while it generated (its lease lapsed and another worker took it
@@ -260,6 +261,9 @@ class HandOff:
         if self._claim_lost(held):
             self.drop(held)
         else:
+            logger.info(
+                "job handed off", job_id=held.job_id, tenant=held.tenant, attempt=held.job.attempt, error_code=code
+            )
             self._held.finish(held)  # the execution records the failure at this attempt
 
     def _claim_lost(self, held: Held) -> bool:

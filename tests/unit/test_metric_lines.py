@@ -48,7 +48,7 @@ def batch_loop():
 
 def claim_thread():
     for n in range(ROUNDS):
-        record_finished(f"job-{{n}}", JobStatus.FAILED, now, now)
+        record_finished(f"job-{{n}}", JobStatus.FAILED, now, now, tenant="t-1", error_code="OUT_OF_MEMORY")
 
 
 def logging_thread():

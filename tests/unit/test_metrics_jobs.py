@@ -35,6 +35,9 @@ def test_a_terminal_write_is_counted_once_and_a_refused_one_not_at_all(
         repo.transition(job.job_id, JobStatus.CANCELLED, tenant=TENANT)
     [line] = finished(capsys.readouterr().out)
     assert (line["status"], line["service"], line["job_id"]) == ("FAILED", "jobs", job.job_id)
+    # What the runbook groups failures by, and whose they were: properties, not dimensions (one alarm series).
+    assert (line["error_code"], line["tenant"]) == ("X", TENANT)
+    assert line["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["status", "service"]]
     assert failed.finished_at is not None
     assert line["JobLatency"] == [pytest.approx((failed.finished_at - failed.created_at).total_seconds())]
 
@@ -48,6 +51,8 @@ def test_a_job_stored_finished_is_counted_when_it_is_created(
     repo.create(answered)
     [line] = finished(capsys.readouterr().out)
     assert (line["status"], line["JobLatency"]) == ("SUCCEEDED", [0.0])
+    assert line["tenant"] == TENANT
+    assert "error_code" not in line
 
 
 def test_the_state_machines_count_reads_the_marks_times(capsys: pytest.CaptureFixture[str]) -> None:
@@ -61,3 +66,22 @@ def test_the_state_machines_count_reads_the_marks_times(capsys: pytest.CaptureFi
     ) == {"counted": "SUCCEEDED"}
     [line] = finished(capsys.readouterr().out)
     assert (line["job_id"], line["JobsFinished"], line["JobLatency"]) == ("01J", [1.0], [42.5])
+    assert "tenant" not in line  # the payload names neither
+    assert "error_code" not in line
+
+
+def test_the_state_machines_count_of_a_failure_carries_what_its_payload_names(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    record_marked(
+        {
+            "job_id": "01J",
+            "status": "FAILED",
+            "tenant": "acme",
+            "error_code": "OUT_OF_MEMORY",
+            "created_at": "2026-12-06T10:00:00+00:00",
+            "finished_at": "2026-12-06T10:00:05Z",
+        }
+    )
+    [line] = finished(capsys.readouterr().out)
+    assert (line["status"], line["tenant"], line["error_code"]) == ("FAILED", "acme", "OUT_OF_MEMORY")

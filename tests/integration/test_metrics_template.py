@@ -1,8 +1,10 @@
 """The template's job alarms and dashboard read the metrics the code emits, under the names, dimensions and units
-it emits them with (workflows/jobmetrics.py, workflows/generation/gpumetrics.py)."""
+it emits them with (workflows/jobmetrics.py, workflows/generation/gpumetrics.py); the runbook's metrics table
+names every metric the code and the template emit."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -15,7 +17,8 @@ from tests.integration.test_template import dashboard_text
 from workflows import jobmetrics
 from workflows.generation import gpumetrics
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "template.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +95,56 @@ def test_dashboard_shows_finished_jobs_error_rate_latency_and_the_new_alarms(res
     text = dashboard_text(resources)
     for alarm in ("JobErrorRateAlarm", "JobLatencyAlarm"):
         assert f"${{{alarm}.Arn}}" in text, alarm
+
+
+def metric_name(node: ast.Call, constants: dict[str, str], where: str) -> str:
+    """The name an ``add_metric`` call emits: a string, or a module constant holding one."""
+    [value] = [k.value for k in node.keywords if k.arg == "name"] or node.args[:1]
+    if isinstance(value, ast.Constant) and isinstance(value.value, str):
+        return value.value
+    assert isinstance(value, ast.Name), f"{where}: a metric name this test cannot read"
+    assert value.id in constants, f"{where}: {value.id} is not a module constant"
+    return constants[value.id]
+
+
+def emitted_by_code() -> set[str]:
+    """Every metric name an ``add_metric`` call in the deployed code (handlers, shared, workflows) emits."""
+    names = set()
+    for path in sorted(p for folder in ("handlers", "shared", "workflows") for p in (REPO / folder).rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        constants = {
+            target.id: node.value.value
+            for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+            if isinstance(node.value.value, str)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_metric":
+                names.add(metric_name(node, constants, f"{path.relative_to(REPO)}:{node.lineno}"))
+    return names
+
+
+def made_by_metric_filters(resources: dict[str, Any]) -> set[str]:
+    return {
+        transformation["MetricName"]
+        for resource in resources.values()
+        if resource["Type"] == "AWS::Logs::MetricFilter"
+        for transformation in resource["Properties"]["MetricTransformations"]
+        if transformation["MetricNamespace"] == "sdq"
+    }
+
+
+def documented() -> set[str]:
+    """The metrics of docs/operations.md's "Metrics" table (its first column)."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    section = text.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    return {name for cell in rows for name in re.findall(r"`(\w+)`", cell)}
+
+
+def test_the_runbook_names_every_metric_the_code_and_the_template_emit(resources: dict[str, Any]) -> None:
+    emitted = emitted_by_code() | made_by_metric_filters(resources)
+    assert {"JobsFinished", "GpuUtilization", "CompileArtefactsFailed", "WebhookDelivered"} <= emitted  # found
+    assert documented() == emitted

@@ -24,6 +24,7 @@ from shared.settings import get_settings
 from workflows.jobmetrics import MeteredJobsRepository, record_marked
 from workflows.postprocess import PostprocessInput, Postprocessor
 from workflows.resultcache import ResultCache
+from workflows.webhooks import WEBHOOK_GIVEN_UP
 
 logger = Logger(service="sdq-postprocess")
 tracer = Tracer(service="sdq-postprocess")
@@ -68,13 +69,18 @@ def settle_joined(event: dict[str, Any]) -> dict[str, Any]:
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Input: the worker's hand-off; output: ``{status, skipped, outputs, outputs_json}`` for MarkSucceeded. A
-    SettleJoined payload is settled instead (:func:`settle_joined`), a CountSucceeded/CountFailed one counted.
+    SettleJoined payload is settled instead (:func:`settle_joined`), a CountSucceeded/CountFailed one counted, a
+    CountWebhookGivenUp one logged (``WEBHOOK_GIVEN_UP``, which WebhookFailuresAlarm counts).
     Its log lines name the job (and its tenant, where the payload has it)."""
     with job_keys(logger, job_id=event.get("job_id"), tenant=event.get("tenant")):
         if event.get("settle_joined"):
             return settle_joined(event)
         if event.get("count_finished"):
             return record_marked(event)
+        if event.get("webhook_given_up"):
+            # Notify failed past the state machine's retries, so no "webhook attempt" line says it gave up.
+            logger.warning(WEBHOOK_GIVEN_UP, error=str(event.get("error") or "unknown"))
+            return {"reported": True}
         return postprocess(event)
 
 

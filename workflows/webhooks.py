@@ -56,6 +56,9 @@ if TYPE_CHECKING:
     from shared.ratelimit import RateLimiter
 
 logger = Logger(service="sdq-notify", child=True)
+# The line of a delivery the state machine gave up because Notify itself kept failing (its CountWebhookGivenUp
+# task): WebhookFailuresAlarm counts it (template.yaml WebhookGivenUpMetricFilter) beside Notify's own give-ups.
+WEBHOOK_GIVEN_UP = "webhook given up"
 
 # One attempt's wall-clock deadline: DNS, connect, TLS, sending and the response, all together.
 TIMEOUT_S = 10.0

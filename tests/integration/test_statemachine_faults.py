@@ -10,7 +10,9 @@ gave up.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import socket
 import time
@@ -32,6 +34,7 @@ from tests.dynamofaults import DynamoFaults, Fault
 from tests.integration.executions import ExecutionHarness
 from workflows.failedexecution import handle_failed_execution
 from workflows.postprocess import Postprocessor
+from workflows.webhooks import WEBHOOK_GIVEN_UP
 
 
 def _clear_caches() -> None:
@@ -123,6 +126,39 @@ def test_a_failed_record_of_a_delivered_webhook_is_retried_not_shown_as_failed(
     assert [d.answered for d in receiver.deliveries] == [200, 200]
     assert {d.webhook_id for d in receiver.deliveries} == {f"msg_{job.job_id}_job_succeeded"}
     assert all(d.verified for d in receiver.deliveries)
+
+
+@pytest.fixture
+def postprocess_lines() -> Iterator[io.StringIO]:
+    """What the postprocess function logs meanwhile, as its log group would hold it (its own JSON formatter)."""
+    logger = logging.getLogger("sdq-postprocess")
+    lines = io.StringIO()
+    copy = logging.StreamHandler(lines)
+    copy.setFormatter(logger.handlers[0].formatter)
+    logger.addHandler(copy)
+    yield lines
+    logger.removeHandler(copy)
+
+
+def test_a_delivery_notify_keeps_failing_is_given_up_once_and_counted(
+    h: Harness, faults: DynamoFaults, receiver: ScriptedReceiver, postprocess_lines: io.StringIO
+) -> None:
+    """Notify fails every try (its table refuses each attempt's record), past the state machine's retries: the
+    delivery is recorded failed and the postprocess function logs the one "webhook given up" line that
+    WebhookFailuresAlarm counts (Notify never logged a give-up of its own)."""
+    receiver.secret = h.client.webhook_secret()
+    job = h.running_job(receiver.url)
+    faults.add(Fault(job.job_id, RECORD_WEBHOOK, times=1000, code="InternalServerError", status=500))
+    arn = h.start(job, h.stage(job))
+    assert h.wait(arn) == "SUCCEEDED"
+    assert "CountWebhookGivenUp" in h.entered_states(arn)
+    view = h.client.get(job.job_id)
+    assert (view["status"], view["webhook"]["state"]) == ("SUCCEEDED", "failed")
+    lines = [json.loads(text) for text in postprocess_lines.getvalue().splitlines() if WEBHOOK_GIVEN_UP in text]
+    assert [(line["message"], line["job_id"], line["tenant"]) for line in lines] == [
+        (WEBHOOK_GIVEN_UP, job.job_id, job.tenant)
+    ]
+    assert lines[0]["error"] == "WebhookRetryable"
 
 
 def test_a_callback_host_whose_dns_fails_for_a_moment_is_retried_and_delivered(

@@ -1123,6 +1123,26 @@ def test_webhook_metric_filter_matches_what_notify_logs(resources: dict[str, Any
     assert all(field in line for field, _ in terms)
 
 
+def test_deliveries_the_state_machine_gave_up_count_as_webhook_failures(resources: dict[str, Any]) -> None:
+    """Notify failing past its retries logs nothing; the state machine's CountWebhookGivenUp has the postprocess
+    function log the line this filter counts into the same metric WebhookFailuresAlarm reads."""
+    from workflows.webhooks import WEBHOOK_GIVEN_UP
+
+    state = json.loads((ROOT / "statemachine.asl.json").read_text())["States"]["CountWebhookGivenUp"]
+    assert state["Parameters"]["FunctionName"] == "${PostprocessFunctionArn}"
+    assert state["Parameters"]["Payload"]["webhook_given_up"] is True
+    given_up = resources["WebhookGivenUpMetricFilter"]["Properties"]
+    assert show(given_up["LogGroupName"]) == "PostprocessFunctionLogGroup"
+    assert (
+        show(resources["PostprocessFunction"]["Properties"]["LoggingConfig"]["LogGroup"])
+        == "PostprocessFunctionLogGroup"
+    )
+    assert re.findall(r'\$\.(\w+) = "([^"]+)"', given_up["FilterPattern"]) == [("message", WEBHOOK_GIVEN_UP)]
+    [counted] = given_up["MetricTransformations"]
+    alarm = resources["WebhookFailuresAlarm"]["Properties"]
+    assert (counted["MetricNamespace"], counted["MetricName"]) == (alarm["Namespace"], alarm["MetricName"])
+
+
 def test_dashboard_is_valid_json_with_the_operational_widgets(resources: dict[str, Any]) -> None:
     dashboard = _dashboard(resources)
     titles = " | ".join(w["properties"]["title"] for w in dashboard["widgets"]).lower()
@@ -1137,21 +1157,23 @@ ERRORS_NOT_ALARMED = {
 }
 
 
-def dashboard_text(resources: dict[str, Any], *, spot: bool = True) -> str:
-    """The dashboard's body as deployed with (or without) the Spot group: its own variables filled in, the stack's
-    references (``${Res.Arn}``) left as they are."""
+def dashboard_text(resources: dict[str, Any], *, spot: bool = True, second_fleet: bool = True) -> str:
+    """The dashboard's body as deployed with (or without) the Spot group and the second fleet: its own variables
+    filled in, the stack's references (``${Res.Arn}``) left as they are."""
     body = resources["Dashboard"]["Properties"]["DashboardBody"]
     sub = body if isinstance(body, str) else body["Fn::Sub"]
     text, variables = (sub, {}) if isinstance(sub, str) else (sub[0], sub[1])
+    conditions = {"UseSpot": spot, "HasSecondFleet": second_fleet}
     for name, value in variables.items():
         condition, with_it, without = value["Fn::If"]
-        assert condition == "UseSpot", name
-        text = text.replace(f"${{{name}}}", show(with_it if spot else without))
+        chosen = with_it if conditions[condition] else without
+        text = text.replace(f"${{{name}}}", chosen["Fn::Sub"] if isinstance(chosen, dict) else chosen)
     return str(text)
 
 
-def _dashboard(resources: dict[str, Any], *, spot: bool = True) -> dict[str, Any]:
-    return dict(json.loads(re.sub(r"\$\{([^}.]+)(\.[^}]+)?\}", r"\1", dashboard_text(resources, spot=spot))))
+def _dashboard(resources: dict[str, Any], *, spot: bool = True, second_fleet: bool = True) -> dict[str, Any]:
+    text = dashboard_text(resources, spot=spot, second_fleet=second_fleet)
+    return dict(json.loads(re.sub(r"\$\{([^}.]+)(\.[^}]+)?\}", r"\1", text)))
 
 
 def test_every_functions_errors_page_and_show_on_the_dashboard(resources: dict[str, Any]) -> None:
@@ -1185,6 +1207,29 @@ def test_the_workers_widget_shows_the_spot_groups_instances_when_there_is_one(re
         (widget,) = [w for w in _dashboard(resources, spot=spot)["widgets"] if w["properties"]["title"] == "Workers"]
         lines = [m for m in widget["properties"]["metrics"] if m[:2] == ["AWS/AutoScaling", "GroupInServiceInstances"]]
         assert [m[3] for m in lines] == groups, spot
+
+
+def test_every_paging_alarm_has_its_runbook_rows_and_shows_on_the_dashboard(resources: dict[str, Any]) -> None:
+    """An alarm that notifies the alarm topic is listed in docs/operations.md (what fires it, then what to do) and
+    on the dashboard's Alarms widget; one that notifies no one (a scaling trigger) is neither."""
+    paging = {
+        name
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::CloudWatch::Alarm"
+        and "AlarmTopic" in {show(action) for action in resource["Properties"].get("AlarmActions", [])}
+    }
+    assert {"OldestJobAgeAlarm", "WorkersShortAlarm", "WebhookFailuresAlarm"} <= paging
+    runbook = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(\w+Alarm)` \|", runbook, flags=re.MULTILINE)
+    assert sorted(rows) == sorted([*paging, *paging]), "each paging alarm: one row in each table"
+    (widget,) = [w for w in _dashboard(resources)["widgets"] if w["properties"]["title"] == "Alarms"]
+    assert set(widget["properties"]["alarms"]) == paging
+    # Without a second fleet its alarm does not exist, and the widget does not name it.
+    (widget,) = [
+        w for w in _dashboard(resources, second_fleet=False)["widgets"] if w["properties"]["title"] == "Alarms"
+    ]
+    assert set(widget["properties"]["alarms"]) == paging - {"SecondFleetOldestJobAgeAlarm"}
+    assert resources["SecondFleetOldestJobAgeAlarm"]["Condition"] == "HasSecondFleet"
 
 
 def test_outputs_name_the_api_and_the_data(cfn: dict[str, Any]) -> None:

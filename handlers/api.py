@@ -63,6 +63,7 @@ from shared.errors import (
 )
 from shared.jobs import is_valid_job_id
 from shared.media import MediaStore
+from shared.observability import emit_metrics
 from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
 from shared.queuestate import QueueState
@@ -391,8 +392,9 @@ def submit_job(
         tenant, request, idempotency_key=idempotency_key, plan=caller.plan, audit=audit
     )
     if result.created:
+        logger.info("job accepted", job_id=result.job.job_id, tenant=tenant, status=result.job.status.value)
         metrics.add_metric(name="JobsSubmitted", unit="Count", value=1)
-        metrics.flush_metrics()
+        emit_metrics(metrics)
     job = _hold(result.job, tenant, wait_s) if wait_s is not None else result.job
     status = 202
     if wait_s is not None and job.status.terminal:
@@ -987,7 +989,7 @@ def _audit(event: dict[str, Any], result: dict[str, Any], pending: PendingAudit 
     except (BotoCoreError, ClientError) as exc:
         logger.error("audit entry not recorded", entry=entry.model_dump(mode="json"), error=type(exc).__name__)
         metrics.add_metric(name="AuditWriteFailed", unit="Count", value=1)
-        metrics.flush_metrics()
+        emit_metrics(metrics)
 
 
 def _fold_list_header(event: dict[str, Any], name: str) -> None:

@@ -103,3 +103,23 @@ def test_a_cancel_is_counted_apart_from_the_error_rate(service: RunningService) 
     client.cancel(job["id"])
     [line] = finished_metrics(service, job["id"])
     assert_alarm_shape(line, "CANCELLED")
+
+
+def test_an_accepted_job_is_logged_and_counted_by_the_api(service: RunningService) -> None:
+    """One "job accepted" line naming the job and its tenant, and one JobsSubmitted metric line, each a whole JSON
+    line of the API's output."""
+    tenant, client = service.new_named_tenant("metrics-accepted")
+    job = client.submit({"prompt": "a red fox", "width": 256, "height": 256, "seed": 5})
+    deadline = time.monotonic() + 20
+    accepted: list[dict[str, Any]] = []
+    while not accepted and time.monotonic() < deadline:
+        time.sleep(0.2)
+        for text in service.log_path.read_text(errors="replace").splitlines():
+            if '"job accepted"' in text and job["id"] in text:
+                accepted.append(json.loads(text[text.find("{") :]))
+    assert [(line["message"], line["job_id"], line["tenant"]) for line in accepted] == [
+        ("job accepted", job["id"], tenant)
+    ]
+    counted = [e for e in emf_lines(service) if "JobsSubmitted" in e]
+    assert counted, "no JobsSubmitted metric line"
+    assert all(e["JobsSubmitted"] in (1.0, [1.0]) and "ResultCacheHit" in e for e in counted[-1:])

@@ -202,8 +202,9 @@ class SubmissionService:
             # rate slot and no GPU work.
             self._give_back(tenant, charged_at, work)
             return Submitted(stored, created=False)
-        if outcome == "hit":
-            self._give_back_work(tenant, charged_at, work)  # answered by another job's images: no GPU work
+        if outcome == "hit":  # answered by another job's images: no GPU work, and its inputs are never read
+            self._give_back_work(tenant, charged_at, work)
+            self._discard_inputs(stored_inputs)
         if cache is not None:
             _count(outcome)
         if outcome in ("hit", "joined"):
@@ -314,7 +315,8 @@ class SubmissionService:
             raise
 
     def _discard_inputs(self, keys: list[str]) -> None:
-        """Best effort: inputs stored for a job that was not made (they expire with outputs anyway)."""
+        """Best effort: inputs stored for a job that was not made, or that will never run (a cache hit); they expire
+        with the outputs anyway."""
         if self._inputs is None or not keys:
             return
         try:

@@ -15,6 +15,7 @@ from PIL import Image
 from sdq_client import Client
 
 from shared.apikeys import ApiKeyStore
+from shared.contracts import JobStatus
 from shared.jobs import JobsRepository
 from shared.media import input_key
 from tests.integration.conftest import RunningService, service_fixture
@@ -126,6 +127,28 @@ def test_a_replayed_submission_keeps_the_first_jobs_inputs_only(service: Running
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.json()["id"] == first.json()["id"]
     assert tenant.stored() == [input_key("outputs/", tenant.name, first.json()["id"], "image")]
+
+
+def test_a_cache_hit_keeps_no_inputs_of_its_own(service: RunningService) -> None:
+    """An image request answered by an identical earlier job's images never runs: its normalised inputs, stored
+    before the cache answered, are deleted, not left in the bucket until the outputs' lifecycle."""
+    tenant = Tenant(service, "hit")
+    body = {"image": data_url(encoded(Image.new("RGB", (256, 256), "blue"))), "width": 256, "height": 256, "seed": 11}
+    first = tenant.submit(**body).json()
+    repo = JobsRepository(service.boto("dynamodb"), service.table)
+    for status in (JobStatus.RUNNING, JobStatus.POSTPROCESSING, JobStatus.SUCCEEDED):
+        repo.transition(first["id"], status, tenant=tenant.name)  # as the worker and the state machine do
+    output = {"index": 0, "key": f"outputs/{tenant.name}/{first['id']}/0.png", "content_type": "image/png"}
+    output |= {"width": 256, "height": 256, "bytes": 3, "sha256": "abc"}
+    service.boto("dynamodb").update_item(
+        TableName=service.table,
+        Key={"pk": {"S": f"JOB#{first['id']}"}},
+        UpdateExpression="SET outputs = :o",
+        ExpressionAttributeValues={":o": {"S": json.dumps([output])}},
+    )
+    hit = tenant.submit(**body).json()
+    assert (hit["status"], hit["cache"]["hit"], hit["cache"]["source_job"]) == ("SUCCEEDED", True, first["id"])
+    assert tenant.stored() == [input_key("outputs/", tenant.name, first["id"], "image")]  # the hit's are gone
 
 
 def test_a_replay_answers_its_job_after_the_upload_is_gone(service: RunningService) -> None:

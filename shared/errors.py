@@ -50,7 +50,13 @@ class JobNotFound(NotFound):
 
 
 class JobExpired(JobNotFound):
-    """The job passed its retention (``expires_at``) before it finished; to clients it no longer exists."""
+    """The job passed its retention (``expires_at``) before it finished; to clients it no longer exists.
+    ``past``: False when its retention has not ended yet but is too short for a run (a claim's margin): then a
+    worker that holds it under a live lease keeps it."""
+
+    def __init__(self, job_id: str, *, past: bool = True) -> None:
+        super().__init__(job_id)
+        self.past = past
 
 
 class Conflict(ServiceError):

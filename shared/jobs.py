@@ -969,7 +969,7 @@ class JobsRepository:
                 current.status == JobStatus.RUNNING and (self.lease_until(job_id) or 0) < now
             )
             if claimable and current.expires_at <= int(now + min_life_s):
-                raise JobExpired(job_id) from None  # too little retention left for a run; a live worker's is its own
+                raise JobExpired(job_id, past=False) from None  # too little left for a run; a live worker's is its own
             if claimable and revision is not None and current.model_revision not in (None, revision):
                 raise RevisionPinned(job_id, current.model_revision) from None
             if claimable and loras is not None:

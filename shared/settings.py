@@ -335,7 +335,7 @@ class Settings(BaseSettings):
 
     models: list[str] = Field(
         default_factory=lambda: ["tiny"],
-        description="Model allowlist (a JSON list): the `model` values a request may name",
+        description="Model allowlist (a JSON list): the `model` values a request may name (the default model too)",
     )
     default_model: str = Field(default="tiny", description="The model of a request that names none")
     model_registry: Annotated[ModelRegistry | None, NoDecode] = Field(
@@ -628,6 +628,14 @@ class Settings(BaseSettings):
     @classmethod
     def _read_lora_registry(cls, value: Any) -> Any:
         return None if value is None or value == "" else parse_lora_registry(value)
+
+    @model_validator(mode="after")
+    def _default_model_allowed(self) -> Settings:
+        # A request that names no model runs the default: one that names it is accepted too (and GET /v1/models
+        # lists only models a request may name).
+        if self.default_model not in self.models:
+            self.models = [*self.models, self.default_model]
+        return self
 
     @model_validator(mode="after")
     def _models_registered(self) -> Settings:

@@ -1224,12 +1224,12 @@ def test_every_paging_alarm_has_its_runbook_rows_and_shows_on_the_dashboard(reso
     assert sorted(rows) == sorted([*paging, *paging]), "each paging alarm: one row in each table"
     (widget,) = [w for w in _dashboard(resources)["widgets"] if w["properties"]["title"] == "Alarms"]
     assert set(widget["properties"]["alarms"]) == paging
-    # Without a second fleet its alarm does not exist, and the widget does not name it.
-    (widget,) = [
-        w for w in _dashboard(resources, second_fleet=False)["widgets"] if w["properties"]["title"] == "Alarms"
-    ]
-    assert set(widget["properties"]["alarms"]) == paging - {"SecondFleetOldestJobAgeAlarm"}
-    assert resources["SecondFleetOldestJobAgeAlarm"]["Condition"] == "HasSecondFleet"
+    # Without a second fleet its alarms do not exist, and the widget does not name them.
+    no_second = _dashboard(resources, second_fleet=False)
+    (widget,) = [w for w in no_second["widgets"] if w["properties"]["title"] == "Alarms"]
+    fleets = {name for name in paging if resources[name].get("Condition") == "HasSecondFleet"}
+    assert fleets == {"SecondFleetOldestJobAgeAlarm", "SecondFleetWorkersShortAlarm"}
+    assert set(widget["properties"]["alarms"]) == paging - fleets
 
 
 def test_outputs_name_the_api_and_the_data(cfn: dict[str, Any]) -> None:
@@ -1394,6 +1394,7 @@ def test_a_second_fleet_has_its_own_queue_workers_and_scaling_from_zero(resource
         "SecondFleetScaleFromZero",
         "SecondFleetScaleFromZeroAlarm",
         "SecondFleetOldestJobAgeAlarm",
+        "SecondFleetWorkersShortAlarm",
     }
     assert {r["Condition"] for r in second.values()} == {"HasSecondFleet"}
     assert second["SecondFleetQueue"]["Properties"] == resources["JobsQueue"]["Properties"]
@@ -1413,6 +1414,11 @@ def test_a_second_fleet_has_its_own_queue_workers_and_scaling_from_zero(resource
     age = second["SecondFleetOldestJobAgeAlarm"]["Properties"]
     assert show(age["Dimensions"][0]["Value"]) == "SecondFleetQueue.QueueName"
     assert age["MetricName"] == resources["OldestJobAgeAlarm"]["Properties"]["MetricName"]
+    # Its workers missing page as the default fleet's do, measured on its own service.
+    short = json.dumps(second["SecondFleetWorkersShortAlarm"]["Properties"]["Metrics"])
+    assert short == json.dumps(resources["WorkersShortAlarm"]["Properties"]["Metrics"]).replace(
+        '["WorkerService", "Name"]', '["SecondFleetService", "Name"]'
+    )
     routes = {"Fn::If": ["HasSecondFleet", {"Fn::Sub": '{"${SecondFleet}": "${SecondFleetQueue}"}'}, "{}"]}
     for fn in ("ApiFunction", "RequeueFunction", "DlqFunction", "PostprocessFunction"):
         assert env_of(resources[fn])["SDQ_FLEET_QUEUE_URLS"] == routes, fn

@@ -17,7 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from shared.contracts import Job, JobStatus, utcnow
-from shared.errors import InvalidTransition, JobNotFound
+from shared.errors import InvalidTransition, JobExpired, JobNotFound
 from shared.jobs import JobsRepository
 from shared.settings import WORKFLOW_TIMEOUT_S
 from tests.unit.conftest import JOBS_TABLE
@@ -249,6 +249,38 @@ def test_a_job_a_live_worker_runs_is_left_to_it_however_little_retention_it_has_
     job = repo.get(h.job_id)
     assert (job.status, job.attempt) == (JobStatus.RUNNING, 1)
     assert [m for m, _ in loop.queue.visibility] == [h.received.message_id]  # hidden past the other's lease
+    assert loop.queue.deleted == []
+
+
+class RenewedAfterExpiryRead(JobsRepository):
+    """The table as a claim sees it when the job's own worker, late with its heartbeat, renews its lease right after
+    the claim found the lease lapsed and too little retention left."""
+
+    def claim(self, job_id: str, tenant: str, **kwargs: Any) -> Job:
+        try:
+            return super().claim(job_id, tenant, **kwargs)
+        except JobExpired:
+            assert self.renew_lease(job_id, worker_id="worker-b", lease_until=time.time() + 300)
+            raise
+
+
+def test_a_worker_that_renews_its_lease_keeps_its_job_however_little_retention_it_has_left(
+    jobs_table: DynamoDBClient,
+) -> None:
+    """The claim's margin fails only a job nobody runs: a lapsed lease renewed before the failing write keeps the
+    job with its worker (its retention, if short for a new run, is long enough to finish this one)."""
+    repo = RenewedAfterExpiryRead(jobs_table, TABLE)
+    h = stored(repo, expires_in_s=600)
+    repo.claim(h.job_id, h.tenant, worker_id="worker-b", lease_s=-1, now=time.time())  # its lease lapsed at once
+    loop = Loop(repo)
+    try:
+        assert loop.claims.claim_batch(loop.receive(h)).jobs == []
+    finally:
+        for pool in loop.pools:
+            pool.shutdown()
+    job = repo.get(h.job_id)
+    assert (job.status, job.error) == (JobStatus.RUNNING, None)
+    assert [m for m, _ in loop.queue.visibility] == [h.received.message_id]  # hidden past the renewed lease
     assert loop.queue.deleted == []
 
 

@@ -40,3 +40,16 @@ def test_a_grouped_setting_given_flat_reaches_its_group(monkeypatch: pytest.Monk
     assert settings.bucket == "b"
     with pytest.raises(ValidationError, match="not both"):
         Settings(max_batch_images=2, worker=WorkerSettings())
+
+
+def test_the_default_model_is_one_a_request_may_name_and_the_model_list_says_so() -> None:
+    """An allowlist that leaves out the default model (AllowedModels without ModelId) still accepts it by name, as
+    it runs it for requests that name none: GET /v1/models lists only models a request may name."""
+    from shared.contracts import GenerationRequest
+    from workflows.modelcatalog import model_catalog
+
+    settings = Settings(models=["shapes"], default_model="tiny")
+    assert settings.models == ["shapes", "tiny"]
+    named = GenerationRequest.model_validate({"prompt": "a fox", "model": "tiny"}, context={"settings": settings})
+    assert named.model == "tiny"
+    assert [(m.id, m.default) for m in model_catalog(settings).models] == [("tiny", True), ("shapes", False)]

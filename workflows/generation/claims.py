@@ -213,9 +213,11 @@ class Claims:
             )
             held.claimed_at = time.monotonic()
             return True
-        except JobExpired:
+        except JobExpired as exc:
+            failed = self._fail_unrun(held, EXPIRED_ERROR, expired=True, past=exc.past)
+            if not failed and not exc.past and self._held_elsewhere(held):
+                return False  # too little retention left, but a worker renewed its lease meanwhile: its job
             logger.info("job expired while queued; failing it and deleting its message", job_id=held.job_id)
-            self._fail_unrun(held, EXPIRED_ERROR, expired=True)
             self._held.finish(held)
         except RevisionPinned as exc:
             if exc.lora is not None:
@@ -254,6 +256,18 @@ class Claims:
                 self._held.finish(held)
         return False
 
+    def _held_elsewhere(self, held: Held) -> bool:
+        """Whether another worker runs the job under a live lease: then its message is hidden until that lease
+        runs out (if that worker dies, the message is the only way back), and True."""
+        with contextlib.suppress(JobNotFound):
+            if self._repo.get(held.job_id).status == JobStatus.RUNNING:
+                remaining = self._repo.lease_remaining(held.job_id, self._clock())
+                if remaining > 0:
+                    logger.info("job held by another worker", job_id=held.job_id, lease_remaining_s=remaining)
+                    self._held.let_go([held], int(remaining) + 1)
+                    return True
+        return False
+
     def _notify_failed_here(self, held: Held) -> None:
         """Start the webhook of a job an earlier receive of this message failed before it ran (expired, or pinned
         to a retired revision): that start may have failed (a throttled StartExecution), which let the message go
@@ -266,14 +280,14 @@ class Claims:
             if job.error is not None and job.error.code in FAILED_BEFORE_RUNNING:
                 self._on_failed(job)
 
-    def _fail_unrun(self, held: Held, error: JobError, *, expired: bool = False) -> bool:
+    def _fail_unrun(self, held: Held, error: JobError, *, expired: bool = False, past: bool = True) -> bool:
         """FAILED with ``error`` before it ran, then its webhook; a job already failed so (an earlier try) gets its
-        webhook again. Returns whether the job is failed so. ``expired``: past its retention, failed whoever holds
-        it; otherwise only while no worker holds it (QUEUED, or RUNNING with its lease lapsed)."""
+        webhook again. Returns whether the job is failed so. ``expired`` and ``past``: past its retention, failed
+        whoever holds it; otherwise only while no worker holds it (QUEUED, or RUNNING with its lease lapsed)."""
         job: Job | None = None
         with contextlib.suppress(JobNotFound):
             try:
-                job = self._fail(held, error, expired=expired)
+                job = self._fail(held, error, expired=expired, past=past)
             except InvalidTransition:
                 current = self._repo.get(held.job_id)
                 if current.status == JobStatus.FAILED and current.error and current.error.code == error.code:
@@ -282,13 +296,14 @@ class Claims:
             self._on_failed(job)
         return job is not None
 
-    def _fail(self, held: Held, error: JobError, *, expired: bool) -> Job:
+    def _fail(self, held: Held, error: JobError, *, expired: bool, past: bool = True) -> Job:
         fail = partial(self._repo.transition, held.job_id, JobStatus.FAILED, tenant=held.tenant, error=error)
-        if expired:  # past its retention: nobody may run it, whoever holds it; kept until its webhook is sent
-            retain_until = int(self._clock()) + EXPIRED_NOTICE_RETENTION_S
-            return fail(sources=[JobStatus.QUEUED, JobStatus.RUNNING], retain_until=retain_until)
-        # A pinned job only while no worker runs it: a RUNNING one with a live lease may be generating on a worker
-        # that still has its revision.
+        if expired:  # kept until its webhook is sent
+            fail = partial(fail, retain_until=int(self._clock()) + EXPIRED_NOTICE_RETENTION_S)
+        if expired and past:  # past its retention: nobody may run it, whoever holds it
+            return fail(sources=[JobStatus.QUEUED, JobStatus.RUNNING])
+        # Otherwise only while no worker runs it: a RUNNING one with a live lease may be generating on a worker that
+        # renewed it (its retention is still long enough for that run), or that still has its pinned revision.
         try:
             return fail(sources=[JobStatus.QUEUED])
         except InvalidTransition as exc:

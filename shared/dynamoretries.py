@@ -18,6 +18,7 @@ token in DynamoDB's model): DynamoDB answers a resend of a committed transaction
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -41,4 +42,6 @@ def _pause_after_conflict(response: Any = None, attempts: int = 1, **_: Any) -> 
     if response is None or attempts > len(CONFLICT_PAUSES_S):
         return None
     error = response[1].get("Error", {})
-    return CONFLICT_PAUSES_S[attempts - 1] if error.get("Code") == _REFUSED else None
+    if error.get("Code") != _REFUSED:
+        return None
+    return CONFLICT_PAUSES_S[attempts - 1] * (1 + random.random())  # jittered: two refused writes part ways

@@ -53,9 +53,18 @@ def deps() -> Deps:
 
 
 def record_handler(record: SQSRecord) -> str:
+    """One dead letter, in its job's trace (the message's ``AWSTraceHeader``, which the redrive keeps)."""
     attributes = {name: attr.string_value or "" for name, attr in record.message_attributes.items()}
     d = deps()
-    return handle_dead_letter(d.repo, d.queue, record.body, attributes, max_attempts=d.max_attempts, notify=d.notify)
+    return handle_dead_letter(
+        d.repo,
+        d.queue,
+        record.body,
+        attributes,
+        max_attempts=d.max_attempts,
+        notify=d.notify,
+        trace_header=record.attributes.aws_trace_header,
+    )
 
 
 @logger.inject_lambda_context(log_event=False)

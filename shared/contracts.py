@@ -868,6 +868,8 @@ class Job(BaseModel):
     joined_to: str | None = None  # while QUEUED: the identical running job whose images will answer this one
     usage: Usage | None = None
     preview_key: str | None = None  # the newest progress preview's object key
+    # The X-Ray trace header of its submit (shared/tracing.py): its message, sent again, continues that trace.
+    trace_header: str | None = None
 
 
 class QueueMessage(BaseModel):

@@ -64,6 +64,7 @@ from shared.errors import (
 from shared.queuestate import BY_STATUS_INDEX
 from shared.ratelimit import Charge, ChargeRefused
 from shared.settings import API_TIMEOUT_S
+from shared.tracing import current_header
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -139,6 +140,7 @@ JOB_ATTRIBUTES = frozenset(
         "event_webhook",  # started/progress webhooks: shared/eventrecords.py
         "event_webhook_count",
         "event_webhook_sending_until",
+        "trace_header",  # the submit's X-Ray trace (shared/tracing.py)
     }
 )
 
@@ -234,6 +236,7 @@ def job_to_item(job: Job) -> dict[str, Any]:
         "usage": job.usage.model_dump_json() if job.usage else None,
         "preview_key": job.preview_key,
         "joined_to": job.joined_to,
+        "trace_header": job.trace_header,
     }
     return _to_item(values)
 
@@ -291,6 +294,7 @@ def job_from_item(item: Mapping[str, Any]) -> Job:
             "usage": Usage.model_validate_json(raw["usage"]) if raw.get("usage") else None,
             "preview_key": raw.get("preview_key"),
             "joined_to": raw.get("joined_to"),
+            "trace_header": raw.get("trace_header"),
         }
     )
 
@@ -489,7 +493,9 @@ class JobsRepository:
     ) -> tuple[Job, bool] | None:
         """The job's put, with ``other`` (a conditional write of another item), the Idempotency-Key's record,
         ``charges`` and ``also`` (writes that land with the job) in one transaction when there are any. None when
-        ``other``'s condition failed."""
+        ``other``'s condition failed. A job that names no trace header stores the current one (the submit's)."""
+        if job.trace_header is None and current_header() is not None:
+            job = job.model_copy(update={"trace_header": current_header()})
         item = job_to_item(job)
         if job.status == JobStatus.QUEUED:
             item["unqueued_shard"] = {"S": unqueued_shard(job.job_id)}  # until mark_enqueued

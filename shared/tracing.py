@@ -3,9 +3,12 @@
 The trace header (``Root=...;Parent=...;Sampled=...``) travels with the job: the API's send puts it on the SQS
 message (the ``AWSTraceHeader`` system attribute), the worker reads it back from each received message and
 continues it, and its ``StartExecution`` passes it on (``traceHeader``), which Step Functions hands to the task
-Lambdas. :func:`current_header` is what the adapters attach (shared/queue.py, shared/orchestration.py): the header
-of the work in hand (set by :func:`continued` or by :func:`segment`), else the Lambda invocation's own (the
-runtime sets ``_X_AMZN_TRACE_ID`` per invocation), else none.
+Lambdas. :func:`current_header` is what the adapters attach (shared/queue.py, shared/orchestration.py) and what a
+new job stores (shared/jobs.py): the header of the work in hand (set by :func:`continued` or by :func:`segment`),
+else the Lambda invocation's own (the runtime sets ``_X_AMZN_TRACE_ID`` per invocation), else none. Whatever sends
+a job's message again (the DLQ handler, the requeue sweeper, the result cache's release of a joined job) does so
+:func:`continued` in the job's own trace, the message's or else the one the job stored at its submit; so do the
+DLQ handler, the sweeper and the worker's claims when they start the webhook of a job they fail.
 
 The worker's segments are off unless the caller turns them on (the worker passes its ``xray`` setting,
 ``SDQ_XRAY=true``, set where the ECS task runs the X-Ray daemon beside it); the header still travels without them,

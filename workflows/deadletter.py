@@ -20,6 +20,7 @@ from shared.contracts import Job, JobError, JobErrorCode, JobStatus, QueueMessag
 from shared.errors import InvalidTransition, JobNotFound, RetryableError
 from shared.jobs import Claim, JobsRepository
 from shared.queue import JobQueue, parse_body
+from shared.tracing import continued
 
 logger = Logger(service="sdq-dlq", child=True)
 
@@ -47,6 +48,7 @@ def handle_dead_letter(
     max_attempts: int,
     notify: Callable[[Job], object] | None = None,
     clock: Callable[[], float] = time.time,
+    trace_header: str | None = None,
 ) -> str:
     """Requeue or fail the message's job; returns ``requeued``, ``failed``, ``already_final``, ``handed_off``
     (its execution finishes it), ``moved_on`` (claimed again or handed off since it was read) or ``unknown``.
@@ -56,6 +58,9 @@ def handle_dead_letter(
     dead-letter queue's visibility timeout, when that worker has handed the job off or its lease has lapsed.
     ``notify`` starts a failed job's webhook; it may raise (the record is then retried, and the retry, finding
     the job already dead-lettered, starts the notice again: it must be idempotent).
+
+    Both the message sent again and the webhook's execution continue the job's own trace: ``trace_header`` (the
+    dead letter's ``AWSTraceHeader``), else the one the job stored at its submit.
     """
     message = parse_body(body)
     ref = job_ref(body, attributes)
@@ -71,19 +76,20 @@ def handle_dead_letter(
     if job.tenant != tenant:
         logger.warning("dead-lettered message names another tenant's job; dropped", job_id=job_id)
         return "unknown"
-    if job.status.terminal:
-        _notify_if_dead_lettered(job, notify)
-        return "already_final"
-    if job.status == JobStatus.POSTPROCESSING:
-        logger.info("dead-lettered job already handed off; its execution finishes it", job_id=job_id)
-        return "handed_off"
-    if job.status == JobStatus.RUNNING and repo.lease_remaining(job_id, clock()) > 0:
-        raise RetryableError(f"job {job_id} is running under a live lease; its dead letter is tried again later")
-    if message is not None and job.attempt < max_attempts:
-        queue.send(message.model_copy(update={"enqueued_at": utcnow()}))
-        logger.warning("dead-lettered job requeued", job_id=job.job_id, attempt=job.attempt)
-        return "requeued"
-    return _fail(repo, job, notify, now=clock())
+    with continued(trace_header or job.trace_header):
+        if job.status.terminal:
+            _notify_if_dead_lettered(job, notify)
+            return "already_final"
+        if job.status == JobStatus.POSTPROCESSING:
+            logger.info("dead-lettered job already handed off; its execution finishes it", job_id=job_id)
+            return "handed_off"
+        if job.status == JobStatus.RUNNING and repo.lease_remaining(job_id, clock()) > 0:
+            raise RetryableError(f"job {job_id} is running under a live lease; its dead letter is tried again later")
+        if message is not None and job.attempt < max_attempts:
+            queue.send(message.model_copy(update={"enqueued_at": utcnow()}))
+            logger.warning("dead-lettered job requeued", job_id=job.job_id, attempt=job.attempt)
+            return "requeued"
+        return _fail(repo, job, notify, now=clock())
 
 
 def _fail(repo: JobsRepository, job: Job, notify: Callable[[Job], object] | None, *, now: float) -> str:

@@ -4,9 +4,10 @@ A submission writes the job, then sends its message, then marks it sent (``JobsR
 An API call that dies between the write and the send (its Lambda killed, the runtime lost) leaves a QUEUED job
 that no worker will ever see; a replay of its Idempotency-Key would answer with it too. The sweeper runs on a
 schedule, finds jobs still marked unqueued ``requeue_after_s`` after their submission (longer than any API call
-can live) and sends their message. A second message for a job whose first did go out is harmless: the claim is
-a conditional write, so only one of them runs the job, and the other is dropped. Delivery is at least once: a
-sweep that dies after a send and before clearing the mark sends that job again on its next pass.
+can live) and sends their message, in the job's own trace (the one it stored at its submit: shared/tracing.py).
+A second message for a job whose first did go out is harmless: the claim is a conditional write, so only one of
+them runs the job, and the other is dropped. Delivery is at least once: a sweep that dies after a send and before
+clearing the mark sends that job again on its next pass.
 
 The same pass fails abandoned jobs: RUNNING, with a lease that lapsed more than ``abandoned_after_s`` ago. When a
 worker dies its job's message becomes visible as its lease lapses, and the next receiver claims the job at once;
@@ -30,6 +31,7 @@ from shared.errors import InvalidTransition, JobNotFound
 from shared.jobs import UNQUEUED_SHARDS, Claim, JobsRepository
 from shared.queue import JobQueue
 from shared.ratelimit import DailyGpuBudget
+from shared.tracing import continued
 from workflows.resultcache import collect_owed_work
 
 logger = Logger(service="sdq-requeue", child=True)
@@ -163,7 +165,8 @@ class RequeueSweeper:
         logger.error("abandoned job failed: its lease lapsed long ago and nothing ran it", job_id=job_id)
         if self._notify is not None:
             try:
-                self._notify(failed)
+                with continued(failed.trace_header):  # its webhook's execution joins the job's trace
+                    self._notify(failed)
             except (ClientError, BotoCoreError) as exc:
                 report.failed += 1
                 logger.error("abandoned job's webhook not started", job_id=job_id, error=type(exc).__name__)
@@ -178,9 +181,10 @@ class RequeueSweeper:
             # A joined job its source never settled runs itself now (or one released by a settle that died before
             # counting it): the work it was given back when it joined is counted, once.
             collect_owed_work(self._budget, job)
-            self._queue.send(
-                QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
-            )
+            with continued(job.trace_header):  # the submit's trace, not this sweep's
+                self._queue.send(
+                    QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
+                )
             logger.warning("job requeued: its submission stored it but did not send it", job_id=job.job_id)
             report.requeued += 1
         else:

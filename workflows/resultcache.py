@@ -48,6 +48,7 @@ from shared.pricing import gpu_price
 from shared.queue import JobQueue
 from shared.ratelimit import DailyGpuBudget
 from shared.settings import Settings
+from shared.tracing import continued
 from workflows.webhooks import start_notice
 
 logger = Logger(service="sdq", child=True)
@@ -276,11 +277,12 @@ class ResultCache:
         report.released += 1
         collect_owed_work(self._budget, released)
         try:
-            self._queue.send(
-                QueueMessage(
-                    job_id=released.job_id, tenant=released.tenant, request=released.request, enqueued_at=utcnow()
+            with continued(released.trace_header):  # its own submit's trace, not the source job's
+                self._queue.send(
+                    QueueMessage(
+                        job_id=released.job_id, tenant=released.tenant, request=released.request, enqueued_at=utcnow()
+                    )
                 )
-            )
             self._repo.mark_enqueued(released.job_id)
         except (ClientError, BotoCoreError) as exc:
             # Still marked unqueued: the requeue sweeper sends it.

@@ -1,6 +1,6 @@
-"""One X-Ray trace per job, observed on the local stack: the submit's trace id on the SQS message
-(``AWSTraceHeader``), read back by the worker's own queue adapter, and on the ``StartExecution`` its hand-off
-sends (``traceHeader``), whose execution then runs to the end.
+"""One X-Ray trace per job, observed on the local stack: the submit's trace id stored on the job and on the SQS
+message (``AWSTraceHeader``), read back by the worker's own queue adapter, and on the ``StartExecution`` its
+hand-off sends (``traceHeader``), whose execution then runs to the end.
 
 The local stack runs with POWERTOOLS_TRACE_DISABLED and no X-Ray daemon, so no segment is sent; the last hop (the
 execution passing the trace to Postprocess and Notify) is checked in test_tracing_lambdas.py.
@@ -74,6 +74,8 @@ def test_the_submits_trace_rides_the_message_the_worker_and_the_execution_it_sta
     # The worker's real hand-off, with the worker's adapters on the local stack's clients; only the job's claim
     # and its image come from the test instead of a generation.
     repo = JobsRepository(service.boto("dynamodb"), service.table)
+    # The job keeps it too: what sends its message again (the DLQ handler, the requeue sweeper) continues it.
+    assert trace_id(repo.get(job_id).trace_header) == root
     job = repo.claim(job_id, tenant, worker_id="trace-worker", lease_s=120, now=time.time())
     assert received.message is not None
     held = Held(received=received, message=received.message, arrived=time.monotonic(), job=job)

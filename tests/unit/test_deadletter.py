@@ -15,8 +15,9 @@ from localcloud.api import LocalLambdaContext
 from shared.contracts import Job, JobStatus, QueueMessage, utcnow
 from shared.errors import RetryableError
 from shared.jobs import JobsRepository
-from shared.queue import JobQueue
+from shared.queue import JobQueue, WorkerQueue
 from shared.settings import get_settings
+from shared.tracing import continued
 from tests.unit.conftest import JOBS_TABLE, make_job
 from workflows.deadletter import handle_dead_letter
 
@@ -164,3 +165,48 @@ def test_a_job_whose_worker_renewed_its_lease_after_it_was_read_is_not_failed(
     assert (current.status, current.attempt) == (JobStatus.RUNNING, MAX_ATTEMPTS)
     assert setup.repo.lease_remaining(job.job_id, time.time()) > 0
     assert setup.notified == []
+
+
+def test_the_dlq_function_sends_a_job_again_in_the_jobs_own_trace(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the function's handler, in an invocation of its own trace: a job requeued from its dead letter
+    goes back in the trace the dead letter carried (its ``AWSTraceHeader``), else the one its submit stored,
+    as the worker will read it."""
+    carried = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+    stored = "Root=1-5759e988-00000000000000000000000c;Parent=0000000000000002;Sampled=1"
+    monkeypatch.setenv("_X_AMZN_TRACE_ID", "Root=1-5759e988-00000000000000000000000d;Parent=0000000000000003;Sampled=1")
+    monkeypatch.setenv("SDQ_TABLE_NAME", JOBS_TABLE)
+    monkeypatch.setenv("SDQ_QUEUE_URL", setup.queue.url)
+    monkeypatch.setenv("SDQ_REGION", "us-east-1")
+    get_settings.cache_clear()
+    dlq.deps.cache_clear()
+    first, _ = setup.repo.create(make_job())
+    with continued(stored):  # its submit's write
+        second, _ = setup.repo.create(make_job())
+    records = []
+    for job, attributes in ((first, {"AWSTraceHeader": carried}), (second, {})):
+        message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
+        records.append(
+            {
+                "messageId": f"m-{job.job_id}",
+                "receiptHandle": "r",
+                "body": message.model_dump_json(),
+                "attributes": {"ApproximateReceiveCount": "5", **attributes},
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:jobs-dlq",
+                "awsRegion": "us-east-1",
+            }
+        )
+    try:
+        assert dlq.lambda_handler({"Records": records}, LocalLambdaContext()) == {"batchItemFailures": []}
+    finally:
+        dlq.deps.cache_clear()
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    got = WorkerQueue(sqs, setup.queue.url).receive(max_messages=10, wait_s=0, visibility_s=60)
+    assert {r.message.job_id: r.trace_header for r in got if r.message} == {
+        first.job_id: carried,
+        second.job_id: stored,
+    }

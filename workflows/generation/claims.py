@@ -23,7 +23,7 @@ from shared.jobs import JobsRepository, RevisionPinned
 from shared.loraregistry import LoraRegistry
 from shared.modelregistry import ModelRegistry
 from shared.settings import WORKFLOW_TIMEOUT_S
-from shared.tracing import segment
+from shared.tracing import continued, segment
 from workflows.generation.heldmessages import AwsError, Held, HeldMessages
 
 logger = Logger(service="sdq-worker")
@@ -189,9 +189,11 @@ class Claims:
             self._held.let_go([held], 0)
 
     def claim(self, held: Held) -> bool:
-        """Claim one job; never raises (runs on the table pool, where an error would cost the whole batch)."""
+        """Claim one job; never raises (runs on the table pool, where an error would cost the whole batch). In the
+        job's trace: the webhook of a job failed here before it ran joins it."""
         try:
-            return self._claim_or_settle(held)
+            with continued(held.received.trace_header):
+                return self._claim_or_settle(held)
         except Exception as exc:  # an AWS error while settling a lost claim, or anything unexpected
             logger.warning("claim failed; releasing", job_id=held.job_id, error=f"{type(exc).__name__}: {exc}")
             self._held.let_go([held], 5)

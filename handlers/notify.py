@@ -16,6 +16,7 @@ from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.observability import job_keys
 from shared.settings import get_settings
+from shared.tracing import annotate_job
 from shared.webhooksecrets import webhook_secrets
 from workflows.webhooks import WAITING, Notifier
 
@@ -53,7 +54,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     ``$$.Execution.StartTime``; ``made``: attempts this delivery made before, ``waits``: the times it found its
     tenant's delivery slots taken since its last attempt; 0 when absent). Raises WebhookRetryable for the state
     machine's Retry. A result with ``retry_at`` (and ``made``, ``waits``) has the state machine wait until then
-    and call again with those; a wait for a slot is not an attempt."""
+    and call again with those; a wait for a slot is not an attempt. Its X-Ray subsegment names the job."""
+    annotate_job(event.get("job_id"), event.get("tenant"))
     made, waits = int(event.get("made", 0)), int(event.get("waits", 0))
     started_at = execution_start(event.get("started_at"))
     with job_keys(logger, job_id=event.get("job_id"), tenant=event.get("tenant")):

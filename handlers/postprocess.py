@@ -21,6 +21,7 @@ from shared.orchestration import Orchestrator
 from shared.queue import JobQueue
 from shared.ratelimit import DailyGpuBudget
 from shared.settings import get_settings
+from shared.tracing import annotate_job
 from workflows.jobmetrics import MeteredJobsRepository, record_marked
 from workflows.postprocess import PostprocessInput, Postprocessor
 from workflows.resultcache import ResultCache
@@ -71,7 +72,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     """Input: the worker's hand-off; output: ``{status, skipped, outputs, outputs_json}`` for MarkSucceeded. A
     SettleJoined payload is settled instead (:func:`settle_joined`), a CountSucceeded/CountFailed one counted, a
     CountWebhookGivenUp one logged (``WEBHOOK_GIVEN_UP``, which WebhookFailuresAlarm counts).
-    Its log lines name the job (and its tenant, where the payload has it)."""
+    Its log lines and its X-Ray subsegment name the job (and its tenant, where the payload has it)."""
+    annotate_job(event.get("job_id"), event.get("tenant"))
     with job_keys(logger, job_id=event.get("job_id"), tenant=event.get("tenant")):
         if event.get("settle_joined"):
             return settle_joined(event)

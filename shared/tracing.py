@@ -1,4 +1,4 @@
-"""One X-Ray trace per job, from the submit to the state machine's Lambdas, and the worker's own segments.
+"""One X-Ray trace per job, from the submit to the state machine's Lambdas, the worker's time on it included.
 
 The trace header (``Root=...;Parent=...;Sampled=...``) travels with the job: the API's send puts it on the SQS
 message (the ``AWSTraceHeader`` system attribute), the worker reads it back from each received message and
@@ -9,6 +9,12 @@ else the Lambda invocation's own (the runtime sets ``_X_AMZN_TRACE_ID`` per invo
 a job's message again (the DLQ handler, the requeue sweeper, the result cache's release of a joined job) does so
 :func:`continued` in the job's own trace, the message's or else the one the job stored at its submit; so do the
 DLQ handler, the sweeper and the worker's claims when they start the webhook of a job they fail.
+
+The worker's segment of a job (``sdq-worker``, one per job it hands off) continues the job's trace and starts when
+the worker received its message; its stages before the hand-off are subsegments recorded after the fact
+(:func:`recorded`), since they ran on other threads, batched with other jobs. The segments that belong to one job
+carry its id and tenant as annotations (:func:`job_annotations`): the worker's, and the Postprocess and Notify
+handlers' (:func:`annotate_job`), so ``annotation.job_id = "<id>"`` finds the job's trace.
 
 The worker's segments are off unless the caller turns them on (the worker passes its ``xray`` setting,
 ``SDQ_XRAY=true``, set where the ECS task runs the X-Ray daemon beside it); the header still travels without them,
@@ -67,12 +73,43 @@ def continued(header: str | None) -> Iterator[None]:
         _current.reset(token)
 
 
-@contextmanager
-def segment(name: str, *, enabled: bool, trace_header: str | None = None) -> Iterator[str | None]:
-    """A top-level segment (one per batch or hand-off) continuing ``trace_header``'s trace, when tracing is on.
+def job_annotations(job_id: object, tenant: object) -> dict[str, str]:
+    """The annotations that make a segment findable by its job (``annotation.job_id = "<id>"``, and
+    ``annotation.tenant``); a value that is not a non-empty string is left out."""
+    return {key: value for key, value in (("job_id", job_id), ("tenant", tenant)) if isinstance(value, str) and value}
 
-    Yields the header the calls inside carry, and makes it current: the segment's own (its trace, itself as
-    parent) when tracing is on, else ``trace_header`` unchanged.
+
+def annotate_job(job_id: object, tenant: object) -> None:
+    """Annotate the open subsegment with its job (:func:`job_annotations`): in a Lambda handler, the one Powertools'
+    ``capture_lambda_handler`` opens. Nothing when tracing is off (``POWERTOOLS_TRACE_DISABLED``, the local stack)
+    or no subsegment is open: the runtime's own segment of an invocation cannot be annotated."""
+    from aws_xray_sdk import global_sdk_config
+
+    if not global_sdk_config.sdk_enabled():
+        return
+    from aws_xray_sdk.core import xray_recorder
+
+    entity = xray_recorder.current_subsegment()
+    if entity is None:
+        return
+    for key, value in job_annotations(job_id, tenant).items():
+        entity.put_annotation(key, value)
+
+
+@contextmanager
+def segment(
+    name: str,
+    *,
+    enabled: bool,
+    trace_header: str | None = None,
+    started_at: float | None = None,
+    annotations: Mapping[str, str | float] | None = None,
+) -> Iterator[str | None]:
+    """A top-level segment (the worker's, one per job) continuing ``trace_header``'s trace, when tracing is on.
+
+    ``started_at`` (epoch seconds): when its work began, if before now; ``annotations``: put on the segment. Yields
+    the header the calls inside carry, and makes it current: the segment's own (its trace, itself as parent) when
+    tracing is on, else ``trace_header`` unchanged.
     """
     if not enabled:
         with continued(trace_header):
@@ -88,6 +125,10 @@ def segment(name: str, *, enabled: bool, trace_header: str | None = None) -> Ite
         parent_id=parent.parent if parent else None,
         sampling=parent.sampled if parent and parent.sampled is not None else None,
     ) as entity:
+        if started_at is not None:
+            entity.start_time = started_at
+        for key, value in (annotations or {}).items():
+            entity.put_annotation(key, value)
         header = TraceHeader(root=entity.trace_id, parent=entity.id, sampled=int(entity.sampled)).to_header_str()
         with continued(header):
             yield header
@@ -95,7 +136,7 @@ def segment(name: str, *, enabled: bool, trace_header: str | None = None) -> Ite
 
 @contextmanager
 def subsegment(name: str, *, enabled: bool) -> Iterator[None]:
-    """A subsegment of the current segment (generate, upload, ...), when tracing is on."""
+    """A subsegment of the current segment (upload, ...), when tracing is on."""
     if not enabled:
         yield
         return
@@ -103,3 +144,21 @@ def subsegment(name: str, *, enabled: bool) -> Iterator[None]:
 
     with xray_recorder.in_subsegment(name):
         yield
+
+
+def recorded(
+    name: str, start: float, end: float, *, enabled: bool, annotations: Mapping[str, str | float] | None = None
+) -> None:
+    """A subsegment of the current segment for work already done, from ``start`` to ``end`` (epoch seconds), when
+    tracing is on; ``annotations``: put on it."""
+    if not enabled:
+        return
+    from aws_xray_sdk.core import xray_recorder
+
+    entity = xray_recorder.begin_subsegment(name)
+    if entity is None:  # no segment open: the SDK logged it
+        return
+    entity.start_time = start
+    for key, value in (annotations or {}).items():
+        entity.put_annotation(key, value)
+    xray_recorder.end_subsegment(end_time=end)

@@ -1,4 +1,4 @@
-"""With SDQ_XRAY on, the worker's hand-off segment continues the job's trace (the message's AWSTraceHeader) and
+"""With SDQ_XRAY on, the worker's segment of a job continues the job's trace (the message's AWSTraceHeader) and
 hands its own id on as the parent of what it calls (StartExecution's traceHeader). Sent to a UDP socket standing
 in for the X-Ray daemon, as the ECS task's sidecar would receive it."""
 
@@ -43,12 +43,12 @@ def daemon() -> Iterator[socket.socket]:
     sock.close()
 
 
-def test_the_hand_off_segment_continues_the_message_trace(daemon: socket.socket) -> None:
-    with segment("sdq-worker-handoff", enabled=True, trace_header=f"Root={ROOT};Parent={PARENT};Sampled=1") as out:
+def test_the_worker_segment_continues_the_message_trace(daemon: socket.socket) -> None:
+    with segment("sdq-worker", enabled=True, trace_header=f"Root={ROOT};Parent={PARENT};Sampled=1") as out:
         assert out is not None
         assert current_header() == out
     sent = json.loads(daemon.recv(65536).decode().split("\n", 1)[1])
-    assert (sent["name"], sent["trace_id"], sent["parent_id"]) == ("sdq-worker-handoff", ROOT, PARENT)
+    assert (sent["name"], sent["trace_id"], sent["parent_id"]) == ("sdq-worker", ROOT, PARENT)
     passed_on = TraceHeader.from_header_str(out)
     assert (passed_on.root, passed_on.parent) == (ROOT, sent["id"])
     assert current_header() is None
@@ -56,7 +56,7 @@ def test_the_hand_off_segment_continues_the_message_trace(daemon: socket.socket)
 
 def test_without_tracing_the_message_trace_is_passed_on_unchanged(daemon: socket.socket) -> None:
     header = f"Root={ROOT};Parent={PARENT};Sampled=1"
-    with segment("sdq-worker-handoff", enabled=False, trace_header=header) as out:
+    with segment("sdq-worker", enabled=False, trace_header=header) as out:
         assert out == header == current_header()
     assert current_header() is None
     with pytest.raises(TimeoutError):

@@ -23,7 +23,6 @@ from shared.contracts import JobErrorCode
 from shared.errors import PermanentError
 from shared.media import MediaStore
 from shared.settings import get_settings
-from shared.tracing import segment, subsegment
 from workflows.generation.batchreport import BatchReport, GpuUse
 from workflows.generation.claims import ClaimedBatch
 from workflows.generation.heldmessages import Held
@@ -113,7 +112,6 @@ class BatchRunner:
         handoff: BatchHandOff,
         hard_stop: threading.Event,
         *,
-        xray: bool = False,
         inputs: InputReader | None = None,
         max_failures_in_a_row: int | None = None,
         max_attempts: int | None = None,
@@ -131,7 +129,6 @@ class BatchRunner:
         self._progress = progress
         self._handoff = handoff
         self._hard_stop = hard_stop
-        self._xray = xray
         self.gpu_seconds = 0.0  # inside pipeline calls, failed ones included
         if max_failures_in_a_row is None:
             max_failures_in_a_row = settings.worker.max_consecutive_failures
@@ -151,10 +148,10 @@ class BatchRunner:
         report.claim_s = claimed.seconds
         started = time.monotonic()
         report.started_at = time.time()
-        with segment("sdq-worker-batch", enabled=self._xray):
-            inputs = self._read_inputs(jobs, report)
-            with subsegment("generate", enabled=self._xray):
-                self._generate([h for h in jobs if h.request.mode == "text" or h.job_id in inputs], report, inputs)
+        for h in jobs:
+            h.generating_at = started
+        inputs = self._read_inputs(jobs, report)
+        self._generate([h for h in jobs if h.request.mode == "text" or h.job_id in inputs], report, inputs)
         report.seconds = time.monotonic() - started
         report.ended_at = report.started_at + report.seconds
         return report
@@ -172,8 +169,7 @@ class BatchRunner:
                     h, JobErrorCode.MODE_NOT_SERVED, f"This worker cannot read {h.request.mode} jobs' inputs."
                 )
             return {}
-        with subsegment("inputs", enabled=self._xray):
-            read = self._inputs.read_all([(h.tenant, h.job_id, h.request) for h in wanting])
+        read = self._inputs.read_all([(h.tenant, h.job_id, h.request) for h in wanting])
         found: dict[str, JobInputs] = {}
         for h, got in zip(wanting, read, strict=True):
             if isinstance(got, InputUnavailable):
@@ -316,10 +312,13 @@ class BatchRunner:
             self.faulty = True
 
     def _spent(self, jobs: list[Held], seconds: float, report: BatchReport) -> None:
-        """``seconds`` of one pipeline call over ``jobs``, shared by their images (the steps are the batch's)."""
+        """``seconds`` of one pipeline call over ``jobs``, just ended, shared by their images (the steps are the
+        batch's)."""
         self.gpu_seconds += seconds
         images = sum(h.request.num_images for h in jobs) or 1
+        ended = time.monotonic()
         for h in jobs:
+            h.generated_at = ended
             report.gpu_s_by_job[h.job_id] = (
                 report.gpu_s_by_job.get(h.job_id, 0.0) + seconds * h.request.num_images / images
             )

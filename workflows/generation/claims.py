@@ -23,7 +23,7 @@ from shared.jobs import JobsRepository, RevisionPinned
 from shared.loraregistry import LoraRegistry
 from shared.modelregistry import ModelRegistry
 from shared.settings import WORKFLOW_TIMEOUT_S
-from shared.tracing import continued, segment
+from shared.tracing import continued
 from workflows.generation.heldmessages import AwsError, Held, HeldMessages
 
 logger = Logger(service="sdq-worker")
@@ -83,7 +83,6 @@ class Claims:
         worker_id: str,
         lease_s: int,
         clock: Callable[[], float],
-        xray: bool = False,
         on_failed: Callable[[Job], object] | None = None,
         models: frozenset[str] | None = None,
         revisions: Mapping[str, str | None] | None = None,
@@ -113,7 +112,6 @@ class Claims:
         self._lease_s = lease_s
         self._min_life_s = lease_s + RUN_RETENTION_S
         self._clock = clock
-        self._xray = xray
         # The next batch's claim, running while the current batch generates; a warm stop hands it back at once.
         self._ahead_lock = threading.Lock()
         self._ahead: Future[ClaimedBatch] | None = None
@@ -153,8 +151,10 @@ class Claims:
         """Claim every job of a batch at once (conditional writes in parallel); keep the ones won."""
         started = time.monotonic()
         batch = self._leave_unserved(batch)
-        with segment("sdq-worker-claim", enabled=self._xray):
-            won = list(self._table_pool.map(self.claim, batch))
+        claiming = time.monotonic()
+        for h in batch:
+            h.claiming_at = claiming
+        won = list(self._table_pool.map(self.claim, batch))
         return ClaimedBatch([h for h, ok in zip(batch, won, strict=True) if ok], time.monotonic() - started)
 
     def _leave_unserved(self, batch: list[Held]) -> list[Held]:

@@ -5,8 +5,9 @@ job no longer this worker's let go."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, wait
+from contextlib import contextmanager
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -19,7 +20,7 @@ from shared.media import MediaStore
 from shared.orchestration import Orchestrator
 from shared.pricing import GpuPrice, gpu_price
 from shared.settings import get_settings
-from shared.tracing import segment, subsegment
+from shared.tracing import job_annotations, recorded, segment, subsegment
 from workflows.generation.batchreport import GpuUse
 from workflows.generation.encoding import PngEncoder
 from workflows.generation.heldmessages import AwsError, Held, HeldMessages
@@ -30,6 +31,8 @@ logger = Logger(service="sdq-worker")
 # start a no-op), 1 + 2 + 4 + 8 s apart, while the heartbeat keeps the lease; only then does the job run again.
 START_ATTEMPTS = 5
 START_BACKOFF_S = 1.0
+# The worker's X-Ray segment of each job it hands off (shared/tracing.py).
+WORKER_SEGMENT = "sdq-worker"
 
 
 class HandOff:
@@ -159,7 +162,7 @@ class HandOff:
         keys = []
         try:
             # The job's trace, continued from its message: the execution started below joins it.
-            with segment("sdq-worker-handoff", enabled=self._xray, trace_header=held.received.trace_header):
+            with self._job_segment(held, use):
                 with subsegment("upload", enabled=self._xray):
                     for i, image in enumerate(images):
                         key = f"{self._staging}{held.job_id}/{attempt}/{i}.png"
@@ -189,6 +192,26 @@ class HandOff:
             # over, perhaps handing it back): the execution just started settles nothing, so the message is kept
             # or shown again as a drop would.
             self.drop(held)
+
+    @contextmanager
+    def _job_segment(self, held: Held, use: GpuUse | None = None) -> Iterator[None]:
+        """The worker's segment of the job (when tracing is on), in the job's trace (its message's), from the
+        message's arrival to the end of its hand-off: annotated with the job (``job_id``, ``tenant``), its stages
+        here recorded as subsegments, ``generate`` annotated with ``use`` (its GPU share). The calls inside carry
+        it."""
+        wall = time.time() - time.monotonic()  # a monotonic time plus this is its epoch time
+        with segment(
+            WORKER_SEGMENT,
+            enabled=self._xray,
+            trace_header=held.received.trace_header,
+            started_at=held.arrived + wall,
+            annotations=job_annotations(held.job_id, held.tenant),
+        ):
+            gpu = {"gpu_s": use.gpu_s, "batch_jobs": use.batch_jobs, "batch_images": use.batch_images} if use else None
+            for name, start, end in held.stages():
+                annotations = gpu if name == "generate" else None
+                recorded(name, start + wall, end + wall, enabled=self._xray, annotations=annotations)
+            yield
 
     def _start(self, held: Held, workflow_input: WorkflowInput) -> None:
         """Start the job's execution, retrying AWS errors ``START_ATTEMPTS`` times with a doubling backoff; raises
@@ -244,7 +267,7 @@ class HandOff:
         """Hand a job that failed in generation to the state machine, which records the failure."""
         assert held.job is not None
         try:
-            with segment("sdq-worker-handoff", enabled=self._xray, trace_header=held.received.trace_header):
+            with self._job_segment(held):
                 self._start(
                     held,
                     WorkflowInput.worker_failed(

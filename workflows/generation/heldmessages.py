@@ -33,11 +33,15 @@ class Held:
 
     received: Received
     message: QueueMessage
-    arrived: float
+    arrived: float  # monotonic time the worker received the message
     job: Job | None = None
     dropped: bool = False
     let_go_visibility: int | None = None  # set once the worker lets the message go: the visibility it set
-    claimed_at: float | None = None  # monotonic time of this worker's claim
+    # Monotonic times of the job's stages here (its worker segment records them: workflows/generation/handoff.py):
+    claiming_at: float | None = None  # its batch's claims began
+    claimed_at: float | None = None  # this worker's claim was won
+    generating_at: float | None = None  # its batch's run began (its inputs read, then its pipeline calls)
+    generated_at: float | None = None  # the last pipeline call it was in ended
 
     @property
     def job_id(self) -> str:
@@ -50,6 +54,17 @@ class Held:
     @property
     def request(self) -> GenerationRequest:
         return self.message.request
+
+    def stages(self) -> list[tuple[str, float, float]]:
+        """The job's stages here that have ended, as (name, start, end) in monotonic time: ``batching`` (waiting for
+        its batch to form), ``claim``, ``gpu-wait`` (claimed ahead, while the batch before it ran), ``generate``."""
+        stages = [
+            ("batching", self.arrived, self.claiming_at),
+            ("claim", self.claiming_at, self.claimed_at),
+            ("gpu-wait", self.claimed_at, self.generating_at),
+            ("generate", self.generating_at, self.generated_at),
+        ]
+        return [(name, start, end) for name, start, end in stages if start is not None and end is not None]
 
     def renewable(self) -> bool:
         """Whether the heartbeat renews this job's lease: claimed here, not dropped or let go, not held too long."""

@@ -80,7 +80,7 @@ class WorkerConfig:
     heartbeat_s: float
     grace_s: float
     progress_interval_s: float
-    xray: bool  # X-Ray segments around claim, generate and upload (the daemon runs beside the worker)
+    xray: bool  # X-Ray: each handed-off job's worker segment, in its trace (the daemon runs beside the worker)
     stall_s: float | None = None  # the watchdog's bound on a pipeline call without a step (None: none)
     health_file: str | None = None  # touched by the watchdog while healthy, for the container health check
     finisher_threads: int = 4
@@ -181,7 +181,6 @@ class Worker:
             worker_id=config.worker_id,
             lease_s=config.visibility_s,
             clock=clock,
-            xray=config.xray,
             models=served_models(generator),  # a job for another model is left for a worker that serves it
             revisions=loaded_revisions(generator),  # and one pinned to another revision, or failed if it is retired
             loras=loaded_loras(generator),  # the same for the revisions of its LoRAs
@@ -220,7 +219,6 @@ class Worker:
             progress,
             self._handoff,
             self._hard_stop,
-            xray=config.xray,
             max_failures_in_a_row=config.max_consecutive_failures,
         )
         self._throughput = Throughput(

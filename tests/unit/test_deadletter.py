@@ -4,7 +4,7 @@ when no worker holds it, at the attempt it was read at; a job a worker holds or 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
@@ -58,6 +58,22 @@ class Setup:
         )
 
 
+def dlq_record(job: Job, message_id: str, *, receive_count: int = 1, **attributes: str) -> dict[str, Any]:
+    """The SQS event record of ``job``'s dead letter, as the DLQ function receives it."""
+    message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
+    return {
+        "messageId": message_id,
+        "receiptHandle": f"r-{message_id}",
+        "body": message.model_dump_json(),
+        "attributes": {"ApproximateReceiveCount": str(receive_count), **attributes},
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:jobs-dlq",
+        "awsRegion": "us-east-1",
+    }
+
+
 @pytest.fixture
 def setup(jobs_table: DynamoDBClient) -> Setup:
     return Setup(jobs_table)
@@ -93,18 +109,7 @@ def test_the_dlq_function_hands_back_a_live_jobs_dead_letter_without_failing_its
     monkeypatch.setenv("SDQ_REGION", "us-east-1")
     get_settings.cache_clear()  # read again with the function's environment
     dlq.deps.cache_clear()
-    message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
-    record = {
-        "messageId": "m-1",
-        "receiptHandle": "r-1",
-        "body": message.model_dump_json(),
-        "attributes": {"ApproximateReceiveCount": "1"},
-        "messageAttributes": {},
-        "md5OfBody": "",
-        "eventSource": "aws:sqs",
-        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:jobs-dlq",
-        "awsRegion": "us-east-1",
-    }
+    record = dlq_record(job, "m-1")
     try:
         answer = dlq.lambda_handler({"Records": [record]}, LocalLambdaContext())
         assert answer == {"batchItemFailures": [{"itemIdentifier": "m-1"}]}
@@ -186,20 +191,7 @@ def test_the_dlq_function_sends_a_job_again_in_the_jobs_own_trace(
         second, _ = setup.repo.create(make_job())
     records = []
     for job, attributes in ((first, {"AWSTraceHeader": carried}), (second, {})):
-        message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
-        records.append(
-            {
-                "messageId": f"m-{job.job_id}",
-                "receiptHandle": "r",
-                "body": message.model_dump_json(),
-                "attributes": {"ApproximateReceiveCount": "5", **attributes},
-                "messageAttributes": {},
-                "md5OfBody": "",
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:jobs-dlq",
-                "awsRegion": "us-east-1",
-            }
-        )
+        records.append(dlq_record(job, f"m-{job.job_id}", receive_count=5, **attributes))
     try:
         assert dlq.lambda_handler({"Records": records}, LocalLambdaContext()) == {"batchItemFailures": []}
     finally:

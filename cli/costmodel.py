@@ -130,7 +130,7 @@ class Usage:
     # status (6), GpuUtilization and GpuMemoryUsed, AuditWriteFailed
     custom_metrics: float = 17.0
     container_insights_metrics: float = 24.0  # cluster and service metrics (RunningTaskCount, ...)
-    alarm_metrics: float = 28.0  # metrics across the template's alarms (metric-math alarms count each metric)
+    alarm_metrics: float = 30.0  # metrics across the template's alarms (metric-math alarms count each metric)
     dashboards: float = 1.0
     # Spot and the warm pool (template: SpotWorkerWeight, WorkerWarmPoolSize).
     spot_share: float = 0.0  # share of GPU instance-hours on Spot (SpotWorkerWeight / the weights' sum)

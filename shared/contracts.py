@@ -883,6 +883,11 @@ class QueueMessage(BaseModel):
     request: GenerationRequest
     enqueued_at: datetime
 
+    @classmethod
+    def for_job(cls, job: Job) -> QueueMessage:
+        """The message that sends ``job`` to the queue now (its first send, or a send again)."""
+        return cls(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
+
 
 class WorkerError(BaseModel):
     """Why a worker could not generate a job's images (the state machine records it as the job's error)."""

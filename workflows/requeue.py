@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.contracts import Job, JobError, JobErrorCode, JobStatus, QueueMessage, utcnow
+from shared.contracts import Job, JobError, JobErrorCode, JobStatus, QueueMessage
 from shared.errors import InvalidTransition, JobNotFound
 from shared.jobs import UNQUEUED_SHARDS, Claim, JobsRepository
 from shared.queue import JobQueue
@@ -182,9 +182,7 @@ class RequeueSweeper:
             # counting it): the work it was given back when it joined is counted, once.
             collect_owed_work(self._budget, job)
             with continued(job.trace_header):  # the submit's trace, not this sweep's
-                self._queue.send(
-                    QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
-                )
+                self._queue.send(QueueMessage.for_job(job))
             logger.warning("job requeued: its submission stored it but did not send it", job_id=job.job_id)
             report.requeued += 1
         else:

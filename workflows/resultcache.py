@@ -278,11 +278,7 @@ class ResultCache:
         collect_owed_work(self._budget, released)
         try:
             with continued(released.trace_header):  # its own submit's trace, not the source job's
-                self._queue.send(
-                    QueueMessage(
-                        job_id=released.job_id, tenant=released.tenant, request=released.request, enqueued_at=utcnow()
-                    )
-                )
+                self._queue.send(QueueMessage.for_job(released))
             self._repo.mark_enqueued(released.job_id)
         except (ClientError, BotoCoreError) as exc:
             # Still marked unqueued: the requeue sweeper sends it.

@@ -413,7 +413,7 @@ class SubmissionService:
     def _enqueue(self, job: Job, audit: PendingAudit | None = None) -> Job:
         """Send the job's message; returns the job as the caller should see it, or raises EnqueueFailed. Once
         sent, ``audit``'s entry is written with the job's sent mark."""
-        message = QueueMessage(job_id=job.job_id, tenant=job.tenant, request=job.request, enqueued_at=utcnow())
+        message = QueueMessage.for_job(job)
         attempts = max(1, self._settings.enqueue_attempts)
         # Bounded in time as well as in tries: the API answers within its Lambda's timeout, with the job FAILED
         # and a 503, never killed mid-retry with the job left QUEUED and no message for it.

@@ -59,12 +59,18 @@ def share_lock_with_logging() -> None:
                 handler.lock = LINE_LOCK
 
 
+def job_fields(job_id: object, tenant: object) -> dict[str, str]:
+    """What names a job on a log line or an X-Ray segment: ``job_id`` and ``tenant``, each left out when it is not
+    a non-empty string (an event that lacks it)."""
+    return {key: value for key, value in (("job_id", job_id), ("tenant", tenant)) if isinstance(value, str) and value}
+
+
 @contextmanager
 def job_keys(logger: Logger, *, job_id: object = None, tenant: object = None) -> Iterator[None]:
-    """Name the job (``job_id``) and its ``tenant`` on every Powertools log line this thread writes until the
-    block ends; a value that is not a non-empty string is left out. The keys are the thread's own (Powertools'
-    thread-safe keys): the local stack runs Lambda invocations at once, in one process."""
-    keys = {name: value for name, value in (("job_id", job_id), ("tenant", tenant)) if isinstance(value, str) and value}
+    """Name the job (:func:`job_fields`) on every Powertools log line this thread writes until the block ends. The
+    keys are the thread's own (Powertools' thread-safe keys): the local stack runs Lambda invocations at once, in
+    one process."""
+    keys = job_fields(job_id, tenant)
     logger.thread_safe_append_keys(**keys)
     try:
         yield

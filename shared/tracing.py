@@ -13,8 +13,9 @@ DLQ handler, the sweeper and the worker's claims when they start the webhook of 
 The worker's segment of a job (``sdq-worker``, one per job it hands off) continues the job's trace and starts when
 the worker received its message; its stages before the hand-off are subsegments recorded after the fact
 (:func:`recorded`), since they ran on other threads, batched with other jobs. The segments that belong to one job
-carry its id and tenant as annotations (:func:`job_annotations`): the worker's, and the Postprocess and Notify
-handlers' (:func:`annotate_job`), so ``annotation.job_id = "<id>"`` finds the job's trace.
+carry its id and tenant as annotations (the fields its log lines carry: shared/observability.py ``job_fields``):
+the worker's, and the Postprocess and Notify handlers' (:func:`annotate_job`), so ``annotation.job_id = "<id>"``
+finds the job's trace.
 
 The worker's segments are off unless the caller turns them on (the worker passes its ``xray`` setting,
 ``SDQ_XRAY=true``, set where the ECS task runs the X-Ray daemon beside it); the header still travels without them,
@@ -28,6 +29,8 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+
+from shared.observability import job_fields
 
 # Set by the Lambda runtime for each invocation; the HTTP header API Gateway passes to the integration.
 LAMBDA_TRACE_ENV = "_X_AMZN_TRACE_ID"
@@ -73,14 +76,8 @@ def continued(header: str | None) -> Iterator[None]:
         _current.reset(token)
 
 
-def job_annotations(job_id: object, tenant: object) -> dict[str, str]:
-    """The annotations that make a segment findable by its job (``annotation.job_id = "<id>"``, and
-    ``annotation.tenant``); a value that is not a non-empty string is left out."""
-    return {key: value for key, value in (("job_id", job_id), ("tenant", tenant)) if isinstance(value, str) and value}
-
-
 def annotate_job(job_id: object, tenant: object) -> None:
-    """Annotate the open subsegment with its job (:func:`job_annotations`): in a Lambda handler, the one Powertools'
+    """Annotate the open subsegment with its job (``job_fields``): in a Lambda handler, the one Powertools'
     ``capture_lambda_handler`` opens. Nothing when tracing is off (``POWERTOOLS_TRACE_DISABLED``, the local stack)
     or no subsegment is open: the runtime's own segment of an invocation cannot be annotated."""
     from aws_xray_sdk import global_sdk_config
@@ -92,7 +89,7 @@ def annotate_job(job_id: object, tenant: object) -> None:
     entity = xray_recorder.current_subsegment()
     if entity is None:
         return
-    for key, value in job_annotations(job_id, tenant).items():
+    for key, value in job_fields(job_id, tenant).items():
         entity.put_annotation(key, value)
 
 

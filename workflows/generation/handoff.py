@@ -17,10 +17,11 @@ from shared.contracts import JobErrorCode, JobStatus, Usage, WorkerError, Workfl
 from shared.errors import InvalidTransition, JobNotFound
 from shared.jobs import Claim, JobsRepository
 from shared.media import MediaStore
+from shared.observability import job_fields
 from shared.orchestration import Orchestrator
 from shared.pricing import GpuPrice, gpu_price
 from shared.settings import get_settings
-from shared.tracing import job_annotations, recorded, segment, subsegment
+from shared.tracing import recorded, segment, subsegment
 from workflows.generation.batchreport import GpuUse
 from workflows.generation.encoding import PngEncoder
 from workflows.generation.heldmessages import AwsError, Held, HeldMessages
@@ -205,7 +206,7 @@ class HandOff:
             enabled=self._xray,
             trace_header=held.received.trace_header,
             started_at=held.arrived + wall,
-            annotations=job_annotations(held.job_id, held.tenant),
+            annotations=job_fields(held.job_id, held.tenant),
         ):
             gpu = {"gpu_s": use.gpu_s, "batch_jobs": use.batch_jobs, "batch_images": use.batch_images} if use else None
             for name, start, end in held.stages():

@@ -465,12 +465,18 @@ class JobsRepository:
         owed: its work would be given back for good."""
         if job.joined_to != source_id:
             raise ValueError("a joining job names its source in joined_to")
-        values: dict[str, Any] = {":f": {"SS": [job.job_id]}, ":alive": {"N": str(alive_until)}, **ROOM_VALUES}
+        join = self._join(job.job_id, source_id, alive_until)
+        return self._create(job, idempotency_fingerprint, join, also=also)
+
+    def _join(self, job_id: str, source_id: str, alive_until: int) -> dict[str, Any]:
+        """The ``TransactWriteItems`` element that adds ``job_id`` to ``source_id``'s ``followers``, only while the
+        source is unfinished (:data:`JOINABLE`), retained past ``alive_until`` and has room (:data:`MAX_FOLLOWERS`)."""
+        values: dict[str, Any] = {":f": {"SS": [job_id]}, ":alive": {"N": str(alive_until)}, **ROOM_VALUES}
         placeholders = []
         for i, status in enumerate(JOINABLE):
             values[f":j{i}"] = {"S": status.value}
             placeholders.append(f":j{i}")
-        join: dict[str, Any] = {
+        return {
             "Update": {
                 "TableName": self._table,
                 "Key": {"pk": {"S": job_pk(source_id)}},
@@ -480,7 +486,6 @@ class JobsRepository:
                 "ExpressionAttributeValues": values,
             }
         }
-        return self._create(job, idempotency_fingerprint, join, also=also)
 
     def _create(
         self,
@@ -1236,11 +1241,6 @@ class JobsRepository:
         that will generate instead: one transaction, only while it is QUEUED and joined to ``source_id`` and the
         new source is unfinished and retained past ``alive_until`` (as :meth:`create_joined`). False, with nothing
         written, otherwise."""
-        values: dict[str, Any] = {":f": {"SS": [job_id]}, ":alive": {"N": str(alive_until)}, **ROOM_VALUES}
-        placeholders = []
-        for i, status in enumerate(JOINABLE):
-            values[f":j{i}"] = {"S": status.value}
-            placeholders.append(f":j{i}")
         items: list[dict[str, Any]] = [
             {
                 "Update": {
@@ -1256,16 +1256,7 @@ class JobsRepository:
                     },
                 }
             },
-            {
-                "Update": {
-                    "TableName": self._table,
-                    "Key": {"pk": {"S": job_pk(to_source_id)}},
-                    "UpdateExpression": "ADD followers :f",
-                    "ConditionExpression": f"#s IN ({', '.join(placeholders)}) AND expires_at > :alive AND {ROOM}",
-                    "ExpressionAttributeNames": {"#s": "status"},
-                    "ExpressionAttributeValues": values,
-                }
-            },
+            self._join(job_id, to_source_id, alive_until),
         ]
         try:
             self._ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]

@@ -246,11 +246,7 @@ class Claims:
             self._held.finish(held)
         except InvalidTransition as exc:
             if exc.current == JobStatus.RUNNING.value:
-                # Another live worker holds it. Do not delete: if that worker dies, this message is the
-                # only way back. Hide it until the other lease runs out, then whoever gets it re-checks.
-                remaining = self._repo.lease_remaining(held.job_id, self._clock())
-                logger.info("job held by another worker", job_id=held.job_id, lease_remaining_s=remaining)
-                self._held.let_go([held], int(remaining) + 1)
+                self._leave_to_holder(held, self._repo.lease_remaining(held.job_id, self._clock()))
             else:
                 if exc.current == JobStatus.FAILED.value:
                     self._notify_failed_here(held)
@@ -259,16 +255,21 @@ class Claims:
         return False
 
     def _held_elsewhere(self, held: Held) -> bool:
-        """Whether another worker runs the job under a live lease: then its message is hidden until that lease
-        runs out (if that worker dies, the message is the only way back), and True."""
+        """Whether another worker runs the job under a live lease: then it is left to that worker
+        (:meth:`_leave_to_holder`), and True."""
         with contextlib.suppress(JobNotFound):
             if self._repo.get(held.job_id).status == JobStatus.RUNNING:
                 remaining = self._repo.lease_remaining(held.job_id, self._clock())
                 if remaining > 0:
-                    logger.info("job held by another worker", job_id=held.job_id, lease_remaining_s=remaining)
-                    self._held.let_go([held], int(remaining) + 1)
+                    self._leave_to_holder(held, remaining)
                     return True
         return False
+
+    def _leave_to_holder(self, held: Held, remaining: float) -> None:
+        """Another live worker holds the job, ``remaining`` seconds more. Its message is not deleted: if that worker
+        dies, it is the only way back. Hidden until the other lease runs out, then whoever gets it re-checks."""
+        logger.info("job held by another worker", job_id=held.job_id, lease_remaining_s=remaining)
+        self._held.let_go([held], int(remaining) + 1)
 
     def _notify_failed_here(self, held: Held) -> None:
         """Start the webhook of a job an earlier receive of this message failed before it ran (expired, or pinned

@@ -69,7 +69,7 @@ from shared.queue import JobQueue
 from shared.queuestate import QueueState
 from shared.ratelimit import DailyGpuBudget, RateLimiter
 from shared.settings import Settings, get_settings
-from shared.tracing import continued, current_header, request_header
+from shared.tracing import annotate_job, continued, current_header, request_header
 from shared.webhooksecrets import WebhookSecrets, webhook_secrets
 from workflows import jobevents
 from workflows.authorization import Authorization
@@ -391,6 +391,7 @@ def submit_job(
     result = services().submissions.submit(
         tenant, request, idempotency_key=idempotency_key, plan=caller.plan, audit=audit
     )
+    annotate_job(result.job.job_id, tenant)  # this request's trace segment is found by the job's id
     if result.created:
         logger.info("job accepted", job_id=result.job.job_id, tenant=tenant, status=result.job.status.value)
         metrics.add_metric(name="JobsSubmitted", unit="Count", value=1)
@@ -431,6 +432,7 @@ def submit_job(
 def get_job(job_id: JobId, prefer: Prefer = None) -> Response[JobView]:
     tenant = _tenant()
     job = services().submissions.get(tenant, job_id)
+    annotate_job(job_id, tenant)
     wait_s = wait_preference(prefer)
     if wait_s is not None:
         job = _hold(job, tenant, wait_s)
@@ -501,6 +503,7 @@ def cancel_job(job_id: JobId) -> Response[JobView]:
             services().orchestrator, cancelled, "cancelled", log=logger, once=True
         ),
     )
+    annotate_job(job_id, tenant)
     # A preview recorded before the cancel is deleted here; one stored after it is deleted by the worker, whose
     # record of it the cancel refuses.
     if job.preview_key:
@@ -521,6 +524,7 @@ def cancel_job(job_id: JobId) -> Response[JobView]:
 def redeliver_webhook(job_id: JobId) -> Response[JobView]:
     tenant = _tenant()
     job = services().submissions.get(tenant, job_id)
+    annotate_job(job_id, tenant)
     if not job.status.terminal:
         raise Conflict("The job has not finished; its webhook is sent when it does.", details={"status": job.status})
     if not job.request.callback_url:

@@ -7,14 +7,15 @@ Lambdas. :func:`current_header` is what the adapters attach (shared/queue.py, sh
 new job stores (shared/jobs.py): the header of the work in hand (set by :func:`continued` or by :func:`segment`),
 else the Lambda invocation's own (the runtime sets ``_X_AMZN_TRACE_ID`` per invocation), else none. Whatever sends
 a job's message again (the DLQ handler, the requeue sweeper, the result cache's release of a joined job) does so
-:func:`continued` in the job's own trace, the message's or else the one the job stored at its submit; so do the
-DLQ handler, the sweeper and the worker's claims when they start the webhook of a job they fail.
+:func:`continued` in the job's own trace, the message's or else the one the job stored at its submit; a webhook
+execution started outside the job's own (a cancel's, a redelivery's, a failed job's) continues the job's stored trace
+(``workflows.webhooks.start_notice``).
 
 The worker's segment of a job (``sdq-worker``, one per job it hands off) continues the job's trace and starts when
 the worker received its message; its stages before the hand-off are subsegments recorded after the fact
 (:func:`recorded`), since they ran on other threads, batched with other jobs. The segments that belong to one job
 carry its id and tenant as annotations (the fields its log lines carry: shared/observability.py ``job_fields``):
-the worker's, and the Postprocess and Notify handlers' (:func:`annotate_job`), so ``annotation.job_id = "<id>"``
+the worker's, and the API, Postprocess and Notify handlers' (:func:`annotate_job`), so ``annotation.job_id = "<id>"``
 finds the job's trace.
 
 The worker's segments are off unless the caller turns them on (the worker passes its ``xray`` setting,

@@ -45,6 +45,7 @@ from shared.errors import TooManyRequests, WebhookDeliveryInProgress
 from shared.eventrecords import EventRecords
 from shared.netguard import DNS_TIMEOUT_S, HostUnresolved, UnsafeUrl, check_callback_url, resolve_public
 from shared.settings import MAX_WEBHOOK_DELIVERY_S, Settings
+from shared.tracing import continued
 from shared.webhooksecrets import WebhookSecrets
 from workflows.jobevents import SUBSCRIPTION, event_body
 from workflows.jobview import job_view
@@ -432,10 +433,11 @@ def start_notice(orchestrator: Orchestrator, job: Job, reason: str, *, once: boo
         return None
     from ulid import ULID
 
-    return orchestrator.start(
-        f"{job.job_id}-{reason}" if once else f"{job.job_id}-{reason}-{ULID()}",
-        WorkflowInput.notice(job, reason=reason),
-    )
+    with continued(job.trace_header):  # the job's own trace, not the one of the request or event that caused it
+        return orchestrator.start(
+            f"{job.job_id}-{reason}" if once else f"{job.job_id}-{reason}-{ULID()}",
+            WorkflowInput.notice(job, reason=reason),
+        )
 
 
 # The window both redelivery limits count in (Settings.webhook_redeliveries_per_job, ..._per_tenant).

@@ -16,11 +16,12 @@ from shared.jobs import JobsRepository
 from shared.queue import JobQueue, WorkerQueue
 from shared.ratelimit import DailyGpuBudget
 from shared.settings import Settings
-from shared.tracing import continued
+from shared.tracing import continued, current_header
 from tests.unit.conftest import JOBS_TABLE, make_job
 from workflows.requeue import RequeueSweeper
 from workflows.resultcache import ResultCache
 from workflows.submission import SubmissionService
+from workflows.webhooks import start_notice
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -32,9 +33,12 @@ REQUEST = {"prompt": "a fox", "seed": 42, "width": 256, "height": 256, "num_infe
 
 
 class Notices:
-    """Step Functions for the result cache's webhook notices (none is started in these tests' paths)."""
+    """Step Functions for webhook notices: the trace header each execution was started in, by job id."""
+
+    started: dict[str, str | None] = {}
 
     def start(self, name: str, workflow_input: WorkflowInput) -> str:
+        self.started[workflow_input.job_id] = current_header()
         return name
 
 
@@ -47,7 +51,9 @@ class World:
         self.queue = JobQueue(sqs, url)
         self.worker_queue = WorkerQueue(sqs, url)
         budget = DailyGpuBudget(ddb, JOBS_TABLE)
-        self.cache = ResultCache(self.repo, self.queue, settings, orchestrator=Notices, budget=budget)  # type: ignore[arg-type]
+        self.notices = Notices()
+        self.notices.started = {}
+        self.cache = ResultCache(self.repo, self.queue, settings, orchestrator=self.notices, budget=budget)  # type: ignore[arg-type]
         self.api = SubmissionService(self.repo, self.queue, settings, cache=self.cache, budget=budget)
 
     def submit(self, header: str, **changes: Any) -> Job:
@@ -96,3 +102,10 @@ def test_a_joined_job_sent_to_run_itself_goes_in_its_own_trace_not_its_sources(w
     with continued(SOURCE):  # the settling runs in the source's execution, in the source's trace
         assert world.cache.settle(source.job_id).released == 1
     assert world.received() == {follower.job_id: SUBMIT}
+
+
+def test_a_cancels_webhook_runs_in_the_jobs_trace_not_the_cancel_requests(world: World) -> None:
+    job = world.submit(SUBMIT, callback_url="https://hooks.example.com/x")
+    with continued(OWN):  # the cancel request's own invocation
+        world.api.cancel("t1", job.job_id, notify=lambda cancelled: start_notice(world.notices, cancelled, "cancelled"))  # type: ignore[arg-type]
+    assert world.notices.started == {job.job_id: SUBMIT}

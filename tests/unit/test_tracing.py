@@ -19,9 +19,12 @@ from aws_xray_sdk.core.models.trace_header import TraceHeader
 from PIL import Image as PILImage
 from PIL.Image import Image
 
-from handlers import notify, postprocess
+from handlers import api, authorizer, notify, postprocess
 from handlers.worker import worker_config
 from localcloud.api import LocalLambdaContext
+from localcloud.gateway import GatewayRules, LocalGateway
+from localcloud.service import TEMPLATE
+from shared.apikeys import ApiKeyStore
 from shared.jobs import JobsRepository
 from shared.media import MediaStore
 from shared.orchestration import Orchestrator
@@ -218,6 +221,39 @@ def test_the_lambdas_handler_subsegments_name_their_job(
         monkeypatch.setattr(notify, "notifier", lambda: notifier_for(jobs_table))
         answer = notify.lambda_handler({"job_id": job.job_id, "tenant": TENANT}, LocalLambdaContext())
         assert answer == {"outcome": "nothing_to_send"}  # still queued: no webhook yet
+    [doc] = [d for d in sent(daemon) if d["name"] == "## lambda_handler"]
+    assert (doc["trace_id"], doc["parent_id"]) == (ROOTS[0], PARENT)
+    assert (doc["annotations"]["job_id"], doc["annotations"]["tenant"]) == (job.job_id, TENANT)
+
+
+@pytest.mark.parametrize("route", ["get", "cancel"])
+def test_the_apis_handler_subsegment_names_the_job_it_answers_for(
+    in_lambda: None, daemon: socket.socket, jobs_table: DynamoDBClient, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    monkeypatch.setenv("SDQ_TABLE_NAME", JOBS_TABLE)
+    monkeypatch.setenv("SDQ_BUCKET", "media")
+    api.services.cache_clear()
+    authorizer.deps.cache_clear()
+    try:
+        key = ApiKeyStore(jobs_table, JOBS_TABLE).create(TENANT).plaintext
+        job, _ = JobsRepository(jobs_table, JOBS_TABLE).create(make_job())
+        path = f"/v1/jobs/{job.job_id}" + ("/cancel" if route == "cancel" else "")
+        event = {
+            "path": path,
+            "httpMethod": "GET" if route == "get" else "POST",
+            "headers": {"x-api-key": key},
+            "multiValueHeaders": {},
+            "queryStringParameters": None,
+            "requestContext": {"stage": "prod", "path": f"/prod{path}"},
+            "body": None,
+            "isBase64Encoded": False,
+        }
+        gateway = LocalGateway(GatewayRules.from_template(TEMPLATE), authorizer.lambda_handler, LocalLambdaContext)
+        assert gateway.admit(event) is None
+        assert api.lambda_handler(event, LocalLambdaContext())["statusCode"] == 200
+    finally:
+        api.services.cache_clear()
+        authorizer.deps.cache_clear()
     [doc] = [d for d in sent(daemon) if d["name"] == "## lambda_handler"]
     assert (doc["trace_id"], doc["parent_id"]) == (ROOTS[0], PARENT)
     assert (doc["annotations"]["job_id"], doc["annotations"]["tenant"]) == (job.job_id, TENANT)

@@ -10,6 +10,7 @@ import json
 import pathlib
 import re
 import time
+import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -74,7 +75,7 @@ from shared.webhooksecrets import WebhookSecrets, webhook_secrets
 from workflows import jobevents
 from workflows.authorization import Authorization
 from workflows.jobmetrics import MeteredJobsRepository
-from workflows.jobview import job_view
+from workflows.jobview import job_list, job_view
 from workflows.modelcatalog import model_catalog
 from workflows.preprocessing import Inputs
 from workflows.queueposition import QueuePositions, QueueRules
@@ -461,8 +462,7 @@ def list_jobs(
         page = services().submissions.list(tenant, status=status, limit=size, cursor=cursor)
     except InvalidCursor as exc:
         raise BadRequest(str(exc), details={"field": "cursor"}) from exc
-    body = JobList(jobs=[_view(j) for j in page.jobs], next_cursor=page.next_cursor)
-    return _json(200, body)
+    return _json(200, job_list(page, _view, status))
 
 
 @app.post(
@@ -691,7 +691,7 @@ def playground_root() -> Response[Any]:
     """``/playground/`` serves the page; ``/playground`` redirects there (the router treats both alike)."""
     if app.current_event.path.endswith("/"):
         return playground_file("index.html")
-    query = "&".join(f"{k}={v}" for k, v in (app.current_event.query_string_parameters or {}).items())
+    query = urllib.parse.urlencode(app.current_event.query_string_parameters or {})  # re-encoded: no raw CR/LF
     target = f"{_stage_prefix()}/playground/" + (f"?{query}" if query else "")
     return Response(status_code=308, body="", headers={"Location": target})
 

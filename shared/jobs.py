@@ -348,8 +348,18 @@ class Page:
 
 
 def _encode_cursor(key: Mapping[str, Any]) -> str:
-    plain = _from_item(key)
+    return _plain_cursor(_from_item(key))
+
+
+def _plain_cursor(plain: Mapping[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(plain, sort_keys=True).encode()).decode().rstrip("=")
+
+
+def cursor_after(job: Job, status: JobStatus | None) -> str:
+    """The cursor that continues a listing (:meth:`JobsRepository.list_for_tenant` with ``status``) right after
+    ``job``: for a page its caller cuts short. The key of ``job`` in the index that listing reads."""
+    partition = {"tenant": job.tenant} if status is None else {"tenant_status": tenant_status(job.tenant, status)}
+    return _plain_cursor({"pk": job_pk(job.job_id), "job_id": job.job_id} | partition)
 
 
 def _decode_cursor(cursor: str, tenant: str, status: JobStatus | None) -> dict[str, Any]:

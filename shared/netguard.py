@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
+import time
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import lru_cache
@@ -122,47 +123,72 @@ def check_callback_url(url: str, *, allow_loopback: bool) -> str:
     return url
 
 
+# Resolver threads in a process, and how many of them one owner's (a tenant's) lookups may hold at once.
+RESOLVER_THREADS = 8
+LOOKUPS_PER_OWNER = 2
+
+
 @lru_cache(maxsize=1)
 def _resolver() -> ThreadPoolExecutor:
     # getaddrinfo takes no timeout; a lookup runs here so the caller can stop waiting for it. A lookup that hangs
     # keeps its thread until the system resolver gives up (its own timeouts), never the caller.
-    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="sdq-dns")
+    return ThreadPoolExecutor(max_workers=RESOLVER_THREADS, thread_name_prefix="sdq-dns")
 
 
 _running: dict[tuple[str, int], Future[list[Any]]] = {}
 _running_lock = threading.Lock()
+_owner_slots: dict[str, threading.BoundedSemaphore] = {}
 
 
-def _lookup(host: str, port: int) -> Future[list[Any]]:
+def _lookup(host: str, port: int, owner: str | None, timeout_s: float) -> Future[list[Any]]:
     """The lookup of ``host`` under way, or a new one: a host whose DNS hangs holds one resolver thread however
-    many deliveries ask for it, so it cannot take the threads other hosts' lookups need."""
+    many deliveries ask for it. A new lookup for ``owner`` first waits (up to ``timeout_s``) until fewer than
+    ``LOOKUPS_PER_OWNER`` of that owner's are running, so one tenant's hosts whose DNS hangs hold at most that
+    many threads, never the ones other tenants' lookups need. Raises HostUnresolved when the wait runs out."""
     key = (host, port)
     with _running_lock:
         running = _running.get(key)
         if running is not None and not running.done():
             return running
+        slots = None if owner is None else _owner_slots.setdefault(owner, threading.BoundedSemaphore(LOOKUPS_PER_OWNER))
+    if slots is not None and not slots.acquire(timeout=max(0.0, timeout_s)):
+        raise HostUnresolved(
+            f"callback host {host!r} did not resolve within {timeout_s:.0f}s: the tenant's other callback hosts"
+            " are still being resolved"
+        )
+    with _running_lock:
+        running = _running.get(key)
+        if running is not None and not running.done():  # another caller started it while this one waited
+            if slots is not None:
+                slots.release()
+            return running
         lookup = _resolver().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
         _running[key] = lookup
-    lookup.add_done_callback(lambda done: _forget(key, done))
+    lookup.add_done_callback(lambda done: _forget(key, done, slots))
     return lookup
 
 
-def _forget(key: tuple[str, int], lookup: Future[list[Any]]) -> None:
+def _forget(key: tuple[str, int], lookup: Future[list[Any]], slots: threading.BoundedSemaphore | None) -> None:
     with _running_lock:
         if _running.get(key) is lookup:
             del _running[key]
+    if slots is not None:
+        slots.release()
 
 
-def resolve_public(host: str, port: int, *, allow_loopback: bool, timeout_s: float = DNS_TIMEOUT_S) -> list[str]:
+def resolve_public(
+    host: str, port: int, *, allow_loopback: bool, timeout_s: float = DNS_TIMEOUT_S, owner: str | None = None
+) -> list[str]:
     """Resolve ``host`` and return its addresses, refusing the lot if any of them is not public.
 
     Called right before each webhook delivery, so a DNS answer that changed since submit (rebinding)
-    is caught. Raises UnsafeUrl for a non-public address, HostUnresolved when DNS gives no answer now or
-    none within ``timeout_s``.
+    is caught. ``owner``: the tenant whose webhook it is (its lookups share a bound, :func:`_lookup`). Raises
+    UnsafeUrl for a non-public address, HostUnresolved when DNS gives no answer now or none within ``timeout_s``.
     """
-    lookup = _lookup(host, port)
+    started = time.monotonic()
+    lookup = _lookup(host, port, owner, timeout_s)
     try:
-        infos = lookup.result(timeout=max(0.0, timeout_s))
+        infos = lookup.result(timeout=max(0.0, timeout_s - (time.monotonic() - started)))
     except (FutureTimeout, CancelledError) as exc:  # cancelled: a caller sharing it gave up before it started
         lookup.cancel()
         raise HostUnresolved(f"callback host {host!r} did not resolve within {timeout_s:.0f}s") from exc

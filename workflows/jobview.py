@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from shared.contracts import CacheInfo, Job, JobStatus, JobView, OutputView, ProgressView, QueueInfo, Timings, utcnow
+from shared.contracts import (
+    CacheInfo,
+    Job,
+    JobList,
+    JobStatus,
+    JobView,
+    OutputView,
+    ProgressView,
+    QueueInfo,
+    Timings,
+    utcnow,
+)
+from shared.jobs import Page, cursor_after
 from shared.media import MediaStore
 from shared.settings import get_settings
 from shared.tinymodel import TINY_MODEL_NOTE
@@ -79,3 +93,22 @@ def job_view(job: Job, media: MediaStore, presign_expiry_s: int, *, queue: Queue
         queue=queue if job.status == JobStatus.QUEUED else None,
         usage=job.usage,
     )
+
+
+# The most a page of ``GET /v1/jobs`` may hold, in bytes of JSON with non-ASCII escaped (as the API writes it): well
+# inside the 6 MB a Lambda function may answer, whatever the jobs' prompts and metadata hold.
+LIST_BODY_BUDGET = 4_000_000
+
+
+def job_list(page: Page, view: Callable[[Job], JobView], status: JobStatus | None) -> JobList:
+    """The views of ``page``'s jobs, cut short where the next one would take the answer past LIST_BODY_BUDGET
+    (never before the first): then ``next_cursor`` continues right after the last job shown."""
+    views: list[JobView] = []
+    used = 0
+    for job in page.jobs:
+        shown = view(job)
+        used += len(json.dumps(shown.model_dump(mode="json"))) + 1
+        if views and used > LIST_BODY_BUDGET:
+            return JobList(jobs=views, next_cursor=cursor_after(page.jobs[len(views) - 1], status))
+        views.append(shown)
+    return JobList(jobs=views, next_cursor=page.next_cursor)

@@ -155,9 +155,10 @@ class _GuardedBackend(httpcore.SyncBackend):
     DNS answer that changes between the check and the connection (rebinding) cannot slip through; the lookup,
     the connection and every read and write after it end by ``deadline`` (``time.monotonic()``)."""
 
-    def __init__(self, allow_loopback: bool, deadline: float) -> None:
+    def __init__(self, allow_loopback: bool, deadline: float, owner: str | None = None) -> None:
         self._allow_loopback = allow_loopback
         self._deadline = deadline
+        self._owner = owner
 
     def connect_tcp(
         self,
@@ -168,7 +169,9 @@ class _GuardedBackend(httpcore.SyncBackend):
         socket_options: Any = None,
     ) -> httpcore.NetworkStream:
         left = self._deadline - time.monotonic()
-        addresses = resolve_public(host, port, allow_loopback=self._allow_loopback, timeout_s=min(DNS_TIMEOUT_S, left))
+        addresses = resolve_public(
+            host, port, allow_loopback=self._allow_loopback, timeout_s=min(DNS_TIMEOUT_S, left), owner=self._owner
+        )
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise httpcore.ConnectTimeout("webhook attempt deadline reached")
@@ -177,14 +180,15 @@ class _GuardedBackend(httpcore.SyncBackend):
         return _DeadlineStream(stream, self._deadline)
 
 
-def guarded_client(allow_loopback: bool, timeout_s: float = TIMEOUT_S) -> httpx.Client:
+def guarded_client(allow_loopback: bool, timeout_s: float = TIMEOUT_S, owner: str | None = None) -> httpx.Client:
     """A client for one attempt: no redirects, no retries, SSRF-checked connections, and ``timeout_s`` as the
-    whole attempt's wall-clock deadline (DNS, connect, TLS, sending, the response), counted from now."""
+    whole attempt's wall-clock deadline (DNS, connect, TLS, sending, the response), counted from now. ``owner``:
+    the tenant whose webhook it sends (its DNS lookups share a bound: :func:`shared.netguard.resolve_public`)."""
     transport = httpx.HTTPTransport(retries=0)
     # httpx exposes no hook for the network backend; replace the pool with one that uses the guarded one.
     transport._pool = httpcore.ConnectionPool(
         ssl_context=httpx.create_ssl_context(),
-        network_backend=_GuardedBackend(allow_loopback, time.monotonic() + timeout_s),
+        network_backend=_GuardedBackend(allow_loopback, time.monotonic() + timeout_s, owner),
     )
     return httpx.Client(transport=transport, follow_redirects=False, timeout=timeout_s)
 
@@ -247,20 +251,26 @@ _RETRY_AFTER = re.compile(r"[0-9]{1,9}")
 
 
 def send_once(
-    url: str, body: str, headers: dict[str, str], *, allow_loopback: bool, timeout_s: float = TIMEOUT_S
+    url: str,
+    body: str,
+    headers: dict[str, str],
+    *,
+    allow_loopback: bool,
+    timeout_s: float = TIMEOUT_S,
+    owner: str | None = None,
 ) -> Attempt:
     """One POST of a signed payload, all of it within ``timeout_s``; never raises for receiver problems.
 
     The URL is checked again first (:func:`check_callback_url`: scheme, port, literal addresses), so a job stored
     before a rule changed is held to today's rules. The outcome is the response's status, unless the attempt times
     out or the connection breaks before the body is read (a retry, as for any timeout): a body that cannot be
-    decoded does not change it.
+    decoded does not change it. ``owner``: the tenant whose webhook it is (:func:`guarded_client`).
     """
     host = urlsplit(url).hostname or ""
     try:
         check_callback_url(url, allow_loopback=allow_loopback)
         with (
-            guarded_client(allow_loopback, timeout_s) as client,
+            guarded_client(allow_loopback, timeout_s, owner) as client,
             client.stream("POST", url, content=body, headers=headers) as r,
         ):
             outcome = classify(r.status_code)
@@ -379,7 +389,9 @@ class Notifier:
         try:
             body = self.payload(job, event)
             headers = signed_headers(self._secrets.signing_secrets(job.tenant), msg_id, body)
-            attempt = send_once(url, body, headers, allow_loopback=self._settings.allow_loopback_callbacks)
+            attempt = send_once(
+                url, body, headers, allow_loopback=self._settings.allow_loopback_callbacks, owner=job.tenant
+            )
         finally:
             self._release(job.tenant, holder)
         if attempt.outcome == "retry":
@@ -600,7 +612,12 @@ class EventNotifier:
             attempt = Attempt("gave_up", None, "not sent: marking it in flight took too long")
         else:
             attempt = send_once(
-                url, body, headers, allow_loopback=self._settings.allow_loopback_callbacks, timeout_s=left_s
+                url,
+                body,
+                headers,
+                allow_loopback=self._settings.allow_loopback_callbacks,
+                timeout_s=left_s,
+                owner=job.tenant,
             )
         self._records.finish(
             job.job_id, event, msg_id, outcome=attempt.outcome, status=attempt.status, error=attempt.error

@@ -271,6 +271,10 @@ def test_playground_files_are_served_beside_the_api(playground: RunningService) 
         bare = http.get("/playground?x=1")
         assert bare.status_code == 308
         assert bare.headers["location"] == "/playground/?x=1"
+        # A query that decodes to line breaks is encoded again: a redirect, never a broken header or a 500.
+        crlf = http.get("/playground?a=%0d%0aSet-Cookie:%20x=y")
+        assert (crlf.status_code, crlf.headers["location"]) == (308, "/playground/?a=%0D%0ASet-Cookie%3A+x%3Dy")
+        assert "set-cookie" not in crlf.headers
         index = http.get("/playground/")
         assert index.status_code == 200
         assert index.headers["content-type"].startswith("text/html")

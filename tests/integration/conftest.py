@@ -76,7 +76,11 @@ class RunningService:
         return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
     def table_items(self) -> int:
-        return len(self.boto("dynamodb").scan(TableName=self.table, Select="ALL_ATTRIBUTES")["Items"])
+        return len(self.table_keys())
+
+    def table_keys(self) -> set[str]:
+        """The partition keys of the jobs table's items (a failed comparison then names the item that changed)."""
+        return {item["pk"]["S"] for item in self.boto("dynamodb").scan(TableName=self.table)["Items"]}
 
     def start_worker(
         self, *args: str, env: dict[str, str] | None = None, log_name: str = "worker"

@@ -314,7 +314,7 @@ INVALID_BODIES: list[tuple[str, Any, int, str]] = [
 def test_invalid_bodies_are_rejected_and_change_nothing(
     service: RunningService, name: str, body: Any, status: int, field: str
 ) -> None:
-    items, depth = service.table_items(), service.queue_depth()
+    items, depth = service.table_keys(), service.queue_depth()
     with service.http() as http:
         resp = http.post("/v1/jobs", json=body, headers={"x-api-key": service.api_key})
     assert resp.status_code == status, resp.text
@@ -322,7 +322,7 @@ def test_invalid_bodies_are_rejected_and_change_nothing(
     assert set(error) == {"code", "message", "details"}
     if field:
         assert any(field in d["loc"] for d in error["details"]), error
-    assert service.table_items() == items
+    assert service.table_keys() == items
     assert service.queue_depth() == depth
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Any
 
 import pytest
 
-from shared.netguard import HostUnresolved, resolve_public
+from shared.netguard import LOOKUPS_PER_OWNER, RESOLVER_THREADS, HostUnresolved, resolve_public
 from workflows.webhooks import send_once
 
 URL = "https://hooks.example.com/sdq"
@@ -75,3 +76,45 @@ def test_a_host_whose_dns_hangs_holds_one_resolver_thread_not_the_other_hosts_lo
         assert hung_lookups == ["hangs.example.com"]
     finally:
         release.set()
+
+
+def test_one_tenants_hosts_whose_dns_hangs_leave_resolver_threads_for_other_tenants(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tenant that points its jobs at many hosts whose name servers never answer holds at most
+    LOOKUPS_PER_OWNER resolver threads: its further webhooks give up after the DNS timeout without taking a thread,
+    and another tenant's webhook, to a host that answers, is delivered at once."""
+    release = threading.Event()
+    hung: list[str] = []
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        if host.startswith("tarpit-"):
+            hung.append(host)
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    try:
+        for n in range(RESOLVER_THREADS + 2):  # more hosts than the process has resolver threads
+            url = f"https://tarpit-{n}.example.net/hook"
+            attempt = send_once(url, "{}", {}, allow_loopback=False, timeout_s=0.2, owner="attacker")
+            assert (attempt.outcome, "did not resolve within" in (attempt.error or "")) == ("retry", True)
+        assert len(hung) == LOOKUPS_PER_OWNER
+        started = time.monotonic()
+        assert resolve_public("hooks.victim.example", 443, allow_loopback=False, timeout_s=2.0, owner="victim") == [
+            "93.184.216.34"
+        ]
+        assert time.monotonic() - started < 1.0
+    finally:
+        release.set()
+    # Once its lookups end, the tenant's webhooks resolve again.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            assert resolve_public("ok.example.com", 443, allow_loopback=False, timeout_s=0.2, owner="attacker")
+            break
+        except HostUnresolved:
+            time.sleep(0.05)
+    else:
+        pytest.fail("the tenant's lookups never got their threads back")

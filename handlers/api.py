@@ -349,7 +349,10 @@ JOB_CONTENT = {"application/json": {"model": JobView}}
     ),
     responses={
         202: {
-            "description": "Accepted: the job has not finished (poll its Location)",
+            "description": (
+                "Accepted, without `Prefer: wait` (or before its wait ended): the job as it stands, usually unfinished"
+                " (poll its Location); a result-cache hit or a replayed Idempotency-Key may have finished already"
+            ),
             "content": JOB_CONTENT,
             "headers": {
                 "Location": LOCATION,

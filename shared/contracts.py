@@ -210,7 +210,7 @@ class LoraRef(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_lora_schema_bounds)
 
     id: StrictStr = Field(description="An id of the deployment's LoRA registry.")
-    scale: StrictFloat | JsonInt = Field(default=1.0, description="How strongly it applies; 0 turns it off.")
+    scale: StrictFloat = Field(default=1.0, description="How strongly it applies; 0 turns it off.")
 
     @field_validator("id")
     @classmethod
@@ -256,7 +256,7 @@ class GenerationRequest(BaseModel):
         default=512, description="Pixels; a multiple of 8. Absent: the model's default (its registry entry's)."
     )
     num_inference_steps: JsonInt = Field(default=30)
-    guidance_scale: StrictFloat | JsonInt = Field(default=7.5)
+    guidance_scale: StrictFloat = Field(default=7.5)
     seed: JsonInt | None = Field(default=None, ge=0, le=SEED_MAX, description="Drawn and stored when absent.")
     num_images: JsonInt = Field(default=1)
     scheduler: Scheduler = "euler_a"
@@ -294,7 +294,7 @@ class GenerationRequest(BaseModel):
         default=None,
         description="Inpainting mask (white is repainted), as image, of the same size as it; needs image.",
     )
-    strength: StrictFloat | JsonInt | None = Field(
+    strength: StrictFloat | None = Field(
         default=None,
         description="How far to move from image: 0 < strength <= 1; default 0.8, or 1.0 with a mask. Needs image.",
     )

@@ -30,7 +30,8 @@ def _json_int(value: Any) -> Any:
 # The request's types are the API's own (shared/contracts.py): nothing is coerced that the API would refuse, so a
 # value the API refuses ("256" for a width, "no" for a boolean) is refused before it is sent, not changed.
 JsonInt = Annotated[StrictInt, BeforeValidator(_json_int)]
-JsonNumber = StrictFloat | JsonInt
+# A JSON number: integers too ("7" and true are not numbers); one type, so a refusal names the field alone.
+JsonNumber = StrictFloat
 
 Scheduler = Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "lms"]
 OutputFormat = Literal["png", "jpeg", "webp"]

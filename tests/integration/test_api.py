@@ -435,3 +435,27 @@ def test_rotating_the_webhook_secret_says_until_when_the_replaced_one_still_sign
     assert {"type": "null"} in field["anyOf"]
     assert "previous_secret_valid_until" in rotation_schema["required"]
     assert set(schemas["WebhookSecret"]["properties"]) == {"secret"}
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"prompt": "x", "guidance_scale": "7"}, ["body", "guidance_scale"]),
+        ({"prompt": "x", "guidance_scale": True}, ["body", "guidance_scale"]),
+        ({"prompt": "x", "guidance_scale": 10**400}, ["body", "guidance_scale"]),
+    ],
+    ids=["string", "boolean", "huge-integer"],
+)
+def test_a_number_field_given_no_number_is_one_error_naming_the_field(
+    service: RunningService, body: dict[str, Any], loc: list[str]
+) -> None:
+    """A client reading `loc[-1]` finds the field, not a name of the validator's types."""
+    with service.http() as http:
+        resp = http.post("/v1/jobs", json=body, headers={"x-api-key": service.api_key})
+    assert resp.status_code == 422, resp.text
+    assert [d["loc"] for d in resp.json()["error"]["details"]] == [loc]
+    # An integer is a number: 7 is taken as 7.0.
+    with service.http() as http:
+        ok = http.post("/v1/jobs", json={"prompt": "x", "guidance_scale": 7}, headers={"x-api-key": service.api_key})
+    assert ok.status_code == 202, ok.text
+    assert ok.json()["request"]["guidance_scale"] == 7.0

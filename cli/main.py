@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -154,11 +156,28 @@ EXIT_INTERRUPTED = 130
 # How long `submit --wait` lets the API hold its first answer while a progress bar is shown: the bar shows the
 # job's state from the first second on (a longer hold leaves it at its first state until the answer comes).
 PROGRESS_HOLD_S = 1
+# Seconds one request to the API may take (one asking the API to hold its answer, `Prefer: wait`, that much longer):
+# an API that takes a request and never answers fails a command within 45 s, the client's 3 retries included.
+# --http-timeout, or SDQ_HTTP_TIMEOUT, changes it.
+DEFAULT_HTTP_TIMEOUT_S = 10.0
+
+
+def _http_timeout(args: argparse.Namespace) -> float:
+    given = args.http_timeout if args.http_timeout is not None else os.environ.get("SDQ_HTTP_TIMEOUT")
+    if given is None:
+        return DEFAULT_HTTP_TIMEOUT_S
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UsageError(f"--http-timeout (or SDQ_HTTP_TIMEOUT) takes seconds above 0, not {given!r}")
+    return seconds
 
 
 def _client(args: argparse.Namespace) -> Client:
     endpoint = resolve_endpoint(args.api_url, args.api_key)
-    return Client(endpoint.url, endpoint.api_key)
+    return Client(endpoint.url, endpoint.api_key, timeout=_http_timeout(args))
 
 
 def _emit(args: argparse.Namespace, body: BaseModel | dict[str, Any]) -> None:
@@ -454,13 +473,18 @@ def _no_answer(args: argparse.Namespace, exc: httpx.TransportError) -> int:
         console.print(f"[red]cannot reach {url}[/]: {type(exc).__name__}. Is `sdq up` running (or SDQ_API_URL right)?")
     else:
         console.print(f"[red]no answer from {url}[/]: {type(exc).__name__} (the request may have arrived)")
+    _unknown_submit(args)
+    return EXIT_UNREACHABLE
+
+
+def _unknown_submit(args: argparse.Namespace) -> None:
+    """A submit that got no answer: the Idempotency-Key with which repeating it makes no second job."""
     if getattr(args, "command", None) == "submit":
         console.print(
             "  whether the job was made is unknown: run the same command again with"
             f" --idempotency-key {args.idempotency_key} to make it at most once (or get the one made)",
             soft_wrap=True,
         )
-    return EXIT_UNREACHABLE
 
 
 # -- worker and benchmarks -------------------------------------------------------------------------
@@ -580,6 +604,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--api-url", help="default: $SDQ_API_URL or .sdq/local.json from `sdq up`")
         p.add_argument("--api-key", help="default: $SDQ_API_KEY or .sdq/local.json from `sdq up`")
         p.add_argument("--json", action="store_true", help="print the API's JSON on stdout, one line, nothing else")
+        p.add_argument(
+            "--http-timeout",
+            metavar="SECONDS",
+            help="how long one request to the API may take before it is tried again or given up (default:"
+            f" $SDQ_HTTP_TIMEOUT or {DEFAULT_HTTP_TIMEOUT_S:g}; a request asking the API to hold its answer that much"
+            " longer)",
+        )
 
     submit = sub.add_parser("submit", help="submit a generation job")
     submit.add_argument("prompt")
@@ -709,9 +740,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print("  is SDQ_API_URL (or --api-url) the sdq API's URL?")
         return EXIT_API_FAILED
     except WaitTimeout as exc:
-        if getattr(args, "json", False):
+        if getattr(args, "json", False) and exc.job is not None:
             print(exc.job.model_dump_json())
-        console.print(f"[red]timed out[/] {exc}")
+        console.print(f"[red]timed out[/] {exc}", highlight=False)
+        if exc.job is None:
+            _unknown_submit(args)
         return EXIT_TIMEOUT
     except httpx.TransportError as exc:
         return _no_answer(args, exc)

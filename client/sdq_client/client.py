@@ -65,6 +65,12 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 RETRYABLE_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 # An event stream that broke after serving this long was healthy: its break starts the count of failures again.
 HEALTHY_STREAM_S = 30.0
+# Before a `wait()`/`run()` deadline, the time left free for a held answer (`Prefer: wait`) to come back once its
+# wait ends: a wait asks the API to hold it at most until this long before the deadline, which cuts the request.
+ANSWER_MARGIN_S = 1.0
+# With no event seen, a stream that timed out asks for the job once, for this long at most (the client's own
+# timeout when shorter), to raise WaitTimeout with it.
+LAST_SEEN_TIMEOUT_S = 5.0
 
 RequestLike = GenerationRequest | Mapping[str, Any]
 Model = TypeVar("Model", bound=BaseModel)
@@ -212,6 +218,23 @@ def _timeout(base: float, wait: float | None) -> float:
     return base if wait is None else max(base, min(wait, MAX_WAIT_S) + 10.0)
 
 
+class _DeadlinePassed(SdqError):
+    """A request cut short by the deadline of the ``wait()``/``run()`` that made it: raised by them as WaitTimeout,
+    with the job as last seen."""
+
+
+def _try_timeout(base: float, wait: float | None, deadline: float | None) -> tuple[float, bool]:
+    """The timeout of one try: its own (``_timeout``), or the time left before ``deadline`` when that is shorter;
+    and whether it is the deadline's (a try that then times out was cut by it). No time left: _DeadlinePassed."""
+    own = _timeout(base, wait)
+    left = _time_left(deadline)
+    if left is None or own <= left:
+        return own, False
+    if left <= 0:
+        raise _DeadlinePassed
+    return left, True
+
+
 def _decoded(resp: httpx.Response) -> Any:
     """The parsed body of an answer, or the typed error of a refusal."""
     try:
@@ -228,8 +251,12 @@ def _poll_pause(headers: Mapping[str, str], remaining: float) -> float:
     return max(0.0, min(DEFAULT_POLL_S if asked is None else asked, remaining))
 
 
-def _next_wait(remaining: float) -> int:
-    return max(1, min(MAX_WAIT_S, int(remaining)))
+def _hold(hold: float, remaining: float) -> int | None:
+    """The ``Prefer: wait`` of a request made ``remaining`` seconds before a deadline: at most ``hold`` (and the
+    API's 25 s), its answer due ``ANSWER_MARGIN_S`` before the deadline; None (a plain request, answered at once)
+    when that leaves less than a second."""
+    seconds = int(min(hold, MAX_WAIT_S, remaining - ANSWER_MARGIN_S))
+    return seconds if seconds >= 1 else None
 
 
 def _job_event(sse: ServerSentEvent) -> JobEvent:
@@ -326,22 +353,30 @@ class Client:
 
     # -- the routes --------------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, *, wait: float | None = None, **kwargs: Any) -> httpx.Response:
-        """One request to the API (``wait``: its ``Prefer: wait``); raises the typed error of a refusal."""
+    def request(
+        self, method: str, path: str, *, wait: float | None = None, timeout: float | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """One request to the API (``wait``: its ``Prefer: wait``; ``timeout``: seconds, by default the client's,
+        longer for a wait); raises the typed error of a refusal."""
         headers = {**kwargs.pop("headers", {}), **_prefer(wait)}
-        resp = self._http.request(method, path, headers=headers, timeout=_timeout(self.timeout, wait), **kwargs)
+        timeout = _timeout(self.timeout, wait) if timeout is None else timeout
+        resp = self._http.request(method, path, headers=headers, timeout=timeout, **kwargs)
         _decoded(resp)
         return resp
 
     def _send(self, method: str, path: str, *, deadline: float | None = None, **kwargs: Any) -> httpx.Response:
-        """``request()``, tried again as the retry policy allows where that is safe (no later than ``deadline``)."""
+        """``request()``, tried again as the retry policy allows where that is safe (no later than ``deadline``,
+        and no try lasting past it: one it cuts raises _DeadlinePassed)."""
         retry, keyed = _retryable(method, kwargs.get("headers") or {})
         attempt, landed = 0, False
         while True:
             attempt += 1
+            timeout, cut = _try_timeout(self.timeout, kwargs.get("wait"), deadline)
             try:
-                return self.request(method, path, **kwargs)
+                return self.request(method, path, timeout=timeout, **kwargs)
             except (ApiError, *RETRYABLE_TRANSPORT_ERRORS) as exc:
+                if cut and isinstance(exc, httpx.TimeoutException):
+                    raise _DeadlinePassed from None
                 policy = self.retry_policy
                 pause = policy.pause(exc, attempt, keyed=keyed, deadline=deadline, landed=landed) if retry else None
                 if pause is None:
@@ -438,17 +473,23 @@ class Client:
 
     def wait(self, job_id: str, *, timeout: float = 600.0) -> JobView:
         """The job once it has finished, asking the API to hold each answer (``Prefer: wait``) so that a long
-        job costs one request per 25 s. Raises WaitTimeout (with the job as last seen) after ``timeout`` s."""
+        job costs one request per 25 s. Raises WaitTimeout (with the job as last seen, None if no answer came)
+        after ``timeout`` s: no request lasts past it."""
         deadline = time.monotonic() + timeout
         path = job_path(job_id)
-        job, headers = self._call(JobView, "GET", path, wait=_next_wait(timeout), deadline=deadline)
-        while not job.finished:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeout(job, timeout)
-            if "preference-applied" not in headers:  # an API that did not wait: poll at its pace
-                time.sleep(_poll_pause(headers, remaining))
-            job, headers = self._call(JobView, "GET", path, wait=_next_wait(remaining), deadline=deadline)
+        job: JobView | None = None
+        try:
+            job, headers = self._call(JobView, "GET", path, wait=_hold(timeout, timeout), deadline=deadline)
+            while not job.finished:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeout(job, timeout)
+                if "preference-applied" not in headers:  # an API that did not wait: poll at its pace
+                    time.sleep(_poll_pause(headers, remaining))
+                    remaining = deadline - time.monotonic()
+                job, headers = self._call(JobView, "GET", path, wait=_hold(remaining, remaining), deadline=deadline)
+        except _DeadlinePassed:
+            raise WaitTimeout(job, timeout) from None
         return job
 
     def run(
@@ -465,20 +506,25 @@ class Client:
         The submit asks the API to hold its answer up to ``hold`` seconds (``Prefer: wait``); a job still
         unfinished then is polled, pausing as each answer's ``Retry-After`` says, and ``on_update`` sees every
         answer (for progress: a shorter ``hold`` shows it sooner). Raises WaitTimeout (with the job as last seen)
-        after ``timeout`` seconds.
+        after ``timeout`` seconds: no request lasts past it. A submit that got no answer by then raises it with
+        ``job`` None: the job may have been made, and a submit with the same ``idempotency_key`` answers with it.
         """
         deadline = time.monotonic() + timeout
-        job, headers = self._submit(request, idempotency_key, _next_wait(min(hold, timeout)), deadline)
-        while True:
-            if on_update is not None:
-                on_update(job)
-            if job.finished:
-                return job
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeout(job, timeout)
-            time.sleep(_poll_pause(headers, remaining))
-            job, headers = self._call(JobView, "GET", job_path(job.id), deadline=deadline)
+        job: JobView | None = None
+        try:
+            job, headers = self._submit(request, idempotency_key, _hold(hold, timeout), deadline)
+            while True:
+                if on_update is not None:
+                    on_update(job)
+                if job.finished:
+                    return job
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeout(job, timeout)
+                time.sleep(_poll_pause(headers, remaining))
+                job, headers = self._call(JobView, "GET", job_path(job.id), deadline=deadline)
+        except _DeadlinePassed:
+            raise WaitTimeout(job, timeout) from None
 
     def stream(
         self,
@@ -544,8 +590,17 @@ class Client:
                     if failures > reconnects:
                         raise SdqError(f"the event stream of job {job_id} failed {failures} times in a row") from None
             if _passed(deadline):
-                raise WaitTimeout(last or self.get(job_id), timeout or 0.0)
+                raise WaitTimeout(last or self._last_seen(job_id), timeout or 0.0)
             time.sleep(_reconnect_pause(parser, deadline))
+
+    def _last_seen(self, job_id: str) -> JobView | None:
+        """The job for the WaitTimeout of a stream that saw none of its events: asked for ``LAST_SEEN_TIMEOUT_S``
+        at most, None when no answer comes (the timeout has passed already)."""
+        deadline = time.monotonic() + min(self.timeout, LAST_SEEN_TIMEOUT_S)
+        try:
+            return self._call(JobView, "GET", job_path(job_id), deadline=deadline)[0]
+        except (_DeadlinePassed, ServerError, *RETRYABLE_TRANSPORT_ERRORS):
+            return None
 
 
 class AsyncClient:
@@ -580,9 +635,12 @@ class AsyncClient:
     async def __aexit__(self, *_: object) -> None:
         await self.aclose()
 
-    async def request(self, method: str, path: str, *, wait: float | None = None, **kwargs: Any) -> httpx.Response:
+    async def request(
+        self, method: str, path: str, *, wait: float | None = None, timeout: float | None = None, **kwargs: Any
+    ) -> httpx.Response:
         headers = {**kwargs.pop("headers", {}), **_prefer(wait)}
-        resp = await self._http.request(method, path, headers=headers, timeout=_timeout(self.timeout, wait), **kwargs)
+        timeout = _timeout(self.timeout, wait) if timeout is None else timeout
+        resp = await self._http.request(method, path, headers=headers, timeout=timeout, **kwargs)
         _decoded(resp)
         return resp
 
@@ -591,9 +649,12 @@ class AsyncClient:
         attempt, landed = 0, False
         while True:
             attempt += 1
+            timeout, cut = _try_timeout(self.timeout, kwargs.get("wait"), deadline)
             try:
-                return await self.request(method, path, **kwargs)
+                return await self.request(method, path, timeout=timeout, **kwargs)
             except (ApiError, *RETRYABLE_TRANSPORT_ERRORS) as exc:
+                if cut and isinstance(exc, httpx.TimeoutException):
+                    raise _DeadlinePassed from None
                 policy = self.retry_policy
                 pause = policy.pause(exc, attempt, keyed=keyed, deadline=deadline, landed=landed) if retry else None
                 if pause is None:
@@ -677,14 +738,21 @@ class AsyncClient:
     async def wait(self, job_id: str, *, timeout: float = 600.0) -> JobView:
         deadline = time.monotonic() + timeout
         path = job_path(job_id)
-        job, headers = await self._call(JobView, "GET", path, wait=_next_wait(timeout), deadline=deadline)
-        while not job.finished:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeout(job, timeout)
-            if "preference-applied" not in headers:
-                await asyncio.sleep(_poll_pause(headers, remaining))
-            job, headers = await self._call(JobView, "GET", path, wait=_next_wait(remaining), deadline=deadline)
+        job: JobView | None = None
+        try:
+            job, headers = await self._call(JobView, "GET", path, wait=_hold(timeout, timeout), deadline=deadline)
+            while not job.finished:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeout(job, timeout)
+                if "preference-applied" not in headers:
+                    await asyncio.sleep(_poll_pause(headers, remaining))
+                    remaining = deadline - time.monotonic()
+                job, headers = await self._call(
+                    JobView, "GET", path, wait=_hold(remaining, remaining), deadline=deadline
+                )
+        except _DeadlinePassed:
+            raise WaitTimeout(job, timeout) from None
         return job
 
     async def run(
@@ -698,19 +766,23 @@ class AsyncClient:
     ) -> JobView:
         """:meth:`Client.run`, awaitable; ``on_update`` may be a plain function or an async one (awaited)."""
         deadline = time.monotonic() + timeout
-        job, headers = await self._submit(request, idempotency_key, _next_wait(min(hold, timeout)), deadline)
-        while True:
-            if on_update is not None:
-                update = on_update(job)
-                if inspect.isawaitable(update):  # an async callback: awaited before the next poll
-                    await update
-            if job.finished:
-                return job
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeout(job, timeout)
-            await asyncio.sleep(_poll_pause(headers, remaining))
-            job, headers = await self._call(JobView, "GET", job_path(job.id), deadline=deadline)
+        job: JobView | None = None
+        try:
+            job, headers = await self._submit(request, idempotency_key, _hold(hold, timeout), deadline)
+            while True:
+                if on_update is not None:
+                    update = on_update(job)
+                    if inspect.isawaitable(update):  # an async callback: awaited before the next poll
+                        await update
+                if job.finished:
+                    return job
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeout(job, timeout)
+                await asyncio.sleep(_poll_pause(headers, remaining))
+                job, headers = await self._call(JobView, "GET", job_path(job.id), deadline=deadline)
+        except _DeadlinePassed:
+            raise WaitTimeout(job, timeout) from None
 
     async def stream(
         self,
@@ -766,5 +838,12 @@ class AsyncClient:
                     if failures > reconnects:
                         raise SdqError(f"the event stream of job {job_id} failed {failures} times in a row") from None
             if _passed(deadline):
-                raise WaitTimeout(last or await self.get(job_id), timeout or 0.0)
+                raise WaitTimeout(last or await self._last_seen(job_id), timeout or 0.0)
             await asyncio.sleep(_reconnect_pause(parser, deadline))
+
+    async def _last_seen(self, job_id: str) -> JobView | None:
+        deadline = time.monotonic() + min(self.timeout, LAST_SEEN_TIMEOUT_S)
+        try:
+            return (await self._call(JobView, "GET", job_path(job_id), deadline=deadline))[0]
+        except (_DeadlinePassed, ServerError, *RETRYABLE_TRANSPORT_ERRORS):
+            return None

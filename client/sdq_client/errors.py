@@ -121,10 +121,15 @@ class ServerError(ApiError):
 
 
 class WaitTimeout(SdqError):
-    """``run()`` or ``wait()`` ran out of time before the job finished; ``job`` is the job as last seen."""
+    """``run()``, ``wait()`` or ``stream()`` ran out of time before the job finished; ``job`` is the job as last
+    seen, None when no answer came before the timeout (``run()``: the job may have been made; a submit with the
+    same Idempotency-Key answers with it)."""
 
     def __init__(self, job: Any, timeout_s: float) -> None:
-        super().__init__(f"job {job.id} is still {job.status} after {timeout_s:g} s")
+        if job is None:
+            super().__init__(f"no answer from the API within {timeout_s:g} s")
+        else:
+            super().__init__(f"job {job.id} is still {job.status} after {timeout_s:g} s")
         self.job = job
         self.timeout_s = timeout_s
 

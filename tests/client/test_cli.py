@@ -303,3 +303,51 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_a_wait_against_an_api_that_never_answers_times_out_at_its_timeout_naming_the_key(
+    api: FakeApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.fault("POST", "/v1/jobs", Slow(20), times=100)  # the request arrives; no answer ever comes
+    started = time.monotonic()
+    assert main(["submit", "a red fox", "--wait", "--timeout", "1.5", "--json"]) == 6  # docs/cli.md: timed out
+    assert time.monotonic() - started < 4
+    out, err = capsys.readouterr()
+    assert out == ""  # no job was seen
+    (sent,) = {s.headers["idempotency-key"] for s in api.requests("POST")}
+    assert f"--idempotency-key {sent}" in words(err)
+    assert "Traceback" not in err
+    job_id = api.add_job("RUNNING")
+    api.fault("GET", "/v1/jobs/", Slow(20), times=100)
+    started = time.monotonic()
+    assert main(["wait", job_id, "--timeout", "1.5"]) == 6
+    assert time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize("where", ["flag", "environment"])
+def test_a_command_against_an_api_that_never_answers_gives_up_after_its_http_timeout(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    job_id = api.add_job("SUCCEEDED")
+    api.fault("GET", "/v1/jobs/", Slow(20), times=100)
+    argv = ["status", job_id]
+    if where == "flag":
+        argv += ["--http-timeout", "0.5"]
+    else:
+        monkeypatch.setenv("SDQ_HTTP_TIMEOUT", "0.5")
+    started = time.monotonic()
+    assert main(argv) == 3  # no answer, after the client's retries
+    assert time.monotonic() - started < 8  # 4 tries of 0.5 s and the pauses between them
+    assert len(api.requests("GET")) == 4
+    assert "no answer from" in words(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan"])
+def test_an_http_timeout_that_is_not_seconds_is_a_usage_error(
+    api: FakeApi, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["status", "01KAXAAAAAAAAAAAAAAAAAAAAA", "--http-timeout", value])
+    assert exited.value.code == 2
+    assert "--http-timeout" in capsys.readouterr().err
+    assert api.seen == []

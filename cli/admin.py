@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from rich.console import Console
 
 from cli.auditcommands import add_audit_parser
-from cli.client import LOCAL_STATE_FILE, state_dir
+from cli.client import BadEndpoint, read_local_state
 from cli.loraimport import add_loras_parser
 from cli.modelimport import RevisionExists, import_model, snapshot
 from shared.apikeys import ApiKey, ApiKeyStore
@@ -69,9 +69,9 @@ class AdminTarget:
                 region,
                 args.stack,
             )
-        local = state_dir() / LOCAL_STATE_FILE
-        if local.exists():
-            env = json.loads(local.read_text()).get("env", {})
+        local = read_local_state()
+        if local is not None:
+            env = local.get("env", {})
             return cls(
                 env["SDQ_TABLE_NAME"],
                 env["SDQ_BUCKET"],
@@ -325,8 +325,8 @@ def run_admin(args: argparse.Namespace) -> int:
     try:
         admin = Admin.connect(AdminTarget.resolve(args))
         return int(args.admin_func(admin, args))
-    except NoStack as exc:
-        err.print(str(exc))
+    except (NoStack, BadEndpoint) as exc:  # no deployment named, or a .sdq/local.json that cannot be read
+        err.print(str(exc), highlight=False, soft_wrap=True)
         return 2
     except (RevisionExists, FileNotFoundError, ValueError) as exc:
         err.print(str(exc))

@@ -13,14 +13,30 @@ from pathlib import Path
 from typing import Any
 
 from sdq_client import ApiError, Client, ConfigurationError, job_path
+from sdq_client.client import check_api_url
 
 LOCAL_STATE_FILE = "local.json"
 
-__all__ = ["LOCAL_STATE_FILE", "ApiError", "Endpoint", "NoEndpoint", "SdqClient", "resolve_endpoint", "state_dir"]
+__all__ = [
+    "LOCAL_STATE_FILE",
+    "ApiError",
+    "BadEndpoint",
+    "Endpoint",
+    "NoEndpoint",
+    "SdqClient",
+    "read_local_state",
+    "resolve_endpoint",
+    "state_dir",
+]
 
 
 class NoEndpoint(ConfigurationError):
     """Neither flags, environment nor `.sdq/local.json` say where the API is."""
+
+
+class BadEndpoint(ConfigurationError):
+    """What says where the API is cannot be used: a URL that is not an http(s) URL, a `.sdq/local.json` that cannot
+    be read."""
 
 
 @dataclass(frozen=True)
@@ -33,23 +49,47 @@ def state_dir() -> Path:
     return Path(os.environ.get("SDQ_STATE_DIR", ".sdq"))
 
 
+def read_local_state() -> dict[str, Any] | None:
+    """The file ``sdq up`` writes in ``.sdq/`` (None when there is none); BadEndpoint, naming it, when it cannot be
+    read or is not what ``sdq up`` writes (a JSON object, its ``api_url`` and ``api_key`` strings)."""
+    local = state_dir() / LOCAL_STATE_FILE
+    fix = "delete it (`sdq up` writes it again)"
+    try:
+        data = json.loads(local.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BadEndpoint(f"Cannot read {local}: {exc.strerror or exc}.") from None
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise BadEndpoint(f"{local} is not the JSON `sdq up` writes ({exc}): {fix}.") from None
+    if not isinstance(data, dict) or any(not isinstance(data.get(name), str | None) for name in ("api_url", "api_key")):
+        raise BadEndpoint(f"{local} is not what `sdq up` writes (a JSON object of strings): {fix}.")
+    return data
+
+
 def resolve_endpoint(url: str | None = None, api_key: str | None = None) -> Endpoint:
     """Flags, then ``SDQ_API_URL``/``SDQ_API_KEY``, then the file ``sdq up`` writes in ``.sdq/``.
 
     The local stack's key goes only to the local stack: with a URL given elsewhere and no key, NoEndpoint names
-    that URL rather than sending it the key of ``.sdq/local.json``."""
+    that URL rather than sending it the key of ``.sdq/local.json``. A URL that is not an http(s) URL, or a
+    ``.sdq/local.json`` that cannot be read, is BadEndpoint, saying where it came from."""
+    source = "--api-url" if url else "SDQ_API_URL"
     url = url or os.environ.get("SDQ_API_URL")
     api_key = api_key or os.environ.get("SDQ_API_KEY")
     local_url: str | None = None
     if not (url and api_key):
-        local = state_dir() / LOCAL_STATE_FILE
-        if local.exists():
-            data = json.loads(local.read_text())
+        data = read_local_state()
+        if data is not None:
             local_url, local_key = data.get("api_url"), data.get("api_key")
             if not url:
-                url = local_url
+                url, source = local_url, str(state_dir() / LOCAL_STATE_FILE)
             if not api_key and local_url and _same_api(url, local_url):
                 api_key = local_key
+    if url:
+        try:
+            check_api_url(url)
+        except ConfigurationError as exc:
+            raise BadEndpoint(f"{source}: {exc}.") from None
     if not url:
         raise NoEndpoint(
             "No API endpoint: run `sdq up` in this folder, or set SDQ_API_URL and SDQ_API_KEY (or pass "

@@ -24,6 +24,7 @@ from sdq_client import (
     MAX_WAIT_S,
     ApiError,
     Client,
+    ConfigurationError,
     InvalidArgument,
     InvalidRequest,
     JobStatus,
@@ -38,7 +39,7 @@ from sdq_client.errors import invalid_request
 from sdq_client.models import OutputFormat, Scheduler
 
 from cli.admin import add_admin_parser
-from cli.client import LOCAL_STATE_FILE, NoEndpoint, resolve_endpoint, state_dir
+from cli.client import LOCAL_STATE_FILE, read_local_state, resolve_endpoint, state_dir
 from cli.cost import add_cost_parser
 from cli.leverflags import add_acceleration_arguments
 from shared.shapesmodel import SHAPES_MODEL, SHAPES_MODEL_NOTE, shapes_caption
@@ -57,11 +58,9 @@ out = Console()
 def cmd_up(args: argparse.Namespace) -> int:
     from localcloud.service import LocalServiceConfig, start_local_service, wait_forever
 
-    previous_key = None
     models = list(dict.fromkeys(args.model or [LOCAL_DEFAULT_MODEL]))
     state = state_dir() / LOCAL_STATE_FILE
-    if state.exists():
-        previous_key = json.loads(state.read_text()).get("api_key")
+    previous_key = (read_local_state() or {}).get("api_key")  # a file that cannot be read: a usage error, kept
     config = LocalServiceConfig(
         host="127.0.0.1",
         api_port=args.port,
@@ -720,7 +719,7 @@ def _version() -> str:
 def _api_url(args: argparse.Namespace) -> str:
     try:
         return resolve_endpoint(getattr(args, "api_url", None), getattr(args, "api_key", None)).url
-    except NoEndpoint:
+    except ConfigurationError:
         return "the API"
 
 
@@ -729,9 +728,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (UsageError, NoEndpoint) as exc:
+    except (UsageError, ConfigurationError) as exc:  # no endpoint, or one that cannot be used
         parser.error(str(exc))  # usage on stderr, exit code 2
-    except InvalidArgument as exc:  # refused by the client before sending: an empty job id
+    except InvalidArgument as exc:  # refused by the client before sending: an empty job id, a non-ASCII key
         parser.error(str(exc))
     except ApiError as exc:
         return _refusal(args, exc)

@@ -81,7 +81,28 @@ def _endpoint(base_url: str | None, api_key: str | None) -> tuple[str, str]:
     key = api_key or os.environ.get("SDQ_API_KEY")
     if not url or not key:
         raise ConfigurationError("Pass base_url and api_key, or set SDQ_API_URL and SDQ_API_KEY.")
-    return url.rstrip("/"), key
+    if not header_safe(key):
+        raise ConfigurationError("An API key is printable ASCII (it is sent as an HTTP header).")
+    return check_api_url(url), key
+
+
+def check_api_url(url: str) -> str:
+    """``url`` without its trailing slash, once it is an http:// or https:// URL with a host; else
+    ConfigurationError, saying why (a URL without its scheme, ``127.0.0.1:8000``, is named with one)."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ConfigurationError(f"{url!r} is not a URL: {exc}") from None
+    if parsed.scheme not in {"http", "https"} or not parsed.host:
+        hint = f" (http://{url}?)" if "://" not in url else ""
+        raise ConfigurationError(f"{url!r} is not an http:// or https:// URL of the API{hint}")
+    return url.rstrip("/")
+
+
+def header_safe(value: str) -> bool:
+    """Whether ``value`` can be sent as an HTTP header's value as it is: printable ASCII, no space at either end
+    (one there would be dropped on the way)."""
+    return value == value.strip(" ") and all(" " <= c <= "~" for c in value)
 
 
 def _auth_headers(api_key: str) -> dict[str, str]:
@@ -92,6 +113,16 @@ def _auth_headers(api_key: str) -> dict[str, str]:
 def new_idempotency_key() -> str:
     """A fresh Idempotency-Key: what ``submit()`` sends when it is given none."""
     return str(uuid.uuid4())
+
+
+def _idempotency_key(key: str | None) -> str:
+    """The Idempotency-Key a submit sends: ``key``, or a fresh one. One that cannot be sent as it is (not printable
+    ASCII, a space at either end) is refused before anything is sent (InvalidArgument)."""
+    if not key:
+        return new_idempotency_key()
+    if not isinstance(key, str) or not header_safe(key):
+        raise InvalidArgument(f"an Idempotency-Key is printable ASCII with no space at either end, not {key!r}")
+    return key
 
 
 # A submit whose key's first request is still sending its job is answered 409 idempotency_key_in_use for at most the
@@ -400,7 +431,7 @@ class Client:
         self, request: RequestLike, idempotency_key: str | None, wait: float | None, deadline: float | None = None
     ) -> tuple[JobView, httpx.Headers]:
         body = request_body(request)
-        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        headers = {"Idempotency-Key": _idempotency_key(idempotency_key)}
         return self._call(JobView, "POST", "/v1/jobs", json=body, headers=headers, wait=wait, deadline=deadline)
 
     def get(self, job_id: str, *, wait: float | None = None) -> JobView:
@@ -675,7 +706,7 @@ class AsyncClient:
         self, request: RequestLike, idempotency_key: str | None, wait: float | None, deadline: float | None = None
     ) -> tuple[JobView, httpx.Headers]:
         body = request_body(request)
-        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        headers = {"Idempotency-Key": _idempotency_key(idempotency_key)}
         return await self._call(JobView, "POST", "/v1/jobs", json=body, headers=headers, wait=wait, deadline=deadline)
 
     async def get(self, job_id: str, *, wait: float | None = None) -> JobView:

@@ -21,7 +21,8 @@ class ConfigurationError(SdqError):
 
 
 class InvalidArgument(SdqError, ValueError):
-    """An argument refused before anything is sent: an empty job id."""
+    """An argument refused before anything is sent: an empty job id, an Idempotency-Key that is not printable
+    ASCII."""
 
 
 class UnexpectedAnswer(SdqError):

@@ -351,3 +351,63 @@ def test_an_http_timeout_that_is_not_seconds_is_a_usage_error(
     assert exited.value.code == 2
     assert "--http-timeout" in capsys.readouterr().err
     assert api.seen == []
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [("http://[::1", "is not a URL"), ("127.0.0.1:8951", "http://127.0.0.1:8951?"), ("ftp://host", "http://")],
+    ids=["unclosed-bracket", "no-scheme", "ftp"],
+)
+@pytest.mark.parametrize("where", ["flag", "environment"])
+def test_an_api_url_that_is_not_an_http_url_is_a_usage_error_naming_it(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str, said: str, where: str
+) -> None:
+    """Nothing is sent, so nothing may have arrived: not exit 3, nor a submit's advice to repeat it with its key."""
+    if where == "flag":
+        argv = ["submit", "a red fox", "--api-url", url, "--api-key", "x"]
+    else:
+        monkeypatch.setenv("SDQ_API_URL", url)
+        argv = ["submit", "a red fox"]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = words(capsys.readouterr().err)
+    assert ("--api-url" if where == "flag" else "SDQ_API_URL") in err
+    assert said in err
+    assert "Traceback" not in err
+    assert "idempotency-key" not in err
+    assert api.seen == []
+
+
+@pytest.mark.parametrize(
+    "content", ["{bad", "[]", '{"api_url": 7}', "\udcff"], ids=["not-json", "list", "number", "bytes"]
+)
+@pytest.mark.parametrize("command", [["jobs"], ["up"], ["admin", "tenants", "show", "acme"]])
+def test_a_local_state_file_that_cannot_be_read_is_a_usage_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: str,
+    command: list[str],
+) -> None:
+    monkeypatch.delenv("SDQ_API_URL", raising=False)
+    monkeypatch.delenv("SDQ_API_KEY", raising=False)
+    monkeypatch.setenv("SDQ_STATE_DIR", str(tmp_path))
+    (tmp_path / "local.json").write_bytes(content.encode("utf-8", "surrogateescape"))
+    try:
+        code = main(command)
+    except SystemExit as exited:
+        code = exited.code  # type: ignore[assignment]
+    assert code == 2
+    err = words(capsys.readouterr().err)
+    assert str(tmp_path / "local.json") in err
+    assert "delete it" in err
+    assert "Traceback" not in err
+
+
+def test_a_non_ascii_idempotency_key_is_a_usage_error(api: FakeApi, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["submit", "a red fox", "--idempotency-key", "ordér-1"])
+    assert exited.value.code == 2
+    assert "Idempotency-Key" in capsys.readouterr().err
+    assert api.seen == []

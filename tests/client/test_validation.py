@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from sdq_client import AsyncClient, Client, InvalidRequest, SdqError
+from sdq_client import AsyncClient, Client, ConfigurationError, InvalidArgument, InvalidRequest, SdqError
 from sdq_client import errors as client_errors
 
 from handlers import api as api_handler
@@ -84,3 +84,39 @@ def test_the_clients_422_is_cut_as_the_apis_is() -> None:
     (the client is a distribution of its own and cannot import them)."""
     for name in ("MAX_ERROR_DETAILS", "MAX_ERROR_LOC_CHARS", "MAX_ERROR_MSG_CHARS"):
         assert getattr(client_errors, name) == getattr(api_handler, name), name
+
+
+@pytest.mark.parametrize("key", ["ordér-1", "order\n1", "order\t1", " order-1", "order-1 "])
+def test_an_idempotency_key_that_cannot_be_sent_as_it_is_is_refused_before_sending(api: FakeApi, key: str) -> None:
+    """A header's value is ASCII, and a space at either end is dropped on the way: such a key is the caller's to
+    fix, refused with the client's typed error (sync and async alike), not an encoding error or another key."""
+
+    async def submit() -> None:
+        async with AsyncClient(api.url, "key") as client:
+            await client.run({"prompt": "x"}, idempotency_key=key)
+
+    with Client(api.url, "key") as client, pytest.raises(InvalidArgument) as refused:
+        client.submit({"prompt": "x"}, idempotency_key=key)
+    assert "Idempotency-Key" in str(refused.value)
+    with pytest.raises(InvalidArgument):
+        asyncio.run(submit())
+    assert api.seen == []
+
+
+def test_an_idempotency_key_of_printable_ascii_is_sent_as_given(api: FakeApi) -> None:
+    with Client(api.url, "key") as client:
+        client.submit({"prompt": "x"}, idempotency_key="order 1234/~!")
+    assert [s.headers["idempotency-key"] for s in api.requests("POST")] == ["order 1234/~!"]
+
+
+@pytest.mark.parametrize(
+    ("url", "key"),
+    [("127.0.0.1:8000", "key"), ("localhost:8000", "key"), ("http://[::1", "key"), ("ftp://host", "key"),
+     ("http://", "key"), ("http://127.0.0.1:8000", "clé")],
+    ids=["no-scheme", "host-port", "unclosed-bracket", "ftp", "no-host", "non-ascii-key"],
+)  # fmt: skip
+def test_an_endpoint_that_cannot_be_used_is_a_configuration_error(url: str, key: str) -> None:
+    with pytest.raises(ConfigurationError):
+        Client(url, key)
+    with pytest.raises(ConfigurationError):
+        AsyncClient(url, key)

@@ -572,7 +572,8 @@ class Client:
         ``retry:`` delay with ``Last-Event-ID``, so no event comes twice; a connection that fails (or is answered
         502, 503 or 504, or breaks before the server ends it) is retried the same way, ``reconnects`` times in a
         row at most (an event, a stream the server ends, or one that served ``HEALTHY_STREAM_S`` before it broke, starts
-        the count again), then SdqError. With
+        the count again), then SdqError. A 429 (the API's cap of open streams) is waited out as a GET's is: after
+        its ``Retry-After`` when that is at most ``max_retry_after``, ``retries`` times in a row, else RateLimited. With
         ``timeout`` (seconds), WaitTimeout once it passes with the job unfinished: it is checked at every line the
         stream sends (keep-alive comments included), and a read waits at most the time that was left when its
         connection opened, so a stream the server holds open ends at the next line after the timeout (the API
@@ -581,11 +582,12 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         parser = EventStreamParser()
         parser.last_event_id = last_event_id
-        failures = 0
+        failures = limited = 0
         last: JobView | None = None
         while True:
             parser.restart()
             opened_at: float | None = None
+            pause: float | None = None
             try:
                 path, options = _stream_args(job_id, parser, self.timeout, deadline)
                 with self._http.stream("GET", path, **options) as resp:
@@ -593,7 +595,7 @@ class Client:
                         resp.read()
                         _decoded(resp)
                     _check_stream(resp)
-                    opened_at = time.monotonic()
+                    opened_at, limited = time.monotonic(), 0
                     lines = resp.iter_lines()
                     # The deadline is checked before every line (a keep-alive comment too), and each read waits
                     # no longer than the time left when the connection opened (_stream_args).
@@ -611,6 +613,11 @@ class Client:
                         yield event
                         if event.data.finished:
                             return
+            except RateLimited as exc:  # too many open streams: waited out as a GET's 429 is (the retry policy)
+                limited += 1
+                pause = self.retry_policy.pause(exc, limited, keyed=False, deadline=deadline)
+                if pause is None:
+                    raise
             except (httpx.TransportError, ServerError) as exc:
                 if isinstance(exc, ServerError) and exc.status not in RETRY_STATUSES:
                     raise
@@ -622,7 +629,7 @@ class Client:
                         raise SdqError(f"the event stream of job {job_id} failed {failures} times in a row") from None
             if _passed(deadline):
                 raise WaitTimeout(last or self._last_seen(job_id), timeout or 0.0)
-            time.sleep(_reconnect_pause(parser, deadline))
+            time.sleep(_reconnect_pause(parser, deadline) if pause is None else pause)
 
     def _last_seen(self, job_id: str) -> JobView | None:
         """The job for the WaitTimeout of a stream that saw none of its events: asked for ``LAST_SEEN_TIMEOUT_S``
@@ -826,11 +833,12 @@ class AsyncClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         parser = EventStreamParser()
         parser.last_event_id = last_event_id
-        failures = 0
+        failures = limited = 0
         last: JobView | None = None
         while True:
             parser.restart()
             opened_at: float | None = None
+            pause: float | None = None
             try:
                 path, options = _stream_args(job_id, parser, self.timeout, deadline)
                 async with self._http.stream("GET", path, **options) as resp:
@@ -838,7 +846,7 @@ class AsyncClient:
                         await resp.aread()
                         _decoded(resp)
                     _check_stream(resp)
-                    opened_at = time.monotonic()
+                    opened_at, limited = time.monotonic(), 0
                     lines = resp.aiter_lines()
                     while not _passed(deadline):
                         try:
@@ -859,6 +867,11 @@ class AsyncClient:
                         yield event
                         if event.data.finished:
                             return
+            except RateLimited as exc:
+                limited += 1
+                pause = self.retry_policy.pause(exc, limited, keyed=False, deadline=deadline)
+                if pause is None:
+                    raise
             except (httpx.TransportError, ServerError) as exc:
                 if isinstance(exc, ServerError) and exc.status not in RETRY_STATUSES:
                     raise
@@ -870,7 +883,7 @@ class AsyncClient:
                         raise SdqError(f"the event stream of job {job_id} failed {failures} times in a row") from None
             if _passed(deadline):
                 raise WaitTimeout(last or await self._last_seen(job_id), timeout or 0.0)
-            await asyncio.sleep(_reconnect_pause(parser, deadline))
+            await asyncio.sleep(_reconnect_pause(parser, deadline) if pause is None else pause)
 
     async def _last_seen(self, job_id: str) -> JobView | None:
         deadline = time.monotonic() + min(self.timeout, LAST_SEEN_TIMEOUT_S)

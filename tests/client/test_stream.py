@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import pytest
 import sdq_client.client
-from sdq_client import AsyncClient, Client, JobEvent, JobStatus, NotFound, SdqError, WaitTimeout
+from sdq_client import AsyncClient, Client, JobEvent, JobStatus, NotFound, RateLimited, SdqError, WaitTimeout
 from sdq_client.sse import EventStreamParser, parse_lines
 
 JOB_ID = "01KAXAAAAAAAAAAAAAAAAAAAAA"
@@ -53,8 +53,9 @@ class EventServer(BaseHTTPRequestHandler):
     requests: ClassVar[list[dict[str, str]]] = []
     drop_after: ClassVar[int | None] = None
     fail_connections: ClassVar[int] = 0  # this many connections are closed before any answer
-    # Then, one connection each: "drop" (closed before any answer), a status ("503": a gateway's answer), or
-    # "empty" (a stream that ends before any event, as one the server ends early does).
+    # Then, one connection each: "drop" (closed before any answer), a status ("503": a gateway's answer), a 429
+    # asking to retry after N seconds ("429:N", the API's cap of open streams), or "empty" (a stream that ends
+    # before any event, as one the server ends early does).
     plan: ClassVar[list[str]] = []
     # After the script: hold the connection this long, sending a keep-alive comment every `keepalive_s` (None: silent),
     # as the API does for a job that is still queued (its comments come every 15 s, for up to 15 minutes).
@@ -75,6 +76,16 @@ class EventServer(BaseHTTPRequestHandler):
         step = cls.plan.pop(0) if cls.plan else None
         if step == "drop":
             self.close_connection = True
+            return
+        if step is not None and step.startswith("429:"):
+            error = {"code": "too_many_requests", "message": "Too many open event streams.", "details": None}
+            body = json.dumps({"error": error}).encode()
+            self.send_response(429)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Retry-After", step.partition(":")[2])
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
             return
         if step is not None and step.isdigit():
             body = json.dumps({"message": "Service Unavailable"}).encode()
@@ -305,6 +316,39 @@ def test_a_stream_that_served_a_while_before_it_broke_starts_the_count_again(
     with Client(server, "key") as client:
         assert [e.event_id for e in client.stream(JOB_ID, reconnects=1)] == ["1", "2", "3", "4"]
     assert len(EventServer.requests) == 5
+
+
+def read_ids(server: str, kind: str) -> list[str | None]:
+    """The ids of the job's events, read with the sync or the async client."""
+    if kind == "sync":
+        with Client(server, "key") as client:
+            return [e.event_id for e in client.stream(JOB_ID)]
+
+    async def read() -> list[str | None]:
+        async with AsyncClient(server, "key") as client:
+            return [e.event_id async for e in client.stream(JOB_ID)]
+
+    return asyncio.run(read())
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_stream_refused_with_a_short_retry_after_is_opened_again_after_it(server: str, kind: str) -> None:
+    """The API caps a tenant's open streams, answering 429 with `Retry-After: 10`: a stream waits it out, as every
+    GET does (at most `max_retry_after`, within the retries), then reads the job's events."""
+    EventServer.plan = ["429:1"]
+    started = time.monotonic()
+    assert read_ids(server, kind) == ["1", "2", "3", "4"]
+    assert time.monotonic() - started >= 1.0  # after the second it asked for
+    assert len(EventServer.requests) == 2
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_stream_refused_for_longer_than_the_client_waits_raises_rate_limited(server: str, kind: str) -> None:
+    EventServer.plan = ["429:3600"]
+    with pytest.raises(RateLimited) as refused:
+        read_ids(server, kind)
+    assert refused.value.retry_after == 3600
+    assert len(EventServer.requests) == 1
 
 
 def test_a_refused_stream_raises_the_typed_error(server: str) -> None:

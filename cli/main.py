@@ -390,25 +390,54 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         ]
         for job in page.jobs
     ]
+    header = ["id", "status", "created", "size", "steps", "images", "prompt"]
     if out.is_terminal:
-        table = Table("id", "status", "created", "size", "steps", "images", "prompt")
-        table.columns[0].no_wrap = True  # an id is copied whole: the prompt gives way on a narrow terminal
-        table.columns[0].min_width = max((len(row[0]) for row in rows), default=0)
-        for row in rows:
-            table.add_row(*row[:-1], row[-1][:40])
-        out.print(table)
+        out.print(_jobs_table(header, rows, out.width))
     else:
         # Piped: the table's columns, tab-separated, each value whole on one line (none cut at 80 columns).
-        for row in [["id", "status", "created", "size", "steps", "images", "prompt"], *rows]:
+        for row in [header, *rows]:
             print("\t".join(" ".join(value.split()) for value in row))
     if page.next_cursor:
-        # One line, never wrapped, so that it can be copied or cut from a pipe.
+        # One line, never wrapped, so that it can be copied or cut from a pipe: after a terminal's table, or on
+        # stderr when piped (stdout holds only the tab-separated lines).
         # The same listing's options: a cursor continues only the listing (status filter) that gave it.
         same = "".join(
             f" --{name} {value}" for name, value in (("status", args.status), ("limit", args.limit)) if value
         )
-        out.print(f"more: sdq jobs{same} --cursor {page.next_cursor}", soft_wrap=True, markup=False, highlight=False)
+        (out if out.is_terminal else console).print(
+            f"more: sdq jobs{same} --cursor {page.next_cursor}", soft_wrap=True, markup=False, highlight=False
+        )
     return EXIT_OK
+
+
+# `sdq jobs` on a terminal: the prompt is cut to this many characters, and gets at least JOBS_PROMPT_MIN_WIDTH columns;
+# where the others leave it fewer, these columns are left out, the first first (`sdq status ID` has them all).
+JOBS_PROMPT_CHARS = 40
+JOBS_PROMPT_MIN_WIDTH = 20
+JOBS_OPTIONAL_COLUMNS = ("images", "steps", "created")
+
+
+def _jobs_table(header: list[str], rows: list[list[str]], width: int) -> Table:
+    """The jobs as a table ``width`` columns wide at most: every value but the prompt whole and on one line (an id is
+    copied whole; a status or size cut short says nothing), the prompt taking the squeeze, wrapped."""
+    widths = {name: max([len(name), *(len(row[i]) for row in rows)]) for i, name in enumerate(header[:-1])}
+    shown = list(widths)
+
+    def needed() -> int:  # each column's padding and rule: 3 columns, and the table's right edge
+        return sum(widths[name] for name in shown) + 3 * (len(shown) + 1) + 1 + JOBS_PROMPT_MIN_WIDTH
+
+    for name in JOBS_OPTIONAL_COLUMNS:
+        if needed() <= width:
+            break
+        shown.remove(name)
+    table = Table(*shown, "prompt")
+    for column in table.columns[:-1]:
+        column.no_wrap = True
+        column.min_width = widths[str(column.header)]
+    index = {name: i for i, name in enumerate(header)}
+    for row in rows:
+        table.add_row(*(row[index[name]] for name in shown), row[-1][:JOBS_PROMPT_CHARS])
+    return table
 
 
 def cmd_models(args: argparse.Namespace) -> int:

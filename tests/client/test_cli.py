@@ -106,18 +106,22 @@ def listed(api: FakeApi, cursor: str) -> list[str]:
 CURSOR = "eyJqb2JfaWQiOiAiMDFNOTdaWEtZNEQ2QUdBNVg1QjI1NEZNWjciLCAicGsiOiAiSk9CIzAxTTk3WlhL" * 3
 
 
-def test_jobs_piped_prints_whole_ids_and_an_unwrapped_cursor_line(
+def test_jobs_piped_prints_only_tab_separated_lines_and_the_cursor_line_on_stderr(
     api: FakeApi, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ids = listed(api, CURSOR)
     assert main(["jobs", "--status", "SUCCEEDED", "--limit", "3"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == 4  # a header and one job a line: every line of stdout is the table's
+    assert all(len(line.split("\t")) == 7 for line in lines)
     assert lines[0].split("\t")[:2] == ["id", "status"]
     assert [line.split("\t")[0] for line in lines[1:4]] == ids  # whole, 26 characters each
     assert lines[1].split("\t")[-1] == "a fox number 0, " + "very " * 20 + "red"  # one line, not cut
-    assert lines[4:] == [f"more: sdq jobs --status SUCCEEDED --limit 3 --cursor {CURSOR}"]
+    more = f"more: sdq jobs --status SUCCEEDED --limit 3 --cursor {CURSOR}"
+    assert err.splitlines() == [more]  # one line, never wrapped
     # The command it names continues the same listing: a cursor is valid only with its status filter.
-    assert main(lines[4].split()[2:]) == 0
+    assert main(more.split()[2:]) == 0
     query = parse_qs(urlsplit(api.requests("GET")[-1].path).query)
     assert query == {"status": ["SUCCEEDED"], "limit": ["3"], "cursor": [CURSOR]}
 
@@ -132,6 +136,26 @@ def test_jobs_on_a_narrow_terminal_keeps_ids_and_the_cursor_line_whole(
     text = screen.getvalue()
     assert all(job_id in text for job_id in ids)
     assert f"more: sdq jobs --cursor {CURSOR}\n" in text  # the terminal may fold it on screen; a copy is one line
+
+
+def test_jobs_on_an_80_column_terminal_shows_status_and_size_whole(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prompt gives way (wrapped; the columns `sdq status` shows left out first), not the status or the size."""
+    screen = io.StringIO()
+    monkeypatch.setattr(cli.main, "out", Console(file=screen, force_terminal=True, width=80, color_system=None))
+    ids = listed(api, CURSOR)
+    api.jobs[ids[0]]["status"] = "POSTPROCESSING"  # the longest status
+    api.jobs[ids[1]]["request"].update(width=1024, height=1024)
+    assert main(["jobs"]) == 0
+    lines = screen.getvalue().splitlines()
+    rows = {job_id: next(line for line in lines if job_id in line) for job_id in ids}  # each job's first line
+    assert "POSTPROCESSING" in rows[ids[0]]
+    assert "SUCCEEDED" in rows[ids[2]]
+    assert "1024x1024" in rows[ids[1]]
+    assert "256x256" in rows[ids[0]]
+    assert "a fox" in rows[ids[0]]  # the prompt's start, beside its job
+    assert all(len(line) <= 80 for line in lines if not line.startswith("more:"))  # the cursor line: never wrapped
 
 
 @pytest.mark.parametrize("failure", ["out-is-a-file", "download-refused"])

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from enum import Enum
 from importlib import metadata
 from pathlib import Path
 from typing import Any, get_args
@@ -36,7 +37,7 @@ from sdq_client import (
 )
 from sdq_client import __version__ as client_version
 from sdq_client.errors import invalid_request
-from sdq_client.models import OutputFormat, Scheduler
+from sdq_client.models import OutputFormat, Priority, Scheduler, WebhookEventName
 
 from cli.admin import add_admin_parser
 from cli.client import LOCAL_STATE_FILE, read_local_state, resolve_endpoint, state_dir
@@ -259,6 +260,9 @@ def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "quality": args.quality,
         "model": args.model,
         "callback_url": args.callback_url,
+        "priority": args.priority,
+        "webhook_events": args.webhook_event,
+        "cache": False if args.no_cache else None,
     }
     request.update({k: v for k, v in optional.items() if v is not None})
     _check_choices(request)
@@ -270,12 +274,22 @@ def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return request
 
 
-# The request fields whose flags take one of a fixed set of values: the client's Literal types, listed in --help.
-CHOICES: dict[str, Any] = {"scheduler": Scheduler, "output_format": OutputFormat}
+# The request fields whose flags take one of a fixed set of values (each value of a list): the client's Literal and
+# enum types, listed in --help.
+CHOICES: dict[str, Any] = {
+    "scheduler": Scheduler,
+    "output_format": OutputFormat,
+    "priority": Priority,
+    "webhook_events": WebhookEventName,
+}
 
 
 def _choices(field: str) -> str:
-    return "{" + ",".join(get_args(CHOICES[field])) + "}"
+    allowed = CHOICES[field]
+    values = (
+        [m.value for m in allowed] if isinstance(allowed, type) and issubclass(allowed, Enum) else get_args(allowed)
+    )
+    return "{" + ",".join(values) + "}"
 
 
 def _check_choices(request: dict[str, Any]) -> None:
@@ -284,8 +298,10 @@ def _check_choices(request: dict[str, Any]) -> None:
     errors: list[dict[str, Any]] = []
     for field, allowed in CHOICES.items():
         if field in request:
+            value = request[field]
             try:
-                TypeAdapter(allowed).validate_python(request[field])
+                kind: Any = list[allowed] if isinstance(value, list) else allowed  # type: ignore[valid-type]
+                TypeAdapter(kind).validate_python(value)
             except pydantic.ValidationError as exc:
                 errors += [{**e, "loc": (field, *e["loc"])} for e in exc.errors()]
     if errors:
@@ -650,12 +666,26 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--seed", type=int)
     submit.add_argument("--images", type=int)
     # Not argparse's choices (a usage error, exit 2): a value outside them is a refused field (exit 4; with --json,
-    # the 422 line on stdout), as it is when the API refuses it.
+    # the 422 line on stdout), as it is when the API refuses it. So for --webhook-event and --priority below.
     submit.add_argument("--scheduler", metavar=_choices("scheduler"))
     submit.add_argument("--format", metavar=_choices("output_format"))
     submit.add_argument("--quality", type=int)
     submit.add_argument("--model")
     submit.add_argument("--callback-url")
+    submit.add_argument(
+        "--webhook-event",
+        action="append",
+        metavar=_choices("webhook_events"),
+        help="a webhook to send to --callback-url, repeated for several (default: completed)",
+    )
+    submit.add_argument(
+        "--priority",
+        metavar=_choices("priority"),
+        help="the job's share of the GPU and place in your queue, at most your plan's (default: normal)",
+    )
+    submit.add_argument(
+        "--no-cache", action="store_true", help="generate afresh: the result cache does not answer (with --seed)"
+    )
     submit.add_argument("--metadata", action="append", metavar="KEY=VALUE")
     submit.add_argument("--idempotency-key")
     submit.add_argument(

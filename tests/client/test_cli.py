@@ -96,6 +96,38 @@ def test_the_choices_are_listed_and_a_listed_one_is_sent(api: FakeApi, capsys: p
     }
 
 
+def test_submit_sends_a_priority_the_cache_and_webhook_events(api: FakeApi, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tenant granted `--max-priority high` (README) asks for it from the command line, as from the client."""
+    with pytest.raises(SystemExit):
+        main(["submit", "--help"])
+    assert "{low,normal,high}" in capsys.readouterr().out  # the request model's Priority
+    argv = ["submit", "a red fox", "--priority", "high", "--no-cache", "--callback-url", "https://example.com/hook"]
+    assert main([*argv, "--webhook-event", "started", "--webhook-event", "completed"]) == 0
+    assert api.requests("POST")[0].json() == {
+        "prompt": "a red fox",
+        "priority": "high",
+        "cache": False,
+        "callback_url": "https://example.com/hook",
+        "webhook_events": ["started", "completed"],
+    }
+    assert main(["submit", "a red fox"]) == 0  # none of them: the API's defaults, nothing sent
+    assert api.requests("POST")[1].json() == {"prompt": "a red fox"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "loc"),
+    [(["--priority", "urgent"], ["body", "priority"]), (["--webhook-event", "done"], ["body", "webhook_events", "0"])],
+    ids=["priority", "webhook-event"],
+)
+def test_a_priority_or_webhook_event_outside_the_choices_is_a_refused_field(
+    api: FakeApi, capsys: pytest.CaptureFixture[str], flags: list[str], loc: list[str]
+) -> None:
+    assert main(["submit", "a red fox", *flags, "--json"]) == 4
+    refusal = json.loads(capsys.readouterr().out)
+    assert [d["loc"] for d in refusal["body"]["error"]["details"]] == [loc]
+    assert api.seen == []
+
+
 def listed(api: FakeApi, cursor: str) -> list[str]:
     prompts = [f"a fox\tnumber {n}, " + "very " * 20 + "red" for n in range(3)]
     ids = [api.add_job("SUCCEEDED", request={"prompt": prompt}) for prompt in prompts]

@@ -63,7 +63,16 @@ def test_the_first_start_builds_both_packages_and_keeps_the_exact_images(
     assert np.abs(first_start["image"] - levels(eager)).max() <= 1
 
 
-def test_the_next_start_loads_the_packages_without_building(model_cache: Path, first_start: dict[str, Any]) -> None:
+def test_the_next_start_loads_the_packages_without_building(
+    model_cache: Path, first_start: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nor compiling inductor's vector-ISA probe, which torch's aoti_load_package runs (28 s of a start on an H100).
+    import torch._inductor.cpu_vec_isa as cpu_vec_isa
+
+    def no_compiler() -> None:
+        raise AssertionError("the load ran inductor's vector-ISA probe")
+
+    monkeypatch.setattr(cpu_vec_isa, "pick_vec_isa", no_compiler)
     runner = aot_runner(model_cache, first_start["folder"])
     image = levels(runner.generate([FOX], SHAPE)["fox"][0])
     stats = runner.acceleration["aot_packages"]

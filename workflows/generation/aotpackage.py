@@ -51,9 +51,10 @@ Kind = Literal["unet", "decoder"]
 # Bump when this module's export wrappers or call convention change: old packages then stop matching.
 PACKAGE_FORMAT = 1
 _SDXL_ADDED = ("text_embeds", "time_ids")  # the UNet's added conditioning in SDXL pipelines, in package order
-# What the child process runs to see whether a package loads at all (argv: the package, the device index).
+# What the child process runs to see whether a package loads at all (argv: the package, the device index): the
+# loader ``load_runner`` uses.
 _LOADER_CHECK = (
-    "import sys, torch._inductor; torch._inductor.aoti_load_package(sys.argv[1], device_index=int(sys.argv[2]))"
+    "import sys, torch; torch._C._aoti.AOTIModelPackageLoader(sys.argv[1], 'model', False, 1, int(sys.argv[2]))"
 )
 LOADER_CHECK_TIMEOUT_S = 600.0
 
@@ -289,7 +290,7 @@ class AotForward:
         self._check_loads_in_child(path, index)
         started = time.perf_counter()
         with _torch_notices_quiet():
-            runner = torch._inductor.aoti_load_package(str(path), device_index=index)
+            runner = load_runner(path, index)
         state = {**dict(self._core.named_parameters()), **dict(self._core.named_buffers())}
         missing = [name for name in runner.get_constant_fqns() if name not in state]
         if missing:
@@ -338,6 +339,39 @@ class AotForward:
             logger.warning("could not record the load check of %s: %s", path.name, exc)
         if error is not None:
             raise error
+
+
+class PackageRunner:
+    """A loaded package, called with the core module's input tensors in order; returns its one output tensor.
+
+    Loaded by torch's C++ loader itself. ``torch._inductor.aoti_load_package`` first compares the CPU the package
+    was built for with this host's through inductor's vector-ISA probe, which compiles and runs a test program per
+    ISA (28 s of a warm start on one H100 machine, 2026-12-06); the package's fingerprint names the host's CPU
+    already (:func:`host_cpu`). A call passes the tensors straight to the loader, without the pytree round trip
+    (the call spec parsed anew at every call) of torch's own ``AOTICompiledModel``.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        (out,) = self._loader.boxed_run(list(inputs))
+        return out
+
+    def get_constant_fqns(self) -> list[str]:
+        return list(self._loader.get_constant_fqns())
+
+    def load_constants(
+        self, constants: dict[str, torch.Tensor], *, check_full_update: bool, user_managed: bool
+    ) -> None:
+        # The loader's arguments: the map, whether to load them into the inactive buffer, the full-update check, and
+        # whether the caller keeps the tensors alive (no copy).
+        self._loader.load_constants(constants, False, check_full_update, user_managed)
+
+
+def load_runner(path: Path, device_index: int) -> PackageRunner:
+    """The package at ``path`` loaded for ``device_index`` (-1: the default device)."""
+    return PackageRunner(torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, device_index))
 
 
 @contextmanager

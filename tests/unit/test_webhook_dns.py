@@ -52,22 +52,29 @@ def test_a_host_that_resolves_to_a_private_address_is_still_blocked(monkeypatch:
     assert "non-public" in attempt.error
 
 
+def hanging_dns(monkeypatch: pytest.MonkeyPatch, hangs: str, release: threading.Event) -> list[str]:
+    """DNS whose name servers for hosts starting with ``hangs`` never answer (until ``release``); every other host
+    resolves at once to a public address. Returns the hung lookups, as they start."""
+    hung: list[str] = []
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        if host.startswith(hangs):
+            hung.append(host)
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return hung
+
+
 def test_a_host_whose_dns_hangs_holds_one_resolver_thread_not_the_other_hosts_lookups(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A tenant's callback host whose name server never answers: every delivery to it gives up after the DNS
     timeout, and the lookups of other tenants' hosts still run at once."""
     release = threading.Event()
-    hung_lookups: list[str] = []
-
-    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
-        if host == "hangs.example.com":
-            hung_lookups.append(host)
-            release.wait(30)
-            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    hung_lookups = hanging_dns(monkeypatch, "hangs.example.com", release)
     try:
         for _ in range(8):
             with pytest.raises(HostUnresolved, match="did not resolve within"):
@@ -85,16 +92,7 @@ def test_one_tenants_hosts_whose_dns_hangs_leave_resolver_threads_for_other_tena
     LOOKUPS_PER_OWNER resolver threads: its further webhooks give up after the DNS timeout without taking a thread,
     and another tenant's webhook, to a host that answers, is delivered at once."""
     release = threading.Event()
-    hung: list[str] = []
-
-    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
-        if host.startswith("tarpit-"):
-            hung.append(host)
-            release.wait(30)
-            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    hung = hanging_dns(monkeypatch, "tarpit-", release)
     try:
         for n in range(RESOLVER_THREADS + 2):  # more hosts than the process has resolver threads
             url = f"https://tarpit-{n}.example.net/hook"

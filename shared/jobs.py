@@ -355,11 +355,16 @@ def _plain_cursor(plain: Mapping[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(plain, sort_keys=True).encode()).decode().rstrip("=")
 
 
+def _listing_key(job_id: str, tenant: str, status: JobStatus | None) -> dict[str, str]:
+    """A job's key in the index a listing of ``tenant``'s jobs with ``status`` reads: what its cursors hold."""
+    partition = {"tenant": tenant} if status is None else {"tenant_status": tenant_status(tenant, status)}
+    return {"pk": job_pk(job_id), "job_id": job_id} | partition
+
+
 def cursor_after(job: Job, status: JobStatus | None) -> str:
     """The cursor that continues a listing (:meth:`JobsRepository.list_for_tenant` with ``status``) right after
-    ``job``: for a page its caller cuts short. The key of ``job`` in the index that listing reads."""
-    partition = {"tenant": job.tenant} if status is None else {"tenant_status": tenant_status(job.tenant, status)}
-    return _plain_cursor({"pk": job_pk(job.job_id), "job_id": job.job_id} | partition)
+    ``job``: for a page its caller cuts short."""
+    return _plain_cursor(_listing_key(job.job_id, job.tenant, status))
 
 
 def _decode_cursor(cursor: str, tenant: str, status: JobStatus | None) -> dict[str, Any]:
@@ -377,15 +382,9 @@ def _decode_cursor(cursor: str, tenant: str, status: JobStatus | None) -> dict[s
         raise invalid from exc
     if not isinstance(plain, dict) or not all(isinstance(v, str) for v in plain.values()):
         raise invalid
-    if status is None:
-        expected = {"pk", "job_id", "tenant"}
-        partition = ("tenant", tenant)
-    else:
-        expected = {"pk", "job_id", "tenant_status"}
-        partition = ("tenant_status", tenant_status(tenant, status))
-    if set(plain) != expected or plain[partition[0]] != partition[1] or plain["pk"] != job_pk(plain["job_id"]):
-        raise invalid
-    if not is_valid_job_id(plain["job_id"]):  # DynamoDB refuses an empty key value in a start key (a 500)
+    job_id = plain.get("job_id")
+    # An invalid id: DynamoDB refuses an empty key value in a start key (a 500).
+    if not isinstance(job_id, str) or not is_valid_job_id(job_id) or plain != _listing_key(job_id, tenant, status):
         raise invalid
     return {k: _ser.serialize(v) for k, v in plain.items()}
 

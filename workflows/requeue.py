@@ -165,8 +165,7 @@ class RequeueSweeper:
         logger.error("abandoned job failed: its lease lapsed long ago and nothing ran it", job_id=job_id)
         if self._notify is not None:
             try:
-                with continued(failed.trace_header):  # its webhook's execution joins the job's trace
-                    self._notify(failed)
+                self._notify(failed)  # its webhook's execution joins the job's trace (start_notice)
             except (ClientError, BotoCoreError) as exc:
                 report.failed += 1
                 logger.error("abandoned job's webhook not started", job_id=job_id, error=type(exc).__name__)
